@@ -1,0 +1,1 @@
+// Empty translation unit: carries the precompiled LibTorch headers (see CMakeLists.txt).

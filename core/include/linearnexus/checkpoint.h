@@ -1,0 +1,55 @@
+#pragma once
+// Checkpoints in the safetensors format (readable by Python's `safetensors`), written atomically.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "linearnexus/optimizer.h"
+
+namespace linearnexus {
+
+using Metadata = std::map<std::string, std::string>;
+
+struct SafetensorsFile {
+  TensorMap tensors;
+  Metadata metadata;
+};
+
+// Written to `path`.tmp, flushed, then renamed: a crash never leaves a half-written `path`.
+void save_safetensors(const std::string& path, const TensorMap& tensors, const Metadata& metadata);
+// Validates the header, offsets and sizes; a corrupt or truncated file throws Error naming it.
+SafetensorsFile load_safetensors(const std::string& path);
+Metadata read_safetensors_metadata(const std::string& path);
+
+// A run folder or a checkpoint file -> the checkpoint file (a folder means its latest.safetensors).
+std::string resolve_checkpoint(const std::string& run_dir_or_file);
+
+class LMModel;
+// The model's parameters and buffers, named with `prefix`.
+TensorMap model_tensors(const LMModel& model, const std::string& prefix = "model.");
+// Copy `prefix`-named tensors into the model; a missing tensor or a shape mismatch throws Error
+// naming the first mismatching tensor and both shapes.
+void load_model_tensors(LMModel& model, const TensorMap& tensors, const std::string& source,
+                        const std::string& prefix = "model.");
+
+// step_XXXXXXXX.safetensors files plus a `latest.safetensors` hard link to the newest; keeps the
+// last keep_last_n step files (0 = only latest).
+class CheckpointManager {
+ public:
+  CheckpointManager(std::string dir, int64_t keep_last_n);
+  std::string save(int64_t step, const TensorMap& tensors, const Metadata& metadata);
+  std::optional<std::string> latest() const;
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  int64_t keep_last_n_;
+};
+
+// The default CPU generator's state (dropout, sampling), for exact resumes.
+at::Tensor rng_state();
+void set_rng_state(const at::Tensor& state);
+
+}  // namespace linearnexus

@@ -1,0 +1,43 @@
+#pragma once
+// Building blocks shared by block plugins: RMSNorm, the MLP, rotary embeddings, causal depthwise
+// convolution and the standard initialisation. One implementation each, here.
+#include <torch/nn.h>
+
+namespace linearnexus {
+
+class RMSNorm : public torch::nn::Module {
+ public:
+  explicit RMSNorm(int64_t dim, double eps = 1e-5);
+  // x: [..., C] -> [..., C]
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;
+  double eps;
+};
+
+// "swiglu": down(silu(gate(x)) * up(x)) with hidden = 8/3 C rounded to a multiple of 64;
+// "gelu": down(gelu(up(x))) with hidden = 4 C. hidden > 0 overrides the width.
+class MLP : public torch::nn::Module {
+ public:
+  MLP(int64_t dim, const std::string& kind, int64_t hidden, int64_t n_layer);
+  // x: [B, T, C] -> [B, T, C]
+  at::Tensor forward(const at::Tensor& x);
+  std::string kind;
+  torch::nn::Linear up{nullptr}, gate{nullptr}, down{nullptr};
+};
+
+// GPT-2 style init: N(0, 0.02) weights, zero biases; residual output projections get
+// std 0.02 / sqrt(2 n_layer) so the residual stream's variance does not grow with depth.
+void init_linear(torch::nn::Linear& layer, double std = 0.02);
+void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer);
+
+// Rotary position embedding on the first `rot_dim` features (all when 0) of x [B, H, T, D],
+// at absolute positions [B, T] or [1, T] (int64). Pairs are (i, i + D/2) halves ("neox" layout).
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base = 10000.0);
+
+// Causal depthwise conv over time. x [B, T, C], weight [C, K], bias [C] or undefined.
+// `history` [B, C, K-1] holds the K-1 inputs before x (zeros at the start); returns y [B, T, C]
+// and, through new_history, the last K-1 inputs (for decoding).
+at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   const at::Tensor& history, at::Tensor* new_history);
+
+}  // namespace linearnexus

@@ -1,0 +1,115 @@
+#pragma once
+// The block protocol and the language model built from blocks.
+//
+// Every block, whatever its kind, is a pre-norm residual block [B,T,C] -> [B,T,C] with:
+//   forward(x, state, ctx) -> {y, new_state}
+//   init_state(batch, max_len, options)
+// A LayerState is a bag of batch-first tensors the block owns (a KV cache, a conv + SSM state, a
+// latent cache...). Blocks may write into preallocated state tensors in place and return them.
+#include <torch/nn.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "linearnexus/params.h"
+
+namespace linearnexus {
+
+class Registry;
+
+enum class Mode {
+  Train,    // whole sequences, no cache kept (state may be empty); the parallel path
+  Prefill,  // whole prompt, fills the state so decoding can continue from it
+  Decode,   // a few new tokens (usually one) appended to the state; the recurrent path
+};
+
+struct LayerState {
+  std::map<std::string, at::Tensor> tensors;  // every tensor is batch-first: [B, ...]
+  bool empty() const { return tensors.empty(); }
+  int64_t bytes() const;
+  // Keep / repeat rows (batched generation, groups of samples per prompt).
+  LayerState index_select(const at::Tensor& rows) const;
+};
+
+struct ForwardContext {
+  Mode mode = Mode::Train;
+  int64_t start = 0;         // tokens already held in the state (same for every row)
+  at::Tensor positions;      // [B,T] int64 absolute positions; undefined = start + arange(T)
+  at::Tensor key_padding;    // [B, start+T] bool, true = real token; undefined = no padding
+  // Positions as [B,T] (or [1,T]) on `device`.
+  at::Tensor position_ids(int64_t batch, int64_t T, const at::Device& device) const;
+};
+
+struct BlockOutput {
+  at::Tensor y;
+  LayerState state;
+};
+
+struct ModelDims {
+  int64_t hidden_size = 0;
+  int64_t n_layer = 0;
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;
+  double dropout = 0.0;
+};
+
+class Block : public torch::nn::Module {
+ public:
+  // x: [B, T, C] -> y: [B, T, C]
+  virtual BlockOutput forward(const at::Tensor& x, LayerState state, const ForwardContext& ctx) = 0;
+  // Empty cache for `batch` rows and up to `max_len` tokens.
+  virtual LayerState init_state(int64_t batch, int64_t max_len, const at::TensorOptions& options) const = 0;
+  // Fused weight matrices made of logical sub-matrices stacked along dim 0, as
+  // {parameter name relative to the block: [rows of part 1, rows of part 2, ...]}. Muon
+  // orthogonalises each part on its own.
+  virtual std::map<std::string, std::vector<int64_t>> fused_splits() const { return {}; }
+};
+
+struct ModelConfig {
+  ModelDims dims;
+  std::vector<std::string> block_pattern;   // repeated to fill n_layer
+  std::map<std::string, Params> block_params;  // block name -> its validated parameters
+  bool tie_embeddings = true;
+  std::vector<std::string> layer_kinds() const;  // the pattern expanded to n_layer names
+};
+
+// All layers' states for one batch of sequences.
+struct ModelState {
+  std::vector<LayerState> layers;
+  int64_t length = 0;      // tokens consumed so far
+  int64_t max_len = 0;
+  at::Tensor key_padding;  // [B, max_len] bool or undefined
+  int64_t bytes() const;
+  ModelState index_select(const at::Tensor& rows) const;
+};
+
+// token embedding -> blocks -> final RMSNorm -> LM head (optionally tied to the embedding).
+class LMModel : public torch::nn::Module {
+ public:
+  LMModel(const ModelConfig& config, const Registry& registry);
+
+  // idx [B,T] int64 -> logits [B,T,V]. With a state: continues it (Prefill/Decode) and updates it.
+  at::Tensor forward(const at::Tensor& idx, ModelState* state = nullptr, Mode mode = Mode::Train,
+                     const at::Tensor& positions = {});
+  // The final normalised hidden states [B,T,C] (for value heads); logits = lm_logits(h).
+  at::Tensor forward_hidden(const at::Tensor& idx, ModelState* state = nullptr, Mode mode = Mode::Train,
+                            const at::Tensor& positions = {});
+  at::Tensor lm_logits(const at::Tensor& hidden);
+
+  ModelState init_state(int64_t batch, int64_t max_len) const;
+  const ModelConfig& config() const { return config_; }
+  int64_t num_parameters() const;
+  const std::vector<std::shared_ptr<Block>>& blocks() const { return blocks_; }
+  std::vector<std::string> block_kinds() const { return config_.layer_kinds(); }
+
+ private:
+  ModelConfig config_;
+  torch::nn::Embedding wte_{nullptr};
+  std::vector<std::shared_ptr<Block>> blocks_;
+  std::shared_ptr<torch::nn::Module> norm_;
+  torch::nn::Linear lm_head_{nullptr};
+};
+
+}  // namespace linearnexus

@@ -1,0 +1,60 @@
+#pragma once
+// The optimizer protocol and what optimizers share: parameter grouping by name, the lr schedule.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace linearnexus {
+
+struct NamedParameter {
+  std::string name;  // e.g. "blocks.0.attn.qkv.weight"
+  at::Tensor param;
+  // Fused sub-matrix row counts when the block declared them (see Block::fused_splits).
+  std::vector<int64_t> split_rows;
+};
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // Apply one update from the parameters' .grad (which the trainer has accumulated and clipped).
+  virtual void step() = 0;
+  // Schedule: every group's lr = its base lr * multiplier.
+  virtual void set_lr_multiplier(double multiplier) = 0;
+  // The main group's base and current learning rate (for the schedule's min_lr and for logs).
+  virtual double base_lr() const = 0;
+  virtual double current_lr() const = 0;
+  // Everything needed to continue exactly (moments, step counts), keyed by parameter name.
+  virtual TensorMap state_dict() const = 0;
+  virtual void load_state_dict(const TensorMap& state) = 0;
+  // One line per parameter group: how many tensors and parameters it holds.
+  virtual std::string describe_groups() const { return ""; }
+
+  // Capability: an extra curvature-estimate pass. When it returns true for `step`, the trainer
+  // runs one more forward/backward on a loss the optimizer defines (for Sophia: cross-entropy
+  // against labels sampled from the model's own output) and then calls update_curvature with the
+  // resulting .grad in place.
+  virtual bool wants_curvature_estimate(int64_t step) const { return false; }
+  virtual void update_curvature(int64_t batch_tokens) {}
+
+  void zero_grad(const std::vector<NamedParameter>& params) const;
+};
+
+// Does `name` fall in the no-weight-decay group by default: norms, biases, embeddings, 1-D tensors.
+bool default_no_decay(const NamedParameter& p);
+// Glob match with '*' (any run) and '?' (one char): parameter-name patterns in YAML.
+bool glob_match(const std::string& pattern, const std::string& text);
+
+// Learning-rate multiplier for `step` (0-based): linear warmup over warmup_steps, then decay
+// ("cosine", "linear", "constant") to min_ratio at max_steps.
+double lr_multiplier(int64_t step, int64_t warmup_steps, int64_t max_steps, const std::string& decay,
+                     double min_ratio);
+
+// Global L2 norm of all gradients (a 0-d tensor: reading it is the caller's choice, so the step
+// need not synchronise with the device); scales them to max_norm when above it (<= 0: no clip).
+at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm);
+
+}  // namespace linearnexus

@@ -1,0 +1,42 @@
+#pragma once
+// The plugin ABI, modelled on LLVM's pass-plugin API.
+//
+// Every plugin shared library exports exactly one C symbol, `linearnexus_plugin_info`, returning a
+// LinearNexusPluginInfo. The host reads abi_version and torch_version *before* calling anything
+// else and refuses the file on a mismatch; only then does it call register_plugin.
+//
+// Bump LINEARNEXUS_PLUGIN_ABI_VERSION whenever a public core header changes in a way that changes
+// the binary layout a plugin sees: a class layout or virtual table (Block, Optimizer, Trainer,
+// Task, Registry, Params...), a factory signature, or this struct. Adding a free function does not.
+#include <cstdint>
+
+#include <torch/version.h>
+
+#include "linearnexus/registry.h"
+
+#define LINEARNEXUS_PLUGIN_ABI_VERSION 1u
+#define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
+
+extern "C" {
+struct LinearNexusPluginInfo {
+  uint32_t abi_version;       // LINEARNEXUS_PLUGIN_ABI_VERSION the plugin was built with
+  const char* torch_version;  // TORCH_VERSION the plugin was built against
+  const char* name;
+  const char* version;
+  const char* description;
+  void (*register_plugin)(linearnexus::Registry* registry);
+};
+typedef const LinearNexusPluginInfo* (*LinearNexusPluginEntry)();
+}
+
+#define LINEARNEXUS_PLUGIN_ENTRY_SYMBOL "linearnexus_plugin_info"
+
+// Define the entry point. REGISTER is a function `void f(linearnexus::Registry&)`.
+#define LINEARNEXUS_PLUGIN(NAME, VERSION, DESCRIPTION, REGISTER)                                  \
+  extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo*                 \
+  linearnexus_plugin_info() {                                                                     \
+    static const LinearNexusPluginInfo info{                                                      \
+        LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, NAME, VERSION, DESCRIPTION,    \
+        [](linearnexus::Registry* r) { REGISTER(*r); }};                                          \
+    return &info;                                                                                 \
+  }

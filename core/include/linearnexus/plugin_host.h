@@ -1,0 +1,55 @@
+#pragma once
+// Finds, checks and loads plugin shared libraries into a Registry.
+//
+// Search order: the build/install plugin folder next to the executable (../lib/linearnexus/plugins),
+// then $LINEARNEXUS_PLUGIN_PATH (colon-separated), then the experiment's plugins.paths.
+#include <string>
+#include <vector>
+
+#include "linearnexus/registry.h"
+
+namespace linearnexus {
+
+struct LoadedPlugin {
+  std::string file;
+  std::string name;
+  std::string version;
+  std::string description;
+  std::vector<std::string> registered;  // "block attention", "optimizer adamw", ...
+};
+
+struct PluginProblem {
+  std::string file;
+  std::string message;
+};
+
+class PluginHost {
+ public:
+  PluginHost();  // starts with the default folders (executable's plugin folder, $LINEARNEXUS_PLUGIN_PATH)
+
+  // Load every *.so in `dir` (non-recursive). Files already loaded are skipped. A file that is not
+  // a LinearNexus plugin, has the wrong ABI/LibTorch version, or whose registration throws is
+  // recorded as a problem and skipped; the other plugins still load.
+  void load_dir(const std::string& dir);
+  // Load one file; throws Error (naming the file and both versions) on any problem.
+  void load_file(const std::string& file);
+  void load_default_dirs();
+
+  Registry& registry() { return registry_; }
+  const Registry& registry() const { return registry_; }
+  const std::vector<LoadedPlugin>& plugins() const { return plugins_; }
+  const std::vector<PluginProblem>& problems() const { return problems_; }
+  const std::vector<std::string>& searched_dirs() const { return searched_; }
+  // "dir1:dir2:..." for error messages.
+  std::string search_path_text() const;
+
+  static std::vector<std::string> default_dirs();
+
+ private:
+  Registry registry_;
+  std::vector<LoadedPlugin> plugins_;
+  std::vector<PluginProblem> problems_;
+  std::vector<std::string> searched_;
+};
+
+}  // namespace linearnexus

@@ -1,0 +1,45 @@
+#pragma once
+// Turning a validated experiment into live objects: the model, data, optimizer and run folder a
+// trainer needs, or a model restored from a checkpoint. The runner and the tests share these.
+#include <memory>
+#include <string>
+
+#include "linearnexus/checkpoint.h"
+#include "linearnexus/config.h"
+#include "linearnexus/trainer.h"
+
+namespace linearnexus {
+
+// Sets LibTorch's intra-op threads to the machine's cores ($LINEARNEXUS_NUM_THREADS overrides);
+// Debian's LibTorch defaults to one.
+void set_default_threads();
+
+// "auto" -> cuda when available, else cpu.
+at::Device resolve_device(const std::string& device);
+
+struct RunSetup {
+  TrainContext ctx;
+  std::string describe() const;  // parameter count, data sizes, optimizer groups
+};
+
+// Seeds, loads data (reusing the tokenizer of the checkpoint being resumed), builds the model on
+// its device and the optimizer, and creates out_dir. `exp` and `host` must outlive the result.
+RunSetup prepare_run(const Experiment& exp, PluginHost& host);
+
+// The model's parameters by name, with the fused splits their blocks declare.
+std::vector<NamedParameter> named_parameters_of(const LMModel& model);
+
+struct LoadedModel {
+  Experiment experiment;
+  std::shared_ptr<LMModel> model;
+  std::shared_ptr<Tokenizer> tokenizer;
+  Metadata metadata;
+  std::string file;
+};
+// A run folder or checkpoint file -> the model it holds (eval mode), its tokenizer and experiment.
+// Checks the plugins that built it: a missing one is an error naming it and the search path, a
+// different version a warning.
+LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, PluginHost& host,
+                                       const std::string& device = "cpu");
+
+}  // namespace linearnexus

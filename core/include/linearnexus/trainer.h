@@ -1,0 +1,86 @@
+#pragma once
+// The trainer protocol and the run machinery every trainer shares: schedule, metrics.jsonl,
+// the progress line, evaluation, checkpoints and exact resume.
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "linearnexus/checkpoint.h"
+#include "linearnexus/config.h"
+#include "linearnexus/data.h"
+#include "linearnexus/model.h"
+#include "linearnexus/optimizer.h"
+
+namespace linearnexus {
+
+class PluginHost;
+
+// Everything the host builds from the experiment before handing over to a trainer.
+struct TrainContext {
+  const Experiment* experiment = nullptr;
+  PluginHost* host = nullptr;
+  std::shared_ptr<LMModel> model;
+  std::vector<NamedParameter> params;
+  std::shared_ptr<Optimizer> optimizer;
+  DataSplits data;
+  at::Device device = at::kCPU;
+  std::string out_dir;
+};
+
+class Trainer {
+ public:
+  virtual ~Trainer() = default;
+  virtual void run(TrainContext& ctx) = 0;
+};
+
+// Cross-entropy of logits [B,T,V] against targets [B,T], in fp32; positions whose target is
+// ignore_index (-1) carry no loss.
+at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets);
+
+// The run's bookkeeping. A trainer creates one, calls resume() once, and then per step
+// begin_step(step) ... end_step(step, metrics).
+class TrainingRun {
+ public:
+  explicit TrainingRun(TrainContext& ctx);
+  ~TrainingRun();
+
+  // Restores model, optimizer, RNG and `extra` tensors from out_dir's latest checkpoint when
+  // trainer.resume is "auto" (or a path); returns the step to start at (0 for a fresh run).
+  int64_t resume(TensorMap* extra = nullptr);
+  // Applies the lr schedule for `step`; returns the lr.
+  double begin_step(int64_t step);
+  // Finishes step `step` (0-based). On log steps (every log_every, eval steps and the last step)
+  // it calls `metrics` (so values are read from the device only then), adds lr, tokens/s and
+  // ms/step, writes a metrics.jsonl line and prints the progress line. Saves a checkpoint every
+  // save_every steps and at the end. `tokens`: tokens the step processed.
+  using MetricsFn = std::function<std::map<std::string, double>()>;
+  void end_step(int64_t step, const MetricsFn& metrics, int64_t tokens, const TensorMap& extra = {});
+  bool is_log_step(int64_t step) const;
+  bool is_eval_step(int64_t step) const;
+  // Mean validation loss over eval_batches batches (fixed, independent of the step).
+  double evaluate_lm();
+  // Save now (step = number of completed steps).
+  void save(int64_t completed_steps, const TensorMap& extra = {});
+  // Write a metrics line without the console progress (e.g. step-0 evaluations).
+  void write_metrics(const std::map<std::string, double>& metrics);
+
+  int64_t max_steps() const { return max_steps_; }
+  // Where this invocation stops: max_steps, or trainer.stop_after when set (loop to this).
+  int64_t last_step() const { return last_step_; }
+  const Params& trainer_params() const;
+
+ private:
+  TrainContext& ctx_;
+  int64_t max_steps_, last_step_, log_every_, eval_every_, save_every_;
+  std::unique_ptr<CheckpointManager> ckpt_;
+  std::ofstream metrics_;
+  std::chrono::steady_clock::time_point t_start_, t_last_log_;
+  int64_t tokens_since_log_ = 0, steps_since_log_ = 0, start_step_ = 0;
+  double last_lr_ = 0;
+};
+
+}  // namespace linearnexus

@@ -1,0 +1,313 @@
+// Tokenizers, text datasets, batches and downloads.
+#include "linearnexus/data.h"
+
+#include <curl/curl.h>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#if __has_include("linearnexus/bpe_tokenizer.h")  // TEMP until the BPE tokenizer lands
+#include "linearnexus/bpe_tokenizer.h"
+#define HAVE_BPE 1
+#endif
+#include "linearnexus/error.h"
+#include "linearnexus/log.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace linearnexus {
+
+// ---- tokenizers -------------------------------------------------------------------------------
+
+namespace {
+
+class CharTokenizer : public Tokenizer {
+ public:
+  explicit CharTokenizer(std::vector<unsigned char> chars) : chars_(std::move(chars)) {
+    ids_.fill(-1);
+    for (size_t i = 0; i < chars_.size(); ++i) ids_[chars_[i]] = static_cast<int64_t>(i);
+  }
+  std::vector<int64_t> encode(std::string_view text) const override {
+    std::vector<int64_t> out;
+    out.reserve(text.size());
+    for (unsigned char c : text) {
+      if (ids_[c] < 0) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "0x%02x", c);
+        throw Error(std::string("character ") + (c >= 32 && c < 127 ? "'" + std::string(1, c) + "' " : "") +
+                    "(byte " + buf + ") is not in this run's character vocabulary");
+      }
+      out.push_back(ids_[c]);
+    }
+    return out;
+  }
+  std::string decode(const std::vector<int64_t>& ids) const override {
+    std::string out;
+    out.reserve(ids.size());
+    for (int64_t id : ids) {
+      if (id < 0 || id >= static_cast<int64_t>(chars_.size()))
+        throw Error("token id " + std::to_string(id) + " is outside the character vocabulary");
+      out.push_back(static_cast<char>(chars_[id]));
+    }
+    return out;
+  }
+  int64_t vocab_size() const override { return static_cast<int64_t>(chars_.size()); }
+  std::string kind() const override { return "char"; }
+  std::string to_json() const override { return json{{"kind", "char"}, {"bytes", chars_}}.dump(); }
+
+ private:
+  std::vector<unsigned char> chars_;
+  std::array<int64_t, 256> ids_;
+};
+
+#ifdef HAVE_BPE
+class BPEAdapter : public Tokenizer {
+ public:
+  BPEAdapter(BPETokenizer bpe, std::string spec) : bpe_(std::move(bpe)), spec_(std::move(spec)) {}
+  std::vector<int64_t> encode(std::string_view text) const override { return bpe_.encode(text); }
+  std::string decode(const std::vector<int64_t>& ids) const override { return bpe_.decode(ids); }
+  int64_t vocab_size() const override { return bpe_.vocab_size(); }
+  std::string kind() const override { return "gpt2"; }
+  std::string to_json() const override { return json{{"kind", "gpt2"}, {"spec", spec_}}.dump(); }
+  int64_t eos_id() const override { return bpe_.eot_id(); }
+
+ private:
+  BPETokenizer bpe_;
+  std::string spec_;
+};
+#endif
+
+}  // namespace
+
+std::shared_ptr<Tokenizer> make_char_tokenizer(std::string_view corpus) {
+  std::array<bool, 256> seen{};
+  for (unsigned char c : corpus) seen[c] = true;
+  std::vector<unsigned char> chars;
+  for (int c = 0; c < 256; ++c)
+    if (seen[c]) chars.push_back(static_cast<unsigned char>(c));
+  return std::make_shared<CharTokenizer>(std::move(chars));
+}
+
+std::shared_ptr<Tokenizer> make_bpe_tokenizer(const std::string& spec) {
+  std::string path = spec;
+  if (spec == "gpt2") {
+    const char* dir = std::getenv("LINEARNEXUS_TOKENIZER_DIR");
+    if (!dir)
+      throw Error("tokenizer gpt2: set LINEARNEXUS_TOKENIZER_DIR to a folder holding encoder.json and vocab.bpe "
+                  "(or name that folder or a .tiktoken file instead of gpt2)");
+    path = dir;
+  }
+#ifdef HAVE_BPE
+  return std::make_shared<BPEAdapter>(BPETokenizer::from_path(path), fs::absolute(path).string());
+#else
+  throw Error("no bpe");
+#endif
+}
+
+std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    throw Error(std::string("tokenizer description is not valid JSON: ") + e.what());
+  }
+  const std::string kind = j.value("kind", "");
+  if (kind == "char") return std::make_shared<CharTokenizer>(j.at("bytes").get<std::vector<unsigned char>>());
+  if (kind == "gpt2") return make_bpe_tokenizer(j.at("spec").get<std::string>());
+  throw Error("unknown tokenizer kind '" + kind + "' in the saved tokenizer");
+}
+
+// ---- datasets ---------------------------------------------------------------------------------
+
+namespace {
+class MemoryDataset : public TokenDataset {
+ public:
+  MemoryDataset(std::vector<int64_t> t, std::string d) : tokens_(std::move(t)), desc_(std::move(d)) {}
+  int64_t size() const override { return static_cast<int64_t>(tokens_.size()); }
+  void read(int64_t offset, int64_t n, int64_t* out) const override {
+    std::copy(tokens_.begin() + offset, tokens_.begin() + offset + n, out);
+  }
+  std::string describe() const override { return desc_; }
+
+ private:
+  std::vector<int64_t> tokens_;
+  std::string desc_;
+};
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+std::shared_ptr<TokenDataset> make_memory_dataset(std::vector<int64_t> tokens, std::string description) {
+  return std::make_shared<MemoryDataset>(std::move(tokens), std::move(description));
+}
+
+const Schema& data_schema() {
+  static const Schema s = {
+      {"path", ParamType::String, "", "text file to train on, or builtin:arithmetic (a generated corpus)"},
+      {"tokenizer", ParamType::String, "char", "char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file"},
+      {"seq_len", ParamType::Int, "256", "tokens per training sequence"},
+      {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation"},
+      {"download", ParamType::String, "\"\"", "URL fetched to data.path when the file is missing"},
+      {"download_sha256", ParamType::String, "\"\"", "expected SHA-256 of the download (\"\" = unchecked)"},
+      {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)"},
+  };
+  return s;
+}
+
+std::string builtin_arithmetic_corpus(int64_t n_lines, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::ostringstream out;
+  for (int64_t i = 0; i < n_lines; ++i) {
+    int digits_a = 1 + static_cast<int>(rng() % 3), digits_b = 1 + static_cast<int>(rng() % 3);
+    auto draw = [&](int d) { return static_cast<int64_t>(rng() % static_cast<uint64_t>(std::pow(10, d))); };
+    int64_t a = draw(digits_a), b = draw(digits_b);
+    out << a << '+' << b << '=' << a + b << '\n';
+  }
+  return out.str();
+}
+
+DataSplits load_data(const Params& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer) {
+  const std::string path_key = data.get_string("path");
+  const int64_t seq_len = data.get_int("seq_len");
+  const double val_fraction = data.get_float("val_fraction");
+  if (seq_len <= 0) throw Error("data.seq_len must be positive (got " + std::to_string(seq_len) + ")");
+  if (val_fraction <= 0 || val_fraction >= 1)
+    throw Error("data.val_fraction must be between 0 and 1 (got " + std::to_string(val_fraction) + ")");
+
+  std::string text;
+  std::string name = path_key;
+  if (path_key == "builtin:arithmetic") {
+    text = builtin_arithmetic_corpus(200000, 1234);
+  } else if (path_key.rfind("builtin:", 0) == 0) {
+    throw Error("data.path: unknown built-in corpus '" + path_key + "' (available: builtin:arithmetic)");
+  } else {
+    fs::path p(path_key);
+    if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
+    if (!fs::exists(p)) {
+      const std::string url = data.get_string("download");
+      if (url.empty())
+        throw Error("data.path: '" + p.string() + "' does not exist; put the text file there or set data.download to its URL");
+      log_info("downloading " + url + " to " + p.string());
+      download_file(url, p.string(), data.get_int("download_size"), data.get_string("download_sha256"));
+    }
+    std::ifstream in(p, std::ios::binary);
+    if (!in) throw Error("data.path: cannot read '" + p.string() + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+    name = p.string();
+  }
+  if (text.empty()) throw Error("data.path: '" + name + "' is empty; point data.path at a file with text in it");
+
+  DataSplits out;
+  if (tokenizer) {
+    out.tokenizer = tokenizer;
+  } else {
+    const std::string& tk = data.get_string("tokenizer");
+    out.tokenizer = tk == "char" ? make_char_tokenizer(text) : make_bpe_tokenizer(tk);
+  }
+  std::vector<int64_t> ids = out.tokenizer->encode(text);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * val_fraction);
+  const int64_t need = seq_len + 1;
+  if (n - n_val < need || n_val < need)
+    throw Error("data: '" + name + "' has " + std::to_string(n) + " tokens; with val_fraction " +
+                std::to_string(val_fraction) + " the train split has " + std::to_string(n - n_val) +
+                " and the validation split " + std::to_string(n_val) + ", but each needs at least seq_len + 1 = " +
+                std::to_string(need) + "; lower data.seq_len or use more text");
+  std::vector<int64_t> val(ids.begin() + (n - n_val), ids.end());
+  ids.resize(n - n_val);
+  out.train = make_memory_dataset(std::move(ids), name + " (train split)");
+  out.val = make_memory_dataset(std::move(val), name + " (validation split)");
+  return out;
+}
+
+Batch get_batch(const TokenDataset& data, int64_t batch_size, int64_t seq_len, uint64_t seed, int64_t step,
+                int64_t micro_step, int64_t rank) {
+  const int64_t span = data.size() - seq_len - 1;
+  if (span < 0)
+    throw Error(data.describe() + " holds " + std::to_string(data.size()) + " tokens, fewer than seq_len + 1 = " +
+                std::to_string(seq_len + 1));
+  std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
+                                 (static_cast<uint64_t>(micro_step) << 20) ^ (static_cast<uint64_t>(rank) << 40)));
+  std::uniform_int_distribution<int64_t> pick(0, span);
+  auto buf = at::empty({batch_size, seq_len + 1}, at::kLong);
+  int64_t* p = buf.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch_size; ++b) data.read(pick(rng), seq_len + 1, p + b * (seq_len + 1));
+  return {buf.narrow(1, 0, seq_len).contiguous(), buf.narrow(1, 1, seq_len).contiguous()};
+}
+
+// ---- downloads --------------------------------------------------------------------------------
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read '" + path + "' to hash it");
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  std::string hex;
+  char b[3];
+  for (unsigned int i = 0; i < len; ++i) std::snprintf(b, sizeof b, "%02x", md[i]), hex += b;
+  return hex;
+}
+
+void download_file(const std::string& url, const std::string& dest, int64_t expected_size,
+                   const std::string& expected_sha256) {
+  const std::string tmp = dest + ".download";
+  const std::string by_hand = "; without network, download " + url + " yourself and put it at " + dest;
+  if (fs::path(dest).has_parent_path()) fs::create_directories(fs::path(dest).parent_path());
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw Error("data.download: cannot write '" + tmp + "'" + by_hand);
+  CURL* curl = curl_easy_init();
+  char err[CURL_ERROR_SIZE] = {0};
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 20L);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, err);
+  CURLcode rc = curl_easy_perform(curl);
+  curl_easy_cleanup(curl);
+  std::fclose(f);
+  if (rc != CURLE_OK) {
+    fs::remove(tmp);
+    throw Error("data.download: fetching " + url + " failed (" + (err[0] ? err : curl_easy_strerror(rc)) + ")" + by_hand);
+  }
+  const auto size = static_cast<int64_t>(fs::file_size(tmp));
+  if (expected_size > 0 && size != expected_size) {
+    fs::remove(tmp);
+    throw Error("data.download: " + url + " gave " + std::to_string(size) + " bytes, expected " +
+                std::to_string(expected_size) + by_hand);
+  }
+  if (!expected_sha256.empty()) {
+    const std::string got = sha256_file(tmp);
+    if (got != expected_sha256) {
+      fs::remove(tmp);
+      throw Error("data.download: " + url + " has SHA-256 " + got + ", expected " + expected_sha256 + by_hand);
+    }
+  }
+  fs::rename(tmp, dest);
+}
+
+}  // namespace linearnexus

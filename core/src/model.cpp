@@ -1,0 +1,247 @@
+// Shared layers, the LMModel that stacks block plugins, and sampling.
+#include "linearnexus/model.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "linearnexus/error.h"
+#include "linearnexus/generate.h"
+#include "linearnexus/layers.h"
+#include "linearnexus/log.h"
+#include "linearnexus/registry.h"
+
+namespace linearnexus {
+
+// ---- layers -----------------------------------------------------------------------------------
+
+RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
+
+at::Tensor RMSNorm::forward(const at::Tensor& x) {
+  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability.
+  auto xf = x.to(at::kFloat);
+  auto y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return (y * weight.to(at::kFloat)).to(x.scalar_type());
+}
+
+void init_linear(torch::nn::Linear& layer, double std) {
+  torch::NoGradGuard g;
+  layer->weight.normal_(0.0, std);
+  if (layer->bias.defined()) layer->bias.zero_();
+}
+
+void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer) {
+  init_linear(layer, 0.02 / std::sqrt(2.0 * static_cast<double>(n_layer)));
+}
+
+MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer) : kind(kind_) {
+  if (kind != "swiglu" && kind != "gelu") throw Error("mlp must be swiglu or gelu (got '" + kind + "')");
+  if (hidden <= 0) hidden = kind == "gelu" ? 4 * dim : ((8 * dim / 3 + 63) / 64) * 64;
+  up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
+  if (kind == "swiglu") gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
+  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
+  init_linear(up);
+  if (gate) init_linear(gate);
+  init_residual_projection(down, n_layer);
+}
+
+at::Tensor MLP::forward(const at::Tensor& x) {
+  // x: [B, T, C] -> [B, T, C]
+  if (kind == "swiglu") return down(at::silu(gate(x)) * up(x));
+  return down(at::gelu(up(x), "tanh"));
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base) {
+  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles in fp32 so long positions stay exact.
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
+  auto opts = x.options().dtype(at::kFloat);
+  auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
+  auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                  // [B, T, D/2]
+  auto cos = ang.cos().unsqueeze(1), sin = ang.sin().unsqueeze(1);                             // [B, 1, T, D/2]
+  auto xf = x.to(at::kFloat);
+  auto x1 = xf.narrow(-1, 0, D / 2), x2 = xf.narrow(-1, D / 2, D / 2);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1).to(x.scalar_type());
+}
+
+at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   const at::Tensor& history, at::Tensor* new_history) {
+  // x: [B, T, C]; weight: [C, K]; history: [B, C, K-1]
+  const int64_t K = weight.size(1);
+  auto xt = x.transpose(1, 2);  // [B, C, T]
+  xt = history.defined() ? at::cat({history.to(xt.scalar_type()), xt}, -1) : at::constant_pad_nd(xt, {K - 1, 0});
+  auto y = at::conv1d(xt, weight.unsqueeze(1), bias, at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, weight.size(0));  // [B, C, T]
+  if (new_history) *new_history = xt.narrow(-1, xt.size(-1) - (K - 1), K - 1).contiguous();
+  return y.transpose(1, 2);
+}
+
+// ---- states -----------------------------------------------------------------------------------
+
+int64_t LayerState::bytes() const {
+  int64_t n = 0;
+  for (const auto& [k, t] : tensors) n += t.numel() * static_cast<int64_t>(t.element_size());
+  return n;
+}
+
+LayerState LayerState::index_select(const at::Tensor& rows) const {
+  LayerState out;
+  for (const auto& [k, t] : tensors) out.tensors[k] = t.index_select(0, rows.to(t.device()));
+  return out;
+}
+
+int64_t ModelState::bytes() const {
+  int64_t n = 0;
+  for (const auto& l : layers) n += l.bytes();
+  return n;
+}
+
+ModelState ModelState::index_select(const at::Tensor& rows) const {
+  ModelState out = *this;
+  for (auto& l : out.layers) l = l.index_select(rows);
+  if (key_padding.defined()) out.key_padding = key_padding.index_select(0, rows.to(key_padding.device()));
+  return out;
+}
+
+at::Tensor ForwardContext::position_ids(int64_t batch, int64_t T, const at::Device& device) const {
+  if (positions.defined()) return positions.to(device);
+  return at::arange(start, start + T, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+}
+
+// ---- LMModel ----------------------------------------------------------------------------------
+
+LMModel::LMModel(const ModelConfig& config, const Registry& registry) : config_(config) {
+  const auto& d = config_.dims;
+  if (d.hidden_size <= 0 || d.n_layer <= 0 || d.vocab_size <= 0 || d.max_seq_len <= 0)
+    throw Error("model: hidden_size, n_layer, vocab_size and max_seq_len must be positive");
+  wte_ = register_module("wte", torch::nn::Embedding(d.vocab_size, d.hidden_size));
+  {
+    torch::NoGradGuard g;
+    wte_->weight.normal_(0.0, 0.02);
+  }
+  auto list = register_module("blocks", torch::nn::ModuleList());
+  const auto kinds = config_.layer_kinds();
+  for (int64_t i = 0; i < d.n_layer; ++i) {
+    auto it = config_.block_params.find(kinds[i]);
+    if (it == config_.block_params.end()) throw Error("model: no parameters for block '" + kinds[i] + "'");
+    auto block = registry.make_block(kinds[i], d, it->second, i);
+    list->push_back(block);
+    blocks_.push_back(block);
+  }
+  norm_ = register_module("norm", std::make_shared<RMSNorm>(d.hidden_size));
+  if (!config_.tie_embeddings) {
+    lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(d.hidden_size, d.vocab_size).bias(false)));
+    init_linear(lm_head_);
+  }
+}
+
+int64_t LMModel::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+ModelState LMModel::init_state(int64_t batch, int64_t max_len) const {
+  ModelState s;
+  s.max_len = max_len;
+  auto opts = wte_->weight.options();
+  for (const auto& b : blocks_) s.layers.push_back(b->init_state(batch, max_len, opts));
+  return s;
+}
+
+at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
+  // idx: [B, T] int64 -> h: [B, T, C]
+  TORCH_CHECK(idx.dim() == 2, "LMModel expects token ids [B, T], got ", idx.sizes());
+  const int64_t T = idx.size(1);
+  ForwardContext ctx;
+  ctx.mode = mode;
+  ctx.positions = positions;
+  if (state) {
+    ctx.start = state->length;
+    if (state->length + T > state->max_len)
+      throw Error("sequence of " + std::to_string(state->length + T) + " tokens exceeds the cache (" +
+                  std::to_string(state->max_len) + " tokens)");
+    if (state->key_padding.defined()) ctx.key_padding = state->key_padding.narrow(1, 0, state->length + T);
+  } else if (T > config_.dims.max_seq_len) {
+    throw Error("sequence of " + std::to_string(T) + " tokens is longer than model.max_seq_len (" +
+                std::to_string(config_.dims.max_seq_len) + ")");
+  }
+  auto x = wte_(idx);  // [B, T, C]
+  if (config_.dims.dropout > 0) x = at::dropout(x, config_.dims.dropout, is_training());
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    auto out = blocks_[i]->forward(x, state ? state->layers[i] : LayerState{}, ctx);
+    x = out.y;
+    if (state) state->layers[i] = std::move(out.state);
+  }
+  if (state) state->length += T;
+  return std::static_pointer_cast<RMSNorm>(norm_)->forward(x);
+}
+
+at::Tensor LMModel::lm_logits(const at::Tensor& h) {
+  // h: [B, T, C] -> [B, T, V]
+  return config_.tie_embeddings ? at::matmul(h, wte_->weight.t()) : lm_head_(h);
+}
+
+at::Tensor LMModel::forward(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
+  return lm_logits(forward_hidden(idx, state, mode, positions));
+}
+
+// ---- sampling ---------------------------------------------------------------------------------
+
+at::Tensor sample_next(const at::Tensor& logits_in, const SamplingParams& p, at::Generator& gen) {
+  // logits: [B, V] -> [B]
+  auto logits = logits_in.to(at::kFloat).to(at::kCPU);
+  if (p.temperature <= 0) return logits.argmax(-1);
+  logits = logits / p.temperature;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  if (p.top_k > 0 && p.top_k < logits.size(-1)) {
+    auto kth = std::get<0>(logits.topk(p.top_k, -1)).narrow(-1, p.top_k - 1, 1);  // [B, 1]
+    logits = logits.masked_fill(logits < kth, neg_inf);
+  }
+  if (p.top_p < 1.0) {
+    auto sorted = logits.sort(-1, /*descending=*/true);
+    auto sorted_logits = std::get<0>(sorted), order = std::get<1>(sorted);
+    auto probs = sorted_logits.softmax(-1);
+    // Drop a token when the mass before it already reaches top_p (the most likely one always stays).
+    auto drop = (probs.cumsum(-1) - probs) >= p.top_p;
+    sorted_logits = sorted_logits.masked_fill(drop, neg_inf);
+    logits = at::empty_like(logits).scatter_(-1, order, sorted_logits);
+  }
+  return at::multinomial(logits.softmax(-1), 1, false, gen).squeeze(-1);
+}
+
+std::vector<int64_t> generate(LMModel& model, const std::vector<int64_t>& prompt_in, const SamplingParams& p,
+                              const std::function<bool(int64_t)>& on_token) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  const int64_t max_len = model.config().dims.max_seq_len;
+  std::vector<int64_t> prompt = prompt_in;
+  if (prompt.empty()) throw Error("generate: the prompt is empty (no token of it is in the vocabulary?)");
+  if (static_cast<int64_t>(prompt.size()) >= max_len) {
+    log_warn("prompt of " + std::to_string(prompt.size()) + " tokens keeps only its last " +
+             std::to_string(max_len / 2) + " (model.max_seq_len = " + std::to_string(max_len) + ")");
+    prompt.erase(prompt.begin(), prompt.end() - max_len / 2);
+  }
+  int64_t budget = std::min<int64_t>(p.max_new_tokens, max_len - static_cast<int64_t>(prompt.size()));
+  if (budget < p.max_new_tokens)
+    log_warn("generation stops after " + std::to_string(budget) + " tokens at model.max_seq_len");
+  auto device = model.parameters().front().device();
+  ModelState state = model.init_state(1, static_cast<int64_t>(prompt.size()) + budget);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(p.seed);
+
+  auto idx = at::tensor(prompt, at::kLong).unsqueeze(0).to(device);  // [1, T]
+  auto logits = model.forward(idx, &state, Mode::Prefill).select(1, -1);  // [1, V]
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < budget; ++i) {
+    int64_t tok = sample_next(logits, p, gen).item<int64_t>();
+    out.push_back(tok);
+    if (on_token && !on_token(tok)) break;
+    if (tok == p.eos_id || i + 1 == budget) break;
+    auto next = at::full({1, 1}, tok, at::TensorOptions().dtype(at::kLong).device(device));
+    logits = model.forward(next, &state, Mode::Decode).select(1, -1);
+  }
+  if (was_training) model.train();
+  return out;
+}
+
+}  // namespace linearnexus

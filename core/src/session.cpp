@@ -1,0 +1,136 @@
+// From a validated experiment (or a checkpoint) to live model, data and optimizer.
+#include "linearnexus/session.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+#include <thread>
+
+#include "linearnexus/error.h"
+#include "linearnexus/log.h"
+#include "linearnexus/plugin_host.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace linearnexus {
+
+void set_default_threads() {
+  int n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("LINEARNEXUS_NUM_THREADS")) n = std::atoi(env);
+  if (n > 0) at::set_num_threads(n);
+}
+
+at::Device resolve_device(const std::string& device) {
+  if (device == "cpu") return at::kCPU;
+  const bool cuda = at::hasCUDA();
+  if (device == "cuda" && !cuda)
+    throw Error("device: cuda was asked for, but this LibTorch has no CUDA device; use device: cpu or auto");
+  return cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+}
+
+std::vector<NamedParameter> named_parameters_of(const LMModel& model) {
+  std::vector<NamedParameter> out;
+  std::map<std::string, std::vector<int64_t>> splits;
+  for (size_t i = 0; i < model.blocks().size(); ++i)
+    for (const auto& [name, rows] : model.blocks()[i]->fused_splits())
+      splits["blocks." + std::to_string(i) + "." + name] = rows;
+  for (const auto& kv : model.named_parameters()) {
+    NamedParameter np{kv.key(), kv.value(), {}};
+    if (auto it = splits.find(kv.key()); it != splits.end()) np.split_rows = it->second;
+    out.push_back(np);
+  }
+  return out;
+}
+
+std::string RunSetup::describe() const {
+  std::ostringstream o;
+  const auto& c = ctx.model->config();
+  o << "model: " << c.dims.n_layer << " layers [";
+  for (size_t i = 0; i < c.block_pattern.size(); ++i) o << (i ? ", " : "") << c.block_pattern[i];
+  o << "], hidden " << c.dims.hidden_size << ", vocab " << c.dims.vocab_size << ", "
+    << static_cast<double>(ctx.model->num_parameters()) / 1e6 << "M parameters (" << ctx.model->num_parameters()
+    << ") on " << ctx.device.str() << "\n  data: " << ctx.data.train->size() << " train tokens, "
+    << ctx.data.val->size() << " validation tokens (" << ctx.data.tokenizer->kind() << " tokenizer, vocab "
+    << ctx.data.tokenizer->vocab_size() << ")\n  optimizer: " << ctx.experiment->optimizer_name << ": "
+    << ctx.optimizer->describe_groups() << "\n  run folder: " << ctx.out_dir;
+  return o.str();
+}
+
+RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
+  RunSetup s;
+  auto& ctx = s.ctx;
+  ctx.experiment = &exp;
+  ctx.host = &host;
+  torch::manual_seed(static_cast<uint64_t>(exp.top.get_int("seed")));
+  ctx.device = resolve_device(exp.top.get_string("device"));
+  if (exp.top.get_string("precision") == "bf16" && ctx.device.is_cpu())
+    throw Error(exp.source + ": precision: bf16 needs device: cuda here; use precision: fp32 on the CPU");
+
+  ctx.out_dir = exp.trainer.get_string("out_dir");
+  if (ctx.out_dir.empty()) ctx.out_dir = (fs::path("runs") / exp.top.get_string("name")).string();
+  std::error_code ec;
+  fs::create_directories(ctx.out_dir, ec);
+  if (ec) throw Error("trainer.out_dir: cannot create '" + ctx.out_dir + "': " + ec.message());
+
+  // When resuming, the checkpoint's tokenizer keeps token ids identical to the first run's.
+  std::shared_ptr<Tokenizer> tokenizer;
+  const std::string resume = exp.trainer.get_string("resume");
+  std::string resume_file;
+  if (resume == "auto" && fs::exists(fs::path(ctx.out_dir) / "latest.safetensors"))
+    resume_file = (fs::path(ctx.out_dir) / "latest.safetensors").string();
+  else if (!resume.empty() && resume != "auto")
+    resume_file = resolve_checkpoint(resume);
+  if (!resume_file.empty()) {
+    auto meta = read_safetensors_metadata(resume_file);
+    if (meta.count("tokenizer")) tokenizer = tokenizer_from_json(meta.at("tokenizer"));
+  }
+  ctx.data = load_data(exp.data, exp.base_dir, tokenizer);
+
+  ModelConfig mc = exp.model_config(ctx.data.tokenizer->vocab_size());
+  const int64_t seq_len = exp.data.get_int("seq_len");
+  if (seq_len > mc.dims.max_seq_len)
+    throw Error(exp.source + ": data.seq_len (" + std::to_string(seq_len) + ") is longer than model.max_seq_len (" +
+                std::to_string(mc.dims.max_seq_len) + ")");
+  ctx.model = std::make_shared<LMModel>(mc, host.registry());
+  ctx.model->to(ctx.device);
+  ctx.params = named_parameters_of(*ctx.model);
+  ctx.optimizer = host.registry().make_optimizer(exp.optimizer_name, ctx.params, exp.optimizer);
+  return s;
+}
+
+LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, PluginHost& host, const std::string& device) {
+  LoadedModel lm;
+  lm.file = resolve_checkpoint(run_dir_or_file);
+  auto ck = load_safetensors(lm.file);
+  lm.metadata = ck.metadata;
+  if (!ck.metadata.count("config") || !ck.metadata.count("tokenizer"))
+    throw Error("checkpoint '" + lm.file + "' has no LinearNexus metadata (config, tokenizer): was it written by linearnexus?");
+  // The plugins that built the model must be here; the same version is expected.
+  if (ck.metadata.count("plugins")) {
+    json plugins = json::parse(ck.metadata.at("plugins"), nullptr, false);
+    for (auto it = plugins.begin(); plugins.is_object() && it != plugins.end(); ++it) {
+      const std::string block = it.key().substr(it.key().find(':') + 1);
+      const std::string plugin = it->value("plugin", "?"), version = it->value("version", "?");
+      const auto* r = host.registry().find(PluginKind::Block, block);
+      if (!r)
+        throw Error("checkpoint '" + lm.file + "' needs block '" + block + "' from plugin '" + plugin + "' " + version +
+                    ", which is not on the plugin path (" + host.search_path_text() +
+                    "); add its folder to LINEARNEXUS_PLUGIN_PATH");
+      if (r->origin.plugin_version != version)
+        log_warn("checkpoint '" + lm.file + "' was made with plugin '" + plugin + "' " + version + ", loading it with " +
+                 r->origin.plugin_version + " from " + r->origin.file);
+    }
+  }
+  lm.experiment = parse_experiment(ck.metadata.at("config"), "checkpoint " + lm.file, "", {}, host);
+  lm.tokenizer = tokenizer_from_json(ck.metadata.at("tokenizer"));
+  lm.model = std::make_shared<LMModel>(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry());
+  load_model_tensors(*lm.model, ck.tensors, lm.file);
+  lm.model->to(resolve_device(device));
+  lm.model->eval();
+  return lm;
+}
+
+}  // namespace linearnexus

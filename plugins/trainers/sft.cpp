@@ -1,0 +1,53 @@
+// The `sft` trainer: next-token cross-entropy on the experiment's text data.
+#include <linearnexus/data.h>
+#include <linearnexus/plugin.h>
+#include <linearnexus/trainer.h>
+
+namespace linearnexus {
+namespace {
+
+class SFTTrainer : public Trainer {
+ public:
+  void run(TrainContext& ctx) override {
+    TrainingRun run(ctx);
+    const int64_t start = run.resume();
+    const Params& t = ctx.experiment->trainer;
+    const int64_t B = t.get_int("batch_size"), accum = std::max<int64_t>(1, t.get_int("grad_accum"));
+    const int64_t T = ctx.experiment->data.get_int("seq_len");
+    const double clip = t.get_float("grad_clip");
+    const uint64_t seed = static_cast<uint64_t>(ctx.experiment->top.get_int("seed"));
+    ctx.model->train();
+    for (int64_t step = start; step < run.last_step(); ++step) {
+      run.begin_step(step);
+      at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
+      for (int64_t micro = 0; micro < accum; ++micro) {
+        Batch b = get_batch(*ctx.data.train, B, T, seed, step, micro);
+        auto loss = lm_loss(ctx.model->forward(b.x.to(ctx.device)), b.y.to(ctx.device));
+        (loss / static_cast<double>(accum)).backward();
+        loss_sum += loss.detach();
+      }
+      auto grad_norm = clip_grad_norm(ctx.params, clip);
+      ctx.optimizer->step();
+      ctx.optimizer->zero_grad(ctx.params);
+      run.end_step(
+          step,
+          [&] {
+            std::map<std::string, double> m{{"loss", loss_sum.item<double>() / static_cast<double>(accum)},
+                                            {"grad_norm", grad_norm.item<double>()}};
+            if (run.is_eval_step(step)) m["val_loss"] = run.evaluate_lm();
+            return m;
+          },
+          B * T * accum);
+    }
+  }
+};
+
+void register_sft(Registry& r) {
+  r.add_trainer("sft", "supervised next-token training (cross-entropy) on data.path", {},
+                [](const Params&) { return std::make_shared<SFTTrainer>(); });
+}
+
+}  // namespace
+}  // namespace linearnexus
+
+LINEARNEXUS_PLUGIN("sft", "1.0.0", "next-token (SFT / pre-training) trainer", linearnexus::register_sft)

@@ -1,0 +1,215 @@
+// The `linearnexus` program: run / validate experiments, sample from checkpoints, list plugins.
+#include <CLI/CLI.hpp>
+
+#include <c10/util/Exception.h>
+#include <torch/nn.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "linearnexus/checkpoint.h"
+#include "linearnexus/config.h"
+#include "linearnexus/error.h"
+#include "linearnexus/generate.h"
+#include "linearnexus/log.h"
+#include "linearnexus/plugin.h"
+#include "linearnexus/plugin_host.h"
+#include "linearnexus/session.h"
+#include "linearnexus/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace linearnexus;
+
+namespace {
+
+void write_file_atomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out) throw Error("cannot write " + tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+// A run must not silently lose a plugin the user put on the path: any file that failed to load
+// stops it (`linearnexus plugins` lists them all without failing).
+void fail_on_plugin_problems(const PluginHost& host) {
+  if (!host.problems().empty())
+    throw Error(host.problems().front().message + " (remove it from the plugin folder, or rebuild it)");
+}
+
+// Print `n` samples of the experiment's sample section, streaming tokens as they come.
+void print_samples(LMModel& model, const Tokenizer& tok, const Params& s, uint64_t seed) {
+  SamplingParams sp;
+  sp.temperature = s.get_float("temperature");
+  sp.top_k = s.get_int("top_k");
+  sp.top_p = s.get_float("top_p");
+  sp.max_new_tokens = s.get_int("max_tokens");
+  const std::string prompt = s.get_string("prompt");
+  for (int64_t i = 0; i < s.get_int("num_samples"); ++i) {
+    sp.seed = seed + static_cast<uint64_t>(i);
+    std::cout << "---- sample " << i + 1 << " ----\n" << prompt << std::flush;
+    generate(model, tok.encode(prompt), sp, [&](int64_t t) {
+      std::cout << tok.decode({t}) << std::flush;
+      return true;
+    });
+    std::cout << "\n";
+  }
+}
+
+int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
+  PluginHost host;
+  Experiment exp = load_experiment(path, overrides, host);
+  fail_on_plugin_problems(host);
+  RunSetup setup = prepare_run(exp, host);
+  log_info(setup.describe());
+  write_file_atomically(fs::path(setup.ctx.out_dir) / "config.yaml", exp.resolved_yaml);
+  write_file_atomically(fs::path(setup.ctx.out_dir) / "tokenizer.json", setup.ctx.data.tokenizer->to_json());
+  auto trainer = host.registry().make_trainer(exp.trainer_name, exp.trainer);
+  trainer->run(setup.ctx);
+  if (!no_sample && exp.sample.get_int("num_samples") > 0)
+    print_samples(*setup.ctx.model, *setup.ctx.data.tokenizer, exp.sample, static_cast<uint64_t>(exp.top.get_int("seed")));
+  return 0;
+}
+
+int cmd_validate(const std::string& path, const std::vector<std::string>& overrides, bool print) {
+  PluginHost host;
+  Experiment exp = load_experiment(path, overrides, host);
+  fail_on_plugin_problems(host);
+  if (print) std::cout << exp.resolved_yaml;
+  std::cout << path << ": valid (" << exp.model.get_int("n_layer") << " layers of";
+  for (const auto& b : exp.model.get_string_list("block_pattern")) std::cout << " " << b;
+  std::cout << ", optimizer " << exp.optimizer_name << ", trainer " << exp.trainer_name << ")\n";
+  return 0;
+}
+
+struct SampleOptions {
+  std::string checkpoint, prompt = "\n", device = "cpu";
+  int64_t max_tokens = 200, top_k = 50, num_samples = 1;
+  double temperature = 0.8, top_p = 0.95;
+  uint64_t seed = 0;
+};
+
+int cmd_sample(const SampleOptions& o) {
+  PluginHost host;
+  LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device);
+  Params s = lm.experiment.sample;
+  auto set = [&](const char* k, ParamValue v) { s.set(k, std::move(v)); };
+  ParamValue v;
+  v.type = ParamType::String, v.s = o.prompt, set("prompt", v);
+  v = {}, v.type = ParamType::Int, v.i = o.max_tokens, set("max_tokens", v);
+  v.i = o.top_k, set("top_k", v);
+  v.i = o.num_samples, set("num_samples", v);
+  v = {}, v.type = ParamType::Float, v.f = o.temperature, set("temperature", v);
+  v.f = o.top_p, set("top_p", v);
+  print_samples(*lm.model, *lm.tokenizer, s, o.seed);
+  return 0;
+}
+
+int cmd_plugins(const std::string& describe) {
+  PluginHost host;
+  const Registry& reg = host.registry();
+  if (!describe.empty()) {
+    bool found = false;
+    for (const auto* r : reg.all()) {
+      if (r->name != describe && r->origin.plugin_name != describe) continue;
+      found = true;
+      std::cout << plugin_kind_name(r->kind) << " '" << r->name << "' — " << r->doc << "\n  from " << r->origin.file
+                << " (plugin " << r->origin.plugin_name << " " << r->origin.plugin_version << ")\n";
+      if (r->schema.empty()) std::cout << "  (no parameters of its own)\n";
+      else std::cout << describe_schema(r->schema);
+      if (r->kind == PluginKind::Trainer) std::cout << "  and the keys every trainer takes:\n" << describe_schema(trainer_common_schema());
+    }
+    if (!found) reg.get(PluginKind::Block, describe);  // throws with the list of what exists
+    return 0;
+  }
+  std::cout << "plugin folders searched: " << host.search_path_text() << "\n";
+  for (const auto& p : host.plugins()) {
+    std::cout << p.name << " " << p.version << "  " << p.file << "\n    " << p.description << "\n    registers:";
+    for (const auto& r : p.registered) std::cout << " [" << r << "]";
+    std::cout << "\n";
+  }
+  for (const auto& p : host.problems()) std::cout << "NOT LOADED " << p.file << ": " << p.message << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  set_default_threads();
+  CLI::App app{"LinearNexus: train language models from YAML experiments and plugin blocks"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("linearnexus 0.1.0 (plugin ABI ") +
+                                        std::to_string(LINEARNEXUS_PLUGIN_ABI_VERSION) + ", LibTorch " +
+                                        LINEARNEXUS_TORCH_VERSION + ")");
+
+  std::string path, describe_name, model_preset, optimizer_name, lr;
+  std::vector<std::string> overrides;
+  bool no_sample = false, print = false;
+  auto add_overrides = [&](CLI::App* c) {
+    c->add_option("experiment", path, "experiment YAML file")->required();
+    c->add_option("--set", overrides, "override a key: --set trainer.max_steps=100 (repeatable)");
+    c->add_option("--model", model_preset, "model preset (same as --set model.preset=NAME)");
+    c->add_option("--optimizer", optimizer_name, "optimizer plugin (same as --set optimizer.name=NAME)");
+    c->add_option("--lr", lr, "learning rate (same as --set optimizer.lr=VALUE)");
+  };
+  auto* run = app.add_subcommand("run", "train an experiment, then print samples");
+  add_overrides(run);
+  run->add_flag("--no-sample", no_sample, "skip the samples printed after training");
+  auto* validate = app.add_subcommand("validate", "check an experiment file without running it");
+  add_overrides(validate);
+  validate->add_flag("--print", print, "print the resolved experiment (every default filled in)");
+
+  SampleOptions so;
+  auto* sample = app.add_subcommand("sample", "generate text from a checkpoint, streaming it to stdout");
+  sample->add_option("--checkpoint", so.checkpoint, "run folder (uses its latest) or checkpoint file")->required();
+  sample->add_option("--prompt", so.prompt, "text to continue");
+  sample->add_option("--max-tokens", so.max_tokens, "new tokens");
+  sample->add_option("--temperature", so.temperature, "softmax temperature (0 = greedy)");
+  sample->add_option("--top-k", so.top_k, "keep the k most likely tokens (0 = off)");
+  sample->add_option("--top-p", so.top_p, "nucleus sampling mass (1 = off)");
+  sample->add_option("--seed", so.seed, "sampling seed");
+  sample->add_option("--num-samples", so.num_samples, "how many samples");
+  sample->add_option("--device", so.device, "cpu, cuda or auto");
+
+  auto* plugins = app.add_subcommand("plugins", "list the plugins found, or describe one");
+  auto* describe = plugins->add_subcommand("describe", "print a plugin's parameters: types, defaults, docs");
+  describe->add_option("name", describe_name, "block, optimizer, trainer or plugin name")->required();
+
+  auto* presets = app.add_subcommand("presets", "list the model presets (model.preset / --model)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (!model_preset.empty()) overrides.push_back("model.preset=" + model_preset);
+    if (!optimizer_name.empty()) overrides.push_back("optimizer.name=" + optimizer_name);
+    if (!lr.empty()) overrides.push_back("optimizer.lr=" + lr);
+    if (run->parsed()) return cmd_run(path, overrides, no_sample);
+    if (validate->parsed()) return cmd_validate(path, overrides, print);
+    if (sample->parsed()) return cmd_sample(so);
+    if (plugins->parsed()) return cmd_plugins(describe->parsed() ? describe_name : "");
+    if (presets->parsed()) {
+      for (const auto& p : preset_names()) std::cout << p << "\n";
+      return 0;
+    }
+  } catch (const Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    // LibTorch's messages carry a C++ backtrace: print only the message itself.
+    std::string msg = e.what_without_backtrace();
+    std::cerr << "error: " << msg.substr(0, msg.find('\n')) << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,11 @@
+// The test programs' main: Catch2 with LibTorch using every core, as the runner does.
+#if !__has_include(<catch2/catch_all.hpp>)
+#define CATCH_CONFIG_RUNNER
+#endif
+#include "catch.h"
+#include "linearnexus/session.h"
+
+int main(int argc, char** argv) {
+  linearnexus::set_default_threads();
+  return Catch::Session().run(argc, argv);
+}

@@ -1,0 +1,34 @@
+// Test-only plugins that must be refused. Each is built as its own .so with one of these defined:
+//   BAD_ABI      - claims plugin ABI version 999
+//   OTHER_TORCH  - claims it was built against LibTorch 0.0.1
+//   THROWS       - its register callback throws
+//   NO_ENTRY     - exports no entry point at all
+#include <linearnexus/plugin.h>
+
+#include <stdexcept>
+
+#ifndef NO_ENTRY
+namespace {
+void register_nothing(linearnexus::Registry&) {
+#ifdef THROWS
+  throw std::runtime_error("this test plugin always fails to register");
+#endif
+}
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo* linearnexus_plugin_info() {
+#if defined(BAD_ABI)
+  static const LinearNexusPluginInfo info{999u, LINEARNEXUS_TORCH_VERSION, "bad_abi", "0.1", "wrong ABI",
+                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
+#elif defined(OTHER_TORCH)
+  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, "0.0.1", "other_torch", "0.1", "other LibTorch",
+                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
+#else
+  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, "throws", "0.1",
+                                          "throws while registering", [](linearnexus::Registry* r) { register_nothing(*r); }};
+#endif
+  return &info;
+}
+#else
+extern "C" __attribute__((visibility("default"))) int not_a_linearnexus_plugin() { return 0; }
+#endif

@@ -1,0 +1,165 @@
+// Training end to end: exact resume, learning real text, and the runner's error handling.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <map>
+
+#include "catch.h"
+#include "linearnexus/session.h"
+#include "test_util.h"
+
+using namespace linearnexus;
+using namespace lntest;
+
+namespace {
+
+// Train in-process exactly as `linearnexus run` does (minus the samples).
+void train(const std::string& yaml, const std::vector<std::string>& overrides) {
+  PluginHost host;
+  Experiment e = parse(yaml, host, overrides);
+  RunSetup s = prepare_run(e, host);
+  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+}
+
+// metrics.jsonl -> {step: {key: value}}
+std::map<int64_t, nlohmann::json> metrics(const std::string& run_dir) {
+  std::map<int64_t, nlohmann::json> out;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    out[j["step"].get<int64_t>()] = j;
+  }
+  return out;
+}
+
+const char* kSmallGPT = R"(
+name: resume-test
+seed: 7
+data: {path: "builtin:arithmetic", seq_len: 32}
+model: {hidden_size: 32, n_layer: 2, max_seq_len: 64, dropout: 0.1, block_pattern: [attention], blocks: {attention: {n_head: 4}}}
+optimizer: {name: adamw, lr: 3e-3}
+schedule: {warmup_steps: 10}
+trainer: {name: sft, max_steps: 60, batch_size: 4, log_every: 1, eval_every: 20, eval_batches: 2, save_every: 1000}
+)";
+
+}  // namespace
+
+TEST_CASE("a resumed run logs exactly the losses of an uninterrupted one (30 + 30 == 60)", "[training]") {
+  TempDir t;
+  train(kSmallGPT, {"trainer.out_dir=" + (t / "full")});
+  train(kSmallGPT, {"trainer.out_dir=" + (t / "split"), "trainer.stop_after=30"});
+  CHECK(metrics(t / "split").size() == 30);
+  train(kSmallGPT, {"trainer.out_dir=" + (t / "split"), "trainer.resume=auto"});
+  auto full = metrics(t / "full"), split = metrics(t / "split");
+  REQUIRE(full.size() == 60);
+  REQUIRE(split.size() == 60);
+  for (int64_t step = 1; step <= 60; ++step) {
+    INFO("step " << step);
+    CHECK(split[step]["loss"].get<double>() == full[step]["loss"].get<double>());
+  }
+  CHECK(split[60]["val_loss"].get<double>() == full[60]["val_loss"].get<double>());
+  // And the loss fell.
+  CHECK(full[60]["loss"].get<double>() < full[1]["loss"].get<double>() - 0.05);
+}
+
+TEST_CASE("a small char GPT learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)", "[training][e2e]") {
+  const std::string path = shared_data("tinyshakespeare.txt");
+  if (path.empty()) LN_SKIP("tinyshakespeare.txt not found under " LINEARNEXUS_SHARED_DATA_DIR);
+  // The unigram entropy of the text's characters (3.31 nats for tiny Shakespeare).
+  std::string text = read_text(path);
+  std::map<char, double> counts;
+  for (char c : text) counts[c] += 1;
+  double H = 0;
+  for (auto& [c, n] : counts) H -= n / text.size() * std::log(n / text.size());
+  CHECK(H == Approx(3.31).margin(0.01));
+  TempDir t;
+  train(std::string(R"(
+name: shakespeare-e2e
+data: {path: ")") + path + R"(", seq_len: 64}
+model: {hidden_size: 96, n_layer: 2, max_seq_len: 64, block_pattern: [attention], blocks: {attention: {n_head: 4}}}
+optimizer: {name: adamw, lr: 3e-3}
+schedule: {warmup_steps: 20, min_lr: 3e-4}
+trainer: {name: sft, max_steps: 300, batch_size: 16, log_every: 50, eval_every: 300, eval_batches: 10}
+)", {"trainer.out_dir=" + (t / "run")});
+  auto m = metrics(t / "run");
+  const double val = m.rbegin()->second["val_loss"].get<double>();
+  INFO("validation loss " << val << " vs unigram entropy " << H);
+  CHECK(val < H - 0.5);
+}
+
+// ---- the runner's errors: one clear line, a non-zero exit, nothing half-written ---------------
+
+namespace {
+void check_one_clean_error(const CliResult& r, const std::string& expect) {
+  INFO("stderr: " << r.err);
+  CHECK(r.code != 0);
+  CHECK(r.code < 128);  // no crash by signal
+  CHECK_CONTAINS(r.err, "error: ");
+  CHECK_CONTAINS(r.err, expect);
+  CHECK(r.err.find("terminate called") == std::string::npos);
+  CHECK(r.err.find("Exception raised from") == std::string::npos);
+  // The error is one line, the last one (progress logs may precede it).
+  const auto last = r.err.rfind("error: ");
+  CHECK((last == 0 || (last != std::string::npos && r.err[last - 1] == '\n')));
+  CHECK(r.err.find('\n', last) == r.err.size() - 1);
+  CHECK(r.err.find("error: ") == last);
+}
+
+const char* kCliExperiment = R"(name: cli
+data: {path: "builtin:arithmetic", seq_len: 16}
+model: {hidden_size: 16, n_layer: 1, max_seq_len: 32, block_pattern: [attention], blocks: {attention: {n_head: 2}}}
+trainer: {name: sft, max_steps: 2, batch_size: 2, log_every: 1, eval_batches: 1}
+sample: {num_samples: 0}
+)";
+}  // namespace
+
+TEST_CASE("runner: malformed YAML, unknown key, wrong type, unknown plugin", "[cli]") {
+  TempDir t;
+  write_text(t / "broken.yaml", "model:\n  n_layer: [1,\n");
+  check_one_clean_error(run_cli("validate " + (t / "broken.yaml")), "broken.yaml:3:");
+  write_text(t / "typo.yaml", std::string(kCliExperiment) + "schedule: {warmpu_steps: 3}\n");
+  check_one_clean_error(run_cli("validate " + (t / "typo.yaml")), "did you mean 'warmup_steps'");
+  write_text(t / "exp.yaml", kCliExperiment);
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.batch_size=two"), "must be an integer");
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[mambaa]'"), "unknown block 'mambaa'");
+}
+
+TEST_CASE("runner: plugin folders with a non-plugin or a wrong-ABI plugin", "[cli]") {
+  TempDir t;
+  write_text(t / "exp.yaml", kCliExperiment);
+  fs::create_directories(t / "junk");
+  write_text(t / "junk/readme.so", "not a library");
+  check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set 'plugins.paths=[" + (t / "junk") + "]'"),
+                        "readme.so: not a loadable plugin");
+  check_one_clean_error(run_cli("validate " + (t / "exp.yaml"), "LINEARNEXUS_PLUGIN_PATH=" LINEARNEXUS_TEST_PLUGIN_DIR),
+                        "ABI version 999");
+}
+
+TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corrupt checkpoints", "[cli]") {
+  TempDir t;
+  write_text(t / "exp.yaml", kCliExperiment);
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "missing.txt")), "does not exist");
+  write_text(t / "short.txt", "to be or not to be, that is the question");
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "short.txt") + " --set data.seq_len=30"),
+                        "at least seq_len + 1");
+
+  auto ok = run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a"));
+  INFO(ok.err);
+  REQUIRE(ok.code == 0);
+  REQUIRE(fs::exists(t / "a/latest.safetensors"));
+  REQUIRE(fs::exists(t / "a/config.yaml"));
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "b") +
+                                " --set model.hidden_size=32 --set trainer.resume=" + (t / "a/latest.safetensors")),
+                        "tensor 'model.wte.weight' is [");
+  CHECK_FALSE(fs::exists(t / "b/latest.safetensors"));
+  // A fresh run into a folder that holds checkpoints would overwrite them: refused.
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")), "already holds checkpoints");
+
+  std::string bytes = read_text(t / "a/latest.safetensors");
+  write_text(t / "cut.safetensors", bytes.substr(0, bytes.size() - 100));
+  check_one_clean_error(run_cli("sample --checkpoint " + (t / "cut.safetensors")), "cut.safetensors");
+
+  auto sample = run_cli("sample --checkpoint " + (t / "a") + " --prompt '12+' --max-tokens 10");
+  CHECK(sample.code == 0);
+  CHECK(sample.out.rfind("---- sample 1 ----\n12+", 0) == 0);
+}

@@ -1,0 +1,76 @@
+#pragma once
+// Small helpers shared by the test programs.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "linearnexus/config.h"
+#include "linearnexus/plugin_host.h"
+#include "test_paths.h"
+
+namespace lntest {
+
+namespace fs = std::filesystem;
+
+// `rel` under the shared data folder ($LINEARNEXUS_SHARED_DATA overrides), or "" when absent.
+inline std::string shared_data(const std::string& rel) {
+  const char* env = std::getenv("LINEARNEXUS_SHARED_DATA");
+  fs::path p = fs::path(env ? env : LINEARNEXUS_SHARED_DATA_DIR) / rel;
+  return fs::exists(p) ? p.string() : "";
+}
+
+// A fresh folder, removed with everything in it when the test ends.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "linearnexus_test_XXXXXX").string();
+    path = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
+};
+
+inline void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct CliResult {
+  int code;
+  std::string out, err;
+};
+// Run the real `linearnexus` binary with `args` (a shell-quoted string), capturing its output.
+inline CliResult run_cli(const std::string& args, const std::string& env = "") {
+  TempDir t;
+  const std::string cmd = env + " " LINEARNEXUS_RUNNER " " + args + " >" + (t / "out") + " 2>" + (t / "err");
+  int rc = std::system(cmd.c_str());
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), read_text(t / "out"), read_text(t / "err")};
+}
+
+// Parse experiment YAML text as if it were the file "test.yaml".
+inline linearnexus::Experiment parse(const std::string& yaml, linearnexus::PluginHost& host,
+                                     const std::vector<std::string>& overrides = {}) {
+  return linearnexus::parse_experiment(yaml, "test.yaml", "", overrides, host);
+}
+
+// The message of the linearnexus::Error that `f` throws ("" when it throws none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace lntest
