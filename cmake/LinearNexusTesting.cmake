@@ -15,12 +15,12 @@ configure_file(${CMAKE_SOURCE_DIR}/tests/test_paths.h.in ${CMAKE_BINARY_DIR}/tes
 add_library(linearnexus_test_main OBJECT ${CMAKE_SOURCE_DIR}/tests/main.cpp)
 target_link_libraries(linearnexus_test_main PUBLIC ${LINEARNEXUS_CATCH_TARGET} linearnexus_core)
 target_include_directories(linearnexus_test_main PUBLIC ${CMAKE_SOURCE_DIR}/tests ${CMAKE_BINARY_DIR}/tests/generated)
-target_precompile_headers(linearnexus_test_main REUSE_FROM linearnexus_pch)
+linearnexus_reuse_pch(linearnexus_test_main)
 
 function(linearnexus_add_test NAME)
   add_executable(${NAME} ${ARGN})
   target_link_libraries(${NAME} PRIVATE linearnexus_test_main linearnexus_core)
-  target_precompile_headers(${NAME} REUSE_FROM linearnexus_pch)
+  linearnexus_reuse_pch(${NAME})
   # Each test case is its own CTest test, so `ctest -j2` spreads them over both cores.
   catch_discover_tests(${NAME} PROPERTIES LABELS cpu)
 endfunction()

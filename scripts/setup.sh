@@ -15,6 +15,7 @@ PACKAGES=(
   nlohmann-json3-dev      # safetensors headers, metrics.jsonl, tokenizer files
   libpcre2-dev            # GPT-2 pre-tokenizer regex with Unicode classes
   libcurl4-openssl-dev    # data.download
+  libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -163,3 +163,23 @@ TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corru
   CHECK(sample.code == 0);
   CHECK(sample.out.rfind("---- sample 1 ----\n12+", 0) == 0);
 }
+
+TEST_CASE("runner: plugins lists files and versions and describe documents keys and docs/config.md is current", "[cli]") {
+  auto list = run_cli("plugins");
+  REQUIRE(list.code == 0);
+  CHECK_CONTAINS(list.out, "attention 1.0.0");
+  CHECK_CONTAINS(list.out, "attention.so");
+  CHECK_CONTAINS(list.out, "[block attention]");
+  CHECK_CONTAINS(list.out, "[optimizer adamw]");
+  CHECK_CONTAINS(list.out, "[trainer sft]");
+  auto describe = run_cli("plugins describe attention");
+  REQUIRE(describe.code == 0);
+  CHECK_CONTAINS(describe.out, "n_kv_head");
+  CHECK_CONTAINS(describe.out, "MHA");
+  check_one_clean_error(run_cli("plugins describe attentoin"), "attention");
+  // docs/config.md is generated from the schemas; regenerate it when a key changes:
+  //   build/bin/linearnexus docs > docs/config.md
+  auto docs = run_cli("docs");
+  REQUIRE(docs.code == 0);
+  CHECK(docs.out == read_text(LINEARNEXUS_SOURCE_DIR "/docs/config.md"));
+}

@@ -267,6 +267,27 @@ std::string describe_schema(const Schema& schema) {
   return out.str();
 }
 
+std::string describe_schema_markdown(const Schema& schema) {
+  // Markdown table for docs/config.md; '|' inside a cell would break the table.
+  auto cell = [](std::string s) {
+    for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2) s.replace(i, 1, "\\|");
+    return s;
+  };
+  std::ostringstream out;
+  out << "| key | type | default | meaning |\n|---|---|---|---|\n";
+  for (const auto& s : schema) {
+    std::string doc = s.doc;
+    if (!s.choices.empty()) {
+      doc += " (one of:";
+      for (const auto& c : s.choices) doc += " `" + c + "`";
+      doc += ")";
+    }
+    out << "| `" << s.key << "` | " << param_type_name(s.type) << " | "
+        << (s.default_value.empty() ? "(required)" : "`" + cell(s.default_value) + "`") << " | " << cell(doc) << " |\n";
+  }
+  return out.str();
+}
+
 std::string nearest_key(const std::string& key, const std::vector<std::string>& candidates) {
   auto dist = [](const std::string& a, const std::string& b) {
     std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);

@@ -13,10 +13,7 @@
 #include <random>
 #include <sstream>
 
-#if __has_include("linearnexus/bpe_tokenizer.h")  // TEMP until the BPE tokenizer lands
 #include "linearnexus/bpe_tokenizer.h"
-#define HAVE_BPE 1
-#endif
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 
@@ -68,7 +65,6 @@ class CharTokenizer : public Tokenizer {
   std::array<int64_t, 256> ids_;
 };
 
-#ifdef HAVE_BPE
 class BPEAdapter : public Tokenizer {
  public:
   BPEAdapter(BPETokenizer bpe, std::string spec) : bpe_(std::move(bpe)), spec_(std::move(spec)) {}
@@ -83,7 +79,6 @@ class BPEAdapter : public Tokenizer {
   BPETokenizer bpe_;
   std::string spec_;
 };
-#endif
 
 }  // namespace
 
@@ -105,11 +100,7 @@ std::shared_ptr<Tokenizer> make_bpe_tokenizer(const std::string& spec) {
                   "(or name that folder or a .tiktoken file instead of gpt2)");
     path = dir;
   }
-#ifdef HAVE_BPE
   return std::make_shared<BPEAdapter>(BPETokenizer::from_path(path), fs::absolute(path).string());
-#else
-  throw Error("no bpe");
-#endif
 }
 
 std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {

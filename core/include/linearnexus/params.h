@@ -66,6 +66,8 @@ ParamValue parse_param_value(const ParamSpec& spec, const std::string& yaml_text
 Params params_from_defaults(const Schema& schema, const std::string& section);
 // Human-readable table of a schema: key, type, default, doc.
 std::string describe_schema(const Schema& schema);
+// The same as a Markdown table (docs/config.md is generated from the schemas: `linearnexus docs`).
+std::string describe_schema_markdown(const Schema& schema);
 // Closest candidate by edit distance, or "" when nothing is close.
 std::string nearest_key(const std::string& key, const std::vector<std::string>& candidates);
 
