@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "linearnexus/checkpoint.h"
 #include "linearnexus/config.h"
+#include "linearnexus/data.h"
 #include "linearnexus/error.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/log.h"
@@ -136,6 +138,37 @@ int cmd_plugins(const std::string& describe) {
   return 0;
 }
 
+// stdin text -> ids on one line, or (decode) ids -> text.
+int cmd_tokenize(const std::string& spec, bool decode) {
+  auto tok = spec == "char" ? nullptr : make_bpe_tokenizer(spec);
+  if (!tok) throw Error("tokenize: --tokenizer must be gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file");
+  if (decode) {
+    std::vector<int64_t> ids;
+    std::string word;
+    while (std::cin >> word) {
+      char* end = nullptr;
+      const long long id = std::strtoll(word.c_str(), &end, 10);
+      if (*end) throw Error("tokenize --decode: '" + word + "' on stdin is not a token id");
+      ids.push_back(id);
+    }
+    std::cout << tok->decode(ids) << std::flush;
+    return 0;
+  }
+  std::stringstream text;
+  text << std::cin.rdbuf();
+  const auto ids = tok->encode(text.str());
+  for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
+  std::cout << "\n";
+  return 0;
+}
+
+int cmd_prepare(const PrepareOptions& o) {
+  PreparedSummary s = prepare_token_files(o);
+  std::cout << o.out_dir << ": " << s.train_tokens << " train + " << s.val_tokens << " validation tokens (" << s.dtype
+            << ", vocabulary " << s.vocab_size << ") from " << s.input_bytes << " bytes in " << s.seconds << " s\n";
+  return 0;
+}
+
 // The YAML reference (docs/config.md is this output): the host's sections from their schemas, then
 // every loaded plugin's own keys, so the document cannot drift from what the validator accepts.
 int cmd_docs() {
@@ -228,6 +261,25 @@ int main(int argc, char** argv) {
   auto* describe = plugins->add_subcommand("describe", "print a plugin's parameters: types, defaults, docs");
   describe->add_option("name", describe_name, "block, optimizer, trainer or plugin name")->required();
 
+  std::string tokenizer_spec;
+  bool decode = false;
+  auto* tokenize = app.add_subcommand("tokenize", "UTF-8 text on stdin -> token ids on stdout (or --decode)");
+  tokenize->add_option("--tokenizer", tokenizer_spec,
+                       "gpt2 (files in $LINEARNEXUS_TOKENIZER_DIR), a folder with encoder.json + vocab.bpe, or a .tiktoken file")
+      ->required();
+  tokenize->add_flag("--decode", decode, "read space-separated ids, print the text");
+
+  PrepareOptions prep;
+  auto* data_cmd = app.add_subcommand("data", "prepare token files for training");
+  data_cmd->require_subcommand(1);
+  auto* prepare = data_cmd->add_subcommand("prepare", "tokenize text files into train.bin / val.bin + meta.json");
+  prepare->add_option("--tokenizer", prep.tokenizer, "char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file")
+      ->required();
+  prepare->add_option("--input", prep.inputs, "text files (one document each)")->required()->expected(1, -1);
+  prepare->add_option("--out", prep.out_dir, "output folder")->required();
+  prepare->add_option("--val-fraction", prep.val_fraction, "fraction of the tokens (at the end) for val.bin");
+  prepare->add_flag("!--no-progress", prep.progress, "no progress bar");
+
   auto* docs = app.add_subcommand("docs", "print the YAML reference in Markdown (docs/config.md)");
   auto* presets = app.add_subcommand("presets", "list the model presets (model.preset / --model)");
 
@@ -246,6 +298,8 @@ int main(int argc, char** argv) {
     if (sample->parsed()) return cmd_sample(so);
     if (plugins->parsed()) return cmd_plugins(describe->parsed() ? describe_name : "");
     if (docs->parsed()) return cmd_docs();
+    if (tokenize->parsed()) return cmd_tokenize(tokenizer_spec, decode);
+    if (prepare->parsed()) return cmd_prepare(prep);
     if (presets->parsed()) {
       for (const auto& p : preset_names()) std::cout << p << "\n";
       return 0;

@@ -13,25 +13,6 @@ using namespace lntest;
 
 namespace {
 
-// Train in-process exactly as `linearnexus run` does (minus the samples).
-void train(const std::string& yaml, const std::vector<std::string>& overrides) {
-  PluginHost host;
-  Experiment e = parse(yaml, host, overrides);
-  RunSetup s = prepare_run(e, host);
-  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
-}
-
-// metrics.jsonl -> {step: {key: value}}
-std::map<int64_t, nlohmann::json> metrics(const std::string& run_dir) {
-  std::map<int64_t, nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    out[j["step"].get<int64_t>()] = j;
-  }
-  return out;
-}
-
 const char* kSmallGPT = R"(
 name: resume-test
 seed: 7
@@ -46,11 +27,11 @@ trainer: {name: sft, max_steps: 60, batch_size: 4, log_every: 1, eval_every: 20,
 
 TEST_CASE("a resumed run logs exactly the losses of an uninterrupted one (30 + 30 == 60)", "[training]") {
   TempDir t;
-  train(kSmallGPT, {"trainer.out_dir=" + (t / "full")});
-  train(kSmallGPT, {"trainer.out_dir=" + (t / "split"), "trainer.stop_after=30"});
-  CHECK(metrics(t / "split").size() == 30);
-  train(kSmallGPT, {"trainer.out_dir=" + (t / "split"), "trainer.resume=auto"});
-  auto full = metrics(t / "full"), split = metrics(t / "split");
+  train_experiment(kSmallGPT, {"trainer.out_dir=" + (t / "full")});
+  train_experiment(kSmallGPT, {"trainer.out_dir=" + (t / "split"), "trainer.stop_after=30"});
+  CHECK(read_metrics(t / "split").size() == 30);
+  train_experiment(kSmallGPT, {"trainer.out_dir=" + (t / "split"), "trainer.resume=auto"});
+  auto full = read_metrics(t / "full"), split = read_metrics(t / "split");
   REQUIRE(full.size() == 60);
   REQUIRE(split.size() == 60);
   for (int64_t step = 1; step <= 60; ++step) {
@@ -73,7 +54,7 @@ TEST_CASE("a small char GPT learns tiny Shakespeare (val loss 0.5 nats under the
   for (auto& [c, n] : counts) H -= n / text.size() * std::log(n / text.size());
   CHECK(H == Approx(3.31).margin(0.01));
   TempDir t;
-  train(std::string(R"(
+  train_experiment(std::string(R"(
 name: shakespeare-e2e
 data: {path: ")") + path + R"(", seq_len: 64}
 model: {hidden_size: 96, n_layer: 2, max_seq_len: 64, block_pattern: [attention], blocks: {attention: {n_head: 4}}}
@@ -81,7 +62,7 @@ optimizer: {name: adamw, lr: 3e-3}
 schedule: {warmup_steps: 20, min_lr: 3e-4}
 trainer: {name: sft, max_steps: 300, batch_size: 16, log_every: 50, eval_every: 300, eval_batches: 10}
 )", {"trainer.out_dir=" + (t / "run")});
-  auto m = metrics(t / "run");
+  auto m = read_metrics(t / "run");
   const double val = m.rbegin()->second["val_loss"].get<double>();
   INFO("validation loss " << val << " vs unigram entropy " << H);
   CHECK(val < H - 0.5);

@@ -7,7 +7,12 @@
 #include <sstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
+#include <map>
+
 #include "linearnexus/config.h"
+#include "linearnexus/session.h"
 #include "linearnexus/plugin_host.h"
 #include "test_paths.h"
 
@@ -60,6 +65,25 @@ inline CliResult run_cli(const std::string& args, const std::string& env = "") {
 inline linearnexus::Experiment parse(const std::string& yaml, linearnexus::PluginHost& host,
                                      const std::vector<std::string>& overrides = {}) {
   return linearnexus::parse_experiment(yaml, "test.yaml", "", overrides, host);
+}
+
+// Train in-process exactly as `linearnexus run` does (minus the samples).
+inline void train_experiment(const std::string& yaml, const std::vector<std::string>& overrides) {
+  linearnexus::PluginHost host;
+  linearnexus::Experiment e = parse(yaml, host, overrides);
+  linearnexus::RunSetup s = linearnexus::prepare_run(e, host);
+  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+}
+
+// A run folder's metrics.jsonl -> {step: {key: value}}
+inline std::map<int64_t, nlohmann::json> read_metrics(const std::string& run_dir) {
+  std::map<int64_t, nlohmann::json> out;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    out[j["step"].get<int64_t>()] = j;
+  }
+  return out;
 }
 
 // The message of the linearnexus::Error that `f` throws ("" when it throws none).

@@ -154,6 +154,7 @@ const Schema& data_schema() {
       {"download", ParamType::String, "\"\"", "URL fetched to data.path when the file is missing"},
       {"download_sha256", ParamType::String, "\"\"", "expected SHA-256 of the download (\"\" = unchecked)"},
       {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)"},
+      {"sampling", ParamType::String, "random", "training windows: random offsets, or epoch = shuffled non-overlapping windows, each once per epoch", {"random", "epoch"}},
   };
   return s;
 }
@@ -180,6 +181,20 @@ DataSplits load_data(const Params& data, const std::string& base_dir, std::share
 
   std::string text;
   std::string name = path_key;
+  {
+    fs::path p(path_key);
+    if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
+    if (is_prepared_dir(p.string())) {
+      // Token ids are fixed by the prepared files: their tokenizer wins (a resumed run's is the same).
+      DataSplits out = load_prepared(p.string());
+      for (const auto* split : {&out.train, &out.val})
+        if ((*split)->size() < seq_len + 1)
+          throw Error("data: " + (*split)->describe() + " holds " + std::to_string((*split)->size()) +
+                      " tokens, but needs at least seq_len + 1 = " + std::to_string(seq_len + 1) +
+                      "; lower data.seq_len or prepare more text");
+      return out;
+    }
+  }
   if (path_key == "builtin:arithmetic") {
     text = builtin_arithmetic_corpus(200000, 1234);
   } else if (path_key.rfind("builtin:", 0) == 0) {
@@ -226,19 +241,58 @@ DataSplits load_data(const Params& data, const std::string& base_dir, std::share
   return out;
 }
 
-Batch get_batch(const TokenDataset& data, int64_t batch_size, int64_t seq_len, uint64_t seed, int64_t step,
-                int64_t micro_step, int64_t rank) {
-  const int64_t span = data.size() - seq_len - 1;
+Sampling parse_sampling(const std::string& name) {
+  if (name == "random") return Sampling::Random;
+  if (name == "epoch") return Sampling::Epoch;
+  throw Error("data.sampling must be random or epoch (got '" + name + "')");
+}
+
+namespace {
+// A pseudo-random permutation of [0, n) as a pure function (no table, O(1) memory, any n): a
+// 4-round Feistel network on the smallest even number of bits covering n, cycle-walking until the
+// value lands inside [0, n). Expected walks are < 4 since the domain is at most 4n.
+int64_t permute(int64_t i, int64_t n, uint64_t key) {
+  int bits = 2;
+  while ((int64_t{1} << bits) < n) bits += 2;
+  const int half = bits / 2;
+  const uint64_t mask = (uint64_t{1} << half) - 1;
+  uint64_t x = static_cast<uint64_t>(i);
+  do {
+    uint64_t l = x >> half, r = x & mask;
+    for (uint64_t round = 0; round < 4; ++round) {
+      const uint64_t f = splitmix64(key ^ (round << 56) ^ r) & mask;
+      std::tie(l, r) = std::make_pair(r, l ^ f);
+    }
+    x = (l << half) | r;
+  } while (x >= static_cast<uint64_t>(n));
+  return static_cast<int64_t>(x);
+}
+}  // namespace
+
+Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, int64_t micro_step, int64_t rank) {
+  const int64_t B = spec.batch_size, T = spec.seq_len, span = data.size() - T - 1;
   if (span < 0)
     throw Error(data.describe() + " holds " + std::to_string(data.size()) + " tokens, fewer than seq_len + 1 = " +
-                std::to_string(seq_len + 1));
-  std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
-                                 (static_cast<uint64_t>(micro_step) << 20) ^ (static_cast<uint64_t>(rank) << 40)));
-  std::uniform_int_distribution<int64_t> pick(0, span);
-  auto buf = at::empty({batch_size, seq_len + 1}, at::kLong);
+                std::to_string(T + 1));
+  auto buf = at::empty({B, T + 1}, at::kLong);
   int64_t* p = buf.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch_size; ++b) data.read(pick(rng), seq_len + 1, p + b * (seq_len + 1));
-  return {buf.narrow(1, 0, seq_len).contiguous(), buf.narrow(1, 1, seq_len).contiguous()};
+  if (spec.sampling == Sampling::Random) {
+    std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(spec.seed) ^ static_cast<uint64_t>(step)) ^
+                                   (static_cast<uint64_t>(micro_step) << 20) ^ (static_cast<uint64_t>(rank) << 40)));
+    std::uniform_int_distribution<int64_t> pick(0, span);
+    for (int64_t b = 0; b < B; ++b) data.read(pick(rng), T + 1, p + b * (T + 1));
+  } else {
+    // Window w covers tokens [w (T+1), (w+1)(T+1)). The g-th sequence of the run (counting every
+    // row of every micro-batch of every rank in order) is window permute(g mod n) of epoch g / n.
+    const int64_t n = (data.size()) / (T + 1);
+    const int64_t first = ((step * spec.micro_steps + micro_step) * spec.world_size + rank) * B;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t g = first + b, epoch = g / n;
+      const int64_t w = permute(g % n, n, splitmix64(spec.seed ^ splitmix64(static_cast<uint64_t>(epoch))));
+      data.read(w * (T + 1), T + 1, p + b * (T + 1));
+    }
+  }
+  return {buf.narrow(1, 0, T).contiguous(), buf.narrow(1, 1, T).contiguous()};
 }
 
 // ---- downloads --------------------------------------------------------------------------------

@@ -174,6 +174,17 @@ bool TrainingRun::is_log_step(int64_t step) const {
   return (step + 1) % log_every_ == 0 || step + 1 == last_step_ || is_eval_step(step);
 }
 
+Batch TrainingRun::train_batch(int64_t step, int64_t micro) const {
+  const Experiment& e = *ctx_.experiment;
+  BatchSpec spec;
+  spec.batch_size = e.trainer.get_int("batch_size");
+  spec.seq_len = e.data.get_int("seq_len");
+  spec.seed = static_cast<uint64_t>(e.top.get_int("seed"));
+  spec.sampling = parse_sampling(e.data.get_string("sampling"));
+  spec.micro_steps = std::max<int64_t>(1, e.trainer.get_int("grad_accum"));
+  return get_batch(*ctx_.data.train, spec, step, micro);
+}
+
 double TrainingRun::evaluate_lm() {
   const Params& data = ctx_.experiment->data;
   const int64_t n = trainer_params().get_int("eval_batches"), B = trainer_params().get_int("batch_size");

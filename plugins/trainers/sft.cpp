@@ -15,13 +15,12 @@ class SFTTrainer : public Trainer {
     const int64_t B = t.get_int("batch_size"), accum = std::max<int64_t>(1, t.get_int("grad_accum"));
     const int64_t T = ctx.experiment->data.get_int("seq_len");
     const double clip = t.get_float("grad_clip");
-    const uint64_t seed = static_cast<uint64_t>(ctx.experiment->top.get_int("seed"));
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
       at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
       for (int64_t micro = 0; micro < accum; ++micro) {
-        Batch b = get_batch(*ctx.data.train, B, T, seed, step, micro);
+        Batch b = run.train_batch(step, micro);
         auto loss = lm_loss(ctx.model->forward(b.x.to(ctx.device)), b.y.to(ctx.device));
         (loss / static_cast<double>(accum)).backward();
         loss_sum += loss.detach();

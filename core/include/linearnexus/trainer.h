@@ -61,6 +61,9 @@ class TrainingRun {
   void end_step(int64_t step, const MetricsFn& metrics, int64_t tokens, const TensorMap& extra = {});
   bool is_log_step(int64_t step) const;
   bool is_eval_step(int64_t step) const;
+  // Micro-batch `micro` of step `step` from the training split, drawn as data.sampling says (a
+  // pure function of seed, step, micro-batch and rank: resumes continue on the same batches).
+  Batch train_batch(int64_t step, int64_t micro) const;
   // Mean validation loss over eval_batches batches (fixed, independent of the step).
   double evaluate_lm();
   // Save now (step = number of completed steps).
