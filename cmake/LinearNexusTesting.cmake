@@ -21,6 +21,8 @@ function(linearnexus_add_test NAME)
   add_executable(${NAME} ${ARGN})
   target_link_libraries(${NAME} PRIVATE linearnexus_test_main linearnexus_core)
   linearnexus_reuse_pch(${NAME})
-  # Each test case is its own CTest test, so `ctest -j2` spreads them over both cores.
-  catch_discover_tests(${NAME} PROPERTIES LABELS cpu)
+  # Each test case is its own CTest test, so `ctest -j2` spreads them over both cores. One LibTorch
+  # thread per test process: OpenMP threads spin while they wait, and two 2-thread processes on 2
+  # cores slow each other down many times over.
+  catch_discover_tests(${NAME} PROPERTIES LABELS cpu ENVIRONMENT LINEARNEXUS_NUM_THREADS=1)
 endfunction()
