@@ -9,8 +9,9 @@
 // The state per layer is {"conv_state" [B, d_inner, d_conv - 1] (the last inputs of the conv),
 // "ssm_state" [B, d_inner, d_state]}. Three scans compute the same recurrence:
 //   recurrent   one token on the state (decoding);
-//   chunk       the training / prefill path: chunks of chunk_size tokens, each a handful of batched
-//               ops on segment sums of cumulative log-decays, the state carried across chunks;
+//   chunk       the training / prefill path: chunks of chunk_size tokens, each batched ops on
+//               [B, chunk, N, D] with cumulative log-decays, the state carried across chunks, and a
+//               hand-written backward that recomputes one chunk at a time;
 //   sequential  a plain loop over time steps, the reference the tests compare against.
 #include <linearnexus/error.h>
 #include <linearnexus/layers.h>
@@ -35,100 +36,111 @@ struct ScanResult {
   at::Tensor y, state;
 };
 
-// The linear recurrence h_t = exp(la_t) h_{t-1} + b_t for every t at once, chunk by chunk
-// (reverse: h_t = exp(la_t) h_{t+1} + b_t, from the end). la [B, T, F] (log-decays, <= 0),
-// b [B, T, F], h0 [B, F] (the state before the first step) -> h [B, T, F].
-//  1. every chunk from a zero state, all chunks together: Q steps of batched ops on [B, nC, F]
-//     (Q launches, not T), accumulating S, the cumulative log-decay from the chunk's start;
-//  2. the state entering chunk c+1 is exp(S_end(c)) * (state entering c) + chunk c's own end state
-//     (nC small steps);
-//  3. h += exp(S_t) * (state entering t's chunk).
-// Only S (<= 0) is exponentiated, never -S (a positive cumulative sum, which overflows after a few
-// dozen tokens of strong decay).
-// Why not a parallel form inside the chunk: Mamba-1's decay differs per (channel, state), so the
-// pairwise (SSD-style) form costs Q times the work of the recurrence and a doubling scan log2(Q)
-// times; on a CPU that extra memory traffic costs more than the launches it saves (a doubling scan
-// measured ~5x slower than this). This form does the recurrence's work in ~2Q + nC launches.
-at::Tensor linear_scan(const at::Tensor& la_in, const at::Tensor& b_in, const at::Tensor& h0, int64_t Q, bool reverse) {
-  const int64_t B = la_in.size(0), T = la_in.size(1), F = la_in.size(2);
-  Q = std::min(Q, T);
-  const int64_t nC = (T + Q - 1) / Q, pad = nC * Q - T;
-  // Padding steps (after the end, or before the start in reverse) have log-decay 0 and no input:
-  // they leave the state as it is.
-  const std::vector<int64_t> padding = reverse ? std::vector<int64_t>{0, 0, pad, 0} : std::vector<int64_t>{0, 0, 0, pad};
-  auto la = (pad ? at::constant_pad_nd(la_in, padding) : la_in).contiguous().view({B, nC, Q, F});
-  auto b = (pad ? at::constant_pad_nd(b_in, padding) : b_in).contiguous().view({B, nC, Q, F});
+// One chunk of the linear recurrence h_t = exp(la_t) h_{t-1} + b_t (reverse: h_t = exp(la_t) h_{t+1}
+// + b_t, from the end), entering with state h0. la [B, Q, F] (log-decays, <= 0), b [B, Q, F],
+// h0 [B, F] -> h [B, Q, F]:
+//   h = (the chunk's own part, from a zero state) + exp(S_t) * h0,
+// with S the cumulative log-decay from the chunk's start. Only S (<= 0) is exponentiated, never -S
+// (a positive cumulative sum, which overflows after a few dozen tokens of strong decay). The zero-
+// state part does not depend on h0, which is what lets chunks run side by side on a parallel device.
+// Inside the chunk it is Q steps of batched ops on [B, F], not a parallel form: Mamba-1's decay
+// differs per (channel, state), so the pairwise (SSD-style) form costs Q times the recurrence's
+// work and a doubling scan log2(Q) times; on this CPU a doubling scan measured 4-8x slower than
+// the sequential reference, this form about as fast (docs/benchmarks.md).
+at::Tensor scan_in_chunk(const at::Tensor& la_in, const at::Tensor& b_in, const at::Tensor& h0, bool reverse) {
+  auto la = la_in.contiguous(), b = b_in.contiguous();
+  const int64_t Q = la.size(1);
   auto a = la.exp();                                   // per-step decays in (0, 1]
-  auto h = at::empty(b.sizes(), b.options()), S = at::empty(b.sizes(), b.options());  // [B, nC, Q, F]
-  const int64_t first = reverse ? Q - 1 : 0, step = reverse ? -1 : 1, last = reverse ? 0 : Q - 1;
-  h.select(2, first).copy_(b.select(2, first));
-  S.select(2, first).copy_(la.select(2, first));
+  auto h = at::empty(b.sizes(), b.options()), S = at::empty(b.sizes(), b.options());  // [B, Q, F]
+  const int64_t first = reverse ? Q - 1 : 0, step = reverse ? -1 : 1;
+  h.select(1, first).copy_(b.select(1, first));
+  S.select(1, first).copy_(la.select(1, first));
   for (int64_t q = first + step; q >= 0 && q < Q; q += step) {
     // (Strided adds: ATen's cumsum over a middle dimension is several times slower.)
-    auto hq = h.select(2, q), Sq = S.select(2, q);
-    at::addcmul_out(hq, b.select(2, q), a.select(2, q), h.select(2, q - step));
-    at::add_out(Sq, S.select(2, q - step), la.select(2, q));
+    auto hq = h.select(1, q), Sq = S.select(1, q);
+    at::addcmul_out(hq, b.select(1, q), a.select(1, q), h.select(1, q - step));
+    at::add_out(Sq, S.select(1, q - step), la.select(1, q));
   }
-  S.exp_();                                            // decay from the chunk's start, in (0, 1]
-  auto enter = at::empty({B, nC, F}, b.options());     // the state entering each chunk
-  const int64_t c0 = reverse ? nC - 1 : 0;
-  enter.select(1, c0).copy_(h0);
-  for (int64_t c = c0 + step; c >= 0 && c < nC; c += step) {
-    auto out = enter.select(1, c);
-    at::addcmul_out(out, h.select(1, c - step).select(1, last), S.select(1, c - step).select(1, last), enter.select(1, c - step));
-  }
-  h.addcmul_(S, enter.unsqueeze(2));
-  return h.view({B, nC * Q, F}).narrow(1, reverse ? pad : 0, T);
+  return h.addcmul_(S.exp_(), h0.unsqueeze(1));       // exp(S) in (0, 1]: the decay from the chunk's start
 }
 
-// The selective scan as one autograd node with its gradient written out (autograd would record
-// ~2Q + nC nodes and keep their [B, T, N, D] inputs alive). The backward is the same linear
-// recurrence run backwards in time (linear_scan again):
-//   g_t = dL/dh_t (from y_t = C_t h_t, and from the final state) + exp(la_{t+1}) g_{t+1}
+// The selective scan as one autograd node with its gradient written out. Chunks run one after the
+// other, carrying the state; each chunk is a handful of batched ops on [B, Q, N, D] plus its Q-step
+// scan_in_chunk. Only the states entering the chunks are kept: backward recomputes one chunk at a
+// time, newest first (autograd would keep ~2Q nodes' [B, T, N, D] inputs: gigabytes at B=8,
+// T=1024, D=512, N=16, and on a CPU the page faults of such tensors cost more than the arithmetic).
+// The backward is the same linear recurrence run backwards in time (scan_in_chunk again):
+//   g_t = dL/dh_t (from y_t = C_t h_t, and from the state after the chunk) + exp(la_{t+1}) g_{t+1}
 //   dL/db_t = g_t;  dL/dla_t = g_t * h_{t-1} * exp(la_t).
 // Inside, states are [B, T, N, D] (not [.., D, N]): with d_inner innermost every broadcast and
 // reduction runs along a long contiguous row; with N = 16 innermost they ran ~20x slower on CPU.
 struct ChunkScanFunction : public torch::autograd::Function<ChunkScanFunction> {
+  // One chunk from state s [B, N, D]: la, b and h [B, Q, N, D].
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk(const at::Tensor& u, const at::Tensor& delta,
+                                                              const at::Tensor& At, const at::Tensor& Bm, const at::Tensor& s) {
+    const int64_t B = u.size(0), Q = u.size(1), N = At.size(0), D = At.size(1);
+    auto la = delta.unsqueeze(2) * At;                                     // [B, Q, N, D]
+    auto b = Bm.unsqueeze(-1) * (delta * u).unsqueeze(2);                 // [B, Q, N, D]
+    auto h = scan_in_chunk(la.view({B, Q, N * D}), b.view({B, Q, N * D}), s.reshape({B, N * D}), false).view({B, Q, N, D});
+    return {la, b, h};
+  }
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& s0, int64_t Q) {
     // u, delta: [B, T, D]; A: [D, N]; Bm, Cm: [B, T, N]; s0: [B, D, N]
-    const int64_t B = u.size(0), T = u.size(1), D = u.size(2), N = A.size(1);
-    auto At = A.t().contiguous();                                         // [N, D]
-    auto la = delta.unsqueeze(2) * At;                                     // [B, T, N, D]
-    auto b = Bm.unsqueeze(-1) * (delta * u).unsqueeze(2);                 // [B, T, N, D]
-    auto h = linear_scan(la.view({B, T, N * D}), b.view({B, T, N * D}), s0.transpose(1, 2).reshape({B, N * D}), Q, false)
-                 .view({B, T, N, D});
-    auto y = (h * Cm.unsqueeze(-1)).sum(2);                               // [B, T, D]
-    ctx->save_for_backward({u, delta, At, Bm, Cm, s0, h});
+    const int64_t T = u.size(1);
+    auto At = A.t().contiguous();                                          // [N, D]
+    at::Tensor s = s0.transpose(1, 2).contiguous();                        // [B, N, D]
+    std::vector<at::Tensor> ys, entering;
+    for (int64_t t0 = 0; t0 < T; t0 += Q) {
+      const int64_t n = std::min(Q, T - t0);
+      entering.push_back(s);
+      auto h = std::get<2>(chunk(u.narrow(1, t0, n), delta.narrow(1, t0, n), At, Bm.narrow(1, t0, n), s));
+      ys.push_back((h * Cm.narrow(1, t0, n).unsqueeze(-1)).sum(2));      // [B, n, D]
+      s = h.select(1, n - 1).contiguous();
+    }
+    ctx->save_for_backward({u, delta, At, Bm, Cm, at::stack(entering)});
     ctx->saved_data["Q"] = Q;
-    return {y, h.select(1, T - 1).transpose(1, 2).contiguous()};         // [B, D, N]
+    return {at::cat(ys, 1), s.transpose(1, 2).contiguous()};               // y [B, T, D], state [B, D, N]
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto v = ctx->get_saved_variables();
-    const auto &u = v[0], &delta = v[1], &At = v[2], &Bm = v[3], &Cm = v[4], &s0 = v[5], &h = v[6];
-    const int64_t Q = ctx->saved_data["Q"].toInt(), B = u.size(0), T = u.size(1), D = u.size(2), N = At.size(0);
-    auto gy = grads[0].defined() ? grads[0] : at::zeros_like(u);
-    auto gT = grads[1].defined() ? grads[1].transpose(1, 2) : at::zeros({B, N, D}, u.options());  // [B, N, D]
-    auto la = delta.unsqueeze(2) * At;                                     // [B, T, N, D]
-    // Backwards in time g is a linear recurrence whose step t decays by exp(la_{t+1}) (by 1 at T-1,
-    // where gT enters as the initial state).
-    auto la_next = at::cat({la.narrow(1, 1, T - 1), at::zeros_like(la.narrow(1, 0, 1))}, 1);
-    auto direct = Cm.unsqueeze(-1) * gy.unsqueeze(2);                      // [B, T, N, D]
-    auto g = linear_scan(la_next.view({B, T, N * D}), direct.view({B, T, N * D}), gT.reshape({B, N * D}), Q, true)
-                 .view({B, T, N, D});
-    la_next = direct = at::Tensor();
-    auto h_prev = at::cat({s0.transpose(1, 2).unsqueeze(1), h.narrow(1, 0, T - 1)}, 1);
-    auto a = la.exp_();
-    auto gla = g * h_prev * a;                                             // [B, T, N, D]
-    auto gs0 = (a.select(1, 0) * g.select(1, 0)).transpose(1, 2);          // [B, D, N]
-    auto gdu = (g * Bm.unsqueeze(-1)).sum(2);                              // dL/d(delta u): [B, T, D]
-    auto gu = gdu * delta;
-    auto gdelta = gdu * u + (gla * At).sum(2);
-    auto gA = (gla * delta.unsqueeze(2)).sum(at::IntArrayRef{0, 1}).t();  // [D, N]
-    auto gB = (g * (delta * u).unsqueeze(2)).sum(-1);                      // [B, T, N]
-    auto gC = (h * gy.unsqueeze(2)).sum(-1);                               // [B, T, N]
-    return {gu, gdelta, gA, gB, gC, gs0, at::Tensor()};
+    const auto &u = v[0], &delta = v[1], &At = v[2], &Bm = v[3], &Cm = v[4], &entering = v[5];
+    const int64_t Q = ctx->saved_data["Q"].toInt(), B = u.size(0), T = u.size(1), N = At.size(0), D = At.size(1);
+    auto gy_all = grads[0].defined() ? grads[0] : at::zeros_like(u);
+    // dL/d(state after the current chunk) [B, N, D]
+    at::Tensor gs = grads[1].defined() ? grads[1].transpose(1, 2).contiguous() : at::zeros({B, N, D}, u.options());
+    std::vector<at::Tensor> gu, gdelta, gB, gC;
+    auto gAt = at::zeros_like(At);
+    for (int64_t c = entering.size(0) - 1; c >= 0; --c) {
+      const int64_t t0 = c * Q, n = std::min(Q, T - t0);
+      auto uc = u.narrow(1, t0, n), dc = delta.narrow(1, t0, n), Bc = Bm.narrow(1, t0, n), Cc = Cm.narrow(1, t0, n);
+      auto gy = gy_all.narrow(1, t0, n);
+      auto [la, b, h] = chunk(uc, dc, At, Bc, entering[c]);
+      // Backwards in time g is a linear recurrence whose step t decays by exp(la_{t+1}) (by 1 at the
+      // chunk's last step, where gs enters as the initial state).
+      auto la_next = at::cat({la.narrow(1, 1, n - 1), at::zeros_like(la.narrow(1, 0, 1))}, 1);
+      auto direct = Cc.unsqueeze(-1) * gy.unsqueeze(2);                    // [B, n, N, D]
+      auto g = scan_in_chunk(la_next.view({B, n, N * D}), direct.view({B, n, N * D}), gs.reshape({B, N * D}), true)
+                   .view({B, n, N, D});
+      auto h_prev = at::cat({entering[c].unsqueeze(1), h.narrow(1, 0, n - 1)}, 1);
+      auto a = la.exp_();
+      auto gla = g * h_prev * a;                                           // [B, n, N, D]
+      gs = a.select(1, 0) * g.select(1, 0);                                // into the state entering the chunk
+      auto gdu = (g * Bc.unsqueeze(-1)).sum(2);                            // dL/d(delta u): [B, n, D]
+      gu.push_back(gdu * dc);
+      gdelta.push_back(gdu * uc + (gla * At).sum(2));
+      gAt += (gla * dc.unsqueeze(2)).sum(at::IntArrayRef{0, 1});
+      gB.push_back((g * (dc * uc).unsqueeze(2)).sum(-1));                  // [B, n, N]
+      gC.push_back((h * gy.unsqueeze(2)).sum(-1));                         // [B, n, N]
+    }
+    auto cat_reversed = [](std::vector<at::Tensor>& x) {
+      std::reverse(x.begin(), x.end());
+      return at::cat(x, 1);
+    };
+    return {cat_reversed(gu), cat_reversed(gdelta), gAt.t(), cat_reversed(gB), cat_reversed(gC),
+            gs.transpose(1, 2), at::Tensor()};
   }
 };
 
@@ -299,7 +311,7 @@ void register_mamba(Registry& r) {
                   {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial delta"},
                   {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
                   {"bias", ParamType::Bool, "false", "biases in in_proj and out_proj"},
-                  {"chunk_size", ParamType::Int, "64", "tokens per chunk of the parallel scan"},
+                  {"chunk_size", ParamType::Int, "16", "tokens per chunk of the chunked scan (state carried across chunks)"},
                   {"scan", ParamType::String, "chunk", "training/prefill scan: chunk, or the slow sequential reference (tests, benchmarks)",
                    {"chunk", "sequential"}},
               },
