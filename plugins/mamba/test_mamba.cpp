@@ -61,7 +61,7 @@ BlockOutput run(Block& b, const at::Tensor& x, LayerState s, Mode mode, int64_t 
 
 }  // namespace
 
-TEST_CASE("mamba: chunked scan == sequential reference, outputs and every gradient", "[mamba]") {
+TEST_CASE("mamba: chunked scan == sequential reference in outputs and every gradient", "[mamba]") {
   PluginHost host;
   for (int64_t N : {1, 4, 16}) {
     for (int64_t T : {37, 5}) {  // 37 = 4 chunks of 8 + 5; 5 < one chunk
@@ -130,7 +130,7 @@ TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the refer
   CHECK(close(y.detach(), ys));
 }
 
-TEST_CASE("mamba: recurrent decoding == chunked scan; prefill + decode == chunk over the whole", "[mamba]") {
+TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over the whole", "[mamba]") {
   PluginHost host;
   torch::manual_seed(4);
   auto b = make_mamba(host, 16, {{"chunk_size", "8"}, {"dt_max", "0.5"}});
@@ -346,7 +346,7 @@ TEST_CASE("a small char mamba learns tiny Shakespeare (val loss 0.5 nats under t
   check_learns_shakespeare("model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, block_pattern: [mamba]}");
 }
 
-TEST_CASE("a small char hybrid [mamba, mamba, attention] learns tiny Shakespeare", "[mamba][e2e]") {
+TEST_CASE("a small char hybrid of mamba and attention blocks learns tiny Shakespeare", "[mamba][e2e]") {
   check_learns_shakespeare(
       "model: {hidden_size: 64, n_layer: 3, max_seq_len: 64, block_pattern: [mamba, mamba, attention], "
       "blocks: {attention: {n_head: 4}}}");
