@@ -20,6 +20,7 @@
 
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace linearnexus {
