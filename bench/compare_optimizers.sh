@@ -8,7 +8,8 @@
 # goes through `linearnexus run` with --set overrides; the numbers come from the runs'
 # metrics.jsonl. Writes summary.tsv, curves_<optimizer>.tsv and, when gnuplot is installed
 # (apt-get install gnuplot-nox), docs/optimizer_comparison.png.
-# Env: STEPS (default 300), THREADS (LINEARNEXUS_NUM_THREADS, default 2).
+# Env: STEPS (default 300), THREADS (LINEARNEXUS_NUM_THREADS, default 2), KEEP=1 keeps runs that
+# already finished (to add sweep points or redo the plot without rerunning everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -35,7 +36,7 @@ EOF
 SWEEP=(
   "adamw|1e-3 3e-3 1e-2|optimizer.weight_decay=0.1"
   "muon|0.01 0.02 0.05|optimizer.adamw_lr=3e-3"
-  "sophia|3e-4 1e-3 3e-3|optimizer.rho=0.04 optimizer.weight_decay=0.1"
+  "sophia|1e-4 3e-4 1e-3 3e-3|optimizer.rho=0.04 optimizer.weight_decay=0.1"
 )
 
 final_val() { tail -n 1 "$1/metrics.jsonl" | sed -E 's/.*"val_loss":([0-9.eE+-]+).*/\1/'; }
@@ -45,11 +46,15 @@ for entry in "${SWEEP[@]}"; do
   IFS='|' read -r opt lrs extra <<<"$entry"
   for lr in $lrs; do
     dir="$OUT/${opt}_lr$lr"
+    if [ "${KEEP:-0}" = 1 ] && grep -q "\"step\":$STEPS," "$dir/metrics.jsonl" 2>/dev/null; then
+      echo "== $opt lr $lr (kept)"
+    else
     rm -rf "$dir"
     sets=(--set "trainer.out_dir=$dir" --set "schedule.min_lr=$(awk "BEGIN{print $lr/10}")")
     for e in $extra; do sets+=(--set "$e"); done
     echo "== $opt lr $lr"
     "$BIN" run "$OUT/base.yaml" --optimizer "$opt" --lr "$lr" "${sets[@]}" 2>&1 | grep -E "optimizer:|step $STEPS/" || true
+    fi
     # ms/step: the mean over the logged intervals (each includes its share of evaluation).
     ms=$(grep -o '"ms_per_step":[0-9.eE+-]*' "$dir/metrics.jsonl" | cut -d: -f2 | awk '{s+=$1; n++} END {printf "%.1f", s/n}')
     wall=$(tail -n 1 "$dir/metrics.jsonl" | sed -E 's/.*"elapsed_sec":([0-9.eE+-]+).*/\1/')

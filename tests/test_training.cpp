@@ -43,13 +43,14 @@ schedule: {warmup_steps: 10}
 trainer: {name: sft, max_steps: 60, batch_size: 4, log_every: 1, eval_every: 20, eval_batches: 2, save_every: 1000}
 )";
 
-const double kCharGPTTarget = 3.3;
+// Below the unigram entropy of the characters (3.31 nats): the model learned more than frequencies.
+const double kCharGPTTarget = 3.2;
 
 // Each optimizer at a learning rate that suits it (Muon's lr is its matrices' spectral step).
 const std::vector<std::pair<std::string, std::vector<std::string>>> kOptimizers = {
     {"adamw", {"optimizer.lr=3e-3"}},
     {"muon", {"optimizer.lr=0.02", "optimizer.adamw_lr=3e-3"}},
-    {"sophia", {"optimizer.lr=1e-3"}},
+    {"sophia", {"optimizer.lr=3e-3"}},
 };
 
 std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
@@ -94,11 +95,11 @@ name: char-gpt-optimizers
 data: {path: ")") + path + R"(", seq_len: 32}
 model: {hidden_size: 32, n_layer: 2, max_seq_len: 32, block_pattern: [attention], blocks: {attention: {n_head: 2}}}
 schedule: {warmup_steps: 10}
-trainer: {name: sft, max_steps: 100, batch_size: 8, log_every: 50, eval_every: 100, eval_batches: 4}
+trainer: {name: sft, max_steps: 150, batch_size: 8, log_every: 50, eval_every: 150, eval_batches: 4}
 )", with({"trainer.out_dir=" + (t / "run"), "optimizer.name=" + name}, opt));
     auto m = metrics(t / "run");
     const double val = m.rbegin()->second["val_loss"].get<double>();
-    INFO(name << ": validation loss " << val << " after 100 steps (ln 65 = 4.17 at the start)");
+    INFO(name << ": validation loss " << val << " after 150 steps (ln 65 = 4.17 at the start)");
     CHECK(val < kCharGPTTarget);
   }
 }
