@@ -49,6 +49,40 @@ bool glob_match(const std::string& pat, const std::string& s) {
   return p == pat.size();
 }
 
+bool glob_match_any(const std::vector<std::string>& patterns, const std::string& text) {
+  for (const auto& pat : patterns)
+    if (glob_match(pat, text)) return true;
+  return false;
+}
+
+bool in_decay_group(const NamedParameter& p, const std::vector<std::string>& decay,
+                    const std::vector<std::string>& no_decay) {
+  bool d = !default_no_decay(p);
+  if (glob_match_any(decay, p.name)) d = true;
+  if (glob_match_any(no_decay, p.name)) d = false;
+  return d;
+}
+
+void adamw_update(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v,
+                  int64_t step, double lr, double b1, double b2, double eps, double wd) {
+  torch::NoGradGuard g;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(step));
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(b2, static_cast<double>(step)));
+  auto p = param;  // a handle: the updates below are in place
+  if (wd != 0) p.mul_(1.0 - lr * wd);
+  m.mul_(b1).add_(grad, 1.0 - b1);
+  v.mul_(b2).addcmul_(grad, grad, 1.0 - b2);
+  auto denom = (v.sqrt() / bc2_sqrt).add_(eps);
+  p.addcdiv_(m, denom, -lr / bc1);
+}
+
+const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& key, const std::string& optimizer) {
+  auto it = state.find(key);
+  if (it == state.end())
+    throw Error("checkpoint has no " + optimizer + " state '" + key + "' (saved by another optimizer?)");
+  return it->second;
+}
+
 double lr_multiplier(int64_t step, int64_t warmup, int64_t max_steps, const std::string& decay, double min_ratio) {
   if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
   if (decay == "constant" || max_steps <= warmup) return 1.0;
@@ -78,6 +112,17 @@ at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets) {
   return torch::nn::functional::cross_entropy(
       logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
+}
+
+at::Tensor sampled_label_loss(const at::Tensor& logits) {
+  const int64_t V = logits.size(-1);
+  auto flat = logits.reshape({-1, V}).to(at::kFloat);
+  at::Tensor labels;
+  {
+    torch::NoGradGuard g;
+    labels = at::multinomial(at::softmax(flat.detach(), -1), 1).reshape({-1});
+  }
+  return torch::nn::functional::cross_entropy(flat, labels);
 }
 
 // ---- TrainingRun ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 #include <linearnexus/optimizer.h>
 #include <linearnexus/plugin.h>
 
-#include <cmath>
 #include <sstream>
 
 namespace linearnexus {
@@ -17,37 +16,17 @@ class AdamW : public Optimizer {
     auto betas = p.get_float_list("betas");
     if (betas.size() != 2) throw Error("optimizer.betas must be two numbers, e.g. [0.9, 0.95]");
     b1_ = betas[0], b2_ = betas[1];
-    const auto& force_decay = p.get_string_list("decay");
-    const auto& force_no_decay = p.get_string_list("no_decay");
-    auto matches = [](const std::vector<std::string>& pats, const std::string& n) {
-      for (const auto& pat : pats)
-        if (glob_match(pat, n)) return true;
-      return false;
-    };
-    for (const auto& np : params) {
-      bool decay = !default_no_decay(np);
-      if (matches(force_decay, np.name)) decay = true;
-      if (matches(force_no_decay, np.name)) decay = false;
-      slots_.push_back({np, decay, at::zeros_like(np.param), at::zeros_like(np.param)});
-    }
+    for (const auto& np : params)
+      slots_.push_back({np, in_decay_group(np, p.get_string_list("decay"), p.get_string_list("no_decay")),
+                        at::zeros_like(np.param), at::zeros_like(np.param)});
     lr_now_ = lr_;
   }
 
   void step() override {
-    torch::NoGradGuard g;
     ++t_;
-    const double bc1 = 1.0 - std::pow(b1_, static_cast<double>(t_));
-    const double bc2_sqrt = std::sqrt(1.0 - std::pow(b2_, static_cast<double>(t_)));
-    for (auto& s : slots_) {
-      auto& p = s.np.param;
-      if (!p.grad().defined()) continue;
-      auto g = p.grad();
-      if (s.decay && wd_ != 0) p.mul_(1.0 - lr_now_ * wd_);
-      s.m.mul_(b1_).add_(g, 1.0 - b1_);
-      s.v.mul_(b2_).addcmul_(g, g, 1.0 - b2_);
-      auto denom = (s.v.sqrt() / bc2_sqrt).add_(eps_);
-      p.addcdiv_(s.m, denom, -lr_now_ / bc1);
-    }
+    for (auto& s : slots_)
+      if (s.np.param.grad().defined())
+        adamw_update(s.np.param, s.np.param.grad(), s.m, s.v, t_, lr_now_, b1_, b2_, eps_, s.decay ? wd_ : 0.0);
   }
 
   void set_lr_multiplier(double m) override { lr_now_ = lr_ * m; }
@@ -65,16 +44,11 @@ class AdamW : public Optimizer {
   }
 
   void load_state_dict(const TensorMap& st) override {
-    auto get = [&](const std::string& k) -> const at::Tensor& {
-      auto it = st.find(k);
-      if (it == st.end()) throw Error("checkpoint has no adamw state '" + k + "' (saved by another optimizer?)");
-      return it->second;
-    };
     torch::NoGradGuard g;
-    t_ = get("step").item<int64_t>();
+    t_ = optimizer_state_at(st, "step", "adamw").item<int64_t>();
     for (auto& s : slots_) {
-      s.m.copy_(get(s.np.name + ".exp_avg"));
-      s.v.copy_(get(s.np.name + ".exp_avg_sq"));
+      s.m.copy_(optimizer_state_at(st, s.np.name + ".exp_avg", "adamw"));
+      s.v.copy_(optimizer_state_at(st, s.np.name + ".exp_avg_sq", "adamw"));
     }
   }
 

@@ -1,12 +1,19 @@
 // Optimizer plugins: exact agreement with references, state round trips, and that they optimise.
+#include <torch/autograd.h>
 #include <torch/optim.h>
 
 #include "catch.h"
 #include "linearnexus/optimizer.h"
 #include "linearnexus/plugin_host.h"
+#include "linearnexus/session.h"
+#include "linearnexus/trainer.h"
 #include "test_util.h"
 
+#include <cmath>
+#include <set>
+
 using namespace linearnexus;
+using lntest::error_of;
 
 namespace {
 
@@ -55,6 +62,10 @@ TEST_CASE("optimizer state round-trips through state_dict", "[optimizers]") {
     std::vector<NamedParameter> p1{{"w.weight", w1, {}}}, p2{{"w.weight", w2, {}}};
     auto o1 = make(host, name, p1), o2 = make(host, name, p2);
     for (int s = 0; s < 4; ++s) {
+      if (o1->wants_curvature_estimate(s)) {  // Sophia's Hessian EMA must round-trip too
+        w1.mutable_grad() = torch::randn({8, 4});
+        o1->update_curvature(16);
+      }
       w1.mutable_grad() = torch::randn({8, 4});
       o1->step();
     }
@@ -78,7 +89,9 @@ TEST_CASE("every optimizer lowers a least-squares loss", "[optimizers]") {
     auto A = torch::randn({64, 16}), x_true = torch::randn({16, 8}), Y = A.mm(x_true);
     auto X = torch::zeros({16, 8}).requires_grad_(true);
     std::vector<NamedParameter> ps{{"x.weight", X, {}}};
-    auto opt = make(host, name, ps, {"optimizer.lr=0.01", "optimizer.weight_decay=0.0"});
+    // Muon's lr is a spectral step (every singular direction moves ~lr per step): X_true's
+    // spectral norm is ~7, so 0.01 x 300 steps cannot reach it; 0.05 can.
+    auto opt = make(host, name, ps, {name == "muon" ? "optimizer.lr=0.05" : "optimizer.lr=0.01", "optimizer.weight_decay=0.0"});
     auto loss0 = (A.mm(X) - Y).pow(2).mean().item<double>();
     double loss = loss0;
     for (int s = 0; s < 300; ++s) {
@@ -91,4 +104,247 @@ TEST_CASE("every optimizer lowers a least-squares loss", "[optimizers]") {
     INFO(name << ": loss " << loss0 << " -> " << loss);
     CHECK(loss < 0.05 * loss0);
   }
+}
+
+// ---- muon ---------------------------------------------------------------------------------------
+
+namespace {
+
+// The quintic Newton-Schulz iteration in float64, written out independently of the plugin:
+// X <- a X + b (X X^T) X + c (X X^T)^2 X on the Frobenius-normalised (tall: transposed) matrix.
+at::Tensor ns_reference(const at::Tensor& G, int steps = 5) {
+  const double a = 3.4445, b = -4.7750, c = 2.0315;
+  auto X = G.to(at::kDouble);
+  X = X / (X.norm() + 1e-7);
+  const bool tall = X.size(0) > X.size(1);
+  if (tall) X = X.t();
+  for (int i = 0; i < steps; ++i) {
+    auto A = X.mm(X.t());
+    X = a * X + b * A.mm(X) + c * A.mm(A).mm(X);
+  }
+  return tall ? X.t() : X;
+}
+
+// What the muon plugin makes of G: one step from zero with lr 1, no momentum, no decay, divided by
+// the ratio shape scale, is the orthogonalised G.
+at::Tensor ns_via_muon(PluginHost& host, const at::Tensor& G) {
+  auto p = torch::zeros_like(G).requires_grad_(true);
+  std::vector<NamedParameter> ps{{"h.weight", p, {}}};
+  auto opt = make(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.nesterov=false",
+                                     "optimizer.weight_decay=0"});
+  p.mutable_grad() = G.clone();
+  opt->step();
+  const double scale = std::sqrt(std::max(1.0, static_cast<double>(G.size(0)) / static_cast<double>(G.size(1))));
+  return -p.detach() / scale;
+}
+
+// The scalar map the iteration applies to each normalised singular value, `steps` times.
+double ns_scalar(double x, int steps = 5) {
+  for (int i = 0; i < steps; ++i) x = 3.4445 * x - 4.7750 * x * x * x + 2.0315 * x * x * x * x * x;
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("muon: Newton-Schulz output has singular values in the quintic's band and matches float64", "[optimizers][muon]") {
+  PluginHost host;
+  torch::manual_seed(11);
+  for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{32, 32}, {16, 64}, {64, 16}, {48, 20}, {8, 100}}) {
+    auto G = torch::randn({shape.first, shape.second});
+    auto sv_in = at::linalg_svdvals(G.to(at::kDouble));
+    // The band holds for normalised singular values >= 2e-3 (the scalar map sends [2e-3, 1] into
+    // [0.68, 1.21] in 5 steps); random Gaussian matrices of these shapes are well inside that.
+    REQUIRE((sv_in.min() / G.to(at::kDouble).norm()).item<double>() > 2e-3);
+    auto O = ns_via_muon(host, G);
+    auto sv = at::linalg_svdvals(O.to(at::kDouble));
+    INFO(shape.first << "x" << shape.second << ": singular values in [" << sv.min().item<double>() << ", "
+                     << sv.max().item<double>() << "]");
+    CHECK(sv.min().item<double>() > 0.67);
+    CHECK(sv.max().item<double>() < 1.22);
+    CHECK(torch::allclose(O.to(at::kDouble), ns_reference(G), 1e-4, 1e-4));
+  }
+}
+
+TEST_CASE("muon: one step on a small matrix equals the hand-computed update", "[optimizers][muon]") {
+  // G = [[0,4],[3,0],[0,0]] has singular values 4 and 3 (Frobenius norm 5), so the orthogonalised
+  // update is [[0, f(0.8)], [f(0.6), 0], [0, 0]] with f the scalar quintic map applied 5 times.
+  // Tall 3x2: shape scale sqrt(3/2). Nesterov's (1 + beta) factor vanishes in the normalisation.
+  PluginHost host;
+  auto p = torch::ones({3, 2}).requires_grad_(true);
+  std::vector<NamedParameter> ps{{"blocks.0.mlp.up.weight", p, {}}};
+  auto opt = make(host, "muon", ps, {"optimizer.lr=0.1", "optimizer.weight_decay=0.5"});
+  p.mutable_grad() = torch::tensor({0.f, 4.f, 3.f, 0.f, 0.f, 0.f}).reshape({3, 2});
+  opt->step();
+  const double lr = 0.1, wd = 0.5, s = std::sqrt(1.5);
+  auto expect = torch::full({3, 2}, 1.0 - lr * wd, at::kDouble);
+  expect[0][1] -= lr * s * ns_scalar(0.8);
+  expect[1][0] -= lr * s * ns_scalar(0.6);
+  INFO("got " << p << "\nexpected " << expect);
+  CHECK(torch::allclose(p.detach().to(at::kDouble), expect, 1e-5, 1e-6));
+  CHECK(opt->state_dict().at("blocks.0.mlp.up.weight.momentum_buffer").equal(p.grad()));
+}
+
+TEST_CASE("muon: a fused matrix is orthogonalised per declared sub-matrix", "[optimizers][muon]") {
+  PluginHost host;
+  torch::manual_seed(12);
+  auto G = torch::randn({4, 2});
+  auto p = torch::zeros({4, 2}).requires_grad_(true);
+  std::vector<NamedParameter> ps{{"blocks.0.qkv.weight", p, {3, 1}}};
+  auto opt = make(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.weight_decay=0"});
+  p.mutable_grad() = G.clone();
+  opt->step();
+  auto got = -p.detach().to(at::kDouble);
+  // Part 1: 3x2 (scale sqrt(3/2)); part 2: 1x2 (scale 1).
+  CHECK(torch::allclose(got.narrow(0, 0, 3), std::sqrt(1.5) * ns_reference(G.narrow(0, 0, 3)), 1e-4, 1e-5));
+  CHECK(torch::allclose(got.narrow(0, 3, 1), ns_reference(G.narrow(0, 3, 1)), 1e-4, 1e-5));
+  CHECK_CONTAINS(opt->describe_groups(), "1 fused matrices split");
+  // A split that does not cover the matrix is an error.
+  std::vector<NamedParameter> bad{{"blocks.0.qkv.weight", torch::zeros({4, 2}), {3, 2}}};
+  CHECK_CONTAINS(error_of([&] { make(host, "muon", bad); }), "covers 5 rows, the matrix has 4");
+}
+
+TEST_CASE("muon: grouping of a gpt model's and of mamba-named tensors, and YAML overrides", "[optimizers][muon]") {
+  PluginHost host;
+  Experiment e = lntest::parse(R"(
+data: {path: x}
+model: {hidden_size: 16, n_layer: 2, max_seq_len: 16, tie_embeddings: false, block_pattern: [attention],
+        blocks: {attention: {n_head: 2, bias: true}}}
+)", host);
+  LMModel model(e.model_config(11), host.registry());
+  auto ps = named_parameters_of(model);
+  // Mamba is not on this branch: tensors named and shaped like its block's (d_inner 32, d_state 4,
+  // dt_rank 2, conv 4), with in_proj declared as two fused halves (x and z).
+  for (auto [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+           {"blocks.2.mixer.in_proj.weight", {64, 16}},  {"blocks.2.mixer.conv_weight", {32, 4}},
+           {"blocks.2.mixer.conv_bias", {32}},           {"blocks.2.mixer.x_proj.weight", {10, 32}},
+           {"blocks.2.mixer.dt_proj.weight", {32, 2}},   {"blocks.2.mixer.dt_proj.bias", {32}},
+           {"blocks.2.mixer.A_log", {32, 4}},            {"blocks.2.mixer.D", {32}},
+           {"blocks.2.mixer.out_proj.weight", {16, 32}}, {"blocks.2.norm.weight", {16}}})
+    ps.push_back({name, torch::zeros(shape), name.find("in_proj") != std::string::npos ? std::vector<int64_t>{32, 32} : std::vector<int64_t>{}});
+
+  const std::set<std::string> want_muon = {
+      "blocks.0.qkv.weight", "blocks.0.proj.weight", "blocks.0.mlp.up.weight", "blocks.0.mlp.gate.weight",
+      "blocks.0.mlp.down.weight", "blocks.1.qkv.weight", "blocks.1.proj.weight", "blocks.1.mlp.up.weight",
+      "blocks.1.mlp.gate.weight", "blocks.1.mlp.down.weight",
+      "blocks.2.mixer.in_proj.weight", "blocks.2.mixer.x_proj.weight", "blocks.2.mixer.out_proj.weight"};
+  auto opt = make(host, "muon", ps);
+  auto st = opt->state_dict();
+  int64_t n_muon = 0, t_muon = 0, n_all = 0;
+  for (const auto& np : ps) {
+    INFO(np.name);
+    const bool muon = want_muon.count(np.name) > 0;
+    CHECK(st.count(np.name + ".momentum_buffer") == (muon ? 1u : 0u));
+    CHECK(st.count(np.name + ".exp_avg") == (muon ? 0u : 1u));
+    if (muon) n_muon += np.param.numel(), ++t_muon;
+    n_all += np.param.numel();
+  }
+  // The gpt model's own tensors: 2 x (ln1, qkv w+b, proj w+b, ln2, mlp up/gate/down) + wte, norm, lm_head.
+  CHECK(ps.size() == 2 * 9 + 3 + 10);
+  CHECK(st.count("wte.weight.exp_avg") == 1);
+  CHECK(st.count("lm_head.weight.exp_avg") == 1);
+  CHECK(st.count("blocks.0.qkv.bias.exp_avg") == 1);
+  CHECK(st.count("blocks.0.ln1.weight.exp_avg") == 1);
+  const std::string groups = opt->describe_groups();
+  CHECK_CONTAINS(groups, "muon group: " + std::to_string(t_muon) + " tensors, " + std::to_string(n_muon) + " parameters");
+  CHECK_CONTAINS(groups, "adamw group: " + std::to_string(ps.size() - t_muon) + " tensors, " +
+                             std::to_string(n_all - n_muon) + " parameters");
+  CHECK_CONTAINS(groups, "3 fused matrices split");  // two qkv and the in_proj
+
+  // Overrides: muon_params wins over adamw_params and the default.
+  auto o2 = make(host, "muon", ps, {"optimizer.adamw_params=['*.mlp.*', 'blocks.1.*']", "optimizer.muon_params=['lm_head.weight', 'blocks.1.proj.weight']"});
+  auto st2 = o2->state_dict();
+  CHECK(st2.count("lm_head.weight.momentum_buffer") == 1);
+  CHECK(st2.count("blocks.0.mlp.up.weight.exp_avg") == 1);
+  CHECK(st2.count("blocks.1.qkv.weight.exp_avg") == 1);
+  CHECK(st2.count("blocks.1.proj.weight.momentum_buffer") == 1);
+  CHECK(st2.count("blocks.0.qkv.weight.momentum_buffer") == 1);
+  CHECK_CONTAINS(error_of([&] { make(host, "muon", ps, {"optimizer.muon_params=['*.D']"}); }), "'blocks.2.mixer.D' is 1-D");
+}
+
+// ---- sophia -------------------------------------------------------------------------------------
+
+TEST_CASE("sophia: each coordinate's step is bounded by lr (plus weight decay)", "[optimizers][sophia]") {
+  PluginHost host;
+  torch::manual_seed(21);
+  auto w = torch::randn({16, 8}).requires_grad_(true), b = torch::randn({8}).requires_grad_(true);
+  std::vector<NamedParameter> ps{{"l.weight", w, {}}, {"l.bias", b, {}}};
+  const double lr = 0.01, wd = 0.1;
+  auto opt = make(host, "sophia", ps, {"optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.k=3"});
+  for (int s = 0; s < 12; ++s) {
+    if (opt->wants_curvature_estimate(s)) {
+      // Tiny or zero curvature in places (where m/(rho h) would explode without the clip).
+      w.mutable_grad() = torch::randn({16, 8}) * (torch::rand({16, 8}) > 0.5).to(at::kFloat) * 1e-3;
+      b.mutable_grad() = torch::randn({8}) * 1e-3;
+      opt->update_curvature(64);
+    }
+    // Gradients of wildly different scales.
+    w.mutable_grad() = torch::randn({16, 8}) * std::pow(10.0, s % 4 - 1);
+    b.mutable_grad() = torch::randn({8}) * 100;
+    auto w0 = w.detach().clone(), b0 = b.detach().clone();
+    opt->step();
+    auto dw = (w.detach() - w0).abs(), db = (b.detach() - b0).abs();
+    CHECK((dw <= lr + lr * wd * w0.abs() + 1e-7).all().item<bool>());  // decay group
+    CHECK((db <= lr + 1e-7).all().item<bool>());                        // no-decay group
+    if (s == 0) CHECK(dw.max().item<double>() > 0.9 * lr);              // and the bound is reached
+  }
+}
+
+TEST_CASE("sophia: the GNB estimate is non-negative and equals its definition on a tiny model", "[optimizers][sophia]") {
+  PluginHost host;
+  Experiment e = lntest::parse(R"(
+data: {path: x}
+model: {hidden_size: 8, n_layer: 1, max_seq_len: 8, block_pattern: [attention], blocks: {attention: {n_head: 2}}}
+)", host);
+  torch::manual_seed(31);
+  LMModel model(e.model_config(7), host.registry());
+  auto ps = named_parameters_of(model);
+  auto opt = make(host, "sophia", ps, {"optimizer.betas=[0.965, 0.99]"});
+  auto x = torch::randint(0, 7, {3, 5});
+  const int64_t N = 3 * 5;
+
+  // The definition, written out: labels y ~ softmax(logits) per position; g = grad of
+  // (1/N) sum_i -log p(y_i | x); h_hat = N * g^2. Then h = (1 - beta2) h_hat from h = 0.
+  torch::manual_seed(99);
+  auto logits = model.forward(x).reshape({N, 7});
+  auto y = at::multinomial(at::softmax(logits.detach(), -1), 1).reshape({N});
+  auto nll = -at::log_softmax(logits, -1).gather(1, y.unsqueeze(1)).sum() / static_cast<double>(N);
+  std::vector<at::Tensor> leaves;
+  for (const auto& np : ps) leaves.push_back(np.param);
+  auto grads = torch::autograd::grad({nll}, leaves);
+
+  // The pass as the trainer runs it.
+  torch::manual_seed(99);
+  opt->zero_grad(ps);
+  sampled_label_loss(model.forward(x)).backward();
+  opt->update_curvature(N);
+  auto st = opt->state_dict();
+  CHECK(st.at("curvature_updates").item<int64_t>() == 1);
+  double total = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    INFO(ps[i].name);
+    const auto& h = st.at(ps[i].name + ".hessian");
+    CHECK((h >= 0).all().item<bool>());
+    CHECK(torch::allclose(h, 0.01 * N * grads[i] * grads[i], 1e-4, 1e-10));
+    total += h.sum().item<double>();
+  }
+  CHECK(total > 0);
+}
+
+TEST_CASE("sophia: the curvature estimate runs only every k steps", "[optimizers][sophia]") {
+  PluginHost host;
+  auto w = torch::zeros({2, 2}).requires_grad_(true);
+  std::vector<NamedParameter> ps{{"w.weight", w, {}}};
+  for (int64_t k : {1, 3, 10}) {
+    auto opt = make(host, "sophia", ps, {"optimizer.k=" + std::to_string(k)});
+    for (int64_t s = 0; s < 25; ++s) {
+      INFO("k " << k << " step " << s);
+      CHECK(opt->wants_curvature_estimate(s) == (s % k == 0));
+    }
+  }
+  // The other optimizers never ask for one.
+  for (const char* name : {"adamw", "muon"}) {
+    auto opt = make(host, name, ps);
+    for (int64_t s = 0; s < 25; ++s) CHECK_FALSE(opt->wants_curvature_estimate(s));
+  }
+  CHECK_CONTAINS(error_of([&] { make(host, "sophia", ps, {"optimizer.k=0"}); }), "optimizer.k must be >= 1");
 }

@@ -18,6 +18,17 @@ class SFTTrainer : public Trainer {
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
+      if (ctx.optimizer->wants_curvature_estimate(step)) {
+        // The optimizer asked for its curvature-estimate pass (Sophia's Gauss-Newton-Bartlett
+        // estimator): one forward/backward on this step's first micro-batch against labels sampled
+        // from the model's own predictions; the optimizer reads the resulting .grad. Before the
+        // step's real gradients, so .grad holds only the estimate's.
+        Batch b = run.train_batch(step, 0);
+        ctx.optimizer->zero_grad(ctx.params);
+        sampled_label_loss(ctx.model->forward(b.x.to(ctx.device))).backward();
+        ctx.optimizer->update_curvature(B * T);
+        ctx.optimizer->zero_grad(ctx.params);
+      }
       at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
       for (int64_t micro = 0; micro < accum; ++micro) {
         Batch b = run.train_batch(step, micro);

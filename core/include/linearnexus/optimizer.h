@@ -47,6 +47,21 @@ class Optimizer {
 bool default_no_decay(const NamedParameter& p);
 // Glob match with '*' (any run) and '?' (one char): parameter-name patterns in YAML.
 bool glob_match(const std::string& pattern, const std::string& text);
+bool glob_match_any(const std::vector<std::string>& patterns, const std::string& text);
+// The weight-decay grouping all optimizers share: !default_no_decay, then names matching a glob in
+// `decay` are forced in and names matching one in `no_decay` forced out (no_decay wins).
+bool in_decay_group(const NamedParameter& p, const std::vector<std::string>& decay,
+                    const std::vector<std::string>& no_decay);
+
+// One AdamW update in place (torch.optim.AdamW's arithmetic), shared by every optimizer that runs
+// AdamW on some of its tensors: decoupled decay p *= 1 - lr*wd, moments updated, bias-corrected
+// step. `step` is 1-based (the count including this update).
+void adamw_update(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                  const at::Tensor& exp_avg_sq, int64_t step, double lr, double beta1, double beta2, double eps,
+                  double weight_decay);
+
+// state[key], or an Error saying the checkpoint lacks `optimizer`'s state `key` (another optimizer's?).
+const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& key, const std::string& optimizer);
 
 // Learning-rate multiplier for `step` (0-based): linear warmup over warmup_steps, then decay
 // ("cosine", "linear", "constant") to min_ratio at max_steps.

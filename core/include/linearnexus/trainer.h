@@ -40,6 +40,11 @@ class Trainer {
 // Cross-entropy of logits [B,T,V] against targets [B,T], in fp32; positions whose target is
 // ignore_index (-1) carry no loss.
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets);
+// The loss of the curvature-estimate pass (Optimizer::wants_curvature_estimate): cross-entropy of
+// logits [B,T,V] against labels drawn from the model's own output distribution,
+// multinomial(softmax(logits)) per position (with the global RNG), mean over all B*T positions.
+// Its gradient, squared and times B*T, is the Gauss-Newton-Bartlett diagonal Hessian estimate.
+at::Tensor sampled_label_loss(const at::Tensor& logits);
 
 // The run's bookkeeping. A trainer creates one, calls resume() once, and then per step
 // begin_step(step) ... end_step(step, metrics).

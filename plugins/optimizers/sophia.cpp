@@ -1,0 +1,144 @@
+// The `sophia` optimizer: Sophia-G (Liu et al., 2023, "Sophia: A Scalable Stochastic Second-order
+// Optimizer for Language Model Pre-training"), a diagonal-Hessian-preconditioned momentum method
+// whose per-coordinate step is clipped, so it can never exceed lr.
+//
+//   m  <- beta1 m + (1 - beta1) g                          every step
+//   h  <- beta2 h + (1 - beta2) h_hat                      every k steps (the curvature pass)
+//   p  <- p (1 - lr wd)                                    decoupled decay, decay group only
+//   p  <- p - lr * clip(m / max(rho h, eps), 1)            clip(z, 1) = max(-1, min(z, 1))
+//
+// h_hat is the Gauss-Newton-Bartlett estimate: draw labels from the model's own output
+// distribution, take the gradient g_hat of that cross-entropy (mean over the N predictions), and
+// h_hat = N * g_hat * g_hat. (E over sampled labels of N g_hat^2 is the Gauss-Newton diagonal of
+// the mean loss, always >= 0, so unlike the true Hessian it never flips the step's direction.)
+// The trainer runs that pass because wants_curvature_estimate says so (see Optimizer); it averages
+// over every token it sampled, so N = batch tokens, which the trainer passes to update_curvature.
+//
+// Why the clip: where the curvature estimate is tiny, stale or noisy, m / (rho h) could be huge;
+// clipping bounds the step by lr (then Sophia degrades to sign momentum there), which is what lets
+// it use a Hessian refreshed only every k steps. No bias correction, as in the paper.
+#include <linearnexus/error.h>
+#include <linearnexus/optimizer.h>
+#include <linearnexus/plugin.h>
+
+#include <sstream>
+
+namespace linearnexus {
+namespace {
+
+class Sophia : public Optimizer {
+ public:
+  Sophia(const std::vector<NamedParameter>& params, const Params& p)
+      : lr_(p.get_float("lr")),
+        rho_(p.get_float("rho")),
+        eps_(p.get_float("eps")),
+        wd_(p.get_float("weight_decay")),
+        k_(p.get_int("k")) {
+    auto betas = p.get_float_list("betas");
+    if (betas.size() != 2) throw Error("optimizer.betas must be two numbers, e.g. [0.965, 0.99]");
+    if (k_ < 1) throw Error("optimizer.k must be >= 1 (steps between curvature estimates)");
+    if (rho_ <= 0) throw Error("optimizer.rho must be positive");
+    b1_ = betas[0], b2_ = betas[1];
+    for (const auto& np : params)
+      slots_.push_back({np, in_decay_group(np, p.get_string_list("decay"), p.get_string_list("no_decay")),
+                        at::zeros_like(np.param), at::zeros_like(np.param)});
+    lr_now_ = lr_;
+  }
+
+  void step() override {
+    torch::NoGradGuard g;
+    ++t_;
+    for (auto& s : slots_) {
+      auto p = s.np.param;
+      if (!p.grad().defined()) continue;
+      if (s.decay && wd_ != 0) p.mul_(1.0 - lr_now_ * wd_);
+      s.m.mul_(b1_).add_(p.grad(), 1.0 - b1_);
+      auto ratio = (s.m / (s.h * rho_).clamp_min_(eps_)).clamp_(-1.0, 1.0);
+      p.add_(ratio, -lr_now_);
+    }
+  }
+
+  // Step 0 gets an estimate, then every k steps: the trainer asks with its 0-based step number, so
+  // a resumed run asks at the same steps as an uninterrupted one.
+  bool wants_curvature_estimate(int64_t step) const override { return step % k_ == 0; }
+
+  void update_curvature(int64_t batch_tokens) override {
+    torch::NoGradGuard g;
+    const double n = static_cast<double>(batch_tokens);
+    for (auto& s : slots_) {
+      const auto& grad = s.np.param.grad();
+      if (!grad.defined()) continue;
+      s.h.mul_(b2_).addcmul_(grad, grad, (1.0 - b2_) * n);  // h_hat = N * g_hat^2
+    }
+    ++estimates_;
+  }
+
+  void set_lr_multiplier(double m) override { lr_now_ = lr_ * m; }
+  double base_lr() const override { return lr_; }
+  double current_lr() const override { return lr_now_; }
+
+  TensorMap state_dict() const override {
+    TensorMap out;
+    out["step"] = at::full({}, t_, at::kLong);
+    out["curvature_updates"] = at::full({}, estimates_, at::kLong);
+    for (const auto& s : slots_) {
+      out[s.np.name + ".exp_avg"] = s.m;
+      out[s.np.name + ".hessian"] = s.h;
+    }
+    return out;
+  }
+
+  void load_state_dict(const TensorMap& st) override {
+    torch::NoGradGuard g;
+    t_ = optimizer_state_at(st, "step", "sophia").item<int64_t>();
+    estimates_ = optimizer_state_at(st, "curvature_updates", "sophia").item<int64_t>();
+    for (auto& s : slots_) {
+      s.m.copy_(optimizer_state_at(st, s.np.name + ".exp_avg", "sophia"));
+      s.h.copy_(optimizer_state_at(st, s.np.name + ".hessian", "sophia"));
+    }
+  }
+
+  std::string describe_groups() const override {
+    int64_t n[2] = {0, 0}, t[2] = {0, 0};
+    for (const auto& s : slots_) n[s.decay] += s.np.param.numel(), t[s.decay] += 1;
+    std::ostringstream o;
+    o << "sophia (rho " << rho_ << ", k " << k_ << ", betas [" << b1_ << ", " << b2_ << "]) decay group: " << t[1]
+      << " tensors, " << n[1] << " parameters (weight_decay " << wd_ << "); no-decay group: " << t[0] << " tensors, "
+      << n[0] << " parameters";
+    return o.str();
+  }
+
+ private:
+  struct Slot {
+    NamedParameter np;
+    bool decay;
+    at::Tensor m, h;  // gradient EMA, diagonal Hessian EMA
+  };
+  std::vector<Slot> slots_;
+  double lr_, lr_now_, rho_, eps_, wd_, b1_ = 0.965, b2_ = 0.99;
+  int64_t k_, t_ = 0, estimates_ = 0;
+};
+
+void register_sophia(Registry& r) {
+  r.add_optimizer(
+      "sophia",
+      "Sophia-G: clipped diagonal-Hessian-preconditioned momentum; the Hessian EMA comes from a "
+      "Gauss-Newton-Bartlett pass the trainer runs every k steps (labels sampled from the model)",
+      {
+          {"lr", ParamType::Float, "3e-4", "peak learning rate (also the largest step any coordinate takes)"},
+          {"betas", ParamType::FloatList, "[0.965, 0.99]", "decay rates of the gradient EMA and of the Hessian EMA"},
+          {"rho", ParamType::Float, "0.04", "clipping scale: step = lr * clip(m / max(rho*h, eps), 1)"},
+          {"k", ParamType::Int, "10", "steps between Hessian estimates (at steps 0, k, 2k, ...)"},
+          {"eps", ParamType::Float, "1e-12", "floor of the denominator rho*h"},
+          {"weight_decay", ParamType::Float, "0.1", "decoupled weight decay on the decay group"},
+          {"no_decay", ParamType::StringList, "[]", "extra parameter-name globs without weight decay"},
+          {"decay", ParamType::StringList, "[]", "parameter-name globs forced into the decay group (default: 2-D weights except embeddings and norms)"},
+      },
+      [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<Sophia>(ps, p); });
+}
+
+}  // namespace
+}  // namespace linearnexus
+
+LINEARNEXUS_PLUGIN("sophia", "1.0.0", "Sophia-G optimizer (clipped diagonal-Hessian preconditioning)",
+                   linearnexus::register_sophia)
