@@ -211,6 +211,27 @@ TEST_CASE("mla caches d_c + d_rope numbers per token per layer, far fewer than a
   }
 }
 
+TEST_CASE("mla declares fused splits that tile its fused weights; bad shapes are clear errors", "[mla]") {
+  PluginHost host;
+  for (const auto& dims : {std::vector<std::string>{}, kOddDims}) {
+    auto m = make_model(host, dims);
+    const auto& block = m->blocks().front();
+    auto params = block->named_parameters();
+    const auto splits = block->fused_splits();
+    CHECK(splits.count("kv_down.weight") == 1);  // [c_kv | k_rope]
+    CHECK(splits.count("kv_up.weight") == 1);    // [W_UK | W_UV]
+    for (const auto& [name, rows] : splits) {
+      INFO(name);
+      REQUIRE(params.contains(name));
+      int64_t sum = 0;
+      for (int64_t r : rows) sum += r;
+      CHECK(sum == params[name].size(0));
+    }
+  }
+  CHECK_CONTAINS(error_of([&] { make_model(host, {"model.blocks.mla.qk_rope_head_dim=5"}); }), "qk_rope_head_dim must be even");
+  CHECK_CONTAINS(error_of([&] { make_model(host, {"model.blocks.mla.decode=fast"}); }), "decode");
+}
+
 TEST_CASE("a hybrid [mla, attention] model trains and generates with its cache", "[mla][training]") {
   PluginHost host;
   TempDir t;
