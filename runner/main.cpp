@@ -221,7 +221,7 @@ int cmd_docs() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  set_default_threads();
+  init_runtime();
   CLI::App app{"LinearNexus: train language models from YAML experiments and plugin blocks"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("linearnexus 0.1.0 (plugin ABI ") +

@@ -6,6 +6,6 @@
 #include "linearnexus/session.h"
 
 int main(int argc, char** argv) {
-  linearnexus::set_default_threads();
+  linearnexus::init_runtime();
   return Catch::Session().run(argc, argv);
 }

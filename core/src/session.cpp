@@ -1,6 +1,8 @@
 // From a validated experiment (or a checkpoint) to live model, data and optimizer.
 #include "linearnexus/session.h"
 
+#include <malloc.h>
+
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
@@ -17,7 +19,10 @@ using nlohmann::json;
 
 namespace linearnexus {
 
-void set_default_threads() {
+void init_runtime() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 256 << 20);
   int n = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("LINEARNEXUS_NUM_THREADS")) n = std::atoi(env);
   if (n > 0) at::set_num_threads(n);

@@ -10,9 +10,13 @@
 
 namespace linearnexus {
 
-// Sets LibTorch's intra-op threads to the machine's cores ($LINEARNEXUS_NUM_THREADS overrides);
-// Debian's LibTorch defaults to one.
-void set_default_threads();
+// Process set-up for training, called first by the runner and the test programs:
+//  * LibTorch's intra-op threads = the machine's cores ($LINEARNEXUS_NUM_THREADS overrides);
+//    Debian's LibTorch defaults to one;
+//  * malloc keeps freed memory (up to 1 GiB blocks) instead of returning it to the OS, so the
+//    large activations and logits of every step reuse pages already mapped: first-touch page
+//    faults made a fresh 200 MB logits tensor cost 0.6 s on our VMs, five times its matmul.
+void init_runtime();
 
 // "auto" -> cuda when available, else cpu.
 at::Device resolve_device(const std::string& device);
