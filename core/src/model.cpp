@@ -102,6 +102,16 @@ ModelState ModelState::index_select(const at::Tensor& rows) const {
   return out;
 }
 
+at::Tensor ForwardContext::visibility_mask(int64_t T, int64_t Tk, const at::Device& dev, bool always) const {
+  const int64_t offset = Tk - T;
+  if (!key_padding.defined() && !(T > 1 && (offset > 0 || always))) return {};
+  auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
+  auto qi = at::arange(offset, offset + T, opts).unsqueeze(1), kj = at::arange(0, Tk, opts).unsqueeze(0);
+  auto mask = (kj <= qi).unsqueeze(0).unsqueeze(0);
+  if (key_padding.defined()) mask = (mask & key_padding.narrow(1, 0, Tk).to(dev).unsqueeze(1).unsqueeze(1)) | (kj == qi);
+  return mask;
+}
+
 at::Tensor ForwardContext::position_ids(int64_t batch, int64_t T, const at::Device& device) const {
   if (positions.defined()) return positions.to(device);
   return at::arange(start, start + T, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);

@@ -73,19 +73,9 @@ class AttentionBlock : public Block {
       k = k.repeat_interleave(H_ / Hkv_, 1);  // [B, H, Tk, D]
       v = v.repeat_interleave(H_ / Hkv_, 1);
     }
-    const int64_t Tk = k.size(2), offset = Tk - T;  // query i sits at absolute position offset + i
-    at::Tensor mask;
-    if (ctx.key_padding.defined() || (offset > 0 && T > 1)) {
-      // [B or 1, 1, T, Tk]: key j visible to query i when j <= offset + i and j is a real token.
-      // A query always sees itself, so a padding query never has an empty row (no NaN).
-      auto opts = at::TensorOptions().dtype(at::kLong).device(x.device());
-      auto qi = at::arange(offset, offset + T, opts).unsqueeze(1), kj = at::arange(0, Tk, opts).unsqueeze(0);
-      mask = (kj <= qi).unsqueeze(0).unsqueeze(0);
-      if (ctx.key_padding.defined())
-        mask = (mask & ctx.key_padding.narrow(1, 0, Tk).to(x.device()).unsqueeze(1).unsqueeze(1)) | (kj == qi);
-    }
-    // T == 1 with no padding attends to the whole cache: no mask at all.
-    const bool is_causal = !mask.defined() && offset == 0 && T > 1;
+    const int64_t Tk = k.size(2);  // query i sits at absolute position Tk - T + i
+    auto mask = ctx.visibility_mask(T, Tk, x.device());  // [B or 1, 1, T, Tk] or undefined
+    const bool is_causal = !mask.defined() && Tk == T && T > 1;
     auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
                                is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));

@@ -298,17 +298,8 @@ TEST_CASE("model presets build with the expected parameter counts", "[mamba][pre
 namespace {
 
 std::map<int64_t, nlohmann::json> train_and_read_metrics(const std::string& yaml, const std::string& out_dir) {
-  PluginHost host;
-  Experiment e = parse(yaml, host, {"trainer.out_dir=" + out_dir});
-  RunSetup s = prepare_run(e, host);
-  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
-  std::map<int64_t, nlohmann::json> out;
-  std::ifstream in(out_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    out[j["step"].get<int64_t>()] = j;
-  }
-  return out;
+  train_experiment(yaml, {"trainer.out_dir=" + out_dir});
+  return read_metrics(out_dir);
 }
 
 double unigram_entropy(const std::string& path) {

@@ -49,21 +49,6 @@ class MLACache {
   }
 };
 
-// [B or 1, 1, T, Tk] bool (true = may attend) for queries at absolute positions offset..offset+T-1
-// over keys 0..Tk-1, or undefined when no mask is needed (a single query over the whole cache with no
-// padding; or, unless `force`, the plain causal case offset == 0 that attention handles by is_causal).
-// A query always sees itself, so a padding query never has an empty row (no NaN).
-at::Tensor visibility_mask(int64_t T, int64_t Tk, const ForwardContext& ctx, const at::Device& dev, bool force) {
-  const int64_t offset = Tk - T;
-  if (!ctx.key_padding.defined() && !(T > 1 && (offset > 0 || force))) return {};
-  auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
-  auto qi = at::arange(offset, offset + T, opts).unsqueeze(1), kj = at::arange(0, Tk, opts).unsqueeze(0);
-  auto mask = (kj <= qi).unsqueeze(0).unsqueeze(0);
-  if (ctx.key_padding.defined())
-    mask = (mask & ctx.key_padding.narrow(1, 0, Tk).to(dev).unsqueeze(1).unsqueeze(1)) | (kj == qi);
-  return mask;
-}
-
 int64_t positive_or(int64_t v, int64_t fallback) { return v > 0 ? v : fallback; }
 
 class MLABlock : public Block {
@@ -162,7 +147,7 @@ class MLABlock : public Block {
     auto v = kv.narrow(-1, H_ * dn_, H_ * dv_).view({B, Tk, H_, dv_}).transpose(1, 2);      // [B, H, Tk, dv]
     auto k = at::cat({k_nope, k_rope.unsqueeze(1).expand({B, H_, Tk, dr_})}, -1);           // [B, H, Tk, dn + dr]
     auto q = at::cat({q_nope, q_rope}, -1);                                                 // [B, H, T, dn + dr]
-    auto mask = visibility_mask(T, Tk, ctx, q.device(), false);
+    auto mask = ctx.visibility_mask(T, Tk, q.device());
     const bool is_causal = !mask.defined() && Tk == T && T > 1;
     auto y = compat::attention(q, k, v.contiguous(), mask, is_causal, is_training() ? dropout_ : 0.0);  // [B,H,T,dv]
     return y.transpose(1, 2).reshape({B, T, H_ * dv_});
@@ -183,7 +168,7 @@ class MLABlock : public Block {
     auto s = at::bmm(q_lat.reshape({B, H_ * T, dc_}), c_kv.transpose(1, 2)) +
              at::bmm(q_rope.reshape({B, H_ * T, dr_}), k_rope.transpose(1, 2));            // [B, H T, Tk]
     s = s.view({B, H_, T, Tk}) * scale_;
-    auto mask = visibility_mask(T, Tk, ctx, s.device(), true);
+    auto mask = ctx.visibility_mask(T, Tk, s.device(), true);
     if (mask.defined()) s = s.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
     auto p = at::softmax(s, -1);
     if (is_training() && dropout_ > 0) p = at::dropout(p, dropout_, true);

@@ -62,17 +62,6 @@ void copy_weights(LMModel& from, LMModel& to) {
 
 double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
-// metrics.jsonl -> {step: {key: value}}
-std::map<int64_t, nlohmann::json> metrics(const std::string& run_dir) {
-  std::map<int64_t, nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    out[j["step"].get<int64_t>()] = j;
-  }
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("mla is causal: outputs at t ignore tokens after t", "[mla]") {
@@ -247,7 +236,7 @@ trainer: {name: sft, max_steps: 60, batch_size: 8, log_every: 1, eval_every: 60,
 )", host, {"trainer.out_dir=" + (t / "run")});
   RunSetup s = prepare_run(e, host);
   host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
-  auto m = metrics(t / "run");
+  auto m = read_metrics(t / "run");
   REQUIRE(m.size() == 60);
   auto mean_loss = [&](int64_t from, int64_t to) {
     double sum = 0;
@@ -301,7 +290,7 @@ TEST_CASE("configs/mla_shakespeare.yaml learns tiny Shakespeare (val loss 0.5 na
   REQUIRE(e.model_config(65).block_pattern == std::vector<std::string>{"mla"});
   RunSetup s = prepare_run(e, host);
   host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
-  auto m = metrics(t / "run");
+  auto m = read_metrics(t / "run");
   REQUIRE_FALSE(m.empty());
   const double val = m.rbegin()->second["val_loss"].get<double>();
   INFO("validation loss " << val << " (unigram entropy 3.31)");

@@ -40,6 +40,12 @@ struct ForwardContext {
   at::Tensor key_padding;    // [B, start+T] bool, true = real token; undefined = no padding
   // Positions as [B,T] (or [1,T]) on `device`.
   at::Tensor position_ids(int64_t batch, int64_t T, const at::Device& device) const;
+  // Which keys each query may attend to, for attention-like blocks: [B or 1, 1, T, Tk] bool (true =
+  // visible) for T queries at absolute positions Tk-T .. Tk-1 over keys 0 .. Tk-1, honouring
+  // key_padding. Undefined when no mask is needed: one query over the whole cache with no padding,
+  // or (unless `always`) the plain causal case Tk == T that attention kernels do with is_causal.
+  // A query always sees itself, so a padding query never has an empty row (no NaN).
+  at::Tensor visibility_mask(int64_t T, int64_t Tk, const at::Device& device, bool always = false) const;
 };
 
 struct BlockOutput {
