@@ -140,8 +140,9 @@ int cmd_plugins(const std::string& describe) {
 
 // stdin text -> ids on one line, or (decode) ids -> text.
 int cmd_tokenize(const std::string& spec, bool decode) {
-  auto tok = spec == "char" ? nullptr : make_bpe_tokenizer(spec);
-  if (!tok) throw Error("tokenize: --tokenizer must be gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file");
+  // A character vocabulary exists only per corpus (saved with a run), so there is none to name here.
+  if (spec == "char") throw Error("tokenize: --tokenizer must be gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file");
+  auto tok = make_bpe_tokenizer(spec);
   if (decode) {
     std::vector<int64_t> ids;
     std::string word;
