@@ -1,4 +1,4 @@
-// Forward + backward of one mamba block: the chunked scan against the sequential reference.
+// Forward + backward of one mamba block: the chunked and fused scans against the sequential reference.
 // Usage: bench_mamba [B [T [C [repeats [chunk sizes...]]]]]   defaults: 8 1024 256 3, chunk 64
 // Loads the mamba plugin the way the runner does (the plugin folder next to this executable).
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include "linearnexus/model.h"
 #include "linearnexus/plugin_host.h"
 #include "linearnexus/registry.h"
+#include "linearnexus/session.h"
 
 using namespace linearnexus;
 
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
   for (int i = 5; i < argc; ++i) chunks.push_back(std::atoll(argv[i]));
   if (chunks.empty()) chunks.push_back(64);
   try {
+    init_runtime();  // threads (LINEARNEXUS_NUM_THREADS) and the allocator, as in `linearnexus run`
     PluginHost host;
     torch::manual_seed(0);
     auto x = torch::randn({B, T, C});
@@ -67,11 +69,14 @@ int main(int argc, char** argv) {
     const double seq_ms = time_ms(*seq, x, repeats);
     std::printf("| scan | chunk_size | ms | speed-up vs sequential |\n|---|---|---|---|\n");
     std::printf("| sequential reference | - | %.1f | 1.00x |\n", seq_ms);
-    for (int64_t q : chunks) {
-      auto b = make_block(host, C, "chunk", q);
-      const double ms = time_ms(*b, x, repeats);
-      std::printf("| chunk | %lld | %.1f | %.2fx |\n", (long long)q, ms, seq_ms / ms);
-      std::fflush(stdout);
+    for (const char* scan : {"chunk", "auto"}) {
+      for (int64_t q : chunks) {
+        auto b = make_block(host, C, scan, q);
+        const double ms = time_ms(*b, x, repeats);
+        std::printf("| %s | %lld | %.1f | %.2fx |\n", std::string(scan) == "auto" ? "fused (auto)" : scan, (long long)q,
+                    ms, seq_ms / ms);
+        std::fflush(stdout);
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_mamba: %s\n", e.what());

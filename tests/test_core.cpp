@@ -75,6 +75,21 @@ TEST_CASE("overrides, defaults and the resolved experiment", "[config]") {
   CHECK(again.resolved_yaml == e.resolved_yaml);
 }
 
+TEST_CASE("choosing another optimizer on the command line drops the file's keys the new optimizer does not have", "[config]") {
+  PluginHost host;
+  const std::string yaml = std::string(kTinyExperiment) + "optimizer: {name: adamw, lr: 2e-3, betas: [0.9, 0.99], weight_decay: 0.1}\n";
+  // `linearnexus run exp.yaml --optimizer muon --lr 0.02`: betas is adamw's; muon has weight_decay.
+  Experiment e = parse(yaml, host, {"optimizer.name=muon", "optimizer.lr=0.02"});
+  CHECK(e.optimizer_name == "muon");
+  CHECK(e.optimizer.get_float("lr") == Approx(0.02));
+  CHECK(e.optimizer.get_float("weight_decay") == Approx(0.1));
+  // Written in the file itself, or set on the command line, an unknown key is still an error.
+  auto in_file = error_of([&] { parse(std::string(kTinyExperiment) + "optimizer: {name: muon, betas: [0.9, 0.99]}\n", host); });
+  CHECK_CONTAINS(in_file, "betas");
+  auto on_cli = error_of([&] { parse(yaml, host, {"optimizer.name=muon", "optimizer.betas=[0.9, 0.9]"}); });
+  CHECK_CONTAINS(on_cli, "betas");
+}
+
 TEST_CASE("model presets fill the model section and the file overrides them", "[config]") {
   PluginHost host;
   Experiment e = parse("data: {path: x}\nmodel: {preset: gpt-small, n_layer: 2}\n", host);

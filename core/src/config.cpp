@@ -14,6 +14,7 @@
 
 #include "linearnexus/data.h"
 #include "linearnexus/error.h"
+#include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
 
 namespace fs = std::filesystem;
@@ -541,6 +542,23 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
     Schema schema = common;
     schema.insert(schema.end(), r.schema.begin(), r.schema.end());
     *name_out = name;
+    // `--optimizer muon` on a file written for adamw: the file's keys belong to the plugin it named,
+    // so keys the newly chosen plugin does not know are dropped (with a warning) rather than refused.
+    // Keys set on the command line are still checked.
+    if (n && n.IsMap() && src.overridden.count(std::string(section) + ".name")) {
+      std::vector<std::string> dropped;
+      for (const auto& kv : n) {
+        const std::string key = kv.first.Scalar();
+        bool known = key == "name" || src.overridden.count(std::string(section) + "." + key);
+        for (const auto& spec : schema) known = known || spec.key == key;
+        if (!known) dropped.push_back(key);
+      }
+      for (const auto& key : dropped) {
+        log_warn(origin + ": " + section + "." + key + " is not a key of " + plugin_kind_name(kind) + " '" + name +
+                 "' (chosen on the command line); ignoring it");
+        n.remove(key);
+      }
+    }
     return validate_section(n, schema, section, src, {"name"});
   };
   e.optimizer = named_section("optimizer", PluginKind::Optimizer, "adamw", {}, &e.optimizer_name);

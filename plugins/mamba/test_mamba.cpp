@@ -61,73 +61,82 @@ BlockOutput run(Block& b, const at::Tensor& x, LayerState s, Mode mode, int64_t 
 
 }  // namespace
 
-TEST_CASE("mamba: chunked scan == sequential reference in outputs and every gradient", "[mamba]") {
+TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs and every gradient", "[mamba]") {
   PluginHost host;
-  for (int64_t N : {1, 4, 16}) {
-    for (int64_t T : {37, 5}) {  // 37 = 4 chunks of 8 + 5; 5 < one chunk
-      torch::manual_seed(10 + N);
-      std::map<std::string, std::string> kv{{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"}};
-      auto chunk = make_mamba(host, 16, kv);
-      kv["scan"] = "sequential";
-      auto seq = make_mamba(host, 16, kv);
-      copy_parameters(*seq, *chunk);
-      {  // A_log differs per channel after training: make it so here, identically in both.
+  // scan: chunk is the batched-op path; auto is the fused CPU kernel here (fp32 on the CPU).
+  for (const std::string scan : {"chunk", "auto"}) {
+    for (int64_t N : {1, 4, 16}) {
+      // 37 = 4 chunks of 8 + 5; 5 < one chunk. Width 24: a block of 16 channels and a partial one.
+      for (int64_t T : {37, 5}) {
+        torch::manual_seed(10 + N);
+        INFO("scan " << scan);
+        std::map<std::string, std::string> kv{{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"},
+                                              {"scan", scan}};
+        auto chunk = make_mamba(host, 24, kv);
+        kv["scan"] = "sequential";
+        auto seq = make_mamba(host, 24, kv);
+        copy_parameters(*seq, *chunk);
+        {  // A_log differs per channel after training: make it so here, identically in both.
+          torch::NoGradGuard g;
+          auto noise = torch::randn({48, N}) * 0.3;
+          chunk->named_parameters()["A_log"].add_(noise);
+          seq->named_parameters()["A_log"].add_(noise);
+        }
+        auto x = torch::randn({2, T, 24});
+        auto r = torch::randn({2, T, 24});
+        auto xc = x.clone().requires_grad_(true), xs = x.clone().requires_grad_(true);
+        auto yc = run(*chunk, xc, {}, Mode::Train).y, ys = run(*seq, xs, {}, Mode::Train).y;
+        INFO("d_state " << N << " T " << T << " output max diff " << max_diff(yc, ys));
+        CHECK(close(yc, ys));
+        (yc * r).sum().backward();
+        (ys * r).sum().backward();
+        CHECK(close(xc.grad(), xs.grad()));
+        auto sp = seq->named_parameters();
+        for (const auto& kv2 : chunk->named_parameters()) {
+          const auto &gc = kv2.value().grad(), &gs = sp[kv2.key()].grad();
+          INFO("parameter " << kv2.key());
+          REQUIRE(gc.defined());
+          REQUIRE(gs.defined());
+          CHECK(gs.abs().max().item<double>() > 0);
+          INFO("grad max diff " << max_diff(gc, gs) << " of max " << gs.abs().max().item<double>());
+          CHECK(close(gc, gs));
+        }
+        // Prefill returns the same final state from both scans.
         torch::NoGradGuard g;
-        auto noise = torch::randn({32, N}) * 0.3;
-        chunk->named_parameters()["A_log"].add_(noise);
-        seq->named_parameters()["A_log"].add_(noise);
+        auto pc = run(*chunk, x, chunk->init_state(2, T, x.options()), Mode::Prefill);
+        auto ps = run(*seq, x, seq->init_state(2, T, x.options()), Mode::Prefill);
+        CHECK(close(pc.y, ps.y));
+        CHECK(close(pc.state.tensors.at("ssm_state"), ps.state.tensors.at("ssm_state")));
+        CHECK(torch::equal(pc.state.tensors.at("conv_state"), ps.state.tensors.at("conv_state")));
+        CHECK(close(pc.y, yc.detach()));
       }
-      auto x = torch::randn({2, T, 16});
-      auto r = torch::randn({2, T, 16});
-      auto xc = x.clone().requires_grad_(true), xs = x.clone().requires_grad_(true);
-      auto yc = run(*chunk, xc, {}, Mode::Train).y, ys = run(*seq, xs, {}, Mode::Train).y;
-      INFO("d_state " << N << " T " << T << " output max diff " << max_diff(yc, ys));
-      CHECK(close(yc, ys));
-      (yc * r).sum().backward();
-      (ys * r).sum().backward();
-      CHECK(close(xc.grad(), xs.grad()));
-      auto sp = seq->named_parameters();
-      for (const auto& kv2 : chunk->named_parameters()) {
-        const auto &gc = kv2.value().grad(), &gs = sp[kv2.key()].grad();
-        INFO("parameter " << kv2.key());
-        REQUIRE(gc.defined());
-        REQUIRE(gs.defined());
-        CHECK(gs.abs().max().item<double>() > 0);
-        INFO("grad max diff " << max_diff(gc, gs) << " of max " << gs.abs().max().item<double>());
-        CHECK(close(gc, gs));
-      }
-      // Prefill returns the same final state from both scans.
-      torch::NoGradGuard g;
-      auto pc = run(*chunk, x, chunk->init_state(2, T, x.options()), Mode::Prefill);
-      auto ps = run(*seq, x, seq->init_state(2, T, x.options()), Mode::Prefill);
-      CHECK(close(pc.y, ps.y));
-      CHECK(close(pc.state.tensors.at("ssm_state"), ps.state.tensors.at("ssm_state")));
-      CHECK(torch::equal(pc.state.tensors.at("conv_state"), ps.state.tensors.at("conv_state")));
-      CHECK(close(pc.y, yc.detach()));
     }
   }
 }
 
 TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the reference", "[mamba]") {
   PluginHost host;
-  torch::manual_seed(3);
-  // delta in [0.5, 2] and A down to -16: the log-decay summed over a chunk reaches ~ -2000 and over
-  // the sequence ~ -1e5; exponentiating its negation (a positive cumulative sum) would give inf.
-  std::map<std::string, std::string> kv{{"d_state", "16"}, {"dt_min", "0.5"}, {"dt_max", "2.0"}};
-  auto chunk = make_mamba(host, 8, kv);
-  kv["scan"] = "sequential";
-  auto seq = make_mamba(host, 8, kv);
-  copy_parameters(*seq, *chunk);
-  auto x = torch::randn({1, 4096, 8}).requires_grad_(true);
-  auto y = run(*chunk, x, {}, Mode::Train).y;
-  CHECK(torch::isfinite(y).all().item<bool>());
-  y.pow(2).mean().backward();
-  CHECK(torch::isfinite(x.grad()).all().item<bool>());
-  for (const auto& p : chunk->parameters()) CHECK(torch::isfinite(p.grad()).all().item<bool>());
-  torch::NoGradGuard g;
-  auto ys = run(*seq, x.detach(), {}, Mode::Train).y;
-  INFO("max diff " << max_diff(y, ys));
-  CHECK(close(y.detach(), ys));
+  for (const std::string scan : {"chunk", "auto"}) {
+    INFO("scan " << scan);
+    torch::manual_seed(3);
+    // delta in [0.5, 2] and A down to -16: the log-decay summed over a chunk reaches ~ -2000 and over
+    // the sequence ~ -1e5; exponentiating its negation (a positive cumulative sum) would give inf.
+    std::map<std::string, std::string> kv{{"d_state", "16"}, {"dt_min", "0.5"}, {"dt_max", "2.0"}, {"scan", scan}};
+    auto chunk = make_mamba(host, 8, kv);
+    kv["scan"] = "sequential";
+    auto seq = make_mamba(host, 8, kv);
+    copy_parameters(*seq, *chunk);
+    auto x = torch::randn({1, 4096, 8}).requires_grad_(true);
+    auto y = run(*chunk, x, {}, Mode::Train).y;
+    CHECK(torch::isfinite(y).all().item<bool>());
+    y.pow(2).mean().backward();
+    CHECK(torch::isfinite(x.grad()).all().item<bool>());
+    for (const auto& p : chunk->parameters()) CHECK(torch::isfinite(p.grad()).all().item<bool>());
+    torch::NoGradGuard g;
+    auto ys = run(*seq, x.detach(), {}, Mode::Train).y;
+    INFO("max diff " << max_diff(y, ys));
+    CHECK(close(y.detach(), ys));
+  }
 }
 
 TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over the whole", "[mamba]") {
