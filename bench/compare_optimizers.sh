@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# AdamW vs Muon vs Sophia on a small char GPT on tiny Shakespeare, same step budget.
+# AdamW vs Muon vs Sophia on a small char GPT or Mamba on tiny Shakespeare, same step budget.
 #
-#   bench/compare_optimizers.sh [build-dir] [out-dir]     (defaults: build, runs/optimizer_comparison)
+#   MODEL=gpt|mamba bench/compare_optimizers.sh [build-dir] [out-dir]
+#   (defaults: gpt, build, runs/optimizer_comparison_$MODEL)
 #
 # For each optimizer a short learning-rate sweep at the full step budget (the sweep IS the
 # comparison: each optimizer is reported at its best swept lr by final validation loss). Every run
 # goes through `linearnexus run` with --set overrides; the numbers come from the runs'
 # metrics.jsonl. Writes summary.tsv, curves_<optimizer>.tsv and, when gnuplot is installed
-# (apt-get install gnuplot-nox), docs/optimizer_comparison.png.
+# (apt-get install gnuplot-nox), docs/optimizer_comparison_$MODEL.png.
 # Env: STEPS (default 300), THREADS (LINEARNEXUS_NUM_THREADS, default 2), KEEP=1 keeps runs that
-# already finished (to add sweep points or redo the plot without rerunning everything).
+# already finished (to add sweep points or redo the plot without rerunning everything),
+# ADAMW_EXTRA_LRS (more adamw lrs, e.g. "3e-2" when the best lr is the sweep's largest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
-OUT=${2:-runs/optimizer_comparison}
+MODEL=${MODEL:-gpt}
+OUT=${2:-runs/optimizer_comparison_$MODEL}
 STEPS=${STEPS:-300}
 export LINEARNEXUS_NUM_THREADS=${THREADS:-2}
 BIN=$BUILD/bin/linearnexus
 DATA=${DATA:-../shared/data/tinyshakespeare.txt}
 mkdir -p "$OUT"
 
-# ~0.8M parameters: 4 layers, hidden 128, seq 64, batch 16; cosine to lr/10 after 30 warmup steps.
+# 4 layers, hidden 128, seq 64, batch 16; cosine to lr/10 after 30 warmup steps.
+case $MODEL in
+  gpt) MODEL_YAML="block_pattern: [attention], blocks: {attention: {n_head: 4}}"; TITLE="char GPT (0.86M params)" ;;
+  mamba) MODEL_YAML="block_pattern: [mamba]"; TITLE="char Mamba (0.47M params)" ;;
+  *) echo "MODEL must be gpt or mamba (got '$MODEL')" >&2; exit 2 ;;
+esac
 cat >"$OUT/base.yaml" <<EOF
 name: optimizer-comparison
 seed: 1337
 data: {path: $(realpath "$DATA"), tokenizer: char, seq_len: 64, val_fraction: 0.1}
-model: {hidden_size: 128, n_layer: 4, max_seq_len: 64, dropout: 0.0, block_pattern: [attention], blocks: {attention: {n_head: 4}}}
+model: {hidden_size: 128, n_layer: 4, max_seq_len: 64, dropout: 0.0, $MODEL_YAML}
 optimizer: {name: adamw}
 schedule: {warmup_steps: 30, decay: cosine}
 trainer: {name: sft, max_steps: $STEPS, batch_size: 16, log_every: 25, eval_every: 25, eval_batches: 8, save_every: 0}
@@ -34,7 +42,7 @@ EOF
 
 # optimizer | lr values swept | extra --set overrides
 SWEEP=(
-  "adamw|1e-3 3e-3 1e-2|optimizer.weight_decay=0.1"
+  "adamw|1e-3 3e-3 1e-2${ADAMW_EXTRA_LRS:+ $ADAMW_EXTRA_LRS}|optimizer.weight_decay=0.1"
   "muon|0.01 0.02 0.05|optimizer.adamw_lr=3e-3"
   "sophia|1e-4 3e-4 1e-3 3e-3|optimizer.rho=0.04 optimizer.weight_decay=0.1"
 )
@@ -80,8 +88,8 @@ if command -v gnuplot >/dev/null; then
   read -r _ lr_s <<<"$(grep sophia "$OUT/best.txt")"
   gnuplot <<EOF
 set terminal pngcairo size 1200,450 font ",10"
-set output "docs/optimizer_comparison.png"
-set multiplot layout 1,2 title "char GPT (0.8M params) on tiny Shakespeare, $STEPS steps, 2-core CPU"
+set output "docs/optimizer_comparison_$MODEL.png"
+set multiplot layout 1,2 title "$TITLE on tiny Shakespeare, $STEPS steps, 2-core CPU"
 set grid
 set ylabel "validation loss (nats/char)"
 set key top right
@@ -95,7 +103,7 @@ plot "$OUT/curves_adamw.tsv" u 2:3 w lp t "adamw", \
      "$OUT/curves_sophia.tsv" u 2:3 w lp t "sophia"
 unset multiplot
 EOF
-  echo "wrote docs/optimizer_comparison.png"
+  echo "wrote docs/optimizer_comparison_$MODEL.png"
 else
   echo "gnuplot not found (apt-get install gnuplot-nox): no plot"
 fi

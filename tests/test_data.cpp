@@ -173,10 +173,10 @@ TEST_CASE("runner: tokenize and data prepare, with their errors", "[cli]") {
   CHECK(fs::exists(t / "o/meta.json"));
 }
 
-// Hidden from the default run (the "[.]" tag): with GPT-2's 50257-token vocabulary this small model takes
-// about 2 s a step on one core and, after 150 steps, reaches 6.02 nats against the 5.82 the issue asks
-// for (unigram entropy 6.32 - 0.5). Run it by hand: build/bin/test_data "[bpe-e2e]"
-TEST_CASE("a small GPT learns GPT-2 BPE tokens of tiny Shakespeare from prepared files, then samples text", "[.][bpe-e2e]") {
+// With GPT-2's 50257-token vocabulary the LM head dominates a step of this small model: ~0.5 s a
+// step on one core with the chunked head + cross-entropy (lm_head_loss). 250 steps reach ~5.62 nats
+// against the 5.82 required (unigram entropy 6.32 - 0.5); 150 steps were not enough (6.02).
+TEST_CASE("a small GPT learns GPT-2 BPE tokens of tiny Shakespeare from prepared files, then samples text", "[data][e2e][bpe-e2e]") {
   const std::string text_path = shared_data("tinyshakespeare.txt"), gpt2 = shared_data("gpt2");
   if (text_path.empty() || gpt2.empty()) LN_SKIP("tinyshakespeare.txt or gpt2/ not found under " LINEARNEXUS_SHARED_DATA_DIR);
   TempDir t;
@@ -194,8 +194,8 @@ TEST_CASE("a small GPT learns GPT-2 BPE tokens of tiny Shakespeare from prepared
   // The shipped config, made smaller and shorter for the test.
   train_experiment(read_text(LINEARNEXUS_SOURCE_DIR "/configs/gpt_shakespeare_bpe.yaml"),
                    {"data.path=" + (t / "data"), "trainer.out_dir=" + (t / "run"), "model.hidden_size=96",
-                    "model.n_layer=2", "model.dropout=0.0", "data.seq_len=64", "trainer.max_steps=150",
-                    "trainer.eval_every=150", "trainer.eval_batches=10", "trainer.log_every=50",
+                    "model.n_layer=2", "model.dropout=0.0", "data.seq_len=64", "trainer.max_steps=250",
+                    "trainer.eval_every=250", "trainer.eval_batches=10", "trainer.log_every=50",
                     "schedule.warmup_steps=20", "optimizer.lr=3e-3"});
   auto m = read_metrics(t / "run");
   const double val = m.rbegin()->second["val_loss"].get<double>();

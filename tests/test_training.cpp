@@ -7,6 +7,7 @@
 #include "catch.h"
 #include "linearnexus/checkpoint.h"
 #include "linearnexus/session.h"
+#include "linearnexus/trainer.h"
 #include "test_util.h"
 
 using namespace linearnexus;
@@ -40,6 +41,28 @@ std::vector<std::string> with(std::vector<std::string> a, const std::vector<std:
 }
 
 }  // namespace
+
+TEST_CASE("the chunked head + cross-entropy equals matmul + cross_entropy in value and gradients", "[training][loss]") {
+  torch::manual_seed(5);
+  // V = 40000: chunks of 209 rows, so the 2 x 150 positions span two chunks, the second partial.
+  const int64_t B = 2, T = 150, C = 16, V = 40000;
+  auto h = torch::randn({B, T, C}).requires_grad_(true);
+  auto W = (torch::randn({V, C}) * 0.5).requires_grad_(true);
+  auto targets = torch::randint(V, {B, T}, torch::kLong);
+  targets.index_put_({0, torch::indexing::Slice(0, 7)}, -1);  // positions without loss
+  targets.index_put_({1, 149}, -1);
+  auto h2 = h.detach().clone().requires_grad_(true), W2 = W.detach().clone().requires_grad_(true);
+  auto fused = linearnexus::lm_head_loss(h, W, targets);
+  auto reference = linearnexus::lm_loss(at::matmul(h2, W2.t()), targets);
+  CHECK(fused.item<double>() == Approx(reference.item<double>()).epsilon(1e-5));
+  (fused * 3).backward();  // a scaled upstream gradient reaches both inputs
+  (reference * 3).backward();
+  CHECK(torch::allclose(h.grad(), h2.grad(), 1e-4, 1e-7));
+  CHECK(torch::allclose(W.grad(), W2.grad(), 1e-4, 1e-8));
+  CHECK(h.grad()[0][3].abs().max().item<double>() == 0);  // no loss, no gradient
+  torch::NoGradGuard g;  // without gradients: the value alone
+  CHECK(linearnexus::lm_head_loss(h, W, targets).item<double>() == Approx(reference.item<double>()).epsilon(1e-5));
+}
 
 TEST_CASE("a resumed run logs exactly the losses of an uninterrupted one (30 + 30 == 60), every optimizer", "[training]") {
   for (const auto& [name, opt] : kOptimizers) {

@@ -114,6 +114,64 @@ at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets) {
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
 }
 
+namespace {
+// The LM head and cross-entropy as one autograd node, over row chunks of ~32 MB of logits. Each
+// chunk's logits, log-sum-exp, loss and gradient (softmax - one-hot) are computed in forward and
+// the chunk is dropped; backward only scales the gradients kept. Against matmul + cross_entropy
+// this never holds [N, V] logits, their log-softmax and their gradient (3 x 200 MB at N = 1024,
+// V = 50257), whose first-touch page faults and extra passes cost more than the matmuls on a CPU.
+struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h,
+                                                const at::Tensor& W, const at::Tensor& targets, bool with_grad) {
+    // h: [N, C], W: [V, C], targets: [N] (-1 = no loss)
+    const int64_t N = h.size(0), V = W.size(0);
+    const int64_t rows = std::max<int64_t>(16, (int64_t{8} << 20) / std::max<int64_t>(V, 1));
+    auto valid = targets.ne(-1);
+    auto count = valid.sum().clamp_min(1).to(at::kFloat);  // a tensor: no device sync
+    auto loss = at::zeros({}, h.options().dtype(at::kFloat));
+    at::Tensor grad_h, grad_W;
+    if (with_grad) {
+      grad_h = at::empty_like(h);
+      grad_W = at::zeros(W.sizes(), W.options().dtype(at::kFloat));
+    }
+    for (int64_t r0 = 0; r0 < N; r0 += rows) {
+      const int64_t n = std::min(rows, N - r0);
+      auto hc = h.narrow(0, r0, n), tc = targets.narrow(0, r0, n).clamp_min(0).unsqueeze(1);
+      auto mask = valid.narrow(0, r0, n).to(at::kFloat).unsqueeze(1);            // [n, 1]
+      auto logits = at::matmul(hc, W.t()).to(at::kFloat);                          // [n, V]
+      auto lse = at::logsumexp(logits, 1, true);                                   // [n, 1]
+      loss += ((lse - logits.gather(1, tc)) * mask).sum();
+      if (!with_grad) continue;
+      auto g = logits.sub_(lse).exp_();                                            // softmax, in place
+      g.scatter_add_(1, tc, -at::ones({n, 1}, g.options())).mul_(mask);            // - one-hot; no-loss rows 0
+      grad_h.narrow(0, r0, n).copy_(at::matmul(g.to(W.scalar_type()), W));
+      grad_W.addmm_(g.t(), hc.to(at::kFloat));
+    }
+    if (with_grad) ctx->save_for_backward({grad_h.div_(count.to(grad_h.scalar_type())), grad_W.div_(count)});
+    return {loss / count};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& go = grads[0];
+    return {saved[0] * go.to(saved[0].scalar_type()), (saved[1] * go).to(saved[1].scalar_type()), at::Tensor(),
+            at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets) {
+  // hidden: [B, T, C], head_weight: [V, C], targets: [B, T]
+  const bool with_grad = at::GradMode::is_enabled() && (hidden.requires_grad() || head_weight.requires_grad());
+  return LinearCrossEntropy::apply(hidden.reshape({-1, hidden.size(-1)}), head_weight, targets.reshape({-1}),
+                                   with_grad)[0];
+}
+
+at::Tensor LMModel::next_token_loss(const at::Tensor& idx, const at::Tensor& targets) {
+  return lm_head_loss(forward_hidden(idx), head_weight(), targets);
+}
+
 at::Tensor sampled_label_loss(const at::Tensor& logits) {
   const int64_t V = logits.size(-1);
   auto flat = logits.reshape({-1, V}).to(at::kFloat);
@@ -241,7 +299,7 @@ double TrainingRun::evaluate_lm() {
   at::Tensor total = at::zeros({}, at::TensorOptions().device(ctx_.device));
   for (int64_t i = 0; i < n; ++i) {
     Batch b = get_batch(*ctx_.data.val, B, T, seed, i, 0);
-    total += lm_loss(ctx_.model->forward(b.x.to(ctx_.device)), b.y.to(ctx_.device));
+    total += ctx_.model->next_token_loss(b.x.to(ctx_.device), b.y.to(ctx_.device));
   }
   if (was_training) ctx_.model->train();
   return total.item<double>() / static_cast<double>(std::max<int64_t>(n, 1));

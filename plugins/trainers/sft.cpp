@@ -32,7 +32,7 @@ class SFTTrainer : public Trainer {
       at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
       for (int64_t micro = 0; micro < accum; ++micro) {
         Batch b = run.train_batch(step, micro);
-        auto loss = lm_loss(ctx.model->forward(b.x.to(ctx.device)), b.y.to(ctx.device));
+        auto loss = ctx.model->next_token_loss(b.x.to(ctx.device), b.y.to(ctx.device));
         (loss / static_cast<double>(accum)).backward();
         loss_sum += loss.detach();
       }

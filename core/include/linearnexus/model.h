@@ -103,6 +103,11 @@ class LMModel : public torch::nn::Module {
   at::Tensor forward_hidden(const at::Tensor& idx, ModelState* state = nullptr, Mode mode = Mode::Train,
                             const at::Tensor& positions = {});
   at::Tensor lm_logits(const at::Tensor& hidden);
+  // Mean next-token cross-entropy of idx [B,T] against targets [B,T] (-1 = no loss), in fp32,
+  // through lm_head_loss: the training path, never materialising the [B,T,V] logits.
+  at::Tensor next_token_loss(const at::Tensor& idx, const at::Tensor& targets);
+  // The LM head's weight [V, C] (the embedding's when tied).
+  const at::Tensor& head_weight() const { return config_.tie_embeddings ? wte_->weight : lm_head_->weight; }
 
   ModelState init_state(int64_t batch, int64_t max_len) const;
   const ModelConfig& config() const { return config_; }
