@@ -83,6 +83,38 @@ const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& 
   return it->second;
 }
 
+MomentSlots::MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
+                         std::string first_key, std::string second_key)
+    : optimizer_(std::move(optimizer)), first_key_(std::move(first_key)), second_key_(std::move(second_key)) {
+  const auto &decay = p.get_string_list("decay"), &no_decay = p.get_string_list("no_decay");
+  for (const auto& np : params)
+    slots_.push_back({np, in_decay_group(np, decay, no_decay), at::zeros_like(np.param), at::zeros_like(np.param)});
+}
+
+void MomentSlots::save(TensorMap& out) const {
+  for (const auto& s : slots_) {
+    out[s.np.name + "." + first_key_] = s.first;
+    out[s.np.name + "." + second_key_] = s.second;
+  }
+}
+
+void MomentSlots::load(const TensorMap& st) {
+  torch::NoGradGuard g;
+  for (auto& s : slots_) {
+    s.first.copy_(optimizer_state_at(st, s.np.name + "." + first_key_, optimizer_));
+    s.second.copy_(optimizer_state_at(st, s.np.name + "." + second_key_, optimizer_));
+  }
+}
+
+std::string MomentSlots::describe(double weight_decay) const {
+  int64_t n[2] = {0, 0}, t[2] = {0, 0};
+  for (const auto& s : slots_) n[s.decay] += s.np.param.numel(), t[s.decay] += 1;
+  std::ostringstream o;
+  o << "decay group: " << t[1] << " tensors, " << n[1] << " parameters (weight_decay " << weight_decay
+    << "); no-decay group: " << t[0] << " tensors, " << n[0] << " parameters";
+  return o.str();
+}
+
 double lr_multiplier(int64_t step, int64_t warmup, int64_t max_steps, const std::string& decay, double min_ratio) {
   if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
   if (decay == "constant" || max_steps <= warmup) return 1.0;

@@ -4,29 +4,27 @@
 #include <linearnexus/optimizer.h>
 #include <linearnexus/plugin.h>
 
-#include <sstream>
-
 namespace linearnexus {
 namespace {
 
 class AdamW : public Optimizer {
  public:
   AdamW(const std::vector<NamedParameter>& params, const Params& p)
-      : lr_(p.get_float("lr")), eps_(p.get_float("eps")), wd_(p.get_float("weight_decay")) {
+      : slots_(params, p, "adamw", "exp_avg", "exp_avg_sq"),
+        lr_(p.get_float("lr")),
+        eps_(p.get_float("eps")),
+        wd_(p.get_float("weight_decay")) {
     auto betas = p.get_float_list("betas");
     if (betas.size() != 2) throw Error("optimizer.betas must be two numbers, e.g. [0.9, 0.95]");
     b1_ = betas[0], b2_ = betas[1];
-    for (const auto& np : params)
-      slots_.push_back({np, in_decay_group(np, p.get_string_list("decay"), p.get_string_list("no_decay")),
-                        at::zeros_like(np.param), at::zeros_like(np.param)});
     lr_now_ = lr_;
   }
 
   void step() override {
     ++t_;
-    for (auto& s : slots_)
+    for (auto& s : slots_.all())
       if (s.np.param.grad().defined())
-        adamw_update(s.np.param, s.np.param.grad(), s.m, s.v, t_, lr_now_, b1_, b2_, eps_, s.decay ? wd_ : 0.0);
+        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, lr_now_, b1_, b2_, eps_, s.decay ? wd_ : 0.0);
   }
 
   void set_lr_multiplier(double m) override { lr_now_ = lr_ * m; }
@@ -36,38 +34,19 @@ class AdamW : public Optimizer {
   TensorMap state_dict() const override {
     TensorMap out;
     out["step"] = at::full({}, t_, at::kLong);
-    for (const auto& s : slots_) {
-      out[s.np.name + ".exp_avg"] = s.m;
-      out[s.np.name + ".exp_avg_sq"] = s.v;
-    }
+    slots_.save(out);
     return out;
   }
 
   void load_state_dict(const TensorMap& st) override {
-    torch::NoGradGuard g;
     t_ = optimizer_state_at(st, "step", "adamw").item<int64_t>();
-    for (auto& s : slots_) {
-      s.m.copy_(optimizer_state_at(st, s.np.name + ".exp_avg", "adamw"));
-      s.v.copy_(optimizer_state_at(st, s.np.name + ".exp_avg_sq", "adamw"));
-    }
+    slots_.load(st);
   }
 
-  std::string describe_groups() const override {
-    int64_t n[2] = {0, 0}, t[2] = {0, 0};
-    for (const auto& s : slots_) n[s.decay] += s.np.param.numel(), t[s.decay] += 1;
-    std::ostringstream o;
-    o << "adamw decay group: " << t[1] << " tensors, " << n[1] << " parameters (weight_decay " << wd_ << "); "
-      << "no-decay group: " << t[0] << " tensors, " << n[0] << " parameters";
-    return o.str();
-  }
+  std::string describe_groups() const override { return "adamw " + slots_.describe(wd_); }
 
  private:
-  struct Slot {
-    NamedParameter np;
-    bool decay;
-    at::Tensor m, v;
-  };
-  std::vector<Slot> slots_;
+  MomentSlots slots_;  // first: exp_avg, second: exp_avg_sq
   double lr_, lr_now_, b1_ = 0.9, b2_ = 0.95, eps_, wd_;
   int64_t t_ = 0;
 };

@@ -29,7 +29,8 @@ namespace {
 class Sophia : public Optimizer {
  public:
   Sophia(const std::vector<NamedParameter>& params, const Params& p)
-      : lr_(p.get_float("lr")),
+      : slots_(params, p, "sophia", "exp_avg", "hessian"),
+        lr_(p.get_float("lr")),
         rho_(p.get_float("rho")),
         eps_(p.get_float("eps")),
         wd_(p.get_float("weight_decay")),
@@ -39,21 +40,19 @@ class Sophia : public Optimizer {
     if (k_ < 1) throw Error("optimizer.k must be >= 1 (steps between curvature estimates)");
     if (rho_ <= 0) throw Error("optimizer.rho must be positive");
     b1_ = betas[0], b2_ = betas[1];
-    for (const auto& np : params)
-      slots_.push_back({np, in_decay_group(np, p.get_string_list("decay"), p.get_string_list("no_decay")),
-                        at::zeros_like(np.param), at::zeros_like(np.param)});
     lr_now_ = lr_;
   }
 
   void step() override {
     torch::NoGradGuard g;
     ++t_;
-    for (auto& s : slots_) {
+    for (auto& s : slots_.all()) {
       auto p = s.np.param;
+      auto &m = s.first, &h = s.second;
       if (!p.grad().defined()) continue;
       if (s.decay && wd_ != 0) p.mul_(1.0 - lr_now_ * wd_);
-      s.m.mul_(b1_).add_(p.grad(), 1.0 - b1_);
-      auto ratio = (s.m / (s.h * rho_).clamp_min_(eps_)).clamp_(-1.0, 1.0);
+      m.mul_(b1_).add_(p.grad(), 1.0 - b1_);
+      auto ratio = (m / (h * rho_).clamp_min_(eps_)).clamp_(-1.0, 1.0);
       p.add_(ratio, -lr_now_);
     }
   }
@@ -65,10 +64,10 @@ class Sophia : public Optimizer {
   void update_curvature(int64_t batch_tokens) override {
     torch::NoGradGuard g;
     const double n = static_cast<double>(batch_tokens);
-    for (auto& s : slots_) {
+    for (auto& s : slots_.all()) {
       const auto& grad = s.np.param.grad();
       if (!grad.defined()) continue;
-      s.h.mul_(b2_).addcmul_(grad, grad, (1.0 - b2_) * n);  // h_hat = N * g_hat^2
+      s.second.mul_(b2_).addcmul_(grad, grad, (1.0 - b2_) * n);  // h_hat = N * g_hat^2
     }
     ++estimates_;
   }
@@ -81,40 +80,24 @@ class Sophia : public Optimizer {
     TensorMap out;
     out["step"] = at::full({}, t_, at::kLong);
     out["curvature_updates"] = at::full({}, estimates_, at::kLong);
-    for (const auto& s : slots_) {
-      out[s.np.name + ".exp_avg"] = s.m;
-      out[s.np.name + ".hessian"] = s.h;
-    }
+    slots_.save(out);
     return out;
   }
 
   void load_state_dict(const TensorMap& st) override {
-    torch::NoGradGuard g;
     t_ = optimizer_state_at(st, "step", "sophia").item<int64_t>();
     estimates_ = optimizer_state_at(st, "curvature_updates", "sophia").item<int64_t>();
-    for (auto& s : slots_) {
-      s.m.copy_(optimizer_state_at(st, s.np.name + ".exp_avg", "sophia"));
-      s.h.copy_(optimizer_state_at(st, s.np.name + ".hessian", "sophia"));
-    }
+    slots_.load(st);
   }
 
   std::string describe_groups() const override {
-    int64_t n[2] = {0, 0}, t[2] = {0, 0};
-    for (const auto& s : slots_) n[s.decay] += s.np.param.numel(), t[s.decay] += 1;
     std::ostringstream o;
-    o << "sophia (rho " << rho_ << ", k " << k_ << ", betas [" << b1_ << ", " << b2_ << "]) decay group: " << t[1]
-      << " tensors, " << n[1] << " parameters (weight_decay " << wd_ << "); no-decay group: " << t[0] << " tensors, "
-      << n[0] << " parameters";
+    o << "sophia (rho " << rho_ << ", k " << k_ << ", betas [" << b1_ << ", " << b2_ << "]) " << slots_.describe(wd_);
     return o.str();
   }
 
  private:
-  struct Slot {
-    NamedParameter np;
-    bool decay;
-    at::Tensor m, h;  // gradient EMA, diagonal Hessian EMA
-  };
-  std::vector<Slot> slots_;
+  MomentSlots slots_;  // first: the gradient EMA m, second: the diagonal Hessian EMA h
   double lr_, lr_now_, rho_, eps_, wd_, b1_ = 0.965, b2_ = 0.99;
   int64_t k_, t_ = 0, estimates_ = 0;
 };

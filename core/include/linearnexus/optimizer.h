@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "linearnexus/params.h"
+
 namespace linearnexus {
 
 struct NamedParameter {
@@ -52,6 +54,30 @@ bool glob_match_any(const std::vector<std::string>& patterns, const std::string&
 // `decay` are forced in and names matching one in `no_decay` forced out (no_decay wins).
 bool in_decay_group(const NamedParameter& p, const std::vector<std::string>& decay,
                     const std::vector<std::string>& no_decay);
+
+// The per-parameter state of an optimizer that splits parameters into a weight-decay and a
+// no-decay group (by the `decay` / `no_decay` keys, see in_decay_group) and keeps two moment
+// tensors per parameter (AdamW: exp_avg, exp_avg_sq; Sophia: exp_avg, hessian). Saved and restored
+// as "<parameter name>.<key>" entries of the optimizer's state_dict.
+class MomentSlots {
+ public:
+  struct Slot {
+    NamedParameter np;
+    bool decay;
+    at::Tensor first, second;  // zero-initialised, like the parameter
+  };
+  MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
+              std::string first_key, std::string second_key);
+  std::vector<Slot>& all() { return slots_; }
+  void save(TensorMap& out) const;
+  void load(const TensorMap& state);  // an Error naming the missing entry when one is absent
+  // "decay group: T tensors, N parameters (weight_decay wd); no-decay group: T tensors, N parameters"
+  std::string describe(double weight_decay) const;
+
+ private:
+  std::vector<Slot> slots_;
+  std::string optimizer_, first_key_, second_key_;
+};
 
 // One AdamW update in place (torch.optim.AdamW's arithmetic), shared by every optimizer that runs
 // AdamW on some of its tensors: decoupled decay p *= 1 - lr*wd, moments updated, bias-corrected
