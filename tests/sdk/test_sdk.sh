@@ -26,7 +26,7 @@ for f in bin/linearnexus lib/liblinearnexus_core.so include/linearnexus/plugin.h
          lib/linearnexus/plugins/attention.so lib/cmake/LinearNexus/LinearNexusConfig.cmake; do
   [ -e "$PREFIX/$f" ] || fail "cmake --install did not install $f"
 done
-! grep -q pch "$PREFIX"/lib/cmake/LinearNexus/*.cmake || fail "the installed package refers to the PCH target"
+! grep -q linearnexus_pch "$PREFIX"/lib/cmake/LinearNexus/LinearNexusTargets*.cmake || fail "the installed package refers to the PCH target"
 [ ! -e "$PREFIX/lib/linearnexus/plugins/throws.so" ] || fail "a test plugin was installed"
 
 step "configure examples/plugin_template against the prefix only"
