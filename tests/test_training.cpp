@@ -187,7 +187,7 @@ TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corru
   CHECK(sample.out.rfind("---- sample 1 ----\n12+", 0) == 0);
 }
 
-TEST_CASE("runner: plugins lists broken files without failing; a checkpoint records its plugins and checks them", "[cli]") {
+TEST_CASE("runner: plugins lists broken files without failing, and a checkpoint records its plugins and checks them", "[cli]") {
   const std::string dir = LINEARNEXUS_TEST_PLUGIN_DIR;
   auto list = run_cli("plugins", "LINEARNEXUS_PLUGIN_PATH=" + dir + ":" + dir + "/good_v1");
   REQUIRE(list.code == 0);

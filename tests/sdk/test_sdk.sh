@@ -5,7 +5,8 @@
 #   3. run the example's parity test (chunked == recurrent, prefill + decode == full, finite gradients);
 #   4. put retention.so alone in a folder named by $LINEARNEXUS_PLUGIN_PATH and, with the installed
 #      (unchanged) runner: list it, train a model whose block_pattern uses it, sample from the checkpoint;
-#   5. without the folder, sampling that checkpoint fails naming the plugin and the search path.
+#   5. without the folder, sampling that checkpoint fails naming the plugin and the search path;
+# and that docs/writing_plugins.md shows the current retention.cpp.
 # Usage: test_sdk.sh BUILD_DIR SOURCE_DIR. Works in BUILD_DIR/sdk_test (fixed paths, so ccache hits).
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -16,6 +17,11 @@ export CCACHE_BASEDIR=$WORK LINEARNEXUS_NUM_THREADS=${LINEARNEXUS_NUM_THREADS:-1
 T0=$SECONDS
 step() { echo "== [$((SECONDS - T0)) s] $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# docs/writing_plugins.md shows the template's block in full: it must be the file, not an old copy.
+sed -n '/^```cpp retention.cpp$/,/^```$/p' "$SRC/docs/writing_plugins.md" | sed '1d;$d' |
+  diff - "$SRC/examples/plugin_template/retention.cpp" >/dev/null ||
+  fail "docs/writing_plugins.md's copy of examples/plugin_template/retention.cpp is out of date"
 
 rm -rf "$PREFIX" "$WORK/example" "$WORK/plugins" "$WORK/run"
 mkdir -p "$WORK"
