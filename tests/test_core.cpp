@@ -147,6 +147,43 @@ TEST_CASE("plugins built for another ABI or LibTorch are refused, naming file an
   CHECK(host.registry().find(PluginKind::Block, "attention") != nullptr);
 }
 
+TEST_CASE("two plugins registering the same block: an error naming both files, the first one kept", "[plugins]") {
+  PluginHost host;  // has loaded the real attention.so
+  const std::string dir = LINEARNEXUS_TEST_PLUGIN_DIR;
+  auto msg = error_of([&] { host.load_file(dir + "/duplicate.so"); });
+  CHECK_CONTAINS(msg, "block 'attention' is registered by both");
+  CHECK_CONTAINS(msg, "lib/linearnexus/plugins/attention.so");
+  CHECK_CONTAINS(msg, "tests/plugins/duplicate.so");
+  CHECK(host.registry().get(PluginKind::Block, "attention").origin.plugin_name == "attention");
+  // Two files that are the same plugin (name) in two versions: the second is refused, naming the first.
+  host.load_file(dir + "/good_v1/good_identity.so");
+  auto again = error_of([&] { host.load_file(dir + "/good_v2/good_identity.so"); });
+  CHECK_CONTAINS(again, "good_v2/good_identity.so");
+  CHECK_CONTAINS(again, "already loaded from");
+  CHECK_CONTAINS(again, "good_v1/good_identity.so");
+  CHECK(host.registry().get(PluginKind::Block, "test_identity").origin.plugin_version == "1.0.0");
+}
+
+TEST_CASE("a folder with broken plugins: each one reported, the host survives, the good one loads", "[plugins]") {
+  TempDir t;
+  const std::string dir = LINEARNEXUS_TEST_PLUGIN_DIR;
+  // Sorted load order: bad_abi, good_identity, throws, zz_other_torch: good plugins before and after the
+  // broken ones.
+  fs::copy_file(dir + "/bad_abi.so", t / "bad_abi.so");
+  fs::copy_file(dir + "/good_v1/good_identity.so", t / "good_identity.so");
+  fs::copy_file(dir + "/throws.so", t / "throws.so");
+  fs::copy_file(dir + "/other_torch.so", t / "zz_other_torch.so");
+  PluginHost host;
+  host.load_dir(t.path.string());
+  REQUIRE(host.problems().size() == 3);
+  CHECK_CONTAINS(host.problems()[0].message, "ABI version 999");
+  CHECK_CONTAINS(host.problems()[1].message, "throws.so: plugin 'throws' failed to register: this test plugin always fails");
+  CHECK_CONTAINS(host.problems()[2].message, "LibTorch 0.0.1");
+  CHECK(host.registry().find(PluginKind::Block, "test_identity") != nullptr);
+  CHECK(host.registry().find(PluginKind::Block, "attention") != nullptr);
+  for (const auto& p : host.plugins()) CHECK(p.name != "throws");
+}
+
 TEST_CASE("a file in a plugin folder that is not a plugin is recorded, not fatal", "[plugins]") {
   TempDir t;
   write_text(t / "notes.so", "this is not a shared library");

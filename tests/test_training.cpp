@@ -210,6 +210,42 @@ TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corru
   CHECK(sample.out.rfind("---- sample 1 ----\n12+", 0) == 0);
 }
 
+TEST_CASE("runner: plugins lists broken files without failing, and a checkpoint records its plugins and checks them", "[cli]") {
+  const std::string dir = LINEARNEXUS_TEST_PLUGIN_DIR;
+  auto list = run_cli("plugins", "LINEARNEXUS_PLUGIN_PATH=" + dir + ":" + dir + "/good_v1");
+  REQUIRE(list.code == 0);
+  CHECK_CONTAINS(list.out, "good_identity 1.0.0  " + dir + "/good_v1/good_identity.so");
+  CHECK_CONTAINS(list.out, "NOT LOADED " + dir + "/throws.so");
+  CHECK_CONTAINS(list.out, "registered by both");
+
+  TempDir t;
+  write_text(t / "exp.yaml", kCliExperiment);
+  const std::string v1 = "LINEARNEXUS_PLUGIN_PATH=" + dir + "/good_v1", v2 = "LINEARNEXUS_PLUGIN_PATH=" + dir + "/good_v2";
+  auto run = run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" + (t / "a"), v1);
+  INFO(run.err);
+  REQUIRE(run.code == 0);
+  auto plugins = nlohmann::json::parse(read_safetensors_metadata(t / "a/latest.safetensors").at("plugins"));
+  CHECK(plugins["block:test_identity"]["plugin"] == "good_identity");
+  CHECK(plugins["block:test_identity"]["version"] == "1.0.0");
+  // The plugin is missing: the error names it, its version and the folders searched.
+  check_one_clean_error(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2"),
+                        "needs block 'test_identity' from plugin 'good_identity' 1.0.0, which is not on the plugin path (");
+  CHECK_CONTAINS(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2").err, "lib/linearnexus/plugins");
+  // Another version of it: a warning naming both versions, then it samples.
+  auto other = run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2", v2);
+  CHECK(other.code == 0);
+  CHECK_CONTAINS(other.err, "was made with plugin 'good_identity' 1.0.0, loading it with 2.0.0 from " + dir + "/good_v2");
+  // Resuming training from it with the other version warns the same way.
+  auto resumed = run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" +
+                             (t / "b") + " --set trainer.max_steps=3 --set trainer.resume=" + (t / "a/latest.safetensors"), v2);
+  CHECK(resumed.code == 0);
+  CHECK_CONTAINS(resumed.err, "was made with plugin 'good_identity' 1.0.0, loading it with 2.0.0");
+  // The same version: no warning.
+  auto same = run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2", v1);
+  CHECK(same.code == 0);
+  CHECK(same.err.find("was made with plugin") == std::string::npos);
+}
+
 TEST_CASE("runner: plugins lists files and versions and describe documents keys and docs/config.md is current", "[cli]") {
   auto list = run_cli("plugins");
   REQUIRE(list.code == 0);

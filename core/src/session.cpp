@@ -4,6 +4,7 @@
 #include <malloc.h>
 
 #include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -90,6 +91,7 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
     resume_file = resolve_checkpoint(resume);
   if (!resume_file.empty()) {
     auto meta = read_safetensors_metadata(resume_file);
+    check_checkpoint_plugins(meta, resume_file, host);
     if (meta.count("tokenizer")) tokenizer = tokenizer_from_json(meta.at("tokenizer"));
   }
   ctx.data = load_data(exp.data, exp.base_dir, tokenizer);
@@ -106,6 +108,25 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   return s;
 }
 
+// The plugins that built a checkpoint's model (its "plugins" metadata) must be loaded; the same
+// version is expected, another one only warns.
+void check_checkpoint_plugins(const Metadata& metadata, const std::string& file, const PluginHost& host) {
+  if (!metadata.count("plugins")) return;
+  json plugins = json::parse(metadata.at("plugins"), nullptr, false);
+  for (auto it = plugins.begin(); plugins.is_object() && it != plugins.end(); ++it) {
+    const std::string block = it.key().substr(it.key().find(':') + 1);
+    const std::string plugin = it->value("plugin", "?"), version = it->value("version", "?");
+    const auto* r = host.registry().find(PluginKind::Block, block);
+    if (!r)
+      throw Error("checkpoint '" + file + "' needs block '" + block + "' from plugin '" + plugin + "' " + version +
+                  ", which is not on the plugin path (" + host.search_path_text() +
+                  "); add its folder to LINEARNEXUS_PLUGIN_PATH");
+    if (r->origin.plugin_version != version)
+      log_warn("checkpoint '" + file + "' was made with plugin '" + plugin + "' " + version + ", loading it with " +
+               r->origin.plugin_version + " from " + r->origin.file);
+  }
+}
+
 LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, PluginHost& host, const std::string& device) {
   LoadedModel lm;
   lm.file = resolve_checkpoint(run_dir_or_file);
@@ -113,22 +134,15 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
   lm.metadata = ck.metadata;
   if (!ck.metadata.count("config") || !ck.metadata.count("tokenizer"))
     throw Error("checkpoint '" + lm.file + "' has no LinearNexus metadata (config, tokenizer): was it written by linearnexus?");
-  // The plugins that built the model must be here; the same version is expected.
-  if (ck.metadata.count("plugins")) {
-    json plugins = json::parse(ck.metadata.at("plugins"), nullptr, false);
-    for (auto it = plugins.begin(); plugins.is_object() && it != plugins.end(); ++it) {
-      const std::string block = it.key().substr(it.key().find(':') + 1);
-      const std::string plugin = it->value("plugin", "?"), version = it->value("version", "?");
-      const auto* r = host.registry().find(PluginKind::Block, block);
-      if (!r)
-        throw Error("checkpoint '" + lm.file + "' needs block '" + block + "' from plugin '" + plugin + "' " + version +
-                    ", which is not on the plugin path (" + host.search_path_text() +
-                    "); add its folder to LINEARNEXUS_PLUGIN_PATH");
-      if (r->origin.plugin_version != version)
-        log_warn("checkpoint '" + lm.file + "' was made with plugin '" + plugin + "' " + version + ", loading it with " +
-                 r->origin.plugin_version + " from " + r->origin.file);
-    }
+  // The folders the run listed in plugins.paths hold plugins too: search them before the check.
+  try {
+    YAML::Node paths = YAML::Load(ck.metadata.at("config"))["plugins"]["paths"];
+    for (std::size_t i = 0; paths.IsSequence() && i < paths.size(); ++i)
+      if (fs::is_directory(paths[i].as<std::string>())) host.load_dir(paths[i].as<std::string>());
+  } catch (const YAML::Exception&) {
+    // parse_experiment below reports a broken config with its position.
   }
+  check_checkpoint_plugins(ck.metadata, lm.file, host);
   lm.experiment = parse_experiment(ck.metadata.at("config"), "checkpoint " + lm.file, "", {}, host);
   lm.tokenizer = tokenizer_from_json(ck.metadata.at("tokenizer"));
   lm.model = std::make_shared<LMModel>(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry());

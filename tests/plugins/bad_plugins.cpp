@@ -3,17 +3,24 @@
 //   OTHER_TORCH  - claims it was built against LibTorch 0.0.1
 //   THROWS       - its register callback throws
 //   NO_ENTRY     - exports no entry point at all
+//   DUPLICATE    - a valid plugin ("attention_copy") that registers block `attention` again
 #include <linearnexus/plugin.h>
 
 #include <stdexcept>
 
 #ifndef NO_ENTRY
 namespace {
+#ifndef DUPLICATE
 void register_nothing(linearnexus::Registry&) {
 #ifdef THROWS
   throw std::runtime_error("this test plugin always fails to register");
 #endif
 }
+#else
+void register_attention_again(linearnexus::Registry& r) {
+  r.add_block("attention", "a second `attention`", {}, [](const auto&, const auto&, int64_t) { return nullptr; });
+}
+#endif
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo* linearnexus_plugin_info() {
@@ -23,6 +30,10 @@ extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo* l
 #elif defined(OTHER_TORCH)
   static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, "0.0.1", "other_torch", "0.1", "other LibTorch",
                                           [](linearnexus::Registry* r) { register_nothing(*r); }};
+#elif defined(DUPLICATE)
+  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, "attention_copy",
+                                          "0.1", "registers attention again",
+                                          [](linearnexus::Registry* r) { register_attention_again(*r); }};
 #else
   static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, "throws", "0.1",
                                           "throws while registering", [](linearnexus::Registry* r) { register_nothing(*r); }};

@@ -33,6 +33,10 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host);
 // The model's parameters by name, with the fused splits their blocks declare.
 std::vector<NamedParameter> named_parameters_of(const LMModel& model);
 
+// A checkpoint's "plugins" metadata against the loaded plugins: a missing one throws Error naming the
+// block, the plugin, its version and the search path; another version logs a warning naming both.
+void check_checkpoint_plugins(const Metadata& metadata, const std::string& file, const PluginHost& host);
+
 struct LoadedModel {
   Experiment experiment;
   std::shared_ptr<LMModel> model;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The plugin SDK end to end, as a researcher uses it (issue 8), run by CTest as `sdk_out_of_tree_plugin`:
+#   1. cmake --install the main build into a fresh prefix;
+#   2. configure + build examples/plugin_template against that prefix only (no build tree, no registry);
+#   3. run the example's parity test (chunked == recurrent, prefill + decode == full, finite gradients);
+#   4. put retention.so alone in a folder named by $LINEARNEXUS_PLUGIN_PATH and, with the installed
+#      (unchanged) runner: list it, train a model whose block_pattern uses it, sample from the checkpoint;
+#   5. without the folder, sampling that checkpoint fails naming the plugin and the search path;
+# and that docs/writing_plugins.md shows the current retention.cpp.
+# Usage: test_sdk.sh BUILD_DIR SOURCE_DIR. Works in BUILD_DIR/sdk_test (fixed paths, so ccache hits).
+set -euo pipefail
+BUILD=$(cd "$1" && pwd)
+SRC=$(cd "$2" && pwd)
+WORK=$BUILD/sdk_test
+PREFIX=$WORK/prefix
+export CCACHE_BASEDIR=$WORK LINEARNEXUS_NUM_THREADS=${LINEARNEXUS_NUM_THREADS:-1}
+T0=$SECONDS
+step() { echo "== [$((SECONDS - T0)) s] $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# docs/writing_plugins.md shows the template's block in full: it must be the file, not an old copy.
+sed -n '/^```cpp retention.cpp$/,/^```$/p' "$SRC/docs/writing_plugins.md" | sed '1d;$d' |
+  diff - "$SRC/examples/plugin_template/retention.cpp" >/dev/null ||
+  fail "docs/writing_plugins.md's copy of examples/plugin_template/retention.cpp is out of date"
+
+rm -rf "$PREFIX" "$WORK/example" "$WORK/plugins" "$WORK/run"
+mkdir -p "$WORK"
+
+step "install into $PREFIX"
+cmake --install "$BUILD" --prefix "$PREFIX" >"$WORK/install.log"
+for f in bin/linearnexus lib/liblinearnexus_core.so include/linearnexus/plugin.h \
+         lib/linearnexus/plugins/attention.so lib/cmake/LinearNexus/LinearNexusConfig.cmake; do
+  [ -e "$PREFIX/$f" ] || fail "cmake --install did not install $f"
+done
+! grep -q linearnexus_pch "$PREFIX"/lib/cmake/LinearNexus/LinearNexusTargets*.cmake || fail "the installed package refers to the PCH target"
+[ ! -e "$PREFIX/lib/linearnexus/plugins/throws.so" ] || fail "a test plugin was installed"
+
+step "configure examples/plugin_template against the prefix only"
+cmake -S "$SRC/examples/plugin_template" -B "$WORK/example" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
+  -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF >"$WORK/configure.log"
+grep -q "^LinearNexus_DIR:PATH=$PREFIX/lib/cmake/LinearNexus$" "$WORK/example/CMakeCache.txt" ||
+  fail "the example did not find LinearNexus in $PREFIX: $(grep LinearNexus_DIR "$WORK/example/CMakeCache.txt")"
+
+step "build the retention plugin and its parity test"
+cmake --build "$WORK/example" -j2 >"$WORK/build.log" || { cat "$WORK/build.log"; fail "the example did not build"; }
+
+step "parity test"
+"$WORK/example/test_retention" "$WORK/example/retention.so"
+
+mkdir -p "$WORK/plugins"
+cp "$WORK/example/retention.so" "$WORK/plugins/"
+RUNNER=$PREFIX/bin/linearnexus
+export LINEARNEXUS_PLUGIN_PATH=$WORK/plugins
+
+step "linearnexus plugins (installed runner)"
+"$RUNNER" plugins >"$WORK/plugins.txt"
+grep -q "^retention 0.1.0  $WORK/plugins/retention.so$" "$WORK/plugins.txt" || { cat "$WORK/plugins.txt"; fail "retention not listed"; }
+grep -q "^attention 1.0.0  $PREFIX/lib/linearnexus/plugins/attention.so$" "$WORK/plugins.txt" ||
+  { cat "$WORK/plugins.txt"; fail "the installed runner did not load its installed plugins"; }
+! grep -q "NOT LOADED" "$WORK/plugins.txt" || { cat "$WORK/plugins.txt"; fail "a plugin failed to load"; }
+
+step "train a [retention, retention, attention] model"
+"$RUNNER" run "$SRC/examples/plugin_template/retention.yaml" --no-sample --set trainer.out_dir="$WORK/run" \
+  --set trainer.max_steps=30 --set trainer.batch_size=8 --set trainer.log_every=10 --set trainer.eval_every=30 \
+  --set trainer.eval_batches=1 --set trainer.save_every=30 2>&1 | tail -n 4
+[ -e "$WORK/run/latest.safetensors" ] || fail "training saved no checkpoint"
+
+step "sample from the checkpoint"
+"$RUNNER" sample --checkpoint "$WORK/run" --prompt "12+" --max-tokens 16 --seed 1 >"$WORK/sample.txt"
+cat "$WORK/sample.txt"
+grep -q "^12+" "$WORK/sample.txt" || fail "no sample"
+
+step "without the plugin folder: a clear error"
+unset LINEARNEXUS_PLUGIN_PATH
+if "$RUNNER" sample --checkpoint "$WORK/run" --max-tokens 4 >/dev/null 2>"$WORK/missing.txt"; then
+  fail "sampling without retention.so succeeded"
+fi
+grep -q "needs block 'retention' from plugin 'retention' 0.1.0, which is not on the plugin path ($PREFIX/lib/linearnexus/plugins)" \
+  "$WORK/missing.txt" || { cat "$WORK/missing.txt"; fail "unclear error for a missing plugin"; }
+
+step "SDK test passed"
