@@ -200,10 +200,13 @@ int cmd_docs() {
   section("`trainer`", "`name:` picks the trainer plugin (default `sft`); these keys are common to every trainer, "
           "and each trainer adds its own (see Trainers below).", trainer_common_schema());
   section("`sample`", "Samples printed after training (and defaults for `linearnexus sample`).", sample_schema());
+  section("`task`", "Optional: the task the RL trainers (`grpo`, `ppo`) draw prompts from and score, and the text "
+          "`data.path: task` trains on. `name:` picks the task plugin; its keys follow (see Tasks below).",
+          Schema{{"name", ParamType::String, "(required)", "task plugin name"}});
   const std::pair<PluginKind, const char*> kinds[] = {{PluginKind::Block, "Blocks (`model.blocks.NAME`)"},
                                                       {PluginKind::Optimizer, "Optimizers (`optimizer:` with `name: NAME`)"},
                                                       {PluginKind::Trainer, "Trainers (`trainer:` with `name: NAME`)"},
-                                                      {PluginKind::Task, "Tasks"}};
+                                                      {PluginKind::Task, "Tasks (`task:` with `name: NAME`)"}};
   for (const auto& [kind, title] : kinds) {
     auto names = host.registry().names(kind);
     if (names.empty()) continue;
