@@ -5,6 +5,7 @@
 #include "linearnexus/log.h"
 #include "linearnexus/model.h"
 #include "linearnexus/plugin_host.h"
+#include "linearnexus/session.h"
 #include "linearnexus/trainer.h"
 
 namespace linearnexus {
@@ -142,8 +143,55 @@ std::vector<std::vector<int64_t>> stop_sequences(const Task& task, const Tokeniz
 }
 }  // namespace
 
+std::shared_ptr<RewardModel> RewardModel::load(const std::string& checkpoint, PluginHost& host, const at::Device& device) {
+  LoadedModel lm = load_model_from_checkpoint(checkpoint, host, "cpu");
+  auto tensors = load_safetensors(lm.file).tensors;
+  if (!tensors.count("reward_head.weight") || !tensors.count("reward_head.bias"))
+    throw Error("reward model '" + lm.file + "' has no reward_head.weight / reward_head.bias: it is a language model " +
+                "checkpoint, not a reward model (see README, Reinforcement learning)");
+  auto rm = std::make_shared<RewardModel>();
+  rm->model_ = lm.model;
+  rm->model_->to(device);
+  rm->tokenizer_ = lm.tokenizer;
+  rm->weight_ = tensors.at("reward_head.weight").to(device);
+  rm->bias_ = tensors.at("reward_head.bias").to(device);
+  const int64_t C = lm.model->config().dims.hidden_size;
+  if (rm->weight_.sizes() != at::IntArrayRef({1, C}) || rm->bias_.numel() != 1)
+    throw Error("reward model '" + lm.file + "': reward_head.weight must be [1, " + std::to_string(C) + "] and reward_head.bias [1]");
+  return rm;
+}
+
+at::Tensor RewardModel::score(const std::vector<std::vector<int64_t>>& seqs) {
+  // Right-padded [N, L]: causal, so padding after a row's last token never changes its hidden state.
+  torch::NoGradGuard g;
+  const int64_t N = static_cast<int64_t>(seqs.size());
+  int64_t L = 1;
+  for (const auto& s : seqs) L = std::max<int64_t>(L, static_cast<int64_t>(s.size()));
+  auto idx = at::zeros({N, L}, at::kLong);
+  auto last = at::zeros({N}, at::kLong);
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t n = static_cast<int64_t>(seqs[r].size());
+    if (n == 0) throw Error("reward model: an empty sequence");
+    idx[r].narrow(0, 0, n).copy_(at::tensor(seqs[r], at::kLong));
+    last[r] = n - 1;
+  }
+  auto device = weight_.device();
+  auto h = model_->forward_hidden(idx.to(device));                               // [N, L, C]
+  auto h_last = h.index({at::arange(N, at::kLong).to(device), last.to(device)});  // [N, C]
+  return (at::matmul(h_last, weight_.t()).squeeze(-1) + bias_).to(at::kFloat).to(at::kCPU);
+}
+
+std::shared_ptr<RewardModel> load_reward_model(const TrainContext& ctx) {
+  const std::string path = ctx.experiment->trainer.get_string("reward_model");
+  if (path.empty()) return nullptr;
+  auto rm = RewardModel::load(path, *ctx.host, ctx.device);
+  if (rm->tokenizer().to_json() != ctx.data.tokenizer->to_json())
+    throw Error("trainer.reward_model '" + path + "' has another vocabulary than the policy; train it from the same run");
+  return rm;
+}
+
 Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, std::vector<TaskExample> examples,
-                        int64_t group, SamplingParams sampling) {
+                        int64_t group, SamplingParams sampling, RewardModel* reward_model) {
   Rollout out;
   out.examples = std::move(examples);
   for (const auto& e : out.examples) out.prompts.push_back(tok.encode(e.prompt));
@@ -160,6 +208,14 @@ Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, 
     out.texts.push_back(completion_text(tok, out.generated.completions[r], stopped, task.stop_string()));
     out.rewards[r] = task.reward(ex, out.texts.back(), stopped);
     out.correct[r] = task.correct(ex, out.texts.back(), stopped) ? 1.0 : 0.0;
+  }
+  if (reward_model) {
+    std::vector<std::vector<int64_t>> seqs;
+    for (int64_t r = 0; r < N; ++r) {
+      seqs.push_back(out.prompts[r / group]);
+      seqs.back().insert(seqs.back().end(), out.generated.completions[r].begin(), out.generated.completions[r].end());
+    }
+    out.rewards = reward_model->score(seqs);
   }
   return out;
 }
@@ -189,6 +245,7 @@ const Schema& rl_common_schema() {
       {"beta", ParamType::Float, "0.04", "weight of the KL to the frozen reference model"},
       {"clip_eps", ParamType::Float, "0.2", "PPO clip range of the probability ratio"},
       {"ref_checkpoint", ParamType::String, "\"\"", "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"},
+      {"reward_model", ParamType::String, "\"\"", "a learned reward model checkpoint scoring the rollouts instead of the task (\"\" = the task's reward)"},
   };
   return s;
 }

@@ -36,13 +36,14 @@ class GRPOTrainer : public Trainer {
     const int64_t start = run.resume();
     auto ref = load_reference_model(ctx, "grpo");
     const Tokenizer& tok = *ctx.data.tokenizer;
+    auto reward_model = load_reward_model(ctx);
     if (start == 0) run.write_metrics({{"step", 0}, {"eval_accuracy", task_accuracy(*ctx.model, *task, tok, max_new)}});
 
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
       Rollout ro = collect_rollout(*ctx.model, *task, tok, step_examples(*task, seed, step, n_prompts), G,
-                                   rollout_sampling(t, seed, step));
+                                   rollout_sampling(t, seed, step), reward_model.get());
       auto mask = ro.packed.mask.to(ctx.device);                                 // [N, Lg]
       auto adv = group_advantages(ro.rewards, G, scale).to(ctx.device).unsqueeze(1);  // [N, 1]
       at::Tensor ref_logp, old_logp;

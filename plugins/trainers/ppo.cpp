@@ -86,6 +86,7 @@ class PPOTrainer : public Trainer {
     const int64_t start = run.resume(&extra);
     auto ref = load_reference_model(ctx, "ppo");
     const Tokenizer& tok = *ctx.data.tokenizer;
+    auto reward_model = load_reward_model(ctx);
 
     ValueFunction vf;
     const int64_t C = ctx.model->config().dims.hidden_size;
@@ -118,7 +119,7 @@ class PPOTrainer : public Trainer {
       const double lr = run.begin_step(step);
       vf.optimizer->set_lr_multiplier(ctx.optimizer->base_lr() > 0 ? lr / ctx.optimizer->base_lr() : 1.0);
       Rollout ro = collect_rollout(*ctx.model, *task, tok, step_examples(*task, seed, step, n_prompts), G,
-                                   rollout_sampling(t, seed, step));
+                                   rollout_sampling(t, seed, step), reward_model.get());
       const auto& packed = ro.packed;
       auto mask = packed.mask.to(ctx.device);  // [N, Lg]
       const int64_t N = mask.size(0);

@@ -78,6 +78,23 @@ struct PolicyOutput {
 };
 PolicyOutput policy_forward(LMModel& model, const PackedRollout& r, double temperature);
 
+// A learned reward: a trained LMModel's trunk with a scalar head on the last token's final hidden
+// state. Its checkpoint is an ordinary linearnexus checkpoint (model.*, config and tokenizer metadata)
+// plus reward_head.weight [1, C] and reward_head.bias [1]. It must share the policy's tokenizer.
+class PluginHost;
+class RewardModel {
+ public:
+  static std::shared_ptr<RewardModel> load(const std::string& checkpoint, PluginHost& host, const at::Device& device);
+  // Token sequences (prompt + completion) -> scores [N] (float, on the CPU).
+  at::Tensor score(const std::vector<std::vector<int64_t>>& sequences);
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  std::shared_ptr<LMModel> model_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  at::Tensor weight_, bias_;  // [1, C], [1]
+};
+
 // A batch of task prompts, sampled group times each, and scored.
 struct Rollout {
   std::vector<TaskExample> examples;         // one per prompt
@@ -85,11 +102,11 @@ struct Rollout {
   GeneratedBatch generated;                  // N = examples * group rows
   PackedRollout packed;
   std::vector<std::string> texts;            // per row, the completion cut at the stop string
-  at::Tensor rewards;                        // [N] float
+  at::Tensor rewards;                        // [N] float: the task's, or the reward model's when given
   at::Tensor correct;                        // [N] float, 1 = exact match
 };
 Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, std::vector<TaskExample> examples,
-                        int64_t group, SamplingParams sampling);
+                        int64_t group, SamplingParams sampling, RewardModel* reward_model = nullptr);
 // Exact-match accuracy (0..1) of greedy completions on the task's held-out set.
 double task_accuracy(LMModel& model, const Task& task, const Tokenizer& tok, int64_t max_new_tokens);
 
@@ -106,6 +123,8 @@ std::shared_ptr<Task> make_experiment_task(const TrainContext& ctx, const std::s
 std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std::string& trainer);
 // The training examples of step `step`: a pure function of (seed, step), so resumes see the same.
 std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t step, int64_t n);
+// trainer.reward_model loaded (null when unset); its vocabulary must be the policy's.
+std::shared_ptr<RewardModel> load_reward_model(const TrainContext& ctx);
 // Rollout sampling for step `step` from the trainer's keys (seeded per step for exact resumes).
 SamplingParams rollout_sampling(const Params& trainer, uint64_t seed, int64_t step);
 
