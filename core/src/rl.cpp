@@ -21,7 +21,8 @@ at::Tensor group_advantages(const at::Tensor& rewards, int64_t G, bool scale_by_
   if (scale_by_std) {
     // A group of one has no spread: its std is taken as 0 (advantage 0), not NaN.
     auto std = G > 1 ? r.std(1, /*unbiased=*/true, true) : at::zeros_like(r.narrow(1, 0, 1));
-    centred = centred / (std + eps);
+    // A group whose rewards are all equal teaches nothing: advantage 0 (not 0/0 when eps = 0).
+    centred = at::where(std > 0, centred / (std + eps), at::zeros_like(centred));
   }
   return centred.reshape({-1});
 }
