@@ -43,6 +43,18 @@ void fail_on_plugin_problems(const PluginHost& host) {
     throw Error(host.problems().front().message + " (remove it from the plugin folder, or rebuild it)");
 }
 
+// An Error thrown by plugin code carries the plugin's copy of its vtable, which is unmapped once the
+// PluginHost that keeps the plugin loaded is gone; `body` runs while `host` lives, and its errors are
+// copied here (the runner's code) before they travel on to main's handler.
+template <class F>
+int with_plugins_loaded(const PluginHost& host, F&& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    throw Error(e.what());
+  }
+}
+
 // Print `n` samples of the experiment's sample section, streaming tokens as they come.
 void print_samples(LMModel& model, const Tokenizer& tok, const Params& s, uint64_t seed) {
   SamplingParams sp;
@@ -64,6 +76,7 @@ void print_samples(LMModel& model, const Tokenizer& tok, const Params& s, uint64
 
 int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
   PluginHost host;
+  return with_plugins_loaded(host, [&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
   RunSetup setup = prepare_run(exp, host);
@@ -75,10 +88,12 @@ int cmd_run(const std::string& path, const std::vector<std::string>& overrides, 
   if (!no_sample && exp.sample.get_int("num_samples") > 0)
     print_samples(*setup.ctx.model, *setup.ctx.data.tokenizer, exp.sample, static_cast<uint64_t>(exp.top.get_int("seed")));
   return 0;
+  });
 }
 
 int cmd_validate(const std::string& path, const std::vector<std::string>& overrides, bool print) {
   PluginHost host;
+  return with_plugins_loaded(host, [&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
   if (print) std::cout << exp.resolved_yaml;
@@ -86,6 +101,7 @@ int cmd_validate(const std::string& path, const std::vector<std::string>& overri
   for (const auto& b : exp.model.get_string_list("block_pattern")) std::cout << " " << b;
   std::cout << ", optimizer " << exp.optimizer_name << ", trainer " << exp.trainer_name << ")\n";
   return 0;
+  });
 }
 
 struct SampleOptions {
@@ -97,6 +113,7 @@ struct SampleOptions {
 
 int cmd_sample(const SampleOptions& o) {
   PluginHost host;
+  return with_plugins_loaded(host, [&] {
   LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device);
   Params s = lm.experiment.sample;
   auto set = [&](const char* k, ParamValue v) { s.set(k, std::move(v)); };
@@ -109,6 +126,7 @@ int cmd_sample(const SampleOptions& o) {
   v.f = o.top_p, set("top_p", v);
   print_samples(*lm.model, *lm.tokenizer, s, o.seed);
   return 0;
+  });
 }
 
 int cmd_plugins(const std::string& describe) {
@@ -200,10 +218,13 @@ int cmd_docs() {
   section("`trainer`", "`name:` picks the trainer plugin (default `sft`); these keys are common to every trainer, "
           "and each trainer adds its own (see Trainers below).", trainer_common_schema());
   section("`sample`", "Samples printed after training (and defaults for `linearnexus sample`).", sample_schema());
+  section("`task`", "Optional: the task the RL trainers (`grpo`, `ppo`) draw prompts from and score, and the text "
+          "`data.path: task` trains on. `name:` picks the task plugin; its keys follow (see Tasks below).",
+          Schema{{"name", ParamType::String, "(required)", "task plugin name"}});
   const std::pair<PluginKind, const char*> kinds[] = {{PluginKind::Block, "Blocks (`model.blocks.NAME`)"},
                                                       {PluginKind::Optimizer, "Optimizers (`optimizer:` with `name: NAME`)"},
                                                       {PluginKind::Trainer, "Trainers (`trainer:` with `name: NAME`)"},
-                                                      {PluginKind::Task, "Tasks"}};
+                                                      {PluginKind::Task, "Tasks (`task:` with `name: NAME`)"}};
   for (const auto& [kind, title] : kinds) {
     auto names = host.registry().names(kind);
     if (names.empty()) continue;

@@ -356,6 +356,7 @@ const Schema& trainer_common_schema() {
       {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest"},
       {"out_dir", ParamType::String, "\"\"", "run folder (default runs/<name>)"},
       {"resume", ParamType::String, "\"\"", "\"\" = fresh run (refuses a folder with checkpoints), auto = continue from out_dir's latest, or a checkpoint path"},
+      {"init_from", ParamType::String, "\"\"", "a fresh run starts from this checkpoint's weights (run folder or file) and reuses its tokenizer; the model section must match it"},
   };
   return s;
 }
@@ -472,14 +473,14 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   for (const auto& o : overrides) apply_override(root, o, src.overridden);
 
   static const std::vector<std::string> sections = {"name", "seed", "device", "precision", "plugins", "data",
-                                                    "model", "optimizer", "schedule", "trainer", "sample"};
+                                                    "model", "optimizer", "schedule", "trainer", "sample", "task"};
   for (const auto& kv : root) {
     const std::string key = kv.first.Scalar();
     if (std::find(sections.begin(), sections.end(), key) == sections.end()) {
       std::string near = nearest_key(key, sections);
       throw Error(src.at(kv.first, key) + ": unknown key '" + key + "'" +
                   (near.empty() ? "" : "; did you mean '" + near + "'?") +
-                  " top-level keys: name, seed, device, precision, plugins, data, model, optimizer, schedule, trainer, sample");
+                  " top-level keys: name, seed, device, precision, plugins, data, model, optimizer, schedule, trainer, sample, task");
     }
   }
 
@@ -487,7 +488,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   e.source = origin;
   e.base_dir = base_dir;
   e.top = validate_section(root, top_schema(), "experiment", src,
-                           {"plugins", "data", "model", "optimizer", "schedule", "trainer", "sample"});
+                           {"plugins", "data", "model", "optimizer", "schedule", "trainer", "sample", "task"});
 
   // Plugins first: the other sections are validated against what they register.
   YAML::Node plugins = root["plugins"];
@@ -565,6 +566,16 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   e.schedule = validate_section(root["schedule"], schedule_schema(), "schedule", src);
   e.trainer = named_section("trainer", PluginKind::Trainer, "sft", trainer_common_schema(), &e.trainer_name);
   e.sample = validate_section(root["sample"], sample_schema(), "sample", src);
+  // task: optional; `name:` picks the task plugin (RL trainers and data.path: task need one).
+  if (root["task"] && !root["task"].IsNull()) {
+    YAML::Node tn = root["task"];
+    if (!tn.IsMap() || !tn["name"])
+      throw Error(src.at(tn, "task") + ": 'task' must be a map with a name, e.g. task: {name: arithmetic}; tasks: " +
+                  [&] { std::string l; for (const auto& n : reg.names(PluginKind::Task)) l += (l.empty() ? "" : ", ") + n; return l; }());
+    e.task = named_section("task", PluginKind::Task, "", {}, &e.task_name);
+  }
+  if (e.data.get_string("path") == "task" && e.task_name.empty())
+    throw Error(origin + ": data.path is 'task' but the experiment has no task section; add e.g. task: {name: arithmetic}");
 
   // The resolved experiment, every default filled in.
   YAML::Emitter out;
@@ -583,6 +594,11 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   t["name"] = e.trainer_name;
   r["trainer"] = t;
   r["sample"] = params_to_yaml(e.sample);
+  if (!e.task_name.empty()) {
+    YAML::Node tk = params_to_yaml(e.task);
+    tk["name"] = e.task_name;
+    r["task"] = tk;
+  }
   out << r;
   e.resolved_yaml = std::string(out.c_str()) + "\n";
   return e;

@@ -147,7 +147,7 @@ std::shared_ptr<TokenDataset> make_memory_dataset(std::vector<int64_t> tokens, s
 
 const Schema& data_schema() {
   static const Schema s = {
-      {"path", ParamType::String, "", "text file to train on, or builtin:arithmetic (a generated corpus)"},
+      {"path", ParamType::String, "", "text file to train on, builtin:arithmetic (a generated corpus), or task = worked examples of the experiment's task section"},
       {"tokenizer", ParamType::String, "char", "char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file"},
       {"seq_len", ParamType::Int, "256", "tokens per training sequence"},
       {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation"},
@@ -171,7 +171,8 @@ std::string builtin_arithmetic_corpus(int64_t n_lines, uint64_t seed) {
   return out.str();
 }
 
-DataSplits load_data(const Params& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer) {
+DataSplits load_data(const Params& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer,
+                     const std::string& task_text) {
   const std::string path_key = data.get_string("path");
   const int64_t seq_len = data.get_int("seq_len");
   const double val_fraction = data.get_float("val_fraction");
@@ -195,7 +196,10 @@ DataSplits load_data(const Params& data, const std::string& base_dir, std::share
       return out;
     }
   }
-  if (path_key == "builtin:arithmetic") {
+  if (path_key == "task") {
+    if (task_text.empty()) throw Error("data.path: 'task' needs the experiment's task section to supply the text");
+    text = task_text;
+  } else if (path_key == "builtin:arithmetic") {
     text = builtin_arithmetic_corpus(200000, 1234);
   } else if (path_key.rfind("builtin:", 0) == 0) {
     throw Error("data.path: unknown built-in corpus '" + path_key + "' (available: builtin:arithmetic)");

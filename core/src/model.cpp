@@ -1,12 +1,9 @@
-// Shared layers, the LMModel that stacks block plugins, and sampling.
+// Shared layers and the LMModel that stacks block plugins (sampling is in generate.cpp).
 #include "linearnexus/model.h"
-
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 
 #include "linearnexus/error.h"
-#include "linearnexus/generate.h"
 #include "linearnexus/layers.h"
 #include "linearnexus/log.h"
 #include "linearnexus/registry.h"
@@ -193,65 +190,6 @@ at::Tensor LMModel::lm_logits(const at::Tensor& h) {
 
 at::Tensor LMModel::forward(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
   return lm_logits(forward_hidden(idx, state, mode, positions));
-}
-
-// ---- sampling ---------------------------------------------------------------------------------
-
-at::Tensor sample_next(const at::Tensor& logits_in, const SamplingParams& p, at::Generator& gen) {
-  // logits: [B, V] -> [B]
-  auto logits = logits_in.to(at::kFloat).to(at::kCPU);
-  if (p.temperature <= 0) return logits.argmax(-1);
-  logits = logits / p.temperature;
-  const double neg_inf = -std::numeric_limits<double>::infinity();
-  if (p.top_k > 0 && p.top_k < logits.size(-1)) {
-    auto kth = std::get<0>(logits.topk(p.top_k, -1)).narrow(-1, p.top_k - 1, 1);  // [B, 1]
-    logits = logits.masked_fill(logits < kth, neg_inf);
-  }
-  if (p.top_p < 1.0) {
-    auto sorted = logits.sort(-1, /*descending=*/true);
-    auto sorted_logits = std::get<0>(sorted), order = std::get<1>(sorted);
-    auto probs = sorted_logits.softmax(-1);
-    // Drop a token when the mass before it already reaches top_p (the most likely one always stays).
-    auto drop = (probs.cumsum(-1) - probs) >= p.top_p;
-    sorted_logits = sorted_logits.masked_fill(drop, neg_inf);
-    logits = at::empty_like(logits).scatter_(-1, order, sorted_logits);
-  }
-  return at::multinomial(logits.softmax(-1), 1, false, gen).squeeze(-1);
-}
-
-std::vector<int64_t> generate(LMModel& model, const std::vector<int64_t>& prompt_in, const SamplingParams& p,
-                              const std::function<bool(int64_t)>& on_token) {
-  torch::NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  model.eval();
-  const int64_t max_len = model.config().dims.max_seq_len;
-  std::vector<int64_t> prompt = prompt_in;
-  if (prompt.empty()) throw Error("generate: the prompt is empty (no token of it is in the vocabulary?)");
-  if (static_cast<int64_t>(prompt.size()) >= max_len) {
-    log_warn("prompt of " + std::to_string(prompt.size()) + " tokens keeps only its last " +
-             std::to_string(max_len / 2) + " (model.max_seq_len = " + std::to_string(max_len) + ")");
-    prompt.erase(prompt.begin(), prompt.end() - max_len / 2);
-  }
-  int64_t budget = std::min<int64_t>(p.max_new_tokens, max_len - static_cast<int64_t>(prompt.size()));
-  if (budget < p.max_new_tokens)
-    log_warn("generation stops after " + std::to_string(budget) + " tokens at model.max_seq_len");
-  auto device = model.parameters().front().device();
-  ModelState state = model.init_state(1, static_cast<int64_t>(prompt.size()) + budget);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(p.seed);
-
-  auto idx = at::tensor(prompt, at::kLong).unsqueeze(0).to(device);  // [1, T]
-  auto logits = model.forward(idx, &state, Mode::Prefill).select(1, -1);  // [1, V]
-  std::vector<int64_t> out;
-  for (int64_t i = 0; i < budget; ++i) {
-    int64_t tok = sample_next(logits, p, gen).item<int64_t>();
-    out.push_back(tok);
-    if (on_token && !on_token(tok)) break;
-    if (tok == p.eos_id || i + 1 == budget) break;
-    auto next = at::full({1, 1}, tok, at::TensorOptions().dtype(at::kLong).device(device));
-    logits = model.forward(next, &state, Mode::Decode).select(1, -1);
-  }
-  if (was_training) model.train();
-  return out;
 }
 
 }  // namespace linearnexus

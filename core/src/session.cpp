@@ -14,6 +14,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
+#include "linearnexus/task.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -89,12 +90,21 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
     resume_file = (fs::path(ctx.out_dir) / "latest.safetensors").string();
   else if (!resume.empty() && resume != "auto")
     resume_file = resolve_checkpoint(resume);
+  // A fresh run started from another run's weights (trainer.init_from: SFT -> RL) keeps its ids too.
+  const std::string init_from = exp.trainer.get_string("init_from");
+  if (resume_file.empty() && !init_from.empty()) resume_file = resolve_checkpoint(init_from);
   if (!resume_file.empty()) {
     auto meta = read_safetensors_metadata(resume_file);
     check_checkpoint_plugins(meta, resume_file, host);
     if (meta.count("tokenizer")) tokenizer = tokenizer_from_json(meta.at("tokenizer"));
   }
-  ctx.data = load_data(exp.data, exp.base_dir, tokenizer);
+  std::string task_text;
+  if (exp.data.get_string("path") == "task") {
+    // The task's worked examples (its own seed stream, fixed so every stage sees the same text).
+    auto task = host.registry().make_task(exp.task_name, exp.task);
+    task_text = task->sft_text(exp.task.has("sft_examples") ? exp.task.get_int("sft_examples") : 20000, 0x5f7);
+  }
+  ctx.data = load_data(exp.data, exp.base_dir, tokenizer, task_text);
 
   ModelConfig mc = exp.model_config(ctx.data.tokenizer->vocab_size());
   const int64_t seq_len = exp.data.get_int("seq_len");

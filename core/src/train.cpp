@@ -270,6 +270,11 @@ int64_t TrainingRun::resume(TensorMap* extra) {
     if (ck.tensors.count("rng.cpu")) set_rng_state(ck.tensors.at("rng.cpu"));
     start_step_ = std::stoll(ck.metadata.at("step"));
     log_info("resumed from " + file + " at step " + std::to_string(start_step_));
+  } else if (const std::string init = trainer_params().get_string("init_from"); !init.empty()) {
+    // A fresh run from another run's weights: the model only, a new optimizer and step 0.
+    const std::string init_file = resolve_checkpoint(init);
+    load_model_tensors(*ctx_.model, load_safetensors(init_file).tensors, init_file);
+    log_info("initialised the model from " + init_file);
   }
   // Drop metric lines past the resumed step (an interrupted run may have logged beyond its last
   // checkpoint), so metrics.jsonl reads as one uninterrupted run.

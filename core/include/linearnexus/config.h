@@ -29,6 +29,8 @@ struct Experiment {
   std::string trainer_name;
   Params trainer;      // the host's common trainer keys + the trainer plugin's own
   Params sample;
+  std::string task_name;  // "" when the experiment has no task section
+  Params task;            // the task plugin's keys
   std::string resolved_yaml;
 
   // Model config for a vocabulary size (model.vocab_size: auto takes it from the tokenizer).

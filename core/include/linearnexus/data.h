@@ -36,11 +36,12 @@ struct DataSplits {
 // The host's `data:` schema.
 const Schema& data_schema();
 // Loads the `data` section: a text file (downloaded when missing and data.download names a URL),
-// or "builtin:arithmetic"; tokenizes it and splits off the last val_fraction for validation.
+// "builtin:arithmetic", or "task"; tokenizes it and splits off the last val_fraction for validation.
 // `base_dir` resolves relative paths (the experiment file's folder). Existing tokenizer (from a
 // checkpoint) is reused when given so ids stay the same.
+// data.path "task": `task_text` is the text (the task's worked examples, made by the caller).
 DataSplits load_data(const Params& data, const std::string& base_dir,
-                     std::shared_ptr<Tokenizer> tokenizer = nullptr);
+                     std::shared_ptr<Tokenizer> tokenizer = nullptr, const std::string& task_text = "");
 
 // The generated corpus behind "builtin:arithmetic": lines like "12+35=47".
 std::string builtin_arithmetic_corpus(int64_t n_lines, uint64_t seed);

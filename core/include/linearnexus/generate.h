@@ -1,8 +1,10 @@
 #pragma once
-// Sampling from an LMModel with its state cache: temperature, top-k, top-p, streaming.
+// Sampling from an LMModel with its state cache: temperature, top-k, top-p, streaming, and batches
+// of prompts of different lengths (left padding), each sampled num_return_sequences times (RL groups).
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace linearnexus {
@@ -16,13 +18,37 @@ struct SamplingParams {
   int64_t max_new_tokens = 100;
   uint64_t seed = 0;
   int64_t eos_id = -1;       // stop when sampled (-1 = never)
+  // A row also stops once its new tokens end with one of these token sequences (a stop string
+  // encoded by the tokenizer). The stop tokens are part of the completion.
+  std::vector<std::vector<int64_t>> stop_sequences;
 };
 
 // logits [B, V] -> next tokens [B] (int64), drawn with `gen`.
 at::Tensor sample_next(const at::Tensor& logits, const SamplingParams& params, at::Generator& gen);
 
-// Prefill the prompt, then decode token by token with the cache; on_token is called with each new
-// token as soon as it is drawn (return false to stop). Returns the new tokens.
+// What generate_batch returns. Row r = prompt r / num_return_sequences, sample r % num_return_sequences.
+struct GeneratedBatch {
+  at::Tensor tokens;    // [N, L] int64 new tokens; 0 after a row stopped (L = the longest row)
+  at::Tensor logprobs;  // [N, L] float log-prob of each drawn token under the sampling temperature
+                        // (log_softmax(logits / T), T = 1 when greedy), before top-k/top-p
+  at::Tensor mask;      // [N, L] bool, true for the row's real new tokens (its stop token included)
+  std::vector<std::vector<int64_t>> completions;  // per row, the real new tokens
+  std::vector<bool> stopped;                      // per row: ended on EOS or a stop sequence
+};
+
+// Called with (row, token) as each token is drawn; return false to stop that row.
+using TokenCallback = std::function<bool(int64_t row, int64_t token)>;
+
+// Generate for many prompts at once. Prompts are left-padded to the longest one, with a key-padding
+// mask and positions counted from each prompt's first real token, so every row computes what it
+// would alone (same tokens under greedy decoding). The unique prompts are prefilled once and their
+// states repeated num_return_sequences times. Decoding stops when every row has hit EOS, a stop
+// sequence, its callback's false or max_new_tokens. Runs without gradients, in eval mode.
+GeneratedBatch generate_batch(LMModel& model, const std::vector<std::vector<int64_t>>& prompts,
+                              const SamplingParams& params, int64_t num_return_sequences = 1,
+                              const TokenCallback& on_token = nullptr);
+
+// One prompt: generate_batch with one row. Returns the new tokens.
 std::vector<int64_t> generate(LMModel& model, const std::vector<int64_t>& prompt, const SamplingParams& params,
                               const std::function<bool(int64_t)>& on_token = nullptr);
 

@@ -1,0 +1,131 @@
+#pragma once
+// What the RL trainers (grpo, ppo) share: rollouts from a task, the per-token log-probs of a
+// rollout under a model, and the small pieces of policy-gradient math, each testable on its own.
+//
+// Layouts. A rollout of N rows (prompts x group) is kept in two layouts:
+//   completion layout [N, Lg]: token j of row r's completion at column j, `mask` true for real tokens;
+//   packed layout     [N, L]:  prompt + completion from column 0, right-padded, for one causal
+//                              forward without any mask (padding after a row never affects it).
+// Everything the losses see is in the completion layout, so prompt and padding tokens carry no loss
+// by construction.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "linearnexus/generate.h"
+#include "linearnexus/params.h"
+#include "linearnexus/task.h"
+#include "linearnexus/tokenizer.h"
+
+namespace linearnexus {
+
+class LMModel;
+
+// ---- policy-gradient math (all [N, T] tensors in the completion layout) ----------------------
+
+// rewards [N], consecutive groups of group_size -> advantages [N]: (r - group mean) / (group std + eps),
+// or r - group mean when !scale_by_std. std is the unbiased one (as in DeepSeekMath's GRPO).
+at::Tensor group_advantages(const at::Tensor& rewards, int64_t group_size, bool scale_by_std, double eps = 1e-4);
+// The k3 estimator of KL(policy || reference) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0,
+// 0 where they agree).
+at::Tensor k3_kl(const at::Tensor& logp, const at::Tensor& ref_logp);
+// PPO's clipped surrogate per token, as a loss: -min(ratio A, clip(ratio, 1-eps, 1+eps) A) with
+// ratio = exp(logp - old_logp). `clipped` marks tokens where the clip is active (no gradient flows).
+struct ClippedLoss {
+  at::Tensor loss;     // [N, T]
+  at::Tensor clipped;  // [N, T] bool
+};
+ClippedLoss clipped_policy_loss(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages,
+                                double clip_eps);
+// Mean of x over mask (scalar).
+at::Tensor masked_mean(const at::Tensor& x, const at::Tensor& mask);
+// Loss reduction: "token" = mean over all real tokens of the batch; "sequence" = mean over each
+// row's tokens, then over rows (DeepSeekMath's 1/|o_i|).
+at::Tensor reduce_loss(const at::Tensor& per_token, const at::Tensor& mask, const std::string& norm);
+// (x - mean) / std over the masked entries (PPO's advantage whitening); 0 outside the mask.
+at::Tensor masked_whiten(const at::Tensor& x, const at::Tensor& mask, double eps = 1e-8);
+// Generalised advantage estimation over each row's real tokens (mask a prefix of each row):
+// delta_t = r_t + gamma V_{t+1} - V_t (V past the last token = 0), A_t = delta_t + gamma lambda A_{t+1}.
+struct GAE {
+  at::Tensor advantages;  // [N, T]
+  at::Tensor returns;     // advantages + values: the value targets
+};
+GAE compute_gae(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask, double gamma,
+                double lambda);
+
+// ---- rollouts ---------------------------------------------------------------------------------
+
+// Prompt + completion packed from column 0 (see the layouts above).
+struct PackedRollout {
+  at::Tensor input;      // [N, L] int64 tokens (0 past a row's end)
+  at::Tensor target;     // [N, L] int64 next tokens
+  at::Tensor gather;     // [N, Lg] int64: packed column predicting completion token j (prompt_len - 1 + j)
+  at::Tensor mask;       // [N, Lg] bool: real completion tokens
+};
+// prompts: one per prompt (row r uses prompt r / group); completions [N, Lg] with mask [N, Lg].
+PackedRollout pack_rollout(const std::vector<std::vector<int64_t>>& prompts, int64_t group,
+                           const at::Tensor& completions, const at::Tensor& mask);
+// Packed [N, L, ...] -> completion layout [N, Lg, ...].
+at::Tensor to_completion_layout(const at::Tensor& packed, const PackedRollout& r);
+
+// One forward of `model` over the packed rollout, read out in the completion layout.
+struct PolicyOutput {
+  at::Tensor logp;     // [N, Lg] log-prob of each completion token, under logits / temperature
+  at::Tensor entropy;  // [N, Lg] entropy of the distribution it was drawn from
+  at::Tensor hidden;   // [N, Lg, C] the trunk's final hidden state at the predicting position
+};
+PolicyOutput policy_forward(LMModel& model, const PackedRollout& r, double temperature);
+
+// A learned reward: a trained LMModel's trunk with a scalar head on the last token's final hidden
+// state. Its checkpoint is an ordinary linearnexus checkpoint (model.*, config and tokenizer metadata)
+// plus reward_head.weight [1, C] and reward_head.bias [1]. It must share the policy's tokenizer.
+class PluginHost;
+class RewardModel {
+ public:
+  static std::shared_ptr<RewardModel> load(const std::string& checkpoint, PluginHost& host, const at::Device& device);
+  // Token sequences (prompt + completion) -> scores [N] (float, on the CPU).
+  at::Tensor score(const std::vector<std::vector<int64_t>>& sequences);
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  std::shared_ptr<LMModel> model_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  at::Tensor weight_, bias_;  // [1, C], [1]
+};
+
+// A batch of task prompts, sampled group times each, and scored.
+struct Rollout {
+  std::vector<TaskExample> examples;         // one per prompt
+  std::vector<std::vector<int64_t>> prompts; // their tokens
+  GeneratedBatch generated;                  // N = examples * group rows
+  PackedRollout packed;
+  std::vector<std::string> texts;            // per row, the completion cut at the stop string
+  at::Tensor rewards;                        // [N] float: the task's, or the reward model's when given
+  at::Tensor correct;                        // [N] float, 1 = exact match
+};
+Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, std::vector<TaskExample> examples,
+                        int64_t group, SamplingParams sampling, RewardModel* reward_model = nullptr);
+// Exact-match accuracy (0..1) of greedy completions on the task's held-out set.
+double task_accuracy(LMModel& model, const Task& task, const Tokenizer& tok, int64_t max_new_tokens);
+
+// The keys every RL trainer takes (each trainer adds its own).
+const Schema& rl_common_schema();
+
+// ---- what an RL trainer builds from its context -----------------------------------------------
+
+struct TrainContext;
+// The experiment's task (an error naming the missing `task:` section when there is none).
+std::shared_ptr<Task> make_experiment_task(const TrainContext& ctx, const std::string& trainer);
+// The frozen reference model: trainer.ref_checkpoint, else trainer.init_from (the starting
+// checkpoint), in eval mode without gradients. Both unset is an error: RL starts from a checkpoint.
+std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std::string& trainer);
+// The training examples of step `step`: a pure function of (seed, step), so resumes see the same.
+std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t step, int64_t n);
+// trainer.reward_model loaded (null when unset); its vocabulary must be the policy's.
+std::shared_ptr<RewardModel> load_reward_model(const TrainContext& ctx);
+// Rollout sampling for step `step` from the trainer's keys (seeded per step for exact resumes).
+SamplingParams rollout_sampling(const Params& trainer, uint64_t seed, int64_t step);
+
+}  // namespace linearnexus
