@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/layers.h"
@@ -150,10 +151,13 @@ int64_t LMModel::num_parameters() const {
   return n;
 }
 
+bool LMModel::autocast_active() const { return compute_dtype_ != at::kFloat && wte_->weight.is_cuda(); }
+
 ModelState LMModel::init_state(int64_t batch, int64_t max_len) const {
   ModelState s;
   s.max_len = max_len;
-  auto opts = wte_->weight.options();
+  // In the compute dtype: a bf16 KV cache is read by bf16 attention without a cast per step.
+  auto opts = wte_->weight.options().dtype(autocast_active() ? compute_dtype_ : at::kFloat);
   for (const auto& b : blocks_) s.layers.push_back(b->init_state(batch, max_len, opts));
   return s;
 }
@@ -175,6 +179,7 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
     throw Error("sequence of " + std::to_string(T) + " tokens is longer than model.max_seq_len (" +
                 std::to_string(config_.dims.max_seq_len) + ")");
   }
+  compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
   auto x = wte_(idx);  // [B, T, C]
   if (config_.dims.dropout > 0) x = at::dropout(x, config_.dims.dropout, is_training());
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -187,7 +192,8 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
 }
 
 at::Tensor LMModel::lm_logits(const at::Tensor& h) {
-  // h: [B, T, C] -> [B, T, V]
+  // h: [B, T, C] -> [B, T, V] (bf16 under precision: bf16; losses cast to fp32)
+  compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
   return config_.tie_embeddings ? at::matmul(h, wte_->weight.t()) : lm_head_(h);
 }
 

@@ -107,6 +107,11 @@ at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_
   return total;
 }
 
+at::Tensor to_device(const at::Tensor& t, const at::Device& device) {
+  if (!device.is_cuda() || t.device() == device) return t.to(device);
+  return t.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets) {
   // logits: [B, T, V], targets: [B, T]
   return torch::nn::functional::cross_entropy(
@@ -241,7 +246,7 @@ double TrainingRun::evaluate_lm() {
   at::Tensor total = at::zeros({}, at::TensorOptions().device(ctx_.device));
   for (int64_t i = 0; i < n; ++i) {
     Batch b = get_batch(*ctx_.data.val, B, T, seed, i, 0);
-    total += lm_loss(ctx_.model->forward(b.x.to(ctx_.device)), b.y.to(ctx_.device));
+    total += lm_loss(ctx_.model->forward(to_device(b.x, ctx_.device)), to_device(b.y, ctx_.device));
   }
   if (was_training) ctx_.model->train();
   return total.item<double>() / static_cast<double>(std::max<int64_t>(n, 1));

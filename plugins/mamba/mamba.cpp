@@ -255,7 +255,8 @@ class MambaBlock : public Block {
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     LayerState s;
     s.tensors["conv_state"] = at::zeros({B, Din_, K_ - 1}, o);
-    s.tensors["ssm_state"] = at::zeros({B, Din_, N_}, o);
+    // The SSM state accumulates over the whole sequence: fp32 whatever the compute dtype.
+    s.tensors["ssm_state"] = at::zeros({B, Din_, N_}, o.dtype(at::kFloat));
     return s;
   }
 

@@ -2,6 +2,7 @@
 // Every difference between the LibTorch versions we build against (Debian's 1.13, the GPU
 // machine's 2.x) lives here and nowhere else.
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
 #define LINEARNEXUS_TORCH_AT_LEAST(major, minor) \
@@ -10,7 +11,51 @@
 // at::scaled_dot_product_attention (flash / memory-efficient kernels) arrived in 2.0.
 #define LINEARNEXUS_HAS_SDPA LINEARNEXUS_TORCH_AT_LEAST(2, 0)
 
+// The at::autocast API took a device type in 2.4; 1.13 has CUDA-only functions.
+#define LINEARNEXUS_AUTOCAST_BY_DEVICE LINEARNEXUS_TORCH_AT_LEAST(2, 4)
+
 namespace linearnexus::compat {
+
+// While alive, CUDA ops on this thread run under autocast to `dtype` (bf16): matmuls, linear layers
+// and attention in bf16 on fp32 weights (cast per use; the casts of a weight are cached until the
+// outermost guard ends), reductions, softmax and losses in fp32. Backward runs outside the guard
+// and follows the casts autograd recorded, so gradients land on the fp32 weights as fp32. A guard
+// with `enabled` false does nothing (fp32 runs, CPU runs).
+class AutocastGuard {
+ public:
+  AutocastGuard(bool enabled, at::ScalarType dtype) : active_(enabled) {
+    if (!active_) return;
+#if LINEARNEXUS_AUTOCAST_BY_DEVICE
+    prev_enabled_ = at::autocast::is_autocast_enabled(at::kCUDA);
+    prev_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+#else
+    prev_enabled_ = at::autocast::is_enabled();
+    prev_dtype_ = at::autocast::get_autocast_gpu_dtype();
+    at::autocast::set_enabled(true);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~AutocastGuard() {
+    if (!active_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if LINEARNEXUS_AUTOCAST_BY_DEVICE
+    at::autocast::set_autocast_enabled(at::kCUDA, prev_enabled_);
+    at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype_);
+#else
+    at::autocast::set_enabled(prev_enabled_);
+    at::autocast::set_autocast_gpu_dtype(prev_dtype_);
+#endif
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  bool active_, prev_enabled_ = false;
+  at::ScalarType prev_dtype_ = at::kBFloat16;
+};
 
 // Causal or masked attention. q [B,H,Tq,D], k/v [B,H,Tk,D]; mask [B or 1, 1, Tq, Tk] bool (true =
 // attend) or undefined with is_causal for the plain causal case (only when Tq == Tk).
