@@ -19,10 +19,9 @@ namespace linearnexus {
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
 
 at::Tensor RMSNorm::forward(const at::Tensor& x) {
-  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability.
-  auto xf = x.to(at::kFloat);
-  auto y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
-  return (y * weight.to(at::kFloat)).to(x.scalar_type());
+  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability (the residual stream
+  // is fp32 anyway: under bf16 autocast only matmul outputs are bf16).
+  return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
 
 void init_linear(torch::nn::Linear& layer, double std) {
@@ -53,16 +52,17 @@ at::Tensor MLP::forward(const at::Tensor& x) {
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base) {
-  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles in fp32 so long positions stay exact.
+  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles, cos and sin in fp32 so long positions
+  // stay exact; the rotation itself in x's dtype (bf16 under autocast: upcasting q and k to fp32
+  // and back cost more memory traffic than the attention kernel itself).
   const int64_t D = x.size(-1);
   TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
   auto opts = x.options().dtype(at::kFloat);
   auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
   auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                  // [B, T, D/2]
-  auto cos = ang.cos().unsqueeze(1), sin = ang.sin().unsqueeze(1);                             // [B, 1, T, D/2]
-  auto xf = x.to(at::kFloat);
-  auto x1 = xf.narrow(-1, 0, D / 2), x2 = xf.narrow(-1, D / 2, D / 2);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1).to(x.scalar_type());
+  auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()), sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
+  auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
 at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

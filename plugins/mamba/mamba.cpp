@@ -239,7 +239,9 @@ class MambaBlock : public Block {
       auto u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
       auto [delta, Bm, Cm] = selective_params(u, keep);  // [B, T, D], [B, T, N], [B, T, N]
       auto A = -A_log_.exp();                             // [D, N]
-      auto s0 = cached ? state.tensors.at("ssm_state") : at::zeros({x.size(0), Din_, N_}, u.options());
+      // The scan runs in fp32 whatever the compute dtype (delta is fp32 under autocast, and a state
+      // summed over a thousand steps would lose too much in bf16).
+      auto s0 = cached ? state.tensors.at("ssm_state") : at::zeros({x.size(0), Din_, N_}, u.options().dtype(at::kFloat));
       auto r = sequential_ ? scan_sequential(u, delta, A, Bm, Cm, s0) : scan_chunk(u, delta, A, Bm, Cm, s0, chunk_);
       y = r.y + u * D_;                                   // [B, T, D]
       if (cached) {

@@ -11,6 +11,11 @@
 // at::scaled_dot_product_attention (flash / memory-efficient kernels) arrived in 2.0.
 #define LINEARNEXUS_HAS_SDPA LINEARNEXUS_TORCH_AT_LEAST(2, 0)
 
+// at::rms_norm arrived in 2.4 (a fused CUDA kernel behind it in recent 2.x).
+#define LINEARNEXUS_HAS_RMS_NORM LINEARNEXUS_TORCH_AT_LEAST(2, 4)
+// at::Context's switch for the cuDNN attention backend.
+#define LINEARNEXUS_HAS_CUDNN_SDPA_SWITCH LINEARNEXUS_TORCH_AT_LEAST(2, 5)
+
 // The at::autocast API took a device type in 2.4; 1.13 has CUDA-only functions.
 #define LINEARNEXUS_AUTOCAST_BY_DEVICE LINEARNEXUS_TORCH_AT_LEAST(2, 4)
 
@@ -76,6 +81,25 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
   att = at::softmax(att, -1);
   if (dropout_p > 0) att = at::dropout(att, dropout_p, true);
   return at::matmul(att, v);
+#endif
+}
+
+// x [..., C] * rsqrt(mean(x^2) + eps) * weight [C], in x's dtype (fp32 for the residual stream).
+inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+#if LINEARNEXUS_HAS_RMS_NORM
+  return at::rms_norm(x, {x.size(-1)}, weight, eps);
+#else
+  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * weight;
+#endif
+}
+
+// Attention kernels on CUDA. cuDNN's attention backend (picked first by some 2.x releases on Hopper)
+// builds an execution plan for every new key length: decoding, where the key length grows by one
+// token a step, then spends milliseconds per token planning (docs/benchmarks.md). Flash and
+// memory-efficient attention have no such cost. Called once by init_runtime().
+inline void configure_attention_backends() {
+#if LINEARNEXUS_HAS_CUDNN_SDPA_SWITCH
+  at::globalContext().setSDPUseCuDNN(false);
 #endif
 }
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# On the GPU machine: our benchmark (bench_gpu) and the plain-PyTorch reference (reference.py) on the
+# same shapes, precision and optimizer, then one table (docs/benchmarks.md holds the last one).
+# Usage: bash bench/run_gpu_bench.sh BUILD_DIR OUT_DIR [bench_gpu args...]
+set -uo pipefail
+build=$1 out=$2
+shift 2
+here=$(cd "$(dirname "$0")" && pwd)
+export PYTHONUNBUFFERED=1
+{
+  date -u +"date: %Y-%m-%d %H:%M UTC"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version(), "triton", triton.__version__)'
+} | tee "$out/device.txt"
+"$build/bin/bench_gpu" "$@" | tee "$out/cpp.jsonl"
+batch=$(python3 -c "import json,sys
+for l in open('$out/cpp.jsonl'):
+    if l.startswith('RESULT '):
+        r = json.loads(l[7:])
+        if r.get('kind') == 'train' and r.get('model') == 'gpt-small': print(r['batch'])" | head -1)
+python3 "$here/reference.py" --batch "${batch:-16}" | tee "$out/py.jsonl"
+python3 "$here/reference.py" --table "$out/cpp.jsonl" "$out/py.jsonl" | tee "$out/table.md"
