@@ -243,7 +243,7 @@ void decode_profile(LMModel& m, const std::string& name, int64_t B) {
 }
 
 // Causal attention forward + backward at training shape [B, 12, 1024, 64] bf16, with and without
-// cuDNN's attention backend (compat::configure_attention_backends turns it off).
+// cuDNN's attention backend (compat::attention uses it where queries and keys have one length).
 void sdpa_variants(int64_t B) {
   auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   auto q = at::randn({B, 12, kT, 64}, o).requires_grad_(), k = at::randn({B, 12, kT, 64}, o).requires_grad_(),
@@ -257,7 +257,6 @@ void sdpa_variants(int64_t B) {
     }, 3, 10);
     result({{"kind", str("sdpa")}, {"cudnn", cudnn ? "true" : "false"}, {"batch", num(B)}, {"fwd_bwd_ms", num(ms)}});
   }
-  at::globalContext().setSDPUseCuDNN(false);
 }
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -314,10 +313,6 @@ int main(int argc, char** argv) {
       for (int64_t B : {1, 16})
         result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(B)},
                 {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
-      at::globalContext().setSDPUseCuDNN(true);
-      result({{"kind", str("decode_variant")}, {"variant", str("cuDNN attention on")}, {"model", str("gpt-small")},
-              {"batch", num(1)}, {"tokens_per_s", num(decode_tokens_per_s(*s->model, 1, 128, 64))}});
-      at::globalContext().setSDPUseCuDNN(false);
       decode_profile(*s->model, "gpt-small", 1);
       sdpa_variants(gpt_batch);
       if (profile) {

@@ -285,6 +285,7 @@ def train(torch, LM, kind, impl, B, steps):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    torch.backends.cuda.enable_cudnn_sdp(True)  # as compat::attention: cuDNN where Tq == Tk
     torch.cuda.reset_peak_memory_stats()
     try:
         sec = time_per_call(torch, step, 3, steps)
@@ -301,6 +302,7 @@ def train(torch, LM, kind, impl, B, steps):
 
 def decode(torch, model, kind, B, prompt=128, n=512):
     model.eval()
+    torch.backends.cuda.enable_cudnn_sdp(False)  # as compat::attention: no per-key-length cuDNN plans
 
     def run(new):
         caches = model.init_caches(B, prompt + new)
@@ -344,6 +346,7 @@ def table(files):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--mamba-batch", type=int, default=0, help="default: --batch")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--table", nargs="+")
     ap.add_argument("--skip-compile", action="store_true")
@@ -351,7 +354,6 @@ def main():
     if a.table:
         return table(a.table)
     import torch
-    torch.backends.cuda.enable_cudnn_sdp(False)  # as LinearNexus (compat::configure_attention_backends)
     LM = build(torch)
     check_scan(torch, LM)
     gpt = train(torch, LM, "gpt", "pytorch-eager", a.batch, a.steps)
@@ -363,7 +365,7 @@ def main():
     if not a.skip_compile:
         train(torch, LM, "gpt", "pytorch-compile", a.batch, a.steps)
         torch.cuda.empty_cache()
-    mamba = train(torch, LM, "mamba", "pytorch-eager", a.batch, max(2, a.steps // 3))
+    mamba = train(torch, LM, "mamba", "pytorch-eager", a.mamba_batch or a.batch, max(2, a.steps // 3))
     if mamba is not None:
         for B in (1, 16):
             decode(torch, mamba, "mamba", B)

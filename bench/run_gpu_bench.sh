@@ -13,10 +13,12 @@ export PYTHONUNBUFFERED=1
   python3 -c 'import torch, triton; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version(), "triton", triton.__version__)'
 } | tee "$out/device.txt"
 "$build/bin/bench_gpu" "$@" | tee "$out/cpp.jsonl"
-batch=$(python3 -c "import json,sys
+# The reference trains on the batches ours found to fit.
+batch_of() {
+  python3 -c "import json
 for l in open('$out/cpp.jsonl'):
-    if l.startswith('RESULT '):
-        r = json.loads(l[7:])
-        if r.get('kind') == 'train' and r.get('model') == 'gpt-small': print(r['batch'])" | head -1)
-python3 "$here/reference.py" --batch "${batch:-16}" | tee "$out/py.jsonl"
+    r = json.loads(l[7:]) if l.startswith('RESULT ') else {}
+    if r.get('kind') == 'train' and r.get('model') == '$1': print(r['batch'])" | head -1
+}
+python3 "$here/reference.py" --batch "$(batch_of gpt-small)" --mamba-batch "$(batch_of mamba-small)" | tee "$out/py.jsonl"
 python3 "$here/reference.py" --table "$out/cpp.jsonl" "$out/py.jsonl" | tee "$out/table.md"

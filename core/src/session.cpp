@@ -10,7 +10,6 @@
 #include <sstream>
 #include <thread>
 
-#include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
@@ -27,7 +26,6 @@ void init_runtime() {
   int n = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("LINEARNEXUS_NUM_THREADS")) n = std::atoi(env);
   if (n > 0) at::set_num_threads(n);
-  compat::configure_attention_backends();
 }
 
 at::Device resolve_device(const std::string& device) {

@@ -64,8 +64,16 @@ class AutocastGuard {
 
 // Causal or masked attention. q [B,H,Tq,D], k/v [B,H,Tk,D]; mask [B or 1, 1, Tq, Tk] bool (true =
 // attend) or undefined with is_causal for the plain causal case (only when Tq == Tk).
+// On CUDA (2.5+), cuDNN's attention backend only where queries and keys are the same length
+// (training, prefill): there it beat flash attention by a third at gpt-small's training shape, but
+// it builds an execution plan for every new key length, and decoding, whose key length grows by one
+// token a step, spent ~80 ms a token planning (docs/benchmarks.md). The switch is a plain global
+// flag read when the backend is chosen, so setting it per call costs nothing.
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& mask, bool is_causal, double dropout_p) {
+#if LINEARNEXUS_HAS_CUDNN_SDPA_SWITCH
+  if (q.is_cuda()) at::globalContext().setSDPUseCuDNN(q.size(-2) == k.size(-2));
+#endif
 #if LINEARNEXUS_HAS_SDPA
   if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask, dropout_p, false);
   return at::scaled_dot_product_attention(q, k, v, {}, dropout_p, is_causal);
@@ -90,16 +98,6 @@ inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double
   return at::rms_norm(x, {x.size(-1)}, weight, eps);
 #else
   return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * weight;
-#endif
-}
-
-// Attention kernels on CUDA. cuDNN's attention backend (picked first by some 2.x releases on Hopper)
-// builds an execution plan for every new key length: decoding, where the key length grows by one
-// token a step, then spends milliseconds per token planning (docs/benchmarks.md). Flash and
-// memory-efficient attention have no such cost. Called once by init_runtime().
-inline void configure_attention_backends() {
-#if LINEARNEXUS_HAS_CUDNN_SDPA_SWITCH
-  at::globalContext().setSDPUseCuDNN(false);
 #endif
 }
 
