@@ -191,9 +191,16 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     by_name[e.name()] += static_cast<double>(e.durationNs()) / 1e6 / iters;
   }
   if (top) {
-    for (const auto& [n, v] : by_name) top->push_back({v, n.substr(0, 60)});
+    // Kernel names without the namespaces that every ATen kernel shares, cut to a readable length.
+    auto shorten = [](std::string n) {
+      for (const std::string drop : {"void ", "at::native::", "(anonymous namespace)::", "\""}) {
+        for (size_t p; (p = n.find(drop)) != std::string::npos;) n.erase(p, drop.size());
+      }
+      return n.substr(0, 110);
+    };
+    for (const auto& [n, v] : by_name) top->push_back({v, shorten(n)});
     std::sort(top->rbegin(), top->rend());
-    if (top->size() > 6) top->resize(6);
+    if (top->size() > 10) top->resize(10);
   }
   return ms;
 }
@@ -205,7 +212,8 @@ void breakdown(Setup& s, int64_t B) {
   step.forward_backward();
   const double wall_up = 1e3 * time_per_call([&] { step.update(); step.forward_backward(); }, 1, 5) - wall_fb;
   const double wall_step = 1e3 * time_per_call(step, 1, 5);
-  auto fb = kernel_ms([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 3);
+  std::vector<std::pair<double, std::string>> top;
+  auto fb = kernel_ms([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 3, &top);
   step.forward_backward();
   auto up = kernel_ms([&] { step.update(); step.forward_backward(); }, 3);
   double fb_busy = 0;
@@ -218,6 +226,9 @@ void breakdown(Setup& s, int64_t B) {
                                        {"update_ms", num(wall_up)}, {"optimizer_kernels_ms", num(up_busy)},
                                        {"fwd_bwd_gaps_ms", num(wall_fb - fb_busy)}, {"update_gaps_ms", num(wall_up - up_busy)}};
   for (auto& [k, v] : fb) r["fb:" + k] = num(v);
+  std::string t = "\"";
+  for (auto& [v, n] : top) t += n + " " + num(v) + " ms; ";
+  r["top"] = t + "\"";
   result(r);
 }
 

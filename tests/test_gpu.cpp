@@ -6,7 +6,12 @@
 #include <cstdio>
 
 #include "catch.h"
+#include "linearnexus/trainer.h"
 #include "test_util.h"
+#ifdef LINEARNEXUS_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/cuda.h>
+#endif
 
 using namespace linearnexus;
 using namespace lntest;
@@ -32,7 +37,13 @@ struct Losses {
 
 Losses train_on(const std::string& yaml, const std::string& device, const std::string& precision) {
   TempDir t;
-  train_experiment(yaml, {"device=" + device, "precision=" + precision, "trainer.out_dir=" + (t / "run")});
+  {  // as train_experiment, checking that the model really is on `device`
+    PluginHost host;
+    Experiment e = parse(yaml, host, {"device=" + device, "precision=" + precision, "trainer.out_dir=" + (t / "run")});
+    RunSetup s = prepare_run(e, host);
+    REQUIRE(s.ctx.model->parameters().front().device().str() == device);
+    host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+  }
   auto m = read_metrics(t / "run");
   REQUIRE(m.count(20));
   return {m[20]["loss"].get<double>(), m[20]["val_loss"].get<double>()};
@@ -43,7 +54,7 @@ void check_agreement(const std::string& block, const std::string& optimizer, con
   INFO("block " << block << ", optimizer " << optimizer << ", precision " << precision);
   const std::string yaml = tiny_yaml(block, optimizer);
   const Losses cpu = train_on(yaml, "cpu", "fp32"), gpu = train_on(yaml, "cuda", precision);
-  std::printf("gpu-agreement %-9s %-6s %-4s  cpu loss %.5f  cuda loss %.5f  |diff| %.2e  (val %.5f vs %.5f)  tol %.0e\n",
+  std::printf("gpu-agreement %-9s %-6s %-4s  cpu loss %.9f  cuda loss %.9f  |diff| %.2e  (val %.7f vs %.7f)  tol %.0e\n",
               block.c_str(), optimizer.c_str(), precision.c_str(), cpu.loss, gpu.loss, std::fabs(cpu.loss - gpu.loss),
               cpu.val_loss, gpu.val_loss, tol);
   CHECK(std::isfinite(gpu.loss));
@@ -97,4 +108,50 @@ TEST_CASE("bf16 decoding with caches matches a full bf16 forward on CUDA, every 
     std::printf("gpu-decode %-9s relative error of cached bf16 decoding vs full forward: %.2e\n", block, err);
     CHECK(err < 2e-2);
   }
+}
+
+// The sft step (mirrored here, minus the bookkeeping of log steps, which read values on purpose)
+// under CUDA's sync debug mode set to error: any host-device synchronisation throws. Steps 2-11 are
+// checked (the first steps may synchronise once to set up kernels and workspaces), so Sophia's
+// curvature pass at step 10 is among them.
+TEST_CASE("a bf16 training step never waits for the GPU: every block, every optimizer", "[gpu]") {
+#ifndef LINEARNEXUS_WITH_CUDA
+  LN_SKIP("LibTorch without CUDA");
+#else
+  if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  const std::vector<std::pair<std::string, std::string>> runs = {
+      {"attention", "adamw"}, {"mamba", "adamw"}, {"mla", "adamw"}, {"attention", "muon"}, {"attention", "sophia"}};
+  for (const auto& [block, optimizer] : runs) {
+    INFO("block " << block << ", optimizer " << optimizer);
+    TempDir t;
+    PluginHost host;
+    Experiment e = parse(tiny_yaml(block, optimizer), host, {"device=cuda", "precision=bf16", "trainer.out_dir=" + (t / "run")});
+    RunSetup s = prepare_run(e, host);
+    TrainContext& ctx = s.ctx;
+    TrainingRun run(ctx);
+    auto step = [&](int64_t i) {
+      Batch b = run.train_batch(i, 0);
+      if (ctx.optimizer->wants_curvature_estimate(i)) {
+        ctx.optimizer->zero_grad(ctx.params);
+        sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))).backward();
+        ctx.optimizer->update_curvature(8 * 64);
+        ctx.optimizer->zero_grad(ctx.params);
+      }
+      lm_loss(ctx.model->forward(to_device(b.x, ctx.device)), to_device(b.y, ctx.device)).backward();
+      clip_grad_norm(ctx.params, 1.0);
+      ctx.optimizer->step();
+      ctx.optimizer->zero_grad(ctx.params);
+    };
+    step(0);
+    step(1);
+    torch::cuda::synchronize();
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+    const std::string err = error_of([&] {
+      for (int64_t i = 2; i < 12; ++i) step(i);
+    });
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    std::printf("gpu-nosync %-9s %-6s %s\n", block.c_str(), optimizer.c_str(), err.empty() ? "no sync" : err.substr(0, 300).c_str());
+    CHECK(err.empty());
+  }
+#endif
 }
