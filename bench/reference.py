@@ -216,7 +216,10 @@ def build(torch):
             x = self.wte(idx)
             for i, b in enumerate(self.blocks):
                 x = b(x, caches[i] if caches is not None else None, start)
-            return self.norm(x) @ self.wte.weight.t()
+            # As LMModel::lm_logits on CUDA: the head's weight padded to 64 rows so cuBLAS gets aligned
+            # logits (50257 columns fall back to slow unaligned kernels), then the first V columns.
+            w = F.pad(self.wte.weight, (0, 0, 0, (64 - V % 64) % 64))
+            return (self.norm(x) @ w.t())[..., :V]
 
         def init_caches(self, B, max_len):
             dev = self.wte.weight.device
@@ -365,7 +368,11 @@ def main():
     if not a.skip_compile:
         train(torch, LM, "gpt", "pytorch-compile", a.batch, a.steps)
         torch.cuda.empty_cache()
-    mamba = train(torch, LM, "mamba", "pytorch-eager", a.mamba_batch or a.batch, max(2, a.steps // 3))
+    mb = a.mamba_batch or a.batch
+    mamba = train(torch, LM, "mamba", "pytorch-eager", mb, max(2, a.steps // 3))
+    if mamba is None:  # autograd keeps more of the scan's intermediates than ours: try half the batch
+        torch.cuda.empty_cache()
+        mamba = train(torch, LM, "mamba", "pytorch-eager", mb // 2, max(2, a.steps // 3))
     if mamba is not None:
         for B in (1, 16):
             decode(torch, mamba, "mamba", B)

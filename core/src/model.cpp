@@ -194,7 +194,15 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
 at::Tensor LMModel::lm_logits(const at::Tensor& h) {
   // h: [B, T, C] -> [B, T, V] (bf16 under precision: bf16; losses cast to fp32)
   compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
-  return config_.tie_embeddings ? at::matmul(h, wte_->weight.t()) : lm_head_(h);
+  const at::Tensor& w = config_.tie_embeddings ? wte_->weight : lm_head_->weight;  // [V, C]
+  const int64_t V = w.size(0), pad = (64 - V % 64) % 64;
+  if (!h.is_cuda() || pad == 0) return at::matmul(h, w.t());
+  // On CUDA the logits' row length must be a multiple of 8 elements (16 bytes) for cuBLAS's fast
+  // kernels: with GPT-2's 50257 the LM head fell back to unaligned Turing-era kernels, 120 of the
+  // 310 ms of a gpt-small step (docs/benchmarks.md). So the matmul runs on the weight padded with
+  // zero rows to a multiple of 64 and the logits are its first V columns (a view; the padding's
+  // gradient is dropped).
+  return at::matmul(h, at::constant_pad_nd(w, {0, 0, 0, pad}).t()).narrow(-1, 0, V);
 }
 
 at::Tensor LMModel::forward(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
