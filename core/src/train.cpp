@@ -183,6 +183,7 @@ int64_t TrainingRun::resume(TensorMap* extra) {
     }
     ctx_.optimizer->load_state_dict(optim);
     if (ck.tensors.count("rng.cpu")) set_rng_state(ck.tensors.at("rng.cpu"));
+    if (ctx_.device.is_cuda() && ck.tensors.count("rng.cuda")) set_rng_state(ck.tensors.at("rng.cuda"), ctx_.device);
     start_step_ = std::stoll(ck.metadata.at("step"));
     log_info("resumed from " + file + " at step " + std::to_string(start_step_));
   }
@@ -299,6 +300,7 @@ void TrainingRun::save(int64_t completed_steps, const TensorMap& extra) {
   for (const auto& [k, v] : ctx_.optimizer->state_dict()) t["optim." + k] = v;
   for (const auto& [k, v] : extra) t["extra." + k] = v;
   t["rng.cpu"] = rng_state();
+  if (ctx_.device.is_cuda()) t["rng.cuda"] = rng_state(ctx_.device);
   // Which plugin (and version) made each piece of the model, for checks when loading elsewhere.
   json plugins = json::object();
   const Registry& reg = ctx_.host->registry();
