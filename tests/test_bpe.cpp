@@ -1,6 +1,8 @@
 // BPETokenizer: exact GPT-2 ids (fixture from an independent implementation, see
 // scripts/make_bpe_fixture.mjs), byte-exact round trips, the special token, the tiktoken
 // loader and error messages. Needs the GPT-2 files in the shared data folder; skips without them.
+#include <ftw.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -75,9 +77,10 @@ struct TempDir {
     std::string tmpl = (fs::temp_directory_path() / "linearnexus_bpe_XXXXXX").string();
     path = ::mkdtemp(tmpl.data());
   }
+  // Not fs::remove_all: torch 2.x's libtorch.so exports a copy of it that crashes (test_util.h).
   ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
+    ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+           FTW_DEPTH | FTW_PHYS);
   }
 };
 

@@ -53,6 +53,20 @@ TEST_CASE("a value of the wrong type is refused with its key", "[config]") {
   CHECK_CONTAINS(choice, "must be one of: auto, cpu, cuda");
 }
 
+TEST_CASE("device: cuda without CUDA, and precision: bf16 on the CPU, are each one clear error", "[config]") {
+  PluginHost host;
+  TempDir t;
+  const std::string out = "trainer.out_dir=" + (t / "run");
+  auto bf16 = error_of([&] { prepare_run(parse(kTinyExperiment, host, {"device=cpu", "precision=bf16", out}), host); });
+  CHECK_CONTAINS(bf16, "precision: bf16 needs a CUDA device");
+  CHECK_CONTAINS(bf16, "use precision: fp32 on the CPU");
+  if (at::hasCUDA()) return;  // the rest is about machines without CUDA
+  auto cuda = error_of([&] { prepare_run(parse(kTinyExperiment, host, {"device=cuda", out}), host); });
+  CHECK_CONTAINS(cuda, "device: cuda was asked for");
+  CHECK_CONTAINS(cuda, "use device: cpu or device: auto");
+  CHECK(resolve_device("auto") == at::Device(at::kCPU));
+}
+
 TEST_CASE("an unknown plugin name lists the available ones", "[config]") {
   PluginHost host;
   auto msg = error_of([&] { parse(kTinyExperiment, host, {"model.block_pattern=[atention]"}); });

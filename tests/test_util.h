@@ -1,5 +1,7 @@
 #pragma once
 // Small helpers shared by the test programs.
+#include <ftw.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -27,17 +29,21 @@ inline std::string shared_data(const std::string& rel) {
   return fs::exists(p) ? p.string() : "";
 }
 
+// `path` and everything in it. Not std::filesystem::remove_all: torch 2.x's libtorch.so exports a
+// copy of it that the dynamic linker binds first, and that copy crashes (seen on the GPU machine).
+inline void remove_tree(const fs::path& path) {
+  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+}
+
 // A fresh folder, removed with everything in it when the test ends.
 struct TempDir {
   fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "linearnexus_test_XXXXXX").string();
+  explicit TempDir(const std::string& prefix = "linearnexus_test_") {
+    std::string tmpl = (fs::temp_directory_path() / (prefix + "XXXXXX")).string();
     path = ::mkdtemp(tmpl.data());
   }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+  ~TempDir() { remove_tree(path); }
   std::string operator/(const std::string& rel) const { return (path / rel).string(); }
 };
 

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <regex>
 
 #include <unistd.h>
@@ -225,9 +226,14 @@ std::optional<std::string> CheckpointManager::latest() const {
   return std::nullopt;
 }
 
-at::Tensor rng_state() { return at::detail::getDefaultCPUGenerator().get_state(); }
-void set_rng_state(const at::Tensor& state) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
+at::Tensor rng_state(const at::Device& device) {
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+void set_rng_state(const at::Tensor& state, const at::Device& device) {
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_state(state);
 }
 

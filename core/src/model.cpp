@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #include "linearnexus/layers.h"
 #include "linearnexus/log.h"
@@ -15,10 +16,9 @@ namespace linearnexus {
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
 
 at::Tensor RMSNorm::forward(const at::Tensor& x) {
-  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability.
-  auto xf = x.to(at::kFloat);
-  auto y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
-  return (y * weight.to(at::kFloat)).to(x.scalar_type());
+  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability (the residual stream
+  // is fp32 anyway: under bf16 autocast only matmul outputs are bf16).
+  return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
 
 void init_linear(torch::nn::Linear& layer, double std) {
@@ -49,16 +49,17 @@ at::Tensor MLP::forward(const at::Tensor& x) {
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base) {
-  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles in fp32 so long positions stay exact.
+  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles, cos and sin in fp32 so long positions
+  // stay exact; the rotation itself in x's dtype (bf16 under autocast: upcasting q and k to fp32
+  // and back cost more memory traffic than the attention kernel itself).
   const int64_t D = x.size(-1);
   TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
   auto opts = x.options().dtype(at::kFloat);
   auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
   auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                  // [B, T, D/2]
-  auto cos = ang.cos().unsqueeze(1), sin = ang.sin().unsqueeze(1);                             // [B, 1, T, D/2]
-  auto xf = x.to(at::kFloat);
-  auto x1 = xf.narrow(-1, 0, D / 2), x2 = xf.narrow(-1, D / 2, D / 2);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1).to(x.scalar_type());
+  auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()), sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
+  auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
 at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -147,10 +148,13 @@ int64_t LMModel::num_parameters() const {
   return n;
 }
 
+bool LMModel::autocast_active() const { return compute_dtype_ != at::kFloat && wte_->weight.is_cuda(); }
+
 ModelState LMModel::init_state(int64_t batch, int64_t max_len) const {
   ModelState s;
   s.max_len = max_len;
-  auto opts = wte_->weight.options();
+  // In the compute dtype: a bf16 KV cache is read by bf16 attention without a cast per step.
+  auto opts = wte_->weight.options().dtype(autocast_active() ? compute_dtype_ : at::kFloat);
   for (const auto& b : blocks_) s.layers.push_back(b->init_state(batch, max_len, opts));
   return s;
 }
@@ -172,6 +176,7 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
     throw Error("sequence of " + std::to_string(T) + " tokens is longer than model.max_seq_len (" +
                 std::to_string(config_.dims.max_seq_len) + ")");
   }
+  compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
   auto x = wte_(idx);  // [B, T, C]
   if (config_.dims.dropout > 0) x = at::dropout(x, config_.dims.dropout, is_training());
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -184,8 +189,17 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
 }
 
 at::Tensor LMModel::lm_logits(const at::Tensor& h) {
-  // h: [B, T, C] -> [B, T, V]
-  return config_.tie_embeddings ? at::matmul(h, wte_->weight.t()) : lm_head_(h);
+  // h: [B, T, C] -> [B, T, V] (bf16 under precision: bf16; losses cast to fp32)
+  compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
+  const at::Tensor& w = config_.tie_embeddings ? wte_->weight : lm_head_->weight;  // [V, C]
+  const int64_t V = w.size(0), pad = (64 - V % 64) % 64;
+  if (!h.is_cuda() || pad == 0) return at::matmul(h, w.t());
+  // On CUDA the logits' row length must be a multiple of 8 elements (16 bytes) for cuBLAS's fast
+  // kernels: with GPT-2's 50257 the LM head fell back to unaligned Turing-era kernels, 120 of the
+  // 310 ms of a gpt-small step (docs/benchmarks.md). So the matmul runs on the weight padded with
+  // zero rows to a multiple of 64 and the logits are its first V columns (a view; the padding's
+  // gradient is dropped).
+  return at::matmul(h, at::constant_pad_nd(w, {0, 0, 0, pad}).t()).narrow(-1, 0, V);
 }
 
 at::Tensor LMModel::forward(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {

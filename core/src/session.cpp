@@ -34,8 +34,17 @@ at::Device resolve_device(const std::string& device) {
   if (device == "cpu") return at::kCPU;
   const bool cuda = at::hasCUDA();
   if (device == "cuda" && !cuda)
-    throw Error("device: cuda was asked for, but this LibTorch has no CUDA device; use device: cpu or auto");
+    throw Error("device: cuda was asked for, but this LibTorch sees no CUDA device (a CPU-only build, or no GPU/driver "
+                "here); use device: cpu or device: auto");
   return cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+}
+
+at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device) {
+  if (exp.top.get_string("precision") != "bf16") return at::kFloat;
+  if (!device.is_cuda())
+    throw Error(exp.source + ": precision: bf16 needs a CUDA device (device is " + device.str() +
+                " here); use precision: fp32 on the CPU");
+  return at::kBFloat16;
 }
 
 std::vector<NamedParameter> named_parameters_of(const LMModel& model) {
@@ -73,8 +82,7 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   ctx.host = &host;
   torch::manual_seed(static_cast<uint64_t>(exp.top.get_int("seed")));
   ctx.device = resolve_device(exp.top.get_string("device"));
-  if (exp.top.get_string("precision") == "bf16" && ctx.device.is_cpu())
-    throw Error(exp.source + ": precision: bf16 needs device: cuda here; use precision: fp32 on the CPU");
+  const at::ScalarType compute = compute_dtype(exp, ctx.device);
 
   ctx.out_dir = exp.trainer.get_string("out_dir");
   if (ctx.out_dir.empty()) ctx.out_dir = (fs::path("runs") / exp.top.get_string("name")).string();
@@ -113,6 +121,7 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
                 std::to_string(mc.dims.max_seq_len) + ")");
   ctx.model = std::make_shared<LMModel>(mc, host.registry());
   ctx.model->to(ctx.device);
+  ctx.model->set_compute_dtype(compute);
   ctx.params = named_parameters_of(*ctx.model);
   ctx.optimizer = host.registry().make_optimizer(exp.optimizer_name, ctx.params, exp.optimizer);
   return s;
@@ -157,7 +166,10 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
   lm.tokenizer = tokenizer_from_json(ck.metadata.at("tokenizer"));
   lm.model = std::make_shared<LMModel>(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry());
   load_model_tensors(*lm.model, ck.tensors, lm.file);
-  lm.model->to(resolve_device(device));
+  const at::Device dev = resolve_device(device);
+  lm.model->to(dev);
+  // Sampling on a GPU keeps the precision the model trained in; on the CPU it is fp32.
+  if (dev.is_cuda()) lm.model->set_compute_dtype(compute_dtype(lm.experiment, dev));
   lm.model->eval();
   return lm;
 }

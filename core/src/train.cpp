@@ -139,6 +139,11 @@ at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_
   return total;
 }
 
+at::Tensor to_device(const at::Tensor& t, const at::Device& device) {
+  if (!device.is_cuda() || t.device() == device) return t.to(device);
+  return t.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets) {
   // logits: [B, T, V], targets: [B, T]
   return torch::nn::functional::cross_entropy(
@@ -158,6 +163,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     // h: [N, C], W: [V, C], targets: [N] (-1 = no loss)
     const int64_t N = h.size(0), V = W.size(0);
     const int64_t rows = std::max<int64_t>(16, (int64_t{8} << 20) / std::max<int64_t>(V, 1));
+    auto Wc = W.to(h.scalar_type());                                               // no-op unless mixed
     auto valid = targets.ne(-1);
     auto count = valid.sum().clamp_min(1).to(at::kFloat);  // a tensor: no device sync
     auto loss = at::zeros({}, h.options().dtype(at::kFloat));
@@ -170,13 +176,13 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       const int64_t n = std::min(rows, N - r0);
       auto hc = h.narrow(0, r0, n), tc = targets.narrow(0, r0, n).clamp_min(0).unsqueeze(1);
       auto mask = valid.narrow(0, r0, n).to(at::kFloat).unsqueeze(1);            // [n, 1]
-      auto logits = at::matmul(hc, W.t()).to(at::kFloat);                          // [n, V]
+      auto logits = at::matmul(hc, Wc.t()).to(at::kFloat);                         // [n, V]
       auto lse = at::logsumexp(logits, 1, true);                                   // [n, 1]
       loss += ((lse - logits.gather(1, tc)) * mask).sum();
       if (!with_grad) continue;
       auto g = logits.sub_(lse).exp_();                                            // softmax, in place
       g.scatter_add_(1, tc, -at::ones({n, 1}, g.options())).mul_(mask);            // - one-hot; no-loss rows 0
-      grad_h.narrow(0, r0, n).copy_(at::matmul(g.to(W.scalar_type()), W));
+      grad_h.narrow(0, r0, n).copy_(at::matmul(g.to(Wc.scalar_type()), Wc));
       grad_W.addmm_(g.t(), hc.to(at::kFloat));
     }
     if (with_grad) ctx->save_for_backward({grad_h.div_(count.to(grad_h.scalar_type())), grad_W.div_(count)});
@@ -201,7 +207,11 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& head_weight,
 }
 
 at::Tensor LMModel::next_token_loss(const at::Tensor& idx, const at::Tensor& targets) {
-  return lm_head_loss(forward_hidden(idx), head_weight(), targets);
+  auto h = forward_hidden(idx);
+  // On CUDA the bf16 head on the padded weight plus cross_entropy is what was measured and tested
+  // (docs/benchmarks.md); the chunked head is the CPU's answer to page faults and extra passes.
+  if (h.is_cuda()) return lm_loss(lm_logits(h), targets);
+  return lm_head_loss(h, head_weight(), targets);
 }
 
 at::Tensor sampled_label_loss(const at::Tensor& logits) {
@@ -268,6 +278,7 @@ int64_t TrainingRun::resume(TensorMap* extra) {
     }
     ctx_.optimizer->load_state_dict(optim);
     if (ck.tensors.count("rng.cpu")) set_rng_state(ck.tensors.at("rng.cpu"));
+    if (ctx_.device.is_cuda() && ck.tensors.count("rng.cuda")) set_rng_state(ck.tensors.at("rng.cuda"), ctx_.device);
     start_step_ = std::stoll(ck.metadata.at("step"));
     log_info("resumed from " + file + " at step " + std::to_string(start_step_));
   } else if (const std::string init = trainer_params().get_string("init_from"); !init.empty()) {
@@ -336,7 +347,7 @@ double TrainingRun::evaluate_lm() {
   at::Tensor total = at::zeros({}, at::TensorOptions().device(ctx_.device));
   for (int64_t i = 0; i < n; ++i) {
     Batch b = get_batch(*ctx_.data.val, B, T, seed, i, 0);
-    total += ctx_.model->next_token_loss(b.x.to(ctx_.device), b.y.to(ctx_.device));
+    total += ctx_.model->next_token_loss(to_device(b.x, ctx_.device), to_device(b.y, ctx_.device));
   }
   if (was_training) ctx_.model->train();
   return total.item<double>() / static_cast<double>(std::max<int64_t>(n, 1));
@@ -389,6 +400,7 @@ void TrainingRun::save(int64_t completed_steps, const TensorMap& extra) {
   for (const auto& [k, v] : ctx_.optimizer->state_dict()) t["optim." + k] = v;
   for (const auto& [k, v] : extra) t["extra." + k] = v;
   t["rng.cpu"] = rng_state();
+  if (ctx_.device.is_cuda()) t["rng.cuda"] = rng_state(ctx_.device);
   // Which plugin (and version) made each piece of the model, for checks when loading elsewhere.
   json plugins = json::object();
   const Registry& reg = ctx_.host->registry();

@@ -446,7 +446,9 @@ class MambaBlock : public Block {
       auto u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
       auto [delta, Bm, Cm] = selective_params(u, keep);  // [B, T, D], [B, T, N], [B, T, N]
       auto A = -A_log_.exp();                             // [D, N]
-      auto s0 = cached ? state.tensors.at("ssm_state") : at::zeros({x.size(0), Din_, N_}, u.options());
+      // The scan runs in fp32 whatever the compute dtype (delta is fp32 under autocast, and a state
+      // summed over a thousand steps would lose too much in bf16).
+      auto s0 = cached ? state.tensors.at("ssm_state") : at::zeros({x.size(0), Din_, N_}, u.options().dtype(at::kFloat));
       auto r = scan_ == "sequential" ? scan_sequential(u, delta, A, Bm, Cm, s0)
                : scan_ == "chunk"    ? scan_chunk(u, delta, A, Bm, Cm, s0, chunk_)
                                      : scan_fused(u, delta, A, Bm, Cm, s0, chunk_);
@@ -464,7 +466,8 @@ class MambaBlock : public Block {
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     LayerState s;
     s.tensors["conv_state"] = at::zeros({B, Din_, K_ - 1}, o);
-    s.tensors["ssm_state"] = at::zeros({B, Din_, N_}, o);
+    // The SSM state accumulates over the whole sequence: fp32 whatever the compute dtype.
+    s.tensors["ssm_state"] = at::zeros({B, Din_, N_}, o.dtype(at::kFloat));
     return s;
   }
 

@@ -25,14 +25,14 @@ class SFTTrainer : public Trainer {
         // step's real gradients, so .grad holds only the estimate's.
         Batch b = run.train_batch(step, 0);
         ctx.optimizer->zero_grad(ctx.params);
-        sampled_label_loss(ctx.model->forward(b.x.to(ctx.device))).backward();
+        sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))).backward();
         ctx.optimizer->update_curvature(B * T);
         ctx.optimizer->zero_grad(ctx.params);
       }
       at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
       for (int64_t micro = 0; micro < accum; ++micro) {
         Batch b = run.train_batch(step, micro);
-        auto loss = ctx.model->next_token_loss(b.x.to(ctx.device), b.y.to(ctx.device));
+        auto loss = ctx.model->next_token_loss(to_device(b.x, ctx.device), to_device(b.y, ctx.device));
         (loss / static_cast<double>(accum)).backward();
         loss_sum += loss.detach();
       }

@@ -48,8 +48,9 @@ class CheckpointManager {
   int64_t keep_last_n_;
 };
 
-// The default CPU generator's state (dropout, sampling), for exact resumes.
-at::Tensor rng_state();
-void set_rng_state(const at::Tensor& state);
+// For exact resumes: the default generator's state on `device` (dropout and sampling draw from the device's own
+// generator, so a run on CUDA checkpoints the CUDA one too).
+at::Tensor rng_state(const at::Device& device = at::kCPU);
+void set_rng_state(const at::Tensor& state, const at::Device& device = at::kCPU);
 
 }  // namespace linearnexus

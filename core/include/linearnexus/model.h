@@ -103,14 +103,20 @@ class LMModel : public torch::nn::Module {
   at::Tensor forward_hidden(const at::Tensor& idx, ModelState* state = nullptr, Mode mode = Mode::Train,
                             const at::Tensor& positions = {});
   at::Tensor lm_logits(const at::Tensor& hidden);
-  // Mean next-token cross-entropy of idx [B,T] against targets [B,T] (-1 = no loss), in fp32,
-  // through lm_head_loss: the training path, never materialising the [B,T,V] logits.
+  // Mean next-token cross-entropy of idx [B,T] against targets [B,T] (-1 = no loss), in fp32: the
+  // training path. On the CPU through lm_head_loss (never materialising the [B,T,V] logits); on CUDA
+  // lm_loss(lm_logits(h)).
   at::Tensor next_token_loss(const at::Tensor& idx, const at::Tensor& targets);
   // The LM head's weight [V, C] (the embedding's when tied).
   const at::Tensor& head_weight() const { return config_.tie_embeddings ? wte_->weight : lm_head_->weight; }
 
+  // Caches live on the weights' device, in the compute dtype (blocks may keep some in fp32).
   ModelState init_state(int64_t batch, int64_t max_len) const;
   const ModelConfig& config() const { return config_; }
+  // precision: bf16 -> kBFloat16: forward passes on CUDA run under autocast (compat::AutocastGuard)
+  // while weights, gradients and optimizer state stay fp32. kFloat (the default): plain fp32.
+  void set_compute_dtype(at::ScalarType dtype) { compute_dtype_ = dtype; }
+  at::ScalarType compute_dtype() const { return compute_dtype_; }
   int64_t num_parameters() const;
   const std::vector<std::shared_ptr<Block>>& blocks() const { return blocks_; }
   std::vector<std::string> block_kinds() const { return config_.layer_kinds(); }
@@ -121,6 +127,8 @@ class LMModel : public torch::nn::Module {
   std::vector<std::shared_ptr<Block>> blocks_;
   std::shared_ptr<torch::nn::Module> norm_;
   torch::nn::Linear lm_head_{nullptr};
+  at::ScalarType compute_dtype_ = at::kFloat;
+  bool autocast_active() const;
 };
 
 }  // namespace linearnexus

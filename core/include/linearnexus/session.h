@@ -18,8 +18,11 @@ namespace linearnexus {
 //    faults made a fresh 200 MB logits tensor cost 0.6 s on our VMs, five times its matmul.
 void init_runtime();
 
-// "auto" -> cuda when available, else cpu.
+// The `device` key: "auto" -> cuda when available, else cpu; "cuda" without CUDA is an error.
 at::Device resolve_device(const std::string& device);
+// The `precision` key: fp32 -> kFloat; bf16 -> kBFloat16 on CUDA (LMModel::set_compute_dtype),
+// an error on the CPU (bf16 matmuls there are slow and autocast is CUDA-only here).
+at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device);
 
 struct RunSetup {
   TrainContext ctx;

@@ -37,6 +37,11 @@ class Trainer {
   virtual void run(TrainContext& ctx) = 0;
 };
 
+// A host batch tensor on `device`. To CUDA it goes through pinned memory without blocking, so the
+// host queues the step's kernels while the GPU still runs the previous step (a plain .to(cuda)
+// from pageable memory waits for the GPU to drain: a host-device sync every step).
+at::Tensor to_device(const at::Tensor& t, const at::Device& device);
+
 // Cross-entropy of logits [B,T,V] against targets [B,T], in fp32; positions whose target is
 // ignore_index (-1) carry no loss.
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets);

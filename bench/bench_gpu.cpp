@@ -1,0 +1,358 @@
+// GPU training and decoding throughput of our models, beside bench/reference.py (the same models in
+// plain PyTorch). Built only where LibTorch has CUDA. Run both with bench/run_gpu_bench.sh.
+// Usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile]
+//
+// Prints one JSON object per line after "RESULT " (the table in docs/benchmarks.md is made from
+// them by reference.py --table):
+//   matmul     bf16 8192^3 matmul rate (the MFU denominator), random operands;
+//   train      gpt-small (T = 1024, bf16 autocast, fp32 master weights, AdamW, grad clip 1.0): the
+//              largest batch of --batches that fits; mamba-small at the same tokens per step.
+//              Step = forward, fp32 loss, backward, clip, optimizer step, zero_grad, as the sft
+//              trainer does it; no host-device sync inside the timed steps;
+//   decode     128-token prompt, then 512 greedy tokens one at a time on the caches, batch 1 and 16;
+//   breakdown  where one gpt-small step's GPU time goes (LibTorch's Kineto profiler: kernel time by
+//              kind, and wall time minus kernel time = launch gaps / host overhead).
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "linearnexus/config.h"
+#include "linearnexus/model.h"
+#include "linearnexus/optimizer.h"
+#include "linearnexus/plugin_host.h"
+#include "linearnexus/session.h"
+#include "linearnexus/trainer.h"
+
+using namespace linearnexus;
+
+namespace {
+
+const int64_t kT = 1024, kVocab = 50257;
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Seconds per call of f: `warm` calls, then `iters` calls with one sync at the end (the host runs
+// ahead of the GPU as it does in training).
+double time_per_call(const std::function<void()>& f, int warm, int iters) {
+  for (int i = 0; i < warm; ++i) f();
+  torch::cuda::synchronize();
+  const double t0 = now_s();
+  for (int i = 0; i < iters; ++i) f();
+  torch::cuda::synchronize();
+  return (now_s() - t0) / iters;
+}
+
+void reset_peak() { c10::cuda::CUDACachingAllocator::resetPeakStats(0); }
+// Peak bytes held by tensors (index 0: all pools), as torch.cuda.max_memory_allocated().
+double peak_gib() {
+  return static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak) / (1 << 30);
+}
+
+bool is_oom(const std::exception& e) { return std::strstr(e.what(), "out of memory") != nullptr; }
+
+std::string json(const std::map<std::string, std::string>& kv) {
+  std::ostringstream o;
+  o << "{";
+  bool first = true;
+  for (const auto& [k, v] : kv) o << (first ? "" : ", ") << "\"" << k << "\": " << v, first = false;
+  o << "}";
+  return o.str();
+}
+std::string str(const std::string& s) { return "\"" + s + "\""; }
+std::string num(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+void result(const std::map<std::string, std::string>& kv) {
+  std::printf("RESULT %s\n", json(kv).c_str());
+  std::fflush(stdout);
+}
+
+// A preset model on the GPU with bf16 compute, and its AdamW (nanoGPT's settings).
+struct Setup {
+  Experiment exp;
+  std::shared_ptr<LMModel> model;
+  std::vector<NamedParameter> params;
+  std::shared_ptr<Optimizer> opt;
+};
+
+std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& preset) {
+  auto s = std::make_unique<Setup>();
+  s->exp = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: " + preset +
+                                "}\noptimizer: {name: adamw, lr: 6e-4, betas: [0.9, 0.95], weight_decay: 0.1}\n",
+                            "bench_gpu", "", {}, host);
+  torch::manual_seed(0);
+  s->model = std::make_shared<LMModel>(s->exp.model_config(kVocab), host.registry());
+  s->model->to(at::kCUDA);
+  s->model->set_compute_dtype(at::kBFloat16);
+  s->params = named_parameters_of(*s->model);
+  s->opt = host.registry().make_optimizer("adamw", s->params, s->exp.optimizer);
+  return s;
+}
+
+struct Step {
+  Setup& s;
+  at::Tensor x, y;
+  Step(Setup& s_, int64_t B) : s(s_) {
+    auto o = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
+    x = at::randint(0, kVocab, {B, kT}, o);
+    y = at::randint(0, kVocab, {B, kT}, o);
+  }
+  void forward_backward() { lm_loss(s.model->forward(x), y).backward(); }
+  void update() {
+    clip_grad_norm(s.params, 1.0);
+    s.opt->step();
+    s.opt->zero_grad(s.params);
+  }
+  void operator()() {
+    forward_backward();
+    update();
+  }
+};
+
+struct TrainResult {
+  int64_t batch = 0;
+  double s_per_step = 0, peak = 0;
+};
+
+// The first batch of `batches` whose step fits, timed.
+TrainResult train(Setup& s, const std::vector<int64_t>& batches, int steps) {
+  s.model->train();
+  for (int64_t B : batches) {
+    try {
+      reset_peak();
+      Step step(s, B);
+      const double sec = time_per_call(step, 3, steps);
+      return {B, sec, peak_gib()};
+    } catch (const std::exception& e) {
+      if (!is_oom(e)) throw;
+      s.opt->zero_grad(s.params);
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      std::fprintf(stderr, "batch %lld does not fit; trying a smaller one\n", static_cast<long long>(B));
+    }
+  }
+  return {};
+}
+
+double decode_tokens_per_s(LMModel& m, int64_t B, int64_t prompt, int64_t n) {
+  torch::NoGradGuard g;
+  m.eval();
+  auto run = [&](int64_t new_tokens) {
+    ModelState st = m.init_state(B, prompt + new_tokens);
+    auto idx = at::randint(0, kVocab, {B, prompt}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
+    auto tok = m.forward(idx, &st, Mode::Prefill).select(1, -1).argmax(-1, true);  // [B, 1]
+    torch::cuda::synchronize();
+    const double t0 = now_s();
+    for (int64_t i = 0; i < new_tokens; ++i) tok = m.forward(tok, &st, Mode::Decode).select(1, -1).argmax(-1, true);
+    torch::cuda::synchronize();
+    return now_s() - t0;
+  };
+  run(16);  // warm-up: kernels chosen, allocator filled
+  return static_cast<double>(B * n) / run(n);
+}
+
+// GPU kernel time by kind over `iters` calls of f (ms per call), from the Kineto profiler; the
+// kernels that took longest go to *top.
+std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iters,
+                                        std::vector<std::pair<double, std::string>>* top = nullptr) {
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const std::set<ActivityType> acts{ActivityType::CPU, ActivityType::CUDA};
+  torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO);
+  f();
+  torch::cuda::synchronize();
+  prof::prepareProfiler(cfg, acts);
+  prof::enableProfiler(cfg, acts);
+  for (int i = 0; i < iters; ++i) f();
+  torch::cuda::synchronize();
+  auto res = prof::disableProfiler();
+  std::map<std::string, double> ms, by_name;
+  for (const auto& e : res->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    std::string n = e.name();
+    std::transform(n.begin(), n.end(), n.begin(), ::tolower);
+    std::string kind = "norms/elementwise/other";
+    auto has = [&](const char* p) { return n.find(p) != std::string::npos; };
+    if (has("flash") || has("fmha") || has("attention") || has("mem_eff")) kind = "attention";
+    else if (has("gemm") || has("nvjet") || has("xmma") || has("cutlass") || has("cublas") || has("sm90_")) kind = "matmul";
+    else if (has("memcpy") || has("memset")) kind = "memcpy/memset";
+    ms[kind] += static_cast<double>(e.durationNs()) / 1e6 / iters;
+    by_name[e.name()] += static_cast<double>(e.durationNs()) / 1e6 / iters;
+  }
+  if (top) {
+    // Kernel names without the namespaces that every ATen kernel shares, cut to a readable length.
+    auto shorten = [](std::string n) {
+      for (const std::string drop : {"void ", "at::native::", "(anonymous namespace)::", "\""}) {
+        for (size_t p; (p = n.find(drop)) != std::string::npos;) n.erase(p, drop.size());
+      }
+      return n.substr(0, 110);
+    };
+    for (const auto& [n, v] : by_name) top->push_back({v, shorten(n)});
+    std::sort(top->rbegin(), top->rend());
+    if (top->size() > 10) top->resize(10);
+  }
+  return ms;
+}
+
+void breakdown(Setup& s, int64_t B) {
+  s.model->train();
+  Step step(s, B);
+  const double wall_fb = 1e3 * time_per_call([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 2, 5);
+  step.forward_backward();
+  const double wall_up = 1e3 * time_per_call([&] { step.update(); step.forward_backward(); }, 1, 5) - wall_fb;
+  const double wall_step = 1e3 * time_per_call(step, 1, 5);
+  std::vector<std::pair<double, std::string>> top;
+  auto fb = kernel_ms([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 3, &top);
+  step.forward_backward();
+  auto up = kernel_ms([&] { step.update(); step.forward_backward(); }, 3);
+  double fb_busy = 0;
+  for (auto& [k, v] : fb) fb_busy += v;
+  for (auto& [k, v] : up) v -= fb.count(k) ? fb[k] : 0.0;  // the update's own kernels
+  double up_busy = 0;
+  for (auto& [k, v] : up) up_busy += v;
+  std::map<std::string, std::string> r{{"kind", str("breakdown")}, {"model", str("gpt-small")}, {"batch", num(B)},
+                                       {"step_ms", num(wall_step)}, {"fwd_bwd_ms", num(wall_fb)},
+                                       {"update_ms", num(wall_up)}, {"optimizer_kernels_ms", num(up_busy)},
+                                       {"fwd_bwd_gaps_ms", num(wall_fb - fb_busy)}, {"update_gaps_ms", num(wall_up - up_busy)}};
+  for (auto& [k, v] : fb) r["fb:" + k] = num(v);
+  std::string t = "\"";
+  for (auto& [v, n] : top) t += n + " " + num(v) + " ms; ";
+  r["top"] = t + "\"";
+  result(r);
+}
+
+// One decode step at batch B after a 128-token prompt: GPU kernel time by kind, the longest kernels,
+// and wall time per token (the difference is launch overhead: decoding is launch-bound).
+void decode_profile(LMModel& m, const std::string& name, int64_t B) {
+  torch::NoGradGuard g;
+  m.eval();
+  ModelState st = m.init_state(B, 128 + 64);
+  auto tok = m.forward(at::randint(0, kVocab, {B, 128}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA)), &st,
+                       Mode::Prefill).select(1, -1).argmax(-1, true);
+  auto step = [&] { tok = m.forward(tok, &st, Mode::Decode).select(1, -1).argmax(-1, true); };
+  const double wall = 1e3 * time_per_call(step, 2, 16);
+  std::vector<std::pair<double, std::string>> top;
+  auto k = kernel_ms(step, 8, &top);
+  std::map<std::string, std::string> r{{"kind", str("decode_profile")}, {"model", str(name)}, {"batch", num(B)},
+                                       {"wall_ms_per_token", num(wall)}};
+  for (auto& [kind, v] : k) r["k:" + kind] = num(v);
+  std::string t = "\"";
+  for (auto& [v, n] : top) t += n + " " + num(v) + " ms; ";
+  r["top"] = t + "\"";
+  result(r);
+}
+
+// Causal attention forward + backward at training shape [B, 12, 1024, 64] bf16, with and without
+// cuDNN's attention backend (compat::attention uses it where queries and keys have one length).
+void sdpa_variants(int64_t B) {
+  auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto q = at::randn({B, 12, kT, 64}, o).requires_grad_(), k = at::randn({B, 12, kT, 64}, o).requires_grad_(),
+       v = at::randn({B, 12, kT, 64}, o).requires_grad_();
+  auto g = at::randn({B, 12, kT, 64}, o);
+  for (bool cudnn : {false, true}) {
+    at::globalContext().setSDPUseCuDNN(cudnn);
+    const double ms = 1e3 * time_per_call([&] {
+      auto y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+      y.backward(g);
+    }, 3, 10);
+    result({{"kind", str("sdpa")}, {"cudnn", cudnn ? "true" : "false"}, {"batch", num(B)}, {"fwd_bwd_ms", num(ms)}});
+  }
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) out.push_back(std::stoll(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> batches{48, 32, 24, 16, 8};
+  int steps = 10;
+  bool profile = true;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--batches" && i + 1 < argc) batches = parse_list(argv[++i]);
+    else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
+    else if (a == "--no-profile") profile = false;
+    else {
+      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile]\n");
+      return 2;
+    }
+  }
+  if (!torch::cuda::is_available()) {
+    std::fprintf(stderr, "bench_gpu: no CUDA device; this benchmark runs on a GPU machine only\n");
+    return 1;
+  }
+  try {
+    init_runtime();
+    PluginHost host;
+    {
+      auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+      auto a = at::randn({8192, 8192}, o), b = at::randn({8192, 8192}, o);
+      const double sec = time_per_call([&] { at::matmul(a, b); }, 3, 20);
+      result({{"kind", str("matmul")}, {"tflops", num(2.0 * 8192.0 * 8192.0 * 8192.0 / sec / 1e12)}});
+    }
+    int64_t gpt_batch = 0;
+    {
+      auto s = make_setup(host, "gpt-small");
+      const auto& d = s->model->config().dims;
+      auto r = train(*s, batches, steps);
+      if (r.batch == 0) throw std::runtime_error("gpt-small: no batch of --batches fits");
+      gpt_batch = r.batch;
+      // Per token: 6 N (the tied embedding counted once: it is the LM head's matmul) + 12 L C T for
+      // attention scores and values, forward and backward, counting the full T x T (as nanoGPT/PaLM).
+      const double n = static_cast<double>(s->model->num_parameters());
+      const double flops_per_token = 6.0 * n + 12.0 * d.n_layer * d.hidden_size * kT;
+      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(r.batch)},
+              {"seq", num(kT)}, {"params", num(n)}, {"ms_per_step", num(1e3 * r.s_per_step)},
+              {"tokens_per_s", num(r.batch * kT / r.s_per_step)}, {"peak_gib", num(r.peak)},
+              {"flops_per_token", num(flops_per_token)}});
+      for (int64_t B : {1, 16})
+        result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(B)},
+                {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
+      decode_profile(*s->model, "gpt-small", 1);
+      sdpa_variants(gpt_batch);
+      if (profile) {
+        try {
+          breakdown(*s, gpt_batch);
+        } catch (const std::exception& e) {  // the profiler is a bonus: the numbers above stand without it
+          std::fprintf(stderr, "bench_gpu: breakdown failed: %s\n", e.what());
+        }
+      }
+    }
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    {
+      auto s = make_setup(host, "mamba-small");
+      std::vector<int64_t> mb;
+      for (int64_t B : batches)
+        if (B <= gpt_batch) mb.push_back(B);
+      auto r = train(*s, mb, std::max(2, steps / 3));
+      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str("mamba-small")}, {"batch", num(r.batch)},
+              {"seq", num(kT)}, {"params", num(static_cast<double>(s->model->num_parameters()))},
+              {"ms_per_step", num(1e3 * r.s_per_step)}, {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
+              {"peak_gib", num(r.peak)}});
+      for (int64_t B : {1, 16})
+        result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("mamba-small")}, {"batch", num(B)},
+                {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
+      decode_profile(*s->model, "mamba-small", 1);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gpu: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
