@@ -195,7 +195,9 @@ Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, 
                         int64_t group, SamplingParams sampling, RewardModel* reward_model) {
   Rollout out;
   out.examples = std::move(examples);
-  for (const auto& e : out.examples) out.prompts.push_back(tok.encode(e.prompt));
+  // Each prompt follows the stop string, as every example but the first does in the task's SFT text
+  // (Task::sft_text): without it the prompt would start a line the model never saw start that way.
+  for (const auto& e : out.examples) out.prompts.push_back(tok.encode(task.stop_string() + e.prompt));
   sampling.stop_sequences = stop_sequences(task, tok);
   sampling.eos_id = tok.eos_id();
   out.generated = generate_batch(model, out.prompts, sampling, group);
