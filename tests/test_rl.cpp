@@ -97,6 +97,34 @@ TEST_CASE("batched sampling stops each row at its stop sequence and masks what f
   CHECK(generate_batch(*m, {random_prompt(4, 1), random_prompt(2, 2)}, sp, 8).completions == b.completions);
 }
 
+TEST_CASE("the trainers' log-probs of a sampled rollout are the sampler's (attention, mamba, mla, padded prompts)", "[rl][generate]") {
+  // The ratio pi / pi_old and the KL are only right if re-scoring the packed rollout reproduces
+  // what the left-padded, cached sampler drew the tokens with.
+  PluginHost host;
+  for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]"}) {
+    INFO("block_pattern " << pattern);
+    auto m = random_model(host, pattern);
+    {
+      torch::NoGradGuard g;  // soften the logits so samples differ and log-probs are not all ~0
+      for (auto& kv : m->named_parameters())
+        if (kv.key() == "wte.weight") kv.value().div_(50.0);
+    }
+    std::vector<std::vector<int64_t>> prompts{random_prompt(3, 1), random_prompt(9, 2), random_prompt(1, 3)};
+    SamplingParams sp;
+    sp.temperature = 0.7;
+    sp.max_new_tokens = 10;
+    sp.seed = 5;
+    sp.stop_sequences = {{4}};
+    GeneratedBatch b = generate_batch(*m, prompts, sp, 3);
+    PackedRollout packed = pack_rollout(prompts, 3, b.tokens, b.mask);
+    torch::NoGradGuard g;
+    PolicyOutput out = policy_forward(*m, packed, sp.temperature);
+    auto diff = (out.logp - b.logprobs).masked_select(b.mask).abs().max().item<double>();
+    CHECK(diff < 1e-4);
+    CHECK(b.logprobs.masked_select(b.mask).mean().item<double>() < -0.05);
+  }
+}
+
 // ---- policy-gradient math ---------------------------------------------------------------------
 
 TEST_CASE("group advantages on a hand-made example", "[rl]") {
@@ -322,9 +350,10 @@ TEST_CASE("rl trainers: a missing task section or starting checkpoint is one cle
   CHECK_CONTAINS(r.err, "arithmetic");
 }
 
-// Hidden from the default run: it misses its bar today (GRPO and PPO keep the SFT model's held-out
-// accuracy, they do not raise it by 10 points; see README, Reinforcement learning). Run it with
-//   build/bin/test_rl "[rl-e2e]"
+// The issue's demonstration, with the shipped configs as they are (seed 1337): SFT stops part way
+// through learning to carry, then GRPO and PPO each start from it. CTest runs it on its own with 2
+// threads (tests/CMakeLists.txt says why); by hand:
+//   LINEARNEXUS_NUM_THREADS=2 build/bin/test_rl "[rl-e2e]"
 TEST_CASE("SFT -> GRPO and SFT -> PPO on arithmetic raise held-out exact match by >= 10 points", "[rl][.rl-e2e]") {
   TempDir t;
   train_experiment(config_text("sft_arithmetic.yaml"), {"trainer.out_dir=" + (t / "sft")});
