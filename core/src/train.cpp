@@ -106,6 +106,13 @@ void MomentSlots::load(const TensorMap& st) {
   }
 }
 
+Schema MomentSlots::schema_keys(const std::string& default_weight_decay) {
+  return {{"weight_decay", ParamType::Float, default_weight_decay, "decoupled weight decay on the decay group"},
+          {"no_decay", ParamType::StringList, "[]", "extra parameter-name globs without weight decay"},
+          {"decay", ParamType::StringList, "[]",
+           "parameter-name globs forced into the decay group (default: 2-D weights except embeddings and norms)"}};
+}
+
 std::string MomentSlots::describe(double weight_decay) const {
   int64_t n[2] = {0, 0}, t[2] = {0, 0};
   for (const auto& s : slots_) n[s.decay] += s.np.param.numel(), t[s.decay] += 1;

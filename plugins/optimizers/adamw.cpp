@@ -52,15 +52,13 @@ class AdamW : public Optimizer {
 };
 
 void register_adamw(Registry& r) {
-  r.add_optimizer("adamw", "Adam with decoupled weight decay (as torch.optim.AdamW)",
-                  {
-                      {"lr", ParamType::Float, "3e-4", "peak learning rate"},
-                      {"betas", ParamType::FloatList, "[0.9, 0.95]", "moment decay rates (beta1, beta2)"},
-                      {"eps", ParamType::Float, "1e-8", "denominator epsilon"},
-                      {"weight_decay", ParamType::Float, "0.1", "decoupled weight decay on the decay group"},
-                      {"no_decay", ParamType::StringList, "[]", "extra parameter-name globs without weight decay"},
-                      {"decay", ParamType::StringList, "[]", "parameter-name globs forced into the decay group (default: 2-D weights except embeddings and norms)"},
-                  },
+  Schema s = {
+      {"lr", ParamType::Float, "3e-4", "peak learning rate"},
+      {"betas", ParamType::FloatList, "[0.9, 0.95]", "moment decay rates (beta1, beta2)"},
+      {"eps", ParamType::Float, "1e-8", "denominator epsilon"},
+  };
+  for (auto& k : MomentSlots::schema_keys("0.1")) s.push_back(k);
+  r.add_optimizer("adamw", "Adam with decoupled weight decay (as torch.optim.AdamW)", s,
                   [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<AdamW>(ps, p); });
 }
 

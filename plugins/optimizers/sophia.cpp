@@ -103,20 +103,19 @@ class Sophia : public Optimizer {
 };
 
 void register_sophia(Registry& r) {
+  Schema s = {
+      {"lr", ParamType::Float, "3e-4", "peak learning rate (also the largest step any coordinate takes)"},
+      {"betas", ParamType::FloatList, "[0.965, 0.99]", "decay rates of the gradient EMA and of the Hessian EMA"},
+      {"rho", ParamType::Float, "0.04", "clipping scale: step = lr * clip(m / max(rho*h, eps), 1)"},
+      {"k", ParamType::Int, "10", "steps between Hessian estimates (at steps 0, k, 2k, ...)"},
+      {"eps", ParamType::Float, "1e-12", "floor of the denominator rho*h"},
+  };
+  for (auto& k : MomentSlots::schema_keys("0.1")) s.push_back(k);
   r.add_optimizer(
       "sophia",
       "Sophia-G: clipped diagonal-Hessian-preconditioned momentum; the Hessian EMA comes from a "
       "Gauss-Newton-Bartlett pass the trainer runs every k steps (labels sampled from the model)",
-      {
-          {"lr", ParamType::Float, "3e-4", "peak learning rate (also the largest step any coordinate takes)"},
-          {"betas", ParamType::FloatList, "[0.965, 0.99]", "decay rates of the gradient EMA and of the Hessian EMA"},
-          {"rho", ParamType::Float, "0.04", "clipping scale: step = lr * clip(m / max(rho*h, eps), 1)"},
-          {"k", ParamType::Int, "10", "steps between Hessian estimates (at steps 0, k, 2k, ...)"},
-          {"eps", ParamType::Float, "1e-12", "floor of the denominator rho*h"},
-          {"weight_decay", ParamType::Float, "0.1", "decoupled weight decay on the decay group"},
-          {"no_decay", ParamType::StringList, "[]", "extra parameter-name globs without weight decay"},
-          {"decay", ParamType::StringList, "[]", "parameter-name globs forced into the decay group (default: 2-D weights except embeddings and norms)"},
-      },
+      s,
       [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<Sophia>(ps, p); });
 }
 

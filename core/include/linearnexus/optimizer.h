@@ -68,6 +68,8 @@ class MomentSlots {
   };
   MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
               std::string first_key, std::string second_key);
+  // The keys it reads (weight_decay, no_decay, decay), for the optimizer's schema to end with.
+  static Schema schema_keys(const std::string& default_weight_decay);
   std::vector<Slot>& all() { return slots_; }
   void save(TensorMap& out) const;
   void load(const TensorMap& state);  // an Error naming the missing entry when one is absent
