@@ -321,17 +321,26 @@ struct FusedScanFunction : public torch::autograd::Function<FusedScanFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u_in, const at::Tensor& delta_in,
                                const at::Tensor& A, const at::Tensor& Bm_in, const at::Tensor& Cm_in,
                                const at::Tensor& s0, int64_t Q) {
-    // u, delta: [B, T, D]; A: [D, N]; Bm, Cm: [B, T, N]; s0: [B, D, N]
     auto u = u_in.contiguous(), delta = delta_in.contiguous(), Bm = Bm_in.contiguous(), Cm = Cm_in.contiguous();
-    auto At = A.t().contiguous();                                           // [N, D]
-    auto s0t = s0.transpose(1, 2).contiguous();                             // [B, N, D]
-    const auto a = args(u, delta, At, Bm, Cm, Q);
-    auto y = at::empty_like(u), sT = at::empty_like(s0t);
-    auto kept = at::empty({a.B, a.chunks(), a.N, a.D}, u.options());
-    fused_scan_forward(a, s0t.data_ptr<float>(), y.data_ptr<float>(), sT.data_ptr<float>(), kept.data_ptr<float>());
+    auto At = A.t().contiguous();  // [N, D]
+    at::Tensor kept;
+    auto out = run(u, delta, At, Bm, Cm, s0, Q, &kept);
     ctx->save_for_backward({u, delta, At, Bm, Cm, kept});
     ctx->saved_data["Q"] = Q;
-    return {y, sT.transpose(1, 2)};                                          // y [B, T, D], state [B, D, N]
+    return out;
+  }
+
+  // The forward pass itself. u, delta: [B, T, D]; At: [N, D]; Bm, Cm: [B, T, N]; s0: [B, D, N] ->
+  // {y [B, T, D], state [B, D, N]}, and into *kept the chunk-entry states backward needs (null: none).
+  static variable_list run(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& Bm,
+                           const at::Tensor& Cm, const at::Tensor& s0, int64_t Q, at::Tensor* kept) {
+    auto s0t = s0.transpose(1, 2).contiguous();  // [B, N, D]
+    const auto a = args(u, delta, At, Bm, Cm, Q);
+    auto y = at::empty_like(u), sT = at::empty_like(s0t);
+    if (kept) *kept = at::empty({a.B, a.chunks(), a.N, a.D}, u.options());
+    fused_scan_forward(a, s0t.data_ptr<float>(), y.data_ptr<float>(), sT.data_ptr<float>(),
+                       kept ? kept->data_ptr<float>() : nullptr);
+    return {y, sT.transpose(1, 2)};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -354,6 +363,14 @@ ScanResult scan_fused(const at::Tensor& u, const at::Tensor& delta, const at::Te
                       const at::Tensor& Cm, const at::Tensor& s0, int64_t chunk_size) {
   if (!u.device().is_cpu() || u.scalar_type() != at::kFloat) return scan_chunk(u, delta, A, Bm, Cm, s0, chunk_size);
   auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
+  const bool grad = at::GradMode::is_enabled() && (u.requires_grad() || delta.requires_grad() || A.requires_grad() ||
+                                                   Bm.requires_grad() || Cm.requires_grad() || s0.requires_grad());
+  if (!grad) {
+    // Prefill and eval: no backward will come, so no chunk-entry states to keep (B * T/Q * N * D floats).
+    auto out = FusedScanFunction::run(u.contiguous(), delta.contiguous(), f(A).t().contiguous(), f(Bm).contiguous(),
+                                      f(Cm).contiguous(), f(s0), chunk_size, nullptr);
+    return {out[0], out[1]};
+  }
   auto out = FusedScanFunction::apply(u, delta, f(A), f(Bm), f(Cm), f(s0), chunk_size);
   return {out[0], out[1]};
 }
