@@ -571,7 +571,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
     YAML::Node tn = root["task"];
     if (!tn.IsMap() || !tn["name"])
       throw Error(src.at(tn, "task") + ": 'task' must be a map with a name, e.g. task: {name: arithmetic}; tasks: " +
-                  [&] { std::string l; for (const auto& n : reg.names(PluginKind::Task)) l += (l.empty() ? "" : ", ") + n; return l; }());
+                  reg.names_text(PluginKind::Task));
     e.task = named_section("task", PluginKind::Task, "", {}, &e.task_name);
   }
   if (e.data.get_string("path") == "task" && e.task_name.empty())

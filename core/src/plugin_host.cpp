@@ -77,8 +77,7 @@ const Registration& Registry::get(PluginKind kind, const std::string& name, cons
   std::string near = nearest_key(name, avail);
   if (!near.empty()) msg += "; did you mean '" + near + "'?";
   msg += " available: ";
-  for (size_t i = 0; i < avail.size(); ++i) msg += (i ? ", " : "") + avail[i];
-  if (avail.empty()) msg += "(none: is the plugin folder on LINEARNEXUS_PLUGIN_PATH?)";
+  msg += avail.empty() ? "(none: is the plugin folder on LINEARNEXUS_PLUGIN_PATH?)" : names_text(kind);
   throw Error(msg);
 }
 
@@ -92,6 +91,12 @@ std::vector<std::string> Registry::names(PluginKind kind) const {
   std::vector<std::string> out;
   for (const auto& [k, r] : entries_)
     if (k.first == kind) out.push_back(k.second);
+  return out;
+}
+
+std::string Registry::names_text(PluginKind kind) const {
+  std::string out;
+  for (const auto& n : names(kind)) out += (out.empty() ? "" : ", ") + n;
   return out;
 }
 

@@ -256,10 +256,8 @@ const Schema& rl_common_schema() {
 std::shared_ptr<Task> make_experiment_task(const TrainContext& ctx, const std::string& trainer) {
   const Experiment& e = *ctx.experiment;
   if (e.task_name.empty()) {
-    std::string names;
-    for (const auto& n : ctx.host->registry().names(PluginKind::Task)) names += (names.empty() ? "" : ", ") + n;
     throw Error(e.source + ": trainer '" + trainer + "' needs a task section to draw prompts from, e.g. " +
-                "task: {name: arithmetic}; tasks: " + names);
+                "task: {name: arithmetic}; tasks: " + ctx.host->registry().names_text(PluginKind::Task));
   }
   return ctx.host->registry().make_task(e.task_name, e.task);
 }

@@ -123,15 +123,15 @@ class PPOTrainer : public Trainer {
       const auto& packed = ro.packed;
       auto mask = packed.mask.to(ctx.device);  // [N, Lg]
       const int64_t N = mask.size(0);
-      at::Tensor old_logp, old_values, kl_tok, advantages, returns;
+      at::Tensor old_logp, ref_logp, old_values, advantages, returns;
       {
         torch::NoGradGuard g;
         PolicyOutput old = policy_forward(*ctx.model, packed, temperature);
         old_logp = old.logp;                                                  // [N, Lg]
         old_values = vf.values(*ctx.model, packed, old.hidden) * mask;        // [N, Lg]
-        kl_tok = (old_logp - policy_forward(*ref, packed, temperature).logp) * mask;
+        ref_logp = policy_forward(*ref, packed, temperature).logp;            // [N, Lg]
         // Per-token rewards: the KL penalty everywhere, the task's score on the last real token.
-        auto rewards = -beta * kl_tok;
+        auto rewards = -beta * (old_logp - ref_logp) * mask;
         auto last = (mask.to(at::kLong).sum(1) - 1).clamp_min(0).unsqueeze(1);  // [N, 1]
         rewards = rewards.scatter_add(1, last, ro.rewards.to(ctx.device).unsqueeze(1) * mask.any(1, true).to(at::kFloat));
         GAE gae = compute_gae(rewards, old_values, mask, t.get_float("gamma"), t.get_float("lambda"));
@@ -185,7 +185,7 @@ class PPOTrainer : public Trainer {
                 {"reward_mean", ro.rewards.mean().item<double>()},
                 {"reward_std", ro.rewards.std().item<double>()},
                 {"train_accuracy", ro.correct.mean().item<double>()},
-                {"kl", masked_mean(k3_kl(old_logp, old_logp - kl_tok), mask).item<double>()},
+                {"kl", masked_mean(k3_kl(old_logp, ref_logp), mask).item<double>()},
                 {"approx_kl", approx_kl},
                 {"ppo_updates", static_cast<double>(updates)},
                 {"clip_frac", clip_sum / n},

@@ -62,6 +62,8 @@ class Registry {
   const Registration* find(PluginKind kind, const std::string& name) const;
   std::vector<const Registration*> all() const;
   std::vector<std::string> names(PluginKind kind) const;
+  // The same names as "a, b, c", for error messages.
+  std::string names_text(PluginKind kind) const;
 
   std::shared_ptr<Block> make_block(const std::string& name, const ModelDims& dims, const Params& params,
                                     int64_t layer_index) const;
