@@ -13,6 +13,7 @@
 #include "linearnexus/checkpoint.h"
 #include "linearnexus/config.h"
 #include "linearnexus/data.h"
+#include "linearnexus/token_files.h"
 #include "linearnexus/error.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/log.h"

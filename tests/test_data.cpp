@@ -7,6 +7,7 @@
 #include "catch.h"
 #include "linearnexus/bpe_tokenizer.h"
 #include "linearnexus/data.h"
+#include "linearnexus/token_files.h"
 #include "test_util.h"
 
 using namespace linearnexus;

@@ -1,4 +1,4 @@
-// Tokenizers, text datasets, batches and downloads.
+// Text datasets, batches and downloads.
 #include "linearnexus/data.h"
 
 #include <curl/curl.h>
@@ -13,108 +13,14 @@
 #include <random>
 #include <sstream>
 
-#include "linearnexus/bpe_tokenizer.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
+#include "linearnexus/token_files.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace linearnexus {
-
-// ---- tokenizers -------------------------------------------------------------------------------
-
-namespace {
-
-class CharTokenizer : public Tokenizer {
- public:
-  explicit CharTokenizer(std::vector<unsigned char> chars) : chars_(std::move(chars)) {
-    ids_.fill(-1);
-    for (size_t i = 0; i < chars_.size(); ++i) ids_[chars_[i]] = static_cast<int64_t>(i);
-  }
-  std::vector<int64_t> encode(std::string_view text) const override {
-    std::vector<int64_t> out;
-    out.reserve(text.size());
-    for (unsigned char c : text) {
-      if (ids_[c] < 0) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "0x%02x", c);
-        throw Error(std::string("character ") + (c >= 32 && c < 127 ? "'" + std::string(1, c) + "' " : "") +
-                    "(byte " + buf + ") is not in this run's character vocabulary");
-      }
-      out.push_back(ids_[c]);
-    }
-    return out;
-  }
-  std::string decode(const std::vector<int64_t>& ids) const override {
-    std::string out;
-    out.reserve(ids.size());
-    for (int64_t id : ids) {
-      if (id < 0 || id >= static_cast<int64_t>(chars_.size()))
-        throw Error("token id " + std::to_string(id) + " is outside the character vocabulary");
-      out.push_back(static_cast<char>(chars_[id]));
-    }
-    return out;
-  }
-  int64_t vocab_size() const override { return static_cast<int64_t>(chars_.size()); }
-  std::string kind() const override { return "char"; }
-  std::string to_json() const override { return json{{"kind", "char"}, {"bytes", chars_}}.dump(); }
-
- private:
-  std::vector<unsigned char> chars_;
-  std::array<int64_t, 256> ids_;
-};
-
-class BPEAdapter : public Tokenizer {
- public:
-  BPEAdapter(BPETokenizer bpe, std::string spec) : bpe_(std::move(bpe)), spec_(std::move(spec)) {}
-  std::vector<int64_t> encode(std::string_view text) const override { return bpe_.encode(text); }
-  std::string decode(const std::vector<int64_t>& ids) const override { return bpe_.decode(ids); }
-  int64_t vocab_size() const override { return bpe_.vocab_size(); }
-  std::string kind() const override { return "gpt2"; }
-  std::string to_json() const override { return json{{"kind", "gpt2"}, {"spec", spec_}}.dump(); }
-  int64_t eos_id() const override { return bpe_.eot_id(); }
-
- private:
-  BPETokenizer bpe_;
-  std::string spec_;
-};
-
-}  // namespace
-
-std::shared_ptr<Tokenizer> make_char_tokenizer(std::string_view corpus) {
-  std::array<bool, 256> seen{};
-  for (unsigned char c : corpus) seen[c] = true;
-  std::vector<unsigned char> chars;
-  for (int c = 0; c < 256; ++c)
-    if (seen[c]) chars.push_back(static_cast<unsigned char>(c));
-  return std::make_shared<CharTokenizer>(std::move(chars));
-}
-
-std::shared_ptr<Tokenizer> make_bpe_tokenizer(const std::string& spec) {
-  std::string path = spec;
-  if (spec == "gpt2") {
-    const char* dir = std::getenv("LINEARNEXUS_TOKENIZER_DIR");
-    if (!dir)
-      throw Error("tokenizer gpt2: set LINEARNEXUS_TOKENIZER_DIR to a folder holding encoder.json and vocab.bpe "
-                  "(or name that folder or a .tiktoken file instead of gpt2)");
-    path = dir;
-  }
-  return std::make_shared<BPEAdapter>(BPETokenizer::from_path(path), fs::absolute(path).string());
-}
-
-std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    throw Error(std::string("tokenizer description is not valid JSON: ") + e.what());
-  }
-  const std::string kind = j.value("kind", "");
-  if (kind == "char") return std::make_shared<CharTokenizer>(j.at("bytes").get<std::vector<unsigned char>>());
-  if (kind == "gpt2") return make_bpe_tokenizer(j.at("spec").get<std::string>());
-  throw Error("unknown tokenizer kind '" + kind + "' in the saved tokenizer");
-}
 
 // ---- datasets ---------------------------------------------------------------------------------
 

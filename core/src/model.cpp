@@ -1,4 +1,4 @@
-// Shared layers and the LMModel that stacks block plugins (sampling is in generate.cpp).
+// The block states and the LMModel that stacks block plugins (sampling is in generate.cpp).
 #include "linearnexus/model.h"
 
 #include <cmath>
@@ -7,70 +7,15 @@
 #include "linearnexus/error.h"
 #include "linearnexus/layers.h"
 #include "linearnexus/log.h"
+#include "linearnexus/loss.h"
 #include "linearnexus/registry.h"
 
 namespace linearnexus {
 
-// ---- layers -----------------------------------------------------------------------------------
-
-RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
-
-at::Tensor RMSNorm::forward(const at::Tensor& x) {
-  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability (the residual stream
-  // is fp32 anyway: under bf16 autocast only matmul outputs are bf16).
-  return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
-}
-
-void init_linear(torch::nn::Linear& layer, double std) {
-  torch::NoGradGuard g;
-  layer->weight.normal_(0.0, std);
-  if (layer->bias.defined()) layer->bias.zero_();
-}
-
-void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer) {
-  init_linear(layer, 0.02 / std::sqrt(2.0 * static_cast<double>(n_layer)));
-}
-
-MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer) : kind(kind_) {
-  if (kind != "swiglu" && kind != "gelu") throw Error("mlp must be swiglu or gelu (got '" + kind + "')");
-  if (hidden <= 0) hidden = kind == "gelu" ? 4 * dim : ((8 * dim / 3 + 63) / 64) * 64;
-  up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
-  if (kind == "swiglu") gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
-  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
-  init_linear(up);
-  if (gate) init_linear(gate);
-  init_residual_projection(down, n_layer);
-}
-
-at::Tensor MLP::forward(const at::Tensor& x) {
-  // x: [B, T, C] -> [B, T, C]
-  if (kind == "swiglu") return down(at::silu(gate(x)) * up(x));
-  return down(at::gelu(up(x), "tanh"));
-}
-
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base) {
-  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles, cos and sin in fp32 so long positions
-  // stay exact; the rotation itself in x's dtype (bf16 under autocast: upcasting q and k to fp32
-  // and back cost more memory traffic than the attention kernel itself).
-  const int64_t D = x.size(-1);
-  TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
-  auto opts = x.options().dtype(at::kFloat);
-  auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
-  auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                  // [B, T, D/2]
-  auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()), sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
-  auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
-}
-
-at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                   const at::Tensor& history, at::Tensor* new_history) {
-  // x: [B, T, C]; weight: [C, K]; history: [B, C, K-1]
-  const int64_t K = weight.size(1);
-  auto xt = x.transpose(1, 2);  // [B, C, T]
-  xt = history.defined() ? at::cat({history.to(xt.scalar_type()), xt}, -1) : at::constant_pad_nd(xt, {K - 1, 0});
-  auto y = at::conv1d(xt, weight.unsqueeze(1), bias, at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, weight.size(0));  // [B, C, T]
-  if (new_history) *new_history = xt.narrow(-1, xt.size(-1) - (K - 1), K - 1).contiguous();
-  return y.transpose(1, 2);
+std::vector<std::string> ModelConfig::layer_kinds() const {
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < dims.n_layer; ++i) out.push_back(block_pattern[i % block_pattern.size()]);
+  return out;
 }
 
 // ---- states -----------------------------------------------------------------------------------
@@ -204,6 +149,15 @@ at::Tensor LMModel::lm_logits(const at::Tensor& h) {
 
 at::Tensor LMModel::forward(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
   return lm_logits(forward_hidden(idx, state, mode, positions));
+}
+
+at::Tensor LMModel::next_token_loss(const at::Tensor& idx, const at::Tensor& targets) {
+  // idx, targets: [B, T]
+  auto h = forward_hidden(idx);
+  // On CUDA the bf16 head on the padded weight plus cross_entropy is what was measured and tested
+  // (docs/benchmarks.md); the chunked head is the CPU's answer to page faults and extra passes.
+  if (h.is_cuda()) return lm_loss(lm_logits(h), targets);
+  return lm_head_loss(h, head_weight(), targets);
 }
 
 }  // namespace linearnexus

@@ -20,7 +20,7 @@
 #include <future>
 #include <thread>
 
-#include "linearnexus/data.h"
+#include "linearnexus/token_files.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 

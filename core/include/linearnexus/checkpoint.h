@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-#include "linearnexus/optimizer.h"
+#include "linearnexus/tensor_map.h"
 
 namespace linearnexus {
 

@@ -1,5 +1,5 @@
 #pragma once
-// Token datasets and batches.
+// Token datasets, batches and downloads (prepared token folders: token_files.h).
 //
 // A batch is a pure function of (seed, step, micro-batch, rank): a resumed run draws exactly the
 // batches the uninterrupted run would have drawn, with no loader state to save.
@@ -73,31 +73,6 @@ inline Batch get_batch(const TokenDataset& data, int64_t batch_size, int64_t seq
                        int64_t micro_step, int64_t rank = 0) {
   return get_batch(data, BatchSpec{batch_size, seq_len, seed}, step, micro_step, rank);
 }
-
-// ---- prepared token files (`linearnexus data prepare`) -----------------------------------------
-// A prepared folder holds meta.json (format, dtype, vocabulary size, the tokenizer, and for each
-// split its .bin shard files with token counts and SHA-256) and the shards: raw little-endian
-// uint16 tokens when the vocabulary fits, else uint32. data.path may name such a folder; the
-// shards are memory-mapped, never read into memory whole.
-struct PrepareOptions {
-  std::vector<std::string> inputs;  // text files; each is one document (GPT-2: <|endoftext|> between)
-  std::string tokenizer = "gpt2";   // char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file
-  std::string out_dir;
-  double val_fraction = 0.005;      // the last tokens go to val.bin
-  int64_t chunk_bytes = 1 << 20;    // text encoded per task; two tasks run at once
-  bool progress = true;             // a progress bar on stderr
-};
-struct PreparedSummary {
-  std::string dtype;
-  int64_t vocab_size = 0, train_tokens = 0, val_tokens = 0, input_bytes = 0;
-  double seconds = 0;
-};
-// Writes out_dir/{train.bin, val.bin, meta.json}, each through a temporary file renamed at the end,
-// so an interrupted run never leaves a complete-looking .bin. Errors name the file at fault.
-PreparedSummary prepare_token_files(const PrepareOptions& options);
-bool is_prepared_dir(const std::string& path);
-// The memory-mapped splits and the tokenizer of a prepared folder (sizes checked against meta.json).
-DataSplits load_prepared(const std::string& dir);
 
 // Download `url` to `dest` (via a temporary file) with libcurl; checks expected size/SHA-256
 // when given (0 / ""). Throws Error saying where to put the file by hand when it fails.

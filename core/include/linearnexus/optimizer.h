@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "linearnexus/params.h"
+#include "linearnexus/tensor_map.h"
 
 namespace linearnexus {
 
@@ -16,8 +17,6 @@ struct NamedParameter {
   // Fused sub-matrix row counts when the block declared them (see Block::fused_splits).
   std::vector<int64_t> split_rows;
 };
-
-using TensorMap = std::map<std::string, at::Tensor>;
 
 class Optimizer {
  public:

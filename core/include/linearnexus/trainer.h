@@ -1,6 +1,7 @@
 #pragma once
 // The trainer protocol and the run machinery every trainer shares: schedule, metrics.jsonl,
-// the progress line, evaluation, checkpoints and exact resume.
+// the progress line, evaluation, checkpoints and exact resume (implemented in trainer.cpp; the
+// losses are in loss.h).
 #include <chrono>
 #include <fstream>
 #include <functional>
@@ -12,6 +13,7 @@
 #include "linearnexus/checkpoint.h"
 #include "linearnexus/config.h"
 #include "linearnexus/data.h"
+#include "linearnexus/loss.h"
 #include "linearnexus/model.h"
 #include "linearnexus/optimizer.h"
 
@@ -41,19 +43,6 @@ class Trainer {
 // host queues the step's kernels while the GPU still runs the previous step (a plain .to(cuda)
 // from pageable memory waits for the GPU to drain: a host-device sync every step).
 at::Tensor to_device(const at::Tensor& t, const at::Device& device);
-
-// Cross-entropy of logits [B,T,V] against targets [B,T], in fp32; positions whose target is
-// ignore_index (-1) carry no loss.
-at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets);
-// The same loss straight from the final hidden states [B,T,C] and the LM head's weight [V,C]
-// (LMModel::next_token_loss): value and gradients equal lm_loss(hidden @ W^T, targets), without
-// ever holding the [B*T, V] logits (the head and the loss run in row chunks in one autograd node).
-at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets);
-// The loss of the curvature-estimate pass (Optimizer::wants_curvature_estimate): cross-entropy of
-// logits [B,T,V] against labels drawn from the model's own output distribution,
-// multinomial(softmax(logits)) per position (with the global RNG), mean over all B*T positions.
-// Its gradient, squared and times B*T, is the Gauss-Newton-Bartlett diagonal Hessian estimate.
-at::Tensor sampled_label_loss(const at::Tensor& logits);
 
 // The run's bookkeeping. A trainer creates one, calls resume() once, and then per step
 // begin_step(step) ... end_step(step, metrics).

@@ -1,0 +1,20 @@
+#pragma once
+// The language-model losses, all in fp32 and all ignoring target -1.
+#include <ATen/ATen.h>
+
+namespace linearnexus {
+
+// Cross-entropy of logits [B,T,V] against targets [B,T], in fp32; positions whose target is
+// ignore_index (-1) carry no loss.
+at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets);
+// The same loss straight from the final hidden states [B,T,C] and the LM head's weight [V,C]
+// (LMModel::next_token_loss): value and gradients equal lm_loss(hidden @ W^T, targets), without
+// ever holding the [B*T, V] logits (the head and the loss run in row chunks in one autograd node).
+at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets);
+// The loss of the curvature-estimate pass (Optimizer::wants_curvature_estimate): cross-entropy of
+// logits [B,T,V] against labels drawn from the model's own output distribution,
+// multinomial(softmax(logits)) per position (with the global RNG), mean over all B*T positions.
+// Its gradient, squared and times B*T, is the Gauss-Newton-Bartlett diagonal Hessian estimate.
+at::Tensor sampled_label_loss(const at::Tensor& logits);
+
+}  // namespace linearnexus

@@ -1,0 +1,72 @@
+// Building blocks shared by block plugins (see layers.h): RMSNorm, the MLP, rotary embeddings,
+// causal depthwise convolution and the standard initialisation.
+#include "linearnexus/layers.h"
+
+#include <cmath>
+
+#include "linearnexus/compat.h"
+#include "linearnexus/error.h"
+
+namespace linearnexus {
+
+RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
+
+at::Tensor RMSNorm::forward(const at::Tensor& x) {
+  // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability (the residual stream
+  // is fp32 anyway: under bf16 autocast only matmul outputs are bf16).
+  return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
+}
+
+void init_linear(torch::nn::Linear& layer, double std) {
+  torch::NoGradGuard g;
+  layer->weight.normal_(0.0, std);
+  if (layer->bias.defined()) layer->bias.zero_();
+}
+
+void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer) {
+  init_linear(layer, 0.02 / std::sqrt(2.0 * static_cast<double>(n_layer)));
+}
+
+MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer) : kind(kind_) {
+  if (kind != "swiglu" && kind != "gelu") throw Error("mlp must be swiglu or gelu (got '" + kind + "')");
+  if (hidden <= 0) hidden = kind == "gelu" ? 4 * dim : ((8 * dim / 3 + 63) / 64) * 64;
+  up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
+  if (kind == "swiglu") gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
+  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
+  init_linear(up);
+  if (gate) init_linear(gate);
+  init_residual_projection(down, n_layer);
+}
+
+at::Tensor MLP::forward(const at::Tensor& x) {
+  // x: [B, T, C] -> [B, T, C]
+  if (kind == "swiglu") return down(at::silu(gate(x)) * up(x));
+  return down(at::gelu(up(x), "tanh"));
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base) {
+  // x: [B, H, T, D]; positions: [B, T] or [1, T]. Angles, cos and sin in fp32 so long positions
+  // stay exact; the rotation itself in x's dtype (bf16 under autocast: upcasting q and k to fp32
+  // and back cost more memory traffic than the attention kernel itself).
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
+  auto opts = x.options().dtype(at::kFloat);
+  auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
+  auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                  // [B, T, D/2]
+  auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()), sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
+  auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   const at::Tensor& history, at::Tensor* new_history) {
+  // x: [B, T, C]; weight: [C, K]; history: [B, C, K-1]
+  const int64_t K = weight.size(1);
+  auto xt = x.transpose(1, 2);  // [B, C, T]
+  xt = history.defined() ? at::cat({history.to(xt.scalar_type()), xt}, -1) : at::constant_pad_nd(xt, {K - 1, 0});
+  auto y = at::conv1d(xt, weight.unsqueeze(1), bias, at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, weight.size(0));  // [B, C, T]
+  if (new_history) *new_history = xt.narrow(-1, xt.size(-1) - (K - 1), K - 1).contiguous();
+  return y.transpose(1, 2);
+}
+
+}  // namespace linearnexus

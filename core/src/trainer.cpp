@@ -1,0 +1,218 @@
+// The run bookkeeping every trainer shares (see trainer.h): the schedule, metrics.jsonl, the
+// progress line, evaluation, checkpoints and exact resume.
+#include "linearnexus/trainer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "linearnexus/error.h"
+#include "linearnexus/log.h"
+#include "linearnexus/plugin_host.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace linearnexus {
+
+at::Tensor to_device(const at::Tensor& t, const at::Device& device) {
+  if (!device.is_cuda() || t.device() == device) return t.to(device);
+  return t.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+// ---- TrainingRun ------------------------------------------------------------------------------
+
+namespace {
+std::string human_duration(double seconds) {
+  char buf[32];
+  long s = static_cast<long>(seconds + 0.5);
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", s);
+  return buf;
+}
+}  // namespace
+
+TrainingRun::TrainingRun(TrainContext& ctx) : ctx_(ctx) {
+  const Params& t = ctx.experiment->trainer;
+  max_steps_ = t.get_int("max_steps");
+  last_step_ = t.get_int("stop_after") > 0 ? std::min(max_steps_, t.get_int("stop_after")) : max_steps_;
+  log_every_ = std::max<int64_t>(1, t.get_int("log_every"));
+  eval_every_ = t.get_int("eval_every");
+  save_every_ = t.get_int("save_every");
+  ckpt_ = std::make_unique<CheckpointManager>(ctx.out_dir, t.get_int("keep_last_n"));
+  t_start_ = t_last_log_ = std::chrono::steady_clock::now();
+}
+
+TrainingRun::~TrainingRun() = default;
+
+const Params& TrainingRun::trainer_params() const { return ctx_.experiment->trainer; }
+
+int64_t TrainingRun::resume(TensorMap* extra) {
+  const std::string mode = trainer_params().get_string("resume");
+  const fs::path metrics_path = fs::path(ctx_.out_dir) / "metrics.jsonl";
+  std::string file;
+  if (mode.empty()) {
+    if (ckpt_->latest())
+      throw Error("trainer.out_dir '" + ctx_.out_dir + "' already holds checkpoints; set trainer.resume: auto " +
+                  "(or --set trainer.resume=auto) to continue that run, or choose another out_dir");
+  } else if (mode == "auto") {
+    if (auto l = ckpt_->latest()) file = *l;
+    else log_info("resume: auto found no checkpoint in " + ctx_.out_dir + "; starting fresh");
+  } else {
+    file = resolve_checkpoint(mode);
+  }
+  start_step_ = 0;
+  if (!file.empty()) {
+    auto ck = load_safetensors(file);
+    load_model_tensors(*ctx_.model, ck.tensors, file);
+    TensorMap optim, rest;
+    for (const auto& [k, v] : ck.tensors) {
+      if (k.rfind("optim.", 0) == 0) optim[k.substr(6)] = v.to(ctx_.device);
+      if (extra && k.rfind("extra.", 0) == 0) (*extra)[k.substr(6)] = v;
+    }
+    ctx_.optimizer->load_state_dict(optim);
+    if (ck.tensors.count("rng.cpu")) set_rng_state(ck.tensors.at("rng.cpu"));
+    if (ctx_.device.is_cuda() && ck.tensors.count("rng.cuda")) set_rng_state(ck.tensors.at("rng.cuda"), ctx_.device);
+    start_step_ = std::stoll(ck.metadata.at("step"));
+    log_info("resumed from " + file + " at step " + std::to_string(start_step_));
+  } else if (const std::string init = trainer_params().get_string("init_from"); !init.empty()) {
+    // A fresh run from another run's weights: the model only, a new optimizer and step 0.
+    const std::string init_file = resolve_checkpoint(init);
+    load_model_tensors(*ctx_.model, load_safetensors(init_file).tensors, init_file);
+    log_info("initialised the model from " + init_file);
+  }
+  // Drop metric lines past the resumed step (an interrupted run may have logged beyond its last
+  // checkpoint), so metrics.jsonl reads as one uninterrupted run.
+  if (fs::exists(metrics_path)) {
+    std::ifstream in(metrics_path);
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      try {
+        if (!line.empty() && json::parse(line).value("step", int64_t{0}) <= start_step_) kept += line + "\n";
+      } catch (const std::exception&) {  // a torn last line from a crash: drop it
+      }
+    }
+    in.close();
+    std::ofstream(metrics_path, std::ios::trunc) << kept;
+  }
+  metrics_.open(metrics_path, std::ios::app);
+  if (!metrics_) throw Error("cannot write " + metrics_path.string());
+  t_start_ = t_last_log_ = std::chrono::steady_clock::now();
+  return start_step_;
+}
+
+double TrainingRun::begin_step(int64_t step) {
+  const Params& s = ctx_.experiment->schedule;
+  const double base = ctx_.optimizer->base_lr();
+  const double min_ratio = base > 0 ? s.get_float("min_lr") / base : 0.0;
+  ctx_.optimizer->set_lr_multiplier(
+      lr_multiplier(step, s.get_int("warmup_steps"), max_steps_, s.get_string("decay"), min_ratio));
+  last_lr_ = ctx_.optimizer->current_lr();
+  return last_lr_;
+}
+
+bool TrainingRun::is_eval_step(int64_t step) const {
+  return (eval_every_ > 0 && (step + 1) % eval_every_ == 0) || step + 1 == max_steps_;
+}
+
+bool TrainingRun::is_log_step(int64_t step) const {
+  return (step + 1) % log_every_ == 0 || step + 1 == last_step_ || is_eval_step(step);
+}
+
+Batch TrainingRun::train_batch(int64_t step, int64_t micro) const {
+  const Experiment& e = *ctx_.experiment;
+  BatchSpec spec;
+  spec.batch_size = e.trainer.get_int("batch_size");
+  spec.seq_len = e.data.get_int("seq_len");
+  spec.seed = static_cast<uint64_t>(e.top.get_int("seed"));
+  spec.sampling = parse_sampling(e.data.get_string("sampling"));
+  spec.micro_steps = std::max<int64_t>(1, e.trainer.get_int("grad_accum"));
+  return get_batch(*ctx_.data.train, spec, step, micro);
+}
+
+double TrainingRun::evaluate_lm() {
+  const Params& data = ctx_.experiment->data;
+  const int64_t n = trainer_params().get_int("eval_batches"), B = trainer_params().get_int("batch_size");
+  const int64_t T = data.get_int("seq_len");
+  const uint64_t seed = static_cast<uint64_t>(ctx_.experiment->top.get_int("seed")) ^ 0x5eed5eedull;
+  torch::NoGradGuard g;
+  const bool was_training = ctx_.model->is_training();
+  ctx_.model->eval();
+  at::Tensor total = at::zeros({}, at::TensorOptions().device(ctx_.device));
+  for (int64_t i = 0; i < n; ++i) {
+    Batch b = get_batch(*ctx_.data.val, B, T, seed, i, 0);
+    total += ctx_.model->next_token_loss(to_device(b.x, ctx_.device), to_device(b.y, ctx_.device));
+  }
+  if (was_training) ctx_.model->train();
+  return total.item<double>() / static_cast<double>(std::max<int64_t>(n, 1));
+}
+
+void TrainingRun::write_metrics(const std::map<std::string, double>& m) {
+  json j = json::object();
+  for (const auto& [k, v] : m) {
+    if (k == "step") j[k] = static_cast<int64_t>(v);
+    else j[k] = v;
+  }
+  metrics_ << j.dump() << "\n";
+  metrics_.flush();
+}
+
+void TrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t tokens, const TensorMap& extra) {
+  tokens_since_log_ += tokens;
+  ++steps_since_log_;
+  if (is_log_step(step)) {
+    auto now = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(now - t_last_log_).count();
+    std::map<std::string, double> m = metrics ? metrics() : std::map<std::string, double>{};
+    m["step"] = static_cast<double>(step + 1);
+    m["lr"] = last_lr_;
+    m["tokens_per_sec"] = dt > 0 ? static_cast<double>(tokens_since_log_) / dt : 0.0;
+    m["ms_per_step"] = 1000.0 * dt / static_cast<double>(steps_since_log_);
+    m["elapsed_sec"] = std::chrono::duration<double>(now - t_start_).count();
+    write_metrics(m);
+    std::ostringstream line;
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "step %lld/%lld", static_cast<long long>(step + 1), static_cast<long long>(max_steps_));
+    line << buf;
+    for (const auto& [k, v] : m) {
+      if (k == "step" || k == "lr" || k == "tokens_per_sec" || k == "ms_per_step" || k == "elapsed_sec") continue;
+      std::snprintf(buf, sizeof buf, " | %s %.4f", k.c_str(), v);
+      line << buf;
+    }
+    std::snprintf(buf, sizeof buf, " | lr %.2e | %.0f tok/s | %.1f ms/step | ETA %s", last_lr_, m["tokens_per_sec"],
+                  m["ms_per_step"], human_duration(m["ms_per_step"] / 1000.0 * static_cast<double>(max_steps_ - step - 1)).c_str());
+    line << buf;
+    log_info(line.str());
+    t_last_log_ = now;
+    tokens_since_log_ = steps_since_log_ = 0;
+  }
+  if ((save_every_ > 0 && (step + 1) % save_every_ == 0) || step + 1 == last_step_) save(step + 1, extra);
+}
+
+void TrainingRun::save(int64_t completed_steps, const TensorMap& extra) {
+  TensorMap t = model_tensors(*ctx_.model);
+  for (const auto& [k, v] : ctx_.optimizer->state_dict()) t["optim." + k] = v;
+  for (const auto& [k, v] : extra) t["extra." + k] = v;
+  t["rng.cpu"] = rng_state();
+  if (ctx_.device.is_cuda()) t["rng.cuda"] = rng_state(ctx_.device);
+  // Which plugin (and version) made each piece of the model, for checks when loading elsewhere.
+  json plugins = json::object();
+  const Registry& reg = ctx_.host->registry();
+  for (const auto& kind : ctx_.model->config().block_pattern)
+    if (const auto* r = reg.find(PluginKind::Block, kind))
+      plugins["block:" + kind] = {{"plugin", r->origin.plugin_name}, {"version", r->origin.plugin_version}};
+  Metadata meta = {{"format", "linearnexus-checkpoint-1"},
+                   {"step", std::to_string(completed_steps)},
+                   {"config", ctx_.experiment->resolved_yaml},
+                   {"tokenizer", ctx_.data.tokenizer->to_json()},
+                   {"plugins", plugins.dump()}};
+  const std::string file = ckpt_->save(completed_steps, t, meta);
+  log_info("saved " + file);
+}
+
+}  // namespace linearnexus
