@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "linearnexus/atomic_file.h"
 #include "linearnexus/checkpoint.h"
 #include "linearnexus/config.h"
 #include "linearnexus/data.h"
@@ -27,14 +28,11 @@ using namespace linearnexus;
 
 namespace {
 
-void write_file_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) throw Error("cannot write " + tmp.string());
-  }
-  fs::rename(tmp, path);
+// The command-line flag of a sample key: max_tokens -> max-tokens.
+std::string sample_flag(std::string key) {
+  for (auto& c : key)
+    if (c == '_') c = '-';
+  return key;
 }
 
 // A run must not silently lose a plugin the user put on the path: any file that failed to load
@@ -45,10 +43,10 @@ void fail_on_plugin_problems(const PluginHost& host) {
 }
 
 // An Error thrown by plugin code carries the plugin's copy of its vtable, which is unmapped once the
-// PluginHost that keeps the plugin loaded is gone; `body` runs while `host` lives, and its errors are
-// copied here (the runner's code) before they travel on to main's handler.
+// PluginHost that keeps the plugin loaded is gone; `body` runs while the host lives, and its errors
+// are copied here (the runner's code) before they travel on to main's handler.
 template <class F>
-int with_plugins_loaded(const PluginHost& host, F&& body) {
+int with_plugin_errors_copied(F&& body) {
   try {
     return body();
   } catch (const Error& e) {
@@ -77,13 +75,13 @@ void print_samples(LMModel& model, const Tokenizer& tok, const Params& s, uint64
 
 int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
   PluginHost host;
-  return with_plugins_loaded(host, [&] {
+  return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
   RunSetup setup = prepare_run(exp, host);
   log_info(setup.describe());
-  write_file_atomically(fs::path(setup.ctx.out_dir) / "config.yaml", exp.resolved_yaml);
-  write_file_atomically(fs::path(setup.ctx.out_dir) / "tokenizer.json", setup.ctx.data.tokenizer->to_json());
+  write_file_atomically((fs::path(setup.ctx.out_dir) / "config.yaml").string(), exp.resolved_yaml);
+  write_file_atomically((fs::path(setup.ctx.out_dir) / "tokenizer.json").string(), setup.ctx.data.tokenizer->to_json());
   auto trainer = host.registry().make_trainer(exp.trainer_name, exp.trainer);
   trainer->run(setup.ctx);
   if (!no_sample && exp.sample.get_int("num_samples") > 0)
@@ -94,7 +92,7 @@ int cmd_run(const std::string& path, const std::vector<std::string>& overrides, 
 
 int cmd_validate(const std::string& path, const std::vector<std::string>& overrides, bool print) {
   PluginHost host;
-  return with_plugins_loaded(host, [&] {
+  return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
   if (print) std::cout << exp.resolved_yaml;
@@ -106,28 +104,55 @@ int cmd_validate(const std::string& path, const std::vector<std::string>& overri
 }
 
 struct SampleOptions {
-  std::string checkpoint, prompt = "\n", device = "cpu";
-  int64_t max_tokens = 200, top_k = 50, num_samples = 1;
-  double temperature = 0.8, top_p = 0.95;
+  std::string checkpoint, device = "cpu";
   uint64_t seed = 0;
+  // Sample keys given on the command line (YAML text by key); the rest come from the checkpoint's
+  // `sample:` section.
+  std::map<std::string, std::string> given;
 };
 
 int cmd_sample(const SampleOptions& o) {
   PluginHost host;
-  return with_plugins_loaded(host, [&] {
+  return with_plugin_errors_copied([&] {
   LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device);
   Params s = lm.experiment.sample;
-  auto set = [&](const char* k, ParamValue v) { s.set(k, std::move(v)); };
-  ParamValue v;
-  v.type = ParamType::String, v.s = o.prompt, set("prompt", v);
-  v = {}, v.type = ParamType::Int, v.i = o.max_tokens, set("max_tokens", v);
-  v.i = o.top_k, set("top_k", v);
-  v.i = o.num_samples, set("num_samples", v);
-  v = {}, v.type = ParamType::Float, v.f = o.temperature, set("temperature", v);
-  v.f = o.top_p, set("top_p", v);
+  for (const auto& spec : sample_schema()) {
+    auto it = o.given.find(spec.key);
+    if (it == o.given.end()) continue;
+    // A string option is taken as it is, not as YAML ("--prompt 'a: b'" is text).
+    if (spec.type == ParamType::String) {
+      ParamValue v;
+      v.type = ParamType::String, v.s = it->second;
+      s.set(spec.key, v);
+    } else {
+      s.set(spec.key, parse_param_value(spec, it->second, "sample --" + sample_flag(spec.key)));
+    }
+  }
+  // A run that printed no samples after training (num_samples: 0) still samples here: that is
+  // what the command is for.
+  if (s.get_int("num_samples") == 0 && !o.given.count("num_samples")) {
+    ParamValue one;
+    one.type = ParamType::Int, one.i = 1;
+    s.set("num_samples", one);
+  }
   print_samples(*lm.model, *lm.tokenizer, s, o.seed);
   return 0;
   });
+}
+
+// `plugins describe NAME` found nothing: the nearest name of any kind, and everything there is.
+std::string unknown_plugin_name(const PluginHost& host, const std::string& name) {
+  std::vector<std::string> all;
+  std::string listing;
+  for (PluginKind kind : {PluginKind::Block, PluginKind::Optimizer, PluginKind::Trainer, PluginKind::Task}) {
+    auto names = host.registry().names(kind);
+    all.insert(all.end(), names.begin(), names.end());
+    listing += std::string("; ") + plugin_kind_name(kind) + "s: " + (names.empty() ? "(none)" : host.registry().names_text(kind));
+  }
+  for (const auto& p : host.plugins()) all.push_back(p.name);
+  const std::string near = nearest_key(name, all);
+  return "plugins describe: no block, optimizer, trainer, task or plugin is named '" + name + "'" +
+         (near.empty() ? "" : "; did you mean '" + near + "'?") + listing;
 }
 
 int cmd_plugins(const std::string& describe) {
@@ -144,7 +169,7 @@ int cmd_plugins(const std::string& describe) {
       else std::cout << describe_schema(r->schema);
       if (r->kind == PluginKind::Trainer) std::cout << "  and the keys every trainer takes:\n" << describe_schema(trainer_common_schema());
     }
-    if (!found) reg.get(PluginKind::Block, describe);  // throws with the list of what exists
+    if (!found) throw Error(unknown_plugin_name(host, describe));
     return 0;
   }
   std::cout << "plugin folders searched: " << host.search_path_text() << "\n";
@@ -205,7 +230,7 @@ int cmd_docs() {
   };
   section("Top level", "`name`, `seed`, `device`, `precision`; the sections below are maps.", top_schema());
   section("`plugins`", "Extra plugin folders, searched after the build's plugin folder and `$LINEARNEXUS_PLUGIN_PATH`.",
-          Schema{{"paths", ParamType::StringList, "[]", "extra plugin folders (relative to the working directory)"}});
+          plugins_schema());
   section("`data`", "What to train on and how to tokenize it.", data_schema());
   std::string presets;
   for (const auto& p : preset_names()) presets += " `" + p + "`";
@@ -271,13 +296,12 @@ int main(int argc, char** argv) {
   SampleOptions so;
   auto* sample = app.add_subcommand("sample", "generate text from a checkpoint, streaming it to stdout");
   sample->add_option("--checkpoint", so.checkpoint, "run folder (uses its latest) or checkpoint file")->required();
-  sample->add_option("--prompt", so.prompt, "text to continue");
-  sample->add_option("--max-tokens", so.max_tokens, "new tokens");
-  sample->add_option("--temperature", so.temperature, "softmax temperature (0 = greedy)");
-  sample->add_option("--top-k", so.top_k, "keep the k most likely tokens (0 = off)");
-  sample->add_option("--top-p", so.top_p, "nucleus sampling mass (1 = off)");
   sample->add_option("--seed", so.seed, "sampling seed");
-  sample->add_option("--num-samples", so.num_samples, "how many samples");
+  // The sample keys, documented by their schema; a key not given keeps the checkpoint's value.
+  for (const auto& spec : sample_schema())
+    sample->add_option_function<std::string>("--" + sample_flag(spec.key),
+                                             [&so, key = spec.key](const std::string& v) { so.given[key] = v; },
+                                             spec.doc + " (default: the checkpoint's sample." + spec.key + ")");
   sample->add_option("--device", so.device, "cpu, cuda or auto");
 
   auto* plugins = app.add_subcommand("plugins", "list the plugins found, or describe one");

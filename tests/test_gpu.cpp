@@ -130,8 +130,9 @@ TEST_CASE("a bf16 training step never waits for the GPU: every block, every opti
     RunSetup s = prepare_run(e, host);
     TrainContext& ctx = s.ctx;
     TrainingRun run(ctx);
+    const BatchSpec spec = run.batch_spec(8, 1);
     auto step = [&](int64_t i) {
-      Batch b = run.train_batch(i, 0);
+      Batch b = run.train_batch(spec, i, 0);
       if (ctx.optimizer->wants_curvature_estimate(i)) {
         ctx.optimizer->zero_grad(ctx.params);
         sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))).backward();

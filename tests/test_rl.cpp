@@ -294,38 +294,6 @@ TEST_CASE("grpo and ppo resume exactly: 2 + 2 steps log what 4 steps log (policy
   }
 }
 
-TEST_CASE("a learned reward model (trunk + scalar head from a checkpoint) scores rollouts", "[rl][training]") {
-  TempDir t;
-  tiny_sft(t / "sft");
-  // A reward model checkpoint: the SFT model plus a scalar head.
-  auto ck = load_safetensors(t / "sft/latest.safetensors");
-  torch::manual_seed(5);
-  ck.tensors["reward_head.weight"] = at::randn({1, 32});
-  ck.tensors["reward_head.bias"] = at::full({1}, 0.25);
-  save_safetensors(t / "rm.safetensors", ck.tensors, ck.metadata);
-  PluginHost host;
-  auto rm = RewardModel::load(t / "rm.safetensors", host, at::kCPU);
-  LoadedModel lm = load_model_from_checkpoint(t / "sft", host);
-  std::vector<std::vector<int64_t>> seqs{lm.tokenizer->encode("12+3=15\n"), lm.tokenizer->encode("4+4=")};
-  auto scores = rm->score(seqs);
-  REQUIRE(scores.sizes() == at::IntArrayRef({2}));
-  for (int r = 0; r < 2; ++r) {
-    torch::NoGradGuard g;
-    auto h = lm.model->forward_hidden(at::tensor(seqs[r], at::kLong).unsqueeze(0))[0][-1];  // [C]
-    CHECK(scores[r].item<double>() == Approx((h * ck.tensors["reward_head.weight"][0]).sum().item<double>() + 0.25).margin(1e-5));
-  }
-  CHECK_CONTAINS(error_of([&] { RewardModel::load(t / "sft", host, at::kCPU); }), "no reward_head.weight");
-  // GRPO on it: the rewards are the model's scores (not 0/1).
-  train_experiment(config_text("grpo_arithmetic.yaml"),
-                   {"trainer.init_from=" + (t / "sft"), "trainer.reward_model=" + (t / "rm.safetensors"),
-                    "model.hidden_size=32", "model.n_layer=1", "trainer.max_steps=1", "trainer.prompts_per_step=2",
-                    "task.eval_size=10", "trainer.out_dir=" + (t / "grpo_rm")});
-  auto m = read_metrics(t / "grpo_rm");
-  const double mean = m[1]["reward_mean"].get<double>();
-  CHECK(std::isfinite(mean));
-  CHECK(mean != std::round(mean * 16) / 16);  // not a fraction of 0/1 task rewards over 16 rows
-}
-
 TEST_CASE("rl trainers: a missing task section or starting checkpoint is one clear error", "[rl][cli]") {
   TempDir t;
   write_text(t / "no_task.yaml", "data: {path: builtin:arithmetic, seq_len: 16}\n"

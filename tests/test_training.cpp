@@ -265,3 +265,61 @@ TEST_CASE("runner: plugins lists files and versions and describe documents keys 
   REQUIRE(docs.code == 0);
   CHECK(docs.out == read_text(LINEARNEXUS_SOURCE_DIR "/docs/config.md"));
 }
+
+TEST_CASE("runner: every shipped config validates, and each block plugin's sample config trains and samples", "[cli]") {
+  for (const auto& dir : {"configs", "plugins/attention", "plugins/mamba", "plugins/mla"}) {
+    for (const auto& f : fs::directory_iterator(fs::path(LINEARNEXUS_SOURCE_DIR) / dir)) {
+      if (f.path().extension() != ".yaml") continue;
+      INFO(f.path().string());
+      auto v = run_cli("validate " + f.path().string());
+      CHECK(v.code == 0);
+      CHECK(v.err == "");
+    }
+  }
+  TempDir t;
+  for (const auto& block : {"attention", "mamba", "mla"}) {
+    INFO(block);
+    const std::string yaml = std::string(LINEARNEXUS_SOURCE_DIR "/plugins/") + block + "/" + block + ".yaml";
+    auto run = run_cli("run " + yaml + " --set trainer.max_steps=2 --set trainer.log_every=1 --set trainer.out_dir=" +
+                       (t / block) + " --set sample.max_tokens=3");
+    INFO(run.err);
+    CHECK(run.code == 0);
+    CHECK_CONTAINS(run.out, "---- sample 1 ----");
+    CHECK(fs::exists(t / (std::string(block) + "/latest.safetensors")));
+  }
+}
+
+TEST_CASE("runner: sample takes its defaults from the checkpoint's sample section; only options given override", "[cli]") {
+  TempDir t;
+  write_text(t / "exp.yaml", kCliExperiment);
+  auto ok = run_cli("run " + (t / "exp.yaml") + " --no-sample --set trainer.out_dir=" + (t / "a") +
+                    " --set 'sample.prompt=7+' --set sample.num_samples=2 --set sample.max_tokens=3");
+  INFO(ok.err);
+  REQUIRE(ok.code == 0);
+  auto s = run_cli("sample --checkpoint " + (t / "a"));
+  REQUIRE(s.code == 0);
+  CHECK(s.out.rfind("---- sample 1 ----\n7+", 0) == 0);  // the checkpoint's prompt
+  CHECK_CONTAINS(s.out, "---- sample 2 ----");            // and its num_samples
+  auto one = run_cli("sample --checkpoint " + (t / "a") + " --num-samples 1 --prompt '12+'");
+  REQUIRE(one.code == 0);
+  CHECK(one.out.rfind("---- sample 1 ----\n12+", 0) == 0);
+  CHECK(one.out.find("---- sample 2 ----") == std::string::npos);
+  check_one_clean_error(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens abc"), "must be an integer");
+}
+
+TEST_CASE("runner: plugins describe of a mistyped name suggests the nearest name of any kind", "[cli]") {
+  auto r = run_cli("plugins describe adamx");
+  check_one_clean_error(r, "did you mean 'adamw'?");
+  CHECK_CONTAINS(r.err, "optimizers: adamw");
+  CHECK_CONTAINS(r.err, "trainers: grpo");
+}
+
+TEST_CASE("trainer keys belong to the trainer that reads them: grpo refuses sft's batch_size", "[config]") {
+  PluginHost host;
+  auto err = error_of([&] { parse(std::string(kCliExperiment) + "", host, {"trainer.name=grpo", "trainer.batch_size=8"}); });
+  CHECK_CONTAINS(err, "unknown key 'batch_size' in 'trainer'");
+  Experiment sft = parse(kCliExperiment, host, {"trainer.batch_size=8"});
+  CHECK(sft.trainer.get_int("batch_size") == 8);
+  auto zero = error_of([&] { host.registry().make_trainer("sft", parse(kCliExperiment, host, {"trainer.batch_size=0"}).trainer); });
+  CHECK_CONTAINS(zero, "trainer.batch_size must be at least 1");
+}

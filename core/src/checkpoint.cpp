@@ -16,6 +16,7 @@
 
 #include <unistd.h>
 
+#include "linearnexus/atomic_file.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/model.h"
@@ -64,30 +65,16 @@ void save_safetensors(const std::string& path, const TensorMap& tensors, const M
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // align the data section to 8 bytes
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error("checkpoint: cannot write '" + tmp + "' (is the folder writable?)");
-    uint64_t n = h.size();
-    unsigned char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(h.data(), static_cast<std::streamsize>(h.size()));
-    for (const auto& c : cpu)
-      out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      fs::remove(tmp);
-      throw Error("checkpoint: writing '" + tmp + "' failed (disk full?)");
-    }
-  }
-  // fsync before the rename so a crash cannot leave a renamed but empty file.
-  if (FILE* f = std::fopen(tmp.c_str(), "rb")) {
-    ::fsync(fileno(f));
-    std::fclose(f);
-  }
-  fs::rename(tmp, path);
+  AtomicFile file(path);
+  std::ostream& out = file.stream();
+  uint64_t n = h.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  out.write(reinterpret_cast<const char*>(len), 8);
+  out.write(h.data(), static_cast<std::streamsize>(h.size()));
+  for (const auto& c : cpu)
+    out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
+  file.commit();
 }
 
 namespace {

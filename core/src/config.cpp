@@ -59,12 +59,9 @@ const Schema& trainer_common_schema() {
   static const Schema s = {
       {"max_steps", ParamType::Int, "1000", "optimizer steps (the schedule spans these)"},
       {"stop_after", ParamType::Int, "0", "stop early after this many steps, saving a checkpoint to resume from (0 = run to max_steps)"},
-      {"batch_size", ParamType::Int, "16", "sequences per micro-batch"},
-      {"grad_accum", ParamType::Int, "1", "micro-batches per optimizer step"},
       {"grad_clip", ParamType::Float, "1.0", "global gradient-norm clip (0 = off)"},
       {"log_every", ParamType::Int, "10", "steps between metric lines"},
       {"eval_every", ParamType::Int, "100", "steps between validation passes (0 = only at the end)"},
-      {"eval_batches", ParamType::Int, "20", "batches per validation pass"},
       {"save_every", ParamType::Int, "500", "steps between checkpoints (a final one is always written)"},
       {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest"},
       {"out_dir", ParamType::String, "\"\"", "run folder (default runs/<name>)"},
@@ -73,11 +70,15 @@ const Schema& trainer_common_schema() {
   };
   return s;
 }
+const Schema& plugins_schema() {
+  static const Schema s = {{"paths", ParamType::StringList, "[]", "extra plugin folders (relative to the working directory)"}};
+  return s;
+}
 const Schema& sample_schema() {
   static const Schema s = {
       {"prompt", ParamType::String, "\"\\n\"", "text the samples start from"},
       {"max_tokens", ParamType::Int, "200", "new tokens per sample"},
-      {"num_samples", ParamType::Int, "1", "samples printed after training"},
+      {"num_samples", ParamType::Int, "1", "samples printed after training (0 = none; `linearnexus sample` then prints one)"},
       {"temperature", ParamType::Float, "0.8", "softmax temperature (0 = greedy)"},
       {"top_k", ParamType::Int, "50", "keep the k most likely tokens (0 = off)"},
       {"top_p", ParamType::Float, "0.95", "nucleus sampling mass (1 = off)"},
@@ -171,49 +172,17 @@ ModelConfig Experiment::model_config(int64_t tokenizer_vocab_size) const {
   return c;
 }
 
-Experiment parse_experiment(const std::string& yaml_text, const std::string& origin, const std::string& base_dir,
-                            const std::vector<std::string>& overrides, PluginHost& host) {
-  Source src{origin, {}};
-  YAML::Node root = load_yaml_text(yaml_text, origin);
-  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) throw Error(origin + ": an experiment file must be a YAML map (name:, model:, trainer:, ...)");
-  for (const auto& o : overrides) apply_override(root, o, src.overridden);
+namespace {
 
-  static const std::vector<std::string> sections = {"name", "seed", "device", "precision", "plugins", "data",
-                                                    "model", "optimizer", "schedule", "trainer", "sample", "task"};
-  for (const auto& kv : root) {
-    const std::string key = kv.first.Scalar();
-    if (std::find(sections.begin(), sections.end(), key) == sections.end()) {
-      std::string near = nearest_key(key, sections);
-      throw Error(src.at(kv.first, key) + ": unknown key '" + key + "'" +
-                  (near.empty() ? "" : "; did you mean '" + near + "'?") +
-                  " top-level keys: name, seed, device, precision, plugins, data, model, optimizer, schedule, trainer, sample, task");
-    }
-  }
+// The top-level keys of an experiment: the top schema's scalars and the sections.
+const std::vector<std::string> kSections = {"name", "seed", "device", "precision", "plugins", "data",
+                                            "model", "optimizer", "schedule", "trainer", "sample", "task"};
 
-  Experiment e;
-  e.source = origin;
-  e.base_dir = base_dir;
-  e.top = validate_section(root, top_schema(), "experiment", src,
-                           {"plugins", "data", "model", "optimizer", "schedule", "trainer", "sample", "task"});
-
-  // Plugins first: the other sections are validated against what they register.
-  YAML::Node plugins = root["plugins"];
-  Params pp = validate_section(plugins, {{"paths", ParamType::StringList, "[]", "extra plugin folders"}}, "plugins", src);
-  for (auto p : pp.get_string_list("paths")) {
-    fs::path dir(p);
-    if (dir.is_relative() && !base_dir.empty()) dir = fs::path(base_dir) / dir;
-    if (!fs::is_directory(dir)) throw Error(src.at(plugins["paths"], "plugins.paths") + ": plugin folder '" + dir.string() + "' does not exist");
-    e.plugin_paths.push_back(dir.string());
-    host.load_dir(dir.string());
-  }
-  const Registry& reg = host.registry();
-
-  e.data = validate_section(root["data"], data_schema(), "data", src);
-
-  // model: preset first, then the file's fields on top.
-  YAML::Node model = root["model"] ? YAML::Clone(root["model"]) : YAML::Node(YAML::NodeType::Map);
-  if (!model.IsMap()) throw Error(src.at(root["model"], "model") + ": 'model' must be a map");
+// The `model:` section: a preset's fields first, the file's on top; each block kind of the pattern
+// validated against its plugin's schema (defaults for kinds the file does not configure).
+void parse_model_section(const YAML::Node& model_node, const Source& src, const Registry& reg, Experiment& e) {
+  YAML::Node model = model_node ? YAML::Clone(model_node) : YAML::Node(YAML::NodeType::Map);
+  if (!model.IsMap()) throw Error(src.at(model_node, "model") + ": 'model' must be a map");
   if (model["preset"] && !model["preset"].Scalar().empty()) {
     const std::string name = model["preset"].Scalar();
     auto it = presets().find(name);
@@ -226,7 +195,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   }
   e.model = validate_section(model, model_schema(), "model", src, {"blocks"});
   const auto& pattern = e.model.get_string_list("block_pattern");
-  if (pattern.empty()) throw Error(origin + ": model.block_pattern must name at least one block");
+  if (pattern.empty()) throw Error(src.file + ": model.block_pattern must name at least one block");
   for (const auto& b : pattern) reg.get(PluginKind::Block, b, src.at(model["block_pattern"], "model.block_pattern"));
   YAML::Node blocks = model["blocks"];
   if (blocks && !blocks.IsNull()) {
@@ -239,52 +208,10 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   }
   for (const auto& b : pattern)
     if (!e.blocks.count(b)) e.blocks[b] = params_from_defaults(reg.get(PluginKind::Block, b).schema, "model.blocks." + b);
+}
 
-  // optimizer / trainer: `name:` picks the plugin, the rest is that plugin's schema.
-  auto named_section = [&](const char* section, PluginKind kind, const char* fallback, const Schema& common,
-                           std::string* name_out) {
-    YAML::Node n = root[section];
-    std::string name = fallback;
-    if (n && n.IsMap() && n["name"]) name = n["name"].Scalar();
-    const auto& r = reg.get(kind, name, n && n.IsMap() && n["name"] ? src.at(n["name"], std::string(section) + ".name") : origin);
-    Schema schema = common;
-    schema.insert(schema.end(), r.schema.begin(), r.schema.end());
-    *name_out = name;
-    // `--optimizer muon` on a file written for adamw: the file's keys belong to the plugin it named,
-    // so keys the newly chosen plugin does not know are dropped (with a warning) rather than refused.
-    // Keys set on the command line are still checked.
-    if (n && n.IsMap() && src.overridden.count(std::string(section) + ".name")) {
-      std::vector<std::string> dropped;
-      for (const auto& kv : n) {
-        const std::string key = kv.first.Scalar();
-        bool known = key == "name" || src.overridden.count(std::string(section) + "." + key);
-        for (const auto& spec : schema) known = known || spec.key == key;
-        if (!known) dropped.push_back(key);
-      }
-      for (const auto& key : dropped) {
-        log_warn(origin + ": " + section + "." + key + " is not a key of " + plugin_kind_name(kind) + " '" + name +
-                 "' (chosen on the command line); ignoring it");
-        n.remove(key);
-      }
-    }
-    return validate_section(n, schema, section, src, {"name"});
-  };
-  e.optimizer = named_section("optimizer", PluginKind::Optimizer, "adamw", {}, &e.optimizer_name);
-  e.schedule = validate_section(root["schedule"], schedule_schema(), "schedule", src);
-  e.trainer = named_section("trainer", PluginKind::Trainer, "sft", trainer_common_schema(), &e.trainer_name);
-  e.sample = validate_section(root["sample"], sample_schema(), "sample", src);
-  // task: optional; `name:` picks the task plugin (RL trainers and data.path: task need one).
-  if (root["task"] && !root["task"].IsNull()) {
-    YAML::Node tn = root["task"];
-    if (!tn.IsMap() || !tn["name"])
-      throw Error(src.at(tn, "task") + ": 'task' must be a map with a name, e.g. task: {name: arithmetic}; tasks: " +
-                  reg.names_text(PluginKind::Task));
-    e.task = named_section("task", PluginKind::Task, "", {}, &e.task_name);
-  }
-  if (e.data.get_string("path") == "task" && e.task_name.empty())
-    throw Error(origin + ": data.path is 'task' but the experiment has no task section; add e.g. task: {name: arithmetic}");
-
-  // The resolved experiment, every default filled in.
+// The resolved experiment as YAML, every default filled in (re-parses to the same text).
+std::string resolved_yaml(const Experiment& e) {
   YAML::Emitter out;
   YAML::Node r(YAML::NodeType::Map);
   for (const auto& [k, v] : e.top.values()) r[k] = YAML::Load(v.to_yaml());
@@ -307,7 +234,101 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
     r["task"] = tk;
   }
   out << r;
-  e.resolved_yaml = std::string(out.c_str()) + "\n";
+  return std::string(out.c_str()) + "\n";
+}
+
+// A section whose `name:` picks a plugin of `kind` (optimizer, trainer, task); the rest is that
+// plugin's schema after `common` (the host's keys for every plugin of the kind).
+Params parse_plugin_section(const YAML::Node& root, const char* section, PluginKind kind, const char* fallback,
+                            const Schema& common, const Registry& reg, const Source& src, std::string* name_out) {
+  const std::string& origin = src.file;
+  YAML::Node n = root[section];
+  std::string name = fallback;
+  if (n && n.IsMap() && n["name"]) name = n["name"].Scalar();
+  const auto& r = reg.get(kind, name, n && n.IsMap() && n["name"] ? src.at(n["name"], std::string(section) + ".name") : origin);
+  Schema schema = common;
+  schema.insert(schema.end(), r.schema.begin(), r.schema.end());
+  *name_out = name;
+  // `--optimizer muon` on a file written for adamw: the file's keys belong to the plugin it named,
+  // so keys the newly chosen plugin does not know are dropped (with a warning) rather than refused.
+  // Keys set on the command line are still checked.
+  if (n && n.IsMap() && src.overridden.count(std::string(section) + ".name")) {
+    std::vector<std::string> dropped;
+    for (const auto& kv : n) {
+      const std::string key = kv.first.Scalar();
+      bool known = key == "name" || src.overridden.count(std::string(section) + "." + key);
+      for (const auto& spec : schema) known = known || spec.key == key;
+      if (!known) dropped.push_back(key);
+    }
+    for (const auto& key : dropped) {
+      log_warn(origin + ": " + section + "." + key + " is not a key of " + plugin_kind_name(kind) + " '" + name +
+               "' (chosen on the command line); ignoring it");
+      n.remove(key);
+    }
+  }
+  return validate_section(n, schema, section, src, {"name"});
+}
+
+}  // namespace
+
+Experiment parse_experiment(const std::string& yaml_text, const std::string& origin, const std::string& base_dir,
+                            const std::vector<std::string>& overrides, PluginHost& host) {
+  Source src{origin, {}};
+  YAML::Node root = load_yaml_text(yaml_text, origin);
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw Error(origin + ": an experiment file must be a YAML map (name:, model:, trainer:, ...)");
+  for (const auto& o : overrides) apply_override(root, o, src.overridden);
+
+  for (const auto& kv : root) {
+    const std::string key = kv.first.Scalar();
+    if (std::find(kSections.begin(), kSections.end(), key) == kSections.end()) {
+      std::string near = nearest_key(key, kSections);
+      std::string list;
+      for (const auto& s : kSections) list += (list.empty() ? "" : ", ") + s;
+      throw Error(src.at(kv.first, key) + ": unknown key '" + key + "'" +
+                  (near.empty() ? "" : "; did you mean '" + near + "'?") + " top-level keys: " + list);
+    }
+  }
+
+  Experiment e;
+  e.source = origin;
+  e.base_dir = base_dir;
+  std::set<std::string> sections(kSections.begin(), kSections.end());  // the maps below, skipped here
+  for (const auto& spec : top_schema()) sections.erase(spec.key);
+  e.top = validate_section(root, top_schema(), "experiment", src, sections);
+
+  // Plugins first: the other sections are validated against what they register.
+  YAML::Node plugins = root["plugins"];
+  Params pp = validate_section(plugins, plugins_schema(), "plugins", src);
+  for (auto p : pp.get_string_list("paths")) {
+    fs::path dir(p);
+    if (dir.is_relative() && !base_dir.empty()) dir = fs::path(base_dir) / dir;
+    if (!fs::is_directory(dir)) throw Error(src.at(plugins["paths"], "plugins.paths") + ": plugin folder '" + dir.string() + "' does not exist");
+    e.plugin_paths.push_back(dir.string());
+    host.load_dir(dir.string());
+  }
+  const Registry& reg = host.registry();
+
+  e.data = validate_section(root["data"], data_schema(), "data", src);
+
+  parse_model_section(root["model"], src, reg, e);
+
+  e.optimizer = parse_plugin_section(root, "optimizer", PluginKind::Optimizer, "adamw", {}, reg, src, &e.optimizer_name);
+  e.schedule = validate_section(root["schedule"], schedule_schema(), "schedule", src);
+  e.trainer = parse_plugin_section(root, "trainer", PluginKind::Trainer, "sft", trainer_common_schema(), reg, src, &e.trainer_name);
+  e.sample = validate_section(root["sample"], sample_schema(), "sample", src);
+  // task: optional; `name:` picks the task plugin (RL trainers and data.path: task need one).
+  if (root["task"] && !root["task"].IsNull()) {
+    YAML::Node tn = root["task"];
+    if (!tn.IsMap() || !tn["name"])
+      throw Error(src.at(tn, "task") + ": 'task' must be a map with a name, e.g. task: {name: arithmetic}; tasks: " +
+                  reg.names_text(PluginKind::Task));
+    e.task = parse_plugin_section(root, "task", PluginKind::Task, "", {}, reg, src, &e.task_name);
+  }
+  if (e.data.get_string("path") == "task" && e.task_name.empty())
+    throw Error(origin + ": data.path is 'task' but the experiment has no task section; add e.g. task: {name: arithmetic}");
+
+  e.resolved_yaml = resolved_yaml(e);
   return e;
 }
 

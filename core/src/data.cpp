@@ -13,6 +13,7 @@
 #include <random>
 #include <sstream>
 
+#include "linearnexus/atomic_file.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/token_files.h"
@@ -227,42 +228,43 @@ std::string sha256_file(const std::string& path) {
   return hex;
 }
 
+namespace {
+// libcurl's write callback: append the received bytes to the download's stream.
+size_t write_to_stream(char* data, size_t size, size_t n, void* stream) {
+  static_cast<std::ostream*>(stream)->write(data, static_cast<std::streamsize>(size * n));
+  return static_cast<std::ostream*>(stream)->good() ? size * n : 0;
+}
+}  // namespace
+
 void download_file(const std::string& url, const std::string& dest, int64_t expected_size,
                    const std::string& expected_sha256) {
-  const std::string tmp = dest + ".download";
   const std::string by_hand = "; without network, download " + url + " yourself and put it at " + dest;
   if (fs::path(dest).has_parent_path()) fs::create_directories(fs::path(dest).parent_path());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error("data.download: cannot write '" + tmp + "'" + by_hand);
+  AtomicFile file(dest);
   CURL* curl = curl_easy_init();
   char err[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_to_stream);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, static_cast<std::ostream*>(&file.stream()));
   curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
   curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 20L);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, err);
   CURLcode rc = curl_easy_perform(curl);
   curl_easy_cleanup(curl);
-  std::fclose(f);
-  if (rc != CURLE_OK) {
-    fs::remove(tmp);
+  if (rc != CURLE_OK)
     throw Error("data.download: fetching " + url + " failed (" + (err[0] ? err : curl_easy_strerror(rc)) + ")" + by_hand);
-  }
-  const auto size = static_cast<int64_t>(fs::file_size(tmp));
-  if (expected_size > 0 && size != expected_size) {
-    fs::remove(tmp);
+  file.close_stream();
+  const auto size = static_cast<int64_t>(fs::file_size(file.temp_path()));
+  if (expected_size > 0 && size != expected_size)
     throw Error("data.download: " + url + " gave " + std::to_string(size) + " bytes, expected " +
                 std::to_string(expected_size) + by_hand);
-  }
   if (!expected_sha256.empty()) {
-    const std::string got = sha256_file(tmp);
-    if (got != expected_sha256) {
-      fs::remove(tmp);
+    const std::string got = sha256_file(file.temp_path());
+    if (got != expected_sha256)
       throw Error("data.download: " + url + " has SHA-256 " + got + ", expected " + expected_sha256 + by_hand);
-    }
   }
-  fs::rename(tmp, dest);
+  file.commit();
 }
 
 }  // namespace linearnexus

@@ -144,55 +144,8 @@ std::vector<std::vector<int64_t>> stop_sequences(const Task& task, const Tokeniz
 }
 }  // namespace
 
-std::shared_ptr<RewardModel> RewardModel::load(const std::string& checkpoint, PluginHost& host, const at::Device& device) {
-  LoadedModel lm = load_model_from_checkpoint(checkpoint, host, "cpu");
-  auto tensors = load_safetensors(lm.file).tensors;
-  if (!tensors.count("reward_head.weight") || !tensors.count("reward_head.bias"))
-    throw Error("reward model '" + lm.file + "' has no reward_head.weight / reward_head.bias: it is a language model " +
-                "checkpoint, not a reward model (see README, Reinforcement learning)");
-  auto rm = std::make_shared<RewardModel>();
-  rm->model_ = lm.model;
-  rm->model_->to(device);
-  rm->tokenizer_ = lm.tokenizer;
-  rm->weight_ = tensors.at("reward_head.weight").to(device);
-  rm->bias_ = tensors.at("reward_head.bias").to(device);
-  const int64_t C = lm.model->config().dims.hidden_size;
-  if (rm->weight_.sizes() != at::IntArrayRef({1, C}) || rm->bias_.numel() != 1)
-    throw Error("reward model '" + lm.file + "': reward_head.weight must be [1, " + std::to_string(C) + "] and reward_head.bias [1]");
-  return rm;
-}
-
-at::Tensor RewardModel::score(const std::vector<std::vector<int64_t>>& seqs) {
-  // Right-padded [N, L]: causal, so padding after a row's last token never changes its hidden state.
-  torch::NoGradGuard g;
-  const int64_t N = static_cast<int64_t>(seqs.size());
-  int64_t L = 1;
-  for (const auto& s : seqs) L = std::max<int64_t>(L, static_cast<int64_t>(s.size()));
-  auto idx = at::zeros({N, L}, at::kLong);
-  auto last = at::zeros({N}, at::kLong);
-  for (int64_t r = 0; r < N; ++r) {
-    const int64_t n = static_cast<int64_t>(seqs[r].size());
-    if (n == 0) throw Error("reward model: an empty sequence");
-    idx[r].narrow(0, 0, n).copy_(at::tensor(seqs[r], at::kLong));
-    last[r] = n - 1;
-  }
-  auto device = weight_.device();
-  auto h = model_->forward_hidden(idx.to(device));                               // [N, L, C]
-  auto h_last = h.index({at::arange(N, at::kLong).to(device), last.to(device)});  // [N, C]
-  return (at::matmul(h_last, weight_.t()).squeeze(-1) + bias_).to(at::kFloat).to(at::kCPU);
-}
-
-std::shared_ptr<RewardModel> load_reward_model(const TrainContext& ctx) {
-  const std::string path = ctx.experiment->trainer.get_string("reward_model");
-  if (path.empty()) return nullptr;
-  auto rm = RewardModel::load(path, *ctx.host, ctx.device);
-  if (rm->tokenizer().to_json() != ctx.data.tokenizer->to_json())
-    throw Error("trainer.reward_model '" + path + "' has another vocabulary than the policy; train it from the same run");
-  return rm;
-}
-
 Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, std::vector<TaskExample> examples,
-                        int64_t group, SamplingParams sampling, RewardModel* reward_model) {
+                        int64_t group, SamplingParams sampling) {
   Rollout out;
   out.examples = std::move(examples);
   // Each prompt follows the stop string, as every example but the first does in the task's SFT text
@@ -211,14 +164,6 @@ Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, 
     out.texts.push_back(completion_text(tok, out.generated.completions[r], stopped, task.stop_string()));
     out.rewards[r] = task.reward(ex, out.texts.back(), stopped);
     out.correct[r] = task.correct(ex, out.texts.back(), stopped) ? 1.0 : 0.0;
-  }
-  if (reward_model) {
-    std::vector<std::vector<int64_t>> seqs;
-    for (int64_t r = 0; r < N; ++r) {
-      seqs.push_back(out.prompts[r / group]);
-      seqs.back().insert(seqs.back().end(), out.generated.completions[r].begin(), out.generated.completions[r].end());
-    }
-    out.rewards = reward_model->score(seqs);
   }
   return out;
 }
@@ -248,7 +193,6 @@ const Schema& rl_common_schema() {
       {"beta", ParamType::Float, "0.04", "weight of the KL to the frozen reference model"},
       {"clip_eps", ParamType::Float, "0.2", "PPO clip range of the probability ratio"},
       {"ref_checkpoint", ParamType::String, "\"\"", "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"},
-      {"reward_model", ParamType::String, "\"\"", "a learned reward model checkpoint scoring the rollouts instead of the task (\"\" = the task's reward)"},
   };
   return s;
 }
@@ -262,15 +206,37 @@ std::shared_ptr<Task> make_experiment_task(const TrainContext& ctx, const std::s
   return ctx.host->registry().make_task(e.task_name, e.task);
 }
 
-std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std::string& trainer) {
-  const Params& t = ctx.experiment->trainer;
-  std::string from = t.get_string("ref_checkpoint");
-  if (from.empty()) from = t.get_string("init_from");
-  if (from.empty())
+RLSettings::RLSettings(const Params& t)
+    : prompts_per_step(t.get_int("prompts_per_step")),
+      group_size(t.get_int("group_size")),
+      max_new_tokens(t.get_int("max_new_tokens")),
+      temperature(t.get_float("temperature")),
+      beta(t.get_float("beta")),
+      clip_eps(t.get_float("clip_eps")),
+      grad_clip(t.get_float("grad_clip")),
+      reference(!t.get_string("ref_checkpoint").empty() ? t.get_string("ref_checkpoint") : t.get_string("init_from")) {
+  if (temperature <= 0)
+    throw Error("trainer.temperature must be positive for RL rollouts (got " + std::to_string(temperature) + ")");
+  if (max_new_tokens <= 0) throw Error("trainer.max_new_tokens must be positive");
+  if (prompts_per_step < 1) throw Error("trainer.prompts_per_step must be at least 1");
+  if (group_size < 1) throw Error("trainer.group_size must be at least 1");
+}
+
+SamplingParams RLSettings::sampling(uint64_t seed, int64_t step) const {
+  SamplingParams sp;
+  sp.temperature = temperature;
+  sp.max_new_tokens = max_new_tokens;
+  sp.seed = seed * 1000003ull + static_cast<uint64_t>(step);
+  return sp;
+}
+
+std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std::string& reference,
+                                              const std::string& trainer) {
+  if (reference.empty())
     throw Error(ctx.experiment->source + ": trainer '" + trainer + "' starts from a trained model: set " +
                 "trainer.init_from to its checkpoint (e.g. the SFT run folder); it is also the KL reference " +
                 "unless trainer.ref_checkpoint names another");
-  const std::string file = resolve_checkpoint(from);
+  const std::string file = resolve_checkpoint(reference);
   auto ref = std::make_shared<LMModel>(ctx.model->config(), ctx.host->registry());
   load_model_tensors(*ref, load_safetensors(file).tensors, file);
   ref->to(ctx.device);
@@ -286,14 +252,16 @@ std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t 
   return out;
 }
 
-SamplingParams rollout_sampling(const Params& t, uint64_t seed, int64_t step) {
-  SamplingParams sp;
-  sp.temperature = t.get_float("temperature");
-  sp.max_new_tokens = t.get_int("max_new_tokens");
-  sp.seed = seed * 1000003ull + static_cast<uint64_t>(step);
-  if (sp.temperature <= 0) throw Error("trainer.temperature must be positive for RL rollouts (got " + std::to_string(sp.temperature) + ")");
-  if (sp.max_new_tokens <= 0) throw Error("trainer.max_new_tokens must be positive");
-  return sp;
+void log_initial_accuracy(TrainingRun& run, int64_t start, LMModel& model, const Task& task, const Tokenizer& tok,
+                          int64_t max_new_tokens) {
+  if (start == 0) run.write_metrics({{"step", 0}, {"eval_accuracy", task_accuracy(model, task, tok, max_new_tokens)}});
+}
+
+std::map<std::string, double> rollout_metrics(const Rollout& ro) {
+  return {{"reward_mean", ro.rewards.mean().item<double>()},
+          {"reward_std", ro.rewards.std().item<double>()},
+          {"train_accuracy", ro.correct.mean().item<double>()},
+          {"response_len", ro.packed.mask.to(at::kFloat).sum(1).mean().item<double>()}};
 }
 
 }  // namespace linearnexus

@@ -90,20 +90,25 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   fs::create_directories(ctx.out_dir, ec);
   if (ec) throw Error("trainer.out_dir: cannot create '" + ctx.out_dir + "': " + ec.message());
 
-  // When resuming, the checkpoint's tokenizer keeps token ids identical to the first run's.
-  std::shared_ptr<Tokenizer> tokenizer;
+  // Where the run starts, decided here once; when resuming (or starting from another run's weights,
+  // trainer.init_from: SFT -> RL), the checkpoint's tokenizer keeps token ids identical.
   const std::string resume = exp.trainer.get_string("resume");
-  std::string resume_file;
-  if (resume == "auto" && fs::exists(fs::path(ctx.out_dir) / "latest.safetensors"))
-    resume_file = (fs::path(ctx.out_dir) / "latest.safetensors").string();
-  else if (!resume.empty() && resume != "auto")
-    resume_file = resolve_checkpoint(resume);
-  // A fresh run started from another run's weights (trainer.init_from: SFT -> RL) keeps its ids too.
+  const auto latest = CheckpointManager(ctx.out_dir, 0).latest();
+  if (resume == "auto") {
+    if (latest) ctx.resume_file = *latest;
+    else log_info("resume: auto found no checkpoint in " + ctx.out_dir + "; starting fresh");
+  } else if (!resume.empty()) {
+    ctx.resume_file = resolve_checkpoint(resume);
+  } else if (latest) {
+    throw Error("trainer.out_dir '" + ctx.out_dir + "' already holds checkpoints; set trainer.resume: auto " +
+                "(or --set trainer.resume=auto) to continue that run, or choose another out_dir");
+  }
   const std::string init_from = exp.trainer.get_string("init_from");
-  if (resume_file.empty() && !init_from.empty()) resume_file = resolve_checkpoint(init_from);
-  if (!resume_file.empty()) {
-    auto meta = read_safetensors_metadata(resume_file);
-    check_checkpoint_plugins(meta, resume_file, host);
+  if (ctx.resume_file.empty() && !init_from.empty()) ctx.init_file = resolve_checkpoint(init_from);
+  std::shared_ptr<Tokenizer> tokenizer;
+  if (const std::string& from = ctx.resume_file.empty() ? ctx.init_file : ctx.resume_file; !from.empty()) {
+    auto meta = read_safetensors_metadata(from);
+    check_checkpoint_plugins(meta, from, host);
     if (meta.count("tokenizer")) tokenizer = tokenizer_from_json(meta.at("tokenizer"));
   }
   std::string task_text;

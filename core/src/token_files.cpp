@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "linearnexus/token_files.h"
+#include "linearnexus/atomic_file.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 
@@ -92,29 +93,25 @@ class ChunkReader {
 // Appends tokens to a file as uint16 or uint32.
 class TokenWriter {
  public:
-  TokenWriter(const std::string& path, int width) : path_(path), width_(width), out_(path, std::ios::binary | std::ios::trunc) {
-    if (!out_) throw Error("data prepare: cannot write '" + path + "' (is the output folder writable?)");
-  }
+  TokenWriter(AtomicFile& file, int width) : file_(file), width_(width) {}
   void write(const std::vector<int64_t>& ids) {
     buf_.resize(ids.size() * static_cast<size_t>(width_));
     for (size_t i = 0; i < ids.size(); ++i) {
       const uint32_t v = static_cast<uint32_t>(ids[i]);
       std::memcpy(buf_.data() + i * width_, &v, static_cast<size_t>(width_));  // little-endian host
     }
-    out_.write(buf_.data(), static_cast<std::streamsize>(buf_.size()));
-    if (!out_) throw Error("data prepare: writing '" + path_ + "' failed (disk full?)");
+    file_.stream().write(buf_.data(), static_cast<std::streamsize>(buf_.size()));
+    if (!file_.stream()) throw Error("data prepare: writing '" + file_.temp_path() + "' failed (disk full?)");
     count_ += static_cast<int64_t>(ids.size());
   }
   int64_t close() {
-    out_.close();
-    if (!out_) throw Error("data prepare: closing '" + path_ + "' failed (disk full?)");
+    file_.close_stream();
     return count_;
   }
 
  private:
-  std::string path_;
+  AtomicFile& file_;
   int width_;
-  std::ofstream out_;
   std::vector<char> buf_;
   int64_t count_ = 0;
 };
@@ -145,20 +142,19 @@ std::shared_ptr<Tokenizer> tokenizer_for_inputs(const PrepareOptions& o) {
   return make_char_tokenizer(bytes);
 }
 
-// Moves the last n_val tokens of `train_tmp` into `val_tmp` and truncates `train_tmp` before them.
-void split_off_validation(const std::string& train_tmp, const std::string& val_tmp, int64_t n_train, int64_t n_val, int width) {
+// Moves the last n_val tokens of `train_tmp` into `val` and truncates `train_tmp` before them.
+void split_off_validation(const std::string& train_tmp, AtomicFile& val, int64_t n_train, int64_t n_val, int width) {
   std::ifstream in(train_tmp, std::ios::binary);
   in.seekg(n_train * width);
-  std::ofstream out(val_tmp, std::ios::binary | std::ios::trunc);
   std::vector<char> buf(1 << 20);
   int64_t left = n_val * width;
   while (left > 0 && in) {
     in.read(buf.data(), static_cast<std::streamsize>(std::min<int64_t>(left, static_cast<int64_t>(buf.size()))));
-    out.write(buf.data(), in.gcount());
+    val.stream().write(buf.data(), in.gcount());
     left -= in.gcount();
   }
-  out.close();
-  if (left != 0 || !out) throw Error("data prepare: writing '" + val_tmp + "' failed (disk full?)");
+  if (left != 0) throw Error("data prepare: reading back '" + train_tmp + "' failed");
+  val.close_stream();
   fs::resize_file(train_tmp, static_cast<uintmax_t>(n_train * width));
 }
 
@@ -252,12 +248,12 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
   auto tok = tokenizer_for_inputs(o);
   const int width = tok->vocab_size() <= 65536 ? 2 : 4;
   const fs::path dir(o.out_dir);
-  const std::string train_tmp = (dir / "train.bin.tmp").string(), val_tmp = (dir / "val.bin.tmp").string();
+  AtomicFile train_file((dir / "train.bin").string()), val_file((dir / "val.bin").string());
   // A previous meta.json no longer describes what is being written: remove it first, so a crash
   // in between leaves a folder that is plainly unprepared rather than one that looks complete.
   fs::remove(dir / "meta.json", ec);
 
-  TokenWriter writer(train_tmp, width);
+  TokenWriter writer(train_file, width);
   ChunkReader reader(o.inputs, o.chunk_bytes);
   const unsigned workers = std::max(2u, std::thread::hardware_concurrency());
   auto last_print = std::chrono::steady_clock::now();
@@ -288,13 +284,12 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
   const int64_t n = writer.close();
   const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * o.val_fraction);
   if (n_val < 1 || n - n_val < 1) {
-    fs::remove(train_tmp, ec);
     throw Error("data prepare: the inputs hold only " + std::to_string(n) + " tokens: too few to split with --val-fraction " +
                 std::to_string(o.val_fraction) + "; give more text or a larger fraction");
   }
-  split_off_validation(train_tmp, val_tmp, n - n_val, n_val, width);
-  fs::rename(train_tmp, dir / "train.bin");
-  fs::rename(val_tmp, dir / "val.bin");
+  split_off_validation(train_file.temp_path(), val_file, n - n_val, n_val, width);
+  train_file.commit();
+  val_file.commit();
 
   PreparedSummary sum;
   sum.dtype = width == 2 ? "uint16" : "uint32";
@@ -310,12 +305,7 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
                {"train", {{"files", {"train.bin"}}, {"tokens", {sum.train_tokens}}, {"sha256", {sha256_file((dir / "train.bin").string())}}}},
                {"val", {{"files", {"val.bin"}}, {"tokens", {sum.val_tokens}}, {"sha256", {sha256_file((dir / "val.bin").string())}}}}};
   // meta.json last, and atomically: its presence is what makes the folder a prepared dataset.
-  {
-    std::ofstream out(dir / "meta.json.tmp", std::ios::trunc);
-    out << meta.dump(2) << "\n";
-    if (!out) throw Error("data prepare: cannot write '" + (dir / "meta.json.tmp").string() + "'");
-  }
-  fs::rename(dir / "meta.json.tmp", dir / "meta.json");
+  write_file_atomically((dir / "meta.json").string(), meta.dump(2) + "\n");
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (o.progress) progress_line(total_bytes, total_bytes, sum.seconds, n, true);
   return sum;

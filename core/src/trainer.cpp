@@ -38,39 +38,29 @@ std::string human_duration(double seconds) {
 }  // namespace
 
 TrainingRun::TrainingRun(TrainContext& ctx) : ctx_(ctx) {
-  const Params& t = ctx.experiment->trainer;
+  const Experiment& e = *ctx.experiment;
+  const Params& t = e.trainer;
   max_steps_ = t.get_int("max_steps");
   last_step_ = t.get_int("stop_after") > 0 ? std::min(max_steps_, t.get_int("stop_after")) : max_steps_;
   log_every_ = std::max<int64_t>(1, t.get_int("log_every"));
   eval_every_ = t.get_int("eval_every");
   save_every_ = t.get_int("save_every");
+  seq_len_ = e.data.get_int("seq_len");
+  seed_ = static_cast<uint64_t>(e.top.get_int("seed"));
+  sampling_ = parse_sampling(e.data.get_string("sampling"));
   ckpt_ = std::make_unique<CheckpointManager>(ctx.out_dir, t.get_int("keep_last_n"));
   t_start_ = t_last_log_ = std::chrono::steady_clock::now();
 }
 
 TrainingRun::~TrainingRun() = default;
 
-const Params& TrainingRun::trainer_params() const { return ctx_.experiment->trainer; }
-
 int64_t TrainingRun::resume(TensorMap* extra) {
-  const std::string mode = trainer_params().get_string("resume");
   const fs::path metrics_path = fs::path(ctx_.out_dir) / "metrics.jsonl";
-  std::string file;
-  if (mode.empty()) {
-    if (ckpt_->latest())
-      throw Error("trainer.out_dir '" + ctx_.out_dir + "' already holds checkpoints; set trainer.resume: auto " +
-                  "(or --set trainer.resume=auto) to continue that run, or choose another out_dir");
-  } else if (mode == "auto") {
-    if (auto l = ckpt_->latest()) file = *l;
-    else log_info("resume: auto found no checkpoint in " + ctx_.out_dir + "; starting fresh");
-  } else {
-    file = resolve_checkpoint(mode);
-  }
   start_step_ = 0;
-  if (!file.empty()) {
+  if (const std::string& file = ctx_.resume_file; !file.empty()) {
     auto ck = load_safetensors(file);
     load_model_tensors(*ctx_.model, ck.tensors, file);
-    TensorMap optim, rest;
+    TensorMap optim;
     for (const auto& [k, v] : ck.tensors) {
       if (k.rfind("optim.", 0) == 0) optim[k.substr(6)] = v.to(ctx_.device);
       if (extra && k.rfind("extra.", 0) == 0) (*extra)[k.substr(6)] = v;
@@ -80,11 +70,10 @@ int64_t TrainingRun::resume(TensorMap* extra) {
     if (ctx_.device.is_cuda() && ck.tensors.count("rng.cuda")) set_rng_state(ck.tensors.at("rng.cuda"), ctx_.device);
     start_step_ = std::stoll(ck.metadata.at("step"));
     log_info("resumed from " + file + " at step " + std::to_string(start_step_));
-  } else if (const std::string init = trainer_params().get_string("init_from"); !init.empty()) {
+  } else if (const std::string& init = ctx_.init_file; !init.empty()) {
     // A fresh run from another run's weights: the model only, a new optimizer and step 0.
-    const std::string init_file = resolve_checkpoint(init);
-    load_model_tensors(*ctx_.model, load_safetensors(init_file).tensors, init_file);
-    log_info("initialised the model from " + init_file);
+    load_model_tensors(*ctx_.model, load_safetensors(init).tensors, init);
+    log_info("initialised the model from " + init);
   }
   // Drop metric lines past the resumed step (an interrupted run may have logged beyond its last
   // checkpoint), so metrics.jsonl reads as one uninterrupted run.
@@ -124,32 +113,33 @@ bool TrainingRun::is_log_step(int64_t step) const {
   return (step + 1) % log_every_ == 0 || step + 1 == last_step_ || is_eval_step(step);
 }
 
-Batch TrainingRun::train_batch(int64_t step, int64_t micro) const {
-  const Experiment& e = *ctx_.experiment;
+BatchSpec TrainingRun::batch_spec(int64_t batch_size, int64_t micro_steps) const {
   BatchSpec spec;
-  spec.batch_size = e.trainer.get_int("batch_size");
-  spec.seq_len = e.data.get_int("seq_len");
-  spec.seed = static_cast<uint64_t>(e.top.get_int("seed"));
-  spec.sampling = parse_sampling(e.data.get_string("sampling"));
-  spec.micro_steps = std::max<int64_t>(1, e.trainer.get_int("grad_accum"));
-  return get_batch(*ctx_.data.train, spec, step, micro);
+  spec.batch_size = batch_size;
+  spec.seq_len = seq_len_;
+  spec.seed = seed_;
+  spec.sampling = sampling_;
+  spec.micro_steps = micro_steps;
+  spec.world_size = ctx_.world_size;
+  return spec;
 }
 
-double TrainingRun::evaluate_lm() {
-  const Params& data = ctx_.experiment->data;
-  const int64_t n = trainer_params().get_int("eval_batches"), B = trainer_params().get_int("batch_size");
-  const int64_t T = data.get_int("seq_len");
-  const uint64_t seed = static_cast<uint64_t>(ctx_.experiment->top.get_int("seed")) ^ 0x5eed5eedull;
+Batch TrainingRun::train_batch(const BatchSpec& spec, int64_t step, int64_t micro) const {
+  return get_batch(*ctx_.data.train, spec, step, micro, ctx_.rank);
+}
+
+double TrainingRun::evaluate_lm(int64_t batches, int64_t batch_size) {
+  const uint64_t seed = seed_ ^ 0x5eed5eedull;
   torch::NoGradGuard g;
   const bool was_training = ctx_.model->is_training();
   ctx_.model->eval();
   at::Tensor total = at::zeros({}, at::TensorOptions().device(ctx_.device));
-  for (int64_t i = 0; i < n; ++i) {
-    Batch b = get_batch(*ctx_.data.val, B, T, seed, i, 0);
+  for (int64_t i = 0; i < batches; ++i) {
+    Batch b = get_batch(*ctx_.data.val, batch_size, seq_len_, seed, i, 0);
     total += ctx_.model->next_token_loss(to_device(b.x, ctx_.device), to_device(b.y, ctx_.device));
   }
   if (was_training) ctx_.model->train();
-  return total.item<double>() / static_cast<double>(std::max<int64_t>(n, 1));
+  return total.item<double>() / static_cast<double>(std::max<int64_t>(batches, 1));
 }
 
 void TrainingRun::write_metrics(const std::map<std::string, double>& m) {

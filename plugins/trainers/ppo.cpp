@@ -63,140 +63,175 @@ struct ValueFunction {
   }
 };
 
+// Builds the critic for `policy`: a zero-initialised head (no value is better than a random one),
+// on the policy's trunk or on a copy of the reference model (value_model: separate), with its own
+// optimizer of the experiment's kind; restored from `extra` when resuming.
+ValueFunction make_value_function(TrainContext& ctx, const LMModel& reference, bool separate, const TensorMap& extra) {
+  ValueFunction vf;
+  const int64_t C = ctx.model->config().dims.hidden_size;
+  vf.head = torch::nn::Linear(C, 1);
+  {
+    torch::NoGradGuard g;
+    vf.head->weight.zero_();
+    vf.head->bias.zero_();
+  }
+  vf.head->to(ctx.device);
+  for (const auto& kv : vf.head->named_parameters()) vf.params.push_back({"value_head." + kv.key(), kv.value(), {}});
+  if (separate) {
+    vf.separate_trunk = std::make_shared<LMModel>(ctx.model->config(), ctx.host->registry());
+    load_model_tensors(*vf.separate_trunk, model_tensors(reference), "the reference model");
+    vf.separate_trunk->to(ctx.device);
+    for (auto& np : named_parameters_of(*vf.separate_trunk)) {
+      np.name = "value_trunk." + np.name;
+      vf.params.push_back(np);
+    }
+  }
+  vf.optimizer = ctx.host->registry().make_optimizer(ctx.experiment->optimizer_name, vf.params, ctx.experiment->optimizer);
+  vf.load(extra, ctx.device);
+  return vf;
+}
+
+// What a step's rollout is scored with before the updates (all [N, Lg], no gradient).
+struct ScoredRollout {
+  at::Tensor mask, old_logp, ref_logp, old_values, advantages, returns;
+};
+
+// Averages over a step's PPO updates, for the metrics line.
+struct UpdateStats {
+  double policy_loss = 0, value_loss = 0, clip_frac = 0, entropy = 0, approx_kl = 0, grad_norm = 0;
+  int64_t updates = 0;
+};
+
 class PPOTrainer : public Trainer {
  public:
-  void run(TrainContext& ctx) override {
-    const Params& t = ctx.experiment->trainer;
-    const int64_t G = t.get_int("group_size"), n_prompts = t.get_int("prompts_per_step"), max_new = t.get_int("max_new_tokens");
-    const int64_t epochs = t.get_int("ppo_epochs"), minibatches = t.get_int("minibatches");
-    const double beta = t.get_float("beta"), clip_eps = t.get_float("clip_eps"), temperature = t.get_float("temperature");
-    const double value_clip = t.get_float("value_clip"), value_coef = t.get_float("value_coef");
-    const double entropy_coef = t.get_float("entropy_coef"), target_kl = t.get_float("target_kl");
-    const uint64_t seed = static_cast<uint64_t>(ctx.experiment->top.get_int("seed"));
-    const std::string& where = ctx.experiment->source;
-    if (G < 1 || n_prompts < 1 || epochs < 1 || minibatches < 1)
-      throw Error(where + ": trainer.group_size, prompts_per_step, ppo_epochs and minibatches must be at least 1");
-    if (minibatches > G * n_prompts)
-      throw Error(where + ": trainer.minibatches (" + std::to_string(minibatches) + ") is more than the " +
-                  std::to_string(G * n_prompts) + " completions of a step (prompts_per_step x group_size)");
+  explicit PPOTrainer(const Params& t)
+      : rl_(t),
+        separate_value_model_(t.get_string("value_model") == "separate"),
+        gamma_(t.get_float("gamma")),
+        lambda_(t.get_float("lambda")),
+        epochs_(t.get_int("ppo_epochs")),
+        minibatches_(t.get_int("minibatches")),
+        value_coef_(t.get_float("value_coef")),
+        value_clip_(t.get_float("value_clip")),
+        entropy_coef_(t.get_float("entropy_coef")),
+        target_kl_(t.get_float("target_kl")) {
+    if (epochs_ < 1 || minibatches_ < 1) throw Error("trainer.ppo_epochs and trainer.minibatches must be at least 1");
+    if (minibatches_ > rl_.group_size * rl_.prompts_per_step)
+      throw Error("trainer.minibatches (" + std::to_string(minibatches_) + ") is more than the " +
+                  std::to_string(rl_.group_size * rl_.prompts_per_step) +
+                  " completions of a step (prompts_per_step x group_size)");
+  }
 
+  void run(TrainContext& ctx) override {
+    const uint64_t seed = static_cast<uint64_t>(ctx.experiment->top.get_int("seed"));
     auto task = make_experiment_task(ctx, "ppo");
     TrainingRun run(ctx);
     TensorMap extra;
     const int64_t start = run.resume(&extra);
-    auto ref = load_reference_model(ctx, "ppo");
+    auto ref = load_reference_model(ctx, rl_.reference, "ppo");
     const Tokenizer& tok = *ctx.data.tokenizer;
-    auto reward_model = load_reward_model(ctx);
+    ValueFunction vf = make_value_function(ctx, *ref, separate_value_model_, extra);
+    log_initial_accuracy(run, start, *ctx.model, *task, tok, rl_.max_new_tokens);
 
-    ValueFunction vf;
-    const int64_t C = ctx.model->config().dims.hidden_size;
-    vf.head = torch::nn::Linear(C, 1);
-    {
-      torch::NoGradGuard g;
-      vf.head->weight.zero_();  // start from V = 0: no value is better than a random one
-      vf.head->bias.zero_();
-    }
-    vf.head->to(ctx.device);
-    for (const auto& kv : vf.head->named_parameters()) vf.params.push_back({"value_head." + kv.key(), kv.value(), {}});
-    if (t.get_string("value_model") == "separate") {
-      // A copy of the starting model (the reference's weights) as the critic's own trunk.
-      vf.separate_trunk = std::make_shared<LMModel>(ctx.model->config(), ctx.host->registry());
-      load_model_tensors(*vf.separate_trunk, model_tensors(*ref), "the reference model");
-      vf.separate_trunk->to(ctx.device);
-      for (auto& np : named_parameters_of(*vf.separate_trunk)) {
-        np.name = "value_trunk." + np.name;
-        vf.params.push_back(np);
-      }
-    }
-    vf.optimizer = ctx.host->registry().make_optimizer(ctx.experiment->optimizer_name, vf.params, ctx.experiment->optimizer);
-    vf.load(extra, ctx.device);
-    std::vector<NamedParameter> all_params = ctx.params;
-    all_params.insert(all_params.end(), vf.params.begin(), vf.params.end());
-
-    if (start == 0) run.write_metrics({{"step", 0}, {"eval_accuracy", task_accuracy(*ctx.model, *task, tok, max_new)}});
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       const double lr = run.begin_step(step);
       vf.optimizer->set_lr_multiplier(ctx.optimizer->base_lr() > 0 ? lr / ctx.optimizer->base_lr() : 1.0);
-      Rollout ro = collect_rollout(*ctx.model, *task, tok, step_examples(*task, seed, step, n_prompts), G,
-                                   rollout_sampling(t, seed, step), reward_model.get());
-      const auto& packed = ro.packed;
-      auto mask = packed.mask.to(ctx.device);  // [N, Lg]
-      const int64_t N = mask.size(0);
-      at::Tensor old_logp, ref_logp, old_values, advantages, returns;
-      {
-        torch::NoGradGuard g;
-        PolicyOutput old = policy_forward(*ctx.model, packed, temperature);
-        old_logp = old.logp;                                                  // [N, Lg]
-        old_values = vf.values(*ctx.model, packed, old.hidden) * mask;        // [N, Lg]
-        ref_logp = policy_forward(*ref, packed, temperature).logp;            // [N, Lg]
-        // Per-token rewards: the KL penalty everywhere, the task's score on the last real token.
-        auto rewards = -beta * (old_logp - ref_logp) * mask;
-        auto last = (mask.to(at::kLong).sum(1) - 1).clamp_min(0).unsqueeze(1);  // [N, 1]
-        rewards = rewards.scatter_add(1, last, ro.rewards.to(ctx.device).unsqueeze(1) * mask.any(1, true).to(at::kFloat));
-        GAE gae = compute_gae(rewards, old_values, mask, t.get_float("gamma"), t.get_float("lambda"));
-        advantages = masked_whiten(gae.advantages, mask);
-        returns = gae.returns;
-      }
-      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed * 7919ull + static_cast<uint64_t>(step));
-      double pol_sum = 0, vloss_sum = 0, clip_sum = 0, ent_sum = 0, approx_kl = 0, grad_norm = 0;
-      int64_t updates = 0;
-      bool stop = false;
-      for (int64_t epoch = 0; epoch < epochs && !stop; ++epoch) {
-        auto perm = at::randperm(N, gen, at::TensorOptions().dtype(at::kLong));
-        for (int64_t mb = 0; mb < minibatches && !stop; ++mb) {
-          auto idx = perm.narrow(0, mb * N / minibatches, (mb + 1) * N / minibatches - mb * N / minibatches);
-          auto idx_d = idx.to(ctx.device);
-          PackedRollout sub = select_rows(packed, idx);
-          auto m = mask.index_select(0, idx_d);
-          PolicyOutput out = policy_forward(*ctx.model, sub, temperature);
-          auto old_lp = old_logp.index_select(0, idx_d);
-          ClippedLoss cl = clipped_policy_loss(out.logp, old_lp, advantages.index_select(0, idx_d), clip_eps);
-          auto policy_loss = masked_mean(cl.loss, m);
-          // Clipped value loss: the new estimate may move at most value_clip from the old one.
-          auto v = vf.values(*ctx.model, sub, out.hidden);
-          auto v_old = old_values.index_select(0, idx_d), ret = returns.index_select(0, idx_d);
-          auto v_clipped = v_old + (v - v_old).clamp(-value_clip, value_clip);
-          auto value_loss = 0.5 * masked_mean(at::max((v - ret).pow(2), (v_clipped - ret).pow(2)), m);
-          auto entropy = masked_mean(out.entropy, m);
-          (policy_loss + value_coef * value_loss - entropy_coef * entropy).backward();
-          grad_norm = clip_grad_norm(all_params, t.get_float("grad_clip")).item<double>();
-          ctx.optimizer->step();
-          vf.optimizer->step();
-          ctx.optimizer->zero_grad(ctx.params);
-          vf.optimizer->zero_grad(vf.params);
-          pol_sum += policy_loss.item<double>(), vloss_sum += value_loss.item<double>();
-          clip_sum += masked_mean(cl.clipped.to(at::kFloat), m).item<double>();
-          ent_sum += entropy.item<double>();
-          ++updates;
-          // How far the policy moved from the sampling one (the k3 estimate on this minibatch).
-          approx_kl = masked_mean(k3_kl(out.logp.detach(), old_lp), m).item<double>();
-          stop = target_kl > 0 && approx_kl > 1.5 * target_kl;
-        }
-      }
-      const double n = static_cast<double>(std::max<int64_t>(updates, 1));
+      Rollout ro = collect_rollout(*ctx.model, *task, tok, step_examples(*task, seed, step, rl_.prompts_per_step),
+                                   rl_.group_size, rl_.sampling(seed, step));
+      ScoredRollout sr = score(ctx, *ref, vf, ro);
+      UpdateStats st = ppo_update(ctx, vf, ro.packed, sr, seed, step);
+      const double n = static_cast<double>(std::max<int64_t>(st.updates, 1));
       run.end_step(
           step,
           [&] {
-            std::map<std::string, double> metrics{
-                {"policy_loss", pol_sum / n},
-                {"value_loss", vloss_sum / n},
-                {"grad_norm", grad_norm},
-                {"reward_mean", ro.rewards.mean().item<double>()},
-                {"reward_std", ro.rewards.std().item<double>()},
-                {"train_accuracy", ro.correct.mean().item<double>()},
-                {"kl", masked_mean(k3_kl(old_logp, ref_logp), mask).item<double>()},
-                {"approx_kl", approx_kl},
-                {"ppo_updates", static_cast<double>(updates)},
-                {"clip_frac", clip_sum / n},
-                {"entropy", ent_sum / n},
-                {"response_len", packed.mask.to(at::kFloat).sum(1).mean().item<double>()}};
-            if (run.is_eval_step(step)) metrics["eval_accuracy"] = task_accuracy(*ctx.model, *task, tok, max_new);
-            return metrics;
+            std::map<std::string, double> m = rollout_metrics(ro);
+            m["policy_loss"] = st.policy_loss / n;
+            m["value_loss"] = st.value_loss / n;
+            m["grad_norm"] = st.grad_norm;
+            m["kl"] = masked_mean(k3_kl(sr.old_logp, sr.ref_logp), sr.mask).item<double>();
+            m["approx_kl"] = st.approx_kl;
+            m["ppo_updates"] = static_cast<double>(st.updates);
+            m["clip_frac"] = st.clip_frac / n;
+            m["entropy"] = st.entropy / n;
+            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*ctx.model, *task, tok, rl_.max_new_tokens);
+            return m;
           },
-          packed.input.numel(), vf.state());
+          ro.packed.input.numel(), vf.state());
     }
   }
+
+ private:
+  // The sampling policy's log-probs and values, the reference's log-probs, and from them the
+  // per-token rewards (the KL penalty everywhere, the task's score on the last real token), GAE
+  // advantages (whitened) and value targets.
+  ScoredRollout score(TrainContext& ctx, LMModel& ref, ValueFunction& vf, const Rollout& ro) const {
+    torch::NoGradGuard g;
+    ScoredRollout s;
+    s.mask = ro.packed.mask.to(ctx.device);  // [N, Lg]
+    PolicyOutput old = policy_forward(*ctx.model, ro.packed, rl_.temperature);
+    s.old_logp = old.logp;
+    s.old_values = vf.values(*ctx.model, ro.packed, old.hidden) * s.mask;
+    s.ref_logp = policy_forward(ref, ro.packed, rl_.temperature).logp;
+    auto rewards = -rl_.beta * (s.old_logp - s.ref_logp) * s.mask;
+    auto last = (s.mask.to(at::kLong).sum(1) - 1).clamp_min(0).unsqueeze(1);  // [N, 1]
+    rewards = rewards.scatter_add(1, last, ro.rewards.to(ctx.device).unsqueeze(1) * s.mask.any(1, true).to(at::kFloat));
+    GAE gae = compute_gae(rewards, s.old_values, s.mask, gamma_, lambda_);
+    s.advantages = masked_whiten(gae.advantages, s.mask);
+    s.returns = gae.returns;
+    return s;
+  }
+
+  // ppo_epochs passes over the rollout in `minibatches` shuffled minibatches (seeded per step), one
+  // policy + value update each; stops early once the approximate KL passes 1.5 x target_kl.
+  UpdateStats ppo_update(TrainContext& ctx, ValueFunction& vf, const PackedRollout& packed, const ScoredRollout& sr,
+                         uint64_t seed, int64_t step) const {
+    std::vector<NamedParameter> all_params = ctx.params;
+    all_params.insert(all_params.end(), vf.params.begin(), vf.params.end());
+    const int64_t N = sr.mask.size(0);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed * 7919ull + static_cast<uint64_t>(step));
+    UpdateStats st;
+    bool stop = false;
+    for (int64_t epoch = 0; epoch < epochs_ && !stop; ++epoch) {
+      auto perm = at::randperm(N, gen, at::TensorOptions().dtype(at::kLong));
+      for (int64_t mb = 0; mb < minibatches_ && !stop; ++mb) {
+        auto idx = perm.narrow(0, mb * N / minibatches_, (mb + 1) * N / minibatches_ - mb * N / minibatches_);
+        auto idx_d = idx.to(ctx.device);
+        PackedRollout sub = select_rows(packed, idx);
+        auto m = sr.mask.index_select(0, idx_d);
+        PolicyOutput out = policy_forward(*ctx.model, sub, rl_.temperature);
+        auto old_lp = sr.old_logp.index_select(0, idx_d);
+        ClippedLoss cl = clipped_policy_loss(out.logp, old_lp, sr.advantages.index_select(0, idx_d), rl_.clip_eps);
+        auto policy_loss = masked_mean(cl.loss, m);
+        // Clipped value loss: the new estimate may move at most value_clip from the old one.
+        auto v = vf.values(*ctx.model, sub, out.hidden);
+        auto v_old = sr.old_values.index_select(0, idx_d), ret = sr.returns.index_select(0, idx_d);
+        auto v_clipped = v_old + (v - v_old).clamp(-value_clip_, value_clip_);
+        auto value_loss = 0.5 * masked_mean(at::max((v - ret).pow(2), (v_clipped - ret).pow(2)), m);
+        auto entropy = masked_mean(out.entropy, m);
+        (policy_loss + value_coef_ * value_loss - entropy_coef_ * entropy).backward();
+        st.grad_norm = clip_grad_norm(all_params, rl_.grad_clip).item<double>();
+        ctx.optimizer->step();
+        vf.optimizer->step();
+        ctx.optimizer->zero_grad(ctx.params);
+        vf.optimizer->zero_grad(vf.params);
+        st.policy_loss += policy_loss.item<double>(), st.value_loss += value_loss.item<double>();
+        st.clip_frac += masked_mean(cl.clipped.to(at::kFloat), m).item<double>();
+        st.entropy += entropy.item<double>();
+        ++st.updates;
+        // How far the policy moved from the sampling one (the k3 estimate on this minibatch).
+        st.approx_kl = masked_mean(k3_kl(out.logp.detach(), old_lp), m).item<double>();
+        stop = target_kl_ > 0 && st.approx_kl > 1.5 * target_kl_;
+      }
+    }
+    return st;
+  }
+
+  const RLSettings rl_;
+  const bool separate_value_model_;
+  const double gamma_, lambda_;
+  const int64_t epochs_, minibatches_;
+  const double value_coef_, value_clip_, entropy_coef_, target_kl_;
 };
 
 void register_ppo(Registry& r) {
@@ -211,7 +246,7 @@ void register_ppo(Registry& r) {
   s.push_back({"entropy_coef", ParamType::Float, "0.0", "weight of the entropy bonus"});
   s.push_back({"target_kl", ParamType::Float, "0.0", "stop a step's passes once the approximate KL to the sampling policy exceeds 1.5 x this (0 = never)"});
   r.add_trainer("ppo", "PPO with a value head, GAE and a per-token KL penalty to a reference, on the experiment's task", s,
-                [](const Params&) { return std::make_shared<PPOTrainer>(); });
+                [](const Params& t) { return std::make_shared<PPOTrainer>(t); });
 }
 
 }  // namespace

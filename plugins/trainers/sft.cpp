@@ -1,5 +1,7 @@
 // The `sft` trainer: next-token cross-entropy on the experiment's text data.
 #include <linearnexus/data.h>
+#include <linearnexus/error.h>
+#include <linearnexus/loss.h>
 #include <linearnexus/plugin.h>
 #include <linearnexus/trainer.h>
 
@@ -8,13 +10,22 @@ namespace {
 
 class SFTTrainer : public Trainer {
  public:
+  explicit SFTTrainer(const Params& t)
+      : batch_size_(t.get_int("batch_size")),
+        grad_accum_(t.get_int("grad_accum")),
+        eval_batches_(t.get_int("eval_batches")),
+        grad_clip_(t.get_float("grad_clip")) {
+    if (batch_size_ < 1) throw Error("trainer.batch_size must be at least 1 (got " + std::to_string(batch_size_) + ")");
+    if (grad_accum_ < 1) throw Error("trainer.grad_accum must be at least 1 (got " + std::to_string(grad_accum_) + ")");
+    if (eval_batches_ < 1)
+      throw Error("trainer.eval_batches must be at least 1 (got " + std::to_string(eval_batches_) + ")");
+  }
+
   void run(TrainContext& ctx) override {
     TrainingRun run(ctx);
     const int64_t start = run.resume();
-    const Params& t = ctx.experiment->trainer;
-    const int64_t B = t.get_int("batch_size"), accum = std::max<int64_t>(1, t.get_int("grad_accum"));
-    const int64_t T = ctx.experiment->data.get_int("seq_len");
-    const double clip = t.get_float("grad_clip");
+    const BatchSpec spec = run.batch_spec(batch_size_, grad_accum_);
+    const int64_t step_tokens = batch_size_ * spec.seq_len * grad_accum_;
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
@@ -23,38 +34,45 @@ class SFTTrainer : public Trainer {
         // estimator): one forward/backward on this step's first micro-batch against labels sampled
         // from the model's own predictions; the optimizer reads the resulting .grad. Before the
         // step's real gradients, so .grad holds only the estimate's.
-        Batch b = run.train_batch(step, 0);
+        Batch b = run.train_batch(spec, step, 0);
         ctx.optimizer->zero_grad(ctx.params);
         sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))).backward();
-        ctx.optimizer->update_curvature(B * T);
+        ctx.optimizer->update_curvature(batch_size_ * spec.seq_len);
         ctx.optimizer->zero_grad(ctx.params);
       }
       at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
-      for (int64_t micro = 0; micro < accum; ++micro) {
-        Batch b = run.train_batch(step, micro);
+      for (int64_t micro = 0; micro < grad_accum_; ++micro) {
+        Batch b = run.train_batch(spec, step, micro);
         auto loss = ctx.model->next_token_loss(to_device(b.x, ctx.device), to_device(b.y, ctx.device));
-        (loss / static_cast<double>(accum)).backward();
+        (loss / static_cast<double>(grad_accum_)).backward();
         loss_sum += loss.detach();
       }
-      auto grad_norm = clip_grad_norm(ctx.params, clip);
+      auto grad_norm = clip_grad_norm(ctx.params, grad_clip_);
       ctx.optimizer->step();
       ctx.optimizer->zero_grad(ctx.params);
       run.end_step(
           step,
           [&] {
-            std::map<std::string, double> m{{"loss", loss_sum.item<double>() / static_cast<double>(accum)},
+            std::map<std::string, double> m{{"loss", loss_sum.item<double>() / static_cast<double>(grad_accum_)},
                                             {"grad_norm", grad_norm.item<double>()}};
-            if (run.is_eval_step(step)) m["val_loss"] = run.evaluate_lm();
+            if (run.is_eval_step(step)) m["val_loss"] = run.evaluate_lm(eval_batches_, batch_size_);
             return m;
           },
-          B * T * accum);
+          step_tokens);
     }
   }
+
+ private:
+  const int64_t batch_size_, grad_accum_, eval_batches_;
+  const double grad_clip_;
 };
 
 void register_sft(Registry& r) {
-  r.add_trainer("sft", "supervised next-token training (cross-entropy) on data.path", {},
-                [](const Params&) { return std::make_shared<SFTTrainer>(); });
+  r.add_trainer("sft", "supervised next-token training (cross-entropy) on data.path",
+                {{"batch_size", ParamType::Int, "16", "sequences per micro-batch"},
+                 {"grad_accum", ParamType::Int, "1", "micro-batches per optimizer step"},
+                 {"eval_batches", ParamType::Int, "20", "batches per validation pass"}},
+                [](const Params& t) { return std::make_shared<SFTTrainer>(t); });
 }
 
 }  // namespace

@@ -46,6 +46,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
 
 // The host's own schemas, for docs and `linearnexus validate`.
 const Schema& top_schema();
+const Schema& plugins_schema();
 const Schema& model_schema();
 const Schema& schedule_schema();
 const Schema& trainer_common_schema();

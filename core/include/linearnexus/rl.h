@@ -10,6 +10,7 @@
 // by construction.
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,23 +79,6 @@ struct PolicyOutput {
 };
 PolicyOutput policy_forward(LMModel& model, const PackedRollout& r, double temperature);
 
-// A learned reward: a trained LMModel's trunk with a scalar head on the last token's final hidden
-// state. Its checkpoint is an ordinary linearnexus checkpoint (model.*, config and tokenizer metadata)
-// plus reward_head.weight [1, C] and reward_head.bias [1]. It must share the policy's tokenizer.
-class PluginHost;
-class RewardModel {
- public:
-  static std::shared_ptr<RewardModel> load(const std::string& checkpoint, PluginHost& host, const at::Device& device);
-  // Token sequences (prompt + completion) -> scores [N] (float, on the CPU).
-  at::Tensor score(const std::vector<std::vector<int64_t>>& sequences);
-  const Tokenizer& tokenizer() const { return *tokenizer_; }
-
- private:
-  std::shared_ptr<LMModel> model_;
-  std::shared_ptr<Tokenizer> tokenizer_;
-  at::Tensor weight_, bias_;  // [1, C], [1]
-};
-
 // A batch of task prompts, sampled group times each, and scored.
 struct Rollout {
   std::vector<TaskExample> examples;         // one per prompt
@@ -102,30 +86,44 @@ struct Rollout {
   GeneratedBatch generated;                  // N = examples * group rows
   PackedRollout packed;
   std::vector<std::string> texts;            // per row, the completion cut at the stop string
-  at::Tensor rewards;                        // [N] float: the task's, or the reward model's when given
+  at::Tensor rewards;                        // [N] float: the task's
   at::Tensor correct;                        // [N] float, 1 = exact match
 };
 Rollout collect_rollout(LMModel& model, const Task& task, const Tokenizer& tok, std::vector<TaskExample> examples,
-                        int64_t group, SamplingParams sampling, RewardModel* reward_model = nullptr);
+                        int64_t group, SamplingParams sampling);
 // Exact-match accuracy (0..1) of greedy completions on the task's held-out set.
 double task_accuracy(LMModel& model, const Task& task, const Tokenizer& tok, int64_t max_new_tokens);
 
 // The keys every RL trainer takes (each trainer adds its own).
 const Schema& rl_common_schema();
 
+// Those keys, parsed once (a trainer's constructor makes one from its Params).
+struct RLSettings {
+  explicit RLSettings(const Params& trainer);
+  int64_t prompts_per_step, group_size, max_new_tokens;
+  double temperature, beta, clip_eps, grad_clip;
+  std::string reference;  // trainer.ref_checkpoint, else trainer.init_from ("" = neither)
+  // Rollout sampling for step `step` (seeded per step for exact resumes).
+  SamplingParams sampling(uint64_t seed, int64_t step) const;
+};
+
 // ---- what an RL trainer builds from its context -----------------------------------------------
 
 struct TrainContext;
+class TrainingRun;
 // The experiment's task (an error naming the missing `task:` section when there is none).
 std::shared_ptr<Task> make_experiment_task(const TrainContext& ctx, const std::string& trainer);
-// The frozen reference model: trainer.ref_checkpoint, else trainer.init_from (the starting
-// checkpoint), in eval mode without gradients. Both unset is an error: RL starts from a checkpoint.
-std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std::string& trainer);
+// The frozen reference model from `reference` (RLSettings::reference), in eval mode without
+// gradients. Empty is an error: RL starts from a checkpoint.
+std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std::string& reference,
+                                              const std::string& trainer);
 // The training examples of step `step`: a pure function of (seed, step), so resumes see the same.
 std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t step, int64_t n);
-// trainer.reward_model loaded (null when unset); its vocabulary must be the policy's.
-std::shared_ptr<RewardModel> load_reward_model(const TrainContext& ctx);
-// Rollout sampling for step `step` from the trainer's keys (seeded per step for exact resumes).
-SamplingParams rollout_sampling(const Params& trainer, uint64_t seed, int64_t step);
+// The step-0 line of metrics.jsonl of a fresh RL run: the starting model's eval_accuracy.
+void log_initial_accuracy(TrainingRun& run, int64_t start, LMModel& model, const Task& task, const Tokenizer& tok,
+                          int64_t max_new_tokens);
+// The metrics every RL trainer logs about a step's rollout: reward_mean, reward_std,
+// train_accuracy, response_len.
+std::map<std::string, double> rollout_metrics(const Rollout& rollout);
 
 }  // namespace linearnexus

@@ -31,6 +31,12 @@ struct TrainContext {
   DataSplits data;
   at::Device device = at::kCPU;
   std::string out_dir;
+  // Where the run starts, decided once by prepare_run (trainer.resume, trainer.init_from): a
+  // checkpoint to continue (model, optimizer, RNG and step), else a checkpoint whose weights start a
+  // fresh run, else neither (random initialisation).
+  std::string resume_file, init_file;
+  // This process's data-parallel rank among world_size (batches are drawn per rank).
+  int64_t rank = 0, world_size = 1;
 };
 
 class Trainer {
@@ -51,8 +57,8 @@ class TrainingRun {
   explicit TrainingRun(TrainContext& ctx);
   ~TrainingRun();
 
-  // Restores model, optimizer, RNG and `extra` tensors from out_dir's latest checkpoint when
-  // trainer.resume is "auto" (or a path); returns the step to start at (0 for a fresh run).
+  // Restores model, optimizer, RNG and `extra` tensors from ctx.resume_file, or the model alone
+  // from ctx.init_file; opens metrics.jsonl. Returns the step to start at (0 for a fresh run).
   int64_t resume(TensorMap* extra = nullptr);
   // Applies the lr schedule for `step`; returns the lr.
   double begin_step(int64_t step);
@@ -64,11 +70,15 @@ class TrainingRun {
   void end_step(int64_t step, const MetricsFn& metrics, int64_t tokens, const TensorMap& extra = {});
   bool is_log_step(int64_t step) const;
   bool is_eval_step(int64_t step) const;
-  // Micro-batch `micro` of step `step` from the training split, drawn as data.sampling says (a
-  // pure function of seed, step, micro-batch and rank: resumes continue on the same batches).
-  Batch train_batch(int64_t step, int64_t micro) const;
-  // Mean validation loss over eval_batches batches (fixed, independent of the step).
-  double evaluate_lm();
+  // How this run draws training batches of `batch_size` sequences of data.seq_len tokens,
+  // `micro_steps` of them per optimizer step (data.sampling, the seed, this rank).
+  BatchSpec batch_spec(int64_t batch_size, int64_t micro_steps) const;
+  // Micro-batch `micro` of step `step` from the training split (a pure function of seed, step,
+  // micro-batch and rank: resumes continue on the same batches).
+  Batch train_batch(const BatchSpec& spec, int64_t step, int64_t micro) const;
+  // Mean validation loss over `batches` batches of `batch_size` sequences (fixed, independent of
+  // the step).
+  double evaluate_lm(int64_t batches, int64_t batch_size);
   // Save now (step = number of completed steps).
   void save(int64_t completed_steps, const TensorMap& extra = {});
   // Write a metrics line without the console progress (e.g. step-0 evaluations).
@@ -77,11 +87,13 @@ class TrainingRun {
   int64_t max_steps() const { return max_steps_; }
   // Where this invocation stops: max_steps, or trainer.stop_after when set (loop to this).
   int64_t last_step() const { return last_step_; }
-  const Params& trainer_params() const;
 
  private:
   TrainContext& ctx_;
   int64_t max_steps_, last_step_, log_every_, eval_every_, save_every_;
+  int64_t seq_len_;
+  uint64_t seed_;
+  Sampling sampling_;
   std::unique_ptr<CheckpointManager> ckpt_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t_start_, t_last_log_;
