@@ -95,6 +95,7 @@ int cmd_validate(const std::string& path, const std::vector<std::string>& overri
   return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
+  check_for_training(exp, host.registry());
   if (print) std::cout << exp.resolved_yaml;
   std::cout << path << ": valid (" << exp.model.get_int("n_layer") << " layers of";
   for (const auto& b : exp.model.get_string_list("block_pattern")) std::cout << " " << b;
@@ -326,14 +327,20 @@ int main(int argc, char** argv) {
   prepare->add_option("--out", prep.out_dir, "output folder")->required();
   prepare->add_option("--val-fraction", prep.val_fraction, "fraction of the tokens (at the end) for val.bin");
   prepare->add_flag("!--no-progress", prep.progress, "no progress bar");
+  prepare->add_flag("--force", prep.force, "overwrite an output folder that is not empty");
 
   auto* docs = app.add_subcommand("docs", "print the YAML reference in Markdown (docs/config.md)");
   auto* presets = app.add_subcommand("presets", "list the model presets (model.preset / --model)");
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line and exit 1, like every other error (CLI11's own format spans lines and exits 100+).
+    std::string msg = e.what();
+    std::cerr << "error: " << msg.substr(0, msg.find('\n')) << " (see linearnexus --help)\n";
+    return 1;
   }
 
   try {

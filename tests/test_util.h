@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "catch.h"
+
 #include <map>
 
 #include "linearnexus/config.h"
@@ -65,6 +67,23 @@ inline CliResult run_cli(const std::string& args, const std::string& env = "") {
   const std::string cmd = env + " " LINEARNEXUS_RUNNER " " + args + " >" + (t / "out") + " 2>" + (t / "err");
   int rc = std::system(cmd.c_str());
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), read_text(t / "out"), read_text(t / "err")};
+}
+
+// A CLI failure as users must see it: non-zero exit (no signal), one `error:` line, the last one,
+// containing `expect`, and no raw exception dump.
+inline void check_one_clean_error(const CliResult& r, const std::string& expect) {
+  INFO("stderr: " << r.err);
+  CHECK(r.code != 0);
+  CHECK(r.code < 128);  // no crash by signal
+  CHECK_CONTAINS(r.err, "error: ");
+  CHECK_CONTAINS(r.err, expect);
+  CHECK(r.err.find("terminate called") == std::string::npos);
+  CHECK(r.err.find("Exception raised from") == std::string::npos);
+  // The error is one line, the last one (progress logs may precede it).
+  const auto last = r.err.rfind("error: ");
+  CHECK((last == 0 || (last != std::string::npos && r.err[last - 1] == '\n')));
+  CHECK(r.err.find('\n', last) == r.err.size() - 1);
+  CHECK(r.err.find("error: ") == last);
 }
 
 // Parse experiment YAML text as if it were the file "test.yaml".

@@ -197,13 +197,9 @@ std::string CheckpointManager::save(int64_t step, const TensorMap& tensors, cons
   fs::create_hard_link(file, tmp);
   fs::rename(tmp, latest);
   // Prune old step files (latest keeps its own link to the newest).
-  std::vector<fs::path> steps;
-  static const std::regex pat("step_[0-9]{8}\\.safetensors");
-  for (const auto& e : fs::directory_iterator(dir_))
-    if (std::regex_match(e.path().filename().string(), pat)) steps.push_back(e.path());
-  std::sort(steps.begin(), steps.end());
-  const int64_t keep = std::max<int64_t>(keep_last_n_, 0);
-  for (int64_t i = 0; i + keep < static_cast<int64_t>(steps.size()); ++i) fs::remove(steps[i]);
+  auto steps = step_files();  // newest first
+  const size_t keep = static_cast<size_t>(std::max<int64_t>(keep_last_n_, 0));
+  for (size_t i = keep; i < steps.size(); ++i) fs::remove(steps[i]);
   return file.string();
 }
 
@@ -211,6 +207,37 @@ std::optional<std::string> CheckpointManager::latest() const {
   fs::path latest = fs::path(dir_) / "latest.safetensors";
   if (fs::exists(latest)) return latest.string();
   return std::nullopt;
+}
+
+std::vector<std::string> CheckpointManager::step_files() const {
+  std::vector<std::string> steps;
+  static const std::regex pat("step_[0-9]{8}\\.safetensors");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec))
+    if (std::regex_match(e.path().filename().string(), pat)) steps.push_back(e.path().string());
+  std::sort(steps.rbegin(), steps.rend());
+  return steps;
+}
+
+std::optional<std::string> CheckpointManager::newest_loadable() const {
+  std::vector<std::string> candidates = step_files();
+  if (auto l = latest()) candidates.insert(candidates.begin(), *l);
+  if (candidates.empty()) return std::nullopt;
+  std::string skipped;
+  for (const auto& file : candidates) {
+    try {
+      // A full read: the header alone does not show a truncated or overwritten data section. The
+      // resume reads the file again (from the page cache, usually).
+      auto ck = load_safetensors(file);
+      if (!ck.metadata.count("step")) throw Error("checkpoint '" + file + "' has no step in its metadata");
+      if (!skipped.empty()) log_warn("resume: auto: " + skipped + "; resuming from " + file + " instead");
+      return file;
+    } catch (const Error& e) {
+      skipped += std::string(skipped.empty() ? "" : "; ") + e.what();
+    }
+  }
+  throw Error("trainer.out_dir '" + dir_ + "' holds checkpoints but none of them loads (" + skipped +
+              "); move them away to start fresh");
 }
 
 at::Tensor rng_state(const at::Device& device) {

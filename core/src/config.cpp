@@ -28,7 +28,7 @@ namespace linearnexus {
 const Schema& top_schema() {
   static const Schema s = {
       {"name", ParamType::String, "run", "experiment name (default out_dir is runs/<name>)"},
-      {"seed", ParamType::Int, "1337", "seed for initialisation, data order, dropout and sampling"},
+      {"seed", ParamType::Int, "1337", "seed for initialisation, data order, dropout and sampling", {}, 0},
       {"device", ParamType::String, "auto", "where to run", {"auto", "cpu", "cuda"}},
       {"precision", ParamType::String, "fp32", "compute precision (master weights stay fp32)", {"fp32", "bf16"}},
   };
@@ -38,32 +38,32 @@ const Schema& model_schema() {
   static const Schema s = {
       {"preset", ParamType::String, "\"\"", "a named model shape (fields here override it): see `linearnexus presets`"},
       {"vocab_size", ParamType::String, "auto", "vocabulary size, or auto = the tokenizer's"},
-      {"hidden_size", ParamType::Int, "256", "model width C"},
-      {"n_layer", ParamType::Int, "4", "number of blocks"},
-      {"max_seq_len", ParamType::Int, "1024", "longest sequence the caches and positions allow"},
+      {"hidden_size", ParamType::Int, "256", "model width C", {}, 1},
+      {"n_layer", ParamType::Int, "4", "number of blocks", {}, 1},
+      {"max_seq_len", ParamType::Int, "1024", "longest sequence the caches and positions allow", {}, 1},
       {"block_pattern", ParamType::StringList, "[attention]", "block names, repeated to fill n_layer"},
       {"tie_embeddings", ParamType::Bool, "true", "share the token embedding with the LM head"},
-      {"dropout", ParamType::Float, "0.0", "dropout probability passed to every block"},
+      {"dropout", ParamType::Float, "0.0", "dropout probability passed to every block", {}, 0, 1},
   };
   return s;
 }
 const Schema& schedule_schema() {
   static const Schema s = {
-      {"warmup_steps", ParamType::Int, "100", "linear warmup from 0 to the optimizer's lr"},
+      {"warmup_steps", ParamType::Int, "100", "linear warmup from 0 to the optimizer's lr", {}, 0},
       {"decay", ParamType::String, "cosine", "decay after warmup", {"cosine", "linear", "constant"}},
-      {"min_lr", ParamType::Float, "0.0", "learning rate reached at max_steps"},
+      {"min_lr", ParamType::Float, "0.0", "learning rate reached at max_steps", {}, 0},
   };
   return s;
 }
 const Schema& trainer_common_schema() {
   static const Schema s = {
-      {"max_steps", ParamType::Int, "1000", "optimizer steps (the schedule spans these)"},
-      {"stop_after", ParamType::Int, "0", "stop early after this many steps, saving a checkpoint to resume from (0 = run to max_steps)"},
-      {"grad_clip", ParamType::Float, "1.0", "global gradient-norm clip (0 = off)"},
-      {"log_every", ParamType::Int, "10", "steps between metric lines"},
-      {"eval_every", ParamType::Int, "100", "steps between validation passes (0 = only at the end)"},
-      {"save_every", ParamType::Int, "500", "steps between checkpoints (a final one is always written)"},
-      {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest"},
+      {"max_steps", ParamType::Int, "1000", "optimizer steps (the schedule spans these)", {}, 1},
+      {"stop_after", ParamType::Int, "0", "stop early after this many steps, saving a checkpoint to resume from (0 = run to max_steps)", {}, 0},
+      {"grad_clip", ParamType::Float, "1.0", "global gradient-norm clip (0 = off)", {}, 0},
+      {"log_every", ParamType::Int, "10", "steps between metric lines", {}, 1},
+      {"eval_every", ParamType::Int, "100", "steps between validation passes (0 = only at the end)", {}, 0},
+      {"save_every", ParamType::Int, "500", "steps between checkpoints (a final one is always written)", {}, 0},
+      {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest", {}, 0},
       {"out_dir", ParamType::String, "\"\"", "run folder (default runs/<name>)"},
       {"resume", ParamType::String, "\"\"", "\"\" = fresh run (refuses a folder with checkpoints), auto = continue from out_dir's latest, or a checkpoint path"},
       {"init_from", ParamType::String, "\"\"", "a fresh run starts from this checkpoint's weights (run folder or file) and reuses its tokenizer; the model section must match it"},
@@ -77,11 +77,11 @@ const Schema& plugins_schema() {
 const Schema& sample_schema() {
   static const Schema s = {
       {"prompt", ParamType::String, "\"\\n\"", "text the samples start from"},
-      {"max_tokens", ParamType::Int, "200", "new tokens per sample"},
-      {"num_samples", ParamType::Int, "1", "samples printed after training (0 = none; `linearnexus sample` then prints one)"},
-      {"temperature", ParamType::Float, "0.8", "softmax temperature (0 = greedy)"},
-      {"top_k", ParamType::Int, "50", "keep the k most likely tokens (0 = off)"},
-      {"top_p", ParamType::Float, "0.95", "nucleus sampling mass (1 = off)"},
+      {"max_tokens", ParamType::Int, "200", "new tokens per sample", {}, 1},
+      {"num_samples", ParamType::Int, "1", "samples printed after training (0 = none; `linearnexus sample` then prints one)", {}, 0},
+      {"temperature", ParamType::Float, "0.8", "softmax temperature (0 = greedy)", {}, 0},
+      {"top_k", ParamType::Int, "50", "keep the k most likely tokens (0 = off)", {}, 0},
+      {"top_p", ParamType::Float, "0.95", "nucleus sampling mass (1 = off)", {}, 0, 1},
   };
   return s;
 }
@@ -181,7 +181,9 @@ const std::vector<std::string> kSections = {"name", "seed", "device", "precision
 // The `model:` section: a preset's fields first, the file's on top; each block kind of the pattern
 // validated against its plugin's schema (defaults for kinds the file does not configure).
 void parse_model_section(const YAML::Node& model_node, const Source& src, const Registry& reg, Experiment& e) {
-  YAML::Node model = model_node ? YAML::Clone(model_node) : YAML::Node(YAML::NodeType::Map);
+  // The file's own node (not a clone: a clone loses the line numbers errors point at); the preset's
+  // fields are merged into it.
+  YAML::Node model = model_node ? model_node : YAML::Node(YAML::NodeType::Map);
   if (!model.IsMap()) throw Error(src.at(model_node, "model") + ": 'model' must be a map");
   if (model["preset"] && !model["preset"].Scalar().empty()) {
     const std::string name = model["preset"].Scalar();
@@ -330,6 +332,15 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
 
   e.resolved_yaml = resolved_yaml(e);
   return e;
+}
+
+void check_for_training(const Experiment& e, const Registry& registry) {
+  const int64_t seq_len = e.data.get_int("seq_len"), max_seq_len = e.model.get_int("max_seq_len");
+  if (seq_len > max_seq_len)
+    throw Error(e.source + ": data.seq_len (" + std::to_string(seq_len) + ") is longer than model.max_seq_len (" +
+                std::to_string(max_seq_len) + ")");
+  // The trainer's own checks live in its constructor: make one and drop it.
+  registry.make_trainer(e.trainer_name, e.trainer);
 }
 
 Experiment load_experiment(const std::string& path, const std::vector<std::string>& overrides, PluginHost& host) {

@@ -56,11 +56,11 @@ const Schema& data_schema() {
   static const Schema s = {
       {"path", ParamType::String, "", "text file to train on, builtin:arithmetic (a generated corpus), or task = worked examples of the experiment's task section"},
       {"tokenizer", ParamType::String, "char", "char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file"},
-      {"seq_len", ParamType::Int, "256", "tokens per training sequence"},
-      {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation"},
+      {"seq_len", ParamType::Int, "256", "tokens per training sequence", {}, 1},
+      {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation", {}, 0.0001, 0.9},
       {"download", ParamType::String, "\"\"", "URL fetched to data.path when the file is missing"},
       {"download_sha256", ParamType::String, "\"\"", "expected SHA-256 of the download (\"\" = unchecked)"},
-      {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)"},
+      {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)", {}, 0},
       {"sampling", ParamType::String, "random", "training windows: random offsets, or epoch = shuffled non-overlapping windows, each once per epoch", {"random", "epoch"}},
   };
   return s;

@@ -28,6 +28,7 @@ at::Tensor sample_next(const at::Tensor& logits_in, const SamplingParams& p, at:
     auto probs = sorted_logits.softmax(-1);
     // Drop a token when the mass before it already reaches top_p (the most likely one always stays).
     auto drop = (probs.cumsum(-1) - probs) >= p.top_p;
+    drop.select(-1, 0).fill_(false);  // top_p 0: the most likely token alone
     sorted_logits = sorted_logits.masked_fill(drop, neg_inf);
     logits = at::empty_like(logits).scatter_(-1, order, sorted_logits);
   }

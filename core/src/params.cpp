@@ -29,7 +29,8 @@ const char* param_type_name(ParamType t) {
 
 namespace {
 // Shortest decimal text that reads back as the same double.
-std::string float_text(double v) {
+std::string float_text(double v, bool plain = false) {
+  if (plain && v == static_cast<double>(static_cast<int64_t>(v))) return std::to_string(static_cast<int64_t>(v));
   char buf[64];
   for (int prec = 6; prec <= 17; ++prec) {
     std::snprintf(buf, sizeof buf, "%.*g", prec, v);
@@ -58,9 +59,17 @@ std::string ParamValue::to_yaml() const {
     case ParamType::Bool: return b ? "true" : "false";
     case ParamType::String: return quote(s);
     case ParamType::IntList: return join(ilist, [](int64_t v) { return std::to_string(v); });
-    case ParamType::FloatList: return join(flist, float_text);
+    case ParamType::FloatList: return join(flist, [](double x) { return float_text(x); });
     case ParamType::StringList: return join(slist, quote);
   }
+  return "";
+}
+
+std::string ParamSpec::range_text() const {
+  const bool lo = min > -std::numeric_limits<double>::infinity(), hi = max < std::numeric_limits<double>::infinity();
+  if (lo && hi) return "in [" + float_text(min, true) + ", " + float_text(max, true) + "]";
+  if (lo) return ">= " + float_text(min, true);
+  if (hi) return "<= " + float_text(max, true);
   return "";
 }
 
@@ -121,6 +130,7 @@ std::string describe_schema(const Schema& schema) {
       for (const auto& c : s.choices) doc += " " + c;
       doc += ")";
     }
+    if (!s.range_text().empty()) doc += " (" + s.range_text() + ")";
     out << "  " << pad(s.key, wk) << "  " << pad(param_type_name(s.type), wt) << "  "
         << pad(s.default_value.empty() ? "(required)" : s.default_value, wd) << "  " << doc << "\n";
   }
@@ -142,6 +152,7 @@ std::string describe_schema_markdown(const Schema& schema) {
       for (const auto& c : s.choices) doc += " `" + c + "`";
       doc += ")";
     }
+    if (!s.range_text().empty()) doc += " (" + s.range_text() + ")";
     out << "| `" << s.key << "` | " << param_type_name(s.type) << " | "
         << (s.default_value.empty() ? "(required)" : "`" + cell(s.default_value) + "`") << " | " << cell(doc) << " |\n";
   }

@@ -186,12 +186,12 @@ double task_accuracy(LMModel& model, const Task& task, const Tokenizer& tok, int
 
 const Schema& rl_common_schema() {
   static const Schema s = {
-      {"prompts_per_step", ParamType::Int, "16", "task prompts sampled per step"},
-      {"group_size", ParamType::Int, "8", "completions sampled per prompt (GRPO's G)"},
-      {"max_new_tokens", ParamType::Int, "8", "longest completion, in tokens"},
-      {"temperature", ParamType::Float, "1.0", "sampling temperature of the rollouts (log-probs use it too)"},
-      {"beta", ParamType::Float, "0.04", "weight of the KL to the frozen reference model"},
-      {"clip_eps", ParamType::Float, "0.2", "PPO clip range of the probability ratio"},
+      {"prompts_per_step", ParamType::Int, "16", "task prompts sampled per step", {}, 1},
+      {"group_size", ParamType::Int, "8", "completions sampled per prompt (GRPO's G)", {}, 1},
+      {"max_new_tokens", ParamType::Int, "8", "longest completion, in tokens", {}, 1},
+      {"temperature", ParamType::Float, "1.0", "sampling temperature of the rollouts (log-probs use it too)", {}, 1e-6},
+      {"beta", ParamType::Float, "0.04", "weight of the KL to the frozen reference model", {}, 0},
+      {"clip_eps", ParamType::Float, "0.2", "PPO clip range of the probability ratio", {}, 0},
       {"ref_checkpoint", ParamType::String, "\"\"", "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"},
   };
   return s;
@@ -214,13 +214,7 @@ RLSettings::RLSettings(const Params& t)
       beta(t.get_float("beta")),
       clip_eps(t.get_float("clip_eps")),
       grad_clip(t.get_float("grad_clip")),
-      reference(!t.get_string("ref_checkpoint").empty() ? t.get_string("ref_checkpoint") : t.get_string("init_from")) {
-  if (temperature <= 0)
-    throw Error("trainer.temperature must be positive for RL rollouts (got " + std::to_string(temperature) + ")");
-  if (max_new_tokens <= 0) throw Error("trainer.max_new_tokens must be positive");
-  if (prompts_per_step < 1) throw Error("trainer.prompts_per_step must be at least 1");
-  if (group_size < 1) throw Error("trainer.group_size must be at least 1");
-}
+      reference(!t.get_string("ref_checkpoint").empty() ? t.get_string("ref_checkpoint") : t.get_string("init_from")) {}
 
 SamplingParams RLSettings::sampling(uint64_t seed, int64_t step) const {
   SamplingParams sp;

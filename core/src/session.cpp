@@ -1,7 +1,13 @@
 // From a validated experiment (or a checkpoint) to live model, data and optimizer.
 #include "linearnexus/session.h"
 
+#include <fcntl.h>
 #include <malloc.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
@@ -31,6 +37,8 @@ void init_runtime() {
 }
 
 at::Device resolve_device(const std::string& device) {
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    throw Error("device must be cpu, cuda or auto (got '" + device + "')");
   if (device == "cpu") return at::kCPU;
   const bool cuda = at::hasCUDA();
   if (device == "cuda" && !cuda)
@@ -45,6 +53,26 @@ at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device) {
     throw Error(exp.source + ": precision: bf16 needs a CUDA device (device is " + device.str() +
                 " here); use precision: fp32 on the CPU");
   return at::kBFloat16;
+}
+
+std::shared_ptr<void> lock_run_folder(const std::string& dir) {
+  const std::string path = (fs::path(dir) / ".lock").string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error("trainer.out_dir: cannot create the lock file '" + path + "': " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    ::close(fd);
+    const std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+    throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
+                "); wait for it to end, or give this run another out_dir");
+  }
+  // The holder's pid, for the message above (the lock itself is the flock: it ends with the process).
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    // Only the message would lack the pid; the lock holds.
+  }
+  return std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
 }
 
 std::vector<NamedParameter> named_parameters_of(const LMModel& model) {
@@ -76,6 +104,7 @@ std::string RunSetup::describe() const {
 }
 
 RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
+  check_for_training(exp, host.registry());
   RunSetup s;
   auto& ctx = s.ctx;
   ctx.experiment = &exp;
@@ -89,17 +118,19 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   std::error_code ec;
   fs::create_directories(ctx.out_dir, ec);
   if (ec) throw Error("trainer.out_dir: cannot create '" + ctx.out_dir + "': " + ec.message());
+  s.folder_lock = lock_run_folder(ctx.out_dir);
 
   // Where the run starts, decided here once; when resuming (or starting from another run's weights,
   // trainer.init_from: SFT -> RL), the checkpoint's tokenizer keeps token ids identical.
   const std::string resume = exp.trainer.get_string("resume");
-  const auto latest = CheckpointManager(ctx.out_dir, 0).latest();
+  const CheckpointManager checkpoints(ctx.out_dir, 0);
+  const bool has_checkpoints = checkpoints.latest() || !checkpoints.step_files().empty();
   if (resume == "auto") {
-    if (latest) ctx.resume_file = *latest;
+    if (auto loadable = checkpoints.newest_loadable()) ctx.resume_file = *loadable;
     else log_info("resume: auto found no checkpoint in " + ctx.out_dir + "; starting fresh");
   } else if (!resume.empty()) {
     ctx.resume_file = resolve_checkpoint(resume);
-  } else if (latest) {
+  } else if (has_checkpoints) {
     throw Error("trainer.out_dir '" + ctx.out_dir + "' already holds checkpoints; set trainer.resume: auto " +
                 "(or --set trainer.resume=auto) to continue that run, or choose another out_dir");
   }
@@ -120,10 +151,6 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   ctx.data = load_data(exp.data, exp.base_dir, tokenizer, task_text);
 
   ModelConfig mc = exp.model_config(ctx.data.tokenizer->vocab_size());
-  const int64_t seq_len = exp.data.get_int("seq_len");
-  if (seq_len > mc.dims.max_seq_len)
-    throw Error(exp.source + ": data.seq_len (" + std::to_string(seq_len) + ") is longer than model.max_seq_len (" +
-                std::to_string(mc.dims.max_seq_len) + ")");
   ctx.model = std::make_shared<LMModel>(mc, host.registry());
   ctx.model->to(ctx.device);
   ctx.model->set_compute_dtype(compute);

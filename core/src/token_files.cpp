@@ -242,6 +242,13 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
   if (!(o.val_fraction > 0 && o.val_fraction < 1))
     throw Error("data prepare: --val-fraction must be between 0 and 1 (got " + std::to_string(o.val_fraction) + ")");
   std::error_code ec;
+  if (!o.force && fs::is_directory(o.out_dir, ec) && !fs::is_empty(o.out_dir, ec)) {
+    const std::string what = is_prepared_dir(o.out_dir) ? "a prepared dataset"
+                             : fs::exists(fs::path(o.out_dir) / "config.yaml") ? "a training run"
+                                                                               : "files";
+    throw Error("data prepare: the output folder '" + o.out_dir + "' already holds " + what +
+                "; choose another --out, or pass --force to overwrite it");
+  }
   fs::create_directories(o.out_dir, ec);
   if (ec || !fs::is_directory(o.out_dir)) throw Error("data prepare: cannot create the output folder '" + o.out_dir + "'");
 

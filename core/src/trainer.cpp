@@ -148,8 +148,62 @@ void TrainingRun::write_metrics(const std::map<std::string, double>& m) {
     if (k == "step") j[k] = static_cast<int64_t>(v);
     else j[k] = v;
   }
-  metrics_ << j.dump() << "\n";
+  append_metrics_line(j.dump() + "\n");
+}
+
+namespace {
+// Cut a file after its last newline: what a failed write left of a line goes, whole lines stay.
+void drop_torn_tail(const fs::path& path) {
+  std::string text;
+  {
+    std::ifstream in(path, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t end = text.rfind('\n');
+  std::error_code ec;
+  fs::resize_file(path, end == std::string::npos ? 0 : end + 1, ec);
+}
+}  // namespace
+
+void TrainingRun::append_metrics_line(const std::string& line) {
+  metrics_ << line;
   metrics_.flush();
+  if (metrics_) return;
+  // A write failed (a moment of full disk): reopen, drop the torn tail so the file stays one JSON
+  // object per line, and write the line again; if that fails too, stop rather than lose lines.
+  const fs::path path = fs::path(ctx_.out_dir) / "metrics.jsonl";
+  metrics_.close();
+  drop_torn_tail(path);
+  metrics_.clear();
+  metrics_.open(path, std::ios::app);
+  metrics_ << line;
+  metrics_.flush();
+  if (!metrics_) {
+    metrics_.close();
+    drop_torn_tail(path);
+    throw Error("cannot append to " + path.string() + " (disk full?); training stopped so that no metric is lost. " +
+                "Free some space and run again with trainer.resume: auto");
+  }
+  log_warn("a write to " + path.string() + " failed once; reopened it and wrote the line again");
+}
+
+void TrainingRun::stop_if_diverged(int64_t step, const std::map<std::string, double>& metrics) const {
+  std::string bad;
+  // The training signals (loss, val_loss, policy_loss, ..., grad_norm); other metrics may be
+  // undefined for harmless reasons (the std of one reward).
+  for (const auto& [k, v] : metrics)
+    if ((k == "grad_norm" || k.find("loss") != std::string::npos) && !std::isfinite(v))
+      bad += (bad.empty() ? "" : ", ") + k + " " + std::to_string(v);
+  if (bad.empty()) return;
+  throw Error(diverged_message(step, bad));
+}
+
+std::string TrainingRun::diverged_message(int64_t step, const std::string& what) const {
+  const auto good = ckpt_->latest();
+  return "training diverged at step " + std::to_string(step + 1) + " (" + what + "); nothing was saved after it. " +
+         (good ? "The last good checkpoint is " + *good + ": lower optimizer.lr (or raise schedule.warmup_steps or " +
+                     "trainer.grad_clip) and run again with trainer.resume: auto"
+               : std::string("No checkpoint was saved before it: lower optimizer.lr (or raise schedule.warmup_steps)"));
 }
 
 void TrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t tokens, const TensorMap& extra) {
@@ -165,6 +219,7 @@ void TrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t token
     m["ms_per_step"] = 1000.0 * dt / static_cast<double>(steps_since_log_);
     m["elapsed_sec"] = std::chrono::duration<double>(now - t_start_).count();
     write_metrics(m);
+    stop_if_diverged(step, m);
     std::ostringstream line;
     char buf[256];
     std::snprintf(buf, sizeof buf, "step %lld/%lld", static_cast<long long>(step + 1), static_cast<long long>(max_steps_));
@@ -185,6 +240,15 @@ void TrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t token
 }
 
 void TrainingRun::save(int64_t completed_steps, const TensorMap& extra) {
+  // Never a non-finite model on disk: checkpoint rotation would then drop the good ones. One
+  // reduction over the parameters, at save time only.
+  {
+    torch::NoGradGuard g;
+    std::vector<at::Tensor> finite;
+    for (const auto& p : ctx_.params) finite.push_back(at::isfinite(p.param).all().reshape({1}));
+    if (!finite.empty() && !at::cat(finite).all().item<bool>())
+      throw Error(diverged_message(completed_steps - 1, "non-finite weights"));
+  }
   TensorMap t = model_tensors(*ctx_.model);
   for (const auto& [k, v] : ctx_.optimizer->state_dict()) t["optim." + k] = v;
   for (const auto& [k, v] : extra) t["extra." + k] = v;

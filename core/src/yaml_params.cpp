@@ -2,6 +2,10 @@
 #include "yaml_params.h"
 
 #include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <vector>
 
 #include "linearnexus/error.h"
 
@@ -69,12 +73,49 @@ ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::
                                                                                     : "a number";
     throw fail(what);
   }
+  // Numbers: finite, and inside the spec's range.
+  auto check = [&](double x, const std::string& text) {
+    if (!std::isfinite(x)) throw fail("a finite number");
+    if (x < spec.min || x > spec.max) throw Error(where + ": '" + path + "' must be " + spec.range_text() + " (got " + text + ")");
+  };
+  if (spec.type == ParamType::Int) check(static_cast<double>(v.i), std::to_string(v.i));
+  if (spec.type == ParamType::Float) check(v.f, n.Scalar());
+  for (auto x : v.ilist) check(static_cast<double>(x), std::to_string(x));
+  for (auto x : v.flist) check(x, std::to_string(x));
   return v;
 }
 
+namespace {
+std::string position(const YAML::Mark& m, const std::string& file) {
+  return file + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+}
+// yaml-cpp keeps every pair of a map with a repeated key and answers lookups with the first, so a
+// repeated key would silently lose the later value: refuse it, naming both places.
+void refuse_duplicate_keys(const YAML::Node& n, const std::string& file, int depth = 0) {
+  if (depth > 64) throw Error(file + ": YAML nested more than 64 levels deep");
+  if (n.IsSequence())
+    for (const auto& x : n) refuse_duplicate_keys(x, file, depth + 1);
+  if (!n.IsMap()) return;
+  std::map<std::string, YAML::Mark> seen;
+  for (const auto& kv : n) {
+    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+    if (auto it = seen.find(key); it != seen.end() && kv.first.IsScalar())
+      throw Error(position(kv.first.Mark(), file) + ": key '" + key + "' appears twice in the same map (first at " +
+                  position(it->second, file) + "); keep one");
+    seen.emplace(key, kv.first.Mark());
+    refuse_duplicate_keys(kv.second, file, depth + 1);
+  }
+}
+}  // namespace
+
 YAML::Node load_yaml_text(const std::string& text, const std::string& file) {
   try {
-    return YAML::Load(text);
+    std::vector<YAML::Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1)
+      throw Error(position(docs[1].Mark(), file) + ": a second YAML document ('---'): an experiment is one document");
+    YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
+    refuse_duplicate_keys(root, file);
+    return root;
   } catch (const YAML::ParserException& e) {
     throw Error(file + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
                 ": malformed YAML: " + e.msg);

@@ -105,12 +105,12 @@ class AttentionBlock : public Block {
 void register_attention(Registry& r) {
   r.add_block("attention", "pre-norm causal self-attention (MHA/GQA/MQA, RoPE, KV cache) + MLP",
               {
-                  {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head"},
-                  {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)"},
+                  {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head", {}, 1},
+                  {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)", {}, 0},
                   {"rope", ParamType::Bool, "true", "rotary position embedding on q and k"},
-                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base"},
+                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base", {}, 1},
                   {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
-                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)"},
+                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
                   {"bias", ParamType::Bool, "false", "biases in the qkv and output projections"},
               },
               [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p); });

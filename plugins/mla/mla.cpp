@@ -189,16 +189,16 @@ class MLABlock : public Block {
 void register_mla(Registry& r) {
   r.add_block("mla", "DeepSeek-V2 multi-head latent attention (compressed latent KV cache, decoupled RoPE) + MLP",
               {
-                  {"n_head", ParamType::Int, "4", "attention heads"},
-                  {"kv_lora_rank", ParamType::Int, "0", "d_c, the cached latent width (0 = min(4 head_dim, hidden_size / 2))"},
-                  {"q_lora_rank", ParamType::Int, "0", "low-rank query width (0 = full-rank queries)"},
-                  {"qk_nope_head_dim", ParamType::Int, "0", "per-head query/key part without RoPE (0 = head_dim = hidden_size / n_head)"},
-                  {"qk_rope_head_dim", ParamType::Int, "0", "per-head RoPE part, even; its key is shared by all heads (0 = head_dim / 2)"},
-                  {"v_head_dim", ParamType::Int, "0", "per-head value width (0 = head_dim)"},
-                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base"},
+                  {"n_head", ParamType::Int, "4", "attention heads", {}, 1},
+                  {"kv_lora_rank", ParamType::Int, "0", "d_c, the cached latent width (0 = min(4 head_dim, hidden_size / 2))", {}, 0},
+                  {"q_lora_rank", ParamType::Int, "0", "low-rank query width (0 = full-rank queries)", {}, 0},
+                  {"qk_nope_head_dim", ParamType::Int, "0", "per-head query/key part without RoPE (0 = head_dim = hidden_size / n_head)", {}, 0},
+                  {"qk_rope_head_dim", ParamType::Int, "0", "per-head RoPE part, even; its key is shared by all heads (0 = head_dim / 2)", {}, 0},
+                  {"v_head_dim", ParamType::Int, "0", "per-head value width (0 = head_dim)", {}, 0},
+                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base", {}, 1},
                   {"decode", ParamType::String, "absorbed", "decode path: absorbed (on the latent cache) or naive (materialise k/v)", {"absorbed", "naive"}},
                   {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
-                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)"},
+                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
               },
               [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MLABlock>(d, p); });
 }

@@ -26,7 +26,6 @@ class GRPOTrainer : public Trainer {
         loss_norm_(t.get_string("loss_norm")) {
     if (rl_.group_size < 2)
       throw Error("trainer.group_size must be at least 2 for GRPO (got " + std::to_string(rl_.group_size) + ")");
-    if (iterations_ < 1) throw Error("trainer.num_iterations must be at least 1");
   }
 
   void run(TrainContext& ctx) override {
@@ -92,7 +91,7 @@ class GRPOTrainer : public Trainer {
 
 void register_grpo(Registry& r) {
   Schema s = rl_common_schema();
-  s.push_back({"num_iterations", ParamType::Int, "1", "optimisation passes (mu) over each generated batch"});
+  s.push_back({"num_iterations", ParamType::Int, "1", "optimisation passes (mu) over each generated batch", {}, 1});
   s.push_back({"scale_rewards", ParamType::Bool, "true", "divide group-centred rewards by the group's std"});
   s.push_back({"loss_norm", ParamType::String, "sequence", "average the token losses per sequence then over sequences, or over all tokens", {"sequence", "token"}});
   r.add_trainer("grpo", "Group Relative Policy Optimization on the experiment's task (no value model)", s,

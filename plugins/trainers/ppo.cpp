@@ -115,7 +115,6 @@ class PPOTrainer : public Trainer {
         value_clip_(t.get_float("value_clip")),
         entropy_coef_(t.get_float("entropy_coef")),
         target_kl_(t.get_float("target_kl")) {
-    if (epochs_ < 1 || minibatches_ < 1) throw Error("trainer.ppo_epochs and trainer.minibatches must be at least 1");
     if (minibatches_ > rl_.group_size * rl_.prompts_per_step)
       throw Error("trainer.minibatches (" + std::to_string(minibatches_) + ") is more than the " +
                   std::to_string(rl_.group_size * rl_.prompts_per_step) +
@@ -237,14 +236,14 @@ class PPOTrainer : public Trainer {
 void register_ppo(Registry& r) {
   Schema s = rl_common_schema();
   s.push_back({"value_model", ParamType::String, "trunk", "value head on the policy's trunk, or on a separate copy of the starting model", {"trunk", "separate"}});
-  s.push_back({"gamma", ParamType::Float, "1.0", "discount of GAE"});
-  s.push_back({"lambda", ParamType::Float, "0.95", "GAE's lambda (bias / variance of the advantages)"});
-  s.push_back({"ppo_epochs", ParamType::Int, "2", "passes over each generated batch"});
-  s.push_back({"minibatches", ParamType::Int, "2", "minibatches per pass (one optimizer step each)"});
-  s.push_back({"value_coef", ParamType::Float, "0.5", "weight of the value loss"});
-  s.push_back({"value_clip", ParamType::Float, "0.2", "how far a value estimate may move from the old one in the clipped value loss"});
+  s.push_back({"gamma", ParamType::Float, "1.0", "discount of GAE", {}, 0, 1});
+  s.push_back({"lambda", ParamType::Float, "0.95", "GAE's lambda (bias / variance of the advantages)", {}, 0, 1});
+  s.push_back({"ppo_epochs", ParamType::Int, "2", "passes over each generated batch", {}, 1});
+  s.push_back({"minibatches", ParamType::Int, "2", "minibatches per pass (one optimizer step each)", {}, 1});
+  s.push_back({"value_coef", ParamType::Float, "0.5", "weight of the value loss", {}, 0});
+  s.push_back({"value_clip", ParamType::Float, "0.2", "how far a value estimate may move from the old one in the clipped value loss", {}, 0});
   s.push_back({"entropy_coef", ParamType::Float, "0.0", "weight of the entropy bonus"});
-  s.push_back({"target_kl", ParamType::Float, "0.0", "stop a step's passes once the approximate KL to the sampling policy exceeds 1.5 x this (0 = never)"});
+  s.push_back({"target_kl", ParamType::Float, "0.0", "stop a step's passes once the approximate KL to the sampling policy exceeds 1.5 x this (0 = never)", {}, 0});
   r.add_trainer("ppo", "PPO with a value head, GAE and a per-token KL penalty to a reference, on the experiment's task", s,
                 [](const Params& t) { return std::make_shared<PPOTrainer>(t); });
 }

@@ -1,6 +1,5 @@
 // The `sft` trainer: next-token cross-entropy on the experiment's text data.
 #include <linearnexus/data.h>
-#include <linearnexus/error.h>
 #include <linearnexus/loss.h>
 #include <linearnexus/plugin.h>
 #include <linearnexus/trainer.h>
@@ -14,12 +13,7 @@ class SFTTrainer : public Trainer {
       : batch_size_(t.get_int("batch_size")),
         grad_accum_(t.get_int("grad_accum")),
         eval_batches_(t.get_int("eval_batches")),
-        grad_clip_(t.get_float("grad_clip")) {
-    if (batch_size_ < 1) throw Error("trainer.batch_size must be at least 1 (got " + std::to_string(batch_size_) + ")");
-    if (grad_accum_ < 1) throw Error("trainer.grad_accum must be at least 1 (got " + std::to_string(grad_accum_) + ")");
-    if (eval_batches_ < 1)
-      throw Error("trainer.eval_batches must be at least 1 (got " + std::to_string(eval_batches_) + ")");
-  }
+        grad_clip_(t.get_float("grad_clip")) {}
 
   void run(TrainContext& ctx) override {
     TrainingRun run(ctx);
@@ -69,9 +63,9 @@ class SFTTrainer : public Trainer {
 
 void register_sft(Registry& r) {
   r.add_trainer("sft", "supervised next-token training (cross-entropy) on data.path",
-                {{"batch_size", ParamType::Int, "16", "sequences per micro-batch"},
-                 {"grad_accum", ParamType::Int, "1", "micro-batches per optimizer step"},
-                 {"eval_batches", ParamType::Int, "20", "batches per validation pass"}},
+                {{"batch_size", ParamType::Int, "16", "sequences per micro-batch", {}, 1},
+                 {"grad_accum", ParamType::Int, "1", "micro-batches per optimizer step", {}, 1},
+                 {"eval_batches", ParamType::Int, "20", "batches per validation pass", {}, 1}},
                 [](const Params& t) { return std::make_shared<SFTTrainer>(t); });
 }
 

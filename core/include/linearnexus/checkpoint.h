@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "linearnexus/tensor_map.h"
 
@@ -41,6 +42,13 @@ class CheckpointManager {
   CheckpointManager(std::string dir, int64_t keep_last_n);
   std::string save(int64_t step, const TensorMap& tensors, const Metadata& metadata);
   std::optional<std::string> latest() const;
+  // The newest checkpoint that loads (trainer.resume: auto): latest, else the step files from the
+  // newest down, each one skipped a warning. A corrupt latest is a hard link to the newest step
+  // file, so the fallback is the step before it (keep_last_n >= 1 keeps one). nullopt when there
+  // is no checkpoint; an Error when there are some but none loads.
+  std::optional<std::string> newest_loadable() const;
+  // The step_XXXXXXXX files, newest first.
+  std::vector<std::string> step_files() const;
   const std::string& dir() const { return dir_; }
 
  private:

@@ -44,6 +44,11 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
 Experiment parse_experiment(const std::string& yaml_text, const std::string& origin, const std::string& base_dir,
                             const std::vector<std::string>& overrides, PluginHost& host);
 
+// What training needs beyond each key's own schema (data.seq_len <= model.max_seq_len, the
+// trainer's own checks): `validate` and prepare_run both call it, so validate refuses what run does.
+// Not part of parse_experiment: a model alone (a checkpoint's, a test's) does not need it.
+void check_for_training(const Experiment& e, const Registry& registry);
+
 // The host's own schemas, for docs and `linearnexus validate`.
 const Schema& top_schema();
 const Schema& plugins_schema();

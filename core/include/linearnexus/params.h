@@ -5,6 +5,7 @@
 // (types, unknown keys with a suggestion, defaults) and prints it as documentation. A plugin only
 // ever sees the resulting Params, never YAML.
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -20,6 +21,12 @@ struct ParamSpec {
   std::string default_value;  // YAML text ("4", "0.1", "true", "[0.9, 0.95]", "auto"); "" = required
   std::string doc;            // one line
   std::vector<std::string> choices = {};  // allowed values of a String key (empty = any)
+  // Allowed range of a numeric key (every element of a numeric list), inclusive. Floats must be
+  // finite whatever the range.
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
+  // The range as text for docs and errors: "" (any), ">= 1", "<= 2", "in [0, 1]".
+  std::string range_text() const;
 };
 using Schema = std::vector<ParamSpec>;
 

@@ -26,12 +26,19 @@ at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device);
 
 struct RunSetup {
   TrainContext ctx;
+  // The run's exclusive hold on out_dir (lock_run_folder), released when the setup is destroyed.
+  std::shared_ptr<void> folder_lock;
   std::string describe() const;  // parameter count, data sizes, optimizer groups
 };
 
 // Seeds, loads data (reusing the tokenizer of the checkpoint being resumed), builds the model on
 // its device and the optimizer, and creates out_dir. `exp` and `host` must outlive the result.
 RunSetup prepare_run(const Experiment& exp, PluginHost& host);
+
+// An exclusive lock on a run folder (flock on DIR/.lock, which records the holder's pid), held
+// until the returned handle is dropped or the process ends, even by kill -9. A second run on the
+// same folder gets an Error naming the folder and the holder's pid.
+std::shared_ptr<void> lock_run_folder(const std::string& dir);
 
 // The model's parameters by name, with the fused splits their blocks declare.
 std::vector<NamedParameter> named_parameters_of(const LMModel& model);

@@ -18,6 +18,7 @@ struct PrepareOptions {
   double val_fraction = 0.005;      // the last tokens go to val.bin
   int64_t chunk_bytes = 1 << 20;    // text encoded per task; two tasks run at once
   bool progress = true;             // a progress bar on stderr
+  bool force = false;               // overwrite a folder that is not empty (a prepared dataset, a run)
 };
 struct PreparedSummary {
   std::string dtype;

@@ -64,7 +64,8 @@ class TrainingRun {
   double begin_step(int64_t step);
   // Finishes step `step` (0-based). On log steps (every log_every, eval steps and the last step)
   // it calls `metrics` (so values are read from the device only then), adds lr, tokens/s and
-  // ms/step, writes a metrics.jsonl line and prints the progress line. Saves a checkpoint every
+  // ms/step, writes a metrics.jsonl line and prints the progress line; a non-finite value there
+  // stops the run with an Error (training diverged), as do non-finite weights at a save. Saves a checkpoint every
   // save_every steps and at the end. `tokens`: tokens the step processed.
   using MetricsFn = std::function<std::map<std::string, double>()>;
   void end_step(int64_t step, const MetricsFn& metrics, int64_t tokens, const TensorMap& extra = {});
@@ -89,6 +90,13 @@ class TrainingRun {
   int64_t last_step() const { return last_step_; }
 
  private:
+  // metrics.jsonl: one line, recovering once from a failed write (then an Error, never a lost line).
+  void append_metrics_line(const std::string& line);
+  // A non-finite metric (loss, grad_norm...) ends the run with an Error naming the step and the
+  // last good checkpoint.
+  void stop_if_diverged(int64_t step, const std::map<std::string, double>& metrics) const;
+  std::string diverged_message(int64_t step, const std::string& what) const;
+
   TrainContext& ctx_;
   int64_t max_steps_, last_step_, log_every_, eval_every_, save_every_;
   int64_t seq_len_;
