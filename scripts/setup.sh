@@ -16,6 +16,7 @@ PACKAGES=(
   libpcre2-dev            # GPT-2 pre-tokenizer regex with Unicode classes
   libcurl4-openssl-dev    # data.download
   libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
+  libgloo-dev             # Gloo headers: c10d's ProcessGroupGloo (data-parallel training on the CPU)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "linearnexus/data.h"
+#include "linearnexus/distributed.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
@@ -175,8 +176,9 @@ ModelConfig Experiment::model_config(int64_t tokenizer_vocab_size) const {
 namespace {
 
 // The top-level keys of an experiment: the top schema's scalars and the sections.
-const std::vector<std::string> kSections = {"name", "seed", "device", "precision", "plugins", "data",
-                                            "model", "optimizer", "schedule", "trainer", "sample", "task"};
+const std::vector<std::string> kSections = {"name",     "seed",      "device",   "precision", "plugins",
+                                            "data",     "model",     "optimizer", "schedule", "trainer",
+                                            "sample",   "task",      "distributed"};
 
 // The `model:` section: a preset's fields first, the file's on top; each block kind of the pattern
 // validated against its plugin's schema (defaults for kinds the file does not configure).
@@ -230,6 +232,7 @@ std::string resolved_yaml(const Experiment& e) {
   t["name"] = e.trainer_name;
   r["trainer"] = t;
   r["sample"] = params_to_yaml(e.sample);
+  r["distributed"] = params_to_yaml(e.distributed);
   if (!e.task_name.empty()) {
     YAML::Node tk = params_to_yaml(e.task);
     tk["name"] = e.task_name;
@@ -319,6 +322,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   e.schedule = validate_section(root["schedule"], schedule_schema(), "schedule", src);
   e.trainer = parse_plugin_section(root, "trainer", PluginKind::Trainer, "sft", trainer_common_schema(), reg, src, &e.trainer_name);
   e.sample = validate_section(root["sample"], sample_schema(), "sample", src);
+  e.distributed = validate_section(root["distributed"], distributed_schema(), "distributed", src);
   // task: optional; `name:` picks the task plugin (RL trainers and data.path: task need one).
   if (root["task"] && !root["task"].IsNull()) {
     YAML::Node tn = root["task"];

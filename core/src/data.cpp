@@ -188,9 +188,12 @@ Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, i
   auto buf = at::empty({B, T + 1}, at::kLong);
   int64_t* p = buf.data_ptr<int64_t>();
   if (spec.sampling == Sampling::Random) {
+    // One stream per (step, micro-batch) for the whole job; rank r takes rows [r B, (r+1) B) of it,
+    // so W ranks x B rows draw exactly what one process drawing W B rows would.
     std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(spec.seed) ^ static_cast<uint64_t>(step)) ^
-                                   (static_cast<uint64_t>(micro_step) << 20) ^ (static_cast<uint64_t>(rank) << 40)));
+                                   (static_cast<uint64_t>(micro_step) << 20)));
     std::uniform_int_distribution<int64_t> pick(0, span);
+    for (int64_t skip = 0; skip < rank * B; ++skip) pick(rng);
     for (int64_t b = 0; b < B; ++b) data.read(pick(rng), T + 1, p + b * (T + 1));
   } else {
     // Window w covers tokens [w (T+1), (w+1)(T+1)). The g-th sequence of the run (counting every

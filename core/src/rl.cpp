@@ -216,11 +216,11 @@ RLSettings::RLSettings(const Params& t)
       grad_clip(t.get_float("grad_clip")),
       reference(!t.get_string("ref_checkpoint").empty() ? t.get_string("ref_checkpoint") : t.get_string("init_from")) {}
 
-SamplingParams RLSettings::sampling(uint64_t seed, int64_t step) const {
+SamplingParams RLSettings::sampling(uint64_t seed, int64_t step, int64_t rank) const {
   SamplingParams sp;
   sp.temperature = temperature;
   sp.max_new_tokens = max_new_tokens;
-  sp.seed = seed * 1000003ull + static_cast<uint64_t>(step);
+  sp.seed = seed * 1000003ull + static_cast<uint64_t>(step) + (static_cast<uint64_t>(rank) << 40);
   return sp;
 }
 
@@ -243,6 +243,13 @@ std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std
 std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t step, int64_t n) {
   std::vector<TaskExample> out;
   for (int64_t i = 0; i < n; ++i) out.push_back(task.train_example(seed, step * n + i));
+  return out;
+}
+
+std::vector<TaskExample> rank_examples(const TrainContext& ctx, const Task& task, uint64_t seed, int64_t step, int64_t n) {
+  if (ctx.world_size == 1) return step_examples(task, seed, step, n);
+  std::vector<TaskExample> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back(task.train_example(seed, (step * ctx.world_size + ctx.rank) * n + i));
   return out;
 }
 

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <malloc.h>
+#include <torch/cuda.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "linearnexus/distributed.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
@@ -112,13 +114,27 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   torch::manual_seed(static_cast<uint64_t>(exp.top.get_int("seed")));
   ctx.device = resolve_device(exp.top.get_string("device"));
   const at::ScalarType compute = compute_dtype(exp, ctx.device);
+  // Data parallelism: launched with torchrun's environment (or `run --nproc N`), one rank each.
+  if (const LaunchEnv env = LaunchEnv::from_environment(); env.distributed()) {
+    if (ctx.device.is_cuda()) {
+      if (env.local_rank >= static_cast<int64_t>(torch::cuda::device_count()))
+        throw Error("launch: LOCAL_RANK " + std::to_string(env.local_rank) + " but this machine has " +
+                    std::to_string(torch::cuda::device_count()) + " GPU(s): start at most one rank per GPU");
+      ctx.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+    }
+    const Params& d = exp.distributed;
+    ctx.dist = std::make_shared<Distributed>(env, d.get_string("backend"), d.get_float("timeout_sec"), ctx.device);
+    ctx.rank = env.rank;
+    ctx.world_size = env.world_size;
+    if (env.rank != 0) set_log_level("warn");  // one progress log: rank 0's
+  }
 
   ctx.out_dir = exp.trainer.get_string("out_dir");
   if (ctx.out_dir.empty()) ctx.out_dir = (fs::path("runs") / exp.top.get_string("name")).string();
   std::error_code ec;
   fs::create_directories(ctx.out_dir, ec);
   if (ec) throw Error("trainer.out_dir: cannot create '" + ctx.out_dir + "': " + ec.message());
-  s.folder_lock = lock_run_folder(ctx.out_dir);
+  if (ctx.rank == 0) s.folder_lock = lock_run_folder(ctx.out_dir);  // rank 0 writes the folder
 
   // Where the run starts, decided here once; when resuming (or starting from another run's weights,
   // trainer.init_from: SFT -> RL), the checkpoint's tokenizer keeps token ids identical.
@@ -155,6 +171,14 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   ctx.model->to(ctx.device);
   ctx.model->set_compute_dtype(compute);
   ctx.params = named_parameters_of(*ctx.model);
+  if (ctx.dist) {
+    // Every rank starts from rank 0's weights (the same seed makes them equal already; this makes
+    // it a guarantee), then each averages its gradients with the others' every step.
+    std::vector<at::Tensor> weights;
+    for (const auto& p : ctx.params) weights.push_back(p.param.detach());
+    ctx.dist->broadcast(weights);
+    ctx.grad_sync = std::make_shared<GradientSync>(ctx.dist, ctx.params, exp.distributed.get_float("bucket_mb"));
+  }
   ctx.optimizer = host.registry().make_optimizer(exp.optimizer_name, ctx.params, exp.optimizer);
   return s;
 }

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "linearnexus/distributed.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
@@ -75,6 +76,12 @@ int64_t TrainingRun::resume(TensorMap* extra) {
     load_model_tensors(*ctx_.model, load_safetensors(init).tensors, init);
     log_info("initialised the model from " + init);
   }
+  if (is_main()) open_metrics(metrics_path);
+  t_start_ = t_last_log_ = std::chrono::steady_clock::now();
+  return start_step_;
+}
+
+void TrainingRun::open_metrics(const fs::path& metrics_path) {
   // Drop metric lines past the resumed step (an interrupted run may have logged beyond its last
   // checkpoint), so metrics.jsonl reads as one uninterrupted run.
   if (fs::exists(metrics_path)) {
@@ -91,8 +98,6 @@ int64_t TrainingRun::resume(TensorMap* extra) {
   }
   metrics_.open(metrics_path, std::ios::app);
   if (!metrics_) throw Error("cannot write " + metrics_path.string());
-  t_start_ = t_last_log_ = std::chrono::steady_clock::now();
-  return start_step_;
 }
 
 double TrainingRun::begin_step(int64_t step) {
@@ -135,14 +140,27 @@ double TrainingRun::evaluate_lm(int64_t batches, int64_t batch_size) {
   ctx_.model->eval();
   at::Tensor total = at::zeros({}, at::TensorOptions().device(ctx_.device));
   for (int64_t i = 0; i < batches; ++i) {
-    Batch b = get_batch(*ctx_.data.val, batch_size, seq_len_, seed, i, 0);
+    Batch b = get_batch(*ctx_.data.val, batch_size, seq_len_, seed, i, 0, ctx_.rank);
     total += ctx_.model->next_token_loss(to_device(b.x, ctx_.device), to_device(b.y, ctx_.device));
   }
   if (was_training) ctx_.model->train();
-  return total.item<double>() / static_cast<double>(std::max<int64_t>(batches, 1));
+  return mean_over_ranks(total.item<double>() / static_cast<double>(std::max<int64_t>(batches, 1)));
+}
+
+double TrainingRun::mean_over_ranks(double value) const { return ctx_.dist ? ctx_.dist->average(value) : value; }
+
+void TrainingRun::backward(const at::Tensor& loss, bool last_of_step) {
+  if (!ctx_.grad_sync || !last_of_step) {
+    loss.backward();
+    return;
+  }
+  ctx_.grad_sync->arm();
+  loss.backward();
+  ctx_.grad_sync->finish();
 }
 
 void TrainingRun::write_metrics(const std::map<std::string, double>& m) {
+  if (!is_main()) return;
   json j = json::object();
   for (const auto& [k, v] : m) {
     if (k == "step") j[k] = static_cast<int64_t>(v);
@@ -213,6 +231,18 @@ void TrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t token
     auto now = std::chrono::steady_clock::now();
     const double dt = std::chrono::duration<double>(now - t_last_log_).count();
     std::map<std::string, double> m = metrics ? metrics() : std::map<std::string, double>{};
+    if (ctx_.dist && !m.empty()) {
+      // Every rank computed its own values on its own data: log their means (one collective).
+      std::vector<at::Tensor> values{at::empty({static_cast<int64_t>(m.size())}, at::kFloat)};
+      int64_t k = 0;
+      for (const auto& [key, v] : m) values[0][k++] = v;
+      values[0] = values[0].to(ctx_.device);
+      ctx_.dist->average(values);
+      auto host = values[0].to(at::kCPU);
+      k = 0;
+      for (auto& [key, v] : m) v = host[k++].item<double>();
+    }
+    tokens_since_log_ *= ctx_.world_size;  // the whole job's throughput
     m["step"] = static_cast<double>(step + 1);
     m["lr"] = last_lr_;
     m["tokens_per_sec"] = dt > 0 ? static_cast<double>(tokens_since_log_) / dt : 0.0;
@@ -232,7 +262,7 @@ void TrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t token
     std::snprintf(buf, sizeof buf, " | lr %.2e | %.0f tok/s | %.1f ms/step | ETA %s", last_lr_, m["tokens_per_sec"],
                   m["ms_per_step"], human_duration(m["ms_per_step"] / 1000.0 * static_cast<double>(max_steps_ - step - 1)).c_str());
     line << buf;
-    log_info(line.str());
+    if (is_main()) log_info(line.str());
     t_last_log_ = now;
     tokens_since_log_ = steps_since_log_ = 0;
   }
@@ -249,6 +279,7 @@ void TrainingRun::save(int64_t completed_steps, const TensorMap& extra) {
     if (!finite.empty() && !at::cat(finite).all().item<bool>())
       throw Error(diverged_message(completed_steps - 1, "non-finite weights"));
   }
+  if (!is_main()) return;  // the replicas are identical: rank 0 writes
   TensorMap t = model_tensors(*ctx_.model);
   for (const auto& [k, v] : ctx_.optimizer->state_dict()) t["optim." + k] = v;
   for (const auto& [k, v] : extra) t["extra." + k] = v;

@@ -41,8 +41,8 @@ class GRPOTrainer : public Trainer {
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
-      Rollout ro = collect_rollout(*ctx.model, *task, tok, step_examples(*task, seed, step, rl_.prompts_per_step), G,
-                                   rl_.sampling(seed, step));
+      Rollout ro = collect_rollout(*ctx.model, *task, tok, rank_examples(ctx, *task, seed, step, rl_.prompts_per_step), G,
+                                   rl_.sampling(seed, step, ctx.rank));
       auto mask = ro.packed.mask.to(ctx.device);                                          // [N, Lg]
       auto adv = group_advantages(ro.rewards, G, scale_rewards_).to(ctx.device).unsqueeze(1);  // [N, 1]
       at::Tensor ref_logp, old_logp;
@@ -58,7 +58,7 @@ class GRPOTrainer : public Trainer {
         ClippedLoss cl = clipped_policy_loss(out.logp, old_logp, adv, rl_.clip_eps);
         auto kl_tok = k3_kl(out.logp, ref_logp);
         loss = reduce_loss(cl.loss + rl_.beta * kl_tok, mask, loss_norm_);
-        loss.backward();
+        run.backward(loss);
         grad_norm = clip_grad_norm(ctx.params, rl_.grad_clip);
         ctx.optimizer->step();
         ctx.optimizer->zero_grad(ctx.params);

@@ -11,6 +11,7 @@
 // The value head is a linear map of the policy trunk's final hidden state (value_model: trunk), or
 // of a separate copy of the starting model trained only by the value loss (value_model: separate).
 #include <linearnexus/checkpoint.h>
+#include <linearnexus/distributed.h>
 #include <linearnexus/error.h>
 #include <linearnexus/plugin.h>
 #include <linearnexus/plugin_host.h>
@@ -35,6 +36,7 @@ struct ValueFunction {
   torch::nn::Linear head{nullptr};
   std::vector<NamedParameter> params;       // what the value optimizer updates
   std::shared_ptr<Optimizer> optimizer;
+  std::shared_ptr<GradientSync> grad_sync;  // data-parallel runs: averages `params`' gradients
 
   at::Tensor values(LMModel& policy, const PackedRollout& r, const at::Tensor& policy_hidden) {
     at::Tensor h = policy_hidden;
@@ -88,6 +90,12 @@ ValueFunction make_value_function(TrainContext& ctx, const LMModel& reference, b
   }
   vf.optimizer = ctx.host->registry().make_optimizer(ctx.experiment->optimizer_name, vf.params, ctx.experiment->optimizer);
   vf.load(extra, ctx.device);
+  if (ctx.dist) {
+    std::vector<at::Tensor> weights;  // the separate trunk and the head start equal on every rank
+    for (const auto& np : vf.params) weights.push_back(np.param.detach());
+    ctx.dist->broadcast(weights);
+    vf.grad_sync = std::make_shared<GradientSync>(ctx.dist, vf.params, ctx.experiment->distributed.get_float("bucket_mb"));
+  }
   return vf;
 }
 
@@ -136,10 +144,10 @@ class PPOTrainer : public Trainer {
     for (int64_t step = start; step < run.last_step(); ++step) {
       const double lr = run.begin_step(step);
       vf.optimizer->set_lr_multiplier(ctx.optimizer->base_lr() > 0 ? lr / ctx.optimizer->base_lr() : 1.0);
-      Rollout ro = collect_rollout(*ctx.model, *task, tok, step_examples(*task, seed, step, rl_.prompts_per_step),
-                                   rl_.group_size, rl_.sampling(seed, step));
+      Rollout ro = collect_rollout(*ctx.model, *task, tok, rank_examples(ctx, *task, seed, step, rl_.prompts_per_step),
+                                   rl_.group_size, rl_.sampling(seed, step, ctx.rank));
       ScoredRollout sr = score(ctx, *ref, vf, ro);
-      UpdateStats st = ppo_update(ctx, vf, ro.packed, sr, seed, step);
+      UpdateStats st = ppo_update(ctx, run, vf, ro.packed, sr, seed, step);
       const double n = static_cast<double>(std::max<int64_t>(st.updates, 1));
       run.end_step(
           step,
@@ -183,8 +191,8 @@ class PPOTrainer : public Trainer {
 
   // ppo_epochs passes over the rollout in `minibatches` shuffled minibatches (seeded per step), one
   // policy + value update each; stops early once the approximate KL passes 1.5 x target_kl.
-  UpdateStats ppo_update(TrainContext& ctx, ValueFunction& vf, const PackedRollout& packed, const ScoredRollout& sr,
-                         uint64_t seed, int64_t step) const {
+  UpdateStats ppo_update(TrainContext& ctx, TrainingRun& run, ValueFunction& vf, const PackedRollout& packed,
+                         const ScoredRollout& sr, uint64_t seed, int64_t step) const {
     std::vector<NamedParameter> all_params = ctx.params;
     all_params.insert(all_params.end(), vf.params.begin(), vf.params.end());
     const int64_t N = sr.mask.size(0);
@@ -208,7 +216,10 @@ class PPOTrainer : public Trainer {
         auto v_clipped = v_old + (v - v_old).clamp(-value_clip_, value_clip_);
         auto value_loss = 0.5 * masked_mean(at::max((v - ret).pow(2), (v_clipped - ret).pow(2)), m);
         auto entropy = masked_mean(out.entropy, m);
-        (policy_loss + value_coef_ * value_loss - entropy_coef_ * entropy).backward();
+        // Data-parallel: the value function's gradients are averaged beside the policy's.
+        if (vf.grad_sync) vf.grad_sync->arm();
+        run.backward(policy_loss + value_coef_ * value_loss - entropy_coef_ * entropy);
+        if (vf.grad_sync) vf.grad_sync->finish();
         st.grad_norm = clip_grad_norm(all_params, rl_.grad_clip).item<double>();
         ctx.optimizer->step();
         vf.optimizer->step();
@@ -219,7 +230,8 @@ class PPOTrainer : public Trainer {
         st.entropy += entropy.item<double>();
         ++st.updates;
         // How far the policy moved from the sampling one (the k3 estimate on this minibatch).
-        st.approx_kl = masked_mean(k3_kl(out.logp.detach(), old_lp), m).item<double>();
+        // (averaged over ranks, so that every rank stops after the same update)
+        st.approx_kl = run.mean_over_ranks(masked_mean(k3_kl(out.logp.detach(), old_lp), m).item<double>());
         stop = target_kl_ > 0 && st.approx_kl > 1.5 * target_kl_;
       }
     }

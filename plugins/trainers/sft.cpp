@@ -30,7 +30,7 @@ class SFTTrainer : public Trainer {
         // step's real gradients, so .grad holds only the estimate's.
         Batch b = run.train_batch(spec, step, 0);
         ctx.optimizer->zero_grad(ctx.params);
-        sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))).backward();
+        run.backward(sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))));
         ctx.optimizer->update_curvature(batch_size_ * spec.seq_len);
         ctx.optimizer->zero_grad(ctx.params);
       }
@@ -38,7 +38,7 @@ class SFTTrainer : public Trainer {
       for (int64_t micro = 0; micro < grad_accum_; ++micro) {
         Batch b = run.train_batch(spec, step, micro);
         auto loss = ctx.model->next_token_loss(to_device(b.x, ctx.device), to_device(b.y, ctx.device));
-        (loss / static_cast<double>(grad_accum_)).backward();
+        run.backward(loss / static_cast<double>(grad_accum_), micro + 1 == grad_accum_);
         loss_sum += loss.detach();
       }
       auto grad_norm = clip_grad_norm(ctx.params, grad_clip_);

@@ -16,6 +16,10 @@
 // at::Context's switch for the cuDNN attention backend.
 #define LINEARNEXUS_HAS_CUDNN_SDPA_SWITCH LINEARNEXUS_TORCH_AT_LEAST(2, 5)
 
+// c10d's process groups (Gloo, NCCL) derive from c10d::Backend since 2.0, from c10d::ProcessGroup
+// before (core/src/distributed.cpp picks the base class by this).
+#define LINEARNEXUS_C10D_BACKEND_BASE LINEARNEXUS_TORCH_AT_LEAST(2, 0)
+
 // The at::autocast API took a device type in 2.4; 1.13 has CUDA-only functions.
 #define LINEARNEXUS_AUTOCAST_BY_DEVICE LINEARNEXUS_TORCH_AT_LEAST(2, 4)
 

@@ -29,6 +29,7 @@ struct Experiment {
   std::string trainer_name;
   Params trainer;      // the host's common trainer keys + the trainer plugin's own
   Params sample;
+  Params distributed;     // backend, timeout_sec, bucket_mb (used when launched on several ranks)
   std::string task_name;  // "" when the experiment has no task section
   Params task;            // the task plugin's keys
   std::string resolved_yaml;

@@ -66,7 +66,10 @@ struct BatchSpec {
   int64_t world_size = 1;   // data-parallel ranks
 };
 // Windows of seq_len + 1 tokens. A pure function of (spec, step, micro_step, rank): a resumed run
-// draws exactly the batches the uninterrupted one would have. In Epoch mode the windows of all
+// draws exactly the batches the uninterrupted one would have. Rank r of world_size W draws rows
+// [r B, (r+1) B) of what one process with batch W B would draw, in both modes: a data-parallel run
+// sees the same data as one process with the global batch, and a run resumed on another number of
+// ranks continues from the same step on the new layout's batches. In Epoch mode the windows of all
 // ranks and micro-steps of one step are disjoint, and each epoch is a different permutation.
 Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, int64_t micro_step, int64_t rank = 0);
 inline Batch get_batch(const TokenDataset& data, int64_t batch_size, int64_t seq_len, uint64_t seed, int64_t step,

@@ -103,8 +103,8 @@ struct RLSettings {
   int64_t prompts_per_step, group_size, max_new_tokens;
   double temperature, beta, clip_eps, grad_clip;
   std::string reference;  // trainer.ref_checkpoint, else trainer.init_from ("" = neither)
-  // Rollout sampling for step `step` (seeded per step for exact resumes).
-  SamplingParams sampling(uint64_t seed, int64_t step) const;
+  // Rollout sampling for step `step` on `rank` (seeded per step and rank, for exact resumes).
+  SamplingParams sampling(uint64_t seed, int64_t step, int64_t rank = 0) const;
 };
 
 // ---- what an RL trainer builds from its context -----------------------------------------------
@@ -119,6 +119,9 @@ std::shared_ptr<LMModel> load_reference_model(const TrainContext& ctx, const std
                                               const std::string& trainer);
 // The training examples of step `step`: a pure function of (seed, step), so resumes see the same.
 std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t step, int64_t n);
+// This rank's n of them: the step draws n x world_size examples and rank r takes the r-th n (one
+// process: step_examples itself).
+std::vector<TaskExample> rank_examples(const TrainContext& ctx, const Task& task, uint64_t seed, int64_t step, int64_t n);
 // The step-0 line of metrics.jsonl of a fresh RL run: the starting model's eval_accuracy.
 void log_initial_accuracy(TrainingRun& run, int64_t start, LMModel& model, const Task& task, const Tokenizer& tok,
                           int64_t max_new_tokens);

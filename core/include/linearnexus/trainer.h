@@ -3,6 +3,7 @@
 // the progress line, evaluation, checkpoints and exact resume (implemented in trainer.cpp; the
 // losses are in loss.h).
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -20,6 +21,8 @@
 namespace linearnexus {
 
 class PluginHost;
+class Distributed;
+class GradientSync;
 
 // Everything the host builds from the experiment before handing over to a trainer.
 struct TrainContext {
@@ -35,8 +38,12 @@ struct TrainContext {
   // checkpoint to continue (model, optimizer, RNG and step), else a checkpoint whose weights start a
   // fresh run, else neither (random initialisation).
   std::string resume_file, init_file;
-  // This process's data-parallel rank among world_size (batches are drawn per rank).
+  // This process's data-parallel rank among world_size (batches are drawn per rank), and when
+  // world_size > 1 its process group and the averaging of ctx.params' gradients (see
+  // TrainingRun::backward).
   int64_t rank = 0, world_size = 1;
+  std::shared_ptr<Distributed> dist;
+  std::shared_ptr<GradientSync> grad_sync;
 };
 
 class Trainer {
@@ -82,14 +89,25 @@ class TrainingRun {
   double evaluate_lm(int64_t batches, int64_t batch_size);
   // Save now (step = number of completed steps).
   void save(int64_t completed_steps, const TensorMap& extra = {});
-  // Write a metrics line without the console progress (e.g. step-0 evaluations).
+  // Write a metrics line without the console progress (e.g. step-0 evaluations); rank 0 only.
   void write_metrics(const std::map<std::string, double>& metrics);
+  // loss.backward(); when it is the step's last backward (`last_of_step`) and the run is data-
+  // parallel, ctx.params' gradients come out averaged over ranks (GradientSync: bucketed all-reduce
+  // overlapped with the backward). Earlier micro-batches accumulate locally, unsynchronised.
+  void backward(const at::Tensor& loss, bool last_of_step = true);
+  // The mean over ranks of a value every rank computed (the value itself on one process). A
+  // collective: every rank must call it at the same point.
+  double mean_over_ranks(double value) const;
+  bool is_main() const { return ctx_.rank == 0; }
 
   int64_t max_steps() const { return max_steps_; }
   // Where this invocation stops: max_steps, or trainer.stop_after when set (loop to this).
   int64_t last_step() const { return last_step_; }
 
  private:
+  // metrics.jsonl cut back to the resumed step (an interrupted run may have logged past its last
+  // checkpoint) and opened for appending.
+  void open_metrics(const std::filesystem::path& metrics_path);
   // metrics.jsonl: one line, recovering once from a failed write (then an Error, never a lost line).
   void append_metrics_line(const std::string& line);
   // A non-finite metric (loss, grad_norm...) ends the run with an Error naming the step and the
