@@ -88,6 +88,11 @@ const Schema& distributed_schema() {
 Distributed::Distributed(const LaunchEnv& env, const std::string& backend, double timeout_sec, const at::Device& device)
     : env_(env), device_(device), group_(std::make_unique<ProcessGroupHandle>()) {
   backend_ = backend == "auto" ? (device.is_cuda() ? "nccl" : "gloo") : backend;
+#ifdef USE_C10D_NCCL
+  // This rank's GPU becomes the current one, so code that names no index (kernels, handles,
+  // NCCL's communicator) lands there rather than on GPU 0.
+  if (device.is_cuda() && device.has_index()) c10::cuda::set_device(device.index());
+#endif
   group_->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_sec * 1000));
   c10d::TCPStoreOptions opts;
   opts.port = static_cast<uint16_t>(env.master_port);
