@@ -33,7 +33,8 @@ struct RunSetup {
 // its device and the optimizer, and creates out_dir. `exp` and `host` must outlive the result.
 RunSetup prepare_run(const Experiment& exp, PluginHost& host);
 
-// The model's parameters by name, with the fused splits their blocks declare.
+// The model's parameters by name, with the fused splits and the roles their blocks (and the model)
+// declare; an undeclared parameter's role is left unset (role_of gives default_role).
 std::vector<NamedParameter> named_parameters_of(const LMModel& model);
 
 // A checkpoint's "plugins" metadata against the loaded plugins: a missing one throws Error naming the
