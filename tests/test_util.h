@@ -92,6 +92,16 @@ inline linearnexus::Experiment parse(const std::string& yaml, linearnexus::Plugi
   return linearnexus::parse_experiment(yaml, "test.yaml", "", overrides, host);
 }
 
+// Optimizer `name` over `params` with its defaults and `overrides` ("optimizer.lr=0.1"...).
+inline std::shared_ptr<linearnexus::Optimizer> make_optimizer(linearnexus::PluginHost& host, const std::string& name,
+                                                              const std::vector<linearnexus::NamedParameter>& params,
+                                                              const std::vector<std::string>& overrides = {}) {
+  std::vector<std::string> all = {"optimizer.name=" + name};
+  all.insert(all.end(), overrides.begin(), overrides.end());
+  linearnexus::Experiment e = parse("data: {path: x}\n", host, all);
+  return host.registry().make_optimizer(name, params, e.optimizer);
+}
+
 // Train in-process exactly as `linearnexus run` does (minus the samples).
 inline void train_experiment(const std::string& yaml, const std::vector<std::string>& overrides) {
   linearnexus::PluginHost host;

@@ -1,5 +1,5 @@
-// Building blocks shared by block plugins (see layers.h): RMSNorm, the MLP, rotary embeddings,
-// causal depthwise convolution and the standard initialisation.
+// Building blocks shared by block plugins (see layers.h): RMSNorm, the MLP, the residual MLP tail,
+// rotary embeddings, causal depthwise convolution and the standard initialisation.
 #include "linearnexus/layers.h"
 
 #include <cmath>
@@ -42,6 +42,24 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   // x: [B, T, C] -> [B, T, C]
   if (kind == "swiglu") return down(at::silu(gate(x)) * up(x));
   return down(at::gelu(up(x), "tanh"));
+}
+
+ResidualMLP::ResidualMLP(torch::nn::Module& block, int64_t dim, const std::string& mlp_kind, int64_t mlp_hidden,
+                         int64_t n_layer, double dropout)
+    : ln2_(block.register_module("ln2", std::make_shared<RMSNorm>(dim))),
+      mlp_(block.register_module("mlp", std::make_shared<MLP>(dim, mlp_kind, mlp_hidden, n_layer))),
+      dropout_(dropout) {}
+
+at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool training) const {
+  // x, y: [B, T, C] -> [B, T, C]
+  auto h = x + (training && dropout_ > 0 ? at::dropout(y, dropout_, true) : y);
+  return h + mlp_->forward(ln2_->forward(h));
+}
+
+std::map<std::string, ParamRole> ResidualMLP::parameter_roles() const {
+  std::map<std::string, ParamRole> roles{{"ln2.weight", ParamRole::Norm}};
+  declare_roles(roles, *mlp_, "mlp.", ParamRole::Matrix);
+  return roles;
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base) {

@@ -93,6 +93,22 @@ int64_t LMModel::num_parameters() const {
   return n;
 }
 
+std::map<std::string, ParamRole> LMModel::parameter_roles() const {
+  std::map<std::string, ParamRole> roles{{"wte.weight", ParamRole::Embedding}, {"norm.weight", ParamRole::Norm}};
+  if (!config_.tie_embeddings) roles["lm_head.weight"] = ParamRole::Head;
+  const auto kinds = config_.layer_kinds();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const auto params = blocks_[i]->named_parameters();
+    for (const auto& [name, role] : blocks_[i]->parameter_roles()) {
+      if (!params.contains(name))
+        throw Error("block '" + kinds[i] + "' (layer " + std::to_string(i) + ") declares role " + role_name(role) +
+                    " for '" + name + "', which is not one of its parameters; check its parameter_roles()");
+      roles["blocks." + std::to_string(i) + "." + name] = role;
+    }
+  }
+  return roles;
+}
+
 bool LMModel::autocast_active() const { return compute_dtype_ != at::kFloat && wte_->weight.is_cuda(); }
 
 ModelState LMModel::init_state(int64_t batch, int64_t max_len) const {

@@ -1,5 +1,5 @@
-// What optimizers share: parameter grouping, the AdamW update, per-parameter moment slots, the lr
-// schedule and gradient clipping.
+// What optimizers share: parameter grouping by role, the lr bookkeeping, the AdamW update,
+// per-parameter moment slots, the lr schedule and gradient clipping.
 #include "linearnexus/optimizer.h"
 
 #include <torch/torch.h>
@@ -16,11 +16,17 @@ void Optimizer::zero_grad(const std::vector<NamedParameter>& params) const {
     if (p.param.grad().defined()) p.param.mutable_grad().reset();
 }
 
-bool default_no_decay(const NamedParameter& p) {
-  const auto& n = p.name;
-  return p.param.dim() < 2 || n.find("norm") != std::string::npos || n.find("wte") != std::string::npos ||
-         n.find("embed") != std::string::npos || (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0);
+size_t Optimizer::add_lr_group(double base_lr) {
+  lr_base_.push_back(base_lr);
+  lr_now_.push_back(base_lr);
+  return lr_base_.size() - 1;
 }
+
+void Optimizer::set_lr_multiplier(double multiplier) {
+  for (size_t g = 0; g < lr_base_.size(); ++g) lr_now_[g] = lr_base_[g] * multiplier;
+}
+
+ParamRole role_of(const NamedParameter& p) { return p.role ? *p.role : default_role(p.param); }
 
 bool glob_match(const std::string& pat, const std::string& s) {
   size_t p = 0, t = 0, star = std::string::npos, mark = 0;
@@ -47,7 +53,7 @@ bool glob_match_any(const std::vector<std::string>& patterns, const std::string&
 
 bool in_decay_group(const NamedParameter& p, const std::vector<std::string>& decay,
                     const std::vector<std::string>& no_decay) {
-  bool d = !default_no_decay(p);
+  bool d = role_decays(role_of(p), p.param);
   if (glob_match_any(decay, p.name)) d = true;
   if (glob_match_any(no_decay, p.name)) d = false;
   return d;
@@ -75,8 +81,13 @@ const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& 
 
 MomentSlots::MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
                          std::string first_key, std::string second_key)
+    : MomentSlots(params, p.get_string_list("decay"), p.get_string_list("no_decay"), std::move(optimizer),
+                  std::move(first_key), std::move(second_key)) {}
+
+MomentSlots::MomentSlots(const std::vector<NamedParameter>& params, const std::vector<std::string>& decay,
+                         const std::vector<std::string>& no_decay, std::string optimizer, std::string first_key,
+                         std::string second_key)
     : optimizer_(std::move(optimizer)), first_key_(std::move(first_key)), second_key_(std::move(second_key)) {
-  const auto &decay = p.get_string_list("decay"), &no_decay = p.get_string_list("no_decay");
   for (const auto& np : params)
     slots_.push_back({np, in_decay_group(np, decay, no_decay), at::zeros_like(np.param), at::zeros_like(np.param)});
 }
@@ -100,7 +111,8 @@ Schema MomentSlots::schema_keys(const std::string& default_weight_decay) {
   return {{"weight_decay", ParamType::Float, default_weight_decay, "decoupled weight decay on the decay group"},
           {"no_decay", ParamType::StringList, "[]", "extra parameter-name globs without weight decay"},
           {"decay", ParamType::StringList, "[]",
-           "parameter-name globs forced into the decay group (default: 2-D weights except embeddings and norms)"}};
+           "parameter-name globs forced into the decay group (default by role: >= 2-D matrix, head, conv and "
+           "other tensors; never embeddings, norms, biases or SSM dynamics)"}};
 }
 
 std::string MomentSlots::describe(double weight_decay) const {

@@ -83,9 +83,11 @@ std::vector<NamedParameter> named_parameters_of(const LMModel& model) {
   for (size_t i = 0; i < model.blocks().size(); ++i)
     for (const auto& [name, rows] : model.blocks()[i]->fused_splits())
       splits["blocks." + std::to_string(i) + "." + name] = rows;
+  const auto roles = model.parameter_roles();
   for (const auto& kv : model.named_parameters()) {
-    NamedParameter np{kv.key(), kv.value(), {}};
+    NamedParameter np{kv.key(), kv.value(), {}, {}};
     if (auto it = splits.find(kv.key()); it != splits.end()) np.split_rows = it->second;
+    if (auto it = roles.find(kv.key()); it != roles.end()) np.role = it->second;
     out.push_back(np);
   }
   return out;

@@ -22,8 +22,7 @@ using namespace linearnexus;
 class RetentionBlock : public Block {
  public:
   RetentionBlock(const ModelDims& d, const Params& p)
-      : C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")), rope_(p.get_bool("rope")),
-        dropout_(d.dropout) {
+      : C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")), rope_(p.get_bool("rope")) {
     if (H_ <= 0 || C_ % H_ != 0 || (C_ / H_) % 2 != 0)
       throw Error("model.blocks.retention.n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
                   std::to_string(C_) + ") into heads of an even size");
@@ -32,8 +31,7 @@ class RetentionBlock : public Block {
     ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
     qkvg_ = register_module("qkvg", torch::nn::Linear(torch::nn::LinearOptions(C_, 4 * C_).bias(false)));
     proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
-    ln2_ = register_module("ln2", std::make_shared<RMSNorm>(C_));
-    mlp_ = register_module("mlp", std::make_shared<MLP>(C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer));
+    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
     init_linear(qkvg_);
     init_residual_projection(proj_, d.n_layer);
   }
@@ -58,9 +56,7 @@ class RetentionBlock : public Block {
     if (cached) state.tensors["S"] = S.detach();
     o = o * at::rsqrt(o.pow(2).mean(-1, true) + 1e-5);                 // per-head RMS norm, [B, H, T, D]
     auto y = proj_(at::silu(qkvg[3]) * o.transpose(1, 2).reshape({B, T, C_}));
-    if (is_training() && dropout_ > 0) y = at::dropout(y, dropout_, true);
-    auto h = x + y;
-    return {h + mlp_->forward(ln2_->forward(h)), std::move(state)};
+    return {tail_.forward(x, y, is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
@@ -71,6 +67,14 @@ class RetentionBlock : public Block {
 
   std::map<std::string, std::vector<int64_t>> fused_splits() const override {
     return {{"qkvg.weight", {C_, C_, C_, C_}}};
+  }
+
+  // What each parameter is to the optimizers (Muon orthogonalises matrices; weight decay skips norms).
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    auto roles = tail_.parameter_roles();  // ln2: norm, mlp: matrix
+    roles["ln1.weight"] = ParamRole::Norm;
+    roles["qkvg.weight"] = roles["proj.weight"] = ParamRole::Matrix;
+    return roles;
   }
 
  private:
@@ -113,10 +117,9 @@ class RetentionBlock : public Block {
 
   int64_t C_, H_, Q_, D_ = 0;
   bool rope_;
-  double dropout_;
-  std::shared_ptr<RMSNorm> ln1_, ln2_;
+  std::shared_ptr<RMSNorm> ln1_;
   torch::nn::Linear qkvg_{nullptr}, proj_{nullptr};
-  std::shared_ptr<MLP> mlp_;
+  ResidualMLP tail_;
 };
 
 void register_retention(Registry& r) {

@@ -49,8 +49,7 @@ class AttentionBlock : public Block {
     ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, (H_ + 2 * Hkv_) * D_).bias(bias)));
     proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(H_ * D_, C_).bias(bias)));
-    ln2_ = register_module("ln2", std::make_shared<RMSNorm>(C_));
-    mlp_ = register_module("mlp", std::make_shared<MLP>(C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer));
+    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);
     init_linear(qkv_);
     init_residual_projection(proj_, d.n_layer);
   }
@@ -79,10 +78,7 @@ class AttentionBlock : public Block {
     auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
                                is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));
-    if (is_training() && dropout_ > 0) y = at::dropout(y, dropout_, true);
-    auto h = x + y;
-    auto out = h + mlp_->forward(ln2_->forward(h));
-    return {out, std::move(state)};
+    return {tail_.forward(x, y, is_training()), std::move(state)};
   }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
@@ -93,13 +89,21 @@ class AttentionBlock : public Block {
     return {{"qkv.weight", {H_ * D_, Hkv_ * D_, Hkv_ * D_}}};
   }
 
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    auto roles = tail_.parameter_roles();
+    roles["ln1.weight"] = ParamRole::Norm;
+    roles["qkv.weight"] = roles["proj.weight"] = ParamRole::Matrix;
+    if (qkv_->bias.defined()) roles["qkv.bias"] = roles["proj.bias"] = ParamRole::Bias;
+    return roles;
+  }
+
  private:
   int64_t C_, H_, Hkv_, D_ = 0;
   bool rope_;
   double rope_base_, dropout_;
-  std::shared_ptr<RMSNorm> ln1_, ln2_;
+  std::shared_ptr<RMSNorm> ln1_;
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
-  std::shared_ptr<MLP> mlp_;
+  ResidualMLP tail_;  // ln2 + mlp
 };
 
 void register_attention(Registry& r) {

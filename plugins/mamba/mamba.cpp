@@ -493,6 +493,23 @@ class MambaBlock : public Block {
     return {{"in_proj.weight", {Din_, Din_}}, {"x_proj.weight", {R_, N_, N_}}};
   }
 
+  // The projections are matrices (Muon orthogonalises them), D and dt's bias SSM dynamics, the conv
+  // kernel a conv (decayed, not orthogonalised). A_log and dt_proj.weight are `other`: never
+  // orthogonalised but, being 2-D, weight-decayed, which is what the name rules did before roles.
+  // (As ssm_dynamics they would lose their weight decay, as mamba_ssm exempts A_log: a change of
+  // Mamba's trained numbers, so a decision of its own.)
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    std::map<std::string, ParamRole> r{
+        {"norm.weight", ParamRole::Norm},        {"in_proj.weight", ParamRole::Matrix},
+        {"conv_weight", ParamRole::Conv},        {"x_proj.weight", ParamRole::Matrix},
+        {"dt_proj.weight", ParamRole::Other},    {"dt_proj.bias", ParamRole::SsmDynamics},
+        {"A_log", ParamRole::Other},             {"D", ParamRole::SsmDynamics},
+        {"out_proj.weight", ParamRole::Matrix}};
+    if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
+    if (in_proj_->bias.defined()) r["in_proj.bias"] = r["out_proj.bias"] = ParamRole::Bias;
+    return r;
+  }
+
  private:
   // u [B, T, D] -> delta [B, T, D] (> 0), B and C [B, T, N]: what makes the SSM selective.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_params(const at::Tensor& u, const at::Tensor& keep) {

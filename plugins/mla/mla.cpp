@@ -91,8 +91,7 @@ class MLABlock : public Block {
     kv_norm_ = register_module("kv_norm", std::make_shared<RMSNorm>(dc_));
     kv_up_ = register_module("kv_up", lin(dc_, H_ * (dn_ + dv_)));  // rows [W_UK (H dn) | W_UV (H dv)]
     o_proj_ = register_module("o_proj", lin(H_ * dv_, C_));
-    ln2_ = register_module("ln2", std::make_shared<RMSNorm>(C_));
-    mlp_ = register_module("mlp", std::make_shared<MLP>(C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer));
+    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);
     init_linear(kv_down_);
     init_linear(kv_up_);
     init_residual_projection(o_proj_, d.n_layer);
@@ -118,11 +117,7 @@ class MLABlock : public Block {
       o = attend_absorbed(q_nope, q_rope, c_kv, k_rope, ctx);
     else
       o = attend_materialised(q_nope, q_rope, c_kv, k_rope, ctx);
-    auto y = o_proj_(o);
-    if (is_training() && dropout_ > 0) y = at::dropout(y, dropout_, true);
-    auto h = x + y;
-    auto out = h + mlp_->forward(ln2_->forward(h));
-    return {out, std::move(state)};
+    return {tail_.forward(x, o_proj_(o), is_training()), std::move(state)};
   }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
@@ -133,6 +128,19 @@ class MLABlock : public Block {
     std::map<std::string, std::vector<int64_t>> s{{"kv_down.weight", {dc_, dr_}}, {"kv_up.weight", {H_ * dn_, H_ * dv_}}};
     s[dq_ > 0 ? "q_up.weight" : "wq.weight"] = {H_ * dn_, H_ * dr_};
     return s;
+  }
+
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    auto roles = tail_.parameter_roles();
+    roles["ln1.weight"] = roles["kv_norm.weight"] = ParamRole::Norm;
+    for (const char* w : {"kv_down.weight", "kv_up.weight", "o_proj.weight"}) roles[w] = ParamRole::Matrix;
+    if (dq_ > 0) {
+      roles["q_down.weight"] = roles["q_up.weight"] = ParamRole::Matrix;
+      roles["q_norm.weight"] = ParamRole::Norm;
+    } else {
+      roles["wq.weight"] = ParamRole::Matrix;
+    }
+    return roles;
   }
 
  private:
@@ -181,9 +189,9 @@ class MLABlock : public Block {
   int64_t C_, H_, dn_ = 0, dr_ = 0, dv_ = 0, dc_ = 0, dq_ = 0;
   double rope_base_, dropout_, scale_ = 1.0;
   bool absorbed_ = true;
-  std::shared_ptr<RMSNorm> ln1_, ln2_, q_norm_, kv_norm_;
+  std::shared_ptr<RMSNorm> ln1_, q_norm_, kv_norm_;
   torch::nn::Linear wq_{nullptr}, q_down_{nullptr}, q_up_{nullptr}, kv_down_{nullptr}, kv_up_{nullptr}, o_proj_{nullptr};
-  std::shared_ptr<MLP> mlp_;
+  ResidualMLP tail_;  // ln2 + mlp
 };
 
 void register_mla(Registry& r) {

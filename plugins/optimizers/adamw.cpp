@@ -10,26 +10,22 @@ namespace {
 class AdamW : public Optimizer {
  public:
   AdamW(const std::vector<NamedParameter>& params, const Params& p)
-      : slots_(params, p, "adamw", "exp_avg", "exp_avg_sq"),
-        lr_(p.get_float("lr")),
+      : Optimizer(p.get_float("lr")),
+        slots_(params, p, "adamw", "exp_avg", "exp_avg_sq"),
         eps_(p.get_float("eps")),
         wd_(p.get_float("weight_decay")) {
     auto betas = p.get_float_list("betas");
     if (betas.size() != 2) throw Error("optimizer.betas must be two numbers, e.g. [0.9, 0.95]");
     b1_ = betas[0], b2_ = betas[1];
-    lr_now_ = lr_;
   }
 
   void step() override {
     ++t_;
     for (auto& s : slots_.all())
       if (s.np.param.grad().defined())
-        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, lr_now_, b1_, b2_, eps_, s.decay ? wd_ : 0.0);
+        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, current_lr(), b1_, b2_, eps_,
+                     s.decay ? wd_ : 0.0);
   }
-
-  void set_lr_multiplier(double m) override { lr_now_ = lr_ * m; }
-  double base_lr() const override { return lr_; }
-  double current_lr() const override { return lr_now_; }
 
   TensorMap state_dict() const override {
     TensorMap out;
@@ -47,7 +43,7 @@ class AdamW : public Optimizer {
 
  private:
   MomentSlots slots_;  // first: exp_avg, second: exp_avg_sq
-  double lr_, lr_now_, b1_ = 0.9, b2_ = 0.95, eps_, wd_;
+  double b1_ = 0.9, b2_ = 0.95, eps_, wd_;
   int64_t t_ = 0;
 };
 

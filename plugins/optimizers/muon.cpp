@@ -4,15 +4,15 @@
 //
 // Why two groups: orthogonalising replaces the update's singular values by ~1, which is the right
 // geometry for a matrix acting as a linear map between hidden spaces, but not for an embedding or
-// LM head (rows are independent lookups / classes), for vectors (norm gains, biases), or for the
-// SSM's A_log / D / dt and conv kernels (element-wise dynamics parameters).
+// LM head (rows are independent lookups / classes), for vectors (norm gains, biases), or for an
+// SSM's dynamics and conv kernels (element-wise parameters).
 //
 // Grouping rule (first match wins):
 //   1. name matches a glob in `muon_params`  -> muon (the tensor must be 2-D)
 //   2. name matches a glob in `adamw_params` -> adamw
-//   3. default: muon iff the tensor is 2-D and its name has none of "wte", "embed", "lm_head",
-//      "norm", "conv", no path component "A_log" / "D", and no component starting with "dt"
-//      (Mamba's dt_proj / dt_bias); everything else adamw.
+//   3. default, by the role its block (or the model) declared (param_role.h): muon iff the tensor
+//      is a 2-D `matrix`; every other role (embedding, head, norm, bias, ssm_dynamics, conv,
+//      other) adamw. The inner AdamW weight-decays by role as the adamw optimizer does.
 // Fused matrices (QKV, in_proj) are orthogonalised per logical sub-matrix when the block declared
 // the split (Block::fused_splits -> NamedParameter::split_rows).
 #include <linearnexus/error.h>
@@ -47,58 +47,59 @@ at::Tensor newton_schulz(const at::Tensor& G, int64_t steps) {
   return X.to(G.scalar_type());
 }
 
-bool default_muon(const NamedParameter& np) {
-  if (np.param.dim() != 2) return false;
-  const std::string& n = np.name;
-  for (const char* s : {"wte", "embed", "lm_head", "norm", "conv"})
-    if (n.find(s) != std::string::npos) return false;
-  std::istringstream parts(n);
-  for (std::string part; std::getline(parts, part, '.');)
-    if (part == "A_log" || part == "D" || part.rfind("dt", 0) == 0) return false;
-  return true;
+struct Groups {
+  std::vector<NamedParameter> muon, adamw;
+};
+
+// The muon group and the inner AdamW's tensors: by role, then by the YAML globs (rule above).
+Groups split_groups(const std::vector<NamedParameter>& params, const Params& p) {
+  const auto& force_muon = p.get_string_list("muon_params");
+  const auto& force_adamw = p.get_string_list("adamw_params");
+  Groups g;
+  for (const auto& np : params) {
+    bool m = role_orthogonalised(role_of(np), np.param);
+    if (glob_match_any(force_adamw, np.name)) m = false;
+    if (glob_match_any(force_muon, np.name)) {
+      if (np.param.dim() != 2)
+        throw Error("optimizer.muon_params: '" + np.name + "' is " + std::to_string(np.param.dim()) +
+                    "-D; Muon orthogonalises 2-D matrices only");
+      m = true;
+    }
+    (m ? g.muon : g.adamw).push_back(np);
+  }
+  return g;
 }
 
 class Muon : public Optimizer {
  public:
-  Muon(const std::vector<NamedParameter>& params, const Params& p)
-      : lr_(p.get_float("lr")),
+  Muon(const std::vector<NamedParameter>& params, const Params& p) : Muon(split_groups(params, p), p) {}
+
+  Muon(const Groups& groups, const Params& p)
+      : Optimizer(p.get_float("lr")),
+        // The inner AdamW decays what the adamw optimizer would by default (e.g. an untied head);
+        // its state keeps the names it always had: "<name>.exp_avg" / "<name>.exp_avg_sq".
+        adam_(groups.adamw, {}, {}, "muon", "exp_avg", "exp_avg_sq"),
+        adam_group_(add_lr_group(p.get_float("adamw_lr"))),
         momentum_(p.get_float("momentum")),
         wd_(p.get_float("weight_decay")),
         nesterov_(p.get_bool("nesterov")),
         rms_scale_(p.get_string("scale") == "rms"),
         ns_steps_(p.get_int("ns_steps")),
-        adam_lr_(p.get_float("adamw_lr")),
         adam_eps_(p.get_float("adamw_eps")),
         adam_wd_(p.get_float("adamw_weight_decay")) {
     auto betas = p.get_float_list("adamw_betas");
     if (betas.size() != 2) throw Error("optimizer.adamw_betas must be two numbers, e.g. [0.9, 0.95]");
     b1_ = betas[0], b2_ = betas[1];
-    const auto& force_muon = p.get_string_list("muon_params");
-    const auto& force_adamw = p.get_string_list("adamw_params");
-    for (const auto& np : params) {
-      bool muon = default_muon(np);
-      if (glob_match_any(force_adamw, np.name)) muon = false;
-      if (glob_match_any(force_muon, np.name)) {
-        if (np.param.dim() != 2)
-          throw Error("optimizer.muon_params: '" + np.name + "' is " + std::to_string(np.param.dim()) +
-                      "-D; Muon orthogonalises 2-D matrices only");
-        muon = true;
-      }
-      if (muon) {
-        std::vector<int64_t> rows = np.split_rows;
-        if (rows.empty()) rows = {np.param.size(0)};
-        int64_t total = 0;
-        for (auto r : rows) total += r;
-        if (total != np.param.size(0))
-          throw Error("muon: the declared split of '" + np.name + "' covers " + std::to_string(total) +
-                      " rows, the matrix has " + std::to_string(np.param.size(0)));
-        muon_.push_back({np, rows, at::zeros_like(np.param)});
-      } else {
-        // The inner AdamW decays what AdamW would (2-D non-embedding weights, e.g. an untied head).
-        adam_.push_back({np, !default_no_decay(np), at::zeros_like(np.param), at::zeros_like(np.param)});
-      }
+    for (const auto& np : groups.muon) {
+      std::vector<int64_t> rows = np.split_rows;
+      if (rows.empty()) rows = {np.param.size(0)};
+      int64_t total = 0;
+      for (auto r : rows) total += r;
+      if (total != np.param.size(0))
+        throw Error("muon: the declared split of '" + np.name + "' covers " + std::to_string(total) +
+                    " rows, the matrix has " + std::to_string(np.param.size(0)));
+      muon_.push_back({np, rows, at::zeros_like(np.param)});
     }
-    lr_now_ = lr_, adam_lr_now_ = adam_lr_;
   }
 
   // Shape scale of the orthogonalised update of a rows x cols (sub-)matrix:
@@ -121,33 +122,25 @@ class Muon : public Optimizer {
       s.buf.mul_(momentum_).add_(grad);
       // Nesterov: look ahead along the momentum, g + beta * buf.
       auto u = nesterov_ ? grad.add(s.buf, momentum_) : s.buf;
-      if (wd_ != 0) p.mul_(1.0 - lr_now_ * wd_);
+      if (wd_ != 0) p.mul_(1.0 - current_lr() * wd_);
       int64_t r0 = 0;
       for (int64_t rows : s.rows) {
         auto part = u.narrow(0, r0, rows);
-        p.narrow(0, r0, rows).add_(newton_schulz(part, ns_steps_), -lr_now_ * shape_scale(rows, p.size(1)));
+        p.narrow(0, r0, rows).add_(newton_schulz(part, ns_steps_), -current_lr() * shape_scale(rows, p.size(1)));
         r0 += rows;
       }
     }
-    for (auto& s : adam_)
+    for (auto& s : adam_.all())
       if (s.np.param.grad().defined())
-        adamw_update(s.np.param, s.np.param.grad(), s.m, s.v, t_, adam_lr_now_, b1_, b2_, adam_eps_,
-                     s.decay ? adam_wd_ : 0.0);
+        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, current_lr(adam_group_), b1_, b2_,
+                     adam_eps_, s.decay ? adam_wd_ : 0.0);
   }
-
-  // The schedule scales both groups alike.
-  void set_lr_multiplier(double m) override { lr_now_ = lr_ * m, adam_lr_now_ = adam_lr_ * m; }
-  double base_lr() const override { return lr_; }
-  double current_lr() const override { return lr_now_; }
 
   TensorMap state_dict() const override {
     TensorMap out;
     out["step"] = at::full({}, t_, at::kLong);
     for (const auto& s : muon_) out[s.np.name + ".momentum_buffer"] = s.buf;
-    for (const auto& s : adam_) {
-      out[s.np.name + ".exp_avg"] = s.m;
-      out[s.np.name + ".exp_avg_sq"] = s.v;
-    }
+    adam_.save(out);
     return out;
   }
 
@@ -155,21 +148,18 @@ class Muon : public Optimizer {
     torch::NoGradGuard g;
     t_ = optimizer_state_at(st, "step", "muon").item<int64_t>();
     for (auto& s : muon_) s.buf.copy_(optimizer_state_at(st, s.np.name + ".momentum_buffer", "muon"));
-    for (auto& s : adam_) {
-      s.m.copy_(optimizer_state_at(st, s.np.name + ".exp_avg", "muon"));
-      s.v.copy_(optimizer_state_at(st, s.np.name + ".exp_avg_sq", "muon"));
-    }
+    adam_.load(st);
   }
 
   std::string describe_groups() const override {
     int64_t n_muon = 0, n_adam = 0, n_split = 0;
     for (const auto& s : muon_) n_muon += s.np.param.numel(), n_split += s.rows.size() > 1;
-    for (const auto& s : adam_) n_adam += s.np.param.numel();
+    for (const auto& s : adam_.all()) n_adam += s.np.param.numel();
     std::ostringstream o;
-    o << "muon group: " << muon_.size() << " tensors, " << n_muon << " parameters (lr " << lr_ << ", momentum "
+    o << "muon group: " << muon_.size() << " tensors, " << n_muon << " parameters (lr " << base_lr() << ", momentum "
       << momentum_ << (nesterov_ ? " nesterov" : "") << ", scale " << (rms_scale_ ? "rms" : "ratio")
-      << ", weight_decay " << wd_ << ", " << n_split << " fused matrices split); adamw group: " << adam_.size()
-      << " tensors, " << n_adam << " parameters (lr " << adam_lr_ << ", betas [" << b1_ << ", " << b2_
+      << ", weight_decay " << wd_ << ", " << n_split << " fused matrices split); adamw group: " << adam_.all().size()
+      << " tensors, " << n_adam << " parameters (lr " << base_lr(adam_group_) << ", betas [" << b1_ << ", " << b2_
       << "], weight_decay " << adam_wd_ << ")";
     return o.str();
   }
@@ -180,17 +170,13 @@ class Muon : public Optimizer {
     std::vector<int64_t> rows;  // row counts of the logical sub-matrices (one entry: unsplit)
     at::Tensor buf;             // momentum buffer
   };
-  struct AdamSlot {
-    NamedParameter np;
-    bool decay;
-    at::Tensor m, v;
-  };
   std::vector<MuonSlot> muon_;
-  std::vector<AdamSlot> adam_;
-  double lr_, lr_now_, momentum_, wd_;
+  MomentSlots adam_;  // the inner AdamW: first exp_avg, second exp_avg_sq
+  size_t adam_group_;  // its lr group
+  double momentum_, wd_;
   bool nesterov_, rms_scale_;
   int64_t ns_steps_;
-  double adam_lr_, adam_lr_now_, adam_eps_, adam_wd_, b1_ = 0.9, b2_ = 0.95;
+  double adam_eps_, adam_wd_, b1_ = 0.9, b2_ = 0.95;
   int64_t t_ = 0;
 };
 
@@ -198,8 +184,8 @@ void register_muon(Registry& r) {
   r.add_optimizer(
       "muon",
       "Muon: Newton-Schulz-orthogonalised momentum for 2-D hidden matrices, AdamW for the rest. Default "
-      "rule: muon = 2-D tensors whose name has no wte/embed/lm_head/norm/conv and no A_log, D or dt* "
-      "component; everything else adamw (overridable with muon_params / adamw_params)",
+      "rule: muon = 2-D tensors of role matrix (as their block declares them); every other role (embedding, "
+      "head, norm, bias, ssm_dynamics, conv, other) adamw (overridable with muon_params / adamw_params)",
       {
           {"lr", ParamType::Float, "0.02", "learning rate of the muon group (spectral step size)"},
           {"momentum", ParamType::Float, "0.95", "momentum of the muon group"},
@@ -216,7 +202,8 @@ void register_muon(Registry& r) {
           {"adamw_betas", ParamType::FloatList, "[0.9, 0.95]", "inner AdamW moment decay rates"},
           {"adamw_eps", ParamType::Float, "1e-8", "inner AdamW denominator epsilon"},
           {"adamw_weight_decay", ParamType::Float, "0.0",
-           "inner AdamW decoupled weight decay (on its 2-D non-embedding weights only, e.g. an untied lm_head)"},
+           "inner AdamW decoupled weight decay (on the roles adamw decays: >= 2-D head, conv and other tensors, e.g. "
+           "an untied lm_head)"},
           {"muon_params", ParamType::StringList, "[]", "parameter-name globs forced into the muon group (2-D only; wins)"},
           {"adamw_params", ParamType::StringList, "[]", "parameter-name globs forced into the inner AdamW group"},
       },

@@ -29,8 +29,8 @@ namespace {
 class Sophia : public Optimizer {
  public:
   Sophia(const std::vector<NamedParameter>& params, const Params& p)
-      : slots_(params, p, "sophia", "exp_avg", "hessian"),
-        lr_(p.get_float("lr")),
+      : Optimizer(p.get_float("lr")),
+        slots_(params, p, "sophia", "exp_avg", "hessian"),
         rho_(p.get_float("rho")),
         eps_(p.get_float("eps")),
         wd_(p.get_float("weight_decay")),
@@ -40,7 +40,6 @@ class Sophia : public Optimizer {
     if (k_ < 1) throw Error("optimizer.k must be >= 1 (steps between curvature estimates)");
     if (rho_ <= 0) throw Error("optimizer.rho must be positive");
     b1_ = betas[0], b2_ = betas[1];
-    lr_now_ = lr_;
   }
 
   void step() override {
@@ -50,10 +49,10 @@ class Sophia : public Optimizer {
       auto p = s.np.param;
       auto &m = s.first, &h = s.second;
       if (!p.grad().defined()) continue;
-      if (s.decay && wd_ != 0) p.mul_(1.0 - lr_now_ * wd_);
+      if (s.decay && wd_ != 0) p.mul_(1.0 - current_lr() * wd_);
       m.mul_(b1_).add_(p.grad(), 1.0 - b1_);
       auto ratio = (m / (h * rho_).clamp_min_(eps_)).clamp_(-1.0, 1.0);
-      p.add_(ratio, -lr_now_);
+      p.add_(ratio, -current_lr());
     }
   }
 
@@ -71,10 +70,6 @@ class Sophia : public Optimizer {
     }
     ++estimates_;
   }
-
-  void set_lr_multiplier(double m) override { lr_now_ = lr_ * m; }
-  double base_lr() const override { return lr_; }
-  double current_lr() const override { return lr_now_; }
 
   TensorMap state_dict() const override {
     TensorMap out;
@@ -98,7 +93,7 @@ class Sophia : public Optimizer {
 
  private:
   MomentSlots slots_;  // first: the gradient EMA m, second: the diagonal Hessian EMA h
-  double lr_, lr_now_, rho_, eps_, wd_, b1_ = 0.965, b2_ = 0.99;
+  double rho_, eps_, wd_, b1_ = 0.965, b2_ = 0.99;
   int64_t k_, t_ = 0, estimates_ = 0;
 };
 

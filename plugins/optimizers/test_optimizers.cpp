@@ -10,22 +10,11 @@
 #include "test_util.h"
 
 #include <cmath>
-#include <set>
 
 using namespace linearnexus;
 using lntest::error_of;
 
-namespace {
-
-std::shared_ptr<Optimizer> make(PluginHost& host, const std::string& name, const std::vector<NamedParameter>& ps,
-                                const std::vector<std::string>& overrides = {}) {
-  std::vector<std::string> all = {"optimizer.name=" + name};
-  all.insert(all.end(), overrides.begin(), overrides.end());
-  Experiment e = lntest::parse("data: {path: x}\n", host, all);
-  return host.registry().make_optimizer(name, ps, e.optimizer);
-}
-
-}  // namespace
+using lntest::make_optimizer;
 
 TEST_CASE("one AdamW step equals torch::optim::AdamW (decay and no-decay groups)", "[optimizers]") {
   PluginHost host;
@@ -34,7 +23,8 @@ TEST_CASE("one AdamW step equals torch::optim::AdamW (decay and no-decay groups)
   auto w_ref = w.clone().requires_grad_(true), b_ref = b.clone().requires_grad_(true);
   w.requires_grad_(true), b.requires_grad_(true);
   std::vector<NamedParameter> ps{{"layer.weight", w, {}}, {"layer.bias", b, {}}};
-  auto opt = make(host, "adamw", ps, {"optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.betas=[0.9, 0.95]"});
+  auto opt = make_optimizer(host, "adamw", ps,
+                            {"optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.betas=[0.9, 0.95]"});
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<at::Tensor>{w_ref},
                       std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1)));
@@ -60,7 +50,7 @@ TEST_CASE("optimizer state round-trips through state_dict", "[optimizers]") {
     auto w1 = torch::randn({8, 4}).requires_grad_(true);
     auto w2 = w1.detach().clone().requires_grad_(true);
     std::vector<NamedParameter> p1{{"w.weight", w1, {}}}, p2{{"w.weight", w2, {}}};
-    auto o1 = make(host, name, p1), o2 = make(host, name, p2);
+    auto o1 = make_optimizer(host, name, p1), o2 = make_optimizer(host, name, p2);
     for (int s = 0; s < 4; ++s) {
       if (o1->wants_curvature_estimate(s)) {  // Sophia's Hessian EMA must round-trip too
         w1.mutable_grad() = torch::randn({8, 4});
@@ -91,7 +81,8 @@ TEST_CASE("every optimizer lowers a least-squares loss", "[optimizers]") {
     std::vector<NamedParameter> ps{{"x.weight", X, {}}};
     // Muon's lr is a spectral step (every singular direction moves ~lr per step): X_true's
     // spectral norm is ~7, so 0.01 x 300 steps cannot reach it; 0.05 can.
-    auto opt = make(host, name, ps, {name == "muon" ? "optimizer.lr=0.05" : "optimizer.lr=0.01", "optimizer.weight_decay=0.0"});
+    auto opt = make_optimizer(host, name, ps,
+                              {name == "muon" ? "optimizer.lr=0.05" : "optimizer.lr=0.01", "optimizer.weight_decay=0.0"});
     auto loss0 = (A.mm(X) - Y).pow(2).mean().item<double>();
     double loss = loss0;
     for (int s = 0; s < 300; ++s) {
@@ -130,7 +121,7 @@ at::Tensor ns_reference(const at::Tensor& G, int steps = 5) {
 at::Tensor ns_via_muon(PluginHost& host, const at::Tensor& G) {
   auto p = torch::zeros_like(G).requires_grad_(true);
   std::vector<NamedParameter> ps{{"h.weight", p, {}}};
-  auto opt = make(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.nesterov=false",
+  auto opt = make_optimizer(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.nesterov=false",
                                      "optimizer.weight_decay=0"});
   p.mutable_grad() = G.clone();
   opt->step();
@@ -172,7 +163,7 @@ TEST_CASE("muon: one step on a small matrix equals the hand-computed update", "[
   PluginHost host;
   auto p = torch::ones({3, 2}).requires_grad_(true);
   std::vector<NamedParameter> ps{{"blocks.0.mlp.up.weight", p, {}}};
-  auto opt = make(host, "muon", ps, {"optimizer.lr=0.1", "optimizer.weight_decay=0.5"});
+  auto opt = make_optimizer(host, "muon", ps, {"optimizer.lr=0.1", "optimizer.weight_decay=0.5"});
   p.mutable_grad() = torch::tensor({0.f, 4.f, 3.f, 0.f, 0.f, 0.f}).reshape({3, 2});
   opt->step();
   const double lr = 0.1, wd = 0.5, s = std::sqrt(1.5);
@@ -190,7 +181,7 @@ TEST_CASE("muon: a fused matrix is orthogonalised per declared sub-matrix", "[op
   auto G = torch::randn({4, 2});
   auto p = torch::zeros({4, 2}).requires_grad_(true);
   std::vector<NamedParameter> ps{{"blocks.0.qkv.weight", p, {3, 1}}};
-  auto opt = make(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.weight_decay=0"});
+  auto opt = make_optimizer(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.weight_decay=0"});
   p.mutable_grad() = G.clone();
   opt->step();
   auto got = -p.detach().to(at::kDouble);
@@ -200,65 +191,7 @@ TEST_CASE("muon: a fused matrix is orthogonalised per declared sub-matrix", "[op
   CHECK_CONTAINS(opt->describe_groups(), "1 fused matrices split");
   // A split that does not cover the matrix is an error.
   std::vector<NamedParameter> bad{{"blocks.0.qkv.weight", torch::zeros({4, 2}), {3, 2}}};
-  CHECK_CONTAINS(error_of([&] { make(host, "muon", bad); }), "covers 5 rows, the matrix has 4");
-}
-
-TEST_CASE("muon: grouping of a gpt model's and of mamba-named tensors, and YAML overrides", "[optimizers][muon]") {
-  PluginHost host;
-  Experiment e = lntest::parse(R"(
-data: {path: x}
-model: {hidden_size: 16, n_layer: 2, max_seq_len: 16, tie_embeddings: false, block_pattern: [attention],
-        blocks: {attention: {n_head: 2, bias: true}}}
-)", host);
-  LMModel model(e.model_config(11), host.registry());
-  auto ps = named_parameters_of(model);
-  // Mamba is not on this branch: tensors named and shaped like its block's (d_inner 32, d_state 4,
-  // dt_rank 2, conv 4), with in_proj declared as two fused halves (x and z).
-  for (auto [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
-           {"blocks.2.mixer.in_proj.weight", {64, 16}},  {"blocks.2.mixer.conv_weight", {32, 4}},
-           {"blocks.2.mixer.conv_bias", {32}},           {"blocks.2.mixer.x_proj.weight", {10, 32}},
-           {"blocks.2.mixer.dt_proj.weight", {32, 2}},   {"blocks.2.mixer.dt_proj.bias", {32}},
-           {"blocks.2.mixer.A_log", {32, 4}},            {"blocks.2.mixer.D", {32}},
-           {"blocks.2.mixer.out_proj.weight", {16, 32}}, {"blocks.2.norm.weight", {16}}})
-    ps.push_back({name, torch::zeros(shape), name.find("in_proj") != std::string::npos ? std::vector<int64_t>{32, 32} : std::vector<int64_t>{}});
-
-  const std::set<std::string> want_muon = {
-      "blocks.0.qkv.weight", "blocks.0.proj.weight", "blocks.0.mlp.up.weight", "blocks.0.mlp.gate.weight",
-      "blocks.0.mlp.down.weight", "blocks.1.qkv.weight", "blocks.1.proj.weight", "blocks.1.mlp.up.weight",
-      "blocks.1.mlp.gate.weight", "blocks.1.mlp.down.weight",
-      "blocks.2.mixer.in_proj.weight", "blocks.2.mixer.x_proj.weight", "blocks.2.mixer.out_proj.weight"};
-  auto opt = make(host, "muon", ps);
-  auto st = opt->state_dict();
-  int64_t n_muon = 0, t_muon = 0, n_all = 0;
-  for (const auto& np : ps) {
-    INFO(np.name);
-    const bool muon = want_muon.count(np.name) > 0;
-    CHECK(st.count(np.name + ".momentum_buffer") == (muon ? 1u : 0u));
-    CHECK(st.count(np.name + ".exp_avg") == (muon ? 0u : 1u));
-    if (muon) n_muon += np.param.numel(), ++t_muon;
-    n_all += np.param.numel();
-  }
-  // The gpt model's own tensors: 2 x (ln1, qkv w+b, proj w+b, ln2, mlp up/gate/down) + wte, norm, lm_head.
-  CHECK(ps.size() == 2 * 9 + 3 + 10);
-  CHECK(st.count("wte.weight.exp_avg") == 1);
-  CHECK(st.count("lm_head.weight.exp_avg") == 1);
-  CHECK(st.count("blocks.0.qkv.bias.exp_avg") == 1);
-  CHECK(st.count("blocks.0.ln1.weight.exp_avg") == 1);
-  const std::string groups = opt->describe_groups();
-  CHECK_CONTAINS(groups, "muon group: " + std::to_string(t_muon) + " tensors, " + std::to_string(n_muon) + " parameters");
-  CHECK_CONTAINS(groups, "adamw group: " + std::to_string(ps.size() - t_muon) + " tensors, " +
-                             std::to_string(n_all - n_muon) + " parameters");
-  CHECK_CONTAINS(groups, "3 fused matrices split");  // two qkv and the in_proj
-
-  // Overrides: muon_params wins over adamw_params and the default.
-  auto o2 = make(host, "muon", ps, {"optimizer.adamw_params=['*.mlp.*', 'blocks.1.*']", "optimizer.muon_params=['lm_head.weight', 'blocks.1.proj.weight']"});
-  auto st2 = o2->state_dict();
-  CHECK(st2.count("lm_head.weight.momentum_buffer") == 1);
-  CHECK(st2.count("blocks.0.mlp.up.weight.exp_avg") == 1);
-  CHECK(st2.count("blocks.1.qkv.weight.exp_avg") == 1);
-  CHECK(st2.count("blocks.1.proj.weight.momentum_buffer") == 1);
-  CHECK(st2.count("blocks.0.qkv.weight.momentum_buffer") == 1);
-  CHECK_CONTAINS(error_of([&] { make(host, "muon", ps, {"optimizer.muon_params=['*.D']"}); }), "'blocks.2.mixer.D' is 1-D");
+  CHECK_CONTAINS(error_of([&] { make_optimizer(host, "muon", bad); }), "covers 5 rows, the matrix has 4");
 }
 
 // ---- sophia -------------------------------------------------------------------------------------
@@ -269,7 +202,7 @@ TEST_CASE("sophia: each coordinate's step is bounded by lr (plus weight decay)",
   auto w = torch::randn({16, 8}).requires_grad_(true), b = torch::randn({8}).requires_grad_(true);
   std::vector<NamedParameter> ps{{"l.weight", w, {}}, {"l.bias", b, {}}};
   const double lr = 0.01, wd = 0.1;
-  auto opt = make(host, "sophia", ps, {"optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.k=3"});
+  auto opt = make_optimizer(host, "sophia", ps, {"optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.k=3"});
   for (int s = 0; s < 12; ++s) {
     if (opt->wants_curvature_estimate(s)) {
       // Tiny or zero curvature in places (where m/(rho h) would explode without the clip).
@@ -298,7 +231,7 @@ model: {hidden_size: 8, n_layer: 1, max_seq_len: 8, block_pattern: [attention], 
   torch::manual_seed(31);
   LMModel model(e.model_config(7), host.registry());
   auto ps = named_parameters_of(model);
-  auto opt = make(host, "sophia", ps, {"optimizer.betas=[0.965, 0.99]"});
+  auto opt = make_optimizer(host, "sophia", ps, {"optimizer.betas=[0.965, 0.99]"});
   auto x = torch::randint(0, 7, {3, 5});
   const int64_t N = 3 * 5;
 
@@ -335,7 +268,7 @@ TEST_CASE("sophia: the curvature estimate runs only every k steps", "[optimizers
   auto w = torch::zeros({2, 2}).requires_grad_(true);
   std::vector<NamedParameter> ps{{"w.weight", w, {}}};
   for (int64_t k : {1, 3, 10}) {
-    auto opt = make(host, "sophia", ps, {"optimizer.k=" + std::to_string(k)});
+    auto opt = make_optimizer(host, "sophia", ps, {"optimizer.k=" + std::to_string(k)});
     for (int64_t s = 0; s < 25; ++s) {
       INFO("k " << k << " step " << s);
       CHECK(opt->wants_curvature_estimate(s) == (s % k == 0));
@@ -343,8 +276,8 @@ TEST_CASE("sophia: the curvature estimate runs only every k steps", "[optimizers
   }
   // The other optimizers never ask for one.
   for (const char* name : {"adamw", "muon"}) {
-    auto opt = make(host, name, ps);
+    auto opt = make_optimizer(host, name, ps);
     for (int64_t s = 0; s < 25; ++s) CHECK_FALSE(opt->wants_curvature_estimate(s));
   }
-  CHECK_CONTAINS(error_of([&] { make(host, "sophia", ps, {"optimizer.k=0"}); }), "optimizer.k must be >= 1");
+  CHECK_CONTAINS(error_of([&] { make_optimizer(host, "sophia", ps, {"optimizer.k=0"}); }), "optimizer.k must be >= 1");
 }

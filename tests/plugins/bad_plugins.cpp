@@ -1,5 +1,6 @@
 // Test-only plugins that must be refused. Each is built as its own .so with one of these defined:
 //   BAD_ABI      - claims plugin ABI version 999
+//   OLD_ABI      - claims plugin ABI version 1 (built before parameter roles, ABI 2)
 //   OTHER_TORCH  - claims it was built against LibTorch 0.0.1
 //   THROWS       - its register callback throws
 //   NO_ENTRY     - exports no entry point at all
@@ -26,6 +27,9 @@ void register_attention_again(linearnexus::Registry& r) {
 extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo* linearnexus_plugin_info() {
 #if defined(BAD_ABI)
   static const LinearNexusPluginInfo info{999u, LINEARNEXUS_TORCH_VERSION, "bad_abi", "0.1", "wrong ABI",
+                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
+#elif defined(OLD_ABI)
+  static const LinearNexusPluginInfo info{1u, LINEARNEXUS_TORCH_VERSION, "old_abi", "0.1", "ABI 1",
                                           [](linearnexus::Registry* r) { register_nothing(*r); }};
 #elif defined(OTHER_TORCH)
   static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, "0.0.1", "other_torch", "0.1", "other LibTorch",

@@ -1,7 +1,13 @@
 #pragma once
-// Building blocks shared by block plugins: RMSNorm, the MLP, rotary embeddings, causal depthwise
-// convolution and the standard initialisation. One implementation each, here.
+// Building blocks shared by block plugins: RMSNorm, the MLP, the pre-norm residual MLP tail,
+// rotary embeddings, causal depthwise convolution and the standard initialisation. One
+// implementation each, here.
 #include <torch/nn.h>
+
+#include <map>
+#include <string>
+
+#include "linearnexus/param_role.h"
 
 namespace linearnexus {
 
@@ -23,6 +29,26 @@ class MLP : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   std::string kind;
   torch::nn::Linear up{nullptr}, gate{nullptr}, down{nullptr};
+};
+
+// The tail every transformer-style block shares, after its token mixer produced y:
+//   h = x + dropout(y);  out = h + mlp(ln2(h))                     x, y, out: [B, T, C]
+// It registers "ln2" (RMSNorm) and "mlp" (MLP) on the block that owns it, so the parameter and
+// checkpoint names stay the block's own ("ln2.weight", "mlp.up.weight"...). Construct it in the
+// block's constructor where ln2 and mlp were registered before (the order of the random init).
+class ResidualMLP {
+ public:
+  ResidualMLP() = default;  // empty until assigned one built on its block
+  ResidualMLP(torch::nn::Module& block, int64_t dim, const std::string& mlp_kind, int64_t mlp_hidden,
+              int64_t n_layer, double dropout);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& y, bool training) const;
+  // {"ln2.weight": Norm, "mlp.*": Matrix}, for the block's parameter_roles().
+  std::map<std::string, ParamRole> parameter_roles() const;
+
+ private:
+  std::shared_ptr<RMSNorm> ln2_;
+  std::shared_ptr<MLP> mlp_;
+  double dropout_ = 0.0;
 };
 
 // GPT-2 style init: N(0, 0.02) weights, zero biases; residual output projections get

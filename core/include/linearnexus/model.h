@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "linearnexus/param_role.h"
 #include "linearnexus/params.h"
 
 namespace linearnexus {
@@ -71,6 +72,10 @@ class Block : public torch::nn::Module {
   // {parameter name relative to the block: [rows of part 1, rows of part 2, ...]}. Muon
   // orthogonalises each part on its own.
   virtual std::map<std::string, std::vector<int64_t>> fused_splits() const { return {}; }
+  // What each parameter is to the optimizers, as {parameter name relative to the block: role}
+  // (param_role.h): Muon orthogonalises Matrix tensors only, weight decay skips embeddings, norms,
+  // biases and SSM dynamics. A parameter left out gets default_role (>= 2-D: Matrix, else Other).
+  virtual std::map<std::string, ParamRole> parameter_roles() const { return {}; }
 };
 
 struct ModelConfig {
@@ -119,6 +124,10 @@ class LMModel : public torch::nn::Module {
   at::ScalarType compute_dtype() const { return compute_dtype_; }
   int64_t num_parameters() const;
   const std::vector<std::shared_ptr<Block>>& blocks() const { return blocks_; }
+  // Declared roles by full parameter name: the model's own (wte: Embedding, norm: Norm, an untied
+  // lm_head: Head) and each block's under "blocks.<i>.". A block declaring a role for a parameter
+  // it does not have is an Error naming the block (a typo would silently fall back to the default).
+  std::map<std::string, ParamRole> parameter_roles() const;
   std::vector<std::string> block_kinds() const { return config_.layer_kinds(); }
 
  private:

@@ -1,11 +1,14 @@
 #pragma once
-// The optimizer protocol and what optimizers share: parameter grouping by name, the lr schedule.
+// The optimizer protocol and what optimizers share: parameter grouping by role (globs override),
+// the lr bookkeeping and schedule, moment slots, the AdamW update.
 #include <ATen/ATen.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "linearnexus/param_role.h"
 #include "linearnexus/params.h"
 #include "linearnexus/tensor_map.h"
 
@@ -16,18 +19,24 @@ struct NamedParameter {
   at::Tensor param;
   // Fused sub-matrix row counts when the block declared them (see Block::fused_splits).
   std::vector<int64_t> split_rows;
+  // What the tensor is (Block::parameter_roles, LMModel::parameter_roles); unset: default_role.
+  std::optional<ParamRole> role;
 };
+
+// p.role, or default_role(p.param) when nobody declared one.
+ParamRole role_of(const NamedParameter& p);
 
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
   // Apply one update from the parameters' .grad (which the trainer has accumulated and clipped).
   virtual void step() = 0;
-  // Schedule: every group's lr = its base lr * multiplier.
-  virtual void set_lr_multiplier(double multiplier) = 0;
-  // The main group's base and current learning rate (for the schedule's min_lr and for logs).
-  virtual double base_lr() const = 0;
-  virtual double current_lr() const = 0;
+  // Schedule: every lr group's lr = its base lr * multiplier.
+  void set_lr_multiplier(double multiplier);
+  // An lr group's base and current learning rate; group 0, the main one, is what the schedule's
+  // min_lr and the logs use.
+  double base_lr(size_t group = 0) const { return lr_base_.at(group); }
+  double current_lr(size_t group = 0) const { return lr_now_.at(group); }
   // Everything needed to continue exactly (moments, step counts), keyed by parameter name.
   virtual TensorMap state_dict() const = 0;
   virtual void load_state_dict(const TensorMap& state) = 0;
@@ -42,15 +51,23 @@ class Optimizer {
   virtual void update_curvature(int64_t batch_tokens) {}
 
   void zero_grad(const std::vector<NamedParameter>& params) const;
+
+ protected:
+  // The learning rates the schedule scales, kept here once for every optimizer: group 0 (the main
+  // one) from the constructor, more with add_lr_group (returns its index); steps read current_lr.
+  explicit Optimizer(double main_lr) { add_lr_group(main_lr); }
+  size_t add_lr_group(double base_lr);
+
+ private:
+  std::vector<double> lr_base_, lr_now_;
 };
 
-// Does `name` fall in the no-weight-decay group by default: norms, biases, embeddings, 1-D tensors.
-bool default_no_decay(const NamedParameter& p);
 // Glob match with '*' (any run) and '?' (one char): parameter-name patterns in YAML.
 bool glob_match(const std::string& pattern, const std::string& text);
 bool glob_match_any(const std::vector<std::string>& patterns, const std::string& text);
-// The weight-decay grouping all optimizers share: !default_no_decay, then names matching a glob in
-// `decay` are forced in and names matching one in `no_decay` forced out (no_decay wins).
+// The weight-decay grouping all optimizers share: by role (role_decays: matrices, heads, convs, not
+// embeddings, norms, biases, SSM dynamics), then names matching a glob in `decay` are forced in and
+// names matching one in `no_decay` forced out (no_decay wins).
 bool in_decay_group(const NamedParameter& p, const std::vector<std::string>& decay,
                     const std::vector<std::string>& no_decay);
 
@@ -65,11 +82,17 @@ class MomentSlots {
     bool decay;
     at::Tensor first, second;  // zero-initialised, like the parameter
   };
+  // Groups by the `decay` / `no_decay` keys of p.
   MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
               std::string first_key, std::string second_key);
+  // Groups by explicit globs (an optimizer whose keys are named otherwise, e.g. Muon's inner AdamW).
+  MomentSlots(const std::vector<NamedParameter>& params, const std::vector<std::string>& decay,
+              const std::vector<std::string>& no_decay, std::string optimizer, std::string first_key,
+              std::string second_key);
   // The keys it reads (weight_decay, no_decay, decay), for the optimizer's schema to end with.
   static Schema schema_keys(const std::string& default_weight_decay);
   std::vector<Slot>& all() { return slots_; }
+  const std::vector<Slot>& all() const { return slots_; }
   void save(TensorMap& out) const;
   void load(const TensorMap& state);  // an Error naming the missing entry when one is absent
   // "decay group: T tensors, N parameters (weight_decay wd); no-decay group: T tensors, N parameters"

@@ -14,7 +14,8 @@
 
 #include "linearnexus/registry.h"
 
-#define LINEARNEXUS_PLUGIN_ABI_VERSION 1u
+// 2: Block::parameter_roles and NamedParameter::role; the lr bookkeeping in the Optimizer base.
+#define LINEARNEXUS_PLUGIN_ABI_VERSION 2u
 #define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
 
 extern "C" {

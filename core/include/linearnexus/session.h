@@ -40,7 +40,8 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host);
 // same folder gets an Error naming the folder and the holder's pid.
 std::shared_ptr<void> lock_run_folder(const std::string& dir);
 
-// The model's parameters by name, with the fused splits their blocks declare.
+// The model's parameters by name, with the fused splits and the roles their blocks (and the model)
+// declare; an undeclared parameter's role is left unset (role_of gives default_role).
 std::vector<NamedParameter> named_parameters_of(const LMModel& model);
 
 // A checkpoint's "plugins" metadata against the loaded plugins: a missing one throws Error naming the
