@@ -1,0 +1,388 @@
+// The selective scan on CUDA: the fused CPU kernel's design (selective_scan.cpp) moved to the GPU.
+// Launchers declared in selective_scan_cuda.h; shapes and the math are there.
+//
+// Why one kernel and not tensor ops: Mamba-1's decay exp(delta A) differs per (channel, state), so
+// the scan has no matmul form, and any batched-op form moves [B, T, D, N] tensors through memory
+// (~5 flops per element); the chunked op path launched ~150,000 kernels per training step. Here
+// one thread owns kS = 4 states of one channel and walks along time with them in registers; the
+// P = ceil(N / kS) threads of a channel are adjacent lanes and sum C . s with two shuffles. Every
+// input is read once per pass and the output written once, already gated: softplus(dt + bias),
+// the D skip and the SiLU(z) gate are fused in, so none of delta, y or y * silu(z) exists in
+// memory. Backward keeps only the states entering each kKeepEvery-token chunk; it recomputes the
+// chunk's kQ-step sub-chunk boundaries, then each sub-chunk's states into registers, and runs the
+// gradient recurrence backwards through them.
+#include <cuda_bf16.h>
+
+#include "selective_scan_cuda.h"
+
+namespace linearnexus {
+namespace mamba {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;                  // threads per block: kThreads / P channels of one batch row
+constexpr int kS = 4;                          // states per thread: n = p * kS + s
+constexpr int kQ = 16;                         // steps whose states the backward holds in registers
+constexpr int kSub = kKeepEvery / kQ;          // sub-chunks per kept chunk
+constexpr int kWarps = kThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
+
+__device__ __forceinline__ float ld(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+__device__ __forceinline__ float sigmoid(float x) { return __frcp_rn(1.f + __expf(-x)); }
+// torch's softplus: beta 1, linear above 20.
+__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+
+// Sum over the P adjacent lanes of one channel; every one of them gets the sum.
+template <int P>
+__device__ __forceinline__ float sum_channel(float x) {
+#pragma unroll
+  for (int off = P / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+// What one thread owns: channel d of batch row b, states n = p * kS + s. Lanes past D (the last
+// block's tail) and states past N run along with zeros (A = 0, B = C = 0, state 0), so shuffles
+// see every lane and no load needs a branch of its own.
+template <typename T, int P>
+struct Channel {
+  const ScanArgs& a;
+  int64_t b, d, dl;  // dl: d clamped into range, for loads
+  int p;
+  bool active;
+  float A[kS], A2[kS], bias, Dv;
+
+  __device__ explicit Channel(const ScanArgs& args) : a(args) {
+    b = blockIdx.y;
+    p = threadIdx.x % P;
+    d = static_cast<int64_t>(blockIdx.x) * (kThreads / P) + threadIdx.x / P;
+    active = d < a.D;
+    dl = active ? d : a.D - 1;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      const int64_t n = p * kS + s;
+      A[s] = active && n < a.N ? __ldg(a.A + d * a.N + n) : 0.f;
+      A2[s] = A[s] * kLog2e;
+    }
+    bias = a.dt_bias ? __ldg(a.dt_bias + dl) : 0.f;
+    Dv = a.Dskip ? __ldg(a.Dskip + dl) : 0.f;
+  }
+  __device__ int64_t row(int64_t t) const { return b * a.T + t; }
+  __device__ bool has(int s) const { return active && p * kS + s < a.N; }
+  // [B, D, N]-shaped state arrays (s0, sT, dA, ds0): this thread's element s; in one [D, N] slice of
+  // the kept states [B, chunks, D, N]: in_slice(s).
+  __device__ int64_t in_slice(int s) const { return d * a.N + p * kS + s; }
+  __device__ int64_t state_at(int s) const { return b * a.D * a.N + in_slice(s); }
+  __device__ float u(int64_t t) const { return ld(static_cast<const T*>(a.u) + row(t) * a.u_row + dl); }
+  __device__ float dt(int64_t t) const { return ld(static_cast<const T*>(a.dt) + row(t) * a.dt_row + dl); }
+  __device__ float z(int64_t t) const { return ld(static_cast<const T*>(a.z) + row(t) * a.z_row + dl); }
+  __device__ void load_B(int64_t t, float (&v)[kS]) const { load_n(a.Bm, a.B_row, t, v); }
+  __device__ void load_C(int64_t t, float (&v)[kS]) const { load_n(a.Cm, a.C_row, t, v); }
+  __device__ void load_n(const void* base, int64_t stride, int64_t t, float (&v)[kS]) const {
+    const T* r = static_cast<const T*>(base) + row(t) * stride + p * kS;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) v[s] = active && p * kS + s < a.N ? ld(r + s) : 0.f;
+  }
+  __device__ float delta(float dt_raw) const { return a.softplus ? softplus(dt_raw + bias) : dt_raw; }
+  // One step of the recurrence on h; returns this thread's part of C . h (pass C = nullptr: none).
+  __device__ void step(float (&h)[kS], float delta, float u, const float (&B)[kS]) const {
+    const float du = delta * u;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) h[s] = exp2f(delta * A2[s]) * h[s] + du * B[s];
+  }
+};
+
+// ---- forward ------------------------------------------------------------------------------------
+// One pass over time per thread, U steps' loads issued before their arithmetic (they do not depend
+// on the state, so their latency overlaps). Fuses: softplus(dt + bias), the scan, C . s (a shuffle
+// sum over the channel's lanes), the D skip and the SiLU(z) gate; writes only `out` (and the
+// states: the final one, and the chunk-entry ones when a backward will come).
+template <typename T, int P>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
+                                                           float* __restrict__ kept) {
+  const Channel<T, P> c(a);
+  constexpr int U = 4;
+  float h[kS];
+#pragma unroll
+  for (int s = 0; s < kS; ++s) h[s] = a.s0 && c.has(s) ? a.s0[c.state_at(s)] : 0.f;
+  const int64_t chunks = (a.T + kKeepEvery - 1) / kKeepEvery;  // kept_chunks(T)
+  for (int64_t t0 = 0; t0 < a.T; t0 += U) {
+    if (kept && t0 % kKeepEvery == 0) {
+      float* k = kept + (c.b * chunks + t0 / kKeepEvery) * a.D * a.N;  // the [D, N] slice of (b, chunk)
+#pragma unroll
+      for (int s = 0; s < kS; ++s)
+        if (c.has(s)) k[c.in_slice(s)] = h[s];
+    }
+    float u[U], dt[U], z[U], B[U][kS], C[U][kS];
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      const int64_t t = min(t0 + i, a.T - 1);
+      u[i] = c.u(t);
+      dt[i] = c.dt(t);
+      z[i] = a.z ? c.z(t) : 0.f;
+      c.load_B(t, B[i]);
+      c.load_C(t, C[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      if (t0 + i >= a.T) break;
+      const float delta = c.delta(dt[i]);
+      c.step(h, delta, u[i], B[i]);
+      float y = 0.f;
+#pragma unroll
+      for (int s = 0; s < kS; ++s) y += C[i][s] * h[s];
+      y = sum_channel<P>(y) + c.Dv * u[i];
+      if (a.z) y *= z[i] * sigmoid(z[i]);
+      if (c.p == 0 && c.active) st(out + c.row(t0 + i) * a.D + c.d, y);
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < kS; ++s)
+    if (c.has(s)) sT[c.state_at(s)] = h[s];
+}
+
+template <typename T, int P>
+cudaError_t launch_forward(const ScanArgs& a, void* out, float* sT, float* kept, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((a.D + kThreads / P - 1) / (kThreads / P)), static_cast<unsigned>(a.B));
+  forward_kernel<T, P><<<grid, kThreads, 0, stream>>>(a, static_cast<T*>(out), sT, kept);
+  return cudaGetLastError();
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+// Sums v (per lane: kS values for dB, then kS for dC, of states p * kS + s) over the warp's channels
+// (the lanes with the same p) and stores the warp's 8 P sums at out[j * P + p]. A reduce-scatter:
+// each of the first three rounds exchanges half of the values still held (7 shuffles in all
+// instead of 24), the remaining rounds (P < 4) add the one value left.
+template <int P>
+__device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
+  const int lane = threadIdx.x & 31;
+  int first = 0;  // the index, among the 8, of what v[0] now holds
+  int round = 0;
+#pragma unroll
+  for (int off = 16; off >= P; off >>= 1, ++round) {
+    if (round < 3) {
+      const int half = 4 >> round;
+      const bool upper = lane & off;
+#pragma unroll
+      for (int j = 0; j < half; ++j) {
+        const float send = upper ? v[j] : v[j + half], keep = upper ? v[j + half] : v[j];
+        v[j] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+      if (upper) first += half;
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+    }
+  }
+  constexpr int kHeld = P >= 16 ? 4 : P >= 8 ? 2 : 1;  // 8 >> (split rounds)
+  constexpr int kPlainMask = P < 4 ? (3 & ~(P - 1)) : 0;
+  if ((lane & kPlainMask) == 0) {
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) out[(first + j) * P + lane % P] = v[j];
+  }
+}
+
+// Per thread, newest chunk first: the kept state -> the kSub sub-chunk entry states (shared memory,
+// each thread its own) -> per sub-chunk, newest first, its kQ states in registers -> kQ reverse
+// steps of the gradient recurrence
+//   G_t = dL/ds_t = G_{t+1} exp(delta_{t+1} A) + C_t dy_t,
+// writing du, ddt, dz per token, dB / dC per (token, tile of channels) and accumulating dA, dD,
+// dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
+template <typename T, int P>
+__global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
+  __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
+  __shared__ float sub[kSub][kS][kThreads];       // sub-chunk entry states, each thread its own column
+  const Channel<T, P> c(a);
+  const int warp = threadIdx.x / 32;
+  const int64_t chunks = (a.T + kKeepEvery - 1) / kKeepEvery;  // kept_chunks(T)
+  float G[kS], dA[kS], dD = 0.f, dbias = 0.f;
+#pragma unroll
+  for (int s = 0; s < kS; ++s) {
+    G[s] = g.dsT && c.has(s) ? g.dsT[c.state_at(s)] : 0.f;
+    dA[s] = 0.f;
+  }
+  for (int64_t ck = chunks - 1; ck >= 0; --ck) {
+    const int64_t t0 = ck * kKeepEvery;
+    {
+      float h[kS];
+      const float* k = kept + (c.b * chunks + ck) * a.D * a.N;
+#pragma unroll
+      for (int s = 0; s < kS; ++s) h[s] = c.has(s) ? k[c.in_slice(s)] : 0.f;
+      for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+        for (int s = 0; s < kS; ++s) sub[j][s][threadIdx.x] = h[s];
+        if (j + 1 == kSub) break;
+#pragma unroll 4
+        for (int i = 0; i < kQ; ++i) {
+          const int64_t t = t0 + j * kQ + i;
+          if (t >= a.T) break;
+          float B[kS];
+          c.load_B(t, B);
+          c.step(h, c.delta(c.dt(t)), c.u(t), B);
+        }
+      }
+    }
+    for (int j = kSub - 1; j >= 0; --j) {
+      const int64_t ts = t0 + j * kQ;
+      if (ts >= a.T) continue;
+      float hs[kQ + 1][kS];  // hs[i + 1]: the state after step ts + i; hs[0] the one entering
+#pragma unroll
+      for (int s = 0; s < kS; ++s) hs[0][s] = sub[j][s][threadIdx.x];
+#pragma unroll
+      for (int i = 0; i < kQ; ++i) {
+#pragma unroll
+        for (int s = 0; s < kS; ++s) hs[i + 1][s] = hs[i][s];
+        const int64_t t = ts + i;
+        if (t < a.T) {
+          float B[kS];
+          c.load_B(t, B);
+          c.step(hs[i + 1], c.delta(c.dt(t)), c.u(t), B);
+        }
+      }
+#pragma unroll
+      for (int i = kQ - 1; i >= 0; --i) {
+        const int64_t t = ts + i;
+        float v[2 * kS];
+#pragma unroll
+        for (int s = 0; s < 2 * kS; ++s) v[s] = 0.f;
+        if (t < a.T) {
+          const float u = c.u(t), dt = c.dt(t), x = dt + c.bias;
+          const float delta = a.softplus ? softplus(x) : dt, dsp = a.softplus ? sigmoid(x) : 1.f;
+          const float dout = c.active ? ld(static_cast<const T*>(g.dout) + c.row(t) * g.dout_row + c.d) : 0.f;
+          float B[kS], C[kS];
+          c.load_B(t, B);
+          c.load_C(t, C);
+          float dy = dout;  // dL/d(C . s + D u)
+          if (a.z) {
+            float y = 0.f;
+#pragma unroll
+            for (int s = 0; s < kS; ++s) y += C[s] * hs[i + 1][s];
+            y = sum_channel<P>(y) + c.Dv * u;
+            const float z = c.z(t), sg = sigmoid(z);
+            dy = dout * z * sg;
+            if (c.p == 0 && c.active)
+              st(static_cast<T*>(g.dz) + c.row(t) * a.D + c.d, dout * y * sg * (1.f + z * (1.f - sg)));
+          }
+          dD += dy * u;
+          float ddu = 0.f, ddl = 0.f;  // dL/d(delta u) and the decay's part of dL/d(delta)
+#pragma unroll
+          for (int s = 0; s < kS; ++s) {
+            const float decay = exp2f(delta * c.A2[s]);
+            const float gs = G[s] + C[s] * dy;
+            v[s] = gs * delta * u;
+            v[kS + s] = hs[i + 1][s] * dy;
+            ddu += gs * B[s];
+            const float gla = gs * hs[i][s] * decay;
+            ddl += gla * c.A[s];
+            dA[s] += gla * delta;
+            G[s] = decay * gs;
+          }
+          ddu = sum_channel<P>(ddu);
+          ddl = sum_channel<P>(ddl);
+          const float ddt = (ddu * u + ddl) * dsp;
+          dbias += ddt;
+          if (c.p == 0 && c.active) {
+            st(static_cast<T*>(g.du) + c.row(t) * a.D + c.d, dy * c.Dv + ddu * delta);
+            st(static_cast<T*>(g.ddt) + c.row(t) * a.D + c.d, ddt);
+          }
+        }
+        warp_sum_to<P>(v, part[i][warp]);
+      }
+      __syncthreads();
+      // The block's dB / dC for these kQ steps: sum over warps, one partial per tile of channels.
+      for (int idx = threadIdx.x; idx < kQ * 2 * kS * P; idx += kThreads) {
+        const int i = idx / (2 * kS * P), slot = idx % (2 * kS * P), jv = slot / P, p = slot % P;
+        const int64_t t = ts + i, n = p * kS + (jv % kS);
+        if (t >= a.T || n >= a.N) continue;
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += part[i][w][slot];
+        float* dst = jv < kS ? g.dB : g.dC;
+        dst[((static_cast<int64_t>(blockIdx.x) * a.B + c.b) * a.T + t) * a.N + n] = sum;
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < kS; ++s) {
+    if (!c.has(s)) continue;
+    g.ds0[c.state_at(s)] = G[s];
+    g.dA[c.state_at(s)] = dA[s];
+  }
+  if (c.p == 0 && c.active) {
+    if (g.dDskip) g.dDskip[c.b * a.D + c.d] = dD;
+    if (g.dbias) g.dbias[c.b * a.D + c.d] = dbias;
+  }
+}
+
+template <typename T, int P>
+cudaError_t launch_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(backward_tiles(a)), static_cast<unsigned>(a.B));
+  backward_kernel<T, P><<<grid, kThreads, 0, stream>>>(a, kept, g);
+  return cudaGetLastError();
+}
+
+// Lanes per channel: the fewest powers of two whose kS states each cover N.
+int lanes_per_channel(int64_t N) {
+  int P = 1;
+  while (P * kS < N) P *= 2;
+  return P;
+}
+
+template <typename T, typename F>
+cudaError_t dispatch_lanes(int64_t N, F&& f) {
+  switch (lanes_per_channel(N)) {
+    case 1: return f.template operator()<T, 1>();
+    case 2: return f.template operator()<T, 2>();
+    case 4: return f.template operator()<T, 4>();
+    case 8: return f.template operator()<T, 8>();
+    case 16: return f.template operator()<T, 16>();
+    default: return cudaErrorInvalidValue;  // N > kMaxState: the glue says so before calling
+  }
+}
+
+template <typename F>
+cudaError_t dispatch(const ScanArgs& a, F&& f) {
+  if (a.N < 1 || a.N > kMaxState || a.B < 1 || a.T < 1 || a.D < 1) return cudaErrorInvalidValue;
+  return a.dtype == DType::BF16 ? dispatch_lanes<__nv_bfloat16>(a.N, f) : dispatch_lanes<float>(a.N, f);
+}
+
+struct Forward {
+  const ScanArgs& a;
+  void* out;
+  float *sT, *kept;
+  cudaStream_t stream;
+  template <typename T, int P>
+  cudaError_t operator()() const { return launch_forward<T, P>(a, out, sT, kept, stream); }
+};
+
+struct Backward {
+  const ScanArgs& a;
+  const float* kept;
+  const ScanGrads& g;
+  cudaStream_t stream;
+  template <typename T, int P>
+  cudaError_t operator()() const { return launch_backward<T, P>(a, kept, g, stream); }
+};
+
+}  // namespace
+
+int64_t backward_tiles(const ScanArgs& a) {
+  const int64_t channels = kThreads / lanes_per_channel(a.N);
+  return (a.D + channels - 1) / channels;
+}
+
+cudaError_t scan_forward(const ScanArgs& a, void* out, float* sT, float* kept, cudaStream_t stream) {
+  return dispatch(a, Forward{a, out, sT, kept, stream});
+}
+
+cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
+  return dispatch(a, Backward{a, kept, g, stream});
+}
+
+}  // namespace cuda
+}  // namespace mamba
+}  // namespace linearnexus
