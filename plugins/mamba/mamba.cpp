@@ -100,7 +100,10 @@ class MambaBlock : public Block {
       at::Tensor final_state;
       if (scan_ == "auto" && mamba::cuda_scan_applies(u, N_)) {
         // The CUDA kernel (selective_scan.cu): softplus(dt + bias), the scan, the D skip and the gate
-        // in one pass; none of delta, y or the gate's product is kept for backward.
+        // in one pass; none of delta, y or the gate's product is kept for backward. u is made
+        // contiguous once (the conv returns it transposed), so x_proj and the kernel save the same
+        // tensor; z is copied out of xz so that backward does not keep all of xz alive.
+        u = u.contiguous();
         auto dbc = x_proj_(u);                            // [B, T, R + 2 N]
         auto dt = at::linear(dbc.narrow(-1, 0, R_), dt_proj_->weight);  // [B, T, D]; the bias goes in the kernel
         at::Tensor bias = dt_proj_->bias;
@@ -111,7 +114,7 @@ class MambaBlock : public Block {
           softplus = false;
         }
         auto r = mamba::scan_gated_cuda(u, dt, bias, softplus, A, dbc.narrow(-1, R_, N_), dbc.narrow(-1, R_ + N_, N_),
-                                        D_, z, cached ? state.tensors.at("ssm_state") : at::Tensor());
+                                        D_, z.contiguous(), cached ? state.tensors.at("ssm_state") : at::Tensor());
         gated = r.out;
         final_state = r.state;
       } else {

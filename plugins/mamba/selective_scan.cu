@@ -79,7 +79,7 @@ struct Channel {
   __device__ int64_t state_at(int s) const { return b * a.D * a.N + in_slice(s); }
   __device__ float u(int64_t t) const { return ld(static_cast<const T*>(a.u) + row(t) * a.u_row + dl); }
   __device__ float dt(int64_t t) const { return ld(static_cast<const T*>(a.dt) + row(t) * a.dt_row + dl); }
-  __device__ float z(int64_t t) const { return ld(static_cast<const T*>(a.z) + row(t) * a.z_row + dl); }
+  __device__ float z(int64_t t) const { return a.z ? ld(static_cast<const T*>(a.z) + row(t) * a.z_row + dl) : 0.f; }
   __device__ void load_B(int64_t t, float (&v)[kS]) const { load_n(a.Bm, a.B_row, t, v); }
   __device__ void load_C(int64_t t, float (&v)[kS]) const { load_n(a.Cm, a.C_row, t, v); }
   __device__ void load_n(const void* base, int64_t stride, int64_t t, float (&v)[kS]) const {
@@ -88,11 +88,26 @@ struct Channel {
     for (int s = 0; s < kS; ++s) v[s] = active && p * kS + s < a.N ? ld(r + s) : 0.f;
   }
   __device__ float delta(float dt_raw) const { return a.softplus ? softplus(dt_raw + bias) : dt_raw; }
-  // One step of the recurrence on h; returns this thread's part of C . h (pass C = nullptr: none).
-  __device__ void step(float (&h)[kS], float delta, float u, const float (&B)[kS]) const {
-    const float du = delta * u;
+  // One step of the recurrence on h, given delta and delta * u.
+  __device__ void step(float (&h)[kS], float delta, float du, const float (&B)[kS]) const {
 #pragma unroll
     for (int s = 0; s < kS; ++s) h[s] = exp2f(delta * A2[s]) * h[s] + du * B[s];
+  }
+};
+
+// Per-channel scalars of U consecutive steps (delta, gate, ...), computed once per channel rather
+// than once per lane: of a channel's P lanes, lane p computes steps p % Pm, p % Pm + Pm, ...
+// (Pm = min(P, U)), and at(i) hands step i's value to every lane of the channel (a shuffle).
+// Softplus, the sigmoids and the loads of u, dt, z were each lane's own before: 4x the work at N = 16.
+template <int P, int U>
+struct Split {
+  static constexpr int Pm = P < U ? P : U, K = U / Pm;
+  float v[K];
+  // The step (0 .. U-1) of this lane's k-th value.
+  __device__ static int step(int k) { return static_cast<int>(threadIdx.x % P) % Pm + k * Pm; }
+  __device__ float at(int i) const {
+    if (P == 1) return v[i];
+    return __shfl_sync(0xffffffffu, v[i / Pm], static_cast<int>((threadIdx.x & 31) - threadIdx.x % P) + i % Pm);
   }
 };
 
@@ -117,26 +132,32 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant
       for (int s = 0; s < kS; ++s)
         if (c.has(s)) k[c.in_slice(s)] = h[s];
     }
-    float u[U], dt[U], z[U], B[U][kS], C[U][kS];
+    // This lane's steps' scalars (see Split), and every step's B and C for this lane's states.
+    Split<P, U> delta, du, Du, gate;
+#pragma unroll
+    for (int k = 0; k < Split<P, U>::K; ++k) {
+      const int64_t t = min(t0 + Split<P, U>::step(k), a.T - 1);
+      const float u = c.u(t), dl = c.delta(c.dt(t)), z = c.z(t);
+      delta.v[k] = dl;
+      du.v[k] = dl * u;
+      Du.v[k] = c.Dv * u;
+      gate.v[k] = a.z ? z * sigmoid(z) : 1.f;
+    }
+    float B[U][kS], C[U][kS];
 #pragma unroll
     for (int i = 0; i < U; ++i) {
       const int64_t t = min(t0 + i, a.T - 1);
-      u[i] = c.u(t);
-      dt[i] = c.dt(t);
-      z[i] = a.z ? c.z(t) : 0.f;
       c.load_B(t, B[i]);
       c.load_C(t, C[i]);
     }
 #pragma unroll
     for (int i = 0; i < U; ++i) {
       if (t0 + i >= a.T) break;
-      const float delta = c.delta(dt[i]);
-      c.step(h, delta, u[i], B[i]);
+      c.step(h, delta.at(i), du.at(i), B[i]);
       float y = 0.f;
 #pragma unroll
       for (int s = 0; s < kS; ++s) y += C[i][s] * h[s];
-      y = sum_channel<P>(y) + c.Dv * u[i];
-      if (a.z) y *= z[i] * sigmoid(z[i]);
+      y = (sum_channel<P>(y) + Du.at(i)) * gate.at(i);
       if (c.p == 0 && c.active) st(out + c.row(t0 + i) * a.D + c.d, y);
     }
   }
@@ -215,13 +236,23 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
 #pragma unroll
         for (int s = 0; s < kS; ++s) sub[j][s][threadIdx.x] = h[s];
         if (j + 1 == kSub) break;
-#pragma unroll 4
-        for (int i = 0; i < kQ; ++i) {
-          const int64_t t = t0 + j * kQ + i;
-          if (t >= a.T) break;
-          float B[kS];
-          c.load_B(t, B);
-          c.step(h, c.delta(c.dt(t)), c.u(t), B);
+        for (int i0 = 0; i0 < kQ; i0 += 4) {
+          const int64_t tg = t0 + j * kQ + i0;
+          if (tg >= a.T) break;
+          Split<P, 4> delta, du;
+#pragma unroll
+          for (int k = 0; k < Split<P, 4>::K; ++k) {
+            const int64_t t = min(tg + Split<P, 4>::step(k), a.T - 1);
+            delta.v[k] = c.delta(c.dt(t));
+            du.v[k] = delta.v[k] * c.u(t);
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            if (tg + i >= a.T) break;
+            float B[kS];
+            c.load_B(tg + i, B);
+            c.step(h, delta.at(i), du.at(i), B);
+          }
         }
       }
     }
@@ -231,6 +262,18 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
       float hs[kQ + 1][kS];  // hs[i + 1]: the state after step ts + i; hs[0] the one entering
 #pragma unroll
       for (int s = 0; s < kS; ++s) hs[0][s] = sub[j][s][threadIdx.x];
+      // The sub-chunk's per-channel scalars, once per channel (Split).
+      Split<P, kQ> delta, u, dsp, dout, z;
+#pragma unroll
+      for (int k = 0; k < Split<P, kQ>::K; ++k) {
+        const int64_t t = min(ts + Split<P, kQ>::step(k), a.T - 1);
+        const float dt = c.dt(t), x = dt + c.bias;
+        delta.v[k] = a.softplus ? softplus(x) : dt;
+        dsp.v[k] = a.softplus ? sigmoid(x) : 1.f;
+        u.v[k] = c.u(t);
+        dout.v[k] = c.active ? ld(static_cast<const T*>(g.dout) + c.row(t) * g.dout_row + c.d) : 0.f;
+        z.v[k] = c.z(t);
+      }
 #pragma unroll
       for (int i = 0; i < kQ; ++i) {
 #pragma unroll
@@ -239,7 +282,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
         if (t < a.T) {
           float B[kS];
           c.load_B(t, B);
-          c.step(hs[i + 1], c.delta(c.dt(t)), c.u(t), B);
+          const float dl = delta.at(i);
+          c.step(hs[i + 1], dl, dl * u.at(i), B);
         }
       }
 #pragma unroll
@@ -249,43 +293,41 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
 #pragma unroll
         for (int s = 0; s < 2 * kS; ++s) v[s] = 0.f;
         if (t < a.T) {
-          const float u = c.u(t), dt = c.dt(t), x = dt + c.bias;
-          const float delta = a.softplus ? softplus(x) : dt, dsp = a.softplus ? sigmoid(x) : 1.f;
-          const float dout = c.active ? ld(static_cast<const T*>(g.dout) + c.row(t) * g.dout_row + c.d) : 0.f;
+          const float ui = u.at(i), dl = delta.at(i), dspi = dsp.at(i), douti = dout.at(i), zi = z.at(i);
           float B[kS], C[kS];
           c.load_B(t, B);
           c.load_C(t, C);
-          float dy = dout;  // dL/d(C . s + D u)
+          float dy = douti;  // dL/d(C . s + D u)
           if (a.z) {
             float y = 0.f;
 #pragma unroll
             for (int s = 0; s < kS; ++s) y += C[s] * hs[i + 1][s];
-            y = sum_channel<P>(y) + c.Dv * u;
-            const float z = c.z(t), sg = sigmoid(z);
-            dy = dout * z * sg;
+            y = sum_channel<P>(y) + c.Dv * ui;
+            const float sg = sigmoid(zi);
+            dy = douti * zi * sg;
             if (c.p == 0 && c.active)
-              st(static_cast<T*>(g.dz) + c.row(t) * a.D + c.d, dout * y * sg * (1.f + z * (1.f - sg)));
+              st(static_cast<T*>(g.dz) + c.row(t) * a.D + c.d, douti * y * sg * (1.f + zi * (1.f - sg)));
           }
-          dD += dy * u;
+          dD += dy * ui;
           float ddu = 0.f, ddl = 0.f;  // dL/d(delta u) and the decay's part of dL/d(delta)
 #pragma unroll
           for (int s = 0; s < kS; ++s) {
-            const float decay = exp2f(delta * c.A2[s]);
+            const float decay = exp2f(dl * c.A2[s]);
             const float gs = G[s] + C[s] * dy;
-            v[s] = gs * delta * u;
+            v[s] = gs * dl * ui;
             v[kS + s] = hs[i + 1][s] * dy;
             ddu += gs * B[s];
             const float gla = gs * hs[i][s] * decay;
             ddl += gla * c.A[s];
-            dA[s] += gla * delta;
+            dA[s] += gla * dl;
             G[s] = decay * gs;
           }
           ddu = sum_channel<P>(ddu);
           ddl = sum_channel<P>(ddl);
-          const float ddt = (ddu * u + ddl) * dsp;
+          const float ddt = (ddu * ui + ddl) * dspi;
           dbias += ddt;
           if (c.p == 0 && c.active) {
-            st(static_cast<T*>(g.du) + c.row(t) * a.D + c.d, dy * c.Dv + ddu * delta);
+            st(static_cast<T*>(g.du) + c.row(t) * a.D + c.d, dy * c.Dv + ddu * dl);
             st(static_cast<T*>(g.ddt) + c.row(t) * a.D + c.d, ddt);
           }
         }

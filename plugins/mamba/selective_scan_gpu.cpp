@@ -96,6 +96,10 @@ std::pair<at::Tensor, at::Tensor> run_forward(const Operands& o, at::Tensor* kep
   return {out, state};
 }
 
+// Absent optional operands travel through the autograd node as empty tensors (torch 2.x's node
+// records every input's device, which an undefined tensor has not).
+bool present(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
+
 Operands prepare(const at::Tensor& u_in, const at::Tensor& dt, const at::Tensor& bias, bool softplus,
                  const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& Dskip,
                  const at::Tensor& z, const at::Tensor& s0) {
@@ -104,11 +108,11 @@ Operands prepare(const at::Tensor& u_in, const at::Tensor& dt, const at::Tensor&
   std::tie(o.dt, o.dt_row) = rows(dt);
   std::tie(o.Bm, o.B_row) = rows(Bm);
   std::tie(o.Cm, o.C_row) = rows(Cm);
-  if (z.defined()) std::tie(o.z, o.z_row) = rows(z);
-  o.bias = bias.defined() ? bias.contiguous() : bias;
+  if (present(z)) std::tie(o.z, o.z_row) = rows(z);
+  if (present(bias)) o.bias = bias.contiguous();
   o.A = A.contiguous();
-  o.Dskip = Dskip.defined() ? Dskip.contiguous() : Dskip;
-  o.s0 = s0.defined() ? s0.contiguous() : s0;
+  if (present(Dskip)) o.Dskip = Dskip.contiguous();
+  if (present(s0)) o.s0 = s0.contiguous();
   o.softplus = softplus;
   return o;
 }
@@ -189,8 +193,10 @@ GatedScanResult scan_gated_cuda(const at::Tensor& u, const at::Tensor& dt, const
     throw Error("mamba: CUDA selective scan: mismatched shapes (u " + std::to_string(u.dim()) + "-d, A [D, N])");
   const c10::cuda::CUDAGuard guard(u.device());
   const auto dtype = u.scalar_type();
-  auto same = [&](const at::Tensor& t) { return t.defined() ? t.to(dtype) : t; };
-  auto fp32 = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+  auto same = [&](const at::Tensor& t) { return t.defined() ? t.to(dtype) : at::empty({0}, u.options()); };
+  auto fp32 = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(at::kFloat) : at::empty({0}, u.options().dtype(at::kFloat));
+  };
   const bool grad = at::GradMode::is_enabled() &&
                     (u.requires_grad() || dt.requires_grad() || (dt_bias.defined() && dt_bias.requires_grad()) ||
                      A.requires_grad() || Bm.requires_grad() || Cm.requires_grad() ||

@@ -213,7 +213,8 @@ TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decod
               rel(p.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")));
   CHECK(rel(p.y, rec) < 1e-5);
   CHECK(rel(p.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
-  CHECK(torch::equal(p.state.tensors.at("conv_state"), s.tensors.at("conv_state")));
+  // (One token's in_proj and the whole prompt's are different matmuls: equal up to rounding.)
+  CHECK(rel(p.state.tensors.at("conv_state"), s.tensors.at("conv_state")) < 1e-5);
   // Two prefill pieces (the second continues the first's state) == one.
   auto p1 = run(*b, x.narrow(1, 0, 23), b->init_state(B, T, x.options()), Mode::Prefill);
   auto p2 = run(*b, x.narrow(1, 23, T - 23), std::move(p1.state), Mode::Prefill, 23);
