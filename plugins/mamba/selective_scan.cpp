@@ -298,6 +298,7 @@ struct FusedScanFunction : public torch::autograd::Function<FusedScanFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u_in, const at::Tensor& delta_in,
                                const at::Tensor& A, const at::Tensor& Bm_in, const at::Tensor& Cm_in,
                                const at::Tensor& s0, int64_t Q) {
+    // u, delta: [B, T, D]; A: [D, N]; Bm, Cm: [B, T, N]; s0: [B, D, N]
     auto u = u_in.contiguous(), delta = delta_in.contiguous(), Bm = Bm_in.contiguous(), Cm = Cm_in.contiguous();
     auto At = A.t().contiguous();  // [N, D]
     at::Tensor kept;

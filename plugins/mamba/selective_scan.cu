@@ -99,6 +99,8 @@ struct Channel {
 // than once per lane: of a channel's P lanes, lane p computes steps p % Pm, p % Pm + Pm, ...
 // (Pm = min(P, U)), and at(i) hands step i's value to every lane of the channel (a shuffle).
 // Softplus, the sigmoids and the loads of u, dt, z were each lane's own before: 4x the work at N = 16.
+// Measured on an H200 (mamba-small, docs/benchmarks.md): the backward got faster with it (594 -> 341
+// ms per step), the forward slower (162 -> 222 ms): the forward may be better off without it.
 template <int P, int U>
 struct Split {
   static constexpr int Pm = P < U ? P : U, K = U / Pm;
@@ -116,6 +118,8 @@ struct Split {
 // on the state, so their latency overlaps). Fuses: softplus(dt + bias), the scan, C . s (a shuffle
 // sum over the channel's lanes), the D skip and the SiLU(z) gate; writes only `out` (and the
 // states: the final one, and the chunk-entry ones when a backward will come).
+// Grid: (channel tiles of kThreads / P, B). u, dt, z, out [B, T, D]; B, C [B, T, N]; s0, sT [B, D, N];
+// kept [B, ceil(T / kKeepEvery), D, N].
 template <typename T, int P>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
                                                            float* __restrict__ kept) {
@@ -133,15 +137,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant
         if (c.has(s)) k[c.in_slice(s)] = h[s];
     }
     // This lane's steps' scalars (see Split), and every step's B and C for this lane's states.
+    // Every load of the group is issued before the first use of any (one memory latency per group).
     Split<P, U> delta, du, Du, gate;
+    float uk[Split<P, U>::K], zk[Split<P, U>::K];
 #pragma unroll
     for (int k = 0; k < Split<P, U>::K; ++k) {
       const int64_t t = min(t0 + Split<P, U>::step(k), a.T - 1);
-      const float u = c.u(t), dl = c.delta(c.dt(t)), z = c.z(t);
-      delta.v[k] = dl;
-      du.v[k] = dl * u;
-      Du.v[k] = c.Dv * u;
-      gate.v[k] = a.z ? z * sigmoid(z) : 1.f;
+      uk[k] = c.u(t);
+      delta.v[k] = c.dt(t);
+      zk[k] = c.z(t);
     }
     float B[U][kS], C[U][kS];
 #pragma unroll
@@ -149,6 +153,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant
       const int64_t t = min(t0 + i, a.T - 1);
       c.load_B(t, B[i]);
       c.load_C(t, C[i]);
+    }
+#pragma unroll
+    for (int k = 0; k < Split<P, U>::K; ++k) {
+      const float dl = c.delta(delta.v[k]);
+      delta.v[k] = dl;
+      du.v[k] = dl * uk[k];
+      Du.v[k] = c.Dv * uk[k];
+      gate.v[k] = a.z ? zk[k] * sigmoid(zk[k]) : 1.f;
     }
 #pragma unroll
     for (int i = 0; i < U; ++i) {
@@ -212,6 +224,7 @@ __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
 //   G_t = dL/ds_t = G_{t+1} exp(delta_{t+1} A) + C_t dy_t,
 // writing du, ddt, dz per token, dB / dC per (token, tile of channels) and accumulating dA, dD,
 // dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
+// Grid: (channel tiles, B), as the forward. Shapes of the gradients: ScanGrads (selective_scan_cuda.h).
 template <typename T, int P>
 __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
   __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
@@ -243,15 +256,21 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
 #pragma unroll
           for (int k = 0; k < Split<P, 4>::K; ++k) {
             const int64_t t = min(tg + Split<P, 4>::step(k), a.T - 1);
-            delta.v[k] = c.delta(c.dt(t));
-            du.v[k] = delta.v[k] * c.u(t);
+            delta.v[k] = c.dt(t);
+            du.v[k] = c.u(t);
+          }
+          float B[4][kS];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) c.load_B(min(tg + i, a.T - 1), B[i]);
+#pragma unroll
+          for (int k = 0; k < Split<P, 4>::K; ++k) {
+            delta.v[k] = c.delta(delta.v[k]);
+            du.v[k] *= delta.v[k];
           }
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             if (tg + i >= a.T) break;
-            float B[kS];
-            c.load_B(tg + i, B);
-            c.step(h, delta.at(i), du.at(i), B);
+            c.step(h, delta.at(i), du.at(i), B[i]);
           }
         }
       }
@@ -265,14 +284,18 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
       // The sub-chunk's per-channel scalars, once per channel (Split).
       Split<P, kQ> delta, u, dsp, dout, z;
 #pragma unroll
-      for (int k = 0; k < Split<P, kQ>::K; ++k) {
+      for (int k = 0; k < Split<P, kQ>::K; ++k) {  // the loads first, then the arithmetic
         const int64_t t = min(ts + Split<P, kQ>::step(k), a.T - 1);
-        const float dt = c.dt(t), x = dt + c.bias;
-        delta.v[k] = a.softplus ? softplus(x) : dt;
-        dsp.v[k] = a.softplus ? sigmoid(x) : 1.f;
+        delta.v[k] = c.dt(t);
         u.v[k] = c.u(t);
         dout.v[k] = c.active ? ld(static_cast<const T*>(g.dout) + c.row(t) * g.dout_row + c.d) : 0.f;
         z.v[k] = c.z(t);
+      }
+#pragma unroll
+      for (int k = 0; k < Split<P, kQ>::K; ++k) {
+        const float dt = delta.v[k], x = dt + c.bias;
+        delta.v[k] = a.softplus ? softplus(x) : dt;
+        dsp.v[k] = a.softplus ? sigmoid(x) : 1.f;
       }
 #pragma unroll
       for (int i = 0; i < kQ; ++i) {
