@@ -6,12 +6,14 @@
 // them by reference.py --table):
 //   matmul     bf16 8192^3 matmul rate (the MFU denominator), random operands;
 //   train      gpt-small (T = 1024, bf16 autocast, fp32 master weights, AdamW, grad clip 1.0): the
-//              largest batch of --batches that fits; mamba-small at the same tokens per step.
+//              largest batch of --batches that fits; mamba-small and jamba-small at that batch (or
+//              the largest smaller one of --batches that fits).
 //              Step = forward, fp32 loss, backward, clip, optimizer step, zero_grad, as the sft
 //              trainer does it; no host-device sync inside the timed steps;
 //   decode     128-token prompt, then 512 greedy tokens one at a time on the caches, batch 1 and 16;
-//   breakdown  where one gpt-small step's GPU time goes (LibTorch's Kineto profiler: kernel time by
-//              kind, and wall time minus kernel time = launch gaps / host overhead).
+//   breakdown  where one training step's GPU time goes, for each model trained (LibTorch's Kineto
+//              profiler: kernel time by kind, and wall time minus kernel time = launch gaps / host
+//              overhead).
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
@@ -205,7 +207,7 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
   return ms;
 }
 
-void breakdown(Setup& s, int64_t B) {
+void breakdown(Setup& s, int64_t B, const std::string& name) {
   s.model->train();
   Step step(s, B);
   const double wall_fb = 1e3 * time_per_call([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 2, 5);
@@ -221,7 +223,7 @@ void breakdown(Setup& s, int64_t B) {
   for (auto& [k, v] : up) v -= fb.count(k) ? fb[k] : 0.0;  // the update's own kernels
   double up_busy = 0;
   for (auto& [k, v] : up) up_busy += v;
-  std::map<std::string, std::string> r{{"kind", str("breakdown")}, {"model", str("gpt-small")}, {"batch", num(B)},
+  std::map<std::string, std::string> r{{"kind", str("breakdown")}, {"model", str(name)}, {"batch", num(B)},
                                        {"step_ms", num(wall_step)}, {"fwd_bwd_ms", num(wall_fb)},
                                        {"update_ms", num(wall_up)}, {"optimizer_kernels_ms", num(up_busy)},
                                        {"fwd_bwd_gaps_ms", num(wall_fb - fb_busy)}, {"update_gaps_ms", num(wall_up - up_busy)}};
@@ -328,27 +330,38 @@ int main(int argc, char** argv) {
       sdpa_variants(gpt_batch);
       if (profile) {
         try {
-          breakdown(*s, gpt_batch);
+          breakdown(*s, gpt_batch, "gpt-small");
         } catch (const std::exception& e) {  // the profiler is a bonus: the numbers above stand without it
           std::fprintf(stderr, "bench_gpu: breakdown failed: %s\n", e.what());
         }
       }
     }
-    c10::cuda::CUDACachingAllocator::emptyCache();
-    {
-      auto s = make_setup(host, "mamba-small");
+    // The Mamba models at the gpt's batch (or the largest smaller one that fits): mamba-small, and
+    // jamba-small (7 mamba : 1 attention).
+    for (const std::string name : {"mamba-small", "jamba-small"}) {
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      auto s = make_setup(host, name);
       std::vector<int64_t> mb;
       for (int64_t B : batches)
         if (B <= gpt_batch) mb.push_back(B);
-      auto r = train(*s, mb, std::max(2, steps / 3));
-      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str("mamba-small")}, {"batch", num(r.batch)},
+      auto r = train(*s, mb, steps);
+      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(name)}, {"batch", num(r.batch)},
               {"seq", num(kT)}, {"params", num(static_cast<double>(s->model->num_parameters()))},
               {"ms_per_step", num(1e3 * r.s_per_step)}, {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
               {"peak_gib", num(r.peak)}});
-      for (int64_t B : {1, 16})
-        result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("mamba-small")}, {"batch", num(B)},
-                {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
-      decode_profile(*s->model, "mamba-small", 1);
+      if (name == "mamba-small") {
+        for (int64_t B : {1, 16})
+          result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str(name)}, {"batch", num(B)},
+                  {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
+        decode_profile(*s->model, name, 1);
+      }
+      if (profile && r.batch) {
+        try {
+          breakdown(*s, r.batch, name);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "bench_gpu: breakdown failed: %s\n", e.what());
+        }
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpu: %s\n", e.what());

@@ -343,7 +343,7 @@ def table(files):
             print(f"| decode {r['model']} (128 + 512) | {r['impl']} | {r['batch']} | {r['tokens_per_s']:,.0f} | | | |")
     for r in rows:
         if r["kind"] == "breakdown":
-            print("\nbreakdown of one gpt-small step:", json.dumps(r))
+            print(f"\nbreakdown of one {r['model']} step:", json.dumps(r))
 
 
 def main():

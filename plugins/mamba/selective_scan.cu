@@ -1,0 +1,453 @@
+// The selective scan on CUDA: the fused CPU kernel's design (selective_scan.cpp) moved to the GPU.
+// Launchers declared in selective_scan_cuda.h; shapes and the math are there.
+//
+// Why one kernel and not tensor ops: Mamba-1's decay exp(delta A) differs per (channel, state), so
+// the scan has no matmul form, and any batched-op form moves [B, T, D, N] tensors through memory
+// (~5 flops per element); the chunked op path launched ~150,000 kernels per training step. Here
+// one thread owns kS = 4 states of one channel and walks along time with them in registers; the
+// P = ceil(N / kS) threads of a channel are adjacent lanes and sum C . s with two shuffles. Every
+// input is read once per pass and the output written once, already gated: softplus(dt + bias),
+// the D skip and the SiLU(z) gate are fused in, so none of delta, y or y * silu(z) exists in
+// memory. Backward keeps only the states entering each kKeepEvery-token chunk; it recomputes the
+// chunk's kQ-step sub-chunk boundaries, then each sub-chunk's states into registers, and runs the
+// gradient recurrence backwards through them.
+#include <cuda_bf16.h>
+
+#include "selective_scan_cuda.h"
+
+namespace linearnexus {
+namespace mamba {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;                  // threads per block: kThreads / P channels of one batch row
+constexpr int kS = 4;                          // states per thread: n = p * kS + s
+constexpr int kQ = 16;                         // steps whose states the backward holds in registers
+constexpr int kSub = kKeepEvery / kQ;          // sub-chunks per kept chunk
+constexpr int kWarps = kThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
+
+__device__ __forceinline__ float ld(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+__device__ __forceinline__ float sigmoid(float x) { return __frcp_rn(1.f + __expf(-x)); }
+// torch's softplus: beta 1, linear above 20.
+__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+
+// Sum over the P adjacent lanes of one channel; every one of them gets the sum.
+template <int P>
+__device__ __forceinline__ float sum_channel(float x) {
+#pragma unroll
+  for (int off = P / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+// What one thread owns: channel d of batch row b, states n = p * kS + s. Lanes past D (the last
+// block's tail) and states past N run along with zeros (A = 0, B = C = 0, state 0), so shuffles
+// see every lane and no load needs a branch of its own.
+template <typename T, int P>
+struct Channel {
+  const ScanArgs& a;
+  int64_t b, d, dl;  // dl: d clamped into range, for loads
+  int p;
+  bool active;
+  float A[kS], A2[kS], bias, Dv;
+
+  __device__ explicit Channel(const ScanArgs& args) : a(args) {
+    b = blockIdx.y;
+    p = threadIdx.x % P;
+    d = static_cast<int64_t>(blockIdx.x) * (kThreads / P) + threadIdx.x / P;
+    active = d < a.D;
+    dl = active ? d : a.D - 1;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      const int64_t n = p * kS + s;
+      A[s] = active && n < a.N ? __ldg(a.A + d * a.N + n) : 0.f;
+      A2[s] = A[s] * kLog2e;
+    }
+    bias = a.dt_bias ? __ldg(a.dt_bias + dl) : 0.f;
+    Dv = a.Dskip ? __ldg(a.Dskip + dl) : 0.f;
+  }
+  __device__ int64_t row(int64_t t) const { return b * a.T + t; }
+  __device__ bool has(int s) const { return active && p * kS + s < a.N; }
+  // [B, D, N]-shaped state arrays (s0, sT, dA, ds0): this thread's element s; in one [D, N] slice of
+  // the kept states [B, chunks, D, N]: in_slice(s).
+  __device__ int64_t in_slice(int s) const { return d * a.N + p * kS + s; }
+  __device__ int64_t state_at(int s) const { return b * a.D * a.N + in_slice(s); }
+  __device__ float u(int64_t t) const { return ld(static_cast<const T*>(a.u) + row(t) * a.u_row + dl); }
+  __device__ float dt(int64_t t) const { return ld(static_cast<const T*>(a.dt) + row(t) * a.dt_row + dl); }
+  __device__ float z(int64_t t) const { return a.z ? ld(static_cast<const T*>(a.z) + row(t) * a.z_row + dl) : 0.f; }
+  __device__ void load_B(int64_t t, float (&v)[kS]) const { load_n(a.Bm, a.B_row, t, v); }
+  __device__ void load_C(int64_t t, float (&v)[kS]) const { load_n(a.Cm, a.C_row, t, v); }
+  __device__ void load_n(const void* base, int64_t stride, int64_t t, float (&v)[kS]) const {
+    const T* r = static_cast<const T*>(base) + row(t) * stride + p * kS;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) v[s] = active && p * kS + s < a.N ? ld(r + s) : 0.f;
+  }
+  __device__ float delta(float dt_raw) const { return a.softplus ? softplus(dt_raw + bias) : dt_raw; }
+  // One step of the recurrence on h, given delta and delta * u.
+  __device__ void step(float (&h)[kS], float delta, float du, const float (&B)[kS]) const {
+#pragma unroll
+    for (int s = 0; s < kS; ++s) h[s] = exp2f(delta * A2[s]) * h[s] + du * B[s];
+  }
+};
+
+// Per-channel scalars of U consecutive steps (delta, gate, ...), computed once per channel rather
+// than once per lane: of a channel's P lanes, lane p computes steps p % Pm, p % Pm + Pm, ...
+// (Pm = min(P, U)), and at(i) hands step i's value to every lane of the channel (a shuffle).
+// Softplus, the sigmoids and the loads of u, dt, z were each lane's own before: 4x the work at N = 16.
+// Measured on an H200 (mamba-small, docs/benchmarks.md): the backward got faster with it (594 -> 341
+// ms per step), the forward slower (162 -> 222 ms): the forward may be better off without it.
+template <int P, int U>
+struct Split {
+  static constexpr int Pm = P < U ? P : U, K = U / Pm;
+  float v[K];
+  // The step (0 .. U-1) of this lane's k-th value.
+  __device__ static int step(int k) { return static_cast<int>(threadIdx.x % P) % Pm + k * Pm; }
+  __device__ float at(int i) const {
+    if (P == 1) return v[i];
+    return __shfl_sync(0xffffffffu, v[i / Pm], static_cast<int>((threadIdx.x & 31) - threadIdx.x % P) + i % Pm);
+  }
+};
+
+// ---- forward ------------------------------------------------------------------------------------
+// One pass over time per thread, U steps' loads issued before their arithmetic (they do not depend
+// on the state, so their latency overlaps). Fuses: softplus(dt + bias), the scan, C . s (a shuffle
+// sum over the channel's lanes), the D skip and the SiLU(z) gate; writes only `out` (and the
+// states: the final one, and the chunk-entry ones when a backward will come).
+// Grid: (channel tiles of kThreads / P, B). u, dt, z, out [B, T, D]; B, C [B, T, N]; s0, sT [B, D, N];
+// kept [B, ceil(T / kKeepEvery), D, N].
+template <typename T, int P>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
+                                                           float* __restrict__ kept) {
+  const Channel<T, P> c(a);
+  constexpr int U = 4;
+  float h[kS];
+#pragma unroll
+  for (int s = 0; s < kS; ++s) h[s] = a.s0 && c.has(s) ? a.s0[c.state_at(s)] : 0.f;
+  const int64_t chunks = (a.T + kKeepEvery - 1) / kKeepEvery;  // kept_chunks(T)
+  for (int64_t t0 = 0; t0 < a.T; t0 += U) {
+    if (kept && t0 % kKeepEvery == 0) {
+      float* k = kept + (c.b * chunks + t0 / kKeepEvery) * a.D * a.N;  // the [D, N] slice of (b, chunk)
+#pragma unroll
+      for (int s = 0; s < kS; ++s)
+        if (c.has(s)) k[c.in_slice(s)] = h[s];
+    }
+    // This lane's steps' scalars (see Split), and every step's B and C for this lane's states.
+    // Every load of the group is issued before the first use of any (one memory latency per group).
+    Split<P, U> delta, du, Du, gate;
+    float uk[Split<P, U>::K], zk[Split<P, U>::K];
+#pragma unroll
+    for (int k = 0; k < Split<P, U>::K; ++k) {
+      const int64_t t = min(t0 + Split<P, U>::step(k), a.T - 1);
+      uk[k] = c.u(t);
+      delta.v[k] = c.dt(t);
+      zk[k] = c.z(t);
+    }
+    float B[U][kS], C[U][kS];
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      const int64_t t = min(t0 + i, a.T - 1);
+      c.load_B(t, B[i]);
+      c.load_C(t, C[i]);
+    }
+#pragma unroll
+    for (int k = 0; k < Split<P, U>::K; ++k) {
+      const float dl = c.delta(delta.v[k]);
+      delta.v[k] = dl;
+      du.v[k] = dl * uk[k];
+      Du.v[k] = c.Dv * uk[k];
+      gate.v[k] = a.z ? zk[k] * sigmoid(zk[k]) : 1.f;
+    }
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      if (t0 + i >= a.T) break;
+      c.step(h, delta.at(i), du.at(i), B[i]);
+      float y = 0.f;
+#pragma unroll
+      for (int s = 0; s < kS; ++s) y += C[i][s] * h[s];
+      y = (sum_channel<P>(y) + Du.at(i)) * gate.at(i);
+      if (c.p == 0 && c.active) st(out + c.row(t0 + i) * a.D + c.d, y);
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < kS; ++s)
+    if (c.has(s)) sT[c.state_at(s)] = h[s];
+}
+
+template <typename T, int P>
+cudaError_t launch_forward(const ScanArgs& a, void* out, float* sT, float* kept, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((a.D + kThreads / P - 1) / (kThreads / P)), static_cast<unsigned>(a.B));
+  forward_kernel<T, P><<<grid, kThreads, 0, stream>>>(a, static_cast<T*>(out), sT, kept);
+  return cudaGetLastError();
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+// Sums v (per lane: kS values for dB, then kS for dC, of states p * kS + s) over the warp's channels
+// (the lanes with the same p) and stores the warp's 8 P sums at out[j * P + p]. A reduce-scatter:
+// each of the first three rounds exchanges half of the values still held (7 shuffles in all
+// instead of 24), the remaining rounds (P < 4) add the one value left.
+template <int P>
+__device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
+  const int lane = threadIdx.x & 31;
+  int first = 0;  // the index, among the 8, of what v[0] now holds
+  int round = 0;
+#pragma unroll
+  for (int off = 16; off >= P; off >>= 1, ++round) {
+    if (round < 3) {
+      const int half = 4 >> round;
+      const bool upper = lane & off;
+#pragma unroll
+      for (int j = 0; j < half; ++j) {
+        const float send = upper ? v[j] : v[j + half], keep = upper ? v[j + half] : v[j];
+        v[j] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+      if (upper) first += half;
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+    }
+  }
+  constexpr int kHeld = P >= 16 ? 4 : P >= 8 ? 2 : 1;  // 8 >> (split rounds)
+  constexpr int kPlainMask = P < 4 ? (3 & ~(P - 1)) : 0;
+  if ((lane & kPlainMask) == 0) {
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) out[(first + j) * P + lane % P] = v[j];
+  }
+}
+
+// Per thread, newest chunk first: the kept state -> the kSub sub-chunk entry states (shared memory,
+// each thread its own) -> per sub-chunk, newest first, its kQ states in registers -> kQ reverse
+// steps of the gradient recurrence
+//   G_t = dL/ds_t = G_{t+1} exp(delta_{t+1} A) + C_t dy_t,
+// writing du, ddt, dz per token, dB / dC per (token, tile of channels) and accumulating dA, dD,
+// dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
+// Grid: (channel tiles, B), as the forward. Shapes of the gradients: ScanGrads (selective_scan_cuda.h).
+template <typename T, int P>
+__global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
+  __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
+  __shared__ float sub[kSub][kS][kThreads];       // sub-chunk entry states, each thread its own column
+  const Channel<T, P> c(a);
+  const int warp = threadIdx.x / 32;
+  const int64_t chunks = (a.T + kKeepEvery - 1) / kKeepEvery;  // kept_chunks(T)
+  float G[kS], dA[kS], dD = 0.f, dbias = 0.f;
+#pragma unroll
+  for (int s = 0; s < kS; ++s) {
+    G[s] = g.dsT && c.has(s) ? g.dsT[c.state_at(s)] : 0.f;
+    dA[s] = 0.f;
+  }
+  for (int64_t ck = chunks - 1; ck >= 0; --ck) {
+    const int64_t t0 = ck * kKeepEvery;
+    {
+      float h[kS];
+      const float* k = kept + (c.b * chunks + ck) * a.D * a.N;
+#pragma unroll
+      for (int s = 0; s < kS; ++s) h[s] = c.has(s) ? k[c.in_slice(s)] : 0.f;
+      for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+        for (int s = 0; s < kS; ++s) sub[j][s][threadIdx.x] = h[s];
+        if (j + 1 == kSub) break;
+        for (int i0 = 0; i0 < kQ; i0 += 4) {
+          const int64_t tg = t0 + j * kQ + i0;
+          if (tg >= a.T) break;
+          Split<P, 4> delta, du;
+#pragma unroll
+          for (int k = 0; k < Split<P, 4>::K; ++k) {
+            const int64_t t = min(tg + Split<P, 4>::step(k), a.T - 1);
+            delta.v[k] = c.dt(t);
+            du.v[k] = c.u(t);
+          }
+          float B[4][kS];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) c.load_B(min(tg + i, a.T - 1), B[i]);
+#pragma unroll
+          for (int k = 0; k < Split<P, 4>::K; ++k) {
+            delta.v[k] = c.delta(delta.v[k]);
+            du.v[k] *= delta.v[k];
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            if (tg + i >= a.T) break;
+            c.step(h, delta.at(i), du.at(i), B[i]);
+          }
+        }
+      }
+    }
+    for (int j = kSub - 1; j >= 0; --j) {
+      const int64_t ts = t0 + j * kQ;
+      if (ts >= a.T) continue;
+      float hs[kQ + 1][kS];  // hs[i + 1]: the state after step ts + i; hs[0] the one entering
+#pragma unroll
+      for (int s = 0; s < kS; ++s) hs[0][s] = sub[j][s][threadIdx.x];
+      // The sub-chunk's per-channel scalars, once per channel (Split).
+      Split<P, kQ> delta, u, dsp, dout, z;
+#pragma unroll
+      for (int k = 0; k < Split<P, kQ>::K; ++k) {  // the loads first, then the arithmetic
+        const int64_t t = min(ts + Split<P, kQ>::step(k), a.T - 1);
+        delta.v[k] = c.dt(t);
+        u.v[k] = c.u(t);
+        dout.v[k] = c.active ? ld(static_cast<const T*>(g.dout) + c.row(t) * g.dout_row + c.d) : 0.f;
+        z.v[k] = c.z(t);
+      }
+#pragma unroll
+      for (int k = 0; k < Split<P, kQ>::K; ++k) {
+        const float dt = delta.v[k], x = dt + c.bias;
+        delta.v[k] = a.softplus ? softplus(x) : dt;
+        dsp.v[k] = a.softplus ? sigmoid(x) : 1.f;
+      }
+#pragma unroll
+      for (int i = 0; i < kQ; ++i) {
+#pragma unroll
+        for (int s = 0; s < kS; ++s) hs[i + 1][s] = hs[i][s];
+        const int64_t t = ts + i;
+        if (t < a.T) {
+          float B[kS];
+          c.load_B(t, B);
+          const float dl = delta.at(i);
+          c.step(hs[i + 1], dl, dl * u.at(i), B);
+        }
+      }
+#pragma unroll
+      for (int i = kQ - 1; i >= 0; --i) {
+        const int64_t t = ts + i;
+        float v[2 * kS];
+#pragma unroll
+        for (int s = 0; s < 2 * kS; ++s) v[s] = 0.f;
+        if (t < a.T) {
+          const float ui = u.at(i), dl = delta.at(i), dspi = dsp.at(i), douti = dout.at(i), zi = z.at(i);
+          float B[kS], C[kS];
+          c.load_B(t, B);
+          c.load_C(t, C);
+          float dy = douti;  // dL/d(C . s + D u)
+          if (a.z) {
+            float y = 0.f;
+#pragma unroll
+            for (int s = 0; s < kS; ++s) y += C[s] * hs[i + 1][s];
+            y = sum_channel<P>(y) + c.Dv * ui;
+            const float sg = sigmoid(zi);
+            dy = douti * zi * sg;
+            if (c.p == 0 && c.active)
+              st(static_cast<T*>(g.dz) + c.row(t) * a.D + c.d, douti * y * sg * (1.f + zi * (1.f - sg)));
+          }
+          dD += dy * ui;
+          float ddu = 0.f, ddl = 0.f;  // dL/d(delta u) and the decay's part of dL/d(delta)
+#pragma unroll
+          for (int s = 0; s < kS; ++s) {
+            const float decay = exp2f(dl * c.A2[s]);
+            const float gs = G[s] + C[s] * dy;
+            v[s] = gs * dl * ui;
+            v[kS + s] = hs[i + 1][s] * dy;
+            ddu += gs * B[s];
+            const float gla = gs * hs[i][s] * decay;
+            ddl += gla * c.A[s];
+            dA[s] += gla * dl;
+            G[s] = decay * gs;
+          }
+          ddu = sum_channel<P>(ddu);
+          ddl = sum_channel<P>(ddl);
+          const float ddt = (ddu * ui + ddl) * dspi;
+          dbias += ddt;
+          if (c.p == 0 && c.active) {
+            st(static_cast<T*>(g.du) + c.row(t) * a.D + c.d, dy * c.Dv + ddu * dl);
+            st(static_cast<T*>(g.ddt) + c.row(t) * a.D + c.d, ddt);
+          }
+        }
+        warp_sum_to<P>(v, part[i][warp]);
+      }
+      __syncthreads();
+      // The block's dB / dC for these kQ steps: sum over warps, one partial per tile of channels.
+      for (int idx = threadIdx.x; idx < kQ * 2 * kS * P; idx += kThreads) {
+        const int i = idx / (2 * kS * P), slot = idx % (2 * kS * P), jv = slot / P, p = slot % P;
+        const int64_t t = ts + i, n = p * kS + (jv % kS);
+        if (t >= a.T || n >= a.N) continue;
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += part[i][w][slot];
+        float* dst = jv < kS ? g.dB : g.dC;
+        dst[((static_cast<int64_t>(blockIdx.x) * a.B + c.b) * a.T + t) * a.N + n] = sum;
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < kS; ++s) {
+    if (!c.has(s)) continue;
+    g.ds0[c.state_at(s)] = G[s];
+    g.dA[c.state_at(s)] = dA[s];
+  }
+  if (c.p == 0 && c.active) {
+    if (g.dDskip) g.dDskip[c.b * a.D + c.d] = dD;
+    if (g.dbias) g.dbias[c.b * a.D + c.d] = dbias;
+  }
+}
+
+template <typename T, int P>
+cudaError_t launch_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(backward_tiles(a)), static_cast<unsigned>(a.B));
+  backward_kernel<T, P><<<grid, kThreads, 0, stream>>>(a, kept, g);
+  return cudaGetLastError();
+}
+
+// Lanes per channel: the fewest powers of two whose kS states each cover N.
+int lanes_per_channel(int64_t N) {
+  int P = 1;
+  while (P * kS < N) P *= 2;
+  return P;
+}
+
+template <typename T, typename F>
+cudaError_t dispatch_lanes(int64_t N, F&& f) {
+  switch (lanes_per_channel(N)) {
+    case 1: return f.template operator()<T, 1>();
+    case 2: return f.template operator()<T, 2>();
+    case 4: return f.template operator()<T, 4>();
+    case 8: return f.template operator()<T, 8>();
+    case 16: return f.template operator()<T, 16>();
+    default: return cudaErrorInvalidValue;  // N > kMaxState: the glue says so before calling
+  }
+}
+
+template <typename F>
+cudaError_t dispatch(const ScanArgs& a, F&& f) {
+  if (a.N < 1 || a.N > kMaxState || a.B < 1 || a.T < 1 || a.D < 1) return cudaErrorInvalidValue;
+  return a.dtype == DType::BF16 ? dispatch_lanes<__nv_bfloat16>(a.N, f) : dispatch_lanes<float>(a.N, f);
+}
+
+struct Forward {
+  const ScanArgs& a;
+  void* out;
+  float *sT, *kept;
+  cudaStream_t stream;
+  template <typename T, int P>
+  cudaError_t operator()() const { return launch_forward<T, P>(a, out, sT, kept, stream); }
+};
+
+struct Backward {
+  const ScanArgs& a;
+  const float* kept;
+  const ScanGrads& g;
+  cudaStream_t stream;
+  template <typename T, int P>
+  cudaError_t operator()() const { return launch_backward<T, P>(a, kept, g, stream); }
+};
+
+}  // namespace
+
+int64_t backward_tiles(const ScanArgs& a) {
+  const int64_t channels = kThreads / lanes_per_channel(a.N);
+  return (a.D + channels - 1) / channels;
+}
+
+cudaError_t scan_forward(const ScanArgs& a, void* out, float* sT, float* kept, cudaStream_t stream) {
+  return dispatch(a, Forward{a, out, sT, kept, stream});
+}
+
+cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
+  return dispatch(a, Backward{a, kept, g, stream});
+}
+
+}  // namespace cuda
+}  // namespace mamba
+}  // namespace linearnexus

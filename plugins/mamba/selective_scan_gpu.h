@@ -1,0 +1,29 @@
+// The mamba block's scan on CUDA, gate included: the torch side (checks, dtypes, autograd) of the
+// kernels in selective_scan.cu. The block uses it for `scan: auto` on a CUDA device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace linearnexus {
+namespace mamba {
+
+// Whether this build has the CUDA kernels and they take this tensor (on CUDA) and d_state.
+bool cuda_scan_applies(const at::Tensor& u, int64_t d_state);
+
+struct GatedScanResult {
+  at::Tensor out, state;
+};
+
+// Shapes: u, dt, z [B, T, D]; dt_bias, Dskip [D]; A [D, N] (negative); Bm, Cm [B, T, N]; s0 [B, D, N]
+// or undefined (a zero state). Computes, with delta = softplus(dt + dt_bias) (dt itself when
+// `softplus` is false and dt_bias undefined),
+//   s_t = exp(delta_t A) s_{t-1} + delta_t B_t u_t,   out_t = (C_t s_t + Dskip u_t) * silu(z_t)
+// -> out [B, T, D] in u's dtype (fp32 or bf16; dt, z, Bm, Cm are cast to it) and the state after
+// the last token [B, D, N] (fp32). Differentiable in every tensor input; the states, the sums and
+// the gradients of the fp32 parameters are fp32.
+GatedScanResult scan_gated_cuda(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias, bool softplus,
+                                const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
+                                const at::Tensor& Dskip, const at::Tensor& z, const at::Tensor& s0);
+
+}  // namespace mamba
+}  // namespace linearnexus
