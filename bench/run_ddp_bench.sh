@@ -20,18 +20,21 @@ trainer: {name: sft, max_steps: $steps, batch_size: $batch, log_every: 10, eval_
 schedule: {warmup_steps: 5}
 sample: {num_samples: 0}
 YAML
+runs=${RUN_ROOT:-/tmp}/linearnexus_ddp_bench   # checkpoints (GBs) stay out of OUT_DIR
+rm -rf "$runs"
 for ranks in 1 "$n"; do
-  sed "s|OUT|$out/run$ranks|" "$out/exp.yaml" > "$out/exp$ranks.yaml"
+  sed "s|OUT|$runs/run$ranks|" "$out/exp.yaml" > "$out/exp$ranks.yaml"
   if [ "$ranks" = 1 ]; then "$build/bin/linearnexus" run "$out/exp$ranks.yaml" --no-sample > "$out/log$ranks.txt" 2>&1
   else "$build/bin/linearnexus" run "$out/exp$ranks.yaml" --no-sample --nproc "$ranks" > "$out/log$ranks.txt" 2>&1; fi
   echo "ranks $ranks: exit $?"; tail -3 "$out/log$ranks.txt"
+  cp "$runs/run$ranks/metrics.jsonl" "$out/metrics$ranks.jsonl"
 done
 # tokens/s of the second logged interval (steps 11-20): after warm-up, before the final evaluation
 python3 - "$out" "$n" <<'PY'
 import json, sys
 out, n = sys.argv[1], int(sys.argv[2])
 def tps(r):
-    lines = [json.loads(l) for l in open(f"{out}/run{r}/metrics.jsonl")]
+    lines = [json.loads(l) for l in open(f"{out}/metrics{r}.jsonl")]
     return next(l for l in lines if l["step"] == 20)["tokens_per_sec"]
 one, many = tps(1), tps(n)
 print("RESULT " + json.dumps({"kind": "ddp_scaling", "ranks": n, "tokens_per_sec_1": one, f"tokens_per_sec_{n}": many,

@@ -207,17 +207,17 @@ class MambaBlock : public Block {
 void register_mamba(Registry& r) {
   r.add_block("mamba", "pre-norm Mamba-1 selective state-space block (conv + selective scan, gated)",
               {
-                  {"d_state", ParamType::Int, "16", "SSM state size N per channel"},
-                  {"d_conv", ParamType::Int, "4", "causal depthwise conv width"},
-                  {"expand", ParamType::Int, "2", "inner width d_inner = expand * hidden_size"},
+                  {"d_state", ParamType::Int, "16", "SSM state size N per channel", {}, 1},
+                  {"d_conv", ParamType::Int, "4", "causal depthwise conv width", {}, 1},
+                  {"expand", ParamType::Int, "2", "inner width d_inner = expand * hidden_size", {}, 1},
                   {"dt_rank", ParamType::String, "auto", "rank of the delta projection (auto = ceil(hidden_size / 16))"},
-                  {"dt_min", ParamType::Float, "0.001", "smallest initial delta"},
-                  {"dt_max", ParamType::Float, "0.1", "largest initial delta"},
-                  {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial delta"},
+                  {"dt_min", ParamType::Float, "0.001", "smallest initial delta", {}, 1e-8},
+                  {"dt_max", ParamType::Float, "0.1", "largest initial delta", {}, 1e-8},
+                  {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial delta", {}, 0},
                   {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
                   {"bias", ParamType::Bool, "false", "biases in in_proj and out_proj"},
                   {"chunk_size", ParamType::Int, "16",
-                   "tokens per chunk of the scans (the states at chunk boundaries are kept for backward)"},
+                   "tokens per chunk of the scans (the states at chunk boundaries are kept for backward)", {}, 1},
                   {"scan", ParamType::String, "auto",
                    "training/prefill scan: auto (the fused CUDA kernel on a GPU, gate included, states kept every 64 tokens; "
                    "the fused CPU kernel for fp32 on the CPU; chunk elsewhere), chunk "
