@@ -2,8 +2,13 @@
 // gradient averaging from autograd hooks.
 #include "linearnexus/distributed.h"
 
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+// Gloo's headers come with Debian's libgloo-dev; torch's Python wheels ship libtorch with Gloo inside
+// but without its headers: there the CPU backend is unavailable (CUDA runs use NCCL).
+#if __has_include(<gloo/rendezvous/store.h>)
+#define LINEARNEXUS_HAS_GLOO 1
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 #ifdef USE_C10D_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -118,9 +123,14 @@ Distributed::Distributed(const LaunchEnv& env, const std::string& backend, doubl
     throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
 #endif
   } else {
+#ifdef LINEARNEXUS_HAS_GLOO
     auto o = c10d::ProcessGroupGloo::Options::create(group_->timeout);
     o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     group_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(group_->store, env.rank, env.world_size, o);
+#else
+    throw Error("distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
+                "on CUDA use nccl");
+#endif
   }
   log_info("distributed: rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) + " (" + backend_ +
            ", " + device.str() + ")");
