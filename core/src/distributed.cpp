@@ -36,10 +36,13 @@ class ProcessGroupHandle {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<C10dGroup> group;
   std::chrono::milliseconds timeout{0};
-  // Wait for a collective; a peer that died or hung surfaces here, as one Error.
+  // Wait for a collective; a peer that died or hung surfaces here, as one Error. No timeout is
+  // passed: with one, NCCL's wait blocks the host until the all-reduce is done (a host-device sync
+  // every step); without, it only orders the compute stream after it. The group's own timeout
+  // (its Options) still ends a collective that hangs.
   void wait(WorkPtr& work, const char* what) {
     try {
-      work->wait(timeout);
+      work->wait();
     } catch (const std::exception& e) {
       std::string msg = e.what();
       throw Error(std::string("distributed: ") + what + " failed: " + msg.substr(0, msg.find('\n')) +

@@ -128,6 +128,12 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
     ctx.dist = std::make_shared<Distributed>(env, d.get_string("backend"), d.get_float("timeout_sec"), ctx.device);
     ctx.rank = env.rank;
     ctx.world_size = env.world_size;
+    // Ranks on one machine share its cores: each takes its share of intra-op threads (all of them
+    // each oversubscribes the CPU, and spinning OpenMP threads then slow every rank's host side).
+    if (!std::getenv("LINEARNEXUS_NUM_THREADS")) {
+      const int64_t local = std::max<int64_t>(1, std::atoll(std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "1"));
+      at::set_num_threads(static_cast<int>(std::max<int64_t>(1, std::thread::hardware_concurrency() / local)));
+    }
     if (env.rank != 0) set_log_level("warn");  // one progress log: rank 0's
   }
 
