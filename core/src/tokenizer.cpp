@@ -103,7 +103,7 @@ std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
   try {
     j = parse_json_limited(text, 2);
   } catch (const std::exception& e) {
-    throw Error(std::string("the saved tokenizer is not valid JSON (") + e.what() + ")");
+    throw Error(std::string("the saved tokenizer is not valid JSON (") + e.what() + "); the file holding it is corrupt or edited");
   }
   auto field = [&](const char* key) {
     auto it = j.is_object() ? j.find(key) : j.end();
@@ -116,16 +116,17 @@ std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
     std::array<bool, 256> seen{};
     for (const auto& b : bytes.is_array() ? bytes : json::array()) {
       if (!b.is_number_integer() || b.get<int64_t>() < 0 || b.get<int64_t>() > 255 || seen[b.get<int64_t>()])
-        throw Error("the saved char tokenizer's bytes hold " + b.dump() + ", not a distinct byte value 0-255");
+        throw Error("the saved char tokenizer's bytes hold " + b.dump() +
+                    ", not a distinct byte value 0-255; the file holding it is corrupt or edited");
       seen[b.get<int64_t>()] = true;
       chars.push_back(static_cast<unsigned char>(b.get<int64_t>()));
     }
-    if (chars.empty()) throw Error("the saved char tokenizer has no bytes list");
+    if (chars.empty()) throw Error("the saved char tokenizer has no bytes list; the file holding it is corrupt or edited");
     return std::make_shared<CharTokenizer>(std::move(chars));
   }
   if (kind == "gpt2" && field("spec").is_string()) return make_bpe_tokenizer(field("spec").get<std::string>());
   throw Error("the saved tokenizer is neither {kind: char, bytes: [...]} nor {kind: gpt2, spec: PATH} (kind " +
-              kind.dump() + ")");
+              kind.dump() + "); the file holding it is corrupt or edited");
 }
 
 }  // namespace linearnexus
