@@ -192,6 +192,11 @@ TEST_CASE("checkpoint contents: relabelled dtype, NaN weights, bad step, bad RNG
       if (k.rfind("optim.", 0) == 0 && v.is_floating_point() && v.numel() > 0) v.view(-1)[0] = INFINITY;
   });
   CHECK_CONTAINS(resume_error(t / "optnan.safetensors", t / "r3"), "holds NaN or infinite values");
+  edit_checkpoint(ck, t / "optshape.safetensors", [](TensorMap& m, Metadata&) {
+    for (auto& [k, v] : m)
+      if (k.rfind("optim.", 0) == 0 && v.dim() == 2) v = torch::zeros({v.size(0) + 1, v.size(1)});
+  });
+  CHECK_CONTAINS(resume_error(t / "optshape.safetensors", t / "r3b"), "but the optimizer's is Float [");
   for (const std::string step : {"-5", "abc", "", "99999999999999999999"}) {
     edit_checkpoint(ck, t / "step.safetensors", [&](TensorMap&, Metadata& m) { m["step"] = step; });
     CHECK_CONTAINS(resume_error(t / "step.safetensors", t / "r4"), "metadata 'step' is '" + step + "', not a non-negative whole number");
