@@ -8,7 +8,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <c10/util/Exception.h>
 #include <torch/cuda.h>
 #include <torch/nn.h>
 
@@ -72,15 +71,16 @@ void fail_on_plugin_problems(const PluginHost& host) {
     throw Error(host.problems().front().message + " (remove it from the plugin folder, or rebuild it)");
 }
 
-// An Error thrown by plugin code carries the plugin's copy of its vtable, which is unmapped once the
-// PluginHost that keeps the plugin loaded is gone; `body` runs while the host lives, and its errors
-// are copied here (the runner's code) before they travel on to main's handler.
+// An exception thrown by plugin code may carry the plugin's copy of its vtable (Error, or any
+// header-only exception type), which is unmapped once the PluginHost that keeps the plugin loaded is
+// gone; `body` runs while the host lives, and its errors are copied here (the runner's code, as one
+// line: LibTorch's without their backtrace) before they travel on to main's handler.
 template <class F>
 int with_plugin_errors_copied(F&& body) {
   try {
     return body();
-  } catch (const Error& e) {
-    throw Error(e.what());
+  } catch (const std::exception& e) {
+    throw Error(error_text(e));
   }
 }
 
@@ -471,16 +471,9 @@ int main(int argc, char** argv) {
       for (const auto& p : preset_names()) std::cout << p << "\n";
       return 0;
     }
-  } catch (const Error& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  } catch (const c10::Error& e) {
-    // LibTorch's messages carry a C++ backtrace: print only the message itself.
-    std::string msg = e.what_without_backtrace();
-    std::cerr << "error: " << msg.substr(0, msg.find('\n')) << "\n";
-    return 1;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    // One line for every error; LibTorch's (c10::Error) without the C++ backtrace it carries.
+    std::cerr << "error: " << error_text(e) << "\n";
     return 1;
   }
   return 0;

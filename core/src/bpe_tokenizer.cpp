@@ -20,6 +20,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "json_limits.h"
+
 namespace fs = std::filesystem;
 
 namespace linearnexus {
@@ -133,8 +135,8 @@ Vocab load_gpt2(const std::string& encoder_path, const std::string& merges_path)
   Vocab v;
   nlohmann::json enc;
   try {
-    enc = nlohmann::json::parse(read_file(encoder_path, "encoder.json"));
-  } catch (const nlohmann::json::exception& e) {
+    enc = parse_json_limited(read_file(encoder_path, "encoder.json"), 1);
+  } catch (const std::exception& e) {
     throw Error("tokenizer: '" + encoder_path + "' is not valid JSON (" + e.what() + ")");
   }
   if (!enc.is_object() || enc.empty())

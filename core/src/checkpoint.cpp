@@ -1,13 +1,12 @@
-// safetensors reading/writing and the run's checkpoint folder.
-//
-// Format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets},
-// "__metadata__": {str: str}}, then the raw little-endian tensor bytes.
+// safetensors reading/writing and the run's checkpoint folder (the header is read and validated by
+// safetensors_header.cpp).
 #include "linearnexus/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +19,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/model.h"
+#include "safetensors_header.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -49,6 +49,12 @@ std::string shape_text(at::IntArrayRef s) {
 
 }  // namespace
 
+void check_finite(const at::Tensor& t, const std::string& name, const std::string& file) {
+  if (at::isFloatingType(t.scalar_type()) && !at::isfinite(t).all().item<bool>())
+    throw Error("checkpoint " + file + ": tensor '" + name + "' holds NaN or infinite values; the run it came from " +
+                "diverged or the file is corrupt: use an earlier checkpoint (step_*.safetensors)");
+}
+
 void save_safetensors(const std::string& path, const TensorMap& tensors, const Metadata& metadata) {
   json header = json::object();
   header["__metadata__"] = metadata;
@@ -77,74 +83,51 @@ void save_safetensors(const std::string& path, const TensorMap& tensors, const M
   file.commit();
 }
 
-namespace {
-json read_header(std::ifstream& in, const std::string& path, uint64_t file_size, uint64_t* data_start) {
-  unsigned char len[8];
-  if (file_size < 8 || !in.read(reinterpret_cast<char*>(len), 8))
-    throw Error("checkpoint '" + path + "' is truncated or not a safetensors file");
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
-  if (n > file_size - 8 || n > (100u << 20))
-    throw Error("checkpoint '" + path + "' is corrupt: its header length (" + std::to_string(n) +
-                " bytes) does not fit the file (" + std::to_string(file_size) + " bytes)");
-  std::string h(n, '\0');
-  in.read(h.data(), static_cast<std::streamsize>(n));
-  *data_start = 8 + n;
-  try {
-    json j = json::parse(h);
-    if (!j.is_object()) throw std::runtime_error("header is not an object");
-    return j;
-  } catch (const std::exception& e) {
-    throw Error("checkpoint '" + path + "' is corrupt: unreadable header (" + e.what() + ")");
-  }
-}
-}  // namespace
-
 SafetensorsFile load_safetensors(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("checkpoint '" + path + "' cannot be opened (does it exist?)");
-  const uint64_t file_size = fs::file_size(path);
-  uint64_t data_start = 0;
-  json header = read_header(in, path, file_size, &data_start);
+  std::error_code ec;
+  const uint64_t file_size = fs::file_size(path, ec);
+  if (!in || ec) throw Error("checkpoint " + path + ": cannot be opened (does it exist?)");
+  // Everything is checked before anything is allocated: no shape or offset from the file reaches
+  // LibTorch unvalidated.
+  SafetensorsHeader header = read_safetensors_header(in, file_size, path);
   SafetensorsFile out;
-  try {
-    for (auto it = header.begin(); it != header.end(); ++it) {
-      if (it.key() == "__metadata__") {
-        for (auto m = it->begin(); m != it->end(); ++m) out.metadata[m.key()] = m->get<std::string>();
-        continue;
-      }
-      const std::string dt = it->at("dtype").get<std::string>();
-      auto d = std::find_if(dtype_names().begin(), dtype_names().end(), [&](const auto& p) { return p.first == dt; });
-      if (d == dtype_names().end()) throw std::runtime_error("unsupported dtype " + dt + " for " + it.key());
-      auto shape = it->at("shape").get<std::vector<int64_t>>();
-      auto offs = it->at("data_offsets").get<std::vector<uint64_t>>();
-      auto t = at::empty(shape, at::TensorOptions().dtype(d->second));
-      const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-      if (offs.size() != 2 || offs[1] < offs[0] || offs[1] - offs[0] != nbytes || data_start + offs[1] > file_size)
-        throw std::runtime_error("tensor '" + it.key() + "' has offsets outside the file or a size that does not match its shape");
-      in.seekg(static_cast<std::streamoff>(data_start + offs[0]));
-      in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(nbytes));
-      if (!in) throw std::runtime_error("tensor '" + it.key() + "' is truncated");
-      out.tensors[it.key()] = t;
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error("checkpoint '" + path + "' is corrupt: " + e.what());
+  out.metadata = std::move(header.metadata);
+  for (const auto& span : header.tensors) {
+    auto d = std::find_if(dtype_names().begin(), dtype_names().end(), [&](const auto& p) { return p.first == span.dtype; });
+    auto t = at::empty(span.shape, at::TensorOptions().dtype(d->second));
+    in.seekg(static_cast<std::streamoff>(header.data_start + span.begin));
+    in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(span.end - span.begin));
+    if (!in) throw Error("checkpoint " + path + ": tensor '" + span.name + "' could not be read (was the file truncated while loading?)");
+    out.tensors[span.name] = t;
   }
   return out;
 }
 
 Metadata read_safetensors_metadata(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("checkpoint '" + path + "' cannot be opened (does it exist?)");
-  uint64_t data_start = 0;
-  json header = read_header(in, path, fs::file_size(path), &data_start);
-  Metadata m;
-  if (header.contains("__metadata__"))
-    for (auto it = header["__metadata__"].begin(); it != header["__metadata__"].end(); ++it)
-      m[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
-  return m;
+  std::error_code ec;
+  const uint64_t file_size = fs::file_size(path, ec);
+  if (!in || ec) throw Error("checkpoint " + path + ": cannot be opened (does it exist?)");
+  return read_safetensors_header(in, file_size, path).metadata;
+}
+
+const std::string& checkpoint_entry(const Metadata& metadata, const std::string& key, const std::string& file) {
+  auto it = metadata.find(key);
+  if (it == metadata.end())
+    throw Error("checkpoint " + file + ": its metadata has no '" + key +
+                "' entry; it was not written by linearnexus (or was edited): use a checkpoint of a linearnexus run");
+  return it->second;
+}
+
+int64_t checkpoint_step(const Metadata& metadata, const std::string& file) {
+  const std::string& text = checkpoint_entry(metadata, "step", file);
+  int64_t step = -1;
+  auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), step);
+  if (text.empty() || err != std::errc() || end != text.data() + text.size() || step < 0)
+    throw Error("checkpoint " + file + ": metadata 'step' is '" + text +
+                "', not a non-negative whole number; the file is corrupt: use another checkpoint of the run");
+  return step;
 }
 
 std::string resolve_checkpoint(const std::string& p) {
@@ -174,6 +157,12 @@ void load_model_tensors(LMModel& model, const TensorMap& tensors, const std::str
     if (it->second.sizes() != dst.sizes())
       throw Error("checkpoint '" + source + "' does not match the model: tensor '" + prefix + name + "' is " +
                   shape_text(it->second.sizes()) + " in the checkpoint but " + shape_text(dst.sizes()) + " in the model");
+    // copy_ would convert silently: a tensor relabelled to another dtype of the same width reads as
+    // garbage numbers of the right size.
+    if (it->second.scalar_type() != dst.scalar_type())
+      throw Error("checkpoint " + source + ": tensor '" + prefix + name + "' is " + c10::toString(it->second.scalar_type()) +
+                  ", but the model's is " + c10::toString(dst.scalar_type()) + "; the file is corrupt or edited: use another checkpoint");
+    check_finite(it->second, prefix + name, source);
     dst.copy_(it->second);
   };
   for (auto& kv : model.named_parameters()) load(kv.key(), kv.value());
@@ -245,10 +234,22 @@ at::Tensor rng_state(const at::Device& device) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   return gen.get_state();
 }
-void set_rng_state(const at::Tensor& state, const at::Device& device) {
+void set_rng_state(const at::Tensor& state, const at::Device& device, const std::string& file) {
   at::Generator gen = at::globalContext().defaultGenerator(device);
   std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
+  // LibTorch checks the bytes itself, but with a raw c10 message and backtrace ("Invalid mt19937
+  // state"); the size and dtype are checked here, and whatever it still refuses is named.
+  const at::Tensor current = gen.get_state();
+  const std::string what = "checkpoint " + file + ": tensor 'rng." + std::string(device.is_cuda() ? "cuda" : "cpu") + "' ";
+  if (state.scalar_type() != at::kByte || state.dim() != 1 || state.numel() != current.numel())
+    throw Error(what + "is not a random generator state of this LibTorch (" + c10::toString(state.scalar_type()) + " " +
+                shape_text(state.sizes()) + ", expected Byte [" + std::to_string(current.numel()) +
+                "]); the file is corrupt: use another checkpoint");
+  try {
+    gen.set_state(state);
+  } catch (const c10::Error& e) {
+    throw Error(what + "is refused by LibTorch (" + error_text(e) + "); the file is corrupt: use another checkpoint");
+  }
 }
 
 }  // namespace linearnexus

@@ -72,7 +72,7 @@ const Schema& trainer_common_schema() {
   return s;
 }
 const Schema& plugins_schema() {
-  static const Schema s = {{"paths", ParamType::StringList, "[]", "extra plugin folders (relative to the working directory)"}};
+  static const Schema s = {{"paths", ParamType::StringList, "[]", "extra plugin folders (relative to the experiment file's folder)"}};
   return s;
 }
 const Schema& sample_schema() {
@@ -277,7 +277,8 @@ Params parse_plugin_section(const YAML::Node& root, const char* section, PluginK
 }  // namespace
 
 Experiment parse_experiment(const std::string& yaml_text, const std::string& origin, const std::string& base_dir,
-                            const std::vector<std::string>& overrides, PluginHost& host) {
+                            const std::vector<std::string>& overrides, PluginHost& host, PluginPaths plugin_paths,
+                            const std::string& plugin_dir) {
   Source src{origin, {}};
   YAML::Node root = load_yaml_text(yaml_text, origin);
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
@@ -305,9 +306,15 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   // Plugins first: the other sections are validated against what they register.
   YAML::Node plugins = root["plugins"];
   Params pp = validate_section(plugins, plugins_schema(), "plugins", src);
+  const fs::path relative_to = src.overridden.count("plugins.paths") ? fs::path() : fs::path(plugin_dir);
   for (auto p : pp.get_string_list("paths")) {
-    fs::path dir(p);
-    if (dir.is_relative() && !base_dir.empty()) dir = fs::path(base_dir) / dir;
+    if (plugin_paths == PluginPaths::Ignore) {
+      e.plugin_paths.push_back(p);
+      continue;
+    }
+    // Stored absolute, so the resolved experiment (config.yaml, checkpoints) names the same folders
+    // wherever it is read from.
+    const fs::path dir = fs::absolute(relative_to / p).lexically_normal();
     if (!fs::is_directory(dir)) throw Error(src.at(plugins["paths"], "plugins.paths") + ": plugin folder '" + dir.string() + "' does not exist");
     e.plugin_paths.push_back(dir.string());
     host.load_dir(dir.string());
@@ -352,9 +359,10 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
   if (!in) throw Error(path + ": cannot open the experiment file (does it exist?)");
   std::stringstream ss;
   ss << in.rdbuf();
-  // Relative paths in an experiment (data.path, plugins.paths, out_dir) are relative to the
-  // working directory, as on the command line.
-  return parse_experiment(ss.str(), path, "", overrides, host);
+  // Relative data.path and out_dir are relative to the working directory, as on the command line;
+  // plugins.paths are relative to the file's folder, so that a file names the plugins it ships with
+  // wherever it is run from.
+  return parse_experiment(ss.str(), path, "", overrides, host, PluginPaths::Load, fs::path(path).parent_path().string());
 }
 
 }  // namespace linearnexus

@@ -12,6 +12,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin.h"
+#include "elf_exports.h"
 
 namespace fs = std::filesystem;
 
@@ -54,15 +55,28 @@ void PluginHost::load_dir(const std::string& dir) {
   std::sort(files.begin(), files.end());  // a stable, documented order: precedence is first found
   for (const auto& f : files) {
     try {
-      load_file(f);
+      // Loading a library runs its static initialisers: a library that is not a plugin (a copy of
+      // libc10.so, say) is passed over, unloaded, with a warning, rather than given that chance.
+      if (!elf_exports_symbol(f, LINEARNEXUS_PLUGIN_ENTRY_SYMBOL)) {
+        log_warn(f + ": skipped: it exports no '" LINEARNEXUS_PLUGIN_ENTRY_SYMBOL "' entry point, so it is not a "
+                 "LinearNexus plugin (move it out of the plugin folder to silence this)");
+        continue;
+      }
+      load_exporting_file(f);
     } catch (const std::exception& e) {
-      problems_.push_back({f, e.what()});
-      log_warn(std::string("plugin skipped: ") + e.what());
+      problems_.push_back({f, error_text(e)});
+      log_warn("plugin skipped: " + error_text(e));
     }
   }
 }
 
 void PluginHost::load_file(const std::string& path) {
+  if (!elf_exports_symbol(path, LINEARNEXUS_PLUGIN_ENTRY_SYMBOL))
+    throw Error(path + ": not a LinearNexus plugin (it exports no '" LINEARNEXUS_PLUGIN_ENTRY_SYMBOL "' entry point)");
+  load_exporting_file(path);
+}
+
+void PluginHost::load_exporting_file(const std::string& path) {
   std::error_code ec;
   const std::string file = fs::weakly_canonical(path, ec).string();
   for (const auto& p : plugins_)
@@ -72,7 +86,7 @@ void PluginHost::load_file(const std::string& path) {
   try {
     lib->load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
   } catch (const std::exception& e) {
-    throw Error(file + ": not a loadable plugin library (" + e.what() + ")");
+    throw Error(file + ": not a loadable plugin library (" + error_text(e) + ")");
   }
   if (!lib->has(LINEARNEXUS_PLUGIN_ENTRY_SYMBOL))
     throw Error(file + ": not a LinearNexus plugin (it exports no '" LINEARNEXUS_PLUGIN_ENTRY_SYMBOL "' entry point)");
@@ -102,7 +116,7 @@ void PluginHost::load_file(const std::string& path) {
   } catch (const std::exception& e) {
     registry_.end_plugin();
     registry_.remove_plugin_file(file);
-    throw Error(file + ": plugin '" + lp.name + "' failed to register: " + e.what());
+    throw Error(file + ": plugin '" + lp.name + "' failed to register: " + error_text(e));
   } catch (...) {
     registry_.end_plugin();
     registry_.remove_plugin_file(file);

@@ -11,7 +11,6 @@
 #include <cstring>
 
 #include <nlohmann/json.hpp>
-#include <yaml-cpp/yaml.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -23,6 +22,7 @@
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
 #include "linearnexus/task.h"
+#include "json_limits.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -107,6 +107,38 @@ std::string RunSetup::describe() const {
   return o.str();
 }
 
+std::shared_ptr<Tokenizer> checkpoint_tokenizer(const Metadata& metadata, const std::string& file) {
+  try {
+    return tokenizer_from_json(checkpoint_entry(metadata, "tokenizer", file));
+  } catch (const Error& e) {
+    if (std::string(e.what()).rfind("checkpoint ", 0) == 0) throw;
+    throw Error("checkpoint " + file + ": metadata 'tokenizer': " + e.what());
+  }
+}
+
+namespace {
+// A resumed or init_from run must see the token ids its checkpoint was trained on. Text data is
+// tokenized with the checkpoint's tokenizer, so the experiment's data.tokenizer must at least be of
+// its kind; a prepared folder brings its own tokenizer, which must be the checkpoint's.
+void check_same_tokenizer(const Tokenizer& ckpt, const std::string& file, const Experiment& exp, const DataSplits& data) {
+  if (data.tokenizer.get() == &ckpt) {
+    const std::string& key = exp.data.get_string("tokenizer");
+    if ((key == "char") != (ckpt.kind() == "char"))
+      throw Error(exp.source + ": data.tokenizer is '" + key + "', but checkpoint " + file + " was trained with the " +
+                  ckpt.kind() + " tokenizer; set data.tokenizer to match it, or start a fresh run (another out_dir)");
+    return;
+  }
+  const Tokenizer& own = *data.tokenizer;
+  const bool same = ckpt.kind() == own.kind() &&
+                    (ckpt.kind() == "char" ? ckpt.to_json() == own.to_json() : ckpt.vocab_size() == own.vocab_size());
+  if (!same)
+    throw Error(exp.source + ": data.path " + data.train->describe() + " is tokenized with a " + own.kind() +
+                " tokenizer of " + std::to_string(own.vocab_size()) + " tokens, but checkpoint " + file +
+                " was trained with a " + ckpt.kind() + " tokenizer of " + std::to_string(ckpt.vocab_size()) +
+                "; prepare the data with the checkpoint's tokenizer, or start a fresh run (another out_dir)");
+}
+}  // namespace
+
 RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   check_for_training(exp, host.registry());
   RunSetup s;
@@ -161,10 +193,11 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   const std::string init_from = exp.trainer.get_string("init_from");
   if (ctx.resume_file.empty() && !init_from.empty()) ctx.init_file = resolve_checkpoint(init_from);
   std::shared_ptr<Tokenizer> tokenizer;
-  if (const std::string& from = ctx.resume_file.empty() ? ctx.init_file : ctx.resume_file; !from.empty()) {
+  const std::string& from = ctx.resume_file.empty() ? ctx.init_file : ctx.resume_file;
+  if (!from.empty()) {
     auto meta = read_safetensors_metadata(from);
     check_checkpoint_plugins(meta, from, host);
-    if (meta.count("tokenizer")) tokenizer = tokenizer_from_json(meta.at("tokenizer"));
+    tokenizer = checkpoint_tokenizer(meta, from);
   }
   std::string task_text;
   if (exp.data.get_string("path") == "task") {
@@ -173,6 +206,7 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
     task_text = task->sft_text(exp.task.has("sft_examples") ? exp.task.get_int("sft_examples") : 20000, 0x5f7);
   }
   ctx.data = load_data(exp.data, exp.base_dir, tokenizer, task_text);
+  if (tokenizer) check_same_tokenizer(*tokenizer, from, exp, ctx.data);
 
   ModelConfig mc = exp.model_config(ctx.data.tokenizer->vocab_size());
   ctx.model = std::make_shared<LMModel>(mc, host.registry());
@@ -195,10 +229,24 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
 // version is expected, another one only warns.
 void check_checkpoint_plugins(const Metadata& metadata, const std::string& file, const PluginHost& host) {
   if (!metadata.count("plugins")) return;
-  json plugins = json::parse(metadata.at("plugins"), nullptr, false);
-  for (auto it = plugins.begin(); plugins.is_object() && it != plugins.end(); ++it) {
+  json plugins;
+  try {
+    plugins = parse_json_limited(metadata.at("plugins"), 2);
+  } catch (const std::exception& e) {
+    plugins = nullptr;
+  }
+  auto text = [](const json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  for (auto it = plugins.begin(); plugins.is_object() && it != plugins.end(); ++it)
+    if (!it->is_object() || text(*it, "plugin").empty() || text(*it, "version").empty()) plugins = nullptr;
+  if (!plugins.is_object())
+    throw Error("checkpoint " + file + ": metadata 'plugins' is not a map of {plugin, version} entries; the file is "
+                "corrupt or edited: use another checkpoint of the run");
+  for (auto it = plugins.begin(); it != plugins.end(); ++it) {
     const std::string block = it.key().substr(it.key().find(':') + 1);
-    const std::string plugin = it->value("plugin", "?"), version = it->value("version", "?");
+    const std::string plugin = text(*it, "plugin"), version = text(*it, "version");
     const auto* r = host.registry().find(PluginKind::Block, block);
     if (!r)
       throw Error("checkpoint '" + file + "' needs block '" + block + "' from plugin '" + plugin + "' " + version +
@@ -215,19 +263,12 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
   lm.file = resolve_checkpoint(run_dir_or_file);
   auto ck = load_safetensors(lm.file);
   lm.metadata = ck.metadata;
-  if (!ck.metadata.count("config") || !ck.metadata.count("tokenizer"))
-    throw Error("checkpoint '" + lm.file + "' has no LinearNexus metadata (config, tokenizer): was it written by linearnexus?");
-  // The folders the run listed in plugins.paths hold plugins too: search them before the check.
-  try {
-    YAML::Node paths = YAML::Load(ck.metadata.at("config"))["plugins"]["paths"];
-    for (std::size_t i = 0; paths.IsSequence() && i < paths.size(); ++i)
-      if (fs::is_directory(paths[i].as<std::string>())) host.load_dir(paths[i].as<std::string>());
-  } catch (const YAML::Exception&) {
-    // parse_experiment below reports a broken config with its position.
-  }
+  // A checkpoint is data: the plugins.paths its experiment lists are never loaded (that would run
+  // any .so a downloaded file points at); its blocks must come from the host's own plugin folders.
   check_checkpoint_plugins(ck.metadata, lm.file, host);
-  lm.experiment = parse_experiment(ck.metadata.at("config"), "checkpoint " + lm.file, "", {}, host);
-  lm.tokenizer = tokenizer_from_json(ck.metadata.at("tokenizer"));
+  lm.experiment = parse_experiment(checkpoint_entry(ck.metadata, "config", lm.file), "checkpoint " + lm.file, "", {},
+                                   host, PluginPaths::Ignore);
+  lm.tokenizer = checkpoint_tokenizer(ck.metadata, lm.file);
   lm.model = std::make_shared<LMModel>(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry());
   load_model_tensors(*lm.model, ck.tensors, lm.file);
   const at::Device dev = resolve_device(device);

@@ -10,6 +10,7 @@
 
 #include "linearnexus/bpe_tokenizer.h"
 #include "linearnexus/error.h"
+#include "json_limits.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -96,16 +97,36 @@ std::shared_ptr<Tokenizer> make_bpe_tokenizer(const std::string& spec) {
 }
 
 std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
+  // Saved tokenizers come from checkpoints and meta.json files, which may be corrupt or hostile:
+  // every field is checked here, so no JSON exception escapes as the whole message.
   json j;
   try {
-    j = json::parse(text);
+    j = parse_json_limited(text, 2);
   } catch (const std::exception& e) {
-    throw Error(std::string("tokenizer description is not valid JSON: ") + e.what());
+    throw Error(std::string("the saved tokenizer is not valid JSON (") + e.what() + "); the file holding it is corrupt or edited");
   }
-  const std::string kind = j.value("kind", "");
-  if (kind == "char") return std::make_shared<CharTokenizer>(j.at("bytes").get<std::vector<unsigned char>>());
-  if (kind == "gpt2") return make_bpe_tokenizer(j.at("spec").get<std::string>());
-  throw Error("unknown tokenizer kind '" + kind + "' in the saved tokenizer");
+  auto field = [&](const char* key) {
+    auto it = j.is_object() ? j.find(key) : j.end();
+    return it == j.end() ? json() : *it;
+  };
+  const json kind = field("kind");
+  if (kind == "char") {
+    const json bytes = field("bytes");
+    std::vector<unsigned char> chars;
+    std::array<bool, 256> seen{};
+    for (const auto& b : bytes.is_array() ? bytes : json::array()) {
+      if (!b.is_number_integer() || b.get<int64_t>() < 0 || b.get<int64_t>() > 255 || seen[b.get<int64_t>()])
+        throw Error("the saved char tokenizer's bytes hold " + b.dump() +
+                    ", not a distinct byte value 0-255; the file holding it is corrupt or edited");
+      seen[b.get<int64_t>()] = true;
+      chars.push_back(static_cast<unsigned char>(b.get<int64_t>()));
+    }
+    if (chars.empty()) throw Error("the saved char tokenizer has no bytes list; the file holding it is corrupt or edited");
+    return std::make_shared<CharTokenizer>(std::move(chars));
+  }
+  if (kind == "gpt2" && field("spec").is_string()) return make_bpe_tokenizer(field("spec").get<std::string>());
+  throw Error("the saved tokenizer is neither {kind: char, bytes: [...]} nor {kind: gpt2, spec: PATH} (kind " +
+              kind.dump() + "); the file holding it is corrupt or edited");
 }
 
 }  // namespace linearnexus

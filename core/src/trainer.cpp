@@ -61,15 +61,25 @@ int64_t TrainingRun::resume(TensorMap* extra) {
   if (const std::string& file = ctx_.resume_file; !file.empty()) {
     auto ck = load_safetensors(file);
     load_model_tensors(*ctx_.model, ck.tensors, file);
+    start_step_ = checkpoint_step(ck.metadata, file);
     TensorMap optim;
     for (const auto& [k, v] : ck.tensors) {
+      if (k.rfind("optim.", 0) == 0 || k.rfind("extra.", 0) == 0) check_finite(v, k, file);
       if (k.rfind("optim.", 0) == 0) optim[k.substr(6)] = v.to(ctx_.device);
       if (extra && k.rfind("extra.", 0) == 0) (*extra)[k.substr(6)] = v;
     }
+    // The optimizer copies its state in place: a tensor of another shape or dtype would surface as a
+    // bare LibTorch broadcast error, so it is named here against the optimizer's own state.
+    for (const auto& [k, v] : ctx_.optimizer->state_dict()) {
+      auto it = optim.find(k);
+      if (it != optim.end() && (it->second.sizes() != v.sizes() || it->second.scalar_type() != v.scalar_type()))
+        throw Error("checkpoint " + file + ": tensor 'optim." + k + "' is " + c10::toString(it->second.scalar_type()) + " " +
+                    c10::str(it->second.sizes()) + ", but the optimizer's is " + c10::toString(v.scalar_type()) + " " +
+                    c10::str(v.sizes()) + "; was it saved by another optimizer or model config? (the file may be corrupt)");
+    }
     ctx_.optimizer->load_state_dict(optim);
-    if (ck.tensors.count("rng.cpu")) set_rng_state(ck.tensors.at("rng.cpu"));
-    if (ctx_.device.is_cuda() && ck.tensors.count("rng.cuda")) set_rng_state(ck.tensors.at("rng.cuda"), ctx_.device);
-    start_step_ = std::stoll(ck.metadata.at("step"));
+    if (ck.tensors.count("rng.cpu")) set_rng_state(ck.tensors.at("rng.cpu"), at::kCPU, file);
+    if (ctx_.device.is_cuda() && ck.tensors.count("rng.cuda")) set_rng_state(ck.tensors.at("rng.cuda"), ctx_.device, file);
     log_info("resumed from " + file + " at step " + std::to_string(start_step_));
   } else if (const std::string& init = ctx_.init_file; !init.empty()) {
     // A fresh run from another run's weights: the model only, a new optimizer and step 0.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <string_view>
 #include <vector>
 
 #include "linearnexus/error.h"
@@ -90,31 +91,54 @@ std::string position(const YAML::Mark& m, const std::string& file) {
   return file + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
 }
 // yaml-cpp keeps every pair of a map with a repeated key and answers lookups with the first, so a
-// repeated key would silently lose the later value: refuse it, naming both places.
-void refuse_duplicate_keys(const YAML::Node& n, const std::string& file, int depth = 0) {
+// repeated key would silently lose the later value: refuse it, naming both places. Each collection is
+// visited once (by its position in the text): aliases repeat a node without repeating the walk, so an
+// alias bomb costs no more than the text it is written in.
+void refuse_duplicate_keys(const YAML::Node& n, const std::string& file, std::set<int>& seen_nodes, int depth = 0) {
   if (depth > 64) throw Error(file + ": YAML nested more than 64 levels deep");
-  if (n.IsSequence())
-    for (const auto& x : n) refuse_duplicate_keys(x, file, depth + 1);
-  if (!n.IsMap()) return;
-  std::map<std::string, YAML::Mark> seen;
+  if (!n.IsMap() && !n.IsSequence()) return;
+  if (!seen_nodes.insert(n.Mark().pos).second) return;
+  if (n.IsSequence()) {
+    for (const auto& x : n) refuse_duplicate_keys(x, file, seen_nodes, depth + 1);
+    return;
+  }
+  std::map<std::string, YAML::Mark> keys;
   for (const auto& kv : n) {
     const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
-    if (auto it = seen.find(key); it != seen.end() && kv.first.IsScalar())
+    if (auto it = keys.find(key); it != keys.end() && kv.first.IsScalar())
       throw Error(position(kv.first.Mark(), file) + ": key '" + key + "' appears twice in the same map (first at " +
                   position(it->second, file) + "); keep one");
-    seen.emplace(key, kv.first.Mark());
-    refuse_duplicate_keys(kv.second, file, depth + 1);
+    keys.emplace(key, kv.first.Mark());
+    refuse_duplicate_keys(kv.second, file, seen_nodes, depth + 1);
+  }
+}
+
+// A `---` line after the first document's content starts a second document, which YAML::Load would
+// silently ignore. Found by a scan of the lines (parsing every document of a hostile text, as
+// YAML::LoadAll does, costs far more than the one the experiment needs).
+void refuse_second_document(const std::string& text, const std::string& file) {
+  bool content = false;
+  size_t line_no = 0;
+  for (size_t start = 0; start < text.size(); ++line_no) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + start, end - start);
+    const bool marker = line.substr(0, 3) == "---" && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r');
+    if (marker && content)
+      throw Error(file + ":" + std::to_string(line_no + 1) + ":1: a second YAML document ('---'): an experiment is one document");
+    const size_t first = line.find_first_not_of(" \t\r");
+    if (!marker && first != std::string_view::npos && line[first] != '#' && line[first] != '%') content = true;
+    start = end + 1;
   }
 }
 }  // namespace
 
 YAML::Node load_yaml_text(const std::string& text, const std::string& file) {
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(text);
-    if (docs.size() > 1)
-      throw Error(position(docs[1].Mark(), file) + ": a second YAML document ('---'): an experiment is one document");
-    YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
-    refuse_duplicate_keys(root, file);
+    refuse_second_document(text, file);
+    YAML::Node root = YAML::Load(text);
+    std::set<int> seen_nodes;
+    refuse_duplicate_keys(root, file, seen_nodes);
     return root;
   } catch (const YAML::ParserException& e) {
     throw Error(file + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +

@@ -5,9 +5,25 @@
 //   THROWS       - its register callback throws
 //   NO_ENTRY     - exports no entry point at all
 //   DUPLICATE    - a valid plugin ("attention_copy") that registers block `attention` again
+//   STATIC_INIT  - no entry point, and a static initialiser that ends the process (as a stray copy of
+//                  libc10.so in a plugin folder did): the host must never load it
 #include <linearnexus/plugin.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
+
+#ifdef STATIC_INIT
+#define NO_ENTRY
+namespace {
+struct EndsTheProcess {
+  EndsTheProcess() {
+    std::fputs("static_init.so was loaded: its static initialiser ran\n", stderr);
+    std::_Exit(3);
+  }
+} ends_the_process;
+}  // namespace
+#endif
 
 #ifndef NO_ENTRY
 namespace {

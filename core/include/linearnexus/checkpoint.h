@@ -20,9 +20,17 @@ struct SafetensorsFile {
 
 // Written to `path`.tmp, flushed, then renamed: a crash never leaves a half-written `path`.
 void save_safetensors(const std::string& path, const TensorMap& tensors, const Metadata& metadata);
-// Validates the header, offsets and sizes; a corrupt or truncated file throws Error naming it.
+// Validates the whole header first (dtypes, shapes, spans inside the file and disjoint, metadata
+// strings, bounded size and nesting); a corrupt or truncated file throws Error naming it and the
+// tensor or key at fault.
 SafetensorsFile load_safetensors(const std::string& path);
 Metadata read_safetensors_metadata(const std::string& path);
+// A LinearNexus metadata entry ("config", "tokenizer", ...): Error naming the file when absent.
+const std::string& checkpoint_entry(const Metadata& metadata, const std::string& key, const std::string& file);
+// The "step" entry: Error unless it is a non-negative whole number.
+int64_t checkpoint_step(const Metadata& metadata, const std::string& file);
+// Error naming the file and tensor when a floating-point tensor holds NaN or infinity.
+void check_finite(const at::Tensor& t, const std::string& name, const std::string& file);
 
 // A run folder or a checkpoint file -> the checkpoint file (a folder means its latest.safetensors).
 std::string resolve_checkpoint(const std::string& run_dir_or_file);
@@ -30,8 +38,8 @@ std::string resolve_checkpoint(const std::string& run_dir_or_file);
 class LMModel;
 // The model's parameters and buffers, named with `prefix`.
 TensorMap model_tensors(const LMModel& model, const std::string& prefix = "model.");
-// Copy `prefix`-named tensors into the model; a missing tensor or a shape mismatch throws Error
-// naming the first mismatching tensor and both shapes.
+// Copy `prefix`-named tensors into the model; a missing tensor, a shape or dtype mismatch, or a
+// NaN/infinite value throws Error naming the first such tensor (and both shapes).
 void load_model_tensors(LMModel& model, const TensorMap& tensors, const std::string& source,
                         const std::string& prefix = "model.");
 
@@ -59,6 +67,7 @@ class CheckpointManager {
 // For exact resumes: the default generator's state on `device` (dropout and sampling draw from the device's own
 // generator, so a run on CUDA checkpoints the CUDA one too).
 at::Tensor rng_state(const at::Device& device = at::kCPU);
-void set_rng_state(const at::Tensor& state, const at::Device& device = at::kCPU);
+// `file`: the checkpoint the state came from, named when the state is not one (wrong size, refused).
+void set_rng_state(const at::Tensor& state, const at::Device& device, const std::string& file);
 
 }  // namespace linearnexus

@@ -38,12 +38,19 @@ struct Experiment {
   ModelConfig model_config(int64_t tokenizer_vocab_size) const;
 };
 
-// Load, apply --set overrides ("key.path=value", value parsed as YAML), load plugins.paths into
-// `host`, then validate everything.
+// What plugins.paths does. Load: its folders are loaded into the host, relative entries resolving
+// against `plugin_dir` (the experiment file's folder; "" = the working directory; entries given with
+// --set resolve against the working directory). Ignore: a checkpoint's embedded experiment - a
+// checkpoint is data, so the paths it lists stay in its text but nothing is loaded from them.
+enum class PluginPaths { Load, Ignore };
+
+// Load, apply --set overrides ("key.path=value", value parsed as YAML), load plugins.paths (relative
+// to the file's folder) into `host`, then validate everything.
 Experiment load_experiment(const std::string& path, const std::vector<std::string>& overrides, PluginHost& host);
-// The same from YAML text (checkpoint metadata).
+// The same from YAML text (a checkpoint's config metadata: PluginPaths::Ignore).
 Experiment parse_experiment(const std::string& yaml_text, const std::string& origin, const std::string& base_dir,
-                            const std::vector<std::string>& overrides, PluginHost& host);
+                            const std::vector<std::string>& overrides, PluginHost& host,
+                            PluginPaths plugin_paths = PluginPaths::Load, const std::string& plugin_dir = "");
 
 // What training needs beyond each key's own schema (data.seq_len <= model.max_seq_len, the
 // trainer's own checks): `validate` and prepare_run both call it, so validate refuses what run does.

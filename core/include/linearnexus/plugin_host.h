@@ -2,7 +2,8 @@
 // Finds, checks and loads plugin shared libraries into a Registry.
 //
 // Search order: the build/install plugin folder next to the executable (../lib/linearnexus/plugins),
-// then $LINEARNEXUS_PLUGIN_PATH (colon-separated), then the experiment's plugins.paths.
+// then $LINEARNEXUS_PLUGIN_PATH (colon-separated), then the experiment file's plugins.paths (never
+// a checkpoint's: see PluginPaths in config.h).
 #include <string>
 #include <vector>
 
@@ -27,11 +28,14 @@ class PluginHost {
  public:
   PluginHost();  // starts with the default folders (executable's plugin folder, $LINEARNEXUS_PLUGIN_PATH)
 
-  // Load every *.so in `dir` (non-recursive). Files already loaded are skipped. A file that is not
-  // a LinearNexus plugin, has the wrong ABI/LibTorch version, or whose registration throws is
-  // recorded as a problem and skipped; the other plugins still load.
+  // Load every *.so in `dir` (non-recursive). Files already loaded are skipped. Each file's symbols
+  // are read first without loading it: one that does not export the plugin entry point is skipped
+  // with a warning and never loaded (its static initialisers never run). A file that is not a
+  // shared library, has the wrong ABI/LibTorch version, or whose registration throws is recorded as
+  // a problem and skipped; the other plugins still load.
   void load_dir(const std::string& dir);
-  // Load one file; throws Error (naming the file and both versions) on any problem.
+  // Load one file; throws Error (naming the file and both versions) on any problem, and before
+  // loading it when it exports no entry point.
   void load_file(const std::string& file);
   void load_default_dirs();
 
@@ -46,6 +50,8 @@ class PluginHost {
   static std::vector<std::string> default_dirs();
 
  private:
+  void load_exporting_file(const std::string& file);  // load_file after the entry point was found
+
   Registry registry_;
   std::vector<LoadedPlugin> plugins_;
   std::vector<PluginProblem> problems_;

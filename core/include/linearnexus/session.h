@@ -48,6 +48,10 @@ std::vector<NamedParameter> named_parameters_of(const LMModel& model);
 // block, the plugin, its version and the search path; another version logs a warning naming both.
 void check_checkpoint_plugins(const Metadata& metadata, const std::string& file, const PluginHost& host);
 
+// The tokenizer a checkpoint was trained with (its "tokenizer" metadata); Error naming the file
+// when it is missing or unreadable.
+std::shared_ptr<Tokenizer> checkpoint_tokenizer(const Metadata& metadata, const std::string& file);
+
 struct LoadedModel {
   Experiment experiment;
   std::shared_ptr<LMModel> model;
@@ -57,7 +61,8 @@ struct LoadedModel {
 };
 // A run folder or checkpoint file -> the model it holds (eval mode), its tokenizer and experiment.
 // Checks the plugins that built it: a missing one is an error naming it and the search path, a
-// different version a warning.
+// different version a warning. The checkpoint's own plugins.paths are never loaded (a checkpoint is
+// data): its blocks must be on the host's path.
 LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, PluginHost& host,
                                        const std::string& device = "cpu");
 

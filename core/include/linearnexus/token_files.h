@@ -9,8 +9,8 @@ namespace linearnexus {
 
 // A prepared folder holds meta.json (format, dtype, vocabulary size, the tokenizer, and for each
 // split its .bin shard files with token counts and SHA-256) and the shards: raw little-endian
-// uint16 tokens when the vocabulary fits, else uint32. data.path may name such a folder; the
-// shards are memory-mapped, never read into memory whole.
+// uint16 tokens when the vocabulary fits, else uint32. data.path may name such a folder; batches
+// read just their windows of the shards (never the whole file into memory).
 struct PrepareOptions {
   std::vector<std::string> inputs;  // text files; each is one document (GPT-2: <|endoftext|> between)
   std::string tokenizer = "gpt2";   // char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file
@@ -29,7 +29,10 @@ struct PreparedSummary {
 // so an interrupted run never leaves a complete-looking .bin. Errors name the file at fault.
 PreparedSummary prepare_token_files(const PrepareOptions& options);
 bool is_prepared_dir(const std::string& path);
-// The memory-mapped splits and the tokenizer of a prepared folder (sizes checked against meta.json).
+// The splits and the tokenizer of a prepared folder. Checked before training: meta.json field by
+// field, each shard's size and SHA-256 (the hash cached in DIR/verified.json by size + mtime), the
+// tokenizer against vocab_size; while reading: every token id < vocab_size, and a shard that
+// shrinks is an Error, not a crash.
 DataSplits load_prepared(const std::string& dir);
 
 }  // namespace linearnexus
