@@ -2,6 +2,7 @@
 // Small helpers shared by the test programs.
 #include <ftw.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +17,8 @@
 #include <map>
 
 #include "linearnexus/config.h"
+#include "linearnexus/model.h"
+#include "linearnexus/registry.h"
 #include "linearnexus/session.h"
 #include "linearnexus/plugin_host.h"
 #include "test_paths.h"
@@ -107,6 +110,26 @@ inline void train_experiment(const std::string& yaml, const std::vector<std::str
   linearnexus::Experiment e = parse(yaml, host, overrides);
   linearnexus::RunSetup s = linearnexus::prepare_run(e, host);
   host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+}
+
+// A block of plugin kind `name`, width C (2 layers, vocabulary 17, up to 8192 tokens), its schema's
+// defaults overridden by `kv` (YAML text values): what block tests build their blocks with.
+inline std::shared_ptr<linearnexus::Block> make_test_block(linearnexus::PluginHost& host, const std::string& name,
+                                                           int64_t C, const std::map<std::string, std::string>& kv) {
+  using namespace linearnexus;
+  const auto& reg = host.registry().get(PluginKind::Block, name);
+  Params p = params_from_defaults(reg.schema, "model.blocks." + name);
+  for (const auto& [k, v] : kv) {
+    auto spec = std::find_if(reg.schema.begin(), reg.schema.end(), [&](const ParamSpec& s) { return s.key == k; });
+    REQUIRE(spec != reg.schema.end());
+    p.set(k, parse_param_value(*spec, v, "test"));
+  }
+  ModelDims d;
+  d.hidden_size = C;
+  d.n_layer = 2;
+  d.vocab_size = 17;
+  d.max_seq_len = 8192;
+  return host.registry().make_block(name, d, p, 0);
 }
 
 // A run folder's metrics.jsonl -> {step: {key: value}}

@@ -22,19 +22,7 @@ namespace {
 
 // A mamba block of width C with the schema's defaults overridden by `kv` (YAML text values).
 std::shared_ptr<Block> make_mamba(PluginHost& host, int64_t C, const std::map<std::string, std::string>& kv) {
-  const auto& reg = host.registry().get(PluginKind::Block, "mamba");
-  Params p = params_from_defaults(reg.schema, "model.blocks.mamba");
-  for (const auto& [k, v] : kv) {
-    auto spec = std::find_if(reg.schema.begin(), reg.schema.end(), [&](const ParamSpec& s) { return s.key == k; });
-    REQUIRE(spec != reg.schema.end());
-    p.set(k, parse_param_value(*spec, v, "test"));
-  }
-  ModelDims d;
-  d.hidden_size = C;
-  d.n_layer = 2;
-  d.vocab_size = 17;
-  d.max_seq_len = 8192;
-  return host.registry().make_block("mamba", d, p, 0);
+  return make_test_block(host, "mamba", C, kv);
 }
 
 void copy_parameters(torch::nn::Module& dst, torch::nn::Module& src) {

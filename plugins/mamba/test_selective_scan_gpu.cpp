@@ -134,19 +134,7 @@ void check_kernel(int64_t B, int64_t T, int64_t D, int64_t N, at::ScalarType dty
 
 // A mamba block of width C (d_inner 2C) on CUDA with the schema's defaults overridden by `kv`.
 std::shared_ptr<Block> make_mamba(PluginHost& host, int64_t C, const std::map<std::string, std::string>& kv) {
-  const auto& reg = host.registry().get(PluginKind::Block, "mamba");
-  Params p = params_from_defaults(reg.schema, "model.blocks.mamba");
-  for (const auto& [key, v] : kv) {
-    auto spec = std::find_if(reg.schema.begin(), reg.schema.end(), [&](const ParamSpec& s) { return s.key == key; });
-    REQUIRE(spec != reg.schema.end());
-    p.set(key, parse_param_value(*spec, v, "test"));
-  }
-  ModelDims d;
-  d.hidden_size = C;
-  d.n_layer = 2;
-  d.vocab_size = 17;
-  d.max_seq_len = 8192;
-  auto b = host.registry().make_block("mamba", d, p, 0);
+  auto b = make_test_block(host, "mamba", C, kv);
   b->to(at::kCUDA);
   return b;
 }
