@@ -43,7 +43,7 @@ TEST_CASE("mamba2: the state is fixed-size per sequence; bad configs are clear e
   CHECK_CONTAINS(e, "model.blocks.mamba2.head_dim (5) must divide expand * hidden_size (32)");
   e = error_of([&] { make_test_block(host, "mamba2", 16, {{"head_dim", "8"}, {"n_groups", "3"}}); });
   CHECK_CONTAINS(e, "model.blocks.mamba2.n_groups (3) must divide the number of heads (4");
-  e = error_of([&] { make_test_block(host, "mamba2", 16, {{"dt_min", "0.5"}, {"dt_max", "0.1"}}); });
+  e = error_of([&] { make_test_block(host, "mamba2", 16, {{"head_dim", "8"}, {"dt_min", "0.5"}, {"dt_max", "0.1"}}); });
   CHECK_CONTAINS(e, "dt_min must not exceed dt_max");
 }
 
