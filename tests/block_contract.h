@@ -183,6 +183,23 @@ inline void check_state_size_fixed(PluginHost& host, const std::string& name, co
   }
 }
 
+// Every parameter has a declared role (none left to the shape-based default), and the decay-making
+// ones named in `not_matrices` are not Muon matrices.
+inline void check_roles_declared(PluginHost& host, const std::string& name, const KV& kv, int64_t C,
+                                 const std::vector<std::string>& not_matrices) {
+  auto b = make_test_block(host, name, C, kv);
+  const auto roles = b->parameter_roles();
+  for (const auto& p : b->named_parameters()) {
+    INFO(name << " parameter " << p.key());
+    CHECK(roles.count(p.key()) == 1);
+  }
+  for (const auto& n : not_matrices) {
+    INFO(name << " parameter " << n);
+    REQUIRE(roles.count(n) == 1);
+    CHECK(roles.at(n) != ParamRole::Matrix);
+  }
+}
+
 // A 2-layer model of `pattern` with `blocks` (a YAML map of block parameters), its embeddings
 // scaled up so that greedy choices are not near-ties rounding could flip.
 inline std::shared_ptr<LMModel> contract_model(PluginHost& host, const std::string& pattern, const std::string& blocks,

@@ -28,7 +28,7 @@ class DeltaNetBlock : public Block {
   DeltaNetBlock(const ModelDims& d, const Params& p, bool gated)
       : name_(gated ? "gated_deltanet" : "deltanet"), C_(d.hidden_size), H_(p.get_int("n_head")),
         Q_(p.get_int("chunk_size")), Kc_(p.get_bool("short_conv") ? p.get_int("conv_size") : 0), gated_(gated),
-        recurrent_(p.get_string("scan") == "recurrent"), dropout_(d.dropout) {
+        recurrent_(p.get_string("scan") == "recurrent") {
     if (C_ % H_ != 0)
       throw Error("model.blocks." + name_ + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
                   std::to_string(C_) + ")");
@@ -36,7 +36,7 @@ class DeltaNetBlock : public Block {
     ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, 3 * C_).bias(false)));
     // beta (and, gated, the decay's input a) per head: H (or 2 H) rows.
-    ba_ = register_module("ba", torch::nn::Linear(torch::nn::LinearOptions(C_, gated ? 2 * H_ : H_).bias(true)));
+    ba_ = register_module("ba", torch::nn::Linear(torch::nn::LinearOptions(C_, gated ? 2 * H_ : H_).bias(false)));
     if (Kc_ > 0) conv_weight_ = register_parameter("conv_weight", torch::empty({3 * C_, Kc_}));
     if (gated) {
       A_log_ = register_parameter("A_log", torch::empty({H_}));
@@ -45,8 +45,7 @@ class DeltaNetBlock : public Block {
     }
     o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(D_));
     o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
-    ln2_ = register_module("ln2", std::make_shared<RMSNorm>(C_));
-    mlp_ = register_module("mlp", std::make_shared<MLP>(C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer));
+    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
 
     torch::NoGradGuard g;
     init_linear(qkv_);
@@ -99,10 +98,7 @@ class DeltaNetBlock : public Block {
     if (cached) state.tensors["S"] = S.detach();
     auto y = o_norm_->forward(o).transpose(1, 2).reshape({B, T, C_});
     if (gated_) y = y * at::silu(gate_(h));
-    y = o_proj_(y);
-    if (is_training() && dropout_ > 0) y = at::dropout(y, dropout_, true);
-    auto r = x + y;
-    return {r + mlp_->forward(ln2_->forward(r)), std::move(state)};
+    return {tail_.forward(x, o_proj_(y), is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
@@ -118,15 +114,29 @@ class DeltaNetBlock : public Block {
     return s;
   }
 
+  // beta and the decay's input (ba) are per-head scalars, not features: `other` (never orthogonalised
+  // by Muon, weight-decayed as a 2-D tensor); the decay's A_log and dt_bias are `ssm_dynamics`.
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    auto roles = tail_.parameter_roles();
+    roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    roles["qkv.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
+    roles["ba.weight"] = ParamRole::Other;
+    if (Kc_ > 0) roles["conv_weight"] = ParamRole::Conv;
+    if (gated_) {
+      roles["gate.weight"] = ParamRole::Matrix;
+      roles["A_log"] = roles["dt_bias"] = ParamRole::SsmDynamics;
+    }
+    return roles;
+  }
+
  private:
   std::string name_;
   int64_t C_, H_, Q_, Kc_, D_ = 0;
   bool gated_, recurrent_;
-  double dropout_;
-  std::shared_ptr<RMSNorm> ln1_, ln2_, o_norm_;
+  std::shared_ptr<RMSNorm> ln1_, o_norm_;
   torch::nn::Linear qkv_{nullptr}, ba_{nullptr}, gate_{nullptr}, o_proj_{nullptr};
   at::Tensor conv_weight_, A_log_, dt_bias_;
-  std::shared_ptr<MLP> mlp_;
+  ResidualMLP tail_;
 };
 
 Schema deltanet_schema() {

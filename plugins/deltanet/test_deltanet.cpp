@@ -36,13 +36,15 @@ TEST_CASE("deltanet: T = 4096 stays finite and matches the reference (strong dec
   check_long_sequence(host, "gated_deltanet", {{"n_head", "2"}}, 8, {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}});
 }
 
-TEST_CASE("deltanet: the state is fixed-size per sequence; bad configs are clear errors", "[deltanet]") {
+TEST_CASE("deltanet: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[deltanet]") {
   PluginHost host;
   for (const std::string name : {"deltanet", "gated_deltanet"}) {
     check_state_size_fixed(host, name, {{"n_head", "2"}}, 16);
+    check_roles_declared(host, name, {{"n_head", "2"}}, 16, {"ba.weight", "conv_weight"});
     auto e = error_of([&] { make_test_block(host, name, 16, {{"n_head", "3"}}); });
     CHECK_CONTAINS(e, "model.blocks." + name + ".n_head (3) must divide hidden_size (16)");
   }
+  check_roles_declared(host, "gated_deltanet", {}, 16, {"A_log", "dt_bias"});
   auto e = error_of([&] { parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [deltanet], blocks: {deltanet: {conv_size: 1}}}\n", host); });
   CHECK_CONTAINS(e, "conv_size");
 }

@@ -25,7 +25,7 @@ class GLABlock : public Block {
   GLABlock(const ModelDims& d, const Params& p)
       : C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")),
         Kd_(std::llround(p.get_float("expand_k") * d.hidden_size)), norm_gate_(p.get_float("gate_normalizer")),
-        recurrent_(p.get_string("scan") == "recurrent"), dropout_(d.dropout) {
+        recurrent_(p.get_string("scan") == "recurrent") {
     if (C_ % H_ != 0 || Kd_ % H_ != 0 || Kd_ == 0)
       throw Error("model.blocks.gla.n_head (" + std::to_string(H_) + ") must divide hidden_size (" + std::to_string(C_) +
                   ") and the key width expand_k * hidden_size (" + std::to_string(Kd_) + ")");
@@ -37,8 +37,7 @@ class GLABlock : public Block {
     gk2_ = register_module("gk2", torch::nn::Linear(torch::nn::LinearOptions(rank, Kd_).bias(true)));
     o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(Dv_));
     o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
-    ln2_ = register_module("ln2", std::make_shared<RMSNorm>(C_));
-    mlp_ = register_module("mlp", std::make_shared<MLP>(C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer));
+    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
     torch::NoGradGuard g;
     init_linear(qkvg_);
     init_linear(gk1_);
@@ -71,9 +70,7 @@ class GLABlock : public Block {
                                                     : decay_scan_chunked(q, k, v, g, S, Q_);  // [B, H, T, Dv]
     if (cached) state.tensors["S"] = S.detach();
     auto y = o_proj_(at::silu(gate) * o_norm_->forward(o).transpose(1, 2).reshape({B, T, C_}));
-    if (is_training() && dropout_ > 0) y = at::dropout(y, dropout_, true);
-    auto r = x + y;
-    return {r + mlp_->forward(ln2_->forward(r)), std::move(state)};
+    return {tail_.forward(x, y, is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
@@ -86,14 +83,24 @@ class GLABlock : public Block {
     return {{"qkvg.weight", {Kd_, Kd_, C_, C_}}};
   }
 
+  // The decay gate (gk1, gk2) makes decays, not features: never orthogonalised by Muon (`other`, still
+  // weight-decayed as a 2-D tensor), its bias `ssm_dynamics`.
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    auto roles = tail_.parameter_roles();
+    roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    roles["qkvg.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
+    roles["gk1.weight"] = roles["gk2.weight"] = ParamRole::Other;
+    roles["gk2.bias"] = ParamRole::SsmDynamics;
+    return roles;
+  }
+
  private:
   int64_t C_, H_, Q_, Kd_, Dk_ = 0, Dv_ = 0;
   double norm_gate_;
   bool recurrent_;
-  double dropout_;
-  std::shared_ptr<RMSNorm> ln1_, ln2_, o_norm_;
+  std::shared_ptr<RMSNorm> ln1_, o_norm_;
   torch::nn::Linear qkvg_{nullptr}, gk1_{nullptr}, gk2_{nullptr}, o_proj_{nullptr};
-  std::shared_ptr<MLP> mlp_;
+  ResidualMLP tail_;
 };
 
 }  // namespace

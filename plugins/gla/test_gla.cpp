@@ -24,9 +24,10 @@ TEST_CASE("gla: T = 4096 with strong decays stays finite and matches the referen
   check_long_sequence(host, "gla", {{"n_head", "2"}, {"gate_normalizer", "1"}}, 8, {{"gk2.bias", -6.0}});
 }
 
-TEST_CASE("gla: the state is fixed-size per sequence; bad configs are clear errors", "[gla]") {
+TEST_CASE("gla: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[gla]") {
   PluginHost host;
   check_state_size_fixed(host, "gla", {{"n_head", "2"}}, 16);
+  check_roles_declared(host, "gla", {{"n_head", "2"}}, 16, {"gk1.weight", "gk2.weight", "gk2.bias"});
   auto e = error_of([&] { make_test_block(host, "gla", 16, {{"n_head", "3"}}); });
   CHECK_CONTAINS(e, "model.blocks.gla.n_head (3) must divide hidden_size (16)");
   e = error_of([&] { parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [gla], blocks: {gla: {chunk_size: 0}}}\n", host); });

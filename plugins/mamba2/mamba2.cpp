@@ -1,6 +1,6 @@
 // The `mamba2` block: a pre-norm residual Mamba-2 (SSD) block (Dao & Gu, 2024).
 //
-//   h = norm(x);  (z, xBC, dt) = in_proj(h)                       one fused projection
+//   h = norm(x);  (z, xBC) = in_proj(h);  dt = dt_proj(h)        dt apart: it is a decay, not a feature
 //   (xs, B, C) = silu(causal_depthwise_conv1d(xBC))               d_conv taps over time
 //   dt = softplus(dt + dt_bias) [per head];  A = -exp(A_log) [per head]
 //   s_t = exp(dt_t A) s_{t-1} + dt_t B_t^T xs_t;  y_t = C_t s_t + D xs_t   per head, s [N, P]
@@ -38,7 +38,8 @@ class Mamba2Block : public Block {
     if (dt_min > dt_max) throw Error("model.blocks.mamba2.dt_min must not exceed dt_max");
     Dxbc_ = Din_ + 2 * G_ * N_;
     norm_ = register_module("norm", std::make_shared<RMSNorm>(C_));
-    in_proj_ = register_module("in_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, Din_ + Dxbc_ + H_).bias(false)));
+    in_proj_ = register_module("in_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, Din_ + Dxbc_).bias(false)));
+    dt_proj_ = register_module("dt_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, H_).bias(false)));
     conv_weight_ = register_parameter("conv_weight", torch::empty({Dxbc_, K_}));
     if (p.get_bool("conv_bias")) conv_bias_ = register_parameter("conv_bias", torch::empty({Dxbc_}));
     dt_bias_ = register_parameter("dt_bias", torch::empty({H_}));
@@ -49,6 +50,7 @@ class Mamba2Block : public Block {
 
     torch::NoGradGuard g;
     init_linear(in_proj_);
+    init_linear(dt_proj_);
     init_residual_projection(out_proj_, d.n_layer);
     const double cb = 1.0 / std::sqrt(static_cast<double>(K_));  // PyTorch's Conv1d init, fan_in = d_conv
     conv_weight_.uniform_(-cb, cb);
@@ -65,9 +67,10 @@ class Mamba2Block : public Block {
   BlockOutput forward(const at::Tensor& x, LayerState state, const ForwardContext& ctx) override {
     // x: [B, T, C] -> [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
-    auto zxbcdt = in_proj_(norm_->forward(x));                              // [B, T, Din + Dxbc + H]
-    auto z = zxbcdt.narrow(-1, 0, Din_), xBC = zxbcdt.narrow(-1, Din_, Dxbc_);
-    auto dt_raw = zxbcdt.narrow(-1, Din_ + Dxbc_, H_);                      // [B, T, H]
+    auto h = norm_->forward(x);
+    auto zxbc = in_proj_(h);                                                // [B, T, Din + Dxbc]
+    auto z = zxbc.narrow(-1, 0, Din_), xBC = zxbc.narrow(-1, Din_, Dxbc_);
+    auto dt_raw = dt_proj_(h);                                              // [B, T, H]
     // Left padding: a padding token's conv input is zeroed (as the conv's zero history) and its dt
     // too (no decay, no input), so it leaves the state exactly as if it were absent.
     at::Tensor keep;
@@ -108,9 +111,22 @@ class Mamba2Block : public Block {
     return s;
   }
 
-  // in_proj stacks z, x, B, C and dt.
+  // in_proj stacks z, x, B and C.
   std::map<std::string, std::vector<int64_t>> fused_splits() const override {
-    return {{"in_proj.weight", {Din_, Din_, G_ * N_, G_ * N_, H_}}};
+    return {{"in_proj.weight", {Din_, Din_, G_ * N_, G_ * N_}}};
+  }
+
+  // The projections are matrices; dt_proj makes time steps (a decay), so it is `other`: never
+  // orthogonalised by Muon, weight-decayed as a 2-D tensor; A_log, dt_bias and D are `ssm_dynamics`.
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    std::map<std::string, ParamRole> r{
+        {"norm.weight", ParamRole::Norm},       {"in_proj.weight", ParamRole::Matrix},
+        {"dt_proj.weight", ParamRole::Other},   {"conv_weight", ParamRole::Conv},
+        {"dt_bias", ParamRole::SsmDynamics},    {"A_log", ParamRole::SsmDynamics},
+        {"D", ParamRole::SsmDynamics},          {"gnorm.weight", ParamRole::Norm},
+        {"out_proj.weight", ParamRole::Matrix}};
+    if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
+    return r;
   }
 
  private:
@@ -118,7 +134,7 @@ class Mamba2Block : public Block {
   bool recurrent_;
   double dropout_;
   std::shared_ptr<RMSNorm> norm_, gnorm_;
-  torch::nn::Linear in_proj_{nullptr}, out_proj_{nullptr};
+  torch::nn::Linear in_proj_{nullptr}, dt_proj_{nullptr}, out_proj_{nullptr};
   at::Tensor conv_weight_, conv_bias_, dt_bias_, A_log_, D_;
 };
 

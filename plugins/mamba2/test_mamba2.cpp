@@ -36,9 +36,10 @@ TEST_CASE("mamba2: T = 4096 with strong decays stays finite and matches the refe
                       {{"A_log", std::log(16.0)}});
 }
 
-TEST_CASE("mamba2: the state is fixed-size per sequence; bad configs are clear errors", "[mamba2]") {
+TEST_CASE("mamba2: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[mamba2]") {
   PluginHost host;
   check_state_size_fixed(host, "mamba2", kSmall, 16);
+  check_roles_declared(host, "mamba2", kSmall, 16, {"dt_proj.weight", "dt_bias", "A_log", "D", "conv_weight"});
   auto e = error_of([&] { make_test_block(host, "mamba2", 16, {{"head_dim", "5"}}); });
   CHECK_CONTAINS(e, "model.blocks.mamba2.head_dim (5) must divide expand * hidden_size (32)");
   e = error_of([&] { make_test_block(host, "mamba2", 16, {{"head_dim", "8"}, {"n_groups", "3"}}); });
@@ -59,7 +60,7 @@ TEST_CASE("mamba2-small preset: the Mamba-2 130M shape", "[mamba2][presets]") {
   const ModelConfig cfg = e.model_config(17);
   CHECK(cfg.dims.n_layer == 24);
   CHECK(cfg.dims.hidden_size == 768);
-  // Per layer: norm, in_proj (z, x, B, C, dt), conv weight + bias, dt_bias, A_log, D, gated norm, out_proj.
+  // Per layer: norm, in_proj (z, x, B, C), dt_proj, conv weight + bias, dt_bias, A_log, D, gated norm, out_proj.
   const int64_t C = 768, D = 1536, N = 128, H = 24, K = 4;
   const int64_t layer = C + C * (2 * D + 2 * N + H) + (D + 2 * N) * (K + 1) + 3 * H + D + D * C;
   auto b = host.registry().make_block("mamba2", cfg.dims, cfg.block_params.at("mamba2"), 0);
