@@ -98,6 +98,9 @@ const std::map<std::string, std::string>& presets() {
                      "blocks: {attention: {n_head: 16, mlp: gelu}}}"},
       {"mamba-small", "{vocab_size: 50257, hidden_size: 768, n_layer: 24, max_seq_len: 2048, block_pattern: [mamba]}"},
       {"mamba-medium", "{vocab_size: 50257, hidden_size: 1024, n_layer: 48, max_seq_len: 2048, block_pattern: [mamba]}"},
+      // Mamba-2 130M (Dao & Gu, 2024): 24 SSD layers, state 128, heads of 64 channels.
+      {"mamba2-small", "{vocab_size: 50257, hidden_size: 768, n_layer: 24, max_seq_len: 2048, block_pattern: [mamba2], "
+                       "blocks: {mamba2: {d_state: 128, head_dim: 64, expand: 2, n_groups: 1}}}"},
       {"jamba-small", "{vocab_size: 50257, hidden_size: 768, n_layer: 16, max_seq_len: 2048, "
                       "block_pattern: [mamba, mamba, mamba, mamba, mamba, mamba, mamba, attention], "
                       "blocks: {attention: {n_head: 12, mlp: swiglu}}}"},

@@ -5,6 +5,11 @@
 //
 // GQA: n_kv_head < n_head key/value heads, each shared by n_head / n_kv_head query heads
 // (n_kv_head = 1 is MQA). The KV cache holds only the n_kv_head heads.
+//
+// Sliding window (`window: N`, or the `swa` block, the same block with a window by default): each
+// token sees the last N tokens, itself included; training masks the rest, and decoding keeps a ring
+// buffer of N tokens (token p in slot p % N) instead of a max_len cache, so [swa, swa, attention]
+// patterns mix windowed and full layers.
 #include <linearnexus/compat.h>
 #include <linearnexus/error.h>
 #include <linearnexus/layers.h>
@@ -35,15 +40,50 @@ class KVCache {
   }
 };
 
+// The window's cache: "k", "v" [B, n_kv_head, W, head_dim], token p in slot p % W.
+struct RingKV {
+  // Store the new keys/values (the last W of them) and return the keys/values of positions
+  // [start - P, start + T), P = min(start, W), in order: the window's history and the new tokens.
+  static std::pair<at::Tensor, at::Tensor> append(LayerState& s, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+    auto& kc = s.tensors.at("k");
+    auto& vc = s.tensors.at("v");
+    const int64_t W = kc.size(2), T = k.size(2), P = std::min(start, W), m = std::min(T, W);
+    auto longs = at::TensorOptions().dtype(at::kLong).device(k.device());
+    at::Tensor keys = k, values = v;
+    if (P > 0) {  // read before writing: the new tokens may overwrite these slots
+      auto slots = at::arange(start - P, start, longs).remainder(W);
+      keys = at::cat({kc.index_select(2, slots).to(k.scalar_type()), k}, 2);
+      values = at::cat({vc.index_select(2, slots).to(v.scalar_type()), v}, 2);
+    }
+    auto slots = at::arange(start + T - m, start + T, longs).remainder(W);
+    kc.index_copy_(2, slots, k.narrow(2, T - m, m).to(kc.scalar_type()));
+    vc.index_copy_(2, slots, v.narrow(2, T - m, m).to(vc.scalar_type()));
+    return {keys, values};
+  }
+};
+
+// Queries at absolute positions start .. start + T - 1 over keys at k0 .. k0 + Tk - 1: key j is
+// visible to query i when k0 + j <= start + i < k0 + j + window and the key is not padding (a query
+// always sees itself, so no row is empty). -> [B or 1, 1, T, Tk] bool
+at::Tensor window_mask(const ForwardContext& ctx, int64_t T, int64_t k0, int64_t Tk, int64_t window,
+                       const at::Device& dev) {
+  auto longs = at::TensorOptions().dtype(at::kLong).device(dev);
+  auto qp = at::arange(ctx.start, ctx.start + T, longs).unsqueeze(1), kp = at::arange(k0, k0 + Tk, longs).unsqueeze(0);
+  auto mask = ((kp <= qp) & (qp - kp < window)).unsqueeze(0).unsqueeze(0);  // [1, 1, T, Tk]
+  if (ctx.key_padding.defined())
+    mask = (mask & ctx.key_padding.narrow(1, k0, Tk).to(dev).unsqueeze(1).unsqueeze(1)) | (kp == qp);
+  return mask;
+}
+
 class AttentionBlock : public Block {
  public:
-  AttentionBlock(const ModelDims& d, const Params& p)
+  AttentionBlock(const ModelDims& d, const Params& p, const std::string& name)
       : C_(d.hidden_size), H_(p.get_int("n_head")), Hkv_(p.get_int("n_kv_head") > 0 ? p.get_int("n_kv_head") : H_),
-        rope_(p.get_bool("rope")), rope_base_(p.get_float("rope_base")), dropout_(d.dropout) {
+        window_(p.get_int("window")), rope_(p.get_bool("rope")), rope_base_(p.get_float("rope_base")), dropout_(d.dropout) {
     if (H_ <= 0 || C_ % H_ != 0)
-      throw Error("model.blocks.attention.n_head (" + std::to_string(H_) + ") must divide hidden_size (" + std::to_string(C_) + ")");
+      throw Error("model.blocks." + name + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" + std::to_string(C_) + ")");
     if (H_ % Hkv_ != 0)
-      throw Error("model.blocks.attention.n_kv_head (" + std::to_string(Hkv_) + ") must divide n_head (" + std::to_string(H_) + ")");
+      throw Error("model.blocks." + name + ".n_kv_head (" + std::to_string(Hkv_) + ") must divide n_head (" + std::to_string(H_) + ")");
     D_ = C_ / H_;
     const bool bias = p.get_bool("bias");
     ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
@@ -67,13 +107,20 @@ class AttentionBlock : public Block {
       k = apply_rope(k, pos, rope_base_);
     }
     const bool cached = !state.empty();
-    if (cached) std::tie(k, v) = KVCache::append(state, k, v, ctx.start);  // [B, Hkv, start + T, D]
+    int64_t k0 = 0;  // the absolute position of the first key
+    if (cached && window_ > 0) {
+      k0 = std::max<int64_t>(0, ctx.start - state.tensors.at("k").size(2));
+      std::tie(k, v) = RingKV::append(state, k, v, ctx.start);  // [B, Hkv, min(start, W) + T, D]
+    } else if (cached) {
+      std::tie(k, v) = KVCache::append(state, k, v, ctx.start);  // [B, Hkv, start + T, D]
+    }
     if (Hkv_ != H_) {
       k = k.repeat_interleave(H_ / Hkv_, 1);  // [B, H, Tk, D]
       v = v.repeat_interleave(H_ / Hkv_, 1);
     }
-    const int64_t Tk = k.size(2);  // query i sits at absolute position Tk - T + i
-    auto mask = ctx.visibility_mask(T, Tk, x.device());  // [B or 1, 1, T, Tk] or undefined
+    const int64_t Tk = k.size(2);  // query i sits at absolute position Tk - T + i (+ k0)
+    auto mask = window_ > 0 ? window_mask(ctx, T, k0, Tk, window_, x.device())
+                            : ctx.visibility_mask(T, Tk, x.device());  // [B or 1, 1, T, Tk] or undefined
     const bool is_causal = !mask.defined() && Tk == T && T > 1;
     auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
                                is_training() ? dropout_ : 0.0);  // [B, H, T, D]
@@ -82,7 +129,8 @@ class AttentionBlock : public Block {
   }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
-    return KVCache::make(B, Hkv_, max_len, D_, o);
+    // A window needs only its last `window` tokens: a ring buffer of that many slots.
+    return KVCache::make(B, Hkv_, window_ > 0 ? std::min(window_, max_len) : max_len, D_, o);
   }
 
   std::map<std::string, std::vector<int64_t>> fused_splits() const override {
@@ -98,7 +146,7 @@ class AttentionBlock : public Block {
   }
 
  private:
-  int64_t C_, H_, Hkv_, D_ = 0;
+  int64_t C_, H_, Hkv_, window_, D_ = 0;
   bool rope_;
   double rope_base_, dropout_;
   std::shared_ptr<RMSNorm> ln1_;
@@ -106,9 +154,8 @@ class AttentionBlock : public Block {
   ResidualMLP tail_;  // ln2 + mlp
 };
 
-void register_attention(Registry& r) {
-  r.add_block("attention", "pre-norm causal self-attention (MHA/GQA/MQA, RoPE, KV cache) + MLP",
-              {
+Schema attention_schema(const std::string& window_default, double window_min) {
+  return {
                   {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head", {}, 1},
                   {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)", {}, 0},
                   {"rope", ParamType::Bool, "true", "rotary position embedding on q and k"},
@@ -116,8 +163,21 @@ void register_attention(Registry& r) {
                   {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
                   {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
                   {"bias", ParamType::Bool, "false", "biases in the qkv and output projections"},
-              },
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p); });
+                  {"window", ParamType::Int, window_default,
+                   "sliding window: each token sees the last N tokens (itself included), decoding keeps a ring "
+                   "buffer of N; 0 = full causal attention", {}, window_min},
+  };
+}
+
+void register_attention(Registry& r) {
+  r.add_block("attention", "pre-norm causal self-attention (MHA/GQA/MQA, RoPE, KV cache, optional sliding window) + MLP",
+              attention_schema("0", 0),
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "attention"); });
+  // The same block with a window by default, as its own name: a block_pattern names each kind once,
+  // so [swa, swa, attention] needs two names to configure the two kinds differently.
+  r.add_block("swa", "sliding-window attention: the attention block with window: N (a ring-buffer KV cache of N tokens)",
+              attention_schema("256", 1),
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "swa"); });
 }
 
 }  // namespace

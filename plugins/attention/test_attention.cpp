@@ -1,4 +1,6 @@
-// The attention block: causality, cached decoding == full forward, GQA == MHA with repeated heads.
+// The attention block: causality, cached decoding == full forward, GQA == MHA with repeated heads;
+// sliding windows (window: N / the swa block): locality, the ring-buffer cache == the windowed forward.
+#include "block_contract.h"
 #include "catch.h"
 #include "linearnexus/model.h"
 #include "linearnexus/plugin_host.h"
@@ -78,4 +80,45 @@ TEST_CASE("GQA equals MHA whose key/value heads are repeated", "[attention]") {
   CHECK(torch::allclose(gqa->forward(idx), mha->forward(idx), 1e-5, 1e-5));
   // The GQA cache holds half the keys/values.
   CHECK(gqa->init_state(1, 64).bytes() * 2 == mha->init_state(1, 64).bytes());
+}
+
+// ---- sliding window -------------------------------------------------------------------------------
+
+TEST_CASE("sliding window: a window covering the sequence is full attention; a short one sees only its window", "[attention][swa]") {
+  PluginHost host;
+  torch::manual_seed(7);
+  auto full = lntest::make_test_block(host, "attention", 16, {{"n_head", "2"}});
+  auto wide = lntest::make_test_block(host, "swa", 16, {{"n_head", "2"}, {"window", "64"}});
+  auto swa = lntest::make_test_block(host, "swa", 16, {{"n_head", "2"}, {"window", "4"}});
+  lntest::copy_parameters(*wide, *full);
+  lntest::copy_parameters(*swa, *full);
+  for (auto* b : {full.get(), wide.get(), swa.get()}) b->eval();
+  torch::NoGradGuard g;
+  auto x = torch::randn({2, 20, 16});
+  auto y = lntest::run_block(*swa, x, {}, Mode::Train).y;
+  CHECK(torch::allclose(lntest::run_block(*wide, x, {}, Mode::Train).y, lntest::run_block(*full, x, {}, Mode::Train).y,
+                        1e-5, 1e-5));
+  // Token t sees t-3 .. t: changing tokens 0..5 changes outputs 0..8 and none from 9 on.
+  auto changed = x.clone();
+  changed.narrow(1, 0, 6).normal_();
+  auto yc = lntest::run_block(*swa, changed, {}, Mode::Train).y;
+  CHECK(torch::allclose(y.narrow(1, 9, 11), yc.narrow(1, 9, 11), 1e-6, 1e-6));
+  CHECK_FALSE(torch::allclose(y.narrow(1, 6, 3), yc.narrow(1, 6, 3), 1e-3, 1e-3));
+}
+
+TEST_CASE("sliding window: the ring-buffer cache decodes like the windowed forward, at every split", "[attention][swa]") {
+  PluginHost host;
+  // 13 tokens through a window of 4: the ring wraps three times; prefills longer than the window too.
+  lntest::check_prefill_decode_every_split(host, "swa", {{"n_head", "2"}, {"window", "4"}}, 16, 13);
+  lntest::check_prefill_decode_every_split(host, "attention", {{"n_head", "2"}, {"n_kv_head", "1"}, {"window", "5"}}, 16, 13);
+  // The cache holds the window, whatever max_len or the prompt.
+  lntest::check_state_size_fixed(host, "swa", {{"n_head", "2"}, {"window", "8"}}, 16);
+  CHECK(lntest::make_test_block(host, "swa", 16, {{"window", "8"}})->init_state(1, 5, at::kFloat).bytes() == 2 * 5 * 16 * 4);
+  auto e = lntest::error_of([&] { lntest::parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [swa], blocks: {swa: {window: 0}}}\n", host); });
+  CHECK_CONTAINS(e, "window");
+}
+
+TEST_CASE("sliding window: [swa, swa, attention] generates left-padded batches like one by one", "[attention][swa]") {
+  PluginHost host;
+  lntest::check_generation(host, "[swa, swa, attention]", "{swa: {n_head: 4, window: 4}, attention: {n_head: 4}}");
 }

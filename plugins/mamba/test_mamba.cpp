@@ -256,6 +256,7 @@ TEST_CASE("model presets build with the expected parameter counts", "[mamba][pre
       {"mamba-small", V * 768 + 24 * mamba(768) + 768},
       {"mamba-medium", V * 1024 + 48 * mamba(1024) + 1024},
       {"jamba-small", V * 768 + 14 * mamba(768) + 2 * attention(768, false) + 768},
+      {"mamba2-small", 128965824},  // counted in plugins/mamba2/test_mamba2.cpp
   };
   // The published sizes these shapes are known by (GPT-2 124M has learned positions and biases we lack).
   CHECK(expect.at("gpt-small") == 123551232);

@@ -1,0 +1,41 @@
+#pragma once
+// The math of the linear-time blocks, once: a chunked (training / prefill) form and a recurrent
+// (decoding, and the tests' reference) form of two families of linear recurrences over a matrix
+// state S [B, H, K, V] per head. Block plugins (gla, mamba2, deltanet, gated_deltanet) map their
+// projections onto these and keep only their own wiring.
+//
+//   decay family   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t                 o_t = q_t S_t
+//                  g [B, H, T, K] (a decay per key channel: GLA) or [B, H, T, 1] (one per head:
+//                  Mamba-2 / SSD, where the intra-chunk part becomes a plain matmul)
+//   delta rule     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t^T v_t   o_t = q_t S_t
+//                  beta [B, H, T] in [0, 1], g [B, H, T] (gated DeltaNet) or undefined (DeltaNet)
+//
+// q, k [B, H, T, K]; v [B, H, T, V]; g are log-decays (<= 0). Both forms take the state entering
+// the sequence in S (undefined = zeros) and leave the state after the last token there. They
+// compute in fp32 whatever the inputs' dtype (a state summed over thousands of steps would lose
+// too much in bf16) and return o [B, H, T, V] in q's dtype. Everything is differentiable with
+// autograd, S included.
+//
+// A token with k = 0 and g = 0 (decay family), or beta = 0 and g = 0 (delta rule), leaves the
+// state unchanged: that is how blocks make left padding "as if absent".
+#include <ATen/ATen.h>
+
+namespace linearnexus {
+
+// Chunks of `chunk` tokens (any T: the last chunk is padded with such no-op tokens). Inside a chunk
+// the pairwise form, between chunks the state; only exp of non-positive numbers is ever formed, so
+// strong decays over long sequences stay finite.
+at::Tensor decay_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                              at::Tensor& S, int64_t chunk);
+// One token after the other.
+at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                at::Tensor& S);
+
+// The chunked WY / UT-transform form (Yang et al. 2024): inside a chunk the T sequential rank-one
+// updates become one unit-lower-triangular solve, then two matmuls against the entering state.
+at::Tensor delta_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
+                              const at::Tensor& g, at::Tensor& S, int64_t chunk);
+at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
+                                const at::Tensor& g, at::Tensor& S);
+
+}  // namespace linearnexus

@@ -1,0 +1,151 @@
+#include "linearnexus/chunked_scan.h"
+
+#include <limits>
+#include <vector>
+
+namespace linearnexus {
+namespace {
+
+at::Tensor f32(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
+// Pad dim 2 (time) of x [B, H, T, ...] with zeros up to N * n and view it as [B, H, N, n, ...].
+at::Tensor chunks_of(const at::Tensor& x, int64_t n, int64_t N) {
+  const int64_t pad = N * n - x.size(2);
+  auto y = x;
+  if (pad > 0) {
+    std::vector<int64_t> p(2 * (x.dim() - 2), 0);  // constant_pad_nd pads from the last dim backwards
+    p.back() = pad;
+    y = at::constant_pad_nd(x, p);
+  }
+  std::vector<int64_t> shape{x.size(0), x.size(1), N, n};
+  for (int64_t d = 3; d < x.dim(); ++d) shape.push_back(x.size(d));
+  return y.reshape(shape);
+}
+
+// exp(b_i - b_j) for i >= j (i including j when `diagonal`), 0 elsewhere; b [..., n] cumulative
+// log-decays (non-increasing), so every exponent formed is <= 0. -> [..., n, n]
+at::Tensor pair_decay(const at::Tensor& b, bool diagonal) {
+  const int64_t n = b.size(-1);
+  auto keep = at::ones({n, n}, b.options().dtype(at::kBool)).tril(diagonal ? 0 : -1);
+  auto diff = b.unsqueeze(-1) - b.unsqueeze(-2);  // b_i - b_j
+  return diff.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity()).exp();
+}
+
+}  // namespace
+
+// q, k [B, H, T, K]; v [B, H, T, V]; g [B, H, T, K or 1]; S [B, H, K, V]. Per chunk of n tokens,
+// with b the cumulative log-decay from the chunk's start (b_i = g_1 + ... + g_i) and S0 entering:
+//   o_i = sum_{j <= i} (q_i * exp(b_i - b_j)) . k_j v_j  +  (q_i * exp(b_i)) S0
+//   S   = exp(b_n) * S0 + sum_j (k_j * exp(b_n - b_j))^T v_j
+at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                              const at::Tensor& g_in, at::Tensor& S, int64_t chunk) {
+  const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), K = q_in.size(3), V = v_in.size(3);
+  if (!S.defined()) S = at::zeros({B, H, K, V}, q_in.options().dtype(at::kFloat));
+  S = f32(S);
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
+  // Padding tokens have k = 0 (no input) and g = 0 (no decay): the state passes them unchanged.
+  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
+  auto b = chunks_of(f32(g_in), n, N).cumsum(3);                      // [B, H, N, n, K or 1]
+  const bool per_head = g_in.size(3) == 1;
+  at::Tensor A;                                                       // [B, H, N, n, n]
+  if (per_head) {
+    // One decay per head: the decay factors out of the dot product, so it is a matmul.
+    A = at::matmul(q, k.transpose(-1, -2)) * pair_decay(b.squeeze(-1), true);
+  } else {
+    // A decay per key channel does not factor out without exp(-b) (which overflows under strong
+    // decays), so the pairwise [n, n, K] product is formed: hence GLA's small chunks.
+    auto d = pair_decay(b.transpose(-1, -2), true).permute({0, 1, 2, 4, 5, 3});  // [B, H, N, n, n, K]
+    A = (q.unsqueeze(4) * k.unsqueeze(3) * d).sum(-1);
+  }
+  auto o = at::matmul(A, v);                                          // inside each chunk: [B, H, N, n, V]
+  auto b_last = b.select(3, n - 1);                                   // [B, H, N, K or 1]
+  auto k_end = k * (b_last.unsqueeze(3) - b).exp();                   // k_j exp(b_n - b_j)
+  auto U = at::matmul(k_end.transpose(-1, -2), v);                    // each chunk's own state: [B, H, N, K, V]
+  auto carry = b_last.exp().unsqueeze(-1);                            // [B, H, N, K or 1, 1]
+  // The states entering the chunks: a short loop of elementwise ops (the matmuls are batched above).
+  std::vector<at::Tensor> entering;
+  for (int64_t c = 0; c < N; ++c) {
+    entering.push_back(S);
+    S = carry.select(2, c) * S + U.select(2, c);
+  }
+  o = o + at::matmul(q * b.exp(), at::stack(entering, 2));           // from the entering states
+  return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
+}
+
+at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                at::Tensor& S) {
+  const int64_t B = q.size(0), H = q.size(1), K = q.size(3), V = v.size(3);
+  if (!S.defined()) S = at::zeros({B, H, K, V}, q.options().dtype(at::kFloat));
+  S = f32(S);
+  // unbind, not select: select's backward would allocate a full [B, H, T, ...] gradient per step.
+  auto qs = f32(q).unbind(2), ks = f32(k).unbind(2), vs = f32(v).unbind(2), gs = f32(g).unbind(2);
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < qs.size(); ++t) {
+    S = gs[t].exp().unsqueeze(-1) * S + ks[t].unsqueeze(-1) * vs[t].unsqueeze(-2);  // [B, H, K, V]
+    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));                 // [B, H, V]
+  }
+  if (out.empty()) return at::empty({B, H, 0, V}, v.options());
+  return at::stack(out, 2).to(q.scalar_type());
+}
+
+// The UT transform per chunk (S0 entering, b the cumulative log-decay inside the chunk, all [n]):
+//   L = strictly-lower((beta k) k^T * exp(b_i - b_j)),  Tm = (I + L)^-1        (one triangular solve)
+//   u = Tm (beta v),  w = Tm (beta k * exp(b))          ("pseudo-values" and their state part)
+//   v' = u - w S0;   o = (q * exp(b)) S0 + lower(q k^T * exp(b_i - b_j)) v'
+//   S  = exp(b_n) S0 + (k * exp(b_n - b))^T v'
+// Unrolling the recurrence inside a chunk gives exactly this: v'_i is the value token i writes once
+// the earlier tokens of the chunk (and S0) have been subtracted along k_i.
+at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                              const at::Tensor& beta_in, const at::Tensor& g_in, at::Tensor& S, int64_t chunk) {
+  const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), K = q_in.size(3), V = v_in.size(3);
+  if (!S.defined()) S = at::zeros({B, H, K, V}, q_in.options().dtype(at::kFloat));
+  S = f32(S);
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
+  // Padding tokens have beta = 0 and g = 0: they neither write nor decay.
+  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
+  auto beta = chunks_of(f32(beta_in), n, N).unsqueeze(-1);            // [B, H, N, n, 1]
+  auto b = g_in.defined() ? chunks_of(f32(g_in), n, N).cumsum(3) : at::zeros({B, H, N, n}, q.options());
+  auto kb = k * beta;
+  auto kkT = at::matmul(kb, k.transpose(-1, -2));                     // [B, H, N, n, n]
+  auto L = kkT * pair_decay(b, false);                                // strictly lower
+  // (I + L)^-1 (beta v) by forward substitution; unitriangular: L's (zero) diagonal is taken as 1.
+  auto rhs = at::cat({v * beta, kb * b.exp().unsqueeze(-1)}, -1);     // [B, H, N, n, V + K]
+  auto uw = at::linalg_solve_triangular(L, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+  auto u = uw.narrow(-1, 0, V), w = uw.narrow(-1, V, K);
+  auto Aqk = at::matmul(q, k.transpose(-1, -2)) * pair_decay(b, true);  // [B, H, N, n, n]
+  auto q_dec = q * b.exp().unsqueeze(-1);
+  auto b_last = b.select(3, n - 1);                                   // [B, H, N]
+  auto k_end = k * (b_last.unsqueeze(3) - b).exp().unsqueeze(-1);
+  auto carry = b_last.exp().unsqueeze(-1).unsqueeze(-1);              // [B, H, N, 1, 1]
+  std::vector<at::Tensor> out;
+  for (int64_t c = 0; c < N; ++c) {  // the state dependence is sequential: one chunk after the other
+    auto vp = u.select(2, c) - at::matmul(w.select(2, c), S);        // [B, H, n, V]
+    out.push_back(at::matmul(q_dec.select(2, c), S) + at::matmul(Aqk.select(2, c), vp));
+    S = carry.select(2, c) * S + at::matmul(k_end.select(2, c).transpose(-1, -2), vp);
+  }
+  return at::cat(out, 2).narrow(2, 0, T).to(q_in.scalar_type());
+}
+
+at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
+                                const at::Tensor& g, at::Tensor& S) {
+  const int64_t B = q.size(0), H = q.size(1), K = q.size(3), V = v.size(3);
+  if (!S.defined()) S = at::zeros({B, H, K, V}, q.options().dtype(at::kFloat));
+  S = f32(S);
+  auto qs = f32(q).unbind(2), ks = f32(k).unbind(2), vs = f32(v).unbind(2), bs = f32(beta).unbind(2);
+  std::vector<at::Tensor> gs;
+  if (g.defined()) gs = f32(g).unbind(2);
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < qs.size(); ++t) {
+    if (g.defined()) S = gs[t].exp().unsqueeze(-1).unsqueeze(-1) * S;
+    auto kt = ks[t].unsqueeze(-1);                                    // [B, H, K, 1]
+    auto err = vs[t] - at::matmul(ks[t].unsqueeze(-2), S).squeeze(-2);  // v_t - k_t S: [B, H, V]
+    S = S + (bs[t].unsqueeze(-1).unsqueeze(-1) * kt) * err.unsqueeze(-2);
+    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));
+  }
+  if (out.empty()) return at::empty({B, H, 0, V}, v.options());
+  return at::stack(out, 2).to(q.scalar_type());
+}
+
+}  // namespace linearnexus

@@ -1,0 +1,169 @@
+// The `deltanet` and `gated_deltanet` blocks: linear attention with the delta rule (Schlag et al.,
+// 2021; Yang et al., 2024) and its gated form (Gated DeltaNet, Yang, Kautz & Hatamizadeh, 2024) + MLP.
+//
+//   h = norm(x);  (q, k, v) = silu(shortconv(qkv(h)))         the short conv is optional
+//   q, k L2-normalised per head (q also scaled by D^-1/2);  beta = sigmoid(b(h)) per head
+//   S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t^T v_t;   o_t = q_t S_t
+//     deltanet:        alpha_t = 1
+//     gated_deltanet:  log alpha_t = -exp(A_log) softplus(a(h) + dt_bias)   (Mamba-2's decay per head)
+//   x = x + o_proj(headnorm(o) [* silu(gate(h)) when gated]);  x = x + mlp(norm(x))
+//
+// The delta rule writes v_t along k_t after erasing what S held there (beta_t of it): a memory that
+// overwrites instead of only accumulating. With |k| = 1 and beta in (0, 1) every step contracts, so
+// the state stays bounded. The math is core's (chunked_scan.h): the chunked WY / UT-transform form
+// for training and prefill, the recurrence for decoding.
+#include <linearnexus/chunked_scan.h>
+#include <linearnexus/error.h>
+#include <linearnexus/layers.h>
+#include <linearnexus/model.h>
+#include <linearnexus/plugin.h>
+
+#include <cmath>
+
+namespace linearnexus {
+namespace {
+
+class DeltaNetBlock : public Block {
+ public:
+  DeltaNetBlock(const ModelDims& d, const Params& p, bool gated)
+      : name_(gated ? "gated_deltanet" : "deltanet"), C_(d.hidden_size), H_(p.get_int("n_head")),
+        Q_(p.get_int("chunk_size")), Kc_(p.get_bool("short_conv") ? p.get_int("conv_size") : 0), gated_(gated),
+        recurrent_(p.get_string("scan") == "recurrent") {
+    if (C_ % H_ != 0)
+      throw Error("model.blocks." + name_ + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
+                  std::to_string(C_) + ")");
+    D_ = C_ / H_;
+    ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, 3 * C_).bias(false)));
+    // beta (and, gated, the decay's input a) per head: H (or 2 H) rows.
+    ba_ = register_module("ba", torch::nn::Linear(torch::nn::LinearOptions(C_, gated ? 2 * H_ : H_).bias(false)));
+    if (Kc_ > 0) conv_weight_ = register_parameter("conv_weight", torch::empty({3 * C_, Kc_}));
+    if (gated) {
+      A_log_ = register_parameter("A_log", torch::empty({H_}));
+      dt_bias_ = register_parameter("dt_bias", torch::empty({H_}));
+      gate_ = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
+    }
+    o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(D_));
+    o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
+    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
+
+    torch::NoGradGuard g;
+    init_linear(qkv_);
+    init_linear(ba_);  // beta starts near sigmoid(0) = 1/2
+    init_residual_projection(o_proj_, d.n_layer);
+    if (Kc_ > 0) conv_weight_.uniform_(-1.0 / std::sqrt(double(Kc_)), 1.0 / std::sqrt(double(Kc_)));
+    if (gated) {
+      init_linear(gate_);
+      A_log_.copy_((torch::rand({H_}) * 15 + 1).log());  // A in [1, 16], dt in [1e-3, 0.1]: as Mamba-2
+      auto dt = (torch::rand({H_}) * (std::log(0.1) - std::log(1e-3)) + std::log(1e-3)).exp();
+      dt_bias_.copy_(dt + at::log(-at::expm1(-dt)));
+    }
+  }
+
+  BlockOutput forward(const at::Tensor& x, LayerState state, const ForwardContext& ctx) override {
+    // x: [B, T, C] -> [B, T, C]
+    const int64_t B = x.size(0), T = x.size(1);
+    auto h = ln1_->forward(x);
+    auto qkv = qkv_(h);                                                     // [B, T, 3 C]
+    // Left padding: zero the conv's input there (as its zero history) and beta and the decay (the
+    // token writes nothing and decays nothing): the state is as if the token were absent.
+    at::Tensor keep;
+    if (ctx.key_padding.defined())
+      keep = ctx.key_padding.narrow(1, ctx.start, T).to(x.device()).to(x.scalar_type()).unsqueeze(-1);  // [B, T, 1]
+    const bool cached = !state.empty() && ctx.mode != Mode::Train;
+    if (Kc_ > 0) {
+      if (keep.defined()) qkv = qkv * keep;
+      at::Tensor new_history;
+      qkv = causal_depthwise_conv1d(qkv, conv_weight_, {}, cached ? state.tensors.at("conv_state") : at::Tensor(),
+                                    cached ? &new_history : nullptr);
+      if (cached) state.tensors["conv_state"] = new_history.detach();
+    }
+    qkv = at::silu(qkv);
+    auto heads = [&](int64_t i) { return qkv.narrow(-1, i * C_, C_).reshape({B, T, H_, D_}).transpose(1, 2); };
+    auto l2 = [](const at::Tensor& t) { return t * at::rsqrt(t.pow(2).sum(-1, true) + 1e-6); };
+    auto q = l2(heads(0)) / std::sqrt(double(D_)), k = l2(heads(1)), v = heads(2);  // [B, H, T, D]
+    auto ba = ba_(h).to(at::kFloat);                                        // [B, T, H or 2 H]
+    auto beta = at::sigmoid(ba.narrow(-1, 0, H_));                          // [B, T, H]
+    at::Tensor g;
+    if (gated_) g = -A_log_.exp() * at::softplus(ba.narrow(-1, H_, H_) + dt_bias_);  // [B, T, H] log-decays
+    if (keep.defined()) {
+      beta = beta * keep.to(at::kFloat);
+      if (g.defined()) g = g * keep.to(at::kFloat);
+    }
+    beta = beta.transpose(1, 2);                                            // [B, H, T]
+    if (g.defined()) g = g.transpose(1, 2);
+    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();           // [B, H, D, D] fp32
+    auto o = ctx.mode == Mode::Decode || recurrent_ ? delta_scan_recurrent(q, k, v, beta, g, S)
+                                                    : delta_scan_chunked(q, k, v, beta, g, S, Q_);  // [B, H, T, D]
+    if (cached) state.tensors["S"] = S.detach();
+    auto y = o_norm_->forward(o).transpose(1, 2).reshape({B, T, C_});
+    if (gated_) y = y * at::silu(gate_(h));
+    return {tail_.forward(x, o_proj_(y), is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
+  }
+
+  LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
+    LayerState s;  // fixed-size whatever max_len is
+    if (Kc_ > 0) s.tensors["conv_state"] = at::zeros({B, 3 * C_, Kc_ - 1}, o);
+    s.tensors["S"] = at::zeros({B, H_, D_, D_}, o.dtype(at::kFloat));
+    return s;
+  }
+
+  std::map<std::string, std::vector<int64_t>> fused_splits() const override {
+    std::map<std::string, std::vector<int64_t>> s{{"qkv.weight", {C_, C_, C_}}};
+    if (gated_) s["ba.weight"] = {H_, H_};
+    return s;
+  }
+
+  // beta and the decay's input (ba) are per-head scalars, not features: `other` (never orthogonalised
+  // by Muon, weight-decayed as a 2-D tensor); the decay's A_log and dt_bias are `ssm_dynamics`.
+  std::map<std::string, ParamRole> parameter_roles() const override {
+    auto roles = tail_.parameter_roles();
+    roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    roles["qkv.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
+    roles["ba.weight"] = ParamRole::Other;
+    if (Kc_ > 0) roles["conv_weight"] = ParamRole::Conv;
+    if (gated_) {
+      roles["gate.weight"] = ParamRole::Matrix;
+      roles["A_log"] = roles["dt_bias"] = ParamRole::SsmDynamics;
+    }
+    return roles;
+  }
+
+ private:
+  std::string name_;
+  int64_t C_, H_, Q_, Kc_, D_ = 0;
+  bool gated_, recurrent_;
+  std::shared_ptr<RMSNorm> ln1_, o_norm_;
+  torch::nn::Linear qkv_{nullptr}, ba_{nullptr}, gate_{nullptr}, o_proj_{nullptr};
+  at::Tensor conv_weight_, A_log_, dt_bias_;
+  ResidualMLP tail_;
+};
+
+Schema deltanet_schema() {
+  return {
+      {"n_head", ParamType::Int, "4", "heads; head_dim = hidden_size / n_head (the state is [D, D] per head)", {}, 1},
+      {"chunk_size", ParamType::Int, "32", "tokens per chunk of the training / prefill (WY / UT) form", {}, 1, 512},
+      {"short_conv", ParamType::Bool, "true", "a causal depthwise conv on q, k and v before the activation"},
+      {"conv_size", ParamType::Int, "4", "width of the short conv", {}, 2, 64},
+      {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
+       {"chunk", "recurrent"}},
+      {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
+      {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
+  };
+}
+
+}  // namespace
+
+void register_deltanet(Registry& r) {
+  r.add_block("deltanet", "DeltaNet: linear attention with the delta rule (L2-normalised q/k, learned beta) + MLP",
+              deltanet_schema(),
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, false); });
+  r.add_block("gated_deltanet", "Gated DeltaNet: the delta rule with a data-dependent decay per head, output gate + MLP",
+              deltanet_schema(),
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, true); });
+}
+
+}  // namespace linearnexus
+
+LINEARNEXUS_PLUGIN("deltanet", "1.0.0", "DeltaNet and Gated DeltaNet blocks (chunked WY form, recurrent decoding)",
+                   linearnexus::register_deltanet)
