@@ -24,22 +24,7 @@ namespace lntest {
 using namespace linearnexus;
 using KV = std::map<std::string, std::string>;
 
-// Block `name` of width C with the schema's defaults overridden by `kv` (YAML text values).
-inline std::shared_ptr<Block> make_test_block(PluginHost& host, const std::string& name, int64_t C, const KV& kv) {
-  const auto& reg = host.registry().get(PluginKind::Block, name);
-  Params p = params_from_defaults(reg.schema, "model.blocks." + name);
-  for (const auto& [k, v] : kv) {
-    auto spec = std::find_if(reg.schema.begin(), reg.schema.end(), [&](const ParamSpec& s) { return s.key == k; });
-    REQUIRE(spec != reg.schema.end());
-    p.set(k, parse_param_value(*spec, v, "test"));
-  }
-  ModelDims d;
-  d.hidden_size = C;
-  d.n_layer = 2;
-  d.vocab_size = 17;
-  d.max_seq_len = 8192;
-  return host.registry().make_block(name, d, p, 0);
-}
+// make_test_block (test_util.h) builds the blocks.
 
 inline void copy_parameters(torch::nn::Module& dst, torch::nn::Module& src) {
   torch::NoGradGuard g;
