@@ -294,8 +294,10 @@ int cmd_plugins(const std::string& describe) {
 // stdin text -> ids on one line, or (decode) ids -> text.
 int cmd_tokenize(const std::string& spec, bool decode) {
   // A character vocabulary exists only per corpus (saved with a run), so there is none to name here.
-  if (spec == "char") throw Error("tokenize: --tokenizer must be gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file");
-  auto tok = make_bpe_tokenizer(spec);
+  if (spec == "char")
+    throw Error("tokenize: --tokenizer must be gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder "
+                "holding one (a Hugging Face model or run folder) or encoder.json + vocab.bpe");
+  auto tok = load_tokenizer(spec);
   if (decode) {
     std::vector<int64_t> ids;
     std::string word;
@@ -422,19 +424,21 @@ int main(int argc, char** argv) {
   auto* describe = plugins->add_subcommand("describe", "print a plugin's parameters: types, defaults, docs");
   describe->add_option("name", describe_name, "block, optimizer, trainer or plugin name")->required();
 
+  // --tokenizer takes what data.tokenizer does, documented once in its schema.
+  std::string tokenizer_doc;
+  for (const auto& spec : data_schema())
+    if (spec.key == "tokenizer") tokenizer_doc = spec.doc;
   std::string tokenizer_spec;
   bool decode = false;
   auto* tokenize = app.add_subcommand("tokenize", "UTF-8 text on stdin -> token ids on stdout (or --decode)");
-  tokenize->add_option("--tokenizer", tokenizer_spec,
-                       "gpt2 (files in $LINEARNEXUS_TOKENIZER_DIR), a folder with encoder.json + vocab.bpe, or a .tiktoken file")
-      ->required();
+  tokenize->add_option("--tokenizer", tokenizer_spec, tokenizer_doc + " (not char)")->required();
   tokenize->add_flag("--decode", decode, "read space-separated ids, print the text");
 
   PrepareOptions prep;
   auto* data_cmd = app.add_subcommand("data", "prepare token files for training");
   data_cmd->require_subcommand(1);
   auto* prepare = data_cmd->add_subcommand("prepare", "tokenize text files into train.bin / val.bin + meta.json");
-  prepare->add_option("--tokenizer", prep.tokenizer, "char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file")
+  prepare->add_option("--tokenizer", prep.tokenizer, tokenizer_doc)
       ->required();
   prepare->add_option("--input", prep.inputs, "text files (one document each)")->required()->expected(1, -1);
   prepare->add_option("--out", prep.out_dir, "output folder")->required();

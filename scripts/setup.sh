@@ -13,7 +13,9 @@ PACKAGES=(
   libboost-dev            # Boost.DLL (header-only; we use it on std::filesystem)
   libyaml-cpp-dev libcli11-dev libspdlog-dev catch2
   nlohmann-json3-dev      # safetensors headers, metrics.jsonl, tokenizer files
-  libpcre2-dev            # GPT-2 pre-tokenizer regex with Unicode classes
+  libpcre2-dev            # GPT-2 / Llama-3 / Qwen2 pre-tokenizer regexes with Unicode classes
+  libsentencepiece-dev    # SentencePiece tokenizer.model files (Llama-2, TinyLlama); optional in CMake
+  libicu-dev              # NFC normalization for Qwen2's tokenizer.json; optional in CMake
   libcurl4-openssl-dev    # data.download
   libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
   libgloo-dev             # Gloo headers: c10d's ProcessGroupGloo (data-parallel training on the CPU)

@@ -1,7 +1,8 @@
 // Byte-level BPE with GPT-2's exact behaviour. See bpe_tokenizer.h for the overview.
 //
-// Encoding a text: split off "<|endoftext|>" (encode only), cut each remaining span into
-// "pieces" with GPT-2's pre-tokenizer regex, and run BPE on each piece's bytes. BPE starts
+// Encoding a text: split off the added tokens (encode only), NFC-normalize the spans between them
+// where the vocabulary asks for it, cut each span into "pieces" with the pre-tokenizer regexes (each
+// regex splits the previous one's pieces), and run BPE on each piece's bytes. BPE starts
 // from one token per byte and repeatedly merges the adjacent pair with the best (lowest)
 // priority, leftmost first; a min-heap of candidate pairs over a linked list of symbols makes
 // that O(n log n) per piece instead of GPT-2's rescan of every pair after each merge.
@@ -10,27 +11,31 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <queue>
 #include <shared_mutex>
-#include <sstream>
 #include <unordered_map>
 
-#include "json_limits.h"
+#ifdef LINEARNEXUS_HAVE_ICU
+#include <unicode/normalizer2.h>
+#include <unicode/unistr.h>
+#endif
+
+#include "bpe_files.h"
+#include "linearnexus/log.h"
 
 namespace fs = std::filesystem;
 
 namespace linearnexus {
 
+// With PCRE2_UCP, \s \p{L} \p{N} are Unicode.
+const char* const kGpt2SplitPattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
 namespace {
 
-// GPT-2's pre-tokenizer (also tiktoken's r50k_base). With PCRE2_UCP, \s \p{L} \p{N} are Unicode.
-constexpr char kGpt2Pattern[] = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-constexpr std::string_view kEndOfText = "<|endoftext|>";
 // The word cache is cleared when it grows past this many pieces (bounds memory on huge,
 // diverse corpora), and pieces longer than kMaxCachedPiece bytes are never cached (long runs
 // of spaces or letters rarely repeat).
@@ -46,21 +51,18 @@ uint64_t pair_key(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
 }
 
-// What both file formats load into.
+// What every file format loads into (BPEVocab says what the fields mean).
 struct Vocab {
   std::vector<std::string> tokens;               // id -> bytes
   std::unordered_map<std::string, int32_t> ids;  // bytes -> id, ordinary tokens only
   std::unordered_map<uint64_t, Merge> merges;    // pair_key(left, right) -> merge
-  int32_t eot = -1;                              // id of "<|endoftext|>"
+  int32_t eot = -1;
+  std::vector<int32_t> added;
+  std::vector<std::string> split_patterns;
+  bool nfc = false;
+  bool piece_lookup = false;
+  std::string source;
 };
-
-std::string read_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("tokenizer: cannot open " + std::string(what) + " '" + path + "' (does it exist?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // GPT-2's bytes_to_unicode(): the 188 printable Latin-1 bytes stand for themselves and the
 // other 68 bytes (controls, space, DEL, NBSP, soft hyphen) become U+0100.. in byte order, so every
@@ -76,8 +78,10 @@ std::array<int, 256 + 68> gpt2_codepoint_to_byte() {
   return inv;
 }
 
-// A token string in GPT-2's alphabet (UTF-8) -> its raw bytes; false if it is not one.
-bool gpt2_string_to_bytes(std::string_view s, const std::array<int, 256 + 68>& inv, std::string& out) {
+}  // namespace
+
+bool byte_level_to_bytes(std::string_view s, std::string& out) {
+  static const std::array<int, 256 + 68> inv = gpt2_codepoint_to_byte();
   out.clear();
   for (size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
@@ -97,179 +101,78 @@ bool gpt2_string_to_bytes(std::string_view s, const std::array<int, 256 + 68>& i
   return true;
 }
 
-// Adds "<|endoftext|>" after the last id unless the vocabulary has it, and keeps it out of the
-// ordinary lookup so text can only produce it through encode()'s special-token split.
-void finish_vocab(Vocab& v, const std::string& path) {
-  auto it = v.ids.find(std::string(kEndOfText));
-  if (it != v.ids.end()) {
-    v.eot = it->second;
-    v.ids.erase(it);
-  } else {
-    v.eot = static_cast<int32_t>(v.tokens.size());
-    v.tokens.emplace_back(kEndOfText);
-  }
-  for (int b = 0; b < 256; ++b)
-    if (!v.ids.count(std::string(1, static_cast<char>(b))))
-      throw Error("tokenizer: '" + path + "' has no token for byte " + std::to_string(b) +
-                  "; a byte-level BPE vocabulary needs all 256");
-}
+namespace {
 
-// Fills v.tokens from (bytes, id) pairs, requiring the ids to be exactly 0..n-1.
-void set_tokens(Vocab& v, std::vector<std::pair<std::string, int64_t>> entries, const std::string& path) {
-  v.tokens.assign(entries.size(), {});
-  std::vector<bool> seen(entries.size(), false);
-  for (auto& [bytes, id] : entries) {
-    if (id < 0 || id >= static_cast<int64_t>(entries.size()) || seen[id])
-      throw Error("tokenizer: '" + path + "' has a duplicate or out-of-range id " + std::to_string(id) + " (its " +
-                  std::to_string(entries.size()) + " ids must be 0.." + std::to_string(entries.size() - 1) +
-                  ", each once)");
-    seen[id] = true;
-    if (!v.ids.emplace(bytes, static_cast<int32_t>(id)).second)
-      throw Error("tokenizer: '" + path + "' lists the same token twice (id " + std::to_string(id) + ")");
-    v.tokens[id] = std::move(bytes);
-  }
+// NFC normalization (Qwen2's normalizer) through ICU. ASCII is always NFC, and so is text that is
+// not valid UTF-8 left alone (Hugging Face never sees such text: Python strings are Unicode).
+#ifdef LINEARNEXUS_HAVE_ICU
+std::string nfc_normalize(std::string_view text) {
+  if (std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+    return std::string(text);
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
+  const icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<int32_t>(text.size())));
+  std::string round_trip;
+  u.toUTF8String(round_trip);
+  if (U_FAILURE(status) || round_trip != text) return std::string(text);  // invalid UTF-8: unchanged
+  if (nfc->isNormalized(u, status) && U_SUCCESS(status)) return round_trip;
+  std::string out;
+  nfc->normalize(u, status).toUTF8String(out);
+  return U_SUCCESS(status) ? out : std::string(text);
 }
-
-Vocab load_gpt2(const std::string& encoder_path, const std::string& merges_path) {
-  const auto inv = gpt2_codepoint_to_byte();
-  Vocab v;
-  nlohmann::json enc;
-  try {
-    enc = parse_json_limited(read_file(encoder_path, "encoder.json"), 1);
-  } catch (const std::exception& e) {
-    throw Error("tokenizer: '" + encoder_path + "' is not valid JSON (" + e.what() + ")");
-  }
-  if (!enc.is_object() || enc.empty())
-    throw Error("tokenizer: '" + encoder_path + "' must be a JSON object mapping token strings to ids");
-  std::vector<std::pair<std::string, int64_t>> entries;
-  std::string bytes;
-  for (const auto& [key, value] : enc.items()) {
-    if (!value.is_number_integer())
-      throw Error("tokenizer: '" + encoder_path + "': the id of token '" + key + "' is not an integer");
-    if (!gpt2_string_to_bytes(key, inv, bytes))
-      throw Error("tokenizer: '" + encoder_path + "': token '" + key + "' is not in GPT-2's byte alphabet");
-    entries.emplace_back(bytes, value.get<int64_t>());
-  }
-  set_tokens(v, std::move(entries), encoder_path);
-
-  // vocab.bpe: "#version: ..." then one merge per line, "left right", highest priority first.
-  const std::string text = read_file(merges_path, "vocab.bpe");
-  std::istringstream lines(text);
-  std::string line, left, right;
-  int32_t priority = 0;
-  for (int lineno = 1; std::getline(lines, line); ++lineno) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || line.rfind("#version", 0) == 0) continue;
-    const size_t sp = line.find(' ');
-    const auto bad = [&](const std::string& why) {
-      return Error("tokenizer: '" + merges_path + "' line " + std::to_string(lineno) + ": " + why);
-    };
-    if (sp == 0 || sp == std::string::npos || sp + 1 == line.size() || line.find(' ', sp + 1) != std::string::npos)
-      throw bad("expected two tokens separated by one space, got '" + line + "'");
-    if (!gpt2_string_to_bytes(std::string_view(line).substr(0, sp), inv, left) ||
-        !gpt2_string_to_bytes(std::string_view(line).substr(sp + 1), inv, right))
-      throw bad("'" + line + "' is not in GPT-2's byte alphabet");
-    const auto a = v.ids.find(left), b = v.ids.find(right), ab = v.ids.find(left + right);
-    if (a == v.ids.end() || b == v.ids.end() || ab == v.ids.end())
-      throw bad("merge '" + line + "' uses or makes a token that is not in '" + encoder_path + "'");
-    v.merges.emplace(pair_key(a->second, b->second), Merge{priority++, ab->second});  // first wins
-  }
-  if (v.merges.empty()) throw Error("tokenizer: '" + merges_path + "' holds no merges");
-  finish_vocab(v, encoder_path);
-  return v;
-}
-
-// RFC 4648 base64 (with '=' padding, as tiktoken writes it); false on anything else.
-bool base64_decode(std::string_view in, std::string& out) {
-  constexpr std::string_view kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  out.clear();
-  if (in.empty() || in.size() % 4 != 0) return false;
-  uint32_t acc = 0;
-  int bits = 0;
-  bool padding = false;
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '=') {
-      if (i + 2 < in.size()) return false;  // only the last one or two characters may be padding
-      padding = true;
-      continue;
-    }
-    const size_t d = kAlphabet.find(in[i]);
-    if (d == std::string_view::npos || padding) return false;
-    acc = (acc << 6) | static_cast<uint32_t>(d);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
-    }
-  }
-  return true;
-}
-
-Vocab load_tiktoken(const std::string& path) {
-  Vocab v;
-  const std::string text = read_file(path, "tiktoken file");
-  std::istringstream lines(text);
-  std::vector<std::pair<std::string, int64_t>> entries;
-  std::string line, bytes;
-  for (int lineno = 1; std::getline(lines, line); ++lineno) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    const size_t sp = line.find(' ');
-    int64_t rank = -1;
-    size_t used = 0;
-    try {
-      if (sp != std::string::npos) rank = std::stoll(line.substr(sp + 1), &used);
-    } catch (const std::exception&) {
-    }
-    if (sp == std::string::npos || used == 0 || sp + 1 + used != line.size() ||
-        !base64_decode(std::string_view(line).substr(0, sp), bytes))
-      throw Error("tokenizer: '" + path + "' line " + std::to_string(lineno) +
-                  ": expected 'base64(token bytes) rank', got '" + line.substr(0, 80) + "'");
-    entries.emplace_back(bytes, rank);
-  }
-  if (entries.empty()) throw Error("tokenizer: '" + path + "' holds no tokens");
-  set_tokens(v, std::move(entries), path);
-  finish_vocab(v, path);
-  // tiktoken merges the adjacent pair whose concatenation is the lowest-ranked token. As a pair
-  // table: every split of every token into two tokens is a merge, with that token's rank.
-  for (int32_t id = 0; id < static_cast<int32_t>(v.tokens.size()); ++id) {
-    const std::string& t = v.tokens[id];
-    if (id == v.eot) continue;
-    for (size_t k = 1; k < t.size(); ++k) {
-      const auto a = v.ids.find(t.substr(0, k));
-      if (a == v.ids.end()) continue;
-      const auto b = v.ids.find(t.substr(k));
-      if (b != v.ids.end()) v.merges.emplace(pair_key(a->second, b->second), Merge{id, id});
-    }
-  }
-  return v;
-}
+#endif
 
 }  // namespace
 
 struct BPETokenizer::Impl {
+  using Regex = std::unique_ptr<pcre2_code, decltype(&pcre2_code_free)>;
   Vocab vocab;
   std::array<int32_t, 256> byte_id{};  // the single-byte tokens BPE starts from
-  std::unique_ptr<pcre2_code, decltype(&pcre2_code_free)> regex{nullptr, &pcre2_code_free};
+  std::vector<Regex> regexes;          // vocab.split_patterns, compiled
+  // The added tokens by first byte, longest first: a match at a position is the longest there.
+  std::array<std::vector<int32_t>, 256> added_by_first_byte;
 
   mutable std::shared_mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
 
   explicit Impl(Vocab v) : vocab(std::move(v)) {
     for (int b = 0; b < 256; ++b) byte_id[b] = vocab.ids.at(std::string(1, static_cast<char>(b)));
-    int err = 0;
-    PCRE2_SIZE offset = 0;
-    // MATCH_INVALID_UTF: text may hold invalid UTF-8, which no pattern item then matches (we
-    // encode those bytes as their own pieces) instead of pcre2_match refusing the whole subject.
-    regex.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kGpt2Pattern), PCRE2_ZERO_TERMINATED,
-                              PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &offset, nullptr));
-    if (!regex) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(err, msg, sizeof msg);
-      throw Error("tokenizer: cannot compile the GPT-2 regex: " + std::string(reinterpret_cast<char*>(msg)));
+    for (const std::string& pattern : vocab.split_patterns) {
+      int err = 0;
+      PCRE2_SIZE offset = 0;
+      // MATCH_INVALID_UTF: text may hold invalid UTF-8, which no pattern item then matches (we
+      // encode those bytes as their own pieces) instead of pcre2_match refusing the whole subject.
+      Regex regex(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &offset, nullptr),
+                  &pcre2_code_free);
+      if (!regex) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        throw Error("tokenizer: '" + vocab.source + "': cannot compile the pre-tokenizer regex '" + pattern +
+                    "' at offset " + std::to_string(offset) + ": " + reinterpret_cast<char*>(msg));
+      }
+      // JIT is several times faster; where it is unavailable pcre2_match falls back to the interpreter.
+      pcre2_jit_compile(regex.get(), PCRE2_JIT_COMPLETE);
+      regexes.push_back(std::move(regex));
     }
-    // JIT is several times faster; where it is unavailable pcre2_match falls back to the interpreter.
-    pcre2_jit_compile(regex.get(), PCRE2_JIT_COMPLETE);
+    for (int32_t id : vocab.added)
+      if (!vocab.tokens[id].empty()) added_by_first_byte[static_cast<unsigned char>(vocab.tokens[id][0])].push_back(id);
+    for (auto& ids : added_by_first_byte)
+      std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return vocab.tokens[a].size() > vocab.tokens[b].size(); });
+#ifndef LINEARNEXUS_HAVE_ICU
+    if (vocab.nfc)
+      log_warn("tokenizer: '" + vocab.source + "' asks for NFC normalization, but this build has no ICU " +
+               "(libicu-dev): text is encoded unnormalized, so ids differ from Hugging Face's on text that is not NFC");
+#endif
+  }
+
+  // The first added token in text[pos..]: its position and id, or (npos, -1).
+  std::pair<size_t, int32_t> find_added(std::string_view text, size_t pos) const {
+    if (vocab.added.empty()) return {std::string_view::npos, -1};
+    for (size_t i = pos; i < text.size(); ++i)
+      for (int32_t id : added_by_first_byte[static_cast<unsigned char>(text[i])])
+        if (text.compare(i, vocab.tokens[id].size(), vocab.tokens[id]) == 0) return {i, id};
+    return {std::string_view::npos, -1};
   }
 
   const std::string& token(int64_t id) const {
@@ -325,10 +228,11 @@ struct BPETokenizer::Impl {
   }
 
   void encode_piece(std::string_view piece, std::vector<int64_t>& out) const {
-    // A piece that is itself a token is that token: tiktoken's rule, and for GPT-2's files the
-    // same result as running the merges (every GPT-2 token's bytes merge back into that token).
+    // A piece that is itself a token is that token: tiktoken's rule, Hugging Face's ignore_merges
+    // (Llama-3), and for GPT-2's files the same result as running the merges (every GPT-2 token's
+    // bytes merge back into that token).
     std::string key(piece);
-    if (const auto it = vocab.ids.find(key); it != vocab.ids.end()) {
+    if (const auto it = vocab.piece_lookup ? vocab.ids.find(key) : vocab.ids.end(); it != vocab.ids.end()) {
       out.push_back(it->second);
       return;
     }
@@ -350,16 +254,31 @@ struct BPETokenizer::Impl {
     }
   }
 
-  // Regex pre-tokenization + BPE of a span with no special tokens.
+  // Normalization, regex pre-tokenization and BPE of a span with no added tokens.
   void encode_ordinary(std::string_view text, std::vector<int64_t>& out) const {
+#ifdef LINEARNEXUS_HAVE_ICU
+    if (vocab.nfc && !text.empty()) {
+      const std::string normalized = nfc_normalize(text);
+      split(normalized, 0, out);
+      return;
+    }
+#endif
+    split(text, 0, out);
+  }
+
+  // Cuts `text` with regexes[level] (the matches and the gaps between them are pieces, Hugging
+  // Face's "Isolated" split) and passes each piece on to the next regex, or to BPE after the last.
+  void split(std::string_view text, size_t level, std::vector<int64_t>& out) const {
     if (text.empty()) return;
+    if (level == regexes.size()) return encode_piece(text, out);
+    const pcre2_code* regex = regexes[level].get();
     std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
-        pcre2_match_data_create_from_pattern(regex.get(), nullptr), &pcre2_match_data_free);
+        pcre2_match_data_create_from_pattern(regex, nullptr), &pcre2_match_data_free);
     if (!md) throw std::bad_alloc();
     const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     size_t pos = 0;
     while (pos < text.size()) {
-      const int rc = pcre2_match(regex.get(), subject, text.size(), pos, 0, md.get(), nullptr);
+      const int rc = pcre2_match(regex, subject, text.size(), pos, PCRE2_NOTEMPTY, md.get(), nullptr);
       size_t start = text.size(), end = text.size();
       if (rc >= 0) {
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
@@ -370,22 +289,58 @@ struct BPETokenizer::Impl {
         pcre2_get_error_message(rc, msg, sizeof msg);
         throw Error("tokenizer: regex matching failed: " + std::string(reinterpret_cast<char*>(msg)));
       }
-      // Every valid character matches some alternative, so a gap before the match (or the end)
-      // is invalid UTF-8: BPE those raw bytes as a piece of their own so decode restores them.
-      if (start > pos) encode_piece(text.substr(pos, start - pos), out);
-      if (end > start) encode_piece(text.substr(start, end - start), out);
-      pos = end;  // the pattern cannot match empty, so this always advances
+      // A gap before the match (or the end) is a piece too: text a Split regex does not cover
+      // (Digits' non-digits), or invalid UTF-8, which no pattern item matches.
+      if (start > pos) split(text.substr(pos, start - pos), level + 1, out);
+      if (end > start) split(text.substr(start, end - start), level + 1, out);
+      pos = end;  // PCRE2_NOTEMPTY: a match is never empty, so this always advances
     }
   }
 };
 
-BPETokenizer BPETokenizer::from_gpt2_files(const std::string& encoder_json, const std::string& vocab_bpe) {
-  return BPETokenizer(std::make_shared<const Impl>(load_gpt2(encoder_json, vocab_bpe)));
+BPETokenizer BPETokenizer::from_vocab(BPEVocab in) {
+  Vocab v;
+  v.source = in.source;
+  const auto n = static_cast<int64_t>(in.tokens.size());
+  const auto bad_id = [&](int64_t id, const std::string& where) {
+    if (id < 0 || id >= n)
+      throw Error("tokenizer: '" + in.source + "': " + where + " names token id " + std::to_string(id) +
+                  ", outside the vocabulary's 0.." + std::to_string(n - 1));
+  };
+  std::vector<bool> is_added(in.tokens.size(), false);
+  for (int32_t id : in.added) {
+    bad_id(id, "an added token");
+    if (in.tokens[id].empty()) throw Error("tokenizer: '" + in.source + "': added token " + std::to_string(id) + " is empty");
+    is_added[id] = true;
+  }
+  if (in.eot >= 0) bad_id(in.eot, "the end-of-text token");
+  for (int32_t id = 0; id < n; ++id)
+    if (!is_added[id] && !v.ids.emplace(in.tokens[id], id).second)
+      throw Error("tokenizer: '" + in.source + "': tokens " + std::to_string(v.ids.at(in.tokens[id])) + " and " +
+                  std::to_string(id) + " have the same bytes");
+  for (int b = 0; b < 256; ++b)
+    if (!v.ids.count(std::string(1, static_cast<char>(b))))
+      throw Error("tokenizer: '" + in.source + "' has no token for byte " + std::to_string(b) +
+                  "; a byte-level BPE vocabulary needs all 256");
+  int32_t priority = 0;
+  for (const auto& [left, right, merged] : in.merges) {
+    for (int32_t id : {left, right, merged}) bad_id(id, "merge " + std::to_string(priority));
+    v.merges.emplace(pair_key(left, right), Merge{priority++, merged});  // first wins
+  }
+  v.tokens = std::move(in.tokens);
+  v.added = std::move(in.added);
+  v.eot = in.eot;
+  v.split_patterns = std::move(in.split_patterns);
+  v.nfc = in.nfc;
+  v.piece_lookup = in.piece_lookup;
+  return BPETokenizer(std::make_shared<const Impl>(std::move(v)));
 }
 
-BPETokenizer BPETokenizer::from_tiktoken_file(const std::string& path) {
-  return BPETokenizer(std::make_shared<const Impl>(load_tiktoken(path)));
+BPETokenizer BPETokenizer::from_gpt2_files(const std::string& encoder_json, const std::string& vocab_bpe) {
+  return from_vocab(load_gpt2_files(encoder_json, vocab_bpe));
 }
+
+BPETokenizer BPETokenizer::from_tiktoken_file(const std::string& path) { return from_vocab(load_tiktoken_file(path)); }
 
 BPETokenizer BPETokenizer::from_path(const std::string& path) {
   std::error_code ec;
@@ -404,11 +359,11 @@ std::vector<int64_t> BPETokenizer::encode(std::string_view text) const {
   std::vector<int64_t> out;
   out.reserve(text.size() / 3);
   for (size_t pos = 0;;) {
-    const size_t special = text.find(kEndOfText, pos);
-    impl_->encode_ordinary(text.substr(pos, special == std::string_view::npos ? special : special - pos), out);
-    if (special == std::string_view::npos) break;
-    out.push_back(impl_->vocab.eot);
-    pos = special + kEndOfText.size();
+    const auto [at, id] = impl_->find_added(text, pos);
+    impl_->encode_ordinary(text.substr(pos, at == std::string_view::npos ? at : at - pos), out);
+    if (at == std::string_view::npos) break;
+    out.push_back(id);
+    pos = at + impl_->vocab.tokens[id].size();
   }
   return out;
 }

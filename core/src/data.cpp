@@ -55,7 +55,7 @@ std::shared_ptr<TokenDataset> make_memory_dataset(std::vector<int64_t> tokens, s
 const Schema& data_schema() {
   static const Schema s = {
       {"path", ParamType::String, "", "text file to train on, builtin:arithmetic (a generated corpus), or task = worked examples of the experiment's task section"},
-      {"tokenizer", ParamType::String, "char", "char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file"},
+      {"tokenizer", ParamType::String, "char", "char, gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder holding one (a Hugging Face model or run folder) or GPT-2's encoder.json + vocab.bpe"},
       {"seq_len", ParamType::Int, "256", "tokens per training sequence", {}, 1},
       {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation", {}, 0.0001, 0.9},
       {"download", ParamType::String, "\"\"", "URL fetched to data.path when the file is missing"},
@@ -134,7 +134,7 @@ DataSplits load_data(const Params& data, const std::string& base_dir, std::share
     out.tokenizer = tokenizer;
   } else {
     const std::string& tk = data.get_string("tokenizer");
-    out.tokenizer = tk == "char" ? make_char_tokenizer(text) : make_bpe_tokenizer(tk);
+    out.tokenizer = tk == "char" ? make_char_tokenizer(text) : load_tokenizer(tk);
   }
   std::vector<int64_t> ids = out.tokenizer->encode(text);
   const int64_t n = static_cast<int64_t>(ids.size());

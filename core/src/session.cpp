@@ -109,7 +109,8 @@ std::string RunSetup::describe() const {
 
 std::shared_ptr<Tokenizer> checkpoint_tokenizer(const Metadata& metadata, const std::string& file) {
   try {
-    return tokenizer_from_json(checkpoint_entry(metadata, "tokenizer", file));
+    // A tokenizer file it names (an imported model's tokenizer.json) may sit beside the checkpoint.
+    return tokenizer_from_json(checkpoint_entry(metadata, "tokenizer", file), fs::path(file).parent_path().string());
   } catch (const Error& e) {
     if (std::string(e.what()).rfind("checkpoint ", 0) == 0) throw;
     throw Error("checkpoint " + file + ": metadata 'tokenizer': " + e.what());

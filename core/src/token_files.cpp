@@ -35,22 +35,25 @@ namespace linearnexus {
 
 namespace {
 
-bool printable_ascii(char c) { return c > 0x20 && c < 0x7f; }
+bool ascii_alnum(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
 // Where a chunk of text may end so that encoding the pieces separately gives the same ids as the
-// whole: right after a lone "\n" that sits between two printable ASCII characters. No GPT-2
-// pre-token spans such a boundary, and the "\n" is a pre-token of its own either way. Returns 0 when
-// `text` has no such place (the caller then reads more).
+// whole: right after a "\n" that sits between two ASCII letters or digits. No pre-token of GPT-2's,
+// Llama-3's or Qwen2's regex spans such a boundary (Llama-3's and Qwen2's join punctuation to the
+// newlines after it, hence letters and digits only), the "\n" is a pre-token of its own, and NFC
+// never joins across it. Returns 0 when `text` has no such place (the caller then reads more).
 size_t safe_split(const std::string& text) {
   for (size_t p = text.size() - 1; p >= 2; --p)
-    if (text[p - 1] == '\n' && printable_ascii(text[p - 2]) && printable_ascii(text[p])) return p;
+    if (text[p - 1] == '\n' && ascii_alnum(text[p - 2]) && ascii_alnum(text[p])) return p;
   return 0;
 }
 
-// Reads the inputs as a sequence of chunks of about chunk_bytes that end at safe places.
+// Reads the inputs as a sequence of chunks of about chunk_bytes that end at safe places, or (for a
+// tokenizer that cannot be fed chunks: Tokenizer::chunks_at_newlines) one chunk per input file.
 class ChunkReader {
  public:
-  ChunkReader(const std::vector<std::string>& inputs, int64_t chunk_bytes) : inputs_(inputs), chunk_(chunk_bytes) {}
+  ChunkReader(const std::vector<std::string>& inputs, int64_t chunk_bytes, bool split_files)
+      : inputs_(inputs), chunk_(chunk_bytes), split_files_(split_files) {}
   // The next chunk; *doc_end is set when it is the last chunk of an input file. False at the end.
   bool next(std::string* out, bool* doc_end) {
     while (true) {
@@ -65,7 +68,7 @@ class ChunkReader {
       bytes_ += static_cast<int64_t>(buf.size());
       carry_ += buf;
       if (!in_.eof()) {
-        const size_t cut = carry_.size() > 2 ? safe_split(carry_) : 0;
+        const size_t cut = split_files_ && carry_.size() > 2 ? safe_split(carry_) : 0;
         if (cut == 0) continue;  // no safe place yet: keep reading
         *out = carry_.substr(0, cut);
         carry_.erase(0, cut);
@@ -85,6 +88,7 @@ class ChunkReader {
  private:
   const std::vector<std::string>& inputs_;
   int64_t chunk_;
+  bool split_files_;
   size_t file_ = 0;
   std::ifstream in_;
   std::string carry_;
@@ -128,7 +132,7 @@ void progress_line(int64_t done, int64_t total, double seconds, int64_t tokens, 
 }
 
 std::shared_ptr<Tokenizer> tokenizer_for_inputs(const PrepareOptions& o) {
-  if (o.tokenizer != "char") return make_bpe_tokenizer(o.tokenizer);
+  if (o.tokenizer != "char") return load_tokenizer(o.tokenizer);
   // The character vocabulary is every byte the inputs hold: one streaming pass to find them.
   std::array<bool, 256> seen{};
   std::string buf(1 << 20, '\0');
@@ -325,7 +329,7 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
   fs::remove(dir / "meta.json", ec);
 
   TokenWriter writer(train_file, width);
-  ChunkReader reader(o.inputs, o.chunk_bytes);
+  ChunkReader reader(o.inputs, o.chunk_bytes, tok->chunks_at_newlines());
   const unsigned workers = std::max(2u, std::thread::hardware_concurrency());
   auto last_print = std::chrono::steady_clock::now();
   int64_t tokens = 0;
@@ -396,7 +400,7 @@ DataSplits load_prepared(const std::string& dir) {
   const PreparedMeta meta = parse_prepared_meta(text.str(), meta_path);
   DataSplits out;
   try {
-    out.tokenizer = tokenizer_from_json(meta.tokenizer_json);
+    out.tokenizer = tokenizer_from_json(meta.tokenizer_json, dir);
   } catch (const Error& e) {
     throw Error("prepared data: " + meta_path + ": 'tokenizer': " + e.what());
   }

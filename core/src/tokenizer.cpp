@@ -1,4 +1,5 @@
-// Tokenizers: the character vocabulary, the GPT-2 BPE adapter, and reading a saved one back.
+// Tokenizers: the character vocabulary, the byte-level BPE adapter (GPT-2 files, tiktoken, Hugging
+// Face tokenizer.json), choosing one from a data.tokenizer value, and reading a saved one back.
 #include "linearnexus/tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -10,7 +11,10 @@
 
 #include "linearnexus/bpe_tokenizer.h"
 #include "linearnexus/error.h"
+#include "bpe_files.h"
+#include "hf_tokenizer.h"
 #include "json_limits.h"
+#include "sentencepiece_tokenizer.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -58,20 +62,70 @@ class CharTokenizer : public Tokenizer {
   std::array<int64_t, 256> ids_;
 };
 
+// kind "gpt2" (GPT-2's files or a .tiktoken file; saved as {kind, spec}) or "hf" (a tokenizer.json;
+// saved as {kind, path}).
 class BPEAdapter : public Tokenizer {
  public:
-  BPEAdapter(BPETokenizer bpe, std::string spec) : bpe_(std::move(bpe)), spec_(std::move(spec)) {}
+  BPEAdapter(BPETokenizer bpe, std::string kind, std::string path, std::string chat_template = "")
+      : bpe_(std::move(bpe)), kind_(std::move(kind)), path_(std::move(path)), chat_template_(std::move(chat_template)) {}
   std::vector<int64_t> encode(std::string_view text) const override { return bpe_.encode(text); }
   std::string decode(const std::vector<int64_t>& ids) const override { return bpe_.decode(ids); }
   int64_t vocab_size() const override { return bpe_.vocab_size(); }
-  std::string kind() const override { return "gpt2"; }
-  std::string to_json() const override { return json{{"kind", "gpt2"}, {"spec", spec_}}.dump(); }
+  std::string kind() const override { return kind_; }
+  std::string to_json() const override { return json{{"kind", kind_}, {kind_ == "gpt2" ? "spec" : "path", path_}}.dump(); }
   int64_t eos_id() const override { return bpe_.eot_id(); }
+  std::string chat_template() const override { return chat_template_; }
 
  private:
   BPETokenizer bpe_;
-  std::string spec_;
+  std::string kind_, path_, chat_template_;
 };
+
+std::shared_ptr<Tokenizer> load_gpt2_kind(const std::string& path) {
+  return std::make_shared<BPEAdapter>(BPETokenizer::from_path(path), "gpt2", fs::absolute(path).string());
+}
+
+std::shared_ptr<Tokenizer> load_hf_json(const std::string& path) {
+  const std::string abs = fs::absolute(path).lexically_normal().string();
+  const HFTokenizerConfig config = read_hf_tokenizer_config(fs::path(abs).parent_path().string());
+  return std::make_shared<BPEAdapter>(BPETokenizer::from_vocab(read_hf_tokenizer_json(abs, config.eos_token)), "hf", abs,
+                                      config.chat_template);
+}
+
+std::shared_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
+  const std::string abs = fs::absolute(path).lexically_normal().string();
+  return make_sentencepiece_tokenizer(abs, read_hf_tokenizer_config(fs::path(abs).parent_path().string()).chat_template);
+}
+
+// A .json file: a Hugging Face tokenizer.json (it has "model"), or the {"kind": ...} a LinearNexus
+// run saved as its tokenizer.json.
+std::shared_ptr<Tokenizer> load_json_file(const std::string& path) {
+  // A saved one is a few hundred bytes; a tokenizer.json of any use is larger than that, and is
+  // parsed (once) by its reader, which also names the file when it is not valid JSON.
+  std::error_code ec;
+  if (fs::file_size(path, ec) < 4096) {
+    const std::string text = read_tokenizer_file(path, "tokenizer file");
+    json j;
+    try {
+      j = parse_json_limited(text, 8);
+    } catch (const std::exception& e) {
+      throw Error("tokenizer: '" + path + "' is not valid JSON (" + std::string(e.what()) + ")");
+    }
+    if (j.is_object() && j.contains("kind") && !j.contains("model")) return tokenizer_from_json(text, fs::path(path).parent_path().string());
+  }
+  return load_hf_json(path);
+}
+
+// A tokenizer file named in a saved tokenizer: relative to base_dir, and an absolute one that is
+// gone looked for there too (a run or prepared folder that was moved or copied elsewhere).
+std::string saved_path(const std::string& path, const std::string& base_dir) {
+  std::error_code ec;
+  if (base_dir.empty()) return path;
+  const fs::path p(path);
+  if (p.is_relative()) return (fs::path(base_dir) / p).string();
+  if (!fs::exists(p, ec) && fs::exists(fs::path(base_dir) / p.filename(), ec)) return (fs::path(base_dir) / p.filename()).string();
+  return path;
+}
 
 }  // namespace
 
@@ -84,19 +138,40 @@ std::shared_ptr<Tokenizer> make_char_tokenizer(std::string_view corpus) {
   return std::make_shared<CharTokenizer>(std::move(chars));
 }
 
-std::shared_ptr<Tokenizer> make_bpe_tokenizer(const std::string& spec) {
-  std::string path = spec;
+std::shared_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "gpt2") {
     const char* dir = std::getenv("LINEARNEXUS_TOKENIZER_DIR");
     if (!dir)
       throw Error("tokenizer gpt2: set LINEARNEXUS_TOKENIZER_DIR to a folder holding encoder.json and vocab.bpe "
                   "(or name that folder or a .tiktoken file instead of gpt2)");
-    path = dir;
+    return load_gpt2_kind(dir);
   }
-  return std::make_shared<BPEAdapter>(BPETokenizer::from_path(path), fs::absolute(path).string());
+  std::error_code ec;
+  const fs::path p(spec);
+  if (fs::is_directory(p, ec)) {
+    const fs::path json_file = p / "tokenizer.json", model_file = p / "tokenizer.model";
+    if (fs::is_regular_file(json_file, ec)) {
+      try {
+        return load_json_file(json_file.string());
+      } catch (const Error&) {
+        // A Llama-2-style tokenizer.json (SentencePiece BPE) is not read; its tokenizer.model is.
+        if (!fs::is_regular_file(model_file, ec)) throw;
+      }
+    }
+    if (fs::is_regular_file(model_file, ec)) return load_sentencepiece(model_file.string());
+    if (fs::exists(p / "encoder.json", ec)) return load_gpt2_kind(spec);
+    throw Error("tokenizer: folder '" + spec + "' holds no tokenizer.json, tokenizer.model, or encoder.json + vocab.bpe");
+  }
+  if (!fs::is_regular_file(p, ec))
+    throw Error("tokenizer: '" + spec + "' does not exist; give char, gpt2, a tokenizer.json, tokenizer.model or "
+                ".tiktoken file, or a folder holding one (a Hugging Face model or run folder)");
+  if (p.extension() == ".tiktoken") return load_gpt2_kind(spec);
+  if (p.extension() == ".model") return load_sentencepiece(spec);
+  if (p.extension() == ".json") return load_json_file(spec);
+  throw Error("tokenizer: '" + spec + "' is not a tokenizer.json, tokenizer.model or .tiktoken file");
 }
 
-std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
+std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text, const std::string& base_dir) {
   // Saved tokenizers come from checkpoints and meta.json files, which may be corrupt or hostile:
   // every field is checked here, so no JSON exception escapes as the whole message.
   json j;
@@ -124,9 +199,15 @@ std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text) {
     if (chars.empty()) throw Error("the saved char tokenizer has no bytes list; the file holding it is corrupt or edited");
     return std::make_shared<CharTokenizer>(std::move(chars));
   }
-  if (kind == "gpt2" && field("spec").is_string()) return make_bpe_tokenizer(field("spec").get<std::string>());
-  throw Error("the saved tokenizer is neither {kind: char, bytes: [...]} nor {kind: gpt2, spec: PATH} (kind " +
-              kind.dump() + "); the file holding it is corrupt or edited");
+  if (kind == "gpt2" && field("spec").is_string()) {
+    const std::string spec = field("spec").get<std::string>();
+    return spec == "gpt2" ? load_tokenizer(spec) : load_gpt2_kind(saved_path(spec, base_dir));
+  }
+  if (kind == "hf" && field("path").is_string()) return load_hf_json(saved_path(field("path").get<std::string>(), base_dir));
+  if (kind == "sentencepiece" && field("path").is_string())
+    return load_sentencepiece(saved_path(field("path").get<std::string>(), base_dir));
+  throw Error("the saved tokenizer is none of {kind: char, bytes: [...]}, {kind: gpt2, spec: PATH}, {kind: hf, path: "
+              "PATH}, {kind: sentencepiece, path: PATH} (kind " + kind.dump() + "); the file holding it is corrupt or edited");
 }
 
 }  // namespace linearnexus

@@ -168,7 +168,8 @@ std::string json_escape(const std::string& s) {
   return o;
 }
 
-// Seeds come in pairs joined by a separator line: encoder.json, vocab.bpe; or one .tiktoken file.
+// Seeds come in pairs joined by a separator line: encoder.json, vocab.bpe; or one .tiktoken file; or
+// one Hugging Face tokenizer.json (Split regex, NFC, added token, both merges forms).
 const std::string kSplit = "\n=====\n";
 
 std::vector<std::string> bpe_seeds() {
@@ -181,13 +182,29 @@ std::vector<std::string> bpe_seeds() {
   for (int b = 0; b < 256; ++b)
     tik += std::string{b64[b >> 2], b64[(b & 3) << 4], '=', '='} + " " + std::to_string(b) + "\n";
   tik += "dGg= 256\ndGhl 257\n";  // "th", "the"
-  return {enc + kSplit + merges, "TIKTOKEN" + kSplit + tik};
+  std::string vocab = "{";
+  for (int b = 0; b < 256; ++b) vocab += "\"" + json_escape(byte_token(b)) + "\": " + std::to_string(b) + ", ";
+  vocab += "\"th\": 256, \"the\": 257}";
+  const std::string hf =
+      R"({"added_tokens": [{"id": 258, "content": "<|im_end|>", "special": true}], "normalizer": {"type": "NFC"},
+ "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}| ?\\p{L}+|\\s+"},
+ "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
+ "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "ignore_merges": true, "merges": ["t h", ["th", "e"]], "vocab": )" +
+      vocab + "}}";
+  return {enc + kSplit + merges, "TIKTOKEN" + kSplit + tik, "HFJSON" + kSplit + hf};
 }
 
 void run_bpe(const std::string& in, const fs::path& dir) {
   const size_t cut = in.find(kSplit);
   const std::string a = in.substr(0, cut), b = cut == std::string::npos ? "" : in.substr(cut + kSplit.size());
   std::string path;
+  if (a == "HFJSON") {
+    path = (dir / "tokenizer.json").string();
+    std::ofstream(path, std::ios::binary) << b;
+    auto tok = linearnexus::load_tokenizer(path);
+    tok->decode(tok->encode("the theme, <|im_end|> \xff\xfe 123 thethe caf\x65\xcc\x81\n"));
+    return;
+  }
   if (a == "TIKTOKEN") {
     path = (dir / "r.tiktoken").string();
     std::ofstream(path, std::ios::binary) << b;

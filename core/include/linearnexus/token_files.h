@@ -13,7 +13,7 @@ namespace linearnexus {
 // read just their windows of the shards (never the whole file into memory).
 struct PrepareOptions {
   std::vector<std::string> inputs;  // text files; each is one document (GPT-2: <|endoftext|> between)
-  std::string tokenizer = "gpt2";   // char, gpt2, a folder with encoder.json + vocab.bpe, or a .tiktoken file
+  std::string tokenizer = "gpt2";   // char, or what load_tokenizer reads (tokenizer.h)
   std::string out_dir;
   double val_fraction = 0.005;      // the last tokens go to val.bin
   int64_t chunk_bytes = 1 << 20;    // text encoded per task; two tasks run at once
