@@ -10,9 +10,9 @@
 #include "linearnexus/tokenizer.h"
 #include "test_util.h"
 
-using linearnexus::Error;
 using linearnexus::load_tokenizer;
 using linearnexus::Tokenizer;
+using lntest::error_of;
 using lntest::TempDir;
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -26,16 +26,6 @@ std::string fixture(const std::string& rel) {
 json read_json(const std::string& path) { return json::parse(lntest::read_text(path)); }
 
 void write_json(const std::string& path, const json& j) { lntest::write_text(path, j.dump()); }
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // Every case of DIR/expected.json: the ids `tokenizers` gave, its decoding, and (where decoding
 // gives the text back there: not for text NFC changes) decode(encode(text)) == text.

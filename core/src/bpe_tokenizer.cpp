@@ -256,32 +256,35 @@ struct BPETokenizer::Impl {
 
   // Normalization, regex pre-tokenization and BPE of a span with no added tokens.
   void encode_ordinary(std::string_view text, std::vector<int64_t>& out) const {
+    if (text.empty()) return;
+    // One ovector pair is all split() reads; it copies the match out before recursing, so every
+    // level shares this one.
+    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(pcre2_match_data_create(1, nullptr),
+                                                                            &pcre2_match_data_free);
+    if (!md) throw std::bad_alloc();
 #ifdef LINEARNEXUS_HAVE_ICU
-    if (vocab.nfc && !text.empty()) {
+    if (vocab.nfc) {
       const std::string normalized = nfc_normalize(text);
-      split(normalized, 0, out);
+      split(normalized, 0, md.get(), out);
       return;
     }
 #endif
-    split(text, 0, out);
+    split(text, 0, md.get(), out);
   }
 
   // Cuts `text` with regexes[level] (the matches and the gaps between them are pieces, Hugging
   // Face's "Isolated" split) and passes each piece on to the next regex, or to BPE after the last.
-  void split(std::string_view text, size_t level, std::vector<int64_t>& out) const {
+  void split(std::string_view text, size_t level, pcre2_match_data* md, std::vector<int64_t>& out) const {
     if (text.empty()) return;
     if (level == regexes.size()) return encode_piece(text, out);
     const pcre2_code* regex = regexes[level].get();
-    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
-        pcre2_match_data_create_from_pattern(regex, nullptr), &pcre2_match_data_free);
-    if (!md) throw std::bad_alloc();
     const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     size_t pos = 0;
     while (pos < text.size()) {
-      const int rc = pcre2_match(regex, subject, text.size(), pos, PCRE2_NOTEMPTY, md.get(), nullptr);
+      const int rc = pcre2_match(regex, subject, text.size(), pos, PCRE2_NOTEMPTY, md, nullptr);
       size_t start = text.size(), end = text.size();
       if (rc >= 0) {
-        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
         start = ov[0];
         end = ov[1];
       } else if (rc != PCRE2_ERROR_NOMATCH) {
@@ -291,8 +294,8 @@ struct BPETokenizer::Impl {
       }
       // A gap before the match (or the end) is a piece too: text a Split regex does not cover
       // (Digits' non-digits), or invalid UTF-8, which no pattern item matches.
-      if (start > pos) split(text.substr(pos, start - pos), level + 1, out);
-      if (end > start) split(text.substr(start, end - start), level + 1, out);
+      if (start > pos) split(text.substr(pos, start - pos), level + 1, md, out);
+      if (end > start) split(text.substr(start, end - start), level + 1, md, out);
       pos = end;  // PCRE2_NOTEMPTY: a match is never empty, so this always advances
     }
   }
