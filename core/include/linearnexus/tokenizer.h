@@ -15,7 +15,7 @@ class Tokenizer {
   // Raw bytes; may end inside a UTF-8 character when the ids split one.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
-  virtual std::string kind() const = 0;  // "char", "gpt2"
+  virtual std::string kind() const = 0;  // "char", "gpt2", "ids"
   virtual std::string to_json() const = 0;
   virtual int64_t eos_id() const { return -1; }
 };
@@ -25,6 +25,10 @@ std::shared_ptr<Tokenizer> make_char_tokenizer(std::string_view corpus);
 // "gpt2" (files from $LINEARNEXUS_TOKENIZER_DIR), a folder with encoder.json + vocab.bpe, or a
 // .tiktoken file.
 std::shared_ptr<Tokenizer> make_bpe_tokenizer(const std::string& spec);
+// A vocabulary of `vocab_size` ids without a text mapping: a model imported without a tokenizer
+// this build reads (`convert hf-import --no-tokenizer`). Token ids work (`eval --ids`); encode and
+// decode throw Error(`why`), which says what to do.
+std::shared_ptr<Tokenizer> make_ids_only_tokenizer(int64_t vocab_size, const std::string& why);
 // Inverse of Tokenizer::to_json.
 std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& json);
 
