@@ -195,6 +195,20 @@ TEST_CASE("hf-import: bad folders get one error naming the file and the tensor o
     const std::string e = import_error(d);
     CHECK_CONTAINS(e, "model.safetensors: tensor 'model.layers.0.self_attn.q_norm.weight' is not part of LlamaForCausalLM");
   }
+  SECTION("bf16 weights import as fp32 master weights (widened exactly)") {
+    const std::string d = variant("_bf16");
+    edit_tensors(d, [](TensorMap& m) {
+      for (auto& [k, v] : m) v = v.to(at::kBFloat16);
+    });
+    hf_import(d, t / "bf16_run", host);
+    const auto ours = model_tensors_of(t / "bf16_run");
+    const auto hf = load_safetensors(d + "/model.safetensors").tensors;
+    CHECK(ours.at("model.wte.weight").scalar_type() == at::kFloat);
+    CHECK(ours.at("model.wte.weight").equal(hf.at("model.embed_tokens.weight").to(at::kFloat)));
+    CHECK(ours.at("model.blocks.1.mlp.down.weight").equal(hf.at("model.layers.1.mlp.down_proj.weight").to(at::kFloat)));
+    const json record = json::parse(lntest::read_text(t / "bf16_run/hf_import.json"));
+    CHECK(record["source_dtypes"] == json({"BFloat16"}));
+  }
   SECTION("sharded checkpoints import; a missing shard is named with the index") {
     const std::string d = variant("_sharded");
     auto all = load_safetensors(d + "/model.safetensors").tensors;

@@ -119,6 +119,7 @@ class DeltaNetBlock : public Block {
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     roles["qkv.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
     roles["ba.weight"] = ParamRole::Other;
     if (Kc_ > 0) roles["conv_weight"] = ParamRole::Conv;

@@ -88,6 +88,7 @@ class GLABlock : public Block {
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     roles["qkvg.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
     roles["gk1.weight"] = roles["gk2.weight"] = ParamRole::Other;
     roles["gk2.bias"] = ParamRole::SsmDynamics;

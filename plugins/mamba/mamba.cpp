@@ -163,6 +163,7 @@ class MambaBlock : public Block {
         {"dt_proj.weight", ParamRole::Other},    {"dt_proj.bias", ParamRole::SsmDynamics},
         {"A_log", ParamRole::Other},             {"D", ParamRole::SsmDynamics},
         {"out_proj.weight", ParamRole::Matrix}};
+    declare_roles(r, *norm_, "norm.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
     if (in_proj_->bias.defined()) r["in_proj.bias"] = r["out_proj.bias"] = ParamRole::Bias;
     return r;

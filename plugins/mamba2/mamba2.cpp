@@ -125,6 +125,7 @@ class Mamba2Block : public Block {
         {"dt_bias", ParamRole::SsmDynamics},    {"A_log", ParamRole::SsmDynamics},
         {"D", ParamRole::SsmDynamics},          {"gnorm.weight", ParamRole::Norm},
         {"out_proj.weight", ParamRole::Matrix}};
+    declare_roles(r, *norm_, "norm.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
     return r;
   }

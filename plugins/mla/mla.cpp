@@ -133,6 +133,7 @@ class MLABlock : public Block {
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["kv_norm.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     for (const char* w : {"kv_down.weight", "kv_up.weight", "o_proj.weight"}) roles[w] = ParamRole::Matrix;
     if (dq_ > 0) {
       roles["q_down.weight"] = roles["q_up.weight"] = ParamRole::Matrix;
