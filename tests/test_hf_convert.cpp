@@ -244,7 +244,7 @@ TEST_CASE("hf-import: bad folders get one error naming the file and the tensor o
     CHECK(lntest::read_text(t / "no_tok/tokenizer.json") == lntest::read_text(d + "/tokenizer.json"));
     const json record = json::parse(lntest::read_text(t / "no_tok/hf_import.json"));
     CHECK(record["architecture"] == "LlamaForCausalLM");
-    CHECK(record["tokenizer_files"] == json({"tokenizer.json", "tokenizer_config.json"}));
+    CHECK(record["tokenizer_files"] == json({"tokenizer.json", "tokenizer_config.json", "generation_config.json"}));
     LoadedModel lm = load_model_from_checkpoint(t / "no_tok", host);
     CHECK(lm.tokenizer->kind() == "ids");
     CHECK_CONTAINS(error_of([&] { lm.tokenizer->encode("hello"); }), "pass token ids (eval --ids)");
