@@ -52,9 +52,9 @@ void check_bit_equal(const TensorMap& a, const TensorMap& b) {
 
 // A run folder holding a random model of `model_yaml` (every weight redrawn, so biases and norms are
 // not their constant init), as a training run would write it.
-std::string native_run(PluginHost& host, const std::string& model_yaml, const TempDir& t, const std::string& name) {
+std::string native_run(PluginHost& host, const std::string& model_yaml, const TempDir& t, const std::string& name,
+                       std::shared_ptr<Tokenizer> tok = make_char_tokenizer("abcdefghijklmnopqrstuvwxyz .,\n")) {
   Experiment e = lntest::parse("data: {path: x}\nmodel: " + model_yaml + "\n", host);
-  auto tok = make_char_tokenizer("abcdefghijklmnopqrstuvwxyz .,\n");
   LMModel model(e.model_config(tok->vocab_size()), host.registry());
   {
     torch::NoGradGuard g;
@@ -269,6 +269,22 @@ TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key",
   const std::string hybrid = native_run(host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba, attention]}",
                                         t, "hybrid");
   CHECK_CONTAINS(error_of([&] { hf_export(hybrid, t / "out2", host); }), "model.block_pattern holds blocks other than");
+
+  // eval --text scores the text in the run's tokenizer; windows restart the context.
+  lntest::write_text(t / "text.txt", "the cat sat on the mat.\nthe dog sat too.");
+  auto r = lntest::run_cli("eval --checkpoint " + run + " --text " + (t / "text.txt") + " --per-token");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const json out = json::parse(r.out);
+  LoadedModel lm = load_model_from_checkpoint(run, host);
+  const auto ids = lm.tokenizer->encode(lntest::read_text(t / "text.txt"));
+  CHECK(out["ids"].get<std::vector<int64_t>>() == ids);
+  const TokenScores full = score_tokens(*lm.model, ids);
+  CHECK(out["mean_nll"].get<double>() == Approx(full.mean_nll()).epsilon(1e-12));
+  const TokenScores windows = score_tokens(*lm.model, ids, 8);
+  REQUIRE(windows.logprobs.size() == ids.size() - 1);
+  for (size_t k = 0; k < 8; ++k) CHECK(windows.logprobs[k] == Approx(full.logprobs[k]).margin(1e-5));  // the same context
+  CHECK(windows.logprobs[8] != Approx(full.logprobs[8]).margin(1e-5));  // the second window starts afresh
 }
 
 TEST_CASE("eval and convert on the command line; preset: init_from takes an imported model's shape", "[hf][cli]") {
@@ -311,4 +327,41 @@ TEST_CASE("eval and convert on the command line; preset: init_from takes an impo
   CHECK(e.model.get_string("preset").empty());  // resolved: the run's config stands alone
   CHECK_CONTAINS(error_of([&] { load_experiment(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml", {}, host); }),
                  "preset init_from takes the model of trainer.init_from, which is not set");
+}
+
+TEST_CASE("a GPT-2 BPE run exported and imported keeps its tokenizer, and SFT starts from it (init_from)", "[hf]") {
+  const std::string gpt2 = lntest::shared_data("gpt2");
+  if (gpt2.empty()) {
+    WARN("SKIPPED: needs ../shared/data/gpt2 (encoder.json + vocab.bpe)");
+    return;
+  }
+  PluginHost host;
+  TempDir t;
+  auto bpe = make_bpe_tokenizer(gpt2);
+  const std::string run = native_run(host,
+                                     "{hidden_size: 16, n_layer: 1, max_seq_len: 32, norm: layernorm, positions: learned, "
+                                     "block_pattern: [attention], blocks: {attention: {n_head: 2, rope: false, mlp: gelu, "
+                                     "qkv_bias: true, proj_bias: true, mlp_bias: true}}}",
+                                     t, "bpe", bpe);
+  hf_export(run, t / "bpe_hf", host);
+  CHECK(lntest::read_text(t / "bpe_hf/vocab.json") == lntest::read_text(gpt2 + "/encoder.json"));
+  hf_import(t / "bpe_hf", t / "imported", host);
+  LoadedModel lm = load_model_from_checkpoint(t / "imported", host);
+  REQUIRE(lm.tokenizer->kind() == "gpt2");
+  const std::string text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+  CHECK(lm.tokenizer->encode(text) == bpe->encode(text));
+
+  std::string corpus;
+  for (int i = 0; i < 60; ++i) corpus += text;  // ~1000 tokens: 5% of them still fill a validation window
+  lntest::write_text(t / "corpus.txt", corpus);
+  lntest::train_experiment(lntest::read_text(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml"),
+                           {"trainer.init_from=" + (t / "imported"), "data.path=" + (t / "corpus.txt"), "data.seq_len=16",
+                            "trainer.max_steps=1", "trainer.batch_size=2", "trainer.grad_accum=1", "trainer.eval_batches=1",
+                            "trainer.out_dir=" + (t / "ft"), "optimizer.lr=1e-4", "schedule.warmup_steps=0"});
+  // One small step from the imported weights (a fresh initialisation would be ~0.2 away).
+  const auto before = model_tensors_of(t / "imported"), after = model_tensors_of(t / "ft");
+  const double moved = (after.at("model.wte.weight") - before.at("model.wte.weight")).abs().max().item<double>();
+  CHECK(moved > 0);
+  CHECK(moved < 1e-2);
+  CHECK(load_model_from_checkpoint(t / "ft", host).tokenizer->kind() == "gpt2");
 }

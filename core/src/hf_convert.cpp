@@ -171,6 +171,18 @@ std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::pa
   if (!has_tokenizer)
     return make_ids_only_tokenizer(vocab_size, "the model in " + run + " was imported from " + hf_dir.string() +
                                                    ", which has no tokenizer files: pass token ids (eval --ids)");
+  // GPT-2's slow tokenizer (vocab.json + merges.txt, no tokenizer.json) is GPT-2's own release under
+  // other names (hf-export writes it so): the core's GPT-2 BPE reads it, given those names too.
+  if (fs::exists(out / "vocab.json") && fs::exists(out / "merges.txt") && !fs::exists(out / "tokenizer.json") &&
+      fs::exists(out / "tokenizer_config.json")) {
+    const json cfg = read_json(out / "tokenizer_config.json");
+    const std::string cls = cfg.is_object() && cfg.contains("tokenizer_class") && cfg.at("tokenizer_class").is_string()
+                                ? cfg.at("tokenizer_class").get<std::string>() : "";
+    if (cls == "GPT2Tokenizer" || cls == "GPT2TokenizerFast") {
+      copy_atomically(out / "vocab.json", out / "encoder.json");
+      copy_atomically(out / "merges.txt", out / "vocab.bpe");
+    }
+  }
   try {
     return make_bpe_tokenizer(run);
   } catch (const Error& e) {
