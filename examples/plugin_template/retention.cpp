@@ -72,8 +72,7 @@ class RetentionBlock : public Block {
   // What each parameter is to the optimizers (Muon orthogonalises matrices; weight decay skips norms).
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();  // ln2: norm, mlp: matrix
-    roles["ln1.weight"] = ParamRole::Norm;
-    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // weight, and bias under model.norm: layernorm
     roles["qkvg.weight"] = roles["proj.weight"] = ParamRole::Matrix;
     return roles;
   }
