@@ -73,10 +73,11 @@ void make_empty_folder(const std::string& dir) {
   if (ec) throw Error("cannot create '" + dir + "': " + ec.message());
 }
 
-std::string shape_text(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
+// "a, b, c" (with `sep`).
+std::string joined(const std::vector<std::string>& items, const std::string& sep = ", ") {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : sep) + item;
+  return out;
 }
 
 // A rule's names for layer i ("{i}" replaced); model-level rules have no "{i}" and one instance.
@@ -256,13 +257,13 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
           throw Error(hf_dir_text + ": tensor '" + hf_name + "' is missing (" + arch.name + " with this config.json needs it for " +
                       name + "); is the download complete and config.json the model's own?");
         parts.push_back(to_ours(it->second.value.to(at::kFloat), rule.layout));
-        sources += (sources.empty() ? "" : " + ") + ("'" + hf_name + "' " + shape_text(it->second.value.sizes()) + " in " + it->second.file);
+        sources += (sources.empty() ? "" : " + ") + ("'" + hf_name + "' " + c10::str(it->second.value.sizes()) + " in " + it->second.file);
         used.insert(hf_name);
       }
       at::Tensor t = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
       if (t.sizes() != want->second.sizes())
-        throw Error("tensor " + sources + " does not fit config.json: it makes " + name + " " + shape_text(t.sizes()) +
-                    " where " + shape_text(want->second.sizes()) + " is expected");
+        throw Error("tensor " + sources + " does not fit config.json: it makes " + name + " " + c10::str(t.sizes()) +
+                    " where " + c10::str(want->second.sizes()) + " is expected");
       ours["model." + name] = t;
     }
   }
@@ -295,15 +296,10 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
                        {"tokenizer", tokenizer->kind()}};
   write_file_atomically((fs::path(out_dir) / "hf_import.json").string(), record.dump(2) + "\n");
   cleanup.done = true;
-  std::string from;
-  for (const auto& d : dtypes) from += (from.empty() ? "" : "/") + d;
   return "imported " + arch.name + " from " + hf_dir_text + " into " + out_dir + ": " + std::to_string(model.num_parameters()) +
-         " parameters (" + from + " -> fp32), " + std::to_string(n_layer) + " layers, tokenizer " + tokenizer->kind() +
-         (tokenizer_files.empty() ? "" : " (files kept: " + [&] {
-           std::string s;
-           for (const auto& f : tokenizer_files) s += (s.empty() ? "" : ", ") + f;
-           return s;
-         }() + ")");
+         " parameters (" + joined({dtypes.begin(), dtypes.end()}, "/") + " -> fp32), " + std::to_string(n_layer) +
+         " layers, tokenizer " + tokenizer->kind() +
+         (tokenizer_files.empty() ? std::string() : " (files kept: " + joined(tokenizer_files) + ")");
 }
 
 // ---- export -----------------------------------------------------------------------------------
@@ -389,10 +385,8 @@ std::string hf_export(const std::string& run_dir, const std::string& out_dir, Pl
   write_file_atomically((out_path / "config.json").string(), arch.config_json(mc, ours).dump(2) + "\n");
   std::vector<std::string> tokenizer_files;
   export_tokenizer(lm, fs::is_directory(run_dir) ? fs::path(run_dir) : fs::path(run_dir).parent_path(), out_path, &tokenizer_files);
-  std::string files;
-  for (const auto& f : tokenizer_files) files += ", " + f;
   return "exported " + lm.file + " as " + arch.name + " to " + out_dir + ": config.json, model.safetensors (fp32, " +
-         std::to_string(out.size()) + " tensors)" + files;
+         std::to_string(out.size()) + " tensors)" + (tokenizer_files.empty() ? "" : ", " + joined(tokenizer_files));
 }
 
 }  // namespace linearnexus
