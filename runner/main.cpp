@@ -34,6 +34,8 @@
 #include "linearnexus/plugin_host.h"
 #include "linearnexus/session.h"
 #include "linearnexus/trainer.h"
+#include "model_commands.h"
+#include "plugin_errors.h"
 
 namespace fs = std::filesystem;
 using namespace linearnexus;
@@ -69,19 +71,6 @@ int free_local_port() {
 void fail_on_plugin_problems(const PluginHost& host) {
   if (!host.problems().empty())
     throw Error(host.problems().front().message + " (remove it from the plugin folder, or rebuild it)");
-}
-
-// An exception thrown by plugin code may carry the plugin's copy of its vtable (Error, or any
-// header-only exception type), which is unmapped once the PluginHost that keeps the plugin loaded is
-// gone; `body` runs while the host lives, and its errors are copied here (the runner's code, as one
-// line: LibTorch's without their backtrace) before they travel on to main's handler.
-template <class F>
-int with_plugin_errors_copied(F&& body) {
-  try {
-    return body();
-  } catch (const std::exception& e) {
-    throw Error(error_text(e));
-  }
 }
 
 // Print `n` samples of the experiment's sample section, streaming tokens as they come.
@@ -346,8 +335,8 @@ int cmd_docs() {
   std::string presets;
   for (const auto& p : preset_names()) presets += " `" + p + "`";
   section("`model`",
-          "The model: token embedding, `n_layer` blocks named by `block_pattern` (repeated to fill `n_layer`), final "
-          "RMSNorm, LM head. `blocks` maps a block name to that block's parameters (see Blocks below), e.g. "
+          "The model: token embedding (plus learned positions with `positions: learned`), `n_layer` blocks named by "
+          "`block_pattern` (repeated to fill `n_layer`), final norm (`norm`: RMSNorm or LayerNorm), LM head. `blocks` maps a block name to that block's parameters (see Blocks below), e.g. "
           "`blocks: {attention: {n_head: 4}}`. Presets:" + presets + ".",
           model_schema());
   section("`schedule`", "Learning-rate schedule: linear warmup, then decay to `min_lr` at `trainer.max_steps`.",
@@ -446,6 +435,8 @@ int main(int argc, char** argv) {
   prepare->add_flag("!--no-progress", prep.progress, "no progress bar");
   prepare->add_flag("--force", prep.force, "overwrite an output folder that is not empty");
 
+  ModelCommands model_commands(app);  // convert hf-import / hf-export, eval
+
   auto* docs = app.add_subcommand("docs", "print the YAML reference in Markdown (docs/config.md)");
   auto* presets = app.add_subcommand("presets", "list the model presets (model.preset / --model)");
 
@@ -471,6 +462,7 @@ int main(int argc, char** argv) {
     if (docs->parsed()) return cmd_docs();
     if (tokenize->parsed()) return cmd_tokenize(tokenizer_spec, decode);
     if (prepare->parsed()) return cmd_prepare(prep);
+    if (model_commands.parsed()) return model_commands.run();
     if (presets->parsed()) {
       for (const auto& p : preset_names()) std::cout << p << "\n";
       return 0;

@@ -257,6 +257,9 @@ TEST_CASE("runner: every shipped config validates, and each block plugin's sampl
                           "plugins/deltanet"}) {
     for (const auto& f : fs::directory_iterator(fs::path(LINEARNEXUS_SOURCE_DIR) / dir)) {
       if (f.path().extension() != ".yaml") continue;
+      // finetune_hf / grpo_hf start from an imported model: test_hf_convert.cpp validates them with one.
+      const std::string stem = f.path().stem().string();
+      if (stem.size() > 3 && stem.compare(stem.size() - 3, 3, "_hf") == 0) continue;
       INFO(f.path().string());
       auto v = run_cli("validate " + f.path().string());
       CHECK(v.code == 0);

@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "linearnexus/checkpoint.h"
 #include "linearnexus/data.h"
 #include "linearnexus/distributed.h"
 #include "linearnexus/error.h"
@@ -37,7 +38,9 @@ const Schema& top_schema() {
 }
 const Schema& model_schema() {
   static const Schema s = {
-      {"preset", ParamType::String, "\"\"", "a named model shape (fields here override it): see `linearnexus presets`"},
+      {"preset", ParamType::String, "\"\"",
+       "a named model shape (fields here override it): see `linearnexus presets`; init_from = the model section of "
+       "trainer.init_from's checkpoint (e.g. a model imported by `linearnexus convert hf-import`)"},
       {"vocab_size", ParamType::String, "auto", "vocabulary size, or auto = the tokenizer's"},
       {"hidden_size", ParamType::Int, "256", "model width C", {}, 1},
       {"n_layer", ParamType::Int, "4", "number of blocks", {}, 1},
@@ -45,6 +48,12 @@ const Schema& model_schema() {
       {"block_pattern", ParamType::StringList, "[attention]", "block names, repeated to fill n_layer"},
       {"tie_embeddings", ParamType::Bool, "true", "share the token embedding with the LM head"},
       {"dropout", ParamType::Float, "0.0", "dropout probability passed to every block", {}, 0, 1},
+      {"norm", ParamType::String, "rmsnorm", "the final norm and every block's pre-norms: rmsnorm, or layernorm (with a bias, GPT-2)",
+       {"rmsnorm", "layernorm"}},
+      {"norm_eps", ParamType::Float, "1e-5", "epsilon of those norms", {}, 0},
+      {"positions", ParamType::String, "none",
+       "learned = absolute position embeddings (max_seq_len rows) added to the token embeddings (GPT-2); none = the "
+       "blocks' own (RoPE)", {"none", "learned"}},
   };
   return s;
 }
@@ -173,6 +182,9 @@ ModelConfig Experiment::model_config(int64_t tokenizer_vocab_size) const {
   c.block_pattern = model.get_string_list("block_pattern");
   c.block_params = blocks;
   c.tie_embeddings = model.get_bool("tie_embeddings");
+  c.dims.norm = model.get_string("norm") == "layernorm" ? NormKind::LayerNorm : NormKind::RMSNorm;
+  c.dims.norm_eps = model.get_float("norm_eps");
+  c.learned_positions = model.get_string("positions") == "learned";
   return c;
 }
 
@@ -185,12 +197,33 @@ const std::vector<std::string> kSections = {"name",     "seed",      "device",  
 
 // The `model:` section: a preset's fields first, the file's on top; each block kind of the pattern
 // validated against its plugin's schema (defaults for kinds the file does not configure).
-void parse_model_section(const YAML::Node& model_node, const Source& src, const Registry& reg, Experiment& e) {
+// preset: init_from -> the model section of trainer.init_from's checkpoint, as YAML (a fine-tuning
+// file then fits any imported model).
+YAML::Node init_from_model(const YAML::Node& root, const YAML::Node& preset, const Source& src) {
+  YAML::Node trainer = root["trainer"];
+  const std::string init_from = trainer && trainer.IsMap() && trainer["init_from"] ? trainer["init_from"].Scalar() : "";
+  if (init_from.empty())
+    throw Error(src.at(preset, "model.preset") + ": preset init_from takes the model of trainer.init_from, which is not set; "
+                "add e.g. --set trainer.init_from=runs/imported");
+  const std::string file = resolve_checkpoint(init_from);
+  YAML::Node ckpt = load_yaml_text(checkpoint_entry(read_safetensors_metadata(file), "config", file), "checkpoint " + file);
+  if (!ckpt.IsMap() || !ckpt["model"] || !ckpt["model"].IsMap())
+    throw Error("checkpoint " + file + ": its config has no model section; the file is corrupt or edited");
+  YAML::Node m = YAML::Clone(ckpt["model"]);
+  m.remove("preset");
+  return m;
+}
+
+void parse_model_section(const YAML::Node& root, const Source& src, const Registry& reg, Experiment& e) {
   // The file's own node (not a clone: a clone loses the line numbers errors point at); the preset's
   // fields are merged into it.
+  const YAML::Node model_node = root["model"];
   YAML::Node model = model_node ? model_node : YAML::Node(YAML::NodeType::Map);
   if (!model.IsMap()) throw Error(src.at(model_node, "model") + ": 'model' must be a map");
-  if (model["preset"] && !model["preset"].Scalar().empty()) {
+  if (model["preset"] && model["preset"].Scalar() == "init_from") {
+    merge_under(model, init_from_model(root, model["preset"], src));
+    model["preset"] = "";  // resolved: the run's config holds the whole model, not a reference to another run
+  } else if (model["preset"] && !model["preset"].Scalar().empty()) {
     const std::string name = model["preset"].Scalar();
     auto it = presets().find(name);
     if (it == presets().end()) {
@@ -326,7 +359,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
 
   e.data = validate_section(root["data"], data_schema(), "data", src);
 
-  parse_model_section(root["model"], src, reg, e);
+  parse_model_section(root, src, reg, e);
 
   e.optimizer = parse_plugin_section(root, "optimizer", PluginKind::Optimizer, "adamw", {}, reg, src, &e.optimizer_name);
   e.schedule = validate_section(root["schedule"], schedule_schema(), "schedule", src);

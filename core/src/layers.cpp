@@ -1,4 +1,4 @@
-// Building blocks shared by block plugins (see layers.h): RMSNorm, the MLP, the residual MLP tail,
+// Building blocks shared by block plugins (see layers.h): RMSNorm and the model's Norm, the MLP, the residual MLP tail,
 // rotary embeddings, causal depthwise convolution and the standard initialisation.
 #include "linearnexus/layers.h"
 
@@ -17,6 +17,17 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
   return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
 
+Norm::Norm(int64_t dim, const ModelDims& dims) : RMSNorm(dim, dims.norm_eps) {
+  if (dims.norm == NormKind::LayerNorm) bias = register_parameter("bias", torch::zeros({dim}));
+}
+
+at::Tensor Norm::forward(const at::Tensor& x) {
+  // x: [..., C]
+  if (!bias.defined()) return RMSNorm::forward(x);
+  return at::layer_norm(x.to(at::kFloat), {weight.size(0)}, weight.to(at::kFloat), bias.to(at::kFloat), eps)
+      .to(x.scalar_type());
+}
+
 void init_linear(torch::nn::Linear& layer, double std) {
   torch::NoGradGuard g;
   layer->weight.normal_(0.0, std);
@@ -27,12 +38,12 @@ void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer) {
   init_linear(layer, 0.02 / std::sqrt(2.0 * static_cast<double>(n_layer)));
 }
 
-MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer) : kind(kind_) {
+MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer, bool bias) : kind(kind_) {
   if (kind != "swiglu" && kind != "gelu") throw Error("mlp must be swiglu or gelu (got '" + kind + "')");
   if (hidden <= 0) hidden = kind == "gelu" ? 4 * dim : ((8 * dim / 3 + 63) / 64) * 64;
-  up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
-  if (kind == "swiglu") gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
-  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
+  up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(bias)));
+  if (kind == "swiglu") gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(bias)));
+  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(bias)));
   init_linear(up);
   if (gate) init_linear(gate);
   init_residual_projection(down, n_layer);
@@ -44,11 +55,11 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   return down(at::gelu(up(x), "tanh"));
 }
 
-ResidualMLP::ResidualMLP(torch::nn::Module& block, int64_t dim, const std::string& mlp_kind, int64_t mlp_hidden,
-                         int64_t n_layer, double dropout)
-    : ln2_(block.register_module("ln2", std::make_shared<RMSNorm>(dim))),
-      mlp_(block.register_module("mlp", std::make_shared<MLP>(dim, mlp_kind, mlp_hidden, n_layer))),
-      dropout_(dropout) {}
+ResidualMLP::ResidualMLP(torch::nn::Module& block, const ModelDims& dims, const std::string& mlp_kind,
+                         int64_t mlp_hidden, bool mlp_bias)
+    : ln2_(block.register_module("ln2", std::make_shared<Norm>(dims.hidden_size, dims))),
+      mlp_(block.register_module("mlp", std::make_shared<MLP>(dims.hidden_size, mlp_kind, mlp_hidden, dims.n_layer, mlp_bias))),
+      dropout_(dims.dropout) {}
 
 at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool training) const {
   // x, y: [B, T, C] -> [B, T, C]
@@ -57,8 +68,10 @@ at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool t
 }
 
 std::map<std::string, ParamRole> ResidualMLP::parameter_roles() const {
-  std::map<std::string, ParamRole> roles{{"ln2.weight", ParamRole::Norm}};
-  declare_roles(roles, *mlp_, "mlp.", ParamRole::Matrix);
+  std::map<std::string, ParamRole> roles;
+  declare_roles(roles, *ln2_, "ln2.", ParamRole::Norm);
+  for (const auto& kv : mlp_->named_parameters())
+    roles["mlp." + kv.key()] = kv.value().dim() == 1 ? ParamRole::Bias : ParamRole::Matrix;
   return roles;
 }
 

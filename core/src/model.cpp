@@ -71,6 +71,11 @@ LMModel::LMModel(const ModelConfig& config, const Registry& registry) : config_(
     torch::NoGradGuard g;
     wte_->weight.normal_(0.0, 0.02);
   }
+  if (config_.learned_positions) {
+    wpe_ = register_module("wpe", torch::nn::Embedding(d.max_seq_len, d.hidden_size));
+    torch::NoGradGuard g;
+    wpe_->weight.normal_(0.0, 0.01);  // GPT-2's initialisation of its position table
+  }
   auto list = register_module("blocks", torch::nn::ModuleList());
   const auto kinds = config_.layer_kinds();
   for (int64_t i = 0; i < d.n_layer; ++i) {
@@ -80,7 +85,7 @@ LMModel::LMModel(const ModelConfig& config, const Registry& registry) : config_(
     list->push_back(block);
     blocks_.push_back(block);
   }
-  norm_ = register_module("norm", std::make_shared<RMSNorm>(d.hidden_size));
+  norm_ = register_module("norm", std::make_shared<Norm>(d.hidden_size, d));
   if (!config_.tie_embeddings) {
     lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(d.hidden_size, d.vocab_size).bias(false)));
     init_linear(lm_head_);
@@ -94,7 +99,9 @@ int64_t LMModel::num_parameters() const {
 }
 
 std::map<std::string, ParamRole> LMModel::parameter_roles() const {
-  std::map<std::string, ParamRole> roles{{"wte.weight", ParamRole::Embedding}, {"norm.weight", ParamRole::Norm}};
+  std::map<std::string, ParamRole> roles{{"wte.weight", ParamRole::Embedding}};
+  declare_roles(roles, *norm_, "norm.", ParamRole::Norm);
+  if (wpe_) roles["wpe.weight"] = ParamRole::Embedding;
   if (!config_.tie_embeddings) roles["lm_head.weight"] = ParamRole::Head;
   const auto kinds = config_.layer_kinds();
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -137,8 +144,12 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
     throw Error("sequence of " + std::to_string(T) + " tokens is longer than model.max_seq_len (" +
                 std::to_string(config_.dims.max_seq_len) + ")");
   }
+  if (wpe_ && ctx.start + T > config_.dims.max_seq_len)
+    throw Error("position " + std::to_string(ctx.start + T - 1) + " is past the learned position table (model.max_seq_len = " +
+                std::to_string(config_.dims.max_seq_len) + ")");
   compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
   auto x = wte_(idx);  // [B, T, C]
+  if (wpe_) x = x + wpe_(ctx.position_ids(idx.size(0), T, idx.device()));  // positions [B or 1, T] < max_seq_len
   if (config_.dims.dropout > 0) x = at::dropout(x, config_.dims.dropout, is_training());
   for (size_t i = 0; i < blocks_.size(); ++i) {
     auto out = blocks_[i]->forward(x, state ? state->layers[i] : LayerState{}, ctx);
@@ -146,7 +157,7 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
     if (state) state->layers[i] = std::move(out.state);
   }
   if (state) state->length += T;
-  return std::static_pointer_cast<RMSNorm>(norm_)->forward(x);
+  return norm_->forward(x);
 }
 
 at::Tensor LMModel::lm_logits(const at::Tensor& h) {

@@ -107,6 +107,20 @@ std::string RunSetup::describe() const {
   return o.str();
 }
 
+Metadata checkpoint_metadata(const LMModel& model, const Registry& registry, const std::string& config_yaml,
+                             const Tokenizer& tokenizer, int64_t step) {
+  // Which plugin (and version) made each piece of the model, for checks when loading elsewhere.
+  json plugins = json::object();
+  for (const auto& kind : model.config().block_pattern)
+    if (const auto* r = registry.find(PluginKind::Block, kind))
+      plugins["block:" + kind] = {{"plugin", r->origin.plugin_name}, {"version", r->origin.plugin_version}};
+  return {{"format", "linearnexus-checkpoint-1"},
+          {"step", std::to_string(step)},
+          {"config", config_yaml},
+          {"tokenizer", tokenizer.to_json()},
+          {"plugins", plugins.dump()}};
+}
+
 std::shared_ptr<Tokenizer> checkpoint_tokenizer(const Metadata& metadata, const std::string& file) {
   try {
     // A tokenizer file it names (an imported model's tokenizer.json) may sit beside the checkpoint.

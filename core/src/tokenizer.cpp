@@ -127,7 +127,25 @@ std::string saved_path(const std::string& path, const std::string& base_dir) {
   return path;
 }
 
+class IdsOnlyTokenizer : public Tokenizer {
+ public:
+  IdsOnlyTokenizer(int64_t vocab_size, std::string why) : vocab_size_(vocab_size), why_(std::move(why)) {}
+  std::vector<int64_t> encode(std::string_view) const override { throw Error(why_); }
+  std::string decode(const std::vector<int64_t>&) const override { throw Error(why_); }
+  int64_t vocab_size() const override { return vocab_size_; }
+  std::string kind() const override { return "ids"; }
+  std::string to_json() const override { return json{{"kind", "ids"}, {"vocab_size", vocab_size_}, {"why", why_}}.dump(); }
+
+ private:
+  int64_t vocab_size_;
+  std::string why_;
+};
+
 }  // namespace
+
+std::shared_ptr<Tokenizer> make_ids_only_tokenizer(int64_t vocab_size, const std::string& why) {
+  return std::make_shared<IdsOnlyTokenizer>(vocab_size, why);
+}
 
 std::shared_ptr<Tokenizer> make_char_tokenizer(std::string_view corpus) {
   std::array<bool, 256> seen{};
@@ -206,8 +224,11 @@ std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text, const st
   if (kind == "hf" && field("path").is_string()) return load_hf_json(saved_path(field("path").get<std::string>(), base_dir));
   if (kind == "sentencepiece" && field("path").is_string())
     return load_sentencepiece(saved_path(field("path").get<std::string>(), base_dir));
+  if (kind == "ids" && field("vocab_size").is_number_integer() && field("vocab_size").get<int64_t>() > 0 &&
+      field("why").is_string())
+    return make_ids_only_tokenizer(field("vocab_size").get<int64_t>(), field("why").get<std::string>());
   throw Error("the saved tokenizer is none of {kind: char, bytes: [...]}, {kind: gpt2, spec: PATH}, {kind: hf, path: "
-              "PATH}, {kind: sentencepiece, path: PATH} (kind " + kind.dump() + "); the file holding it is corrupt or edited");
+              "PATH}, {kind: sentencepiece, path: PATH}, {kind: ids, vocab_size: N} (kind " + kind.dump() + "); the file holding it is corrupt or edited");
 }
 
 }  // namespace linearnexus

@@ -14,6 +14,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin_host.h"
+#include "linearnexus/session.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -295,17 +296,8 @@ void TrainingRun::save(int64_t completed_steps, const TensorMap& extra) {
   for (const auto& [k, v] : extra) t["extra." + k] = v;
   t["rng.cpu"] = rng_state();
   if (ctx_.device.is_cuda()) t["rng.cuda"] = rng_state(ctx_.device);
-  // Which plugin (and version) made each piece of the model, for checks when loading elsewhere.
-  json plugins = json::object();
-  const Registry& reg = ctx_.host->registry();
-  for (const auto& kind : ctx_.model->config().block_pattern)
-    if (const auto* r = reg.find(PluginKind::Block, kind))
-      plugins["block:" + kind] = {{"plugin", r->origin.plugin_name}, {"version", r->origin.plugin_version}};
-  Metadata meta = {{"format", "linearnexus-checkpoint-1"},
-                   {"step", std::to_string(completed_steps)},
-                   {"config", ctx_.experiment->resolved_yaml},
-                   {"tokenizer", ctx_.data.tokenizer->to_json()},
-                   {"plugins", plugins.dump()}};
+  const Metadata meta = checkpoint_metadata(*ctx_.model, ctx_.host->registry(), ctx_.experiment->resolved_yaml,
+                                            *ctx_.data.tokenizer, completed_steps);
   const std::string file = ckpt_->save(completed_steps, t, meta);
   log_info("saved " + file);
 }

@@ -28,10 +28,10 @@ class RetentionBlock : public Block {
                   std::to_string(C_) + ") into heads of an even size");
     if (Q_ <= 0) throw Error("model.blocks.retention.chunk_size must be positive");
     D_ = C_ / H_;
-    ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
+    ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
     qkvg_ = register_module("qkvg", torch::nn::Linear(torch::nn::LinearOptions(C_, 4 * C_).bias(false)));
     proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
-    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
+    tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"));  // ln2, mlp
     init_linear(qkvg_);
     init_residual_projection(proj_, d.n_layer);
   }
@@ -72,7 +72,7 @@ class RetentionBlock : public Block {
   // What each parameter is to the optimizers (Muon orthogonalises matrices; weight decay skips norms).
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();  // ln2: norm, mlp: matrix
-    roles["ln1.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // weight, and bias under model.norm: layernorm
     roles["qkvg.weight"] = roles["proj.weight"] = ParamRole::Matrix;
     return roles;
   }
@@ -117,7 +117,7 @@ class RetentionBlock : public Block {
 
   int64_t C_, H_, Q_, D_ = 0;
   bool rope_;
-  std::shared_ptr<RMSNorm> ln1_;
+  std::shared_ptr<Norm> ln1_;
   torch::nn::Linear qkvg_{nullptr}, proj_{nullptr};
   ResidualMLP tail_;
 };

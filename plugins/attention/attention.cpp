@@ -85,11 +85,10 @@ class AttentionBlock : public Block {
     if (H_ % Hkv_ != 0)
       throw Error("model.blocks." + name + ".n_kv_head (" + std::to_string(Hkv_) + ") must divide n_head (" + std::to_string(H_) + ")");
     D_ = C_ / H_;
-    const bool bias = p.get_bool("bias");
-    ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, (H_ + 2 * Hkv_) * D_).bias(bias)));
-    proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(H_ * D_, C_).bias(bias)));
-    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);
+    ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, (H_ + 2 * Hkv_) * D_).bias(p.get_bool("qkv_bias"))));
+    proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(H_ * D_, C_).bias(p.get_bool("proj_bias"))));
+    tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"), p.get_bool("mlp_bias"));
     init_linear(qkv_);
     init_residual_projection(proj_, d.n_layer);
   }
@@ -139,9 +138,10 @@ class AttentionBlock : public Block {
 
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
-    roles["ln1.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);
     roles["qkv.weight"] = roles["proj.weight"] = ParamRole::Matrix;
-    if (qkv_->bias.defined()) roles["qkv.bias"] = roles["proj.bias"] = ParamRole::Bias;
+    if (qkv_->bias.defined()) roles["qkv.bias"] = ParamRole::Bias;
+    if (proj_->bias.defined()) roles["proj.bias"] = ParamRole::Bias;
     return roles;
   }
 
@@ -149,7 +149,7 @@ class AttentionBlock : public Block {
   int64_t C_, H_, Hkv_, window_, D_ = 0;
   bool rope_;
   double rope_base_, dropout_;
-  std::shared_ptr<RMSNorm> ln1_;
+  std::shared_ptr<Norm> ln1_;
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
   ResidualMLP tail_;  // ln2 + mlp
 };
@@ -159,10 +159,12 @@ Schema attention_schema(const std::string& window_default, double window_min) {
                   {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head", {}, 1},
                   {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)", {}, 0},
                   {"rope", ParamType::Bool, "true", "rotary position embedding on q and k"},
-                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base", {}, 1},
-                  {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
+                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base (Hugging Face's rope_theta)", {}, 1},
+                  {"mlp", ParamType::String, "swiglu", "MLP kind: swiglu (Llama) or gelu (tanh approximation, GPT-2)", {"swiglu", "gelu"}},
                   {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
-                  {"bias", ParamType::Bool, "false", "biases in the qkv and output projections"},
+                  {"qkv_bias", ParamType::Bool, "false", "biases in the q, k and v projections (GPT-2, Qwen2)"},
+                  {"proj_bias", ParamType::Bool, "false", "a bias in the output projection (GPT-2)"},
+                  {"mlp_bias", ParamType::Bool, "false", "biases in the MLP's projections (GPT-2)"},
                   {"window", ParamType::Int, window_default,
                    "sliding window: each token sees the last N tokens (itself included), decoding keeps a ring "
                    "buffer of N; 0 = full causal attention", {}, window_min},

@@ -33,7 +33,7 @@ class DeltaNetBlock : public Block {
       throw Error("model.blocks." + name_ + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
                   std::to_string(C_) + ")");
     D_ = C_ / H_;
-    ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
+    ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, 3 * C_).bias(false)));
     // beta (and, gated, the decay's input a) per head: H (or 2 H) rows.
     ba_ = register_module("ba", torch::nn::Linear(torch::nn::LinearOptions(C_, gated ? 2 * H_ : H_).bias(false)));
@@ -45,7 +45,7 @@ class DeltaNetBlock : public Block {
     }
     o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(D_));
     o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
-    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
+    tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"));  // ln2, mlp
 
     torch::NoGradGuard g;
     init_linear(qkv_);
@@ -119,6 +119,7 @@ class DeltaNetBlock : public Block {
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     roles["qkv.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
     roles["ba.weight"] = ParamRole::Other;
     if (Kc_ > 0) roles["conv_weight"] = ParamRole::Conv;
@@ -133,7 +134,8 @@ class DeltaNetBlock : public Block {
   std::string name_;
   int64_t C_, H_, Q_, Kc_, D_ = 0;
   bool gated_, recurrent_;
-  std::shared_ptr<RMSNorm> ln1_, o_norm_;
+  std::shared_ptr<Norm> ln1_;
+  std::shared_ptr<RMSNorm> o_norm_;
   torch::nn::Linear qkv_{nullptr}, ba_{nullptr}, gate_{nullptr}, o_proj_{nullptr};
   at::Tensor conv_weight_, A_log_, dt_bias_;
   ResidualMLP tail_;

@@ -31,13 +31,13 @@ class GLABlock : public Block {
                   ") and the key width expand_k * hidden_size (" + std::to_string(Kd_) + ")");
     Dk_ = Kd_ / H_, Dv_ = C_ / H_;
     const int64_t rank = p.get_int("gate_low_rank");
-    ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
+    ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
     qkvg_ = register_module("qkvg", torch::nn::Linear(torch::nn::LinearOptions(C_, 2 * Kd_ + 2 * C_).bias(false)));
     gk1_ = register_module("gk1", torch::nn::Linear(torch::nn::LinearOptions(C_, rank).bias(false)));
     gk2_ = register_module("gk2", torch::nn::Linear(torch::nn::LinearOptions(rank, Kd_).bias(true)));
     o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(Dv_));
     o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
-    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);  // ln2, mlp
+    tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"));  // ln2, mlp
     torch::NoGradGuard g;
     init_linear(qkvg_);
     init_linear(gk1_);
@@ -88,6 +88,7 @@ class GLABlock : public Block {
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     roles["qkvg.weight"] = roles["o_proj.weight"] = ParamRole::Matrix;
     roles["gk1.weight"] = roles["gk2.weight"] = ParamRole::Other;
     roles["gk2.bias"] = ParamRole::SsmDynamics;
@@ -98,7 +99,8 @@ class GLABlock : public Block {
   int64_t C_, H_, Q_, Kd_, Dk_ = 0, Dv_ = 0;
   double norm_gate_;
   bool recurrent_;
-  std::shared_ptr<RMSNorm> ln1_, o_norm_;
+  std::shared_ptr<Norm> ln1_;
+  std::shared_ptr<RMSNorm> o_norm_;
   torch::nn::Linear qkvg_{nullptr}, gk1_{nullptr}, gk2_{nullptr}, o_proj_{nullptr};
   ResidualMLP tail_;
 };

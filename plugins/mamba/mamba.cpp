@@ -44,7 +44,7 @@ class MambaBlock : public Block {
     if (N_ <= 0 || K_ < 1 || Din_ <= 0 || chunk_ <= 0)
       throw Error("model.blocks.mamba: d_state, d_conv, expand and chunk_size must be positive");
     const bool bias = p.get_bool("bias");
-    norm_ = register_module("norm", std::make_shared<RMSNorm>(C_));
+    norm_ = register_module("norm", std::make_shared<Norm>(C_, d));
     in_proj_ = register_module("in_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, 2 * Din_).bias(bias)));
     conv_weight_ = register_parameter("conv_weight", torch::empty({Din_, K_}));
     if (p.get_bool("conv_bias")) conv_bias_ = register_parameter("conv_bias", torch::empty({Din_}));
@@ -163,6 +163,7 @@ class MambaBlock : public Block {
         {"dt_proj.weight", ParamRole::Other},    {"dt_proj.bias", ParamRole::SsmDynamics},
         {"A_log", ParamRole::Other},             {"D", ParamRole::SsmDynamics},
         {"out_proj.weight", ParamRole::Matrix}};
+    declare_roles(r, *norm_, "norm.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
     if (in_proj_->bias.defined()) r["in_proj.bias"] = r["out_proj.bias"] = ParamRole::Bias;
     return r;
@@ -199,7 +200,7 @@ class MambaBlock : public Block {
   int64_t C_, N_, K_, Din_, R_ = 0, chunk_;
   std::string scan_;
   double dropout_;
-  std::shared_ptr<RMSNorm> norm_;
+  std::shared_ptr<Norm> norm_;
   torch::nn::Linear in_proj_{nullptr}, x_proj_{nullptr}, dt_proj_{nullptr}, out_proj_{nullptr};
   at::Tensor conv_weight_, conv_bias_, A_log_, D_;
 };

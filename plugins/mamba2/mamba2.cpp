@@ -37,7 +37,7 @@ class Mamba2Block : public Block {
     const double dt_min = p.get_float("dt_min"), dt_max = p.get_float("dt_max");
     if (dt_min > dt_max) throw Error("model.blocks.mamba2.dt_min must not exceed dt_max");
     Dxbc_ = Din_ + 2 * G_ * N_;
-    norm_ = register_module("norm", std::make_shared<RMSNorm>(C_));
+    norm_ = register_module("norm", std::make_shared<Norm>(C_, d));
     in_proj_ = register_module("in_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, Din_ + Dxbc_).bias(false)));
     dt_proj_ = register_module("dt_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, H_).bias(false)));
     conv_weight_ = register_parameter("conv_weight", torch::empty({Dxbc_, K_}));
@@ -125,6 +125,7 @@ class Mamba2Block : public Block {
         {"dt_bias", ParamRole::SsmDynamics},    {"A_log", ParamRole::SsmDynamics},
         {"D", ParamRole::SsmDynamics},          {"gnorm.weight", ParamRole::Norm},
         {"out_proj.weight", ParamRole::Matrix}};
+    declare_roles(r, *norm_, "norm.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
     return r;
   }
@@ -133,7 +134,8 @@ class Mamba2Block : public Block {
   int64_t C_, N_, K_, Din_, P_, G_, Q_, H_ = 0, Dxbc_ = 0;
   bool recurrent_;
   double dropout_;
-  std::shared_ptr<RMSNorm> norm_, gnorm_;
+  std::shared_ptr<Norm> norm_;
+  std::shared_ptr<RMSNorm> gnorm_;
   torch::nn::Linear in_proj_{nullptr}, dt_proj_{nullptr}, out_proj_{nullptr};
   at::Tensor conv_weight_, conv_bias_, dt_bias_, A_log_, D_;
 };

@@ -74,7 +74,7 @@ class MLABlock : public Block {
     scale_ = 1.0 / std::sqrt(static_cast<double>(dn_ + dr_));  // what compat::attention uses for [dn | dr]
 
     auto lin = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
-    ln1_ = register_module("ln1", std::make_shared<RMSNorm>(C_));
+    ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
     // Query rows: [all heads' nope parts | all heads' rope parts] (W_UQ and W_QR of the paper).
     const int64_t q_rows = H_ * (dn_ + dr_);
     if (dq_ > 0) {
@@ -91,7 +91,7 @@ class MLABlock : public Block {
     kv_norm_ = register_module("kv_norm", std::make_shared<RMSNorm>(dc_));
     kv_up_ = register_module("kv_up", lin(dc_, H_ * (dn_ + dv_)));  // rows [W_UK (H dn) | W_UV (H dv)]
     o_proj_ = register_module("o_proj", lin(H_ * dv_, C_));
-    tail_ = ResidualMLP(*this, C_, p.get_string("mlp"), p.get_int("mlp_hidden"), d.n_layer, d.dropout);
+    tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"));
     init_linear(kv_down_);
     init_linear(kv_up_);
     init_residual_projection(o_proj_, d.n_layer);
@@ -133,6 +133,7 @@ class MLABlock : public Block {
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["kv_norm.weight"] = ParamRole::Norm;
+    declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     for (const char* w : {"kv_down.weight", "kv_up.weight", "o_proj.weight"}) roles[w] = ParamRole::Matrix;
     if (dq_ > 0) {
       roles["q_down.weight"] = roles["q_up.weight"] = ParamRole::Matrix;
@@ -189,7 +190,8 @@ class MLABlock : public Block {
   int64_t C_, H_, dn_ = 0, dr_ = 0, dv_ = 0, dc_ = 0, dq_ = 0;
   double rope_base_, dropout_, scale_ = 1.0;
   bool absorbed_ = true;
-  std::shared_ptr<RMSNorm> ln1_, q_norm_, kv_norm_;
+  std::shared_ptr<Norm> ln1_;
+  std::shared_ptr<RMSNorm> q_norm_, kv_norm_;
   torch::nn::Linear wq_{nullptr}, q_down_{nullptr}, q_up_{nullptr}, kv_down_{nullptr}, kv_up_{nullptr}, o_proj_{nullptr};
   ResidualMLP tail_;  // ln2 + mlp
 };

@@ -39,7 +39,7 @@ std::shared_ptr<LMModel> model_of(PluginHost& host, const std::string& model_yam
 
 const char* kHybrid =
     "{hidden_size: 16, n_layer: 3, max_seq_len: 16, tie_embeddings: false, block_pattern: [attention, mamba, mla], "
-    "blocks: {attention: {n_head: 2, bias: true}, mamba: {d_state: 4, bias: true}, mla: {n_head: 2}}}";
+    "blocks: {attention: {n_head: 2, qkv_bias: true, proj_bias: true, mlp_bias: true}, mamba: {d_state: 4, bias: true}, mla: {n_head: 2}}}";
 
 }  // namespace
 
@@ -48,7 +48,7 @@ TEST_CASE("the in-tree blocks' roles group every tensor as the old name rules di
   PluginHost host;
   for (const std::string model :
        {std::string(kHybrid),
-        std::string("{hidden_size: 16, n_layer: 3, max_seq_len: 16, block_pattern: [mla, mamba, attention], blocks: "
+        std::string("{hidden_size: 16, n_layer: 3, max_seq_len: 16, norm: layernorm, block_pattern: [mla, mamba, attention], blocks: "
                     "{attention: {n_head: 2, n_kv_head: 1, mlp: gelu}, mamba: {d_state: 4, conv_bias: false}, "
                     "mla: {n_head: 2, q_lora_rank: 8}}}")}) {
     INFO(model);

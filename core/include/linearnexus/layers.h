@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "linearnexus/model.h"
 #include "linearnexus/param_role.h"
 
 namespace linearnexus {
@@ -20,11 +21,22 @@ class RMSNorm : public torch::nn::Module {
   double eps;
 };
 
+// The model's norm (model.norm, model.norm_eps), for the final norm and every block's pre-norms:
+// RMSNorm, or LayerNorm (GPT-2) which adds a "bias" beside RMSNorm's "weight". Normalises in fp32.
+class Norm : public RMSNorm {
+ public:
+  Norm(int64_t dim, const ModelDims& dims);
+  // x: [..., C] -> [..., C]
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor bias;  // LayerNorm only
+};
+
 // "swiglu": down(silu(gate(x)) * up(x)) with hidden = 8/3 C rounded to a multiple of 64;
-// "gelu": down(gelu(up(x))) with hidden = 4 C. hidden > 0 overrides the width.
+// "gelu": down(gelu_tanh(up(x))) with hidden = 4 C. hidden > 0 overrides the width; `bias` adds
+// biases to every projection (GPT-2's MLP).
 class MLP : public torch::nn::Module {
  public:
-  MLP(int64_t dim, const std::string& kind, int64_t hidden, int64_t n_layer);
+  MLP(int64_t dim, const std::string& kind, int64_t hidden, int64_t n_layer, bool bias = false);
   // x: [B, T, C] -> [B, T, C]
   at::Tensor forward(const at::Tensor& x);
   std::string kind;
@@ -33,20 +45,20 @@ class MLP : public torch::nn::Module {
 
 // The tail every transformer-style block shares, after its token mixer produced y:
 //   h = x + dropout(y);  out = h + mlp(ln2(h))                     x, y, out: [B, T, C]
-// It registers "ln2" (RMSNorm) and "mlp" (MLP) on the block that owns it, so the parameter and
-// checkpoint names stay the block's own ("ln2.weight", "mlp.up.weight"...). Construct it in the
+// It registers "ln2" (the model's Norm) and "mlp" (MLP) on the block that owns it, so the parameter
+// and checkpoint names stay the block's own ("ln2.weight", "mlp.up.weight"...). Construct it in the
 // block's constructor where ln2 and mlp were registered before (the order of the random init).
 class ResidualMLP {
  public:
   ResidualMLP() = default;  // empty until assigned one built on its block
-  ResidualMLP(torch::nn::Module& block, int64_t dim, const std::string& mlp_kind, int64_t mlp_hidden,
-              int64_t n_layer, double dropout);
+  ResidualMLP(torch::nn::Module& block, const ModelDims& dims, const std::string& mlp_kind, int64_t mlp_hidden,
+              bool mlp_bias = false);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& y, bool training) const;
-  // {"ln2.weight": Norm, "mlp.*": Matrix}, for the block's parameter_roles().
+  // {"ln2.*": Norm, "mlp.*": Matrix (its biases: Bias)}, for the block's parameter_roles().
   std::map<std::string, ParamRole> parameter_roles() const;
 
  private:
-  std::shared_ptr<RMSNorm> ln2_;
+  std::shared_ptr<Norm> ln2_;
   std::shared_ptr<MLP> mlp_;
   double dropout_ = 0.0;
 };

@@ -19,6 +19,7 @@
 namespace linearnexus {
 
 class Registry;
+class Norm;
 
 enum class Mode {
   Train,    // whole sequences, no cache kept (state may be empty); the parallel path
@@ -54,12 +55,17 @@ struct BlockOutput {
   LayerState state;
 };
 
+// model.norm: the kind of the model's norms (every block's pre-norms and the final norm).
+enum class NormKind { RMSNorm, LayerNorm };
+
 struct ModelDims {
   int64_t hidden_size = 0;
   int64_t n_layer = 0;
   int64_t vocab_size = 0;
   int64_t max_seq_len = 0;
   double dropout = 0.0;
+  NormKind norm = NormKind::RMSNorm;  // blocks build their pre-norms with layers.h's Norm(dim, dims)
+  double norm_eps = 1e-5;
 };
 
 class Block : public torch::nn::Module {
@@ -83,6 +89,9 @@ struct ModelConfig {
   std::vector<std::string> block_pattern;   // repeated to fill n_layer
   std::map<std::string, Params> block_params;  // block name -> its validated parameters
   bool tie_embeddings = true;
+  // model.positions: learned = absolute position embeddings (wpe, max_seq_len rows) added to the
+  // token embeddings, as GPT-2; otherwise positions are the blocks' business (RoPE).
+  bool learned_positions = false;
   std::vector<std::string> layer_kinds() const;  // the pattern expanded to n_layer names
 };
 
@@ -96,7 +105,8 @@ struct ModelState {
   ModelState index_select(const at::Tensor& rows) const;
 };
 
-// token embedding -> blocks -> final RMSNorm -> LM head (optionally tied to the embedding).
+// token embedding (+ learned positions) -> blocks -> final norm (RMSNorm or LayerNorm) -> LM head
+// (optionally tied to the embedding).
 class LMModel : public torch::nn::Module {
  public:
   LMModel(const ModelConfig& config, const Registry& registry);
@@ -124,17 +134,17 @@ class LMModel : public torch::nn::Module {
   at::ScalarType compute_dtype() const { return compute_dtype_; }
   int64_t num_parameters() const;
   const std::vector<std::shared_ptr<Block>>& blocks() const { return blocks_; }
-  // Declared roles by full parameter name: the model's own (wte: Embedding, norm: Norm, an untied
-  // lm_head: Head) and each block's under "blocks.<i>.". A block declaring a role for a parameter
+  // Declared roles by full parameter name: the model's own (wte and wpe: Embedding, norm: Norm, an
+  // untied lm_head: Head) and each block's under "blocks.<i>.". A block declaring a role for a parameter
   // it does not have is an Error naming the block (a typo would silently fall back to the default).
   std::map<std::string, ParamRole> parameter_roles() const;
   std::vector<std::string> block_kinds() const { return config_.layer_kinds(); }
 
  private:
   ModelConfig config_;
-  torch::nn::Embedding wte_{nullptr};
+  torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
   std::vector<std::shared_ptr<Block>> blocks_;
-  std::shared_ptr<torch::nn::Module> norm_;
+  std::shared_ptr<Norm> norm_;
   torch::nn::Linear lm_head_{nullptr};
   at::ScalarType compute_dtype_ = at::kFloat;
   bool autocast_active() const;

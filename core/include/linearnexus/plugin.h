@@ -15,7 +15,8 @@
 #include "linearnexus/registry.h"
 
 // 2: Block::parameter_roles and NamedParameter::role; the lr bookkeeping in the Optimizer base.
-#define LINEARNEXUS_PLUGIN_ABI_VERSION 2u
+// 3: ModelDims::norm and norm_eps (model.norm), layers.h's Norm, ResidualMLP(block, dims, ...).
+#define LINEARNEXUS_PLUGIN_ABI_VERSION 3u
 #define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
 
 extern "C" {

@@ -48,6 +48,11 @@ std::vector<NamedParameter> named_parameters_of(const LMModel& model);
 // block, the plugin, its version and the search path; another version logs a warning naming both.
 void check_checkpoint_plugins(const Metadata& metadata, const std::string& file, const PluginHost& host);
 
+// A model checkpoint's metadata, as every writer stores it (training runs, `convert hf-import`):
+// format, step, the resolved experiment, the tokenizer and the plugin (and version) of each block.
+Metadata checkpoint_metadata(const LMModel& model, const Registry& registry, const std::string& config_yaml,
+                             const Tokenizer& tokenizer, int64_t step);
+
 // The tokenizer a checkpoint was trained with (its "tokenizer" metadata); Error naming the file
 // when it is missing or unreadable.
 std::shared_ptr<Tokenizer> checkpoint_tokenizer(const Metadata& metadata, const std::string& file);

@@ -15,7 +15,7 @@ class Tokenizer {
   // Raw bytes; may end inside a UTF-8 character when the ids split one.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
-  virtual std::string kind() const = 0;  // "char", "gpt2", "hf", "sentencepiece"
+  virtual std::string kind() const = 0;  // "char", "gpt2", "hf", "sentencepiece", "ids"
   virtual std::string to_json() const = 0;
   virtual int64_t eos_id() const { return -1; }
   // The Jinja chat template a Hugging Face folder's tokenizer_config.json (or chat_template.jinja)
@@ -43,6 +43,10 @@ std::shared_ptr<Tokenizer> make_char_tokenizer(std::string_view corpus);
 std::shared_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 // Whether this build reads SentencePiece tokenizer.model files (libsentencepiece found by CMake).
 bool sentencepiece_available();
+// A vocabulary of `vocab_size` ids without a text mapping: a model imported without a tokenizer
+// this build reads (`convert hf-import --no-tokenizer`). Token ids work (`eval --ids`); encode and
+// decode throw Error(`why`), which says what to do.
+std::shared_ptr<Tokenizer> make_ids_only_tokenizer(int64_t vocab_size, const std::string& why);
 // Inverse of Tokenizer::to_json. A file path in it that is relative, or absolute but gone (the run
 // folder moved), is looked for in `base_dir` (the folder of the checkpoint or meta.json holding it).
 std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& json, const std::string& base_dir = "");

@@ -1,0 +1,102 @@
+// `linearnexus convert ...` and `linearnexus eval` (see model_commands.h).
+#include "model_commands.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "linearnexus/error.h"
+#include "linearnexus/hf_convert.h"
+#include "linearnexus/log.h"
+#include "linearnexus/plugin_host.h"
+#include "linearnexus/scoring.h"
+#include "linearnexus/session.h"
+#include "plugin_errors.h"
+
+namespace linearnexus {
+
+ModelCommands::ModelCommands(CLI::App& app) {
+  convert_ = app.add_subcommand("convert", "convert checkpoints to and from Hugging Face folders");
+  convert_->require_subcommand(1);
+  import_ = convert_->add_subcommand(
+      "hf-import", "a Hugging Face model folder (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, MambaForCausalLM) "
+                   "-> a run folder for sample, eval and trainer.init_from (weights fp32)");
+  import_->add_option("hf_dir", from_, "folder with config.json, model.safetensors (or an index and shards), tokenizer files")
+      ->required();
+  import_->add_option("out_dir", to_, "the new run folder")->required();
+  import_->add_flag("--no-tokenizer", no_tokenizer_,
+                    "import the weights even when the folder's tokenizer is not one this build reads (then only token ids work)");
+  export_ = convert_->add_subcommand("hf-export", "a run folder or checkpoint -> a folder transformers' AutoModelForCausalLM loads");
+  export_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
+  export_->add_option("out_dir", to_, "the new Hugging Face folder")->required();
+
+  eval_ = app.add_subcommand("eval", "mean negative log-likelihood and perplexity of a checkpoint on a text or token ids");
+  eval_->add_option("--checkpoint", checkpoint_, "run folder (uses its latest) or checkpoint file")->required();
+  auto* text = eval_->add_option("--text", text_file_, "a text file, tokenized with the run's tokenizer");
+  auto* ids = eval_->add_option("--ids", ids_, "token ids separated by spaces, e.g. \"1 2 3\"");
+  text->excludes(ids);
+  eval_->add_flag("--per-token", per_token_, "print JSON with every token's log-probability");
+  eval_->add_option("--window", window_, "tokens per window (0 = model.max_seq_len); the context restarts at each window")
+      ->check(CLI::NonNegativeNumber);
+  eval_->add_option("--device", device_, "cpu, cuda or auto");
+}
+
+bool ModelCommands::parsed() const { return convert_->parsed() || eval_->parsed(); }
+
+int ModelCommands::run() {
+  PluginHost host;
+  return with_plugin_errors_copied([&] {
+    if (import_->parsed()) {
+      HfImportOptions options;
+      options.tokenizer = !no_tokenizer_;
+      log_info(hf_import(from_, to_, host, options));
+      return 0;
+    }
+    if (export_->parsed()) {
+      log_info(hf_export(from_, to_, host));
+      return 0;
+    }
+    return run_eval(host);
+  });
+}
+
+int ModelCommands::run_eval(PluginHost& host) {
+  if (text_file_.empty() == ids_.empty()) throw Error("eval: give the tokens to score with --text FILE or --ids \"1 2 3\"");
+  LoadedModel lm = load_model_from_checkpoint(checkpoint_, host, device_);
+  std::vector<int64_t> ids;
+  if (!text_file_.empty()) {
+    std::ifstream in(text_file_, std::ios::binary);
+    if (!in) throw Error("eval --text: cannot read '" + text_file_ + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    ids = lm.tokenizer->encode(ss.str());
+  } else {
+    std::istringstream in(ids_);
+    for (std::string word; in >> word;) {
+      size_t used = 0;
+      long long id = -1;
+      try {
+        id = std::stoll(word, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != word.size()) throw Error("eval --ids: '" + word + "' is not a token id");
+      ids.push_back(id);
+    }
+  }
+  const TokenScores s = score_tokens(*lm.model, ids, window_);
+  if (per_token_) {
+    const nlohmann::json out = {{"checkpoint", lm.file},        {"tokens", ids.size()},         {"scored_tokens", s.logprobs.size()},
+                                {"mean_nll", s.mean_nll()},     {"perplexity", s.perplexity()}, {"ids", ids},
+                                {"logprobs", s.logprobs}};
+    std::cout << out.dump() << "\n";
+  } else {
+    std::printf("%s: %zu tokens scored, mean NLL %.6f nats/token, perplexity %.4f\n", lm.file.c_str(), s.logprobs.size(),
+                s.mean_nll(), s.perplexity());
+  }
+  return 0;
+}
+
+}  // namespace linearnexus
