@@ -9,6 +9,10 @@
 //                  Mamba-2 / SSD, where the intra-chunk part becomes a plain matmul)
 //   delta rule     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t^T v_t   o_t = q_t S_t
 //                  beta [B, H, T] in [0, 1], g [B, H, T] (gated DeltaNet) or undefined (DeltaNet)
+//   generalised    S_t = diag(exp(g_t)) S_{t-1} + b_t^T (a_t S_{t-1}) + k_t^T v_t   o_t = q_t S_t
+//   delta rule     g, a, b [B, H, T, K]: a decay per key channel plus a rank-one "read along a,
+//                  write along b" correction (RWKV-7: a = -kappa, b = kappa * iclr; Kimi Delta
+//                  Attention: a = exp(g) k, b = -beta k, k <- beta k)
 //
 // q, k [B, H, T, K]; v [B, H, T, V]; g are log-decays (<= 0). Both forms take the state entering
 // the sequence in S (undefined = zeros) and leave the state after the last token there. They
@@ -16,8 +20,8 @@
 // too much in bf16) and return o [B, H, T, V] in q's dtype. Everything is differentiable with
 // autograd, S included.
 //
-// A token with k = 0 and g = 0 (decay family), or beta = 0 and g = 0 (delta rule), leaves the
-// state unchanged: that is how blocks make left padding "as if absent".
+// A token with k = 0 and g = 0 (decay family), beta = 0 and g = 0 (delta rule), or k = b = 0 and
+// g = 0 (generalised delta rule) leaves the state unchanged: that is how blocks make left padding "as if absent".
 #include <ATen/ATen.h>
 
 namespace linearnexus {
@@ -37,5 +41,14 @@ at::Tensor delta_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at
                               const at::Tensor& g, at::Tensor& S, int64_t chunk);
 at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
                                 const at::Tensor& g, at::Tensor& S);
+
+// The generalised delta rule chunked: inside a chunk the reads e_i = a_i S_{i-1} solve one
+// unit-lower-triangular system (as the UT transform), the rest is matmuls against the entering
+// state. The per-channel decay does not factor out of the pairwise products (as for GLA), so they
+// are formed as [n, n, K]: keep chunks small (16).
+at::Tensor gdelta_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                               const at::Tensor& b, const at::Tensor& g, at::Tensor& S, int64_t chunk);
+at::Tensor gdelta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                                 const at::Tensor& b, const at::Tensor& g, at::Tensor& S);
 
 }  // namespace linearnexus
