@@ -60,7 +60,7 @@ inline double fwd_bwd_ms(Block& b, const at::Tensor& x, int repeats) {
         b.zero_grad();
         auto xi = x.clone().requires_grad_(true);
         auto y = b.forward(xi, {}, ForwardContext{}).y;
-        y.float().pow(2).mean().backward();
+        y.to(at::kFloat).pow(2).mean().backward();
       },
       repeats, x.is_cuda());
 }

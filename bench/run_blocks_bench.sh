@@ -24,7 +24,7 @@ taskset -c 0-1 timeout 25 "$build/bin/bench_blocks" --device cuda --C 768 --repe
 m='vocab_size: 50257, hidden_size: 768, n_layer: 12, max_seq_len: 1024'
 taskset -c 0-1 timeout 35 "$build/bin/bench_gpu" --batches 16,8 --steps 5 --train gpt-small --train mamba2-small \
   --train "gated_deltanet-12L={$m, block_pattern: [gated_deltanet], blocks: {gated_deltanet: {n_head: 12, chunk_size: 64, mlp: gelu}}}" \
-  --train "rwkv7-12L={$m, block_pattern: [rwkv7], blocks: {rwkv7: {n_head: 12, chunk_size: 16}}}" > "$out/bench_gpu.jsonl" 2>&1
+  --train "rwkv7-12L={$m, block_pattern: [rwkv7], blocks: {rwkv7: {n_head: 12, chunk_size: 32}}}" > "$out/bench_gpu.jsonl" 2>&1
 wait $cpu
 echo "total: $(( $(date +%s) - t0 )) s" | tee -a "$out/device.txt"
 tail -5 "$out/gpu_tests.log"; grep -h "RESULT" "$out/bench_gpu.jsonl"

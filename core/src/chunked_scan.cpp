@@ -180,7 +180,7 @@ at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
 //   o = (q exp(c)) S0 + Mqk v + Mqb e;   S_n = exp(c_n) S0 + (k exp(c_n - c))^T v + (b exp(c_n - c))^T e
 at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& g_in, at::Tensor& S,
-                               int64_t chunk) {
+                               int64_t chunk, double min_log_decay) {
   const auto [B, H, T, K, V] = start_scan(q_in, v_in, S);
   if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
   const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
@@ -188,8 +188,19 @@ at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, c
   auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
   auto a = chunks_of(f32(a_in), n, N), b = chunks_of(f32(b_in), n, N);  // [B, H, N, n, K]
   auto c = chunks_of(f32(g_in), n, N).cumsum(3), c_prev = exclusive(c);  // [B, H, N, n, K]
-  auto reads = decayed_pairs(a, c_prev, {k, b}, c, false);            // Mak, Mab: [B, H, N, n, n]
-  auto outs = decayed_pairs(q, c, {k, b}, c, true);                   // Mqk, Mqb
+  std::vector<at::Tensor> reads, outs;                                // Mak, Mab; Mqk, Mqb: [B, H, N, n, n]
+  if (double(n) * -min_log_decay <= 30) {
+    // Decays bounded below: exp(-c) <= e^30 inside a chunk, so the decay factors out of the pairwise
+    // products and they are matmuls (the pairs above the diagonal, finite, are masked to 0).
+    auto kx = (k * (-c).exp()).transpose(-1, -2), bx = (b * (-c).exp()).transpose(-1, -2);  // [B, H, N, K, n]
+    auto strict = at::ones({n, n}, q.options()).tril(-1), incl = at::ones({n, n}, q.options()).tril();
+    auto ax = a * c_prev.exp(), qx = q * c.exp();
+    reads = {at::matmul(ax, kx) * strict, at::matmul(ax, bx) * strict};
+    outs = {at::matmul(qx, kx) * incl, at::matmul(qx, bx) * incl};
+  } else {
+    reads = decayed_pairs(a, c_prev, {k, b}, c, false);
+    outs = decayed_pairs(q, c, {k, b}, c, true);
+  }
   auto rhs = at::cat({at::matmul(reads[0], v), a * c_prev.exp()}, -1);  // [B, H, N, n, V + K]
   auto uw = at::linalg_solve_triangular(-reads[1], rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
   auto U = uw.narrow(-1, 0, V), W = uw.narrow(-1, V, K);

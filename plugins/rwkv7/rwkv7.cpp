@@ -36,6 +36,10 @@
 namespace linearnexus {
 namespace {
 
+// log w = -exp(w') with w' = -softplus(.) - 0.5 <= -0.5: every decay's log is >= -e^-0.5 (lets the
+// chunked form use matmuls, chunked_scan.h).
+const double kMinLogDecay = -std::exp(-0.5);
+
 // h [B, T, C] one token later: row t holds h_{t-1}, row 0 the last token of the previous call
 // (`carry`, zeros when null), which is then replaced by h's last token (for the next call).
 at::Tensor token_shift(const at::Tensor& h, at::Tensor* carry) {
@@ -139,7 +143,8 @@ class RWKV7Block : public Block {
     at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();               // [B, H, D, D] fp32
     auto o = ctx.mode == Mode::Decode || recurrent_
                  ? gdelta_scan_recurrent(heads(r), heads(k), heads(v), -kappa, kappa * iclr_h, heads(log_w), S)
-                 : gdelta_scan_chunked(heads(r), heads(k), heads(v), -kappa, kappa * iclr_h, heads(log_w), S, Q_);
+                 : gdelta_scan_chunked(heads(r), heads(k), heads(v), -kappa, kappa * iclr_h, heads(log_w), S, Q_,
+                                       kMinLogDecay);
     if (cached) state.tensors["S"] = S.detach();
     auto y = ln_x_(o.transpose(1, 2).reshape({B * T, C_})).reshape({B, T, C_});  // group norm per head
     auto bonus = (r.view({B, T, H_, D_}) * k.view({B, T, H_, D_}) * r_k_).sum(-1, true) * v.view({B, T, H_, D_});
@@ -194,8 +199,9 @@ void register_rwkv7(Registry& r) {
       {
           {"n_head", ParamType::Int, "4", "heads; head size = hidden_size / n_head (the state is [D, D] per head; RWKV-7 uses 64)",
            {}, 1},
-          {"chunk_size", ParamType::Int, "16",
-           "tokens per chunk of the training / prefill form (its pairwise part is chunk^2 * D per head)", {}, 1, 128},
+          {"chunk_size", ParamType::Int, "32",
+           "tokens per chunk of the training / prefill form (matmuls up to 49; above, pairwise chunk^2 * D per head)",
+           {}, 1, 128},
           {"decay_lora", ParamType::Int, "0", "rank of the decay's low-rank projection (0 = max(32, 1.8 sqrt(C)) rounded to 32)",
            {}, 0},
           {"iclr_lora", ParamType::Int, "0", "rank of the in-context learning rate's projection (0 = as decay_lora)", {}, 0},

@@ -24,6 +24,8 @@
 // g = 0 (generalised delta rule) leaves the state unchanged: that is how blocks make left padding "as if absent".
 #include <ATen/ATen.h>
 
+#include <limits>
+
 namespace linearnexus {
 
 // Chunks of `chunk` tokens (any T: the last chunk is padded with such no-op tokens). Inside a chunk
@@ -44,10 +46,12 @@ at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
 
 // The generalised delta rule chunked: inside a chunk the reads e_i = a_i S_{i-1} solve one
 // unit-lower-triangular system (as the UT transform), the rest is matmuls against the entering
-// state. The per-channel decay does not factor out of the pairwise products (as for GLA), so they
-// are formed as [n, n, K]: keep chunks small (16).
+// state. In general the per-channel decay does not factor out of the pairwise products (as for GLA)
+// and they are formed as [n, n, K]: keep chunks small (16). A caller whose log-decays are bounded,
+// g >= min_log_decay (RWKV-7: -e^-0.5), with chunk * -min_log_decay <= 30, gets plain matmuls.
 at::Tensor gdelta_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-                               const at::Tensor& b, const at::Tensor& g, at::Tensor& S, int64_t chunk);
+                               const at::Tensor& b, const at::Tensor& g, at::Tensor& S, int64_t chunk,
+                               double min_log_decay = -std::numeric_limits<double>::infinity());
 at::Tensor gdelta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
                                  const at::Tensor& b, const at::Tensor& g, at::Tensor& S);
 
