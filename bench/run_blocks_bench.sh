@@ -16,13 +16,13 @@ bash scripts/gpu_build.sh "$build" "$debs" test_gpu_blocks bench_blocks bench_gp
   || { tail -40 "$out/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$out/device.txt"
 last=$(( $(nproc) - 1 ))
-LINEARNEXUS_NUM_THREADS=$(( last - 1 )) taskset -c 2-$last timeout 62 "$build/bin/bench_blocks" --device cpu --C 256 \
-  --repeats 2 --budget-s 50 > "$out/bench_blocks_cpu.md" 2>&1 &
+LINEARNEXUS_NUM_THREADS=$(( last - 1 )) taskset -c 2-$last timeout 66 "$build/bin/bench_blocks" --device cpu --C 256 \
+  --repeats 1 --budget-s 56 > "$out/bench_blocks_cpu.md" 2>&1 &
 cpu=$!
 taskset -c 0-1 timeout 20 "$build/bin/test_gpu_blocks" > "$out/gpu_tests.log" 2>&1; echo "gpu tests rc $?" >> "$out/gpu_tests.log"
-taskset -c 0-1 timeout 25 "$build/bin/bench_blocks" --device cuda --C 768 --repeats 5 --budget-s 18 > "$out/bench_blocks_gpu.md" 2>&1
+taskset -c 0-1 timeout 28 "$build/bin/bench_blocks" --device cuda --C 768 --repeats 3 --budget-s 20 > "$out/bench_blocks_gpu.md" 2>&1
 m='vocab_size: 50257, hidden_size: 768, n_layer: 12, max_seq_len: 1024'
-taskset -c 0-1 timeout 35 "$build/bin/bench_gpu" --batches 16,8 --steps 5 --train gpt-small --train mamba2-small \
+taskset -c 0-1 timeout 32 "$build/bin/bench_gpu" --batches 16,8 --steps 4 --train gpt-small --train mamba2-small \
   --train "gated_deltanet-12L={$m, block_pattern: [gated_deltanet], blocks: {gated_deltanet: {n_head: 12, chunk_size: 64, mlp: gelu}}}" \
   --train "rwkv7-12L={$m, block_pattern: [rwkv7], blocks: {rwkv7: {n_head: 12, chunk_size: 32}}}" > "$out/bench_gpu.jsonl" 2>&1
 wait $cpu
