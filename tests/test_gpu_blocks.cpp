@@ -35,8 +35,10 @@ double rel_err(const at::Tensor& a, const at::Tensor& ref) {
 }
 
 // Forward + backward of `c`'s block (C 64, B 2, T 77: several chunks and a partial one) on the CPU in
-// fp32 and on CUDA in `precision`: every relative error under tol.
-void check_block_agreement(PluginHost& host, const Case& c, bool bf16, double tol) {
+// fp32 and on CUDA in `precision`: the output's and the input gradient's relative errors under tol,
+// every parameter's gradient under param_tol (a bias's or decay's gradient sums over every token with
+// cancellations: in bf16 its relative error is the largest; measured on an H200 below).
+void check_block_agreement(PluginHost& host, const Case& c, bool bf16, double tol, double param_tol) {
   INFO("block " << c.name << (bf16 ? " bf16" : " fp32"));
   const int64_t C = 64;
   torch::manual_seed(1);
@@ -66,27 +68,31 @@ void check_block_agreement(PluginHost& host, const Case& c, bool bf16, double to
     const auto& g_gpu = gp[p.key()].grad();
     REQUIRE(g_gpu.defined());
     const double e = rel_err(g_gpu, p.value().grad());
-    CHECK(e < tol);
+    CHECK(e < param_tol);
     if (e > worst) worst = e, worst_name = p.key();
   }
-  std::printf("gpu-blocks %-15s %s  output %.2e  input grad %.2e  worst %.2e (%s)  tol %.0e\n", c.name.c_str(),
-              bf16 ? "bf16" : "fp32", rel_err(yg, yc), rel_err(xg.grad(), xc.grad()), worst, worst_name.c_str(), tol);
+  std::printf("gpu-blocks %-15s %s  output %.2e  input grad %.2e  worst %.2e (%s)  tol %.0e / %.0e\n", c.name.c_str(),
+              bf16 ? "bf16" : "fp32", rel_err(yg, yc), rel_err(xg.grad(), xc.grad()), worst, worst_name.c_str(), tol,
+              param_tol);
 }
 
 }  // namespace
 
+// H200, 2026-11-30: fp32 outputs <= 4e-8, gradients <= 7.1e-6 (mamba2's dt_bias); bf16 outputs <= 6.3e-4,
+// input gradients <= 1.4e-3, parameter gradients <= 4.7e-2 (mamba2's dt_bias).
 TEST_CASE("linear-time blocks: CUDA fp32 forward + backward == the CPU's (relative error < 1e-4)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   at::globalContext().setAllowTF32CuDNN(false);  // the depthwise convs: fp32 means fp32 here
   PluginHost host;
-  for (const auto& c : cases()) check_block_agreement(host, c, false, 1e-4);
+  for (const auto& c : cases()) check_block_agreement(host, c, false, 1e-4, 1e-4);
   at::globalContext().setAllowTF32CuDNN(true);
 }
 
-TEST_CASE("linear-time blocks: CUDA bf16 autocast forward + backward == the CPU's fp32 (relative error < 5e-2)", "[gpu]") {
+TEST_CASE("linear-time blocks: CUDA bf16 autocast forward + backward == the CPU's fp32 (1e-2; parameter gradients 1e-1)",
+          "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
-  for (const auto& c : cases()) check_block_agreement(host, c, true, 5e-2);
+  for (const auto& c : cases()) check_block_agreement(host, c, true, 1e-2, 1e-1);
 }
 
 TEST_CASE("linear-time blocks: cached bf16 decoding on CUDA == the bf16 training form (prefill 50 + 27 tokens)",

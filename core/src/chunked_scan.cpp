@@ -66,6 +66,24 @@ ScanDims start_scan(const at::Tensor& q, const at::Tensor& v, at::Tensor& S) {
   return d;
 }
 
+// The chunked forms start alike: the dims and entering state (start_scan), n tokens per chunk in N
+// chunks, and q, k, v in fp32 as [B, H, N, n, ...] (chunk() does the same to their other inputs).
+struct Chunks {
+  ScanDims d;
+  int64_t n = 0, N = 0;
+  at::Tensor q, k, v;
+  at::Tensor chunk(const at::Tensor& x) const { return chunks_of(f32(x), n, N); }
+};
+
+Chunks start_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& S, int64_t chunk) {
+  Chunks c;
+  c.d = start_scan(q, v, S);
+  if (c.d.T == 0) return c;
+  c.n = std::min(chunk, c.d.T), c.N = (c.d.T + c.n - 1) / c.n;
+  c.q = c.chunk(q), c.k = c.chunk(k), c.v = c.chunk(v);
+  return c;
+}
+
 // The recurrent forms' outputs, one [B, H, V] per step -> [B, H, T, V] in q's dtype.
 at::Tensor stack_steps(const std::vector<at::Tensor>& out, const at::Tensor& q, const ScanDims& d) {
   if (out.empty()) return at::empty({d.B, d.H, 0, d.V}, q.options());
@@ -80,12 +98,13 @@ at::Tensor stack_steps(const std::vector<at::Tensor>& out, const at::Tensor& q, 
 //   S   = exp(b_n) * S0 + sum_j (k_j * exp(b_n - b_j))^T v_j
 at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                               const at::Tensor& g_in, at::Tensor& S, int64_t chunk) {
-  const auto [B, H, T, K, V] = start_scan(q_in, v_in, S);
-  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
-  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
   // Padding tokens have k = 0 (no input) and g = 0 (no decay): the state passes them unchanged.
-  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
-  auto b = chunks_of(f32(g_in), n, N).cumsum(3);                      // [B, H, N, n, K or 1]
+  const auto ch = start_chunked(q_in, k_in, v_in, S, chunk);
+  const auto [B, H, T, K, V] = ch.d;
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = ch.n, N = ch.N;
+  const auto &q = ch.q, &k = ch.k, &v = ch.v;
+  auto b = ch.chunk(g_in).cumsum(3);                                   // [B, H, N, n, K or 1]
   // One decay per head factors out of the dot product: a matmul. A decay per key channel does not
   // (without exp(-b), which overflows under strong decays): hence GLA's small chunks.
   auto A = g_in.size(3) == 1 ? at::matmul(q, k.transpose(-1, -2)) * pair_decay(b.squeeze(-1), true)
@@ -97,9 +116,9 @@ at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   auto carry = b_last.exp().unsqueeze(-1);                            // [B, H, N, K or 1, 1]
   // The states entering the chunks: a short loop of elementwise ops (the matmuls are batched above).
   std::vector<at::Tensor> entering;
-  for (int64_t c = 0; c < N; ++c) {
+  for (int64_t i = 0; i < N; ++i) {
     entering.push_back(S);
-    S = carry.select(2, c) * S + U.select(2, c);
+    S = carry.select(2, i) * S + U.select(2, i);
   }
   o = o + at::matmul(q * b.exp(), at::stack(entering, 2));           // from the entering states
   return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
@@ -127,13 +146,14 @@ at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
 // the earlier tokens of the chunk (and S0) have been subtracted along k_i.
 at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                               const at::Tensor& beta_in, const at::Tensor& g_in, at::Tensor& S, int64_t chunk) {
-  const auto [B, H, T, K, V] = start_scan(q_in, v_in, S);
-  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
-  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
   // Padding tokens have beta = 0 and g = 0: they neither write nor decay.
-  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
-  auto beta = chunks_of(f32(beta_in), n, N).unsqueeze(-1);            // [B, H, N, n, 1]
-  auto b = g_in.defined() ? chunks_of(f32(g_in), n, N).cumsum(3) : at::zeros({B, H, N, n}, q.options());
+  const auto ch = start_chunked(q_in, k_in, v_in, S, chunk);
+  const auto [B, H, T, K, V] = ch.d;
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = ch.n, N = ch.N;
+  const auto &q = ch.q, &k = ch.k, &v = ch.v;
+  auto beta = ch.chunk(beta_in).unsqueeze(-1);                        // [B, H, N, n, 1]
+  auto b = g_in.defined() ? ch.chunk(g_in).cumsum(3) : at::zeros({B, H, N, n}, q.options());
   auto kb = k * beta;
   auto kkT = at::matmul(kb, k.transpose(-1, -2));                     // [B, H, N, n, n]
   auto L = kkT * pair_decay(b, false);                                // strictly lower
@@ -147,10 +167,10 @@ at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   auto k_end = k * (b_last.unsqueeze(3) - b).exp().unsqueeze(-1);
   auto carry = b_last.exp().unsqueeze(-1).unsqueeze(-1);              // [B, H, N, 1, 1]
   std::vector<at::Tensor> out;
-  for (int64_t c = 0; c < N; ++c) {  // the state dependence is sequential: one chunk after the other
-    auto vp = u.select(2, c) - at::matmul(w.select(2, c), S);        // [B, H, n, V]
-    out.push_back(at::matmul(q_dec.select(2, c), S) + at::matmul(Aqk.select(2, c), vp));
-    S = carry.select(2, c) * S + at::matmul(k_end.select(2, c).transpose(-1, -2), vp);
+  for (int64_t i = 0; i < N; ++i) {  // the state dependence is sequential: one chunk after the other
+    auto vp = u.select(2, i) - at::matmul(w.select(2, i), S);        // [B, H, n, V]
+    out.push_back(at::matmul(q_dec.select(2, i), S) + at::matmul(Aqk.select(2, i), vp));
+    S = carry.select(2, i) * S + at::matmul(k_end.select(2, i).transpose(-1, -2), vp);
   }
   return at::cat(out, 2).narrow(2, 0, T).to(q_in.scalar_type());
 }
@@ -181,13 +201,14 @@ at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
 at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& g_in, at::Tensor& S,
                                int64_t chunk, double min_log_decay) {
-  const auto [B, H, T, K, V] = start_scan(q_in, v_in, S);
+  // Padding tokens have k = b = 0 and g = 0: they neither write nor decay.
+  const auto ch = start_chunked(q_in, k_in, v_in, S, chunk);
+  const auto [B, H, T, K, V] = ch.d;
   if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
-  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
-  // Padding tokens have k = b = a = 0 and g = 0: they neither read, write nor decay.
-  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
-  auto a = chunks_of(f32(a_in), n, N), b = chunks_of(f32(b_in), n, N);  // [B, H, N, n, K]
-  auto c = chunks_of(f32(g_in), n, N).cumsum(3), c_prev = exclusive(c);  // [B, H, N, n, K]
+  const int64_t n = ch.n, N = ch.N;
+  const auto &q = ch.q, &k = ch.k, &v = ch.v;
+  auto a = ch.chunk(a_in), b = ch.chunk(b_in);                        // [B, H, N, n, K]
+  auto c = ch.chunk(g_in).cumsum(3), c_prev = exclusive(c);           // [B, H, N, n, K]
   std::vector<at::Tensor> reads, outs;                                // Mak, Mab; Mqk, Mqb: [B, H, N, n, n]
   if (double(n) * -min_log_decay <= 30) {
     // Decays bounded below: exp(-c) <= e^30 inside a chunk, so the decay factors out of the pairwise
