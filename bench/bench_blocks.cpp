@@ -62,19 +62,20 @@ double decode_ms(Block& b, int64_t context, int64_t C, const at::TensorOptions& 
       repeats, o.device().is_cuda());
 }
 
-// Each block's decoding cache with its own defaults (the README's table), from init_state: bytes
-// per token for caches that grow with max_len, per sequence for fixed-size ones.
+// Each block's decoding cache with its own defaults (the README's table), from init_state at three
+// max_len: what grows with the context grows between 1024 and 4096.
 void cache_table(PluginHost& host, const std::vector<std::string>& blocks, int64_t C) {
   const auto o = at::TensorOptions().dtype(at::kFloat);
-  std::printf("cache per layer, fp32, C = %lld, the blocks' defaults (init_state at max_len 1 and 2049)\n", (long long)C);
-  std::printf("| block | per token | per sequence (fixed part) |\n|---|---|---|\n");
+  std::printf("cache per layer and sequence, fp32, C = %lld, the blocks' defaults (LayerState::bytes of init_state)\n",
+              (long long)C);
+  std::printf("| block | max_len 1 | max_len 1024 | max_len 4096 | growth per token |\n|---|---|---|---|---|\n");
   for (const auto& name : blocks) {
     if (!host.registry().find(PluginKind::Block, name)) continue;
     auto b = benchutil::make_block(host, name, C);
-    const int64_t one = b->init_state(1, 1, o).bytes(), many = b->init_state(1, 2049, o).bytes();
-    const double per_token = (many - one) / 2048.0;
-    std::printf("| %s | %.0f B | %lld B (%.1f KiB) |\n", name.c_str(), per_token, (long long)(one - per_token),
-                (one - per_token) / 1024.0);
+    const int64_t b1 = b->init_state(1, 1, o).bytes(), b1k = b->init_state(1, 1024, o).bytes(),
+                  b4k = b->init_state(1, 4096, o).bytes();
+    std::printf("| %s | %lld B | %.1f KiB | %.1f KiB | %.0f B |\n", name.c_str(), (long long)b1, b1k / 1024.0, b4k / 1024.0,
+                (b4k - b1k) / 3072.0);
   }
 }
 

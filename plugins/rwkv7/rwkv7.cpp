@@ -200,7 +200,7 @@ void register_rwkv7(Registry& r) {
           {"n_head", ParamType::Int, "4", "heads; head size = hidden_size / n_head (the state is [D, D] per head; RWKV-7 uses 64)",
            {}, 1},
           {"chunk_size", ParamType::Int, "32",
-           "tokens per chunk of the training / prefill form (matmuls up to 49; above, pairwise chunk^2 * D per head)",
+           "tokens per chunk of the training / prefill form (<= 49: matmuls; larger: the pairwise chunk^2 * D form)",
            {}, 1, 128},
           {"decay_lora", ParamType::Int, "0", "rank of the decay's low-rank projection (0 = max(32, 1.8 sqrt(C)) rounded to 32)",
            {}, 0},
