@@ -1,8 +1,8 @@
 #pragma once
 // The math of the linear-time blocks, once: a chunked (training / prefill) form and a recurrent
-// (decoding, and the tests' reference) form of two families of linear recurrences over a matrix
-// state S [B, H, K, V] per head. Block plugins (gla, mamba2, deltanet, gated_deltanet) map their
-// projections onto these and keep only their own wiring.
+// (decoding, and the tests' reference) form of three families of linear recurrences over a matrix
+// state S [B, H, K, V] per head. Block plugins (gla, mamba2, deltanet, gated_deltanet, kda, rwkv7)
+// map their projections onto these and keep only their own wiring.
 //
 //   decay family   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t                 o_t = q_t S_t
 //                  g [B, H, T, K] (a decay per key channel: GLA) or [B, H, T, 1] (one per head:
