@@ -1,6 +1,9 @@
 // GPU training and decoding throughput of our models, beside bench/reference.py (the same models in
 // plain PyTorch). Built only where LibTorch has CUDA. Run both with bench/run_gpu_bench.sh.
-// Usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile]
+// Usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--train MODEL]...
+// --train (repeatable) measures only the training rows of those models, in order (each at the
+// first batch of --batches that fits): MODEL is a preset name, or NAME=MODEL_MAP with a YAML map of
+// the model section, e.g. 'gdn={hidden_size: 768, n_layer: 12, block_pattern: [gated_deltanet]}'.
 //
 // Prints one JSON object per line after "RESULT " (the table in docs/benchmarks.md is made from
 // them by reference.py --table):
@@ -89,10 +92,13 @@ struct Setup {
   std::shared_ptr<Optimizer> opt;
 };
 
-std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& preset) {
+// `model`: a preset name, or NAME=MODEL_MAP (a YAML map of the model section).
+std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& model) {
   auto s = std::make_unique<Setup>();
-  s->exp = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: " + preset +
-                                "}\noptimizer: {name: adamw, lr: 6e-4, betas: [0.9, 0.95], weight_decay: 0.1}\n",
+  const auto eq = model.find('=');
+  const std::string section = eq == std::string::npos ? "{preset: " + model + "}" : model.substr(eq + 1);
+  s->exp = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: " + section +
+                                "\noptimizer: {name: adamw, lr: 6e-4, betas: [0.9, 0.95], weight_decay: 0.1}\n",
                             "bench_gpu", "", {}, host);
   torch::manual_seed(0);
   s->model = std::make_shared<LMModel>(s->exp.model_config(kVocab), host.registry());
@@ -285,13 +291,15 @@ int main(int argc, char** argv) {
   std::vector<int64_t> batches{48, 32, 24, 16, 8};
   int steps = 10;
   bool profile = true;
+  std::vector<std::string> train_only;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--batches" && i + 1 < argc) batches = parse_list(argv[++i]);
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--no-profile") profile = false;
+    else if (a == "--train" && i + 1 < argc) train_only.push_back(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile]\n");
+      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--train MODEL]...\n");
       return 2;
     }
   }
@@ -308,6 +316,16 @@ int main(int argc, char** argv) {
       const double sec = time_per_call([&] { at::matmul(a, b); }, 3, 20);
       result({{"kind", str("matmul")}, {"tflops", num(2.0 * 8192.0 * 8192.0 * 8192.0 / sec / 1e12)}});
     }
+    for (const auto& model : train_only) {
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      auto s = make_setup(host, model);
+      auto r = train(*s, batches, steps);
+      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(model.substr(0, model.find('=')))},
+              {"batch", num(r.batch)}, {"seq", num(kT)}, {"params", num(static_cast<double>(s->model->num_parameters()))},
+              {"ms_per_step", num(1e3 * r.s_per_step)}, {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
+              {"peak_gib", num(r.peak)}});
+    }
+    if (!train_only.empty()) return 0;
     int64_t gpt_batch = 0;
     {
       auto s = make_setup(host, "gpt-small");

@@ -254,7 +254,7 @@ TEST_CASE("runner: plugins lists files and versions and describe documents keys 
 
 TEST_CASE("runner: every shipped config validates, and each block plugin's sample config trains and samples", "[cli]") {
   for (const auto& dir : {"configs", "plugins/attention", "plugins/mamba", "plugins/mla", "plugins/gla", "plugins/mamba2",
-                          "plugins/deltanet"}) {
+                          "plugins/deltanet", "plugins/rwkv7"}) {
     for (const auto& f : fs::directory_iterator(fs::path(LINEARNEXUS_SOURCE_DIR) / dir)) {
       if (f.path().extension() != ".yaml") continue;
       // finetune_hf / grpo_hf start from an imported model: test_hf_convert.cpp validates them with one.
@@ -267,7 +267,7 @@ TEST_CASE("runner: every shipped config validates, and each block plugin's sampl
     }
   }
   TempDir t;
-  for (const auto& block : {"attention", "mamba", "mla", "gla", "mamba2", "deltanet"}) {
+  for (const auto& block : {"attention", "mamba", "mla", "gla", "mamba2", "deltanet", "rwkv7"}) {
     INFO(block);
     const std::string yaml = std::string(LINEARNEXUS_SOURCE_DIR "/plugins/") + block + "/" + block + ".yaml";
     auto run = run_cli("run " + yaml + " --set trainer.max_steps=2 --set trainer.log_every=1 --set trainer.out_dir=" +

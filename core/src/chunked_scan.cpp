@@ -31,6 +31,65 @@ at::Tensor pair_decay(const at::Tensor& b, bool diagonal) {
   return diff.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity()).exp();
 }
 
+// Pairwise products with a decay per channel, for each y in ys: [..., n, n] with entries
+//   sum_K x_i exp(cx_i - cy_j) y_j   for j <= i (j < i unless `diagonal`), 0 elsewhere;
+// x, cx, y, cy [..., n, K]. The decay does not factor out of the sum without exp(-cy) (which
+// overflows under strong decays), so the [n, n, K] product is formed; the callers' cx_i - cy_j
+// are <= 0 on the kept pairs.
+std::vector<at::Tensor> decayed_pairs(const at::Tensor& x, const at::Tensor& cx, const std::vector<at::Tensor>& ys,
+                                      const at::Tensor& cy, bool diagonal) {
+  const int64_t n = x.size(-2);
+  auto drop = at::ones({n, n}, x.options().dtype(at::kBool)).tril(diagonal ? 0 : -1).logical_not().unsqueeze(-1);
+  auto diff = cx.unsqueeze(-2) - cy.unsqueeze(-3);  // [..., n, n, K]: cx_i - cy_j
+  auto xd = x.unsqueeze(-2) * diff.masked_fill(drop, -std::numeric_limits<float>::infinity()).exp();
+  std::vector<at::Tensor> out;
+  for (const auto& y : ys) out.push_back((xd * y.unsqueeze(-3)).sum(-1));
+  return out;
+}
+
+// b [B, H, N, n, ...] cumulative over dim 3 -> the same sums one token earlier (0 for the first).
+at::Tensor exclusive(const at::Tensor& b) {
+  const int64_t n = b.size(3);
+  return at::cat({at::zeros_like(b.narrow(3, 0, 1)), b.narrow(3, 0, n - 1)}, 3);
+}
+
+struct ScanDims {
+  int64_t B, H, T, K, V;
+};
+
+// Every scan starts alike: the dims of q [B, H, T, K] and v [B, H, T, V]; S is the entering state
+// in fp32, zeros when undefined.
+ScanDims start_scan(const at::Tensor& q, const at::Tensor& v, at::Tensor& S) {
+  ScanDims d{q.size(0), q.size(1), q.size(2), q.size(3), v.size(3)};
+  if (!S.defined()) S = at::zeros({d.B, d.H, d.K, d.V}, q.options().dtype(at::kFloat));
+  S = f32(S);
+  return d;
+}
+
+// The chunked forms start alike: the dims and entering state (start_scan), n tokens per chunk in N
+// chunks, and q, k, v in fp32 as [B, H, N, n, ...] (chunk() does the same to their other inputs).
+struct Chunks {
+  ScanDims d;
+  int64_t n = 0, N = 0;
+  at::Tensor q, k, v;
+  at::Tensor chunk(const at::Tensor& x) const { return chunks_of(f32(x), n, N); }
+};
+
+Chunks start_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& S, int64_t chunk) {
+  Chunks c;
+  c.d = start_scan(q, v, S);
+  if (c.d.T == 0) return c;
+  c.n = std::min(chunk, c.d.T), c.N = (c.d.T + c.n - 1) / c.n;
+  c.q = c.chunk(q), c.k = c.chunk(k), c.v = c.chunk(v);
+  return c;
+}
+
+// The recurrent forms' outputs, one [B, H, V] per step -> [B, H, T, V] in q's dtype.
+at::Tensor stack_steps(const std::vector<at::Tensor>& out, const at::Tensor& q, const ScanDims& d) {
+  if (out.empty()) return at::empty({d.B, d.H, 0, d.V}, q.options());
+  return at::stack(out, 2).to(q.scalar_type());
+}
+
 }  // namespace
 
 // q, k [B, H, T, K]; v [B, H, T, V]; g [B, H, T, K or 1]; S [B, H, K, V]. Per chunk of n tokens,
@@ -39,25 +98,17 @@ at::Tensor pair_decay(const at::Tensor& b, bool diagonal) {
 //   S   = exp(b_n) * S0 + sum_j (k_j * exp(b_n - b_j))^T v_j
 at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                               const at::Tensor& g_in, at::Tensor& S, int64_t chunk) {
-  const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), K = q_in.size(3), V = v_in.size(3);
-  if (!S.defined()) S = at::zeros({B, H, K, V}, q_in.options().dtype(at::kFloat));
-  S = f32(S);
-  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
-  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
   // Padding tokens have k = 0 (no input) and g = 0 (no decay): the state passes them unchanged.
-  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
-  auto b = chunks_of(f32(g_in), n, N).cumsum(3);                      // [B, H, N, n, K or 1]
-  const bool per_head = g_in.size(3) == 1;
-  at::Tensor A;                                                       // [B, H, N, n, n]
-  if (per_head) {
-    // One decay per head: the decay factors out of the dot product, so it is a matmul.
-    A = at::matmul(q, k.transpose(-1, -2)) * pair_decay(b.squeeze(-1), true);
-  } else {
-    // A decay per key channel does not factor out without exp(-b) (which overflows under strong
-    // decays), so the pairwise [n, n, K] product is formed: hence GLA's small chunks.
-    auto d = pair_decay(b.transpose(-1, -2), true).permute({0, 1, 2, 4, 5, 3});  // [B, H, N, n, n, K]
-    A = (q.unsqueeze(4) * k.unsqueeze(3) * d).sum(-1);
-  }
+  const auto ch = start_chunked(q_in, k_in, v_in, S, chunk);
+  const auto [B, H, T, K, V] = ch.d;
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = ch.n, N = ch.N;
+  const auto &q = ch.q, &k = ch.k, &v = ch.v;
+  auto b = ch.chunk(g_in).cumsum(3);                                   // [B, H, N, n, K or 1]
+  // One decay per head factors out of the dot product: a matmul. A decay per key channel does not
+  // (without exp(-b), which overflows under strong decays): hence GLA's small chunks.
+  auto A = g_in.size(3) == 1 ? at::matmul(q, k.transpose(-1, -2)) * pair_decay(b.squeeze(-1), true)
+                             : decayed_pairs(q, b, {k}, b, true)[0];  // [B, H, N, n, n]
   auto o = at::matmul(A, v);                                          // inside each chunk: [B, H, N, n, V]
   auto b_last = b.select(3, n - 1);                                   // [B, H, N, K or 1]
   auto k_end = k * (b_last.unsqueeze(3) - b).exp();                   // k_j exp(b_n - b_j)
@@ -65,9 +116,9 @@ at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   auto carry = b_last.exp().unsqueeze(-1);                            // [B, H, N, K or 1, 1]
   // The states entering the chunks: a short loop of elementwise ops (the matmuls are batched above).
   std::vector<at::Tensor> entering;
-  for (int64_t c = 0; c < N; ++c) {
+  for (int64_t i = 0; i < N; ++i) {
     entering.push_back(S);
-    S = carry.select(2, c) * S + U.select(2, c);
+    S = carry.select(2, i) * S + U.select(2, i);
   }
   o = o + at::matmul(q * b.exp(), at::stack(entering, 2));           // from the entering states
   return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
@@ -75,9 +126,7 @@ at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
 
 at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                                 at::Tensor& S) {
-  const int64_t B = q.size(0), H = q.size(1), K = q.size(3), V = v.size(3);
-  if (!S.defined()) S = at::zeros({B, H, K, V}, q.options().dtype(at::kFloat));
-  S = f32(S);
+  const auto d = start_scan(q, v, S);
   // unbind, not select: select's backward would allocate a full [B, H, T, ...] gradient per step.
   auto qs = f32(q).unbind(2), ks = f32(k).unbind(2), vs = f32(v).unbind(2), gs = f32(g).unbind(2);
   std::vector<at::Tensor> out;
@@ -85,8 +134,7 @@ at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
     S = gs[t].exp().unsqueeze(-1) * S + ks[t].unsqueeze(-1) * vs[t].unsqueeze(-2);  // [B, H, K, V]
     out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));                 // [B, H, V]
   }
-  if (out.empty()) return at::empty({B, H, 0, V}, v.options());
-  return at::stack(out, 2).to(q.scalar_type());
+  return stack_steps(out, q, d);
 }
 
 // The UT transform per chunk (S0 entering, b the cumulative log-decay inside the chunk, all [n]):
@@ -98,15 +146,14 @@ at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
 // the earlier tokens of the chunk (and S0) have been subtracted along k_i.
 at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                               const at::Tensor& beta_in, const at::Tensor& g_in, at::Tensor& S, int64_t chunk) {
-  const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), K = q_in.size(3), V = v_in.size(3);
-  if (!S.defined()) S = at::zeros({B, H, K, V}, q_in.options().dtype(at::kFloat));
-  S = f32(S);
-  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
-  const int64_t n = std::min(chunk, T), N = (T + n - 1) / n;
   // Padding tokens have beta = 0 and g = 0: they neither write nor decay.
-  auto q = chunks_of(f32(q_in), n, N), k = chunks_of(f32(k_in), n, N), v = chunks_of(f32(v_in), n, N);
-  auto beta = chunks_of(f32(beta_in), n, N).unsqueeze(-1);            // [B, H, N, n, 1]
-  auto b = g_in.defined() ? chunks_of(f32(g_in), n, N).cumsum(3) : at::zeros({B, H, N, n}, q.options());
+  const auto ch = start_chunked(q_in, k_in, v_in, S, chunk);
+  const auto [B, H, T, K, V] = ch.d;
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = ch.n, N = ch.N;
+  const auto &q = ch.q, &k = ch.k, &v = ch.v;
+  auto beta = ch.chunk(beta_in).unsqueeze(-1);                        // [B, H, N, n, 1]
+  auto b = g_in.defined() ? ch.chunk(g_in).cumsum(3) : at::zeros({B, H, N, n}, q.options());
   auto kb = k * beta;
   auto kkT = at::matmul(kb, k.transpose(-1, -2));                     // [B, H, N, n, n]
   auto L = kkT * pair_decay(b, false);                                // strictly lower
@@ -120,19 +167,17 @@ at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   auto k_end = k * (b_last.unsqueeze(3) - b).exp().unsqueeze(-1);
   auto carry = b_last.exp().unsqueeze(-1).unsqueeze(-1);              // [B, H, N, 1, 1]
   std::vector<at::Tensor> out;
-  for (int64_t c = 0; c < N; ++c) {  // the state dependence is sequential: one chunk after the other
-    auto vp = u.select(2, c) - at::matmul(w.select(2, c), S);        // [B, H, n, V]
-    out.push_back(at::matmul(q_dec.select(2, c), S) + at::matmul(Aqk.select(2, c), vp));
-    S = carry.select(2, c) * S + at::matmul(k_end.select(2, c).transpose(-1, -2), vp);
+  for (int64_t i = 0; i < N; ++i) {  // the state dependence is sequential: one chunk after the other
+    auto vp = u.select(2, i) - at::matmul(w.select(2, i), S);        // [B, H, n, V]
+    out.push_back(at::matmul(q_dec.select(2, i), S) + at::matmul(Aqk.select(2, i), vp));
+    S = carry.select(2, i) * S + at::matmul(k_end.select(2, i).transpose(-1, -2), vp);
   }
   return at::cat(out, 2).narrow(2, 0, T).to(q_in.scalar_type());
 }
 
 at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
                                 const at::Tensor& g, at::Tensor& S) {
-  const int64_t B = q.size(0), H = q.size(1), K = q.size(3), V = v.size(3);
-  if (!S.defined()) S = at::zeros({B, H, K, V}, q.options().dtype(at::kFloat));
-  S = f32(S);
+  const auto d = start_scan(q, v, S);
   auto qs = f32(q).unbind(2), ks = f32(k).unbind(2), vs = f32(v).unbind(2), bs = f32(beta).unbind(2);
   std::vector<at::Tensor> gs;
   if (g.defined()) gs = f32(g).unbind(2);
@@ -144,8 +189,70 @@ at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
     S = S + (bs[t].unsqueeze(-1).unsqueeze(-1) * kt) * err.unsqueeze(-2);
     out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));
   }
-  if (out.empty()) return at::empty({B, H, 0, V}, v.options());
-  return at::stack(out, 2).to(q.scalar_type());
+  return stack_steps(out, q, d);
+}
+
+// Per chunk (S0 entering; c the cumulative log-decay [n, K] inside the chunk, c' the same one token
+// earlier), unrolling S_i = exp(g_i) S_{i-1} + b_i^T e_i + k_i^T v_i with the reads e_i = a_i S_{i-1}:
+//   S_i = exp(c_i) S0 + sum_{j <= i} exp(c_i - c_j) (k_j^T v_j + b_j^T e_j)
+//   e_i = (a_i exp(c'_i)) S0 + sum_{j < i} [a_i exp(c'_i - c_j) . k_j] v_j + [a_i exp(c'_i - c_j) . b_j] e_j
+// so (I - Mab) e = (a exp(c')) S0 + Mak v: one unit-lower-triangular solve gives e = W S0 + U, then
+//   o = (q exp(c)) S0 + Mqk v + Mqb e;   S_n = exp(c_n) S0 + (k exp(c_n - c))^T v + (b exp(c_n - c))^T e
+at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                               const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& g_in, at::Tensor& S,
+                               int64_t chunk, double min_log_decay) {
+  // Padding tokens have k = b = 0 and g = 0: they neither write nor decay.
+  const auto ch = start_chunked(q_in, k_in, v_in, S, chunk);
+  const auto [B, H, T, K, V] = ch.d;
+  if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
+  const int64_t n = ch.n, N = ch.N;
+  const auto &q = ch.q, &k = ch.k, &v = ch.v;
+  auto a = ch.chunk(a_in), b = ch.chunk(b_in);                        // [B, H, N, n, K]
+  auto c = ch.chunk(g_in).cumsum(3), c_prev = exclusive(c);           // [B, H, N, n, K]
+  std::vector<at::Tensor> reads, outs;                                // Mak, Mab; Mqk, Mqb: [B, H, N, n, n]
+  if (double(n) * -min_log_decay <= 30) {
+    // Decays bounded below: exp(-c) <= e^30 inside a chunk, so the decay factors out of the pairwise
+    // products and they are matmuls (the pairs above the diagonal, finite, are masked to 0).
+    auto kx = (k * (-c).exp()).transpose(-1, -2), bx = (b * (-c).exp()).transpose(-1, -2);  // [B, H, N, K, n]
+    auto strict = at::ones({n, n}, q.options()).tril(-1), incl = at::ones({n, n}, q.options()).tril();
+    auto ax = a * c_prev.exp(), qx = q * c.exp();
+    reads = {at::matmul(ax, kx) * strict, at::matmul(ax, bx) * strict};
+    outs = {at::matmul(qx, kx) * incl, at::matmul(qx, bx) * incl};
+  } else {
+    reads = decayed_pairs(a, c_prev, {k, b}, c, false);
+    outs = decayed_pairs(q, c, {k, b}, c, true);
+  }
+  auto rhs = at::cat({at::matmul(reads[0], v), a * c_prev.exp()}, -1);  // [B, H, N, n, V + K]
+  auto uw = at::linalg_solve_triangular(-reads[1], rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+  auto U = uw.narrow(-1, 0, V), W = uw.narrow(-1, V, K);
+  auto o_local = at::matmul(outs[0], v);                              // [B, H, N, n, V]
+  auto q_dec = q * c.exp();
+  auto c_last = c.select(3, n - 1);                                   // [B, H, N, K]
+  auto to_end = (c_last.unsqueeze(3) - c).exp();                      // exp(c_n - c_j)
+  auto S_local = at::matmul((k * to_end).transpose(-1, -2), v);       // [B, H, N, K, V]
+  auto b_end = (b * to_end).transpose(-1, -2);                        // [B, H, N, K, n]
+  auto carry = c_last.exp().unsqueeze(-1);                            // [B, H, N, K, 1]
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < N; ++i) {  // the reads depend on the state: one chunk after the other
+    auto e = U.select(2, i) + at::matmul(W.select(2, i), S);          // [B, H, n, V]
+    out.push_back(at::matmul(q_dec.select(2, i), S) + o_local.select(2, i) + at::matmul(outs[1].select(2, i), e));
+    S = carry.select(2, i) * S + S_local.select(2, i) + at::matmul(b_end.select(2, i), e);
+  }
+  return at::cat(out, 2).narrow(2, 0, T).to(q_in.scalar_type());
+}
+
+at::Tensor gdelta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                                 const at::Tensor& b, const at::Tensor& g, at::Tensor& S) {
+  const auto d = start_scan(q, v, S);
+  auto qs = f32(q).unbind(2), ks = f32(k).unbind(2), vs = f32(v).unbind(2);
+  auto as = f32(a).unbind(2), bs = f32(b).unbind(2), gs = f32(g).unbind(2);
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < qs.size(); ++t) {
+    auto e = at::matmul(as[t].unsqueeze(-2), S);                      // a_t S_{t-1}: [B, H, 1, V]
+    S = gs[t].exp().unsqueeze(-1) * S + bs[t].unsqueeze(-1) * e + ks[t].unsqueeze(-1) * vs[t].unsqueeze(-2);
+    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));   // [B, H, V]
+  }
+  return stack_steps(out, q, d);
 }
 
 }  // namespace linearnexus

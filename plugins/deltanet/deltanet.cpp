@@ -1,17 +1,23 @@
-// The `deltanet` and `gated_deltanet` blocks: linear attention with the delta rule (Schlag et al.,
-// 2021; Yang et al., 2024) and its gated form (Gated DeltaNet, Yang, Kautz & Hatamizadeh, 2024) + MLP.
+// The `deltanet`, `gated_deltanet` and `kda` blocks: linear attention with the delta rule (Schlag et
+// al., 2021; Yang et al., 2024), its gated form (Gated DeltaNet, Yang, Kautz & Hatamizadeh, 2024) and
+// its channel-wise gated form (Kimi Delta Attention, Kimi Linear, 2025) + MLP.
 //
 //   h = norm(x);  (q, k, v) = silu(shortconv(qkv(h)))         the short conv is optional
 //   q, k L2-normalised per head (q also scaled by D^-1/2);  beta = sigmoid(b(h)) per head
 //   S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t^T v_t;   o_t = q_t S_t
 //     deltanet:        alpha_t = 1
 //     gated_deltanet:  log alpha_t = -exp(A_log) softplus(a(h) + dt_bias)   (Mamba-2's decay per head)
-//   x = x + o_proj(headnorm(o) [* silu(gate(h)) when gated]);  x = x + mlp(norm(x))
+//     kda:             S_t = (I - beta_t k_t k_t^T) diag(alpha_t) S_{t-1} + beta_t k_t^T v_t with a decay
+//                      per key channel, log alpha_t = -exp(A_log) softplus(f2(f1(h)) + dt_bias)
+//                      (f1 f2 low-rank, rank D; dt_bias per channel)
+//   x = x + o_proj(headnorm(o) [* silu(gate(h)) when gated or kda]);  x = x + mlp(norm(x))
+// kda's output gate is gated_deltanet's full-rank silu gate (the paper's is a low-rank sigmoid one).
 //
 // The delta rule writes v_t along k_t after erasing what S held there (beta_t of it): a memory that
 // overwrites instead of only accumulating. With |k| = 1 and beta in (0, 1) every step contracts, so
 // the state stays bounded. The math is core's (chunked_scan.h): the chunked WY / UT-transform form
-// for training and prefill, the recurrence for decoding.
+// for training and prefill, the recurrence for decoding; kda's per-channel decay goes through the
+// generalised delta rule there (read along alpha * k, write along -beta k).
 #include <linearnexus/chunked_scan.h>
 #include <linearnexus/error.h>
 #include <linearnexus/layers.h>
@@ -23,11 +29,14 @@
 namespace linearnexus {
 namespace {
 
+enum class Gating { None, PerHead, PerChannel };  // deltanet, gated_deltanet, kda
+
 class DeltaNetBlock : public Block {
  public:
-  DeltaNetBlock(const ModelDims& d, const Params& p, bool gated)
-      : name_(gated ? "gated_deltanet" : "deltanet"), C_(d.hidden_size), H_(p.get_int("n_head")),
-        Q_(p.get_int("chunk_size")), Kc_(p.get_bool("short_conv") ? p.get_int("conv_size") : 0), gated_(gated),
+  DeltaNetBlock(const ModelDims& d, const Params& p, Gating gating)
+      : name_(gating == Gating::None ? "deltanet" : gating == Gating::PerHead ? "gated_deltanet" : "kda"),
+        C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")),
+        Kc_(p.get_bool("short_conv") ? p.get_int("conv_size") : 0), gating_(gating), gated_(gating != Gating::None),
         recurrent_(p.get_string("scan") == "recurrent") {
     if (C_ % H_ != 0)
       throw Error("model.blocks." + name_ + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
@@ -36,12 +45,17 @@ class DeltaNetBlock : public Block {
     ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, 3 * C_).bias(false)));
     // beta (and, gated, the decay's input a) per head: H (or 2 H) rows.
-    ba_ = register_module("ba", torch::nn::Linear(torch::nn::LinearOptions(C_, gated ? 2 * H_ : H_).bias(false)));
+    const bool per_head = gating == Gating::PerHead;
+    ba_ = register_module("ba", torch::nn::Linear(torch::nn::LinearOptions(C_, per_head ? 2 * H_ : H_).bias(false)));
     if (Kc_ > 0) conv_weight_ = register_parameter("conv_weight", torch::empty({3 * C_, Kc_}));
-    if (gated) {
+    if (gated_) {
       A_log_ = register_parameter("A_log", torch::empty({H_}));
-      dt_bias_ = register_parameter("dt_bias", torch::empty({H_}));
+      dt_bias_ = register_parameter("dt_bias", torch::empty({per_head ? H_ : C_}));
       gate_ = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
+    }
+    if (gating == Gating::PerChannel) {  // the decay's low-rank input, rank D
+      f1_ = register_module("f1", torch::nn::Linear(torch::nn::LinearOptions(C_, D_).bias(false)));
+      f2_ = register_module("f2", torch::nn::Linear(torch::nn::LinearOptions(D_, C_).bias(false)));
     }
     o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(D_));
     o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
@@ -52,11 +66,15 @@ class DeltaNetBlock : public Block {
     init_linear(ba_);  // beta starts near sigmoid(0) = 1/2
     init_residual_projection(o_proj_, d.n_layer);
     if (Kc_ > 0) conv_weight_.uniform_(-1.0 / std::sqrt(double(Kc_)), 1.0 / std::sqrt(double(Kc_)));
-    if (gated) {
+    if (gated_) {
       init_linear(gate_);
       A_log_.copy_((torch::rand({H_}) * 15 + 1).log());  // A in [1, 16], dt in [1e-3, 0.1]: as Mamba-2
-      auto dt = (torch::rand({H_}) * (std::log(0.1) - std::log(1e-3)) + std::log(1e-3)).exp();
+      auto dt = (torch::rand({dt_bias_.size(0)}) * (std::log(0.1) - std::log(1e-3)) + std::log(1e-3)).exp();
       dt_bias_.copy_(dt + at::log(-at::expm1(-dt)));
+    }
+    if (gating == Gating::PerChannel) {
+      init_linear(f1_);
+      init_linear(f2_);
     }
   }
 
@@ -84,17 +102,27 @@ class DeltaNetBlock : public Block {
     auto q = l2(heads(0)) / std::sqrt(double(D_)), k = l2(heads(1)), v = heads(2);  // [B, H, T, D]
     auto ba = ba_(h).to(at::kFloat);                                        // [B, T, H or 2 H]
     auto beta = at::sigmoid(ba.narrow(-1, 0, H_));                          // [B, T, H]
-    at::Tensor g;
-    if (gated_) g = -A_log_.exp() * at::softplus(ba.narrow(-1, H_, H_) + dt_bias_);  // [B, T, H] log-decays
+    at::Tensor g;  // log-decays: [B, T, H] (gated_deltanet) or [B, T, C] (kda)
+    if (gating_ == Gating::PerHead) g = -A_log_.exp() * at::softplus(ba.narrow(-1, H_, H_) + dt_bias_);
+    if (gating_ == Gating::PerChannel)
+      g = -A_log_.exp().repeat_interleave(D_) * at::softplus(f2_(f1_(h)).to(at::kFloat) + dt_bias_);
     if (keep.defined()) {
       beta = beta * keep.to(at::kFloat);
       if (g.defined()) g = g * keep.to(at::kFloat);
     }
     beta = beta.transpose(1, 2);                                            // [B, H, T]
-    if (g.defined()) g = g.transpose(1, 2);
     at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();           // [B, H, D, D] fp32
-    auto o = ctx.mode == Mode::Decode || recurrent_ ? delta_scan_recurrent(q, k, v, beta, g, S)
-                                                    : delta_scan_chunked(q, k, v, beta, g, S, Q_);  // [B, H, T, D]
+    const bool recurrent = ctx.mode == Mode::Decode || recurrent_;
+    at::Tensor o;                                                           // [B, H, T, D]
+    if (gating_ == Gating::PerChannel) {
+      // (I - beta k k^T) diag(alpha) S + beta k^T v: read along alpha k, write along -beta k.
+      g = g.reshape({B, T, H_, D_}).transpose(1, 2);                        // [B, H, T, D]
+      auto bk = k * beta.unsqueeze(-1), a = k * g.exp();
+      o = recurrent ? gdelta_scan_recurrent(q, bk, v, a, -bk, g, S) : gdelta_scan_chunked(q, bk, v, a, -bk, g, S, Q_);
+    } else {
+      if (g.defined()) g = g.transpose(1, 2);                               // [B, H, T]
+      o = recurrent ? delta_scan_recurrent(q, k, v, beta, g, S) : delta_scan_chunked(q, k, v, beta, g, S, Q_);
+    }
     if (cached) state.tensors["S"] = S.detach();
     auto y = o_norm_->forward(o).transpose(1, 2).reshape({B, T, C_});
     if (gated_) y = y * at::silu(gate_(h));
@@ -110,12 +138,13 @@ class DeltaNetBlock : public Block {
 
   std::map<std::string, std::vector<int64_t>> fused_splits() const override {
     std::map<std::string, std::vector<int64_t>> s{{"qkv.weight", {C_, C_, C_}}};
-    if (gated_) s["ba.weight"] = {H_, H_};
+    if (gating_ == Gating::PerHead) s["ba.weight"] = {H_, H_};
     return s;
   }
 
-  // beta and the decay's input (ba) are per-head scalars, not features: `other` (never orthogonalised
-  // by Muon, weight-decayed as a 2-D tensor); the decay's A_log and dt_bias are `ssm_dynamics`.
+  // beta and the decay's input (ba; kda: f1, f2) make per-head scalars and decays, not features:
+  // `other` (never orthogonalised by Muon, weight-decayed as 2-D tensors); the decay's A_log and
+  // dt_bias are `ssm_dynamics`.
   std::map<std::string, ParamRole> parameter_roles() const override {
     auto roles = tail_.parameter_roles();
     roles["ln1.weight"] = roles["o_norm.weight"] = ParamRole::Norm;
@@ -127,16 +156,18 @@ class DeltaNetBlock : public Block {
       roles["gate.weight"] = ParamRole::Matrix;
       roles["A_log"] = roles["dt_bias"] = ParamRole::SsmDynamics;
     }
+    if (gating_ == Gating::PerChannel) roles["f1.weight"] = roles["f2.weight"] = ParamRole::Other;
     return roles;
   }
 
  private:
   std::string name_;
   int64_t C_, H_, Q_, Kc_, D_ = 0;
+  Gating gating_;
   bool gated_, recurrent_;
   std::shared_ptr<Norm> ln1_;
   std::shared_ptr<RMSNorm> o_norm_;
-  torch::nn::Linear qkv_{nullptr}, ba_{nullptr}, gate_{nullptr}, o_proj_{nullptr};
+  torch::nn::Linear qkv_{nullptr}, ba_{nullptr}, gate_{nullptr}, o_proj_{nullptr}, f1_{nullptr}, f2_{nullptr};
   at::Tensor conv_weight_, A_log_, dt_bias_;
   ResidualMLP tail_;
 };
@@ -159,13 +190,16 @@ Schema deltanet_schema() {
 void register_deltanet(Registry& r) {
   r.add_block("deltanet", "DeltaNet: linear attention with the delta rule (L2-normalised q/k, learned beta) + MLP",
               deltanet_schema(),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, false); });
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::None); });
   r.add_block("gated_deltanet", "Gated DeltaNet: the delta rule with a data-dependent decay per head, output gate + MLP",
               deltanet_schema(),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, true); });
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::PerHead); });
+  r.add_block("kda", "Kimi Delta Attention: the delta rule with a data-dependent decay per key channel, output gate + MLP",
+              deltanet_schema(),
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::PerChannel); });
 }
 
 }  // namespace linearnexus
 
-LINEARNEXUS_PLUGIN("deltanet", "1.0.0", "DeltaNet and Gated DeltaNet blocks (chunked WY form, recurrent decoding)",
+LINEARNEXUS_PLUGIN("deltanet", "1.0.0", "DeltaNet, Gated DeltaNet and KDA blocks (chunked WY form, recurrent decoding)",
                    linearnexus::register_deltanet)

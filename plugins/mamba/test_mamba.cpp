@@ -1,53 +1,10 @@
 // The mamba block: chunked scan == sequential reference (outputs, gradients, long sequences),
 // recurrent decoding == chunked prefill, cached generation of mamba and hybrid models == uncached
 // forwards, the model presets' sizes, and small models learning tiny Shakespeare.
-#include <nlohmann/json.hpp>
-
-#include <cmath>
-#include <map>
-
-#include "catch.h"
-#include "linearnexus/generate.h"
-#include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/registry.h"
+#include "block_contract.h"
 #include "linearnexus/session.h"
-#include "linearnexus/trainer.h"
-#include "test_util.h"
 
-using namespace linearnexus;
 using namespace lntest;
-
-namespace {
-
-// A mamba block of width C with the schema's defaults overridden by `kv` (YAML text values).
-std::shared_ptr<Block> make_mamba(PluginHost& host, int64_t C, const std::map<std::string, std::string>& kv) {
-  return make_test_block(host, "mamba", C, kv);
-}
-
-void copy_parameters(torch::nn::Module& dst, torch::nn::Module& src) {
-  torch::NoGradGuard g;
-  auto s = src.named_parameters();
-  for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
-}
-
-// a == b up to rtol 1e-4, with an absolute floor scaled to b's magnitude (sums of many terms
-// in a different order differ by rounding near zero).
-bool close(const at::Tensor& a, const at::Tensor& b, double rtol = 1e-4) {
-  const double scale = b.abs().max().item<double>();
-  return torch::allclose(a, b, rtol, 1e-5 * scale + 1e-12);
-}
-
-double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
-
-BlockOutput run(Block& b, const at::Tensor& x, LayerState s, Mode mode, int64_t start = 0) {
-  ForwardContext ctx;
-  ctx.mode = mode;
-  ctx.start = start;
-  return b.forward(x, std::move(s), ctx);
-}
-
-}  // namespace
 
 TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs and every gradient", "[mamba]") {
   PluginHost host;
@@ -60,9 +17,9 @@ TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs and
         INFO("scan " << scan);
         std::map<std::string, std::string> kv{{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"},
                                               {"scan", scan}};
-        auto chunk = make_mamba(host, 24, kv);
+        auto chunk = make_test_block(host, "mamba", 24, kv);
         kv["scan"] = "sequential";
-        auto seq = make_mamba(host, 24, kv);
+        auto seq = make_test_block(host, "mamba", 24, kv);
         copy_parameters(*seq, *chunk);
         {  // A_log differs per channel after training: make it so here, identically in both.
           torch::NoGradGuard g;
@@ -73,7 +30,7 @@ TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs and
         auto x = torch::randn({2, T, 24});
         auto r = torch::randn({2, T, 24});
         auto xc = x.clone().requires_grad_(true), xs = x.clone().requires_grad_(true);
-        auto yc = run(*chunk, xc, {}, Mode::Train).y, ys = run(*seq, xs, {}, Mode::Train).y;
+        auto yc = run_block(*chunk, xc, {}, Mode::Train).y, ys = run_block(*seq, xs, {}, Mode::Train).y;
         INFO("d_state " << N << " T " << T << " output max diff " << max_diff(yc, ys));
         CHECK(close(yc, ys));
         (yc * r).sum().backward();
@@ -91,8 +48,8 @@ TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs and
         }
         // Prefill returns the same final state from both scans.
         torch::NoGradGuard g;
-        auto pc = run(*chunk, x, chunk->init_state(2, T, x.options()), Mode::Prefill);
-        auto ps = run(*seq, x, seq->init_state(2, T, x.options()), Mode::Prefill);
+        auto pc = run_block(*chunk, x, chunk->init_state(2, T, x.options()), Mode::Prefill);
+        auto ps = run_block(*seq, x, seq->init_state(2, T, x.options()), Mode::Prefill);
         CHECK(close(pc.y, ps.y));
         CHECK(close(pc.state.tensors.at("ssm_state"), ps.state.tensors.at("ssm_state")));
         CHECK(torch::equal(pc.state.tensors.at("conv_state"), ps.state.tensors.at("conv_state")));
@@ -110,18 +67,18 @@ TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the refer
     // delta in [0.5, 2] and A down to -16: the log-decay summed over a chunk reaches ~ -2000 and over
     // the sequence ~ -1e5; exponentiating its negation (a positive cumulative sum) would give inf.
     std::map<std::string, std::string> kv{{"d_state", "16"}, {"dt_min", "0.5"}, {"dt_max", "2.0"}, {"scan", scan}};
-    auto chunk = make_mamba(host, 8, kv);
+    auto chunk = make_test_block(host, "mamba", 8, kv);
     kv["scan"] = "sequential";
-    auto seq = make_mamba(host, 8, kv);
+    auto seq = make_test_block(host, "mamba", 8, kv);
     copy_parameters(*seq, *chunk);
     auto x = torch::randn({1, 4096, 8}).requires_grad_(true);
-    auto y = run(*chunk, x, {}, Mode::Train).y;
+    auto y = run_block(*chunk, x, {}, Mode::Train).y;
     CHECK(torch::isfinite(y).all().item<bool>());
     y.pow(2).mean().backward();
     CHECK(torch::isfinite(x.grad()).all().item<bool>());
     for (const auto& p : chunk->parameters()) CHECK(torch::isfinite(p.grad()).all().item<bool>());
     torch::NoGradGuard g;
-    auto ys = run(*seq, x.detach(), {}, Mode::Train).y;
+    auto ys = run_block(*seq, x.detach(), {}, Mode::Train).y;
     INFO("max diff " << max_diff(y, ys));
     CHECK(close(y.detach(), ys));
   }
@@ -130,18 +87,18 @@ TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the refer
 TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over the whole", "[mamba]") {
   PluginHost host;
   torch::manual_seed(4);
-  auto b = make_mamba(host, 16, {{"chunk_size", "8"}, {"dt_max", "0.5"}});
+  auto b = make_test_block(host, "mamba", 16, {{"chunk_size", "8"}, {"dt_max", "0.5"}});
   b->eval();
   torch::NoGradGuard g;
   const int64_t B = 3, T = 29;
   auto x = torch::randn({B, T, 16});
-  auto full = run(*b, x, {}, Mode::Train).y;
+  auto full = run_block(*b, x, {}, Mode::Train).y;
 
   // Token by token from a zero state.
   LayerState s = b->init_state(B, T, x.options());
   std::vector<at::Tensor> ys;
   for (int64_t t = 0; t < T; ++t) {
-    auto o = run(*b, x.narrow(1, t, 1), std::move(s), Mode::Decode, t);
+    auto o = run_block(*b, x.narrow(1, t, 1), std::move(s), Mode::Decode, t);
     ys.push_back(o.y);
     s = std::move(o.state);
   }
@@ -151,12 +108,12 @@ TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over t
 
   // Prefill 13 tokens (a chunk and a part), then decode 1, 3 (several tokens in one Decode call) and the rest.
   s = b->init_state(B, T, x.options());
-  auto o = run(*b, x.narrow(1, 0, 13), std::move(s), Mode::Prefill);
+  auto o = run_block(*b, x.narrow(1, 0, 13), std::move(s), Mode::Prefill);
   ys = {o.y};
   s = std::move(o.state);
   int64_t t = 13;
   for (int64_t n : std::vector<int64_t>{1, 3, 1, T - 18}) {
-    o = run(*b, x.narrow(1, t, n), std::move(s), Mode::Decode, t);
+    o = run_block(*b, x.narrow(1, t, n), std::move(s), Mode::Decode, t);
     ys.push_back(o.y);
     s = std::move(o.state);
     t += n;
@@ -166,8 +123,8 @@ TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over t
   CHECK(close(pd, full));
   // A prefill continuing a state (a second prompt piece) also matches.
   s = b->init_state(B, T, x.options());
-  auto o1 = run(*b, x.narrow(1, 0, 10), std::move(s), Mode::Prefill);
-  auto o2 = run(*b, x.narrow(1, 10, T - 10), std::move(o1.state), Mode::Prefill, 10);
+  auto o1 = run_block(*b, x.narrow(1, 0, 10), std::move(s), Mode::Prefill);
+  auto o2 = run_block(*b, x.narrow(1, 10, T - 10), std::move(o1.state), Mode::Prefill, 10);
   CHECK(close(at::cat({o1.y, o2.y}, 1), full));
 }
 
@@ -291,49 +248,7 @@ TEST_CASE("model presets build with the expected parameter counts", "[mamba][pre
   CHECK(LMModel(e.model_config(17), host.registry()).num_parameters() == V * 768 + 2 * mamba(768) + 768);
 }
 
-// ---- end to end ---------------------------------------------------------------------------------
-
-namespace {
-
-std::map<int64_t, nlohmann::json> train_and_read_metrics(const std::string& yaml, const std::string& out_dir) {
-  train_experiment(yaml, {"trainer.out_dir=" + out_dir});
-  return read_metrics(out_dir);
-}
-
-double unigram_entropy(const std::string& path) {
-  std::string text = read_text(path);
-  std::map<char, double> counts;
-  for (char c : text) counts[c] += 1;
-  double H = 0;
-  for (auto& [c, n] : counts) H -= n / text.size() * std::log(n / text.size());
-  return H;
-}
-
-void check_learns_shakespeare(const std::string& model_yaml) {
-  const std::string path = shared_data("tinyshakespeare.txt");
-  if (path.empty()) LN_SKIP("tinyshakespeare.txt not found under " LINEARNEXUS_SHARED_DATA_DIR);
-  // One intra-op thread: ctest runs test cases side by side on a 2-core machine, and the scan's
-  // many small ops each wait at an OpenMP barrier when two 2-thread processes share two cores
-  // (measured 0.4 s/step alone vs 10 s/step under ctest -j2 with other work running).
-  at::set_num_threads(1);
-  const double H = unigram_entropy(path);
-  CHECK(H == Approx(3.31).margin(0.01));
-  TempDir t;
-  auto m = train_and_read_metrics(std::string(R"(
-name: mamba-e2e
-data: {path: ")") + path + R"(", seq_len: 64}
-)" + model_yaml + R"(
-optimizer: {name: adamw, lr: 5e-3}
-schedule: {warmup_steps: 20, min_lr: 5e-4}
-trainer: {name: sft, max_steps: 100, batch_size: 16, log_every: 25, eval_every: 100, eval_batches: 8}
-)", t / "run");
-  REQUIRE_FALSE(m.empty());
-  const double val = m.rbegin()->second["val_loss"].get<double>();
-  INFO("validation loss " << val << " vs unigram entropy " << H);
-  CHECK(val < H - 0.5);
-}
-
-}  // namespace
+// ---- end to end (block_contract.h's check_learns_shakespeare) ---------------------------------
 
 TEST_CASE("a small char mamba learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)", "[mamba][e2e]") {
   check_learns_shakespeare("model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, block_pattern: [mamba]}");

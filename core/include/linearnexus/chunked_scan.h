@@ -1,14 +1,18 @@
 #pragma once
 // The math of the linear-time blocks, once: a chunked (training / prefill) form and a recurrent
-// (decoding, and the tests' reference) form of two families of linear recurrences over a matrix
-// state S [B, H, K, V] per head. Block plugins (gla, mamba2, deltanet, gated_deltanet) map their
-// projections onto these and keep only their own wiring.
+// (decoding, and the tests' reference) form of three families of linear recurrences over a matrix
+// state S [B, H, K, V] per head. Block plugins (gla, mamba2, deltanet, gated_deltanet, kda, rwkv7)
+// map their projections onto these and keep only their own wiring.
 //
 //   decay family   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t                 o_t = q_t S_t
 //                  g [B, H, T, K] (a decay per key channel: GLA) or [B, H, T, 1] (one per head:
 //                  Mamba-2 / SSD, where the intra-chunk part becomes a plain matmul)
 //   delta rule     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t^T v_t   o_t = q_t S_t
 //                  beta [B, H, T] in [0, 1], g [B, H, T] (gated DeltaNet) or undefined (DeltaNet)
+//   generalised    S_t = diag(exp(g_t)) S_{t-1} + b_t^T (a_t S_{t-1}) + k_t^T v_t   o_t = q_t S_t
+//   delta rule     g, a, b [B, H, T, K]: a decay per key channel plus a rank-one "read along a,
+//                  write along b" correction (RWKV-7: a = -kappa, b = kappa * iclr; Kimi Delta
+//                  Attention: a = exp(g) k, b = -beta k, k <- beta k)
 //
 // q, k [B, H, T, K]; v [B, H, T, V]; g are log-decays (<= 0). Both forms take the state entering
 // the sequence in S (undefined = zeros) and leave the state after the last token there. They
@@ -16,9 +20,11 @@
 // too much in bf16) and return o [B, H, T, V] in q's dtype. Everything is differentiable with
 // autograd, S included.
 //
-// A token with k = 0 and g = 0 (decay family), or beta = 0 and g = 0 (delta rule), leaves the
-// state unchanged: that is how blocks make left padding "as if absent".
+// A token with k = 0 and g = 0 (decay family), beta = 0 and g = 0 (delta rule), or k = b = 0 and
+// g = 0 (generalised delta rule) leaves the state unchanged: that is how blocks make left padding "as if absent".
 #include <ATen/ATen.h>
+
+#include <limits>
 
 namespace linearnexus {
 
@@ -37,5 +43,16 @@ at::Tensor delta_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at
                               const at::Tensor& g, at::Tensor& S, int64_t chunk);
 at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
                                 const at::Tensor& g, at::Tensor& S);
+
+// The generalised delta rule chunked: inside a chunk the reads e_i = a_i S_{i-1} solve one
+// unit-lower-triangular system (as the UT transform), the rest is matmuls against the entering
+// state. In general the per-channel decay does not factor out of the pairwise products (as for GLA)
+// and they are formed as [n, n, K]: keep chunks small (16). A caller whose log-decays are bounded,
+// g >= min_log_decay (RWKV-7: -e^-0.5), with chunk * -min_log_decay <= 30, gets plain matmuls.
+at::Tensor gdelta_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                               const at::Tensor& b, const at::Tensor& g, at::Tensor& S, int64_t chunk,
+                               double min_log_decay = -std::numeric_limits<double>::infinity());
+at::Tensor gdelta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                                 const at::Tensor& b, const at::Tensor& g, at::Tensor& S);
 
 }  // namespace linearnexus
