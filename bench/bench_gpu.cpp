@@ -1,15 +1,16 @@
 // GPU training and decoding throughput of our models, beside bench/reference.py (the same models in
 // plain PyTorch). Built only where LibTorch has CUDA. Run both with bench/run_gpu_bench.sh.
 // Usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode]
-//                  [--models gpt-small,gpt-small-char,mamba-small,jamba-small]
+//                  [--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small]
 //
 // Prints one JSON object per line after "RESULT " (the table in docs/benchmarks.md is made from
 // them by reference.py --table):
 //   matmul     bf16 8192^3 matmul rate (the MFU denominator), random operands;
 //   train      gpt-small (T = 1024, bf16 autocast, fp32 master weights, AdamW, grad clip 1.0): the
 //              largest batch of --batches that fits; gpt-small-char (the same shape, a 65-token
-//              character vocabulary), mamba-small and jamba-small at that batch (or the largest
-//              smaller one of --batches that fits).
+//              character vocabulary), gpt-small-ckpt (gpt-small with activation checkpointing of
+//              every block), mamba-small and jamba-small at that batch (or the largest smaller one
+//              of --batches that fits); gpt-medium at B = 32 (the 80 GB-card check).
 //              Step = forward, fp32 loss, backward, clip, optimizer step, zero_grad, as the sft
 //              trainer does it; no host-device sync inside the timed steps;
 //   decode     128-token prompt, then 512 greedy tokens one at a time on the caches, batch 1 and 16;
@@ -95,7 +96,9 @@ struct Setup {
 std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& preset, int64_t vocab = kVocab) {
   auto s = std::make_unique<Setup>();
   s->vocab = vocab;
-  s->exp = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: " + preset +
+  // A preset fixes its vocabulary (gpt-small: 50257); another one needs vocab_size: auto, the vocab given here.
+  const std::string vocab_key = vocab == kVocab ? "" : ", vocab_size: auto";
+  s->exp = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: " + preset + vocab_key +
                                 "}\noptimizer: {name: adamw, lr: 6e-4, betas: [0.9, 0.95], weight_decay: 0.1}\n",
                             "bench_gpu", "", {}, host);
   torch::manual_seed(0);
@@ -206,7 +209,7 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     };
     for (const auto& [n, v] : by_name) top->push_back({v, shorten(n)});
     std::sort(top->rbegin(), top->rend());
-    if (top->size() > 10) top->resize(10);
+    if (top->size() > 20) top->resize(20);
   }
   return ms;
 }
@@ -289,7 +292,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> batches{48, 32, 24, 16, 8};
   int steps = 10;
   bool profile = true, decode = true;
-  std::string models = "gpt-small,gpt-small-char,mamba-small,jamba-small";
+  std::string models = "gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--batches" && i + 1 < argc) batches = parse_list(argv[++i]);
@@ -299,7 +302,7 @@ int main(int argc, char** argv) {
     else if (a == "--models" && i + 1 < argc) models = argv[++i];
     else {
       std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode] "
-                           "[--models gpt-small,gpt-small-char,mamba-small,jamba-small]\n");
+                           "[--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small]\n");
       return 2;
     }
   }
@@ -351,14 +354,17 @@ int main(int argc, char** argv) {
     // At the gpt's batch (or the largest smaller one that fits): gpt-small with a character
     // vocabulary (65 tokens, as tiny Shakespeare's), the Mamba models: mamba-small, and jamba-small
     // (7 mamba : 1 attention).
-    for (const std::string name : {"gpt-small-char", "mamba-small", "jamba-small"}) {
+    for (const std::string name : {"gpt-small-char", "gpt-small-ckpt", "gpt-medium", "mamba-small", "jamba-small"}) {
       if (!wanted(name)) continue;
       c10::cuda::CUDACachingAllocator::emptyCache();
-      const bool chars = name == "gpt-small-char";
-      auto s = chars ? make_setup(host, "gpt-small", 65) : make_setup(host, name);
+      const bool chars = name == "gpt-small-char", gpt = name.rfind("gpt-", 0) == 0;
+      auto s = chars ? make_setup(host, "gpt-small", 65)
+                     : make_setup(host, name == "gpt-small-ckpt" ? std::string("gpt-small") : name);
+      if (name == "gpt-small-ckpt") s->model->set_activation_checkpointing(1);
       std::vector<int64_t> mb;
       for (int64_t B : batches)
         if (B <= gpt_batch) mb.push_back(B);
+      if (name == "gpt-medium") mb = {32};
       auto r = train(*s, mb, steps);
       const double n = static_cast<double>(s->model->num_parameters());
       std::map<std::string, std::string> row{{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(name)},
@@ -366,7 +372,8 @@ int main(int argc, char** argv) {
                                              {"ms_per_step", num(1e3 * r.s_per_step)},
                                              {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
                                              {"peak_gib", num(r.peak)}};
-      if (chars) row["flops_per_token"] = num(6.0 * n + 12.0 * 12 * 768 * kT);
+      const auto& d = s->model->config().dims;
+      if (gpt) row["flops_per_token"] = num(6.0 * n + 12.0 * d.n_layer * d.hidden_size * kT);
       result(row);
       if (name == "mamba-small" && decode) {
         for (int64_t B : {1, 16})
@@ -374,7 +381,7 @@ int main(int argc, char** argv) {
                   {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
         decode_profile(*s->model, name, 1);
       }
-      if (profile && r.batch && !chars) {
+      if (profile && r.batch && !gpt) {
         try {
           breakdown(*s, r.batch, name);
         } catch (const std::exception& e) {

@@ -2,7 +2,9 @@
 // and bf16, odd sizes, a vocabulary that is not a multiple of 64, T = 1, rows without loss, several
 // row chunks; and one whole bf16 gpt-small step against the unfused path. CTest label `gpu`: every
 // case skips, saying so, without CUDA.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
 #include "catch.h"
 #include "linearnexus/compat.h"
@@ -115,7 +117,43 @@ void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, 
   CHECK(eg < tol);
 }
 
+// MLP("swiglu") on CUDA (its gate through swiglu.cu) against down(silu(gate(x)) * up(x)) as ops on
+// the same modules, fp32 or under bf16 autocast: the output and the gradients of x and every weight.
+void check_swiglu(int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol) {
+  INFO("rows " << rows << " C " << C << " hidden " << hidden << " autocast " << autocast);
+  torch::manual_seed(6);
+  MLP mlp(C, "swiglu", hidden, 2);
+  mlp.to(at::kCUDA);
+  auto x = at::randn({rows, C}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
+  auto x2 = x.detach().clone().requires_grad_(true);
+  at::Tensor fused, ref;
+  {
+    compat::AutocastGuard guard(autocast, at::kBFloat16);
+    fused = mlp.forward(x);
+    ref = mlp.down(at::silu(mlp.gate(x2)) * mlp.up(x2));
+  }
+  auto dout = at::randn_like(fused);
+  fused.backward(dout);
+  std::map<std::string, at::Tensor> grads;
+  for (const auto& p : mlp.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+  ref.backward(dout);
+  double worst = rel_err(x.grad(), x2.grad());
+  for (const auto& p : mlp.named_parameters()) worst = std::max(worst, rel_err(grads[p.key()], p.value().grad()));
+  const double eo = rel_err(fused, ref);
+  std::printf("swiglu rows %ld C %ld hidden %ld autocast %d: out %.1e  largest gradient %.1e\n", (long)rows, (long)C,
+              (long)hidden, autocast, eo, worst);
+  CHECK(eo < tol);
+  CHECK(worst < tol);
+}
+
 }  // namespace
+
+TEST_CASE("fused SwiGLU on CUDA equals silu(gate) * up as ops (fp32, bf16 autocast, odd width, one row)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  check_swiglu(37, 64, 100, false, 1e-5);
+  check_swiglu(1, 64, 100, false, 1e-5);
+  check_swiglu(37, 768, 2048, true, 2e-2);
+}
 
 TEST_CASE("fused RMSNorm on CUDA equals the plain ops (fp32, bf16, under autocast, odd C, one row)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
@@ -159,7 +197,7 @@ TEST_CASE("fused LM head + cross-entropy on CUDA: every target -1 gives loss 0 a
   CHECK(W.grad().abs().max().item<double>() == 0);
 }
 
-TEST_CASE("one bf16 gpt-small step: the fused head's loss and gradients equal the unfused path's", "[gpu]") {
+TEST_CASE("one bf16 gpt-small step: loss and gradients with every fused kernel equal the plain ops' (LINEARNEXUS_UNFUSED=1)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
   Experiment e = parse("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: gpt-small}\n", host);
@@ -173,8 +211,11 @@ TEST_CASE("one bf16 gpt-small step: the fused head's loss and gradients equal th
   fused.backward();
   std::map<std::string, at::Tensor> grads;
   for (const auto& p : model.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+  // The plain path: RMSNorm, the qkv split and RoPE as LibTorch ops, the head as matmul + cross_entropy.
+  ::setenv("LINEARNEXUS_UNFUSED", "1", 1);
   auto unfused = lm_loss(model.forward(x), y);
   unfused.backward();
+  ::unsetenv("LINEARNEXUS_UNFUSED");
   std::printf("gpt-small bf16 step: loss fused %.6f unfused %.6f\n", fused.item<double>(), unfused.item<double>());
   CHECK(std::fabs(fused.item<double>() - unfused.item<double>()) < 2e-3 * std::fabs(unfused.item<double>()));
   double worst = 0;
@@ -184,5 +225,5 @@ TEST_CASE("one bf16 gpt-small step: the fused head's loss and gradients equal th
     if (e > worst) worst = e, worst_name = p.key();
   }
   std::printf("gpt-small bf16 step: largest gradient difference %.2e (%s)\n", worst, worst_name.c_str());
-  CHECK(worst < 3e-2);
+  CHECK(worst < 5e-2);  // bf16 roundings in different places (RoPE in fp32 vs in bf16 ops)
 }

@@ -51,7 +51,14 @@ MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer)
 
 at::Tensor MLP::forward(const at::Tensor& x) {
   // x: [B, T, C] -> [B, T, C]
-  if (kind == "swiglu") return down(at::silu(gate(x)) * up(x));
+  if (kind == "swiglu") {
+    auto g = gate(x), u = up(x);  // [B, T, hidden]
+#ifdef LINEARNEXUS_CORE_CUDA
+    if (cuda::fused_applies(g) && g.scalar_type() == u.scalar_type()) return down(cuda::swiglu(g, u));  // cuda/swiglu.cu
+#endif
+    return down(at::silu(g) * u);
+  }
+  // GELU(tanh) stays ATen's: one kernel each way already; fusing it would mean a matmul epilogue.
   return down(at::gelu(up(x), "tanh"));
 }
 

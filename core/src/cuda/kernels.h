@@ -48,5 +48,11 @@ cudaError_t rms_norm_backward(const void* dy, DType y_dtype, const void* x, DTyp
                               const float* rstd, void* dx, float* dw_partial, int64_t rows, int64_t C,
                               cudaStream_t stream);
 
+// swiglu.cu: out = silu(gate) * up elementwise over n values (fp32 or bf16, one dtype), and its
+// backward dgate, dup from dout in one pass (sigmoid recomputed from gate, nothing else saved).
+cudaError_t swiglu_forward(const void* gate, const void* up, void* out, DType dtype, int64_t n, cudaStream_t stream);
+cudaError_t swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup, DType dtype,
+                            int64_t n, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace linearnexus

@@ -8,6 +8,7 @@
 // written as one row of partial sums per block (the caller adds them up: deterministic).
 #include <cuda_bf16.h>
 
+#include "device_io.cuh"
 #include "kernels.h"
 
 namespace linearnexus {
@@ -16,11 +17,6 @@ namespace {
 
 constexpr int kWarps = 8;          // rows in flight per block (one warp each)
 constexpr int64_t kBackwardBlocks = 1024;
-
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

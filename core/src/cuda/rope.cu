@@ -8,6 +8,7 @@
 // same map without the rotation. Backward is the same map reversed with the angle negated.
 #include <cuda_bf16.h>
 
+#include "device_io.cuh"
 #include "kernels.h"
 
 namespace linearnexus {
@@ -15,11 +16,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
 // One block per token (b, t). Every head of the token rotates pair i by the same angle, so the
 // block computes the D/2 cos / sin once into shared memory (the first version computed them per
