@@ -1,6 +1,8 @@
 // GPU training and decoding throughput of our models, beside bench/reference.py (the same models in
 // plain PyTorch). Built only where LibTorch has CUDA. Run both with bench/run_gpu_bench.sh.
-// Usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--train MODEL]...
+// Usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode]
+//                  [--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small]
+//                  [--train MODEL]...
 // --train (repeatable) measures only the training rows of those models, in order (each at the
 // first batch of --batches that fits): MODEL is a preset name, or NAME=MODEL_MAP with a YAML map of
 // the model section, e.g. 'gdn={hidden_size: 768, n_layer: 12, block_pattern: [gated_deltanet]}'.
@@ -9,8 +11,10 @@
 // them by reference.py --table):
 //   matmul     bf16 8192^3 matmul rate (the MFU denominator), random operands;
 //   train      gpt-small (T = 1024, bf16 autocast, fp32 master weights, AdamW, grad clip 1.0): the
-//              largest batch of --batches that fits; mamba-small and jamba-small at that batch (or
-//              the largest smaller one of --batches that fits).
+//              largest batch of --batches that fits; gpt-small-char (the same shape, a 65-token
+//              character vocabulary), gpt-small-ckpt (gpt-small with activation checkpointing of
+//              every block), mamba-small and jamba-small at that batch (or the largest smaller one
+//              of --batches that fits); gpt-medium at B = 32 (the 80 GB-card check).
 //              Step = forward, fp32 loss, backward, clip, optimizer step, zero_grad, as the sft
 //              trainer does it; no host-device sync inside the timed steps;
 //   decode     128-token prompt, then 512 greedy tokens one at a time on the caches, batch 1 and 16;
@@ -86,6 +90,7 @@ void result(const std::map<std::string, std::string>& kv) {
 
 // A preset model on the GPU with bf16 compute, and its AdamW (nanoGPT's settings).
 struct Setup {
+  int64_t vocab = kVocab;
   Experiment exp;
   std::shared_ptr<LMModel> model;
   std::vector<NamedParameter> params;
@@ -93,15 +98,18 @@ struct Setup {
 };
 
 // `model`: a preset name, or NAME=MODEL_MAP (a YAML map of the model section).
-std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& model) {
+std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& model, int64_t vocab = kVocab) {
   auto s = std::make_unique<Setup>();
+  s->vocab = vocab;
+  // A preset fixes its vocabulary (gpt-small: 50257); another one needs vocab_size: auto, the vocab given here.
+  const std::string vocab_key = vocab == kVocab ? "" : ", vocab_size: auto";
   const auto eq = model.find('=');
-  const std::string section = eq == std::string::npos ? "{preset: " + model + "}" : model.substr(eq + 1);
+  const std::string section = eq == std::string::npos ? "{preset: " + model + vocab_key + "}" : model.substr(eq + 1);
   s->exp = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: " + section +
                                 "\noptimizer: {name: adamw, lr: 6e-4, betas: [0.9, 0.95], weight_decay: 0.1}\n",
                             "bench_gpu", "", {}, host);
   torch::manual_seed(0);
-  s->model = std::make_shared<LMModel>(s->exp.model_config(kVocab), host.registry());
+  s->model = std::make_shared<LMModel>(s->exp.model_config(vocab), host.registry());
   s->model->to(at::kCUDA);
   s->model->set_compute_dtype(at::kBFloat16);
   s->params = named_parameters_of(*s->model);
@@ -114,10 +122,10 @@ struct Step {
   at::Tensor x, y;
   Step(Setup& s_, int64_t B) : s(s_) {
     auto o = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
-    x = at::randint(0, kVocab, {B, kT}, o);
-    y = at::randint(0, kVocab, {B, kT}, o);
+    x = at::randint(0, s.vocab, {B, kT}, o);
+    y = at::randint(0, s.vocab, {B, kT}, o);
   }
-  void forward_backward() { lm_loss(s.model->forward(x), y).backward(); }
+  void forward_backward() { s.model->next_token_loss(x, y).backward(); }
   void update() {
     clip_grad_norm(s.params, 1.0);
     s.opt->step();
@@ -208,7 +216,7 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     };
     for (const auto& [n, v] : by_name) top->push_back({v, shorten(n)});
     std::sort(top->rbegin(), top->rend());
-    if (top->size() > 10) top->resize(10);
+    if (top->size() > 20) top->resize(20);
   }
   return ms;
 }
@@ -290,19 +298,26 @@ std::vector<int64_t> parse_list(const std::string& s) {
 int main(int argc, char** argv) {
   std::vector<int64_t> batches{48, 32, 24, 16, 8};
   int steps = 10;
-  bool profile = true;
+  bool profile = true, decode = true;
   std::vector<std::string> train_only;
+  std::string models = "gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--batches" && i + 1 < argc) batches = parse_list(argv[++i]);
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--no-profile") profile = false;
+    else if (a == "--no-decode") decode = false;
+    else if (a == "--models" && i + 1 < argc) models = argv[++i];
     else if (a == "--train" && i + 1 < argc) train_only.push_back(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--train MODEL]...\n");
+      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode] "
+                           "[--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small] "
+                           "[--train MODEL]...\n");
       return 2;
     }
   }
+  models = "," + models + ",";
+  auto wanted = [&](const std::string& name) { return models.find("," + name + ",") != std::string::npos; };
   if (!torch::cuda::is_available()) {
     std::fprintf(stderr, "bench_gpu: no CUDA device; this benchmark runs on a GPU machine only\n");
     return 1;
@@ -326,8 +341,8 @@ int main(int argc, char** argv) {
               {"peak_gib", num(r.peak)}});
     }
     if (!train_only.empty()) return 0;
-    int64_t gpt_batch = 0;
-    {
+    int64_t gpt_batch = batches.front();
+    if (wanted("gpt-small")) {
       auto s = make_setup(host, "gpt-small");
       const auto& d = s->model->config().dims;
       auto r = train(*s, batches, steps);
@@ -341,11 +356,13 @@ int main(int argc, char** argv) {
               {"seq", num(kT)}, {"params", num(n)}, {"ms_per_step", num(1e3 * r.s_per_step)},
               {"tokens_per_s", num(r.batch * kT / r.s_per_step)}, {"peak_gib", num(r.peak)},
               {"flops_per_token", num(flops_per_token)}});
-      for (int64_t B : {1, 16})
-        result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(B)},
-                {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
-      decode_profile(*s->model, "gpt-small", 1);
-      sdpa_variants(gpt_batch);
+      if (decode) {
+        for (int64_t B : {1, 16})
+          result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(B)},
+                  {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
+        decode_profile(*s->model, "gpt-small", 1);
+        sdpa_variants(gpt_batch);
+      }
       if (profile) {
         try {
           breakdown(*s, gpt_batch, "gpt-small");
@@ -354,26 +371,37 @@ int main(int argc, char** argv) {
         }
       }
     }
-    // The Mamba models at the gpt's batch (or the largest smaller one that fits): mamba-small, and
-    // jamba-small (7 mamba : 1 attention).
-    for (const std::string name : {"mamba-small", "jamba-small"}) {
+    // At the gpt's batch (or the largest smaller one that fits): gpt-small with a character
+    // vocabulary (65 tokens, as tiny Shakespeare's), the Mamba models: mamba-small, and jamba-small
+    // (7 mamba : 1 attention).
+    for (const std::string name : {"gpt-small-char", "gpt-small-ckpt", "gpt-medium", "mamba-small", "jamba-small"}) {
+      if (!wanted(name)) continue;
       c10::cuda::CUDACachingAllocator::emptyCache();
-      auto s = make_setup(host, name);
+      const bool chars = name == "gpt-small-char", gpt = name.rfind("gpt-", 0) == 0;
+      auto s = chars ? make_setup(host, "gpt-small", 65)
+                     : make_setup(host, name == "gpt-small-ckpt" ? std::string("gpt-small") : name);
+      if (name == "gpt-small-ckpt") s->model->set_activation_checkpointing(1);
       std::vector<int64_t> mb;
       for (int64_t B : batches)
         if (B <= gpt_batch) mb.push_back(B);
+      if (name == "gpt-medium") mb = {32};
       auto r = train(*s, mb, steps);
-      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(name)}, {"batch", num(r.batch)},
-              {"seq", num(kT)}, {"params", num(static_cast<double>(s->model->num_parameters()))},
-              {"ms_per_step", num(1e3 * r.s_per_step)}, {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
-              {"peak_gib", num(r.peak)}});
-      if (name == "mamba-small") {
+      const double n = static_cast<double>(s->model->num_parameters());
+      std::map<std::string, std::string> row{{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(name)},
+                                             {"batch", num(r.batch)}, {"seq", num(kT)}, {"params", num(n)},
+                                             {"ms_per_step", num(1e3 * r.s_per_step)},
+                                             {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
+                                             {"peak_gib", num(r.peak)}};
+      const auto& d = s->model->config().dims;
+      if (gpt) row["flops_per_token"] = num(6.0 * n + 12.0 * d.n_layer * d.hidden_size * kT);
+      result(row);
+      if (name == "mamba-small" && decode) {
         for (int64_t B : {1, 16})
           result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str(name)}, {"batch", num(B)},
                   {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
         decode_profile(*s->model, name, 1);
       }
-      if (profile && r.batch) {
+      if (profile && r.batch && !gpt) {
         try {
           breakdown(*s, r.batch, name);
         } catch (const std::exception& e) {

@@ -53,7 +53,7 @@ void check_same_losses(const std::string& a, const std::string& b, int64_t steps
 }
 }  // namespace
 
-TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Muon; grad accumulation)", "[distributed]") {
+TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Muon; grad accumulation; activation checkpointing)", "[distributed]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -61,6 +61,7 @@ TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Mu
       {"mamba", " --set 'model.block_pattern=[mamba]'"},
       {"muon", " --optimizer muon"},
       {"accum", " --set trainer.grad_accum=2 --set data.sampling=epoch"},
+      {"checkpointing", " --set trainer.activation_checkpointing=blocks"},  // the hooks see the recomputed grads
   };
   for (const auto& [name, extra] : cases) {
     INFO(name);

@@ -74,6 +74,8 @@ const Schema& trainer_common_schema() {
       {"eval_every", ParamType::Int, "100", "steps between validation passes (0 = only at the end)", {}, 0},
       {"save_every", ParamType::Int, "500", "steps between checkpoints (a final one is always written)", {}, 0},
       {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest", {}, 0},
+      {"activation_checkpointing", ParamType::String, "none", "keep only block inputs in the training forward and run blocks again in backward: none, blocks (every block) or N (every N-th block); costs one more forward of those blocks per step"},
+      {"peak_tflops", ParamType::Float, "0", "per-GPU peak that the logged mfu divides by, in TFLOP/s (0 = measure a bf16 8192^3 matmul at startup; CUDA only)", {}, 0},
       {"out_dir", ParamType::String, "\"\"", "run folder (default runs/<name>)"},
       {"resume", ParamType::String, "\"\"", "\"\" = fresh run (refuses a folder with checkpoints), auto = continue from out_dir's latest, or a checkpoint path"},
       {"init_from", ParamType::String, "\"\"", "a fresh run starts from this checkpoint's weights (run folder or file) and reuses its tokenizer; the model section must match it"},
@@ -386,8 +388,20 @@ void check_for_training(const Experiment& e, const Registry& registry) {
   if (seq_len > max_seq_len)
     throw Error(e.source + ": data.seq_len (" + std::to_string(seq_len) + ") is longer than model.max_seq_len (" +
                 std::to_string(max_seq_len) + ")");
+  activation_checkpoint_every(e);
   // The trainer's own checks live in its constructor: make one and drop it.
   registry.make_trainer(e.trainer_name, e.trainer);
+}
+
+int64_t activation_checkpoint_every(const Experiment& e) {
+  const std::string v = e.trainer.get_string("activation_checkpointing");
+  if (v == "none") return 0;
+  if (v == "blocks") return 1;
+  if (!v.empty() && v.size() < 10 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+      std::stoll(v) > 0)
+    return std::stoll(v);
+  throw Error(e.source + ": trainer.activation_checkpointing must be none, blocks or a positive number N (every N-th "
+              "block), not '" + v + "'");
 }
 
 Experiment load_experiment(const std::string& path, const std::vector<std::string>& overrides, PluginHost& host) {

@@ -6,6 +6,9 @@
 
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
+#ifdef LINEARNEXUS_CORE_CUDA
+#include "cuda/fused_layers_cuda.h"
+#endif
 
 namespace linearnexus {
 
@@ -14,6 +17,14 @@ RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_param
 at::Tensor RMSNorm::forward(const at::Tensor& x) {
   // x: [..., C]. Normalise in fp32 whatever the compute dtype, for stability (the residual stream
   // is fp32 anyway: under bf16 autocast only matmul outputs are bf16).
+#ifdef LINEARNEXUS_CORE_CUDA
+  // On CUDA one kernel each way (cuda/rms_norm.cu), the output already in autocast's dtype when it
+  // is on (the next matmul's input), else in x's.
+  if (cuda::fused_applies(x) && weight.scalar_type() == at::kFloat) {
+    const at::ScalarType autocast = compat::cuda_autocast_dtype();
+    return cuda::rms_norm(x, weight, eps, autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);
+  }
+#endif
   return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
 
@@ -51,7 +62,14 @@ MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer,
 
 at::Tensor MLP::forward(const at::Tensor& x) {
   // x: [B, T, C] -> [B, T, C]
-  if (kind == "swiglu") return down(at::silu(gate(x)) * up(x));
+  if (kind == "swiglu") {
+    auto g = gate(x), u = up(x);  // [B, T, hidden]
+#ifdef LINEARNEXUS_CORE_CUDA
+    if (cuda::fused_applies(g) && g.scalar_type() == u.scalar_type()) return down(cuda::swiglu(g, u));  // cuda/swiglu.cu
+#endif
+    return down(at::silu(g) * u);
+  }
+  // GELU(tanh) stays ATen's: one kernel each way already; fusing it would mean a matmul epilogue.
   return down(at::gelu(up(x), "tanh"));
 }
 
@@ -87,6 +105,27 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double b
   auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()), sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
   auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
   return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,
+                      bool rope, double base) {
+  // qkv: [B, T, (H + 2 Hkv) D]
+#ifdef LINEARNEXUS_CORE_CUDA
+  // On CUDA one kernel each way (cuda/rope.cu): the split, the rotation and the head-major copy.
+  if (cuda::fused_applies(qkv) && D % 2 == 0) {
+    auto qkv_heads = cuda::qkv_rope(qkv, positions, H, Hkv, D, rope, base);
+    return {qkv_heads[0], qkv_heads[1], qkv_heads[2]};
+  }
+#endif
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  auto q = qkv.narrow(-1, 0, H * D).view({B, T, H, D}).transpose(1, 2);              // [B, H, T, D]
+  auto k = qkv.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);      // [B, Hkv, T, D]
+  auto v = qkv.narrow(-1, (H + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+  if (rope) {
+    q = apply_rope(q, positions, base);
+    k = apply_rope(k, positions, base);
+  }
+  return {q, k, v};
 }
 
 at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

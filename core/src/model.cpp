@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "activation_checkpoint.h"
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #include "linearnexus/layers.h"
@@ -151,7 +152,12 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
   auto x = wte_(idx);  // [B, T, C]
   if (wpe_) x = x + wpe_(ctx.position_ids(idx.size(0), T, idx.device()));  // positions [B or 1, T] < max_seq_len
   if (config_.dims.dropout > 0) x = at::dropout(x, config_.dims.dropout, is_training());
+  const bool checkpointing = checkpoint_every_ > 0 && !state && is_training() && at::GradMode::is_enabled();
   for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (checkpointing && static_cast<int64_t>(i) % checkpoint_every_ == 0) {
+      x = checkpointed_block(*blocks_[i], x, ctx, autocast_active(), compute_dtype_);
+      continue;
+    }
     auto out = blocks_[i]->forward(x, state ? state->layers[i] : LayerState{}, ctx);
     x = out.y;
     if (state) state->layers[i] = std::move(out.state);
@@ -181,10 +187,8 @@ at::Tensor LMModel::forward(const at::Tensor& idx, ModelState* state, Mode mode,
 at::Tensor LMModel::next_token_loss(const at::Tensor& idx, const at::Tensor& targets) {
   // idx, targets: [B, T]
   auto h = forward_hidden(idx);
-  // On CUDA the bf16 head on the padded weight plus cross_entropy is what was measured and tested
-  // (docs/benchmarks.md); the chunked head is the CPU's answer to page faults and extra passes.
-  if (h.is_cuda()) return lm_loss(lm_logits(h), targets);
-  return lm_head_loss(h, head_weight(), targets);
+  // The head's matmuls in the autocast dtype on CUDA (as lm_logits); the loss is fp32 either way.
+  return lm_head_loss(h, head_weight(), targets, autocast_active() ? compute_dtype_ : h.scalar_type());
 }
 
 }  // namespace linearnexus

@@ -4,9 +4,12 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <sstream>
 
+#include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 
 namespace linearnexus {
@@ -72,6 +75,41 @@ void adamw_update(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   p.addcdiv_(m, denom, -lr / bc1);
 }
 
+void adamw_update_slots(const MomentSlots& slots, int64_t step, double lr, double b1, double b2, double eps,
+                        double wd) {
+  torch::NoGradGuard g;
+#if LINEARNEXUS_HAS_MULTI_TENSOR_OPS
+  // The fused kernel takes fp32 tensors of one CUDA device; anything else goes per tensor below.
+  std::vector<at::Tensor> p[2], gr[2], m[2], v[2];  // [0]: no-decay group, [1]: decay group
+  std::optional<at::Device> device;
+  for (const auto& s : slots.all()) {
+    const auto& param = s.np.param;
+    if (!param.grad().defined()) continue;
+    if (param.is_cuda() && !device) device = param.device();
+    if (param.is_cuda() && param.device() == *device && param.scalar_type() == at::kFloat &&
+        param.grad().scalar_type() == at::kFloat) {
+      p[s.decay].push_back(param), gr[s.decay].push_back(param.grad()), m[s.decay].push_back(s.first),
+          v[s.decay].push_back(s.second);
+    } else {
+      adamw_update(param, param.grad(), s.first, s.second, step, lr, b1, b2, eps, s.decay ? wd : 0.0);
+    }
+  }
+  for (int decay = 0; decay < 2; ++decay) {
+    if (p[decay].empty()) continue;
+    // The kernel reads the (1-based) step from a float tensor per parameter; one shared tensor,
+    // filled from the host value, keeps the step count where it always was (the optimizer's state).
+    auto step_t = at::full({}, static_cast<double>(step), p[decay].front().options());
+    std::vector<at::Tensor> steps(p[decay].size(), step_t);
+    at::_fused_adamw_(p[decay], gr[decay], m[decay], v[decay], {}, steps, lr, b1, b2, decay ? wd : 0.0, eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  }
+#else
+  for (const auto& s : slots.all())
+    if (s.np.param.grad().defined())
+      adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, step, lr, b1, b2, eps, s.decay ? wd : 0.0);
+#endif
+}
+
 const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& key, const std::string& optimizer) {
   auto it = state.find(key);
   if (it == state.end())
@@ -134,16 +172,29 @@ double lr_multiplier(int64_t step, int64_t warmup, int64_t max_steps, const std:
 }
 
 at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm) {
-  std::vector<at::Tensor> norms;
+  std::vector<at::Tensor> grads;
   for (const auto& p : params)
-    if (p.param.grad().defined()) norms.push_back(p.param.grad().detach().to(at::kFloat).norm().reshape({1}));
-  if (norms.empty()) return at::zeros({});
+    if (p.param.grad().defined()) grads.push_back(p.param.grad());
+  if (grads.empty()) return at::zeros({});
+#if LINEARNEXUS_HAS_MULTI_TENSOR_OPS
+  // On CUDA, fp32 gradients: multi-tensor launches (one norm pass, one scaling pass) instead of a
+  // norm and a multiply kernel per tensor, as torch.nn.utils.clip_grad_norm_(foreach=True).
+  const bool multi = std::all_of(grads.begin(), grads.end(), [&](const at::Tensor& t) {
+    return t.is_cuda() && t.scalar_type() == at::kFloat && t.device() == grads.front().device();
+  });
+  if (multi) {
+    auto total = at::stack(at::_foreach_norm(grads, 2)).norm();
+    if (max_norm > 0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
+    return total;
+  }
+#endif
+  std::vector<at::Tensor> norms;
+  for (const auto& g : grads) norms.push_back(g.detach().to(at::kFloat).norm().reshape({1}));
   auto total = at::cat(norms).norm();
   if (max_norm > 0) {
     // Multiply by min(1, max/total) always: no branch on the value, so no device sync.
     auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (const auto& p : params)
-      if (p.param.grad().defined()) p.param.mutable_grad().mul_(coef.to(p.param.grad().scalar_type()));
+    for (auto& g : grads) g.mul_(coef.to(g.scalar_type()));
   }
   return total;
 }

@@ -227,6 +227,7 @@ RunSetup prepare_run(const Experiment& exp, PluginHost& host) {
   ctx.model = std::make_shared<LMModel>(mc, host.registry());
   ctx.model->to(ctx.device);
   ctx.model->set_compute_dtype(compute);
+  ctx.model->set_activation_checkpointing(activation_checkpoint_every(exp));
   ctx.params = named_parameters_of(*ctx.model);
   if (ctx.dist) {
     // Every rank starts from rank 0's weights (the same seed makes them equal already; this makes

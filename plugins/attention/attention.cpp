@@ -97,14 +97,8 @@ class AttentionBlock : public Block {
     // x: [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
     auto qkv = qkv_(ln1_->forward(x));                                          // [B, T, (H + 2 Hkv) D]
-    auto q = qkv.narrow(-1, 0, H_ * D_).view({B, T, H_, D_}).transpose(1, 2);   // [B, H, T, D]
-    auto k = qkv.narrow(-1, H_ * D_, Hkv_ * D_).view({B, T, Hkv_, D_}).transpose(1, 2);  // [B, Hkv, T, D]
-    auto v = qkv.narrow(-1, (H_ + Hkv_) * D_, Hkv_ * D_).view({B, T, Hkv_, D_}).transpose(1, 2);
-    if (rope_) {
-      auto pos = ctx.position_ids(B, T, x.device());  // [B or 1, T]
-      q = apply_rope(q, pos, rope_base_);
-      k = apply_rope(k, pos, rope_base_);
-    }
+    auto pos = rope_ ? ctx.position_ids(B, T, x.device()) : at::Tensor();      // [B or 1, T]
+    auto [q, k, v] = split_heads(qkv, pos, H_, Hkv_, D_, rope_, rope_base_);     // [B, H, T, D], [B, Hkv, T, D] x2
     const bool cached = !state.empty();
     int64_t k0 = 0;  // the absolute position of the first key
     if (cached && window_ > 0) {

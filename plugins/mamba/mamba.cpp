@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "causal_conv_gpu.h"
 #include "selective_scan.h"
 #include "selective_scan_gpu.h"
 
@@ -95,7 +96,13 @@ class MambaBlock : public Block {
     } else {
       at::Tensor history, new_history;
       if (cached) history = state.tensors.at("conv_state");
-      auto u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
+      // On CUDA one kernel does the conv and the SiLU (causal_conv.cu) and keeps nothing but xi for
+      // backward; the op path elsewhere (and for a cache under autograd, which nothing trains through).
+      const bool conv_kernel = scan_ == "auto" && mamba::cuda_conv_applies(xi, K_) &&
+                               !(cached && at::GradMode::is_enabled());
+      auto u = conv_kernel ? mamba::conv_silu_cuda(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr)
+                           : at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history,
+                                                              cached ? &new_history : nullptr));
       auto A = -A_log_.exp();                             // [D, N]
       at::Tensor final_state;
       if (scan_ == "auto" && mamba::cuda_scan_applies(u, N_)) {

@@ -100,7 +100,7 @@ struct Channel {
 // (Pm = min(P, U)), and at(i) hands step i's value to every lane of the channel (a shuffle).
 // Softplus, the sigmoids and the loads of u, dt, z were each lane's own before: 4x the work at N = 16.
 // Measured on an H200 (mamba-small, docs/benchmarks.md): the backward got faster with it (594 -> 341
-// ms per step), the forward slower (162 -> 222 ms): the forward may be better off without it.
+// ms per step), the forward slower (162 -> 222 ms), so the forward computes every step on every lane.
 template <int P, int U>
 struct Split {
   static constexpr int Pm = P < U ? P : U, K = U / Pm;
@@ -136,13 +136,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant
       for (int s = 0; s < kS; ++s)
         if (c.has(s)) k[c.in_slice(s)] = h[s];
     }
-    // This lane's steps' scalars (see Split), and every step's B and C for this lane's states.
+    // Every step's scalars computed by every lane of the channel (Split<1, U>: no shuffles; the
+    // shared form, Split<P, U>, made this kernel slower, 162 -> 222 ms per step, while it made the
+    // backward faster), and every step's B and C for this lane's states.
     // Every load of the group is issued before the first use of any (one memory latency per group).
-    Split<P, U> delta, du, Du, gate;
-    float uk[Split<P, U>::K], zk[Split<P, U>::K];
+    Split<1, U> delta, du, Du, gate;
+    float uk[Split<1, U>::K], zk[Split<1, U>::K];
 #pragma unroll
-    for (int k = 0; k < Split<P, U>::K; ++k) {
-      const int64_t t = min(t0 + Split<P, U>::step(k), a.T - 1);
+    for (int k = 0; k < Split<1, U>::K; ++k) {
+      const int64_t t = min(t0 + Split<1, U>::step(k), a.T - 1);
       uk[k] = c.u(t);
       delta.v[k] = c.dt(t);
       zk[k] = c.z(t);
@@ -155,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant
       c.load_C(t, C[i]);
     }
 #pragma unroll
-    for (int k = 0; k < Split<P, U>::K; ++k) {
+    for (int k = 0; k < Split<1, U>::K; ++k) {
       const float dl = c.delta(delta.v[k]);
       delta.v[k] = dl;
       du.v[k] = dl * uk[k];

@@ -21,10 +21,7 @@ class AdamW : public Optimizer {
 
   void step() override {
     ++t_;
-    for (auto& s : slots_.all())
-      if (s.np.param.grad().defined())
-        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, current_lr(), b1_, b2_, eps_,
-                     s.decay ? wd_ : 0.0);
+    adamw_update_slots(slots_, t_, current_lr(), b1_, b2_, eps_, wd_);
   }
 
   TensorMap state_dict() const override {

@@ -20,6 +20,10 @@
 // before (core/src/distributed.cpp picks the base class by this).
 #define LINEARNEXUS_C10D_BACKEND_BASE LINEARNEXUS_TORCH_AT_LEAST(2, 0)
 
+// Multi-tensor optimizer kernels: at::_fused_adamw_ (one launch updates a whole list of tensors),
+// _foreach_norm and _foreach_mul_ by a 0-d tensor. Used on CUDA only; the CPU keeps the per-tensor ops.
+#define LINEARNEXUS_HAS_MULTI_TENSOR_OPS LINEARNEXUS_TORCH_AT_LEAST(2, 1)
+
 // The at::autocast API took a device type in 2.4; 1.13 has CUDA-only functions.
 #define LINEARNEXUS_AUTOCAST_BY_DEVICE LINEARNEXUS_TORCH_AT_LEAST(2, 4)
 
@@ -65,6 +69,17 @@ class AutocastGuard {
   bool active_, prev_enabled_ = false;
   at::ScalarType prev_dtype_ = at::kBFloat16;
 };
+
+// The dtype CUDA autocast computes matmuls in while it is on (bf16 under precision: bf16), else
+// Undefined: fused layers write their outputs in it, so the next matmul needs no cast.
+inline at::ScalarType cuda_autocast_dtype() {
+#if LINEARNEXUS_AUTOCAST_BY_DEVICE
+  return at::autocast::is_autocast_enabled(at::kCUDA) ? at::autocast::get_autocast_dtype(at::kCUDA)
+                                                      : at::ScalarType::Undefined;
+#else
+  return at::autocast::is_enabled() ? at::autocast::get_autocast_gpu_dtype() : at::ScalarType::Undefined;
+#endif
+}
 
 // Causal or masked attention. q [B,H,Tq,D], k/v [B,H,Tk,D]; mask [B or 1, 1, Tq, Tk] bool (true =
 // attend) or undefined with is_causal for the plain causal case (only when Tq == Tk).

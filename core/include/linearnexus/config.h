@@ -52,6 +52,10 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
                             const std::vector<std::string>& overrides, PluginHost& host,
                             PluginPaths plugin_paths = PluginPaths::Load, const std::string& plugin_dir = "");
 
+// trainer.activation_checkpointing as a block interval (LMModel::set_activation_checkpointing):
+// none -> 0, blocks -> 1, a positive integer N -> N; anything else an Error naming the key.
+int64_t activation_checkpoint_every(const Experiment& e);
+
 // What training needs beyond each key's own schema (data.seq_len <= model.max_seq_len, the
 // trainer's own checks): `validate` and prepare_run both call it, so validate refuses what run does.
 // Not part of parse_experiment: a model alone (a checkpoint's, a test's) does not need it.

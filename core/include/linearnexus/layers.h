@@ -72,6 +72,16 @@ void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer);
 // at absolute positions [B, T] or [1, T] (int64). Pairs are (i, i + D/2) halves ("neox" layout).
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base = 10000.0);
 
+// Attention's q [B, H, T, D], k and v [B, Hkv, T, D] from a fused projection qkv [B, T, (H + 2 Hkv) D]
+// (q's heads, then k's, then v's), with apply_rope on q and k at positions [B or 1, T] when `rope`.
+// On CUDA one fused kernel (and one for backward) that also lays q, k, v out head-major and
+// contiguous; elsewhere views of qkv and apply_rope.
+struct HeadSplit {
+  at::Tensor q, k, v;
+};
+HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,
+                      bool rope, double base = 10000.0);
+
 // Causal depthwise conv over time. x [B, T, C], weight [C, K], bias [C] or undefined.
 // `history` [B, C, K-1] holds the K-1 inputs before x (zeros at the start); returns y [B, T, C]
 // and, through new_history, the last K-1 inputs (for decoding).

@@ -119,8 +119,8 @@ class LMModel : public torch::nn::Module {
                             const at::Tensor& positions = {});
   at::Tensor lm_logits(const at::Tensor& hidden);
   // Mean next-token cross-entropy of idx [B,T] against targets [B,T] (-1 = no loss), in fp32: the
-  // training path. On the CPU through lm_head_loss (never materialising the [B,T,V] logits); on CUDA
-  // lm_loss(lm_logits(h)).
+  // training path, through lm_head_loss (never materialising the [B,T,V] logits; on CUDA a fused
+  // cross-entropy kernel between the head's matmuls).
   at::Tensor next_token_loss(const at::Tensor& idx, const at::Tensor& targets);
   // The LM head's weight [V, C] (the embedding's when tied).
   const at::Tensor& head_weight() const { return config_.tie_embeddings ? wte_->weight : lm_head_->weight; }
@@ -132,6 +132,9 @@ class LMModel : public torch::nn::Module {
   // while weights, gradients and optimizer state stay fp32. kFloat (the default): plain fp32.
   void set_compute_dtype(at::ScalarType dtype) { compute_dtype_ = dtype; }
   at::ScalarType compute_dtype() const { return compute_dtype_; }
+  // trainer.activation_checkpointing: 0 = none; N >= 1 = the training forward keeps only the input
+  // of every N-th block (blocks 0, N, 2N, ...) and runs that block again in backward.
+  void set_activation_checkpointing(int64_t every) { checkpoint_every_ = every; }
   int64_t num_parameters() const;
   const std::vector<std::shared_ptr<Block>>& blocks() const { return blocks_; }
   // Declared roles by full parameter name: the model's own (wte and wpe: Embedding, norm: Norm, an
@@ -147,6 +150,7 @@ class LMModel : public torch::nn::Module {
   std::shared_ptr<Norm> norm_;
   torch::nn::Linear lm_head_{nullptr};
   at::ScalarType compute_dtype_ = at::kFloat;
+  int64_t checkpoint_every_ = 0;
   bool autocast_active() const;
 };
 

@@ -110,6 +110,12 @@ void adamw_update(const at::Tensor& param, const at::Tensor& grad, const at::Ten
                   const at::Tensor& exp_avg_sq, int64_t step, double lr, double beta1, double beta2, double eps,
                   double weight_decay);
 
+// adamw_update on every slot that has a gradient, weight_decay on the decay group only. On CUDA
+// (LibTorch 2.1+) two multi-tensor launches (at::_fused_adamw_, per group) instead of ~10 small
+// kernels per tensor; elsewhere adamw_update per tensor.
+void adamw_update_slots(const MomentSlots& slots, int64_t step, double lr, double beta1, double beta2, double eps,
+                        double weight_decay);
+
 // state[key], or an Error saying the checkpoint lacks `optimizer`'s state `key` (another optimizer's?).
 const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& key, const std::string& optimizer);
 

@@ -124,6 +124,9 @@ class TrainingRun {
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t_start_, t_last_log_;
   int64_t tokens_since_log_ = 0, steps_since_log_ = 0, start_step_ = 0;
+  // Model FLOPs utilisation on a GPU: training FLOPs per token and the per-GPU peak (trainer.peak_tflops,
+  // else measured at startup); 0 = no mfu (CPU runs).
+  double flops_per_token_ = 0, peak_flops_ = 0;
   double last_lr_ = 0;
 };
 

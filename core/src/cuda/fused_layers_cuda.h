@@ -1,0 +1,30 @@
+// The CUDA paths of shared layers (layers.h): RMSNorm (rms_norm.cu), attention's qkv split with
+// rotary embeddings (rope.cu) and SwiGLU's gate (swiglu.cu), each an autograd node around its
+// forward and backward kernels.
+// Core-internal; built only with CUDA. layers.cpp calls them where fused_applies() says so.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace linearnexus {
+namespace cuda {
+
+// The kernels take fp32 / bf16 tensors on a CUDA device; false everywhere when the environment
+// has LINEARNEXUS_UNFUSED=1 (the plain ops then: for comparisons and for ruling a kernel out).
+bool fused_applies(const at::Tensor& x);
+
+// x [..., C] (fp32 or bf16), w [C] fp32 -> [..., C] in out_dtype (fp32 or bf16).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
+
+// qkv [B, T, (H + 2 Hkv) D] -> {q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]}, contiguous, with
+// RoPE on q and k at positions [B or 1, T] when `rope`.
+std::vector<at::Tensor> qkv_rope(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,
+                                 bool rope, double base);
+
+// silu(gate) * up for gate, up [..., hidden] of one dtype (fp32 or bf16).
+at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
+
+}  // namespace cuda
+}  // namespace linearnexus

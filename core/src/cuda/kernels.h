@@ -1,0 +1,58 @@
+// Launchers of core's CUDA kernels (one .cu per idea beside this header). No torch types: raw
+// device pointers, sizes and a stream, so each .cu compiles with nvcc alone; the ATen glue
+// (autograd, dtypes, checks) is in the .cpp that uses them. Compiled only when LibTorch has CUDA.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace linearnexus {
+namespace cuda {
+
+enum class DType { F32, BF16 };
+
+// cross_entropy.cu: the loss half of the fused LM head + cross-entropy (loss.cpp). For each of
+// `rows` rows of logits [rows, row_stride] (the first V columns are real, the rest padding) and its
+// target (-1 = no loss): loss[r] = logsumexp(x_r[:V]) - x_r[target] (0 for target -1), and, when
+// write_grad, the row is overwritten in place by its gradient softmax(x_r) - onehot(target) (zero
+// in the padding columns and on rows without loss). row_stride must be a multiple of 8.
+cudaError_t softmax_cross_entropy_rows(void* logits, DType dtype, int64_t rows, int64_t V, int64_t row_stride,
+                                       const int64_t* targets, float* loss, bool write_grad, cudaStream_t stream);
+
+// rope.cu: the split of a fused qkv projection into attention's head-major q, k, v with rotary
+// embeddings on q and k (neox halves: pairs (i, i + D/2), angle pos * base^(-2i/D), computed in fp32
+// as apply_rope does).
+// Forward (inverse false): qkv [B, T, (H + 2 Hkv) D] -> q [B, H, T, D], k, v [B, Hkv, T, D], all
+// contiguous. Backward (inverse true): the same index map the other way with the rotation inverted:
+// dq, dk, dv (contiguous) -> dqkv. positions: [B or 1, T] int64 (pos_batch_stride 0 for one row).
+struct QkvRopeArgs {
+  int64_t B = 0, T = 0, H = 0, Hkv = 0, D = 0;
+  const int64_t* positions = nullptr;
+  int64_t pos_batch_stride = 0;
+  float base = 10000.f, two_over_d = 0;  // inv_freq_i = base^(-i * two_over_d), two_over_d = 2/D in fp32
+  bool rope = true;  // false: the split alone
+};
+cudaError_t qkv_rope(const QkvRopeArgs& a, DType dtype, void* qkv, void* q, void* k, void* v, bool inverse,
+                     cudaStream_t stream);
+
+// rms_norm.cu: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps) over rows of C, x fp32 or
+// bf16, y fp32 or bf16 (the compute dtype, so the next matmul needs no cast), w fp32; rstd [rows]
+// kept for backward. Backward: dx (x's dtype) = rstd (g - xhat mean(g xhat)) with g = dy w,
+// xhat = x rstd; dw_partial [blocks, C] fp32, one row of partial sums per block (summed by the caller:
+// deterministic, unlike atomics). rms_norm_backward_blocks(rows) says how many.
+cudaError_t rms_norm_forward(const void* x, DType x_dtype, const float* w, void* y, DType y_dtype, float* rstd,
+                             int64_t rows, int64_t C, float eps, cudaStream_t stream);
+int64_t rms_norm_backward_blocks(int64_t rows);
+cudaError_t rms_norm_backward(const void* dy, DType y_dtype, const void* x, DType x_dtype, const float* w,
+                              const float* rstd, void* dx, float* dw_partial, int64_t rows, int64_t C,
+                              cudaStream_t stream);
+
+// swiglu.cu: out = silu(gate) * up elementwise over n values (fp32 or bf16, one dtype), and its
+// backward dgate, dup from dout in one pass (sigmoid recomputed from gate, nothing else saved).
+cudaError_t swiglu_forward(const void* gate, const void* up, void* out, DType dtype, int64_t n, cudaStream_t stream);
+cudaError_t swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup, DType dtype,
+                            int64_t n, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace linearnexus

@@ -1,0 +1,229 @@
+// core's fused CUDA kernels against the plain LibTorch ops they replace: outputs and gradients, fp32
+// and bf16, odd sizes, a vocabulary that is not a multiple of 64, T = 1, rows without loss, several
+// row chunks; and one whole bf16 gpt-small step against the unfused path. CTest label `gpu`: every
+// case skips, saying so, without CUDA.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+#include "catch.h"
+#include "linearnexus/compat.h"
+#include "linearnexus/layers.h"
+#include "linearnexus/loss.h"
+#include "linearnexus/model.h"
+#include "linearnexus/optimizer.h"
+#include "linearnexus/plugin_host.h"
+#include "linearnexus/session.h"
+#include "test_util.h"
+
+using namespace linearnexus;
+using namespace lntest;
+
+namespace {
+
+// ||a - b|| / ||b|| in fp64.
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  auto a64 = a.detach().to(at::kDouble), b64 = b.detach().to(at::kDouble);
+  return ((a64 - b64).norm() / b64.norm().clamp_min(1e-30)).item<double>();
+}
+
+// lm_head_loss on CUDA (compute_dtype) against cross_entropy of h @ W^T computed in the same dtype,
+// with a scaled upstream gradient; prints the errors (the GPU log keeps them).
+void check_head_loss(int64_t B, int64_t T, int64_t C, int64_t V, at::ScalarType dtype, double loss_tol, double grad_tol) {
+  INFO("B " << B << " T " << T << " C " << C << " V " << V << " dtype " << c10::toString(dtype));
+  torch::manual_seed(3);
+  auto o = at::TensorOptions().device(at::kCUDA);
+  auto h = at::randn({B, T, C}, o).requires_grad_(true);
+  auto W = (at::randn({V, C}, o) * 0.3).requires_grad_(true);
+  auto targets = at::randint(V, {B, T}, o.dtype(at::kLong));
+  targets.index_put_({0, 0}, -1);  // a position without loss
+  auto h2 = h.detach().clone().requires_grad_(true), W2 = W.detach().clone().requires_grad_(true);
+  auto fused = lm_head_loss(h, W, targets, dtype);
+  auto reference = lm_loss(at::matmul(h2.to(dtype), W2.to(dtype).t()), targets);
+  (fused * 2.5).backward();
+  (reference * 2.5).backward();
+  const double el = std::fabs(fused.item<double>() - reference.item<double>()) / std::fabs(reference.item<double>());
+  const double eh = rel_err(h.grad(), h2.grad()), ew = rel_err(W.grad(), W2.grad());
+  std::printf("lm_head_loss B %ld T %ld C %ld V %ld %-8s loss %.6f vs %.6f (rel %.1e)  grad_h %.1e  grad_W %.1e\n",
+              (long)B, (long)T, (long)C, (long)V, c10::toString(dtype), fused.item<double>(), reference.item<double>(),
+              el, eh, ew);
+  CHECK(el < loss_tol);
+  CHECK(eh < grad_tol);
+  CHECK(ew < grad_tol);
+  CHECK(h.grad()[0][0].abs().max().item<double>() == 0);  // no loss, no gradient
+  CHECK(W.grad().scalar_type() == at::kFloat);
+  torch::NoGradGuard g;  // without gradients: the value alone
+  CHECK(std::fabs(lm_head_loss(h, W, targets, dtype).item<double>() - fused.item<double>()) < 1e-6);
+}
+
+// RMSNorm on CUDA (the fused kernels) against the plain ops in fp64, x in `x_dtype`, under bf16
+// autocast or not; outputs and the gradients of x and the weight.
+void check_rms_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, bool autocast, double tol) {
+  INFO("rows " << rows << " C " << C << " x " << c10::toString(x_dtype) << " autocast " << autocast);
+  torch::manual_seed(4);
+  RMSNorm norm(C);
+  norm.to(at::kCUDA);
+  {
+    torch::NoGradGuard g;
+    norm.weight.copy_(at::rand({C}) + 0.5);
+  }
+  auto x = (at::randn({rows, C}, at::TensorOptions().device(at::kCUDA)) * 3).to(x_dtype).requires_grad_(true);
+  at::Tensor y;
+  {
+    compat::AutocastGuard guard(autocast, at::kBFloat16);
+    y = norm.forward(x);
+  }
+  CHECK(y.scalar_type() == (autocast ? at::kBFloat16 : x_dtype));
+  auto dy = at::randn({rows, C}, x.options().dtype(at::kFloat));
+  y.backward(dy.to(y.scalar_type()));
+  auto x64 = x.detach().to(at::kDouble).requires_grad_(true), w64 = norm.weight.detach().to(at::kDouble).requires_grad_(true);
+  auto ref = x64 * at::rsqrt(x64.pow(2).mean(-1, true) + norm.eps) * w64;
+  ref.backward(dy.to(y.scalar_type()).to(at::kDouble));
+  const double ey = rel_err(y, ref), ex = rel_err(x.grad(), x64.grad()), ew = rel_err(norm.weight.grad(), w64.grad());
+  std::printf("rms_norm rows %ld C %ld x %-8s autocast %d: y %.1e  dx %.1e  dw %.1e\n", (long)rows, (long)C,
+              c10::toString(x_dtype), autocast, ey, ex, ew);
+  CHECK(ey < tol);
+  CHECK(ex < tol);
+  CHECK(ew < tol);
+}
+
+// split_heads on CUDA (the fused split + RoPE kernels) against views of qkv and apply_rope.
+void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, bool per_row_positions,
+                       at::ScalarType dtype, double tol) {
+  INFO("B " << B << " T " << T << " H " << H << " Hkv " << Hkv << " D " << D << " " << c10::toString(dtype));
+  torch::manual_seed(5);
+  auto o = at::TensorOptions().device(at::kCUDA);
+  auto qkv = at::randn({B, T, (H + 2 * Hkv) * D}, o).to(dtype).requires_grad_(true);
+  auto pos = per_row_positions ? at::randint(0, 4000, {B, T}, o.dtype(at::kLong))
+                               : at::arange(7, 7 + T, o.dtype(at::kLong)).unsqueeze(0);
+  auto fused = split_heads(qkv, pos, H, Hkv, D, true, 10000.0);
+  auto qkv2 = qkv.detach().clone().requires_grad_(true);
+  auto q = apply_rope(qkv2.narrow(-1, 0, H * D).view({B, T, H, D}).transpose(1, 2), pos, 10000.0);
+  auto k = apply_rope(qkv2.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2), pos, 10000.0);
+  auto v = qkv2.narrow(-1, (H + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+  CHECK(fused.q.is_contiguous());
+  CHECK(fused.k.is_contiguous());
+  CHECK(fused.v.is_contiguous());
+  const double eq = rel_err(fused.q, q), ek = rel_err(fused.k, k), ev = rel_err(fused.v, v);
+  auto gq = at::randn_like(q), gk = at::randn_like(k), gv = at::randn_like(v);
+  ((fused.q * gq).sum() + (fused.k * gk).sum() + (fused.v * gv).sum()).backward();
+  ((q * gq).sum() + (k * gk).sum() + (v * gv).sum()).backward();
+  const double eg = rel_err(qkv.grad(), qkv2.grad());
+  std::printf("split_heads B %ld T %ld H %ld Hkv %ld D %ld %-8s: q %.1e  k %.1e  v %.1e  dqkv %.1e\n", (long)B, (long)T,
+              (long)H, (long)Hkv, (long)D, c10::toString(dtype), eq, ek, ev, eg);
+  CHECK(eq < tol);
+  CHECK(ek < tol);
+  CHECK(ev == 0);
+  CHECK(eg < tol);
+}
+
+// MLP("swiglu") on CUDA (its gate through swiglu.cu) against down(silu(gate(x)) * up(x)) as ops on
+// the same modules, fp32 or under bf16 autocast: the output and the gradients of x and every weight.
+void check_swiglu(int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol) {
+  INFO("rows " << rows << " C " << C << " hidden " << hidden << " autocast " << autocast);
+  torch::manual_seed(6);
+  MLP mlp(C, "swiglu", hidden, 2);
+  mlp.to(at::kCUDA);
+  auto x = at::randn({rows, C}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
+  auto x2 = x.detach().clone().requires_grad_(true);
+  at::Tensor fused, ref;
+  {
+    compat::AutocastGuard guard(autocast, at::kBFloat16);
+    fused = mlp.forward(x);
+    ref = mlp.down(at::silu(mlp.gate(x2)) * mlp.up(x2));
+  }
+  auto dout = at::randn_like(fused);
+  fused.backward(dout);
+  std::map<std::string, at::Tensor> grads;
+  for (const auto& p : mlp.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+  ref.backward(dout);
+  double worst = rel_err(x.grad(), x2.grad());
+  for (const auto& p : mlp.named_parameters()) worst = std::max(worst, rel_err(grads[p.key()], p.value().grad()));
+  const double eo = rel_err(fused, ref);
+  std::printf("swiglu rows %ld C %ld hidden %ld autocast %d: out %.1e  largest gradient %.1e\n", (long)rows, (long)C,
+              (long)hidden, autocast, eo, worst);
+  CHECK(eo < tol);
+  CHECK(worst < tol);
+}
+
+}  // namespace
+
+TEST_CASE("fused SwiGLU on CUDA equals silu(gate) * up as ops (fp32, bf16 autocast, odd width, one row)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  check_swiglu(37, 64, 100, false, 1e-5);
+  check_swiglu(1, 64, 100, false, 1e-5);
+  check_swiglu(37, 768, 2048, true, 2e-2);
+}
+
+TEST_CASE("fused RMSNorm on CUDA equals the plain ops (fp32, bf16, under autocast, odd C, one row)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  check_rms_norm(111, 72, at::kFloat, false, 1e-5);
+  check_rms_norm(1, 768, at::kFloat, false, 1e-5);
+  check_rms_norm(4097, 768, at::kFloat, true, 1e-2);  // more rows than the backward's 1024 blocks
+  check_rms_norm(37, 2048, at::kFloat, false, 1e-5);  // the backward's larger shared memory
+  check_rms_norm(37, 72, at::kBFloat16, false, 1e-2);
+  check_rms_norm(37, 72, at::kBFloat16, true, 1e-2);
+}
+
+TEST_CASE("fused qkv split + RoPE on CUDA equals views + apply_rope (fp32, bf16, GQA, T = 1, per-row positions)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  // fp32: the same angles as apply_rope's up to a few ulps (positions up to 4000).
+  check_split_heads(2, 37, 4, 4, 16, false, at::kFloat, 5e-5);
+  check_split_heads(3, 1, 6, 2, 64, true, at::kFloat, 5e-5);
+  check_split_heads(2, 37, 4, 2, 64, true, at::kFloat, 5e-5);
+  check_split_heads(2, 37, 12, 12, 64, false, at::kBFloat16, 2e-2);
+}
+
+TEST_CASE("fused LM head + cross-entropy on CUDA equals matmul + cross_entropy (fp32, bf16, odd sizes, T = 1)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  // V = 1000 and 50257: not multiples of 64 (padding columns); C = 72 odd; T = 1.
+  check_head_loss(3, 37, 72, 1000, at::kFloat, 1e-5, 1e-4);
+  check_head_loss(2, 1, 64, 50257, at::kFloat, 1e-5, 1e-4);
+  check_head_loss(3, 37, 72, 1000, at::kBFloat16, 2e-3, 2e-2);
+  check_head_loss(2, 1, 64, 50257, at::kBFloat16, 2e-3, 2e-2);  // one of the two rows without loss
+  // 6000 rows at V = 50257 in fp32: two chunks of ~1 GiB of logits, the second partial.
+  check_head_loss(2, 3000, 64, 50257, at::kFloat, 1e-5, 1e-4);
+}
+
+TEST_CASE("fused LM head + cross-entropy on CUDA: every target -1 gives loss 0 and zero gradients", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  auto o = at::TensorOptions().device(at::kCUDA);
+  auto h = at::randn({2, 5, 32}, o).requires_grad_(true);
+  auto W = at::randn({100, 32}, o).requires_grad_(true);
+  auto loss = lm_head_loss(h, W, at::full({2, 5}, -1, o.dtype(at::kLong)), at::kBFloat16);
+  loss.backward();
+  CHECK(loss.item<double>() == 0);
+  CHECK(h.grad().abs().max().item<double>() == 0);
+  CHECK(W.grad().abs().max().item<double>() == 0);
+}
+
+TEST_CASE("one bf16 gpt-small step: loss and gradients with every fused kernel equal the plain ops' (LINEARNEXUS_UNFUSED=1)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  PluginHost host;
+  Experiment e = parse("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: gpt-small}\n", host);
+  torch::manual_seed(0);
+  LMModel model(e.model_config(50257), host.registry());
+  model.to(at::kCUDA);
+  model.set_compute_dtype(at::kBFloat16);
+  auto o = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
+  auto x = at::randint(0, 50257, {2, 128}, o), y = at::randint(0, 50257, {2, 128}, o);
+  auto fused = model.next_token_loss(x, y);
+  fused.backward();
+  std::map<std::string, at::Tensor> grads;
+  for (const auto& p : model.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+  // The plain path: RMSNorm, the qkv split and RoPE as LibTorch ops, the head as matmul + cross_entropy.
+  ::setenv("LINEARNEXUS_UNFUSED", "1", 1);
+  auto unfused = lm_loss(model.forward(x), y);
+  unfused.backward();
+  ::unsetenv("LINEARNEXUS_UNFUSED");
+  std::printf("gpt-small bf16 step: loss fused %.6f unfused %.6f\n", fused.item<double>(), unfused.item<double>());
+  CHECK(std::fabs(fused.item<double>() - unfused.item<double>()) < 2e-3 * std::fabs(unfused.item<double>()));
+  double worst = 0;
+  std::string worst_name;
+  for (const auto& p : model.named_parameters()) {
+    const double e = rel_err(grads[p.key()], p.value().grad());
+    if (e > worst) worst = e, worst_name = p.key();
+  }
+  std::printf("gpt-small bf16 step: largest gradient difference %.2e (%s)\n", worst, worst_name.c_str());
+  CHECK(worst < 5e-2);  // bf16 roundings in different places (RoPE in fp32 vs in bf16 ops)
+}
