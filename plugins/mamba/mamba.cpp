@@ -7,9 +7,9 @@
 //   x = x + out_proj(y * silu(z))
 //
 // The state per layer is {"conv_state" [B, d_inner, d_conv - 1] (the last inputs of the conv),
-// "ssm_state" [B, d_inner, d_state]}. Decoding runs the recurrence one token at a time here; training
-// and prefill run one of the scans of selective_scan.h (chunk, the fused CPU kernel, the sequential
-// reference) or, on CUDA, the fused kernel of selective_scan_gpu.h.
+// "ssm_state" [B, d_inner, d_state]}. Decoding runs the recurrence one token at a time here (on CUDA
+// the fused kernel, as prefill); training and prefill run one of the scans of selective_scan.h (chunk,
+// the fused CPU kernel, the sequential reference) or, on CUDA, the fused kernel of selective_scan_gpu.h.
 #include <linearnexus/error.h>
 #include <linearnexus/layers.h>
 #include <linearnexus/model.h>
@@ -81,12 +81,14 @@ class MambaBlock : public Block {
     // Left padding (batched generation): a padding token must leave the state exactly as a zero
     // state, so its conv input is zeroed (like the conv's zero history) and its delta too (no decay,
     // no input).
-    at::Tensor keep;
-    if (ctx.key_padding.defined()) keep = ctx.key_padding.narrow(1, ctx.start, T).to(x.device()).unsqueeze(-1).to(x.scalar_type());
+    auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type());  // [B, T, 1] or undefined
     if (keep.defined()) xi = xi * keep;
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
+    // On CUDA decoding takes the fused kernel too (T = 1): a dozen kernels a token fewer than the
+    // recurrence below, which matters once a CUDA graph has removed the launch overhead.
+    const bool cuda_scan = scan_ == "auto" && mamba::cuda_scan_applies(xi, N_);
     at::Tensor gated;                                     // y * silu(z): [B, T, D]
-    if (cached && ctx.mode == Mode::Decode) {
+    if (cached && ctx.mode == Mode::Decode && !cuda_scan) {
       // The recurrent path, one token after the other on the cached state.
       std::vector<at::Tensor> ys;
       for (int64_t t = 0; t < T; ++t)
@@ -98,7 +100,7 @@ class MambaBlock : public Block {
       auto u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
       auto A = -A_log_.exp();                             // [D, N]
       at::Tensor final_state;
-      if (scan_ == "auto" && mamba::cuda_scan_applies(u, N_)) {
+      if (cuda_scan) {
         // The CUDA kernel (selective_scan.cu): softplus(dt + bias), the scan, the D skip and the gate
         // in one pass; none of delta, y or the gate's product is kept for backward. u is made
         // contiguous once (the conv returns it transposed), so x_proj and the kernel save the same
@@ -137,6 +139,9 @@ class MambaBlock : public Block {
     if (is_training() && dropout_ > 0) out = at::dropout(out, dropout_, true);
     return {x + out, std::move(state)};
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     LayerState s;

@@ -59,6 +59,11 @@ void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer);
 // Rotary position embedding on the first `rot_dim` features (all when 0) of x [B, H, T, D],
 // at absolute positions [B, T] or [1, T] (int64). Pairs are (i, i + D/2) halves ("neox" layout).
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base = 10000.0);
+// The same rotation as a matrix for one token per row: apply_rope(x) == x @ R for x [B, ..., D] at
+// positions [B, 1], R = rope_matrix(positions, D, base, dtype) [B, D, D]. Static decoding makes R
+// once per step (ForwardContext::memo) and rotates each layer's queries and keys in one matmul
+// instead of the elementwise rotation's dozen small kernels.
+at::Tensor rope_matrix(const at::Tensor& positions, int64_t D, double base, at::ScalarType dtype);
 
 // Causal depthwise conv over time. x [B, T, C], weight [C, K], bias [C] or undefined.
 // `history` [B, C, K-1] holds the K-1 inputs before x (zeros at the start); returns y [B, T, C]
