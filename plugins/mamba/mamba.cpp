@@ -95,16 +95,23 @@ class MambaBlock : public Block {
         ys.push_back(recurrent(xi.select(1, t), keep.defined() ? keep.select(1, t) : at::Tensor(), state));
       gated = at::stack(ys, 1) * at::silu(z);
     } else {
-      at::Tensor history, new_history;
+      at::Tensor history, new_history, u;
       if (cached) history = state.tensors.at("conv_state");
-      auto u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
+      if (cuda_scan && cached && ctx.mode == Mode::Decode && T == 1 && !at::GradMode::is_enabled() &&
+          mamba::conv_step_applies(xi, history)) {
+        u = mamba::conv_step_cuda(xi, history, conv_weight_, conv_bias_);  // conv_state updated in place
+        new_history = history;
+      } else {
+        u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
+      }
       auto A = -A_log_.exp();                             // [D, N]
       at::Tensor final_state;
       if (cuda_scan) {
         // The CUDA kernel (selective_scan.cu): softplus(dt + bias), the scan, the D skip and the gate
         // in one pass; none of delta, y or the gate's product is kept for backward. u is made
         // contiguous once (the conv returns it transposed), so x_proj and the kernel save the same
-        // tensor; z is copied out of xz so that backward does not keep all of xz alive.
+        // tensor; z is copied out of xz so that backward does not keep all of xz alive (without
+        // gradients the kernel reads it in place: a kernel a layer fewer per decoded token).
         u = u.contiguous();
         auto dbc = x_proj_(u);                            // [B, T, R + 2 N]
         auto dt = at::linear(dbc.narrow(-1, 0, R_), dt_proj_->weight);  // [B, T, D]; the bias goes in the kernel
@@ -116,7 +123,8 @@ class MambaBlock : public Block {
           softplus = false;
         }
         auto r = mamba::scan_gated_cuda(u, dt, bias, softplus, A, dbc.narrow(-1, R_, N_), dbc.narrow(-1, R_ + N_, N_),
-                                        D_, z.contiguous(), cached ? state.tensors.at("ssm_state") : at::Tensor());
+                                        D_, at::GradMode::is_enabled() ? z.contiguous() : z,
+                                        cached ? state.tensors.at("ssm_state") : at::Tensor());
         gated = r.out;
         final_state = r.state;
       } else {
