@@ -23,7 +23,7 @@ at::Tensor reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 TEST_CASE("the CUDA decode attention kernel == plain attention (GQA, padding, partial and masked chunks)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
-  torch::manual_seed(0);
+  at::manual_seed(0);
   for (auto dtype : {at::kFloat, at::kBFloat16})
     for (int64_t D : {64, 32}) {
       INFO("dtype " << dtype << ", head dim " << D);
