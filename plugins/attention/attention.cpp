@@ -18,8 +18,6 @@
 
 #include <limits>
 
-#include "decode_attention.h"
-
 namespace linearnexus {
 namespace {
 
@@ -142,33 +140,24 @@ class AttentionBlock : public Block {
     } else if (cached) {
       std::tie(k, v) = KVCache::append(state, k, v, ctx);  // [B, Hkv, start + T (static: max_len), D]
     }
+    if (Hkv_ != H_) {
+      k = k.repeat_interleave(H_ / Hkv_, 1);  // [B, H, Tk, D]
+      v = v.repeat_interleave(H_ / Hkv_, 1);
+    }
     const int64_t Tk = k.size(2);  // query i sits at absolute position Tk - T + i (+ k0)
     if (!mask.defined())
       mask = window_ > 0 ? window_mask(ctx, T, k0, Tk, window_, x.device()) : ctx.visibility_mask(T, Tk, x.device());
-    at::Tensor y;  // [B, H, T, D]
     if (ctx.slot.defined() && x.is_cuda()) {
-      // Static decoding on CUDA: the mask as an additive bias made once per step for every layer, and
-      // the split-over-keys kernel of decode_attention.cu (SDPA's kernel that takes a mask walks all
-      // the keys in one block per head) on the cache itself, GQA included.
-      const bool kernel = attention::decode_attention_applies(q, k);
+      // Static decoding: the mask as the additive bias SDPA would convert it to in every layer, made
+      // once per step (two kernels a layer fewer).
       const auto& m = mask;
-      const std::string key = "attention_bias:" + std::to_string(window_) + ":" + std::to_string(Tk) + (kernel ? ":f32" : "");
-      auto bias = ctx.memo(key, [&] {
-        return at::zeros(m.sizes(), q.options().dtype(kernel ? at::kFloat : q.scalar_type()))
-            .masked_fill(m.logical_not(), -std::numeric_limits<double>::infinity());
+      mask = ctx.memo("attention_bias:" + std::to_string(window_) + ":" + std::to_string(Tk), [&] {
+        return at::zeros(m.sizes(), q.options()).masked_fill(m.logical_not(), -std::numeric_limits<double>::infinity());
       });
-      if (kernel) y = attention::decode_attention_cuda(q, k, v, bias);
-      mask = bias;
     }
-    if (!y.defined()) {
-      if (Hkv_ != H_) {
-        k = k.repeat_interleave(H_ / Hkv_, 1);  // [B, H, Tk, D]
-        v = v.repeat_interleave(H_ / Hkv_, 1);
-      }
-      const bool is_causal = !mask.defined() && Tk == T && T > 1;
-      y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
-                            is_training() ? dropout_ : 0.0);  // [B, H, T, D]
-    }
+    const bool is_causal = !mask.defined() && Tk == T && T > 1;
+    auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
+                               is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));
     return {tail_.forward(x, y, is_training()), std::move(state)};
   }

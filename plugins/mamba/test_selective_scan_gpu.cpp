@@ -268,8 +268,10 @@ TEST_CASE("cuda conv step == the causal depthwise conv + silu on the carried his
     at::Tensor want_history;
     auto want = at::silu(causal_depthwise_conv1d(x.to(at::kFloat), w, b, state.to(at::kFloat), &want_history));
     auto got = mamba::conv_step_cuda(x, state, w, b);
-    const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
-    CHECK((got.to(at::kFloat) - want).abs().max().item<double>() < tol);
+    // bf16: one rounding of outputs up to ~5 in magnitude (the GPU run of 2026-11-30 saw 0.025 absolute
+    // against an absolute bound of 0.02), so the bound is relative.
+    const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+    CHECK(((got.to(at::kFloat) - want).abs() / (want.abs() + 1.0)).max().item<double>() < tol);
     CHECK((state.to(at::kFloat) - want_history).abs().max().item<double>() < tol);  // the state moved on in place
     CHECK(at::equal(state.select(2, K - 2), x.squeeze(1)));  // its newest column is the input itself
   }
