@@ -17,7 +17,9 @@
 //              of --batches that fits); gpt-medium at B = 32 (the issue's 80 GB-card check).
 //              Step = forward, fp32 loss, backward, clip, optimizer step, zero_grad, as the sft
 //              trainer does it; no host-device sync inside the timed steps;
-//   decode     128-token prompt, then 512 greedy tokens one at a time on the caches, batch 1 and 16;
+//   decode     128-token prompt, then 512 greedy tokens through the decode engine (generate_batch),
+//              batch 1 and 16; with --decode-only, only decoding: more models, batches and contexts
+//              (decode_bench) and a profile of the step;
 //   breakdown  where one training step's GPU time goes, for each model trained (LibTorch's Kineto
 //              profiler: kernel time by kind, and wall time minus kernel time = launch gaps / host
 //              overhead).
@@ -36,6 +38,8 @@
 #include <vector>
 
 #include "linearnexus/config.h"
+#include "linearnexus/decode_engine.h"
+#include "linearnexus/generate.h"
 #include "linearnexus/model.h"
 #include "linearnexus/optimizer.h"
 #include "linearnexus/plugin_host.h"
@@ -161,27 +165,38 @@ TrainResult train(Setup& s, const std::vector<int64_t>& batches, int steps) {
   return {};
 }
 
-double decode_tokens_per_s(LMModel& m, int64_t B, int64_t prompt, int64_t n) {
-  torch::NoGradGuard g;
-  m.eval();
+// Decoding through the model's engine (generate_batch: static caches, bf16 inference weights, the
+// step captured in a CUDA graph; `step` "eager" for each block's usual path): B random prompts of
+// `prompt` tokens, `n` greedy tokens. Tokens per second of the decoding alone: the time of n new
+// tokens minus the time of 1 (prefill and the first token), over B (n - 1) tokens; both warmed up
+// first (the first call of a shape captures its graph), best of two.
+double decode_tokens_per_s(LMModel& m, int64_t B, int64_t prompt, int64_t n, const std::string& step = "auto") {
+  m.decoder().options.step = step;
+  auto ids = at::randint(0, kVocab, {B, prompt}, at::kLong);
+  std::vector<std::vector<int64_t>> prompts(B);
+  for (int64_t b = 0; b < B; ++b) prompts[b] = std::vector<int64_t>(ids[b].data_ptr<int64_t>(), ids[b].data_ptr<int64_t>() + prompt);
   auto run = [&](int64_t new_tokens) {
-    ModelState st = m.init_state(B, prompt + new_tokens);
-    auto idx = at::randint(0, kVocab, {B, prompt}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
-    auto tok = m.forward(idx, &st, Mode::Prefill).select(1, -1).argmax(-1, true);  // [B, 1]
+    SamplingParams sp;
+    sp.temperature = 0;
+    sp.max_new_tokens = new_tokens;
     torch::cuda::synchronize();
     const double t0 = now_s();
-    for (int64_t i = 0; i < new_tokens; ++i) tok = m.forward(tok, &st, Mode::Decode).select(1, -1).argmax(-1, true);
+    generate_batch(m, prompts, sp, 1);
     torch::cuda::synchronize();
     return now_s() - t0;
   };
-  run(16);  // warm-up: kernels chosen, allocator filled
-  return static_cast<double>(B * n) / run(n);
+  run(n);
+  run(1);
+  const double full = std::min(run(n), run(n)), first = std::min(run(1), run(1));
+  m.decoder().options.step = "auto";
+  return static_cast<double>(B * (n - 1)) / std::max(full - first, 1e-9);
 }
 
 // GPU kernel time by kind over `iters` calls of f (ms per call), from the Kineto profiler; the
 // kernels that took longest go to *top.
 std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iters,
-                                        std::vector<std::pair<double, std::string>>* top = nullptr) {
+                                        std::vector<std::pair<double, std::string>>* top = nullptr,
+                                        double* kernels_per_call = nullptr) {
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const std::set<ActivityType> acts{ActivityType::CPU, ActivityType::CUDA};
@@ -204,6 +219,7 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     else if (has("gemm") || has("nvjet") || has("xmma") || has("cutlass") || has("cublas") || has("sm90_")) kind = "matmul";
     else if (has("memcpy") || has("memset")) kind = "memcpy/memset";
     ms[kind] += static_cast<double>(e.durationNs()) / 1e6 / iters;
+    if (kernels_per_call) *kernels_per_call += 1.0 / iters;
     by_name[e.name()] += static_cast<double>(e.durationNs()) / 1e6 / iters;
   }
   if (top) {
@@ -248,23 +264,37 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
   result(r);
 }
 
-// One decode step at batch B after a 128-token prompt: GPU kernel time by kind, the longest kernels,
-// and wall time per token (the difference is launch overhead: decoding is launch-bound).
+// Where a decode step's GPU time goes: the engine's static step run eagerly (the kernels a graph
+// replays) for 33 tokens minus 1 token, after a 128-token prompt: kernel time by kind per token,
+// kernels per token, and the longest kernels; beside the graphed wall time per token.
 void decode_profile(LMModel& m, const std::string& name, int64_t B) {
-  torch::NoGradGuard g;
-  m.eval();
-  ModelState st = m.init_state(B, 128 + 64);
-  auto tok = m.forward(at::randint(0, kVocab, {B, 128}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA)), &st,
-                       Mode::Prefill).select(1, -1).argmax(-1, true);
-  auto step = [&] { tok = m.forward(tok, &st, Mode::Decode).select(1, -1).argmax(-1, true); };
-  const double wall = 1e3 * time_per_call(step, 2, 16);
+  std::vector<std::vector<int64_t>> prompts(B, std::vector<int64_t>(128, 7));
+  auto gen = [&](int64_t n) {
+    return [&m, &prompts, n] {
+      SamplingParams sp;
+      sp.temperature = 0;
+      sp.max_new_tokens = n;
+      generate_batch(m, prompts, sp, 1);
+    };
+  };
+  const double wall = 1e3 * (time_per_call(gen(33), 1, 3) - time_per_call(gen(1), 1, 3)) / 32;
+  m.decoder().options.step = "static";
   std::vector<std::pair<double, std::string>> top;
-  auto k = kernel_ms(step, 8, &top);
+  double n33 = 0, n1 = 0;
+  auto k = kernel_ms(gen(33), 2, &top, &n33);
+  auto k1 = kernel_ms(gen(1), 2, nullptr, &n1);
+  m.decoder().options.step = "auto";
   std::map<std::string, std::string> r{{"kind", str("decode_profile")}, {"model", str(name)}, {"batch", num(B)},
-                                       {"wall_ms_per_token", num(wall)}};
-  for (auto& [kind, v] : k) r["k:" + kind] = num(v);
+                                       {"graphed_wall_ms_per_token", num(wall)}, {"kernels_per_token", num((n33 - n1) / 32)}};
+  double busy = 0;
+  for (auto& [kind, v] : k) {
+    const double per_token = (v - (k1.count(kind) ? k1[kind] : 0.0)) / 32;
+    r["k:" + kind] = num(per_token);
+    busy += per_token;
+  }
+  r["kernel_ms_per_token"] = num(busy);
   std::string t = "\"";
-  for (auto& [v, n] : top) t += n + " " + num(v) + " ms; ";
+  for (auto& [v, n] : top) t += n + " " + num(v / 33) + " ms; ";
   r["top"] = t + "\"";
   result(r);
 }
@@ -286,6 +316,33 @@ void sdpa_variants(int64_t B) {
   }
 }
 
+void decode_result(const std::string& model, const std::string& impl, int64_t B, int64_t prompt, int64_t n, double tps) {
+  result({{"kind", str("decode")}, {"impl", str(impl)}, {"model", str(model)}, {"batch", num(B)}, {"prompt", num(prompt)},
+          {"new_tokens", num(n)}, {"tokens_per_s", num(tps)}});
+}
+
+// The decode table (--decode-only): gpt-small, mla-small (gpt-small with MLA blocks) and
+// mamba-small at B = 1, 16, 64 and contexts 512 (256-token prompts + 256 new) and 2048 (1792 + 256),
+// the issue's 128 + 512 at B = 1 and 16, gpt-small's eager step at B = 1, and a profile of the step
+// at B = 1.
+void decode_bench(PluginHost& host) {
+  const std::vector<std::pair<std::string, std::string>> models{
+      {"gpt-small", "{preset: gpt-small, max_seq_len: 2048}"},
+      {"mamba-small", "{preset: mamba-small}"},
+      {"mla-small", "{preset: gpt-small, max_seq_len: 2048, block_pattern: [mla], blocks: {mla: {n_head: 12, mlp: gelu}}}"}};
+  for (const auto& [name, yaml] : models) {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    auto s = make_setup(host, name + "=" + yaml);
+    for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(*s->model, B, 128, 512));
+    for (int64_t ctx : {512, 2048})
+      for (int64_t B : {1, 16, 64})
+        decode_result(name, "linearnexus", B, ctx - 256, 256, decode_tokens_per_s(*s->model, B, ctx - 256, 256));
+    if (name == "gpt-small")
+      decode_result(name, "linearnexus-eager-step", 1, 128, 128, decode_tokens_per_s(*s->model, 1, 128, 128, "eager"));
+    decode_profile(*s->model, name, 1);
+  }
+}
+
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
@@ -298,7 +355,7 @@ std::vector<int64_t> parse_list(const std::string& s) {
 int main(int argc, char** argv) {
   std::vector<int64_t> batches{48, 32, 24, 16, 8};
   int steps = 10;
-  bool profile = true, decode = true;
+  bool profile = true, decode = true, decode_only = false;
   std::vector<std::string> train_only;
   std::string models = "gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small";
   for (int i = 1; i < argc; ++i) {
@@ -309,8 +366,9 @@ int main(int argc, char** argv) {
     else if (a == "--no-decode") decode = false;
     else if (a == "--models" && i + 1 < argc) models = argv[++i];
     else if (a == "--train" && i + 1 < argc) train_only.push_back(argv[++i]);
+    else if (a == "--decode-only") decode_only = true;
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode] "
+      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode] [--decode-only] "
                            "[--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small] "
                            "[--train MODEL]...\n");
       return 2;
@@ -325,6 +383,10 @@ int main(int argc, char** argv) {
   try {
     init_runtime();
     PluginHost host;
+    if (decode_only) {
+      decode_bench(host);
+      return 0;
+    }
     {
       auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
       auto a = at::randn({8192, 8192}, o), b = at::randn({8192, 8192}, o);
@@ -357,9 +419,7 @@ int main(int argc, char** argv) {
               {"tokens_per_s", num(r.batch * kT / r.s_per_step)}, {"peak_gib", num(r.peak)},
               {"flops_per_token", num(flops_per_token)}});
       if (decode) {
-        for (int64_t B : {1, 16})
-          result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(B)},
-                  {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
+        for (int64_t B : {1, 16}) decode_result("gpt-small", "linearnexus", B, 128, 512, decode_tokens_per_s(*s->model, B, 128, 512));
         decode_profile(*s->model, "gpt-small", 1);
         sdpa_variants(gpt_batch);
       }
@@ -396,9 +456,7 @@ int main(int argc, char** argv) {
       if (gpt) row["flops_per_token"] = num(6.0 * n + 12.0 * d.n_layer * d.hidden_size * kT);
       result(row);
       if (name == "mamba-small" && decode) {
-        for (int64_t B : {1, 16})
-          result({{"kind", str("decode")}, {"impl", str("linearnexus")}, {"model", str(name)}, {"batch", num(B)},
-                  {"tokens_per_s", num(decode_tokens_per_s(*s->model, B, 128, 512))}});
+        for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(*s->model, B, 128, 512));
         decode_profile(*s->model, name, 1);
       }
       if (profile && r.batch && !gpt) {

@@ -19,7 +19,9 @@ Models (the shapes of LinearNexus's presets, same maths):
 Training: bf16 autocast on fp32 weights, fp32 loss, clip 1.0, torch.optim.AdamW(fused=True), the step
 timed as a whole (no sync inside). GPT runs eager and torch.compile'd; Mamba eager (its Python loop
 over time steps is what compile would unroll). Decoding: 128-token prompt, 512 greedy tokens on a KV
-cache / the recurrent state, eager, under autocast.
+cache / the recurrent state under autocast, eager and as gpt-fast does it (decode_compiled: static
+caches, the step compiled with mode="reduce-overhead", i.e. CUDA graphs). --decode-only: just the
+latter, gpt-small at B = 1, 16, 64 and mamba-small at B = 1, 16.
 
 Why `gpt-small` compiled is much slower than `nanogpt` compiled (measured 2026-11-30: 338K vs 502K
 tokens/s, 68.5 vs 40.7 GiB): torch.compile there wraps the model only up to the logits; the loss
@@ -79,9 +81,17 @@ def build(torch):
             for m in (self.proj, self.down):
                 nn.init.normal_(m.weight, 0, 0.02 / math.sqrt(2 * L))
 
-        def forward(self, x, cache=None, start=0):  # x [B, T, C]
+        def forward(self, x, cache=None, start=0):  # x [B, T, C]; start: an int, or [1] tensor (static)
             B, t, C = x.shape
             q, k, v = self.qkv(self.ln1(x)).view(B, t, 3, self.H, self.D).permute(2, 0, 3, 1, 4)  # [B, H, t, D]
+            if torch.is_tensor(start):  # gpt-fast: write at `start`, attend over the whole static cache
+                q, k = rope(q, start), rope(k, start)
+                cache[0].index_copy_(2, start, k.to(cache[0].dtype))
+                cache[1].index_copy_(2, start, v.to(cache[1].dtype))
+                mask = torch.arange(cache[0].size(2), device=x.device) <= start
+                y = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=mask)
+                h = x + self.proj(y.transpose(1, 2).reshape(B, t, C))
+                return h + self.down(F.gelu(self.up(self.ln2(h)), approximate="tanh"))
             pos = torch.arange(start, start + t, device=x.device)
             q, k = rope(q, pos), rope(k, pos)
             if cache is not None:
@@ -395,6 +405,48 @@ def train_nanogpt(torch, GPT, B, steps):
            tokens_per_s=B * T / sec, peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30, flops_per_token=fpt)
 
 
+def decode_compiled(torch, model, kind, B, prompt=128, n=512):
+    """gpt-fast's recipe: static caches as module buffers, the position as a tensor, the one-token
+    step under torch.compile(mode="reduce-overhead") (CUDA graphs); prefill eager."""
+    model.eval()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    caches = model.init_caches(B, prompt + n)
+    for i, b in enumerate(model.blocks):  # buffers: static addresses the graph writes in place
+        b.register_buffer("c0", caches[i][0], persistent=False)
+        b.register_buffer("c1", caches[i][1], persistent=False)
+
+    def step(tok, pos):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(tok, [(b.c0, b.c1) for b in model.blocks], pos)[:, -1].argmax(-1, keepdim=True)
+
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+
+    def run(new):
+        with torch.no_grad():
+            for b in model.blocks:
+                b.c0.zero_()
+                b.c1.zero_()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                tok = model(torch.randint(0, V, (B, prompt), device="cuda"), [(b.c0, b.c1) for b in model.blocks], 0)
+            tok = tok[:, -1].argmax(-1, keepdim=True)
+            pos = torch.tensor([prompt], device="cuda")
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for i in range(new):
+                torch.compiler.cudagraph_mark_step_begin()
+                tok = compiled(tok, pos).clone()
+                pos += 1
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    run(16)
+    run(16)
+    result(kind="decode", impl="pytorch-compile-static", model=kind + "-small", batch=B, prompt=prompt, new_tokens=n,
+           tokens_per_s=B * n / run(n))
+    for b in model.blocks:
+        del b.c0, b.c1
+
+
 def decode(torch, model, kind, B, prompt=128, n=512):
     model.eval()
     torch.backends.cuda.enable_cudnn_sdp(False)  # as compat::attention: no per-key-length cuDNN plans
@@ -411,7 +463,8 @@ def decode(torch, model, kind, B, prompt=128, n=512):
         return time.perf_counter() - t0
 
     run(16)
-    result(kind="decode", impl="pytorch-eager", model=kind + "-small", batch=B, tokens_per_s=B * n / run(n))
+    result(kind="decode", impl="pytorch-eager", model=kind + "-small", batch=B, prompt=prompt, new_tokens=n,
+           tokens_per_s=B * n / run(n))
 
 
 # ---- the table -------------------------------------------------------------------------------------
@@ -433,7 +486,8 @@ def table(files):
                   f"{r['ms_per_step']:.1f} | {r['peak_gib']:.1f} GiB | {mfu} |")
     for r in rows:
         if r["kind"] == "decode":
-            print(f"| decode {r['model']} (128 + 512) | {r['impl']} | {r['batch']} | {r['tokens_per_s']:,.0f} | | | |")
+            shape = f"{r.get('prompt', 128)} + {r.get('new_tokens', 512)}"
+            print(f"| decode {r['model']} ({shape}) | {r['impl']} | {r['batch']} | {r['tokens_per_s']:,.0f} | | | |")
     for r in rows:
         if r["kind"] == "breakdown":
             print(f"\nbreakdown of one {r['model']} step:", json.dumps(r))
@@ -447,20 +501,32 @@ def main():
     ap.add_argument("--table", nargs="+")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--models", default="gpt,nanogpt,mamba", help="which of gpt, nanogpt, mamba to run")
+    ap.add_argument("--decode-only", action="store_true", help="only the compiled static-cache decoding")
     a = ap.parse_args()
     if a.table:
         return table(a.table)
     import torch
     models = a.models.split(",")
+    LM = build(torch)
+    if a.decode_only:
+        torch.manual_seed(0)
+        for kind, batches in (("gpt", (1, 16, 64)), ("mamba", (1, 16))):
+            model = LM(kind).cuda()
+            for B in batches:
+                decode_compiled(torch, model, kind, B)
+            del model
+            torch.cuda.empty_cache()
+        return
     if "nanogpt" in models:  # first: the fastest peer, on a fresh allocator
         train_nanogpt(torch, build_nanogpt(torch), a.batch, a.steps)
         torch.cuda.empty_cache()
-    LM = build(torch)
     if "gpt" in models:
         gpt = train(torch, LM, "gpt", "pytorch-eager", a.batch, a.steps)
         if gpt is not None:
             for B in (1, 16):
                 decode(torch, gpt, "gpt", B)
+                if not a.skip_compile:
+                    decode_compiled(torch, gpt, "gpt", B)
         del gpt
         torch.cuda.empty_cache()
         if not a.skip_compile:
@@ -477,6 +543,8 @@ def main():
     if mamba is not None:
         for B in (1, 16):
             decode(torch, mamba, "mamba", B)
+            if not a.skip_compile:
+                decode_compiled(torch, mamba, "mamba", B)
 
 
 if __name__ == "__main__":

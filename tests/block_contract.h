@@ -7,12 +7,13 @@
 //   - T = 4096 with strong decays stays finite (and equals the reference);
 //   - the state's bytes do not depend on the sequence length;
 //   - batched left-padded generation == each prompt alone; a hybrid with attention decodes like its
-//     uncached forward;
+//     uncached forward; the static decoding path (what a CUDA graph replays) == the eager one;
 //   - a small model learns tiny Shakespeare.
 #include <cmath>
 #include <map>
 
 #include "catch.h"
+#include "linearnexus/decode_engine.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/model.h"
 #include "linearnexus/plugin_host.h"
@@ -201,8 +202,36 @@ inline std::shared_ptr<LMModel> contract_model(PluginHost& host, const std::stri
   return m;
 }
 
+// The engine's static decoding path (ForwardContext::slot: the step a CUDA graph captures) draws the
+// eager path's tokens with the eager path's log-probs: greedy, and sampled with a seed, on
+// left-padded prompts in groups, with a stop sequence. `step` "static" runs the path without a graph,
+// on any device.
+inline void check_static_decoding(LMModel& m, const std::vector<std::vector<int64_t>>& prompts, int64_t max_new = 10) {
+  auto run = [&](const std::string& step, const SamplingParams& sp) {
+    m.decoder().options.step = step;
+    GeneratedBatch b = generate_batch(m, prompts, sp, 2);
+    m.decoder().options.step = "auto";
+    return b;
+  };
+  SamplingParams greedy, sampled;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = sampled.max_new_tokens = max_new;
+  sampled.temperature = 0.8;
+  sampled.top_k = 12;
+  sampled.seed = 7;
+  sampled.stop_sequences = {{3}};
+  for (const auto& sp : {greedy, sampled}) {
+    INFO("temperature " << sp.temperature);
+    GeneratedBatch e = run("eager", sp), s = run("static", sp);
+    CHECK(s.completions == e.completions);
+    CHECK(s.stopped == e.stopped);
+    REQUIRE(s.logprobs.sizes() == e.logprobs.sizes());
+    CHECK((s.logprobs - e.logprobs).abs().max().item<double>() < 1e-4);
+  }
+}
+
 // Batched greedy generation of left-padded prompts == each prompt alone; cached decoding of the model
-// == its uncached forward.
+// == its uncached forward; the static decoding path == the eager one.
 inline void check_generation(PluginHost& host, const std::string& pattern, const std::string& blocks) {
   INFO("block_pattern " << pattern);
   auto m = contract_model(host, pattern, blocks, 3);
@@ -231,6 +260,7 @@ inline void check_generation(PluginHost& host, const std::string& pattern, const
     INFO("prompt " << i);
     CHECK(b.completions[i] == generate(*m, prompts[i], greedy));
   }
+  check_static_decoding(*m, prompts);
 }
 
 inline double unigram_entropy(const std::string& path) {

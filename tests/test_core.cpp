@@ -154,7 +154,8 @@ TEST_CASE("plugins built for another ABI or LibTorch are refused, naming file an
   CHECK_CONTAINS(abi, "ABI version " + std::to_string(LINEARNEXUS_PLUGIN_ABI_VERSION));
   // A plugin built before ABI 2 (parameter roles) is told, in one line, to be rebuilt.
   CHECK(error_of([&] { host.load_file(dir + "/old_abi.so"); }) ==
-        dir + "/old_abi.so: built for plugin ABI version 1, but this LinearNexus uses ABI version 3; rebuild the "
+        dir + "/old_abi.so: built for plugin ABI version 1, but this LinearNexus uses ABI version " +
+                  std::to_string(LINEARNEXUS_PLUGIN_ABI_VERSION) + "; rebuild the "
               "plugin against this LinearNexus");
   auto torch = error_of([&] { host.load_file(dir + "/other_torch.so"); });
   CHECK_CONTAINS(torch, "LibTorch 0.0.1");

@@ -128,6 +128,17 @@ HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_
   return {q, k, v};
 }
 
+at::Tensor rope_matrix(const at::Tensor& positions, int64_t D, double base, at::ScalarType dtype) {
+  // positions: [B, 1] -> [B, D, D]; with h = D/2, R = [[diag(cos), diag(sin)], [-diag(sin), diag(cos)]]
+  // so that (x @ R)[i] = x[i] cos - x[i+h] sin and (x @ R)[i+h] = x[i+h] cos + x[i] sin (apply_rope).
+  TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
+  auto opts = positions.options().dtype(at::kFloat);
+  auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
+  auto ang = positions.to(at::kFloat).reshape({-1, 1}) * inv_freq;                              // [B, D/2]
+  auto c = at::diag_embed(ang.cos()), s = at::diag_embed(ang.sin());                            // [B, D/2, D/2]
+  return at::cat({at::cat({c, s}, -1), at::cat({-s, c}, -1)}, -2).to(dtype);
+}
+
 at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                    const at::Tensor& history, at::Tensor* new_history) {
   // x: [B, T, C]; weight: [C, K]; history: [B, C, K-1]

@@ -5,6 +5,7 @@
 
 #include "activation_checkpoint.h"
 #include "linearnexus/compat.h"
+#include "linearnexus/decode_engine.h"
 #include "linearnexus/error.h"
 #include "linearnexus/layers.h"
 #include "linearnexus/log.h"
@@ -47,6 +48,13 @@ ModelState ModelState::index_select(const at::Tensor& rows) const {
 }
 
 at::Tensor ForwardContext::visibility_mask(int64_t T, int64_t Tk, const at::Device& dev, bool always) const {
+  if (slot.defined()) {  // static decoding: one query at column `slot` over the whole cache
+    return memo("visibility_mask:" + std::to_string(Tk), [&] {
+      auto mask = at::arange(Tk, slot.options()).unsqueeze(0) <= slot.unsqueeze(1);  // [1, Tk]
+      if (key_padding.defined()) mask = mask & key_padding.narrow(1, 0, Tk);          // [B, Tk]
+      return mask.unsqueeze(1).unsqueeze(1);                                           // [B or 1, 1, 1, Tk]
+    });
+  }
   const int64_t offset = Tk - T;
   if (!key_padding.defined() && !(T > 1 && (offset > 0 || always))) return {};
   auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
@@ -54,6 +62,29 @@ at::Tensor ForwardContext::visibility_mask(int64_t T, int64_t Tk, const at::Devi
   auto mask = (kj <= qi).unsqueeze(0).unsqueeze(0);
   if (key_padding.defined()) mask = (mask & key_padding.narrow(1, 0, Tk).to(dev).unsqueeze(1).unsqueeze(1)) | (kj == qi);
   return mask;
+}
+
+at::Tensor ForwardContext::append_to_cache(const at::Tensor& cache, const at::Tensor& x, int64_t dim) const {
+  const int64_t T = x.size(dim);
+  if (slot.defined()) {
+    TORCH_CHECK(T == 1, "static decoding takes one token per step, got ", T);
+    at::Tensor(cache).index_copy_(dim, slot, x.to(cache.scalar_type()));
+    return cache;
+  }
+  TORCH_CHECK(start + T <= cache.size(dim), "cache overflow: ", start + T, " > ", cache.size(dim));
+  cache.narrow(dim, start, T).copy_(x);
+  return cache.narrow(dim, 0, start + T);
+}
+
+at::Tensor ForwardContext::memo(const std::string& key, const std::function<at::Tensor()>& make) const {
+  auto it = memo_.find(key);
+  if (it == memo_.end()) it = memo_.emplace(key, make()).first;
+  return it->second;
+}
+
+at::Tensor ForwardContext::new_token_keep(int64_t T, const at::Device& device, at::ScalarType dtype) const {
+  if (!key_padding.defined() || slot.defined()) return {};
+  return key_padding.narrow(1, start, T).to(device).to(dtype).unsqueeze(-1);
 }
 
 at::Tensor ForwardContext::position_ids(int64_t batch, int64_t T, const at::Device& device) const {
@@ -135,7 +166,14 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
   ForwardContext ctx;
   ctx.mode = mode;
   ctx.positions = positions;
-  if (state) {
+  const bool static_step = state && state->slot.defined();
+  if (static_step) {
+    if (T != 1 || mode != Mode::Decode || !positions.defined())
+      throw Error("static decoding takes one token per row with its positions, in Mode::Decode");
+    ctx.slot = state->slot;
+    ctx.key_padding = state->key_padding;
+    ctx.start = state->length;  // stale in a replayed step; blocks read slot
+  } else if (state) {
     ctx.start = state->length;
     if (state->length + T > state->max_len)
       throw Error("sequence of " + std::to_string(state->length + T) + " tokens exceeds the cache (" +
@@ -160,10 +198,24 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
     }
     auto out = blocks_[i]->forward(x, state ? state->layers[i] : LayerState{}, ctx);
     x = out.y;
-    if (state) state->layers[i] = std::move(out.state);
+    if (static_step) {
+      // A captured step must find its state where it left it: a tensor returned in place of the
+      // block's own is copied into it (a recurrent block's new SSM state, say).
+      for (auto& [key, kept] : state->layers[i].tensors) {
+        auto it = out.state.tensors.find(key);
+        if (it != out.state.tensors.end() && !it->second.is_same(kept)) kept.copy_(it->second);
+      }
+    } else if (state) {
+      state->layers[i] = std::move(out.state);
+    }
   }
-  if (state) state->length += T;
+  if (state && !static_step) state->length += T;
   return norm_->forward(x);
+}
+
+DecodeEngine& LMModel::decoder() {
+  if (!decoder_) decoder_ = std::make_shared<DecodeEngine>(*this);
+  return *decoder_;
 }
 
 at::Tensor LMModel::lm_logits(const at::Tensor& h) {

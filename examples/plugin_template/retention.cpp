@@ -47,8 +47,8 @@ class RetentionBlock : public Block {
       q = apply_rope(q, pos), k = apply_rope(k, pos);
     }
     // A left-padding token (batched generation) must add nothing to the state.
-    if (ctx.key_padding.defined())
-      k = k * ctx.key_padding.narrow(1, ctx.start, T).to(k.options()).view({B, 1, T, 1});
+    if (auto keep = ctx.new_token_keep(T, k.device(), k.scalar_type()); keep.defined())  // [B, T, 1]
+      k = k * keep.view({B, 1, T, 1});
     auto log_gamma = at::log1p(-at::pow(2.0, -5.0 - at::arange(H_, x.options())));  // [H], < 0
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
     auto S = cached ? state.tensors.at("S") : at::zeros({B, H_, D_, D_}, x.options());  // [B, H, D, D]
@@ -58,6 +58,10 @@ class RetentionBlock : public Block {
     auto y = proj_(at::silu(qkvg[3]) * o.transpose(1, 2).reshape({B, T, C_}));
     return {tail_.forward(x, y, is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step), so generation
+  // can capture it in a CUDA graph (docs/writing_plugins.md, "Graph-captured decoding").
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     LayerState s;  // the whole history in a fixed [D, D] matrix per head, whatever max_len is

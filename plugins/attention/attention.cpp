@@ -16,6 +16,8 @@
 #include <linearnexus/model.h>
 #include <linearnexus/plugin.h>
 
+#include <limits>
+
 namespace linearnexus {
 namespace {
 
@@ -28,15 +30,11 @@ class KVCache {
     s.tensors["v"] = at::zeros({B, n_kv, max_len, hd}, o);
     return s;
   }
-  // Write the new keys/values at [start, start + T) and return the keys/values [0, start + T).
-  static std::pair<at::Tensor, at::Tensor> append(LayerState& s, const at::Tensor& k, const at::Tensor& v, int64_t start) {
-    auto& kc = s.tensors.at("k");
-    auto& vc = s.tensors.at("v");
-    const int64_t T = k.size(2);
-    TORCH_CHECK(start + T <= kc.size(2), "KV cache overflow: ", start + T, " > ", kc.size(2));
-    kc.narrow(2, start, T).copy_(k);
-    vc.narrow(2, start, T).copy_(v);
-    return {kc.narrow(2, 0, start + T), vc.narrow(2, 0, start + T)};
+  // Write the new keys/values at [start, start + T) and return the keys/values [0, start + T)
+  // (static decoding: at ctx.slot, and the whole cache).
+  static std::pair<at::Tensor, at::Tensor> append(LayerState& s, const at::Tensor& k, const at::Tensor& v,
+                                                  const ForwardContext& ctx) {
+    return {ctx.append_to_cache(s.tensors.at("k"), k, 2), ctx.append_to_cache(s.tensors.at("v"), v, 2)};
   }
 };
 
@@ -59,6 +57,24 @@ struct RingKV {
     kc.index_copy_(2, slots, k.narrow(2, T - m, m).to(kc.scalar_type()));
     vc.index_copy_(2, slots, v.narrow(2, T - m, m).to(vc.scalar_type()));
     return {keys, values};
+  }
+  // Static decoding (ForwardContext::slot): the token at column s goes to ring slot s % W and the
+  // whole ring is returned; ring slot j holds column s - ((s - j) mod W), the latest one <= s, which
+  // *mask ([B or 1, 1, 1, W]) shows when it was written (>= 0) and is not padding. The keys carry
+  // their rotation already, so their order in the ring does not matter.
+  static std::pair<at::Tensor, at::Tensor> append_static(LayerState& s, const at::Tensor& k, const at::Tensor& v,
+                                                         const ForwardContext& ctx, at::Tensor* mask) {
+    auto& kc = s.tensors.at("k");
+    auto& vc = s.tensors.at("v");
+    const int64_t W = kc.size(2);
+    auto ring = ctx.slot.remainder(W);
+    kc.index_copy_(2, ring, k.to(kc.scalar_type()));
+    vc.index_copy_(2, ring, v.to(vc.scalar_type()));
+    auto held = ctx.slot - (ctx.slot - at::arange(W, ctx.slot.options())).remainder(W);  // [W] columns
+    auto visible = (held >= 0).unsqueeze(0);                                              // [1, W]
+    if (ctx.key_padding.defined()) visible = visible & ctx.key_padding.index_select(1, held.clamp_min(0));
+    *mask = visible.unsqueeze(1).unsqueeze(1);
+    return {kc, vc};
   }
 };
 
@@ -97,29 +113,55 @@ class AttentionBlock : public Block {
     // x: [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
     auto qkv = qkv_(ln1_->forward(x));                                          // [B, T, (H + 2 Hkv) D]
-    auto pos = rope_ ? ctx.position_ids(B, T, x.device()) : at::Tensor();      // [B or 1, T]
-    auto [q, k, v] = split_heads(qkv, pos, H_, Hkv_, D_, rope_, rope_base_);     // [B, H, T, D], [B, Hkv, T, D] x2
+    at::Tensor q, k, v;
+    if (rope_ && ctx.slot.defined()) {
+      // Static decoding (T = 1): queries and keys rotated together by the step's rotation matrix.
+      v = qkv.narrow(-1, (H_ + Hkv_) * D_, Hkv_ * D_).view({B, T, Hkv_, D_}).transpose(1, 2);  // [B, Hkv, 1, D]
+      auto R = ctx.memo("rope_matrix:" + std::to_string(D_) + ":" + std::to_string(rope_base_),
+                        [&] { return rope_matrix(ctx.positions, D_, rope_base_, qkv.scalar_type()); });  // [B, D, D]
+      auto qk = at::matmul(qkv.narrow(-1, 0, (H_ + Hkv_) * D_).view({B, H_ + Hkv_, D_}), R);  // [B, H + Hkv, D]
+      q = qk.narrow(1, 0, H_).unsqueeze(2);      // [B, H, 1, D]
+      k = qk.narrow(1, H_, Hkv_).unsqueeze(2);   // [B, Hkv, 1, D]
+    } else {
+      auto pos = rope_ ? ctx.position_ids(B, T, x.device()) : at::Tensor();  // [B or 1, T]
+      auto heads = split_heads(qkv, pos, H_, Hkv_, D_, rope_, rope_base_);  // [B, H, T, D], [B, Hkv, T, D] x2
+      q = heads.q, k = heads.k, v = heads.v;
+    }
     const bool cached = !state.empty();
     int64_t k0 = 0;  // the absolute position of the first key
-    if (cached && window_ > 0) {
+    at::Tensor mask;  // [B or 1, 1, T, Tk] or undefined
+    if (cached && window_ > 0 && ctx.slot.defined()) {
+      std::tie(k, v) = RingKV::append_static(state, k, v, ctx, &mask);  // [B, Hkv, W, D]
+    } else if (cached && window_ > 0) {
       k0 = std::max<int64_t>(0, ctx.start - state.tensors.at("k").size(2));
       std::tie(k, v) = RingKV::append(state, k, v, ctx.start);  // [B, Hkv, min(start, W) + T, D]
     } else if (cached) {
-      std::tie(k, v) = KVCache::append(state, k, v, ctx.start);  // [B, Hkv, start + T, D]
+      std::tie(k, v) = KVCache::append(state, k, v, ctx);  // [B, Hkv, start + T (static: max_len), D]
     }
     if (Hkv_ != H_) {
       k = k.repeat_interleave(H_ / Hkv_, 1);  // [B, H, Tk, D]
       v = v.repeat_interleave(H_ / Hkv_, 1);
     }
     const int64_t Tk = k.size(2);  // query i sits at absolute position Tk - T + i (+ k0)
-    auto mask = window_ > 0 ? window_mask(ctx, T, k0, Tk, window_, x.device())
-                            : ctx.visibility_mask(T, Tk, x.device());  // [B or 1, 1, T, Tk] or undefined
+    if (!mask.defined())
+      mask = window_ > 0 ? window_mask(ctx, T, k0, Tk, window_, x.device()) : ctx.visibility_mask(T, Tk, x.device());
+    if (ctx.slot.defined() && x.is_cuda()) {
+      // Static decoding: the mask as the additive bias SDPA would convert it to in every layer, made
+      // once per step (two kernels a layer fewer).
+      const auto& m = mask;
+      mask = ctx.memo("attention_bias:" + std::to_string(window_) + ":" + std::to_string(Tk), [&] {
+        return at::zeros(m.sizes(), q.options()).masked_fill(m.logical_not(), -std::numeric_limits<double>::infinity());
+      });
+    }
     const bool is_causal = !mask.defined() && Tk == T && T > 1;
     auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
                                is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));
     return {tail_.forward(x, y, is_training()), std::move(state)};
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     // A window needs only its last `window` tokens: a ring buffer of that many slots.

@@ -85,9 +85,7 @@ class DeltaNetBlock : public Block {
     auto qkv = qkv_(h);                                                     // [B, T, 3 C]
     // Left padding: zero the conv's input there (as its zero history) and beta and the decay (the
     // token writes nothing and decays nothing): the state is as if the token were absent.
-    at::Tensor keep;
-    if (ctx.key_padding.defined())
-      keep = ctx.key_padding.narrow(1, ctx.start, T).to(x.device()).to(x.scalar_type()).unsqueeze(-1);  // [B, T, 1]
+    auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type());  // [B, T, 1] or undefined
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
     if (Kc_ > 0) {
       if (keep.defined()) qkv = qkv * keep;
@@ -128,6 +126,9 @@ class DeltaNetBlock : public Block {
     if (gated_) y = y * at::silu(gate_(h));
     return {tail_.forward(x, o_proj_(y), is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
     LayerState s;  // fixed-size whatever max_len is

@@ -58,8 +58,7 @@ class GLABlock : public Block {
     auto gate = qkvg.narrow(-1, 2 * Kd_ + C_, C_);                             // [B, T, C]
     auto log_alpha = at::log_sigmoid(gk2_(gk1_(h))) / norm_gate_;             // [B, T, Kd], < 0
     // A left-padding token (batched generation) must neither write (k = 0) nor decay (alpha = 1).
-    if (ctx.key_padding.defined()) {
-      auto keep = ctx.key_padding.narrow(1, ctx.start, T).to(x.device()).to(x.scalar_type()).unsqueeze(-1);  // [B, T, 1]
+    if (auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type()); keep.defined()) {  // [B, T, 1]
       k = k * keep.unsqueeze(1);
       log_alpha = log_alpha * keep;
     }
@@ -72,6 +71,9 @@ class GLABlock : public Block {
     auto y = o_proj_(at::silu(gate) * o_norm_->forward(o).transpose(1, 2).reshape({B, T, C_}));
     return {tail_.forward(x, y, is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
     LayerState s;  // the whole history in one [Dk, Dv] matrix per head, whatever max_len is

@@ -7,9 +7,9 @@
 //   x = x + out_proj(y * silu(z))
 //
 // The state per layer is {"conv_state" [B, d_inner, d_conv - 1] (the last inputs of the conv),
-// "ssm_state" [B, d_inner, d_state]}. Decoding runs the recurrence one token at a time here; training
-// and prefill run one of the scans of selective_scan.h (chunk, the fused CPU kernel, the sequential
-// reference) or, on CUDA, the fused kernel of selective_scan_gpu.h.
+// "ssm_state" [B, d_inner, d_state]}. Decoding runs the recurrence one token at a time here (on CUDA
+// the fused kernel, as prefill); training and prefill run one of the scans of selective_scan.h (chunk,
+// the fused CPU kernel, the sequential reference) or, on CUDA, the fused kernel of selective_scan_gpu.h.
 #include <linearnexus/error.h>
 #include <linearnexus/layers.h>
 #include <linearnexus/model.h>
@@ -82,34 +82,43 @@ class MambaBlock : public Block {
     // Left padding (batched generation): a padding token must leave the state exactly as a zero
     // state, so its conv input is zeroed (like the conv's zero history) and its delta too (no decay,
     // no input).
-    at::Tensor keep;
-    if (ctx.key_padding.defined()) keep = ctx.key_padding.narrow(1, ctx.start, T).to(x.device()).unsqueeze(-1).to(x.scalar_type());
+    auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type());  // [B, T, 1] or undefined
     if (keep.defined()) xi = xi * keep;
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
+    // On CUDA decoding takes the fused kernel too (T = 1): a dozen kernels a token fewer than the
+    // recurrence below, which matters once a CUDA graph has removed the launch overhead.
+    const bool cuda_scan = scan_ == "auto" && mamba::cuda_scan_applies(xi, N_);
     at::Tensor gated;                                     // y * silu(z): [B, T, D]
-    if (cached && ctx.mode == Mode::Decode) {
+    if (cached && ctx.mode == Mode::Decode && !cuda_scan) {
       // The recurrent path, one token after the other on the cached state.
       std::vector<at::Tensor> ys;
       for (int64_t t = 0; t < T; ++t)
         ys.push_back(recurrent(xi.select(1, t), keep.defined() ? keep.select(1, t) : at::Tensor(), state));
       gated = at::stack(ys, 1) * at::silu(z);
     } else {
-      at::Tensor history, new_history;
+      at::Tensor history, new_history, u;
       if (cached) history = state.tensors.at("conv_state");
-      // On CUDA one kernel does the conv and the SiLU (causal_conv.cu) and keeps nothing but xi for
-      // backward; the op path elsewhere (and for a cache under autograd, which nothing trains through).
-      const bool conv_kernel = scan_ == "auto" && mamba::cuda_conv_applies(xi, K_) &&
-                               !(cached && at::GradMode::is_enabled());
-      auto u = conv_kernel ? mamba::conv_silu_cuda(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr)
-                           : at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history,
-                                                              cached ? &new_history : nullptr));
+      // On CUDA: one token of decoding through the conv-step kernel (conv_state updated in place, as
+      // a captured graph needs); otherwise one kernel for the conv and the SiLU (causal_conv.cu) that
+      // keeps nothing but xi for backward; the op path elsewhere (and for a cache under autograd,
+      // which nothing trains through).
+      if (cuda_scan && cached && ctx.mode == Mode::Decode && T == 1 && !at::GradMode::is_enabled() &&
+          mamba::conv_step_applies(xi, history)) {
+        u = mamba::conv_step_cuda(xi, history, conv_weight_, conv_bias_);  // conv_state updated in place
+        new_history = history;
+      } else if (scan_ == "auto" && mamba::cuda_conv_applies(xi, K_) && !(cached && at::GradMode::is_enabled())) {
+        u = mamba::conv_silu_cuda(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr);
+      } else {
+        u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
+      }
       auto A = -A_log_.exp();                             // [D, N]
       at::Tensor final_state;
-      if (scan_ == "auto" && mamba::cuda_scan_applies(u, N_)) {
+      if (cuda_scan) {
         // The CUDA kernel (selective_scan.cu): softplus(dt + bias), the scan, the D skip and the gate
         // in one pass; none of delta, y or the gate's product is kept for backward. u is made
         // contiguous once (the conv returns it transposed), so x_proj and the kernel save the same
-        // tensor; z is copied out of xz so that backward does not keep all of xz alive.
+        // tensor; z is copied out of xz so that backward does not keep all of xz alive (without
+        // gradients the kernel reads it in place: a kernel a layer fewer per decoded token).
         u = u.contiguous();
         auto dbc = x_proj_(u);                            // [B, T, R + 2 N]
         auto dt = at::linear(dbc.narrow(-1, 0, R_), dt_proj_->weight);  // [B, T, D]; the bias goes in the kernel
@@ -121,7 +130,8 @@ class MambaBlock : public Block {
           softplus = false;
         }
         auto r = mamba::scan_gated_cuda(u, dt, bias, softplus, A, dbc.narrow(-1, R_, N_), dbc.narrow(-1, R_ + N_, N_),
-                                        D_, z.contiguous(), cached ? state.tensors.at("ssm_state") : at::Tensor());
+                                        D_, at::GradMode::is_enabled() ? z.contiguous() : z,
+                                        cached ? state.tensors.at("ssm_state") : at::Tensor());
         gated = r.out;
         final_state = r.state;
       } else {
@@ -144,6 +154,9 @@ class MambaBlock : public Block {
     if (is_training() && dropout_ > 0) out = at::dropout(out, dropout_, true);
     return {x + out, std::move(state)};
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     LayerState s;

@@ -72,6 +72,22 @@ struct ScanGrads {
 // Recomputes the states from `kept` (scan_forward's) one chunk at a time and writes every gradient.
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream);
 
+// One decoded token of the causal depthwise conv + silu (conv_step.cu), the state updated in place:
+//   u[b, d] = silu(sum_k window[k] weight[d, k] + bias[d]),  window = [state[b, d, :], x[b, d]],
+//   state[b, d, :] = window[1:]
+struct ConvStepArgs {
+  int64_t B = 0, D = 0;
+  int K = 0;                     // taps (d_conv)
+  DType dtype = DType::F32;      // of x, u and the state
+  const void* x = nullptr;       // [B, D], rows x_row apart
+  int64_t x_row = 0;
+  void* state = nullptr;         // [B, D, K - 1] contiguous
+  const float* weight = nullptr; // [D, K]
+  const float* bias = nullptr;   // [D] or null
+};
+// u: [B, D] contiguous.
+cudaError_t conv_step(const ConvStepArgs& a, void* u, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace mamba
 }  // namespace linearnexus

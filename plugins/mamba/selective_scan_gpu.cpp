@@ -30,6 +30,11 @@ GatedScanResult scan_gated_cuda(const at::Tensor&, const at::Tensor&, const at::
   throw Error("mamba: the CUDA selective scan is not in this build (LibTorch without CUDA); use scan: chunk");
 }
 
+bool conv_step_applies(const at::Tensor&, const at::Tensor&) { return false; }
+at::Tensor conv_step_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  throw Error("mamba: the CUDA conv step is not in this build (LibTorch without CUDA)");
+}
+
 #else
 
 namespace {
@@ -212,6 +217,29 @@ GatedScanResult scan_gated_cuda(const at::Tensor& u, const at::Tensor& dt, const
   auto r = GatedScanFunction::apply(u, same(dt), fp32(dt_bias), fp32(A), same(Bm), same(Cm), fp32(Dskip), same(z),
                                     fp32(s0), softplus);
   return {r[0], r[1]};
+}
+
+bool conv_step_applies(const at::Tensor& x, const at::Tensor& state) {
+  return x.is_cuda() && x.dim() == 3 && x.size(1) == 1 && x.stride(2) == 1 &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && state.scalar_type() == x.scalar_type() &&
+         state.is_contiguous() && state.dim() == 3 && state.size(0) == x.size(0) && state.size(1) == x.size(2);
+}
+
+at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at::Tensor& weight, const at::Tensor& bias) {
+  // x: [B, 1, D]; state: [B, D, K - 1]; weight: [D, K]; bias: [D]
+  if (!conv_step_applies(x, state) || weight.dim() != 2 || weight.size(0) != x.size(2) || weight.size(1) != state.size(2) + 1)
+    throw Error("mamba: CUDA conv step: unsupported shapes or dtypes");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto w = weight.to(at::kFloat).contiguous();
+  auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  auto u = at::empty({x.size(0), 1, x.size(2)}, x.options());
+  cuda::ConvStepArgs a;
+  a.B = x.size(0), a.D = x.size(2), a.K = static_cast<int>(w.size(1));
+  a.dtype = x.scalar_type() == at::kBFloat16 ? cuda::DType::BF16 : cuda::DType::F32;
+  a.x = x.data_ptr(), a.x_row = x.stride(0);
+  a.state = state.data_ptr(), a.weight = w.data_ptr<float>(), a.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  check_cuda(cuda::conv_step(a, u.data_ptr(), at::cuda::getCurrentCUDAStream()), "conv step");
+  return u;
 }
 
 #endif

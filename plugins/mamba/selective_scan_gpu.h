@@ -25,5 +25,12 @@ GatedScanResult scan_gated_cuda(const at::Tensor& u, const at::Tensor& dt, const
                                 const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
                                 const at::Tensor& Dskip, const at::Tensor& z, const at::Tensor& s0);
 
+// One decoded token of the block's causal depthwise conv + silu on CUDA (conv_step.cu): x [B, 1, D]
+// (fp32 or bf16, rows may be strided), state [B, D, K - 1] in x's dtype and contiguous, updated in
+// place to the last K - 1 inputs; weight [D, K], bias [D] or undefined (fp32) -> u [B, 1, D]
+// contiguous in x's dtype. Inference only (no autograd). conv_step_applies says whether it takes them.
+bool conv_step_applies(const at::Tensor& x, const at::Tensor& state);
+at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at::Tensor& weight, const at::Tensor& bias);
+
 }  // namespace mamba
 }  // namespace linearnexus

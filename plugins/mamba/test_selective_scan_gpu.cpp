@@ -8,6 +8,7 @@
 #include <map>
 
 #include "catch.h"
+#include "linearnexus/layers.h"
 #include "linearnexus/model.h"
 #include "linearnexus/plugin_host.h"
 #include "linearnexus/registry.h"
@@ -251,4 +252,27 @@ TEST_CASE("cuda jamba-small bf16 training step: fused kernel == unfused chunk sc
     CHECK(e < 5e-2);
   }
   std::printf("gpu-jamba largest gradient difference: %.1e (%s)\n", worst, worst_name.c_str());
+}
+
+TEST_CASE("cuda conv step == the causal depthwise conv + silu on the carried history (fp32, bf16)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  torch::manual_seed(4);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    INFO("dtype " << dtype);
+    const int64_t B = 3, D = 40, K = 4;
+    auto o = at::TensorOptions().device(at::kCUDA).dtype(dtype);
+    auto xz = at::randn({B, 1, 2 * D}, o);
+    auto x = xz.narrow(-1, 0, D);  // strided rows, as the block passes it
+    auto w = at::randn({D, K}, at::kCUDA), b = at::randn({D}, at::kCUDA);
+    auto state = at::randn({B, D, K - 1}, o);
+    at::Tensor want_history;
+    auto want = at::silu(causal_depthwise_conv1d(x.to(at::kFloat), w, b, state.to(at::kFloat), &want_history));
+    auto got = mamba::conv_step_cuda(x, state, w, b);
+    // bf16: one rounding of outputs up to ~5 in magnitude (the GPU run of 2026-11-30 saw 0.025 absolute
+    // against an absolute bound of 0.02), so the bound is relative.
+    const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+    CHECK(((got.to(at::kFloat) - want).abs() / (want.abs() + 1.0)).max().item<double>() < tol);
+    CHECK((state.to(at::kFloat) - want_history).abs().max().item<double>() < tol);  // the state moved on in place
+    CHECK(at::equal(state.select(2, K - 2), x.squeeze(1)));  // its newest column is the input itself
+  }
 }

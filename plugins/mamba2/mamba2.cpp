@@ -73,9 +73,7 @@ class Mamba2Block : public Block {
     auto dt_raw = dt_proj_(h);                                              // [B, T, H]
     // Left padding: a padding token's conv input is zeroed (as the conv's zero history) and its dt
     // too (no decay, no input), so it leaves the state exactly as if it were absent.
-    at::Tensor keep;
-    if (ctx.key_padding.defined())
-      keep = ctx.key_padding.narrow(1, ctx.start, T).to(x.device()).to(x.scalar_type()).unsqueeze(-1);  // [B, T, 1]
+    auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type());  // [B, T, 1] or undefined
     if (keep.defined()) xBC = xBC * keep;
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
     at::Tensor new_history;
@@ -103,6 +101,9 @@ class Mamba2Block : public Block {
     if (is_training() && dropout_ > 0) out = at::dropout(out, dropout_, true);
     return {x + out, std::move(state)};
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
     LayerState s;  // fixed-size whatever max_len is

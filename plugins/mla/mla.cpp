@@ -38,14 +38,8 @@ class MLACache {
   }
   // Write the new tokens at [start, start + T) and return the cache's tokens [0, start + T).
   static std::pair<at::Tensor, at::Tensor> append(LayerState& s, const at::Tensor& c_kv, const at::Tensor& k_rope,
-                                                  int64_t start) {
-    auto& cc = s.tensors.at("c_kv");
-    auto& kc = s.tensors.at("k_rope");
-    const int64_t T = c_kv.size(1);
-    TORCH_CHECK(start + T <= cc.size(1), "MLA cache overflow: ", start + T, " > ", cc.size(1));
-    cc.narrow(1, start, T).copy_(c_kv);
-    kc.narrow(1, start, T).copy_(k_rope);
-    return {cc.narrow(1, 0, start + T), kc.narrow(1, 0, start + T)};
+                                                  const ForwardContext& ctx) {
+    return {ctx.append_to_cache(s.tensors.at("c_kv"), c_kv, 1), ctx.append_to_cache(s.tensors.at("k_rope"), k_rope, 1)};
   }
 };
 
@@ -110,7 +104,7 @@ class MLABlock : public Block {
     // One RoPE key per token, shared by every head: rotate it once, before caching, so the cache
     // never needs re-rotating.
     auto k_rope = apply_rope(kv.narrow(-1, dc_, dr_).unsqueeze(1), pos, rope_base_).squeeze(1);  // [B, T, dr]
-    if (!state.empty()) std::tie(c_kv, k_rope) = MLACache::append(state, c_kv, k_rope, ctx.start);  // [B, Tk, .]
+    if (!state.empty()) std::tie(c_kv, k_rope) = MLACache::append(state, c_kv, k_rope, ctx);  // [B, Tk, .]
 
     at::Tensor o;  // [B, T, H dv]
     if (ctx.mode == Mode::Decode && absorbed_)
@@ -119,6 +113,9 @@ class MLABlock : public Block {
       o = attend_materialised(q_nope, q_rope, c_kv, k_rope, ctx);
     return {tail_.forward(x, o_proj_(o), is_training()), std::move(state)};
   }
+
+  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t max_len, const at::TensorOptions& o) const override {
     return MLACache::make(B, max_len, dc_, dr_, o);

@@ -121,3 +121,11 @@ inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double
 }
 
 }  // namespace linearnexus::compat
+
+// CUDA graphs (core/src/cuda_graph.cpp): captured decoding steps. at::cuda::CUDAGraph's capture API
+// settled in 2.0; LINEARNEXUS_CUDA_BUILD is defined for core where LibTorch has CUDA.
+#if defined(LINEARNEXUS_CUDA_BUILD) && LINEARNEXUS_TORCH_AT_LEAST(2, 0)
+#define LINEARNEXUS_HAS_CUDA_GRAPHS 1
+#else
+#define LINEARNEXUS_HAS_CUDA_GRAPHS 0
+#endif

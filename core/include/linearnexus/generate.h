@@ -23,9 +23,6 @@ struct SamplingParams {
   std::vector<std::vector<int64_t>> stop_sequences;
 };
 
-// logits [B, V] -> next tokens [B] (int64), drawn with `gen`.
-at::Tensor sample_next(const at::Tensor& logits, const SamplingParams& params, at::Generator& gen);
-
 // What generate_batch returns. Row r = prompt r / num_return_sequences, sample r % num_return_sequences.
 struct GeneratedBatch {
   at::Tensor tokens;    // [N, L] int64 new tokens; 0 after a row stopped (L = the longest row)
@@ -43,7 +40,10 @@ using TokenCallback = std::function<bool(int64_t row, int64_t token)>;
 // mask and positions counted from each prompt's first real token, so every row computes what it
 // would alone (same tokens under greedy decoding). The unique prompts are prefilled once and their
 // states repeated num_return_sequences times. Decoding stops when every row has hit EOS, a stop
-// sequence, its callback's false or max_new_tokens. Runs without gradients, in eval mode.
+// sequence, its callback's false or max_new_tokens. Runs without gradients, in eval mode, on the
+// model's decoding engine (decode_engine.h: static caches, sampling on the device, CUDA graphs); the
+// same seed draws the same tokens. The callback sees the tokens a few steps late on a GPU (the host
+// reads them every few steps), in the same order.
 GeneratedBatch generate_batch(LMModel& model, const std::vector<std::vector<int64_t>>& prompts,
                               const SamplingParams& params, int64_t num_return_sequences = 1,
                               const TokenCallback& on_token = nullptr);

@@ -71,6 +71,11 @@ void init_residual_projection(torch::nn::Linear& layer, int64_t n_layer);
 // Rotary position embedding on the first `rot_dim` features (all when 0) of x [B, H, T, D],
 // at absolute positions [B, T] or [1, T] (int64). Pairs are (i, i + D/2) halves ("neox" layout).
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double base = 10000.0);
+// The same rotation as a matrix for one token per row: apply_rope(x) == x @ R for x [B, ..., D] at
+// positions [B, 1], R = rope_matrix(positions, D, base, dtype) [B, D, D]. Static decoding makes R
+// once per step (ForwardContext::memo) and rotates each layer's queries and keys in one matmul
+// instead of the elementwise rotation's dozen small kernels.
+at::Tensor rope_matrix(const at::Tensor& positions, int64_t D, double base, at::ScalarType dtype);
 
 // Attention's q [B, H, T, D], k and v [B, Hkv, T, D] from a fused projection qkv [B, T, (H + 2 Hkv) D]
 // (q's heads, then k's, then v's), with apply_rope on q and k at positions [B or 1, T] when `rope`.

@@ -8,6 +8,7 @@
 // latent cache...). Blocks may write into preallocated state tensors in place and return them.
 #include <torch/nn.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -40,6 +41,13 @@ struct ForwardContext {
   int64_t start = 0;         // tokens already held in the state (same for every row)
   at::Tensor positions;      // [B,T] int64 absolute positions; undefined = start + arange(T)
   at::Tensor key_padding;    // [B, start+T] bool, true = real token; undefined = no padding
+  // Static decoding (decode_engine.h; only for blocks whose graph_safe_decode() is true): one new
+  // token per row, written at cache column `slot`, a [1] int64 tensor on the device that holds what
+  // `start` holds, so the step can be captured once in a CUDA graph and replayed at every position.
+  // Then `start` is stale (never read it), positions is [B, 1], key_padding is [B, max_len] (the
+  // columns after the new token are not filled yet) and the new token is never padding.
+  // Undefined otherwise.
+  at::Tensor slot;
   // Positions as [B,T] (or [1,T]) on `device`.
   at::Tensor position_ids(int64_t batch, int64_t T, const at::Device& device) const;
   // Which keys each query may attend to, for attention-like blocks: [B or 1, 1, T, Tk] bool (true =
@@ -47,7 +55,25 @@ struct ForwardContext {
   // key_padding. Undefined when no mask is needed: one query over the whole cache with no padding,
   // or (unless `always`) the plain causal case Tk == T that attention kernels do with is_causal.
   // A query always sees itself, so a padding query never has an empty row (no NaN).
+  // In static decoding: [B, 1, 1, Tk], key j visible when j <= slot and it is not padding (made once
+  // per step and shared by the layers).
   at::Tensor visibility_mask(int64_t T, int64_t Tk, const at::Device& device, bool always = false) const;
+  // Write x's T new entries into `cache` along `dim` at columns [start, start + T) (static decoding:
+  // at `slot`, in place, so a captured step writes where the replayed position says) and return what
+  // attention reads: columns [0, start + T), or the whole cache in static decoding, where
+  // visibility_mask hides the columns not written yet.
+  at::Tensor append_to_cache(const at::Tensor& cache, const at::Tensor& x, int64_t dim) const;
+  // The new tokens' keep mask [B, T, 1] in `dtype` (1 = real token, 0 = left padding) for recurrent
+  // blocks, whose padding tokens must leave the state untouched; undefined when every new token is
+  // real (no padding, or static decoding).
+  at::Tensor new_token_keep(int64_t T, const at::Device& device, at::ScalarType dtype) const;
+  // A tensor that depends only on this call's context (a mask, RoPE tables...), made by `make` for
+  // the first block that asks for `key` and shared by the others: one set of kernels per step
+  // instead of one per layer.
+  at::Tensor memo(const std::string& key, const std::function<at::Tensor()>& make) const;
+
+ private:
+  mutable std::map<std::string, at::Tensor> memo_;
 };
 
 struct BlockOutput {
@@ -82,6 +108,15 @@ class Block : public torch::nn::Module {
   // (param_role.h): Muon orthogonalises Matrix tensors only, weight decay skips embeddings, norms,
   // biases and SSM dynamics. A parameter left out gets default_role (>= 2-D: Matrix, else Other).
   virtual std::map<std::string, ParamRole> parameter_roles() const { return {}; }
+  // True when the block's Decode path honours static decoding (ForwardContext::slot), so that the
+  // whole model's one-token step can be captured in a CUDA graph and replayed: with ctx.slot
+  // defined it reads positions from ctx.positions / ctx.slot (never ctx.start), writes caches with
+  // ctx.append_to_cache (or in place at ctx.slot), masks with ctx.visibility_mask, and does nothing
+  // that reads a device value on the host (.item(), nonzero, a shape taken from data) or depends
+  // on the step. Allocating is fine; a state tensor it returns in place of its own is copied back.
+  // A model with one block that says false decodes eagerly (one log line names the block).
+  // docs/writing_plugins.md, "Graph-captured decoding".
+  virtual bool graph_safe_decode() const { return false; }
 };
 
 struct ModelConfig {
@@ -101,12 +136,18 @@ struct ModelState {
   int64_t length = 0;      // tokens consumed so far
   int64_t max_len = 0;
   at::Tensor key_padding;  // [B, max_len] bool or undefined
+  // Defined for static decoding (ForwardContext::slot): forward then takes one token, leaves
+  // `length` alone and keeps every layer's state tensors where they are (copying back any a block
+  // returned in place of its own), so the step can be captured and replayed.
+  at::Tensor slot;
   int64_t bytes() const;
   ModelState index_select(const at::Tensor& rows) const;
 };
 
 // token embedding (+ learned positions) -> blocks -> final norm (RMSNorm or LayerNorm) -> LM head
 // (optionally tied to the embedding).
+class DecodeEngine;
+
 class LMModel : public torch::nn::Module {
  public:
   LMModel(const ModelConfig& config, const Registry& registry);
@@ -142,8 +183,12 @@ class LMModel : public torch::nn::Module {
   // it does not have is an Error naming the block (a typo would silently fall back to the default).
   std::map<std::string, ParamRole> parameter_roles() const;
   std::vector<std::string> block_kinds() const { return config_.layer_kinds(); }
+  // The model's decoding engine (decode_engine.h), made on first use and kept with the model: its
+  // inference weights, static caches and captured steps are reused by every generate call.
+  DecodeEngine& decoder();
 
  private:
+  std::shared_ptr<DecodeEngine> decoder_;
   ModelConfig config_;
   torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
   std::vector<std::shared_ptr<Block>> blocks_;

@@ -15,7 +15,9 @@
 #include "linearnexus/registry.h"
 
 // 2: Block::parameter_roles and NamedParameter::role; the lr bookkeeping in the Optimizer base.
-// 3: ModelDims::norm and norm_eps (model.norm), layers.h's Norm, ResidualMLP(block, dims, ...).
+// 3: ModelDims::norm and norm_eps (model.norm), layers.h's Norm, ResidualMLP(block, dims, ...);
+//    Block::graph_safe_decode; ForwardContext::slot and its static-decoding helpers; ModelState::slot;
+//    LMModel's decoding engine.
 #define LINEARNEXUS_PLUGIN_ABI_VERSION 3u
 #define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
 

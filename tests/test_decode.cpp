@@ -1,0 +1,112 @@
+// The decoding engine on the CPU: device-side sampling (seeded, repeatable, the right distribution,
+// top-k / top-p), the static decoding path == the eager one for attention, mamba, mla and a hybrid,
+// and the host's every-k-steps checks giving what a check per token gives.
+#include <map>
+
+#include "block_contract.h"
+#include "catch.h"
+#include "linearnexus/decode_engine.h"
+
+using namespace linearnexus;
+using namespace lntest;
+
+namespace {
+at::Tensor scalar_long(int64_t v) { return at::full({1}, v, at::kLong); }
+
+const char* kBlocks = "{attention: {n_head: 4}, mamba: {d_state: 8}, mla: {n_head: 4}}";
+
+std::vector<std::vector<int64_t>> padded_prompts() {
+  auto prompt = [](int64_t len, int64_t seed) {
+    std::vector<int64_t> p;
+    for (int64_t i = 0; i < len; ++i) p.push_back((seed * 7 + i * 13 + i * i) % 20);
+    return p;
+  };
+  return {prompt(3, 1), prompt(9, 2), prompt(1, 3), prompt(6, 4)};
+}
+}  // namespace
+
+TEST_CASE("sample_tokens: greedy is the argmax; a seed and a counter fix the draw", "[decode]") {
+  torch::manual_seed(0);
+  auto logits = torch::randn({6, 50});
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  CHECK(at::equal(sample_tokens(logits, greedy, scalar_long(1), scalar_long(0)), logits.argmax(-1)));
+  SamplingParams sp;
+  sp.temperature = 1.0;
+  auto a = sample_tokens(logits, sp, scalar_long(5), scalar_long(3));
+  CHECK(at::equal(a, sample_tokens(logits, sp, scalar_long(5), scalar_long(3))));
+  // Another counter (the next step) or another seed draws other tokens for some row.
+  int64_t differ = 0;
+  for (int64_t c = 4; c < 12; ++c) differ += !at::equal(a, sample_tokens(logits, sp, scalar_long(5), scalar_long(c)));
+  CHECK(differ >= 6);
+  CHECK(!at::equal(a, sample_tokens(logits, sp, scalar_long(6), scalar_long(3))));
+}
+
+TEST_CASE("sample_tokens draws each token with its probability, and top-k / top-p cut the tail", "[decode]") {
+  const std::vector<double> probs{0.1, 0.2, 0.3, 0.4};
+  const int64_t rows = 20000;
+  auto logits = at::tensor(probs, at::kDouble).log().to(at::kFloat).unsqueeze(0).expand({rows, 4}).contiguous();
+  SamplingParams sp;
+  auto counts = at::bincount(sample_tokens(logits, sp, scalar_long(1), scalar_long(0)), {}, 4);
+  for (int64_t v = 0; v < 4; ++v) {
+    INFO("token " << v << " drawn " << counts[v].item<int64_t>() << " times of " << rows);
+    CHECK(std::abs(counts[v].item<double>() / rows - probs[v]) < 0.015);
+  }
+  sp.top_k = 2;  // tokens 2 and 3 only, renormalised: 3/7 and 4/7
+  counts = at::bincount(sample_tokens(logits, sp, scalar_long(2), scalar_long(0)), {}, 4);
+  CHECK(counts[0].item<int64_t>() + counts[1].item<int64_t>() == 0);
+  CHECK(std::abs(counts[3].item<double>() / rows - 4.0 / 7.0) < 0.015);
+  sp.top_k = 0;
+  sp.top_p = 0.5;  // 0.4 then 0.3 reach 0.5: tokens 3 and 2
+  counts = at::bincount(sample_tokens(logits, sp, scalar_long(3), scalar_long(0)), {}, 4);
+  CHECK(counts[0].item<int64_t>() + counts[1].item<int64_t>() == 0);
+  CHECK(counts[2].item<int64_t>() > 0);
+  sp.top_p = 0.0;  // the most likely token alone
+  CHECK((sample_tokens(logits, sp, scalar_long(4), scalar_long(0)) == 3).all().item<bool>());
+}
+
+TEST_CASE("the static decoding path draws the eager path's tokens (attention, mamba, mla, hybrid)", "[decode]") {
+  PluginHost host;
+  for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]"}) {
+    INFO("block_pattern " << pattern);
+    auto m = contract_model(host, pattern, kBlocks);
+    CHECK(m->decoder().blocks_not_graph_safe().empty());
+    check_static_decoding(*m, padded_prompts(), 14);
+    CHECK(!m->decoder().last_call_graphed());  // no CUDA graphs on the CPU
+  }
+}
+
+TEST_CASE("checking the tokens every k steps gives what checking every step gives", "[decode]") {
+  PluginHost host;
+  auto m = contract_model(host, "[mamba, attention]", kBlocks);
+  SamplingParams sp;
+  sp.temperature = 100;  // near uniform over the 20 tokens: rows stop at different steps
+  sp.max_new_tokens = 20;
+  sp.seed = 9;
+  sp.eos_id = 5;
+  sp.stop_sequences = {{2, 3}};
+  auto run = [&](int64_t every) {
+    m->decoder().options.sync_every = every;
+    std::vector<std::pair<int64_t, int64_t>> seen;
+    GeneratedBatch b = generate_batch(*m, padded_prompts(), sp, 3, [&](int64_t r, int64_t t) {
+      seen.emplace_back(r, t);
+      return !(r == 4 && seen.size() > 30);  // the callback stops row 4 part way
+    });
+    m->decoder().options.sync_every = 0;
+    return std::make_pair(b, seen);
+  };
+  auto [one, seen_one] = run(1);
+  auto [five, seen_five] = run(5);
+  CHECK(seen_one == seen_five);
+  CHECK(one.completions == five.completions);
+  CHECK(one.stopped == five.stopped);
+  CHECK(at::equal(one.tokens, five.tokens));
+  CHECK(at::equal(one.mask, five.mask));
+  CHECK(at::allclose(one.logprobs, five.logprobs));
+  int64_t stopped = 0;
+  for (bool s : one.stopped) stopped += s;
+  CHECK(stopped > 0);
+  CHECK(one.completions[4].size() < 20);
+  // The same call again (the engine reuses its caches): the same tokens.
+  CHECK(run(1).first.completions == one.completions);
+}
