@@ -9,19 +9,13 @@
 #include "catch.h"
 #include "causal_conv_gpu.h"
 #include "linearnexus/layers.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 
 using namespace linearnexus;
+using namespace lntest;
 
 namespace {
-
-#define SKIP_WITHOUT_CUDA() \
-  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine")
-
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  auto x = a.detach().to(at::kCPU, at::kDouble), y = b.detach().to(at::kCPU, at::kDouble);
-  return ((x - y).norm() / y.norm().clamp_min(1e-300)).item<double>();
-}
 
 void check_conv(int64_t B, int64_t T, int64_t D, int64_t K, at::ScalarType dtype, bool with_bias) {
   const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
@@ -46,14 +40,14 @@ void check_conv(int64_t B, int64_t T, int64_t D, int64_t K, at::ScalarType dtype
   REQUIRE(y.scalar_type() == dtype);
   REQUIRE(y.is_contiguous());
   (y.to(at::kDouble) * wout.to(at::kCUDA)).sum().backward();
-  const double ey = rel(y, y_ref), ex = rel(xz_g.grad().narrow(2, 0, D), x_ref.grad()), ew = rel(w_g.grad(), w.grad());
+  const double ey = rel_error(y, y_ref), ex = rel_error(xz_g.grad().narrow(2, 0, D), x_ref.grad()), ew = rel_error(w_g.grad(), w.grad());
   std::printf("gpu-conv T %5lld K %lld %s: y %.1e dx %.1e dw %.1e", static_cast<long long>(T),
               static_cast<long long>(K), dtype == at::kFloat ? "fp32" : "bf16", ey, ex, ew);
   CHECK(ey < tol);
   CHECK(ex < tol);
   CHECK(ew < tol);
   if (with_bias) {
-    const double eb = rel(b_g.grad(), b.grad());
+    const double eb = rel_error(b_g.grad(), b.grad());
     std::printf(" db %.1e", eb);
     CHECK(eb < tol);
   }
@@ -65,14 +59,14 @@ void check_conv(int64_t B, int64_t T, int64_t D, int64_t K, at::ScalarType dtype
 }  // namespace
 
 TEST_CASE("cuda causal conv + silu == silu(causal_depthwise_conv1d): output and gradients (fp32, bf16)", "[gpu]") {
-  SKIP_WITHOUT_CUDA();
+  LN_SKIP_WITHOUT_CUDA();
   for (auto dtype : {at::kFloat, at::kBFloat16})
     for (int64_t T : {1, 7, 37, 1024})
       for (int64_t K : {1, 3, 4}) check_conv(2, T, 133, K, dtype, K != 3);
 }
 
 TEST_CASE("cuda causal conv + silu: a history in and the new history out == the plain ops (prefill)", "[gpu]") {
-  SKIP_WITHOUT_CUDA();
+  LN_SKIP_WITHOUT_CUDA();
   torch::NoGradGuard no_grad;
   for (int64_t T : {1, 2, 5, 70}) {
     INFO("T " << T);
@@ -83,8 +77,8 @@ TEST_CASE("cuda causal conv + silu: a history in and the new history out == the 
     at::Tensor nh_ref, nh;
     auto y_ref = at::silu(causal_depthwise_conv1d(x, w, b, h, &nh_ref));
     auto y = mamba::conv_silu_cuda(x.to(at::kCUDA), w.to(at::kCUDA), b.to(at::kCUDA), h.to(at::kCUDA), &nh);
-    CHECK(rel(y, y_ref) < 1e-5);
+    CHECK(rel_error(y, y_ref) < 1e-5);
     REQUIRE(nh.sizes() == nh_ref.sizes());
-    CHECK(rel(nh, nh_ref) < 1e-6);
+    CHECK(rel_error(nh, nh_ref) < 1e-6);
   }
 }

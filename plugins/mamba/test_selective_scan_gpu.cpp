@@ -15,21 +15,13 @@
 #include "linearnexus/trainer.h"
 #include "selective_scan.h"
 #include "selective_scan_gpu.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 
 using namespace linearnexus;
 using namespace lntest;
 
 namespace {
-
-#define SKIP_WITHOUT_CUDA() \
-  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine")
-
-// ||a - b|| / ||b|| in float64 on the CPU.
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  auto x = a.detach().to(at::kCPU, at::kDouble), y = b.detach().to(at::kCPU, at::kDouble);
-  return ((x - y).norm() / y.norm().clamp_min(1e-300)).item<double>();
-}
 
 // The scan's inputs as float64 CPU leaves. Bm, Cm are views into one [B, T, 2N + 3] tensor and z
 // the second half of a [B, T, 2D] one, strided as the block's x_proj / in_proj outputs are.
@@ -104,7 +96,7 @@ void check_kernel(int64_t B, int64_t T, int64_t D, int64_t N, at::ScalarType dty
   ((k.out.to(at::kDouble) * wout.to(at::kCUDA)).sum() + (k.state.to(at::kDouble) * wstate.to(at::kCUDA)).sum())
       .backward();
   CHECK(torch::isfinite(k.out).all().item<bool>());
-  const double eo = rel(k.out, r.out), es = rel(k.state, r.state);
+  const double eo = rel_error(k.out, r.out), es = rel_error(k.state, r.state);
   std::printf("gpu-scan T %5lld N %2lld %s: out %.1e state %.1e", static_cast<long long>(T), static_cast<long long>(N),
               dtype == at::kFloat ? "fp32" : "bf16", eo, es);
   CHECK(eo < tol);
@@ -123,7 +115,7 @@ void check_kernel(int64_t B, int64_t T, int64_t D, int64_t N, at::ScalarType dty
     INFO("gradient of " << name);
     REQUIRE(g.first.defined());
     REQUIRE(g.second.defined());
-    const double e = rel(g.first, g.second);
+    const double e = rel_error(g.first, g.second);
     std::printf(" d%s %.1e", name.c_str(), e);
     CHECK(e < tol);
   }
@@ -150,14 +142,14 @@ BlockOutput run(Block& b, const at::Tensor& x, LayerState s, Mode mode, int64_t 
 }  // namespace
 
 TEST_CASE("cuda selective scan == sequential reference: outputs, state and every gradient (fp32, bf16)", "[gpu]") {
-  SKIP_WITHOUT_CUDA();
+  LN_SKIP_WITHOUT_CUDA();
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
     for (int64_t N : {1, 16})
       for (int64_t T : {1, 7, 37, 1024, 4096}) check_kernel(2, T, 133, N, dtype);
 }
 
 TEST_CASE("cuda selective scan: no softplus, no gate, no initial state (the padding path's form)", "[gpu]") {
-  SKIP_WITHOUT_CUDA();
+  LN_SKIP_WITHOUT_CUDA();
   torch::manual_seed(5);
   const int64_t B = 3, T = 100, D = 40, N = 16;
   Inputs in = random_inputs(B, T, D, N);
@@ -167,21 +159,21 @@ TEST_CASE("cuda selective scan: no softplus, no gate, no initial state (the padd
   auto k = mamba::scan_gated_cuda(u.to(at::kCUDA, at::kFloat), delta.to(at::kCUDA, at::kFloat), at::Tensor(), false,
                                   A.to(at::kCUDA, at::kFloat), in.Bm.to(at::kCUDA, at::kFloat),
                                   in.Cm.to(at::kCUDA, at::kFloat), at::Tensor(), at::Tensor(), at::Tensor());
-  CHECK(rel(k.out, r.y) < 1e-4);
-  CHECK(rel(k.state, r.state) < 1e-4);
+  CHECK(rel_error(k.out, r.y) < 1e-4);
+  CHECK(rel_error(k.state, r.state) < 1e-4);
   // Both sides' gradients land in the same float64 CPU leaves (through .to()): kernel's first.
   auto w = at::randn({B, T, D}, at::kDouble);
   (k.out.to(at::kDouble) * w.to(at::kCUDA)).sum().backward();
   auto gu = u.grad().clone(), gd = delta.grad().clone(), gA = A.grad().clone();
   u.grad().zero_(), delta.grad().zero_(), A.grad().zero_();
   (r.y * w).sum().backward();
-  CHECK(rel(gu, u.grad()) < 1e-4);
-  CHECK(rel(gd, delta.grad()) < 1e-4);
-  CHECK(rel(gA, A.grad()) < 1e-4);
+  CHECK(rel_error(gu, u.grad()) < 1e-4);
+  CHECK(rel_error(gd, delta.grad()) < 1e-4);
+  CHECK(rel_error(gA, A.grad()) < 1e-4);
 }
 
 TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decoding's, from zero and carried", "[gpu]") {
-  SKIP_WITHOUT_CUDA();
+  LN_SKIP_WITHOUT_CUDA();
   PluginHost host;
   torch::manual_seed(6);
   auto b = make_mamba(host, 40, {{"dt_max", "0.5"}});  // d_inner 80: 3 blocks of 32 channels, the last partial
@@ -198,21 +190,21 @@ TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decod
   }
   auto rec = at::cat(ys, 1);
   auto p = run(*b, x, b->init_state(B, T, x.options()), Mode::Prefill);
-  std::printf("gpu-prefill out %.1e ssm_state %.1e\n", rel(p.y, rec),
-              rel(p.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")));
-  CHECK(rel(p.y, rec) < 1e-5);
-  CHECK(rel(p.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
+  std::printf("gpu-prefill out %.1e ssm_state %.1e\n", rel_error(p.y, rec),
+              rel_error(p.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")));
+  CHECK(rel_error(p.y, rec) < 1e-5);
+  CHECK(rel_error(p.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
   // (One token's in_proj and the whole prompt's are different matmuls: equal up to rounding.)
-  CHECK(rel(p.state.tensors.at("conv_state"), s.tensors.at("conv_state")) < 1e-5);
+  CHECK(rel_error(p.state.tensors.at("conv_state"), s.tensors.at("conv_state")) < 1e-5);
   // Two prefill pieces (the second continues the first's state) == one.
   auto p1 = run(*b, x.narrow(1, 0, 23), b->init_state(B, T, x.options()), Mode::Prefill);
   auto p2 = run(*b, x.narrow(1, 23, T - 23), std::move(p1.state), Mode::Prefill, 23);
-  CHECK(rel(at::cat({p1.y, p2.y}, 1), rec) < 1e-5);
-  CHECK(rel(p2.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
+  CHECK(rel_error(at::cat({p1.y, p2.y}, 1), rec) < 1e-5);
+  CHECK(rel_error(p2.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
 }
 
 TEST_CASE("cuda jamba-small bf16 training step: fused kernel == unfused chunk scan (loss and every gradient)", "[gpu]") {
-  SKIP_WITHOUT_CUDA();
+  LN_SKIP_WITHOUT_CUDA();
   PluginHost host;
   auto make = [&](const std::string& scan) {
     Experiment e = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: jamba-small, blocks: {mamba: {scan: " +
@@ -247,7 +239,7 @@ TEST_CASE("cuda jamba-small bf16 training step: fused kernel == unfused chunk sc
     const auto &gf = kv.value().grad(), &gu = src[kv.key()].grad();
     REQUIRE(gf.defined());
     REQUIRE(gu.defined());
-    const double e = rel(gf, gu);
+    const double e = rel_error(gf, gu);
     if (e > worst) worst = e, worst_name = kv.key();
     CHECK(e < 5e-2);
   }
