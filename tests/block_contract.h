@@ -51,6 +51,16 @@ inline bool close(const at::Tensor& a, const at::Tensor& b, double rtol = 1e-4) 
 }
 inline double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
+// Four prompts of uneven lengths (3, 9, 1, 6 tokens; ids < 20): batched generation left-pads them.
+inline std::vector<std::vector<int64_t>> padded_prompts() {
+  auto prompt = [](int64_t len, int64_t seed) {
+    std::vector<int64_t> p;
+    for (int64_t i = 0; i < len; ++i) p.push_back((seed * 7 + i * 13 + i * i) % 20);
+    return p;
+  };
+  return {prompt(3, 1), prompt(9, 2), prompt(1, 3), prompt(6, 4)};
+}
+
 inline BlockOutput run_block(Block& b, const at::Tensor& x, LayerState s, Mode mode, int64_t start = 0) {
   ForwardContext ctx;
   ctx.mode = mode;

@@ -15,14 +15,6 @@ at::Tensor scalar_long(int64_t v) { return at::full({1}, v, at::kLong); }
 
 const char* kBlocks = "{attention: {n_head: 4}, mamba: {d_state: 8}, mla: {n_head: 4}}";
 
-std::vector<std::vector<int64_t>> padded_prompts() {
-  auto prompt = [](int64_t len, int64_t seed) {
-    std::vector<int64_t> p;
-    for (int64_t i = 0; i < len; ++i) p.push_back((seed * 7 + i * 13 + i * i) % 20);
-    return p;
-  };
-  return {prompt(3, 1), prompt(9, 2), prompt(1, 3), prompt(6, 4)};
-}
 }  // namespace
 
 TEST_CASE("sample_tokens: greedy is the argmax; a seed and a counter fix the draw", "[decode]") {

@@ -17,15 +17,6 @@ const char* kBlocks =
     "{attention: {n_head: 4}, swa: {n_head: 4, window: 5}, mamba: {d_state: 8}, mla: {n_head: 4}, "
     "gla: {chunk_size: 4}, mamba2: {d_state: 8, head_dim: 8, chunk_size: 4}, deltanet: {chunk_size: 4}}";
 
-std::vector<std::vector<int64_t>> padded_prompts() {
-  auto prompt = [](int64_t len, int64_t seed) {
-    std::vector<int64_t> p;
-    for (int64_t i = 0; i < len; ++i) p.push_back((seed * 7 + i * 13 + i * i) % 20);
-    return p;
-  };
-  return {prompt(3, 1), prompt(9, 2), prompt(1, 3), prompt(6, 4)};
-}
-
 std::shared_ptr<LMModel> cuda_model(PluginHost& host, const std::string& pattern, at::ScalarType dtype) {
   auto m = contract_model(host, pattern, kBlocks);
   m->to(at::kCUDA);
