@@ -89,7 +89,7 @@ TEST_CASE("linear-time blocks: CUDA fp32 forward + backward == the CPU's (relati
   at::globalContext().setAllowTF32CuDNN(true);
 }
 
-TEST_CASE("linear-time blocks: CUDA bf16 autocast forward + backward == the CPU's fp32 (1e-2; parameter gradients 1e-1)",
+TEST_CASE("linear-time blocks: CUDA bf16 autocast forward + backward == the CPU's fp32 (1e-2 and 1e-1 for parameter gradients)",
           "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;

@@ -61,6 +61,10 @@ TEST_CASE("hf tokenizer: Llama-3, Qwen2 and SmolLM styles give Hugging Face's id
     const json config = read_json(fixture(name + "/tokenizer_config.json"));
     CHECK(tok->chat_template() == config["chat_template"].get<std::string>());
     CHECK(tok->encode(config["eos_token"].get<std::string>()) == std::vector<int64_t>{tok->eos_id()});
+    if (config["bos_token"].is_string())
+      CHECK(tok->encode(config["bos_token"].get<std::string>()) == std::vector<int64_t>{tok->bos_id()});
+    else
+      CHECK(tok->bos_id() == -1);
   }
 }
 
@@ -116,6 +120,7 @@ TEST_CASE("hf tokenizer: SentencePiece tokenizer.model files give sentencepiece'
     CHECK_FALSE(tok->chunks_at_newlines());
     check_against_expected(*tok, fixture(name + "/expected.json"));
     CHECK(tok->eos_id() == read_json(fixture(name + "/expected.json"))["eos_id"].get<int64_t>());
+    CHECK(tok->bos_id() == 1);  // <s>, sentencepiece's default
     CHECK_FALSE(tok->chat_template().empty());
     // What a checkpoint saves reads back to the same tokenizer.
     CHECK(linearnexus::tokenizer_from_json(tok->to_json())->encode("Hello, world!") == tok->encode("Hello, world!"));

@@ -207,8 +207,17 @@ YAML::Node init_from_model(const YAML::Node& root, const YAML::Node& preset, con
   if (init_from.empty())
     throw Error(src.at(preset, "model.preset") + ": preset init_from takes the model of trainer.init_from, which is not set; "
                 "add e.g. --set trainer.init_from=runs/imported");
-  const std::string file = resolve_checkpoint(init_from);
-  YAML::Node ckpt = load_yaml_text(checkpoint_entry(read_safetensors_metadata(file), "config", file), "checkpoint " + file);
+  std::string file;
+  YAML::Node ckpt;
+  try {
+    file = resolve_checkpoint(init_from);
+    ckpt = load_yaml_text(checkpoint_entry(read_safetensors_metadata(file), "config", file), "checkpoint " + file);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // a path the file system refuses (too long, no permission...)
+    throw Error(src.at(preset, "model.preset") + ": preset init_from: cannot read trainer.init_from '" + init_from +
+                "': " + error_text(e));
+  }
   if (!ckpt.IsMap() || !ckpt["model"] || !ckpt["model"].IsMap())
     throw Error("checkpoint " + file + ": its config has no model section; the file is corrupt or edited");
   YAML::Node m = YAML::Clone(ckpt["model"]);

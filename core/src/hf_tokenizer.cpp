@@ -143,6 +143,7 @@ HFTokenizerConfig read_hf_tokenizer_config(const std::string& folder) {
       bad(config_path, "chat_template", "must be a string or a list of {name, template}");
     }
     out.eos_token = token_text(field(config, "eos_token"));
+    out.bos_token = token_text(field(config, "bos_token"));
   }
   // transformers >= 4.43 saves the template beside the config instead.
   const std::string jinja = (fs::path(folder) / "chat_template.jinja").string();

@@ -11,6 +11,7 @@ namespace linearnexus {
 struct HFTokenizerConfig {
   std::string chat_template;  // tokenizer_config.json's chat_template, else chat_template.jinja; "" = none
   std::string eos_token;      // the text of its eos_token; "" = none
+  std::string bos_token;      // the text of its bos_token; "" = none
 };
 
 // `folder`/tokenizer_config.json and `folder`/chat_template.jinja, both optional. A file that is

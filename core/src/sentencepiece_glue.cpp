@@ -27,6 +27,7 @@ class Model : public linearnexus::SentencePieceModel {
   }
   int piece_size() const override { return sp_.GetPieceSize(); }
   int eos_id() const override { return sp_.eos_id(); }
+  int bos_id() const override { return sp_.bos_id(); }
 
  private:
   sentencepiece::SentencePieceProcessor sp_;

@@ -19,6 +19,7 @@ struct SentencePieceModel {
   virtual bool decode(const std::vector<int>& ids, std::string* text, std::string* error) const = 0;
   virtual int piece_size() const = 0;
   virtual int eos_id() const = 0;
+  virtual int bos_id() const = 0;
 };
 
 }  // namespace linearnexus

@@ -78,6 +78,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string kind() const override { return "sentencepiece"; }
   std::string to_json() const override { return nlohmann::json{{"kind", "sentencepiece"}, {"path", path_}}.dump(); }
   int64_t eos_id() const override { return model_->eos_id(); }
+  int64_t bos_id() const override { return model_->bos_id(); }
   std::string chat_template() const override { return chat_template_; }
   // SentencePiece marks the start of every text it encodes (the "dummy prefix" space).
   bool chunks_at_newlines() const override { return false; }

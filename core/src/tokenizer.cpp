@@ -66,8 +66,9 @@ class CharTokenizer : public Tokenizer {
 // saved as {kind, path}).
 class BPEAdapter : public Tokenizer {
  public:
-  BPEAdapter(BPETokenizer bpe, std::string kind, std::string path, std::string chat_template = "")
-      : bpe_(std::move(bpe)), kind_(std::move(kind)), path_(std::move(path)), chat_template_(std::move(chat_template)) {}
+  BPEAdapter(BPETokenizer bpe, std::string kind, std::string path, std::string chat_template = "", int64_t bos = -1)
+      : bpe_(std::move(bpe)), kind_(std::move(kind)), path_(std::move(path)), chat_template_(std::move(chat_template)),
+        bos_(bos) {}
   std::vector<int64_t> encode(std::string_view text) const override { return bpe_.encode(text); }
   std::string decode(const std::vector<int64_t>& ids) const override { return bpe_.decode(ids); }
   int64_t vocab_size() const override { return bpe_.vocab_size(); }
@@ -75,10 +76,12 @@ class BPEAdapter : public Tokenizer {
   std::string to_json() const override { return json{{"kind", kind_}, {kind_ == "gpt2" ? "spec" : "path", path_}}.dump(); }
   int64_t eos_id() const override { return bpe_.eot_id(); }
   std::string chat_template() const override { return chat_template_; }
+  int64_t bos_id() const override { return bos_; }
 
  private:
   BPETokenizer bpe_;
   std::string kind_, path_, chat_template_;
+  int64_t bos_;
 };
 
 std::shared_ptr<Tokenizer> load_gpt2_kind(const std::string& path) {
@@ -87,9 +90,18 @@ std::shared_ptr<Tokenizer> load_gpt2_kind(const std::string& path) {
 
 std::shared_ptr<Tokenizer> load_hf_json(const std::string& path) {
   const std::string abs = fs::absolute(path).lexically_normal().string();
-  const HFTokenizerConfig config = read_hf_tokenizer_config(fs::path(abs).parent_path().string());
-  return std::make_shared<BPEAdapter>(BPETokenizer::from_vocab(read_hf_tokenizer_json(abs, config.eos_token)), "hf", abs,
-                                      config.chat_template);
+  const std::string folder = fs::path(abs).parent_path().string();
+  const HFTokenizerConfig config = read_hf_tokenizer_config(folder);
+  BPETokenizer bpe = BPETokenizer::from_vocab(read_hf_tokenizer_json(abs, config.eos_token));
+  int64_t bos = -1;
+  if (!config.bos_token.empty()) {
+    const auto ids = bpe.encode(config.bos_token);  // an added token encodes to itself alone
+    if (ids.size() != 1)
+      throw Error("tokenizer: '" + (fs::path(folder) / "tokenizer_config.json").string() + "': bos_token '" +
+                  config.bos_token + "' is not a token of '" + abs + "'");
+    bos = ids[0];
+  }
+  return std::make_shared<BPEAdapter>(std::move(bpe), "hf", abs, config.chat_template, bos);
 }
 
 std::shared_ptr<Tokenizer> load_sentencepiece(const std::string& path) {

@@ -18,6 +18,9 @@ class Tokenizer {
   virtual std::string kind() const = 0;  // "char", "gpt2", "hf", "sentencepiece", "ids"
   virtual std::string to_json() const = 0;
   virtual int64_t eos_id() const { return -1; }
+  // The beginning-of-text token a model expects first (tokenizer_config.json's bos_token, a
+  // SentencePiece model's <s>); -1 when there is none. encode() never adds it.
+  virtual int64_t bos_id() const { return -1; }
   // The Jinja chat template a Hugging Face folder's tokenizer_config.json (or chat_template.jinja)
   // holds, kept verbatim; "" when there is none. LinearNexus stores it, it does not render it.
   virtual std::string chat_template() const { return {}; }
