@@ -13,6 +13,8 @@
 // gradient recurrence backwards through them.
 #include <cuda_bf16.h>
 
+#include <type_traits>
+
 #include "selective_scan_cuda.h"
 
 namespace linearnexus {
@@ -21,12 +23,26 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;                  // threads per block: kThreads / P channels of one batch row
-constexpr int kS = 4;                          // states per thread: n = p * kS + s
+// States per thread (n = p * S + s), forward and backward. The forward gives a thread 16 states, so at
+// d_state 16 one thread is one channel: the per-step scalars (softplus, the gate, the loads of u, dt,
+// z) are computed once per channel, no shuffle sums C . s, and the 16 independent state updates are the
+// instruction-level parallelism that hides the latency along time. The backward holds kQ steps' states
+// in registers as well, so it keeps 4 per thread (registers: ~170 at 4).
+constexpr int kForwardStates = 16;
+constexpr int kBackwardStates = 4;
+// Forward blocks per SM the registers must allow at one lane per channel (<= 80 registers a thread,
+// no spills at d_state <= 16): at mamba-small's size
+// (B 64, d_inner 1536: 768 blocks) 6 a SM put every block of the grid in one wave on 132 SMs.
+constexpr int kForwardBlocksPerSM = 6;
+// Backward blocks per SM the registers must allow (<= 168 registers a thread: 12 warps a SM).
+constexpr int kBackwardBlocksPerSM = 3;
 constexpr int kQ = 16;                         // steps whose states the backward holds in registers
 constexpr int kSub = kKeepEvery / kQ;          // sub-chunks per kept chunk
+constexpr int kStage = 32;                     // steps whose B and C the forward stages in shared memory
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
+static_assert(kKeepEvery % kStage == 0, "kept chunks are whole staging rounds");
 
 __device__ __forceinline__ float ld(const float* p) { return __ldg(p); }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
@@ -45,16 +61,16 @@ __device__ __forceinline__ float sum_channel(float x) {
   return x;
 }
 
-// What one thread owns: channel d of batch row b, states n = p * kS + s. Lanes past D (the last
+// What one thread owns: channel d of batch row b, states n = p * S + s. Lanes past D (the last
 // block's tail) and states past N run along with zeros (A = 0, B = C = 0, state 0), so shuffles
 // see every lane and no load needs a branch of its own.
-template <typename T, int P>
+template <typename T, int P, int S>
 struct Channel {
   const ScanArgs& a;
   int64_t b, d, dl;  // dl: d clamped into range, for loads
   int p;
   bool active;
-  float A[kS], A2[kS], bias, Dv;
+  float A[S], A2[S], bias, Dv;
 
   __device__ explicit Channel(const ScanArgs& args) : a(args) {
     b = blockIdx.y;
@@ -63,8 +79,8 @@ struct Channel {
     active = d < a.D;
     dl = active ? d : a.D - 1;
 #pragma unroll
-    for (int s = 0; s < kS; ++s) {
-      const int64_t n = p * kS + s;
+    for (int s = 0; s < S; ++s) {
+      const int64_t n = p * S + s;
       A[s] = active && n < a.N ? __ldg(a.A + d * a.N + n) : 0.f;
       A2[s] = A[s] * kLog2e;
     }
@@ -72,26 +88,19 @@ struct Channel {
     Dv = a.Dskip ? __ldg(a.Dskip + dl) : 0.f;
   }
   __device__ int64_t row(int64_t t) const { return b * a.T + t; }
-  __device__ bool has(int s) const { return active && p * kS + s < a.N; }
+  __device__ bool has(int s) const { return active && p * S + s < a.N; }
   // [B, D, N]-shaped state arrays (s0, sT, dA, ds0): this thread's element s; in one [D, N] slice of
   // the kept states [B, chunks, D, N]: in_slice(s).
-  __device__ int64_t in_slice(int s) const { return d * a.N + p * kS + s; }
+  __device__ int64_t in_slice(int s) const { return d * a.N + p * S + s; }
   __device__ int64_t state_at(int s) const { return b * a.D * a.N + in_slice(s); }
   __device__ float u(int64_t t) const { return ld(static_cast<const T*>(a.u) + row(t) * a.u_row + dl); }
   __device__ float dt(int64_t t) const { return ld(static_cast<const T*>(a.dt) + row(t) * a.dt_row + dl); }
   __device__ float z(int64_t t) const { return a.z ? ld(static_cast<const T*>(a.z) + row(t) * a.z_row + dl) : 0.f; }
-  __device__ void load_B(int64_t t, float (&v)[kS]) const { load_n(a.Bm, a.B_row, t, v); }
-  __device__ void load_C(int64_t t, float (&v)[kS]) const { load_n(a.Cm, a.C_row, t, v); }
-  __device__ void load_n(const void* base, int64_t stride, int64_t t, float (&v)[kS]) const {
-    const T* r = static_cast<const T*>(base) + row(t) * stride + p * kS;
-#pragma unroll
-    for (int s = 0; s < kS; ++s) v[s] = active && p * kS + s < a.N ? ld(r + s) : 0.f;
-  }
   __device__ float delta(float dt_raw) const { return a.softplus ? softplus(dt_raw + bias) : dt_raw; }
   // One step of the recurrence on h, given delta and delta * u.
-  __device__ void step(float (&h)[kS], float delta, float du, const float (&B)[kS]) const {
+  __device__ void step(float (&h)[S], float delta, float du, const float (&B)[S]) const {
 #pragma unroll
-    for (int s = 0; s < kS; ++s) h[s] = exp2f(delta * A2[s]) * h[s] + du * B[s];
+    for (int s = 0; s < S; ++s) h[s] = exp2f(delta * A2[s]) * h[s] + du * B[s];
   }
 };
 
@@ -113,70 +122,93 @@ struct Split {
   }
 };
 
+// Stages B and C of `rows` steps from t0 in shared memory as fp32 (zeros past T and past N). Every
+// channel of a block is of one batch row and reads the same B_t and C_t: coalesced loads once per
+// block instead of scalar loads per lane and step, read back as broadcasts.
+template <typename T, int NP>
+__device__ __forceinline__ void stage_BC(const ScanArgs& a, int64_t b, int64_t t0, int rows, float (*sB)[NP], float (*sC)[NP]) {
+  for (int e = threadIdx.x; e < rows * NP; e += kThreads) {
+    const int i = e / NP, n = e % NP;
+    const int64_t t = t0 + i, r = b * a.T + t;
+    const bool in = t < a.T && n < a.N;
+    sB[i][n] = in ? ld(static_cast<const T*>(a.Bm) + r * a.B_row + n) : 0.f;
+    sC[i][n] = in ? ld(static_cast<const T*>(a.Cm) + r * a.C_row + n) : 0.f;
+  }
+}
+
+// A lane's S (a multiple of 4) staged values of one step, as 16-byte shared-memory loads.
+template <int S>
+__device__ __forceinline__ void read_staged(const float* row, float (&v)[S]) {
+#pragma unroll
+  for (int q = 0; q < S / 4; ++q) {
+    const float4 x = reinterpret_cast<const float4*>(row)[q];
+    v[4 * q] = x.x, v[4 * q + 1] = x.y, v[4 * q + 2] = x.z, v[4 * q + 3] = x.w;
+  }
+}
+
 // ---- forward ------------------------------------------------------------------------------------
-// One pass over time per thread, U steps' loads issued before their arithmetic (they do not depend
-// on the state, so their latency overlaps). Fuses: softplus(dt + bias), the scan, C . s (a shuffle
-// sum over the channel's lanes), the D skip and the SiLU(z) gate; writes only `out` (and the
-// states: the final one, and the chunk-entry ones when a backward will come).
+// One pass over time per thread (kForwardStates states of one channel; one thread per channel up to
+// d_state 16). Fuses: softplus(dt + bias), the scan, C . s, the D skip and the SiLU(z) gate; writes
+// only `out` (and the states: the final one, and the chunk-entry ones when a backward will come).
+// B and C are the same for every channel of the block (one batch row): the block stages kStage steps
+// of them in shared memory with coalesced loads, and each thread reads them back as broadcasts.
+// u, dt and z: U steps' loads issued before their arithmetic (they do not depend on the state, so
+// their latency overlaps).
 // Grid: (channel tiles of kThreads / P, B). u, dt, z, out [B, T, D]; B, C [B, T, N]; s0, sT [B, D, N];
 // kept [B, ceil(T / kKeepEvery), D, N].
 template <typename T, int P>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
+__global__ void __launch_bounds__(kThreads, P == 1 ? kForwardBlocksPerSM : 1) forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
                                                            float* __restrict__ kept) {
-  const Channel<T, P> c(a);
-  constexpr int U = 4;
-  float h[kS];
+  constexpr int S = kForwardStates, NP = P * S, U = 4;
+  static_assert(kStage % U == 0, "staging rounds are whole step groups");
+  __shared__ __align__(16) float sB[kStage][NP];
+  __shared__ __align__(16) float sC[kStage][NP];
+  const Channel<T, P, S> c(a);
+  float h[S];
 #pragma unroll
-  for (int s = 0; s < kS; ++s) h[s] = a.s0 && c.has(s) ? a.s0[c.state_at(s)] : 0.f;
+  for (int s = 0; s < S; ++s) h[s] = a.s0 && c.has(s) ? a.s0[c.state_at(s)] : 0.f;
   const int64_t chunks = (a.T + kKeepEvery - 1) / kKeepEvery;  // kept_chunks(T)
-  for (int64_t t0 = 0; t0 < a.T; t0 += U) {
-    if (kept && t0 % kKeepEvery == 0) {
-      float* k = kept + (c.b * chunks + t0 / kKeepEvery) * a.D * a.N;  // the [D, N] slice of (b, chunk)
+  for (int64_t t0 = 0; t0 < a.T; t0 += kStage) {
+    __syncthreads();  // the previous round's reads are done
+    stage_BC<T, NP>(a, c.b, t0, kStage, sB, sC);
+    __syncthreads();
+    const int steps = static_cast<int>(min(static_cast<int64_t>(kStage), a.T - t0));
+    for (int i0 = 0; i0 < steps; i0 += U) {
+      const int64_t tg = t0 + i0;
+      if (kept && tg % kKeepEvery == 0) {
+        float* k = kept + (c.b * chunks + tg / kKeepEvery) * a.D * a.N;  // the [D, N] slice of (b, chunk)
 #pragma unroll
-      for (int s = 0; s < kS; ++s)
-        if (c.has(s)) k[c.in_slice(s)] = h[s];
-    }
-    // Every step's scalars computed by every lane of the channel (Split<1, U>: no shuffles; the
-    // shared form, Split<P, U>, made this kernel slower, 162 -> 222 ms per step, while it made the
-    // backward faster), and every step's B and C for this lane's states.
-    // Every load of the group is issued before the first use of any (one memory latency per group).
-    Split<1, U> delta, du, Du, gate;
-    float uk[Split<1, U>::K], zk[Split<1, U>::K];
+        for (int s = 0; s < S; ++s)
+          if (c.has(s)) k[c.in_slice(s)] = h[s];
+      }
+      // Every load of the group is issued before the first use of any (one memory latency per group).
+      float uk[U], dk[U], zk[U];
 #pragma unroll
-    for (int k = 0; k < Split<1, U>::K; ++k) {
-      const int64_t t = min(t0 + Split<1, U>::step(k), a.T - 1);
-      uk[k] = c.u(t);
-      delta.v[k] = c.dt(t);
-      zk[k] = c.z(t);
-    }
-    float B[U][kS], C[U][kS];
+      for (int i = 0; i < U; ++i) {
+        const int64_t t = min(tg + i, a.T - 1);
+        uk[i] = c.u(t);
+        dk[i] = c.dt(t);
+        zk[i] = c.z(t);
+      }
 #pragma unroll
-    for (int i = 0; i < U; ++i) {
-      const int64_t t = min(t0 + i, a.T - 1);
-      c.load_B(t, B[i]);
-      c.load_C(t, C[i]);
-    }
+      for (int i = 0; i < U; ++i) {
+        if (i0 + i >= steps) break;
+        const float dl = c.delta(dk[i]);
+        const float gate = a.z ? zk[i] * sigmoid(zk[i]) : 1.f;
+        float Bs[S], Cs[S];
+        read_staged<S>(&sB[i0 + i][c.p * S], Bs);
+        read_staged<S>(&sC[i0 + i][c.p * S], Cs);
+        c.step(h, dl, dl * uk[i], Bs);
+        float y = 0.f;
 #pragma unroll
-    for (int k = 0; k < Split<1, U>::K; ++k) {
-      const float dl = c.delta(delta.v[k]);
-      delta.v[k] = dl;
-      du.v[k] = dl * uk[k];
-      Du.v[k] = c.Dv * uk[k];
-      gate.v[k] = a.z ? zk[k] * sigmoid(zk[k]) : 1.f;
-    }
-#pragma unroll
-    for (int i = 0; i < U; ++i) {
-      if (t0 + i >= a.T) break;
-      c.step(h, delta.at(i), du.at(i), B[i]);
-      float y = 0.f;
-#pragma unroll
-      for (int s = 0; s < kS; ++s) y += C[i][s] * h[s];
-      y = (sum_channel<P>(y) + Du.at(i)) * gate.at(i);
-      if (c.p == 0 && c.active) st(out + c.row(t0 + i) * a.D + c.d, y);
+        for (int s = 0; s < S; ++s) y += Cs[s] * h[s];
+        y = (sum_channel<P>(y) + c.Dv * uk[i]) * gate;
+        if (c.p == 0 && c.active) st(out + c.row(tg + i) * a.D + c.d, y);
+      }
     }
   }
 #pragma unroll
-  for (int s = 0; s < kS; ++s)
+  for (int s = 0; s < S; ++s)
     if (c.has(s)) sT[c.state_at(s)] = h[s];
 }
 
@@ -188,6 +220,8 @@ cudaError_t launch_forward(const ScanArgs& a, void* out, float* sT, float* kept,
 }
 
 // ---- backward -----------------------------------------------------------------------------------
+constexpr int kS = kBackwardStates;
+
 // Sums v (per lane: kS values for dB, then kS for dC, of states p * kS + s) over the warp's channels
 // (the lanes with the same p) and stores the warp's 8 P sums at out[j * P + p]. A reduce-scatter:
 // each of the first three rounds exchanges half of the values still held (7 shuffles in all
@@ -228,10 +262,13 @@ __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
 // dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
 // Grid: (channel tiles, B), as the forward. Shapes of the gradients: ScanGrads (selective_scan_cuda.h).
 template <typename T, int P>
-__global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
   __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
   __shared__ float sub[kSub][kS][kThreads];       // sub-chunk entry states, each thread its own column
-  const Channel<T, P> c(a);
+  constexpr int NP = kS * P;
+  __shared__ __align__(16) float sB[kQ][NP];  // the sub-chunk's B and C (stage_BC)
+  __shared__ __align__(16) float sC[kQ][NP];
+  const Channel<T, P, kS> c(a);
   const int warp = threadIdx.x / 32;
   const int64_t chunks = (a.T + kKeepEvery - 1) / kKeepEvery;  // kept_chunks(T)
   float G[kS], dA[kS], dD = 0.f, dbias = 0.f;
@@ -250,7 +287,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
       for (int j = 0; j < kSub; ++j) {
 #pragma unroll
         for (int s = 0; s < kS; ++s) sub[j][s][threadIdx.x] = h[s];
-        if (j + 1 == kSub) break;
+        if (j + 1 == kSub || t0 + (j + 1) * kQ >= a.T) break;
+        __syncthreads();  // the previous reads of sB / sC are done
+        stage_BC<T, NP>(a, c.b, t0 + j * kQ, kQ, sB, sC);
+        __syncthreads();
         for (int i0 = 0; i0 < kQ; i0 += 4) {
           const int64_t tg = t0 + j * kQ + i0;
           if (tg >= a.T) break;
@@ -263,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
           }
           float B[4][kS];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) c.load_B(min(tg + i, a.T - 1), B[i]);
+          for (int i = 0; i < 4; ++i) read_staged<kS>(&sB[i0 + i][c.p * kS], B[i]);
 #pragma unroll
           for (int k = 0; k < Split<P, 4>::K; ++k) {
             delta.v[k] = c.delta(delta.v[k]);
@@ -279,7 +319,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
     }
     for (int j = kSub - 1; j >= 0; --j) {
       const int64_t ts = t0 + j * kQ;
-      if (ts >= a.T) continue;
+      if (ts >= a.T) continue;  // block-uniform
+      __syncthreads();  // the previous reads of sB / sC are done
+      stage_BC<T, NP>(a, c.b, ts, kQ, sB, sC);
+      __syncthreads();
       float hs[kQ + 1][kS];  // hs[i + 1]: the state after step ts + i; hs[0] the one entering
 #pragma unroll
       for (int s = 0; s < kS; ++s) hs[0][s] = sub[j][s][threadIdx.x];
@@ -306,7 +349,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
         const int64_t t = ts + i;
         if (t < a.T) {
           float B[kS];
-          c.load_B(t, B);
+          read_staged<kS>(&sB[i][c.p * kS], B);
           const float dl = delta.at(i);
           c.step(hs[i + 1], dl, dl * u.at(i), B);
         }
@@ -320,8 +363,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const __grid_constan
         if (t < a.T) {
           const float ui = u.at(i), dl = delta.at(i), dspi = dsp.at(i), douti = dout.at(i), zi = z.at(i);
           float B[kS], C[kS];
-          c.load_B(t, B);
-          c.load_C(t, C);
+          read_staged<kS>(&sB[i][c.p * kS], B);
+          read_staged<kS>(&sC[i][c.p * kS], C);
           float dy = douti;  // dL/d(C . s + D u)
           if (a.z) {
             float y = 0.f;
@@ -392,32 +435,36 @@ cudaError_t launch_backward(const ScanArgs& a, const float* kept, const ScanGrad
   return cudaGetLastError();
 }
 
-// Lanes per channel: the fewest powers of two whose kS states each cover N.
-int lanes_per_channel(int64_t N) {
+// Lanes per channel: the fewest powers of two whose S states each cover N.
+int lanes_per_channel(int64_t N, int S) {
   int P = 1;
-  while (P * kS < N) P *= 2;
+  while (P * S < N) P *= 2;
   return P;
 }
 
 template <typename T, typename F>
-cudaError_t dispatch_lanes(int64_t N, F&& f) {
-  switch (lanes_per_channel(N)) {
+cudaError_t dispatch_lanes(int P, F&& f) {
+  constexpr int kMaxLanes = static_cast<int>(kMaxState) / std::decay_t<F>::kStates;
+  switch (P) {
     case 1: return f.template operator()<T, 1>();
-    case 2: return f.template operator()<T, 2>();
-    case 4: return f.template operator()<T, 4>();
-    case 8: return f.template operator()<T, 8>();
-    case 16: return f.template operator()<T, 16>();
-    default: return cudaErrorInvalidValue;  // N > kMaxState: the glue says so before calling
+    case 2: if constexpr (kMaxLanes >= 2) return f.template operator()<T, 2>(); break;
+    case 4: if constexpr (kMaxLanes >= 4) return f.template operator()<T, 4>(); break;
+    case 8: if constexpr (kMaxLanes >= 8) return f.template operator()<T, 8>(); break;
+    case 16: if constexpr (kMaxLanes >= 16) return f.template operator()<T, 16>(); break;
   }
+  return cudaErrorInvalidValue;  // N > kMaxState: the glue says so before calling
 }
 
+// F::kStates: the kernel's states per thread.
 template <typename F>
 cudaError_t dispatch(const ScanArgs& a, F&& f) {
   if (a.N < 1 || a.N > kMaxState || a.B < 1 || a.T < 1 || a.D < 1) return cudaErrorInvalidValue;
-  return a.dtype == DType::BF16 ? dispatch_lanes<__nv_bfloat16>(a.N, f) : dispatch_lanes<float>(a.N, f);
+  const int P = lanes_per_channel(a.N, std::decay_t<F>::kStates);
+  return a.dtype == DType::BF16 ? dispatch_lanes<__nv_bfloat16>(P, f) : dispatch_lanes<float>(P, f);
 }
 
 struct Forward {
+  static constexpr int kStates = kForwardStates;
   const ScanArgs& a;
   void* out;
   float *sT, *kept;
@@ -427,6 +474,7 @@ struct Forward {
 };
 
 struct Backward {
+  static constexpr int kStates = kBackwardStates;
   const ScanArgs& a;
   const float* kept;
   const ScanGrads& g;
@@ -438,7 +486,7 @@ struct Backward {
 }  // namespace
 
 int64_t backward_tiles(const ScanArgs& a) {
-  const int64_t channels = kThreads / lanes_per_channel(a.N);
+  const int64_t channels = kThreads / lanes_per_channel(a.N, kBackwardStates);
   return (a.D + channels - 1) / channels;
 }
 
