@@ -4,13 +4,14 @@
 // Why one kernel and not tensor ops: Mamba-1's decay exp(delta A) differs per (channel, state), so
 // the scan has no matmul form, and any batched-op form moves [B, T, D, N] tensors through memory
 // (~5 flops per element); the chunked op path launched ~150,000 kernels per training step. Here
-// one thread owns kS = 4 states of one channel and walks along time with them in registers; the
-// P = ceil(N / kS) threads of a channel are adjacent lanes and sum C . s with two shuffles. Every
-// input is read once per pass and the output written once, already gated: softplus(dt + bias),
-// the D skip and the SiLU(z) gate are fused in, so none of delta, y or y * silu(z) exists in
-// memory. Backward keeps only the states entering each kKeepEvery-token chunk; it recomputes the
-// chunk's kQ-step sub-chunk boundaries, then each sub-chunk's states into registers, and runs the
-// gradient recurrence backwards through them.
+// a thread owns S states of one channel and walks along time with them in registers (forward: 16,
+// one thread per channel up to d_state 16; backward: 4); the P = ceil(N / S) threads of a channel
+// are adjacent lanes and sum C . s with shuffles. B_t and C_t are shared by every channel of a block
+// (one batch row) and staged in shared memory. Every input is read once per pass and the output
+// written once, already gated: softplus(dt + bias), the D skip and the SiLU(z) gate are fused in, so
+// none of delta, y or y * silu(z) exists in memory. Backward keeps only the states entering each
+// kKeepEvery-token chunk; it recomputes the chunk's kQ-step sub-chunk boundaries, then each
+// sub-chunk's states into registers, and runs the gradient recurrence backwards through them.
 #include <cuda_bf16.h>
 
 #include <type_traits>
@@ -28,20 +29,20 @@ constexpr int kThreads = 128;                  // threads per block: kThreads / 
 // z) are computed once per channel, no shuffle sums C . s, and the 16 independent state updates are the
 // instruction-level parallelism that hides the latency along time. The backward holds kQ steps' states
 // in registers as well, so it keeps 4 per thread (registers: ~170 at 4).
+// Measured on an H200 (mamba-small, docs/benchmarks.md run 7): 8 states a lane and 8-step sub-chunks in
+// the backward (2 lanes a channel) ran 3% slower than 4 and 16.
 constexpr int kForwardStates = 16;
 constexpr int kBackwardStates = 4;
 // Forward blocks per SM the registers must allow at one lane per channel (<= 80 registers a thread,
-// no spills at d_state <= 16): at mamba-small's size
-// (B 64, d_inner 1536: 768 blocks) 6 a SM put every block of the grid in one wave on 132 SMs.
+// no spills at d_state <= 16): at mamba-small's size (B 64, d_inner 1536: 768 blocks) 6 a SM put every
+// block of the grid in one wave on 132 SMs.
 constexpr int kForwardBlocksPerSM = 6;
 // Backward blocks per SM the registers must allow (<= 168 registers a thread: 12 warps a SM).
 constexpr int kBackwardBlocksPerSM = 3;
-constexpr int kQ = 16;                         // steps whose states the backward holds in registers
-constexpr int kSub = kKeepEvery / kQ;          // sub-chunks per kept chunk
+constexpr int kBackwardSteps = 16;             // steps whose states the backward holds in registers
 constexpr int kStage = 32;                     // steps whose B and C the forward stages in shared memory
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
-static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
 static_assert(kKeepEvery % kStage == 0, "kept chunks are whole staging rounds");
 
 __device__ __forceinline__ float ld(const float* p) { return __ldg(p); }
@@ -220,21 +221,26 @@ cudaError_t launch_forward(const ScanArgs& a, void* out, float* sT, float* kept,
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-constexpr int kS = kBackwardStates;
+__host__ __device__ constexpr int ilog2(int x) { return x > 1 ? 1 + ilog2(x / 2) : 0; }
 
 // Sums v (per lane: kS values for dB, then kS for dC, of states p * kS + s) over the warp's channels
-// (the lanes with the same p) and stores the warp's 8 P sums at out[j * P + p]. A reduce-scatter:
-// each of the first three rounds exchanges half of the values still held (7 shuffles in all
-// instead of 24), the remaining rounds (P < 4) add the one value left.
-template <int P>
+// (the lanes with the same p) and stores the warp's 2 kS P sums at out[j * P + p]. A reduce-scatter:
+// each of the first log2(2 kS) rounds exchanges half of the values still held (2 kS - 1 shuffles in
+// all instead of 2 kS log2(32 / P)), the remaining rounds (small P) add the one value left.
+
+template <int P, int kS>
 __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
+  constexpr int V = 2 * kS;
+  constexpr int kSplits = ilog2(32 / P) < ilog2(V) ? ilog2(32 / P) : ilog2(V);  // rounds that halve the values held
+  constexpr int kHeld = V >> kSplits;
+  constexpr int kPlainMask = ((16 >> (kSplits - 1)) - 1) & ~(P - 1);  // lanes the plain rounds made equal
   const int lane = threadIdx.x & 31;
-  int first = 0;  // the index, among the 8, of what v[0] now holds
+  int first = 0;  // the index, among the V, of what v[0] now holds
   int round = 0;
 #pragma unroll
   for (int off = 16; off >= P; off >>= 1, ++round) {
-    if (round < 3) {
-      const int half = 4 >> round;
+    if (round < kSplits) {
+      const int half = (V / 2) >> round;
       const bool upper = lane & off;
 #pragma unroll
       for (int j = 0; j < half; ++j) {
@@ -246,8 +252,6 @@ __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
       v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
     }
   }
-  constexpr int kHeld = P >= 16 ? 4 : P >= 8 ? 2 : 1;  // 8 >> (split rounds)
-  constexpr int kPlainMask = P < 4 ? (3 & ~(P - 1)) : 0;
   if ((lane & kPlainMask) == 0) {
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) out[(first + j) * P + lane % P] = v[j];
@@ -261,8 +265,10 @@ __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
 // writing du, ddt, dz per token, dB / dC per (token, tile of channels) and accumulating dA, dD,
 // dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
 // Grid: (channel tiles, B), as the forward. Shapes of the gradients: ScanGrads (selective_scan_cuda.h).
-template <typename T, int P>
+template <typename T, int P, int kS, int kQ>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
+  constexpr int kSub = kKeepEvery / kQ;  // sub-chunks per kept chunk
+  static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
   __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
   __shared__ float sub[kSub][kS][kThreads];       // sub-chunk entry states, each thread its own column
   constexpr int NP = kS * P;
@@ -399,7 +405,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kerne
             st(static_cast<T*>(g.ddt) + c.row(t) * a.D + c.d, ddt);
           }
         }
-        warp_sum_to<P>(v, part[i][warp]);
+        warp_sum_to<P, kS>(v, part[i][warp]);
       }
       __syncthreads();
       // The block's dB / dC for these kQ steps: sum over warps, one partial per tile of channels.
@@ -428,10 +434,10 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kerne
   }
 }
 
-template <typename T, int P>
+template <typename T, int P, int S, int Q>
 cudaError_t launch_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(backward_tiles(a)), static_cast<unsigned>(a.B));
-  backward_kernel<T, P><<<grid, kThreads, 0, stream>>>(a, kept, g);
+  backward_kernel<T, P, S, Q><<<grid, kThreads, 0, stream>>>(a, kept, g);
   return cudaGetLastError();
 }
 
@@ -473,15 +479,17 @@ struct Forward {
   cudaError_t operator()() const { return launch_forward<T, P>(a, out, sT, kept, stream); }
 };
 
+template <int S, int Q>
 struct Backward {
-  static constexpr int kStates = kBackwardStates;
+  static constexpr int kStates = S;
   const ScanArgs& a;
   const float* kept;
   const ScanGrads& g;
   cudaStream_t stream;
   template <typename T, int P>
-  cudaError_t operator()() const { return launch_backward<T, P>(a, kept, g, stream); }
+  cudaError_t operator()() const { return launch_backward<T, P, S, Q>(a, kept, g, stream); }
 };
+
 
 }  // namespace
 
@@ -495,7 +503,7 @@ cudaError_t scan_forward(const ScanArgs& a, void* out, float* sT, float* kept, c
 }
 
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
-  return dispatch(a, Backward{a, kept, g, stream});
+  return dispatch(a, Backward<kBackwardStates, kBackwardSteps>{a, kept, g, stream});
 }
 
 }  // namespace cuda
