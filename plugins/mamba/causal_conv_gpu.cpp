@@ -14,6 +14,7 @@
 #include <string>
 
 #include "causal_conv_cuda.h"
+#include "cuda_glue.h"
 #endif
 
 namespace linearnexus {
@@ -34,16 +35,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string("mamba: CUDA causal conv ") + what + " failed: " + cudaGetErrorString(e));
-}
-
-// x [B, T, D] with unit stride along D and rows an equal stride apart (a narrow of xz is): kept as
-// it is; anything else is made contiguous.
-at::Tensor rows(const at::Tensor& x) {
-  if (x.stride(2) == 1 && x.stride(1) >= x.size(2) && x.stride(0) == x.size(1) * x.stride(1)) return x;
-  return x.contiguous();
-}
+// x [B, T, D] in the kernels' layout (kernel_rows): kept as it is; anything else made contiguous.
+at::Tensor rows(const at::Tensor& x) { return kernel_rows(x) ? x : x.contiguous(); }
 
 cuda::ConvArgs args_of(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& history) {
   cuda::ConvArgs a;
@@ -58,7 +51,7 @@ cuda::ConvArgs args_of(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
 at::Tensor run_forward(const cuda::ConvArgs& a, const at::Tensor& x) {
   auto y = at::empty({a.B, a.T, a.D}, x.options());
-  check_cuda(cuda::conv_silu_forward(a, y.data_ptr(), at::cuda::getCurrentCUDAStream()), "forward");
+  check_cuda(cuda::conv_silu_forward(a, y.data_ptr(), at::cuda::getCurrentCUDAStream()), "causal conv forward");
   return y;
 }
 
@@ -83,7 +76,7 @@ struct ConvSiluFunction : public torch::autograd::Function<ConvSiluFunction> {
     check_cuda(cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), dw.data_ptr<float>(),
                                         db.defined() ? db.data_ptr<float>() : nullptr,
                                         at::cuda::getCurrentCUDAStream()),
-               "backward");
+               "causal conv backward");
     return {dx, dw.sum(0), db.defined() ? db.sum(0) : at::Tensor()};
   }
 };

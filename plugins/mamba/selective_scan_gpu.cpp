@@ -14,6 +14,7 @@
 
 #include <string>
 
+#include "cuda_glue.h"
 #include "selective_scan_cuda.h"
 #endif
 
@@ -42,14 +43,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string("mamba: CUDA selective scan ") + what + " failed: " + cudaGetErrorString(e));
-}
-
-// [B, T, X] with unit stride along X and rows an equal stride apart: the tensor and that row stride
-// (what the kernels index with); anything else is made contiguous first.
+// The tensor in the kernels' layout (kernel_rows) and its row stride.
 std::pair<at::Tensor, int64_t> rows(const at::Tensor& x) {
-  if (x.stride(2) == 1 && x.stride(1) >= x.size(2) && x.stride(0) == x.size(1) * x.stride(1)) return {x, x.stride(1)};
+  if (kernel_rows(x)) return {x, x.stride(1)};
   auto c = x.contiguous();
   return {c, c.size(2)};
 }
@@ -97,7 +93,7 @@ std::pair<at::Tensor, at::Tensor> run_forward(const Operands& o, at::Tensor* kep
   if (kept) *kept = at::empty({a.B, cuda::kept_chunks(a.T), a.D, a.N}, state.options());
   check_cuda(cuda::scan_forward(a, out.data_ptr(), state.data_ptr<float>(), kept ? kept->data_ptr<float>() : nullptr,
                                 at::cuda::getCurrentCUDAStream()),
-             "forward");
+             "selective scan forward");
   return {out, state};
 }
 
@@ -163,7 +159,7 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
     g.du = du.data_ptr(), g.ddt = ddt.data_ptr(), g.dz = dz.defined() ? dz.data_ptr() : nullptr;
     g.dA = dA.data_ptr<float>(), g.dDskip = f32_out(dD), g.dbias = f32_out(dbias);
     g.dB = dB.data_ptr<float>(), g.dC = dC.data_ptr<float>(), g.ds0 = ds0.data_ptr<float>();
-    check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()), "backward");
+    check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()), "selective scan backward");
     auto sum0 = [](const at::Tensor& t) { return t.defined() ? t.sum(0) : t; };
     return {du,
             ddt,
