@@ -14,6 +14,7 @@
 // sub-chunk's states into registers, and runs the gradient recurrence backwards through them.
 #include <cuda_bf16.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "selective_scan_cuda.h"
@@ -266,7 +267,7 @@ __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
 // dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
 // Grid: (channel tiles, B), as the forward. Shapes of the gradients: ScanGrads (selective_scan_cuda.h).
 template <typename T, int P, int kS, int kQ>
-__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
+__global__ void __launch_bounds__(kThreads, kQ == 16 ? kBackwardBlocksPerSM : kQ == 8 ? 4 : 5) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
   constexpr int kSub = kKeepEvery / kQ;  // sub-chunks per kept chunk
   static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
   __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
@@ -503,6 +504,10 @@ cudaError_t scan_forward(const ScanArgs& a, void* out, float* sT, float* kept, c
 }
 
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
+  // EXPERIMENT (removed after measuring): LINEARNEXUS_SCAN_BWD_Q=8 or 4 steps a sub-chunk, 4 or 5 blocks a SM.
+  static const int q = [] { const char* e = std::getenv("LINEARNEXUS_SCAN_BWD_Q"); return e ? std::atoi(e) : 16; }();
+  if (q == 8) return dispatch(a, Backward<kBackwardStates, 8>{a, kept, g, stream});
+  if (q == 4) return dispatch(a, Backward<kBackwardStates, 4>{a, kept, g, stream});
   return dispatch(a, Backward<kBackwardStates, kBackwardSteps>{a, kept, g, stream});
 }
 
