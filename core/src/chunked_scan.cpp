@@ -90,6 +90,46 @@ at::Tensor stack_steps(const std::vector<at::Tensor>& out, const at::Tensor& q, 
   return at::stack(out, 2).to(q.scalar_type());
 }
 
+// The states entering the chunks of an affine recurrence over chunks, S_{i+1} = M_i S_i + R_i, with
+// M [B, H, N, K, K] (or its diagonal, [B, H, N, K or 1, 1]) and R [B, H, N, K, V]; S enters chunk 0 and
+// is left as the state after the last one. -> [B, H, N, K, V].
+// On a GPU, and on the CPU past kLoopChunks chunks, a scan over chunks (Hillis-Steele: log2 N rounds,
+// each composing every chunk's transition with the one `off` chunks before it): ~4 log2 N batched ops
+// instead of 2 N small ones. A loop step is a few tiny kernels each waiting on the host; T = 16384 in
+// chunks of 64 made 256 steps, forward and again in backward, and GLA's chunks of 16 made 1024. On the
+// CPU (2 threads, C = 256, docs/benchmarks.md) the scan took T = 16384 from 5.1 to 2.7 s for
+// gated_deltanet and from 18 to 1.2 s for gla, but its [K, K] products (log2 N per chunk) made
+// T = 1024 (16 chunks) ~25% slower than the loop, hence the loop there. Every M here is a product of
+// per-token transitions of norm <= 1, so the composed products stay bounded.
+constexpr int64_t kLoopChunks = 32;
+
+at::Tensor entering_states(const at::Tensor& M, const at::Tensor& R, at::Tensor& S) {
+  const int64_t N = R.size(2);
+  const bool diagonal = M.size(-1) == 1;
+  auto apply = [&](const at::Tensor& m, const at::Tensor& x) { return diagonal ? m * x : at::matmul(m, x); };
+  if (!S.is_cuda() && N <= kLoopChunks) {
+    std::vector<at::Tensor> entering;
+    for (int64_t i = 0; i < N; ++i) {
+      entering.push_back(S);
+      S = apply(M.select(2, i), S) + R.select(2, i);
+    }
+    return at::stack(entering, 2);
+  }
+  auto P = M, Q = R;  // after round r: the composition of chunks max(0, i - 2^r + 1) .. i
+  for (int64_t off = 1; off < N; off *= 2) {
+    auto later_P = P.narrow(2, off, N - off), earlier_P = P.narrow(2, 0, N - off);
+    auto later_Q = Q.narrow(2, off, N - off), earlier_Q = Q.narrow(2, 0, N - off);
+    auto next_Q = apply(later_P, earlier_Q) + later_Q;
+    auto next_P = apply(later_P, earlier_P);
+    P = at::cat({P.narrow(2, 0, off), next_P}, 2);
+    Q = at::cat({Q.narrow(2, 0, off), next_Q}, 2);
+  }
+  auto after = apply(P, S.unsqueeze(2)) + Q;  // the state after each chunk: [B, H, N, K, V]
+  auto entering = at::cat({S.unsqueeze(2), after.narrow(2, 0, N - 1)}, 2);
+  S = after.select(2, N - 1);
+  return entering;
+}
+
 }  // namespace
 
 // q, k [B, H, T, K]; v [B, H, T, V]; g [B, H, T, K or 1]; S [B, H, K, V]. Per chunk of n tokens,
@@ -114,13 +154,8 @@ at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   auto k_end = k * (b_last.unsqueeze(3) - b).exp();                   // k_j exp(b_n - b_j)
   auto U = at::matmul(k_end.transpose(-1, -2), v);                    // each chunk's own state: [B, H, N, K, V]
   auto carry = b_last.exp().unsqueeze(-1);                            // [B, H, N, K or 1, 1]
-  // The states entering the chunks: a short loop of elementwise ops (the matmuls are batched above).
-  std::vector<at::Tensor> entering;
-  for (int64_t i = 0; i < N; ++i) {
-    entering.push_back(S);
-    S = carry.select(2, i) * S + U.select(2, i);
-  }
-  o = o + at::matmul(q * b.exp(), at::stack(entering, 2));           // from the entering states
+  auto entering = entering_states(carry, U, S);                       // S_{i+1} = carry_i S_i + U_i
+  o = o + at::matmul(q * b.exp(), entering);                          // from the entering states
   return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
 }
 
@@ -166,13 +201,13 @@ at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   auto b_last = b.select(3, n - 1);                                   // [B, H, N]
   auto k_end = k * (b_last.unsqueeze(3) - b).exp().unsqueeze(-1);
   auto carry = b_last.exp().unsqueeze(-1).unsqueeze(-1);              // [B, H, N, 1, 1]
-  std::vector<at::Tensor> out;
-  for (int64_t i = 0; i < N; ++i) {  // the state dependence is sequential: one chunk after the other
-    auto vp = u.select(2, i) - at::matmul(w.select(2, i), S);        // [B, H, n, V]
-    out.push_back(at::matmul(q_dec.select(2, i), S) + at::matmul(Aqk.select(2, i), vp));
-    S = carry.select(2, i) * S + at::matmul(k_end.select(2, i).transpose(-1, -2), vp);
-  }
-  return at::cat(out, 2).narrow(2, 0, T).to(q_in.scalar_type());
+  // S_{i+1} = carry_i S_i + k_end_i^T (u_i - w_i S_i) = (carry_i I - k_end_i^T w_i) S_i + k_end_i^T u_i
+  auto k_endT = k_end.transpose(-1, -2);                              // [B, H, N, K, n]
+  auto M = carry * at::eye(K, q.options()) - at::matmul(k_endT, w);   // [B, H, N, K, K]
+  auto E = entering_states(M, at::matmul(k_endT, u), S);              // [B, H, N, K, V]
+  auto vp = u - at::matmul(w, E);                                     // [B, H, N, n, V]
+  auto o = at::matmul(q_dec, E) + at::matmul(Aqk, vp);
+  return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
 }
 
 at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
@@ -231,14 +266,14 @@ at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, c
   auto to_end = (c_last.unsqueeze(3) - c).exp();                      // exp(c_n - c_j)
   auto S_local = at::matmul((k * to_end).transpose(-1, -2), v);       // [B, H, N, K, V]
   auto b_end = (b * to_end).transpose(-1, -2);                        // [B, H, N, K, n]
-  auto carry = c_last.exp().unsqueeze(-1);                            // [B, H, N, K, 1]
-  std::vector<at::Tensor> out;
-  for (int64_t i = 0; i < N; ++i) {  // the reads depend on the state: one chunk after the other
-    auto e = U.select(2, i) + at::matmul(W.select(2, i), S);          // [B, H, n, V]
-    out.push_back(at::matmul(q_dec.select(2, i), S) + o_local.select(2, i) + at::matmul(outs[1].select(2, i), e));
-    S = carry.select(2, i) * S + S_local.select(2, i) + at::matmul(b_end.select(2, i), e);
-  }
-  return at::cat(out, 2).narrow(2, 0, T).to(q_in.scalar_type());
+  auto carry = c_last.exp();                                          // [B, H, N, K]
+  // S_{i+1} = carry_i * S_i + S_local_i + b_end_i (U_i + W_i S_i)
+  //         = (diag(carry_i) + b_end_i W_i) S_i + (S_local_i + b_end_i U_i)
+  auto M = at::diag_embed(carry) + at::matmul(b_end, W);              // [B, H, N, K, K]
+  auto E = entering_states(M, S_local + at::matmul(b_end, U), S);     // [B, H, N, K, V]
+  auto e = U + at::matmul(W, E);                                      // the reads: [B, H, N, n, V]
+  auto o = at::matmul(q_dec, E) + o_local + at::matmul(outs[1], e);
+  return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
 }
 
 at::Tensor gdelta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,

@@ -19,7 +19,7 @@ TEST_CASE("deltanet: chunked WY form == recurrent reference in outputs and every
           "[deltanet]") {
   PluginHost host;
   for (const std::string name : {"deltanet", "gated_deltanet", "kda"})
-    for (const std::string chunk : {"8", "3"})
+    for (const std::string chunk : {"8", "3", "1"})  // 1: 37 chunks, the states from core's scan over chunks
       for (const std::string conv : {"true", "false"})
         check_chunked_matches_recurrent(host, name, {{"n_head", "2"}, {"chunk_size", chunk}, {"short_conv", conv}}, 16,
                                         {37, 5}, kTweak.at(name));
