@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <torch/csrc/autograd/function.h>
+
 #include "catch.h"
 #include "linearnexus/compat.h"
 #include "linearnexus/layers.h"
@@ -87,20 +89,28 @@ void check_rms_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, bool autoca
   CHECK(ew < tol);
 }
 
-// split_heads on CUDA (the fused split + RoPE kernels) against views of qkv and apply_rope.
+// split_heads on CUDA (the fused split + RoPE kernels) against views of qkv and apply_rope. The
+// vector kernel runs where (D/2) % (16 bytes / element size) == 0 and the tensors are 16-byte
+// aligned, the scalar one otherwise: `misaligned` puts qkv 2 or 4 bytes off (its forward then takes
+// the scalar kernel, its backward, into a fresh dqkv, the vector one); `rope` false: the split alone.
 void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, bool per_row_positions,
-                       at::ScalarType dtype, double tol) {
-  INFO("B " << B << " T " << T << " H " << H << " Hkv " << Hkv << " D " << D << " " << c10::toString(dtype));
+                       at::ScalarType dtype, double tol, bool rope = true, bool misaligned = false) {
+  INFO("B " << B << " T " << T << " H " << H << " Hkv " << Hkv << " D " << D << " " << c10::toString(dtype)
+            << " rope " << rope << " misaligned " << misaligned);
   torch::manual_seed(5);
   auto o = at::TensorOptions().device(at::kCUDA);
-  auto qkv = at::randn({B, T, (H + 2 * Hkv) * D}, o).to(dtype).requires_grad_(true);
+  const int64_t W = (H + 2 * Hkv) * D;
+  auto qkv = misaligned ? at::randn({B * T * W + 1}, o).to(dtype).narrow(0, 1, B * T * W).view({B, T, W})
+                        : at::randn({B, T, W}, o).to(dtype);
+  qkv.requires_grad_(true);
   auto pos = per_row_positions ? at::randint(0, 4000, {B, T}, o.dtype(at::kLong))
                                : at::arange(7, 7 + T, o.dtype(at::kLong)).unsqueeze(0);
-  auto fused = split_heads(qkv, pos, H, Hkv, D, true, 10000.0);
+  auto fused = split_heads(qkv, pos, H, Hkv, D, rope, 10000.0);
   auto qkv2 = qkv.detach().clone().requires_grad_(true);
-  auto q = apply_rope(qkv2.narrow(-1, 0, H * D).view({B, T, H, D}).transpose(1, 2), pos, 10000.0);
-  auto k = apply_rope(qkv2.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2), pos, 10000.0);
+  auto q = qkv2.narrow(-1, 0, H * D).view({B, T, H, D}).transpose(1, 2);
+  auto k = qkv2.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
   auto v = qkv2.narrow(-1, (H + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+  if (rope) q = apply_rope(q, pos, 10000.0), k = apply_rope(k, pos, 10000.0);
   CHECK(fused.q.is_contiguous());
   CHECK(fused.k.is_contiguous());
   CHECK(fused.v.is_contiguous());
@@ -109,8 +119,8 @@ void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, 
   ((fused.q * gq).sum() + (fused.k * gk).sum() + (fused.v * gv).sum()).backward();
   ((q * gq).sum() + (k * gk).sum() + (v * gv).sum()).backward();
   const double eg = rel_err(qkv.grad(), qkv2.grad());
-  std::printf("split_heads B %ld T %ld H %ld Hkv %ld D %ld %-8s: q %.1e  k %.1e  v %.1e  dqkv %.1e\n", (long)B, (long)T,
-              (long)H, (long)Hkv, (long)D, c10::toString(dtype), eq, ek, ev, eg);
+  std::printf("split_heads B %ld T %ld H %ld Hkv %ld D %ld %-8s rope %d misaligned %d: q %.1e  k %.1e  v %.1e  dqkv %.1e\n",
+              (long)B, (long)T, (long)H, (long)Hkv, (long)D, c10::toString(dtype), rope, misaligned, eq, ek, ev, eg);
   CHECK(eq < tol);
   CHECK(ek < tol);
   CHECK(ev == 0);
@@ -146,7 +156,125 @@ void check_swiglu(int64_t rows, int64_t C, int64_t hidden, bool autocast, double
   CHECK(worst < tol);
 }
 
+// ResidualMLP on CUDA (x + y and ln2 in one kernel each way, residual_rms_norm.cu) against the same
+// modules with LINEARNEXUS_UNFUSED=1 (the add, then RMSNorm as ops): out = h + mlp(ln2(h)) and the
+// gradients of x, y and every parameter. x [1, rows, C] in x_dtype, y in y_dtype, bf16 autocast or not.
+void check_residual_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, at::ScalarType y_dtype, bool autocast,
+                         double tol) {
+  INFO("rows " << rows << " C " << C << " x " << c10::toString(x_dtype) << " y " << c10::toString(y_dtype)
+               << " autocast " << autocast);
+  torch::manual_seed(7);
+  torch::nn::Module block;
+  ModelDims dims;
+  dims.hidden_size = C, dims.n_layer = 2;
+  ResidualMLP tail(block, dims, "gelu", 0);
+  block.to(at::kCUDA);
+  {
+    torch::NoGradGuard g;
+    block.named_parameters()["ln2.weight"].copy_(at::rand({C}) + 0.5);
+  }
+  auto o = at::TensorOptions().device(at::kCUDA);
+  auto x = (at::randn({1, rows, C}, o) * 2).to(x_dtype).requires_grad_(true);
+  auto y = at::randn({1, rows, C}, o).to(y_dtype).requires_grad_(true);
+  auto dout = at::randn({1, rows, C}, o);
+  struct Run {
+    at::Tensor out, dx, dy;
+    std::map<std::string, at::Tensor> grads;
+    bool fused_node = false;  // the add + norm node is in the graph
+  };
+  auto run = [&](bool unfused) {
+    if (unfused) ::setenv("LINEARNEXUS_UNFUSED", "1", 1);
+    Run r;
+    {
+      compat::AutocastGuard guard(autocast, at::kBFloat16);
+      r.out = tail.forward(x, y, true);
+    }
+    for (const auto& e : r.out.grad_fn()->next_edges())
+      if (e.function && e.function->name().find("ResidualRmsNorm") != std::string::npos) r.fused_node = true;
+    r.out.backward(dout.to(r.out.scalar_type()));
+    if (unfused) ::unsetenv("LINEARNEXUS_UNFUSED");
+    r.dx = x.grad().clone(), r.dy = y.grad().clone();
+    x.mutable_grad().reset(), y.mutable_grad().reset();
+    for (const auto& p : block.named_parameters()) r.grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+    return r;
+  };
+  const Run fused = run(false), plain = run(true);
+  CHECK(fused.fused_node);
+  CHECK(!plain.fused_node);
+  CHECK(fused.out.scalar_type() == plain.out.scalar_type());
+  CHECK(fused.dy.scalar_type() == y_dtype);
+  double worst = std::max(rel_err(fused.dx, plain.dx), rel_err(fused.dy, plain.dy));
+  for (const auto& kv : plain.grads) worst = std::max(worst, rel_err(fused.grads.at(kv.first), kv.second));
+  const double eo = rel_err(fused.out, plain.out), ew = rel_err(fused.grads.at("ln2.weight"), plain.grads.at("ln2.weight"));
+  std::printf("residual + rms_norm rows %ld C %ld x %-8s y %-8s autocast %d: out %.1e  dln2 %.1e  largest gradient %.1e\n",
+              (long)rows, (long)C, c10::toString(x_dtype), c10::toString(y_dtype), autocast, eo, ew, worst);
+  CHECK(eo < tol);
+  CHECK(worst < tol);
+}
+
+// RMSNorm::forward_residual on CUDA (one node returning x beside the norm; its backward adds the
+// stream's gradient of x) against LINEARNEXUS_UNFUSED=1 ({x, forward(x)} as ops), through
+// out = 0.5 s + 1.5 n: the output and the gradients of x and the weight.
+void check_norm_residual(int64_t rows, int64_t C, at::ScalarType x_dtype, bool autocast, double tol) {
+  INFO("rows " << rows << " C " << C << " x " << c10::toString(x_dtype) << " autocast " << autocast);
+  torch::manual_seed(8);
+  RMSNorm norm(C);
+  norm.to(at::kCUDA);
+  {
+    torch::NoGradGuard g;
+    norm.weight.copy_(at::rand({C}) + 0.5);
+  }
+  auto x = (at::randn({1, rows, C}, at::TensorOptions().device(at::kCUDA)) * 3).to(x_dtype).requires_grad_(true);
+  auto dout = at::randn_like(x);
+  auto run = [&](bool unfused, bool* fused_node) {
+    if (unfused) ::setenv("LINEARNEXUS_UNFUSED", "1", 1);
+    std::pair<at::Tensor, at::Tensor> sn;
+    {
+      compat::AutocastGuard guard(autocast, at::kBFloat16);
+      sn = norm.forward_residual(x);
+    }
+    // The kernel writes autocast's dtype (the next matmul's input); the plain RMSNorm writes x's.
+    if (!unfused) CHECK(sn.second.scalar_type() == (autocast ? at::kBFloat16 : x_dtype));
+    *fused_node = sn.first.grad_fn() && sn.first.grad_fn()->name().find("RmsNormResidual") != std::string::npos;
+    auto out = sn.first * 0.5 + sn.second.to(x_dtype) * 1.5;
+    out.backward(dout);
+    if (unfused) ::unsetenv("LINEARNEXUS_UNFUSED");
+    std::vector<at::Tensor> r{out.detach(), x.grad().clone(), norm.weight.grad().clone()};
+    x.mutable_grad().reset(), norm.weight.mutable_grad().reset();
+    return r;
+  };
+  bool fused_node = false, plain_node = false;
+  const auto fused = run(false, &fused_node), plain = run(true, &plain_node);
+  CHECK(fused_node);
+  CHECK(!plain_node);
+  const double eo = rel_err(fused[0], plain[0]), ex = rel_err(fused[1], plain[1]), ew = rel_err(fused[2], plain[2]);
+  std::printf("rms_norm + residual gradient rows %ld C %ld x %-8s autocast %d: out %.1e  dx %.1e  dw %.1e\n",
+              (long)rows, (long)C, c10::toString(x_dtype), autocast, eo, ex, ew);
+  CHECK(eo < tol);
+  CHECK(ex < tol);
+  CHECK(ew < tol);
+}
+
 }  // namespace
+
+TEST_CASE("fused RMSNorm with its input's residual gradient on CUDA equals {x, RMSNorm(x)} as ops (fp32, bf16, autocast, odd C, one row)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  check_norm_residual(37, 72, at::kFloat, false, 1e-5);
+  check_norm_residual(1, 72, at::kFloat, false, 1e-5);
+  check_norm_residual(4097, 768, at::kFloat, true, 1e-2);
+  check_norm_residual(37, 2048, at::kFloat, false, 1e-5);
+  check_norm_residual(37, 72, at::kBFloat16, true, 2e-2);
+}
+
+TEST_CASE("fused residual add + RMSNorm on CUDA equals x + y and RMSNorm as ops (fp32, bf16, autocast, odd C, one row)", "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  check_residual_norm(37, 72, at::kFloat, at::kFloat, false, 1e-5);
+  check_residual_norm(1, 72, at::kFloat, at::kFloat, false, 1e-5);          // T = 1
+  check_residual_norm(37, 72, at::kFloat, at::kBFloat16, false, 1e-5);      // fp32 stream, bf16 y: n in fp32
+  check_residual_norm(4097, 768, at::kFloat, at::kBFloat16, true, 1e-2);    // gpt-small's case; > 1024 backward blocks
+  check_residual_norm(37, 2048, at::kFloat, at::kFloat, false, 1e-5);       // the backward's larger shared memory
+  check_residual_norm(37, 72, at::kBFloat16, at::kBFloat16, true, 2e-2);    // a bf16 residual stream
+}
 
 TEST_CASE("fused SwiGLU on CUDA equals silu(gate) * up as ops (fp32, bf16 autocast, odd width, one row)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
@@ -165,13 +293,22 @@ TEST_CASE("fused RMSNorm on CUDA equals the plain ops (fp32, bf16, under autocas
   check_rms_norm(37, 72, at::kBFloat16, true, 1e-2);
 }
 
-TEST_CASE("fused qkv split + RoPE on CUDA equals views + apply_rope (fp32, bf16, GQA, T = 1, per-row positions)", "[gpu]") {
+TEST_CASE("fused qkv split + RoPE on CUDA equals views + apply_rope (fp32, bf16, GQA, T = 1, per-row positions, vector and scalar kernels)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   // fp32: the same angles as apply_rope's up to a few ulps (positions up to 4000).
   check_split_heads(2, 37, 4, 4, 16, false, at::kFloat, 5e-5);
   check_split_heads(3, 1, 6, 2, 64, true, at::kFloat, 5e-5);
   check_split_heads(2, 37, 4, 2, 64, true, at::kFloat, 5e-5);
-  check_split_heads(2, 37, 12, 12, 64, false, at::kBFloat16, 2e-2);
+  check_split_heads(2, 37, 12, 12, 64, false, at::kBFloat16, 2e-2);  // 74 tokens: a partial last block of 16
+  check_split_heads(3, 1, 6, 2, 64, true, at::kBFloat16, 2e-2);        // T = 1
+  // The scalar kernel: (D/2) % 8 != 0 in bf16, (D/2) % 4 != 0 in fp32, qkv not 16-byte aligned.
+  check_split_heads(2, 37, 4, 2, 20, true, at::kBFloat16, 2e-2);
+  check_split_heads(2, 37, 4, 4, 18, false, at::kFloat, 5e-5);
+  check_split_heads(2, 37, 4, 2, 64, true, at::kBFloat16, 2e-2, true, true);
+  check_split_heads(2, 37, 4, 2, 64, true, at::kFloat, 5e-5, true, true);
+  // Without rope: the split alone, exact (vector and scalar kernels).
+  check_split_heads(2, 37, 4, 2, 64, false, at::kBFloat16, 1e-12, false);
+  check_split_heads(2, 37, 4, 2, 20, false, at::kBFloat16, 1e-12, false);
 }
 
 TEST_CASE("fused LM head + cross-entropy on CUDA equals matmul + cross_entropy (fp32, bf16, odd sizes, T = 1)", "[gpu]") {

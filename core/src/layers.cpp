@@ -7,6 +7,8 @@
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #ifdef LINEARNEXUS_CORE_CUDA
+#include <ATen/core/grad_mode.h>
+
 #include "cuda/fused_layers_cuda.h"
 #endif
 
@@ -28,6 +30,20 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
   return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
 
+std::pair<at::Tensor, at::Tensor> RMSNorm::forward_residual(const at::Tensor& x) {
+#ifdef LINEARNEXUS_CORE_CUDA
+  // One autograd node returning x itself beside the norm (cuda/residual_rms_norm.cu's backward): the
+  // add<float> autograd would run over the stream to sum x's two gradients is folded into it.
+  // Without autograd (decoding, checkpointed forwards) there is nothing to fold: forward().
+  if (at::GradMode::is_enabled() && cuda::fused_applies(x) && weight.scalar_type() == at::kFloat) {
+    const at::ScalarType autocast = compat::cuda_autocast_dtype();
+    auto xn = cuda::rms_norm_residual(x, weight, eps, autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);
+    return {xn[0], xn[1]};
+  }
+#endif
+  return {x, forward(x)};
+}
+
 Norm::Norm(int64_t dim, const ModelDims& dims) : RMSNorm(dim, dims.norm_eps) {
   if (dims.norm == NormKind::LayerNorm) bias = register_parameter("bias", torch::zeros({dim}));
 }
@@ -37,6 +53,11 @@ at::Tensor Norm::forward(const at::Tensor& x) {
   if (!bias.defined()) return RMSNorm::forward(x);
   return at::layer_norm(x.to(at::kFloat), {weight.size(0)}, weight.to(at::kFloat), bias.to(at::kFloat), eps)
       .to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> Norm::forward_residual(const at::Tensor& x) {
+  if (!bias.defined()) return RMSNorm::forward_residual(x);
+  return {x, forward(x)};
 }
 
 void init_linear(torch::nn::Linear& layer, double std) {
@@ -81,7 +102,20 @@ ResidualMLP::ResidualMLP(torch::nn::Module& block, const ModelDims& dims, const 
 
 at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool training) const {
   // x, y: [B, T, C] -> [B, T, C]
-  auto h = x + (training && dropout_ > 0 ? at::dropout(y, dropout_, true) : y);
+  const bool drop = training && dropout_ > 0;
+#ifdef LINEARNEXUS_CORE_CUDA
+  // On CUDA the add and ln2 (an RMSNorm) are one kernel each way (cuda/residual_rms_norm.cu), h in
+  // x's dtype and ln2(h) in autocast's dtype or h's, as the ops below give them.
+  if (!drop && !ln2_->bias.defined() && ln2_->weight.scalar_type() == at::kFloat && cuda::fused_applies(x) &&
+      cuda::fused_applies(y) && x.sizes() == y.sizes() && x.device() == y.device() &&
+      at::promote_types(x.scalar_type(), y.scalar_type()) == x.scalar_type()) {
+    const at::ScalarType autocast = compat::cuda_autocast_dtype();
+    auto hn = cuda::residual_rms_norm(x, y, ln2_->weight, ln2_->eps,
+                                      autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);  // {h, ln2(h)}
+    return hn[0] + mlp_->forward(hn[1]);
+  }
+#endif
+  auto h = x + (drop ? at::dropout(y, dropout_, true) : y);
   return h + mlp_->forward(ln2_->forward(h));
 }
 

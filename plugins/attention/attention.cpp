@@ -112,7 +112,11 @@ class AttentionBlock : public Block {
   BlockOutput forward(const at::Tensor& x, LayerState state, const ForwardContext& ctx) override {
     // x: [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
-    auto qkv = qkv_(ln1_->forward(x));                                          // [B, T, (H + 2 Hkv) D]
+    // x_res is x as the residual stream carries it on (tail_ below): on CUDA, ln1's backward then
+    // also sums the stream's gradient of x (layers.h's forward_residual).
+    auto normed = ln1_->forward_residual(x);
+    const at::Tensor& x_res = normed.first;
+    auto qkv = qkv_(normed.second);                                             // [B, T, (H + 2 Hkv) D]
     at::Tensor q, k, v;
     if (rope_ && ctx.slot.defined()) {
       // Static decoding (T = 1): queries and keys rotated together by the step's rotation matrix.
@@ -157,7 +161,7 @@ class AttentionBlock : public Block {
     auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
                                is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));
-    return {tail_.forward(x, y, is_training()), std::move(state)};
+    return {tail_.forward(x_res, y, is_training()), std::move(state)};
   }
 
   // Decoding reads positions and padding from the context only (no host-side step): capturable.

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <string>
+#include <utility>
 
 #include "linearnexus/model.h"
 #include "linearnexus/param_role.h"
@@ -17,6 +18,10 @@ class RMSNorm : public torch::nn::Module {
   explicit RMSNorm(int64_t dim, double eps = 1e-5);
   // x: [..., C] -> [..., C]
   at::Tensor forward(const at::Tensor& x);
+  // {x, forward(x)} for a pre-norm whose input also flows on in the residual stream (out = x + ...):
+  // use .first where x is used again. The same values; on CUDA with autograd on, the gradient the
+  // stream brings to x is added into the norm's backward kernel (no separate pass over the stream).
+  std::pair<at::Tensor, at::Tensor> forward_residual(const at::Tensor& x);
   at::Tensor weight;
   double eps;
 };
@@ -28,6 +33,8 @@ class Norm : public RMSNorm {
   Norm(int64_t dim, const ModelDims& dims);
   // x: [..., C] -> [..., C]
   at::Tensor forward(const at::Tensor& x);
+  // RMSNorm::forward_residual, or {x, forward(x)} for LayerNorm.
+  std::pair<at::Tensor, at::Tensor> forward_residual(const at::Tensor& x);
   at::Tensor bias;  // LayerNorm only
 };
 

@@ -1,4 +1,4 @@
-// Autograd nodes for rms_norm.cu and rope.cu (fused_layers_cuda.h).
+// Autograd nodes for rms_norm.cu, residual_rms_norm.cu, rope.cu and swiglu.cu (fused_layers_cuda.h).
 #include "fused_layers_cuda.h"
 
 #include <torch/autograd.h>
@@ -53,6 +53,86 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
                             rstd.data_ptr<float>(), dx.data_ptr(), partial.data_ptr<float>(), rows, C,
                             at::cuda::getCurrentCUDAStream()),
           "rms_norm backward");
+    return {dx, partial.sum(0), at::Tensor(), at::Tensor()};
+  }
+};
+
+// {h, n} = {x + y, rms_norm(x + y) * w}; saves h (an output), w and rstd.
+struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
+                               double eps, at::ScalarType out_dtype) {
+    // x, y: [..., C] contiguous, h in x's dtype; w: [C] fp32
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
+    auto h = at::empty_like(x);
+    auto n = at::empty(x.sizes(), x.options().dtype(out_dtype));
+    auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+    check(residual_rms_norm_forward(x.data_ptr(), dtype_of(x), y.data_ptr(), dtype_of(y), w.data_ptr<float>(),
+                                    h.data_ptr(), n.data_ptr(), dtype_of(n), rstd.data_ptr<float>(), rows, C,
+                                    static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+          "residual rms_norm forward");
+    ctx->save_for_backward({h, w, rstd});
+    ctx->saved_data["y_dtype"] = static_cast<int64_t>(y.scalar_type());
+    ctx->saved_data["n_dtype"] = static_cast<int64_t>(out_dtype);
+    return {h, n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &h = saved[0], &w = saved[1], &rstd = saved[2];
+    const c10::cuda::CUDAGuard guard(h.device());
+    const int64_t C = h.size(-1), rows = rstd.numel();
+    const auto y_dtype = static_cast<at::ScalarType>(ctx->saved_data["y_dtype"].toInt());
+    const auto n_dtype = static_cast<at::ScalarType>(ctx->saved_data["n_dtype"].toInt());
+    // An undefined gradient (an output that reached no loss) counts as zeros: dh as a null pointer.
+    at::Tensor dh = grads[0].defined() ? grads[0].to(h.scalar_type()).contiguous() : at::Tensor();
+    at::Tensor dn = grads[1].defined() ? grads[1].to(n_dtype).contiguous() : at::zeros(h.sizes(), h.options().dtype(n_dtype));
+    auto dx = at::empty_like(h);
+    auto dy = at::empty(h.sizes(), h.options().dtype(y_dtype));
+    auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
+    check(residual_rms_norm_backward(dh.defined() ? dh.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn), h.data_ptr(),
+                                     dtype_of(h), w.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
+                                     dy.data_ptr(), dtype_of(dy), partial.data_ptr<float>(), rows, C,
+                                     at::cuda::getCurrentCUDAStream()),
+          "residual rms_norm backward");
+    return {dx, dy, partial.sum(0), at::Tensor(), at::Tensor()};
+  }
+};
+
+// {x, rms_norm(x) * w}. x is returned as it came (autograd makes it a view of x with this node as
+// its grad_fn), so the gradient the residual stream brings to it and the norm's meet here, in one
+// kernel, instead of in autograd's add<float> over the stream.
+struct RmsNormResidual : public torch::autograd::Function<RmsNormResidual> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, double eps,
+                               at::ScalarType out_dtype) {
+    // x: [..., C] contiguous; w: [C] fp32
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
+    auto n = at::empty(x.sizes(), x.options().dtype(out_dtype));
+    auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+    check(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), n.data_ptr(), dtype_of(n),
+                           rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+          "rms_norm (residual) forward");
+    ctx->save_for_backward({x, w, rstd});
+    ctx->saved_data["n_dtype"] = static_cast<int64_t>(out_dtype);
+    return {x, n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &rstd = saved[2];
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t C = x.size(-1), rows = rstd.numel();
+    const auto n_dtype = static_cast<at::ScalarType>(ctx->saved_data["n_dtype"].toInt());
+    at::Tensor dres = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous() : at::Tensor();
+    at::Tensor dn = grads[1].defined() ? grads[1].to(n_dtype).contiguous() : at::zeros(x.sizes(), x.options().dtype(n_dtype));
+    auto dx = at::empty_like(x);
+    auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
+    check(residual_rms_norm_backward(dres.defined() ? dres.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn),
+                                     x.data_ptr(), dtype_of(x), w.data_ptr<float>(), rstd.data_ptr<float>(),
+                                     dx.data_ptr(), nullptr, dtype_of(x), partial.data_ptr<float>(), rows, C,
+                                     at::cuda::getCurrentCUDAStream()),
+          "rms_norm (residual) backward");
     return {dx, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
@@ -147,6 +227,15 @@ bool fused_applies(const at::Tensor& x) {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
   return RmsNorm::apply(x.contiguous(), w.to(at::kFloat).contiguous(), eps, out_dtype)[0];
+}
+
+std::vector<at::Tensor> residual_rms_norm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, double eps,
+                                          at::ScalarType out_dtype) {
+  return ResidualRmsNorm::apply(x.contiguous(), y.contiguous(), w.to(at::kFloat).contiguous(), eps, out_dtype);
+}
+
+std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
+  return RmsNormResidual::apply(x.contiguous(), w.to(at::kFloat).contiguous(), eps, out_dtype);
 }
 
 std::vector<at::Tensor> qkv_rope(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,

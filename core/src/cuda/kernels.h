@@ -48,6 +48,21 @@ cudaError_t rms_norm_backward(const void* dy, DType y_dtype, const void* x, DTyp
                               const float* rstd, void* dx, float* dw_partial, int64_t rows, int64_t C,
                               cudaStream_t stream);
 
+// residual_rms_norm.cu: a block's residual add and the RMSNorm after it, h = x + y and
+// n = rms_norm(h) * w (rms_norm.cu's math), over rows of C. x and h in x's dtype (the residual
+// stream, fp32 under autocast), y in its own (a projection's output, bf16 under autocast), n in the
+// compute dtype; rstd [rows] kept for backward. Backward: dh (the gradient the residual stream
+// brings past h, h's dtype; null = zero) and dn (n's dtype) -> dx = dh + the norm's dx, written in
+// x's dtype to dx and in y's to dy (the add passes it to both; dy null: not written); dw_partial as
+// rms_norm_backward's. With dy null and h = x it is also a plain RMSNorm's backward that adds the
+// residual stream's gradient of its input (RMSNorm::forward_residual).
+cudaError_t residual_rms_norm_forward(const void* x, DType x_dtype, const void* y, DType y_dtype, const float* w,
+                                      void* h, void* n, DType n_dtype, float* rstd, int64_t rows, int64_t C, float eps,
+                                      cudaStream_t stream);
+cudaError_t residual_rms_norm_backward(const void* dh, const void* dn, DType n_dtype, const void* h, DType x_dtype,
+                                       const float* w, const float* rstd, void* dx, void* dy, DType y_dtype,
+                                       float* dw_partial, int64_t rows, int64_t C, cudaStream_t stream);
+
 // swiglu.cu: out = silu(gate) * up elementwise over n values (fp32 or bf16, one dtype), and its
 // backward dgate, dup from dout in one pass (sigmoid recomputed from gate, nothing else saved).
 cudaError_t swiglu_forward(const void* gate, const void* up, void* out, DType dtype, int64_t n, cudaStream_t stream);

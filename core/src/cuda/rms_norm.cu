@@ -18,12 +18,6 @@ namespace {
 constexpr int kWarps = 8;          // rows in flight per block (one warp each)
 constexpr int64_t kBackwardBlocks = 1024;
 
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
-  return x;
-}
-
 template <typename X, typename Y>
 __global__ void __launch_bounds__(kWarps * 32) rms_forward_kernel(const X* __restrict__ x, const float* __restrict__ w,
                                                                   Y* __restrict__ y, float* __restrict__ rstd,

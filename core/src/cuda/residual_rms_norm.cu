@@ -1,0 +1,147 @@
+// The residual add fused into the RMSNorm after it (launchers and contract in kernels.h).
+//
+// Why: a pre-norm block's tail is h = x + y; n = rms_norm(h) (then out = h + mlp(n)). Apart, the
+// add reads x (fp32) and y (bf16) and writes h, the norm reads h again and writes n; backward, the
+// norm writes its dh, autograd adds the gradient of the residual stream to it in another fp32 pass
+// (add<float>) and casts the sum to bf16 for y in a third. Here forward reads x and y once and writes
+// h and n; backward reads dh (the residual stream's gradient), dn and h once and writes dx and dy,
+// the sum included: ~9 ms of add<float> passes in a gpt-small step were half of these.
+// The backward also serves a block's first norm (RMSNorm::forward_residual, no add before it): there
+// dh is the gradient of the block's input along the residual stream, and the sum with the norm's
+// gradient (the other add<float> per block) is done here as well. The math is rms_norm.cu's (same
+// order of operations), one warp per row.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "device_io.cuh"
+#include "kernels.h"
+
+namespace linearnexus {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 8;  // rows in flight per block (one warp each)
+
+// x, h: [rows, C] (X); y: [rows, C] (Y); n: [rows, C] (N); w: [C]; rstd: [rows]
+template <typename X, typename Y, typename N>
+__global__ void __launch_bounds__(kWarps * 32) residual_rms_forward_kernel(
+    const X* __restrict__ x, const Y* __restrict__ y, const float* __restrict__ w, X* __restrict__ h,
+    N* __restrict__ n, float* __restrict__ rstd, int64_t rows, int64_t C, float eps) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const X* xr = x + r * C;
+    const Y* yr = y + r * C;
+    X* hr = h + r * C;
+    float ss = 0.f;
+    for (int64_t c = lane; c < C; c += 32) {
+      const float v = rounded(ld(xr + c) + ld(yr + c), hr);  // h as stored: the norm sees what autograd saves
+      st(hr + c, v);
+      ss += v * v;
+    }
+    const float rs = rsqrtf(warp_sum(ss) / static_cast<float>(C) + eps);
+    if (lane == 0) rstd[r] = rs;
+    N* nr = n + r * C;
+    // x and y again (read-only, from L1/L2) rather than h just written.
+    for (int64_t c = lane; c < C; c += 32) st(nr + c, rounded(ld(xr + c) + ld(yr + c), hr) * rs * w[c]);
+  }
+}
+
+// dh: [rows, C] (X) or null (zero); dn: [rows, C] (N); h, dx: [rows, C] (X); dy: [rows, C] (Y) or null;
+// dw_partial: [gridDim.x, C]. Rows and the weight's partial sums as in rms_norm.cu's backward.
+template <typename X, typename Y, typename N>
+__global__ void __launch_bounds__(kWarps * 32) residual_rms_backward_kernel(
+    const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h, const float* __restrict__ w,
+    const float* __restrict__ rstd, X* __restrict__ dx, Y* __restrict__ dy, float* __restrict__ dw_partial,
+    int64_t rows, int64_t C) {
+  extern __shared__ float dw_shared[];  // [kWarps, C]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float* dw_warp = dw_shared + warp * C;
+  for (int64_t c = lane; c < C; c += 32) dw_warp[c] = 0.f;
+  for (int64_t r = blockIdx.x + static_cast<int64_t>(gridDim.x) * warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const X* hr = h + r * C;
+    const N* dnr = dn + r * C;
+    const float rs = rstd[r];
+    float dot = 0.f;  // sum over the row of g * hhat
+    for (int64_t c = lane; c < C; c += 32) dot += ld(dnr + c) * w[c] * ld(hr + c) * rs;
+    const float mean = warp_sum(dot) / static_cast<float>(C);
+    X* dxr = dx + r * C;
+    Y* dyr = dy ? dy + r * C : nullptr;
+    for (int64_t c = lane; c < C; c += 32) {
+      const float hhat = ld(hr + c) * rs, g = ld(dnr + c);
+      // The norm's gradient rounded to h's dtype, as autograd would hold it, then the sum with the
+      // residual stream's, rounded again: the value autograd's add gives x and casts for y.
+      float d = rounded(rs * (g * w[c] - hhat * mean), hr);
+      if (dh) d = rounded(d + ld(dh + r * C + c), hr);
+      st(dxr + c, d);
+      if (dy) st(dyr + c, d);
+      dw_warp[c] += g * hhat;
+    }
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float sum = 0.f;
+    for (int k = 0; k < kWarps; ++k) sum += dw_shared[k * C + c];
+    dw_partial[blockIdx.x * C + c] = sum;
+  }
+}
+
+// Calls f with a value of the C++ type of d (the dtype dispatch of the launchers below).
+template <typename F>
+cudaError_t with_type(DType d, F f) {
+  return d == DType::BF16 ? f(__nv_bfloat16{}) : f(float{});
+}
+
+}  // namespace
+
+cudaError_t residual_rms_norm_forward(const void* x, DType xd, const void* y, DType yd, const float* w, void* h,
+                                      void* n, DType nd, float* rstd, int64_t rows, int64_t C, float eps,
+                                      cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const int64_t blocks = std::min<int64_t>((rows + kWarps - 1) / kWarps, int64_t{1} << 16);
+  return with_type(xd, [&](auto xt) {
+    return with_type(yd, [&](auto yt) {
+      return with_type(nd, [&](auto nt) {
+        using X = decltype(xt);
+        using Y = decltype(yt);
+        using N = decltype(nt);
+        residual_rms_forward_kernel<X, Y, N><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
+            static_cast<const X*>(x), static_cast<const Y*>(y), w, static_cast<X*>(h), static_cast<N*>(n), rstd, rows,
+            C, eps);
+        return cudaGetLastError();
+      });
+    });
+  });
+}
+
+cudaError_t residual_rms_norm_backward(const void* dh, const void* dn, DType nd, const void* h, DType xd,
+                                       const float* w, const float* rstd, void* dx, void* dy, DType yd,
+                                       float* dw_partial, int64_t rows, int64_t C, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const int64_t blocks = rms_norm_backward_blocks(rows);
+  const size_t shared = static_cast<size_t>(kWarps * C) * sizeof(float);
+  return with_type(xd, [&](auto xt) {
+    return with_type(yd, [&](auto yt) {
+      return with_type(nd, [&](auto nt) {
+        using X = decltype(xt);
+        using Y = decltype(yt);
+        using N = decltype(nt);
+        auto kernel = residual_rms_backward_kernel<X, Y, N>;
+        if (shared > 48 * 1024) {  // C > 1536: opt in to more shared memory (up to ~227 KB on Hopper)
+          const cudaError_t e =
+              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+          if (e != cudaSuccess) return e;
+        }
+        kernel<<<static_cast<unsigned>(blocks), kWarps * 32, shared, stream>>>(
+            static_cast<const X*>(dh), static_cast<const N*>(dn), static_cast<const X*>(h), w, rstd,
+            static_cast<X*>(dx), static_cast<Y*>(dy), dw_partial, rows, C);
+        return cudaGetLastError();
+      });
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace linearnexus
