@@ -6,12 +6,15 @@
 #
 # One SFT step makes the starting checkpoint (GRPO needs one: the policy's weights and the KL
 # reference), then STEPS GRPO steps on the arithmetic task: 32 prompts x 8 completions of up to 64
-# tokens, bf16 on cuda. The policy is gpt-small (12 layers, C = 768) with the task's character
-# vocabulary (GPT-2's 50,257 ids would be sampled outside it): its LM head is smaller than gpt-small's. A policy one step into training rarely stops early, so the rollouts are ~64
-# tokens long. Prints one line per logged step: ms_per_step (the whole step) and, from builds that log
-# it, rollout_ms (the rollout alone; older builds do not). The first step includes warm-up (cuBLAS
-# plans, the decode engine's CUDA-graph capture): read the later ones. Only the config files travel
-# with this script, so it times older builds too (their config schema is the same).
+# tokens, bf16 on cuda. The policy is gpt-small (12 layers, C = 768: 85M parameters) with the task's
+# 13-character vocabulary (GPT-2's 50,257 ids would be sampled outside it), so its LM head is tiny.
+# One SFT step leaves it near uniform: a completion ends at its first newline (~9 tokens on average),
+# but a batch of 256 decodes until its longest row stops (for a stop chance of ~1/9 a token, the
+# longest of 256 rows runs ~50 tokens: an estimate, not logged). Prints one line
+# per logged step: ms_per_step (the whole step) and, from builds that log it, rollout_ms (the rollout
+# alone; older builds do not). The first step includes warm-up (cuBLAS plans, the decode engine's
+# CUDA-graph capture) and the last one the eval (eval_accuracy): read the ones between. Only the
+# config files travel with this script, so it times older builds too (their config schema is the same).
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: bash bench/grpo_rollout.sh BUILD_DIR OUT_DIR [STEPS [DEVICE]] [-- --set K=V ...]"; exit 2; }
 build=$1 out=$2
