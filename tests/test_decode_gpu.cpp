@@ -1,7 +1,8 @@
 // The decode engine on CUDA: the step captured in a CUDA graph and replayed draws what the eager
 // step draws (fp32: the same tokens, greedy and seeded sampling, for attention, mamba, mla, the
-// other recurrent blocks and hybrids; bf16: the same log-probs up to the first near-tie), left-padded
-// batches equal prompts one by one, and the bf16 inference weights follow in-place weight updates.
+// other recurrent blocks (gla, mamba2, the deltanets, kda, rwkv7) and hybrids; bf16: the same
+// log-probs up to the first near-tie), left-padded batches equal prompts one by one, and the bf16
+// inference weights follow in-place weight updates.
 // CTest label `gpu`: without CUDA every case skips and says so.
 #include "block_contract.h"
 #include "catch.h"
@@ -15,7 +16,8 @@ bool have_cuda() { return at::hasCUDA(); }
 
 const char* kBlocks =
     "{attention: {n_head: 4}, swa: {n_head: 4, window: 5}, mamba: {d_state: 8}, mla: {n_head: 4}, "
-    "gla: {chunk_size: 4}, mamba2: {d_state: 8, head_dim: 8, chunk_size: 4}, deltanet: {chunk_size: 4}}";
+    "gla: {chunk_size: 4}, mamba2: {d_state: 8, head_dim: 8, chunk_size: 4}, deltanet: {chunk_size: 4}, "
+    "gated_deltanet: {chunk_size: 4}, kda: {chunk_size: 4}, rwkv7: {chunk_size: 4}}";
 
 std::shared_ptr<LMModel> cuda_model(PluginHost& host, const std::string& pattern, at::ScalarType dtype) {
   auto m = contract_model(host, pattern, kBlocks);
@@ -37,7 +39,8 @@ TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, e
   if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
   for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]", "[swa, attention]",
-                                    "[gla]", "[mamba2]", "[deltanet]", "[mla, mamba]"}) {
+                                    "[gla]", "[mamba2]", "[deltanet]", "[gated_deltanet]", "[kda]", "[rwkv7]",
+                                    "[rwkv7, attention]", "[mla, mamba]"}) {
     INFO("block_pattern " << pattern);
     auto m = cuda_model(host, pattern, at::kFloat);
     SamplingParams greedy, sampled;
@@ -65,7 +68,7 @@ TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, e
 TEST_CASE("bf16: the graphed step's log-probs agree with the eager step's up to the first near-tie", "[decode][gpu]") {
   if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
-  for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]"}) {
+  for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]", "[kda]", "[rwkv7]"}) {
     INFO("block_pattern " << pattern);
     auto m = cuda_model(host, pattern, at::kBFloat16);
     SamplingParams greedy;

@@ -285,6 +285,8 @@ TEST_CASE("grpo and ppo resume exactly: 2 + 2 steps log what 4 steps log (policy
       INFO("step " << step);
       for (const char* k : {"reward_mean", "kl", "entropy", "response_len", "grad_norm"})
         CHECK(split[step][k].get<double>() == full[step][k].get<double>());
+      // The rollout's wall time is logged too (a timing: not equal across runs, only present).
+      CHECK(full[step]["rollout_ms"].get<double>() > 0);
     }
     CHECK(split[4]["eval_accuracy"].get<double>() == full[4]["eval_accuracy"].get<double>());
     if (name == "ppo") {

@@ -102,8 +102,10 @@ class DeltaNetBlock : public Block {
     auto beta = at::sigmoid(ba.narrow(-1, 0, H_));                          // [B, T, H]
     at::Tensor g;  // log-decays: [B, T, H] (gated_deltanet) or [B, T, C] (kda)
     if (gating_ == Gating::PerHead) g = -A_log_.exp() * at::softplus(ba.narrow(-1, H_, H_) + dt_bias_);
-    if (gating_ == Gating::PerChannel)
-      g = -A_log_.exp().repeat_interleave(D_) * at::softplus(f2_(f1_(h)).to(at::kFloat) + dt_bias_);
+    if (gating_ == Gating::PerChannel)  // A per head, spread over its D channels: an expand, not
+      // repeat_interleave, whose integer form some LibTorch versions build from a host tensor (a copy
+      // a captured decode step may not make)
+      g = -A_log_.exp().unsqueeze(-1).expand({H_, D_}).reshape({C_}) * at::softplus(f2_(f1_(h)).to(at::kFloat) + dt_bias_);
     if (keep.defined()) {
       beta = beta * keep.to(at::kFloat);
       if (g.defined()) g = g * keep.to(at::kFloat);
@@ -127,7 +129,8 @@ class DeltaNetBlock : public Block {
     return {tail_.forward(x, o_proj_(y), is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
 
-  // Decoding reads positions and padding from the context only (no host-side step): capturable.
+  // Decoding reads positions and padding from the context only (no host-side step): capturable,
+  // for all three variants (kda too: tests/test_decode_gpu.cpp replays each).
   bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {

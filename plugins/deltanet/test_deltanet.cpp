@@ -59,6 +59,11 @@ TEST_CASE("deltanet: batched left-padded generation == one by one; hybrid with a
   for (const std::string pattern : {"[deltanet]", "[gated_deltanet]", "[kda]", "[gated_deltanet, deltanet, attention]"})
     check_generation(host, pattern,
                      "{deltanet: {chunk_size: 4}, gated_deltanet: {chunk_size: 4}, kda: {chunk_size: 4}, attention: {n_head: 4}}");
+  // All three opt in to the CUDA-graph-captured step (tests/test_decode_gpu.cpp replays each on a GPU).
+  for (const std::string name : {"deltanet", "gated_deltanet", "kda"}) {
+    INFO(name);
+    CHECK(make_test_block(host, name, 16, {{"n_head", "2"}})->graph_safe_decode());
+  }
 }
 
 TEST_CASE("a small char deltanet model learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)",

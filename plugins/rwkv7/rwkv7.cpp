@@ -120,9 +120,9 @@ class RWKV7Block : public Block {
     auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H_, D_}).transpose(1, 2); };  // [B, H, T, D]
     // Left padding: zero the normed inputs there (the first real token shifts in zeros, as at the
     // start) and the decay, keys and learning rate (the token neither decays, reads nor writes).
-    at::Tensor keep;
-    if (ctx.key_padding.defined())
-      keep = ctx.key_padding.narrow(1, ctx.start, T).to(x_in.device()).to(at::kFloat).unsqueeze(-1);  // [B, T, 1]
+    // From the context's helper, not by narrowing key_padding at ctx.start: in a captured decode
+    // step start is stale (undefined there: the new token is never padding).
+    auto keep = ctx.new_token_keep(T, x_in.device(), at::kFloat);  // [B, T, 1] or undefined
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
     auto masked = [&](const at::Tensor& t) { return keep.defined() ? t * keep.to(t.scalar_type()) : t; };
 
@@ -155,6 +155,10 @@ class RWKV7Block : public Block {
     auto xk = h2 + (token_shift(h2, cached ? &state.tensors.at("shift_cm") : nullptr) - h2) * cm_lerp_;
     return {x + at::dropout(cm_value_(at::relu(cm_key_(xk)).square()), dropout_, is_training()), std::move(state)};
   }
+
+  // Decoding reads padding from the context only, and its state (the token shifts' last rows and S)
+  // is fixed-size; new tensors returned in its place are copied back by the model: capturable.
+  bool graph_safe_decode() const override { return true; }
 
   LayerState init_state(int64_t B, int64_t, const at::TensorOptions& o) const override {
     LayerState s;  // fixed-size whatever max_len is

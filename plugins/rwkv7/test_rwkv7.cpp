@@ -51,6 +51,9 @@ TEST_CASE("rwkv7: batched left-padded generation == one by one; hybrid with atte
   PluginHost host;
   for (const std::string pattern : {"[rwkv7]", "[rwkv7, rwkv7, attention]"})
     check_generation(host, pattern, "{rwkv7: {chunk_size: 4, n_head: 2}, attention: {n_head: 4}}");
+  // It opts in to the CUDA-graph-captured step (tests/test_decode_gpu.cpp replays it on a GPU); the
+  // static path check_generation ran above is the one a graph captures.
+  CHECK(make_test_block(host, "rwkv7", 16, {{"n_head", "2"}})->graph_safe_decode());
 }
 
 TEST_CASE("a small char rwkv7 model learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)",

@@ -14,6 +14,8 @@
 #include <linearnexus/rl.h>
 #include <linearnexus/trainer.h>
 
+#include <chrono>
+
 namespace linearnexus {
 namespace {
 
@@ -41,8 +43,12 @@ class GRPOTrainer : public Trainer {
     ctx.model->train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
+      const auto t0 = std::chrono::steady_clock::now();
       Rollout ro = collect_rollout(*ctx.model, *task, tok, rank_examples(ctx, *task, seed, step, rl_.prompts_per_step), G,
                                    rl_.sampling(seed, step, ctx.rank));
+      // The rewards are scored on the host from the completions' text, so the generation has finished
+      // here: this wall time is the whole rollout (generation + scoring + packing).
+      const double rollout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       auto mask = ro.packed.mask.to(ctx.device);                                          // [N, Lg]
       auto adv = group_advantages(ro.rewards, G, scale_rewards_).to(ctx.device).unsqueeze(1);  // [N, 1]
       at::Tensor ref_logp, old_logp;
@@ -70,6 +76,7 @@ class GRPOTrainer : public Trainer {
           step,
           [&] {
             std::map<std::string, double> m = rollout_metrics(ro);
+            m["rollout_ms"] = rollout_ms;
             m["loss"] = loss.item<double>();
             m["grad_norm"] = grad_norm.item<double>();
             m["kl"] = kl.item<double>();

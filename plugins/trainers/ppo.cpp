@@ -21,6 +21,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <chrono>
+
 namespace linearnexus {
 namespace {
 
@@ -144,8 +146,11 @@ class PPOTrainer : public Trainer {
     for (int64_t step = start; step < run.last_step(); ++step) {
       const double lr = run.begin_step(step);
       vf.optimizer->set_lr_multiplier(ctx.optimizer->base_lr() > 0 ? lr / ctx.optimizer->base_lr() : 1.0);
+      const auto t0 = std::chrono::steady_clock::now();
       Rollout ro = collect_rollout(*ctx.model, *task, tok, rank_examples(ctx, *task, seed, step, rl_.prompts_per_step),
                                    rl_.group_size, rl_.sampling(seed, step, ctx.rank));
+      // Scored on the host from the completions' text: the generation has finished here (grpo.cpp).
+      const double rollout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ScoredRollout sr = score(ctx, *ref, vf, ro);
       UpdateStats st = ppo_update(ctx, run, vf, ro.packed, sr, seed, step);
       const double n = static_cast<double>(std::max<int64_t>(st.updates, 1));
@@ -153,6 +158,7 @@ class PPOTrainer : public Trainer {
           step,
           [&] {
             std::map<std::string, double> m = rollout_metrics(ro);
+            m["rollout_ms"] = rollout_ms;
             m["policy_loss"] = st.policy_loss / n;
             m["value_loss"] = st.value_loss / n;
             m["grad_norm"] = st.grad_norm;
