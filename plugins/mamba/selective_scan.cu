@@ -14,7 +14,6 @@
 // sub-chunk's states into registers, and runs the gradient recurrence backwards through them.
 #include <cuda_bf16.h>
 
-#include <cstdlib>
 #include <type_traits>
 
 #include "selective_scan_cuda.h"
@@ -29,7 +28,7 @@ constexpr int kThreads = 128;                  // threads per block: kThreads / 
 // d_state 16 one thread is one channel: the per-step scalars (softplus, the gate, the loads of u, dt,
 // z) are computed once per channel, no shuffle sums C . s, and the 16 independent state updates are the
 // instruction-level parallelism that hides the latency along time. The backward holds kQ steps' states
-// in registers as well, so it keeps 4 per thread (registers: ~170 at 4).
+// in registers as well, so it keeps 4 per thread.
 // Measured on an H200 (mamba-small, docs/benchmarks.md run 7): 8 states a lane and 8-step sub-chunks in
 // the backward (2 lanes a channel) ran 3% slower than 4 and 16.
 constexpr int kForwardStates = 16;
@@ -38,9 +37,12 @@ constexpr int kBackwardStates = 4;
 // no spills at d_state <= 16): at mamba-small's size (B 64, d_inner 1536: 768 blocks) 6 a SM put every
 // block of the grid in one wave on 132 SMs.
 constexpr int kForwardBlocksPerSM = 6;
-// Backward blocks per SM the registers must allow (<= 168 registers a thread: 12 warps a SM).
-constexpr int kBackwardBlocksPerSM = 3;
-constexpr int kBackwardSteps = 16;             // steps whose states the backward holds in registers
+// The backward holds kBackwardSteps steps' states in registers and allows kBackwardBlocksPerSM blocks a
+// SM (<= 96 registers a thread: 20 warps a SM). Measured on an H200 (mamba-small B=64, docs/benchmarks.md
+// run 7): 16 steps at 3 blocks (168 registers) 164,027 tokens/s, 8 at 4 (128) 174,480, 4 at 5 176,376: the
+// latency along time is hidden by more warps, not by longer register-resident runs.
+constexpr int kBackwardBlocksPerSM = 5;
+constexpr int kBackwardSteps = 4;
 constexpr int kStage = 32;                     // steps whose B and C the forward stages in shared memory
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -267,7 +269,7 @@ __device__ __forceinline__ void warp_sum_to(float (&v)[2 * kS], float* out) {
 // dbias per thread. Fuses the gate's and softplus's backward and y's recomputation.
 // Grid: (channel tiles, B), as the forward. Shapes of the gradients: ScanGrads (selective_scan_cuda.h).
 template <typename T, int P, int kS, int kQ>
-__global__ void __launch_bounds__(kThreads, kQ == 16 ? kBackwardBlocksPerSM : kQ == 8 ? 4 : 5) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, ScanGrads g) {
   constexpr int kSub = kKeepEvery / kQ;  // sub-chunks per kept chunk
   static_assert(kKeepEvery % kQ == 0, "kept chunks are whole sub-chunks");
   __shared__ float part[kQ][kWarps][2 * kS * P];  // dB / dC per step and warp, summed over its channels
@@ -504,10 +506,6 @@ cudaError_t scan_forward(const ScanArgs& a, void* out, float* sT, float* kept, c
 }
 
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
-  // EXPERIMENT (removed after measuring): LINEARNEXUS_SCAN_BWD_Q=8 or 4 steps a sub-chunk, 4 or 5 blocks a SM.
-  static const int q = [] { const char* e = std::getenv("LINEARNEXUS_SCAN_BWD_Q"); return e ? std::atoi(e) : 16; }();
-  if (q == 8) return dispatch(a, Backward<kBackwardStates, 8>{a, kept, g, stream});
-  if (q == 4) return dispatch(a, Backward<kBackwardStates, 4>{a, kept, g, stream});
   return dispatch(a, Backward<kBackwardStates, kBackwardSteps>{a, kept, g, stream});
 }
 
