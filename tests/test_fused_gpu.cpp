@@ -189,8 +189,10 @@ void check_residual_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, at::Sc
       compat::AutocastGuard guard(autocast, at::kBFloat16);
       r.out = tail.forward(x, y, true);
     }
+    // Fused: ResidualAdd(h, mlp(n)) with h from the ResidualRmsNorm node.
+    const bool add_node = r.out.grad_fn()->name().find("ResidualAdd") != std::string::npos;
     for (const auto& e : r.out.grad_fn()->next_edges())
-      if (e.function && e.function->name().find("ResidualRmsNorm") != std::string::npos) r.fused_node = true;
+      if (add_node && e.function && e.function->name().find("ResidualRmsNorm") != std::string::npos) r.fused_node = true;
     r.out.backward(dout.to(r.out.scalar_type()));
     if (unfused) ::unsetenv("LINEARNEXUS_UNFUSED");
     r.dx = x.grad().clone(), r.dy = y.grad().clone();
@@ -264,9 +266,11 @@ TEST_CASE("fused RMSNorm with its input's residual gradient on CUDA equals {x, R
   check_norm_residual(4097, 768, at::kFloat, true, 1e-2);
   check_norm_residual(37, 2048, at::kFloat, false, 1e-5);
   check_norm_residual(37, 72, at::kBFloat16, true, 2e-2);
+  check_norm_residual(37, 128, at::kFloat, false, 1e-5);   // the register kernel, fp32 throughout
+  check_norm_residual(37, 256, at::kBFloat16, true, 2e-2);  // and bf16 throughout
 }
 
-TEST_CASE("fused residual add + RMSNorm on CUDA equals x + y and RMSNorm as ops (fp32, bf16, autocast, odd C, one row)", "[gpu]") {
+TEST_CASE("fused residual adds + RMSNorm on CUDA equal x + y, RMSNorm and h + mlp as ops (fp32, bf16, autocast, odd C, one row)", "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   check_residual_norm(37, 72, at::kFloat, at::kFloat, false, 1e-5);
   check_residual_norm(1, 72, at::kFloat, at::kFloat, false, 1e-5);          // T = 1
@@ -274,6 +278,11 @@ TEST_CASE("fused residual add + RMSNorm on CUDA equals x + y and RMSNorm as ops 
   check_residual_norm(4097, 768, at::kFloat, at::kBFloat16, true, 1e-2);    // gpt-small's case; > 1024 backward blocks
   check_residual_norm(37, 2048, at::kFloat, at::kFloat, false, 1e-5);       // the backward's larger shared memory
   check_residual_norm(37, 72, at::kBFloat16, at::kBFloat16, true, 2e-2);    // a bf16 residual stream
+  // The backward's register kernel (C = 128 K, K <= 6; the cases above: 768 only) and the add's
+  // scalar loop (37 x 71 values: not a multiple of 4).
+  check_residual_norm(37, 128, at::kFloat, at::kFloat, false, 1e-5);
+  check_residual_norm(37, 256, at::kBFloat16, at::kBFloat16, true, 2e-2);
+  check_residual_norm(37, 71, at::kFloat, at::kBFloat16, false, 1e-5);
 }
 
 TEST_CASE("fused SwiGLU on CUDA equals silu(gate) * up as ops (fp32, bf16 autocast, odd width, one row)", "[gpu]") {

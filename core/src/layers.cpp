@@ -105,14 +105,15 @@ at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool t
   const bool drop = training && dropout_ > 0;
 #ifdef LINEARNEXUS_CORE_CUDA
   // On CUDA the add and ln2 (an RMSNorm) are one kernel each way (cuda/residual_rms_norm.cu), h in
-  // x's dtype and ln2(h) in autocast's dtype or h's, as the ops below give them.
+  // x's dtype and ln2(h) in autocast's dtype or h's, as the ops below give them; the second add
+  // (fp32 stream + bf16 MLP output) is a vectorised kernel instead of ATen's dynamic-casting one.
   if (!drop && !ln2_->bias.defined() && ln2_->weight.scalar_type() == at::kFloat && cuda::fused_applies(x) &&
       cuda::fused_applies(y) && x.sizes() == y.sizes() && x.device() == y.device() &&
       at::promote_types(x.scalar_type(), y.scalar_type()) == x.scalar_type()) {
     const at::ScalarType autocast = compat::cuda_autocast_dtype();
     auto hn = cuda::residual_rms_norm(x, y, ln2_->weight, ln2_->eps,
                                       autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);  // {h, ln2(h)}
-    return hn[0] + mlp_->forward(hn[1]);
+    return cuda::residual_add(hn[0], mlp_->forward(hn[1]));  // cuda/residual_add.cu
   }
 #endif
   auto h = x + (drop ? at::dropout(y, dropout_, true) : y);

@@ -61,6 +61,38 @@ struct Pack16<__nv_bfloat16> {
   }
 };
 
+// 4 values of T in one access (16 bytes of fp32, 8 of bf16), converted to / from fp32; p aligned to
+// that size (the launchers check).
+template <typename T>
+struct Pack4;
+
+template <>
+struct Pack4<float> {
+  __device__ __forceinline__ static void load(const float* p, float (&f)[4]) {
+    const float4 r = *reinterpret_cast<const float4*>(p);
+    f[0] = r.x, f[1] = r.y, f[2] = r.z, f[3] = r.w;
+  }
+  __device__ __forceinline__ static void store(float* p, const float (&f)[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
+  }
+};
+
+template <>
+struct Pack4<__nv_bfloat16> {
+  __device__ __forceinline__ static void load(const __nv_bfloat16* p, float (&f)[4]) {
+    const uint2 r = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.y));
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+  }
+  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&f)[4]) {
+    uint2 r;
+    *reinterpret_cast<__nv_bfloat162*>(&r.x) = __floats2bfloat162_rn(f[0], f[1]);
+    *reinterpret_cast<__nv_bfloat162*>(&r.y) = __floats2bfloat162_rn(f[2], f[3]);
+    *reinterpret_cast<uint2*>(p) = r;
+  }
+};
+
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace cuda

@@ -137,6 +137,25 @@ struct RmsNormResidual : public torch::autograd::Function<RmsNormResidual> {
   }
 };
 
+// out = a + b with b's gradient cast to b's dtype, as autograd's add.
+struct ResidualAdd : public torch::autograd::Function<ResidualAdd> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
+    // a, b: [...] contiguous, the same shape
+    const c10::cuda::CUDAGuard guard(a.device());
+    auto out = at::empty_like(a);
+    check(residual_add(a.data_ptr(), dtype_of(a), b.data_ptr(), dtype_of(b), out.data_ptr(), a.numel(),
+                       at::cuda::getCurrentCUDAStream()),
+          "residual add");
+    ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    return {grads[0], grads[0].to(static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt()))};
+  }
+};
+
 QkvRopeArgs rope_args(const at::Tensor& positions, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, bool rope,
                       double base) {
   QkvRopeArgs a;
@@ -232,6 +251,13 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, at::Sc
 std::vector<at::Tensor> residual_rms_norm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, double eps,
                                           at::ScalarType out_dtype) {
   return ResidualRmsNorm::apply(x.contiguous(), y.contiguous(), w.to(at::kFloat).contiguous(), eps, out_dtype);
+}
+
+at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b) {
+  const bool same_shape = a.sizes() == b.sizes() && a.device() == b.device();
+  const bool dtypes = a.scalar_type() == b.scalar_type() || (a.scalar_type() == at::kFloat && b.scalar_type() == at::kBFloat16);
+  if (!same_shape || !dtypes || !fused_applies(a) || !fused_applies(b)) return a + b;
+  return ResidualAdd::apply(a.contiguous(), b.contiguous())[0];
 }
 
 std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {

@@ -25,6 +25,11 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, at::Sc
 std::vector<at::Tensor> residual_rms_norm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, double eps,
                                           at::ScalarType out_dtype);
 
+// a + b for the residual stream a [..., C] and a block's output b of the same shape, b in a's dtype
+// or narrower (residual_add.cu, its gradients as autograd's add gives them); a + b as the op where
+// the shapes or dtypes differ otherwise.
+at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b);
+
 // {x, rms_norm(x)} for a pre-norm whose input flows on in the residual stream: x itself (as a view
 // whose gradient goes through the norm's node), and the norm in out_dtype; backward adds the
 // stream's gradient of x into the norm's in one kernel (residual_rms_norm.cu).

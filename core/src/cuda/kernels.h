@@ -63,6 +63,11 @@ cudaError_t residual_rms_norm_backward(const void* dh, const void* dn, DType n_d
                                        const float* w, const float* rstd, void* dx, void* dy, DType y_dtype,
                                        float* dw_partial, int64_t rows, int64_t C, cudaStream_t stream);
 
+// residual_add.cu: out = a + b over n values, a and out in a's dtype (the residual stream), b in a's
+// or bf16 (fp32 + bf16, fp32 + fp32, bf16 + bf16).
+cudaError_t residual_add(const void* a, DType a_dtype, const void* b, DType b_dtype, void* out, int64_t n,
+                         cudaStream_t stream);
+
 // swiglu.cu: out = silu(gate) * up elementwise over n values (fp32 or bf16, one dtype), and its
 // backward dgate, dup from dout in one pass (sigmoid recomputed from gate, nothing else saved).
 cudaError_t swiglu_forward(const void* gate, const void* up, void* out, DType dtype, int64_t n, cudaStream_t stream);

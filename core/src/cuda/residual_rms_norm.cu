@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "device_io.cuh"
 #include "kernels.h"
@@ -88,6 +89,112 @@ __global__ void __launch_bounds__(kWarps * 32) residual_rms_backward_kernel(
   }
 }
 
+// At most 6 chunks of 128 columns (C <= 768, gpt-small's): beyond, ptxas spills at 2 blocks of 256
+// threads per SM (128 registers a thread), and the kernel above is used.
+constexpr int kMaxChunks = 6;
+
+// The same backward with the row in registers, for C = 128 K (K <= kMaxChunks). Lane l holds columns (k * 32 + l) * 4 .. + 3, k < K, of every row it takes, so: one read of
+// h and dn per row (the kernel above reads them twice, the second time from L2 once its shared memory
+// has squeezed L1: ~2.2 TB/s at gpt-small), 4-value vector accesses, and the weight's gradient summed
+// in registers (shared memory only for the block's final sum). Same rows per block, same results up
+// to the order of the row's dot product.
+template <typename X, typename Y, typename N, int K>
+__global__ void __launch_bounds__(kWarps * 32, 2) residual_rms_backward_regs_kernel(
+    const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h, const float* __restrict__ w,
+    const float* __restrict__ rstd, X* __restrict__ dx, Y* __restrict__ dy, float* __restrict__ dw_partial,
+    int64_t rows, int64_t C) {
+  extern __shared__ float dw_shared[];  // [kWarps, C]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float dw[K][4];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dw[k][e] = 0.f;
+  for (int64_t r = blockIdx.x + static_cast<int64_t>(gridDim.x) * warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const float rs = rstd[r];
+    float hv[K][4], gv[K][4];  // h and dn of this lane's columns (dh is read where it is added: registers)
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t at = r * C + (k * 32 + lane) * 4;
+      Pack4<X>::load(h + at, hv[k]);
+      Pack4<N>::load(dn + at, gv[k]);
+    }
+    float dot = 0.f;  // sum over the row of g * hhat
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      float wk[4];
+      Pack4<float>::load(w + (k * 32 + lane) * 4, wk);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dot += gv[k][e] * wk[e] * hv[k][e] * rs;
+    }
+    const float mean = warp_sum(dot) / static_cast<float>(C);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t at = r * C + (k * 32 + lane) * 4;
+      float wk[4], d[4], dhv[4] = {0.f, 0.f, 0.f, 0.f};
+      Pack4<float>::load(w + (k * 32 + lane) * 4, wk);
+      if (dh) Pack4<X>::load(dh + at, dhv);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float hhat = hv[k][e] * rs, g = gv[k][e];
+        d[e] = rounded(rs * (g * wk[e] - hhat * mean), h);  // as in the kernel above
+        if (dh) d[e] = rounded(d[e] + dhv[e], h);
+        dw[k][e] += g * hhat;
+      }
+      Pack4<X>::store(dx + at, d);
+      if (dy) Pack4<Y>::store(dy + at, d);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dw_shared[warp * C + (k * 32 + lane) * 4 + e] = dw[k][e];
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float sum = 0.f;
+    for (int k = 0; k < kWarps; ++k) sum += dw_shared[k * C + c];
+    dw_partial[blockIdx.x * C + c] = sum;
+  }
+}
+
+// The register kernel for C = 128 K, K <= kMaxChunks, where every pointer is 16-byte aligned, and only for
+// the dtype combinations the layers use (fp32 stream with a bf16 or fp32 norm output, or one dtype
+// throughout: fewer instantiations); false where it does not apply (the caller takes the kernel above).
+template <typename X, typename Y, typename N>
+bool launch_backward_regs(const void* dh, const void* dn, const void* h, const float* w, const float* rstd, void* dx,
+                          void* dy, float* dw_partial, int64_t rows, int64_t C, int64_t blocks, size_t shared,
+                          cudaStream_t stream, cudaError_t* err) {
+  constexpr bool kFp32Stream = std::is_same<X, float>::value && std::is_same<N, __nv_bfloat16>::value;
+  constexpr bool kOneType = std::is_same<X, Y>::value && std::is_same<X, N>::value;
+  if constexpr (!kFp32Stream && !kOneType) {
+    return false;
+  } else {
+    if (C % 128 != 0 || C / 128 > kMaxChunks || !aligned16(dn) || !aligned16(h) || !aligned16(w) || !aligned16(dx) ||
+        (dh && !aligned16(dh)) || (dy && !aligned16(dy)))
+      return false;
+    auto go = [&](auto kernel) {
+      *err = cudaSuccess;
+      if (shared > 48 * 1024)
+        *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+      if (*err != cudaSuccess) return true;
+      kernel<<<static_cast<unsigned>(blocks), kWarps * 32, shared, stream>>>(
+          static_cast<const X*>(dh), static_cast<const N*>(dn), static_cast<const X*>(h), w, rstd, static_cast<X*>(dx),
+          static_cast<Y*>(dy), dw_partial, rows, C);
+      *err = cudaGetLastError();
+      return true;
+    };
+    switch (C / 128) {
+      case 1: return go(residual_rms_backward_regs_kernel<X, Y, N, 1>);
+      case 2: return go(residual_rms_backward_regs_kernel<X, Y, N, 2>);
+      case 3: return go(residual_rms_backward_regs_kernel<X, Y, N, 3>);
+      case 4: return go(residual_rms_backward_regs_kernel<X, Y, N, 4>);
+      case 5: return go(residual_rms_backward_regs_kernel<X, Y, N, 5>);
+      default: return go(residual_rms_backward_regs_kernel<X, Y, N, 6>);
+    }
+  }
+}
+
 // Calls f with a value of the C++ type of d (the dtype dispatch of the launchers below).
 template <typename F>
 cudaError_t with_type(DType d, F f) {
@@ -128,6 +235,9 @@ cudaError_t residual_rms_norm_backward(const void* dh, const void* dn, DType nd,
         using X = decltype(xt);
         using Y = decltype(yt);
         using N = decltype(nt);
+        cudaError_t err = cudaSuccess;
+        if (launch_backward_regs<X, Y, N>(dh, dn, h, w, rstd, dx, dy, dw_partial, rows, C, blocks, shared, stream, &err))
+          return err;
         auto kernel = residual_rms_backward_kernel<X, Y, N>;
         if (shared > 48 * 1024) {  // C > 1536: opt in to more shared memory (up to ~227 KB on Hopper)
           const cudaError_t e =
