@@ -5,7 +5,8 @@
 //                  [--train MODEL]...
 // --train (repeatable) measures only the training rows of those models, in order (each at the
 // first batch of --batches that fits): MODEL is a preset name, or NAME=MODEL_MAP with a YAML map of
-// the model section, e.g. 'gdn={hidden_size: 768, n_layer: 12, block_pattern: [gated_deltanet]}'.
+// the model section, e.g. 'gdn={hidden_size: 768, n_layer: 12, block_pattern: [gated_deltanet]}'; with a
+// breakdown of each (the profile) unless --no-profile.
 //
 // Prints one JSON object per line after "RESULT " (the table in docs/benchmarks.md is made from
 // them by reference.py --table):
@@ -401,6 +402,13 @@ int main(int argc, char** argv) {
               {"batch", num(r.batch)}, {"seq", num(kT)}, {"params", num(static_cast<double>(s->model->num_parameters()))},
               {"ms_per_step", num(1e3 * r.s_per_step)}, {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
               {"peak_gib", num(r.peak)}});
+      if (profile && r.batch) {
+        try {
+          breakdown(*s, r.batch, model.substr(0, model.find('=')));
+        } catch (const std::exception& e) {  // the profiler is a bonus: the numbers above stand without it
+          std::fprintf(stderr, "bench_gpu: breakdown failed: %s\n", e.what());
+        }
+      }
     }
     if (!train_only.empty()) return 0;
     int64_t gpt_batch = batches.front();
