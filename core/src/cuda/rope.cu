@@ -20,6 +20,30 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Head j of the token in row `row` (= b * T + t): its slice of qkv [B, T, heads, D] and of the
+// head-major q / k / v [B, H or Hkv, T, D] (heads: q's H, then k's Hkv, then v's Hkv); v does not rotate.
+template <typename T>
+struct HeadRows {
+  T* packed;
+  T* split;
+  bool rotate;
+};
+
+template <typename T>
+__device__ __forceinline__ HeadRows<T> head_rows(const QkvRopeArgs& a, T* qkv, T* q, T* k, T* v, int64_t row, int j) {
+  const int64_t b = row / a.T, t = row % a.T, heads = a.H + 2 * a.Hkv;
+  HeadRows<T> r{qkv + (row * heads + j) * a.D, nullptr, a.rope};
+  if (j < a.H) {
+    r.split = q + ((b * a.H + j) * a.T + t) * a.D;
+  } else if (j < a.H + a.Hkv) {
+    r.split = k + ((b * a.Hkv + (j - a.H)) * a.T + t) * a.D;
+  } else {
+    r.split = v + ((b * a.Hkv + (j - a.H - a.Hkv)) * a.T + t) * a.D;
+    r.rotate = false;
+  }
+  return r;
+}
+
 // One block per token (b, t). Every head of the token rotates pair i by the same angle, so the
 // block computes the D/2 cos / sin once into shared memory (the first version computed them per
 // head and pair: 13.6 ms of a gpt-small step, compute-bound on sincosf); then each thread moves
@@ -43,21 +67,11 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a, T* qk
   for (int idx = threadIdx.x; idx < heads * half; idx += kThreads) {
     const int i = idx % half;  // the pair (i, i + half)
     const int j = idx / half;  // head among q's H, then k's Hkv, then v's Hkv
-    T* packed = qkv + (row * heads + j) * a.D;  // [B, T, heads, D]
-    T* split;                                   // [B, H or Hkv, T, D]
-    bool rotate = a.rope;
-    if (j < a.H) {
-      split = q + ((b * a.H + j) * a.T + t) * a.D;
-    } else if (j < a.H + a.Hkv) {
-      split = k + ((b * a.Hkv + (j - a.H)) * a.T + t) * a.D;
-    } else {
-      split = v + ((b * a.Hkv + (j - a.H - a.Hkv)) * a.T + t) * a.D;
-      rotate = false;
-    }
-    const T* src = inverse ? split : packed;
-    T* dst = inverse ? packed : split;
+    const HeadRows<T> hr = head_rows(a, qkv, q, k, v, row, j);
+    const T* src = inverse ? hr.split : hr.packed;
+    T* dst = inverse ? hr.packed : hr.split;
     const float x1 = ld(src + i), x2 = ld(src + i + half);
-    if (!rotate) {
+    if (!hr.rotate) {
       st(dst + i, x1), st(dst + i + half, x2);
       continue;
     }
@@ -100,24 +114,13 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_vec_kernel(QkvRopeArgs a, T
   for (int idx = threadIdx.x; idx < tokens * per_token; idx += kThreads) {
     const int r = idx / per_token, rem = idx % per_token;
     const int j = rem / chunks, i0 = (rem % chunks) * N;  // head j, pairs i0 .. i0 + N - 1
-    const int64_t row = row0 + r, b = row / a.T, t = row % a.T;
-    T* packed = qkv + (row * heads + j) * a.D;  // [B, T, heads, D]
-    T* split;                                   // [B, H or Hkv, T, D]
-    bool rotate = a.rope;
-    if (j < a.H) {
-      split = q + ((b * a.H + j) * a.T + t) * a.D;
-    } else if (j < a.H + a.Hkv) {
-      split = k + ((b * a.Hkv + (j - a.H)) * a.T + t) * a.D;
-    } else {
-      split = v + ((b * a.Hkv + (j - a.H - a.Hkv)) * a.T + t) * a.D;
-      rotate = false;
-    }
-    const T* src = inverse ? split : packed;
-    T* dst = inverse ? packed : split;
+    const HeadRows<T> hr = head_rows(a, qkv, q, k, v, row0 + r, j);
+    const T* src = inverse ? hr.split : hr.packed;
+    T* dst = inverse ? hr.packed : hr.split;
     float x1[N], x2[N];
     Pack16<T>::load(src + i0, x1);
     Pack16<T>::load(src + i0 + half, x2);
-    if (rotate) {
+    if (hr.rotate) {
       const float* c = cs + r * 2 * half + i0;
       const float* s = c + half;
       float y1[N], y2[N];
