@@ -30,7 +30,9 @@ namespace linearnexus {
 
 // Chunks of `chunk` tokens (any T: the last chunk is padded with such no-op tokens). Inside a chunk
 // the pairwise form, between chunks the state; only exp of non-positive numbers is ever formed, so
-// strong decays over long sequences stay finite.
+// strong decays over long sequences stay finite. All three chunked forms find the states entering the
+// chunks from S_{i+1} = M_i S_i + R_i: on CUDA and past 32 chunks by a scan over chunks (log2 N
+// rounds of batched matmuls), else by a loop (chunked_scan.cpp says why).
 at::Tensor decay_scan_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                               at::Tensor& S, int64_t chunk);
 // One token after the other.
