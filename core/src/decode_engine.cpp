@@ -124,7 +124,7 @@ struct DecodeEngine::Slot {
   at::Tensor counter;    // [1] int64: tokens drawn so far (the sampler's counter, the history's column)
   at::Tensor seed;       // [1] int64
   at::Tensor done;       // [N] bool: the row drew EOS or the host stopped it
-  at::Tensor tokens, logprobs, live;  // [N, L]: what each draw gave
+  at::Tensor tokens, logprobs;  // [N, L]: what each draw gave
   std::unique_ptr<StepGraph> graph;   // the captured step, if any
 };
 
@@ -174,7 +174,6 @@ DecodeEngine::Slot& DecodeEngine::slot_for(int64_t N, int64_t L, const SamplingP
   s->done = at::zeros({N}, longs.dtype(at::kBool));
   s->tokens = at::zeros({N, L}, longs);
   s->logprobs = at::zeros({N, L}, longs.dtype(at::kFloat));
-  s->live = at::zeros({N, L}, longs.dtype(at::kBool));
   return *slots_.emplace(key, std::move(s)).first->second;
 }
 
@@ -190,11 +189,11 @@ void draw(DecodeEngine::Slot& s, const at::Tensor& logits, const SamplingParams&
   auto next = sample_tokens(logits, p, s.seed, s.counter);  // [N]
   const double temp = p.temperature > 0 ? p.temperature : 1.0;
   auto logp = at::log_softmax(logits.to(at::kFloat) / temp, -1).gather(1, next.unsqueeze(1)).squeeze(1);  // [N]
-  // Finished rows decode a padding token (cheaper than compacting the batch); it is masked out.
+  // Finished rows decode a padding token (cheaper than compacting the batch); the host's mask of
+  // live tokens, built as it reads the tokens, zeroes their log-probs at the end.
   next = next.masked_fill(s.done, 0);
   s.tokens.index_copy_(1, s.counter, next.unsqueeze(1));
-  s.logprobs.index_copy_(1, s.counter, logp.masked_fill(s.done, 0.0).unsqueeze(1));
-  s.live.index_copy_(1, s.counter, s.done.logical_not().unsqueeze(1));
+  s.logprobs.index_copy_(1, s.counter, logp.unsqueeze(1));
   if (p.eos_id >= 0) s.done.logical_or_(next == p.eos_id);
   s.tok.copy_(next.unsqueeze(1));
   s.counter.add_(1);
