@@ -28,9 +28,9 @@ constexpr int kThreads = 128;                  // threads per block: kThreads / 
 // d_state 16 one thread is one channel: the per-step scalars (softplus, the gate, the loads of u, dt,
 // z) are computed once per channel, no shuffle sums C . s, and the 16 independent state updates are the
 // instruction-level parallelism that hides the latency along time. The backward holds kQ steps' states
-// in registers as well, so it keeps 4 per thread.
-// Measured on an H200 (mamba-small, docs/benchmarks.md run 7): 8 states a lane and 8-step sub-chunks in
-// the backward (2 lanes a channel) ran 3% slower than 4 and 16.
+// in registers as well, so it keeps 4 per thread. Measured on an H200 (mamba-small, docs/benchmarks.md
+// run 7): 8 states a lane with 8-step sub-chunks (2 lanes a channel) ran 3% slower than 4 states with
+// the 16-step sub-chunks of the time.
 constexpr int kForwardStates = 16;
 constexpr int kBackwardStates = 4;
 // Forward blocks per SM the registers must allow at one lane per channel (<= 80 registers a thread,
@@ -46,7 +46,6 @@ constexpr int kBackwardSteps = 4;
 constexpr int kStage = 32;                     // steps whose B and C the forward stages in shared memory
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
-static_assert(kKeepEvery % kStage == 0, "kept chunks are whole staging rounds");
 
 __device__ __forceinline__ float ld(const float* p) { return __ldg(p); }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
@@ -113,7 +112,7 @@ struct Channel {
 // (Pm = min(P, U)), and at(i) hands step i's value to every lane of the channel (a shuffle).
 // Softplus, the sigmoids and the loads of u, dt, z were each lane's own before: 4x the work at N = 16.
 // Measured on an H200 (mamba-small, docs/benchmarks.md): the backward got faster with it (594 -> 341
-// ms per step), the forward slower (162 -> 222 ms), so the forward computes every step on every lane.
+// ms per step). The forward does not use it: it gives one lane a whole channel (up to d_state 16).
 template <int P, int U>
 struct Split {
   static constexpr int Pm = P < U ? P : U, K = U / Pm;
@@ -165,6 +164,7 @@ __global__ void __launch_bounds__(kThreads, P == 1 ? kForwardBlocksPerSM : 1) fo
                                                            float* __restrict__ kept) {
   constexpr int S = kForwardStates, NP = P * S, U = 4;
   static_assert(kStage % U == 0, "staging rounds are whole step groups");
+  static_assert(kKeepEvery % U == 0, "the kept states fall on the first step of a group");
   __shared__ __align__(16) float sB[kStage][NP];
   __shared__ __align__(16) float sC[kStage][NP];
   const Channel<T, P, S> c(a);
