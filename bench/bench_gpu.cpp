@@ -259,6 +259,24 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
                                        {"update_ms", num(wall_up)}, {"optimizer_kernels_ms", num(up_busy)},
                                        {"fwd_bwd_gaps_ms", num(wall_fb - fb_busy)}, {"update_gaps_ms", num(wall_up - up_busy)}};
   for (auto& [k, v] : fb) r["fb:" + k] = num(v);
+  // Autocast's weight casts against a bf16 copy kept by the optimizer: each forward casts every fp32
+  // matrix to bf16 (read 4 + write 2 bytes a value); a kept copy must be rewritten after every update
+  // instead (the same 6 bytes a value: at::_fused_adamw_ writes only the fp32 weights) and its
+  // gradient arrives in bf16, to be cast to fp32 as autocast's is. Timed here on their own: the casts
+  // as autocast runs them, one per matrix, and copies into preallocated bf16 buffers.
+  {
+    std::vector<at::Tensor> w32, w16;
+    double bytes = 0;
+    for (const auto& p : s.params)
+      if (p.param.dim() >= 2 && p.param.scalar_type() == at::kFloat) {
+        w32.push_back(p.param.detach());
+        w16.push_back(at::empty_like(p.param, p.param.options().dtype(at::kBFloat16)));
+        bytes += 6.0 * static_cast<double>(p.param.numel());
+      }
+    r["weight_casts_ms"] = num(1e3 * time_per_call([&] { for (auto& w : w32) (void)w.to(at::kBFloat16); }, 2, 10));
+    r["kept_copy_update_ms"] = num(1e3 * time_per_call([&] { for (size_t i = 0; i < w32.size(); ++i) w16[i].copy_(w32[i]); }, 2, 10));
+    r["weight_cast_gb"] = num(bytes / 1e9);
+  }
   std::string t = "\"";
   for (auto& [v, n] : top) t += n + " " + num(v) + " ms; ";
   r["top"] = t + "\"";

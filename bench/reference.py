@@ -16,6 +16,8 @@ Models (the shapes of LinearNexus's presets, same maths):
                SDPA (causal), LM head tied to the embedding, vocabulary padded to 50304 (nanoGPT's
                default; targets stay < 50257), the loss inside forward so torch.compile fuses it too,
                AdamW(fused=True) with nanoGPT's decay groups.
+  nanogpt-char the same with nanoGPT's shakespeare_char vocabulary (65 tokens, unpadded), the peer of
+               bench_gpu's gpt-small-char.
 Training: bf16 autocast on fp32 weights, fp32 loss, clip 1.0, torch.optim.AdamW(fused=True), the step
 timed as a whole (no sync inside). GPT runs eager and torch.compile'd; Mamba eager (its Python loop
 over time steps is what compile would unroll). Decoding: 128-token prompt, 512 greedy tokens on a KV
@@ -372,7 +374,7 @@ def train(torch, LM, kind, impl, B, steps):
     return model
 
 
-def train_nanogpt(torch, GPT, B, steps):
+def train_nanogpt(torch, GPT, B, steps, model_name="gpt-small", vocab=V):
     torch.manual_seed(0)
     model = GPT().cuda()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -380,8 +382,8 @@ def train_nanogpt(torch, GPT, B, steps):
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), fused=True)
     fwd = torch.compile(model)
-    x = torch.randint(0, V, (B, T), device="cuda")
-    y = torch.randint(0, V, (B, T), device="cuda")
+    x = torch.randint(0, vocab, (B, T), device="cuda")
+    y = torch.randint(0, vocab, (B, T), device="cuda")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -396,12 +398,12 @@ def train_nanogpt(torch, GPT, B, steps):
     try:
         sec = time_per_call(torch, step, 3, steps)
     except torch.OutOfMemoryError:
-        result(kind="train", impl="nanogpt-compile", model="gpt-small", batch=B, oom=True)
+        result(kind="train", impl="nanogpt-compile", model=model_name, batch=B, oom=True)
         return
     n = sum(p.numel() for p in model.parameters())
     # nanoGPT's own count for MFU: 6 N (without the position embedding) + 12 L C T.
     fpt = 6 * (n - model.wpe.weight.numel()) + 12 * 12 * 768 * T
-    result(kind="train", impl="nanogpt-compile", model="gpt-small", batch=B, seq=T, params=n, ms_per_step=1e3 * sec,
+    result(kind="train", impl="nanogpt-compile", model=model_name, batch=B, seq=T, params=n, ms_per_step=1e3 * sec,
            tokens_per_s=B * T / sec, peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30, flops_per_token=fpt)
 
 
@@ -500,7 +502,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--table", nargs="+")
     ap.add_argument("--skip-compile", action="store_true")
-    ap.add_argument("--models", default="gpt,nanogpt,mamba", help="which of gpt, nanogpt, mamba to run")
+    ap.add_argument("--models", default="gpt,nanogpt,mamba",
+                    help="which of gpt, nanogpt, nanogpt-char (a 65-token vocabulary), mamba to run")
     ap.add_argument("--decode-only", action="store_true", help="only the compiled static-cache decoding")
     a = ap.parse_args()
     if a.table:
@@ -519,6 +522,9 @@ def main():
         return
     if "nanogpt" in models:  # first: the fastest peer, on a fresh allocator
         train_nanogpt(torch, build_nanogpt(torch), a.batch, a.steps)
+        torch.cuda.empty_cache()
+    if "nanogpt-char" in models:  # nanoGPT's shakespeare_char vocabulary (65) on the same trunk
+        train_nanogpt(torch, build_nanogpt(torch, vocab=65), a.batch, a.steps, "gpt-small-char", 65)
         torch.cuda.empty_cache()
     if "gpt" in models:
         gpt = train(torch, LM, "gpt", "pytorch-eager", a.batch, a.steps)

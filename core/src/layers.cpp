@@ -10,6 +10,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "cuda/fused_layers_cuda.h"
+#include "cuda/gelu_mlp_cuda.h"
 #endif
 
 namespace linearnexus {
@@ -90,7 +91,16 @@ at::Tensor MLP::forward(const at::Tensor& x) {
 #endif
     return down(at::silu(g) * u);
   }
-  // GELU(tanh) stays ATen's: one kernel each way already; fusing it would mean a matmul epilogue.
+#ifdef LINEARNEXUS_CORE_CUDA
+  // On CUDA GELU runs in cuBLASLt's matmul epilogues (cuda/gelu_mlp_cuda.cpp), the weights cast to
+  // the compute dtype here as autocast casts them for a Linear (their gradients come back in fp32).
+  if (!up->bias.defined() && cuda::fused_applies(x)) {
+    const at::ScalarType autocast = compat::cuda_autocast_dtype();
+    const at::ScalarType dtype = autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast;
+    if (dtype == at::kBFloat16 || dtype == at::kFloat)
+      return cuda::gelu_mlp(x.to(dtype), up->weight.to(dtype), down->weight.to(dtype));
+  }
+#endif
   return down(at::gelu(up(x), "tanh"));
 }
 
