@@ -8,8 +8,9 @@
 // the sum included: ~9 ms of add<float> passes in a gpt-small step were half of these.
 // The backward also serves a block's first norm (RMSNorm::forward_residual, no add before it): there
 // dh is the gradient of the block's input along the residual stream, and the sum with the norm's
-// gradient (the other add<float> per block) is done here as well. The math is rms_norm.cu's (same
-// order of operations), one warp per row.
+// gradient (the other add<float> per block) is done here as well, and with dh = dy = null it is a
+// plain RMSNorm's backward (rms_norm.cu's rms_norm_backward calls it so). The forward's math is
+// rms_norm.cu's (same order of operations); one warp per row.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -50,7 +51,10 @@ __global__ void __launch_bounds__(kWarps * 32) residual_rms_forward_kernel(
 }
 
 // dh: [rows, C] (X) or null (zero); dn: [rows, C] (N); h, dx: [rows, C] (X); dy: [rows, C] (Y) or null;
-// dw_partial: [gridDim.x, C]. Rows and the weight's partial sums as in rms_norm.cu's backward.
+// dw_partial: [gridDim.x, C]. Each block takes rows blockIdx.x, blockIdx.x + gridDim.x, ...; its warps
+// split them. The weight's gradient: each warp sums dn * hhat per column over its rows into its own
+// row of shared memory (a lane owns its columns: no atomics), then the block adds its warps' rows in
+// a fixed order and writes the block's row of dw_partial. Same grid, same order: bit-identical runs.
 template <typename X, typename Y, typename N>
 __global__ void __launch_bounds__(kWarps * 32) residual_rms_backward_kernel(
     const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h, const float* __restrict__ w,
