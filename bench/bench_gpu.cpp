@@ -36,6 +36,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "linearnexus/config.h"
@@ -197,7 +198,8 @@ double decode_tokens_per_s(LMModel& m, int64_t B, int64_t prompt, int64_t n, con
 // kernels that took longest go to *top.
 std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iters,
                                         std::vector<std::pair<double, std::string>>* top = nullptr,
-                                        double* kernels_per_call = nullptr) {
+                                        double* kernels_per_call = nullptr,
+                                        std::vector<std::pair<double, std::string>>* gaps = nullptr) {
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const std::set<ActivityType> acts{ActivityType::CPU, ActivityType::CUDA};
@@ -210,8 +212,10 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
   torch::cuda::synchronize();
   auto res = prof::disableProfiler();
   std::map<std::string, double> ms, by_name;
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> spans;  // GPU activity: start, end, name
   for (const auto& e : res->events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    if (gaps) spans.emplace_back(e.startNs(), e.endNs(), e.name());
     std::string n = e.name();
     std::transform(n.begin(), n.end(), n.begin(), ::tolower);
     std::string kind = "norms/elementwise/other";
@@ -222,6 +226,21 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     ms[kind] += static_cast<double>(e.durationNs()) / 1e6 / iters;
     if (kernels_per_call) *kernels_per_call += 1.0 / iters;
     by_name[e.name()] += static_cast<double>(e.durationNs()) / 1e6 / iters;
+  }
+  if (gaps) {
+    // Idle time on the GPU before each kernel, summed by (previous kernel -> next kernel): where the
+    // host falls behind.
+    std::sort(spans.begin(), spans.end());
+    std::map<std::string, double> by_pair;
+    uint64_t busy_until = 0;
+    std::string prev = "(start)";
+    for (const auto& [t0, t1, n] : spans) {
+      if (busy_until && t0 > busy_until) by_pair[prev.substr(0, 50) + " -> " + n.substr(0, 50)] += (t0 - busy_until) / 1e6 / iters;
+      if (t1 > busy_until) busy_until = t1, prev = n;
+    }
+    for (const auto& [n, v] : by_pair) gaps->push_back({v, n});
+    std::sort(gaps->rbegin(), gaps->rend());
+    if (gaps->size() > 15) gaps->resize(15);
   }
   if (top) {
     // Kernel names without the namespaces that every ATen kernel shares, cut to a readable length.
@@ -245,8 +264,8 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
   step.forward_backward();
   const double wall_up = 1e3 * time_per_call([&] { step.update(); step.forward_backward(); }, 1, 5) - wall_fb;
   const double wall_step = 1e3 * time_per_call(step, 1, 5);
-  std::vector<std::pair<double, std::string>> top;
-  auto fb = kernel_ms([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 3, &top);
+  std::vector<std::pair<double, std::string>> top, gaps;
+  auto fb = kernel_ms([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 3, &top, nullptr, &gaps);
   step.forward_backward();
   auto up = kernel_ms([&] { step.update(); step.forward_backward(); }, 3);
   double fb_busy = 0;
@@ -280,6 +299,10 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
   std::string t = "\"";
   for (auto& [v, n] : top) t += n + " " + num(v) + " ms; ";
   r["top"] = t + "\"";
+  std::string g = "\"";
+  for (auto& [v, n] : gaps) g += n + " " + num(v) + " ms; ";
+  for (char& c : g) if (c == '"' && &c != &g.front()) c = '\'';
+  r["gaps"] = g + "\"";
   result(r);
 }
 

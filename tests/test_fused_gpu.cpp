@@ -111,9 +111,10 @@ void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, 
   auto k = qkv2.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
   auto v = qkv2.narrow(-1, (H + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
   if (rope) q = apply_rope(q, pos, 10000.0), k = apply_rope(k, pos, 10000.0);
-  CHECK(fused.q.is_contiguous());
-  CHECK(fused.k.is_contiguous());
-  CHECK(fused.v.is_contiguous());
+  // Token-major storage: [B, heads, T, D] views of contiguous [B, T, heads, D] (rope.cu).
+  CHECK(fused.q.transpose(1, 2).is_contiguous());
+  CHECK(fused.k.transpose(1, 2).is_contiguous());
+  CHECK(fused.v.transpose(1, 2).is_contiguous());
   const double eq = rel_err(fused.q, q), ek = rel_err(fused.k, k), ev = rel_err(fused.v, v);
   auto gq = at::randn_like(q), gk = at::randn_like(k), gv = at::randn_like(v);
   ((fused.q * gq).sum() + (fused.k * gk).sum() + (fused.v * gv).sum()).backward();

@@ -158,8 +158,11 @@ class AttentionBlock : public Block {
       });
     }
     const bool is_causal = !mask.defined() && Tk == T && T > 1;
-    auto y = compat::attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, is_causal,
-                               is_training() ? dropout_ : 0.0);  // [B, H, T, D]
+    // SDPA reads head-major [B, H, T, D] or token-major (a transposed [B, T, H, D], what split_heads
+    // gives on CUDA) without a copy, and writes its output in q's layout: token-major, the transpose
+    // to [B, T, H D] below is then a view (and its gradient one too).
+    auto dense = [](const at::Tensor& t) { return t.is_contiguous() || t.transpose(1, 2).is_contiguous() ? t : t.contiguous(); };
+    auto y = compat::attention(dense(q), dense(k), dense(v), mask, is_causal, is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));
     return {tail_.forward(x_res, y, is_training()), std::move(state)};
   }

@@ -86,8 +86,9 @@ at::Tensor rope_matrix(const at::Tensor& positions, int64_t D, double base, at::
 
 // Attention's q [B, H, T, D], k and v [B, Hkv, T, D] from a fused projection qkv [B, T, (H + 2 Hkv) D]
 // (q's heads, then k's, then v's), with apply_rope on q and k at positions [B or 1, T] when `rope`.
-// On CUDA one fused kernel (and one for backward) that also lays q, k, v out head-major and
-// contiguous; elsewhere views of qkv and apply_rope.
+// On CUDA one fused kernel (and one for backward) that also lays q, k, v out as [B, heads, T, D]
+// views of contiguous token-major [B, T, heads, D] tensors (attention then writes its output in that
+// layout, and [B, T, C] is a view of it); elsewhere views of qkv and apply_rope.
 struct HeadSplit {
   at::Tensor q, k, v;
 };

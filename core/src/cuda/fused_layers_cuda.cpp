@@ -165,6 +165,7 @@ QkvRopeArgs rope_args(const at::Tensor& positions, int64_t B, int64_t T, int64_t
   a.base = static_cast<float>(base);
   a.two_over_d = static_cast<float>(2.0 / static_cast<double>(D));
   a.rope = rope;
+  a.token_major = !std::getenv("LN_EXP_ROPE_BHTD");
   return a;
 }
 
@@ -174,10 +175,15 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     // qkv: [B, T, (H + 2 Hkv) D] contiguous; positions: [B or 1, T] int64 contiguous, on qkv's device
     const c10::cuda::CUDAGuard guard(qkv.device());
     const int64_t B = qkv.size(0), T = qkv.size(1);
-    auto q = at::empty({B, H, T, D}, qkv.options()), k = at::empty({B, Hkv, T, D}, qkv.options()),
-         v = at::empty({B, Hkv, T, D}, qkv.options());
-    check(qkv_rope(rope_args(positions, B, T, H, Hkv, D, rope, base), dtype_of(qkv), qkv.data_ptr(), q.data_ptr(),
-                   k.data_ptr(), v.data_ptr(), false, at::cuda::getCurrentCUDAStream()),
+    const QkvRopeArgs args = rope_args(positions, B, T, H, Hkv, D, rope, base);
+    // Token-major storage ([B, T, heads, D]) returned as [B, heads, T, D] views (see rope.cu).
+    auto split = [&](int64_t heads) {
+      return args.token_major ? at::empty({B, T, heads, D}, qkv.options()).transpose(1, 2)
+                              : at::empty({B, heads, T, D}, qkv.options());
+    };
+    auto q = split(H), k = split(Hkv), v = split(Hkv);
+    check(qkv_rope(args, dtype_of(qkv), qkv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), false,
+                   at::cuda::getCurrentCUDAStream()),
           "qkv rope forward");
     ctx->save_for_backward({positions});
     ctx->saved_data["H"] = H, ctx->saved_data["Hkv"] = Hkv, ctx->saved_data["D"] = D;
@@ -191,14 +197,19 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     // A gradient autograd left undefined (an output that reached no loss) counts as zeros.
     const at::Tensor& ref = grads[0].defined() ? grads[0] : grads[1].defined() ? grads[1] : grads[2];
     const int64_t B = ref.size(0), T = ref.size(2);
+    const QkvRopeArgs args =
+        rope_args(positions, B, T, H, Hkv, D, ctx->saved_data["rope"].toBool(), ctx->saved_data["base"].toDouble());
+    // The gradients [B, heads, T, D] in the forward's storage layout (attention's backward writes
+    // them so: no copy then).
     auto grad = [&](int i, int64_t heads) {
+      if (args.token_major)
+        return grads[i].defined() ? grads[i].transpose(1, 2).contiguous() : at::zeros({B, T, heads, D}, ref.options());
       return grads[i].defined() ? grads[i].contiguous() : at::zeros({B, heads, T, D}, ref.options());
     };
     auto dq = grad(0, H), dk = grad(1, Hkv), dv = grad(2, Hkv);
     const c10::cuda::CUDAGuard guard(dq.device());
     auto dqkv = at::empty({B, T, (H + 2 * Hkv) * D}, dq.options());
-    check(qkv_rope(rope_args(positions, B, T, H, Hkv, D, ctx->saved_data["rope"].toBool(), ctx->saved_data["base"].toDouble()),
-                   dtype_of(dq), dqkv.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), true,
+    check(qkv_rope(args, dtype_of(dq), dqkv.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), true,
                    at::cuda::getCurrentCUDAStream()),
           "qkv rope backward");
     return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -35,8 +35,9 @@ at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b);
 // stream's gradient of x into the norm's in one kernel (residual_rms_norm.cu).
 std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
 
-// qkv [B, T, (H + 2 Hkv) D] -> {q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]}, contiguous, with
-// RoPE on q and k at positions [B or 1, T] when `rope`.
+// qkv [B, T, (H + 2 Hkv) D] -> {q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]}, each the
+// transposed view of a contiguous [B, T, heads, D], with RoPE on q and k at positions [B or 1, T]
+// when `rope`.
 std::vector<at::Tensor> qkv_rope(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,
                                  bool rope, double base);
 

@@ -1,4 +1,4 @@
-// The CUDA LM head + cross-entropy (lm_head_loss_cuda.h): cuBLAS for the three matmuls of a chunk,
+// The CUDA LM head + cross-entropy (lm_head_loss_cuda.h): cuBLAS(Lt) for the three matmuls of a chunk,
 // cross_entropy.cu between them, and the chunk's logits buffer reused for its gradient.
 #include "lm_head_loss_cuda.h"
 
@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kernels.h"
+#include "lt_matmul.h"
 #include "linearnexus/error.h"
 
 namespace linearnexus {
@@ -47,8 +48,12 @@ HeadLossSums lm_head_loss_sums(const at::Tensor& h, const at::Tensor& W, const a
     if (e != cudaSuccess) throw Error(std::string("lm_head_loss: CUDA cross-entropy kernel failed: ") + cudaGetErrorString(e));
     if (!with_grad) continue;
     // lc now holds d(loss)/d(logits) = softmax - onehot (zero in the padding columns).
-    out.grad_h.narrow(0, r0, n).copy_(at::mm(lc, Wp));  // [n, C]
-    grad_Wp.add_(at::mm(lc.t(), hc));                  // [Vp, C]: fp32 sum of the chunks' products
+    auto gh = out.grad_h.narrow(0, r0, n);  // [n, C], rows of a contiguous tensor: contiguous
+    if (gh.scalar_type() == lc.scalar_type()) at::mm_out(gh, lc, Wp);
+    else gh.copy_(at::mm(lc, Wp));
+    // [Vp, C]: the chunks' products summed in fp32 by the matmul itself (beta = 1), not each rounded
+    // to bf16 and added by another pass.
+    if (!lt_matmul(lc, true, hc, false, grad_Wp, 1.f)) grad_Wp.add_(at::mm(lc.t(), hc));
   }
   out.loss = loss_rows.sum();
   if (with_grad) out.grad_W = grad_Wp.narrow(0, 0, V);
