@@ -52,7 +52,14 @@ struct GeluMlp : public torch::autograd::Function<GeluMlp> {
     const c10::cuda::CUDAGuard guard(x.device());
     auto dout = grads[0].to(x.scalar_type()).contiguous();  // [M, C]
     auto dpre = at::empty_like(pre);                        // [M, H] = (dout w_down) * gelu'(pre)
-    if (std::getenv("LN_EXP_DGELU_OPS") || !lt_matmul(dout, false, w_down, false, dpre, 0.f, CUBLASLT_EPILOGUE_DGELU, pre))
+    bool done = false;
+    if (std::getenv("LN_EXP_DGELU_TN")) {
+      auto w_down_t = w_down.t().contiguous();  // [H, C]
+      done = lt_matmul(dout, false, w_down_t, true, dpre, 0.f, CUBLASLT_EPILOGUE_DGELU, pre);
+    } else {
+      done = lt_matmul(dout, false, w_down, false, dpre, 0.f, CUBLASLT_EPILOGUE_DGELU, pre);
+    }
+    if (!done)
       dpre = at::gelu_backward(at::mm(dout, w_down), pre, "tanh");
     return {at::mm(dpre, w_up), at::mm(dpre.t(), x), at::mm(dout.t(), a)};  // dx [M, C], dw_up [H, C], dw_down [C, H]
   }
