@@ -3,7 +3,6 @@
 #include "linearnexus/layers.h"
 
 #include <cmath>
-#include <cstdlib>
 
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
@@ -95,7 +94,7 @@ at::Tensor MLP::forward(const at::Tensor& x) {
 #ifdef LINEARNEXUS_CORE_CUDA
   // On CUDA GELU runs in cuBLASLt's matmul epilogues (cuda/gelu_mlp_cuda.cpp), the weights cast to
   // the compute dtype here as autocast casts them for a Linear (their gradients come back in fp32).
-  if (!up->bias.defined() && cuda::fused_applies(x) && !std::getenv("LN_EXP_GELU_OPS")) {
+  if (!up->bias.defined() && cuda::fused_applies(x)) {
     const at::ScalarType autocast = compat::cuda_autocast_dtype();
     const at::ScalarType dtype = autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast;
     if (dtype == at::kBFloat16 || dtype == at::kFloat)

@@ -165,7 +165,6 @@ QkvRopeArgs rope_args(const at::Tensor& positions, int64_t B, int64_t T, int64_t
   a.base = static_cast<float>(base);
   a.two_over_d = static_cast<float>(2.0 / static_cast<double>(D));
   a.rope = rope;
-  a.token_major = !std::getenv("LN_EXP_ROPE_BHTD");
   return a;
 }
 
@@ -177,10 +176,7 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     const int64_t B = qkv.size(0), T = qkv.size(1);
     const QkvRopeArgs args = rope_args(positions, B, T, H, Hkv, D, rope, base);
     // Token-major storage ([B, T, heads, D]) returned as [B, heads, T, D] views (see rope.cu).
-    auto split = [&](int64_t heads) {
-      return args.token_major ? at::empty({B, T, heads, D}, qkv.options()).transpose(1, 2)
-                              : at::empty({B, heads, T, D}, qkv.options());
-    };
+    auto split = [&](int64_t heads) { return at::empty({B, T, heads, D}, qkv.options()).transpose(1, 2); };
     auto q = split(H), k = split(Hkv), v = split(Hkv);
     check(qkv_rope(args, dtype_of(qkv), qkv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), false,
                    at::cuda::getCurrentCUDAStream()),
@@ -202,9 +198,7 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     // The gradients [B, heads, T, D] in the forward's storage layout (attention's backward writes
     // them so: no copy then).
     auto grad = [&](int i, int64_t heads) {
-      if (args.token_major)
-        return grads[i].defined() ? grads[i].transpose(1, 2).contiguous() : at::zeros({B, T, heads, D}, ref.options());
-      return grads[i].defined() ? grads[i].contiguous() : at::zeros({B, heads, T, D}, ref.options());
+      return grads[i].defined() ? grads[i].transpose(1, 2).contiguous() : at::zeros({B, T, heads, D}, ref.options());
     };
     auto dq = grad(0, H), dk = grad(1, Hkv), dv = grad(2, Hkv);
     const c10::cuda::CUDAGuard guard(dq.device());

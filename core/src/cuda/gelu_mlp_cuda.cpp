@@ -15,8 +15,6 @@
 
 #include <c10/cuda/CUDAGuard.h>
 
-#include <cstdlib>
-
 #include "lt_matmul.h"
 
 namespace linearnexus {
@@ -52,14 +50,7 @@ struct GeluMlp : public torch::autograd::Function<GeluMlp> {
     const c10::cuda::CUDAGuard guard(x.device());
     auto dout = grads[0].to(x.scalar_type()).contiguous();  // [M, C]
     auto dpre = at::empty_like(pre);                        // [M, H] = (dout w_down) * gelu'(pre)
-    bool done = false;
-    if (std::getenv("LN_EXP_DGELU_TN")) {
-      auto w_down_t = w_down.t().contiguous();  // [H, C]
-      done = lt_matmul(dout, false, w_down_t, true, dpre, 0.f, CUBLASLT_EPILOGUE_DGELU, pre);
-    } else {
-      done = lt_matmul(dout, false, w_down, false, dpre, 0.f, CUBLASLT_EPILOGUE_DGELU, pre);
-    }
-    if (!done)
+    if (!lt_matmul(dout, false, w_down, false, dpre, 0.f, CUBLASLT_EPILOGUE_DGELU, pre))
       dpre = at::gelu_backward(at::mm(dout, w_down), pre, "tanh");
     return {at::mm(dpre, w_up), at::mm(dpre.t(), x), at::mm(dout.t(), a)};  // dx [M, C], dw_up [H, C], dw_down [C, H]
   }

@@ -23,9 +23,9 @@ cudaError_t softmax_cross_entropy_rows(void* logits, DType dtype, int64_t rows, 
 // rope.cu: the split of a fused qkv projection into attention's q, k, v with rotary embeddings on q
 // and k (neox halves: pairs (i, i + D/2), angle pos * base^(-2i/D), computed in fp32 as apply_rope
 // does).
-// Forward (inverse false): qkv [B, T, (H + 2 Hkv) D] -> q, k, v, each contiguous, token-major
-// ([B, T, H or Hkv, D]) or head-major ([B, H or Hkv, T, D]). Backward (inverse true): the same index
-// map the other way with the rotation inverted: dq, dk, dv (contiguous, same layout) -> dqkv.
+// Forward (inverse false): qkv [B, T, (H + 2 Hkv) D] -> q [B, T, H, D], k, v [B, T, Hkv, D], each
+// contiguous (token-major). Backward (inverse true): the same index map the other way with the
+// rotation inverted: dq, dk, dv (contiguous, same layout) -> dqkv.
 // positions: [B or 1, T] int64 (pos_batch_stride 0 for one row).
 struct QkvRopeArgs {
   int64_t B = 0, T = 0, H = 0, Hkv = 0, D = 0;
@@ -33,7 +33,6 @@ struct QkvRopeArgs {
   int64_t pos_batch_stride = 0;
   float base = 10000.f, two_over_d = 0;  // inv_freq_i = base^(-i * two_over_d), two_over_d = 2/D in fp32
   bool rope = true;  // false: the split alone
-  bool token_major = true;  // q, k, v laid out [B, T, heads, D]; false: [B, heads, T, D]
 };
 cudaError_t qkv_rope(const QkvRopeArgs& a, DType dtype, void* qkv, void* q, void* k, void* v, bool inverse,
                      cudaStream_t stream);
