@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 
 #include <torch/csrc/autograd/function.h>
 
@@ -128,43 +129,15 @@ void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, 
   CHECK(eg < tol);
 }
 
-// MLP("swiglu") on CUDA (its gate through swiglu.cu) against down(silu(gate(x)) * up(x)) as ops on
-// the same modules, fp32 or under bf16 autocast: the output and the gradients of x and every weight.
-void check_swiglu(int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol) {
-  INFO("rows " << rows << " C " << C << " hidden " << hidden << " autocast " << autocast);
+// MLP(kind) on CUDA (SwiGLU's gate through swiglu.cu; GELU in cuBLASLt's matmul epilogues,
+// cuda/gelu_mlp_cuda.cpp) against the same modules as ops (`ops`), fp32 or under bf16 autocast: the
+// output, the gradients of x and every weight (fp32 ones), and the forward without autograd against the
+// one with it.
+void check_mlp(const std::string& kind, int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol,
+               const std::function<at::Tensor(MLP&, const at::Tensor&)>& ops) {
+  INFO(kind << " rows " << rows << " C " << C << " hidden " << hidden << " autocast " << autocast);
   torch::manual_seed(6);
-  MLP mlp(C, "swiglu", hidden, 2);
-  mlp.to(at::kCUDA);
-  auto x = at::randn({rows, C}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
-  auto x2 = x.detach().clone().requires_grad_(true);
-  at::Tensor fused, ref;
-  {
-    compat::AutocastGuard guard(autocast, at::kBFloat16);
-    fused = mlp.forward(x);
-    ref = mlp.down(at::silu(mlp.gate(x2)) * mlp.up(x2));
-  }
-  auto dout = at::randn_like(fused);
-  fused.backward(dout);
-  std::map<std::string, at::Tensor> grads;
-  for (const auto& p : mlp.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
-  ref.backward(dout);
-  double worst = rel_err(x.grad(), x2.grad());
-  for (const auto& p : mlp.named_parameters()) worst = std::max(worst, rel_err(grads[p.key()], p.value().grad()));
-  const double eo = rel_err(fused, ref);
-  std::printf("swiglu rows %ld C %ld hidden %ld autocast %d: out %.1e  largest gradient %.1e\n", (long)rows, (long)C,
-              (long)hidden, autocast, eo, worst);
-  CHECK(eo < tol);
-  CHECK(worst < tol);
-}
-
-// MLP("gelu") on CUDA (GELU in cuBLASLt's matmul epilogues, cuda/gelu_mlp_cuda.cpp) against
-// down(gelu_tanh(up(x))) as ops on the same modules, fp32 or under bf16 autocast: the output and the
-// gradients of x and both weights; and the forward without autograd (the GELU epilogue without its
-// saved input) against the one with it.
-void check_gelu_mlp(int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol) {
-  INFO("rows " << rows << " C " << C << " hidden " << hidden << " autocast " << autocast);
-  torch::manual_seed(7);
-  MLP mlp(C, "gelu", hidden, 2);
+  MLP mlp(C, kind, hidden, 2);
   mlp.to(at::kCUDA);
   auto x = at::randn({rows, C}, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
   auto x2 = x.detach().clone().requires_grad_(true);
@@ -172,7 +145,7 @@ void check_gelu_mlp(int64_t rows, int64_t C, int64_t hidden, bool autocast, doub
   {
     compat::AutocastGuard guard(autocast, at::kBFloat16);
     fused = mlp.forward(x);
-    ref = mlp.down(at::gelu(mlp.up(x2), "tanh"));
+    ref = ops(mlp, x2);
     torch::NoGradGuard g;
     no_grad = mlp.forward(x);
   }
@@ -189,11 +162,21 @@ void check_gelu_mlp(int64_t rows, int64_t C, int64_t hidden, bool autocast, doub
     worst = std::max(worst, rel_err(grads[p.key()], p.value().grad()));
   }
   const double eo = rel_err(fused, ref), en = rel_err(no_grad, fused);
-  std::printf("gelu mlp rows %ld C %ld hidden %ld autocast %d: out %.1e  largest gradient %.1e  no-grad out %.1e\n",
-              (long)rows, (long)C, (long)hidden, autocast, eo, worst, en);
+  std::printf("%s mlp rows %ld C %ld hidden %ld autocast %d: out %.1e  largest gradient %.1e  no-grad out %.1e\n",
+              kind.c_str(), (long)rows, (long)C, (long)hidden, autocast, eo, worst, en);
   CHECK(eo < tol);
   CHECK(worst < tol);
   CHECK(en < tol);
+}
+
+void check_swiglu(int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol) {
+  check_mlp("swiglu", rows, C, hidden, autocast, tol,
+            [](MLP& m, const at::Tensor& x) { return m.down(at::silu(m.gate(x)) * m.up(x)); });
+}
+
+void check_gelu_mlp(int64_t rows, int64_t C, int64_t hidden, bool autocast, double tol) {
+  check_mlp("gelu", rows, C, hidden, autocast, tol,
+            [](MLP& m, const at::Tensor& x) { return m.down(at::gelu(m.up(x), "tanh")); });
 }
 
 // ResidualMLP on CUDA (x + y and ln2 in one kernel each way, residual_rms_norm.cu) against the same
