@@ -48,7 +48,7 @@ __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) 
 
 constexpr int kUnroll = 4;  // 16-byte loads in flight per thread in the first pass
 
-// Both passes read the global row (the second from L2 where it is still there), the second
+// Both passes read the global row (the second again: a 100 KB row is not kept in L2), the second
 // overwriting it with the gradient as it goes.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
