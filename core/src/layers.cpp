@@ -15,6 +15,17 @@
 
 namespace linearnexus {
 
+#ifdef LINEARNEXUS_CORE_CUDA
+namespace {
+// The dtype a CUDA kernel writes for the next matmul: autocast's when it is on, else x's (what the
+// ops it replaces give).
+at::ScalarType compute_dtype(const at::Tensor& x) {
+  const at::ScalarType autocast = compat::cuda_autocast_dtype();
+  return autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast;
+}
+}  // namespace
+#endif
+
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
 
 at::Tensor RMSNorm::forward(const at::Tensor& x) {
@@ -23,10 +34,7 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
 #ifdef LINEARNEXUS_CORE_CUDA
   // On CUDA one kernel each way (cuda/rms_norm.cu), the output already in autocast's dtype when it
   // is on (the next matmul's input), else in x's.
-  if (cuda::fused_applies(x) && weight.scalar_type() == at::kFloat) {
-    const at::ScalarType autocast = compat::cuda_autocast_dtype();
-    return cuda::rms_norm(x, weight, eps, autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);
-  }
+  if (cuda::fused_applies(x) && weight.scalar_type() == at::kFloat) return cuda::rms_norm(x, weight, eps, compute_dtype(x));
 #endif
   return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
@@ -37,8 +45,7 @@ std::pair<at::Tensor, at::Tensor> RMSNorm::forward_residual(const at::Tensor& x)
   // add<float> autograd would run over the stream to sum x's two gradients is folded into it.
   // Without autograd (decoding, checkpointed forwards) there is nothing to fold: forward().
   if (at::GradMode::is_enabled() && cuda::fused_applies(x) && weight.scalar_type() == at::kFloat) {
-    const at::ScalarType autocast = compat::cuda_autocast_dtype();
-    auto xn = cuda::rms_norm_residual(x, weight, eps, autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);
+    auto xn = cuda::rms_norm_residual(x, weight, eps, compute_dtype(x));
     return {xn[0], xn[1]};
   }
 #endif
@@ -95,8 +102,7 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   // On CUDA GELU runs in cuBLASLt's matmul epilogues (cuda/gelu_mlp_cuda.cpp), the weights cast to
   // the compute dtype here as autocast casts them for a Linear (their gradients come back in fp32).
   if (!up->bias.defined() && cuda::fused_applies(x)) {
-    const at::ScalarType autocast = compat::cuda_autocast_dtype();
-    const at::ScalarType dtype = autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast;
+    const at::ScalarType dtype = compute_dtype(x);
     if (dtype == at::kBFloat16 || dtype == at::kFloat)
       return cuda::gelu_mlp(x.to(dtype), up->weight.to(dtype), down->weight.to(dtype));
   }
@@ -120,9 +126,7 @@ at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool t
   if (!drop && !ln2_->bias.defined() && ln2_->weight.scalar_type() == at::kFloat && cuda::fused_applies(x) &&
       cuda::fused_applies(y) && x.sizes() == y.sizes() && x.device() == y.device() &&
       at::promote_types(x.scalar_type(), y.scalar_type()) == x.scalar_type()) {
-    const at::ScalarType autocast = compat::cuda_autocast_dtype();
-    auto hn = cuda::residual_rms_norm(x, y, ln2_->weight, ln2_->eps,
-                                      autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast);  // {h, ln2(h)}
+    auto hn = cuda::residual_rms_norm(x, y, ln2_->weight, ln2_->eps, compute_dtype(x));  // {h, ln2(h)}
     return cuda::residual_add(hn[0], mlp_->forward(hn[1]));  // cuda/residual_add.cu
   }
 #endif
