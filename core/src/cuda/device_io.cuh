@@ -67,15 +67,7 @@ template <typename T>
 struct Pack4;
 
 template <>
-struct Pack4<float> {
-  __device__ __forceinline__ static void load(const float* p, float (&f)[4]) {
-    const float4 r = *reinterpret_cast<const float4*>(p);
-    f[0] = r.x, f[1] = r.y, f[2] = r.z, f[3] = r.w;
-  }
-  __device__ __forceinline__ static void store(float* p, const float (&f)[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
-  }
-};
+struct Pack4<float> : Pack16<float> {};  // 4 fp32 values are 16 bytes
 
 template <>
 struct Pack4<__nv_bfloat16> {

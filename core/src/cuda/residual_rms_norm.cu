@@ -205,6 +205,14 @@ cudaError_t with_type(DType d, F f) {
   return d == DType::BF16 ? f(__nv_bfloat16{}) : f(float{});
 }
 
+// Calls f<X, Y, N> (as f(X{}, Y{}, N{})) for the C++ types of the three dtypes.
+template <typename F>
+cudaError_t with_types(DType xd, DType yd, DType nd, F f) {
+  return with_type(xd, [&](auto xt) {
+    return with_type(yd, [&](auto yt) { return with_type(nd, [&](auto nt) { return f(xt, yt, nt); }); });
+  });
+}
+
 }  // namespace
 
 cudaError_t residual_rms_norm_forward(const void* x, DType xd, const void* y, DType yd, const float* w, void* h,
@@ -212,18 +220,14 @@ cudaError_t residual_rms_norm_forward(const void* x, DType xd, const void* y, DT
                                       cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const int64_t blocks = std::min<int64_t>((rows + kWarps - 1) / kWarps, int64_t{1} << 16);
-  return with_type(xd, [&](auto xt) {
-    return with_type(yd, [&](auto yt) {
-      return with_type(nd, [&](auto nt) {
-        using X = decltype(xt);
-        using Y = decltype(yt);
-        using N = decltype(nt);
-        residual_rms_forward_kernel<X, Y, N><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
-            static_cast<const X*>(x), static_cast<const Y*>(y), w, static_cast<X*>(h), static_cast<N*>(n), rstd, rows,
-            C, eps);
-        return cudaGetLastError();
-      });
-    });
+  return with_types(xd, yd, nd, [&](auto xt, auto yt, auto nt) {
+    using X = decltype(xt);
+    using Y = decltype(yt);
+    using N = decltype(nt);
+    residual_rms_forward_kernel<X, Y, N><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
+        static_cast<const X*>(x), static_cast<const Y*>(y), w, static_cast<X*>(h), static_cast<N*>(n), rstd, rows, C,
+        eps);
+    return cudaGetLastError();
   });
 }
 
@@ -233,27 +237,22 @@ cudaError_t residual_rms_norm_backward(const void* dh, const void* dn, DType nd,
   if (rows == 0) return cudaSuccess;
   const int64_t blocks = rms_norm_backward_blocks(rows);
   const size_t shared = static_cast<size_t>(kWarps * C) * sizeof(float);
-  return with_type(xd, [&](auto xt) {
-    return with_type(yd, [&](auto yt) {
-      return with_type(nd, [&](auto nt) {
-        using X = decltype(xt);
-        using Y = decltype(yt);
-        using N = decltype(nt);
-        cudaError_t err = cudaSuccess;
-        if (launch_backward_regs<X, Y, N>(dh, dn, h, w, rstd, dx, dy, dw_partial, rows, C, blocks, shared, stream, &err))
-          return err;
-        auto kernel = residual_rms_backward_kernel<X, Y, N>;
-        if (shared > 48 * 1024) {  // C > 1536: opt in to more shared memory (up to ~227 KB on Hopper)
-          const cudaError_t e =
-              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-          if (e != cudaSuccess) return e;
-        }
-        kernel<<<static_cast<unsigned>(blocks), kWarps * 32, shared, stream>>>(
-            static_cast<const X*>(dh), static_cast<const N*>(dn), static_cast<const X*>(h), w, rstd,
-            static_cast<X*>(dx), static_cast<Y*>(dy), dw_partial, rows, C);
-        return cudaGetLastError();
-      });
-    });
+  return with_types(xd, yd, nd, [&](auto xt, auto yt, auto nt) {
+    using X = decltype(xt);
+    using Y = decltype(yt);
+    using N = decltype(nt);
+    cudaError_t err = cudaSuccess;
+    if (launch_backward_regs<X, Y, N>(dh, dn, h, w, rstd, dx, dy, dw_partial, rows, C, blocks, shared, stream, &err))
+      return err;
+    auto kernel = residual_rms_backward_kernel<X, Y, N>;
+    if (shared > 48 * 1024) {  // C > 1536: opt in to more shared memory (up to ~227 KB on Hopper)
+      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+      if (e != cudaSuccess) return e;
+    }
+    kernel<<<static_cast<unsigned>(blocks), kWarps * 32, shared, stream>>>(
+        static_cast<const X*>(dh), static_cast<const N*>(dn), static_cast<const X*>(h), w, rstd, static_cast<X*>(dx),
+        static_cast<Y*>(dy), dw_partial, rows, C);
+    return cudaGetLastError();
   });
 }
 
