@@ -17,7 +17,8 @@
 
 #include "bench_util.h"
 #include "linearnexus/compat.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/runtime.h"
+#include "linearnexus/host/session.h"
 
 using namespace linearnexus;
 

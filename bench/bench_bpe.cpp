@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "linearnexus/bpe_tokenizer.h"
+#include "linearnexus/host/bpe_tokenizer.h"
 
 int main(int argc, char** argv) {
   const char* env = std::getenv("LINEARNEXUS_SHARED_DATA");

@@ -18,7 +18,7 @@
 //              of --batches that fits); gpt-medium at B = 32 (the 80 GB-card check).
 //              Step = forward, fp32 loss, backward, clip, optimizer step, zero_grad, as the sft
 //              trainer does it; no host-device sync inside the timed steps;
-//   decode     128-token prompt, then 512 greedy tokens through the decode engine (generate_batch),
+//   decode     128-token prompt, then 512 greedy tokens through the host's generator (DecodeGenerator),
 //              batch 1 and 16; with --decode-only, only decoding: more models, batches and contexts
 //              (decode_bench) and a profile of the step;
 //   breakdown  where one training step's GPU time goes, for each model trained (LibTorch's Kineto
@@ -39,13 +39,14 @@
 #include <tuple>
 #include <vector>
 
-#include "linearnexus/config.h"
-#include "linearnexus/decode_engine.h"
+#include "linearnexus/host/config.h"
+#include "linearnexus/host/generator.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/model.h"
 #include "linearnexus/optimizer.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/runtime.h"
+#include "linearnexus/host/session.h"
 #include "linearnexus/trainer.h"
 
 using namespace linearnexus;
@@ -118,7 +119,7 @@ std::unique_ptr<Setup> make_setup(PluginHost& host, const std::string& model, in
   s->model = std::make_shared<LMModel>(s->exp.model_config(vocab), host.registry());
   s->model->to(at::kCUDA);
   s->model->set_compute_dtype(at::kBFloat16);
-  s->params = named_parameters_of(*s->model);
+  s->params = s->model->optimizer_parameters();
   s->opt = host.registry().make_optimizer("adamw", s->params, s->exp.optimizer);
   return s;
 }
@@ -167,13 +168,13 @@ TrainResult train(Setup& s, const std::vector<int64_t>& batches, int steps) {
   return {};
 }
 
-// Decoding through the model's engine (generate_batch: static caches, bf16 inference weights, the
+// Decoding through a generator of the model (static caches, bf16 inference weights, the
 // step captured in a CUDA graph; `step` "eager" for each block's usual path): B random prompts of
 // `prompt` tokens, `n` greedy tokens. Tokens per second of the decoding alone: the time of n new
 // tokens minus the time of 1 (prefill and the first token), over B (n - 1) tokens; both warmed up
 // first (the first call of a shape captures its graph), best of two.
-double decode_tokens_per_s(LMModel& m, int64_t B, int64_t prompt, int64_t n, const std::string& step = "auto") {
-  m.decoder().options.step = step;
+double decode_tokens_per_s(DecodeGenerator& gen, int64_t B, int64_t prompt, int64_t n, const std::string& step = "auto") {
+  gen.options.step = step;
   auto ids = at::randint(0, kVocab, {B, prompt}, at::kLong);
   std::vector<std::vector<int64_t>> prompts(B);
   for (int64_t b = 0; b < B; ++b) prompts[b] = std::vector<int64_t>(ids[b].data_ptr<int64_t>(), ids[b].data_ptr<int64_t>() + prompt);
@@ -183,14 +184,14 @@ double decode_tokens_per_s(LMModel& m, int64_t B, int64_t prompt, int64_t n, con
     sp.max_new_tokens = new_tokens;
     torch::cuda::synchronize();
     const double t0 = now_s();
-    generate_batch(m, prompts, sp, 1);
+    gen.generate(prompts, sp, 1);
     torch::cuda::synchronize();
     return now_s() - t0;
   };
   run(n);
   run(1);
   const double full = std::min(run(n), run(n)), first = std::min(run(1), run(1));
-  m.decoder().options.step = "auto";
+  gen.options.step = "auto";
   return static_cast<double>(B * (n - 1)) / std::max(full - first, 1e-9);
 }
 
@@ -309,23 +310,23 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
 // Where a decode step's GPU time goes: the engine's static step run eagerly (the kernels a graph
 // replays) for 33 tokens minus 1 token, after a 128-token prompt: kernel time by kind per token,
 // kernels per token, and the longest kernels; beside the graphed wall time per token.
-void decode_profile(LMModel& m, const std::string& name, int64_t B) {
+void decode_profile(DecodeGenerator& generator, const std::string& name, int64_t B) {
   std::vector<std::vector<int64_t>> prompts(B, std::vector<int64_t>(128, 7));
   auto gen = [&](int64_t n) {
-    return [&m, &prompts, n] {
+    return [&generator, &prompts, n] {
       SamplingParams sp;
       sp.temperature = 0;
       sp.max_new_tokens = n;
-      generate_batch(m, prompts, sp, 1);
+      generator.generate(prompts, sp, 1);
     };
   };
   const double wall = 1e3 * (time_per_call(gen(33), 1, 3) - time_per_call(gen(1), 1, 3)) / 32;
-  m.decoder().options.step = "static";
+  generator.options.step = "static";
   std::vector<std::pair<double, std::string>> top;
   double n33 = 0, n1 = 0;
   auto k = kernel_ms(gen(33), 2, &top, &n33);
   auto k1 = kernel_ms(gen(1), 2, nullptr, &n1);
-  m.decoder().options.step = "auto";
+  generator.options.step = "auto";
   std::map<std::string, std::string> r{{"kind", str("decode_profile")}, {"model", str(name)}, {"batch", num(B)},
                                        {"graphed_wall_ms_per_token", num(wall)}, {"kernels_per_token", num((n33 - n1) / 32)}};
   double busy = 0;
@@ -375,13 +376,14 @@ void decode_bench(PluginHost& host) {
   for (const auto& [name, yaml] : models) {
     c10::cuda::CUDACachingAllocator::emptyCache();
     auto s = make_setup(host, name + "=" + yaml);
-    for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(*s->model, B, 128, 512));
+    DecodeGenerator gen(*s->model, host.registry());
+    for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
     for (int64_t ctx : {512, 2048})
       for (int64_t B : {1, 16, 64})
-        decode_result(name, "linearnexus", B, ctx - 256, 256, decode_tokens_per_s(*s->model, B, ctx - 256, 256));
+        decode_result(name, "linearnexus", B, ctx - 256, 256, decode_tokens_per_s(gen, B, ctx - 256, 256));
     if (name == "gpt-small")
-      decode_result(name, "linearnexus-eager-step", 1, 128, 128, decode_tokens_per_s(*s->model, 1, 128, 128, "eager"));
-    decode_profile(*s->model, name, 1);
+      decode_result(name, "linearnexus-eager-step", 1, 128, 128, decode_tokens_per_s(gen, 1, 128, 128, "eager"));
+    decode_profile(gen, name, 1);
   }
 }
 
@@ -468,8 +470,9 @@ int main(int argc, char** argv) {
               {"tokens_per_s", num(r.batch * kT / r.s_per_step)}, {"peak_gib", num(r.peak)},
               {"flops_per_token", num(flops_per_token)}});
       if (decode) {
-        for (int64_t B : {1, 16}) decode_result("gpt-small", "linearnexus", B, 128, 512, decode_tokens_per_s(*s->model, B, 128, 512));
-        decode_profile(*s->model, "gpt-small", 1);
+        DecodeGenerator gen(*s->model, host.registry());
+        for (int64_t B : {1, 16}) decode_result("gpt-small", "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
+        decode_profile(gen, "gpt-small", 1);
         sdpa_variants(gpt_batch);
       }
       if (profile) {
@@ -505,8 +508,9 @@ int main(int argc, char** argv) {
       if (gpt) row["flops_per_token"] = num(6.0 * n + 12.0 * d.n_layer * d.hidden_size * kT);
       result(row);
       if (name == "mamba-small" && decode) {
-        for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(*s->model, B, 128, 512));
-        decode_profile(*s->model, name, 1);
+        DecodeGenerator gen(*s->model, host.registry());
+        for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
+        decode_profile(gen, name, 1);
       }
       if (profile && r.batch && !gpt) {
         try {

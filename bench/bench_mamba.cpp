@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/runtime.h"
+#include "linearnexus/host/session.h"
 
 using namespace linearnexus;
 

@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "linearnexus/config.h"
+#include "linearnexus/host/config.h"
 #include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
+#include "linearnexus/host/plugin_host.h"
 
 using namespace linearnexus;
 

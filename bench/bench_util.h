@@ -13,7 +13,8 @@
 
 #include "linearnexus/error.h"
 #include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/params_yaml.h"
 #include "linearnexus/registry.h"
 
 namespace benchutil {

@@ -11,7 +11,7 @@ set(LINEARNEXUS_SHARED_DATA_DIR "${CMAKE_SOURCE_DIR}/../shared/data")
 configure_file(${CMAKE_SOURCE_DIR}/tests/test_paths.h.in ${CMAKE_BINARY_DIR}/tests/generated/test_paths.h @ONLY)
 
 add_library(linearnexus_test_main OBJECT ${CMAKE_SOURCE_DIR}/tests/main.cpp)
-target_link_libraries(linearnexus_test_main PUBLIC ${LINEARNEXUS_CATCH_TARGET} linearnexus_core)
+target_link_libraries(linearnexus_test_main PUBLIC ${LINEARNEXUS_CATCH_TARGET} linearnexus_host)
 target_include_directories(linearnexus_test_main PUBLIC ${CMAKE_SOURCE_DIR}/tests ${CMAKE_BINARY_DIR}/tests/generated)
 linearnexus_reuse_pch(linearnexus_test_main)
 
@@ -23,7 +23,7 @@ function(linearnexus_add_test NAME)
     set(ARG_LABEL cpu)
   endif()
   add_executable(${NAME} ${ARG_UNPARSED_ARGUMENTS})
-  target_link_libraries(${NAME} PRIVATE linearnexus_test_main linearnexus_core)
+  target_link_libraries(${NAME} PRIVATE linearnexus_test_main linearnexus_host)
   linearnexus_reuse_pch(${NAME})
   # Each test case is its own CTest test, so `ctest -j2` spreads them over both cores. One LibTorch
   # thread per test process: OpenMP threads spin while they wait, and two 2-thread processes on 2

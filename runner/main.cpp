@@ -21,18 +21,21 @@
 #include <sstream>
 #include <thread>
 
-#include "linearnexus/atomic_file.h"
-#include "linearnexus/checkpoint.h"
-#include "linearnexus/config.h"
-#include "linearnexus/data.h"
-#include "linearnexus/distributed.h"
-#include "linearnexus/token_files.h"
 #include "linearnexus/error.h"
-#include "linearnexus/generate.h"
+#include "linearnexus/host/atomic_file.h"
+#include "linearnexus/host/config.h"
+#include "linearnexus/host/data.h"
+#include "linearnexus/host/distributed.h"
+#include "linearnexus/host/generator.h"
+#include "linearnexus/host/params_yaml.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/run_checkpoint.h"
+#include "linearnexus/host/runtime.h"
+#include "linearnexus/host/session.h"
+#include "linearnexus/host/token_files.h"
+#include "linearnexus/host/tokenizers.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
 #include "linearnexus/trainer.h"
 #include "model_commands.h"
 #include "plugin_errors.h"
@@ -73,18 +76,19 @@ void fail_on_plugin_problems(const PluginHost& host) {
     throw Error(host.problems().front().message + " (remove it from the plugin folder, or rebuild it)");
 }
 
-// Print `n` samples of the experiment's sample section, streaming tokens as they come.
-void print_samples(LMModel& model, const Tokenizer& tok, const Params& s, uint64_t seed) {
+// Print the sample section's samples, streaming tokens as they come.
+void print_samples(const LMModel& model, const Registry& registry, const Tokenizer& tok, const SampleSettings& s,
+                   uint64_t seed) {
   SamplingParams sp;
-  sp.temperature = s.get_float("temperature");
-  sp.top_k = s.get_int("top_k");
-  sp.top_p = s.get_float("top_p");
-  sp.max_new_tokens = s.get_int("max_tokens");
-  const std::string prompt = s.get_string("prompt");
-  for (int64_t i = 0; i < s.get_int("num_samples"); ++i) {
+  sp.temperature = s.temperature;
+  sp.top_k = s.top_k;
+  sp.top_p = s.top_p;
+  sp.max_new_tokens = s.max_tokens;
+  DecodeGenerator generator(model, registry);
+  for (int64_t i = 0; i < s.num_samples; ++i) {
     sp.seed = seed + static_cast<uint64_t>(i);
-    std::cout << "---- sample " << i + 1 << " ----\n" << prompt << std::flush;
-    generate(model, tok.encode(prompt), sp, [&](int64_t t) {
+    std::cout << "---- sample " << i + 1 << " ----\n" << s.prompt << std::flush;
+    generator.generate(tok.encode(s.prompt), sp, [&](int64_t t) {
       std::cout << tok.decode({t}) << std::flush;
       return true;
     });
@@ -97,17 +101,17 @@ int cmd_run(const std::string& path, const std::vector<std::string>& overrides, 
   return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
-  RunSetup setup = prepare_run(exp, host);
-  const bool main_rank = setup.ctx.rank == 0;  // data-parallel runs: rank 0 writes and prints
-  log_info(setup.describe());
+  auto run = prepare_run(exp, host);
+  const bool main_rank = run->is_main();  // data-parallel runs: rank 0 writes and prints
+  log_info(run->describe());
   if (main_rank) {
-    write_file_atomically((fs::path(setup.ctx.out_dir) / "config.yaml").string(), exp.resolved_yaml);
-    write_file_atomically((fs::path(setup.ctx.out_dir) / "tokenizer.json").string(), setup.ctx.data.tokenizer->to_json());
+    write_file_atomically((fs::path(run->out_dir()) / "config.yaml").string(), exp.resolved_yaml);
+    write_file_atomically((fs::path(run->out_dir()) / "tokenizer.json").string(), run->tokenizer().to_json());
   }
-  auto trainer = host.registry().make_trainer(exp.trainer_name, exp.trainer);
-  trainer->run(setup.ctx);
-  if (main_rank && !no_sample && exp.sample.get_int("num_samples") > 0)
-    print_samples(*setup.ctx.model, *setup.ctx.data.tokenizer, exp.sample, static_cast<uint64_t>(exp.top.get_int("seed")));
+  auto trainer = host.registry().make_trainer(exp.trainer_name, exp.trainer_params);
+  trainer->run(*run);
+  if (main_rank && !no_sample && exp.sample.num_samples > 0)
+    print_samples(run->model(), host.registry(), run->tokenizer(), exp.sample, exp.run.seed);
   return 0;
   });
 }
@@ -125,7 +129,7 @@ int launch_ranks(int64_t nproc, const std::string& path, const std::vector<std::
     with_plugin_errors_copied([&] {
       Experiment exp = load_experiment(path, overrides, host);
       check_for_training(exp, host.registry());
-      const at::Device device = resolve_device(exp.top.get_string("device"));
+      const at::Device device = resolve_device(exp.run.device);
       const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
       if (device.is_cuda() && nproc > gpus)
         throw Error("run --nproc " + std::to_string(nproc) + ": this machine has " + std::to_string(gpus) +
@@ -194,8 +198,8 @@ int cmd_validate(const std::string& path, const std::vector<std::string>& overri
   fail_on_plugin_problems(host);
   check_for_training(exp, host.registry());
   if (print) std::cout << exp.resolved_yaml;
-  std::cout << path << ": valid (" << exp.model.get_int("n_layer") << " layers of";
-  for (const auto& b : exp.model.get_string_list("block_pattern")) std::cout << " " << b;
+  std::cout << path << ": valid (" << exp.model.dims.n_layer << " layers of";
+  for (const auto& b : exp.model.block_pattern) std::cout << " " << b;
   std::cout << ", optimizer " << exp.optimizer_name << ", trainer " << exp.trainer_name << ")\n";
   return 0;
   });
@@ -212,28 +216,22 @@ struct SampleOptions {
 int cmd_sample(const SampleOptions& o) {
   PluginHost host;
   return with_plugin_errors_copied([&] {
-  LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device);
-  Params s = lm.experiment.sample;
+  // Options given on the command line override the checkpoint's sample: section, validated by its
+  // schema; a string option is taken as it is, not as YAML ("--prompt 'a: b'" is text).
+  std::vector<std::string> overrides;
   for (const auto& spec : sample_schema()) {
     auto it = o.given.find(spec.key);
     if (it == o.given.end()) continue;
-    // A string option is taken as it is, not as YAML ("--prompt 'a: b'" is text).
-    if (spec.type == ParamType::String) {
-      ParamValue v;
-      v.type = ParamType::String, v.s = it->second;
-      s.set(spec.key, v);
-    } else {
-      s.set(spec.key, parse_param_value(spec, it->second, "sample --" + sample_flag(spec.key)));
-    }
+    ParamValue text;
+    text.type = ParamType::String, text.s = it->second;
+    overrides.push_back("sample." + spec.key + "=" + (spec.type == ParamType::String ? value_to_yaml(text) : it->second));
   }
+  LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device, overrides);
+  SampleSettings s = lm.experiment.sample;
   // A run that printed no samples after training (num_samples: 0) still samples here: that is
   // what the command is for.
-  if (s.get_int("num_samples") == 0 && !o.given.count("num_samples")) {
-    ParamValue one;
-    one.type = ParamType::Int, one.i = 1;
-    s.set("num_samples", one);
-  }
-  print_samples(*lm.model, *lm.tokenizer, s, o.seed);
+  if (s.num_samples == 0 && !o.given.count("num_samples")) s.num_samples = 1;
+  print_samples(*lm.model, host.registry(), *lm.tokenizer, s, o.seed);
   return 0;
   });
 }

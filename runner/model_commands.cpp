@@ -8,11 +8,11 @@
 #include <sstream>
 
 #include "linearnexus/error.h"
-#include "linearnexus/hf_convert.h"
+#include "linearnexus/host/hf_convert.h"
 #include "linearnexus/log.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/scoring.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/scoring.h"
+#include "linearnexus/host/run_checkpoint.h"
 #include "plugin_errors.h"
 
 namespace linearnexus {

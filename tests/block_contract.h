@@ -13,10 +13,9 @@
 #include <map>
 
 #include "catch.h"
-#include "linearnexus/decode_engine.h"
-#include "linearnexus/generate.h"
+#include "linearnexus/host/generator.h"
 #include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
+#include "linearnexus/host/plugin_host.h"
 #include "linearnexus/registry.h"
 #include "test_util.h"
 
@@ -212,16 +211,15 @@ inline std::shared_ptr<LMModel> contract_model(PluginHost& host, const std::stri
   return m;
 }
 
-// The engine's static decoding path (ForwardContext::slot: the step a CUDA graph captures) draws the
+// The generator's static decoding path (ForwardContext::slot: the step a CUDA graph captures) draws the
 // eager path's tokens with the eager path's log-probs: greedy, and sampled with a seed, on
 // left-padded prompts in groups, with a stop sequence. `step` "static" runs the path without a graph,
 // on any device.
-inline void check_static_decoding(LMModel& m, const std::vector<std::vector<int64_t>>& prompts, int64_t max_new = 10) {
+inline void check_static_decoding(const LMModel& m, const std::vector<std::vector<int64_t>>& prompts, int64_t max_new = 10) {
   auto run = [&](const std::string& step, const SamplingParams& sp) {
-    m.decoder().options.step = step;
-    GeneratedBatch b = generate_batch(m, prompts, sp, 2);
-    m.decoder().options.step = "auto";
-    return b;
+    DecodeOptions options;
+    options.step = step;
+    return generate_batch(m, prompts, sp, 2, nullptr, options);
   };
   SamplingParams greedy, sampled;
   greedy.temperature = 0;

@@ -3,7 +3,8 @@
 #define CATCH_CONFIG_RUNNER
 #endif
 #include "catch.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/runtime.h"
+#include "linearnexus/host/session.h"
 
 int main(int argc, char** argv) {
   linearnexus::init_runtime();

@@ -3,8 +3,8 @@
 // for a bad value. The data-parallel case is in test_distributed.cpp.
 #include "catch.h"
 #include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/session.h"
 #include "test_util.h"
 
 using namespace linearnexus;

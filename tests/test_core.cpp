@@ -4,13 +4,13 @@
 #include <filesystem>
 
 #include "catch.h"
-#include "linearnexus/checkpoint.h"
-#include "linearnexus/data.h"
+#include "linearnexus/host/run_checkpoint.h"
+#include "linearnexus/host/data.h"
 #include "linearnexus/error.h"
 #include "linearnexus/model.h"
 #include "linearnexus/optimizer.h"
 #include "linearnexus/plugin.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/session.h"
 #include "test_util.h"
 
 using namespace linearnexus;
@@ -80,10 +80,11 @@ TEST_CASE("an unknown plugin name lists the available ones", "[config]") {
 TEST_CASE("overrides, defaults and the resolved experiment", "[config]") {
   PluginHost host;
   Experiment e = parse(kTinyExperiment, host, {"trainer.max_steps=7", "optimizer.lr=0.01"});
-  CHECK(e.trainer.get_int("max_steps") == 7);
+  CHECK(e.trainer.max_steps == 7);
   CHECK(e.optimizer.get_float("lr") == Approx(0.01));
-  CHECK(e.trainer.get_int("batch_size") == 16);  // default filled in
-  CHECK(e.blocks.at("attention").get_int("n_head") == 4);
+  CHECK(e.trainer_params.get_int("batch_size") == 16);  // default filled in
+  CHECK_FALSE(e.trainer_params.has("max_steps"));        // the host's key, parsed once into e.trainer
+  CHECK(e.model.block_params.at("attention").get_int("n_head") == 4);
   // The resolved YAML is a fixed point: parsing it gives the same resolved YAML.
   Experiment again = parse(e.resolved_yaml, host);
   CHECK(again.resolved_yaml == e.resolved_yaml);
@@ -107,9 +108,9 @@ TEST_CASE("choosing another optimizer on the command line drops the file's keys 
 TEST_CASE("model presets fill the model section and the file overrides them", "[config]") {
   PluginHost host;
   Experiment e = parse("data: {path: x}\nmodel: {preset: gpt-small, n_layer: 2}\n", host);
-  CHECK(e.model.get_int("hidden_size") == 768);
-  CHECK(e.model.get_int("n_layer") == 2);
-  CHECK(e.blocks.at("attention").get_int("n_head") == 12);
+  CHECK(e.model.dims.hidden_size == 768);
+  CHECK(e.model.dims.n_layer == 2);
+  CHECK(e.model.block_params.at("attention").get_int("n_head") == 12);
   CHECK_CONTAINS(error_of([&] { parse("data: {path: x}\nmodel: {preset: gpt-huge}\n", host); }), "unknown model preset 'gpt-huge'");
 }
 
@@ -294,8 +295,15 @@ TEST_CASE("loading a checkpoint of another model config names the tensor and bot
 
 TEST_CASE("the checkpoint folder keeps the last N plus latest", "[checkpoint]") {
   TempDir t;
+  PluginHost host;
+  Experiment e = parse(kTinyExperiment, host);
+  LMModel model(e.model_config(20), host.registry());
+  auto tok = make_char_tokenizer("abc");
   CheckpointManager m(t.path.string(), 2);
-  for (int s = 1; s <= 4; ++s) m.save(s * 10, {{"w", torch::full({1}, s)}}, {{"step", std::to_string(s * 10)}});
+  for (int s = 1; s <= 4; ++s) {
+    RunCheckpoint ck(model, host.registry(), e.resolved_yaml, *tok, s * 10);
+    m.save(ck);
+  }
   CHECK_FALSE(fs::exists(t / "step_00000010.safetensors"));
   CHECK_FALSE(fs::exists(t / "step_00000020.safetensors"));
   CHECK(fs::exists(t / "step_00000030.safetensors"));

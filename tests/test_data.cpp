@@ -5,9 +5,9 @@
 #include <set>
 
 #include "catch.h"
-#include "linearnexus/bpe_tokenizer.h"
-#include "linearnexus/data.h"
-#include "linearnexus/token_files.h"
+#include "linearnexus/host/bpe_tokenizer.h"
+#include "linearnexus/host/data.h"
+#include "linearnexus/host/token_files.h"
 #include "test_util.h"
 
 using namespace linearnexus;

@@ -5,7 +5,7 @@
 
 #include "block_contract.h"
 #include "catch.h"
-#include "linearnexus/decode_engine.h"
+#include "linearnexus/host/generator.h"
 
 using namespace linearnexus;
 using namespace lntest;
@@ -62,10 +62,48 @@ TEST_CASE("the static decoding path draws the eager path's tokens (attention, ma
   for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]"}) {
     INFO("block_pattern " << pattern);
     auto m = contract_model(host, pattern, kBlocks);
-    CHECK(m->decoder().blocks_not_graph_safe().empty());
+    DecodeGenerator generator(*m, host.registry());
+    CHECK(generator.blocks_not_graph_safe().empty());
     check_static_decoding(*m, padded_prompts(), 14);
-    CHECK(!m->decoder().last_call_graphed());  // no CUDA graphs on the CPU
+    SamplingParams greedy;
+    greedy.temperature = 0;
+    greedy.max_new_tokens = 4;
+    generator.generate(padded_prompts(), greedy);
+    CHECK(!generator.last_call_graphed());  // no CUDA graphs on the CPU
   }
+}
+
+// The generator is the caller's and works on a replica whose tensors are the model's: the model is
+// never modified (its mode, its weights' identity), and a weight changed in place between two calls
+// (an optimizer step) is what the next call decodes with.
+TEST_CASE("a generator leaves its model as it was and sees the model's new weights", "[decode]") {
+  PluginHost host;
+  auto m = contract_model(host, "[mamba, attention]", kBlocks);
+  {
+    torch::NoGradGuard g;  // undo contract_model's large embeddings: tokens then depend on the blocks
+    for (auto& kv : m->named_parameters())
+      if (kv.key() == "wte.weight") kv.value().div_(50.0);
+  }
+  m->train();
+  std::map<std::string, at::Tensor> before;
+  for (const auto& kv : m->named_parameters()) before[kv.key()] = kv.value();
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = 12;
+  DecodeGenerator generator(*m, host.registry());
+  const GeneratedBatch first = generator.generate(padded_prompts(), greedy);
+  CHECK(m->is_training());
+  for (const auto& kv : m->named_parameters()) CHECK(kv.value().is_same(before.at(kv.key())));
+  {
+    torch::NoGradGuard g;  // updates in place, as an optimizer step makes
+    torch::manual_seed(5);
+    for (auto& kv : m->named_parameters())
+      if (kv.key().rfind("blocks.", 0) == 0) kv.value().add_(torch::randn_like(kv.value()) * 0.5);
+  }
+  const GeneratedBatch second = generator.generate(padded_prompts(), greedy);
+  CHECK(second.completions != first.completions);
+  DecodeGenerator fresh(*m, host.registry());
+  CHECK(fresh.generate(padded_prompts(), greedy).completions == second.completions);
 }
 
 TEST_CASE("checking the tokens every k steps gives what checking every step gives", "[decode]") {
@@ -78,13 +116,13 @@ TEST_CASE("checking the tokens every k steps gives what checking every step give
   sp.eos_id = 5;
   sp.stop_sequences = {{2, 3}};
   auto run = [&](int64_t every) {
-    m->decoder().options.sync_every = every;
+    DecodeOptions options;
+    options.sync_every = every;
     std::vector<std::pair<int64_t, int64_t>> seen;
     GeneratedBatch b = generate_batch(*m, padded_prompts(), sp, 3, [&](int64_t r, int64_t t) {
       seen.emplace_back(r, t);
       return !(r == 4 && seen.size() > 30);  // the callback stops row 4 part way
-    });
-    m->decoder().options.sync_every = 0;
+    }, options);
     return std::make_pair(b, seen);
   };
   auto [one, seen_one] = run(1);

@@ -6,7 +6,7 @@
 // CTest label `gpu`: without CUDA every case skips and says so.
 #include "block_contract.h"
 #include "catch.h"
-#include "linearnexus/decode_engine.h"
+#include "linearnexus/host/generator.h"
 
 using namespace linearnexus;
 using namespace lntest;
@@ -26,11 +26,12 @@ std::shared_ptr<LMModel> cuda_model(PluginHost& host, const std::string& pattern
   return m;
 }
 
-GeneratedBatch run(LMModel& m, const std::string& step, const SamplingParams& sp, int64_t group = 2) {
-  m.decoder().options.step = step;
-  GeneratedBatch b = generate_batch(m, padded_prompts(), sp, group);
-  if (step == "auto") CHECK(m.decoder().last_call_graphed());
-  m.decoder().options.step = "auto";
+// One generator per model, kept across calls as its owner would (slots and captured graphs reused).
+GeneratedBatch run(DecodeGenerator& gen, const std::string& step, const SamplingParams& sp, int64_t group = 2) {
+  gen.options.step = step;
+  GeneratedBatch b = gen.generate(padded_prompts(), sp, group);
+  if (step == "auto") CHECK(gen.last_call_graphed());
+  gen.options.step = "auto";
   return b;
 }
 }  // namespace
@@ -43,6 +44,7 @@ TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, e
                                     "[rwkv7, attention]", "[mla, mamba]"}) {
     INFO("block_pattern " << pattern);
     auto m = cuda_model(host, pattern, at::kFloat);
+    DecodeGenerator gen(*m, host.registry());
     SamplingParams greedy, sampled;
     greedy.temperature = 0;
     greedy.max_new_tokens = sampled.max_new_tokens = 20;
@@ -52,15 +54,15 @@ TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, e
     sampled.stop_sequences = {{3}};
     for (const auto& sp : {greedy, sampled}) {
       INFO("temperature " << sp.temperature);
-      GeneratedBatch e = run(*m, "eager", sp), g = run(*m, "auto", sp);
+      GeneratedBatch e = run(gen, "eager", sp), g = run(gen, "auto", sp);
       CHECK(g.completions == e.completions);
       CHECK(g.stopped == e.stopped);
       REQUIRE(g.logprobs.sizes() == e.logprobs.sizes());
       CHECK((g.logprobs - e.logprobs).abs().max().item<double>() < 1e-4);
-      CHECK(run(*m, "auto", sp).completions == g.completions);  // replayed again: the same draw
+      CHECK(run(gen, "auto", sp).completions == g.completions);  // replayed again: the same draw
     }
     // Left-padded prompts in one graphed batch == each prompt alone.
-    GeneratedBatch b = run(*m, "auto", greedy, 1);
+    GeneratedBatch b = run(gen, "auto", greedy, 1);
     for (size_t i = 0; i < padded_prompts().size(); ++i) CHECK(b.completions[i] == generate(*m, padded_prompts()[i], greedy));
   }
 }
@@ -71,10 +73,11 @@ TEST_CASE("bf16: the graphed step's log-probs agree with the eager step's up to 
   for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]", "[kda]", "[rwkv7]"}) {
     INFO("block_pattern " << pattern);
     auto m = cuda_model(host, pattern, at::kBFloat16);
+    DecodeGenerator gen(*m, host.registry());
     SamplingParams greedy;
     greedy.temperature = 0;
     greedy.max_new_tokens = 16;
-    GeneratedBatch e = run(*m, "eager", greedy), g = run(*m, "auto", greedy);
+    GeneratedBatch e = run(gen, "eager", greedy), g = run(gen, "auto", greedy);
     for (size_t r = 0; r < e.completions.size(); ++r) {
       size_t same = 0;
       while (same < e.completions[r].size() && same < g.completions[r].size() && e.completions[r][same] == g.completions[r][same])
@@ -91,16 +94,17 @@ TEST_CASE("the graphed step decodes with the weights as they are now (an in-plac
   if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
   auto m = cuda_model(host, "[mamba, attention]", at::kBFloat16);
+  DecodeGenerator gen(*m, host.registry());
   SamplingParams greedy;
   greedy.temperature = 0;
   greedy.max_new_tokens = 12;
-  GeneratedBatch before = run(*m, "auto", greedy);
+  GeneratedBatch before = run(gen, "auto", greedy);
   {
     torch::NoGradGuard g;  // as an optimizer step would: every weight changes in place
     torch::manual_seed(1);
     for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.5);
   }
-  GeneratedBatch e = run(*m, "eager", greedy), g = run(*m, "auto", greedy);
+  GeneratedBatch e = run(gen, "eager", greedy), g = run(gen, "auto", greedy);
   CHECK(g.completions != before.completions);
   for (size_t r = 0; r < e.completions.size(); ++r) CHECK(std::abs(e.logprobs[r][0].item<double>() - g.logprobs[r][0].item<double>()) < 0.05);
   CHECK(g.completions[0].front() == e.completions[0].front());

@@ -12,7 +12,7 @@
 #include <cmath>
 
 #include "catch.h"
-#include "linearnexus/distributed.h"
+#include "linearnexus/host/distributed.h"
 #include "test_util.h"
 
 using namespace linearnexus;

@@ -15,8 +15,8 @@
 #include "linearnexus/loss.h"
 #include "linearnexus/model.h"
 #include "linearnexus/optimizer.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/session.h"
 #include "test_util.h"
 
 using namespace linearnexus;

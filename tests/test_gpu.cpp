@@ -41,9 +41,9 @@ Losses train_on(const std::string& yaml, const std::string& device, const std::s
   {  // as train_experiment, checking that the model really is on `device`
     PluginHost host;
     Experiment e = parse(yaml, host, {"device=" + device, "precision=" + precision, "trainer.out_dir=" + (t / "run")});
-    RunSetup s = prepare_run(e, host);
-    REQUIRE(s.ctx.model->parameters().front().is_cuda() == (device == "cuda"));
-    host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+    auto s = prepare_run(e, host);
+    REQUIRE(s->model_ptr()->parameters().front().is_cuda() == (device == "cuda"));
+    host.registry().make_trainer(e.trainer_name, e.trainer_params)->run(*s);
   }
   auto m = read_metrics(t / "run");
   REQUIRE(m.count(20));
@@ -127,22 +127,14 @@ TEST_CASE("a bf16 training step never waits for the GPU: every block, every opti
     TempDir t;
     PluginHost host;
     Experiment e = parse(tiny_yaml(block, optimizer), host, {"device=cuda", "precision=bf16", "trainer.out_dir=" + (t / "run")});
-    RunSetup s = prepare_run(e, host);
-    TrainContext& ctx = s.ctx;
-    TrainingRun run(ctx);
-    const BatchSpec spec = run.batch_spec(8, 1);
-    auto step = [&](int64_t i) {
-      Batch b = run.train_batch(spec, i, 0);
-      if (ctx.optimizer->wants_curvature_estimate(i)) {
-        ctx.optimizer->zero_grad(ctx.params);
-        sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))).backward();
-        ctx.optimizer->update_curvature(8 * 64);
-        ctx.optimizer->zero_grad(ctx.params);
-      }
-      lm_loss(ctx.model->forward(to_device(b.x, ctx.device)), to_device(b.y, ctx.device)).backward();
-      clip_grad_norm(ctx.params, 1.0);
-      ctx.optimizer->step();
-      ctx.optimizer->zero_grad(ctx.params);
+    auto run = prepare_run(e, host);
+    run->resume();
+    run->model().train();
+    auto step = [&](int64_t i) {  // sft's step: one micro-batch, then the run's optimizer_step
+      run->begin_step(i);
+      Batch b = run->train_batch(8, 1, i, 0);
+      run->backward(run->model().next_token_loss(b.x, b.y));
+      run->optimizer_step(b.x);
     };
     step(0);
     step(1);

@@ -8,12 +8,12 @@
 #include <cmath>
 #include <cstring>
 
-#include "linearnexus/checkpoint.h"
-#include "linearnexus/data.h"
+#include "linearnexus/host/run_checkpoint.h"
+#include "linearnexus/host/data.h"
 #include "linearnexus/error.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
-#include "linearnexus/token_files.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/session.h"
+#include "linearnexus/host/token_files.h"
 #include "test_util.h"
 
 using namespace linearnexus;

@@ -4,11 +4,11 @@
 #include <torch/torch.h>
 
 #include "catch.h"
-#include "linearnexus/checkpoint.h"
+#include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/generate.h"
-#include "linearnexus/hf_convert.h"
-#include "linearnexus/scoring.h"
-#include "linearnexus/tokenizer.h"
+#include "linearnexus/host/hf_convert.h"
+#include "linearnexus/host/scoring.h"
+#include "linearnexus/host/tokenizers.h"
 #include "test_util.h"
 
 using namespace linearnexus;
@@ -61,7 +61,8 @@ std::string native_run(PluginHost& host, const std::string& model_yaml, const Te
     for (auto& p : model.parameters()) p.normal_(0.0, 0.2);
   }
   const std::string dir = t / name;
-  CheckpointManager(dir, 0).save(7, model_tensors(model), checkpoint_metadata(model, host.registry(), e.resolved_yaml, *tok, 7));
+  RunCheckpoint checkpoint(model, host.registry(), e.resolved_yaml, *tok, 7);
+  CheckpointManager(dir, 0).save(checkpoint);
   return dir;
 }
 
@@ -90,7 +91,7 @@ TEST_CASE("hf-import reproduces transformers' logits and greedy continuation (gp
     SamplingParams greedy;
     greedy.temperature = 0;
     greedy.max_new_tokens = static_cast<int64_t>(expected["greedy"].size());
-    CHECK(generate(*lm.model, ids, greedy) == expected["greedy"].get<std::vector<int64_t>>());
+    CHECK(lntest::generate(*lm.model, ids, greedy) == expected["greedy"].get<std::vector<int64_t>>());
     // eval's mean NLL is the fixture's, from transformers' logits.
     const auto lp = at::log_softmax(ref.narrow(0, 0, ref.size(0) - 1), -1)
                         .gather(1, at::tensor(std::vector<int64_t>(ids.begin() + 1, ids.end())).unsqueeze(1));
@@ -264,11 +265,16 @@ TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key",
                                      "blocks: {attention: {n_head: 2, mlp: gelu}}}",
                                      t, "gelu_rope");
   const std::string e = error_of([&] { hf_export(run, t / "out", host); });
-  CHECK_CONTAINS(e, "model.blocks.attention.mlp is gelu without learned positions");
-  CHECK_CONTAINS(e, "LlamaForCausalLM");
+  CHECK_CONTAINS(e, "none of the Hugging Face architectures of block 'attention'");
+  CHECK_CONTAINS(e, "LlamaForCausalLM: model.blocks.attention.mlp is gelu");
+  CHECK_CONTAINS(e, "GPT2LMHeadModel: model.positions is not learned");
   const std::string hybrid = native_run(host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba, attention]}",
                                         t, "hybrid");
-  CHECK_CONTAINS(error_of([&] { hf_export(hybrid, t / "out2", host); }), "model.block_pattern holds blocks other than");
+  CHECK_CONTAINS(error_of([&] { hf_export(hybrid, t / "out2", host); }), "model.block_pattern mixes blocks");
+  // A block whose registration carries no Hugging Face adapter is named, with its plugin.
+  const std::string delta = native_run(host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [deltanet]}",
+                                       t, "delta");
+  CHECK_CONTAINS(error_of([&] { hf_export(delta, t / "out3", host); }), "block 'deltanet' (plugin deltanet) has no Hugging Face adapter");
 
   // eval --text scores the text in the run's tokenizer; windows restart the context.
   lntest::write_text(t / "text.txt", "the cat sat on the mat.\nthe dog sat too.");
@@ -320,11 +326,11 @@ TEST_CASE("eval and convert on the command line; preset: init_from takes an impo
   Experiment e = load_experiment(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml",
                                  {"trainer.init_from=" + (t / "run")}, host);
   LoadedModel lm = load_model_from_checkpoint(t / "run", host);
-  CHECK(e.model.get_string("positions") == "learned");
-  CHECK(e.model.get_string("norm") == "layernorm");
-  CHECK(e.model.get_int("hidden_size") == lm.experiment.model.get_int("hidden_size"));
-  CHECK(e.blocks.at("attention").get_bool("qkv_bias"));
-  CHECK(e.model.get_string("preset").empty());  // resolved: the run's config stands alone
+  CHECK(e.model.learned_positions);
+  CHECK(e.model.dims.norm == NormKind::LayerNorm);
+  CHECK(e.model.dims.hidden_size == lm.experiment.model.dims.hidden_size);
+  CHECK(e.model.block_params.at("attention").get_bool("qkv_bias"));
+  CHECK_CONTAINS(e.resolved_yaml, "preset: \"\"");  // resolved: the run's config stands alone
   CHECK_CONTAINS(error_of([&] { load_experiment(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml", {}, host); }),
                  "preset init_from takes the model of trainer.init_from, which is not set");
 }

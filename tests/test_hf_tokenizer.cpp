@@ -5,9 +5,9 @@
 // files (too big to commit) and skips without them.
 #include <nlohmann/json.hpp>
 
-#include "linearnexus/bpe_tokenizer.h"
-#include "linearnexus/token_files.h"
-#include "linearnexus/tokenizer.h"
+#include "linearnexus/host/bpe_tokenizer.h"
+#include "linearnexus/host/token_files.h"
+#include "linearnexus/host/tokenizers.h"
 #include "test_util.h"
 
 using linearnexus::load_tokenizer;

@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "catch.h"
-#include "linearnexus/checkpoint.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/run_checkpoint.h"
+#include "linearnexus/host/session.h"
 #include "test_util.h"
 
 using namespace linearnexus;

@@ -5,8 +5,9 @@
 #include <map>
 
 #include "catch.h"
-#include "linearnexus/checkpoint.h"
-#include "linearnexus/session.h"
+#include "linearnexus/loss.h"
+#include "linearnexus/host/run_checkpoint.h"
+#include "linearnexus/host/session.h"
 #include "linearnexus/trainer.h"
 #include "test_util.h"
 
@@ -309,6 +310,6 @@ TEST_CASE("trainer keys belong to the trainer that reads them: grpo refuses sft'
   auto err = error_of([&] { parse(std::string(kCliExperiment) + "", host, {"trainer.name=grpo", "trainer.batch_size=8"}); });
   CHECK_CONTAINS(err, "unknown key 'batch_size' in 'trainer'");
   Experiment sft = parse(kCliExperiment, host, {"trainer.batch_size=8"});
-  CHECK(sft.trainer.get_int("batch_size") == 8);
+  CHECK(sft.trainer_params.get_int("batch_size") == 8);
   CHECK_CONTAINS(error_of([&] { parse(kCliExperiment, host, {"trainer.batch_size=0"}); }), "'trainer.batch_size' must be >= 1");
 }

@@ -16,11 +16,15 @@
 
 #include <map>
 
-#include "linearnexus/config.h"
+#include "linearnexus/host/config.h"
+#include "linearnexus/host/generator.h"
+#include "linearnexus/host/params_yaml.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/runtime.h"
+#include "linearnexus/host/session.h"
+#include "linearnexus/host/tokenizers.h"
 #include "linearnexus/model.h"
 #include "linearnexus/registry.h"
-#include "linearnexus/session.h"
-#include "linearnexus/plugin_host.h"
 #include "test_paths.h"
 
 namespace lntest {
@@ -108,8 +112,28 @@ inline std::shared_ptr<linearnexus::Optimizer> make_optimizer(linearnexus::Plugi
 inline void train_experiment(const std::string& yaml, const std::vector<std::string>& overrides) {
   linearnexus::PluginHost host;
   linearnexus::Experiment e = parse(yaml, host, overrides);
-  linearnexus::RunSetup s = linearnexus::prepare_run(e, host);
-  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+  auto run = linearnexus::prepare_run(e, host);
+  host.registry().make_trainer(e.trainer_name, e.trainer_params)->run(*run);
+}
+
+// The plugins of the build (one host per test process), for helpers that need a registry.
+inline linearnexus::PluginHost& build_plugins() {
+  static linearnexus::PluginHost host;
+  return host;
+}
+
+// Generation as `sample` and the RL trainers do it: a DecodeGenerator of `m` (made for the call).
+inline linearnexus::GeneratedBatch generate_batch(const linearnexus::LMModel& m,
+                                                  const std::vector<std::vector<int64_t>>& prompts,
+                                                  const linearnexus::SamplingParams& params, int64_t group = 1,
+                                                  const linearnexus::TokenCallback& on_token = nullptr,
+                                                  const linearnexus::DecodeOptions& options = {}) {
+  linearnexus::DecodeGenerator generator(m, build_plugins().registry(), options);
+  return generator.generate(prompts, params, group, on_token);
+}
+inline std::vector<int64_t> generate(const linearnexus::LMModel& m, const std::vector<int64_t>& prompt,
+                                     const linearnexus::SamplingParams& params) {
+  return generate_batch(m, {prompt}, params).completions.front();
 }
 
 // A block of plugin kind `name`, width C (2 layers, vocabulary 17, up to 8192 tokens), its schema's

@@ -5,7 +5,8 @@
 //   4. gradients of the chunked form reach every parameter and are finite.
 // No test framework: each check prints what it compared, and any failure makes the exit code 1.
 #include <linearnexus/model.h>
-#include <linearnexus/plugin_host.h>
+#include <linearnexus/host/params_yaml.h>
+#include <linearnexus/host/plugin_host.h>
 #include <linearnexus/registry.h>
 
 #include <iostream>

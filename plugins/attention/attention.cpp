@@ -16,6 +16,8 @@
 #include <linearnexus/model.h>
 #include <linearnexus/plugin.h>
 
+#include "hf_attention.h"
+
 #include <limits>
 
 namespace linearnexus {
@@ -214,15 +216,28 @@ Schema attention_schema(const std::string& window_default, double window_min) {
   };
 }
 
+// The scores and the weighted sum: 2 matmuls of T x T x C, forward and backward (12 C T per token),
+// counted as full causal attention (the nanoGPT / PaLM convention; a window is not discounted).
+double attention_flops(const ModelDims& d, const Params&, int64_t T) {
+  return 12.0 * static_cast<double>(d.hidden_size) * static_cast<double>(T);
+}
+
 void register_attention(Registry& r) {
+  BlockHooks hooks;
+  hooks.extra_flops_per_token = attention_flops;
+  hooks.hf = attention_hf_adapter();
   r.add_block("attention", "pre-norm causal self-attention (MHA/GQA/MQA, RoPE, KV cache, optional sliding window) + MLP",
               attention_schema("0", 0),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "attention"); });
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "attention"); },
+              hooks);
   // The same block with a window by default, as its own name: a block_pattern names each kind once,
   // so [swa, swa, attention] needs two names to configure the two kinds differently.
+  BlockHooks swa_hooks;
+  swa_hooks.extra_flops_per_token = attention_flops;
   r.add_block("swa", "sliding-window attention: the attention block with window: N (a ring-buffer KV cache of N tokens)",
               attention_schema("256", 1),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "swa"); });
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "swa"); },
+              swa_hooks);
 }
 
 }  // namespace

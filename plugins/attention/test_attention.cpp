@@ -3,7 +3,7 @@
 #include "block_contract.h"
 #include "catch.h"
 #include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
+#include "linearnexus/host/plugin_host.h"
 #include "test_util.h"
 
 using namespace linearnexus;

@@ -19,6 +19,7 @@
 #include <cstdlib>
 
 #include "causal_conv_gpu.h"
+#include "hf_mamba.h"
 #include "selective_scan.h"
 #include "selective_scan_gpu.h"
 
@@ -245,7 +246,8 @@ void register_mamba(Registry& r) {
                    "(batched tensor ops per chunk, any device), or the slow sequential reference (tests, benchmarks)",
                    {"auto", "chunk", "sequential"}},
               },
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MambaBlock>(d, p); });
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MambaBlock>(d, p); },
+              BlockHooks{{}, mamba_hf_adapter()});
 }
 
 }  // namespace

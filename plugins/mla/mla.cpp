@@ -207,7 +207,12 @@ void register_mla(Registry& r) {
                   {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
                   {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
               },
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MLABlock>(d, p); });
+              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MLABlock>(d, p); },
+              // The scores and the weighted sum, as attention's (12 C T per token, full T x T).
+              BlockHooks{[](const ModelDims& d, const Params&, int64_t T) {
+                           return 12.0 * static_cast<double>(d.hidden_size) * static_cast<double>(T);
+                         },
+                         nullptr});
 }
 
 }  // namespace

@@ -10,8 +10,8 @@
 #include "catch.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/model.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/session.h"
 #include "test_util.h"
 
 using namespace linearnexus;
@@ -234,8 +234,8 @@ optimizer: {name: adamw, lr: 5e-3}
 schedule: {warmup_steps: 10}
 trainer: {name: sft, max_steps: 60, batch_size: 8, log_every: 1, eval_every: 60, eval_batches: 2, save_every: 1000}
 )", host, {"trainer.out_dir=" + (t / "run")});
-  RunSetup s = prepare_run(e, host);
-  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+  auto s = prepare_run(e, host);
+  host.registry().make_trainer(e.trainer_name, e.trainer_params)->run(*s);
   auto m = read_metrics(t / "run");
   REQUIRE(m.size() == 60);
   auto mean_loss = [&](int64_t from, int64_t to) {
@@ -245,7 +245,7 @@ trainer: {name: sft, max_steps: 60, batch_size: 8, log_every: 1, eval_every: 60,
   };
   INFO("loss, first 5 steps " << mean_loss(1, 5) << ", last 5 " << mean_loss(56, 60));
   CHECK(mean_loss(56, 60) < mean_loss(1, 5) - 0.25);
-  auto& model = *s.ctx.model;
+  auto& model = s->model();
   REQUIRE(model.block_kinds() == std::vector<std::string>{"mla", "attention"});
 
   // Greedy generation with the cache == greedy generation re-running the whole sequence each step.
@@ -288,8 +288,8 @@ TEST_CASE("configs/mla_shakespeare.yaml learns tiny Shakespeare (val loss 0.5 na
                                   "schedule.min_lr=5e-4"},
                                  host);
   REQUIRE(e.model_config(65).block_pattern == std::vector<std::string>{"mla"});
-  RunSetup s = prepare_run(e, host);
-  host.registry().make_trainer(e.trainer_name, e.trainer)->run(s.ctx);
+  auto s = prepare_run(e, host);
+  host.registry().make_trainer(e.trainer_name, e.trainer_params)->run(*s);
   auto m = read_metrics(t / "run");
   REQUIRE_FALSE(m.empty());
   const double val = m.rbegin()->second["val_loss"].get<double>();

@@ -4,6 +4,8 @@
 #include <linearnexus/optimizer.h>
 #include <linearnexus/plugin.h>
 
+#include "moment_slots.h"
+
 namespace linearnexus {
 namespace {
 

@@ -19,6 +19,8 @@
 #include <linearnexus/optimizer.h>
 #include <linearnexus/plugin.h>
 
+#include "moment_slots.h"
+
 #include <cmath>
 #include <sstream>
 

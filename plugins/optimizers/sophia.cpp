@@ -21,6 +21,8 @@
 #include <linearnexus/optimizer.h>
 #include <linearnexus/plugin.h>
 
+#include "moment_slots.h"
+
 #include <sstream>
 
 namespace linearnexus {

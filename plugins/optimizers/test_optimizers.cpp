@@ -3,9 +3,10 @@
 #include <torch/optim.h>
 
 #include "catch.h"
+#include "linearnexus/loss.h"
 #include "linearnexus/optimizer.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/session.h"
 #include "linearnexus/trainer.h"
 #include "test_util.h"
 
@@ -230,7 +231,7 @@ model: {hidden_size: 8, n_layer: 1, max_seq_len: 8, block_pattern: [attention], 
 )", host);
   torch::manual_seed(31);
   LMModel model(e.model_config(7), host.registry());
-  auto ps = named_parameters_of(model);
+  auto ps = model.optimizer_parameters();
   auto opt = make_optimizer(host, "sophia", ps, {"optimizer.betas=[0.965, 0.99]"});
   auto x = torch::randint(0, 7, {3, 5});
   const int64_t N = 3 * 5;

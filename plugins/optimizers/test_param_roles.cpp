@@ -1,8 +1,8 @@
 // Parameter roles: the optimizers group tensors by the role their block declares, not by name.
 #include "catch.h"
 #include "linearnexus/optimizer.h"
-#include "linearnexus/plugin_host.h"
-#include "linearnexus/session.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/session.h"
 #include "test_util.h"
 
 #include <set>
@@ -54,7 +54,7 @@ TEST_CASE("the in-tree blocks' roles group every tensor as the old name rules di
     INFO(model);
     auto m = model_of(host, model);
     const auto roles = m->parameter_roles();
-    const auto ps = named_parameters_of(*m);
+    const auto ps = m->optimizer_parameters();
     const auto muon = make_optimizer(host, "muon", ps)->state_dict();
     int64_t decay_tensors = 0, decay_numel = 0;
     for (const auto& np : ps) {
@@ -74,7 +74,7 @@ TEST_CASE("the in-tree blocks' roles group every tensor as the old name rules di
 TEST_CASE("muon: the YAML globs still override the roles", "[optimizers][roles][muon]") {
   PluginHost host;
   auto m = model_of(host, kHybrid);  // blocks.0 attention, blocks.1 mamba, blocks.2 mla
-  const auto ps = named_parameters_of(*m);
+  const auto ps = m->optimizer_parameters();
   auto st = make_optimizer(host, "muon", ps,
                            {"optimizer.adamw_params=['*.mlp.*', 'blocks.1.*']",
                             "optimizer.muon_params=['lm_head.weight', 'blocks.1.out_proj.weight']"})
@@ -94,7 +94,7 @@ TEST_CASE("an out-of-tree block's 2-D ssm_dynamics tensor is neither orthogonali
   host.load_dir(std::string(LINEARNEXUS_TEST_PLUGIN_DIR) + "/roles");  // block test_ssm
   REQUIRE(host.problems().empty());
   auto m = model_of(host, "{hidden_size: 8, n_layer: 1, max_seq_len: 16, block_pattern: [test_ssm]}");
-  auto ps = named_parameters_of(*m);
+  auto ps = m->optimizer_parameters();
   const NamedParameter* log_decay = nullptr;
   for (const auto& np : ps)
     if (np.name == "blocks.0.log_decay") log_decay = &np;
@@ -142,7 +142,7 @@ TEST_CASE("a block declaring a role for a parameter it does not have is an error
   host.load_dir(std::string(LINEARNEXUS_TEST_PLUGIN_DIR) + "/roles");  // block test_ssm, with d_state 0: no log_decay
   auto m = model_of(host, "{hidden_size: 8, n_layer: 1, max_seq_len: 16, block_pattern: [test_ssm], "
                           "blocks: {test_ssm: {d_state: 0}}}");
-  CHECK(error_of([&] { named_parameters_of(*m); }) ==
+  CHECK(error_of([&] { m->optimizer_parameters(); }) ==
         "block 'test_ssm' (layer 0) declares role ssm_dynamics for 'log_decay', which is not one of its parameters; "
         "check its parameter_roles()");
 }

@@ -10,11 +10,9 @@
 // mean is the baseline.
 #include <linearnexus/error.h>
 #include <linearnexus/plugin.h>
-#include <linearnexus/plugin_host.h>
-#include <linearnexus/rl.h>
 #include <linearnexus/trainer.h>
 
-#include <chrono>
+#include "rl.h"
 
 namespace linearnexus {
 namespace {
@@ -30,27 +28,23 @@ class GRPOTrainer : public Trainer {
       throw Error("trainer.group_size must be at least 2 for GRPO (got " + std::to_string(rl_.group_size) + ")");
   }
 
-  void run(TrainContext& ctx) override {
+  void run(TrainingRun& run) override {
     const int64_t G = rl_.group_size;
-    const uint64_t seed = static_cast<uint64_t>(ctx.experiment->top.get_int("seed"));
-    auto task = make_experiment_task(ctx, "grpo");
-    TrainingRun run(ctx);
+    LMModel& policy = run.model();
+    auto task = run.task();
+    auto ref = load_reference_model(run, rl_, "grpo");
     const int64_t start = run.resume();
-    auto ref = load_reference_model(ctx, rl_.reference, "grpo");
-    const Tokenizer& tok = *ctx.data.tokenizer;
-    log_initial_accuracy(run, start, *ctx.model, *task, tok, rl_.max_new_tokens);
+    auto generator = run.make_generator(policy);
+    log_initial_accuracy(run, start, *generator, *task, rl_.max_new_tokens);
 
-    ctx.model->train();
+    policy.train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
-      const auto t0 = std::chrono::steady_clock::now();
-      Rollout ro = collect_rollout(*ctx.model, *task, tok, rank_examples(ctx, *task, seed, step, rl_.prompts_per_step), G,
-                                   rl_.sampling(seed, step, ctx.rank));
-      // The rewards are scored on the host from the completions' text, so the generation has finished
-      // here: this wall time is the whole rollout (generation + scoring + packing).
-      const double rollout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      auto mask = ro.packed.mask.to(ctx.device);                                          // [N, Lg]
-      auto adv = group_advantages(ro.rewards, G, scale_rewards_).to(ctx.device).unsqueeze(1);  // [N, 1]
+      Rollout ro = collect_rollout(*generator, *task, run.tokenizer(), rank_examples(run, *task, step, rl_.prompts_per_step),
+                                   G, rl_.sampling(run.seed(), step, run.rank()));
+      auto input = run.to_device(ro.packed.input);                                   // [N, L]
+      auto mask = run.to_device(ro.packed.mask);                                     // [N, Lg]
+      auto adv = run.to_device(group_advantages(ro.rewards, G, scale_rewards_)).unsqueeze(1);  // [N, 1]
       at::Tensor ref_logp, old_logp;
       {
         torch::NoGradGuard g;
@@ -58,16 +52,14 @@ class GRPOTrainer : public Trainer {
       }
       at::Tensor loss, kl, clip_frac, entropy, grad_norm;
       for (int64_t it = 0; it < iterations_; ++it) {
-        PolicyOutput out = policy_forward(*ctx.model, ro.packed, rl_.temperature);
+        PolicyOutput out = policy_forward(policy, ro.packed, rl_.temperature);
         // The policy that sampled is the one before this batch's first update.
         if (it == 0) old_logp = out.logp.detach();
         ClippedLoss cl = clipped_policy_loss(out.logp, old_logp, adv, rl_.clip_eps);
         auto kl_tok = k3_kl(out.logp, ref_logp);
         loss = reduce_loss(cl.loss + rl_.beta * kl_tok, mask, loss_norm_);
         run.backward(loss);
-        grad_norm = clip_grad_norm(ctx.params, rl_.grad_clip);
-        ctx.optimizer->step();
-        ctx.optimizer->zero_grad(ctx.params);
+        grad_norm = run.optimizer_step(input);
         kl = masked_mean(kl_tok.detach(), mask);
         clip_frac = masked_mean(cl.clipped.to(at::kFloat), mask);
         entropy = masked_mean(out.entropy.detach(), mask);
@@ -76,13 +68,12 @@ class GRPOTrainer : public Trainer {
           step,
           [&] {
             std::map<std::string, double> m = rollout_metrics(ro);
-            m["rollout_ms"] = rollout_ms;
             m["loss"] = loss.item<double>();
             m["grad_norm"] = grad_norm.item<double>();
             m["kl"] = kl.item<double>();
             m["clip_frac"] = clip_frac.item<double>();
             m["entropy"] = entropy.item<double>();
-            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*ctx.model, *task, tok, rl_.max_new_tokens);
+            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*generator, *task, run.tokenizer(), rl_.max_new_tokens);
             return m;
           },
           ro.packed.input.numel());

@@ -10,18 +10,13 @@
 //
 // The value head is a linear map of the policy trunk's final hidden state (value_model: trunk), or
 // of a separate copy of the starting model trained only by the value loss (value_model: separate).
-#include <linearnexus/checkpoint.h>
-#include <linearnexus/distributed.h>
 #include <linearnexus/error.h>
 #include <linearnexus/plugin.h>
-#include <linearnexus/plugin_host.h>
-#include <linearnexus/rl.h>
-#include <linearnexus/session.h>
 #include <linearnexus/trainer.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include <chrono>
+#include "rl.h"
 
 namespace linearnexus {
 namespace {
@@ -32,72 +27,45 @@ PackedRollout select_rows(const PackedRollout& r, const at::Tensor& idx) {
           r.mask.index_select(0, idx)};
 }
 
-// The critic: a scalar head on a trunk's final hidden state. [N, Lg, C] -> [N, Lg]
-struct ValueFunction {
-  std::shared_ptr<LMModel> separate_trunk;  // null: the policy's own trunk
+// The critic: a scalar head on a trunk's final hidden state. [N, Lg, C] -> [N, Lg]. Its tensors
+// ("head.*", "trunk.*") are the run's trainable group "value" (checkpointed as extra.value.*), its
+// parameters named value_head.* / value_trunk.* (the keys of its optimizer's state).
+struct ValueFunction : torch::nn::Module {
+  std::shared_ptr<LMModel> trunk;  // null: the policy's own trunk
   torch::nn::Linear head{nullptr};
-  std::vector<NamedParameter> params;       // what the value optimizer updates
+  std::vector<NamedParameter> params;  // what the value optimizer updates
   std::shared_ptr<Optimizer> optimizer;
-  std::shared_ptr<GradientSync> grad_sync;  // data-parallel runs: averages `params`' gradients
 
-  at::Tensor values(LMModel& policy, const PackedRollout& r, const at::Tensor& policy_hidden) {
+  at::Tensor values(const PackedRollout& r, const at::Tensor& policy_hidden) {
     at::Tensor h = policy_hidden;
-    if (separate_trunk) h = to_completion_layout(separate_trunk->forward_hidden(r.input.to(h.device())), r);
+    if (trunk) h = to_completion_layout(trunk->forward_hidden(r.input.to(h.device())), r);
     return head(h).squeeze(-1);
-  }
-  TensorMap state() const {
-    TensorMap t;
-    t["value.head.weight"] = head->weight;
-    t["value.head.bias"] = head->bias;
-    if (separate_trunk)
-      for (const auto& [k, v] : model_tensors(*separate_trunk, "value.trunk.")) t[k] = v;
-    for (const auto& [k, v] : optimizer->state_dict()) t["value_optim." + k] = v;
-    return t;
-  }
-  void load(const TensorMap& extra, const at::Device& device) {
-    if (!extra.count("value.head.weight")) return;  // a fresh run
-    torch::NoGradGuard g;
-    head->weight.copy_(extra.at("value.head.weight"));
-    head->bias.copy_(extra.at("value.head.bias"));
-    if (separate_trunk) load_model_tensors(*separate_trunk, extra, "checkpoint (value trunk)", "value.trunk.");
-    TensorMap optim;
-    for (const auto& [k, v] : extra)
-      if (k.rfind("value_optim.", 0) == 0) optim[k.substr(12)] = v.to(device);
-    optimizer->load_state_dict(optim);
   }
 };
 
-// Builds the critic for `policy`: a zero-initialised head (no value is better than a random one),
-// on the policy's trunk or on a copy of the reference model (value_model: separate), with its own
-// optimizer of the experiment's kind; restored from `extra` when resuming.
-ValueFunction make_value_function(TrainContext& ctx, const LMModel& reference, bool separate, const TensorMap& extra) {
-  ValueFunction vf;
-  const int64_t C = ctx.model->config().dims.hidden_size;
-  vf.head = torch::nn::Linear(C, 1);
+// Builds the critic and adds it to the run: a zero-initialised head (no value is better than a
+// random one), on the policy's trunk or on a trainable copy of the reference model (value_model:
+// separate), with its own optimizer of the experiment's kind. resume() then restores it.
+std::shared_ptr<ValueFunction> make_value_function(TrainingRun& run, const std::string& reference, bool separate) {
+  auto vf = std::make_shared<ValueFunction>();
+  const int64_t C = run.model().config().dims.hidden_size;
+  vf->head = vf->register_module("head", torch::nn::Linear(C, 1));
   {
     torch::NoGradGuard g;
-    vf.head->weight.zero_();
-    vf.head->bias.zero_();
+    vf->head->weight.zero_();
+    vf->head->bias.zero_();
   }
-  vf.head->to(ctx.device);
-  for (const auto& kv : vf.head->named_parameters()) vf.params.push_back({"value_head." + kv.key(), kv.value(), {}});
+  vf->head->to(run.device());
+  for (const auto& kv : vf->head->named_parameters()) vf->params.push_back({"value_head." + kv.key(), kv.value(), {}});
   if (separate) {
-    vf.separate_trunk = std::make_shared<LMModel>(ctx.model->config(), ctx.host->registry());
-    load_model_tensors(*vf.separate_trunk, model_tensors(reference), "the reference model");
-    vf.separate_trunk->to(ctx.device);
-    for (auto& np : named_parameters_of(*vf.separate_trunk)) {
+    vf->trunk = vf->register_module("trunk", run.load_model(reference, /*trainable=*/true));
+    for (auto& np : vf->trunk->optimizer_parameters()) {
       np.name = "value_trunk." + np.name;
-      vf.params.push_back(np);
+      vf->params.push_back(np);
     }
   }
-  vf.optimizer = ctx.host->registry().make_optimizer(ctx.experiment->optimizer_name, vf.params, ctx.experiment->optimizer);
-  vf.load(extra, ctx.device);
-  if (ctx.dist) {
-    std::vector<at::Tensor> weights;  // the separate trunk and the head start equal on every rank
-    for (const auto& np : vf.params) weights.push_back(np.param.detach());
-    ctx.dist->broadcast(weights);
-    vf.grad_sync = std::make_shared<GradientSync>(ctx.dist, vf.params, ctx.experiment->distributed.get_float("bucket_mb"));
-  }
+  vf->optimizer = run.make_optimizer(vf->params);
+  run.add_trainable("value", *vf, vf->params, vf->optimizer);
   return vf;
 }
 
@@ -131,34 +99,28 @@ class PPOTrainer : public Trainer {
                   " completions of a step (prompts_per_step x group_size)");
   }
 
-  void run(TrainContext& ctx) override {
-    const uint64_t seed = static_cast<uint64_t>(ctx.experiment->top.get_int("seed"));
-    auto task = make_experiment_task(ctx, "ppo");
-    TrainingRun run(ctx);
-    TensorMap extra;
-    const int64_t start = run.resume(&extra);
-    auto ref = load_reference_model(ctx, rl_.reference, "ppo");
-    const Tokenizer& tok = *ctx.data.tokenizer;
-    ValueFunction vf = make_value_function(ctx, *ref, separate_value_model_, extra);
-    log_initial_accuracy(run, start, *ctx.model, *task, tok, rl_.max_new_tokens);
+  void run(TrainingRun& run) override {
+    LMModel& policy = run.model();
+    auto task = run.task();
+    auto ref = load_reference_model(run, rl_, "ppo");
+    auto vf = make_value_function(run, !rl_.ref_checkpoint.empty() ? rl_.ref_checkpoint : run.start_checkpoint(),
+                                  separate_value_model_);
+    const int64_t start = run.resume();
+    auto generator = run.make_generator(policy);
+    log_initial_accuracy(run, start, *generator, *task, rl_.max_new_tokens);
 
-    ctx.model->train();
+    policy.train();
     for (int64_t step = start; step < run.last_step(); ++step) {
-      const double lr = run.begin_step(step);
-      vf.optimizer->set_lr_multiplier(ctx.optimizer->base_lr() > 0 ? lr / ctx.optimizer->base_lr() : 1.0);
-      const auto t0 = std::chrono::steady_clock::now();
-      Rollout ro = collect_rollout(*ctx.model, *task, tok, rank_examples(ctx, *task, seed, step, rl_.prompts_per_step),
-                                   rl_.group_size, rl_.sampling(seed, step, ctx.rank));
-      // Scored on the host from the completions' text: the generation has finished here (grpo.cpp).
-      const double rollout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      ScoredRollout sr = score(ctx, *ref, vf, ro);
-      UpdateStats st = ppo_update(ctx, run, vf, ro.packed, sr, seed, step);
+      run.begin_step(step);
+      Rollout ro = collect_rollout(*generator, *task, run.tokenizer(), rank_examples(run, *task, step, rl_.prompts_per_step),
+                                   rl_.group_size, rl_.sampling(run.seed(), step, run.rank()));
+      ScoredRollout sr = score(run, *ref, *vf, ro);
+      UpdateStats st = ppo_update(run, *vf, ro.packed, sr, step);
       const double n = static_cast<double>(std::max<int64_t>(st.updates, 1));
       run.end_step(
           step,
           [&] {
             std::map<std::string, double> m = rollout_metrics(ro);
-            m["rollout_ms"] = rollout_ms;
             m["policy_loss"] = st.policy_loss / n;
             m["value_loss"] = st.value_loss / n;
             m["grad_norm"] = st.grad_norm;
@@ -167,10 +129,10 @@ class PPOTrainer : public Trainer {
             m["ppo_updates"] = static_cast<double>(st.updates);
             m["clip_frac"] = st.clip_frac / n;
             m["entropy"] = st.entropy / n;
-            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*ctx.model, *task, tok, rl_.max_new_tokens);
+            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*generator, *task, run.tokenizer(), rl_.max_new_tokens);
             return m;
           },
-          ro.packed.input.numel(), vf.state());
+          ro.packed.input.numel());
     }
   }
 
@@ -178,17 +140,17 @@ class PPOTrainer : public Trainer {
   // The sampling policy's log-probs and values, the reference's log-probs, and from them the
   // per-token rewards (the KL penalty everywhere, the task's score on the last real token), GAE
   // advantages (whitened) and value targets.
-  ScoredRollout score(TrainContext& ctx, LMModel& ref, ValueFunction& vf, const Rollout& ro) const {
+  ScoredRollout score(TrainingRun& run, LMModel& ref, ValueFunction& vf, const Rollout& ro) const {
     torch::NoGradGuard g;
     ScoredRollout s;
-    s.mask = ro.packed.mask.to(ctx.device);  // [N, Lg]
-    PolicyOutput old = policy_forward(*ctx.model, ro.packed, rl_.temperature);
+    s.mask = run.to_device(ro.packed.mask);  // [N, Lg]
+    PolicyOutput old = policy_forward(run.model(), ro.packed, rl_.temperature);
     s.old_logp = old.logp;
-    s.old_values = vf.values(*ctx.model, ro.packed, old.hidden) * s.mask;
+    s.old_values = vf.values(ro.packed, old.hidden) * s.mask;
     s.ref_logp = policy_forward(ref, ro.packed, rl_.temperature).logp;
     auto rewards = -rl_.beta * (s.old_logp - s.ref_logp) * s.mask;
     auto last = (s.mask.to(at::kLong).sum(1) - 1).clamp_min(0).unsqueeze(1);  // [N, 1]
-    rewards = rewards.scatter_add(1, last, ro.rewards.to(ctx.device).unsqueeze(1) * s.mask.any(1, true).to(at::kFloat));
+    rewards = rewards.scatter_add(1, last, run.to_device(ro.rewards).unsqueeze(1) * s.mask.any(1, true).to(at::kFloat));
     GAE gae = compute_gae(rewards, s.old_values, s.mask, gamma_, lambda_);
     s.advantages = masked_whiten(gae.advantages, s.mask);
     s.returns = gae.returns;
@@ -197,40 +159,32 @@ class PPOTrainer : public Trainer {
 
   // ppo_epochs passes over the rollout in `minibatches` shuffled minibatches (seeded per step), one
   // policy + value update each; stops early once the approximate KL passes 1.5 x target_kl.
-  UpdateStats ppo_update(TrainContext& ctx, TrainingRun& run, ValueFunction& vf, const PackedRollout& packed,
-                         const ScoredRollout& sr, uint64_t seed, int64_t step) const {
-    std::vector<NamedParameter> all_params = ctx.params;
-    all_params.insert(all_params.end(), vf.params.begin(), vf.params.end());
+  UpdateStats ppo_update(TrainingRun& run, ValueFunction& vf, const PackedRollout& packed, const ScoredRollout& sr,
+                         int64_t step) const {
     const int64_t N = sr.mask.size(0);
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed * 7919ull + static_cast<uint64_t>(step));
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(run.seed() * 7919ull + static_cast<uint64_t>(step));
     UpdateStats st;
     bool stop = false;
     for (int64_t epoch = 0; epoch < epochs_ && !stop; ++epoch) {
       auto perm = at::randperm(N, gen, at::TensorOptions().dtype(at::kLong));
       for (int64_t mb = 0; mb < minibatches_ && !stop; ++mb) {
         auto idx = perm.narrow(0, mb * N / minibatches_, (mb + 1) * N / minibatches_ - mb * N / minibatches_);
-        auto idx_d = idx.to(ctx.device);
+        auto idx_d = run.to_device(idx);
         PackedRollout sub = select_rows(packed, idx);
         auto m = sr.mask.index_select(0, idx_d);
-        PolicyOutput out = policy_forward(*ctx.model, sub, rl_.temperature);
+        PolicyOutput out = policy_forward(run.model(), sub, rl_.temperature);
         auto old_lp = sr.old_logp.index_select(0, idx_d);
         ClippedLoss cl = clipped_policy_loss(out.logp, old_lp, sr.advantages.index_select(0, idx_d), rl_.clip_eps);
         auto policy_loss = masked_mean(cl.loss, m);
         // Clipped value loss: the new estimate may move at most value_clip from the old one.
-        auto v = vf.values(*ctx.model, sub, out.hidden);
+        auto v = vf.values(sub, out.hidden);
         auto v_old = sr.old_values.index_select(0, idx_d), ret = sr.returns.index_select(0, idx_d);
         auto v_clipped = v_old + (v - v_old).clamp(-value_clip_, value_clip_);
         auto value_loss = 0.5 * masked_mean(at::max((v - ret).pow(2), (v_clipped - ret).pow(2)), m);
         auto entropy = masked_mean(out.entropy, m);
-        // Data-parallel: the value function's gradients are averaged beside the policy's.
-        if (vf.grad_sync) vf.grad_sync->arm();
+        // One update of the policy and the value function together (the run steps both groups).
         run.backward(policy_loss + value_coef_ * value_loss - entropy_coef_ * entropy);
-        if (vf.grad_sync) vf.grad_sync->finish();
-        st.grad_norm = clip_grad_norm(all_params, rl_.grad_clip).item<double>();
-        ctx.optimizer->step();
-        vf.optimizer->step();
-        ctx.optimizer->zero_grad(ctx.params);
-        vf.optimizer->zero_grad(vf.params);
+        st.grad_norm = run.optimizer_step(sub.input.to(run.device())).item<double>();
         st.policy_loss += policy_loss.item<double>(), st.value_loss += value_loss.item<double>();
         st.clip_frac += masked_mean(cl.clipped.to(at::kFloat), m).item<double>();
         st.entropy += entropy.item<double>();

@@ -1,5 +1,4 @@
 // The `sft` trainer: next-token cross-entropy on the experiment's text data.
-#include <linearnexus/data.h>
 #include <linearnexus/loss.h>
 #include <linearnexus/plugin.h>
 #include <linearnexus/trainer.h>
@@ -10,40 +9,25 @@ namespace {
 class SFTTrainer : public Trainer {
  public:
   explicit SFTTrainer(const Params& t)
-      : batch_size_(t.get_int("batch_size")),
-        grad_accum_(t.get_int("grad_accum")),
-        eval_batches_(t.get_int("eval_batches")),
-        grad_clip_(t.get_float("grad_clip")) {}
+      : batch_size_(t.get_int("batch_size")), grad_accum_(t.get_int("grad_accum")), eval_batches_(t.get_int("eval_batches")) {}
 
-  void run(TrainContext& ctx) override {
-    TrainingRun run(ctx);
+  void run(TrainingRun& run) override {
     const int64_t start = run.resume();
-    const BatchSpec spec = run.batch_spec(batch_size_, grad_accum_);
-    const int64_t step_tokens = batch_size_ * spec.seq_len * grad_accum_;
-    ctx.model->train();
+    const int64_t step_tokens = batch_size_ * run.seq_len() * grad_accum_;
+    LMModel& model = run.model();
+    model.train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
-      if (ctx.optimizer->wants_curvature_estimate(step)) {
-        // The optimizer asked for its curvature-estimate pass (Sophia's Gauss-Newton-Bartlett
-        // estimator): one forward/backward on this step's first micro-batch against labels sampled
-        // from the model's own predictions; the optimizer reads the resulting .grad. Before the
-        // step's real gradients, so .grad holds only the estimate's.
-        Batch b = run.train_batch(spec, step, 0);
-        ctx.optimizer->zero_grad(ctx.params);
-        run.backward(sampled_label_loss(ctx.model->forward(to_device(b.x, ctx.device))));
-        ctx.optimizer->update_curvature(batch_size_ * spec.seq_len);
-        ctx.optimizer->zero_grad(ctx.params);
-      }
-      at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(ctx.device));
+      at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(run.device()));
+      at::Tensor first_x;  // the step's first micro-batch: the curvature estimate's input, if asked for
       for (int64_t micro = 0; micro < grad_accum_; ++micro) {
-        Batch b = run.train_batch(spec, step, micro);
-        auto loss = ctx.model->next_token_loss(to_device(b.x, ctx.device), to_device(b.y, ctx.device));
+        Batch b = run.train_batch(batch_size_, grad_accum_, step, micro);
+        if (micro == 0) first_x = b.x;
+        auto loss = model.next_token_loss(b.x, b.y);
         run.backward(loss / static_cast<double>(grad_accum_), micro + 1 == grad_accum_);
         loss_sum += loss.detach();
       }
-      auto grad_norm = clip_grad_norm(ctx.params, grad_clip_);
-      ctx.optimizer->step();
-      ctx.optimizer->zero_grad(ctx.params);
+      auto grad_norm = run.optimizer_step(first_x);
       run.end_step(
           step,
           [&] {
@@ -58,7 +42,6 @@ class SFTTrainer : public Trainer {
 
  private:
   const int64_t batch_size_, grad_accum_, eval_batches_;
-  const double grad_clip_;
 };
 
 void register_sft(Registry& r) {

@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "linearnexus/bpe_tokenizer.h"
+#include "linearnexus/host/bpe_tokenizer.h"
 #include "linearnexus/error.h"
-#include "linearnexus/tokenizer.h"
+#include "linearnexus/host/tokenizers.h"
 #include "elf_exports.h"
 #include "prepared_meta.h"
 #include "safetensors_header.h"

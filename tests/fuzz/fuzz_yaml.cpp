@@ -3,8 +3,8 @@
 
 #include <stdexcept>
 
-#include "linearnexus/config.h"
-#include "linearnexus/plugin_host.h"
+#include "linearnexus/host/config.h"
+#include "linearnexus/host/plugin_host.h"
 
 using namespace linearnexus;
 

@@ -6,6 +6,10 @@
 #   4. put retention.so alone in a folder named by $LINEARNEXUS_PLUGIN_PATH and, with the installed
 #      (unchanged) runner: list it, train a model whose block_pattern uses it, sample from the checkpoint;
 #   5. without the folder, sampling that checkpoint fails naming the plugin and the search path;
+#   6. an out-of-tree optimizer written from the docs (tests/sdk/user_optimizer: subclasses Optimizer,
+#      a second lr group) builds against the prefix and trains, checkpoints and resumes;
+#   7. neither plugin needs the host library (DT_NEEDED), and the SDK's include folder holds no host
+#      header;
 # and that docs/writing_plugins.md shows the current retention.cpp.
 # Usage: test_sdk.sh BUILD_DIR SOURCE_DIR. Works in BUILD_DIR/sdk_test (fixed paths, so ccache hits).
 set -euo pipefail
@@ -23,15 +27,19 @@ sed -n '/^```cpp retention.cpp$/,/^```$/p' "$SRC/docs/writing_plugins.md" | sed 
   diff - "$SRC/examples/plugin_template/retention.cpp" >/dev/null ||
   fail "docs/writing_plugins.md's copy of examples/plugin_template/retention.cpp is out of date"
 
-rm -rf "$PREFIX" "$WORK/example" "$WORK/plugins" "$WORK/run"
+rm -rf "$PREFIX" "$WORK/example" "$WORK/plugins" "$WORK/run" "$WORK/optimizer" "$WORK/sgd_run"
 mkdir -p "$WORK"
 
 step "install into $PREFIX"
 cmake --install "$BUILD" --prefix "$PREFIX" >"$WORK/install.log"
-for f in bin/linearnexus lib/liblinearnexus_core.so include/linearnexus/plugin.h \
-         lib/linearnexus/plugins/attention.so lib/cmake/LinearNexus/LinearNexusConfig.cmake; do
+for f in bin/linearnexus lib/liblinearnexus_sdk.so lib/liblinearnexus_host.so include/linearnexus/plugin.h \
+         include/linearnexus/trainer.h include/linearnexus-host/linearnexus/host/plugin_host.h \
+         share/linearnexus/presets/gpt-small.yaml lib/linearnexus/plugins/attention.so \
+         lib/cmake/LinearNexus/LinearNexusConfig.cmake; do
   [ -e "$PREFIX/$f" ] || fail "cmake --install did not install $f"
 done
+[ ! -e "$PREFIX/include/linearnexus/host" ] || fail "host headers were installed among the SDK's (include/linearnexus/host)"
+[ ! -e "$PREFIX/lib/liblinearnexus_core.so" ] || fail "a stale liblinearnexus_core.so was installed"
 ! grep -q linearnexus_pch "$PREFIX"/lib/cmake/LinearNexus/LinearNexusTargets*.cmake || fail "the installed package refers to the PCH target"
 [ ! -e "$PREFIX/lib/linearnexus/plugins/throws.so" ] || fail "a test plugin was installed"
 
@@ -47,6 +55,8 @@ cmake --build "$WORK/example" -j2 >"$WORK/build.log" || { cat "$WORK/build.log";
 
 step "parity test"
 "$WORK/example/test_retention" "$WORK/example/retention.so"
+readelf -d "$WORK/example/retention.so" | grep NEEDED | grep -q linearnexus_sdk || fail "retention.so does not link the SDK"
+! readelf -d "$WORK/example/retention.so" | grep NEEDED | grep -q linearnexus_host || fail "retention.so links the host library"
 
 mkdir -p "$WORK/plugins"
 cp "$WORK/example/retention.so" "$WORK/plugins/"
@@ -78,5 +88,27 @@ if "$RUNNER" sample --checkpoint "$WORK/run" --max-tokens 4 >/dev/null 2>"$WORK/
 fi
 grep -q "needs block 'retention' from plugin 'retention' 0.1.0, which is not on the plugin path ($PREFIX/lib/linearnexus/plugins)" \
   "$WORK/missing.txt" || { cat "$WORK/missing.txt"; fail "unclear error for a missing plugin"; }
+
+step "an out-of-tree optimizer (tests/sdk/user_optimizer) against the prefix"
+cmake -S "$SRC/tests/sdk/user_optimizer" -B "$WORK/optimizer" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
+  -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF >"$WORK/optimizer.configure.log"
+cmake --build "$WORK/optimizer" -j2 >"$WORK/optimizer.build.log" || { cat "$WORK/optimizer.build.log"; fail "the optimizer did not build"; }
+! readelf -d "$WORK/optimizer/momentum_sgd.so" | grep NEEDED | grep -q linearnexus_host || fail "momentum_sgd.so links the host library"
+export LINEARNEXUS_PLUGIN_PATH=$WORK/optimizer
+sgd=(--no-sample --set optimizer.name=momentum_sgd --set optimizer.lr=0.02 --set optimizer.no_decay_lr_scale=0.5
+     --set trainer.out_dir="$WORK/sgd_run" --set trainer.batch_size=8 --set trainer.log_every=10 --set trainer.eval_every=40
+     --set trainer.eval_batches=1 --set trainer.save_every=20 --set trainer.max_steps=40)
+"$RUNNER" run "$SRC/configs/quickstart.yaml" "${sgd[@]}" --set trainer.stop_after=20 2>&1 | tail -n 2
+"$RUNNER" run "$SRC/configs/quickstart.yaml" "${sgd[@]}" --set trainer.resume=auto 2>&1 | tail -n 2
+grep -q '"step":40' "$WORK/sgd_run/metrics.jsonl" || fail "the momentum_sgd run did not reach step 40"
+python3 - "$WORK/sgd_run/metrics.jsonl" <<'PY' || fail "momentum_sgd did not lower the loss"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+losses = [r["loss"] for r in rows if "loss" in r]
+print("momentum_sgd losses:", ", ".join("%.3f" % l for l in losses))
+sys.exit(0 if losses[-1] < losses[0] else 1)
+PY
+unset LINEARNEXUS_PLUGIN_PATH
 
 step "SDK test passed"

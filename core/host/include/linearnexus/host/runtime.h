@@ -1,0 +1,31 @@
+#pragma once
+// Process and device set-up the runner and the test programs share.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+namespace linearnexus {
+
+struct Experiment;
+
+// Process set-up for training, called first by the runner and the test programs:
+//  * LibTorch's intra-op threads = the machine's cores ($LINEARNEXUS_NUM_THREADS overrides);
+//    Debian's LibTorch defaults to one;
+//  * malloc keeps freed memory (up to 1 GiB blocks) instead of returning it to the OS, so the
+//    large activations and logits of every step reuse pages already mapped: first-touch page
+//    faults made a fresh 200 MB logits tensor cost 0.6 s on our VMs, five times its matmul.
+void init_runtime();
+
+// The `device` key: "auto" -> cuda when available, else cpu; "cuda" without CUDA is an error.
+at::Device resolve_device(const std::string& device);
+// The `precision` key: fp32 -> kFloat; bf16 -> kBFloat16 on CUDA (LMModel::set_compute_dtype),
+// an error on the CPU (bf16 matmuls there are slow and autocast is CUDA-only here).
+at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device);
+
+// An exclusive lock on a run folder (flock on DIR/.lock, which records the holder's pid), held
+// until the returned handle is dropped or the process ends, even by kill -9. A second run on the
+// same folder gets an Error naming the folder and the holder's pid.
+std::shared_ptr<void> lock_run_folder(const std::string& dir);
+
+}  // namespace linearnexus

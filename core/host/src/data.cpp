@@ -1,0 +1,286 @@
+// Text datasets, batches and downloads.
+#include "linearnexus/host/data.h"
+
+#include <curl/curl.h>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "linearnexus/host/atomic_file.h"
+#include "linearnexus/error.h"
+#include "linearnexus/log.h"
+#include "linearnexus/host/token_files.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace linearnexus {
+
+// ---- datasets ---------------------------------------------------------------------------------
+
+namespace {
+class MemoryDataset : public TokenDataset {
+ public:
+  MemoryDataset(std::vector<int64_t> t, std::string d) : tokens_(std::move(t)), desc_(std::move(d)) {}
+  int64_t size() const override { return static_cast<int64_t>(tokens_.size()); }
+  void read(int64_t offset, int64_t n, int64_t* out) const override {
+    std::copy(tokens_.begin() + offset, tokens_.begin() + offset + n, out);
+  }
+  std::string describe() const override { return desc_; }
+
+ private:
+  std::vector<int64_t> tokens_;
+  std::string desc_;
+};
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+std::shared_ptr<TokenDataset> make_memory_dataset(std::vector<int64_t> tokens, std::string description) {
+  return std::make_shared<MemoryDataset>(std::move(tokens), std::move(description));
+}
+
+const Schema& data_schema() {
+  static const Schema s = {
+      {"path", ParamType::String, "", "text file to train on, builtin:arithmetic (a generated corpus), or task = worked examples of the experiment's task section"},
+      {"tokenizer", ParamType::String, "char", "char, gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder holding one (a Hugging Face model or run folder) or GPT-2's encoder.json + vocab.bpe"},
+      {"seq_len", ParamType::Int, "256", "tokens per training sequence", {}, 1},
+      {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation", {}, 0.0001, 0.9},
+      {"download", ParamType::String, "\"\"", "URL fetched to data.path when the file is missing"},
+      {"download_sha256", ParamType::String, "\"\"", "expected SHA-256 of the download (\"\" = unchecked)"},
+      {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)", {}, 0},
+      {"sampling", ParamType::String, "random", "training windows: random offsets, or epoch = shuffled non-overlapping windows, each once per epoch", {"random", "epoch"}},
+  };
+  return s;
+}
+
+std::string builtin_arithmetic_corpus(int64_t n_lines, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::ostringstream out;
+  for (int64_t i = 0; i < n_lines; ++i) {
+    int digits_a = 1 + static_cast<int>(rng() % 3), digits_b = 1 + static_cast<int>(rng() % 3);
+    auto draw = [&](int d) { return static_cast<int64_t>(rng() % static_cast<uint64_t>(std::pow(10, d))); };
+    int64_t a = draw(digits_a), b = draw(digits_b);
+    out << a << '+' << b << '=' << a + b << '\n';
+  }
+  return out.str();
+}
+
+DataSettings DataSettings::from(const Params& d) {
+  DataSettings s;
+  s.path = d.get_string("path");
+  s.tokenizer = d.get_string("tokenizer");
+  s.seq_len = d.get_int("seq_len");
+  s.val_fraction = d.get_float("val_fraction");
+  s.download = d.get_string("download");
+  s.download_sha256 = d.get_string("download_sha256");
+  s.download_size = d.get_int("download_size");
+  s.sampling = parse_sampling(d.get_string("sampling"));
+  return s;
+}
+
+DataSplits load_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer,
+                     const std::string& task_text) {
+  const std::string path_key = data.path;
+  const int64_t seq_len = data.seq_len;
+  const double val_fraction = data.val_fraction;
+  if (seq_len <= 0) throw Error("data.seq_len must be positive (got " + std::to_string(seq_len) + ")");
+  if (val_fraction <= 0 || val_fraction >= 1)
+    throw Error("data.val_fraction must be between 0 and 1 (got " + std::to_string(val_fraction) + ")");
+
+  std::string text;
+  std::string name = path_key;
+  {
+    fs::path p(path_key);
+    if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
+    if (is_prepared_dir(p.string())) {
+      // Token ids are fixed by the prepared files: their tokenizer wins (a resumed run's is the same).
+      DataSplits out = load_prepared(p.string());
+      for (const auto* split : {&out.train, &out.val})
+        if ((*split)->size() < seq_len + 1)
+          throw Error("data: " + (*split)->describe() + " holds " + std::to_string((*split)->size()) +
+                      " tokens, but needs at least seq_len + 1 = " + std::to_string(seq_len + 1) +
+                      "; lower data.seq_len or prepare more text");
+      return out;
+    }
+  }
+  if (path_key == "task") {
+    if (task_text.empty()) throw Error("data.path: 'task' needs the experiment's task section to supply the text");
+    text = task_text;
+  } else if (path_key == "builtin:arithmetic") {
+    text = builtin_arithmetic_corpus(200000, 1234);
+  } else if (path_key.rfind("builtin:", 0) == 0) {
+    throw Error("data.path: unknown built-in corpus '" + path_key + "' (available: builtin:arithmetic)");
+  } else {
+    fs::path p(path_key);
+    if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
+    if (!fs::exists(p)) {
+      const std::string url = data.download;
+      if (url.empty())
+        throw Error("data.path: '" + p.string() + "' does not exist; put the text file there or set data.download to its URL");
+      log_info("downloading " + url + " to " + p.string());
+      download_file(url, p.string(), data.download_size, data.download_sha256);
+    }
+    std::ifstream in(p, std::ios::binary);
+    if (!in) throw Error("data.path: cannot read '" + p.string() + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+    name = p.string();
+  }
+  if (text.empty()) throw Error("data.path: '" + name + "' is empty; point data.path at a file with text in it");
+
+  DataSplits out;
+  if (tokenizer) {
+    out.tokenizer = tokenizer;
+  } else {
+    const std::string& tk = data.tokenizer;
+    out.tokenizer = tk == "char" ? make_char_tokenizer(text) : load_tokenizer(tk);
+  }
+  std::vector<int64_t> ids = out.tokenizer->encode(text);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * val_fraction);
+  const int64_t need = seq_len + 1;
+  if (n - n_val < need || n_val < need)
+    throw Error("data: '" + name + "' has " + std::to_string(n) + " tokens; with val_fraction " +
+                std::to_string(val_fraction) + " the train split has " + std::to_string(n - n_val) +
+                " and the validation split " + std::to_string(n_val) + ", but each needs at least seq_len + 1 = " +
+                std::to_string(need) + "; lower data.seq_len or use more text");
+  std::vector<int64_t> val(ids.begin() + (n - n_val), ids.end());
+  ids.resize(n - n_val);
+  out.train = make_memory_dataset(std::move(ids), name + " (train split)");
+  out.val = make_memory_dataset(std::move(val), name + " (validation split)");
+  return out;
+}
+
+Sampling parse_sampling(const std::string& name) {
+  if (name == "random") return Sampling::Random;
+  if (name == "epoch") return Sampling::Epoch;
+  throw Error("data.sampling must be random or epoch (got '" + name + "')");
+}
+
+namespace {
+// A pseudo-random permutation of [0, n) as a pure function (no table, O(1) memory, any n): a
+// 4-round Feistel network on the smallest even number of bits covering n, cycle-walking until the
+// value lands inside [0, n). Expected walks are < 4 since the domain is at most 4n.
+int64_t permute(int64_t i, int64_t n, uint64_t key) {
+  int bits = 2;
+  while ((int64_t{1} << bits) < n) bits += 2;
+  const int half = bits / 2;
+  const uint64_t mask = (uint64_t{1} << half) - 1;
+  uint64_t x = static_cast<uint64_t>(i);
+  do {
+    uint64_t l = x >> half, r = x & mask;
+    for (uint64_t round = 0; round < 4; ++round) {
+      const uint64_t f = splitmix64(key ^ (round << 56) ^ r) & mask;
+      std::tie(l, r) = std::make_pair(r, l ^ f);
+    }
+    x = (l << half) | r;
+  } while (x >= static_cast<uint64_t>(n));
+  return static_cast<int64_t>(x);
+}
+}  // namespace
+
+Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, int64_t micro_step, int64_t rank) {
+  const int64_t B = spec.batch_size, T = spec.seq_len, span = data.size() - T - 1;
+  if (span < 0)
+    throw Error(data.describe() + " holds " + std::to_string(data.size()) + " tokens, fewer than seq_len + 1 = " +
+                std::to_string(T + 1));
+  auto buf = at::empty({B, T + 1}, at::kLong);
+  int64_t* p = buf.data_ptr<int64_t>();
+  if (spec.sampling == Sampling::Random) {
+    // One stream per (step, micro-batch) for the whole job; rank r takes rows [r B, (r+1) B) of it,
+    // so W ranks x B rows draw exactly what one process drawing W B rows would.
+    std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(spec.seed) ^ static_cast<uint64_t>(step)) ^
+                                   (static_cast<uint64_t>(micro_step) << 20)));
+    std::uniform_int_distribution<int64_t> pick(0, span);
+    for (int64_t skip = 0; skip < rank * B; ++skip) pick(rng);
+    for (int64_t b = 0; b < B; ++b) data.read(pick(rng), T + 1, p + b * (T + 1));
+  } else {
+    // Window w covers tokens [w (T+1), (w+1)(T+1)). The g-th sequence of the run (counting every
+    // row of every micro-batch of every rank in order) is window permute(g mod n) of epoch g / n.
+    const int64_t n = (data.size()) / (T + 1);
+    const int64_t first = ((step * spec.micro_steps + micro_step) * spec.world_size + rank) * B;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t g = first + b, epoch = g / n;
+      const int64_t w = permute(g % n, n, splitmix64(spec.seed ^ splitmix64(static_cast<uint64_t>(epoch))));
+      data.read(w * (T + 1), T + 1, p + b * (T + 1));
+    }
+  }
+  return {buf.narrow(1, 0, T).contiguous(), buf.narrow(1, 1, T).contiguous()};
+}
+
+// ---- downloads --------------------------------------------------------------------------------
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read '" + path + "' to hash it");
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  std::string hex;
+  char b[3];
+  for (unsigned int i = 0; i < len; ++i) std::snprintf(b, sizeof b, "%02x", md[i]), hex += b;
+  return hex;
+}
+
+namespace {
+// libcurl's write callback: append the received bytes to the download's stream.
+size_t write_to_stream(char* data, size_t size, size_t n, void* stream) {
+  static_cast<std::ostream*>(stream)->write(data, static_cast<std::streamsize>(size * n));
+  return static_cast<std::ostream*>(stream)->good() ? size * n : 0;
+}
+}  // namespace
+
+void download_file(const std::string& url, const std::string& dest, int64_t expected_size,
+                   const std::string& expected_sha256) {
+  const std::string by_hand = "; without network, download " + url + " yourself and put it at " + dest;
+  if (fs::path(dest).has_parent_path()) fs::create_directories(fs::path(dest).parent_path());
+  AtomicFile file(dest);
+  CURL* curl = curl_easy_init();
+  char err[CURL_ERROR_SIZE] = {0};
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_to_stream);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, static_cast<std::ostream*>(&file.stream()));
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 20L);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, err);
+  CURLcode rc = curl_easy_perform(curl);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK)
+    throw Error("data.download: fetching " + url + " failed (" + (err[0] ? err : curl_easy_strerror(rc)) + ")" + by_hand);
+  file.close_stream();
+  const auto size = static_cast<int64_t>(fs::file_size(file.temp_path()));
+  if (expected_size > 0 && size != expected_size)
+    throw Error("data.download: " + url + " gave " + std::to_string(size) + " bytes, expected " +
+                std::to_string(expected_size) + by_hand);
+  if (!expected_sha256.empty()) {
+    const std::string got = sha256_file(file.temp_path());
+    if (got != expected_sha256)
+      throw Error("data.download: " + url + " has SHA-256 " + got + ", expected " + expected_sha256 + by_hand);
+  }
+  file.commit();
+}
+
+}  // namespace linearnexus

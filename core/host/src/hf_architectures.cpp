@@ -1,0 +1,102 @@
+// The Hugging Face architectures of `convert` (hf_architectures.h): config.json read for the blocks'
+// adapters, and which adapter describes which architecture.
+#include "hf_architectures.h"
+
+#include <set>
+
+#include "linearnexus/error.h"
+
+using nlohmann::json;
+
+namespace linearnexus::hf {
+
+// ---- config.json ------------------------------------------------------------------------------
+
+void ConfigReader::unsupported(const std::string& key, const std::string& what) const {
+  throw Error(file_ + ": " + key + " is " + (j_.contains(key) ? j_.at(key).dump() : std::string("missing")) + "; " + what);
+}
+
+int64_t ConfigReader::integer(const std::string& key) const {
+  if (!has(key)) throw Error(file_ + ": key '" + key + "' is missing; the architecture needs it");
+  if (!j_.at(key).is_number_integer() || j_.at(key).get<int64_t>() <= 0) unsupported(key, "expected a positive whole number");
+  return j_.at(key).get<int64_t>();
+}
+int64_t ConfigReader::integer(const std::string& key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
+double ConfigReader::number(const std::string& key, double fallback) const {
+  if (!has(key)) return fallback;
+  if (!j_.at(key).is_number()) unsupported(key, "expected a number");
+  return j_.at(key).get<double>();
+}
+bool ConfigReader::flag(const std::string& key, bool fallback) const {
+  if (!has(key)) return fallback;
+  if (!j_.at(key).is_boolean()) unsupported(key, "expected true or false");
+  return j_.at(key).get<bool>();
+}
+std::string ConfigReader::text(const std::string& key, const std::string& fallback) const {
+  if (!has(key)) return fallback;
+  if (!j_.at(key).is_string()) unsupported(key, "expected a string");
+  return j_.at(key).get<std::string>();
+}
+std::string ConfigReader::text_in(const std::string& object, const std::string& key, const std::string& fallback) const {
+  if (!has(object) || !j_.at(object).is_object()) return fallback;
+  const json& o = j_.at(object);
+  if (!o.contains(key) || o.at(key).is_null()) return fallback;
+  if (!o.at(key).is_string()) unsupported(object, "expected " + key + " to be a string");
+  return o.at(key).get<std::string>();
+}
+double ConfigReader::number_in(const std::string& object, const std::string& key, double fallback) const {
+  if (!has(object) || !j_.at(object).is_object()) return fallback;
+  const json& o = j_.at(object);
+  if (!o.contains(key) || !o.at(key).is_number()) return fallback;
+  return o.at(key).get<double>();
+}
+
+// ---- which block's adapter ---------------------------------------------------------------------
+
+namespace {
+template <class F>
+void for_each_architecture(const Registry& registry, F&& f) {
+  for (const Registration* r : registry.all())
+    if (r->kind == PluginKind::Block && r->hooks.hf)
+      for (const auto& a : r->hooks.hf->architectures) f(a, r->name);
+}
+}  // namespace
+
+std::string supported_names(const Registry& registry) {
+  std::string out;
+  for_each_architecture(registry, [&](const HFArchitecture& a, const std::string& block) {
+    out += (out.empty() ? "" : ", ") + a.name + " (" + block + ")";
+  });
+  return out.empty() ? "none: no loaded block plugin has a Hugging Face adapter" : out;
+}
+
+Found architecture_named(const Registry& registry, const std::string& name, const std::string& file) {
+  Found found{nullptr, ""};
+  for_each_architecture(registry, [&](const HFArchitecture& a, const std::string& block) {
+    if (!found.architecture && a.name == name) found = {&a, block};
+  });
+  if (!found.architecture)
+    throw Error(file + ": architecture '" + name + "' is not supported; convert reads " + supported_names(registry));
+  return found;
+}
+
+Found architecture_of(const Registry& registry, const ModelConfig& m, const std::string& source) {
+  const std::set<std::string> kinds(m.block_pattern.begin(), m.block_pattern.end());
+  if (kinds.size() != 1)
+    throw Error(source + ": model.block_pattern mixes blocks (" + std::to_string(kinds.size()) +
+                " kinds); hf-export writes models of one block kind (" + supported_names(registry) + ")");
+  const std::string block = *kinds.begin();
+  const Registration& r = registry.get(PluginKind::Block, block);
+  if (!r.hooks.hf || r.hooks.hf->architectures.empty())
+    throw Error(source + ": block '" + block + "' (plugin " + r.origin.plugin_name + ") has no Hugging Face adapter, so " +
+                "hf-export cannot write it; architectures it writes: " + supported_names(registry));
+  std::string why;
+  for (const auto& a : r.hooks.hf->architectures) {
+    const std::string mismatch = a.mismatch ? a.mismatch(m, m.block_params.at(block)) : "";
+    if (mismatch.empty()) return {&a, block};
+    why += (why.empty() ? "" : "; ") + a.name + ": " + mismatch;
+  }
+  throw Error(source + ": the model fits none of the Hugging Face architectures of block '" + block + "' (" + why + ")");
+}
+
+}  // namespace linearnexus::hf

@@ -1,0 +1,45 @@
+#pragma once
+// The Hugging Face architectures `convert hf-import` / `hf-export` know: the block registrations'
+// adapters (BlockHooks::hf, hf_adapter.h). Host-internal; nothing here names a block's parameters.
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "linearnexus/hf_adapter.h"
+#include "linearnexus/registry.h"
+
+namespace linearnexus::hf {
+
+// config.json's keys (HFConfig), read with errors naming the file and the key.
+class ConfigReader final : public HFConfig {
+ public:
+  ConfigReader(const nlohmann::json& config, std::string file) : j_(config), file_(std::move(file)) {}
+  bool has(const std::string& key) const override { return j_.contains(key) && !j_.at(key).is_null(); }
+  int64_t integer(const std::string& key) const override;
+  int64_t integer(const std::string& key, int64_t fallback) const override;
+  double number(const std::string& key, double fallback) const override;
+  bool flag(const std::string& key, bool fallback) const override;
+  std::string text(const std::string& key, const std::string& fallback) const override;
+  std::string text_in(const std::string& object, const std::string& key, const std::string& fallback) const override;
+  double number_in(const std::string& object, const std::string& key, double fallback) const override;
+  bool is_text(const std::string& key) const override { return has(key) && j_.at(key).is_string(); }
+  [[noreturn]] void unsupported(const std::string& key, const std::string& what) const override;
+
+ private:
+  const nlohmann::json& j_;
+  std::string file_;
+};
+
+// An architecture and the block whose adapter describes it.
+struct Found {
+  const HFArchitecture* architecture;
+  std::string block;
+};
+// The architecture config.json names; an Error naming the file and listing the supported ones.
+Found architecture_named(const Registry& registry, const std::string& name, const std::string& file);
+// The architecture a model is (export): its one block kind's first architecture that fits. An
+// Error naming the block, or each architecture's reason, when none does.
+Found architecture_of(const Registry& registry, const ModelConfig& model, const std::string& source);
+std::string supported_names(const Registry& registry);  // "GPT2LMHeadModel (attention), ..."
+
+}  // namespace linearnexus::hf

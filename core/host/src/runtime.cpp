@@ -1,0 +1,70 @@
+// Process and device set-up (runtime.h).
+#include "linearnexus/host/runtime.h"
+
+#include <fcntl.h>
+#include <malloc.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "linearnexus/error.h"
+#include "linearnexus/host/config.h"
+
+namespace fs = std::filesystem;
+
+namespace linearnexus {
+
+void init_runtime() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 256 << 20);
+  int n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("LINEARNEXUS_NUM_THREADS")) n = std::atoi(env);
+  if (n > 0) at::set_num_threads(n);
+}
+
+at::Device resolve_device(const std::string& device) {
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    throw Error("device must be cpu, cuda or auto (got '" + device + "')");
+  if (device == "cpu") return at::kCPU;
+  const bool cuda = at::hasCUDA();
+  if (device == "cuda" && !cuda)
+    throw Error("device: cuda was asked for, but this LibTorch sees no CUDA device (a CPU-only build, or no GPU/driver "
+                "here); use device: cpu or device: auto");
+  return cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+}
+
+at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device) {
+  if (exp.run.precision != "bf16") return at::kFloat;
+  if (!device.is_cuda())
+    throw Error(exp.source + ": precision: bf16 needs a CUDA device (device is " + device.str() +
+                " here); use precision: fp32 on the CPU");
+  return at::kBFloat16;
+}
+
+std::shared_ptr<void> lock_run_folder(const std::string& dir) {
+  const std::string path = (fs::path(dir) / ".lock").string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error("trainer.out_dir: cannot create the lock file '" + path + "': " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    ::close(fd);
+    const std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+    throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
+                "); wait for it to end, or give this run another out_dir");
+  }
+  // The holder's pid, for the message above (the lock itself is the flock: it ends with the process).
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    // Only the message would lack the pid; the lock holds.
+  }
+  return std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
+}
+
+}  // namespace linearnexus

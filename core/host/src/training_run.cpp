@@ -1,0 +1,483 @@
+// The host's training run (training_run.h): the schedule, the step's update, metrics, evaluation,
+// checkpoints and exact resume, shared by every trainer.
+#include "linearnexus/host/training_run.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "linearnexus/compat.h"
+#include "linearnexus/error.h"
+#include "linearnexus/host/distributed.h"
+#include "linearnexus/host/generator.h"
+#include "linearnexus/host/plugin_host.h"
+#include "linearnexus/log.h"
+#include "linearnexus/loss.h"
+#include "linearnexus/task.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace linearnexus {
+
+at::Tensor to_device(const at::Tensor& t, const at::Device& device) {
+  if (!device.is_cuda() || t.device() == device) return t.to(device);
+  return t.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+double lr_multiplier(int64_t step, int64_t warmup, int64_t max_steps, const std::string& decay, double min_ratio) {
+  if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (decay == "constant" || max_steps <= warmup) return 1.0;
+  double progress = static_cast<double>(step - warmup) / static_cast<double>(max_steps - warmup);
+  progress = std::min(1.0, std::max(0.0, progress));
+  double shape = decay == "linear" ? 1.0 - progress : 0.5 * (1.0 + std::cos(M_PI * progress));
+  return min_ratio + (1.0 - min_ratio) * shape;
+}
+
+at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.param.grad().defined()) grads.push_back(p.param.grad());
+  if (grads.empty()) return at::zeros({});
+#if LINEARNEXUS_HAS_MULTI_TENSOR_OPS
+  // On CUDA, fp32 gradients: multi-tensor launches (one norm pass, one scaling pass) instead of a
+  // norm and a multiply kernel per tensor, as torch.nn.utils.clip_grad_norm_(foreach=True).
+  const bool multi = std::all_of(grads.begin(), grads.end(), [&](const at::Tensor& t) {
+    return t.is_cuda() && t.scalar_type() == at::kFloat && t.device() == grads.front().device();
+  });
+  if (multi) {
+    auto total = at::stack(at::_foreach_norm(grads, 2)).norm();
+    if (max_norm > 0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
+    return total;
+  }
+#endif
+  std::vector<at::Tensor> norms;
+  for (const auto& g : grads) norms.push_back(g.detach().to(at::kFloat).norm().reshape({1}));
+  auto total = at::cat(norms).norm();
+  if (max_norm > 0) {
+    // Multiply by min(1, max/total) always: no branch on the value, so no device sync.
+    auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    for (auto& g : grads) g.mul_(coef.to(g.scalar_type()));
+  }
+  return total;
+}
+
+
+namespace {
+std::string human_duration(double seconds) {
+  char buf[32];
+  long s = static_cast<long>(seconds + 0.5);
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", s);
+  return buf;
+}
+
+// Training FLOPs per token of `m` on sequences of T tokens (the nanoGPT / PaLM convention): 6 per
+// matmul weight (2 forward, 4 backward), i.e. every parameter but an untied input embedding (a
+// tied one is the LM head's matmul) and the norms' and biases' vectors (ignored: < 0.1%); plus what
+// each block's registration says its layer does beyond its weights (BlockHooks::extra_flops_per_token:
+// attention's scores and weighted sum, 12 C T counted as full T x T).
+double training_flops_per_token(const LMModel& m, const Registry& registry, int64_t T) {
+  const auto& c = m.config();
+  double n = static_cast<double>(m.num_parameters());
+  if (!c.tie_embeddings) n -= static_cast<double>(c.dims.vocab_size * c.dims.hidden_size);
+  double extra = 0;
+  for (const auto& kind : m.block_kinds()) {
+    const Registration* r = registry.find(PluginKind::Block, kind);
+    if (r && r->hooks.extra_flops_per_token) extra += r->hooks.extra_flops_per_token(c.dims, c.block_params.at(kind), T);
+  }
+  return 6.0 * n + extra;
+}
+
+// The bf16 matmul rate of `device` in FLOP/s: 8192^3 on random operands, 3 warm-up + 10 timed calls
+// (~25 ms on an H100-class GPU); what "peak" means in the logged mfu unless trainer.peak_tflops says.
+double measured_matmul_flops(const at::Device& device) {
+  const int64_t n = 8192;
+  auto o = at::TensorOptions().dtype(at::kBFloat16).device(device);
+  auto a = at::randn({n, n}, o), b = at::randn({n, n}, o), c = at::empty({n, n}, o);
+  for (int i = 0; i < 3; ++i) at::mm_out(c, a, b);
+  c.sum().item<float>();  // waits for the GPU
+  const auto t0 = std::chrono::steady_clock::now();
+  const int iters = 10;
+  for (int i = 0; i < iters; ++i) at::mm_out(c, a, b);
+  c.sum().item<float>();
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return 2.0 * n * n * n * iters / sec;
+}
+}  // namespace
+
+HostTrainingRun::HostTrainingRun(RunParts parts) : p_(std::move(parts)) {
+  const TrainerSettings& t = settings();
+  last_step_ = t.stop_after > 0 ? std::min(t.max_steps, t.stop_after) : t.max_steps;
+  ckpt_ = std::make_unique<CheckpointManager>(p_.out_dir, t.keep_last_n);
+  std::shared_ptr<GradientSync> sync;
+  if (p_.dist) sync = std::make_shared<GradientSync>(p_.dist, p_.params, p_.experiment->distributed.bucket_mb);
+  groups_.push_back({"", p_.model.get(), p_.params, p_.optimizer, sync});
+  if (p_.device.is_cuda()) {
+    flops_per_token_ = training_flops_per_token(*p_.model, p_.host->registry(), seq_len());
+    peak_flops_ = t.peak_tflops > 0 ? t.peak_tflops * 1e12 : measured_matmul_flops(p_.device);
+    if (is_main())
+      log_info("mfu: " + std::to_string(static_cast<int64_t>(flops_per_token_ / 1e6)) + " MFLOP per token against " +
+               std::to_string(static_cast<int64_t>(peak_flops_ / 1e12)) + " TFLOP/s per GPU (" +
+               (t.peak_tflops > 0 ? "trainer.peak_tflops" : "bf16 8192^3 matmul measured at startup") + ")");
+  }
+  t_start_ = t_last_log_ = std::chrono::steady_clock::now();
+}
+
+HostTrainingRun::~HostTrainingRun() = default;
+
+// ---- what is trained --------------------------------------------------------------------------------
+
+void HostTrainingRun::add_trainable(const std::string& name, torch::nn::Module& tensors, std::vector<NamedParameter> params,
+                                    std::shared_ptr<Optimizer> optimizer) {
+  if (name.empty() || name.find('.') != std::string::npos)
+    throw Error("add_trainable: the group name must be non-empty and without '.' (got '" + name + "')");
+  for (const auto& g : groups_)
+    if (g.name == name) throw Error("add_trainable: a group '" + name + "' was added already");
+  std::shared_ptr<GradientSync> sync;
+  if (p_.dist) {
+    // Every rank starts from rank 0's values, then averages the group's gradients with the others'.
+    std::vector<at::Tensor> weights;
+    for (const auto& kv : tensors.named_parameters()) weights.push_back(kv.value().detach());
+    p_.dist->broadcast(weights);
+    sync = std::make_shared<GradientSync>(p_.dist, params, p_.experiment->distributed.bucket_mb);
+  }
+  groups_.push_back({name, &tensors, std::move(params), std::move(optimizer), sync});
+}
+
+std::shared_ptr<Optimizer> HostTrainingRun::make_optimizer(const std::vector<NamedParameter>& params) {
+  return p_.host->registry().make_optimizer(p_.experiment->optimizer_name, params, p_.experiment->optimizer);
+}
+
+std::shared_ptr<Task> HostTrainingRun::task() {
+  const Experiment& e = *p_.experiment;
+  if (e.task_name.empty())
+    throw Error(e.source + ": trainer '" + e.trainer_name + "' needs a task section to draw prompts from, e.g. " +
+                "task: {name: arithmetic}; tasks: " + p_.host->registry().names_text(PluginKind::Task));
+  return p_.host->registry().make_task(e.task_name, e.task);
+}
+
+std::shared_ptr<LMModel> HostTrainingRun::load_model(const std::string& checkpoint, bool trainable) {
+  RunCheckpoint ck = RunCheckpoint::read(checkpoint);
+  auto m = std::make_shared<LMModel>(p_.model->config(), p_.host->registry());
+  ck.load_model(*m);
+  m->to(p_.device);
+  m->set_compute_dtype(p_.model->compute_dtype());
+  if (!trainable) {
+    m->eval();
+    for (auto& p : m->parameters()) p.set_requires_grad(false);
+  }
+  return m;
+}
+
+std::unique_ptr<Generator> HostTrainingRun::make_generator(const LMModel& model) {
+  return std::make_unique<DecodeGenerator>(model, p_.host->registry());
+}
+
+// ---- resume and save --------------------------------------------------------------------------------
+
+int64_t HostTrainingRun::resume() {
+  start_step_ = 0;
+  if (p_.resume_from) {
+    const RunCheckpoint& ck = *p_.resume_from;
+    ck.load_model(*p_.model);
+    start_step_ = ck.step();
+    for (auto& g : groups_) {
+      if (!g.name.empty()) {
+        if (!ck.has_extra(g.name))
+          throw Error("checkpoint " + ck.file() + " has no 'extra." + g.name + ".*' tensors, which trainer '" +
+                      p_.experiment->trainer_name + "' keeps there; was it saved by another trainer?");
+        ck.load_extra(g.name, *g.tensors);
+      }
+      ck.load_optimizer(*g.optimizer, p_.device, g.name);
+    }
+    ck.restore_rng(p_.device);
+    log_info("resumed from " + ck.file() + " at step " + std::to_string(start_step_));
+  } else if (p_.init_from) {
+    // A fresh run from another run's weights: the model only, new optimizers and step 0.
+    p_.init_from->load_model(*p_.model);
+    log_info("initialised the model from " + p_.init_from->file());
+  }
+  p_.resume_from.reset();  // applied: its tensors need no memory any more
+  p_.init_from.reset();
+  if (is_main()) open_metrics();
+  t_start_ = t_last_log_ = std::chrono::steady_clock::now();
+  return start_step_;
+}
+
+void HostTrainingRun::save(int64_t completed_steps) {
+  // Never a non-finite model on disk: checkpoint rotation would then drop the good ones. One
+  // reduction over the parameters, at save time only.
+  {
+    torch::NoGradGuard g;
+    std::vector<at::Tensor> finite;
+    for (const auto& p : p_.params) finite.push_back(at::isfinite(p.param).all().reshape({1}));
+    if (!finite.empty() && !at::cat(finite).all().item<bool>())
+      throw Error(diverged_message(completed_steps - 1, "non-finite weights"));
+  }
+  if (!is_main()) return;  // the replicas are identical: rank 0 writes
+  RunCheckpoint ck(*p_.model, p_.host->registry(), p_.experiment->resolved_yaml, tokenizer(), completed_steps);
+  for (const auto& g : groups_) {
+    if (!g.name.empty()) ck.set_extra(g.name, *g.tensors);
+    ck.set_optimizer(*g.optimizer, g.name);
+  }
+  ck.set_rng(p_.device);
+  log_info("saved " + ckpt_->save(ck));
+}
+
+// ---- the step -----------------------------------------------------------------------------------------
+
+double HostTrainingRun::begin_step(int64_t step) {
+  step_ = step;
+  const ScheduleSettings& s = p_.experiment->schedule;
+  const double base = p_.optimizer->base_lr();
+  const double min_ratio = base > 0 ? s.min_lr / base : 0.0;
+  const double multiplier = lr_multiplier(step, s.warmup_steps, settings().max_steps, s.decay, min_ratio);
+  for (auto& g : groups_) g.optimizer->set_lr_multiplier(multiplier);
+  last_lr_ = p_.optimizer->current_lr();
+  return last_lr_;
+}
+
+void HostTrainingRun::backward(const at::Tensor& loss, bool last_of_step) {
+  if (!last_of_step || !p_.dist) return loss.backward();
+  for (auto& g : groups_) g.sync->arm();  // buckets all-reduced as backward produces them
+  loss.backward();
+}
+
+// Sophia's Gauss-Newton-Bartlett estimate (or any optimizer's curvature pass): a forward/backward
+// against labels sampled from the model's own predictions, on the step's gradients' behalf: they are
+// put aside and back, so the estimate's .grad is all the optimizers see in update_curvature.
+void HostTrainingRun::curvature_pass(const at::Tensor& tokens) {
+  if (!tokens.defined())
+    throw Error("optimizer '" + p_.experiment->optimizer_name + "' asks for a curvature estimate, which trainer '" +
+                p_.experiment->trainer_name + "' gives no input for (TrainingRun::optimizer_step's curvature_tokens)");
+  std::vector<at::Tensor> kept;
+  for (auto& g : groups_)
+    for (auto& np : g.params) {
+      kept.push_back(np.param.grad());
+      np.param.mutable_grad() = at::Tensor();
+    }
+  backward(sampled_label_loss(p_.model->forward(tokens)));
+  if (p_.dist)
+    for (auto& g : groups_) g.sync->finish();
+  for (auto& g : groups_)
+    if (g.optimizer->wants_curvature_estimate(step_)) g.optimizer->update_curvature(tokens.numel());
+  size_t i = 0;
+  for (auto& g : groups_)
+    for (auto& np : g.params) np.param.mutable_grad() = kept[i++];
+}
+
+at::Tensor HostTrainingRun::optimizer_step(const at::Tensor& curvature_tokens) {
+  // The step's gradients, averaged over ranks (their all-reduces ran during the last backward).
+  if (p_.dist)
+    for (auto& g : groups_) g.sync->finish();
+  bool curvature = false;
+  for (const auto& g : groups_) curvature = curvature || g.optimizer->wants_curvature_estimate(step_);
+  if (curvature && curvature_step_ != step_) {
+    curvature_step_ = step_;
+    curvature_pass(curvature_tokens);
+  }
+  std::vector<NamedParameter> all;
+  for (const auto& g : groups_) all.insert(all.end(), g.params.begin(), g.params.end());
+  at::Tensor grad_norm = clip_grad_norm(all, settings().grad_clip);
+  for (auto& g : groups_) {
+    g.optimizer->step();
+    g.optimizer->zero_grad(g.params);
+  }
+  return grad_norm;
+}
+
+// ---- logs -------------------------------------------------------------------------------------------
+
+void HostTrainingRun::open_metrics() {
+  const fs::path metrics_path = fs::path(p_.out_dir) / "metrics.jsonl";
+  // Drop metric lines past the resumed step (an interrupted run may have logged beyond its last
+  // checkpoint), so metrics.jsonl reads as one uninterrupted run.
+  if (fs::exists(metrics_path)) {
+    std::ifstream in(metrics_path);
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      try {
+        if (!line.empty() && json::parse(line).value("step", int64_t{0}) <= start_step_) kept += line + "\n";
+      } catch (const std::exception&) {  // a torn last line from a crash: drop it
+      }
+    }
+    in.close();
+    std::ofstream(metrics_path, std::ios::trunc) << kept;
+  }
+  metrics_.open(metrics_path, std::ios::app);
+  if (!metrics_) throw Error("cannot write " + metrics_path.string());
+}
+
+bool HostTrainingRun::is_eval_step(int64_t step) const {
+  return (settings().eval_every > 0 && (step + 1) % settings().eval_every == 0) || step + 1 == settings().max_steps;
+}
+
+bool HostTrainingRun::is_log_step(int64_t step) const {
+  return (step + 1) % settings().log_every == 0 || step + 1 == last_step_ || is_eval_step(step);
+}
+
+void HostTrainingRun::write_metrics(const std::map<std::string, double>& m) {
+  if (!is_main()) return;
+  json j = json::object();
+  for (const auto& [k, v] : m) {
+    if (k == "step") j[k] = static_cast<int64_t>(v);
+    else j[k] = v;
+  }
+  append_metrics_line(j.dump() + "\n");
+}
+
+namespace {
+// Cut a file after its last newline: what a failed write left of a line goes, whole lines stay.
+void drop_torn_tail(const fs::path& path) {
+  std::string text;
+  {
+    std::ifstream in(path, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t end = text.rfind('\n');
+  std::error_code ec;
+  fs::resize_file(path, end == std::string::npos ? 0 : end + 1, ec);
+}
+}  // namespace
+
+void HostTrainingRun::append_metrics_line(const std::string& line) {
+  metrics_ << line;
+  metrics_.flush();
+  if (metrics_) return;
+  // A write failed (a moment of full disk): reopen, drop the torn tail so the file stays one JSON
+  // object per line, and write the line again; if that fails too, stop rather than lose lines.
+  const fs::path path = fs::path(p_.out_dir) / "metrics.jsonl";
+  metrics_.close();
+  drop_torn_tail(path);
+  metrics_.clear();
+  metrics_.open(path, std::ios::app);
+  metrics_ << line;
+  metrics_.flush();
+  if (!metrics_) {
+    metrics_.close();
+    drop_torn_tail(path);
+    throw Error("cannot append to " + path.string() + " (disk full?); training stopped so that no metric is lost. " +
+                "Free some space and run again with trainer.resume: auto");
+  }
+  log_warn("a write to " + path.string() + " failed once; reopened it and wrote the line again");
+}
+
+void HostTrainingRun::stop_if_diverged(int64_t step, const std::map<std::string, double>& metrics) const {
+  std::string bad;
+  // The training signals (loss, val_loss, policy_loss, ..., grad_norm); other metrics may be
+  // undefined for harmless reasons (the std of one reward).
+  for (const auto& [k, v] : metrics)
+    if ((k == "grad_norm" || k.find("loss") != std::string::npos) && !std::isfinite(v))
+      bad += (bad.empty() ? "" : ", ") + k + " " + std::to_string(v);
+  if (bad.empty()) return;
+  throw Error(diverged_message(step, bad));
+}
+
+std::string HostTrainingRun::diverged_message(int64_t step, const std::string& what) const {
+  const auto good = ckpt_->latest();
+  return "training diverged at step " + std::to_string(step + 1) + " (" + what + "); nothing was saved after it. " +
+         (good ? "The last good checkpoint is " + *good + ": lower optimizer.lr (or raise schedule.warmup_steps or " +
+                     "trainer.grad_clip) and run again with trainer.resume: auto"
+               : std::string("No checkpoint was saved before it: lower optimizer.lr (or raise schedule.warmup_steps)"));
+}
+
+void HostTrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t tokens) {
+  tokens_since_log_ += tokens;
+  ++steps_since_log_;
+  if (is_log_step(step)) {
+    auto now = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(now - t_last_log_).count();
+    std::map<std::string, double> m = metrics ? metrics() : std::map<std::string, double>{};
+    if (p_.dist && !m.empty()) {
+      // Every rank computed its own values on its own data: log their means (one collective).
+      std::vector<at::Tensor> values{at::empty({static_cast<int64_t>(m.size())}, at::kFloat)};
+      int64_t k = 0;
+      for (const auto& [key, v] : m) values[0][k++] = v;
+      values[0] = values[0].to(p_.device);
+      p_.dist->average(values);
+      auto host = values[0].to(at::kCPU);
+      k = 0;
+      for (auto& [key, v] : m) v = host[k++].item<double>();
+    }
+    tokens_since_log_ *= p_.world_size;  // the whole job's throughput
+    m["step"] = static_cast<double>(step + 1);
+    m["lr"] = last_lr_;
+    m["tokens_per_sec"] = dt > 0 ? static_cast<double>(tokens_since_log_) / dt : 0.0;
+    m["ms_per_step"] = 1000.0 * dt / static_cast<double>(steps_since_log_);
+    m["elapsed_sec"] = std::chrono::duration<double>(now - t_start_).count();
+    if (peak_flops_ > 0) m["mfu"] = m["tokens_per_sec"] * flops_per_token_ / (peak_flops_ * static_cast<double>(p_.world_size));
+    write_metrics(m);
+    stop_if_diverged(step, m);
+    std::ostringstream line;
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "step %lld/%lld", static_cast<long long>(step + 1), static_cast<long long>(settings().max_steps));
+    line << buf;
+    for (const auto& [k, v] : m) {
+      if (k == "step" || k == "lr" || k == "tokens_per_sec" || k == "ms_per_step" || k == "elapsed_sec" || k == "mfu") continue;
+      std::snprintf(buf, sizeof buf, " | %s %.4f", k.c_str(), v);
+      line << buf;
+    }
+    std::snprintf(buf, sizeof buf, " | lr %.2e | %.0f tok/s", last_lr_, m["tokens_per_sec"]);
+    line << buf;
+    if (peak_flops_ > 0) {
+      std::snprintf(buf, sizeof buf, " | mfu %.1f%%", 100.0 * m["mfu"]);
+      line << buf;
+    }
+    std::snprintf(buf, sizeof buf, " | %.1f ms/step | ETA %s", m["ms_per_step"],
+                  human_duration(m["ms_per_step"] / 1000.0 * static_cast<double>(settings().max_steps - step - 1)).c_str());
+    line << buf;
+    if (is_main()) log_info(line.str());
+    t_last_log_ = now;
+    tokens_since_log_ = steps_since_log_ = 0;
+  }
+  if ((settings().save_every > 0 && (step + 1) % settings().save_every == 0) || step + 1 == last_step_) save(step + 1);
+}
+
+
+// ---- data ---------------------------------------------------------------------------------------------
+
+at::Tensor HostTrainingRun::to_device(const at::Tensor& t) const { return linearnexus::to_device(t, p_.device); }
+
+Batch HostTrainingRun::train_batch(int64_t batch_size, int64_t micro_steps, int64_t step, int64_t micro) {
+  const DataSettings& d = p_.experiment->data;
+  BatchSpec spec{batch_size, d.seq_len, seed(), d.sampling, micro_steps, p_.world_size};
+  Batch b = get_batch(*p_.data.train, spec, step, micro, p_.rank);
+  return {to_device(b.x), to_device(b.y)};
+}
+
+double HostTrainingRun::evaluate_lm(int64_t batches, int64_t batch_size) {
+  const uint64_t seed = this->seed() ^ 0x5eed5eedull;
+  torch::NoGradGuard g;
+  const bool was_training = p_.model->is_training();
+  p_.model->eval();
+  at::Tensor total = at::zeros({}, at::TensorOptions().device(p_.device));
+  for (int64_t i = 0; i < batches; ++i) {
+    Batch b = get_batch(*p_.data.val, batch_size, seq_len(), seed, i, 0, p_.rank);
+    total += p_.model->next_token_loss(to_device(b.x), to_device(b.y));
+  }
+  if (was_training) p_.model->train();
+  return mean_over_ranks(total.item<double>() / static_cast<double>(std::max<int64_t>(batches, 1)));
+}
+
+double HostTrainingRun::mean_over_ranks(double value) const { return p_.dist ? p_.dist->average(value) : value; }
+
+std::string HostTrainingRun::describe() const {
+  std::ostringstream o;
+  const auto& c = p_.model->config();
+  o << "model: " << c.dims.n_layer << " layers [";
+  for (size_t i = 0; i < c.block_pattern.size(); ++i) o << (i ? ", " : "") << c.block_pattern[i];
+  o << "], hidden " << c.dims.hidden_size << ", vocab " << c.dims.vocab_size << ", "
+    << static_cast<double>(p_.model->num_parameters()) / 1e6 << "M parameters (" << p_.model->num_parameters()
+    << ") on " << p_.device.str() << "\n  data: " << p_.data.train->size() << " train tokens, "
+    << p_.data.val->size() << " validation tokens (" << p_.data.tokenizer->kind() << " tokenizer, vocab "
+    << p_.data.tokenizer->vocab_size() << ")\n  optimizer: " << p_.experiment->optimizer_name << ": "
+    << p_.optimizer->describe_groups() << "\n  run folder: " << p_.out_dir;
+  return o.str();
+}
+
+}  // namespace linearnexus
