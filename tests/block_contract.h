@@ -67,18 +67,38 @@ inline BlockOutput run_block(Block& b, const at::Tensor& x, LayerState s, Mode m
   return b.forward(x, std::move(s), ctx);
 }
 
-// Chunked (kv's scan) == the recurrent reference in outputs, the input's and every parameter's
-// gradient, for each T; `tweak` makes parameters differ from their initialisation in both copies.
+// How a contract check builds its pair of blocks: the reference form's value of the block's `scan`
+// key ("recurrent" for core's chunked-scan blocks, "sequential" for mamba's), and parameters moved
+// off their initialisation in both copies, as after training: set to a constant (`tweak`: a gate's
+// bias far negative makes strong decays) or given N(0, std) noise (`noise`: decays that differ per
+// channel).
+struct Reference {
+  std::string scan = "recurrent";
+  std::map<std::string, double> tweak, noise;
+};
+
+inline void add_noise(torch::nn::Module& m, const std::map<std::string, double>& stds) {
+  torch::NoGradGuard g;
+  auto ps = m.named_parameters();
+  for (const auto& [k, std] : stds) {
+    REQUIRE(ps.contains(k));
+    ps[k].add_(torch::randn_like(ps[k]) * std);
+  }
+}
+
+// Chunked (kv's scan) == the reference form in outputs, the input's and every parameter's gradient,
+// and in what Prefill returns (the output and every state tensor), for each T.
 inline void check_chunked_matches_recurrent(PluginHost& host, const std::string& name, KV kv, int64_t C,
-                                            const std::vector<int64_t>& Ts, const std::map<std::string, double>& tweak = {}) {
+                                            const std::vector<int64_t>& Ts, const Reference& reference = {}) {
   for (int64_t T : Ts) {
     INFO(name << " T " << T);
     torch::manual_seed(10 + T);
     auto chunk = make_test_block(host, name, C, kv);
     chunk->eval();
-    fill_parameters(*chunk, tweak);
+    fill_parameters(*chunk, reference.tweak);
+    add_noise(*chunk, reference.noise);
     KV ref_kv = kv;
-    ref_kv["scan"] = "recurrent";
+    ref_kv["scan"] = reference.scan;
     auto ref = make_test_block(host, name, C, ref_kv);
     ref->eval();
     copy_parameters(*ref, *chunk);
@@ -99,6 +119,16 @@ inline void check_chunked_matches_recurrent(PluginHost& host, const std::string&
       CHECK(torch::isfinite(gc).all().item<bool>());
       INFO("grad max diff " << max_diff(gc, gr) << " of max " << gr.abs().max().item<double>());
       CHECK(close(gc, gr));
+    }
+    torch::NoGradGuard g;
+    auto pc = run_block(*chunk, x, chunk->init_state(2, T, x.options()), Mode::Prefill);
+    auto pr = run_block(*ref, x, ref->init_state(2, T, x.options()), Mode::Prefill);
+    CHECK(close(pc.y, pr.y));
+    CHECK(close(pc.y, yc.detach()));
+    REQUIRE(pc.state.tensors.size() == pr.state.tensors.size());
+    for (const auto& [key, t] : pr.state.tensors) {
+      INFO("prefill state " << key << " max diff " << max_diff(pc.state.tensors.at(key), t));
+      CHECK(close(pc.state.tensors.at(key), t));
     }
   }
 }
@@ -136,13 +166,14 @@ inline void check_prefill_decode_every_split(PluginHost& host, const std::string
   }
 }
 
-// T tokens with the parameters in `strong` (strong decays): finite outputs and gradients, and the
-// chunked output equals the recurrent reference.
-inline void check_long_sequence(PluginHost& host, const std::string& name, KV kv, int64_t C,
-                                const std::map<std::string, double>& strong, int64_t T = 4096) {
+// T tokens with `reference`'s parameters (strong decays): finite outputs and gradients, and the
+// chunked output equals the reference form's.
+inline void check_long_sequence(PluginHost& host, const std::string& name, KV kv, int64_t C, const Reference& reference,
+                                int64_t T = 4096) {
   torch::manual_seed(3);
   auto b = make_test_block(host, name, C, kv);
-  fill_parameters(*b, strong);
+  fill_parameters(*b, reference.tweak);
+  add_noise(*b, reference.noise);
   auto x = torch::randn({1, T, C}).requires_grad_(true);
   auto y = run_block(*b, x, {}, Mode::Train).y;
   CHECK(torch::isfinite(y).all().item<bool>());
@@ -152,7 +183,7 @@ inline void check_long_sequence(PluginHost& host, const std::string& name, KV kv
     INFO("parameter " << p.key());
     CHECK(torch::isfinite(p.value().grad()).all().item<bool>());
   }
-  kv["scan"] = "recurrent";
+  kv["scan"] = reference.scan;
   auto ref = make_test_block(host, name, C, kv);
   copy_parameters(*ref, *b);
   torch::NoGradGuard g;

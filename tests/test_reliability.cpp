@@ -215,3 +215,50 @@ TEST_CASE("kill -9 during training, saves included, never leaves a run that cann
   check_metrics_lines(t / "a");
   CHECK(read_metrics(t / "a").count(step + 2));
 }
+
+// Checkpoints written before the SDK / host split (tests/fixtures/old_runs: commit 829378e, plugin
+// ABI 3) still load, and a run resumed from one logs what the old build logged uninterrupted: SFT
+// (model, AdamW state, RNG) and PPO (its value function under extra.value.*, extra.value_optim.*).
+TEST_CASE("checkpoints written before the SDK split resume and log what the old build logged", "[reliability][checkpoint]") {
+  const std::string dir = LINEARNEXUS_SOURCE_DIR "/tests/fixtures/old_runs";
+  const nlohmann::json expected = nlohmann::json::parse(read_text(dir + "/expected.json"));
+  const std::vector<std::string> small{"model.hidden_size=16", "model.n_layer=1", "model.blocks.attention.n_head=2",
+                                       "task.eval_size=10"};
+  auto config = [](const std::string& name) { return read_text(LINEARNEXUS_SOURCE_DIR "/configs/" + name); };
+  TempDir t;
+  {
+    std::vector<std::string> o = small;
+    for (const char* s : {"trainer.log_every=1", "trainer.eval_batches=1", "trainer.batch_size=4", "trainer.max_steps=20",
+                          "trainer.save_every=10", "trainer.eval_every=0"})
+      o.push_back(s);
+    o.push_back("trainer.resume=" + dir + "/sft_step10.safetensors");
+    o.push_back("trainer.out_dir=" + (t / "sft"));
+    train_experiment(config("sft_arithmetic.yaml"), o);
+    auto m = read_metrics(t / "sft");
+    for (int64_t step = 11; step <= 20; ++step) {
+      INFO("sft step " << step);
+      REQUIRE(m.count(step));
+      CHECK(m[step]["loss"].get<double>() == Approx(expected["sft_loss"][std::to_string(step)].get<double>()).epsilon(1e-6));
+    }
+  }
+  {
+    std::vector<std::string> o = small;
+    for (const char* s : {"trainer.log_every=1", "trainer.max_steps=4", "trainer.prompts_per_step=2", "trainer.group_size=2",
+                          "trainer.minibatches=2", "trainer.save_every=2", "trainer.value_model=separate",
+                          "trainer.eval_every=0", "optimizer.lr=0.01"})
+      o.push_back(s);
+    o.push_back("trainer.init_from=" + dir + "/sft_step10.safetensors");
+    o.push_back("trainer.resume=" + dir + "/ppo_step2.safetensors");
+    o.push_back("trainer.out_dir=" + (t / "ppo"));
+    train_experiment(config("ppo_arithmetic.yaml"), o);
+    auto m = read_metrics(t / "ppo");
+    for (int64_t step = 3; step <= 4; ++step) {
+      INFO("ppo step " << step);
+      REQUIRE(m.count(step));
+      for (const char* k : {"entropy", "response_len", "kl", "reward_mean"})
+        CHECK(m[step][k].get<double>() == Approx(expected["ppo"][std::to_string(step)][k].get<double>()).epsilon(1e-6));
+    }
+    // The value function came back from extra.value.* (a trainable group of the run) and is saved there again.
+    CHECK(load_safetensors(t / "ppo/latest.safetensors").tensors.count("extra.value.trunk.wte.weight") == 1);
+  }
+}

@@ -200,20 +200,18 @@ class AttentionBlock : public Block {
 };
 
 Schema attention_schema(const std::string& window_default, double window_min) {
-  return {
+  return join_schemas({
                   {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head", {}, 1},
                   {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)", {}, 0},
                   {"rope", ParamType::Bool, "true", "rotary position embedding on q and k"},
                   {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base (Hugging Face's rope_theta)", {}, 1},
-                  {"mlp", ParamType::String, "swiglu", "MLP kind: swiglu (Llama) or gelu (tanh approximation, GPT-2)", {"swiglu", "gelu"}},
-                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
                   {"qkv_bias", ParamType::Bool, "false", "biases in the q, k and v projections (GPT-2, Qwen2)"},
                   {"proj_bias", ParamType::Bool, "false", "a bias in the output projection (GPT-2)"},
                   {"mlp_bias", ParamType::Bool, "false", "biases in the MLP's projections (GPT-2)"},
                   {"window", ParamType::Int, window_default,
                    "sliding window: each token sees the last N tokens (itself included), decoding keeps a ring "
                    "buffer of N; 0 = full causal attention", {}, window_min},
-  };
+  }, mlp_schema("(swiglu: Llama; gelu: the tanh approximation, GPT-2)"));
 }
 
 // The scores and the weighted sum: 2 matmuls of T x T x C, forward and backward (12 C T per token),

@@ -177,16 +177,13 @@ class DeltaNetBlock : public Block {
 };
 
 Schema deltanet_schema() {
-  return {
+  return join_schemas({
       {"n_head", ParamType::Int, "4", "heads; head_dim = hidden_size / n_head (the state is [D, D] per head)", {}, 1},
-      {"chunk_size", ParamType::Int, "32", "tokens per chunk of the training / prefill (WY / UT) form", {}, 1, 512},
+      chunk_size_spec("32", 512, "(the WY / UT form)"),
       {"short_conv", ParamType::Bool, "true", "a causal depthwise conv on q, k and v before the activation"},
       {"conv_size", ParamType::Int, "4", "width of the short conv", {}, 2, 64},
-      {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
-       {"chunk", "recurrent"}},
-      {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
-      {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
-  };
+      scan_spec(),
+  }, mlp_schema());
 }
 
 }  // namespace

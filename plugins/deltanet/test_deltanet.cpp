@@ -22,7 +22,7 @@ TEST_CASE("deltanet: chunked WY form == recurrent reference in outputs and every
     for (const std::string chunk : {"8", "3", "1"})  // 1: 37 chunks, the states from core's scan over chunks
       for (const std::string conv : {"true", "false"})
         check_chunked_matches_recurrent(host, name, {{"n_head", "2"}, {"chunk_size", chunk}, {"short_conv", conv}}, 16,
-                                        {37, 5}, kTweak.at(name));
+                                        {37, 5}, Reference{"recurrent", kTweak.at(name)});
 }
 
 TEST_CASE("deltanet: prefill of any prefix + decode of the rest == the training form", "[deltanet]") {
@@ -35,8 +35,8 @@ TEST_CASE("deltanet: T = 4096 stays finite and matches the reference (strong dec
   PluginHost host;
   check_long_sequence(host, "deltanet", {{"n_head", "2"}}, 8, {});
   // A = 16, softplus(5) ~ 5: log-decays of ~ -80 per step.
-  check_long_sequence(host, "gated_deltanet", {{"n_head", "2"}}, 8, {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}});
-  check_long_sequence(host, "kda", {{"n_head", "2"}}, 8, {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}});
+  check_long_sequence(host, "gated_deltanet", {{"n_head", "2"}}, 8, Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
+  check_long_sequence(host, "kda", {{"n_head", "2"}}, 8, Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
 }
 
 TEST_CASE("deltanet: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[deltanet]") {

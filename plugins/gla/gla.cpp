@@ -111,20 +111,16 @@ class GLABlock : public Block {
 
 void register_gla(Registry& r) {
   r.add_block("gla", "gated linear attention (a data-dependent decay per key channel; chunked + recurrent) + MLP",
-              {
+              join_schemas({
                   {"n_head", ParamType::Int, "4", "heads; hidden_size and expand_k * hidden_size split evenly", {}, 1},
                   {"expand_k", ParamType::Float, "0.5", "key width = expand_k * hidden_size (the state is [Dk, Dv] per head)",
                    {}, 1.0 / 64, 4},
                   {"gate_low_rank", ParamType::Int, "16", "rank of the decay gate's projection", {}, 1},
                   {"gate_normalizer", ParamType::Float, "16.0",
                    "log alpha = logsigmoid(.) / this: larger keeps decays nearer 1 (longer memory)", {}, 1},
-                  {"chunk_size", ParamType::Int, "16",
-                   "tokens per chunk of the training / prefill form (its pairwise part is chunk^2 * Dk per head)", {}, 1, 256},
-                  {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
-                   {"chunk", "recurrent"}},
-                  {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
-                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
-              },
+                  chunk_size_spec("16", 256, "(its pairwise part is chunk^2 * Dk per head)"),
+                  scan_spec(),
+              }, mlp_schema()),
               [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<GLABlock>(d, p); });
 }
 

@@ -11,7 +11,7 @@ TEST_CASE("gla: chunked form == recurrent reference in outputs and every gradien
   // than core's loop takes on the CPU, so the chunks' states come from the scan. Bias -1: decays ~ 0.7..0.95.
   for (const std::string chunk : {"8", "3", "1"})
     check_chunked_matches_recurrent(host, "gla", {{"n_head", "2"}, {"chunk_size", chunk}, {"gate_normalizer", "4"}}, 16,
-                                    {37, 5}, {{"gk2.bias", -1.0}});
+                                    {37, 5}, Reference{"recurrent", {{"gk2.bias", -1.0}}});
 }
 
 TEST_CASE("gla: prefill of any prefix + decode of the rest == the training form", "[gla]") {
@@ -22,7 +22,7 @@ TEST_CASE("gla: prefill of any prefix + decode of the rest == the training form"
 TEST_CASE("gla: T = 4096 with strong decays stays finite and matches the reference", "[gla]") {
   PluginHost host;
   // log alpha ~ logsigmoid(-6) = -6 per step and channel: -96 over a chunk, -24000 over the sequence.
-  check_long_sequence(host, "gla", {{"n_head", "2"}, {"gate_normalizer", "1"}}, 8, {{"gk2.bias", -6.0}});
+  check_long_sequence(host, "gla", {{"n_head", "2"}, {"gate_normalizer", "1"}}, 8, Reference{"recurrent", {{"gk2.bias", -6.0}}});
 }
 
 TEST_CASE("gla: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[gla]") {

@@ -6,86 +6,36 @@
 
 using namespace lntest;
 
-TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs and every gradient", "[mamba]") {
+// The block contract's checks (tests/block_contract.h) with mamba's reference form, scan: sequential.
+TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs, every gradient and prefill's state", "[mamba]") {
   PluginHost host;
   // scan: chunk is the batched-op path; auto is the fused CPU kernel here (fp32 on the CPU).
-  for (const std::string scan : {"chunk", "auto"}) {
+  // 37 = 4 chunks of 8 + 5; 5 < one chunk. Width 24: a block of 16 channels and a partial one.
+  // A_log differs per channel after training: noise on it, the same in both copies.
+  for (const std::string scan : {"chunk", "auto"})
     for (int64_t N : {1, 4, 16}) {
-      // 37 = 4 chunks of 8 + 5; 5 < one chunk. Width 24: a block of 16 channels and a partial one.
-      for (int64_t T : {37, 5}) {
-        torch::manual_seed(10 + N);
-        INFO("scan " << scan);
-        std::map<std::string, std::string> kv{{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"},
-                                              {"scan", scan}};
-        auto chunk = make_test_block(host, "mamba", 24, kv);
-        kv["scan"] = "sequential";
-        auto seq = make_test_block(host, "mamba", 24, kv);
-        copy_parameters(*seq, *chunk);
-        {  // A_log differs per channel after training: make it so here, identically in both.
-          torch::NoGradGuard g;
-          auto noise = torch::randn({48, N}) * 0.3;
-          chunk->named_parameters()["A_log"].add_(noise);
-          seq->named_parameters()["A_log"].add_(noise);
-        }
-        auto x = torch::randn({2, T, 24});
-        auto r = torch::randn({2, T, 24});
-        auto xc = x.clone().requires_grad_(true), xs = x.clone().requires_grad_(true);
-        auto yc = run_block(*chunk, xc, {}, Mode::Train).y, ys = run_block(*seq, xs, {}, Mode::Train).y;
-        INFO("d_state " << N << " T " << T << " output max diff " << max_diff(yc, ys));
-        CHECK(close(yc, ys));
-        (yc * r).sum().backward();
-        (ys * r).sum().backward();
-        CHECK(close(xc.grad(), xs.grad()));
-        auto sp = seq->named_parameters();
-        for (const auto& kv2 : chunk->named_parameters()) {
-          const auto &gc = kv2.value().grad(), &gs = sp[kv2.key()].grad();
-          INFO("parameter " << kv2.key());
-          REQUIRE(gc.defined());
-          REQUIRE(gs.defined());
-          CHECK(gs.abs().max().item<double>() > 0);
-          INFO("grad max diff " << max_diff(gc, gs) << " of max " << gs.abs().max().item<double>());
-          CHECK(close(gc, gs));
-        }
-        // Prefill returns the same final state from both scans.
-        torch::NoGradGuard g;
-        auto pc = run_block(*chunk, x, chunk->init_state(2, T, x.options()), Mode::Prefill);
-        auto ps = run_block(*seq, x, seq->init_state(2, T, x.options()), Mode::Prefill);
-        CHECK(close(pc.y, ps.y));
-        CHECK(close(pc.state.tensors.at("ssm_state"), ps.state.tensors.at("ssm_state")));
-        CHECK(torch::equal(pc.state.tensors.at("conv_state"), ps.state.tensors.at("conv_state")));
-        CHECK(close(pc.y, yc.detach()));
-      }
+      INFO("scan " << scan << ", d_state " << N);
+      check_chunked_matches_recurrent(host, "mamba",
+                                      {{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"}, {"scan", scan}},
+                                      24, {37, 5}, Reference{"sequential", {}, {{"A_log", 0.3}}});
     }
-  }
 }
 
 TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the reference", "[mamba]") {
   PluginHost host;
+  // delta in [0.5, 2] and A down to -16: the log-decay summed over a chunk reaches ~ -2000 and over
+  // the sequence ~ -1e5; exponentiating its negation (a positive cumulative sum) would give inf.
   for (const std::string scan : {"chunk", "auto"}) {
     INFO("scan " << scan);
-    torch::manual_seed(3);
-    // delta in [0.5, 2] and A down to -16: the log-decay summed over a chunk reaches ~ -2000 and over
-    // the sequence ~ -1e5; exponentiating its negation (a positive cumulative sum) would give inf.
-    std::map<std::string, std::string> kv{{"d_state", "16"}, {"dt_min", "0.5"}, {"dt_max", "2.0"}, {"scan", scan}};
-    auto chunk = make_test_block(host, "mamba", 8, kv);
-    kv["scan"] = "sequential";
-    auto seq = make_test_block(host, "mamba", 8, kv);
-    copy_parameters(*seq, *chunk);
-    auto x = torch::randn({1, 4096, 8}).requires_grad_(true);
-    auto y = run_block(*chunk, x, {}, Mode::Train).y;
-    CHECK(torch::isfinite(y).all().item<bool>());
-    y.pow(2).mean().backward();
-    CHECK(torch::isfinite(x.grad()).all().item<bool>());
-    for (const auto& p : chunk->parameters()) CHECK(torch::isfinite(p.grad()).all().item<bool>());
-    torch::NoGradGuard g;
-    auto ys = run_block(*seq, x.detach(), {}, Mode::Train).y;
-    INFO("max diff " << max_diff(y, ys));
-    CHECK(close(y.detach(), ys));
+    check_long_sequence(host, "mamba", {{"d_state", "16"}, {"dt_min", "0.5"}, {"dt_max", "2.0"}, {"scan", scan}}, 8,
+                        Reference{"sequential", {}, {}});
   }
 }
 
-TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over the whole", "[mamba]") {
+TEST_CASE("mamba: prefill of any prefix + decode of the rest == the chunked scan; a prefill continues a state", "[mamba]") {
   PluginHost host;
+  check_prefill_decode_every_split(host, "mamba", {{"chunk_size", "8"}, {"dt_max", "0.5"}}, 16, 29);
+  // A prefill continuing a state (a second prompt piece) also matches.
   torch::manual_seed(4);
   auto b = make_test_block(host, "mamba", 16, {{"chunk_size", "8"}, {"dt_max", "0.5"}});
   b->eval();
@@ -93,37 +43,7 @@ TEST_CASE("mamba: recurrent decoding and prefill + decode == chunked scan over t
   const int64_t B = 3, T = 29;
   auto x = torch::randn({B, T, 16});
   auto full = run_block(*b, x, {}, Mode::Train).y;
-
-  // Token by token from a zero state.
-  LayerState s = b->init_state(B, T, x.options());
-  std::vector<at::Tensor> ys;
-  for (int64_t t = 0; t < T; ++t) {
-    auto o = run_block(*b, x.narrow(1, t, 1), std::move(s), Mode::Decode, t);
-    ys.push_back(o.y);
-    s = std::move(o.state);
-  }
-  auto rec = at::cat(ys, 1);
-  INFO("recurrent max diff " << max_diff(rec, full));
-  CHECK(close(rec, full));
-
-  // Prefill 13 tokens (a chunk and a part), then decode 1, 3 (several tokens in one Decode call) and the rest.
-  s = b->init_state(B, T, x.options());
-  auto o = run_block(*b, x.narrow(1, 0, 13), std::move(s), Mode::Prefill);
-  ys = {o.y};
-  s = std::move(o.state);
-  int64_t t = 13;
-  for (int64_t n : std::vector<int64_t>{1, 3, 1, T - 18}) {
-    o = run_block(*b, x.narrow(1, t, n), std::move(s), Mode::Decode, t);
-    ys.push_back(o.y);
-    s = std::move(o.state);
-    t += n;
-  }
-  auto pd = at::cat(ys, 1);
-  INFO("prefill+decode max diff " << max_diff(pd, full));
-  CHECK(close(pd, full));
-  // A prefill continuing a state (a second prompt piece) also matches.
-  s = b->init_state(B, T, x.options());
-  auto o1 = run_block(*b, x.narrow(1, 0, 10), std::move(s), Mode::Prefill);
+  auto o1 = run_block(*b, x.narrow(1, 0, 10), b->init_state(B, T, x.options()), Mode::Prefill);
   auto o2 = run_block(*b, x.narrow(1, 10, T - 10), std::move(o1.state), Mode::Prefill, 10);
   CHECK(close(at::cat({o1.y, o2.y}, 1), full));
 }

@@ -155,9 +155,8 @@ void register_mamba2(Registry& r) {
                   {"dt_max", ParamType::Float, "0.1", "largest initial dt", {}, 1e-6, 10},
                   {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial dt", {}, 0},
                   {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
-                  {"chunk_size", ParamType::Int, "64", "tokens per chunk of the training / prefill form", {}, 1, 1024},
-                  {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
-                   {"chunk", "recurrent"}},
+                  chunk_size_spec("64", 1024),
+                  scan_spec(),
               },
               [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<Mamba2Block>(d, p); });
 }

@@ -195,7 +195,7 @@ class MLABlock : public Block {
 
 void register_mla(Registry& r) {
   r.add_block("mla", "DeepSeek-V2 multi-head latent attention (compressed latent KV cache, decoupled RoPE) + MLP",
-              {
+              join_schemas({
                   {"n_head", ParamType::Int, "4", "attention heads", {}, 1},
                   {"kv_lora_rank", ParamType::Int, "0", "d_c, the cached latent width (0 = min(4 head_dim, hidden_size / 2))", {}, 0},
                   {"q_lora_rank", ParamType::Int, "0", "low-rank query width (0 = full-rank queries)", {}, 0},
@@ -204,9 +204,7 @@ void register_mla(Registry& r) {
                   {"v_head_dim", ParamType::Int, "0", "per-head value width (0 = head_dim)", {}, 0},
                   {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base", {}, 1},
                   {"decode", ParamType::String, "absorbed", "decode path: absorbed (on the latent cache) or naive (materialise k/v)", {"absorbed", "naive"}},
-                  {"mlp", ParamType::String, "swiglu", "MLP kind", {"swiglu", "gelu"}},
-                  {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0},
-              },
+              }, mlp_schema()),
               [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MLABlock>(d, p); },
               // The scores and the weighted sum, as attention's (12 C T per token, full T x T).
               BlockHooks{[](const ModelDims& d, const Params&, int64_t T) {

@@ -203,16 +203,13 @@ void register_rwkv7(Registry& r) {
       {
           {"n_head", ParamType::Int, "4", "heads; head size = hidden_size / n_head (the state is [D, D] per head; RWKV-7 uses 64)",
            {}, 1},
-          {"chunk_size", ParamType::Int, "32",
-           "tokens per chunk of the training / prefill form (<= 49: matmuls; larger: the pairwise chunk^2 * D form)",
-           {}, 1, 128},
+          chunk_size_spec("32", 128, "(<= 49: matmuls; larger: the pairwise chunk^2 * D form)"),
           {"decay_lora", ParamType::Int, "0", "rank of the decay's low-rank projection (0 = max(32, 1.8 sqrt(C)) rounded to 32)",
            {}, 0},
           {"iclr_lora", ParamType::Int, "0", "rank of the in-context learning rate's projection (0 = as decay_lora)", {}, 0},
           {"gate_lora", ParamType::Int, "0", "rank of the output gate's projection (0 = max(32, 0.6 C^0.8) rounded to 32)", {}, 0},
           {"mlp_hidden", ParamType::Int, "0", "channel-mixing width (0 = 4 C)", {}, 0},
-          {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
-           {"chunk", "recurrent"}},
+          scan_spec(),
       },
       [](const ModelDims& d, const Params& p, int64_t layer) { return std::make_shared<RWKV7Block>(d, p, layer); });
 }

@@ -17,7 +17,7 @@ TEST_CASE("rwkv7: chunked form == recurrent reference in outputs and every gradi
   // 37 = 4 chunks of 8 + 5; 5 < one chunk; chunk 3 cuts everywhere else; chunk 1 makes 37 chunks, more
   // than core's loop takes on the CPU, so the chunks' states come from the scan.
   for (const std::string chunk : {"8", "3", "1"})
-    check_chunked_matches_recurrent(host, "rwkv7", {{"n_head", "2"}, {"chunk_size", chunk}}, 16, {37, 5}, kTweak);
+    check_chunked_matches_recurrent(host, "rwkv7", {{"n_head", "2"}, {"chunk_size", chunk}}, 16, {37, 5}, Reference{"recurrent", kTweak});
 }
 
 TEST_CASE("rwkv7: prefill of any prefix + decode of the rest == the training form", "[rwkv7]") {
@@ -32,7 +32,7 @@ TEST_CASE("rwkv7: T = 4096 with the strongest decays stays finite and matches th
   auto strong = kTweak;
   strong["w0"] = 20.0;
   strong["a0"] = 5.0;
-  check_long_sequence(host, "rwkv7", {{"n_head", "2"}}, 8, strong);
+  check_long_sequence(host, "rwkv7", {{"n_head", "2"}}, 8, Reference{"recurrent", strong});
 }
 
 TEST_CASE("rwkv7: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[rwkv7]") {

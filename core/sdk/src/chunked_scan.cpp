@@ -4,6 +4,17 @@
 #include <vector>
 
 namespace linearnexus {
+
+ParamSpec chunk_size_spec(const std::string& default_size, double max_size, const std::string& note) {
+  return {"chunk_size", ParamType::Int, default_size,
+          "tokens per chunk of the training / prefill form" + (note.empty() ? "" : " " + note), {}, 1, max_size};
+}
+
+ParamSpec scan_spec() {
+  return {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
+          {"chunk", "recurrent"}};
+}
+
 namespace {
 
 at::Tensor f32(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }

@@ -110,6 +110,11 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   return down(at::gelu(up(x), "tanh"));
 }
 
+Schema mlp_schema(const std::string& kind_note) {
+  return {{"mlp", ParamType::String, "swiglu", "MLP kind" + (kind_note.empty() ? "" : " " + kind_note), {"swiglu", "gelu"}},
+          {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0}};
+}
+
 ResidualMLP::ResidualMLP(torch::nn::Module& block, const ModelDims& dims, const std::string& mlp_kind,
                          int64_t mlp_hidden, bool mlp_bias)
     : ln2_(block.register_module("ln2", std::make_shared<Norm>(dims.hidden_size, dims))),

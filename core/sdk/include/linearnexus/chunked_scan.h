@@ -25,8 +25,17 @@
 #include <ATen/ATen.h>
 
 #include <limits>
+#include <string>
+
+#include "linearnexus/params.h"
 
 namespace linearnexus {
+
+// The schema entries of a block whose training / prefill form is one of these chunked scans, in one
+// wording: chunk_size (the block's default and upper bound; `note` appended to the doc: what the chunk
+// costs in this block) and scan (chunk, or the recurrent form the tests take as the reference).
+ParamSpec chunk_size_spec(const std::string& default_size, double max_size, const std::string& note = "");
+ParamSpec scan_spec();
 
 // Chunks of `chunk` tokens (any T: the last chunk is padded with such no-op tokens). Inside a chunk
 // the pairwise form, between chunks the state; only exp of non-positive numbers is ever formed, so

@@ -55,6 +55,10 @@ class MLP : public torch::nn::Module {
 // It registers "ln2" (the model's Norm) and "mlp" (MLP) on the block that owns it, so the parameter
 // and checkpoint names stay the block's own ("ln2.weight", "mlp.up.weight"...). Construct it in the
 // block's constructor where ln2 and mlp were registered before (the order of the random init).
+// The schema entries of the MLP tail a block builds with ResidualMLP, in one wording for every block:
+// mlp (swiglu | gelu; `kind_note` appended to its doc) and mlp_hidden.
+Schema mlp_schema(const std::string& kind_note = "");
+
 class ResidualMLP {
  public:
   ResidualMLP() = default;  // empty until assigned one built on its block

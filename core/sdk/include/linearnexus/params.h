@@ -29,6 +29,11 @@ struct ParamSpec {
   std::string range_text() const;
 };
 using Schema = std::vector<ParamSpec>;
+// a's entries, then b's (a block's own keys, then a shared group such as layers.h's mlp_schema()).
+inline Schema join_schemas(Schema a, const Schema& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
 
 // A typed value. Ints convert to floats on read; lists are stored element-wise.
 struct ParamValue {

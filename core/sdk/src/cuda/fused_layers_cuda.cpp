@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels.h"
+#include "linearnexus/cuda_glue.h"
 #include "linearnexus/error.h"
 
 namespace linearnexus {
@@ -22,10 +23,6 @@ using torch::autograd::variable_list;
 
 DType dtype_of(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? DType::BF16 : DType::F32; }
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string(what) + ": CUDA kernel failed: " + cudaGetErrorString(e));
-}
-
 struct RmsNorm : public torch::autograd::Function<RmsNorm> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, double eps,
                                at::ScalarType out_dtype) {
@@ -34,7 +31,7 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
     const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
     auto y = at::empty(x.sizes(), x.options().dtype(out_dtype));
     auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-    check(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), y.data_ptr(), dtype_of(y),
+    check_cuda(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), y.data_ptr(), dtype_of(y),
                            rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
           "rms_norm forward");
     ctx->save_for_backward({x, w, rstd});
@@ -49,7 +46,7 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
     auto dy = grads[0].contiguous();
     auto dx = at::empty_like(x);
     auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
-    check(rms_norm_backward(dy.data_ptr(), dtype_of(dy), x.data_ptr(), dtype_of(x), w.data_ptr<float>(),
+    check_cuda(rms_norm_backward(dy.data_ptr(), dtype_of(dy), x.data_ptr(), dtype_of(x), w.data_ptr<float>(),
                             rstd.data_ptr<float>(), dx.data_ptr(), partial.data_ptr<float>(), rows, C,
                             at::cuda::getCurrentCUDAStream()),
           "rms_norm backward");
@@ -57,22 +54,34 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
   }
 };
 
-// {h, n} = {x + y, rms_norm(x + y) * w}; saves h (an output), w and rstd.
+// {h, n} = {x + y, rms_norm(x + y) * w}, or, with y undefined, {x, rms_norm(x) * w}: a block's
+// residual add and the norm after it, or a pre-norm whose input also flows on in the residual
+// stream. Without y, x is returned as it came (autograd makes it a view of x with this node as its
+// grad_fn), so the gradient the stream brings to it and the norm's meet here, in one kernel, instead
+// of in autograd's add<float> over the stream. One node for both: residual_rms_norm.cu's backward is
+// the same arithmetic, with no dy written when there is no y. Saves h (x without y), w and rstd.
 struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                                double eps, at::ScalarType out_dtype) {
     // x, y: [..., C] contiguous, h in x's dtype; w: [C] fp32
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
-    auto h = at::empty_like(x);
     auto n = at::empty(x.sizes(), x.options().dtype(out_dtype));
     auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-    check(residual_rms_norm_forward(x.data_ptr(), dtype_of(x), y.data_ptr(), dtype_of(y), w.data_ptr<float>(),
-                                    h.data_ptr(), n.data_ptr(), dtype_of(n), rstd.data_ptr<float>(), rows, C,
-                                    static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
-          "residual rms_norm forward");
+    at::Tensor h = x;
+    if (y.defined()) {
+      h = at::empty_like(x);
+      check_cuda(residual_rms_norm_forward(x.data_ptr(), dtype_of(x), y.data_ptr(), dtype_of(y), w.data_ptr<float>(),
+                                           h.data_ptr(), n.data_ptr(), dtype_of(n), rstd.data_ptr<float>(), rows, C,
+                                           static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+                 "residual rms_norm forward");
+      ctx->saved_data["y_dtype"] = static_cast<int64_t>(y.scalar_type());
+    } else {
+      check_cuda(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), n.data_ptr(), dtype_of(n),
+                                  rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+                 "rms_norm (residual) forward");
+    }
     ctx->save_for_backward({h, w, rstd});
-    ctx->saved_data["y_dtype"] = static_cast<int64_t>(y.scalar_type());
     ctx->saved_data["n_dtype"] = static_cast<int64_t>(out_dtype);
     return {h, n};
   }
@@ -82,58 +91,23 @@ struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
     const at::Tensor &h = saved[0], &w = saved[1], &rstd = saved[2];
     const c10::cuda::CUDAGuard guard(h.device());
     const int64_t C = h.size(-1), rows = rstd.numel();
-    const auto y_dtype = static_cast<at::ScalarType>(ctx->saved_data["y_dtype"].toInt());
     const auto n_dtype = static_cast<at::ScalarType>(ctx->saved_data["n_dtype"].toInt());
+    const bool with_y = ctx->saved_data.find("y_dtype") != ctx->saved_data.end();
     // An undefined gradient (an output that reached no loss) counts as zeros: dh as a null pointer.
     at::Tensor dh = grads[0].defined() ? grads[0].to(h.scalar_type()).contiguous() : at::Tensor();
     at::Tensor dn = grads[1].defined() ? grads[1].to(n_dtype).contiguous() : at::zeros(h.sizes(), h.options().dtype(n_dtype));
     auto dx = at::empty_like(h);
-    auto dy = at::empty(h.sizes(), h.options().dtype(y_dtype));
+    at::Tensor dy;
+    if (with_y) dy = at::empty(h.sizes(), h.options().dtype(static_cast<at::ScalarType>(ctx->saved_data["y_dtype"].toInt())));
     auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
-    check(residual_rms_norm_backward(dh.defined() ? dh.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn), h.data_ptr(),
-                                     dtype_of(h), w.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
-                                     dy.data_ptr(), dtype_of(dy), partial.data_ptr<float>(), rows, C,
-                                     at::cuda::getCurrentCUDAStream()),
-          "residual rms_norm backward");
+    check_cuda(residual_rms_norm_backward(dh.defined() ? dh.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn), h.data_ptr(),
+                                          dtype_of(h), w.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
+                                          with_y ? dy.data_ptr() : nullptr, with_y ? dtype_of(dy) : dtype_of(h),
+                                          partial.data_ptr<float>(), rows, C, at::cuda::getCurrentCUDAStream()),
+               with_y ? "residual rms_norm backward" : "rms_norm (residual) backward");
     return {dx, dy, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
-
-// {x, rms_norm(x) * w}. x is returned as it came (autograd makes it a view of x with this node as
-// its grad_fn), so the gradient the residual stream brings to it and the norm's meet here, in one
-// kernel, instead of in autograd's add<float> over the stream.
-struct RmsNormResidual : public torch::autograd::Function<RmsNormResidual> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, double eps,
-                               at::ScalarType out_dtype) {
-    // x: [..., C] contiguous; w: [C] fp32
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
-    auto n = at::empty(x.sizes(), x.options().dtype(out_dtype));
-    auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-    check(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), n.data_ptr(), dtype_of(n),
-                           rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
-          "rms_norm (residual) forward");
-    ctx->save_for_backward({x, w, rstd});
-    ctx->saved_data["n_dtype"] = static_cast<int64_t>(out_dtype);
-    return {x, n};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &w = saved[1], &rstd = saved[2];
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t C = x.size(-1), rows = rstd.numel();
-    const auto n_dtype = static_cast<at::ScalarType>(ctx->saved_data["n_dtype"].toInt());
-    at::Tensor dres = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous() : at::Tensor();
-    at::Tensor dn = grads[1].defined() ? grads[1].to(n_dtype).contiguous() : at::zeros(x.sizes(), x.options().dtype(n_dtype));
-    auto dx = at::empty_like(x);
-    auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
-    check(residual_rms_norm_backward(dres.defined() ? dres.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn),
-                                     x.data_ptr(), dtype_of(x), w.data_ptr<float>(), rstd.data_ptr<float>(),
-                                     dx.data_ptr(), nullptr, dtype_of(x), partial.data_ptr<float>(), rows, C,
-                                     at::cuda::getCurrentCUDAStream()),
-          "rms_norm (residual) backward");
-    return {dx, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -143,7 +117,7 @@ struct ResidualAdd : public torch::autograd::Function<ResidualAdd> {
     // a, b: [...] contiguous, the same shape
     const c10::cuda::CUDAGuard guard(a.device());
     auto out = at::empty_like(a);
-    check(residual_add(a.data_ptr(), dtype_of(a), b.data_ptr(), dtype_of(b), out.data_ptr(), a.numel(),
+    check_cuda(residual_add(a.data_ptr(), dtype_of(a), b.data_ptr(), dtype_of(b), out.data_ptr(), a.numel(),
                        at::cuda::getCurrentCUDAStream()),
           "residual add");
     ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
@@ -178,7 +152,7 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     // Token-major storage ([B, T, heads, D]) returned as [B, heads, T, D] views (see rope.cu).
     auto split = [&](int64_t heads) { return at::empty({B, T, heads, D}, qkv.options()).transpose(1, 2); };
     auto q = split(H), k = split(Hkv), v = split(Hkv);
-    check(qkv_rope(args, dtype_of(qkv), qkv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), false,
+    check_cuda(qkv_rope(args, dtype_of(qkv), qkv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), false,
                    at::cuda::getCurrentCUDAStream()),
           "qkv rope forward");
     ctx->save_for_backward({positions});
@@ -203,7 +177,7 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     auto dq = grad(0, H), dk = grad(1, Hkv), dv = grad(2, Hkv);
     const c10::cuda::CUDAGuard guard(dq.device());
     auto dqkv = at::empty({B, T, (H + 2 * Hkv) * D}, dq.options());
-    check(qkv_rope(args, dtype_of(dq), dqkv.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), true,
+    check_cuda(qkv_rope(args, dtype_of(dq), dqkv.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), true,
                    at::cuda::getCurrentCUDAStream()),
           "qkv rope backward");
     return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -215,7 +189,7 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
     // gate, up: [..., hidden] contiguous, one dtype
     const c10::cuda::CUDAGuard guard(gate.device());
     auto out = at::empty_like(gate);
-    check(swiglu_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), dtype_of(gate), gate.numel(),
+    check_cuda(swiglu_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), dtype_of(gate), gate.numel(),
                          at::cuda::getCurrentCUDAStream()),
           "swiglu forward");
     ctx->save_for_backward({gate, up});
@@ -227,7 +201,7 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
     const c10::cuda::CUDAGuard guard(saved[0].device());
     auto dout = grads[0].to(saved[0].scalar_type()).contiguous();
     auto dgate = at::empty_like(saved[0]), dup = at::empty_like(saved[1]);
-    check(swiglu_backward(saved[0].data_ptr(), saved[1].data_ptr(), dout.data_ptr(), dgate.data_ptr(), dup.data_ptr(),
+    check_cuda(swiglu_backward(saved[0].data_ptr(), saved[1].data_ptr(), dout.data_ptr(), dgate.data_ptr(), dup.data_ptr(),
                           dtype_of(dgate), dgate.numel(), at::cuda::getCurrentCUDAStream()),
           "swiglu backward");
     return {dgate, dup};
@@ -266,7 +240,7 @@ at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b) {
 }
 
 std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
-  return RmsNormResidual::apply(x.contiguous(), w.to(at::kFloat).contiguous(), eps, out_dtype);
+  return ResidualRmsNorm::apply(x.contiguous(), at::Tensor(), w.to(at::kFloat).contiguous(), eps, out_dtype);
 }
 
 std::vector<at::Tensor> qkv_rope(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,

@@ -10,6 +10,7 @@
 
 #include "kernels.h"
 #include "lt_matmul.h"
+#include "linearnexus/cuda_glue.h"
 #include "linearnexus/error.h"
 
 namespace linearnexus {
@@ -45,7 +46,7 @@ HeadLossSums lm_head_loss_sums(const at::Tensor& h, const at::Tensor& W, const a
     at::mm_out(lc, hc, Wp.t());  // [n, Vp]
     const cudaError_t e = softmax_cross_entropy_rows(lc.data_ptr(), dtype, n, V, Vp, tgt.data_ptr<int64_t>() + r0,
                                                      loss_rows.data_ptr<float>() + r0, with_grad, stream);
-    if (e != cudaSuccess) throw Error(std::string("lm_head_loss: CUDA cross-entropy kernel failed: ") + cudaGetErrorString(e));
+    check_cuda(e, "lm_head_loss: the cross-entropy kernel");
     if (!with_grad) continue;
     // lc now holds d(loss)/d(logits) = softmax - onehot (zero in the padding columns).
     auto gh = out.grad_h.narrow(0, r0, n);  // [n, C], rows of a contiguous tensor: contiguous
