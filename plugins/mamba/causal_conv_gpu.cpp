@@ -73,7 +73,7 @@ struct ConvSiluFunction : public torch::autograd::Function<ConvSiluFunction> {
     const int64_t rows_out = a.B * cuda::conv_backward_tiles(a.T);
     auto dw = at::empty({rows_out, a.D, a.K}, w.options());
     auto db = bias.numel() > 0 ? at::empty({rows_out, a.D}, w.options()) : at::Tensor();
-    check_cuda(cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), dw.data_ptr<float>(),
+    check_cuda(cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), a.D, dw.data_ptr<float>(),
                                         db.defined() ? db.data_ptr<float>() : nullptr,
                                         at::cuda::getCurrentCUDAStream()),
                "causal conv backward");

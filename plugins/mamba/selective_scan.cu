@@ -16,6 +16,7 @@
 
 #include <type_traits>
 
+#include "scan_math.cuh"
 #include "selective_scan_cuda.h"
 
 namespace linearnexus {
@@ -45,16 +46,6 @@ constexpr int kBackwardBlocksPerSM = 5;
 constexpr int kBackwardSteps = 4;
 constexpr int kStage = 32;                     // steps whose B and C the forward stages in shared memory
 constexpr int kWarps = kThreads / 32;
-constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float ld(const float* p) { return __ldg(p); }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-
-__device__ __forceinline__ float sigmoid(float x) { return __frcp_rn(1.f + __expf(-x)); }
-// torch's softplus: beta 1, linear above 20.
-__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
 
 // Sum over the P adjacent lanes of one channel; every one of them gets the sum.
 template <int P>
@@ -439,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) backward_kerne
 
 template <typename T, int P, int S, int Q>
 cudaError_t launch_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(backward_tiles(a)), static_cast<unsigned>(a.B));
+  const dim3 grid(static_cast<unsigned>(backward_tiles_old(a)), static_cast<unsigned>(a.B));
   backward_kernel<T, P, S, Q><<<grid, kThreads, 0, stream>>>(a, kept, g);
   return cudaGetLastError();
 }
@@ -496,7 +487,7 @@ struct Backward {
 
 }  // namespace
 
-int64_t backward_tiles(const ScanArgs& a) {
+int64_t backward_tiles_old(const ScanArgs& a) {
   const int64_t channels = kThreads / lanes_per_channel(a.N, kBackwardStates);
   return (a.D + channels - 1) / channels;
 }
@@ -505,7 +496,7 @@ cudaError_t scan_forward(const ScanArgs& a, void* out, float* sT, float* kept, c
   return dispatch(a, Forward{a, out, sT, kept, stream});
 }
 
-cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
+cudaError_t scan_backward_old(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
   return dispatch(a, Backward<kBackwardStates, kBackwardSteps>{a, kept, g, stream});
 }
 
