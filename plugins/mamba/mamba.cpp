@@ -89,12 +89,7 @@ class MambaBlock : public Block {
     // recurrence below, which matters once a CUDA graph has removed the launch overhead.
     const bool cuda_scan = scan_ == "auto" && mamba::cuda_scan_applies(xi, N_);
     at::Tensor gated;                                     // y * silu(z): [B, T, D]
-    // DEV ONLY: LINEARNEXUS_MAMBA_INNER=0 trains through the separate conv / projection / scan nodes.
-    static const bool inner_enabled = [] {
-      const char* e = std::getenv("LINEARNEXUS_MAMBA_INNER");
-      return !(e && std::string(e) == "0");
-    }();
-    if (cuda_scan && inner_enabled && !cached && !keep.defined() && at::GradMode::is_enabled() &&
+    if (cuda_scan && !cached && !keep.defined() && at::GradMode::is_enabled() &&
         mamba::mamba_inner_applies(xz, N_, K_)) {
       // Training on CUDA: conv, projections and scan as one autograd node that keeps only xz, dbc
       // and the scan's chunk states for backward (mamba_inner_gpu.cpp).

@@ -27,9 +27,6 @@
 // dA is summed per (batch row, channel, state) in shared memory over the whole sequence.
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "scan_math.cuh"
 #include "selective_scan_cuda.h"
 
@@ -47,6 +44,11 @@ static_assert(kKeepEvery % kSteps == 0 && kSegs <= 32, "a chunk is whole segment
 // <= 32); more values a round cost fewer shuffles a value, and more registers.
 constexpr int kReduceSteps = 2;
 static_assert(kSteps % kReduceSteps == 0, "segments are whole reduction groups");
+// States per pass, and whether the true backward walk recomputes the decays exp(delta A) (one more
+// MUFU instruction an element) instead of keeping them from the local pass (kSteps * K registers).
+// MEASURED: see the section of docs/benchmarks.md (K = 2 kept / recomputed, K = 4 kept).
+constexpr int kStatesPerPass = 2;
+constexpr bool kRecomputeDecay = false;
 
 // K consecutive floats of shared memory (16- or 8-byte aligned) as one access.
 template <int K>
@@ -364,15 +366,8 @@ cudaError_t launch(const ScanArgs& a, const float* kept, const ScanGrads& g, cud
 
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream) {
   if (a.N < 1 || a.N > kMaxState || a.B < 1 || a.T < 1 || a.D < 1) return cudaErrorInvalidValue;
-  // Development switch (LINEARNEXUS_SCAN_BWD_VARIANT): k2 (default), k2r (decays recomputed), k4.
-  static const std::string variant = [] {
-    const char* v = std::getenv("LINEARNEXUS_SCAN_BWD_VARIANT");
-    return std::string(v ? v : "k2");
-  }();
-  const bool bf = a.dtype == DType::BF16;
-  if (variant == "k4") return bf ? launch<__nv_bfloat16, 4, false>(a, kept, g, stream) : launch<float, 4, false>(a, kept, g, stream);
-  if (variant == "k2r") return bf ? launch<__nv_bfloat16, 2, true>(a, kept, g, stream) : launch<float, 2, true>(a, kept, g, stream);
-  return bf ? launch<__nv_bfloat16, 2, false>(a, kept, g, stream) : launch<float, 2, false>(a, kept, g, stream);
+  return a.dtype == DType::BF16 ? launch<__nv_bfloat16, kStatesPerPass, kRecomputeDecay>(a, kept, g, stream)
+                                : launch<float, kStatesPerPass, kRecomputeDecay>(a, kept, g, stream);
 }
 
 }  // namespace cuda

@@ -71,10 +71,6 @@ struct ScanGrads {
 // Recomputes the states from `kept` (scan_forward's) one chunk at a time, parallel over the chunk's
 // tokens, and writes every gradient (selective_scan_bwd.cu).
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream);
-// DEV ONLY (A/B against the new kernel): the one-thread-walks-time backward, dB / dC as
-// [backward_tiles_old, B, T, N] partial sums.
-int64_t backward_tiles_old(const ScanArgs& a);
-cudaError_t scan_backward_old(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream);
 
 // One decoded token of the causal depthwise conv + silu (conv_step.cu), the state updated in place:
 //   u[b, d] = silu(sum_k window[k] weight[d, k] + bias[d]),  window = [state[b, d, :], x[b, d]],

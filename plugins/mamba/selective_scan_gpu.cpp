@@ -12,7 +12,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "cuda_glue.h"
@@ -147,12 +146,6 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
     auto dout = grads[0].defined() ? grads[0].to(o.u.scalar_type()) : at::zeros_like(o.u);
     int64_t dout_row = 0;
     std::tie(dout, dout_row) = rows(dout);
-    // DEV ONLY: LINEARNEXUS_SCAN_BWD=old runs the one-thread-walks-time kernel (A/B timing).
-    static const bool old_kernel = [] {
-      const char* e = std::getenv("LINEARNEXUS_SCAN_BWD");
-      return e && std::string(e) == "old";
-    }();
-    const int64_t tiles = old_kernel ? cuda::backward_tiles_old(a) : 1;
     cuda::ScanGrads g;
     at::Tensor dsT = grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
     auto du = at::empty({a.B, a.T, a.D}, o.u.options()), ddt = at::empty_like(du);
@@ -160,22 +153,19 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
     auto dA = at::empty({a.B, a.D, a.N}, f), ds0 = at::empty_like(dA);
     auto dD = o.Dskip.defined() ? at::empty({a.B, a.D}, f) : at::Tensor();
     auto dbias = o.bias.defined() ? at::empty({a.B, a.D}, f) : at::Tensor();
-    // The new kernel adds the sums of its channel tiles into zeros.
-    auto dB = old_kernel ? at::empty({tiles, a.B, a.T, a.N}, f) : at::zeros({1, a.B, a.T, a.N}, f), dC = at::zeros_like(dB);
+    auto dB = at::zeros({a.B, a.T, a.N}, f), dC = at::zeros_like(dB);  // the kernel adds into them
     g.dout = dout.data_ptr(), g.dout_row = dout_row, g.dsT = f32(dsT);
     g.du = du.data_ptr(), g.ddt = ddt.data_ptr(), g.dz = dz.defined() ? dz.data_ptr() : nullptr, g.dz_row = a.D;
     g.dA = dA.data_ptr<float>(), g.dDskip = f32_out(dD), g.dbias = f32_out(dbias);
     g.dB = dB.data_ptr<float>(), g.dC = dC.data_ptr<float>(), g.ds0 = ds0.data_ptr<float>();
-    check_cuda(old_kernel ? cuda::scan_backward_old(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream())
-                          : cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()),
-               "selective scan backward");
+    check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()), "selective scan backward");
     auto sum0 = [](const at::Tensor& t) { return t.defined() ? t.sum(0) : t; };
     return {du,
             ddt,
             sum0(dbias),
             sum0(dA),
-            dB.sum(0).to(o.Bm.scalar_type()),
-            dC.sum(0).to(o.Cm.scalar_type()),
+            dB.to(o.Bm.scalar_type()),
+            dC.to(o.Cm.scalar_type()),
             sum0(dD),
             dz,
             o.s0.defined() ? ds0 : at::Tensor(),
