@@ -46,7 +46,9 @@ constexpr int kReduceSteps = 2;
 static_assert(kSteps % kReduceSteps == 0, "segments are whole reduction groups");
 // States per pass, and whether the true backward walk recomputes the decays exp(delta A) (one more
 // MUFU instruction an element) instead of keeping them from the local pass (kSteps * K registers).
-// MEASURED: see the section of docs/benchmarks.md (K = 2 kept / recomputed, K = 4 kept).
+// K = 2 with the decays kept: 128 registers (48 bytes spilled), 2 blocks a SM; recomputed: 8 bytes
+// spilled; K = 4: 255 registers, 1 block a SM. NOT YET TIMED against each other (no GPU time came;
+// commit c9e8eca has them behind LINEARNEXUS_SCAN_BWD_VARIANT=k2r|k4 for that).
 constexpr int kStatesPerPass = 2;
 constexpr bool kRecomputeDecay = false;
 
