@@ -86,7 +86,7 @@ __global__ void conv_silu_forward_kernel(ConvArgs a, T* y) {
 //   dx_s = sum_k w[k] g_{s + K - 1 - k},   dw[k] += g_t x_{t - (K - 1) + k},   dbias += g_t
 // with g = 0 past the end. A window of the last K g's gives each dx_s once g_{s + K - 1} is known.
 template <typename T, int K>
-__global__ void conv_silu_backward_kernel(ConvArgs a, const T* dy, T* dx, float* dw, float* dbias) {
+__global__ void conv_silu_backward_kernel(ConvArgs a, const T* dy, T* dx, int64_t dx_row, float* dw, float* dbias) {
   const int64_t d = blockIdx.x * int64_t(kThreads) + threadIdx.x, b = blockIdx.z;
   const int64_t t0 = int64_t(blockIdx.y) * kTile;
   if (d >= a.D) return;
@@ -123,7 +123,7 @@ __global__ void conv_silu_backward_kernel(ConvArgs a, const T* dy, T* dx, float*
       float v = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) v += w[k] * gw.v[K - 1 - k];
-      st(dx + (b * a.T + s_out) * a.D + d, v);
+      st(dx + (b * a.T + s_out) * dx_row + d, v);
     }
   }
   const int64_t row = b * gridDim.y + blockIdx.y;  // the partial sums' (batch row, tile)
@@ -171,17 +171,17 @@ cudaError_t conv_silu_forward(const ConvArgs& a, void* y, cudaStream_t stream) {
   });
 }
 
-cudaError_t conv_silu_backward(const ConvArgs& a, const void* dy, void* dx, float* dw, float* dbias,
+cudaError_t conv_silu_backward(const ConvArgs& a, const void* dy, void* dx, int64_t dx_row, float* dw, float* dbias,
                                cudaStream_t stream) {
   if (a.B == 0 || a.T == 0 || a.D == 0) return cudaSuccess;
   return with_taps(a.K, [&](auto k) {
     constexpr int K = decltype(k)::value;
     if (a.bf16)
       conv_silu_backward_kernel<__nv_bfloat16, K><<<grid_of(a), kThreads, 0, stream>>>(
-          a, static_cast<const __nv_bfloat16*>(dy), static_cast<__nv_bfloat16*>(dx), dw, dbias);
+          a, static_cast<const __nv_bfloat16*>(dy), static_cast<__nv_bfloat16*>(dx), dx_row, dw, dbias);
     else
       conv_silu_backward_kernel<float, K><<<grid_of(a), kThreads, 0, stream>>>(
-          a, static_cast<const float*>(dy), static_cast<float*>(dx), dw, dbias);
+          a, static_cast<const float*>(dy), static_cast<float*>(dx), dx_row, dw, dbias);
   });
 }
 

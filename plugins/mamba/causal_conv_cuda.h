@@ -36,10 +36,11 @@ cudaError_t conv_silu_forward(const ConvArgs& a, void* y, cudaStream_t stream);
 // Time tiles of the backward: dw and dbias come back as one partial sum per (batch row, tile).
 int64_t conv_backward_tiles(int64_t T);
 
-// dy [B, T, D] contiguous (x's dtype) -> dx [B, T, D] contiguous (x's dtype), dw [B * tiles, D, K]
-// and dbias [B * tiles, D] partial sums (dbias may be null). The history gets no gradient (it is a
-// cache, never trained through).
-cudaError_t conv_silu_backward(const ConvArgs& a, const void* dy, void* dx, float* dw, float* dbias,
+// dy [B, T, D] contiguous (x's dtype) -> dx [B, T, D] with rows dx_row apart (x's dtype; D for a
+// contiguous one, 2 D for the first half of the block's [B, T, 2 D] in-projection gradient),
+// dw [B * tiles, D, K] and dbias [B * tiles, D] partial sums (dbias may be null). The history gets no
+// gradient (it is a cache, never trained through).
+cudaError_t conv_silu_backward(const ConvArgs& a, const void* dy, void* dx, int64_t dx_row, float* dw, float* dbias,
                                cudaStream_t stream);
 
 }  // namespace cuda

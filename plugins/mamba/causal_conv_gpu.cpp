@@ -1,11 +1,9 @@
-// The torch side of the CUDA causal conv + SiLU (declared in causal_conv_gpu.h). Without CUDA
-// (LINEARNEXUS_MAMBA_CUDA undefined: every CPU build) cuda_conv_applies() is false and the block
-// never calls conv_silu_cuda.
+// The torch side of the CUDA causal conv + SiLU (declared in causal_conv_gpu.h). Compiled only where
+// LibTorch has CUDA; elsewhere cuda_stubs.cpp stands in (cuda_conv_applies() is false there).
 #include "causal_conv_gpu.h"
 
 #include <linearnexus/error.h>
 
-#ifdef LINEARNEXUS_MAMBA_CUDA
 #include <torch/autograd.h>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -14,21 +12,10 @@
 #include <string>
 
 #include "causal_conv_cuda.h"
-#include "cuda_glue.h"
-#endif
+#include <linearnexus/cuda_glue.h>
 
 namespace linearnexus {
 namespace mamba {
-
-#ifndef LINEARNEXUS_MAMBA_CUDA
-
-bool cuda_conv_applies(const at::Tensor&, int64_t) { return false; }
-
-at::Tensor conv_silu_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor*) {
-  throw Error("mamba: the CUDA causal conv is not in this build (LibTorch without CUDA); use scan: chunk");
-}
-
-#else
 
 namespace {
 
@@ -73,7 +60,7 @@ struct ConvSiluFunction : public torch::autograd::Function<ConvSiluFunction> {
     const int64_t rows_out = a.B * cuda::conv_backward_tiles(a.T);
     auto dw = at::empty({rows_out, a.D, a.K}, w.options());
     auto db = bias.numel() > 0 ? at::empty({rows_out, a.D}, w.options()) : at::Tensor();
-    check_cuda(cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), dw.data_ptr<float>(),
+    check_cuda(cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), a.D, dw.data_ptr<float>(),
                                         db.defined() ? db.data_ptr<float>() : nullptr,
                                         at::cuda::getCurrentCUDAStream()),
                "causal conv backward");
@@ -120,8 +107,6 @@ at::Tensor conv_silu_cuda(const at::Tensor& x_in, const at::Tensor& weight, cons
   }
   return ConvSiluFunction::apply(x, w, b);
 }
-
-#endif
 
 }  // namespace mamba
 }  // namespace linearnexus

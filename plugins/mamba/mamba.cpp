@@ -90,7 +90,13 @@ class MambaBlock : public Block {
     // recurrence below, which matters once a CUDA graph has removed the launch overhead.
     const bool cuda_scan = scan_ == "auto" && mamba::cuda_scan_applies(xi, N_);
     at::Tensor gated;                                     // y * silu(z): [B, T, D]
-    if (cached && ctx.mode == Mode::Decode && !cuda_scan) {
+    if (cuda_scan && !cached && !keep.defined() && at::GradMode::is_enabled() &&
+        mamba::mamba_inner_applies(xz, N_, K_)) {
+      // Training on CUDA: conv, projections and scan as one autograd node that keeps only xz, dbc
+      // and the scan's chunk states for backward (mamba_inner_gpu.cpp).
+      gated = mamba::mamba_inner_cuda(xz, conv_weight_, conv_bias_, x_proj_->weight, dt_proj_->weight,
+                                      dt_proj_->bias, -A_log_.exp(), D_);
+    } else if (cached && ctx.mode == Mode::Decode && !cuda_scan) {
       // The recurrent path, one token after the other on the cached state.
       std::vector<at::Tensor> ys;
       for (int64_t t = 0; t < T; ++t)

@@ -47,8 +47,6 @@ struct ScanArgs {
 };
 
 inline int64_t kept_chunks(int64_t T) { return (T + kKeepEvery - 1) / kKeepEvery; }
-// Channel tiles of the backward: dB and dC come back as one partial sum per tile.
-int64_t backward_tiles(const ScanArgs& a);
 
 // out [B, T, D] contiguous (the input dtype); sT [B, D, N] the state after the last token;
 // kept [B, kept_chunks(T), D, N] the state entering every kKeepEvery-token chunk, or null (no backward).
@@ -60,16 +58,18 @@ struct ScanGrads {
   const float* dsT = nullptr;  // [B, D, N] or null
   void* du = nullptr;          // [B, T, D] contiguous, input dtype
   void* ddt = nullptr;         // [B, T, D] contiguous: the gradient of dt (before the softplus)
-  void* dz = nullptr;          // [B, T, D] contiguous, when z is given
+  void* dz = nullptr;          // [B, T, D], rows dz_row apart, when z is given
+  int64_t dz_row = 0;
   float* dA = nullptr;         // [B, D, N]: one partial sum per batch row
   float* dDskip = nullptr;     // [B, D] partial sums, or null
   float* dbias = nullptr;      // [B, D] partial sums, or null
-  float* dB = nullptr;         // [backward_tiles, B, T, N] partial sums
-  float* dC = nullptr;         // [backward_tiles, B, T, N] partial sums
-  float* ds0 = nullptr;        // [B, D, N]
+  float* dB = nullptr;         // [B, T, N], zeros on entry: the kernel adds into it (atomics)
+  float* dC = nullptr;         // [B, T, N], zeros on entry
+  float* ds0 = nullptr;        // [B, D, N], or null (no initial state to differentiate)
 };
 
-// Recomputes the states from `kept` (scan_forward's) one chunk at a time and writes every gradient.
+// Recomputes the states from `kept` (scan_forward's) one chunk at a time, parallel over the chunk's
+// tokens, and writes every gradient (selective_scan_bwd.cu).
 cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads& g, cudaStream_t stream);
 
 // One decoded token of the causal depthwise conv + silu (conv_step.cu), the state updated in place:

@@ -1,12 +1,10 @@
 // The torch side of the CUDA selective scan (declared in selective_scan_gpu.h): dtype and layout
-// checks, the autograd node, and the calls into selective_scan.cu's launchers. Without CUDA
-// (LINEARNEXUS_MAMBA_CUDA undefined: every CPU build) cuda_scan_applies() is false and the block
-// never calls scan_gated_cuda.
+// checks, the autograd node, and the calls into selective_scan.cu's launchers. Compiled only where
+// LibTorch has CUDA; elsewhere cuda_stubs.cpp stands in (cuda_scan_applies() is false there).
 #include "selective_scan_gpu.h"
 
 #include <linearnexus/error.h>
 
-#ifdef LINEARNEXUS_MAMBA_CUDA
 #include <torch/autograd.h>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -14,29 +12,11 @@
 
 #include <string>
 
-#include "cuda_glue.h"
+#include <linearnexus/cuda_glue.h>
 #include "selective_scan_cuda.h"
-#endif
 
 namespace linearnexus {
 namespace mamba {
-
-#ifndef LINEARNEXUS_MAMBA_CUDA
-
-bool cuda_scan_applies(const at::Tensor&, int64_t) { return false; }
-
-GatedScanResult scan_gated_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, const at::Tensor&,
-                                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                const at::Tensor&) {
-  throw Error("mamba: the CUDA selective scan is not in this build (LibTorch without CUDA); use scan: chunk");
-}
-
-bool conv_step_applies(const at::Tensor&, const at::Tensor&) { return false; }
-at::Tensor conv_step_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
-  throw Error("mamba: the CUDA conv step is not in this build (LibTorch without CUDA)");
-}
-
-#else
 
 namespace {
 
@@ -146,7 +126,6 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
     auto dout = grads[0].defined() ? grads[0].to(o.u.scalar_type()) : at::zeros_like(o.u);
     int64_t dout_row = 0;
     std::tie(dout, dout_row) = rows(dout);
-    const int64_t tiles = cuda::backward_tiles(a);
     cuda::ScanGrads g;
     at::Tensor dsT = grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
     auto du = at::empty({a.B, a.T, a.D}, o.u.options()), ddt = at::empty_like(du);
@@ -154,9 +133,9 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
     auto dA = at::empty({a.B, a.D, a.N}, f), ds0 = at::empty_like(dA);
     auto dD = o.Dskip.defined() ? at::empty({a.B, a.D}, f) : at::Tensor();
     auto dbias = o.bias.defined() ? at::empty({a.B, a.D}, f) : at::Tensor();
-    auto dB = at::empty({tiles, a.B, a.T, a.N}, f), dC = at::empty_like(dB);
+    auto dB = at::zeros({a.B, a.T, a.N}, f), dC = at::zeros_like(dB);  // the kernel adds into them
     g.dout = dout.data_ptr(), g.dout_row = dout_row, g.dsT = f32(dsT);
-    g.du = du.data_ptr(), g.ddt = ddt.data_ptr(), g.dz = dz.defined() ? dz.data_ptr() : nullptr;
+    g.du = du.data_ptr(), g.ddt = ddt.data_ptr(), g.dz = dz.defined() ? dz.data_ptr() : nullptr, g.dz_row = a.D;
     g.dA = dA.data_ptr<float>(), g.dDskip = f32_out(dD), g.dbias = f32_out(dbias);
     g.dB = dB.data_ptr<float>(), g.dC = dC.data_ptr<float>(), g.ds0 = ds0.data_ptr<float>();
     check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()), "selective scan backward");
@@ -165,8 +144,8 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
             ddt,
             sum0(dbias),
             sum0(dA),
-            dB.sum(0).to(o.Bm.scalar_type()),
-            dC.sum(0).to(o.Cm.scalar_type()),
+            dB.to(o.Bm.scalar_type()),
+            dC.to(o.Cm.scalar_type()),
             sum0(dD),
             dz,
             o.s0.defined() ? ds0 : at::Tensor(),
@@ -237,8 +216,6 @@ at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at
   check_cuda(cuda::conv_step(a, u.data_ptr(), at::cuda::getCurrentCUDAStream()), "conv step");
   return u;
 }
-
-#endif
 
 }  // namespace mamba
 }  // namespace linearnexus

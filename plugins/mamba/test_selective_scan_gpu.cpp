@@ -1,8 +1,10 @@
-// The CUDA selective scan (selective_scan.cu through selective_scan_gpu.cpp) against the sequential
-// reference in float64 on the CPU: the gated output, the final state and the gradient of every
-// input, at T = 1, 7, 37, 1024, 4096, d_state 1 and 16, 133 channels (not a whole number of
-// blocks), fp32 and bf16; prefill's state == recurrent decoding's; one jamba-small bf16 training
-// step == the same step through the unfused (chunk) scan. CTest label `gpu`: skips without CUDA.
+// The CUDA selective scan (selective_scan.cu, selective_scan_bwd.cu through selective_scan_gpu.cpp)
+// against the sequential reference in float64 on the CPU: the gated output, the final state and the
+// gradient of every input (u, dt, dt_bias, A, B, C, D, z, s0), at T = 1 .. 4096 (whole and partial
+// backward chunks) and B = 1, T = 16384, d_state 1, 5, 16, 64, 133 / 70 channels (not a whole
+// number of blocks), fp32 and bf16; the block's fused training node (mamba_inner_gpu.cpp) == its
+// plain-op path; prefill's state == recurrent decoding's; one jamba-small bf16 training step == the
+// same step through the unfused (chunk) scan. CTest label `gpu`: skips without CUDA.
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -143,9 +145,19 @@ BlockOutput run(Block& b, const at::Tensor& x, LayerState s, Mode mode, int64_t 
 
 TEST_CASE("cuda selective scan == sequential reference: outputs, state and every gradient (fp32, bf16)", "[gpu]") {
   LN_SKIP_WITHOUT_CUDA();
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+  // The backward's chunks are 64 tokens in 8-token segments: T = 7, 37, 1000 end inside a chunk
+  // (1000: 15 whole chunks, then 5 segments); N = 1, 5, 16, 64: one state, a partial pass, mamba's
+  // size and the largest (shared memory past the default 48 KB).
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     for (int64_t N : {1, 16})
-      for (int64_t T : {1, 7, 37, 1024, 4096}) check_kernel(2, T, 133, N, dtype);
+      for (int64_t T : {1, 7, 37, 1000, 1024, 4096}) check_kernel(2, T, 133, N, dtype);
+    for (int64_t N : {5, 64}) check_kernel(2, 200, 70, N, dtype);
+  }
+}
+
+TEST_CASE("cuda selective scan, one long sequence: B = 1, T = 16384 (fp32, bf16)", "[gpu]") {
+  LN_SKIP_WITHOUT_CUDA();
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) check_kernel(1, 16384, 133, 16, dtype);
 }
 
 TEST_CASE("cuda selective scan: no softplus, no gate, no initial state (the padding path's form)", "[gpu]") {
@@ -201,6 +213,45 @@ TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decod
   auto p2 = run(*b, x.narrow(1, 23, T - 23), std::move(p1.state), Mode::Prefill, 23);
   CHECK(rel_error(at::cat({p1.y, p2.y}, 1), rec) < 1e-5);
   CHECK(rel_error(p2.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
+}
+
+TEST_CASE("cuda mamba block, training: the fused inner node == the chunk scan on plain ops (fp32, every gradient)", "[gpu]") {
+  LN_SKIP_WITHOUT_CUDA();
+  PluginHost host;
+  torch::manual_seed(9);
+  // d_inner 80: 3 backward blocks of 32 channels, the last partial; T = 100: a partial second chunk.
+  auto fused = make_mamba(host, 40, {{"dt_max", "0.5"}});
+  auto plain = make_mamba(host, 40, {{"dt_max", "0.5"}, {"scan", "chunk"}});
+  {
+    torch::NoGradGuard g;
+    auto src = fused->named_parameters();
+    for (auto& kv : plain->named_parameters()) kv.value().copy_(src[kv.key()]);
+  }
+  fused->train();
+  plain->train();
+  const int64_t B = 2, T = 100;
+  auto x0 = torch::randn({B, T, 40}, at::TensorOptions().device(at::kCUDA));
+  auto w = torch::randn({B, T, 40}, x0.options());
+  auto xf = x0.clone().requires_grad_(true), xp = x0.clone().requires_grad_(true);
+  auto yf = run(*fused, xf, LayerState(), Mode::Train).y, yp = run(*plain, xp, LayerState(), Mode::Train).y;
+  const double ey = rel_error(yf, yp);
+  CHECK(ey < 1e-5);
+  (yf * w).sum().backward();
+  (yp * w).sum().backward();
+  const double ex = rel_error(xf.grad(), xp.grad());
+  std::printf("gpu-inner y %.1e dx %.1e", ey, ex);
+  CHECK(ex < 1e-4);
+  auto src = plain->named_parameters();
+  for (auto& kv : fused->named_parameters()) {
+    INFO("parameter " << kv.key());
+    const auto &gf = kv.value().grad(), &gp = src[kv.key()].grad();
+    REQUIRE(gf.defined());
+    REQUIRE(gp.defined());
+    const double e = rel_error(gf, gp);
+    std::printf(" %s %.1e", kv.key().c_str(), e);
+    CHECK(e < 1e-4);
+  }
+  std::printf("\n");
 }
 
 TEST_CASE("cuda jamba-small bf16 training step: fused kernel == unfused chunk scan (loss and every gradient)", "[gpu]") {

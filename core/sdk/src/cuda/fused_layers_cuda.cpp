@@ -108,8 +108,6 @@ struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
     return {dx, dy, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
-  }
-};
 
 // out = a + b with b's gradient cast to b's dtype, as autograd's add.
 struct ResidualAdd : public torch::autograd::Function<ResidualAdd> {
