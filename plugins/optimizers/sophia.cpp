@@ -58,8 +58,8 @@ class Sophia : public Optimizer {
     }
   }
 
-  // Step 0 gets an estimate, then every k steps: the trainer asks with its 0-based step number, so
-  // a resumed run asks at the same steps as an uninterrupted one.
+  // Step 0 gets an estimate, then every k steps: the run asks with its 0-based step number, so a
+  // resumed run asks at the same steps as an uninterrupted one.
   bool wants_curvature_estimate(int64_t step) const override { return step % k_ == 0; }
 
   void update_curvature(int64_t batch_tokens) override {

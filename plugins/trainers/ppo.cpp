@@ -103,8 +103,7 @@ class PPOTrainer : public Trainer {
     LMModel& policy = run.model();
     auto task = run.task();
     auto ref = load_reference_model(run, rl_, "ppo");
-    auto vf = make_value_function(run, !rl_.ref_checkpoint.empty() ? rl_.ref_checkpoint : run.start_checkpoint(),
-                                  separate_value_model_);
+    auto vf = make_value_function(run, rl_.reference(run), separate_value_model_);
     const int64_t start = run.resume();
     auto generator = run.make_generator(policy);
     log_initial_accuracy(run, start, *generator, *task, rl_.max_new_tokens);

@@ -216,8 +216,12 @@ SamplingParams RLSettings::sampling(uint64_t seed, int64_t step, int64_t rank) c
   return sp;
 }
 
+std::string RLSettings::reference(const TrainingRun& run) const {
+  return !ref_checkpoint.empty() ? ref_checkpoint : run.start_checkpoint();
+}
+
 std::shared_ptr<LMModel> load_reference_model(TrainingRun& run, const RLSettings& rl, const std::string& trainer) {
-  const std::string reference = !rl.ref_checkpoint.empty() ? rl.ref_checkpoint : run.start_checkpoint();
+  const std::string reference = rl.reference(run);
   if (reference.empty())
     throw Error("trainer '" + trainer + "' starts from a trained model: set trainer.init_from to its checkpoint (e.g. " +
                 "the SFT run folder); it is also the KL reference unless trainer.ref_checkpoint names another");

@@ -108,6 +108,8 @@ struct RLSettings {
   int64_t prompts_per_step, group_size, max_new_tokens;
   double temperature, beta, clip_eps;
   std::string ref_checkpoint;  // "" = the checkpoint the run started from (trainer.init_from)
+  // The reference checkpoint: ref_checkpoint, else the run's starting one ("" = neither).
+  std::string reference(const TrainingRun& run) const;
   // Rollout sampling for step `step` on `rank` (seeded per step and rank, for exact resumes).
   SamplingParams sampling(uint64_t seed, int64_t step, int64_t rank = 0) const;
 };

@@ -150,22 +150,7 @@ void apply_override(YAML::Node root, const std::string& assignment, std::set<std
   if (eq == std::string::npos || eq == 0)
     throw Error("--set '" + assignment + "': expected key.path=value, e.g. --set trainer.max_steps=100");
   const std::string path = assignment.substr(0, eq);
-  YAML::Node value = load_yaml_text(assignment.substr(eq + 1), "--set " + path);
-  std::vector<std::string> parts;
-  std::stringstream ss(path);
-  for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
-  // yaml-cpp nodes are handles: walk down by reassigning a handle, never the node it points to.
-  std::vector<YAML::Node> chain{root};
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    YAML::Node next = chain.back()[parts[i]];
-    if (!next.IsDefined() || next.IsNull()) {
-      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
-      next = chain.back()[parts[i]];
-    }
-    if (!next.IsMap()) throw Error("--set " + path + ": '" + parts[i] + "' is not a section");
-    chain.push_back(next);
-  }
-  chain.back()[parts.back()] = value;
+  set_yaml_path(root, path, load_yaml_text(assignment.substr(eq + 1), "--set " + path), "--set " + path);
   overridden.insert(path);
 }
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "hf_architectures.h"
 #include "json_limits.h"
+#include "yaml_params.h"
 #include "linearnexus/host/atomic_file.h"
 #include "linearnexus/error.h"
 #include "linearnexus/host/config.h"
@@ -100,23 +101,9 @@ std::vector<TensorRule> all_rules(const Architecture& a) {
 }
 
 // The model section an adapter wrote, as (key under model., YAML value) pairs -> a YAML map.
-YAML::Node model_section(const HFFields& fields) {
+YAML::Node model_section(const HFFields& fields, const std::string& where) {
   YAML::Node model(YAML::NodeType::Map);
-  for (const auto& [key, value] : fields) {
-    std::vector<std::string> parts;
-    std::stringstream ss(key);
-    for (std::string part; std::getline(ss, part, '.');) parts.push_back(part);
-    std::vector<YAML::Node> chain{model};
-    for (size_t i = 0; i + 1 < parts.size(); ++i) {
-      YAML::Node next = chain.back()[parts[i]];
-      if (!next.IsDefined() || next.IsNull()) {
-        chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
-        next = chain.back()[parts[i]];
-      }
-      chain.push_back(next);
-    }
-    chain.back()[parts.back()] = YAML::Load(value);
-  }
+  for (const auto& [key, value] : fields) set_yaml_path(model, key, load_yaml_text(value, where + ": model." + key), where);
   return model;
 }
 std::vector<int64_t> layers_of(const TensorRule& r, int64_t n_layer) {
@@ -250,7 +237,7 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
   YAML::Node experiment(YAML::NodeType::Map);
   experiment["name"] = fs::path(out_dir).filename().string();
   experiment["data"]["path"] = "";
-  experiment["model"] = model_section(arch.model_section(reader));
+  experiment["model"] = model_section(arch.model_section(reader), "hf-import of " + config_path.string());
   experiment["sample"]["num_samples"] = 1;
   YAML::Emitter text;
   text << experiment;

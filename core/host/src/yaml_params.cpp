@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 #include <string_view>
+#include <sstream>
 #include <vector>
 
 #include "linearnexus/error.h"
@@ -181,6 +182,24 @@ Params validate_section(const YAML::Node& node, const Schema& schema, const std:
     }
   }
   return out;
+}
+
+void set_yaml_path(YAML::Node root, const std::string& dotted_path, const YAML::Node& value, const std::string& where) {
+  std::vector<std::string> parts;
+  std::stringstream ss(dotted_path);
+  for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+  // yaml-cpp nodes are handles: walk down by reassigning a handle, never the node it points to.
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = chain.back()[parts[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[parts[i]];
+    }
+    if (!next.IsMap()) throw Error(where + ": '" + parts[i] + "' is not a section");
+    chain.push_back(next);
+  }
+  chain.back()[parts.back()] = value;
 }
 
 YAML::Node params_to_yaml(const Params& p) {

@@ -34,5 +34,9 @@ Params validate_section(const YAML::Node& node, const Schema& schema, const std:
                         const Source& src, const std::set<std::string>& skip = {});
 // Params -> a YAML map (the resolved experiment).
 YAML::Node params_to_yaml(const Params& p);
+// root[a][b][c] = value for the dotted path "a.b.c", making the maps on the way (--set; a Hugging Face
+// adapter's model fields). A step through a key that holds something other than a map is an Error,
+// prefixed with `where`.
+void set_yaml_path(YAML::Node root, const std::string& dotted_path, const YAML::Node& value, const std::string& where);
 
 }  // namespace linearnexus
