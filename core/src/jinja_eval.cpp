@@ -3,6 +3,7 @@
 
 #include "jinja_filters.h"
 #include "jinja_ops.h"
+#include "jinja_tests.h"
 
 namespace linearnexus::jinja {
 

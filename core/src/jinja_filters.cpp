@@ -1,4 +1,4 @@
-// Jinja's filters and tests for chat templates (jinja_filters.h).
+// Jinja's filters for chat templates (jinja_filters.h).
 #include "jinja_filters.h"
 
 #include <algorithm>
@@ -8,8 +8,10 @@
 #include <cstdlib>
 
 #include "jinja_globals.h"
+#include "jinja_json.h"
 #include "jinja_methods.h"
 #include "jinja_ops.h"
+#include "jinja_tests.h"
 
 namespace linearnexus::jinja {
 namespace {
@@ -21,11 +23,6 @@ const char* const kFilters[] = {
     "replace", "reverse", "round", "safe", "select", "selectattr", "slice", "sort", "string", "striptags",
     "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "urlencode", "urlize", "wordcount",
     "wordwrap", "xmlattr"};
-const char* const kTests[] = {
-    "!=", "<", "<=", "==", ">", ">=", "boolean", "callable", "defined", "divisibleby", "eq", "equalto",
-    "escaped", "even", "false", "filter", "float", "ge", "greaterthan", "gt", "in", "integer", "iterable",
-    "le", "lessthan", "lower", "lt", "mapping", "ne", "none", "number", "odd", "sameas", "sequence",
-    "string", "test", "true", "undefined", "upper"};
 
 Value iterator(Evaluator& ev, std::vector<Value> items) { return ev.list(std::move(items), List::Iterator); }
 
@@ -131,12 +128,26 @@ std::string trimmed(const std::string& s) {
   return s.substr(i, e - i);
 }
 
-// Python's int(str, base): whitespace around, an optional sign, digits with single underscores.
+// Python's int(str, base): whitespace around, an optional sign, a 0x / 0o / 0b prefix matching the
+// base (any of them for base 0), digits with single underscores.
 bool parse_int(const std::string& s, int base, std::int64_t& out) {
-  if (base < 2 || base > 36) fail("int() base must be >= 2 and <= 36");
+  if (base != 0 && (base < 2 || base > 36)) fail("int() base must be >= 2 and <= 36, or 0");
   std::string t = trimmed(s), digits;
   std::size_t k = 0;
   if (k < t.size() && (t[k] == '+' || t[k] == '-')) digits += t[k++];
+  if (k + 1 < t.size() && t[k] == '0') {
+    char p = t[k + 1] | 0x20;
+    int prefixed = p == 'x' ? 16 : p == 'o' ? 8 : p == 'b' ? 2 : 0;
+    if (prefixed && (base == 0 || base == prefixed)) {
+      base = prefixed;
+      k += 2;
+      if (k < t.size() && t[k] == '_') ++k;
+    }
+  }
+  if (base == 0) {  // no prefix: decimal, where a leading zero allows only zeros
+    base = 10;
+    if (k < t.size() && t[k] == '0' && t.find_first_not_of("0_", k) != std::string::npos) return false;
+  }
   bool prev_digit = false;
   for (; k < t.size(); ++k) {
     char c = t[k];
@@ -244,9 +255,6 @@ Value minmax(Evaluator& ev, const Value& v, CallArgs& args, bool want_max) {
 
 bool is_jinja_filter(const std::string& name) {
   return std::any_of(std::begin(kFilters), std::end(kFilters), [&](const char* f) { return name == f; });
-}
-bool is_jinja_test(const std::string& name) {
-  return std::any_of(std::begin(kTests), std::end(kTests), [&](const char* t) { return name == t; });
 }
 
 Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs& args) {
@@ -427,9 +435,11 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
     }
     return Value::text(out);
   }
-  if (f == "attr") {
+  if (f == "attr") {  // an attribute only (a method, a namespace's), never a dict's item
     Args a(f, args, {"name"});
-    return getattr(ev, v, py_str(a.required(0), ev.budget)->s);
+    std::string name = py_str(a.required(0), ev.budget)->s;
+    if (v.is(Type::Dict)) return bound_method(ev, v, name);
+    return getattr(ev, v, name);
   }
   if (f == "wordcount") {
     std::int64_t words = 0;
@@ -480,63 +490,6 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
     return iterator(ev, std::move(out));
   }
   fail("the filter '" + f + "' is not supported in chat templates");
-}
-
-bool apply_test(Evaluator& ev, const std::string& t, const Value& v, CallArgs& args) {
-  auto arg = [&]() -> const Value& {
-    Args a(t, args, {"other"});
-    static const Value missing = Value::undefined("the test needs an argument");
-    const Value* got = a.get(0);
-    return got ? *got : missing;
-  };
-  if (t == "defined") return !v.is_undefined();
-  if (t == "undefined") return v.is_undefined();
-  if (t == "none") return v.is_none();
-  if (t == "string") return v.is_str();
-  if (t == "mapping") return v.is(Type::Dict);
-  if (t == "boolean") return v.is(Type::Bool);
-  if (t == "true" || t == "false") return v.is(Type::Bool) && std::get<bool>(v.v) == (t == "true");
-  if (t == "integer") return v.is(Type::Int);
-  if (t == "float") return v.is(Type::Float);
-  if (t == "number") return v.is_number();
-  if (t == "callable") return v.is(Type::Callable);
-  if (t == "iterable") return v.is_undefined() || v.is_str() || v.is(Type::List) || v.is(Type::Dict);
-  if (t == "sequence") return v.is_undefined() || v.is_str() || (v.is(Type::List) && v.list().kind != List::Iterator) || v.is(Type::Dict);
-  if (t == "escaped") return false;
-  if (t == "lower" || t == "upper") {
-    const std::string s = py_str(v, ev.budget)->s;
-    CallArgs none;
-    return truthy(ev.call(getattr(ev, Value::text(s), t == "lower" ? "islower" : "isupper"), none));
-  }
-  if (t == "odd" || t == "even" || t == "divisibleby") {
-    if (!v.defined().is_number()) fail(std::string("unsupported operand type(s) for %: '") + type_name(v) + "' and 'int'");
-    Value divisor = t == "divisibleby" ? arg().defined() : Value::integer(2);
-    Value rem = binary_op(ev, "%", v, divisor);
-    return t == "odd" ? truthy(rem) : !truthy(rem);
-  }
-  if (t == "==" || t == "eq" || t == "equalto") return equals(v, arg());
-  if (t == "!=" || t == "ne") return !equals(v, arg());
-  if (t == "<" || t == "lt" || t == "lessthan") return compare(v, arg()) < 0;
-  if (t == "<=" || t == "le") return compare(v, arg()) <= 0;
-  if (t == ">" || t == "gt" || t == "greaterthan") return compare(v, arg()) > 0;
-  if (t == ">=" || t == "ge") return compare(v, arg()) >= 0;
-  if (t == "in") return contains(arg(), v);
-  if (t == "sameas") {
-    const Value& o = arg();
-    if (v.type() != o.type()) return false;
-    if (v.is_none() || v.is_undefined()) return true;
-    if (v.is(Type::Bool)) return std::get<bool>(v.v) == std::get<bool>(o.v);
-    if (v.is(Type::Int)) return v.as_int() == o.as_int() && v.as_int() >= -5 && v.as_int() <= 256;  // CPython's small ints
-    if (v.is_str()) return v.str_ptr() == o.str_ptr();
-    if (v.is(Type::List)) return std::get<ListPtr>(v.v) == std::get<ListPtr>(o.v);
-    if (v.is(Type::Dict)) return std::get<DictPtr>(v.v) == std::get<DictPtr>(o.v);
-    return equals(v, o);
-  }
-  if (t == "filter" || t == "test") {
-    const Value& name = v;
-    return name.is_str() && (t == "filter" ? is_jinja_filter(name.str().s) : is_jinja_test(name.str().s));
-  }
-  fail("the test '" + t + "' is not supported in chat templates");
 }
 
 }  // namespace linearnexus::jinja

@@ -1,7 +1,7 @@
 #pragma once
 // The values chat templates compute with (jinja.h says why our own variant): Python's types as
 // Jinja exposes them, strings that carry provenance spans, and the Python behaviours templates
-// observe (str()/repr(), ==, <, truthiness, json.dumps).
+// observe (str()/repr(), ==, <, truthiness; json.dumps is jinja_json.h's).
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -170,13 +170,5 @@ int compare(const Value& a, const Value& b, int depth = 0);  // <0, 0, >0; fails
 std::string py_float(double d);                              // repr(float)
 std::string py_repr(const Value& v, Budget& budget);
 StrPtr py_str(const Value& v, Budget& budget);  // str(v): a string keeps its spans
-
-struct JsonStyle {  // json.dumps arguments transformers' tojson passes on
-  int indent = -1;  // -1: None
-  std::string item_sep, key_sep;
-  bool sort_keys = false;
-};
-JsonStyle default_json_style(int indent);
-void to_json(StrBuilder& out, const Value& v, const JsonStyle& style, int level = 0);
 
 }  // namespace linearnexus::jinja
