@@ -16,7 +16,8 @@ using ojson = nlohmann::ordered_json;
 
 // `message` >= 0: the value is (inside) messages[message]; its strings are tagged with it, except the
 // message's own "role" (never text anyone wrote).
-Value from_json(const ojson& j, const Budget& budget, int message, int depth, bool is_message) {
+// Each tagged string gets its own source number (spans merge only within one source).
+Value from_json(const ojson& j, const Budget& budget, int message, int depth, bool is_message, std::uint32_t& sources) {
   if (depth > budget.max_value_depth)
     fail("the context nests more than " + std::to_string(budget.max_value_depth) + " levels deep");
   switch (j.type()) {
@@ -33,19 +34,19 @@ Value from_json(const ojson& j, const Budget& budget, int message, int depth, bo
       auto s = std::make_shared<Str>();
       s->s = j.get<std::string>();
       if (!utf8_valid(s->s)) fail("the context has a string that is not valid UTF-8");
-      if (message >= 0 && !s->s.empty()) s->spans.push_back(Span{0, s->s.size(), message, Span::Content});
+      if (message >= 0 && !s->s.empty()) s->spans.push_back(Span{0, s->s.size(), message, Span::Content, ++sources, 0});
       return Value::string(std::move(s));
     }
     case ojson::value_t::array: {
       std::vector<Value> items;
-      for (const auto& item : j) items.push_back(from_json(item, budget, message, depth + 1, false));
+      for (const auto& item : j) items.push_back(from_json(item, budget, message, depth + 1, false, sources));
       return make_list(std::move(items), List::Plain, budget);
     }
     case ojson::value_t::object: {
       Dict d;
       if (is_message) d.message = message;
       for (const auto& [key, val] : j.items())
-        d.set(key, from_json(val, budget, is_message && key == "role" ? -1 : message, depth + 1, false));
+        d.set(key, from_json(val, budget, is_message && key == "role" ? -1 : message, depth + 1, false, sources));
       return make_dict(std::move(d), budget);
     }
     default: fail("the context holds a value JSON text cannot (binary data)");
@@ -62,18 +63,19 @@ FramePtr make_root(const ojson& context, const Limits& limits) {
   add_globals(*globals);
   auto root = std::make_shared<Frame>();
   root->parent = globals;
+  std::uint32_t sources = 0;
   try {
     for (const auto& [key, val] : context.items()) {
       if (key == "messages" && val.is_array()) {
         std::vector<Value> messages;
         int i = 0;
         for (const auto& m : val) {
-          messages.push_back(from_json(m, budget, i, 1, m.is_object()));
+          messages.push_back(from_json(m, budget, i, 1, m.is_object(), sources));
           ++i;
         }
         root->set(key, make_list(std::move(messages), List::Plain, budget));
       } else {
-        root->set(key, from_json(val, budget, -1, 0, false));
+        root->set(key, from_json(val, budget, -1, 0, false, sources));
       }
     }
   } catch (const Failure& f) {

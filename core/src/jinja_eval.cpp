@@ -203,40 +203,46 @@ Evaluator::Flow Evaluator::exec_for(const Stmt& s, const FramePtr& frame) {
     return exec(s.bodies[1], f);  // a break in the else block is the enclosing loop's
   }
   const std::int64_t n = std::int64_t(items.size());
+  // loop.cycle / loop.changed are made once per loop and read the iteration from here.
+  auto index = std::make_shared<std::int64_t>(0);
   auto last_changed = std::make_shared<Value>(Value::undefined("loop.changed"));
+  auto cycle = std::make_shared<Callable>();
+  cycle->name = "cycle";
+  cycle->fn = [index](Evaluator&, CallArgs& args) -> Value {
+    if (args.pos.empty()) fail("no items for cycling given");
+    return args.pos[std::size_t(*index) % args.pos.size()];
+  };
+  auto changed = std::make_shared<Callable>();
+  changed->name = "changed";
+  changed->fn = [last_changed](Evaluator& ev, CallArgs& args) -> Value {
+    Value now = ev.list(args.pos, List::Tuple);
+    bool differs = last_changed->is_undefined() || !equals(*last_changed, now);
+    *last_changed = now;
+    return Value::boolean(differs);
+  };
   for (std::int64_t i = 0; i < n; ++i) {
     line_ = s.line;
+    budget.charge(8);  // an iteration allocates a scope and the loop object
+    *index = i;
     auto f = std::make_shared<Frame>();
     f->parent = frame;
     assign(s.targets[0], items[i], f);
-    Dict loop;
-    loop.set("index", Value::integer(i + 1));
-    loop.set("index0", Value::integer(i));
-    loop.set("revindex", Value::integer(n - i));
-    loop.set("revindex0", Value::integer(n - i - 1));
-    loop.set("first", Value::boolean(i == 0));
-    loop.set("last", Value::boolean(i == n - 1));
-    loop.set("length", Value::integer(n));
-    loop.set("depth", Value::integer(1));
-    loop.set("depth0", Value::integer(0));
-    loop.set("previtem", i > 0 ? items[i - 1] : Value::undefined("there is no previous item"));
-    loop.set("nextitem", i + 1 < n ? items[i + 1] : Value::undefined("there is no next item"));
-    auto cycle = std::make_shared<Callable>();
-    cycle->name = "cycle";
-    cycle->fn = [i](Evaluator&, CallArgs& args) -> Value {
-      if (args.pos.empty()) fail("no items for cycling given");
-      return args.pos[std::size_t(i) % args.pos.size()];
-    };
-    loop.set("cycle", Value{FnPtr(cycle)});
-    auto changed = std::make_shared<Callable>();
-    changed->name = "changed";
-    changed->fn = [last_changed](Evaluator& ev, CallArgs& args) -> Value {
-      Value now = ev.list(args.pos, List::Tuple);
-      bool differs = last_changed->is_undefined() || !equals(*last_changed, now);
-      *last_changed = now;
-      return Value::boolean(differs);
-    };
-    loop.set("changed", Value{FnPtr(changed)});
+    Dict loop;  // distinct keys: appended without set()'s search
+    auto& l = loop.items;
+    l.reserve(13);
+    l.emplace_back("index", Value::integer(i + 1));
+    l.emplace_back("index0", Value::integer(i));
+    l.emplace_back("revindex", Value::integer(n - i));
+    l.emplace_back("revindex0", Value::integer(n - i - 1));
+    l.emplace_back("first", Value::boolean(i == 0));
+    l.emplace_back("last", Value::boolean(i == n - 1));
+    l.emplace_back("length", Value::integer(n));
+    l.emplace_back("depth", Value::integer(1));
+    l.emplace_back("depth0", Value::integer(0));
+    l.emplace_back("previtem", i > 0 ? items[i - 1] : Value::undefined("there is no previous item"));
+    l.emplace_back("nextitem", i + 1 < n ? items[i + 1] : Value::undefined("there is no next item"));
+    l.emplace_back("cycle", Value{FnPtr(cycle)});
+    l.emplace_back("changed", Value{FnPtr(changed)});
     f->set("loop", make_dict(std::move(loop), budget));
     const Value& item = items[i];
     int message = item.is(Type::Dict) ? item.dict().message : -1;

@@ -70,8 +70,9 @@ CallArgs rest(const CallArgs& args, std::size_t from) {
 // select / reject / selectattr / rejectattr: a generator of the items whose test (or truth) matches.
 Value select(Evaluator& ev, const Value& seq, CallArgs& args, bool on_attr, bool keep) {
   std::size_t first = on_attr ? 1 : 0;
-  if (on_attr && args.pos.empty()) fail("Missing parameter for attribute name");
   std::vector<Value> out;
+  if (!truthy(seq)) return iterator(ev, std::move(out));  // Jinja's `if value:`: None selects nothing
+  if (on_attr && args.pos.empty()) fail("Missing parameter for attribute name");
   for (const Value& item : iterate(ev, seq)) {
     Value v = on_attr ? attr_path(ev, item, args.pos[0]) : item;
     bool ok;
@@ -90,6 +91,7 @@ Value select(Evaluator& ev, const Value& seq, CallArgs& args, bool on_attr, bool
 
 Value map_filter(Evaluator& ev, const Value& seq, CallArgs& args) {
   std::vector<Value> out;
+  if (!truthy(seq)) return iterator(ev, std::move(out));  // Jinja's `if value:`: None maps to nothing
   auto attr = std::find_if(args.kw.begin(), args.kw.end(), [](const auto& kv) { return kv.first == "attribute"; });
   if (attr != args.kw.end() || args.pos.empty()) {
     Args a("map", args, {"attribute", "default"});

@@ -167,10 +167,13 @@ void StrBuilder::reserve_more(std::size_t n) {
 
 void StrBuilder::push_span(Span s) {
   if (s.end <= s.begin) return;
-  // Runs copied one after the other from one message merge into one span.
+  // Pieces of one source string copied back to back, in order, are one copy (a string built char by
+  // char, or copied through several captures). Anything else stays a separate span, so a span is
+  // always a substring of its source; generation blocks are never merged (each is one of HF's spans).
   for (auto it = out_.spans.rbegin(); it != out_.spans.rend(); ++it) {
     if (it->kind != s.kind) continue;
-    if (it->message == s.message && it->end == s.begin) {
+    if (s.kind == Span::Content && it->message == s.message && it->source == s.source && it->end == s.begin &&
+        it->offset + (it->end - it->begin) == s.offset) {
       it->end = s.end;
       return;
     }
@@ -193,12 +196,12 @@ void StrBuilder::copy(const Str& src, std::size_t begin, std::size_t end) {
   budget_->charge(src.spans.size());
   for (const Span& span : src.spans) {
     std::size_t b = std::max(span.begin, begin), e = std::min(span.end, end);
-    if (b < e) push_span(Span{b - begin + at, e - begin + at, span.message, span.kind});
+    if (b < e) push_span(Span{b - begin + at, e - begin + at, span.message, span.kind, span.source, span.offset + (b - span.begin)});
   }
 }
 
 void StrBuilder::tag(std::size_t begin, Span::Kind kind, int message) {
-  out_.spans.push_back(Span{begin, out_.s.size(), message, kind});
+  if (begin < out_.s.size()) out_.spans.push_back(Span{begin, out_.s.size(), message, kind, 0, 0});
 }
 
 StrPtr StrBuilder::done() { return std::make_shared<const Str>(std::move(out_)); }

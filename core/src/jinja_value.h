@@ -22,12 +22,15 @@ struct Failure : std::runtime_error {
 };
 [[noreturn]] void fail(const std::string& message);
 
-// Where a run of a string's bytes came from (jinja.h: loss masking).
+// Where a run of a string's bytes came from (jinja.h: loss masking). A Content span is one
+// contiguous copy: bytes [offset, offset + end - begin) of the context string numbered `source`.
 struct Span {
   enum Kind : std::uint8_t { Content, Generation };
   std::size_t begin = 0, end = 0;
   int message = -1;
   Kind kind = Content;
+  std::uint32_t source = 0;
+  std::size_t offset = 0;
 };
 
 // UTF-8 text with its provenance spans (sorted by begin; spans of one kind never overlap).
