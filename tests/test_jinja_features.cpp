@@ -209,6 +209,37 @@ y
     {R"~~({{ {'a': {'b': [1, {'c': none}]}} }})~~", R"~~({})~~", R"~~({'a': {'b': [1, {'c': None}]}})~~", ""},
     // strftime_now / raise_exception presence
     {R"~~({{ strftime_now('%Y') | length }}{{ raise_exception is defined }})~~", R"~~({})~~", R"~~(4True)~~", ""},
+    // % formatting
+    {R"~~({{ '%s-%s' % ('a', 1) }}|{{ '%5.1f' % 3.14159 }}|{{ '%-*d|' % (5, 3) }}|{{ '%.2s' % 'abc' }}|{{ '%c' % 65 }}|{{ '%x %X %o' % (255, 255, 8) }}|{{ '%e' % 12345.678 }}|{{ '%r' % 'x' }}|{{ '%05d' % -42 }}|{{ '%+d' % 5 }}|{{ '100%%' % () }})~~", R"~~({})~~", R"~~(a-1|  3.1|3    ||ab|A|ff FF 10|1.234568e+04|'x'|-0042|+5|100%)~~", ""},
+    // more split / strip corners
+    {R"~~({{ 'a b  c  '.split(None, 1) }}{{ '  a b c'.rsplit(None, 1) }}{{ ' a b '.split(None, 0) }}{{ 'a,b,c'.split(',', 0) }}{{ 'a,,b'.rsplit(',', 1) }}{{ ''.split() }}{{ ''.split(',') }})~~", R"~~({})~~", R"~~(['a', 'b  c  ']['  a b', 'c']['a b ']['a,b,c']['a,', 'b'][][''])~~", ""},
+    {"{{ '　x\302\240'.strip() }}|{{ 'é'.strip('é') }}|{{ 'abcabc'.rstrip('cb') }}|{{ '  x'.strip(none) }}", R"~~({})~~", R"~~(x||abca|x)~~", ""},
+    // more whitespace control
+    {R"~~({% for i in [1, 2] -%}
+  {{ i }}
+{%- endfor %})~~", R"~~({})~~", R"~~(12)~~", ""},
+    {R"~~(a
+  {#- comment -#}
+  b)~~", R"~~({})~~", R"~~(ab)~~", ""},
+    {R"~~(  {% raw -%}
+  x
+  {%- endraw %}
+  y)~~", R"~~({})~~", R"~~(x  y)~~", ""},
+    {R"~~({% if true %}  
+  x{% endif %})~~", R"~~({})~~", R"~~(  
+  x)~~", ""},
+    {R"~~(  {{- 'a' }}  {{ 'b' -}}  
+  c)~~", R"~~({})~~", R"~~(a  bc)~~", ""},
+    {R"~~({%- for i in [1] %}
+    {% if i %}
+        one
+    {% endif %}
+{% endfor %})~~", R"~~({})~~", R"~~(        one
+)~~", ""},
+    {R"~~(x
+{%+ if true %}
+y{% endif %})~~", R"~~({})~~", R"~~(x
+y)~~", ""},
     // errors that must raise in both
     {R"~~({{ raise_exception('Custom failure message') }})~~", R"~~({})~~", nullptr, R"~~(Custom failure message)~~"},
     {R"~~({% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}ok)~~", R"~~({"messages": [{"role": "system", "content": "s"}]})~~", nullptr, R"~~(System role not supported)~~"},

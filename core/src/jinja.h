@@ -4,9 +4,11 @@
 //
 // Core-internal (the host's, never a plugin's): only the standard library, nlohmann-json and
 // linearnexus/error.h. The files: jinja_lexer (template text -> tokens, with Jinja's whitespace
-// control), jinja_parser (tokens -> AST), jinja_value (Python's values: str/repr, ==, <, json.dumps),
-// jinja_eval (statements and expressions), jinja_filters (filters and `is` tests), jinja_methods
-// (str/dict/list methods and the globals), jinja.cpp (this API).
+// control), jinja_parser + jinja_expr (tokens -> AST: statements, expressions), jinja_value (Python's
+// values: str/repr, ==, <, truthiness), jinja_json (json.dumps), jinja_eval (scopes, statements,
+// expressions, macros), jinja_ops (operators, attribute / item access, slicing), jinja_filters,
+// jinja_tests (`is` tests), jinja_methods (str/dict/list methods), jinja_globals (range, namespace,
+// raise_exception, strftime_now... and `%` formatting), jinja.cpp (this API).
 //
 // WHAT IS RENDERED LIKE transformers: an ImmutableSandboxedEnvironment with trim_blocks and
 // lstrip_blocks, loopcontrols ({% break %}, {% continue %}), the `generation` tag, tojson as
@@ -25,10 +27,11 @@
 //  * content: every string in messages[i] except its "role" (content, content parts' text, tool
 //    calls' names and arguments, reasoning...) is tagged with i when the context is read. Tags travel
 //    with the bytes: concatenation, `~`, join, slicing, trim/strip, split, replace (the kept parts),
-//    indent, macros' and {% set %} blocks' captured output, tojson (characters copied unescaped).
-//    What transforms text (upper, title, format, repr of containers) drops the tags. So a content span
-//    of message i is always a verbatim copy of a substring of one of messages[i]'s strings: sound
-//    whatever the template does; a template that rewrites text gives fewer spans, never wrong ones.
+//    indent, `%s`, macros' and {% set %} blocks' captured output, tojson (characters copied
+//    unescaped). What makes new text (upper, title, repr of containers, numbers) has no tags. So a
+//    content span of message i is always a verbatim copy of one contiguous substring of one of
+//    messages[i]'s strings: sound whatever the template does; a template that rewrites text gives
+//    fewer spans, never wrong ones (test_jinja checks this on every fixture render).
 //  * turns: the output written while the innermost `for` loop is at messages[i] (an element of the
 //    context's `messages` list or of any slice of it): turn i's header, content and end-of-turn text.
 //  * generation: the output of {% generation %} blocks, the spans transformers'
@@ -41,10 +44,13 @@
 // linearnexus::Error("chat template line N: ..."); raise_exception("msg") gives that with msg.
 //
 // NOT SUPPORTED (an Error naming it): template inheritance and inclusion (extends, block, include,
-// import), recursive loops, {% autoescape %}, the filters groupby, urlize, xmlattr, filesizeformat,
-// random, wordwrap, pprint, urlencode and the globals cycler and lipsum; Python integers beyond 64
-// bits (an overflow is an Error); dict keys other than strings; `%`-formatting beyond %s %d %i %f
-// %r %x %%; upper/lower/title/capitalize change ASCII letters only.
+// import), recursive loops, {% autoescape %}, the filters groupby, slice, striptags, urlize, xmlattr,
+// filesizeformat, random, wordwrap, pprint, urlencode and the globals cycler and lipsum; Python
+// integers beyond 64 bits (an overflow is an Error); dict keys other than strings; %(name)s
+// formatting and str.format. DIFFERENCES (no fixture template meets them): upper/lower/title/
+// capitalize know Latin, Greek and Cyrillic letters only; printing `loop`, a macro, dict.items() or
+// a generator shows other text than Python's repr; map/select/... check their arguments when applied,
+// not lazily when iterated; markupsafe's escaping rules (|e, |safe) are plain text here.
 #include <nlohmann/json.hpp>
 
 #include <cstddef>

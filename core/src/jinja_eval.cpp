@@ -4,6 +4,7 @@
 #include "jinja_filters.h"
 #include "jinja_ops.h"
 #include "jinja_tests.h"
+#include "linearnexus/error.h"
 
 namespace linearnexus::jinja {
 
@@ -80,6 +81,10 @@ Str Evaluator::render(FramePtr root, std::vector<OutputSpan>& turns) {
     exec(program_.body, root);
   } catch (const Failure& f) {
     template_error(line_, f.what());
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // a bug or the allocator: still an Error naming the line, not a crash
+    template_error(line_, std::string("internal error while rendering: ") + e.what());
   }
   return *outs_.front().done();
 }

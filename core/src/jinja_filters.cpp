@@ -48,8 +48,8 @@ Value attr_path(Evaluator& ev, const Value& obj, const Value& attribute, const V
     std::size_t dot = path.find('.', at);
     std::string part = path.substr(at, dot == std::string::npos ? std::string::npos : dot - at);
     bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-    cur = getitem(ev, cur, digits ? Value::integer(std::atoll(part.c_str())) : Value::text(part));
-    if (cur.is_undefined() && fallback) return *fallback;
+    cur = getitem(ev, cur, digits ? Value::integer(std::strtoll(part.c_str(), nullptr, 10)) : Value::text(part));
+    if (cur.is_undefined() && fallback && !fallback->is_none()) cur = *fallback;  // Jinja: default=None is no default
     if (dot == std::string::npos) return cur;
     at = dot + 1;
   }
@@ -183,8 +183,9 @@ bool parse_float(const std::string& s, double& out) {
 Value tojson(Evaluator& ev, const Value& v, CallArgs& args) {
   Args a("tojson", args, {"ensure_ascii", "indent", "separators", "sort_keys"});
   Value indent = a.get_or(1, Value::none());
-  JsonStyle style = default_json_style(indent.is_none() ? -1 : int(std::max<std::int64_t>(0, indent.defined().as_int())));
-  if (!indent.is_none() && !indent.is_int()) fail("tojson: indent must be an integer");
+  if (!indent.is_none() && !indent.defined().is_int()) fail("tojson: indent must be an integer");
+  if (!indent.is_none() && indent.as_int() > 1024) fail("tojson: an indent above 1024 is not supported");
+  JsonStyle style = default_json_style(indent.is_none() ? -1 : int(std::max<std::int64_t>(0, indent.as_int())));
   if (const Value* seps = a.get(2); seps && !seps->is_none()) {
     if (!seps->is(Type::List) || seps->list().items.size() != 2 || !seps->list().items[0].is_str() ||
         !seps->list().items[1].is_str())
@@ -218,8 +219,8 @@ Value tojson(Evaluator& ev, const Value& v, CallArgs& args) {
 Value indent(Evaluator& ev, const Value& v, CallArgs& args) {
   Args a("indent", args, {"width", "first", "blank"});
   Value width = a.get_or(0, Value::integer(4));
-  std::string pad = width.is_str() ? width.str().s : std::string(std::size_t(std::max<std::int64_t>(0, width.defined().as_int())), ' ');
-  if (pad.size() > 1024) fail("indent: width too large");
+  if (!width.is_str() && width.defined().as_int() > 1024) fail("indent: a width above 1024 is not supported");
+  std::string pad = width.is_str() ? width.str().s : std::string(std::size_t(std::max<std::int64_t>(0, width.as_int())), ' ');
   bool first = truthy(a.get_or(1, Value::boolean(false))), blank = truthy(a.get_or(2, Value::boolean(false)));
   StrBuilder src = ev.builder();  // Jinja appends "\n" first, so a trailing line break keeps its line
   src.add(*py_str(v, ev.budget));
@@ -425,7 +426,8 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
   }
   if (f == "escape" || f == "e" || f == "forceescape") {
     std::string out;
-    for (char c : py_str(v, ev.budget)->s) {
+    StrPtr text = py_str(v, ev.budget);
+    for (char c : text->s) {
       switch (c) {
         case '&': out += "&amp;"; break;
         case '<': out += "&lt;"; break;
@@ -446,7 +448,7 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
   if (f == "wordcount") {
     std::int64_t words = 0;
     bool in_word = false;
-    const std::string& s = py_str(v, ev.budget)->s;
+    const std::string s = py_str(v, ev.budget)->s;
     for (std::size_t i = 0; i < s.size();) {
       char32_t c = utf8_next(s, i);
       bool w = c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||

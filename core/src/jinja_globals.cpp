@@ -129,22 +129,28 @@ StrPtr percent_format(Evaluator& ev, const Str& fmt, const Value& args) {
     out.copy(fmt, run, i);
     std::size_t j = i + 1;
     if (j < f.size() && f[j] == '(') fail("%(name) formatting is not supported");
-    std::string flags, width, precision;
+    std::string flags;
     while (j < f.size() && std::string("-+ 0#").find(f[j]) != std::string::npos) flags += f[j++];
-    if (j < f.size() && f[j] == '*') {
-      width = std::to_string(take().defined().as_int());
-      ++j;
-    }
-    while (j < f.size() && f[j] >= '0' && f[j] <= '9') width += f[j++];
+    // Digits or `*` (the next argument; a negative width left-justifies); capped, so no field is
+    // larger than a C buffer and no padding is built before the size limits see it.
+    auto number = [&](bool is_width) -> long {
+      long n = -1;
+      if (j < f.size() && f[j] == '*') {
+        std::int64_t v = take().defined().as_int();
+        ++j;
+        if (v < 0 && is_width) flags += '-';
+        n = long(std::min<std::int64_t>(v < 0 ? (is_width ? -v : 0) : v, 100000));
+      } else {
+        while (j < f.size() && f[j] >= '0' && f[j] <= '9') n = std::min<long>((n < 0 ? 0 : n) * 10 + (f[j++] - '0'), 100000);
+      }
+      if (n > 400) fail("a %-format width or precision above 400 is not supported");
+      return n;
+    };
+    long width = number(true), precision = -1;
     bool has_precision = j < f.size() && f[j] == '.';
     if (has_precision) {
       ++j;
-      if (j < f.size() && f[j] == '*') {
-        precision = std::to_string(take().defined().as_int());
-        ++j;
-      }
-      while (j < f.size() && f[j] >= '0' && f[j] <= '9') precision += f[j++];
-      if (precision.empty()) precision = "0";
+      precision = std::max(0L, number(false));
     }
     while (j < f.size() && (f[j] == 'h' || f[j] == 'l' || f[j] == 'L')) ++j;
     if (j >= f.size()) fail("incomplete format");
@@ -156,15 +162,15 @@ StrPtr percent_format(Evaluator& ev, const Str& fmt, const Value& args) {
       continue;
     }
     const Value& v = take().defined();
-    std::string spec = "%" + flags + width + (has_precision ? "." + precision : "");
+    std::string spec = "%" + flags + (width >= 0 ? std::to_string(width) : "") + (has_precision ? "." + std::to_string(precision) : "");
     std::string piece;
     char buf[512];
     if (conv == 's' || conv == 'r' || conv == 'a') {
       StrPtr text = conv == 's' ? py_str(v, ev.budget) : Value::text(py_repr(v, ev.budget)).str_ptr();
       auto offsets = utf8_offsets(text->s);
       std::size_t n = offsets.size() - 1;
-      if (has_precision) n = std::min<std::size_t>(n, std::stoul(precision));
-      std::size_t w = width.empty() ? 0 : std::stoul(width);
+      if (has_precision) n = std::min<std::size_t>(n, std::size_t(precision));
+      std::size_t w = width < 0 ? 0 : std::size_t(width);
       bool left = flags.find('-') != std::string::npos;
       std::string pad(w > n ? w - n : 0, ' ');
       if (!left) out.lit(pad);
@@ -179,6 +185,7 @@ StrPtr percent_format(Evaluator& ev, const Str& fmt, const Value& args) {
       long long n = v.is(Type::Float) ? static_cast<long long>(v.as_double()) : v.as_int();
       if (conv == 'c') {
         if (n < 0 || n > 0x10ffff) fail("%c arg not in range(0x110000)");
+        if (n >= 0xd800 && n <= 0xdfff) fail("%c of a surrogate code point is not text");
         utf8_append(piece, static_cast<char32_t>(n));
       } else {
         std::snprintf(buf, sizeof buf, (spec + "ll" + (conv == 'i' || conv == 'u' ? 'd' : conv)).c_str(), n);

@@ -268,12 +268,11 @@ Value split(Evaluator& ev, const Str& s, const Value& sep, std::int64_t maxsplit
     std::size_t n = words.size();
     if (maxsplit < 0 || std::size_t(maxsplit) + 1 >= n) {
       parts = words;
-    } else if (!from_right) {
+    } else if (!from_right) {  // the rest keeps its trailing whitespace, as Python's split does
       parts.assign(words.begin(), words.begin() + maxsplit);
-      std::size_t rest = words[maxsplit].first;
-      parts.emplace_back(rest, words.back().second);
-    } else {
-      parts.emplace_back(words.front().first, words[n - maxsplit - 1].second);
+      parts.emplace_back(words[maxsplit].first, s.s.size());
+    } else {  // and rsplit's keeps its leading whitespace
+      parts.emplace_back(0, words[n - maxsplit - 1].second);
       parts.insert(parts.end(), words.end() - maxsplit, words.end());
     }
   } else {
