@@ -237,8 +237,7 @@ ExprPtr ExprParser::parse_primary() {
     e->value = Value::number(t.fval);
     next();
   } else if (t.type == Tok::Op && (t.text == "(" || t.text == "[" || t.text == "{")) {
-    Deeper guard(*this);
-    std::string open = t.text;
+    std::string open = t.text;  // the parse_expression inside counts the level
     next();
     if (open == "(") {
       e = parse_tuple(true, nullptr, true);

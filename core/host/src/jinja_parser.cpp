@@ -217,7 +217,10 @@ StmtPtr Parser::parse_call_block() {
   s->exprs.push_back(parse_expression());
   if (s->exprs[0]->kind != ExprKind::Call) template_error(s->line, "expected call");
   macros_.push_back(s.get());
+  int saved_loops = loop_depth_;
+  loop_depth_ = 0;  // the body runs as the caller() macro, outside any loop
   s->bodies.push_back(parse_statements({"endcall"}, true));
+  loop_depth_ = saved_loops;
   macros_.pop_back();
   return s;
 }

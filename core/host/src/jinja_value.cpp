@@ -88,11 +88,15 @@ Value make_dict(Dict dict, const Budget& budget) {
 char32_t utf8_next(std::string_view s, std::size_t& i) {
   auto b = static_cast<unsigned char>(s[i]);
   int n = b < 0x80 ? 0 : (b >> 5) == 6 ? 1 : (b >> 4) == 14 ? 2 : (b >> 3) == 30 ? 3 : -1;
-  if (n < 0 || i + n >= s.size() + (n == 0 ? 1 : 0)) {  // invalid lead byte or truncated sequence
+  if (n == 0) {
     ++i;
     return b;
   }
-  char32_t c = n == 0 ? b : (b & (0x3f >> n));
+  if (n < 0 || i + n >= s.size()) {  // an invalid lead byte, or a sequence cut short by the end
+    ++i;
+    return b;
+  }
+  char32_t c = b & (0x3f >> n);
   for (int k = 1; k <= n; ++k) {
     auto cont = static_cast<unsigned char>(s[i + k]);
     if ((cont & 0xc0) != 0x80) {
