@@ -35,7 +35,7 @@ void check_same_tokenizer(const Tokenizer& ckpt, const std::string& file, const 
   const bool same = ckpt.kind() == own.kind() &&
                     (ckpt.kind() == "char" ? ckpt.to_json() == own.to_json() : ckpt.vocab_size() == own.vocab_size());
   if (!same)
-    throw Error(exp.source + ": data.path " + data.train->describe() + " is tokenized with a " + own.kind() +
+    throw Error(exp.source + ": data.path " + data.describe() + " is tokenized with a " + own.kind() +
                 " tokenizer of " + std::to_string(own.vocab_size()) + " tokens, but checkpoint " + file +
                 " was trained with a " + ckpt.kind() + " tokenizer of " + std::to_string(ckpt.vocab_size()) +
                 "; prepare the data with the checkpoint's tokenizer, or start a fresh run (another out_dir)");
