@@ -316,6 +316,11 @@ int cmd_docs() {
           "`block_pattern` (repeated to fill `n_layer`), final norm (`norm`: RMSNorm or LayerNorm), LM head. `blocks` maps a block name to that block's parameters (see Blocks below), e.g. "
           "`blocks: {attention: {n_head: 4}}`. Presets:" + presets + ".",
           model_schema());
+  section("`model.lora`",
+          "LoRA adapters on the blocks' Linear layers: with `rank` > 0 only the adapters train (the rest is frozen), "
+          "merged into each adapted weight every forward so no block needs to know (README, Post-training; "
+          "`convert merge-lora`, `convert peft-export`).",
+          lora_schema());
   section("`schedule`", "Learning-rate schedule: linear warmup, then decay to `min_lr` at `trainer.max_steps`.",
           schedule_schema());
   section("`trainer`", "`name:` picks the trainer plugin (default `sft`); these keys are common to every trainer, "

@@ -9,6 +9,7 @@
 
 #include "linearnexus/error.h"
 #include "linearnexus/host/hf_convert.h"
+#include "linearnexus/host/lora_convert.h"
 #include "linearnexus/log.h"
 #include "linearnexus/host/plugin_host.h"
 #include "linearnexus/host/scoring.h"
@@ -31,6 +32,12 @@ ModelCommands::ModelCommands(CLI::App& app) {
   export_ = convert_->add_subcommand("hf-export", "a run folder or checkpoint -> a folder transformers' AutoModelForCausalLM loads");
   export_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
   export_->add_option("out_dir", to_, "the new Hugging Face folder")->required();
+  merge_ = convert_->add_subcommand("merge-lora", "a run with LoRA adapters -> a run folder with them merged into its weights");
+  merge_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
+  merge_->add_option("out_dir", to_, "the new run folder")->required();
+  peft_ = convert_->add_subcommand("peft-export", "a run's LoRA adapters -> adapter_config.json + adapter_model.safetensors (PEFT)");
+  peft_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
+  peft_->add_option("out_dir", to_, "the new adapter folder")->required();
 
   eval_ = app.add_subcommand("eval", "mean negative log-likelihood and perplexity of a checkpoint on a text or token ids");
   eval_->add_option("--checkpoint", checkpoint_, "run folder (uses its latest) or checkpoint file")->required();
@@ -56,6 +63,14 @@ int ModelCommands::run() {
     }
     if (export_->parsed()) {
       log_info(hf_export(from_, to_, host));
+      return 0;
+    }
+    if (merge_->parsed()) {
+      log_info(merge_lora(from_, to_, host));
+      return 0;
+    }
+    if (peft_->parsed()) {
+      log_info(peft_export(from_, to_, host));
       return 0;
     }
     return run_eval(host);

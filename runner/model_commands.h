@@ -1,6 +1,6 @@
 #pragma once
 // Commands on whole models: `convert hf-import HF_DIR OUT_DIR [--no-tokenizer]`,
-// `convert hf-export RUN_DIR OUT_DIR` and `eval --checkpoint RUN (--text FILE | --ids "1 2 3") [--per-token]`.
+// `convert hf-export RUN_DIR OUT_DIR`, `convert merge-lora RUN OUT_DIR`, `convert peft-export RUN OUT_DIR` and `eval --checkpoint RUN (--text FILE | --ids "1 2 3") [--per-token]`.
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -17,7 +17,7 @@ class ModelCommands {
 
  private:
   int run_eval(PluginHost& host);
-  CLI::App *convert_ = nullptr, *import_ = nullptr, *export_ = nullptr, *eval_ = nullptr;
+  CLI::App *convert_ = nullptr, *import_ = nullptr, *export_ = nullptr, *merge_ = nullptr, *peft_ = nullptr, *eval_ = nullptr;
   std::string from_, to_;
   bool no_tokenizer_ = false;
   std::string checkpoint_, text_file_, ids_, device_ = "cpu";

@@ -232,7 +232,7 @@ YAML::Node load_preset(const YAML::Node& preset, const Source& src) {
 // The validated sections as Params, before they become typed settings: what the resolved YAML is
 // written from (every default filled in).
 struct Sections {
-  Params top, data, model, schedule, trainer, sample, distributed;
+  Params top, data, model, lora, schedule, trainer, sample, distributed;
   std::map<std::string, Params> blocks;
 };
 
@@ -248,7 +248,8 @@ void parse_model_section(const YAML::Node& root, const Source& src, const Regist
   } else if (model["preset"] && !model["preset"].Scalar().empty()) {
     merge_under(model, load_preset(model["preset"], src));
   }
-  sec.model = validate_section(model, model_schema(), "model", src, {"blocks"});
+  sec.model = validate_section(model, model_schema(), "model", src, {"blocks", "lora"});
+  sec.lora = validate_section(model["lora"], lora_schema(), "model.lora", src);
   const auto& pattern = sec.model.get_string_list("block_pattern");
   if (pattern.empty()) throw Error(src.file + ": model.block_pattern must name at least one block");
   for (const auto& b : pattern) reg.get(PluginKind::Block, b, src.at(model["block_pattern"], "model.block_pattern"));
@@ -274,6 +275,7 @@ std::string resolved_yaml(const Experiment& e, const Sections& sec) {
   r["data"] = params_to_yaml(sec.data);
   YAML::Node m = params_to_yaml(sec.model);
   for (const auto& [name, p] : sec.blocks) m["blocks"][name] = params_to_yaml(p);
+  if (e.model.lora.enabled()) m["lora"] = params_to_yaml(sec.lora);  // rank 0: the section stays out, as before LoRA
   r["model"] = m;
   YAML::Node o = params_to_yaml(e.optimizer);
   o["name"] = e.optimizer_name;
@@ -469,6 +471,7 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   e.run = run_settings(sec.top);
   e.data = DataSettings::from(sec.data);
   e.model = model_settings(sec.model, sec.blocks, origin);
+  e.model.lora = LoraConfig::from(sec.lora);
   e.schedule = schedule_settings(sec.schedule);
   e.trainer = trainer_settings(sec.trainer, e.run, origin);
   e.sample = sample_settings(sec.sample);

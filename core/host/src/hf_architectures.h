@@ -3,9 +3,12 @@
 // adapters (BlockHooks::hf, hf_adapter.h). Host-internal; nothing here names a block's parameters.
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "linearnexus/hf_adapter.h"
+#include "linearnexus/model.h"
 #include "linearnexus/registry.h"
 
 namespace linearnexus::hf {
@@ -41,5 +44,16 @@ Found architecture_named(const Registry& registry, const std::string& name, cons
 // Error naming the block, or each architecture's reason, when none does.
 Found architecture_of(const Registry& registry, const ModelConfig& model, const std::string& source);
 std::string supported_names(const Registry& registry);  // "GPT2LMHeadModel (attention), ..."
+
+// Where each of a model's tensors goes in `arch`'s checkpoint, by our full name ("blocks.0.qkv.weight"):
+// one part per Hugging Face tensor, rows [row, row + rows) of ours (rows -1: all of it; a fused
+// tensor's parts as its block's fused_splits() declare them) in `layout`. Tensors the architecture
+// has no place for are absent. hf-export and peft-export both map names through it.
+struct HfPart {
+  std::string hf_name;
+  int64_t row = 0, rows = -1;
+  HFLayout layout = HFLayout::Same;
+};
+std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const HFArchitecture& arch);
 
 }  // namespace linearnexus::hf

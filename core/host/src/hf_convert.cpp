@@ -373,35 +373,52 @@ void export_tokenizer(const LoadedModel& lm, const fs::path& run_dir, const fs::
 
 }  // namespace
 
-std::string hf_export(const std::string& run_dir, const std::string& out_dir, PluginHost& host) {
-  LoadedModel lm = load_model_from_checkpoint(run_dir, host);
-  const ModelConfig& mc = lm.model->config();
-  const hf::Found found = hf::architecture_of(host.registry(), mc, "checkpoint " + lm.file);
-  const Architecture& arch = *found.architecture;
-  const TensorMap ours = model_tensors(*lm.model, "");
-  TensorMap out;
+namespace hf {
+std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const HFArchitecture& arch) {
+  const ModelConfig& mc = model.config();
+  const auto ours = model.named_parameters(), buffers = model.named_buffers();
+  std::map<std::string, std::vector<HfPart>> out;
   for (const auto& rule : all_rules(arch)) {
     for (int64_t i : layers_of(rule, mc.dims.n_layer)) {
-      auto it = ours.find(at_layer(rule.ours, i));
-      if (it == ours.end()) continue;
-      at::Tensor t = to_hf(it->second.detach().to(at::kCPU, at::kFloat), rule.layout);
+      const std::string name = at_layer(rule.ours, i);
+      if (!ours.contains(name) && !buffers.contains(name)) continue;
       if (rule.hf.size() == 1) {
-        out[at_layer(rule.hf[0], i)] = t;
+        out[name] = {{at_layer(rule.hf[0], i), 0, -1, rule.layout}};
         continue;
       }
       // A fused tensor: split as its block declares its parts (qkv: the q, k and v rows).
-      std::string rel = it->first.substr(it->first.find('.', std::string("blocks.").size()) + 1);
+      std::string rel = name.substr(name.find('.', std::string("blocks.").size()) + 1);
       rel = rel.substr(0, rel.rfind('.')) + ".weight";
-      const auto splits = lm.model->blocks()[i]->fused_splits();
+      const auto splits = model.blocks()[i]->fused_splits();
       if (!splits.count(rel) || splits.at(rel).size() != rule.hf.size())
         throw Error("hf-export: block " + std::to_string(i) + " declares no " + std::to_string(rule.hf.size()) +
                     "-part split of " + rel + " (its fused_splits())");
       int64_t row = 0;
       for (size_t k = 0; k < rule.hf.size(); ++k) {
-        out[at_layer(rule.hf[k], i)] = t.narrow(0, row, splits.at(rel)[k]).contiguous();
+        out[name].push_back({at_layer(rule.hf[k], i), row, splits.at(rel)[k], rule.layout});
         row += splits.at(rel)[k];
       }
     }
+  }
+  return out;
+}
+}  // namespace hf
+
+std::string hf_export(const std::string& run_dir, const std::string& out_dir, PluginHost& host) {
+  LoadedModel lm = load_model_from_checkpoint(run_dir, host);
+  const ModelConfig& mc = lm.model->config();
+  const hf::Found found = hf::architecture_of(host.registry(), mc, "checkpoint " + lm.file);
+  const Architecture& arch = *found.architecture;
+  TensorMap ours = model_tensors(*lm.model, "");
+  // A run with LoRA adapters exports what it computes: every adapted weight merged (W0 + scale B A).
+  // `convert peft-export` writes the adapters alone.
+  if (const auto& lora = lm.model->lora())
+    for (const auto& [name, w] : lora->merged_weights()) ours[name] = w;
+  TensorMap out;
+  for (const auto& [name, parts] : hf::hf_parts(*lm.model, arch)) {
+    const at::Tensor t = ours.at(name).detach().to(at::kCPU, at::kFloat);
+    for (const auto& part : parts)
+      out[part.hf_name] = to_hf(part.rows < 0 ? t : t.narrow(0, part.row, part.rows).contiguous(), part.layout);
   }
   make_empty_folder(out_dir);
   const fs::path out_path(out_dir);

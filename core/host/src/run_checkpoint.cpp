@@ -70,10 +70,11 @@ TensorMap model_tensors(const torch::nn::Module& model, const std::string& prefi
 }
 
 void load_model_tensors(torch::nn::Module& model, const TensorMap& tensors, const std::string& source,
-                        const std::string& prefix) {
+                        const std::string& prefix, const std::string& optional) {
   torch::NoGradGuard g;
   auto load = [&](const std::string& name, at::Tensor& dst) {
     auto it = tensors.find(prefix + name);
+    if (it == tensors.end() && !optional.empty() && name.rfind(optional, 0) == 0) return;
     if (it == tensors.end())
       throw Error("checkpoint '" + source + "' does not match the model: it has no tensor '" + prefix + name +
                   "' (was it made with another model config?)");
@@ -182,7 +183,17 @@ void RunCheckpoint::set_model(const LMModel& model) {
   for (auto& [k, v] : model_tensors(model, "model.")) tensors_[k] = v;
 }
 
-void RunCheckpoint::load_model(LMModel& model) const { load_model_tensors(model, tensors_, file_, "model."); }
+void RunCheckpoint::load_model(LMModel& model) const {
+  const bool has_adapters = std::any_of(tensors_.begin(), tensors_.end(),
+                                        [](const auto& kv) { return kv.first.rfind("model.lora.", 0) == 0; });
+  if (has_adapters && !model.lora())
+    throw Error("checkpoint " + file_ + " holds LoRA adapters (model.lora) and this model has none: keep the " +
+                "checkpoint's model.lora (model.preset: init_from does), or merge them into the weights first " +
+                "(linearnexus convert merge-lora)");
+  // A model with adapters starting from a checkpoint without them (the base model) keeps their
+  // initialisation: B = 0, so it computes exactly what the checkpoint does.
+  load_model_tensors(model, tensors_, file_, "model.", has_adapters ? "" : "lora.");
+}
 
 void RunCheckpoint::set_optimizer(const Optimizer& optimizer, const std::string& group) {
   for (const auto& [k, v] : optimizer.state_dict()) tensors_[optim_prefix(group) + k] = v;

@@ -486,7 +486,14 @@ std::string HostTrainingRun::describe() const {
   for (size_t i = 0; i < c.block_pattern.size(); ++i) o << (i ? ", " : "") << c.block_pattern[i];
   o << "], hidden " << c.dims.hidden_size << ", vocab " << c.dims.vocab_size << ", "
     << static_cast<double>(p_.model->num_parameters()) / 1e6 << "M parameters (" << p_.model->num_parameters()
-    << ") on " << p_.device.str() << "\n  data: ";
+    << ") on " << p_.device.str();
+  if (const auto& lora = p_.model->lora()) {
+    int64_t trained = 0;
+    for (const auto& np : p_.params) trained += np.param.numel();
+    o << "\n  LoRA: rank " << lora->config().rank << ", alpha " << lora->config().alpha << " on " << lora->sites().size()
+      << " Linear layers; " << trained << " parameters train, the rest is frozen";
+  }
+  o << "\n  data: ";
   if (p_.data.train)
     o << p_.data.train->size() << " train tokens, " << p_.data.val->size() << " validation tokens";
   else

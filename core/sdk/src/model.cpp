@@ -132,6 +132,12 @@ LMModel::LMModel(const ModelConfig& config, const Registry& registry) : config_(
     lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(d.hidden_size, d.vocab_size).bias(false)));
     init_linear(lm_head_);
   }
+  if (config_.lora.enabled()) {
+    // Registered last: every other parameter keeps its name and its place in the initialisation order.
+    lora_ = register_module("lora", std::make_shared<LoraAdapters>(blocks_, parameter_roles(), config_.lora));
+    for (auto& kv : named_parameters())
+      if (kv.key().rfind("lora.", 0) != 0) kv.value().requires_grad_(false);
+  }
 }
 
 std::vector<NamedParameter> LMModel::optimizer_parameters() const {
@@ -141,6 +147,7 @@ std::vector<NamedParameter> LMModel::optimizer_parameters() const {
     for (const auto& [name, rows] : blocks_[i]->fused_splits()) splits["blocks." + std::to_string(i) + "." + name] = rows;
   const auto roles = parameter_roles();
   for (const auto& kv : named_parameters()) {
+    if (lora_ && kv.key().rfind("lora.", 0) != 0) continue;  // frozen under adapters
     NamedParameter np{kv.key(), kv.value(), {}, {}};
     if (auto it = splits.find(kv.key()); it != splits.end()) np.split_rows = it->second;
     if (auto it = roles.find(kv.key()); it != roles.end()) np.role = it->second;
@@ -170,6 +177,8 @@ std::map<std::string, ParamRole> LMModel::parameter_roles() const {
       roles["blocks." + std::to_string(i) + "." + name] = role;
     }
   }
+  // LoRA's A and B are not maps between hidden spaces to orthogonalise: AdamW's (Muon's inner) business.
+  if (lora_) declare_roles(roles, *lora_, "lora.", ParamRole::Other);
   return roles;
 }
 
@@ -211,6 +220,7 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
   if (wpe_ && ctx.start + T > config_.dims.max_seq_len)
     throw Error("position " + std::to_string(ctx.start + T - 1) + " is past the learned position table (model.max_seq_len = " +
                 std::to_string(config_.dims.max_seq_len) + ")");
+  if (lora_) lora_->apply();  // each adapted Linear's weight := W0 + scale B A
   compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
   auto x = wte_(idx);  // [B, T, C]
   if (wpe_) x = x + wpe_(ctx.position_ids(idx.size(0), T, idx.device()));  // positions [B or 1, T] < max_seq_len

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "linearnexus/lora.h"
 #include "linearnexus/param_role.h"
 #include "linearnexus/params.h"
 
@@ -131,6 +132,7 @@ struct ModelConfig {
   // model.positions: learned = absolute position embeddings (wpe, max_seq_len rows) added to the
   // token embeddings, as GPT-2; otherwise positions are the blocks' business (RoPE).
   bool learned_positions = false;
+  LoraConfig lora;  // model.lora: adapters on the blocks' Linear layers (lora.h); rank 0 = none
   std::vector<std::string> layer_kinds() const;  // the pattern expanded to n_layer names
 };
 
@@ -192,8 +194,11 @@ class LMModel : public torch::nn::Module {
   std::map<std::string, ParamRole> parameter_roles() const;
   std::vector<std::string> block_kinds() const { return config_.layer_kinds(); }
   // The parameters as the optimizers see them: full names, the fused splits (Block::fused_splits)
-  // and the roles (parameter_roles()) their blocks and the model declare.
+  // and the roles (parameter_roles()) their blocks and the model declare. With LoRA adapters
+  // (model.lora), the adapters' alone: every other weight is frozen (requires_grad false).
   std::vector<NamedParameter> optimizer_parameters() const;
+  // The LoRA adapters (lora.h), or null without model.lora.
+  const std::shared_ptr<LoraAdapters>& lora() const { return lora_; }
 
  private:
   ModelConfig config_;
@@ -201,6 +206,7 @@ class LMModel : public torch::nn::Module {
   std::vector<std::shared_ptr<Block>> blocks_;
   std::shared_ptr<Norm> norm_;
   torch::nn::Linear lm_head_{nullptr};
+  std::shared_ptr<LoraAdapters> lora_;
   at::ScalarType compute_dtype_ = at::kFloat;
   int64_t checkpoint_every_ = 0;
   bool autocast_active() const;

@@ -119,7 +119,9 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
 TensorMap model_tensors(const torch::nn::Module& module, const std::string& prefix = "model.");
 // Copy `prefix`-named tensors into the module; a missing tensor, a shape or dtype mismatch, or a
 // NaN/infinite value throws Error naming the first such tensor (and both shapes) and `source`.
+// The module's tensors whose names start with `optional` ("" = none) are loaded when the map has
+// them and otherwise keep their values (LoRA adapters, starting from a checkpoint without them).
 void load_model_tensors(torch::nn::Module& module, const TensorMap& tensors, const std::string& source,
-                        const std::string& prefix = "model.");
+                        const std::string& prefix = "model.", const std::string& optional = "");
 
 }  // namespace linearnexus
