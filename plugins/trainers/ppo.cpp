@@ -99,6 +99,8 @@ class PPOTrainer : public Trainer {
                   " completions of a step (prompts_per_step x group_size)");
   }
 
+  bool needs_task() const override { return true; }  // prompts and rewards come from the task
+
   void run(TrainingRun& run) override {
     LMModel& policy = run.model();
     auto task = run.task();

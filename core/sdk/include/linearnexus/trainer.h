@@ -35,6 +35,9 @@ class Trainer {
  public:
   virtual ~Trainer() = default;
   virtual void run(TrainingRun& run) = 0;
+  // Whether run() draws on the experiment's task section (TrainingRun::task): `validate` then refuses
+  // an experiment without one before anything runs, as `run` would.
+  virtual bool needs_task() const { return false; }
 };
 
 // Training windows from the run's data.
