@@ -2,10 +2,10 @@
 #include "launcher.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,6 +29,8 @@
 namespace linearnexus {
 
 namespace {
+
+const char* kLauncherFdVariable = "LINEARNEXUS_LAUNCHER_FD";
 
 // A free TCP port on localhost for the ranks' rendezvous (bound once, released, then used).
 int free_local_port() {
@@ -114,18 +116,22 @@ int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, cons
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGTERM, &sa, nullptr);
   ::sigaction(SIGINT, &sa, nullptr);
-  const pid_t launcher = ::getpid();
+  // The ranks' line to the launcher: they hold the read end (launcher_watch), the launcher alone the
+  // write end (close-on-exec), so it reaches end-of-file in every rank when the launcher ends, however
+  // it ends. (Not PR_SET_PDEATHSIG: that fires again each time a dying multi-threaded parent hands the
+  // child to another of its threads, and a second stop signal aborts.)
+  int line[2];
+  if (::pipe2(line, O_CLOEXEC) != 0) throw Error(std::string("run --nproc: cannot make a pipe: ") + std::strerror(errno));
   std::map<pid_t, int64_t> ranks;
   for (int64_t r = 0; r < nproc; ++r) {
     const pid_t pid = ::fork();
     if (pid < 0) throw Error(std::string("run --nproc: cannot start a rank: ") + std::strerror(errno));
     if (pid == 0) {
       // A process group of its own: a terminal's Ctrl-C reaches the launcher alone, which forwards
-      // it once (a rank that got it twice would abort). SIGTERM when the launcher dies, so no rank
-      // trains on as an orphan.
+      // it once (a rank that got it twice would abort).
       ::setpgid(0, 0);
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (::getppid() != launcher) ::_exit(1);
+      const int watch = ::dup(line[0]);  // a dup is not close-on-exec: it survives execv
+      ::setenv(kLauncherFdVariable, std::to_string(watch).c_str(), 1);
       ::signal(SIGTERM, SIG_DFL);
       ::signal(SIGINT, SIG_DFL);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
@@ -179,7 +185,24 @@ int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, cons
   }
   ::signal(SIGTERM, SIG_DFL);
   ::signal(SIGINT, SIG_DFL);
+  ::close(line[0]);
+  ::close(line[1]);
   return first_failure == 0 && forwarded == 0 ? 0 : 1;
+}
+
+void watch_launcher() {
+  const char* fd_text = std::getenv(kLauncherFdVariable);
+  if (!fd_text) return;
+  const int fd = std::atoi(fd_text);
+  ::unsetenv(kLauncherFdVariable);
+  // Blocks until the launcher's end of the pipe closes: then the launcher is gone, and this rank
+  // stops as on SIGTERM (after its step, with a checkpoint) rather than train on as an orphan.
+  std::thread([fd] {
+    char c;
+    while (::read(fd, &c, 1) < 0 && errno == EINTR) {
+    }
+    ::kill(::getpid(), SIGTERM);
+  }).detach();
 }
 
 }  // namespace linearnexus

@@ -12,8 +12,13 @@ namespace linearnexus {
 // may use otherwise (or `nproc_max` when > 0), and the experiment checked once (preflight.h), so a
 // bad file fails once, not N times. SIGTERM / SIGINT are forwarded to the ranks (which stop after
 // their current step and save; a second signal aborts them) and the launcher waits for them; if the
-// launcher itself dies, each rank gets SIGTERM. Returns 0 when every rank succeeded, else 1.
+// launcher itself dies, each rank stops as on SIGTERM (watch_launcher). Returns 0 when every rank
+// succeeded, else 1.
 int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, const std::vector<std::string>& overrides,
                  char** argv);
+
+// In a rank started by launch_ranks: a thread that sends this process SIGTERM once the launcher is
+// gone (its pipe reaches end-of-file). Does nothing in any other process.
+void watch_launcher();
 
 }  // namespace linearnexus

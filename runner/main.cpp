@@ -79,6 +79,7 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
 }
 
 int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
+  watch_launcher();  // a rank of run --nproc stops when its launcher is gone
   PluginHost host;
   return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);

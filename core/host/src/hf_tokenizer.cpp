@@ -189,9 +189,11 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   std::vector<std::pair<int64_t, std::string>> entries;
   std::string bytes;
   for (const auto& [text, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= bound)
-      bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", not a token id below " + std::to_string(bound) +
-                                                    " (the number of tokens the file defines; ids run 0..n-1)");
+    if (!id.is_number_integer() || id.get<int64_t>() < 0)
+      bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", not a token id");
+    if (id.get<int64_t>() >= bound)
+      bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", but the file defines " + std::to_string(bound) +
+                                                    " tokens, whose ids must run 0.." + std::to_string(bound - 1));
     if (!byte_level_to_bytes(text, bytes))
       bad(path, "model.vocab[\"" + text + "\"]", "is not in the byte-level alphabet: this is not a byte-level BPE" + std::string(kSupported));
     const int64_t n = id.get<int64_t>();
@@ -205,10 +207,12 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
     const std::string key = "added_tokens[" + std::to_string(i) + "]";
-    if (!field(a, "id").is_number_integer() || field(a, "id").get<int64_t>() < 0 || field(a, "id").get<int64_t>() >= bound ||
+    if (!field(a, "id").is_number_integer() || field(a, "id").get<int64_t>() < 0 || field(a, "id").get<int64_t>() >= (int64_t{1} << 31) ||
         !field(a, "content").is_string() || field(a, "content").get<std::string>().empty())
-      bad(path, key, "must have an integer id below " + std::to_string(bound) + " (the number of tokens the file defines) " +
-                         "and a non-empty content string");
+      bad(path, key, "must have an integer id and a non-empty content string");
+    if (field(a, "id").get<int64_t>() >= bound)
+      bad(path, key, "has id " + field(a, "id").dump() + ", but the file defines " + std::to_string(bound) +
+                         " tokens, whose ids must run 0.." + std::to_string(bound - 1));
     for (const char* flag : {"single_word", "lstrip", "rstrip"})
       if (field(a, flag) == true) bad(path, key + "." + flag, "is true, which is not supported");
     const int64_t id = field(a, "id").get<int64_t>();

@@ -50,8 +50,8 @@ RegularFile::RegularFile(std::string path, const FileKind& kind) : path_(std::mo
   size_ = static_cast<uint64_t>(st.st_size);
   if (kind.max_bytes > 0 && size_ > kind.max_bytes) {
     ::close(fd_);
-    throw Error(name + " is " + bytes_text(size_) + ", more than the " + bytes_text(kind.max_bytes) + " a " + kind.what +
-                " may be; is it the right file?");
+    throw Error(name + " is " + bytes_text(size_) + ", over the " + bytes_text(kind.max_bytes) + " limit for " + kind.what +
+                "s; is it the right file?");
   }
   // Regular files ignore O_NONBLOCK; cleared anyway so reads mean exactly what they say.
   const int flags = ::fcntl(fd_, F_GETFL);

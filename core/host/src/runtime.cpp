@@ -8,11 +8,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <thread>
+
+#include <c10/macros/Macros.h>
+#if defined(C10_USE_GLOG) && defined(LINEARNEXUS_HAVE_GLOG)
+#include <glog/logging.h>
+#endif
 
 #include "linearnexus/error.h"
 #include "linearnexus/host/config.h"
@@ -21,7 +27,23 @@ namespace fs = std::filesystem;
 
 namespace linearnexus {
 
+namespace {
+// LibTorch's own log lines (c10d's "[c10d] The client socket has timed out ...", glog's "Logging
+// before InitGoogleLogging() is written to STDERR") would come before the one error line that
+// already names what failed, and say it worse: only fatal ones are printed, unless
+// LINEARNEXUS_LOG_LEVEL=debug (or trace) asks for everything. A LibTorch that logs through glog
+// (Debian's) has glog's flag; one without glog (torch's wheels) is left as it is.
+void quiet_libtorch_logs() {
+#if defined(C10_USE_GLOG) && defined(LINEARNEXUS_HAVE_GLOG)
+  const char* level = std::getenv("LINEARNEXUS_LOG_LEVEL");
+  const bool verbose = level && (std::string(level) == "debug" || std::string(level) == "trace");
+  FLAGS_minloglevel = verbose ? google::GLOG_INFO : google::GLOG_FATAL;
+#endif
+}
+}  // namespace
+
 void init_runtime() {
+  quiet_libtorch_logs();
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 256 << 20);
@@ -69,14 +91,14 @@ void check_run_folder_free(const std::string& dir) {
 }
 
 namespace {
-volatile sig_atomic_t g_stop_signal = 0;
+// Lock-free, so async-signal-safe; an exchange because two signals may be handled at once on two
+// threads (LibTorch's pool): exactly one of them sees 0 and asks for the stop.
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the stop flag is set from a signal handler");
 
 // Async-signal-safe: a flag, then for a second signal write(2), the default action and raise.
 void on_stop_signal(int sig) {
-  if (g_stop_signal == 0) {
-    g_stop_signal = sig;
-    return;
-  }
+  if (g_stop_signal.exchange(sig) == 0) return;
   const char msg[] = "error: a second stop signal: ending at once, without saving (the last checkpoint is intact)\n";
   const ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
   (void)ignored;
@@ -99,7 +121,7 @@ void restore_stop_signals() {
   ::signal(SIGINT, SIG_DFL);
 }
 
-int stop_signal() { return g_stop_signal; }
+int stop_signal() { return g_stop_signal.load(); }
 
 std::string signal_name(int sig) {
   if (sig == SIGTERM) return "SIGTERM";

@@ -15,7 +15,7 @@
 namespace linearnexus {
 
 struct FileKind {
-  const char* what;    // how errors name the file: "tokenizer file '...'"
+  const char* what;    // how errors name the file: "tokenizer file '...'" (and its plural, with an s)
   uint64_t max_bytes;  // larger files are refused; 0 = no limit (the reader reads spans, never the whole)
 };
 
@@ -34,7 +34,7 @@ constexpr FileKind kText{"text file", 4096 * kMiB};
 // A run folder's metrics.jsonl, read back when a run resumes.
 constexpr FileKind kMetrics{"metrics file", 4096 * kMiB};
 // Plugin candidates (*.so in a plugin folder), whose ELF tables are read before anything is loaded.
-constexpr FileKind kPlugin{"plugin library", 2048 * kMiB};
+constexpr FileKind kPlugin{"plugin file", 2048 * kMiB};
 // Read in spans that a validated header or meta.json describes: no limit of their own.
 constexpr FileKind kCheckpoint{"checkpoint", 0};
 constexpr FileKind kShard{"token file", 0};
