@@ -243,32 +243,46 @@ TensorMap gather_tensors(const Architecture& arch, const TensorMap& expected, co
 
 }  // namespace
 
-std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir, PluginHost& host,
-                      const HfImportOptions& options) {
-  const fs::path hf_dir(hf_dir_text), config_path = hf_dir / "config.json";
-  if (!fs::is_directory(hf_dir)) throw Error("'" + hf_dir_text + "' is not a folder (a Hugging Face model folder)");
-  const json config = read_json(config_path);
-  if (!config.is_object()) throw Error(config_path.string() + ": not a JSON object");
-  const hf::ConfigReader reader(config, config_path.string());
+Experiment hf_config_experiment(const std::string& config_text, const std::string& config_path, const std::string& name,
+                                PluginHost& host, const HFArchitecture** architecture) {
+  json config;
+  try {
+    config = parse_json_limited(config_text, 16);
+  } catch (const std::exception& e) {
+    throw Error(config_path + ": not readable JSON (" + e.what() + ")");
+  }
+  if (!config.is_object()) throw Error(config_path + ": not a JSON object");
+  const hf::ConfigReader reader(config, config_path);
   std::string arch_name;
   if (config.contains("architectures") && config.at("architectures").is_array() && !config.at("architectures").empty() &&
       config.at("architectures")[0].is_string())
     arch_name = config.at("architectures")[0].get<std::string>();
   else
-    throw Error(config_path.string() + ": no architectures list; expected e.g. \"architectures\": [\"LlamaForCausalLM\"] (" +
+    throw Error(config_path + ": no architectures list; expected e.g. \"architectures\": [\"LlamaForCausalLM\"] (" +
                 hf::supported_names(host.registry()) + ")");
-  const Architecture& arch = *hf::architecture_named(host.registry(), arch_name, config_path.string()).architecture;
-
+  const Architecture& arch = *hf::architecture_named(host.registry(), arch_name, config_path).architecture;
+  if (architecture) *architecture = &arch;
   // The experiment of the imported run: its model section from config.json, as the block's adapter
   // maps it.
   YAML::Node experiment(YAML::NodeType::Map);
-  experiment["name"] = fs::path(out_dir).filename().string();
+  experiment["name"] = name;
   experiment["data"]["path"] = "";
-  experiment["model"] = model_section(arch.model_section(reader), "hf-import of " + config_path.string());
+  experiment["model"] = model_section(arch.model_section(reader), "hf-import of " + config_path);
   experiment["sample"]["num_samples"] = 1;
   YAML::Emitter text;
   text << experiment;
-  Experiment exp = parse_experiment(text.c_str(), "hf-import of " + config_path.string(), "", {}, host, PluginPaths::Ignore);
+  return parse_experiment(text.c_str(), "hf-import of " + config_path, "", {}, host, PluginPaths::Ignore);
+}
+
+std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir, PluginHost& host,
+                      const HfImportOptions& options) {
+  const fs::path hf_dir(hf_dir_text), config_path = hf_dir / "config.json";
+  if (!fs::is_directory(hf_dir)) throw Error("'" + hf_dir_text + "' is not a folder (a Hugging Face model folder)");
+  if (!fs::exists(config_path)) throw Error(config_path.string() + ": cannot be read (does it exist?)");
+  const Architecture* arch_ptr = nullptr;
+  const Experiment exp = hf_config_experiment(read_file(config_path.string(), file_kind::kJson), config_path.string(),
+                                              fs::path(out_dir).filename().string(), host, &arch_ptr);
+  const Architecture& arch = *arch_ptr;
   const int64_t vocab = exp.model.dims.vocab_size;
 
   std::set<std::string> dtypes;
