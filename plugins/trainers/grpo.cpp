@@ -28,7 +28,7 @@ class GRPOTrainer : public Trainer {
       throw Error("trainer.group_size must be at least 2 for GRPO (got " + std::to_string(rl_.group_size) + ")");
   }
 
-  bool needs_task() const override { return true; }  // prompts and rewards come from the task
+  void check_start(const TrainerStart& start) const override { check_rl_start(start, rl_, "grpo"); }
 
   void run(TrainingRun& run) override {
     const int64_t G = rl_.group_size;

@@ -99,7 +99,7 @@ class PPOTrainer : public Trainer {
                   " completions of a step (prompts_per_step x group_size)");
   }
 
-  bool needs_task() const override { return true; }  // prompts and rewards come from the task
+  void check_start(const TrainerStart& start) const override { check_rl_start(start, rl_, "ppo"); }
 
   void run(TrainingRun& run) override {
     LMModel& policy = run.model();

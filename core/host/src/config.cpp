@@ -480,8 +480,9 @@ void check_for_training(const Experiment& e, const Registry& registry) {
   if (e.data.seq_len > e.model.dims.max_seq_len)
     throw Error(e.source + ": data.seq_len (" + std::to_string(e.data.seq_len) + ") is longer than model.max_seq_len (" +
                 std::to_string(e.model.dims.max_seq_len) + ")");
-  // The trainer's own checks live in its constructor: make one and drop it.
-  registry.make_trainer(e.trainer_name, e.trainer_params);
+  // The trainer's own checks live in its constructor and in check_start (what it needs of the
+  // experiment's other sections): make one, ask it, drop it.
+  registry.make_trainer(e.trainer_name, e.trainer_params)->check_start({e.task_name, e.trainer.init_from});
 }
 
 Experiment load_experiment(const std::string& path, const std::vector<std::string>& overrides, PluginHost& host) {

@@ -6,7 +6,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "linearnexus/error.h"
@@ -52,6 +54,27 @@ std::string keys_sizing(const ModelConfig& c, int64_t bytes) {
               (bytes > 0 ? std::to_string(bytes) + " bytes" : std::string("a tensor")) + ": " + keys_sizing(c, bytes) +
               " ask for it; model.hidden_size " + std::to_string(c.dims.hidden_size) + ", n_layer " +
               std::to_string(c.dims.n_layer) + ", vocab_size " + std::to_string(c.dims.vocab_size) + ")");
+}
+
+// The model's fp32 weights alone against this machine's memory: run would fail to allocate them (or be
+// killed touching them). Each layer counted as the one built of its kind.
+void check_model_fits(const ModelConfig& c, const std::map<std::string, int64_t>& layer_numel, const std::string& source) {
+  const auto& d = c.dims;
+  const double embedding = static_cast<double>(d.vocab_size) * static_cast<double>(d.hidden_size);
+  double n = embedding * (c.tie_embeddings ? 1 : 2);
+  if (c.learned_positions) n += static_cast<double>(d.max_seq_len) * static_cast<double>(d.hidden_size);
+  double layers = 0;
+  for (const auto& kind : c.layer_kinds()) layers += static_cast<double>(layer_numel.at(kind));
+  n += layers;
+  const double bytes = 4 * n;
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (memory <= 0 || bytes <= memory) return;
+  const std::string keys = embedding > layers ? keys_sizing(c, static_cast<int64_t>(4 * embedding)) : keys_sizing(c, 0);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%.3g parameters, %.1f GiB in fp32, where this machine has %.1f GiB", n, bytes / (1 << 30),
+                memory / (1 << 30));
+  throw Error(source + ": building the model needs more memory than this machine has (its weights alone: " + buf + "; " +
+              keys + " ask for it)");
 }
 
 // trainer.out_dir as run will use it: a folder (or one that can be made), not in use by another run.
@@ -139,9 +162,7 @@ void preflight(const Experiment& exp, PluginHost& host) {
   }
 
   std::shared_ptr<Task> task;
-  if (!exp.task_name.empty() || exp.data.path == "task" ||
-      registry.make_trainer(exp.trainer_name, exp.trainer_params)->needs_task())
-    task = make_experiment_task(exp, registry);
+  if (!exp.task_name.empty() || exp.data.path == "task") task = make_experiment_task(exp, registry);
   const std::string task_text =
       exp.data.path == "task" ? task->sft_text(exp.task.has("sft_examples") ? exp.task.get_int("sft_examples") : 20000, 0x5f7) : "";
   std::string data_desc;
@@ -152,13 +173,19 @@ void preflight(const Experiment& exp, PluginHost& host) {
   // char vocabulary of a file still to download: the largest one, 256).
   const ModelConfig config = exp.model_config(data_tokenizer ? data_tokenizer->vocab_size() : 256);
   const auto kinds = config.layer_kinds();
-  std::set<std::string> built;
+  std::map<std::string, int64_t> layer_numel;  // by block kind
   std::vector<NamedParameter> params;
   for (size_t i = 0; i < kinds.size(); ++i) {
-    if (!built.insert(kinds[i]).second) continue;
+    if (layer_numel.count(kinds[i])) continue;
     auto block = build_block(registry, config, static_cast<int64_t>(i), exp.source);
-    for (const auto& kv : block->named_parameters()) params.push_back({"blocks." + std::to_string(i) + "." + kv.key(), kv.value(), {}, {}});
+    int64_t numel = 0;
+    for (const auto& kv : block->named_parameters()) {
+      params.push_back({"blocks." + std::to_string(i) + "." + kv.key(), kv.value(), {}, {}});
+      numel += kv.value().numel();
+    }
+    layer_numel[kinds[i]] = numel;
   }
+  check_model_fits(config, layer_numel, exp.source);
   registry.make_optimizer(exp.optimizer_name, params, exp.optimizer);  // its own checks (betas...)
 
   // The samples printed after training: a prompt the vocabulary cannot encode would fail only then.
