@@ -122,6 +122,27 @@ int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, cons
   // child to another of its threads, and a second stop signal aborts.)
   int line[2];
   if (::pipe2(line, O_CLOEXEC) != 0) throw Error(std::string("run --nproc: cannot make a pipe: ") + std::strerror(errno));
+  ::fcntl(line[0], F_SETFD, 0);  // the read end survives execv; the write end does not
+  // Each rank's environment, made before fork: LibTorch's threads may hold malloc's lock at the fork,
+  // so the child calls nothing that allocates before execve.
+  std::vector<std::vector<std::string>> envs(static_cast<size_t>(nproc));
+  for (int64_t r = 0; r < nproc; ++r) {
+    const std::map<std::string, std::string> set = {
+        {"RANK", std::to_string(r)},           {"LOCAL_RANK", std::to_string(r)},
+        {"WORLD_SIZE", std::to_string(nproc)}, {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
+        {"MASTER_ADDR", "127.0.0.1"},          {"MASTER_PORT", std::to_string(port)},
+        {kLauncherFdVariable, std::to_string(line[0])}};
+    for (char** e = environ; *e; ++e) {
+      const std::string kv = *e;
+      if (!set.count(kv.substr(0, kv.find('=')))) envs[r].push_back(kv);
+    }
+    for (const auto& [k, v] : set) envs[r].push_back(k + "=" + v);
+  }
+  std::vector<std::vector<char*>> envps(envs.size());
+  for (size_t r = 0; r < envs.size(); ++r) {
+    for (auto& kv : envs[r]) envps[r].push_back(kv.data());
+    envps[r].push_back(nullptr);
+  }
   std::map<pid_t, int64_t> ranks;
   for (int64_t r = 0; r < nproc; ++r) {
     const pid_t pid = ::fork();
@@ -130,17 +151,7 @@ int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, cons
       // A process group of its own: a terminal's Ctrl-C reaches the launcher alone, which forwards
       // it once (a rank that got it twice would abort).
       ::setpgid(0, 0);
-      const int watch = ::dup(line[0]);  // a dup is not close-on-exec: it survives execv
-      ::setenv(kLauncherFdVariable, std::to_string(watch).c_str(), 1);
-      ::signal(SIGTERM, SIG_DFL);
-      ::signal(SIGINT, SIG_DFL);
-      ::setenv("RANK", std::to_string(r).c_str(), 1);
-      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      ::execv("/proc/self/exe", cargs.data());
+      ::execve("/proc/self/exe", cargs.data(), envps[static_cast<size_t>(r)].data());
       ::_exit(127);
     }
     ranks[pid] = r;
