@@ -27,10 +27,8 @@
 //    trainer.h; NamedParameter in param_role.h and LMModel::optimizer_parameters; LMModel::head and
 //    no decoding engine; LayerState / ModelState::keep_in_place; Registration::hooks (BlockHooks: a
 //    Hugging Face adapter, FLOPs per token); Task::sft_examples; the AdamW moment slots, YAML parsing
-//    of params, tokenizer factories out of the SDK; rng.h.
-// 5: Trainer::check_start and TrainerStart (validate refuses what a trainer's run would: an RL trainer
-//    without a task section or a model to start from).
-#define LINEARNEXUS_PLUGIN_ABI_VERSION 5u
+//    of params, tokenizer factories out of the SDK; rng.h; Trainer::check_start (unreleased, as 4).
+#define LINEARNEXUS_PLUGIN_ABI_VERSION 4u
 #define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
 
 extern "C" {
