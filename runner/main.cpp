@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <torch/nn.h>
 
@@ -20,6 +21,7 @@
 #include "linearnexus/host/config.h"
 #include "linearnexus/host/data.h"
 #include "linearnexus/host/distributed.h"
+#include "linearnexus/host/examples.h"
 #include "linearnexus/host/generator.h"
 #include "linearnexus/host/params_yaml.h"
 #include "linearnexus/host/plugin_host.h"
@@ -32,6 +34,7 @@
 #include "linearnexus/log.h"
 #include "linearnexus/plugin.h"
 #include "linearnexus/trainer.h"
+#include "data_commands.h"
 #include "launcher.h"
 #include "model_commands.h"
 #include "plugin_errors.h"
@@ -55,7 +58,9 @@ void fail_on_plugin_problems(const PluginHost& host) {
     throw Error(host.problems().front().message + " (remove it from the plugin folder, or rebuild it)");
 }
 
-// Print the sample section's samples, streaming tokens as they come.
+// Print the sample section's samples, streaming tokens as they come. sample.chat: the prompt is a
+// user message in the tokenizer's chat template (as `data chat-render --add-generation-prompt`
+// shows it), and a reply ends at the tokenizer's end-of-turn token, which is not printed.
 void print_samples(const LMModel& model, const Registry& registry, const Tokenizer& tok, const SampleSettings& s,
                    uint64_t seed) {
   SamplingParams sp;
@@ -63,14 +68,22 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
   sp.top_k = s.top_k;
   sp.top_p = s.top_p;
   sp.max_new_tokens = s.max_tokens;
+  std::string prompt = s.prompt;
+  if (s.chat) {
+    nlohmann::json row;
+    row["messages"] = nlohmann::json::array({nlohmann::json{{"role", "user"}, {"content", s.prompt}}});
+    prompt = render_chat(tok, row.dump(), true, "sample.prompt (sample.chat)").text;
+    sp.eos_id = tok.eos_id();
+  }
   DecodeGenerator generator(model, registry);
   // Encoded before anything is printed: a prompt the vocabulary lacks is an error line of its own,
   // not one glued to the echoed prompt.
-  const std::vector<int64_t> prompt = tok.encode(s.prompt);
+  const std::vector<int64_t> prompt_ids = tok.encode(prompt);
   for (int64_t i = 0; i < s.num_samples; ++i) {
     sp.seed = seed + static_cast<uint64_t>(i);
-    std::cout << "---- sample " << i + 1 << " ----\n" << s.prompt << std::flush;
-    generator.generate(prompt, sp, [&](int64_t t) {
+    std::cout << "---- sample " << i + 1 << " ----\n" << (s.chat ? "user: " + s.prompt + "\nassistant: " : prompt) << std::flush;
+    generator.generate(prompt_ids, sp, [&](int64_t t) {
+      if (s.chat && t == sp.eos_id) return true;
       std::cout << tok.decode({t}) << std::flush;
       return true;
     });
@@ -200,40 +213,6 @@ int cmd_plugins(const std::string& describe) {
   return 0;
 }
 
-// stdin text -> ids on one line, or (decode) ids -> text.
-int cmd_tokenize(const std::string& spec, bool decode) {
-  // A character vocabulary exists only per corpus (saved with a run), so there is none to name here.
-  if (spec == "char")
-    throw Error("tokenize: --tokenizer must be gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder "
-                "holding one (a Hugging Face model or run folder) or encoder.json + vocab.bpe");
-  auto tok = load_tokenizer(spec);
-  if (decode) {
-    std::vector<int64_t> ids;
-    std::string word;
-    while (std::cin >> word) {
-      char* end = nullptr;
-      const long long id = std::strtoll(word.c_str(), &end, 10);
-      if (*end) throw Error("tokenize --decode: '" + word + "' on stdin is not a token id");
-      ids.push_back(id);
-    }
-    std::cout << tok->decode(ids) << std::flush;
-    return 0;
-  }
-  std::stringstream text;
-  text << std::cin.rdbuf();
-  const auto ids = tok->encode(text.str());
-  for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
-  std::cout << "\n";
-  return 0;
-}
-
-int cmd_prepare(const PrepareOptions& o) {
-  PreparedSummary s = prepare_token_files(o);
-  std::cout << o.out_dir << ": " << s.train_tokens << " train + " << s.val_tokens << " validation tokens (" << s.dtype
-            << ", vocabulary " << s.vocab_size << ") from " << s.input_bytes << " bytes in " << s.seconds << " s\n";
-  return 0;
-}
-
 // The YAML reference (docs/config.md is this output): the host's sections from their schemas, then
 // every loaded plugin's own keys, so the document cannot drift from what the validator accepts.
 int cmd_docs() {
@@ -327,7 +306,11 @@ int main(int argc, char** argv) {
   sample->add_option("--seed", so.seed, "sampling seed");
   // The sample keys, documented by their schema; a key not given keeps the checkpoint's value.
   for (const auto& spec : sample_schema())
-    sample->add_option_function<std::string>("--" + sample_flag(spec.key),
+    if (spec.type == ParamType::Bool)
+      sample->add_flag_callback("--" + sample_flag(spec.key), [&so, key = spec.key] { so.given[key] = "true"; },
+                                spec.doc + " (default: the checkpoint's sample." + spec.key + ")");
+    else
+      sample->add_option_function<std::string>("--" + sample_flag(spec.key),
                                              [&so, key = spec.key](const std::string& v) { so.given[key] = v; },
                                              spec.doc + " (default: the checkpoint's sample." + spec.key + ")");
   sample->add_option("--device", so.device, "cpu, cuda or auto");
@@ -336,29 +319,8 @@ int main(int argc, char** argv) {
   auto* describe = plugins->add_subcommand("describe", "print a plugin's parameters: types, defaults, docs");
   describe->add_option("name", describe_name, "block, optimizer, trainer or plugin name")->required();
 
-  // --tokenizer takes what data.tokenizer does, documented once in its schema.
-  std::string tokenizer_doc;
-  for (const auto& spec : data_schema())
-    if (spec.key == "tokenizer") tokenizer_doc = spec.doc;
-  std::string tokenizer_spec;
-  bool decode = false;
-  auto* tokenize = app.add_subcommand("tokenize", "UTF-8 text on stdin -> token ids on stdout (or --decode)");
-  tokenize->add_option("--tokenizer", tokenizer_spec, tokenizer_doc + " (not char)")->required();
-  tokenize->add_flag("--decode", decode, "read space-separated ids, print the text");
-
-  PrepareOptions prep;
-  auto* data_cmd = app.add_subcommand("data", "prepare token files for training");
-  data_cmd->require_subcommand(1);
-  auto* prepare = data_cmd->add_subcommand("prepare", "tokenize text files into train.bin / val.bin + meta.json");
-  prepare->add_option("--tokenizer", prep.tokenizer, tokenizer_doc)
-      ->required();
-  prepare->add_option("--input", prep.inputs, "text files (one document each)")->required()->expected(1, -1);
-  prepare->add_option("--out", prep.out_dir, "output folder")->required();
-  prepare->add_option("--val-fraction", prep.val_fraction, "fraction of the tokens (at the end) for val.bin");
-  prepare->add_flag("!--no-progress", prep.progress, "no progress bar");
-  prepare->add_flag("--force", prep.force, "overwrite an output folder that is not empty");
-
   ModelCommands model_commands(app);  // convert hf-import / hf-export, eval
+  DataCommands data_commands(app);    // tokenize, data prepare / chat-render
 
   auto* docs = app.add_subcommand("docs", "print the YAML reference in Markdown (docs/config.md)");
   auto* presets = app.add_subcommand("presets", "list the model presets (model.preset / --model)");
@@ -383,8 +345,7 @@ int main(int argc, char** argv) {
     if (sample->parsed()) return cmd_sample(so);
     if (plugins->parsed()) return cmd_plugins(describe->parsed() ? describe_name : "");
     if (docs->parsed()) return cmd_docs();
-    if (tokenize->parsed()) return cmd_tokenize(tokenizer_spec, decode);
-    if (prepare->parsed()) return cmd_prepare(prep);
+    if (data_commands.parsed()) return data_commands.run();
     if (model_commands.parsed()) return model_commands.run();
     if (presets->parsed()) {
       for (const auto& p : preset_names()) std::cout << p << "\n";

@@ -19,6 +19,7 @@ PACKAGES=(
   libcurl4-openssl-dev    # data.download
   libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
   libgloo-dev             # Gloo headers: c10d's ProcessGroupGloo (data-parallel training on the CPU)
+  python3-jinja2          # test_jinja's oracle: chat templates rendered as transformers renders them
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -315,7 +315,7 @@ TEST_CASE("eval and convert on the command line; preset: init_from takes an impo
                                 "token id 500 is outside the model's vocabulary");
   lntest::check_one_clean_error(lntest::run_cli("convert hf-import " + (t / "run") + " " + (t / "x")), "config.json: cannot be read");
 
-  for (const char* config : {"finetune_hf.yaml", "grpo_hf.yaml"}) {
+  for (const char* config : {"finetune_hf.yaml", "grpo_hf.yaml", "chat_sft_hf.yaml", "dpo_hf.yaml"}) {
     auto v = lntest::run_cli(std::string("validate ") + LINEARNEXUS_SOURCE_DIR + "/configs/" + config + " --set trainer.init_from=" + (t / "run") +
                              " --set data.seq_len=32");  // the fixture's max_seq_len is 64
     INFO(config << ": " << v.err);

@@ -311,7 +311,7 @@ TEST_CASE("runner: plugins describe of a mistyped name suggests the nearest name
   auto r = run_cli("plugins describe adamx");
   check_one_clean_error(r, "did you mean 'adamw'?");
   CHECK_CONTAINS(r.err, "optimizers: adamw");
-  CHECK_CONTAINS(r.err, "trainers: grpo");
+  CHECK_CONTAINS(r.err, "trainers: dpo, grpo");
 }
 
 TEST_CASE("trainer keys belong to the trainer that reads them: grpo refuses sft's batch_size", "[config]") {

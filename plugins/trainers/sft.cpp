@@ -1,4 +1,6 @@
-// The `sft` trainer: next-token cross-entropy on the experiment's text data.
+// The `sft` trainer: next-token cross-entropy on the experiment's data: a text's windows, or
+// examples (chat, prompt_completion) whose prompt and padding carry no loss (TrainingRun::train_batch).
+#include <linearnexus/error.h>
 #include <linearnexus/loss.h>
 #include <linearnexus/plugin.h>
 #include <linearnexus/trainer.h>
@@ -12,6 +14,9 @@ class SFTTrainer : public Trainer {
       : batch_size_(t.get_int("batch_size")), grad_accum_(t.get_int("grad_accum")), eval_batches_(t.get_int("eval_batches")) {}
 
   void run(TrainingRun& run) override {
+    if (run.rows_per_example() != 1)
+      throw Error("trainer 'sft' trains on one sequence per example; data.format preference (chosen / rejected pairs) is " +
+                  std::string("for trainer 'dpo' (or use data.format prompt_completion with the chosen answers)"));
     const int64_t start = run.resume();
     const int64_t step_tokens = batch_size_ * run.seq_len() * grad_accum_;
     LMModel& model = run.model();

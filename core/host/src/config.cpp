@@ -95,6 +95,7 @@ const Schema& sample_schema() {
       {"temperature", ParamType::Float, "0.8", "softmax temperature (0 = greedy)", {}, 0},
       {"top_k", ParamType::Int, "50", "keep the k most likely tokens (0 = off)", {}, 0},
       {"top_p", ParamType::Float, "0.95", "nucleus sampling mass (1 = off)", {}, 0, 1},
+      {"chat", ParamType::Bool, "false", "the prompt is a user message: rendered with the tokenizer's chat template (ready for the assistant's reply), which stops at the end-of-turn token"},
   };
   return s;
 }
@@ -374,7 +375,7 @@ TrainerSettings trainer_settings(const Params& p, const RunSettings& run, const 
 
 SampleSettings sample_settings(const Params& p) {
   return {p.get_string("prompt"), p.get_int("max_tokens"), p.get_int("num_samples"), p.get_float("temperature"),
-          p.get_int("top_k"), p.get_float("top_p")};
+          p.get_int("top_k"), p.get_float("top_p"), p.get_bool("chat")};
 }
 
 ModelConfig model_settings(const Params& m, const std::map<std::string, Params>& blocks, const std::string& source) {

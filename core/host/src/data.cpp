@@ -1,5 +1,6 @@
 // Text datasets, batches and downloads.
 #include "linearnexus/host/data.h"
+#include "linearnexus/host/examples.h"
 
 #include <curl/curl.h>
 #include <nlohmann/json.hpp>
@@ -63,6 +64,8 @@ const Schema& data_schema() {
       {"download_sha256", ParamType::String, "\"\"", "expected SHA-256 of the download (\"\" = unchecked)"},
       {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)", {}, 0},
       {"sampling", ParamType::String, "random", "training windows: random offsets, or epoch = shuffled non-overlapping windows, each once per epoch", {"random", "epoch"}},
+      {"format", ParamType::String, "text", "text = one token stream cut into windows; chat, prompt_completion, preference = a JSON Lines file of examples (one padded row each, the loss on the completion or the assistant's turns: docs/post_training.md)", {"text", "chat", "prompt_completion", "preference"}},
+      {"train_on_prompt", ParamType::Bool, "false", "examples formats: put the loss on every token, the prompt's too"},
   };
   return s;
 }
@@ -89,6 +92,8 @@ DataSettings DataSettings::from(const Params& d) {
   s.download_sha256 = d.get_string("download_sha256");
   s.download_size = d.get_int("download_size");
   s.sampling = parse_sampling(d.get_string("sampling"));
+  s.format = d.get_string("format");
+  s.train_on_prompt = d.get_bool("train_on_prompt");
   return s;
 }
 
@@ -104,6 +109,29 @@ void check_settings(const DataSettings& data) {
   if (data.seq_len <= 0) throw Error("data.seq_len must be positive (got " + std::to_string(data.seq_len) + ")");
   if (data.val_fraction <= 0 || data.val_fraction >= 1)
     throw Error("data.val_fraction must be between 0 and 1 (got " + std::to_string(data.val_fraction) + ")");
+  const std::string& path_key = data.path;
+  if (data.format != "text" && (path_key == "task" || path_key.rfind("builtin:", 0) == 0))
+    throw Error("data.path: '" + path_key + "' is text; data.format " + data.format + " reads a JSON Lines file of examples");
+  if (data.format == "text" && path_key.size() > 6 && path_key.compare(path_key.size() - 6, 6, ".jsonl") == 0)
+    throw Error("data.path: '" + path_key + "' is JSON Lines, but data.format is text (it would train on the JSON " +
+                "itself); set data.format to chat, prompt_completion or preference");
+}
+
+// data.format chat / prompt_completion / preference: the examples of a JSON Lines file (examples.h).
+DataSplits load_example_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer) {
+  DataSplits out;
+  if (tokenizer) {
+    out.tokenizer = tokenizer;
+  } else if (data.tokenizer == "char") {
+    throw Error("data.tokenizer: data.format " + data.format + " needs a model's tokenizer (gpt2, a tokenizer.json, " +
+                "or a Hugging Face model folder); the char tokenizer is built from plain text");
+  } else {
+    out.tokenizer = load_tokenizer(data.tokenizer);
+  }
+  ExampleSplits examples = load_examples(data, base_dir, *out.tokenizer);
+  out.train_examples = examples.train;
+  out.val_examples = examples.val;
+  return out;
 }
 
 // A prepared folder's splits must each hold a window of seq_len + 1 tokens.
@@ -170,6 +198,7 @@ std::string data_text(const DataSettings& data, const fs::path& p, const std::st
 DataSplits load_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer,
                      const std::string& task_text) {
   check_settings(data);
+  if (data.format != "text") return load_example_data(data, base_dir, tokenizer);
   const fs::path p = data_file(data, base_dir);
   if (is_prepared_dir(p.string())) {
     // Token ids are fixed by the prepared files: their tokenizer wins (a resumed run's is the same).
@@ -197,11 +226,21 @@ DataSplits load_data(const DataSettings& data, const std::string& base_dir, std:
   return out;
 }
 
+std::string DataSplits::describe() const {
+  return train ? train->describe() : train_examples ? train_examples->describe() : std::string("(no data)");
+}
+
 std::shared_ptr<Tokenizer> preview_data(const DataSettings& data, const std::string& base_dir,
                                         std::shared_ptr<Tokenizer> tokenizer, const std::string& task_text,
                                         std::string* description) {
   check_settings(data);
   const fs::path p = data_file(data, base_dir);
+  if (data.format != "text") {
+    // Examples are read (every row checked, as run reads them) but nothing is trained.
+    DataSplits out = load_example_data(data, base_dir, tokenizer);
+    *description = out.describe();
+    return out.tokenizer;
+  }
   if (is_prepared_dir(p.string())) {
     DataSplits out = load_prepared(p.string(), /*verify_hashes=*/false);
     check_prepared_lengths(out, data.seq_len);
@@ -264,6 +303,29 @@ int64_t permute(int64_t i, int64_t n, uint64_t key) {
 }
 }  // namespace
 
+std::vector<int64_t> draw_items(const BatchSpec& spec, int64_t n, int64_t step, int64_t micro_step, int64_t rank) {
+  const int64_t B = spec.batch_size;
+  std::vector<int64_t> out(static_cast<size_t>(B));
+  if (spec.sampling == Sampling::Random) {
+    // One stream per (step, micro-batch) for the whole job; rank r takes rows [r B, (r+1) B) of it,
+    // so W ranks x B rows draw exactly what one process drawing W B rows would.
+    std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(spec.seed) ^ static_cast<uint64_t>(step)) ^
+                                   (static_cast<uint64_t>(micro_step) << 20)));
+    std::uniform_int_distribution<int64_t> pick(0, n - 1);
+    for (int64_t skip = 0; skip < rank * B; ++skip) pick(rng);
+    for (auto& item : out) item = pick(rng);
+  } else {
+    // The g-th row of the run (counting every row of every micro-batch of every rank in order) is
+    // item permute(g mod n) of epoch g / n.
+    const int64_t first = ((step * spec.micro_steps + micro_step) * spec.world_size + rank) * B;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t g = first + b, epoch = g / n;
+      out[static_cast<size_t>(b)] = permute(g % n, n, splitmix64(spec.seed ^ splitmix64(static_cast<uint64_t>(epoch))));
+    }
+  }
+  return out;
+}
+
 Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, int64_t micro_step, int64_t rank) {
   const int64_t B = spec.batch_size, T = spec.seq_len, span = data.size() - T - 1;
   if (span < 0)
@@ -271,25 +333,10 @@ Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, i
                 std::to_string(T + 1));
   auto buf = at::empty({B, T + 1}, at::kLong);
   int64_t* p = buf.data_ptr<int64_t>();
-  if (spec.sampling == Sampling::Random) {
-    // One stream per (step, micro-batch) for the whole job; rank r takes rows [r B, (r+1) B) of it,
-    // so W ranks x B rows draw exactly what one process drawing W B rows would.
-    std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(spec.seed) ^ static_cast<uint64_t>(step)) ^
-                                   (static_cast<uint64_t>(micro_step) << 20)));
-    std::uniform_int_distribution<int64_t> pick(0, span);
-    for (int64_t skip = 0; skip < rank * B; ++skip) pick(rng);
-    for (int64_t b = 0; b < B; ++b) data.read(pick(rng), T + 1, p + b * (T + 1));
-  } else {
-    // Window w covers tokens [w (T+1), (w+1)(T+1)). The g-th sequence of the run (counting every
-    // row of every micro-batch of every rank in order) is window permute(g mod n) of epoch g / n.
-    const int64_t n = (data.size()) / (T + 1);
-    const int64_t first = ((step * spec.micro_steps + micro_step) * spec.world_size + rank) * B;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t g = first + b, epoch = g / n;
-      const int64_t w = permute(g % n, n, splitmix64(spec.seed ^ splitmix64(static_cast<uint64_t>(epoch))));
-      data.read(w * (T + 1), T + 1, p + b * (T + 1));
-    }
-  }
+  // Random: windows at any offset; epoch: window w covers tokens [w (T+1), (w+1)(T+1)).
+  const bool random = spec.sampling == Sampling::Random;
+  const auto items = draw_items(spec, random ? span + 1 : data.size() / (T + 1), step, micro_step, rank);
+  for (int64_t b = 0; b < B; ++b) data.read(random ? items[b] : items[b] * (T + 1), T + 1, p + b * (T + 1));
   return {buf.narrow(1, 0, T).contiguous(), buf.narrow(1, 1, T).contiguous()};
 }
 

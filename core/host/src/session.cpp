@@ -2,6 +2,7 @@
 // optimizer, run folder and ranks.
 #include "linearnexus/host/session.h"
 
+#include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <yaml-cpp/yaml.h>
 
@@ -13,6 +14,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/host/data.h"
 #include "linearnexus/host/distributed.h"
+#include "linearnexus/host/examples.h"
 #include "linearnexus/host/plugin_host.h"
 #include "linearnexus/host/preflight.h"
 #include "linearnexus/host/runtime.h"
@@ -76,14 +78,28 @@ std::string fingerprint(const TokenDataset& d) {
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
   return std::to_string(n) + " tokens, " + hex;
 }
+
+// The same for a split of examples: their number and the ids and loss masks of 64 evenly spaced.
+std::string fingerprint(const ExampleSet& set) {
+  const int64_t n = set.size();
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (int64_t i = 0; i < std::min<int64_t>(n, 64); ++i)
+    for (const Sequence& seq : set.at(n <= 64 ? i : n * i / 64)) {
+      for (int64_t t : seq.ids) h = (h ^ static_cast<uint64_t>(t)) * 0x100000001b3ull;
+      for (uint8_t m : seq.train) h = (h ^ m) * 0x100000001b3ull;
+    }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return std::to_string(n) + " examples, " + hex;
+}
 }  // namespace
 
 std::vector<std::pair<std::string, std::string>> run_identity(const Experiment& exp, const DataSplits& data,
                                                               const RunCheckpoint* start) {
   std::vector<std::pair<std::string, std::string>> out;
   flatten(YAML::Load(exp.resolved_yaml), "", out);
-  out.emplace_back("data (train split)", fingerprint(*data.train));
-  out.emplace_back("data (validation split)", fingerprint(*data.val));
+  out.emplace_back("data (train split)", data.train ? fingerprint(*data.train) : fingerprint(*data.train_examples));
+  out.emplace_back("data (validation split)", data.val ? fingerprint(*data.val) : fingerprint(*data.val_examples));
   // The tokenizer by what it does (paths differ between machines): kind, size, a probe's ids.
   std::string probe;
   try {
@@ -102,6 +118,12 @@ std::vector<std::pair<std::string, std::string>> run_identity(const Experiment& 
 
 void check_sample_prompt(const Experiment& exp, const Tokenizer& tokenizer) {
   try {
+    if (exp.sample.chat) {  // as print_samples renders it: a user message in the chat template
+      nlohmann::json row;
+      row["messages"] = nlohmann::json::array({nlohmann::json{{"role", "user"}, {"content", exp.sample.prompt}}});
+      tokenizer.encode(render_chat(tokenizer, row.dump(), true, "sample.prompt (sample.chat)").text);
+      return;
+    }
     tokenizer.encode(exp.sample.prompt);
   } catch (const std::exception& e) {
     throw Error(exp.source + ": sample.prompt cannot be encoded with the run's " + tokenizer.kind() + " tokenizer (" +
@@ -163,7 +185,7 @@ std::unique_ptr<HostTrainingRun> prepare_run(const Experiment& exp, PluginHost& 
     task_text = task->sft_text(exp.task.has("sft_examples") ? exp.task.get_int("sft_examples") : 20000, 0x5f7);
   }
   p.data = load_data(exp.data, exp.base_dir, tokenizer, task_text);
-  if (tokenizer) check_same_tokenizer(*tokenizer, ck->file(), exp, *p.data.tokenizer, p.data.train->describe());
+  if (tokenizer) check_same_tokenizer(*tokenizer, ck->file(), exp, *p.data.tokenizer, p.data.describe());
   if (p.dist) {
     // Every rank must run the same experiment on the same data from the same checkpoint: compared
     // before the first collective that depends on them (a model of another width would end both

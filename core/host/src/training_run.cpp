@@ -12,6 +12,7 @@
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #include "linearnexus/host/distributed.h"
+#include "linearnexus/host/examples.h"
 #include "linearnexus/host/generator.h"
 #include "linearnexus/host/plugin_host.h"
 #include "linearnexus/host/preflight.h"
@@ -412,19 +413,31 @@ at::Tensor HostTrainingRun::to_device(const at::Tensor& t) const { return linear
 Batch HostTrainingRun::train_batch(int64_t batch_size, int64_t micro_steps, int64_t step, int64_t micro) {
   const DataSettings& d = p_.experiment->data;
   BatchSpec spec{batch_size, d.seq_len, seed(), d.sampling, micro_steps, p_.world_size};
-  Batch b = get_batch(*p_.data.train, spec, step, micro, p_.rank);
+  Batch b = p_.data.train ? get_batch(*p_.data.train, spec, step, micro, p_.rank)
+                          : get_example_batch(*p_.data.train_examples, spec, step, micro, p_.rank);
   return {to_device(b.x), to_device(b.y)};
 }
 
+Batch HostTrainingRun::val_batch(int64_t batch_size, int64_t index) {
+  // Rank r's share of global batch `index`: a data-parallel evaluation covers what one process would.
+  Batch b = p_.data.val ? get_batch(*p_.data.val, batch_size, seq_len(), seed() ^ 0x5eed5eedull, index, 0, p_.rank)
+                        : get_example_batch_in_order(*p_.data.val_examples, batch_size, seq_len(),
+                                                     index * p_.world_size + p_.rank);
+  return {to_device(b.x), to_device(b.y)};
+}
+
+int64_t HostTrainingRun::rows_per_example() const {
+  return p_.data.train_examples ? p_.data.train_examples->sequences_per_example() : 1;
+}
+
 double HostTrainingRun::evaluate_lm(int64_t batches, int64_t batch_size) {
-  const uint64_t seed = this->seed() ^ 0x5eed5eedull;
   torch::NoGradGuard g;
   const bool was_training = p_.model->is_training();
   p_.model->eval();
   at::Tensor total = at::zeros({}, at::TensorOptions().device(p_.device));
   for (int64_t i = 0; i < batches; ++i) {
-    Batch b = get_batch(*p_.data.val, batch_size, seq_len(), seed, i, 0, p_.rank);
-    total += p_.model->next_token_loss(to_device(b.x), to_device(b.y));
+    Batch b = val_batch(batch_size, i);
+    total += p_.model->next_token_loss(b.x, b.y);
   }
   if (was_training) p_.model->train();
   return mean_over_ranks(total.item<double>() / static_cast<double>(std::max<int64_t>(batches, 1)));
@@ -439,8 +452,14 @@ std::string HostTrainingRun::describe() const {
   for (size_t i = 0; i < c.block_pattern.size(); ++i) o << (i ? ", " : "") << c.block_pattern[i];
   o << "], hidden " << c.dims.hidden_size << ", vocab " << c.dims.vocab_size << ", "
     << static_cast<double>(p_.model->num_parameters()) / 1e6 << "M parameters (" << p_.model->num_parameters()
-    << ") on " << p_.device.str() << "\n  data: " << p_.data.train->size() << " train tokens, "
-    << p_.data.val->size() << " validation tokens (" << p_.data.tokenizer->kind() << " tokenizer, vocab "
+    << ") on " << p_.device.str() << "\n  data: ";
+  if (p_.data.train)
+    o << p_.data.train->size() << " train tokens, " << p_.data.val->size() << " validation tokens";
+  else
+    o << p_.data.train_examples->size() << " train examples (" << p_.data.train_examples->trained_tokens()
+      << " tokens carry the loss), " << p_.data.val_examples->size() << " validation examples, "
+      << p_.experiment->data.format;
+  o << " (" << p_.data.tokenizer->kind() << " tokenizer, vocab "
     << p_.data.tokenizer->vocab_size() << ")\n  optimizer: " << p_.experiment->optimizer_name << ": "
     << p_.optimizer->describe_groups() << "\n  run folder: " << p_.out_dir;
   return o.str();

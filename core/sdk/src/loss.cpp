@@ -97,6 +97,14 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& head_weight,
                                    compute_dtype, with_grad)[0];
 }
 
+at::Tensor token_log_probs(const at::Tensor& logits, const at::Tensor& targets) {
+  // logits [B,T,V], targets [B,T] -> [B,T] fp32
+  auto logp = at::log_softmax(logits.to(at::kFloat), -1);
+  auto valid = targets.ne(-1);
+  auto picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1);
+  return picked * valid.to(at::kFloat);
+}
+
 at::Tensor sampled_label_loss(const at::Tensor& logits) {
   const int64_t V = logits.size(-1);
   auto flat = logits.reshape({-1, V}).to(at::kFloat);

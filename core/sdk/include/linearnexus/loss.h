@@ -15,6 +15,9 @@ at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets);
 // the loss and writes the logits' gradient in place; on the CPU the matmuls run in hidden's dtype.
 at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets,
                         at::ScalarType compute_dtype = at::ScalarType::Undefined);
+// log p(target) per position, fp32: logits [B,T,V], targets [B,T] -> [B,T], 0 where the target is -1.
+// Summed over a row: the log-probability of its trained tokens (DPO's sequence log-likelihood).
+at::Tensor token_log_probs(const at::Tensor& logits, const at::Tensor& targets);
 // The loss of the curvature-estimate pass (Optimizer::wants_curvature_estimate): cross-entropy of
 // logits [B,T,V] against labels drawn from the model's own output distribution,
 // multinomial(softmax(logits)) per position (with the global RNG), mean over all B*T positions.

@@ -119,9 +119,17 @@ class TrainingRun {
   virtual int64_t seq_len() const = 0;  // data.seq_len
   // Micro-batch `micro` (of `micro_steps` per step) of step `step`: `batch_size` windows of this
   // rank, a pure function of (seed, step, micro, rank), so a resumed run draws the same. On the device.
+  // data.format text: windows of seq_len + 1 tokens cut into x and y. The examples formats (chat,
+  // prompt_completion, preference): one example per row, x padded to seq_len, y = -1 where a token
+  // carries no loss (the prompt, the padding); next_token_loss ignores those. A preference example
+  // is two rows, chosen then rejected: batch_size examples are 2 batch_size rows.
   virtual Batch train_batch(int64_t batch_size, int64_t micro_steps, int64_t step, int64_t micro) = 0;
+  // Validation batch `index` (0, 1, ...: the same rows every call) of `batch_size` windows or examples.
+  virtual Batch val_batch(int64_t batch_size, int64_t index) = 0;
   // Mean validation loss over `batches` fixed batches of `batch_size` windows (averaged over ranks).
   virtual double evaluate_lm(int64_t batches, int64_t batch_size) = 0;
+  // Rows per example of the data: 2 for data.format preference (chosen, rejected), else 1.
+  virtual int64_t rows_per_example() const = 0;
   // A host tensor on the run's device (through pinned memory without blocking, on CUDA).
   virtual at::Tensor to_device(const at::Tensor& host_tensor) const = 0;
 

@@ -54,12 +54,13 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
   }
 };
 
-// {h, n} = {x + y, rms_norm(x + y) * w}, or, with y undefined, {x, rms_norm(x) * w}: a block's
+// {h, n} = {x + y, rms_norm(x + y) * w}, or, with y empty (no elements), {x, rms_norm(x) * w}: a block's
 // residual add and the norm after it, or a pre-norm whose input also flows on in the residual
 // stream. Without y, x is returned as it came (autograd makes it a view of x with this node as its
 // grad_fn), so the gradient the stream brings to it and the norm's meet here, in one kernel, instead
 // of in autograd's add<float> over the stream. One node for both: residual_rms_norm.cu's backward is
-// the same arithmetic, with no dy written when there is no y. Saves h (x without y), w and rstd.
+// the same arithmetic, with no dy written when there is no y. Saves h (x without y), w and rstd. (An
+// absent y is an empty tensor, not an undefined one: autograd records every input's device.)
 struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                                double eps, at::ScalarType out_dtype) {
@@ -69,7 +70,7 @@ struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
     auto n = at::empty(x.sizes(), x.options().dtype(out_dtype));
     auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
     at::Tensor h = x;
-    if (y.defined()) {
+    if (y.numel() > 0) {
       h = at::empty_like(x);
       check_cuda(residual_rms_norm_forward(x.data_ptr(), dtype_of(x), y.data_ptr(), dtype_of(y), w.data_ptr<float>(),
                                            h.data_ptr(), n.data_ptr(), dtype_of(n), rstd.data_ptr<float>(), rows, C,
@@ -238,7 +239,7 @@ at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b) {
 }
 
 std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
-  return ResidualRmsNorm::apply(x.contiguous(), at::Tensor(), w.to(at::kFloat).contiguous(), eps, out_dtype);
+  return ResidualRmsNorm::apply(x.contiguous(), at::empty({0}, x.options()), w.to(at::kFloat).contiguous(), eps, out_dtype);
 }
 
 std::vector<at::Tensor> qkv_rope(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,

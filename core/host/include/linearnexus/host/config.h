@@ -58,6 +58,7 @@ struct SampleSettings {
   double temperature = 0.8;
   int64_t top_k = 50;
   double top_p = 0.95;
+  bool chat = false;  // prompt = a user message, rendered with the tokenizer's chat template
 };
 
 struct Experiment {

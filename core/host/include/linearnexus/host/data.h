@@ -28,10 +28,15 @@ class TokenDataset {
 // An in-memory token stream.
 std::shared_ptr<TokenDataset> make_memory_dataset(std::vector<int64_t> tokens, std::string description);
 
+class ExampleSet;  // examples.h
+// What data: reads. data.format text: token streams (train, val); the examples formats: examples
+// (train_examples, val_examples) and no streams.
 struct DataSplits {
   std::shared_ptr<TokenDataset> train;
   std::shared_ptr<TokenDataset> val;
+  std::shared_ptr<ExampleSet> train_examples, val_examples;
   std::shared_ptr<Tokenizer> tokenizer;
+  std::string describe() const;  // the training split's name, for messages
 };
 
 // How training windows are drawn (data.sampling).
@@ -51,6 +56,8 @@ struct DataSettings {
   std::string download, download_sha256;  // a URL fetched to path when it is missing; its hash
   int64_t download_size = 0;
   Sampling sampling = Sampling::Random;
+  std::string format = "text";   // text | chat | prompt_completion | preference (examples.h)
+  bool train_on_prompt = false;  // examples formats: the loss on every token
   static DataSettings from(const Params& data);
 };
 // Loads the `data` section: a text file (downloaded when missing and data.download names a URL),
@@ -58,6 +65,8 @@ struct DataSettings {
 // `base_dir` resolves relative paths (the experiment file's folder). Existing tokenizer (from a
 // checkpoint) is reused when given so ids stay the same.
 // data.path "task": `task_text` is the text (the task's worked examples, made by the caller).
+// data.format chat / prompt_completion / preference: data.path is a JSON Lines file of examples
+// (examples.h's load_examples), the tokenizer one that is not "char".
 DataSplits load_data(const DataSettings& data, const std::string& base_dir,
                      std::shared_ptr<Tokenizer> tokenizer = nullptr, const std::string& task_text = "");
 
@@ -81,6 +90,11 @@ struct BatchSpec {
   int64_t micro_steps = 1;  // micro-batches per optimizer step (grad_accum)
   int64_t world_size = 1;   // data-parallel ranks
 };
+// Which batch_size of n items (token windows, examples) rows (step, micro_step, rank) take: a pure
+// function of them and the spec. Random: drawn uniformly with replacement, one stream per (step,
+// micro-batch) that rank r takes rows [r B, (r+1) B) of; Epoch: the run's g-th row is item
+// permute(g mod n) of epoch g / n, a fresh permutation each epoch.
+std::vector<int64_t> draw_items(const BatchSpec& spec, int64_t n, int64_t step, int64_t micro_step, int64_t rank);
 // Windows of seq_len + 1 tokens. A pure function of (spec, step, micro_step, rank): a resumed run
 // draws exactly the batches the uninterrupted one would have. Rank r of world_size W draws rows
 // [r B, (r+1) B) of what one process with batch W B would draw, in both modes: a data-parallel run

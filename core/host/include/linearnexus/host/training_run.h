@@ -81,7 +81,9 @@ class HostTrainingRun final : public TrainingRun {
   double mean_over_ranks(double value) const override;
   int64_t seq_len() const override { return p_.experiment->data.seq_len; }
   Batch train_batch(int64_t batch_size, int64_t micro_steps, int64_t step, int64_t micro) override;
+  Batch val_batch(int64_t batch_size, int64_t index) override;
   double evaluate_lm(int64_t batches, int64_t batch_size) override;
+  int64_t rows_per_example() const override;
   at::Tensor to_device(const at::Tensor& host_tensor) const override;
   std::shared_ptr<Task> task() override;
   std::string start_checkpoint() const override { return p_.init_file; }
