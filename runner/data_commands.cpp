@@ -10,6 +10,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/host/data.h"
 #include "linearnexus/host/examples.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/host/tokenizers.h"
 
 namespace linearnexus {
@@ -87,8 +88,12 @@ int DataCommands::run_tokenize() {
 
 int DataCommands::run_chat_render() {
   auto tok = load_tokenizer(tokenizer_);
-  std::ifstream in(input_, std::ios::binary);
-  if (!in) throw Error("data chat-render: cannot read --input '" + input_ + "'");
+  std::istringstream in;
+  try {
+    in.str(read_file(input_, file_kind::kText));  // a regular file within its limit (read_file.h)
+  } catch (const Error& e) {
+    throw Error(std::string("data chat-render: --input: ") + e.what());
+  }
   int64_t line_no = 0;
   // Every row is rendered before anything is printed: a bad row stops the command with nothing
   // half-written on stdout.

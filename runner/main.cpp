@@ -1,11 +1,7 @@
 // The `linearnexus` program: run / validate experiments, sample from checkpoints, list plugins.
 #include <CLI/CLI.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -13,14 +9,12 @@
 #include <torch/nn.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <fstream>
 #include <iostream>
 #include <sstream>
-#include <thread>
 
 #include "linearnexus/error.h"
 #include "linearnexus/host/atomic_file.h"
@@ -31,6 +25,7 @@
 #include "linearnexus/host/generator.h"
 #include "linearnexus/host/params_yaml.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/preflight.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/host/runtime.h"
 #include "linearnexus/host/session.h"
@@ -40,6 +35,7 @@
 #include "linearnexus/plugin.h"
 #include "linearnexus/trainer.h"
 #include "data_commands.h"
+#include "launcher.h"
 #include "model_commands.h"
 #include "plugin_errors.h"
 
@@ -53,23 +49,6 @@ std::string sample_flag(std::string key) {
   for (auto& c : key)
     if (c == '_') c = '-';
   return key;
-}
-
-// A free TCP port on localhost for the ranks' rendezvous (bound once, released, then used).
-int free_local_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw Error("run --nproc: no free localhost port for the ranks to meet on");
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
 }
 
 // A run must not silently lose a plugin the user put on the path: any file that failed to load
@@ -97,10 +76,13 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
     sp.eos_id = tok.eos_id();
   }
   DecodeGenerator generator(model, registry);
+  // Encoded before anything is printed: a prompt the vocabulary lacks is an error line of its own,
+  // not one glued to the echoed prompt.
+  const std::vector<int64_t> prompt_ids = tok.encode(prompt);
   for (int64_t i = 0; i < s.num_samples; ++i) {
     sp.seed = seed + static_cast<uint64_t>(i);
     std::cout << "---- sample " << i + 1 << " ----\n" << (s.chat ? "user: " + s.prompt + "\nassistant: " : prompt) << std::flush;
-    generator.generate(tok.encode(prompt), sp, [&](int64_t t) {
+    generator.generate(prompt_ids, sp, [&](int64_t t) {
       if (s.chat && t == sp.eos_id) return true;
       std::cout << tok.decode({t}) << std::flush;
       return true;
@@ -110,98 +92,38 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
 }
 
 int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
+  watch_launcher();  // a rank of run --nproc stops when its launcher is gone
   PluginHost host;
   return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
   auto run = prepare_run(exp, host);
   const bool main_rank = run->is_main();  // data-parallel runs: rank 0 writes and prints
+  const bool samples = main_rank && !no_sample && exp.sample.num_samples > 0;
+  if (samples) check_sample_prompt(exp, run->tokenizer());  // not after an hour of training
   log_info(run->describe());
   if (main_rank) {
     write_file_atomically((fs::path(run->out_dir()) / "config.yaml").string(), exp.resolved_yaml);
     write_file_atomically((fs::path(run->out_dir()) / "tokenizer.json").string(), run->tokenizer().to_json());
   }
   auto trainer = host.registry().make_trainer(exp.trainer_name, exp.trainer_params);
-  trainer->run(*run);
-  if (main_rank && !no_sample && exp.sample.num_samples > 0)
-    print_samples(run->model(), host.registry(), run->tokenizer(), exp.sample, exp.run.seed);
+  // SIGTERM / SIGINT while training: stop after the step, save, say so (runtime.h).
+  install_stop_signals();
+  try {
+    trainer->run(*run);
+  } catch (const std::exception&) {
+    restore_stop_signals();
+    // Every rank of a stopped data-parallel run ends with the same message: rank 0 says it.
+    if (stop_signal() && !main_rank) return 1;
+    throw;
+  }
+  restore_stop_signals();
+  if (stop_signal())
+    throw Error("stopped by " + signal_name(stop_signal()) + " after the last step: the run is complete and saved in " +
+                run->out_dir() + " (no samples printed)");
+  if (samples) print_samples(run->model(), host.registry(), run->tokenizer(), exp.sample, exp.run.seed);
   return 0;
   });
-}
-
-// `run --nproc N`: N ranks of this same command on this machine (one per GPU on CUDA), rendezvous
-// on a free localhost port, as torchrun --standalone would start them. Returns when all have
-// ended: 0 when every rank succeeded; otherwise the first failure's code, after stopping the rest.
-int launch_ranks(int64_t nproc, const std::string& path, const std::vector<std::string>& overrides, char** argv) {
-  if (std::getenv("WORLD_SIZE"))
-    throw Error("run --nproc: WORLD_SIZE is already set (a launcher such as torchrun starts the ranks itself): "
-                "drop --nproc, or unset WORLD_SIZE");
-  {
-    // Check the experiment once here (bad files fail once, not N times) and the GPU count.
-    PluginHost host;
-    with_plugin_errors_copied([&] {
-      Experiment exp = load_experiment(path, overrides, host);
-      check_for_training(exp, host.registry());
-      const at::Device device = resolve_device(exp.run.device);
-      const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
-      if (device.is_cuda() && nproc > gpus)
-        throw Error("run --nproc " + std::to_string(nproc) + ": this machine has " + std::to_string(gpus) +
-                    " GPU(s); ask for at most that many ranks (or device: cpu)");
-      return 0;
-    });
-  }
-  const int port = free_local_port();
-  std::vector<std::string> args;
-  for (int i = 0; argv[i]; ++i) {
-    const std::string a = argv[i];
-    if (a == "--nproc") {
-      ++i;
-      continue;
-    }
-    if (a.rfind("--nproc=", 0) == 0) continue;
-    args.push_back(a);
-  }
-  std::vector<char*> cargs;
-  for (auto& a : args) cargs.push_back(a.data());
-  cargs.push_back(nullptr);
-  std::map<pid_t, int64_t> ranks;
-  for (int64_t r = 0; r < nproc; ++r) {
-    const pid_t pid = ::fork();
-    if (pid < 0) throw Error(std::string("run --nproc: cannot start a rank: ") + std::strerror(errno));
-    if (pid == 0) {
-      ::setenv("RANK", std::to_string(r).c_str(), 1);
-      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      ::execv("/proc/self/exe", cargs.data());
-      ::_exit(127);
-    }
-    ranks[pid] = r;
-  }
-  int first_failure = 0;
-  while (!ranks.empty()) {
-    int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0) break;
-    const int64_t r = ranks[pid];
-    ranks.erase(pid);
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (code != 0 && first_failure == 0) {
-      first_failure = code;
-      if (WIFSIGNALED(status)) std::cerr << "error: run --nproc: rank " << r << " was killed by signal " << WTERMSIG(status) << "\n";
-      // The others notice the lost peer at their next collective and end with an error; give them
-      // a moment to say so, then stop whoever is left.
-      for (int wait = 0; wait < 100 && !ranks.empty(); ++wait) {
-        const pid_t done = ::waitpid(-1, &status, WNOHANG);
-        if (done > 0) ranks.erase(done);
-        else std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-      for (const auto& [p, rr] : ranks) ::kill(p, SIGKILL);
-    }
-  }
-  return first_failure == 0 ? 0 : 1;
 }
 
 int cmd_validate(const std::string& path, const std::vector<std::string>& overrides, bool print) {
@@ -209,7 +131,7 @@ int cmd_validate(const std::string& path, const std::vector<std::string>& overri
   return with_plugin_errors_copied([&] {
   Experiment exp = load_experiment(path, overrides, host);
   fail_on_plugin_problems(host);
-  check_for_training(exp, host.registry());
+  preflight(exp, host);  // everything run checks before training (preflight.h)
   if (print) std::cout << exp.resolved_yaml;
   std::cout << path << ": valid (" << exp.model.dims.n_layer << " layers of";
   for (const auto& b : exp.model.block_pattern) std::cout << " " << b;
@@ -373,8 +295,11 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "train an experiment, then print samples");
   add_overrides(run);
   run->add_flag("--no-sample", no_sample, "skip the samples printed after training");
-  int64_t nproc = 1;
+  int64_t nproc = 1, nproc_max = 0;
   run->add_option("--nproc", nproc, "data-parallel ranks on this machine (one per GPU on CUDA); torchrun's environment works too")
+      ->check(CLI::Range(int64_t{1}, int64_t{1024}));
+  run->add_option("--nproc-max", nproc_max,
+                  "the most ranks --nproc may start on the CPU (default: the CPU cores this process may use)")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}));
   auto* validate = app.add_subcommand("validate", "check an experiment file without running it");
   add_overrides(validate);
@@ -420,7 +345,7 @@ int main(int argc, char** argv) {
     if (!model_preset.empty()) overrides.push_back("model.preset=" + model_preset);
     if (!optimizer_name.empty()) overrides.push_back("optimizer.name=" + optimizer_name);
     if (!lr.empty()) overrides.push_back("optimizer.lr=" + lr);
-    if (run->parsed()) return nproc > 1 ? launch_ranks(nproc, path, overrides, argv) : cmd_run(path, overrides, no_sample);
+    if (run->parsed()) return nproc > 1 ? launch_ranks(nproc, nproc_max, path, overrides, argv) : cmd_run(path, overrides, no_sample);
     if (validate->parsed()) return cmd_validate(path, overrides, print);
     if (sample->parsed()) return cmd_sample(so);
     if (plugins->parsed()) return cmd_plugins(describe->parsed() ? describe_name : "");

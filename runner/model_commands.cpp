@@ -12,6 +12,7 @@
 #include "linearnexus/host/lora_convert.h"
 #include "linearnexus/log.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/host/scoring.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "plugin_errors.h"
@@ -82,11 +83,13 @@ int ModelCommands::run_eval(PluginHost& host) {
   LoadedModel lm = load_model_from_checkpoint(checkpoint_, host, device_);
   std::vector<int64_t> ids;
   if (!text_file_.empty()) {
-    std::ifstream in(text_file_, std::ios::binary);
-    if (!in) throw Error("eval --text: cannot read '" + text_file_ + "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    ids = lm.tokenizer->encode(ss.str());
+    std::string text;
+    try {
+      text = read_file(text_file_, file_kind::kText);
+    } catch (const Error& e) {
+      throw Error(std::string("eval --text: ") + e.what());
+    }
+    ids = lm.tokenizer->encode(text);
   } else {
     std::istringstream in(ids_);
     for (std::string word; in >> word;) {

@@ -206,14 +206,15 @@ TEST_CASE("hf tokenizer: bad files give one error naming the file and the key", 
          "bad_regex.json", "cannot compile the pre-tokenizer regex");
   expect(broken("fallback", [](json& j) { j["model"]["byte_fallback"] = true; }), "fallback.json", "model.byte_fallback");
   expect(broken("lstrip", [](json& j) { j["added_tokens"][1]["lstrip"] = true; }), "lstrip.json", "added_tokens[1].lstrip");
-  expect(broken("gap", [](json& j) { j["added_tokens"][0]["id"] = 999; }), "gap.json", "no token with id 480");
+  expect(broken("gap", [](json& j) { j["added_tokens"][0]["id"] = 999; }), "gap.json",
+         "added_tokens[0] has id 999, but the file defines 485 tokens");
   expect(broken("nfkc", [](json& j) { j["normalizer"] = {{"type", "NFKC"}}; }), "nfkc.json", "normalizer.type is 'NFKC'");
   expect(broken("wordpiece_decoder", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; }), "wordpiece_decoder.json",
          "decoder.type");
   expect(broken("no_bytelevel", [](json& j) { j["pre_tokenizer"] = j["pre_tokenizer"]["pretokenizers"][0]; }),
          "no_bytelevel.json", "pre_tokenizer has no ByteLevel");
   expect(broken("missing_byte", [](json& j) { j["model"]["vocab"].erase("!"); j["model"]["merges"] = json::array(); }),
-         "missing_byte.json", "no token with id");
+         "missing_byte.json", "whose ids must run 0..483");
 
   lntest::write_text(dir / "malformed.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {");
   expect(error_of([&] { load_tokenizer(dir / "malformed.json"); }), "malformed.json", "not valid JSON");

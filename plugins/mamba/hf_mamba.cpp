@@ -11,6 +11,10 @@ HFFields mamba_model(const HFConfig& c) {
   if (c.integer("intermediate_size", expand * C) != expand * C)
     c.unsupported("intermediate_size", "it must be expand * hidden_size (" + std::to_string(expand * C) + ")");
   int64_t dt_rank = (C + 15) / 16;  // "auto"
+  // A whole number, or the text "auto" (transformers' default); any other text is refused, not read
+  // as "auto".
+  if (c.is_text("time_step_rank") && c.text("time_step_rank", "auto") != "auto")
+    c.unsupported("time_step_rank", "expected a positive whole number or \"auto\"");
   if (c.has("time_step_rank") && !c.is_text("time_step_rank")) dt_rank = c.integer("time_step_rank");
   return {{"vocab_size", std::to_string(c.integer("vocab_size"))},
           {"hidden_size", std::to_string(C)},

@@ -17,7 +17,7 @@ class AdamW : public Optimizer {
         eps_(p.get_float("eps")),
         wd_(p.get_float("weight_decay")) {
     auto betas = p.get_float_list("betas");
-    if (betas.size() != 2) throw Error("optimizer.betas must be two numbers, e.g. [0.9, 0.95]");
+    check_betas(betas, "optimizer.betas");
     b1_ = betas[0], b2_ = betas[1];
   }
 
@@ -34,8 +34,12 @@ class AdamW : public Optimizer {
   }
 
   void load_state_dict(const TensorMap& st) override {
-    t_ = optimizer_state_at(st, "step", "adamw").item<int64_t>();
+    std::set<std::string> keys{"step"};
+    slots_.add_keys(keys);
+    check_state_keys(st, keys, "adamw");
+    const int64_t step = state_count(st, "step", "adamw");
     slots_.load(st);
+    t_ = step;
   }
 
   std::string describe_groups() const override { return "adamw " + slots_.describe(wd_); }
@@ -48,9 +52,9 @@ class AdamW : public Optimizer {
 
 void register_adamw(Registry& r) {
   Schema s = {
-      {"lr", ParamType::Float, "3e-4", "peak learning rate"},
+      {"lr", ParamType::Float, "3e-4", "peak learning rate", {}, 0},
       {"betas", ParamType::FloatList, "[0.9, 0.95]", "moment decay rates (beta1, beta2)"},
-      {"eps", ParamType::Float, "1e-8", "denominator epsilon"},
+      {"eps", ParamType::Float, "1e-8", "denominator epsilon", {}, 0},
   };
   for (auto& k : MomentSlots::schema_keys("0.1")) s.push_back(k);
   r.add_optimizer("adamw", "Adam with decoupled weight decay (as torch.optim.AdamW)", s,

@@ -67,6 +67,49 @@ const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& 
   return it->second;
 }
 
+void check_state_keys(const TensorMap& state, const std::set<std::string>& expected, const std::string& optimizer) {
+  for (const auto& key : expected) optimizer_state_at(state, key, optimizer);
+  for (const auto& [key, value] : state)
+    if (!expected.count(key))
+      throw Error(optimizer + " state '" + key + "' is not one " + optimizer + " keeps for this model (" +
+                  std::to_string(expected.size()) + " entries: step and one per parameter); the checkpoint was saved by " +
+                  "another optimizer or model, or edited");
+}
+
+int64_t state_count(const TensorMap& state, const std::string& key, const std::string& optimizer) {
+  const at::Tensor& t = optimizer_state_at(state, key, optimizer);
+  if (t.numel() != 1 || at::isFloatingType(t.scalar_type()) || t.scalar_type() == at::kBool)
+    throw Error(optimizer + " state '" + key + "' is not one whole number (" + c10::toString(t.scalar_type()) + " " +
+                c10::str(t.sizes()) + "); the checkpoint is corrupt or edited");
+  const int64_t n = t.item<int64_t>();
+  if (n < 0)
+    throw Error(optimizer + " state '" + key + "' is " + std::to_string(n) + ", not a count (>= 0); the checkpoint is " +
+                "corrupt or edited: use another checkpoint of the run");
+  return n;
+}
+
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, const at::Tensor& like, bool non_negative,
+                               const std::string& optimizer) {
+  const at::Tensor& t = optimizer_state_at(state, key, optimizer);
+  if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
+    throw Error(optimizer + " state '" + key + "' is " + c10::toString(t.scalar_type()) + " " + c10::str(t.sizes()) +
+                ", but the parameter's is " + c10::toString(like.scalar_type()) + " " + c10::str(like.sizes()) +
+                "; the checkpoint was saved for another model, or edited");
+  if (!at::isfinite(t).all().item<bool>())
+    throw Error(optimizer + " state '" + key + "' holds NaN or infinite values; the run it came from diverged or the " +
+                "checkpoint is corrupt: use an earlier checkpoint");
+  if (non_negative && (t < 0).any().item<bool>())
+    throw Error(optimizer + " state '" + key + "' holds negative values, but it is a second moment (a mean of squares); " +
+                "the checkpoint is corrupt or edited: use another checkpoint of the run");
+  return t;
+}
+
+void check_betas(const std::vector<double>& betas, const std::string& key) {
+  if (betas.size() != 2) throw Error(key + " must be two numbers, e.g. [0.9, 0.95]");
+  for (double b : betas)
+    if (!(b >= 0 && b < 1)) throw Error(key + " must be two numbers in [0, 1) (got " + std::to_string(b) + ")");
+}
+
 MomentSlots::MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
                          std::string first_key, std::string second_key)
     : MomentSlots(params, p.get_string_list("decay"), p.get_string_list("no_decay"), std::move(optimizer),
@@ -89,14 +132,26 @@ void MomentSlots::save(TensorMap& out) const {
 
 void MomentSlots::load(const TensorMap& st) {
   torch::NoGradGuard g;
+  // Every entry checked before any is copied: a refused state leaves the slots as they were.
+  for (const auto& s : slots_) {
+    state_tensor(st, s.np.name + "." + first_key_, s.first, false, optimizer_);
+    state_tensor(st, s.np.name + "." + second_key_, s.second, true, optimizer_);
+  }
   for (auto& s : slots_) {
-    s.first.copy_(optimizer_state_at(st, s.np.name + "." + first_key_, optimizer_));
-    s.second.copy_(optimizer_state_at(st, s.np.name + "." + second_key_, optimizer_));
+    s.first.copy_(st.at(s.np.name + "." + first_key_));
+    s.second.copy_(st.at(s.np.name + "." + second_key_));
+  }
+}
+
+void MomentSlots::add_keys(std::set<std::string>& keys) const {
+  for (const auto& s : slots_) {
+    keys.insert(s.np.name + "." + first_key_);
+    keys.insert(s.np.name + "." + second_key_);
   }
 }
 
 Schema MomentSlots::schema_keys(const std::string& default_weight_decay) {
-  return {{"weight_decay", ParamType::Float, default_weight_decay, "decoupled weight decay on the decay group"},
+  return {{"weight_decay", ParamType::Float, default_weight_decay, "decoupled weight decay on the decay group", {}, 0},
           {"no_decay", ParamType::StringList, "[]", "extra parameter-name globs without weight decay"},
           {"decay", ParamType::StringList, "[]",
            "parameter-name globs forced into the decay group (default by role: >= 2-D matrix, head, conv and "

@@ -3,6 +3,7 @@
 // per-parameter moment slots grouped by weight decay, and the AdamW update.
 #include <ATen/ATen.h>
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,11 @@ class MomentSlots {
   std::vector<Slot>& all() { return slots_; }
   const std::vector<Slot>& all() const { return slots_; }
   void save(TensorMap& out) const;
-  void load(const TensorMap& state);  // an Error naming the missing entry when one is absent
+  // Each slot's two entries, checked first (check_state_tensor; the second moments must also be
+  // non-negative: squares, or a Gauss-Newton estimate of them): an Error names the entry.
+  void load(const TensorMap& state);
+  // The state_dict keys the slots save ("<name>.<first>", "<name>.<second>").
+  void add_keys(std::set<std::string>& keys) const;
   // "decay group: T tensors, N parameters (weight_decay wd); no-decay group: T tensors, N parameters"
   std::string describe(double weight_decay) const;
 
@@ -59,5 +64,17 @@ void adamw_update_slots(const MomentSlots& slots, int64_t step, double lr, doubl
 
 // state[key], or an Error saying the checkpoint lacks `optimizer`'s state `key` (another optimizer's?).
 const at::Tensor& optimizer_state_at(const TensorMap& state, const std::string& key, const std::string& optimizer);
+
+// What every optimizer of this folder checks in load_state_dict, before it changes anything, so that
+// an edited or corrupt checkpoint is refused naming the entry (not resumed into a "divergence"):
+// the state holds exactly the keys `expected` (none missing, none unknown).
+void check_state_keys(const TensorMap& state, const std::set<std::string>& expected, const std::string& optimizer);
+// state[key] as a count (the step, Sophia's curvature updates): one whole number >= 0.
+int64_t state_count(const TensorMap& state, const std::string& key, const std::string& optimizer);
+// state[key] is a finite floating-point tensor shaped like `like` (and >= 0 when non_negative).
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, const at::Tensor& like, bool non_negative,
+                               const std::string& optimizer);
+// optimizer.betas: two numbers in [0, 1) (1 would divide the bias correction by zero).
+void check_betas(const std::vector<double>& betas, const std::string& key);
 
 }  // namespace linearnexus

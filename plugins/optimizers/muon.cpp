@@ -90,7 +90,7 @@ class Muon : public Optimizer {
         adam_eps_(p.get_float("adamw_eps")),
         adam_wd_(p.get_float("adamw_weight_decay")) {
     auto betas = p.get_float_list("adamw_betas");
-    if (betas.size() != 2) throw Error("optimizer.adamw_betas must be two numbers, e.g. [0.9, 0.95]");
+    check_betas(betas, "optimizer.adamw_betas");
     b1_ = betas[0], b2_ = betas[1];
     for (const auto& np : groups.muon) {
       std::vector<int64_t> rows = np.split_rows;
@@ -148,9 +148,15 @@ class Muon : public Optimizer {
 
   void load_state_dict(const TensorMap& st) override {
     torch::NoGradGuard g;
-    t_ = optimizer_state_at(st, "step", "muon").item<int64_t>();
-    for (auto& s : muon_) s.buf.copy_(optimizer_state_at(st, s.np.name + ".momentum_buffer", "muon"));
+    std::set<std::string> keys{"step"};
+    for (const auto& s : muon_) keys.insert(s.np.name + ".momentum_buffer");
+    adam_.add_keys(keys);
+    check_state_keys(st, keys, "muon");
+    const int64_t step = state_count(st, "step", "muon");
+    for (const auto& s : muon_) state_tensor(st, s.np.name + ".momentum_buffer", s.buf, false, "muon");
     adam_.load(st);
+    for (auto& s : muon_) s.buf.copy_(st.at(s.np.name + ".momentum_buffer"));
+    t_ = step;
   }
 
   std::string describe_groups() const override {
@@ -189,8 +195,8 @@ void register_muon(Registry& r) {
       "rule: muon = 2-D tensors of role matrix (as their block declares them); every other role (embedding, "
       "head, norm, bias, ssm_dynamics, conv, other) adamw (overridable with muon_params / adamw_params)",
       {
-          {"lr", ParamType::Float, "0.02", "learning rate of the muon group (spectral step size)"},
-          {"momentum", ParamType::Float, "0.95", "momentum of the muon group"},
+          {"lr", ParamType::Float, "0.02", "learning rate of the muon group (spectral step size)", {}, 0},
+          {"momentum", ParamType::Float, "0.95", "momentum of the muon group", {}, 0, 1},
           {"nesterov", ParamType::Bool, "true", "Nesterov momentum (orthogonalise g + momentum * buffer)"},
           {"ns_steps", ParamType::Int, "5", "quintic Newton-Schulz iterations"},
           {"scale",
@@ -199,13 +205,13 @@ void register_muon(Registry& r) {
            "shape scale of the orthogonalised update: ratio = max(1, rows/cols)^0.5; rms = "
            "0.2*sqrt(max(rows, cols)) (RMS like AdamW's, so AdamW-sized lr)",
            {"ratio", "rms"}},
-          {"weight_decay", ParamType::Float, "0.0", "decoupled weight decay of the muon group (p *= 1 - lr*wd)"},
-          {"adamw_lr", ParamType::Float, "3e-3", "learning rate of the inner AdamW group"},
+          {"weight_decay", ParamType::Float, "0.0", "decoupled weight decay of the muon group (p *= 1 - lr*wd)", {}, 0},
+          {"adamw_lr", ParamType::Float, "3e-3", "learning rate of the inner AdamW group", {}, 0},
           {"adamw_betas", ParamType::FloatList, "[0.9, 0.95]", "inner AdamW moment decay rates"},
-          {"adamw_eps", ParamType::Float, "1e-8", "inner AdamW denominator epsilon"},
+          {"adamw_eps", ParamType::Float, "1e-8", "inner AdamW denominator epsilon", {}, 0},
           {"adamw_weight_decay", ParamType::Float, "0.0",
            "inner AdamW decoupled weight decay (on the roles adamw decays: >= 2-D head, conv and other tensors, e.g. "
-           "an untied lm_head)"},
+           "an untied lm_head)", {}, 0},
           {"muon_params", ParamType::StringList, "[]", "parameter-name globs forced into the muon group (2-D only; wins)"},
           {"adamw_params", ParamType::StringList, "[]", "parameter-name globs forced into the inner AdamW group"},
       },

@@ -38,7 +38,7 @@ class Sophia : public Optimizer {
         wd_(p.get_float("weight_decay")),
         k_(p.get_int("k")) {
     auto betas = p.get_float_list("betas");
-    if (betas.size() != 2) throw Error("optimizer.betas must be two numbers, e.g. [0.965, 0.99]");
+    check_betas(betas, "optimizer.betas");
     if (k_ < 1) throw Error("optimizer.k must be >= 1 (steps between curvature estimates)");
     if (rho_ <= 0) throw Error("optimizer.rho must be positive");
     b1_ = betas[0], b2_ = betas[1];
@@ -82,9 +82,12 @@ class Sophia : public Optimizer {
   }
 
   void load_state_dict(const TensorMap& st) override {
-    t_ = optimizer_state_at(st, "step", "sophia").item<int64_t>();
-    estimates_ = optimizer_state_at(st, "curvature_updates", "sophia").item<int64_t>();
-    slots_.load(st);
+    std::set<std::string> keys{"step", "curvature_updates"};
+    slots_.add_keys(keys);
+    check_state_keys(st, keys, "sophia");
+    const int64_t step = state_count(st, "step", "sophia"), estimates = state_count(st, "curvature_updates", "sophia");
+    slots_.load(st);  // the Hessian EMA is an estimate of squares: non-negative
+    t_ = step, estimates_ = estimates;
   }
 
   std::string describe_groups() const override {
@@ -101,11 +104,11 @@ class Sophia : public Optimizer {
 
 void register_sophia(Registry& r) {
   Schema s = {
-      {"lr", ParamType::Float, "3e-4", "peak learning rate (also the largest step any coordinate takes)"},
+      {"lr", ParamType::Float, "3e-4", "peak learning rate (also the largest step any coordinate takes)", {}, 0},
       {"betas", ParamType::FloatList, "[0.965, 0.99]", "decay rates of the gradient EMA and of the Hessian EMA"},
       {"rho", ParamType::Float, "0.04", "clipping scale: step = lr * clip(m / max(rho*h, eps), 1)"},
       {"k", ParamType::Int, "10", "steps between Hessian estimates (at steps 0, k, 2k, ...)"},
-      {"eps", ParamType::Float, "1e-12", "floor of the denominator rho*h"},
+      {"eps", ParamType::Float, "1e-12", "floor of the denominator rho*h", {}, 0},
   };
   for (auto& k : MomentSlots::schema_keys("0.1")) s.push_back(k);
   r.add_optimizer(

@@ -28,6 +28,8 @@ class GRPOTrainer : public Trainer {
       throw Error("trainer.group_size must be at least 2 for GRPO (got " + std::to_string(rl_.group_size) + ")");
   }
 
+  void check_start(const TrainerStart& start) const override { check_rl_start(start, rl_, "grpo"); }
+
   void run(TrainingRun& run) override {
     const int64_t G = rl_.group_size;
     LMModel& policy = run.model();

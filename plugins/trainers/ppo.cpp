@@ -99,6 +99,8 @@ class PPOTrainer : public Trainer {
                   " completions of a step (prompts_per_step x group_size)");
   }
 
+  void check_start(const TrainerStart& start) const override { check_rl_start(start, rl_, "ppo"); }
+
   void run(TrainingRun& run) override {
     LMModel& policy = run.model();
     auto task = run.task();

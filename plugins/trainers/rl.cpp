@@ -220,11 +220,22 @@ std::string RLSettings::reference(const TrainingRun& run) const {
   return !ref_checkpoint.empty() ? ref_checkpoint : run.start_checkpoint();
 }
 
+namespace {
+[[noreturn]] void no_start_model(const std::string& trainer) {
+  throw Error("trainer '" + trainer + "' starts from a trained model: set trainer.init_from to its checkpoint (e.g. " +
+              "the SFT run folder); it is also the KL reference unless trainer.ref_checkpoint names another");
+}
+}  // namespace
+
+void check_rl_start(const TrainerStart& start, const RLSettings& rl, const std::string& trainer) {
+  if (start.task.empty())
+    throw Error("trainer '" + trainer + "' needs a task section to draw prompts from and score, e.g. task: {name: arithmetic}");
+  if (start.init_from.empty() && rl.ref_checkpoint.empty()) no_start_model(trainer);
+}
+
 std::shared_ptr<LMModel> load_reference_model(TrainingRun& run, const RLSettings& rl, const std::string& trainer) {
   const std::string reference = rl.reference(run);
-  if (reference.empty())
-    throw Error("trainer '" + trainer + "' starts from a trained model: set trainer.init_from to its checkpoint (e.g. " +
-                "the SFT run folder); it is also the KL reference unless trainer.ref_checkpoint names another");
+  if (reference.empty()) no_start_model(trainer);
   auto ref = run.load_model(reference, /*trainable=*/false);
   log_info("reference model: " + reference);
   return ref;

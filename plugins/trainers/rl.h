@@ -19,6 +19,7 @@
 #include <linearnexus/params.h>
 #include <linearnexus/task.h>
 #include <linearnexus/tokenizer.h>
+#include <linearnexus/trainer.h>
 
 namespace linearnexus {
 
@@ -119,6 +120,9 @@ struct RLSettings {
 // The frozen reference model: trainer.ref_checkpoint, else the checkpoint the run started from. None
 // is an error: RL starts from a trained model.
 std::shared_ptr<LMModel> load_reference_model(TrainingRun& run, const RLSettings& rl, const std::string& trainer);
+// What grpo and ppo need of the experiment (Trainer::check_start): a task section, and a model to
+// start from (trainer.init_from, or trainer.ref_checkpoint as the reference).
+void check_rl_start(const TrainerStart& start, const RLSettings& rl, const std::string& trainer);
 // The training examples of step `step`: a pure function of (seed, step), so resumes see the same.
 std::vector<TaskExample> step_examples(const Task& task, uint64_t seed, int64_t step, int64_t n);
 // This rank's n of them: the step draws n x world_size examples and rank r takes the r-th n (one

@@ -1,12 +1,13 @@
 // A standing fuzz harness for the readers of untrusted files: the safetensors checkpoint header, the
 // YAML experiment parser, meta.json (and the tokenizer it embeds), the BPE files (encoder.json +
-// vocab.bpe, .tiktoken), and the ELF symbol reader of the plugin host. Built with
+// vocab.bpe, .tiktoken), the ELF symbol reader of the plugin host, a Hugging Face config.json, and a
+// checkpoint's optimizer state as a resume reads it. Built with
 // -fsanitize=address,undefined (tests/fuzz/CMakeLists.txt); no libFuzzer: a seeded mutation loop
 // from valid inputs made here.
 //
 //   fuzz_inputs TARGET [--seconds S] [--seed N] [--max-iterations K]
 //
-// TARGET: checkpoint | yaml | meta | bpe | elf. A reader may only ever throw linearnexus::Error;
+// TARGET: checkpoint | yaml | meta | bpe | elf | config | optimizer. A reader may only ever throw linearnexus::Error;
 // anything else (another exception, a sanitizer report, a broken invariant) ends the run with the
 // input saved to fuzz-crash-TARGET.bin. Same seed and iterations, same inputs.
 #include <unistd.h>
@@ -29,6 +30,7 @@
 #include "elf_exports.h"
 #include "prepared_meta.h"
 #include "safetensors_header.h"
+#include "fuzz_models.h"
 #include "fuzz_yaml.h"
 
 namespace fs = std::filesystem;
@@ -235,7 +237,7 @@ void run_elf(const std::string& in, const fs::path& dir) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: fuzz_inputs checkpoint|yaml|meta|bpe|elf [--seconds S] [--seed N] [--max-iterations K]\n";
+    std::cerr << "usage: fuzz_inputs checkpoint|yaml|meta|bpe|elf|config|optimizer [--seconds S] [--seed N] [--max-iterations K]\n";
     return 2;
   }
   const std::string target = argv[1];
@@ -260,6 +262,9 @@ int main(int argc, char** argv) {
   else if (target == "bpe") seeds = bpe_seeds(), run = [&](const std::string& in) { run_bpe(in, dir); };
   else if (target == "elf") seeds = elf_seeds(elf_seed_file), run = [&](const std::string& in) { run_elf(in, dir); };
   else if (target == "yaml") seeds = fuzz_yaml_seeds(), run = fuzz_yaml_run;
+  else if (target == "config") seeds = fuzz_config_seeds(), run = fuzz_config_run;
+  else if (target == "optimizer")
+    seeds = fuzz_optimizer_seeds(dir.string()), run = [&](const std::string& in) { fuzz_optimizer_run(in, dir.string()); };
   else {
     std::cerr << "unknown target '" << target << "'\n";
     return 2;

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "json_limits.h"
+#include "linearnexus/host/read_file.h"
 
 namespace linearnexus {
 
@@ -23,11 +24,11 @@ struct Loaded {
 }  // namespace
 
 std::string read_tokenizer_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("tokenizer: cannot open " + std::string(what) + " '" + path + "' (does it exist?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  try {
+    return read_file(path, file_kind::kTokenizer);
+  } catch (const Error& e) {
+    throw Error("tokenizer: " + std::string(what) + ": " + e.what());
+  }
 }
 
 namespace {

@@ -19,6 +19,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/read_file.h"
 #include "yaml_params.h"
 
 namespace fs = std::filesystem;
@@ -221,10 +222,7 @@ YAML::Node load_preset(const YAML::Node& preset, const Source& src) {
     throw Error(src.at(preset, "model.preset") + ": unknown model preset '" + name + "'; presets:" +
                 (list.empty() ? " none" : list) + " (files NAME.yaml in " + preset_dirs_text() + ")");
   }
-  std::ifstream in(it->second);
-  std::stringstream text;
-  text << in.rdbuf();
-  const YAML::Node fields = load_yaml_text(text.str(), it->second.string());
+  const YAML::Node fields = load_yaml_text(read_file(it->second.string(), file_kind::kExperiment), it->second.string());
   if (!fields.IsMap()) throw Error(it->second.string() + ": a model preset must be a map of model fields");
   return fields;
 }
@@ -486,19 +484,17 @@ void check_for_training(const Experiment& e, const Registry& registry) {
   if (e.data.seq_len > e.model.dims.max_seq_len)
     throw Error(e.source + ": data.seq_len (" + std::to_string(e.data.seq_len) + ") is longer than model.max_seq_len (" +
                 std::to_string(e.model.dims.max_seq_len) + ")");
-  // The trainer's own checks live in its constructor: make one and drop it.
-  registry.make_trainer(e.trainer_name, e.trainer_params);
+  // The trainer's own checks live in its constructor and in check_start (what it needs of the
+  // experiment's other sections): make one, ask it, drop it.
+  registry.make_trainer(e.trainer_name, e.trainer_params)->check_start({e.task_name, e.trainer.init_from});
 }
 
 Experiment load_experiment(const std::string& path, const std::vector<std::string>& overrides, PluginHost& host) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open the experiment file (does it exist?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_file(path, file_kind::kExperiment);
   // Relative data.path and out_dir are relative to the working directory, as on the command line;
   // plugins.paths are relative to the file's folder, so that a file names the plugins it ships with
   // wherever it is run from.
-  return parse_experiment(ss.str(), path, "", overrides, host, PluginPaths::Load, fs::path(path).parent_path().string());
+  return parse_experiment(text, path, "", overrides, host, PluginPaths::Load, fs::path(path).parent_path().string());
 }
 
 }  // namespace linearnexus

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "linearnexus/host/atomic_file.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/host/token_files.h"
@@ -96,78 +97,117 @@ DataSettings DataSettings::from(const Params& d) {
   return s;
 }
 
-DataSplits load_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer,
-                     const std::string& task_text) {
-  const std::string path_key = data.path;
-  const int64_t seq_len = data.seq_len;
-  const double val_fraction = data.val_fraction;
-  if (seq_len <= 0) throw Error("data.seq_len must be positive (got " + std::to_string(seq_len) + ")");
-  if (val_fraction <= 0 || val_fraction >= 1)
-    throw Error("data.val_fraction must be between 0 and 1 (got " + std::to_string(val_fraction) + ")");
+namespace {
+// data.path as a file system path: relative ones against base_dir.
+fs::path data_file(const DataSettings& data, const std::string& base_dir) {
+  fs::path p(data.path);
+  if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
+  return p;
+}
 
-  if (data.format != "text") {
-    if (path_key == "task" || path_key.rfind("builtin:", 0) == 0)
-      throw Error("data.path: '" + path_key + "' is text; data.format " + data.format + " reads a JSON Lines file of examples");
-    DataSplits out;
-    if (tokenizer) {
-      out.tokenizer = tokenizer;
-    } else if (data.tokenizer == "char") {
-      throw Error("data.tokenizer: data.format " + data.format + " needs a model's tokenizer (gpt2, a tokenizer.json, " +
-                  "or a Hugging Face model folder); the char tokenizer is built from plain text");
-    } else {
-      out.tokenizer = load_tokenizer(data.tokenizer);
-    }
-    ExampleSplits examples = load_examples(data, base_dir, *out.tokenizer);
-    out.train_examples = examples.train;
-    out.val_examples = examples.val;
-    return out;
-  }
-  if (path_key.size() > 6 && path_key.compare(path_key.size() - 6, 6, ".jsonl") == 0)
+void check_settings(const DataSettings& data) {
+  if (data.seq_len <= 0) throw Error("data.seq_len must be positive (got " + std::to_string(data.seq_len) + ")");
+  if (data.val_fraction <= 0 || data.val_fraction >= 1)
+    throw Error("data.val_fraction must be between 0 and 1 (got " + std::to_string(data.val_fraction) + ")");
+  const std::string& path_key = data.path;
+  if (data.format != "text" && (path_key == "task" || path_key.rfind("builtin:", 0) == 0))
+    throw Error("data.path: '" + path_key + "' is text; data.format " + data.format + " reads a JSON Lines file of examples");
+  if (data.format == "text" && path_key.size() > 6 && path_key.compare(path_key.size() - 6, 6, ".jsonl") == 0)
     throw Error("data.path: '" + path_key + "' is JSON Lines, but data.format is text (it would train on the JSON " +
                 "itself); set data.format to chat, prompt_completion or preference");
+}
 
-  std::string text;
-  std::string name = path_key;
-  {
-    fs::path p(path_key);
-    if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
-    if (is_prepared_dir(p.string())) {
-      // Token ids are fixed by the prepared files: their tokenizer wins (a resumed run's is the same).
-      DataSplits out = load_prepared(p.string());
-      for (const auto* split : {&out.train, &out.val})
-        if ((*split)->size() < seq_len + 1)
-          throw Error("data: " + (*split)->describe() + " holds " + std::to_string((*split)->size()) +
-                      " tokens, but needs at least seq_len + 1 = " + std::to_string(seq_len + 1) +
-                      "; lower data.seq_len or prepare more text");
-      return out;
-    }
+// data.format chat / prompt_completion / preference: the examples of a JSON Lines file (examples.h).
+DataSplits load_example_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer) {
+  DataSplits out;
+  if (tokenizer) {
+    out.tokenizer = tokenizer;
+  } else if (data.tokenizer == "char") {
+    throw Error("data.tokenizer: data.format " + data.format + " needs a model's tokenizer (gpt2, a tokenizer.json, " +
+                "or a Hugging Face model folder); the char tokenizer is built from plain text");
+  } else {
+    out.tokenizer = load_tokenizer(data.tokenizer);
   }
-  if (path_key == "task") {
+  ExampleSplits examples = load_examples(data, base_dir, *out.tokenizer);
+  out.train_examples = examples.train;
+  out.val_examples = examples.val;
+  return out;
+}
+
+// A prepared folder's splits must each hold a window of seq_len + 1 tokens.
+void check_prepared_lengths(const DataSplits& out, int64_t seq_len) {
+  for (const auto* split : {&out.train, &out.val})
+    if ((*split)->size() < seq_len + 1)
+      throw Error("data: " + (*split)->describe() + " holds " + std::to_string((*split)->size()) +
+                  " tokens, but needs at least seq_len + 1 = " + std::to_string(seq_len + 1) +
+                  "; lower data.seq_len or prepare more text");
+}
+
+// Both splits of n tokens of `name` must hold a window of seq_len + 1 tokens.
+void check_split_lengths(const std::string& name, int64_t n, const DataSettings& data) {
+  const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * data.val_fraction);
+  const int64_t need = data.seq_len + 1;
+  if (n - n_val < need || n_val < need)
+    throw Error("data: '" + name + "' has " + std::to_string(n) + " tokens; with val_fraction " +
+                std::to_string(data.val_fraction) + " the train split has " + std::to_string(n - n_val) +
+                " and the validation split " + std::to_string(n_val) + ", but each needs at least seq_len + 1 = " +
+                std::to_string(need) + "; lower data.seq_len or use more text");
+}
+
+// A text file's data.path: there (or to be downloaded), not a folder. Returns whether it is there.
+bool check_text_path(const DataSettings& data, const fs::path& p) {
+  if (!fs::exists(p)) {
+    if (data.download.empty())
+      throw Error("data.path: '" + p.string() + "' does not exist; put the text file there or set data.download to its URL");
+    return false;
+  }
+  if (fs::is_directory(p))
+    throw Error("data.path: '" + p.string() + "' is a folder without meta.json, not a prepared dataset; prepare it with " +
+                "`linearnexus data prepare`, or name a text file");
+  return true;
+}
+
+// The text of data.path (or of the task, or the built-in corpus) and its name for messages.
+std::string data_text(const DataSettings& data, const fs::path& p, const std::string& task_text, std::string* name) {
+  *name = data.path;
+  std::string text;
+  if (data.path == "task") {
     if (task_text.empty()) throw Error("data.path: 'task' needs the experiment's task section to supply the text");
     text = task_text;
-  } else if (path_key == "builtin:arithmetic") {
+  } else if (data.path == "builtin:arithmetic") {
     text = builtin_arithmetic_corpus(200000, 1234);
-  } else if (path_key.rfind("builtin:", 0) == 0) {
-    throw Error("data.path: unknown built-in corpus '" + path_key + "' (available: builtin:arithmetic)");
+  } else if (data.path.rfind("builtin:", 0) == 0) {
+    throw Error("data.path: unknown built-in corpus '" + data.path + "' (available: builtin:arithmetic)");
   } else {
-    fs::path p(path_key);
-    if (p.is_relative() && !base_dir.empty()) p = fs::path(base_dir) / p;
-    if (!fs::exists(p)) {
-      const std::string url = data.download;
-      if (url.empty())
-        throw Error("data.path: '" + p.string() + "' does not exist; put the text file there or set data.download to its URL");
-      log_info("downloading " + url + " to " + p.string());
-      download_file(url, p.string(), data.download_size, data.download_sha256);
+    if (!check_text_path(data, p)) {
+      log_info("downloading " + data.download + " to " + p.string());
+      download_file(data.download, p.string(), data.download_size, data.download_sha256);
     }
-    std::ifstream in(p, std::ios::binary);
-    if (!in) throw Error("data.path: cannot read '" + p.string() + "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
-    name = p.string();
+    try {
+      text = read_file(p.string(), file_kind::kText);
+    } catch (const Error& e) {
+      throw Error(std::string("data.path: ") + e.what());
+    }
+    *name = p.string();
   }
-  if (text.empty()) throw Error("data.path: '" + name + "' is empty; point data.path at a file with text in it");
+  if (text.empty()) throw Error("data.path: '" + *name + "' is empty; point data.path at a file with text in it");
+  return text;
+}
+}  // namespace
 
+DataSplits load_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer,
+                     const std::string& task_text) {
+  check_settings(data);
+  if (data.format != "text") return load_example_data(data, base_dir, tokenizer);
+  const fs::path p = data_file(data, base_dir);
+  if (is_prepared_dir(p.string())) {
+    // Token ids are fixed by the prepared files: their tokenizer wins (a resumed run's is the same).
+    DataSplits out = load_prepared(p.string());
+    check_prepared_lengths(out, data.seq_len);
+    return out;
+  }
+  std::string name;
+  const std::string text = data_text(data, p, task_text, &name);
   DataSplits out;
   if (tokenizer) {
     out.tokenizer = tokenizer;
@@ -177,13 +217,8 @@ DataSplits load_data(const DataSettings& data, const std::string& base_dir, std:
   }
   std::vector<int64_t> ids = out.tokenizer->encode(text);
   const int64_t n = static_cast<int64_t>(ids.size());
-  const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * val_fraction);
-  const int64_t need = seq_len + 1;
-  if (n - n_val < need || n_val < need)
-    throw Error("data: '" + name + "' has " + std::to_string(n) + " tokens; with val_fraction " +
-                std::to_string(val_fraction) + " the train split has " + std::to_string(n - n_val) +
-                " and the validation split " + std::to_string(n_val) + ", but each needs at least seq_len + 1 = " +
-                std::to_string(need) + "; lower data.seq_len or use more text");
+  check_split_lengths(name, n, data);
+  const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * data.val_fraction);
   std::vector<int64_t> val(ids.begin() + (n - n_val), ids.end());
   ids.resize(n - n_val);
   out.train = make_memory_dataset(std::move(ids), name + " (train split)");
@@ -193,6 +228,51 @@ DataSplits load_data(const DataSettings& data, const std::string& base_dir, std:
 
 std::string DataSplits::describe() const {
   return train ? train->describe() : train_examples ? train_examples->describe() : std::string("(no data)");
+}
+
+std::shared_ptr<Tokenizer> preview_data(const DataSettings& data, const std::string& base_dir,
+                                        std::shared_ptr<Tokenizer> tokenizer, const std::string& task_text,
+                                        std::string* description) {
+  check_settings(data);
+  const fs::path p = data_file(data, base_dir);
+  if (data.format != "text") {
+    // Examples are read (every row checked, as run reads them) but nothing is trained.
+    DataSplits out = load_example_data(data, base_dir, tokenizer);
+    *description = out.describe();
+    return out.tokenizer;
+  }
+  if (is_prepared_dir(p.string())) {
+    DataSplits out = load_prepared(p.string(), /*verify_hashes=*/false);
+    check_prepared_lengths(out, data.seq_len);
+    *description = out.train->describe();
+    return out.tokenizer;
+  }
+  const bool text_file = data.path != "task" && data.path.rfind("builtin:", 0) != 0;
+  if (!text_file) {  // generated in memory: cheap to load as run does
+    DataSplits out = load_data(data, base_dir, tokenizer, task_text);
+    *description = out.train->describe();
+    return out.tokenizer;
+  }
+  *description = p.string();
+  if (!check_text_path(data, p)) return tokenizer ? tokenizer : data.tokenizer == "char" ? nullptr : load_tokenizer(data.tokenizer);
+  const bool char_vocabulary = tokenizer ? tokenizer->kind() == "char" : data.tokenizer == "char";
+  if (!char_vocabulary) {
+    // A BPE's token count needs the text tokenized: only the file (regular, within its limit, not
+    // empty) and the tokenizer's own files are checked.
+    try {
+      const RegularFile f(p.string(), file_kind::kText);
+      if (f.size() == 0) throw Error("'" + p.string() + "' is empty; point data.path at a file with text in it");
+    } catch (const Error& e) {
+      throw Error(std::string("data.path: ") + e.what());
+    }
+    return tokenizer ? tokenizer : load_tokenizer(data.tokenizer);
+  }
+  std::string name;
+  const std::string text = data_text(data, p, task_text, &name);
+  auto tok = tokenizer ? tokenizer : make_char_tokenizer(text);
+  // A char vocabulary has one token per byte; a checkpoint's tokenizer encodes the text as run would.
+  check_split_lengths(name, tokenizer ? static_cast<int64_t>(tok->encode(text).size()) : static_cast<int64_t>(text.size()), data);
+  return tok;
 }
 
 Sampling parse_sampling(const std::string& name) {
@@ -263,14 +343,20 @@ Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, i
 // ---- downloads --------------------------------------------------------------------------------
 
 std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot read '" + path + "' to hash it");
+  const RegularFile in(path, file_kind::kShard);
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
   std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
+  for (uint64_t at = 0; at < in.size();) {
+    const uint64_t n = std::min<uint64_t>(buf.size(), in.size() - at);
+    try {
+      in.read_at(at, n, buf.data());
+    } catch (...) {
+      EVP_MD_CTX_free(ctx);
+      throw;
+    }
+    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(n));
+    at += n;
   }
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;

@@ -14,12 +14,19 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
+#include <thread>
 
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
+#include "linearnexus/host/config.h"
 #include "linearnexus/log.h"
 
 namespace linearnexus {
@@ -66,13 +73,24 @@ int64_t env_int(const char* name, int64_t fallback) {
 LaunchEnv LaunchEnv::from_environment() {
   LaunchEnv e;
   e.world_size = env_int("WORLD_SIZE", 1);
-  if (e.world_size < 1) throw Error("launch: WORLD_SIZE must be at least 1 (got " + std::to_string(e.world_size) + ")");
-  if (e.world_size == 1) return e;
+  // Gloo and NCCL count ranks in an int; far past any real job, a number this large is a typo.
+  if (e.world_size < 1 || e.world_size > kMaxWorldSize)
+    throw Error("launch: WORLD_SIZE must be in 1.." + std::to_string(kMaxWorldSize) + " (got " + std::to_string(e.world_size) + ")");
+  if (e.world_size == 1) {
+    // One process: a RANK other than 0 means the launch is not what the user thinks it is.
+    const int64_t rank = env_int("RANK", 0);
+    if (rank != 0)
+      throw Error("launch: RANK=" + std::to_string(rank) + " but WORLD_SIZE is 1 (or unset), so RANK must be 0; set " +
+                  "WORLD_SIZE to the number of ranks, or unset RANK");
+    return e;
+  }
   e.rank = env_int("RANK", -1);
   if (e.rank < 0 || e.rank >= e.world_size)
     throw Error("launch: WORLD_SIZE=" + std::to_string(e.world_size) + " needs RANK in 0.." +
                 std::to_string(e.world_size - 1) + " (set by torchrun, or by linearnexus run --nproc N)");
   e.local_rank = env_int("LOCAL_RANK", e.rank);
+  if (e.local_rank < 0 || e.local_rank >= e.world_size)
+    throw Error("launch: LOCAL_RANK=" + std::to_string(e.local_rank) + " must be in 0.." + std::to_string(e.world_size - 1));
   const char* addr = std::getenv("MASTER_ADDR");
   if (!addr || !*addr)
     throw Error("launch: WORLD_SIZE is set but MASTER_ADDR is not: set MASTER_ADDR and MASTER_PORT to rank 0's "
@@ -97,6 +115,62 @@ DistributedSettings DistributedSettings::from(const Params& d) {
   return {d.get_string("backend"), d.get_float("timeout_sec"), d.get_float("bucket_mb")};
 }
 
+void check_launch(const LaunchEnv& env, const Experiment& exp, const at::Device& device) {
+  if (!env.distributed()) return;
+  if (device.is_cuda() && env.local_rank >= static_cast<int64_t>(torch::cuda::device_count()))
+    throw Error("launch: LOCAL_RANK " + std::to_string(env.local_rank) + " but this machine has " +
+                std::to_string(torch::cuda::device_count()) + " GPU(s): start at most one rank per GPU");
+  const std::string& backend = exp.distributed.backend;
+  if (backend == "nccl" && !device.is_cuda()) throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
+#ifndef USE_C10D_NCCL
+  if (backend == "nccl") throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
+#endif
+#ifndef LINEARNEXUS_HAS_GLOO
+  if (backend == "gloo" || (backend == "auto" && !device.is_cuda()))
+    throw Error("distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
+                "on CUDA use nccl");
+#endif
+}
+
+namespace {
+// The store and the process group, made on a thread of their own: a peer that is not a c10d store
+// (another program on MASTER_PORT that accepts and never answers) blocks the store's handshake
+// beyond any timeout of its own, so the caller waits for this at most distributed.timeout_sec.
+struct Rendezvous {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<C10dGroup> group;
+};
+
+void meet(Rendezvous& r, const LaunchEnv& env, const std::string& backend, const at::Device& device,
+          std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions opts;
+  opts.port = static_cast<uint16_t>(env.master_port);
+  opts.isServer = env.rank == 0;
+  opts.numWorkers = static_cast<size_t>(env.world_size);
+  opts.waitWorkers = true;
+  opts.timeout = timeout;
+  r.store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, opts);
+  if (backend == "nccl") {
+#ifdef USE_C10D_NCCL
+    auto o = c10d::ProcessGroupNCCL::Options::create();
+    o->timeout = timeout;
+    r.group = c10::make_intrusive<c10d::ProcessGroupNCCL>(r.store, env.rank, env.world_size, o);
+#endif
+  } else {
+#ifdef LINEARNEXUS_HAS_GLOO
+    auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+    o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    r.group = c10::make_intrusive<c10d::ProcessGroupGloo>(r.store, env.rank, env.world_size, o);
+#endif
+  }
+  (void)device;
+}
+}  // namespace
+
 Distributed::Distributed(const LaunchEnv& env, const std::string& backend, double timeout_sec, const at::Device& device)
     : env_(env), device_(device), group_(std::make_unique<ProcessGroupHandle>()) {
   backend_ = backend == "auto" ? (device.is_cuda() ? "nccl" : "gloo") : backend;
@@ -105,42 +179,134 @@ Distributed::Distributed(const LaunchEnv& env, const std::string& backend, doubl
   // NCCL's communicator) lands there rather than on GPU 0.
   if (device.is_cuda() && device.has_index()) c10::cuda::set_device(device.index());
 #endif
-  group_->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_sec * 1000));
-  c10d::TCPStoreOptions opts;
-  opts.port = static_cast<uint16_t>(env.master_port);
-  opts.isServer = env.rank == 0;
-  opts.numWorkers = static_cast<size_t>(env.world_size);
-  opts.waitWorkers = true;
-  opts.timeout = group_->timeout;
-  try {
-    group_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, opts);
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    throw Error("distributed: rank " + std::to_string(env.rank) + " could not meet the others at " + env.master_addr +
-                ":" + std::to_string(env.master_port) + " (" + msg.substr(0, msg.find('\n')) +
-                "): is the port taken, or did another rank fail to start?");
-  }
-  if (backend_ == "nccl") {
-#ifdef USE_C10D_NCCL
-    if (!device.is_cuda()) throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
-    auto o = c10d::ProcessGroupNCCL::Options::create();
-    o->timeout = group_->timeout;
-    group_->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(group_->store, env.rank, env.world_size, o);
-#else
-    throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
+  if (backend_ == "nccl" && !device.is_cuda()) throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
+#ifndef USE_C10D_NCCL
+  if (backend_ == "nccl") throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
 #endif
-  } else {
-#ifdef LINEARNEXUS_HAS_GLOO
-    auto o = c10d::ProcessGroupGloo::Options::create(group_->timeout);
-    o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    group_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(group_->store, env.rank, env.world_size, o);
-#else
+#ifndef LINEARNEXUS_HAS_GLOO
+  if (backend_ == "gloo")
     throw Error("distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
                 "on CUDA use nccl");
 #endif
+  group_->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_sec * 1000));
+  const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
+  const std::string what_to_check =
+      "is MASTER_ADDR:MASTER_PORT rank 0's address and a port nothing else listens on, is rank 0 running, and can this "
+      "machine reach it (a firewall)? did another rank fail to start?";
+  auto r = std::make_shared<Rendezvous>();
+  // Detached: on a timeout it may stay blocked in a socket call, which the process's exit ends.
+  std::thread([r, env, backend = backend_, device, timeout = group_->timeout] {
+    try {
+      meet(*r, env, backend, device, timeout);
+    } catch (...) {
+      r->error = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(r->mu);
+    r->done = true;
+    r->cv.notify_all();
+  }).detach();
+  {
+    std::unique_lock<std::mutex> lock(r->mu);
+    // The store waits up to the timeout for the others, then the group's own handshake: both fit
+    // in twice the timeout, plus a moment.
+    if (!r->cv.wait_for(lock, 2 * group_->timeout + std::chrono::seconds(5), [&] { return r->done; }))
+      throw Error("distributed: rank " + std::to_string(env.rank) + " could not meet the others at " + where + " within " +
+                  "distributed.timeout_sec = " + std::to_string(group_->timeout.count() / 1000) + " s (no answer from a " +
+                  "c10d store there): " + what_to_check);
   }
+  if (r->error) {
+    try {
+      std::rethrow_exception(r->error);
+    } catch (const std::exception& e) {
+      const std::string msg = e.what();
+      throw Error("distributed: rank " + std::to_string(env.rank) + " could not meet the others at " + where + " (" +
+                  msg.substr(0, msg.find('\n')) + "): " + what_to_check);
+    }
+  }
+  group_->store = r->store;
+  group_->group = r->group;
   log_info("distributed: rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) + " (" + backend_ +
            ", " + device.str() + ")");
+}
+
+void Distributed::agree(const std::vector<std::pair<std::string, std::string>>& entries, const std::string& what) {
+  // Rank 0's entries go through the store (a few KB: the whole list rather than a hash of it, so
+  // that a difference can be named); each rank compares its own, and one all-reduce (MIN over the
+  // ranks that differ) tells every rank the first one that does, so all of them refuse together.
+  const std::string prefix = "linearnexus/agree/" + what + "/";
+  auto encode = [](const std::vector<std::pair<std::string, std::string>>& list) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& [k, v] : list) j.push_back({k, v});
+    const std::string text = j.dump();
+    return std::vector<uint8_t>(text.begin(), text.end());
+  };
+  try {
+    if (env_.rank == 0) group_->store->set(prefix + "0", encode(entries));
+    const auto bytes = group_->store->get(prefix + "0");
+    const auto theirs = nlohmann::json::parse(std::string(bytes.begin(), bytes.end()));
+    std::string diff;
+    for (size_t i = 0; diff.empty() && i < std::max(entries.size(), theirs.size()); ++i) {
+      const std::string mine_key = i < entries.size() ? entries[i].first : "";
+      const std::string their_key = i < theirs.size() ? theirs[i][0].get<std::string>() : "";
+      const std::string key = mine_key.empty() ? their_key : mine_key;
+      const std::string mine = i < entries.size() ? entries[i].second : "(absent)";
+      const std::string zero = mine_key == their_key && i < theirs.size() ? theirs[i][1].get<std::string>() : "(absent)";
+      if (mine_key != their_key || mine != zero)
+        diff = key + " is " + mine + " on rank " + std::to_string(env_.rank) + " but " + zero + " on rank 0";
+    }
+    if (!diff.empty()) group_->store->set(prefix + "diff/" + std::to_string(env_.rank), std::vector<uint8_t>(diff.begin(), diff.end()));
+    std::vector<at::Tensor> first{at::full({1}, diff.empty() ? env_.world_size : env_.rank,
+                                           at::TensorOptions().dtype(at::kLong).device(device_))};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::MIN;
+    auto work = group_->group->allreduce(first, opts);
+    group_->wait(work, "start-up check");
+    const int64_t r = first[0].item<int64_t>();
+    if (r >= env_.world_size) return;
+    const auto d = r == env_.rank ? std::vector<uint8_t>(diff.begin(), diff.end()) : group_->store->get(prefix + "diff/" + std::to_string(r));
+    throw Error("distributed: rank " + std::to_string(r) + " was started with another " + what + " than rank 0: " +
+                std::string(d.begin(), d.end()) + "; start every rank with the same experiment file, --set options, data " +
+                "and checkpoints");
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    throw Error("distributed: the ranks could not compare their " + what + " (" + msg.substr(0, msg.find('\n')) +
+                "; another rank died or stopped answering within distributed.timeout_sec = " +
+                std::to_string(group_->timeout.count() / 1000) + " s)");
+  }
+}
+
+namespace {
+const char* kStopKey = "linearnexus/stop_after";
+int64_t parse_stop(const std::vector<uint8_t>& v, int* sig) {
+  const std::string text(v.begin(), v.end());
+  const auto space = text.find(' ');
+  if (sig && space != std::string::npos) *sig = std::atoi(text.c_str() + space + 1);
+  return std::atoll(text.c_str());
+}
+}  // namespace
+
+int64_t Distributed::propose_stop(int64_t completed, int sig, int* agreed_sig) {
+  const std::string mine = std::to_string(completed) + " " + std::to_string(sig);
+  try {
+    // compareSet against "" sets the key only when no rank has yet, and answers what it holds.
+    const auto v = group_->store->compareSet(kStopKey, {}, std::vector<uint8_t>(mine.begin(), mine.end()));
+    return parse_stop(v, agreed_sig);
+  } catch (const std::exception& e) {
+    throw Error(std::string("distributed: cannot tell the other ranks to stop (") + e.what() +
+                "); another rank died or stopped answering");
+  }
+}
+
+int64_t Distributed::agreed_stop(int* agreed_sig) {
+  try {
+    if (!group_->store->check({kStopKey})) return -1;
+    return parse_stop(group_->store->get(kStopKey), agreed_sig);
+  } catch (const std::exception& e) {
+    throw Error(std::string("distributed: cannot reach the ranks' store (") + e.what() +
+                "); another rank died or stopped answering");
+  }
 }
 
 Distributed::~Distributed() = default;

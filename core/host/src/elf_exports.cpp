@@ -4,10 +4,10 @@
 #include <elf.h>
 
 #include <cstring>
-#include <fstream>
 #include <vector>
 
 #include "linearnexus/error.h"
+#include "linearnexus/host/read_file.h"
 
 namespace linearnexus {
 
@@ -15,7 +15,7 @@ namespace {
 
 struct ElfFile {
   std::string path;
-  std::ifstream in;
+  RegularFile in;  // a regular file within the plugin size limit (read_file.h): never a FIFO or device
   uint64_t size = 0;
 
   [[noreturn]] void bad(const std::string& what) const {
@@ -25,8 +25,11 @@ struct ElfFile {
   std::vector<char> read(uint64_t offset, uint64_t bytes) {
     if (offset > size || bytes > size - offset) bad("a table lies outside the file");
     std::vector<char> out(bytes);
-    in.seekg(static_cast<std::streamoff>(offset));
-    if (bytes && !in.read(out.data(), static_cast<std::streamsize>(bytes))) bad("cannot read it");
+    try {
+      in.read_at(offset, bytes, out.data());
+    } catch (const Error&) {
+      bad("cannot read it");
+    }
     return out;
   }
   template <class T>
@@ -41,10 +44,8 @@ struct ElfFile {
 }  // namespace
 
 bool elf_exports_symbol(const std::string& file, const std::string& symbol) {
-  ElfFile f{file, std::ifstream(file, std::ios::binary)};
-  if (!f.in) f.bad("cannot open it");
-  f.in.seekg(0, std::ios::end);
-  f.size = static_cast<uint64_t>(f.in.tellg());
+  ElfFile f{file, RegularFile(file, file_kind::kPlugin)};
+  f.size = f.in.size();
   if (f.size < sizeof(Elf64_Ehdr)) f.bad("too short for an ELF file");
   const auto eh = f.read_struct<Elf64_Ehdr>(0);
   if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) f.bad("not an ELF file");

@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "jinja.h"
 #include "linearnexus/error.h"
 #include "linearnexus/host/data.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/log.h"
 
 namespace fs = std::filesystem;
@@ -188,8 +190,14 @@ ExampleSplits load_examples(const DataSettings& data, const std::string& base_di
   const DataFormat format = parse_data_format(data.format);
   fs::path path(data.path);
   if (path.is_relative() && !base_dir.empty()) path = fs::path(base_dir) / path;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("data.path: cannot read '" + path.string() + "' (data.format " + data.format + " reads a JSON Lines file)");
+  if (!fs::exists(path))
+    throw Error("data.path: '" + path.string() + "' does not exist (data.format " + data.format + " reads a JSON Lines file)");
+  std::istringstream in;
+  try {
+    in.str(read_file(path.string(), file_kind::kText));  // a regular file within its limit (read_file.h)
+  } catch (const Error& e) {
+    throw Error(std::string("data.path: ") + e.what() + " (data.format " + data.format + " reads a JSON Lines file)");
+  }
   std::unique_ptr<Renderer> chat;
   std::vector<std::vector<Sequence>> rows;
   int64_t line_no = 0, cut = 0;

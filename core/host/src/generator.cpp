@@ -146,7 +146,9 @@ bool ends_with(const std::vector<int64_t>& s, const std::vector<int64_t>& tail) 
 void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingParams& p) {
   auto next = sample_tokens(logits, p, s.seed, s.counter);  // [N]
   const double temp = p.temperature > 0 ? p.temperature : 1.0;
-  auto logp = at::log_softmax(logits.to(at::kFloat) / temp, -1).gather(1, next.unsqueeze(1)).squeeze(1);  // [N]
+  auto scaled = logits.to(at::kFloat);
+  scaled = (scaled - std::get<0>(scaled.max(-1, /*keepdim=*/true))) / temp;  // as sample_tokens: no inf - inf
+  auto logp = at::log_softmax(scaled, -1).gather(1, next.unsqueeze(1)).squeeze(1);  // [N]
   // Finished rows decode a padding token (cheaper than compacting the batch); the host's mask of
   // live tokens, built as it reads the tokens, zeroes their log-probs at the end.
   next = next.masked_fill(s.done, 0);

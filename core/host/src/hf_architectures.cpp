@@ -47,7 +47,9 @@ std::string ConfigReader::text_in(const std::string& object, const std::string& 
 double ConfigReader::number_in(const std::string& object, const std::string& key, double fallback) const {
   if (!has(object) || !j_.at(object).is_object()) return fallback;
   const json& o = j_.at(object);
-  if (!o.contains(key) || !o.at(key).is_number()) return fallback;
+  if (!o.contains(key) || o.at(key).is_null()) return fallback;
+  // A value of another type ("rope_theta": "x") is an error, not the default in disguise.
+  if (!o.at(key).is_number()) unsupported(object, "expected " + key + " to be a number");
   return o.at(key).get<double>();
 }
 
@@ -97,6 +99,44 @@ Found architecture_of(const Registry& registry, const ModelConfig& m, const std:
     why += (why.empty() ? "" : "; ") + a.name + ": " + mismatch;
   }
   throw Error(source + ": the model fits none of the Hugging Face architectures of block '" + block + "' (" + why + ")");
+}
+
+// ---- an architecture's tensor table --------------------------------------------------------------
+
+std::string at_layer(std::string name, int64_t i) {
+  const auto pos = name.find("{i}");
+  if (pos != std::string::npos) name.replace(pos, 3, std::to_string(i));
+  return name;
+}
+bool per_layer(const HFTensorRule& r) { return r.ours.find("{i}") != std::string::npos; }
+std::vector<int64_t> layers_of(const HFTensorRule& r, int64_t n_layer) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < (per_layer(r) ? n_layer : 1); ++i) out.push_back(i);
+  return out;
+}
+std::vector<HFTensorRule> all_rules(const HFArchitecture& a) {
+  std::vector<HFTensorRule> out = a.model_rules;
+  for (auto r : a.layer_rules) {
+    r.ours = "blocks.{i}." + r.ours;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+int64_t layer_index_in(const HFArchitecture& a, const std::string& hf_name) {
+  for (const auto& rule : a.layer_rules)
+    for (const auto& pattern : rule.hf) {
+      const auto pos = pattern.find("{i}");
+      if (pos == std::string::npos) continue;
+      const std::string prefix = pattern.substr(0, pos), suffix = pattern.substr(pos + 3);
+      if (hf_name.size() <= prefix.size() + suffix.size() || hf_name.compare(0, prefix.size(), prefix) != 0 ||
+          hf_name.compare(hf_name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        continue;
+      const std::string digits = hf_name.substr(prefix.size(), hf_name.size() - prefix.size() - suffix.size());
+      if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      return std::stoll(digits);
+    }
+  return -1;
 }
 
 }  // namespace linearnexus::hf

@@ -3,6 +3,7 @@
 // adapters (BlockHooks::hf, hf_adapter.h). Host-internal; nothing here names a block's parameters.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -44,6 +45,27 @@ Found architecture_named(const Registry& registry, const std::string& name, cons
 // Error naming the block, or each architecture's reason, when none does.
 Found architecture_of(const Registry& registry, const ModelConfig& model, const std::string& source);
 std::string supported_names(const Registry& registry);  // "GPT2LMHeadModel (attention), ..."
+
+// ---- an architecture's tensor table --------------------------------------------------------------
+
+// A rule's names for layer i ("{i}" replaced); model-level rules have no "{i}" and one instance.
+std::string at_layer(std::string name, int64_t i);
+bool per_layer(const HFTensorRule& r);
+// The layers a rule has in a model of n_layer layers: 0..n_layer-1, or just 0 for a model-level one.
+std::vector<int64_t> layers_of(const HFTensorRule& r, int64_t n_layer);
+// An architecture's whole table: the model's own rules, and the block's with "blocks.{i}." before
+// its names (an adapter names its block's tensors relative to the block).
+std::vector<HFTensorRule> all_rules(const HFArchitecture& a);
+// How many layers a set of Hugging Face tensor names holds by the architecture's per-layer rules
+// (the highest "{i}" present + 1; 0 when none): what config.json's layer count must agree with.
+int64_t layer_index_in(const HFArchitecture& a, const std::string& hf_name);  // -1: no per-layer rule's
+
+template <class Names>
+int64_t layers_in(const HFArchitecture& a, const Names& names) {
+  int64_t n = 0;
+  for (const auto& kv : names) n = std::max(n, layer_index_in(a, kv.first) + 1);
+  return n;
+}
 
 // Where each of a model's tensors goes in `arch`'s checkpoint, by our full name ("blocks.0.qkv.weight"):
 // one part per Hugging Face tensor, rows [row, row + rows) of ours (rows -1: all of it; a fused

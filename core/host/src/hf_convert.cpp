@@ -19,6 +19,8 @@
 #include "linearnexus/error.h"
 #include "linearnexus/host/config.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/preflight.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/host/safetensors.h"
 #include "linearnexus/host/tokenizers.h"
@@ -41,18 +43,14 @@ namespace {
 using Architecture = HFArchitecture;
 using Layout = HFLayout;
 using TensorRule = HFTensorRule;
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot be read (does it exist?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using hf::all_rules;
+using hf::at_layer;
+using hf::layers_of;
 
 json read_json(const fs::path& path) {
+  if (!fs::exists(path)) throw Error(path.string() + ": cannot be read (does it exist?)");
   try {
-    return parse_json_limited(read_file(path), 16);
+    return parse_json_limited(read_file(path.string(), file_kind::kJson), 16);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -60,19 +58,14 @@ json read_json(const fs::path& path) {
   }
 }
 
+// A tokenizer-related file copied whole: the small JSON sidecars under the JSON limit, the
+// vocabularies and merges under the tokenizer files' (read_file.h).
 void copy_atomically(const fs::path& from, const fs::path& to) {
+  const std::string name = from.filename().string();
+  const bool sidecar = name != "tokenizer.json" && name != "vocab.json" && from.extension() == ".json";
   AtomicFile out(to.string());
-  out.stream() << read_file(from);
+  out.stream() << read_file(from.string(), sidecar ? file_kind::kJson : file_kind::kTokenizer);
   out.commit();
-}
-
-// OUT_DIR must be new or empty: a conversion never mixes its files with another run's.
-void make_empty_folder(const std::string& dir) {
-  std::error_code ec;
-  if (fs::exists(dir) && !fs::is_empty(dir, ec))
-    throw Error("'" + dir + "' is not empty; convert writes a new folder: name another one or remove it");
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create '" + dir + "': " + ec.message());
 }
 
 // "a, b, c" (with `sep`).
@@ -82,36 +75,12 @@ std::string joined(const std::vector<std::string>& items, const std::string& sep
   return out;
 }
 
-// A rule's names for layer i ("{i}" replaced); model-level rules have no "{i}" and one instance.
-std::string at_layer(std::string name, int64_t i) {
-  const auto pos = name.find("{i}");
-  if (pos != std::string::npos) name.replace(pos, 3, std::to_string(i));
-  return name;
-}
-bool per_layer(const TensorRule& r) { return r.ours.find("{i}") != std::string::npos; }
-// An architecture's whole table: the model's own rules, and the block's with "blocks.{i}." before
-// its names (an adapter names its block's tensors relative to the block).
-std::vector<TensorRule> all_rules(const Architecture& a) {
-  std::vector<TensorRule> out = a.model_rules;
-  for (auto r : a.layer_rules) {
-    r.ours = "blocks.{i}." + r.ours;
-    out.push_back(std::move(r));
-  }
-  return out;
-}
-
 // The model section an adapter wrote, as (key under model., YAML value) pairs -> a YAML map.
 YAML::Node model_section(const HFFields& fields, const std::string& where) {
   YAML::Node model(YAML::NodeType::Map);
   for (const auto& [key, value] : fields) set_yaml_path(model, key, load_yaml_text(value, where + ": model." + key), where);
   return model;
 }
-std::vector<int64_t> layers_of(const TensorRule& r, int64_t n_layer) {
-  std::vector<int64_t> out;
-  for (int64_t i = 0; i < (per_layer(r) ? n_layer : 1); ++i) out.push_back(i);
-  return out;
-}
-
 // Hugging Face layout -> ours, and back.
 at::Tensor to_ours(const at::Tensor& t, Layout layout) {
   if (layout == Layout::Transposed) return t.t().contiguous();
@@ -214,58 +183,34 @@ std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::pa
   }
 }
 
-}  // namespace
+// Before anything is built: the layers the weights hold by the architecture's per-layer names, and
+// the embedding's shape, against what config.json made of the model (model.n_layer, vocab_size,
+// hidden_size).
+void check_config_fits_weights(const Architecture& arch, const Experiment& exp, const std::map<std::string, HfTensor>& hf,
+                               const std::string& config_path) {
+  const auto& d = exp.model.dims;
+  const int64_t layers = hf::layers_in(arch, hf);
+  if (layers != d.n_layer)
+    throw Error(config_path + ": it gives the model " + std::to_string(d.n_layer) + " layers (model.n_layer), but the weights " +
+                "hold " + std::to_string(layers) + "; config.json and the weights disagree: is config.json the model's own?");
+  for (const auto& rule : arch.model_rules) {
+    if (rule.ours != "wte.weight" || rule.hf.size() != 1) continue;
+    auto it = hf.find(rule.hf[0]);
+    if (it == hf.end()) continue;  // reported as missing, by name, when the tensors are gathered
+    const auto shape = to_ours(it->second.value, rule.layout).sizes();
+    if (shape.size() != 2 || shape[1] != d.hidden_size || (d.vocab_size > 0 && shape[0] != d.vocab_size))
+      throw Error(it->second.file + ": tensor '" + rule.hf[0] + "' is " + c10::str(it->second.value.sizes()) + ", but " +
+                  config_path + " gives vocab_size " + std::to_string(d.vocab_size) + " and hidden_size " +
+                  std::to_string(d.hidden_size) + "; config.json and the weights disagree");
+  }
+}
 
-std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir, PluginHost& host,
-                      const HfImportOptions& options) {
-  const fs::path hf_dir(hf_dir_text), config_path = hf_dir / "config.json";
-  if (!fs::is_directory(hf_dir)) throw Error("'" + hf_dir_text + "' is not a folder (a Hugging Face model folder)");
-  const json config = read_json(config_path);
-  if (!config.is_object()) throw Error(config_path.string() + ": not a JSON object");
-  const hf::ConfigReader reader(config, config_path.string());
-  std::string arch_name;
-  if (config.contains("architectures") && config.at("architectures").is_array() && !config.at("architectures").empty() &&
-      config.at("architectures")[0].is_string())
-    arch_name = config.at("architectures")[0].get<std::string>();
-  else
-    throw Error(config_path.string() + ": no architectures list; expected e.g. \"architectures\": [\"LlamaForCausalLM\"] (" +
-                hf::supported_names(host.registry()) + ")");
-  const Architecture& arch = *hf::architecture_named(host.registry(), arch_name, config_path.string()).architecture;
-
-  // The experiment of the imported run: its model section from config.json, as the block's adapter
-  // maps it.
-  YAML::Node experiment(YAML::NodeType::Map);
-  experiment["name"] = fs::path(out_dir).filename().string();
-  experiment["data"]["path"] = "";
-  experiment["model"] = model_section(arch.model_section(reader), "hf-import of " + config_path.string());
-  experiment["sample"]["num_samples"] = 1;
-  YAML::Emitter text;
-  text << experiment;
-  Experiment exp = parse_experiment(text.c_str(), "hf-import of " + config_path.string(), "", {}, host, PluginPaths::Ignore);
-  const int64_t vocab = exp.model.dims.vocab_size;
-
-  std::set<std::string> dtypes;
-  auto hf = read_hf_tensors(hf_dir, arch, &dtypes);
-  make_empty_folder(out_dir);
-  // A failed import leaves no half-made run folder behind (the folder was new or empty, and flat).
-  struct RemoveUnlessDone {
-    fs::path dir;
-    bool done = false;
-    ~RemoveUnlessDone() {
-      if (done) return;
-      std::error_code ec;
-      for (const auto& e : fs::directory_iterator(dir, ec)) fs::remove(e.path(), ec);
-      fs::remove(dir, ec);
-    }
-  } cleanup{out_dir};
-  std::vector<std::string> tokenizer_files;
-  auto tokenizer = import_tokenizer(hf_dir, out_dir, vocab, options, &tokenizer_files);
-  LMModel model(exp.model_config(tokenizer->vocab_size()), host.registry());
-  const TensorMap expected = model_tensors(model, "");
-  const int64_t n_layer = model.config().dims.n_layer;
-
+// Our tensors from the Hugging Face ones by the architecture's table, for the tensors `expected`
+// holds (a block's or a model's, by our names), each checked against its expected shape; the Hugging
+// Face names used go to `used`.
+TensorMap gather_tensors(const Architecture& arch, const TensorMap& expected, const std::map<std::string, HfTensor>& hf,
+                         int64_t n_layer, const std::string& hf_dir, std::set<std::string>* used) {
   TensorMap ours;
-  std::set<std::string> used;
   for (const auto& rule : all_rules(arch)) {
     for (int64_t i : layers_of(rule, n_layer)) {
       const std::string name = at_layer(rule.ours, i);
@@ -277,19 +222,94 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
         const std::string hf_name = at_layer(pattern, i);
         auto it = hf.find(hf_name);
         if (it == hf.end())
-          throw Error(hf_dir_text + ": tensor '" + hf_name + "' is missing (" + arch.name + " with this config.json needs it for " +
+          throw Error(hf_dir + ": tensor '" + hf_name + "' is missing (" + arch.name + " with this config.json needs it for " +
                       name + "); is the download complete and config.json the model's own?");
         parts.push_back(to_ours(it->second.value.to(at::kFloat), rule.layout));
         sources += (sources.empty() ? "" : " + ") + ("'" + hf_name + "' " + c10::str(it->second.value.sizes()) + " in " + it->second.file);
-        used.insert(hf_name);
+        used->insert(hf_name);
       }
-      at::Tensor t = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
-      if (t.sizes() != want->second.sizes())
-        throw Error("tensor " + sources + " does not fit config.json: it makes " + name + " " + c10::str(t.sizes()) +
-                    " where " + c10::str(want->second.sizes()) + " is expected");
-      ours["model." + name] = t;
+      // Parts stacked into one tensor (q, k, v) must agree past their first dimension; checked here so
+      // that a shape lie is named, not a bare LibTorch "Sizes of tensors must match".
+      bool fit = true;
+      for (const auto& part : parts) fit = fit && part.dim() == parts[0].dim() && part.sizes().slice(1) == parts[0].sizes().slice(1);
+      if (!fit || (parts.size() == 1 ? parts[0] : at::cat(parts, 0)).sizes() != want->second.sizes())
+        throw Error("tensor " + sources + " does not fit config.json: " + name + " " + c10::str(want->second.sizes()) +
+                    " is expected" + (fit ? "" : " (the parts differ past their first dimension)"));
+      ours["model." + name] = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
     }
   }
+  return ours;
+}
+
+}  // namespace
+
+Experiment hf_config_experiment(const std::string& config_text, const std::string& config_path, const std::string& name,
+                                PluginHost& host, const HFArchitecture** architecture) {
+  json config;
+  try {
+    config = parse_json_limited(config_text, 16);
+  } catch (const std::exception& e) {
+    throw Error(config_path + ": not readable JSON (" + e.what() + ")");
+  }
+  if (!config.is_object()) throw Error(config_path + ": not a JSON object");
+  const hf::ConfigReader reader(config, config_path);
+  std::string arch_name;
+  if (config.contains("architectures") && config.at("architectures").is_array() && !config.at("architectures").empty() &&
+      config.at("architectures")[0].is_string())
+    arch_name = config.at("architectures")[0].get<std::string>();
+  else
+    throw Error(config_path + ": no architectures list; expected e.g. \"architectures\": [\"LlamaForCausalLM\"] (" +
+                hf::supported_names(host.registry()) + ")");
+  const Architecture& arch = *hf::architecture_named(host.registry(), arch_name, config_path).architecture;
+  if (architecture) *architecture = &arch;
+  // The experiment of the imported run: its model section from config.json, as the block's adapter
+  // maps it.
+  YAML::Node experiment(YAML::NodeType::Map);
+  experiment["name"] = name;
+  experiment["data"]["path"] = "";
+  experiment["model"] = model_section(arch.model_section(reader), "hf-import of " + config_path);
+  experiment["sample"]["num_samples"] = 1;
+  YAML::Emitter text;
+  text << experiment;
+  return parse_experiment(text.c_str(), "hf-import of " + config_path, "", {}, host, PluginPaths::Ignore);
+}
+
+std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir, PluginHost& host,
+                      const HfImportOptions& options) {
+  const fs::path hf_dir(hf_dir_text), config_path = hf_dir / "config.json";
+  if (!fs::is_directory(hf_dir)) throw Error("'" + hf_dir_text + "' is not a folder (a Hugging Face model folder)");
+  if (!fs::exists(config_path)) throw Error(config_path.string() + ": cannot be read (does it exist?)");
+  const Architecture* arch_ptr = nullptr;
+  const Experiment exp = hf_config_experiment(read_file(config_path.string(), file_kind::kJson), config_path.string(),
+                                              fs::path(out_dir).filename().string(), host, &arch_ptr);
+  const Architecture& arch = *arch_ptr;
+  const int64_t vocab = exp.model.dims.vocab_size;
+
+  std::set<std::string> dtypes;
+  auto hf = read_hf_tensors(hf_dir, arch, &dtypes);
+  // Nothing is built before config.json agrees with the weights present: a config that asks for
+  // 100000 layers, or a width the files do not have, would otherwise allocate its model first.
+  check_config_fits_weights(arch, exp, hf, config_path.string());
+  StagedFolder staged(out_dir);  // a failed or killed import leaves no folder that looks complete
+  const fs::path out(staged.dir());
+  std::vector<std::string> tokenizer_files;
+  auto tokenizer = import_tokenizer(hf_dir, out, vocab, options, &tokenizer_files);
+  const ModelConfig model_config = exp.model_config(tokenizer->vocab_size());
+  const int64_t n_layer = model_config.dims.n_layer;
+  std::set<std::string> used;
+  {
+    // One layer of each kind first, against its weights: block parameters config.json gets wrong
+    // (intermediate_size, heads) are found at the cost of a layer, not of the whole model.
+    const auto kinds = model_config.layer_kinds();
+    for (size_t i = 0; i < kinds.size() && i < 1; ++i) {
+      auto block = build_block(host.registry(), model_config, static_cast<int64_t>(i), config_path.string());
+      gather_tensors(arch, model_tensors(*block, "blocks." + std::to_string(i) + "."), hf, 1, hf_dir_text, &used);
+    }
+    used.clear();
+  }
+  const auto model_ptr = build_model(model_config, host.registry(), config_path.string());
+  LMModel& model = *model_ptr;
+  const TensorMap ours = gather_tensors(arch, model_tensors(model, ""), hf, n_layer, hf_dir_text, &used);
   const bool tied = model.config().tie_embeddings;
   for (const auto& [name, t] : hf) {
     if (used.count(name)) continue;
@@ -308,17 +328,19 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
   }
   load_model_tensors(model, ours, hf_dir_text);  // every tensor present, fitting and finite
 
-  RunCheckpoint checkpoint(model, host.registry(), exp.resolved_yaml, *tokenizer, 0);
-  CheckpointManager(out_dir, 0).save(checkpoint);
-  write_file_atomically((fs::path(out_dir) / "config.yaml").string(), exp.resolved_yaml);
+  // The checkpoint names its tokenizer files relative to the folder (they are in it), so the folder
+  // reads its own files wherever it is moved or copied.
+  RunCheckpoint checkpoint(model, host.registry(), exp.resolved_yaml, *keep_tokenizer_files(tokenizer, out.string(), ""), 0);
+  CheckpointManager(out.string(), 0).save(checkpoint);
+  write_file_atomically((out / "config.yaml").string(), exp.resolved_yaml);
   const json record = {{"source", fs::absolute(hf_dir).lexically_normal().string()},
                        {"architecture", arch.name},
                        {"source_dtypes", dtypes},
                        {"weights", "fp32"},
                        {"tokenizer_files", tokenizer_files},
                        {"tokenizer", tokenizer->kind()}};
-  write_file_atomically((fs::path(out_dir) / "hf_import.json").string(), record.dump(2) + "\n");
-  cleanup.done = true;
+  write_file_atomically((out / "hf_import.json").string(), record.dump(2) + "\n");
+  staged.commit();
   return "imported " + arch.name + " from " + hf_dir_text + " into " + out_dir + ": " + std::to_string(model.num_parameters()) +
          " parameters (" + joined({dtypes.begin(), dtypes.end()}, "/") + " -> fp32), " + std::to_string(n_layer) +
          " layers, tokenizer " + tokenizer->kind() +
@@ -336,13 +358,15 @@ void export_tokenizer(const LoadedModel& lm, const fs::path& run_dir, const fs::
   const json tok = json::parse(lm.tokenizer->to_json(), nullptr, false);
   for (const char* key : {"spec", "path", "dir"})
     if (tok.is_object() && tok.contains(key) && tok.at(key).is_string()) {
-      const fs::path p = tok.at(key).get<std::string>();
+      // A relative path (a run keeps its tokenizer files in its folder) is the checkpoint folder's.
+      fs::path p = tok.at(key).get<std::string>();
+      if (p.is_relative()) p = fs::path(lm.file).parent_path() / p;
       candidates.push_back(fs::is_directory(p) ? p : p.parent_path());
     }
   // A training run's own tokenizer.json is LinearNexus's ({"kind": ...}), not a Hugging Face one.
   auto is_hf_file = [](const fs::path& file) {
     if (file.filename() != "tokenizer.json") return file.filename() != "generation_config.json";
-    const json j = json::parse(read_file(file), nullptr, false);
+    const json j = json::parse(read_file(file.string(), file_kind::kTokenizer), nullptr, false);
     return j.is_object() && j.contains("model");
   };
   for (const auto& dir : candidates) {
@@ -420,14 +444,17 @@ std::string hf_export(const std::string& run_dir, const std::string& out_dir, Pl
     for (const auto& part : parts)
       out[part.hf_name] = to_hf(part.rows < 0 ? t : t.narrow(0, part.row, part.rows).contiguous(), part.layout);
   }
-  make_empty_folder(out_dir);
-  const fs::path out_path(out_dir);
+  // Written into a temporary folder beside out_dir and renamed into place last: a killed or failed
+  // export (full disk) never leaves a folder that looks finished (atomic_file.h).
+  StagedFolder staged(out_dir);
+  const fs::path out_path(staged.dir());
   save_safetensors((out_path / "model.safetensors").string(), out, {{"format", "pt"}});
   json config = json::object();
   for (const auto& [key, value] : arch.config_json(mc, mc.block_params.at(found.block), ours)) config[key] = json::parse(value);
   write_file_atomically((out_path / "config.json").string(), config.dump(2) + "\n");
   std::vector<std::string> tokenizer_files;
   export_tokenizer(lm, fs::is_directory(run_dir) ? fs::path(run_dir) : fs::path(run_dir).parent_path(), out_path, &tokenizer_files);
+  staged.commit();
   return "exported " + lm.file + " as " + arch.name + " to " + out_dir + ": config.json, model.safetensors (fp32, " +
          std::to_string(out.size()) + " tensors)" + (tokenizer_files.empty() ? "" : ", " + joined(tokenizer_files));
 }

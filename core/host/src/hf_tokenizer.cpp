@@ -174,38 +174,67 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   if (!byte_level) bad(path, "pre_tokenizer", "has no ByteLevel step: this is not a byte-level BPE" + std::string(kSupported));
   check_decoder(field(j, "decoder"), "decoder", path);
 
-  // model.vocab: token (byte alphabet) -> id; added_tokens may add ids after it or rename some.
+  // model.vocab: token (byte alphabet) -> id; added_tokens may add ids after it, or repeat one of its
+  // tokens under the same id (GPT-2's <|endoftext|>). Ids must run 0..n-1, so none can be n or more
+  // (n = the entries the file defines): checked before anything is sized by an id, so an id of 10^8
+  // costs an error, not gigabytes.
   const json& vocab = field(model, "vocab");
   if (!vocab.is_object() || vocab.empty()) bad(path, "model.vocab", "must be a non-empty object of token -> id");
+  const json& added = field(j, "added_tokens");
+  if (!added.is_null() && !added.is_array()) bad(path, "added_tokens", "must be a list");
+  const int64_t bound = static_cast<int64_t>(vocab.size() + (added.is_array() ? added.size() : 0));
   std::unordered_map<std::string, int32_t> ids;  // by the token's text in the byte alphabet
+  std::unordered_map<int64_t, std::string> by_id;  // model.vocab's id -> its token's bytes
+  std::unordered_map<std::string, int64_t> id_of_bytes;
   std::vector<std::pair<int64_t, std::string>> entries;
   std::string bytes;
   for (const auto& [text, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t{1} << 31))
+    if (!id.is_number_integer() || id.get<int64_t>() < 0)
       bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", not a token id");
+    if (id.get<int64_t>() >= bound)
+      bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", but the file defines " + std::to_string(bound) +
+                                                    " tokens, whose ids must run 0.." + std::to_string(bound - 1));
     if (!byte_level_to_bytes(text, bytes))
       bad(path, "model.vocab[\"" + text + "\"]", "is not in the byte-level alphabet: this is not a byte-level BPE" + std::string(kSupported));
-    ids.emplace(text, static_cast<int32_t>(id.get<int64_t>()));
-    entries.emplace_back(id.get<int64_t>(), bytes);
+    const int64_t n = id.get<int64_t>();
+    if (by_id.count(n)) bad(path, "model.vocab[\"" + text + "\"]", "has id " + std::to_string(n) + ", which another token of model.vocab has too");
+    by_id.emplace(n, bytes);
+    id_of_bytes.emplace(bytes, n);
+    ids.emplace(text, static_cast<int32_t>(n));
+    entries.emplace_back(n, bytes);
   }
-  const json& added = field(j, "added_tokens");
-  if (!added.is_null() && !added.is_array()) bad(path, "added_tokens", "must be a list");
+  std::unordered_map<int64_t, size_t> added_ids;
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
     const std::string key = "added_tokens[" + std::to_string(i) + "]";
     if (!field(a, "id").is_number_integer() || field(a, "id").get<int64_t>() < 0 || field(a, "id").get<int64_t>() >= (int64_t{1} << 31) ||
         !field(a, "content").is_string() || field(a, "content").get<std::string>().empty())
       bad(path, key, "must have an integer id and a non-empty content string");
+    if (field(a, "id").get<int64_t>() >= bound)
+      bad(path, key, "has id " + field(a, "id").dump() + ", but the file defines " + std::to_string(bound) +
+                         " tokens, whose ids must run 0.." + std::to_string(bound - 1));
     for (const char* flag : {"single_word", "lstrip", "rstrip"})
       if (field(a, flag) == true) bad(path, key + "." + flag, "is true, which is not supported");
-    v.added.push_back(static_cast<int32_t>(field(a, "id").get<int64_t>()));
-    entries.emplace_back(field(a, "id").get<int64_t>(), field(a, "content").get<std::string>());
+    const int64_t id = field(a, "id").get<int64_t>();
+    const std::string content = field(a, "content").get<std::string>();
+    // An added token names one token: a vocabulary entry with the same id must be that token, and its
+    // text must not be another id's token (the two would decode and encode differently).
+    if (auto it = by_id.find(id); it != by_id.end() && it->second != content)
+      bad(path, key, "(id " + std::to_string(id) + ", '" + content + "') collides with model.vocab's token of that id; " +
+                         "an added token must be new or repeat its vocabulary entry exactly");
+    if (auto it = id_of_bytes.find(content); it != id_of_bytes.end() && it->second != id)
+      bad(path, key, "('" + content + "', id " + std::to_string(id) + ") is model.vocab's token with id " +
+                         std::to_string(it->second) + " already");
+    if (!added_ids.emplace(id, i).second)
+      bad(path, key, "has id " + std::to_string(id) + ", as added_tokens[" + std::to_string(added_ids.at(id)) + "] does");
+    v.added.push_back(static_cast<int32_t>(id));
+    entries.emplace_back(id, content);
   }
   int64_t n = 0;
   for (const auto& e : entries) n = std::max(n, e.first + 1);
   v.tokens.assign(static_cast<size_t>(n), {});
   std::vector<bool> seen(static_cast<size_t>(n), false);
-  for (auto& [id, text] : entries) {  // added tokens come last, so they win over a vocab entry
+  for (auto& [id, text] : entries) {  // an added token repeats its vocabulary entry (checked above)
     v.tokens[id] = std::move(text);
     seen[id] = true;
   }

@@ -30,15 +30,6 @@ LoadedModel load_lora_run(const std::string& run, PluginHost& host, const char* 
   return lm;
 }
 
-// An output folder that does not exist or is empty (nothing of the user's is overwritten).
-void require_empty_folder(const std::string& dir, const char* command) {
-  std::error_code ec;
-  if (fs::exists(dir) && !fs::is_empty(dir, ec))
-    throw Error(std::string("convert ") + command + ": output folder '" + dir + "' is not empty; name a new folder");
-  fs::create_directories(dir, ec);
-  if (ec) throw Error(std::string("convert ") + command + ": cannot create '" + dir + "': " + ec.message());
-}
-
 // The folder a checkpoint file or run folder names.
 fs::path run_folder(const std::string& run) { return fs::is_directory(run) ? fs::path(run) : fs::path(run).parent_path(); }
 
@@ -55,21 +46,24 @@ std::string merge_lora(const std::string& run, const std::string& out_dir, Plugi
   for (const auto& [name, w] : lora.merged_weights()) tensors["model." + name] = w;
   load_model_tensors(merged, tensors, lm.file);  // the adapters' own tensors are not the merged model's
 
-  require_empty_folder(out_dir, "merge-lora");
+  // Written into a temporary folder renamed into place last, as hf-export does (atomic_file.h).
+  StagedFolder staged(out_dir);
+  const fs::path out(staged.dir());
   RunCheckpoint checkpoint(merged, host.registry(), plain.resolved_yaml, *lm.tokenizer, 0);
-  CheckpointManager(out_dir, 0).save(checkpoint);
-  write_file_atomically((fs::path(out_dir) / "config.yaml").string(), plain.resolved_yaml);
+  CheckpointManager(out.string(), 0).save(checkpoint);
+  write_file_atomically((out / "config.yaml").string(), plain.resolved_yaml);
   // The tokenizer files an imported model's run keeps beside its checkpoints travel with it.
   const fs::path from = run_folder(run);
   for (const auto& f : hf_tokenizer_files())
-    if (fs::exists(from / f)) fs::copy_file(from / f, fs::path(out_dir) / f);
+    if (fs::exists(from / f)) fs::copy_file(from / f, out / f);
   json layers = json::array();
   for (const auto& s : lora.sites()) layers.push_back(s.name);
   const json record = {{"source", fs::absolute(lm.file).lexically_normal().string()},
                        {"rank", lora.config().rank},
                        {"alpha", lora.config().alpha},
                        {"merged", layers}};
-  write_file_atomically((fs::path(out_dir) / "lora_merge.json").string(), record.dump(2) + "\n");
+  write_file_atomically((out / "lora_merge.json").string(), record.dump(2) + "\n");
+  staged.commit();
   return "merged the LoRA adapters of " + lm.file + " (rank " + std::to_string(lora.config().rank) + ", " +
          std::to_string(lora.sites().size()) + " layers) into " + out_dir;
 }
@@ -131,9 +125,10 @@ std::string peft_export(const std::string& run, const std::string& out_dir, Plug
                        {"rank_pattern", json::object()},
                        {"alpha_pattern", json::object()},
                        {"revision", nullptr}};
-  require_empty_folder(out_dir, "peft-export");
-  save_safetensors((fs::path(out_dir) / "adapter_model.safetensors").string(), out, {{"format", "pt"}});
-  write_file_atomically((fs::path(out_dir) / "adapter_config.json").string(), config.dump(2) + "\n");
+  StagedFolder staged(out_dir);
+  save_safetensors((fs::path(staged.dir()) / "adapter_model.safetensors").string(), out, {{"format", "pt"}});
+  write_file_atomically((fs::path(staged.dir()) / "adapter_config.json").string(), config.dump(2) + "\n");
+  staged.commit();
   return "exported the LoRA adapters of " + lm.file + " for " + found.architecture->name + " to " + out_dir + ": " +
          std::to_string(targets.size()) + " modules, rank " + std::to_string(lora.config().rank);
 }

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "linearnexus/error.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/log.h"
 #include "linearnexus/plugin.h"
 #include "elf_exports.h"
@@ -54,6 +55,11 @@ void PluginHost::load_dir(const std::string& dir) {
     if (entry.path().extension() == ".so") files.push_back(entry.path().string());
   std::sort(files.begin(), files.end());  // a stable, documented order: precedence is first found
   for (const auto& f : files) {
+    // A named pipe or device called x.so is no library: reading it would block or never end.
+    if (!is_regular_file(f)) {
+      log_warn(f + ": skipped: not a regular file (a named pipe, device or folder), so not a plugin library");
+      continue;
+    }
     try {
       // Loading a library runs its static initialisers: a library that is not a plugin (a copy of
       // libc10.so, say) is passed over, unloaded, with a warning, rather than given that chance.

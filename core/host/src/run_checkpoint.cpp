@@ -13,6 +13,7 @@
 #include "json_limits.h"
 #include "linearnexus/error.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/preflight.h"
 #include "linearnexus/host/runtime.h"
 #include "linearnexus/host/tokenizers.h"
 #include "linearnexus/log.h"
@@ -72,9 +73,10 @@ TensorMap model_tensors(const torch::nn::Module& model, const std::string& prefi
 void load_model_tensors(torch::nn::Module& model, const TensorMap& tensors, const std::string& source,
                         const std::string& prefix, const std::string& optional) {
   torch::NoGradGuard g;
-  auto load = [&](const std::string& name, at::Tensor& dst) {
+  // Returns whether the tensor was in the map (an absent optional one is not).
+  auto load = [&](const std::string& name, at::Tensor& dst) -> size_t {
     auto it = tensors.find(prefix + name);
-    if (it == tensors.end() && !optional.empty() && name.rfind(optional, 0) == 0) return;
+    if (it == tensors.end() && !optional.empty() && name.rfind(optional, 0) == 0) return 0;
     if (it == tensors.end())
       throw Error("checkpoint '" + source + "' does not match the model: it has no tensor '" + prefix + name +
                   "' (was it made with another model config?)");
@@ -88,9 +90,21 @@ void load_model_tensors(torch::nn::Module& model, const TensorMap& tensors, cons
                   ", but the model's is " + c10::toString(dst.scalar_type()) + "; the file is corrupt or edited: use another checkpoint");
     check_finite(it->second, prefix + name, source);
     dst.copy_(it->second);
+    return 1;
   };
-  for (auto& kv : model.named_parameters()) load(kv.key(), kv.value());
-  for (auto& kv : model.named_buffers()) load(kv.key(), kv.value());
+  size_t loaded = 0;
+  for (auto& kv : model.named_parameters()) loaded += load(kv.key(), kv.value());
+  for (auto& kv : model.named_buffers()) loaded += load(kv.key(), kv.value());
+  // A tensor under the prefix that the module does not have: a file for another model, or edited.
+  size_t under_prefix = 0;
+  for (auto it = tensors.lower_bound(prefix); it != tensors.end() && it->first.rfind(prefix, 0) == 0; ++it) ++under_prefix;
+  if (under_prefix != loaded) {
+    const auto own = model_tensors(model, prefix);
+    for (auto it = tensors.lower_bound(prefix); it != tensors.end() && it->first.rfind(prefix, 0) == 0; ++it)
+      if (!own.count(it->first))
+        throw Error("checkpoint " + source + ": tensor '" + it->first + "' is not part of the model (was it made with " +
+                    "another model config, or edited?)");
+  }
 }
 
 // ---- RunCheckpoint ------------------------------------------------------------------------------
@@ -112,16 +126,25 @@ std::string RunCheckpoint::read_config(const std::string& run_dir_or_file) {
   return entry(read_safetensors_metadata(file), "config", file);
 }
 
-RunCheckpoint RunCheckpoint::read(const std::string& run_dir_or_file) {
+RunCheckpoint RunCheckpoint::read(const std::string& run_dir_or_file, bool header_only) {
   RunCheckpoint c;
   c.file_ = resolve_checkpoint(run_dir_or_file);
-  SafetensorsFile f = load_safetensors(c.file_);
+  SafetensorsFile f;
+  if (header_only) f.metadata = read_safetensors_metadata(c.file_);
+  else f = load_safetensors(c.file_);
   c.step_ = step_entry(f.metadata, c.file_);
   c.config_yaml_ = entry(f.metadata, "config", c.file_);
   c.tokenizer_json_ = entry(f.metadata, "tokenizer", c.file_);
   if (f.metadata.count("plugins")) c.plugins_json_ = f.metadata.at("plugins");
-  for (const auto& [k, v] : f.tensors)
+  for (const auto& [k, v] : f.tensors) {
+    // Only what a run writes (run_checkpoint.h): anything else was added by hand or by another program.
+    const bool known = k.rfind("model.", 0) == 0 || k.rfind("optim.", 0) == 0 || k.rfind("extra.", 0) == 0 ||
+                       k == "rng.cpu" || k == "rng.cuda";
+    if (!known)
+      throw Error("checkpoint " + c.file_ + ": tensor '" + k + "' is not one a run writes (model.*, optim.*, extra.*, " +
+                  "rng.cpu, rng.cuda); the file was edited or made by another program: use a checkpoint of a linearnexus run");
     if (k.rfind("optim.", 0) == 0 || k.rfind("extra.", 0) == 0) check_finite(v, k, c.file_);
+  }
   c.tensors_ = std::move(f.tensors);
   return c;
 }
@@ -213,7 +236,13 @@ void RunCheckpoint::load_optimizer(Optimizer& optimizer, const at::Device& devic
                   " " + shape_text(it->second.sizes()) + ", but the optimizer's is " + c10::toString(v.scalar_type()) +
                   " " + shape_text(v.sizes()) + "; was it saved by another optimizer or model config? (the file may be corrupt)");
   }
-  optimizer.load_state_dict(state);
+  // The optimizer validates its own state (every entry present, none unknown, counts >= 0, second
+  // moments >= 0); its errors name the entry by its key under `prefix`.
+  try {
+    optimizer.load_state_dict(state);
+  } catch (const std::exception& e) {
+    throw Error("checkpoint " + file_ + " (optimizer state, stored as '" + prefix + "<key>'): " + error_text(e));
+  }
 }
 
 void RunCheckpoint::set_extra(const std::string& group, const torch::nn::Module& tensors) {
@@ -230,20 +259,42 @@ void RunCheckpoint::load_extra(const std::string& group, torch::nn::Module& tens
   load_model_tensors(tensors, tensors_, file_, "extra." + group + ".");
 }
 
+void RunCheckpoint::check_extra_groups(const std::vector<std::string>& groups) const {
+  for (auto it = tensors_.lower_bound("extra."); it != tensors_.end() && it->first.rfind("extra.", 0) == 0; ++it) {
+    bool known = false;
+    for (const auto& g : groups)
+      known = known || it->first.rfind("extra." + g + ".", 0) == 0 || it->first.rfind("extra." + g + "_optim.", 0) == 0;
+    if (!known)
+      throw Error("checkpoint " + file_ + ": tensor '" + it->first + "' belongs to no trainable group of this run (" +
+                  (groups.empty() ? std::string("it has none") : "it has " + std::to_string(groups.size())) +
+                  "); was it saved by another trainer, or edited?");
+  }
+}
+
 void RunCheckpoint::set_rng(const at::Device& device) {
   tensors_["rng.cpu"] = rng_state(at::kCPU);
   if (device.is_cuda()) tensors_["rng.cuda"] = rng_state(device);
 }
 
 void RunCheckpoint::restore_rng(const at::Device& device) const {
-  if (tensors_.count("rng.cpu")) set_rng_state(tensors_.at("rng.cpu"), at::kCPU, "checkpoint " + file_);
+  // Every checkpoint a run saves holds the CPU generator's state; without it the resumed run would
+  // draw other batches' dropout masks (and Sophia's labels) than an uninterrupted one, silently. So
+  // its absence is an error (an edited or foreign file), not a warning: trainer.init_from still
+  // starts a fresh run from the weights. A missing rng.cuda is allowed: a run saved on the CPU may
+  // resume on a GPU (its draws then differ, as any change of device makes them).
+  if (!tensors_.count("rng.cpu"))
+    throw Error("checkpoint " + file_ + ": it has no 'rng.cpu' tensor (the random generator's state, which every " +
+                "checkpoint a run saves holds), so the run could not continue exactly; the file was edited or made by " +
+                "another program: use another checkpoint of the run, or start afresh from its weights with trainer.init_from");
+  set_rng_state(tensors_.at("rng.cpu"), at::kCPU, "checkpoint " + file_);
   if (device.is_cuda() && tensors_.count("rng.cuda")) set_rng_state(tensors_.at("rng.cuda"), device, "checkpoint " + file_);
 }
 
 // ---- CheckpointManager ------------------------------------------------------------------------
 
-CheckpointManager::CheckpointManager(std::string dir, int64_t keep_last_n) : dir_(std::move(dir)), keep_last_n_(keep_last_n) {
-  fs::create_directories(dir_);
+CheckpointManager::CheckpointManager(std::string dir, int64_t keep_last_n, bool create)
+    : dir_(std::move(dir)), keep_last_n_(keep_last_n) {
+  if (create) fs::create_directories(dir_);
 }
 
 std::string CheckpointManager::save(RunCheckpoint& checkpoint) {
@@ -279,7 +330,7 @@ std::vector<std::string> CheckpointManager::step_files() const {
   return steps;
 }
 
-std::optional<RunCheckpoint> CheckpointManager::newest_loadable() const {
+std::optional<RunCheckpoint> CheckpointManager::newest_loadable(bool header_only) const {
   std::vector<std::string> candidates = step_files();
   if (auto l = latest()) candidates.insert(candidates.begin(), *l);
   if (candidates.empty()) return std::nullopt;
@@ -288,7 +339,7 @@ std::optional<RunCheckpoint> CheckpointManager::newest_loadable() const {
     try {
       // A full read: the header alone does not show a truncated or overwritten data section. The
       // run resumes from what was read here.
-      RunCheckpoint c = RunCheckpoint::read(file);
+      RunCheckpoint c = RunCheckpoint::read(file, header_only);
       if (!skipped.empty()) log_warn("resume: auto: " + skipped + "; resuming from " + file + " instead");
       return c;
     } catch (const Error& e) {
@@ -311,7 +362,7 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
   ck.check_plugins(host);
   lm.experiment = parse_experiment(ck.config_yaml(), "checkpoint " + lm.file, "", overrides, host, PluginPaths::Ignore);
   lm.tokenizer = ck.tokenizer();
-  lm.model = std::make_shared<LMModel>(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry());
+  lm.model = build_model(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry(), "checkpoint " + lm.file);
   ck.load_model(*lm.model);
   const at::Device dev = resolve_device(device);
   lm.model->to(dev);

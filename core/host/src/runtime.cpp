@@ -3,14 +3,22 @@
 
 #include <fcntl.h>
 #include <malloc.h>
+#include <signal.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <thread>
+
+#include <c10/macros/Macros.h>
+#if defined(C10_USE_GLOG) && defined(LINEARNEXUS_HAVE_GLOG)
+#include <glog/logging.h>
+#endif
 
 #include "linearnexus/error.h"
 #include "linearnexus/host/config.h"
@@ -19,7 +27,23 @@ namespace fs = std::filesystem;
 
 namespace linearnexus {
 
+namespace {
+// LibTorch's own log lines (c10d's "[c10d] The client socket has timed out ...", glog's "Logging
+// before InitGoogleLogging() is written to STDERR") would come before the one error line that
+// already names what failed, and say it worse: only fatal ones are printed, unless
+// LINEARNEXUS_LOG_LEVEL=debug (or trace) asks for everything. A LibTorch that logs through glog
+// (Debian's) has glog's flag; one without glog (torch's wheels) is left as it is.
+void quiet_libtorch_logs() {
+#if defined(C10_USE_GLOG) && defined(LINEARNEXUS_HAVE_GLOG)
+  const char* level = std::getenv("LINEARNEXUS_LOG_LEVEL");
+  const bool verbose = level && (std::string(level) == "debug" || std::string(level) == "trace");
+  FLAGS_minloglevel = verbose ? google::GLOG_INFO : google::GLOG_FATAL;
+#endif
+}
+}  // namespace
+
 void init_runtime() {
+  quiet_libtorch_logs();
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 256 << 20);
@@ -47,10 +71,74 @@ at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device) {
   return at::kBFloat16;
 }
 
+void check_run_folder_free(const std::string& dir) {
+  const std::string path = (fs::path(dir) / ".lock").string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return;  // no lock file: nobody has run there
+  struct stat st {};
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  // A shared lock conflicts with a running run's exclusive one, and is dropped at once.
+  if (regular && ::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    ::close(fd);
+    const std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+    throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
+                "); wait for it to end, or give this run another out_dir");
+  }
+  ::close(fd);
+  if (!regular) throw Error("trainer.out_dir: the lock file '" + path + "' is not a regular file; remove it");
+}
+
+namespace {
+// Lock-free, so async-signal-safe; an exchange because two signals may be handled at once on two
+// threads (LibTorch's pool): exactly one of them sees 0 and asks for the stop.
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the stop flag is set from a signal handler");
+
+// Async-signal-safe: a flag, then for a second signal write(2), the default action and raise.
+void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) == 0) return;
+  const char msg[] = "error: a second stop signal: ending at once, without saving (the last checkpoint is intact)\n";
+  const ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)ignored;
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+}  // namespace
+
+void install_stop_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // a signal must not make a read or write in flight fail
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+}
+
+void restore_stop_signals() {
+  ::signal(SIGTERM, SIG_DFL);
+  ::signal(SIGINT, SIG_DFL);
+}
+
+int stop_signal() { return g_stop_signal.load(); }
+
+std::string signal_name(int sig) {
+  if (sig == SIGTERM) return "SIGTERM";
+  if (sig == SIGINT) return "SIGINT";
+  return "signal " + std::to_string(sig);
+}
+
 std::shared_ptr<void> lock_run_folder(const std::string& dir) {
   const std::string path = (fs::path(dir) / ".lock").string();
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // O_NONBLOCK and the fstat: a named pipe or device planted as .lock is refused, never waited on.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
   if (fd < 0) throw Error("trainer.out_dir: cannot create the lock file '" + path + "': " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error("trainer.out_dir: the lock file '" + path + "' is not a regular file; remove it");
+  }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     char buf[32] = {0};
     const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);

@@ -6,11 +6,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-
-#include <unistd.h>
+#include <memory>
+#include <sstream>
 
 #include "linearnexus/host/atomic_file.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/error.h"
 #include "safetensors_header.h"
 
@@ -70,33 +70,53 @@ void save_safetensors(const std::string& path, const TensorMap& tensors, const M
   file.commit();
 }
 
+namespace {
+// The header of an open file through the validated reader (which bounds its length by the file and
+// by 100 MiB before anything is allocated for it).
+SafetensorsHeader read_header(const RegularFile& f) {
+  std::string bytes(8, '\0');
+  if (f.size() < 8) {
+    std::istringstream empty;
+    return read_safetensors_header(empty, f.size(), f.path());  // "shorter than a header"
+  }
+  f.read_at(0, 8, bytes.data());
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  const uint64_t take = std::min<uint64_t>(n, std::min<uint64_t>(f.size() - 8, kMaxSafetensorsHeaderBytes));
+  bytes.resize(8 + take);
+  f.read_at(8, take, bytes.data() + 8);
+  std::istringstream in(bytes);
+  return read_safetensors_header(in, f.size(), f.path());
+}
+
+// A checkpoint opened for reading: a regular file (never a FIFO or device: read_file.h), with the
+// message this reader has always given for a missing one.
+std::unique_ptr<RegularFile> open_checkpoint(const std::string& path) {
+  if (!fs::exists(path)) throw Error("checkpoint " + path + ": cannot be opened (does it exist?)");
+  return std::make_unique<RegularFile>(path, file_kind::kCheckpoint);
+}
+}  // namespace
+
 SafetensorsFile load_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  const uint64_t file_size = fs::file_size(path, ec);
-  if (!in || ec) throw Error("checkpoint " + path + ": cannot be opened (does it exist?)");
+  const auto f = open_checkpoint(path);
   // Everything is checked before anything is allocated: no shape or offset from the file reaches
   // LibTorch unvalidated.
-  SafetensorsHeader header = read_safetensors_header(in, file_size, path);
+  SafetensorsHeader header = read_header(*f);
   SafetensorsFile out;
   out.metadata = std::move(header.metadata);
   for (const auto& span : header.tensors) {
     auto d = std::find_if(dtype_names().begin(), dtype_names().end(), [&](const auto& p) { return p.first == span.dtype; });
     auto t = at::empty(span.shape, at::TensorOptions().dtype(d->second));
-    in.seekg(static_cast<std::streamoff>(header.data_start + span.begin));
-    in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(span.end - span.begin));
-    if (!in) throw Error("checkpoint " + path + ": tensor '" + span.name + "' could not be read (was the file truncated while loading?)");
+    try {
+      f->read_at(header.data_start + span.begin, span.end - span.begin, static_cast<char*>(t.data_ptr()));
+    } catch (const Error&) {
+      throw Error("checkpoint " + path + ": tensor '" + span.name + "' could not be read (was the file truncated while loading?)");
+    }
     out.tensors[span.name] = t;
   }
   return out;
 }
 
-Metadata read_safetensors_metadata(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  const uint64_t file_size = fs::file_size(path, ec);
-  if (!in || ec) throw Error("checkpoint " + path + ": cannot be opened (does it exist?)");
-  return read_safetensors_header(in, file_size, path).metadata;
-}
+Metadata read_safetensors_metadata(const std::string& path) { return read_header(*open_checkpoint(path)).metadata; }
 
 }  // namespace linearnexus

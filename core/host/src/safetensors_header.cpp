@@ -14,7 +14,6 @@ namespace linearnexus {
 
 namespace {
 
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // as Python's safetensors
 // {tensor: {shape: [..]}} is three levels; a little room for metadata written by other tools is
 // still refused beyond this (every value must be a string anyway).
 constexpr int kMaxDepth = 4;
@@ -86,7 +85,7 @@ SafetensorsHeader read_safetensors_header(std::istream& in, uint64_t file_size, 
   if (file_size < 8 || !in.read(reinterpret_cast<char*>(len), 8)) corrupt(path, "it is shorter than a header");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
-  if (n > file_size - 8 || n > kMaxHeaderBytes)
+  if (n > file_size - 8 || n > kMaxSafetensorsHeaderBytes)
     corrupt(path, "its header length (" + std::to_string(n) + " bytes) does not fit the file (" +
                       std::to_string(file_size) + " bytes) or exceeds 100 MiB");
   std::string text(n, '\0');
@@ -120,6 +119,19 @@ SafetensorsHeader read_safetensors_header(std::istream& in, uint64_t file_size, 
   for (size_t i = 1; i < by_offset.size(); ++i)
     if (by_offset[i]->begin < by_offset[i - 1]->end)
       corrupt(path, "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' overlap in the file");
+  // The tensors tile the data section: bytes no tensor owns (a gap, or bytes after the last one)
+  // mean a truncated rewrite or an appended payload, which the safetensors library refuses too.
+  // Empty tensors (begin == end) own no bytes and may sit anywhere inside.
+  uint64_t covered = 0;
+  for (const TensorSpan* t : by_offset) {
+    if (t->begin == t->end) continue;
+    if (t->begin != covered)
+      corrupt(path, "its data section has " + std::to_string(t->begin - covered) + " bytes that no tensor owns before tensor '" +
+                        t->name + "'");
+    covered = t->end;
+  }
+  if (covered != data_bytes)
+    corrupt(path, "its data section has " + std::to_string(data_bytes - covered) + " trailing bytes after the last tensor");
   return h;
 }
 

@@ -30,7 +30,10 @@ at::Tensor sample_tokens(const at::Tensor& logits_in, const SamplingParams& p, c
   // logits: [N, V] -> [N] int64
   auto logits = logits_in.to(at::kFloat);
   if (p.temperature <= 0) return logits.argmax(-1);
-  logits = logits / p.temperature;
+  // Shifted by each row's maximum before dividing: a tiny temperature (1e-40) then sends the other
+  // logits to -inf and keeps the best at 0, which is greedy, as the limit should be; unshifted, the
+  // division overflows to inf - inf = NaN and the draw falls on token 0.
+  logits = (logits - std::get<0>(logits.max(-1, /*keepdim=*/true))) / p.temperature;
   const int64_t V = logits.size(-1);
   const double neg_inf = -std::numeric_limits<double>::infinity();
   if (p.top_k > 0 && p.top_k < V) {

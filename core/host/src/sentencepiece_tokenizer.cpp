@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "linearnexus/error.h"
+#include "linearnexus/host/read_file.h"
 #include "sentencepiece_glue.h"
 
 namespace fs = std::filesystem;
@@ -49,6 +50,13 @@ class SentencePieceTokenizer : public Tokenizer {
  public:
   SentencePieceTokenizer(const std::string& path, std::string chat_template)
       : path_(path), chat_template_(std::move(chat_template)) {
+    // libsentencepiece opens the path itself: the file is checked first as every tokenizer file is
+    // (a regular file under the size limit: read_file.h), so a FIFO or device never reaches it.
+    try {
+      RegularFile check(path, file_kind::kTokenizer);
+    } catch (const Error& e) {
+      throw Error(std::string("tokenizer: ") + e.what());
+    }
     std::string error;
     model_.reset(glue_loader()(path.c_str(), &error));
     if (!model_)

@@ -23,6 +23,7 @@
 
 #include "linearnexus/host/token_files.h"
 #include "linearnexus/host/atomic_file.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "json_limits.h"
@@ -57,17 +58,18 @@ class ChunkReader {
   // The next chunk; *doc_end is set when it is the last chunk of an input file. False at the end.
   bool next(std::string* out, bool* doc_end) {
     while (true) {
-      if (!in_.is_open()) {
+      if (!in_) {
         if (file_ >= inputs_.size()) return false;
-        in_.open(inputs_[file_], std::ios::binary);
-        if (!in_) throw Error("data prepare: cannot read '" + inputs_[file_] + "'");
+        in_ = std::make_unique<RegularFile>(inputs_[file_], file_kind::kInput);
+        at_ = 0;
       }
-      std::string buf(static_cast<size_t>(chunk_), '\0');
-      in_.read(buf.data(), chunk_);
-      buf.resize(static_cast<size_t>(in_.gcount()));
+      const uint64_t n = std::min<uint64_t>(static_cast<uint64_t>(chunk_), in_->size() - at_);
+      std::string buf(static_cast<size_t>(n), '\0');
+      in_->read_at(at_, n, buf.data());
+      at_ += n;
       bytes_ += static_cast<int64_t>(buf.size());
       carry_ += buf;
-      if (!in_.eof()) {
+      if (at_ < in_->size()) {
         const size_t cut = split_files_ && carry_.size() > 2 ? safe_split(carry_) : 0;
         if (cut == 0) continue;  // no safe place yet: keep reading
         *out = carry_.substr(0, cut);
@@ -75,7 +77,7 @@ class ChunkReader {
         *doc_end = false;
         return true;
       }
-      in_.close();
+      in_.reset();
       ++file_;
       *out = std::move(carry_);
       carry_.clear();
@@ -90,7 +92,8 @@ class ChunkReader {
   int64_t chunk_;
   bool split_files_;
   size_t file_ = 0;
-  std::ifstream in_;
+  std::unique_ptr<RegularFile> in_;  // the input being read (as long as it was when opened)
+  uint64_t at_ = 0;
   std::string carry_;
   int64_t bytes_ = 0;
 };
@@ -137,9 +140,13 @@ std::shared_ptr<Tokenizer> tokenizer_for_inputs(const PrepareOptions& o) {
   std::array<bool, 256> seen{};
   std::string buf(1 << 20, '\0');
   for (const auto& f : o.inputs) {
-    std::ifstream in(f, std::ios::binary);
-    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0)
-      for (std::streamsize i = 0; i < in.gcount(); ++i) seen[static_cast<unsigned char>(buf[static_cast<size_t>(i)])] = true;
+    const RegularFile in(f, file_kind::kInput);
+    for (uint64_t at = 0; at < in.size();) {
+      const uint64_t n = std::min<uint64_t>(buf.size(), in.size() - at);
+      in.read_at(at, n, buf.data());
+      for (uint64_t i = 0; i < n; ++i) seen[static_cast<unsigned char>(buf[static_cast<size_t>(i)])] = true;
+      at += n;
+    }
   }
   std::string bytes;
   for (int c = 0; c < 256; ++c)
@@ -171,17 +178,16 @@ void split_off_validation(const std::string& train_tmp, AtomicFile& val, int64_t
 class ShardFile {
  public:
   ShardFile(std::string path, int64_t expected_bytes) : path_(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) throw Error("prepared data: cannot open '" + path_ + "' (run `linearnexus data prepare` again)");
-    struct stat st {};
-    ::fstat(fd_, &st);
-    if (static_cast<int64_t>(st.st_size) != expected_bytes) {
-      ::close(fd_);
-      throw Error("prepared data: '" + path_ + "' holds " + std::to_string(st.st_size) + " bytes, but meta.json says " +
-                  std::to_string(expected_bytes) + "; the folder is corrupt or half-written: run `linearnexus data prepare` again");
+    try {
+      file_ = std::make_unique<RegularFile>(path_, file_kind::kShard);
+    } catch (const Error& e) {
+      throw Error(std::string("prepared data: ") + e.what() + " (run `linearnexus data prepare` again)");
     }
+    fd_ = file_->fd();
+    if (static_cast<int64_t>(file_->size()) != expected_bytes)
+      throw Error("prepared data: '" + path_ + "' holds " + std::to_string(file_->size()) + " bytes, but meta.json says " +
+                  std::to_string(expected_bytes) + "; the folder is corrupt or half-written: run `linearnexus data prepare` again");
   }
-  ~ShardFile() { ::close(fd_); }
   ShardFile(const ShardFile&) = delete;
   ShardFile& operator=(const ShardFile&) = delete;
 
@@ -202,7 +208,8 @@ class ShardFile {
 
  private:
   std::string path_;
-  int fd_ = -1;
+  std::unique_ptr<RegularFile> file_;
+  int fd_ = -1;  // file_'s
 };
 
 // Shards of one split, read as one token stream; every id is checked against the vocabulary.
@@ -260,10 +267,7 @@ void verify_shards(const std::string& dir, const PreparedMeta& meta) {
   const std::string cache_path = (fs::path(dir) / "verified.json").string();
   json cache = json::object();
   try {
-    std::ifstream in(cache_path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (in) cache = parse_json_limited(ss.str(), 3);
+    if (fs::exists(cache_path)) cache = parse_json_limited(read_file(cache_path, file_kind::kJson), 3);
     if (!cache.is_object()) cache = json::object();
   } catch (const std::exception&) {
     cache = json::object();  // an unreadable cache only means hashing again
@@ -391,13 +395,15 @@ bool is_prepared_dir(const std::string& path) {
   return fs::is_directory(path, ec) && fs::exists(fs::path(path) / "meta.json", ec);
 }
 
-DataSplits load_prepared(const std::string& dir) {
+DataSplits load_prepared(const std::string& dir, bool verify_hashes) {
   const std::string meta_path = (fs::path(dir) / "meta.json").string();
-  std::ifstream in(meta_path);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in) throw Error("prepared data: cannot read " + meta_path + "; run `linearnexus data prepare` again");
-  const PreparedMeta meta = parse_prepared_meta(text.str(), meta_path);
+  std::string text;
+  try {
+    text = read_file(meta_path, file_kind::kJson);
+  } catch (const Error& e) {
+    throw Error(std::string("prepared data: ") + e.what() + "; run `linearnexus data prepare` again");
+  }
+  const PreparedMeta meta = parse_prepared_meta(text, meta_path);
   DataSplits out;
   try {
     out.tokenizer = tokenizer_from_json(meta.tokenizer_json, dir);
@@ -410,7 +416,7 @@ DataSplits load_prepared(const std::string& dir) {
                 "; the folder is corrupt or edited: run `linearnexus data prepare` again");
   out.train = std::make_shared<ShardDataset>(dir, meta.train, meta.width, meta.vocab_size, dir + " (train split)");
   out.val = std::make_shared<ShardDataset>(dir, meta.val, meta.width, meta.vocab_size, dir + " (val split)");
-  verify_shards(dir, meta);  // after the size checks, which need no hashing
+  if (verify_hashes) verify_shards(dir, meta);  // after the size checks, which need no hashing
   return out;
 }
 

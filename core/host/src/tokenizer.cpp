@@ -9,7 +9,9 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "linearnexus/host/atomic_file.h"
 #include "linearnexus/host/bpe_tokenizer.h"
+#include "linearnexus/host/read_file.h"
 #include "linearnexus/error.h"
 #include "bpe_files.h"
 #include "hf_tokenizer.h"
@@ -153,6 +155,35 @@ class IdsOnlyTokenizer : public Tokenizer {
   std::string why_;
 };
 
+// A tokenizer saved (to_json) as `json` says: the files it reads were copied into a run folder and
+// are named relative to it (keep_tokenizer_files).
+class SavedAs : public Tokenizer {
+ public:
+  SavedAs(std::shared_ptr<Tokenizer> inner, std::string json) : inner_(std::move(inner)), json_(std::move(json)) {}
+  std::vector<int64_t> encode(std::string_view text) const override { return inner_->encode(text); }
+  std::string decode(const std::vector<int64_t>& ids) const override { return inner_->decode(ids); }
+  int64_t vocab_size() const override { return inner_->vocab_size(); }
+  std::string kind() const override { return inner_->kind(); }
+  std::string to_json() const override { return json_; }
+  int64_t eos_id() const override { return inner_->eos_id(); }
+  int64_t bos_id() const override { return inner_->bos_id(); }
+  std::string chat_template() const override { return inner_->chat_template(); }
+  bool chunks_at_newlines() const override { return inner_->chunks_at_newlines(); }
+
+ private:
+  std::shared_ptr<Tokenizer> inner_;
+  std::string json_;
+};
+
+// `from` copied to `to` (atomically), unless they are the same file already.
+void copy_tokenizer_file(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  if (fs::exists(to, ec) && fs::equivalent(from, to, ec)) return;
+  AtomicFile out(to.string());
+  out.stream() << read_file(from.string(), file_kind::kTokenizer);
+  out.commit();
+}
+
 }  // namespace
 
 std::shared_ptr<Tokenizer> make_ids_only_tokenizer(int64_t vocab_size, const std::string& why) {
@@ -178,27 +209,68 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   }
   std::error_code ec;
   const fs::path p(spec);
+  // Whether a tokenizer file is there: a FIFO or device under its name is an error saying so (it is
+  // never opened for reading: read_file.h), not a file that seems absent.
+  auto present = [](const fs::path& file) {
+    std::error_code e;
+    if (fs::is_regular_file(file, e)) return true;
+    if (!fs::exists(file, e)) return false;
+    RegularFile check(file.string(), file_kind::kTokenizer);  // throws: what it is instead
+    return true;
+  };
   if (fs::is_directory(p, ec)) {
     const fs::path json_file = p / "tokenizer.json", model_file = p / "tokenizer.model";
-    if (fs::is_regular_file(json_file, ec)) {
+    if (present(json_file)) {
       try {
         return load_json_file(json_file.string());
       } catch (const Error&) {
         // A Llama-2-style tokenizer.json (SentencePiece BPE) is not read; its tokenizer.model is.
-        if (!fs::is_regular_file(model_file, ec)) throw;
+        if (!present(model_file)) throw;
       }
     }
-    if (fs::is_regular_file(model_file, ec)) return load_sentencepiece(model_file.string());
+    if (present(model_file)) return load_sentencepiece(model_file.string());
     if (fs::exists(p / "encoder.json", ec)) return load_gpt2_kind(spec);
     throw Error("tokenizer: folder '" + spec + "' holds no tokenizer.json, tokenizer.model, or encoder.json + vocab.bpe");
   }
-  if (!fs::is_regular_file(p, ec))
+  if (!present(p))
     throw Error("tokenizer: '" + spec + "' does not exist; give char, gpt2, a tokenizer.json, tokenizer.model or "
                 ".tiktoken file, or a folder holding one (a Hugging Face model or run folder)");
   if (p.extension() == ".tiktoken") return load_gpt2_kind(spec);
   if (p.extension() == ".model") return load_sentencepiece(spec);
   if (p.extension() == ".json") return load_json_file(spec);
   throw Error("tokenizer: '" + spec + "' is not a tokenizer.json, tokenizer.model or .tiktoken file");
+}
+
+std::shared_ptr<Tokenizer> keep_tokenizer_files(const std::shared_ptr<Tokenizer>& tok, const std::string& dir,
+                                                const std::string& subdir) {
+  const json saved = json::parse(tok->to_json(), nullptr, false);
+  const std::string kind = saved.is_object() && saved.contains("kind") && saved.at("kind").is_string() ? saved.at("kind").get<std::string>() : "";
+  const char* key = kind == "gpt2" ? "spec" : "path";
+  if ((kind != "hf" && kind != "sentencepiece" && kind != "gpt2") || !saved.contains(key) || !saved.at(key).is_string())
+    return tok;  // char and ids-only tokenizers are their JSON: no files
+  std::string source = saved.at(key).get<std::string>();
+  if (kind == "gpt2" && source == "gpt2") source = std::getenv("LINEARNEXUS_TOKENIZER_DIR") ? std::getenv("LINEARNEXUS_TOKENIZER_DIR") : "";
+  if (source.empty() || fs::path(source).is_relative()) return tok;  // already saved relative to its folder
+  const fs::path dst = subdir.empty() ? fs::path(dir) : fs::path(dir) / subdir;
+  std::error_code ec;
+  fs::create_directories(dst, ec);
+  if (ec) throw Error("cannot create '" + dst.string() + "' for the tokenizer's files: " + ec.message());
+  auto relative = [&](const std::string& name) { return subdir.empty() ? name : (fs::path(subdir) / name).string(); };
+  const fs::path src(source);
+  if (kind == "gpt2" && fs::is_directory(src)) {  // GPT-2's own release files
+    for (const char* name : {"encoder.json", "vocab.bpe"}) copy_tokenizer_file(src / name, dst / name);
+    return std::make_shared<SavedAs>(load_gpt2_kind(dst.string()),
+                                     json{{"kind", kind}, {"spec", subdir.empty() ? "." : subdir}}.dump());
+  }
+  copy_tokenizer_file(src, dst / src.filename());
+  // What the loaders read beside the file (bos/eos tokens, the chat template), and what hf-export
+  // hands on to transformers.
+  for (const char* side : {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                           "generation_config.json"})
+    if (kind != "gpt2" && fs::exists(src.parent_path() / side, ec)) copy_tokenizer_file(src.parent_path() / side, dst / side);
+  const std::string copy = (dst / src.filename()).string();
+  auto loaded = kind == "hf" ? load_hf_json(copy) : kind == "sentencepiece" ? load_sentencepiece(copy) : load_gpt2_kind(copy);
+  return std::make_shared<SavedAs>(loaded, json{{"kind", kind}, {key, relative(src.filename().string())}}.dump());
 }
 
 std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text, const std::string& base_dir) {

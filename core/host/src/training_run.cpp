@@ -15,6 +15,8 @@
 #include "linearnexus/host/examples.h"
 #include "linearnexus/host/generator.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/preflight.h"
+#include "linearnexus/host/runtime.h"
 #include "linearnexus/log.h"
 #include "linearnexus/loss.h"
 #include "linearnexus/task.h"
@@ -154,17 +156,11 @@ std::shared_ptr<Optimizer> HostTrainingRun::make_optimizer(const std::vector<Nam
   return p_.host->registry().make_optimizer(p_.experiment->optimizer_name, params, p_.experiment->optimizer);
 }
 
-std::shared_ptr<Task> HostTrainingRun::task() {
-  const Experiment& e = *p_.experiment;
-  if (e.task_name.empty())
-    throw Error(e.source + ": trainer '" + e.trainer_name + "' needs a task section to draw prompts from, e.g. " +
-                "task: {name: arithmetic}; tasks: " + p_.host->registry().names_text(PluginKind::Task));
-  return p_.host->registry().make_task(e.task_name, e.task);
-}
+std::shared_ptr<Task> HostTrainingRun::task() { return make_experiment_task(*p_.experiment, p_.host->registry()); }
 
 std::shared_ptr<LMModel> HostTrainingRun::load_model(const std::string& checkpoint, bool trainable) {
   RunCheckpoint ck = RunCheckpoint::read(checkpoint);
-  auto m = std::make_shared<LMModel>(p_.model->config(), p_.host->registry());
+  auto m = build_model(p_.model->config(), p_.host->registry(), "checkpoint " + ck.file());
   ck.load_model(*m);
   m->to(p_.device);
   m->set_compute_dtype(p_.model->compute_dtype());
@@ -187,6 +183,10 @@ int64_t HostTrainingRun::resume() {
     const RunCheckpoint& ck = *p_.resume_from;
     ck.load_model(*p_.model);
     start_step_ = ck.step();
+    std::vector<std::string> extra_groups;
+    for (const auto& g : groups_)
+      if (!g.name.empty()) extra_groups.push_back(g.name);
+    ck.check_extra_groups(extra_groups);
     for (auto& g : groups_) {
       if (!g.name.empty()) {
         if (!ck.has_extra(g.name))
@@ -205,7 +205,7 @@ int64_t HostTrainingRun::resume() {
   }
   p_.resume_from.reset();  // applied: its tensors need no memory any more
   p_.init_from.reset();
-  if (is_main()) open_metrics();
+  if (is_main()) metrics_.open(p_.out_dir, start_step_);
   t_start_ = t_last_log_ = std::chrono::steady_clock::now();
   return start_step_;
 }
@@ -294,26 +294,6 @@ at::Tensor HostTrainingRun::optimizer_step(const at::Tensor& curvature_tokens) {
 
 // ---- logs -------------------------------------------------------------------------------------------
 
-void HostTrainingRun::open_metrics() {
-  const fs::path metrics_path = fs::path(p_.out_dir) / "metrics.jsonl";
-  // Drop metric lines past the resumed step (an interrupted run may have logged beyond its last
-  // checkpoint), so metrics.jsonl reads as one uninterrupted run.
-  if (fs::exists(metrics_path)) {
-    std::ifstream in(metrics_path);
-    std::string kept, line;
-    while (std::getline(in, line)) {
-      try {
-        if (!line.empty() && json::parse(line).value("step", int64_t{0}) <= start_step_) kept += line + "\n";
-      } catch (const std::exception&) {  // a torn last line from a crash: drop it
-      }
-    }
-    in.close();
-    std::ofstream(metrics_path, std::ios::trunc) << kept;
-  }
-  metrics_.open(metrics_path, std::ios::app);
-  if (!metrics_) throw Error("cannot write " + metrics_path.string());
-}
-
 bool HostTrainingRun::is_eval_step(int64_t step) const {
   return (settings().eval_every > 0 && (step + 1) % settings().eval_every == 0) || step + 1 == settings().max_steps;
 }
@@ -329,43 +309,7 @@ void HostTrainingRun::write_metrics(const std::map<std::string, double>& m) {
     if (k == "step") j[k] = static_cast<int64_t>(v);
     else j[k] = v;
   }
-  append_metrics_line(j.dump() + "\n");
-}
-
-namespace {
-// Cut a file after its last newline: what a failed write left of a line goes, whole lines stay.
-void drop_torn_tail(const fs::path& path) {
-  std::string text;
-  {
-    std::ifstream in(path, std::ios::binary);
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
-  const size_t end = text.rfind('\n');
-  std::error_code ec;
-  fs::resize_file(path, end == std::string::npos ? 0 : end + 1, ec);
-}
-}  // namespace
-
-void HostTrainingRun::append_metrics_line(const std::string& line) {
-  metrics_ << line;
-  metrics_.flush();
-  if (metrics_) return;
-  // A write failed (a moment of full disk): reopen, drop the torn tail so the file stays one JSON
-  // object per line, and write the line again; if that fails too, stop rather than lose lines.
-  const fs::path path = fs::path(p_.out_dir) / "metrics.jsonl";
-  metrics_.close();
-  drop_torn_tail(path);
-  metrics_.clear();
-  metrics_.open(path, std::ios::app);
-  metrics_ << line;
-  metrics_.flush();
-  if (!metrics_) {
-    metrics_.close();
-    drop_torn_tail(path);
-    throw Error("cannot append to " + path.string() + " (disk full?); training stopped so that no metric is lost. " +
-                "Free some space and run again with trainer.resume: auto");
-  }
-  log_warn("a write to " + path.string() + " failed once; reopened it and wrote the line again");
+  metrics_.append(j.dump() + "\n");
 }
 
 void HostTrainingRun::stop_if_diverged(int64_t step, const std::map<std::string, double>& metrics) const {
@@ -436,7 +380,29 @@ void HostTrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t t
     t_last_log_ = now;
     tokens_since_log_ = steps_since_log_ = 0;
   }
-  if ((settings().save_every > 0 && (step + 1) % settings().save_every == 0) || step + 1 == last_step_) save(step + 1);
+  const bool saved = (settings().save_every > 0 && (step + 1) % settings().save_every == 0) || step + 1 == last_step_;
+  if (saved) save(step + 1);
+  if (stop_requested(step + 1)) {
+    // A stop signal (runtime.h): the step is done; keep it, say so, and end the run.
+    if (!saved) save(step + 1);
+    throw Error("stopped by " + signal_name(stop_signal_) + " after step " + std::to_string(step + 1) + " of " +
+                std::to_string(settings().max_steps) + "; saved " + (fs::path(p_.out_dir) / "latest.safetensors").string() +
+                ": continue with trainer.resume: auto");
+  }
+}
+
+bool HostTrainingRun::stop_requested(int64_t completed) {
+  const int sig = stop_signal();
+  if (!p_.dist) {
+    stop_signal_ = sig;
+    return sig != 0;
+  }
+  // Ranks stop after the same step: the first rank that sees a signal proposes the step after its
+  // current one (no rank can have passed it: each step's gradient all-reduce waits for every rank),
+  // and every rank checks for a proposal at each step's end.
+  if (stop_at_ < 0 && sig != 0) stop_at_ = p_.dist->propose_stop(completed + 1, sig, &stop_signal_);
+  if (stop_at_ < 0) stop_at_ = p_.dist->agreed_stop(&stop_signal_);
+  return stop_at_ >= 0 && completed >= stop_at_;
 }
 
 

@@ -27,7 +27,7 @@
 //    trainer.h; NamedParameter in param_role.h and LMModel::optimizer_parameters; LMModel::head and
 //    no decoding engine; LayerState / ModelState::keep_in_place; Registration::hooks (BlockHooks: a
 //    Hugging Face adapter, FLOPs per token); Task::sft_examples; the AdamW moment slots, YAML parsing
-//    of params, tokenizer factories out of the SDK; rng.h.
+//    of params, tokenizer factories out of the SDK; rng.h; Trainer::check_start (unreleased, as 4).
 #define LINEARNEXUS_PLUGIN_ABI_VERSION 4u
 #define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
 

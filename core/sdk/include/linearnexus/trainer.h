@@ -31,10 +31,20 @@ class Task;
 class Tokenizer;
 class TrainingRun;
 
+// The experiment's keys outside a trainer's own Params that a trainer may rely on (check_start).
+struct TrainerStart {
+  std::string task;       // the task section's plugin name ("" = no task section)
+  std::string init_from;  // trainer.init_from ("" = not set)
+};
+
 class Trainer {
  public:
   virtual ~Trainer() = default;
   virtual void run(TrainingRun& run) = 0;
+  // Refuse an experiment this trainer cannot run (an Error saying what to set: a task section to draw
+  // prompts from, a model to start from), before anything runs: `validate` and `run` both call it,
+  // so both refuse the same way. The default accepts every experiment.
+  virtual void check_start(const TrainerStart& start) const {}
 };
 
 // Training windows from the run's data.

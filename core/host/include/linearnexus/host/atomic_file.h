@@ -34,4 +34,30 @@ class AtomicFile {
 // The whole of `text` to `path`, atomically.
 void write_file_atomically(const std::string& path, const std::string& text);
 
+// A folder that appears complete or not at all (convert hf-import / hf-export): its files are written
+// into a temporary folder beside `path` (".NAME.partial-PID", hidden, so a half-written export never
+// looks like a finished one), and commit() renames it into place as the last step. Destroyed without
+// commit() (an error on the way), the temporary folder and everything in it are removed; the
+// leftovers of a writer that was killed (kill -9, power loss) are removed by the next StagedFolder
+// for the same `path` once that writer's process is gone. `path` must be new or an empty folder.
+class StagedFolder {
+ public:
+  explicit StagedFolder(std::string path);
+  ~StagedFolder();
+  StagedFolder(const StagedFolder&) = delete;
+  StagedFolder& operator=(const StagedFolder&) = delete;
+  // Where the files go until commit().
+  const std::string& dir() const { return tmp_; }
+  const std::string& path() const { return path_; }
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  bool committed_ = false;
+};
+
+// `path` and everything under it, without following symlinks (nftw; the host's one way to remove
+// a folder tree).
+void remove_folder_tree(const std::string& path);
+
 }  // namespace linearnexus

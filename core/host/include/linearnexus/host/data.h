@@ -70,6 +70,15 @@ struct DataSettings {
 DataSplits load_data(const DataSettings& data, const std::string& base_dir,
                      std::shared_ptr<Tokenizer> tokenizer = nullptr, const std::string& task_text = "");
 
+// What load_data would load, checked without tokenizing a text file with a BPE (for `validate`,
+// preflight.h): the tokenizer the data is, or would be, tokenized with (null: a char vocabulary of a
+// file still to be downloaded) and a description of the data. A prepared folder's meta.json and shard
+// sizes are checked, not their SHA-256; a text file's token count only when it is known without a BPE
+// (char: one token per byte). Errors are load_data's.
+std::shared_ptr<Tokenizer> preview_data(const DataSettings& data, const std::string& base_dir,
+                                        std::shared_ptr<Tokenizer> tokenizer, const std::string& task_text,
+                                        std::string* description);
+
 // The generated corpus behind "builtin:arithmetic": lines like "12+35=47".
 std::string builtin_arithmetic_corpus(int64_t n_lines, uint64_t seed);
 

@@ -18,8 +18,12 @@
 namespace linearnexus {
 
 // Where this process stands, from torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK,
-// MASTER_ADDR, MASTER_PORT. Without WORLD_SIZE: one process (world_size 1, not distributed). A
-// launch that sets some but not all, or nonsense, is an Error saying which variable.
+// MASTER_ADDR, MASTER_PORT. Without WORLD_SIZE: one process (world_size 1, not distributed; a RANK
+// other than 0 is then an error). A launch that sets some but not all, or nonsense, is an Error
+// saying which variable.
+// The largest WORLD_SIZE taken (Gloo and NCCL count ranks in an int; beyond this it is a typo).
+constexpr int64_t kMaxWorldSize = int64_t{1} << 20;
+
 struct LaunchEnv {
   int64_t rank = 0, world_size = 1, local_rank = 0;
   std::string master_addr;
@@ -27,6 +31,11 @@ struct LaunchEnv {
   bool distributed() const { return world_size > 1; }
   static LaunchEnv from_environment();
 };
+
+struct Experiment;
+// What a launch needs of this machine and the experiment (checked by prepare_run and `validate`):
+// a GPU per local rank on CUDA, a backend this build has that fits the device.
+void check_launch(const LaunchEnv& env, const Experiment& exp, const at::Device& device);
 
 // The `distributed:` section's schema, and the section parsed once.
 const Schema& distributed_schema();
@@ -43,8 +52,9 @@ class ProcessGroupHandle;  // c10d's process group, behind a pointer (keeps c10d
 // timeout) when a rank dies or stops answering for timeout_sec: never a silent hang.
 class Distributed {
  public:
-  // Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it). backend: "auto"
-  // (nccl on CUDA, gloo on the CPU), "gloo" or "nccl".
+  // Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it), bounded by
+  // timeout_sec even when what answers there is not a c10d store: an Error names the address and
+  // what to check. backend: "auto" (nccl on CUDA, gloo on the CPU), "gloo" or "nccl".
   Distributed(const LaunchEnv& env, const std::string& backend, double timeout_sec, const at::Device& device);
   ~Distributed();
   int64_t rank() const { return env_.rank; }
@@ -59,6 +69,15 @@ class Distributed {
   // Rank 0's values copied to every rank, in place (the initial weights).
   void broadcast(std::vector<at::Tensor>& tensors);
   void barrier();
+  // Every rank must hold the same `entries` (key, value), in the same order: each compares its own
+  // with rank 0's, and when any rank differs every rank throws the same Error naming the first rank
+  // that differs and its first differing key with both values. `what` names the list in messages.
+  void agree(const std::vector<std::pair<std::string, std::string>>& entries, const std::string& what);
+  // Stopping together on a stop signal (runtime.h): propose stopping once `completed` steps are done
+  // (the first rank's proposal wins; returns the agreed count and its signal), and the agreed count
+  // if a rank has proposed one (-1: none). One store round trip each.
+  int64_t propose_stop(int64_t completed, int sig, int* agreed_sig);
+  int64_t agreed_stop(int* agreed_sig);
   ProcessGroupHandle& group() { return *group_; }
 
  private:

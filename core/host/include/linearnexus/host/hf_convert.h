@@ -5,9 +5,12 @@
 #include <string>
 #include <vector>
 
+#include "linearnexus/host/config.h"
+
 namespace linearnexus {
 
 class PluginHost;
+struct HFArchitecture;
 
 struct HfImportOptions {
   // false (--no-tokenizer): import the weights with an ids-only vocabulary when the folder's
@@ -21,14 +24,24 @@ struct HfImportOptions {
 // Hugging Face tokenizer files as they were (hf_tokenizer_files()), and hf_import.json recording the
 // source, architecture, source dtypes and tokenizer files. An unsupported architecture or option, a
 // missing shard, a missing, unknown or misshapen tensor: Error naming the file and the tensor or key.
-// Returns a summary for the log.
+// config.json is checked against the weights present (layer count, embedding shape, then one layer)
+// before the model is built, and the folder is written beside OUT_DIR and renamed into place last
+// (atomic_file.h's StagedFolder). Returns a summary for the log.
 std::string hf_import(const std::string& hf_dir, const std::string& out_dir, PluginHost& host,
                       const HfImportOptions& options = {});
+
+// config.json's text (read from `config_path`) -> the experiment of the imported run: its model
+// section as the architecture's adapter maps the config, named `name`; the architecture to
+// `*architecture` when given. What hf_import reads first; also fuzzed (tests/fuzz). Errors name the
+// file and the key.
+Experiment hf_config_experiment(const std::string& config_text, const std::string& config_path, const std::string& name,
+                                PluginHost& host, const HFArchitecture** architecture = nullptr);
 
 // A run folder or checkpoint -> OUT_DIR with config.json, model.safetensors (fp32) and the run's
 // tokenizer files, loadable by transformers' AutoModelForCausalLM (and AutoTokenizer when the run has
 // Hugging Face tokenizer files or GPT-2's BPE). A model with no Hugging Face counterpart: Error naming
-// the model key. Returns a summary for the log.
+// the model key. Written beside OUT_DIR and renamed into place last: a killed or failed export leaves
+// no folder that looks finished. Returns a summary for the log.
 std::string hf_export(const std::string& run_dir, const std::string& out_dir, PluginHost& host);
 
 // The tokenizer files import and export copy unchanged: tokenizer.json, tokenizer.model,

@@ -35,8 +35,9 @@ class RunCheckpoint {
   RunCheckpoint(const LMModel& model, const Registry& registry, const std::string& config_yaml, const Tokenizer& tokenizer,
                 int64_t step);
   // The whole file (a run folder means its latest.safetensors), validated: the header, the metadata
-  // a run needs (step, config, tokenizer), finite optimizer and extra tensors. Errors name the file.
-  static RunCheckpoint read(const std::string& run_dir_or_file);
+  // a run needs (step, config, tokenizer), only tensors a run writes, finite optimizer and extra
+  // tensors. Errors name the file. header_only: the header and metadata alone, no tensors (`validate`).
+  static RunCheckpoint read(const std::string& run_dir_or_file, bool header_only = false);
   // The resolved experiment it holds (model.preset: init_from), without reading its tensors.
   static std::string read_config(const std::string& run_dir_or_file);
 
@@ -62,7 +63,11 @@ class RunCheckpoint {
   void set_extra(const std::string& group, const torch::nn::Module& tensors);
   bool has_extra(const std::string& group) const;
   void load_extra(const std::string& group, torch::nn::Module& tensors) const;
-  // The random generators: the CPU's, and `device`'s when it is a GPU.
+  // Every extra.* tensor belongs to one of `groups` (its tensors or its optimizer's): an Error names
+  // the first that does not.
+  void check_extra_groups(const std::vector<std::string>& groups) const;
+  // The random generators: the CPU's, and `device`'s when it is a GPU. rng.cpu is required (an exact
+  // resume needs it: an Error without); rng.cuda is used when there.
   void set_rng(const at::Device& device);
   void restore_rng(const at::Device& device) const;
 
@@ -81,7 +86,8 @@ class RunCheckpoint {
 // last keep_last_n step files (0 = only latest).
 class CheckpointManager {
  public:
-  CheckpointManager(std::string dir, int64_t keep_last_n);
+  // create: make `dir` when missing (false: only look, as `validate` does).
+  CheckpointManager(std::string dir, int64_t keep_last_n, bool create = true);
   // Writes `checkpoint` as its step's file (step_XXXXXXXX.safetensors) and makes it latest; returns the file.
   std::string save(RunCheckpoint& checkpoint);
   std::optional<std::string> latest() const;
@@ -89,7 +95,7 @@ class CheckpointManager {
   // from the newest down, each one skipped with a warning. A corrupt latest is a hard link to the
   // newest step file, so the fallback is the step before it (keep_last_n >= 1 keeps one). nullopt
   // when there is no checkpoint; an Error when there are some but none loads.
-  std::optional<RunCheckpoint> newest_loadable() const;
+  std::optional<RunCheckpoint> newest_loadable(bool header_only = false) const;
   // The step_XXXXXXXX files, newest first.
   std::vector<std::string> step_files() const;
   const std::string& dir() const { return dir_; }
@@ -117,10 +123,11 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
 
 // A module's parameters and buffers by name, with `prefix`.
 TensorMap model_tensors(const torch::nn::Module& module, const std::string& prefix = "model.");
-// Copy `prefix`-named tensors into the module; a missing tensor, a shape or dtype mismatch, or a
-// NaN/infinite value throws Error naming the first such tensor (and both shapes) and `source`.
-// The module's tensors whose names start with `optional` ("" = none) are loaded when the map has
-// them and otherwise keep their values (LoRA adapters, starting from a checkpoint without them).
+// Copy `prefix`-named tensors into the module; a missing tensor, a shape or dtype mismatch, a
+// NaN/infinite value, or a tensor under `prefix` the module does not have throws Error naming the
+// first such tensor (and both shapes) and `source`. The module's tensors whose names start with
+// `optional` ("" = none) are loaded when the map has them and otherwise keep their values (LoRA
+// adapters, starting from a checkpoint without them).
 void load_model_tensors(torch::nn::Module& module, const TensorMap& tensors, const std::string& source,
                         const std::string& prefix = "model.", const std::string& optional = "");
 

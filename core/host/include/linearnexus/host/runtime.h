@@ -23,9 +23,24 @@ at::Device resolve_device(const std::string& device);
 // an error on the CPU (bf16 matmuls there are slow and autocast is CUDA-only here).
 at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device);
 
+// SIGTERM and SIGINT while a run trains: the first asks the run to stop once the current step is
+// done (TrainingRun::end_step then saves a checkpoint, says so, and ends the run with an Error: exit
+// 1; data-parallel ranks agree on the step first); a second one ends the process at once, as the
+// default action would (exit 128 + signal), with a line saying so: checkpoints are written
+// atomically, so the last one stays intact. `linearnexus run` installs this around training and
+// restores the default afterwards (samples, other commands: the default action).
+void install_stop_signals();
+void restore_stop_signals();
+// The signal that asked the run to stop, or 0.
+int stop_signal();
+// "SIGTERM", "SIGINT", or "signal N".
+std::string signal_name(int sig);
+
 // An exclusive lock on a run folder (flock on DIR/.lock, which records the holder's pid), held
 // until the returned handle is dropped or the process ends, even by kill -9. A second run on the
 // same folder gets an Error naming the folder and the holder's pid.
 std::shared_ptr<void> lock_run_folder(const std::string& dir);
+// The same Error when another run holds `dir` now, without taking or creating anything (`validate`).
+void check_run_folder_free(const std::string& dir);
 
 }  // namespace linearnexus

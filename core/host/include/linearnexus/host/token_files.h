@@ -32,7 +32,8 @@ bool is_prepared_dir(const std::string& path);
 // The splits and the tokenizer of a prepared folder. Checked before training: meta.json field by
 // field, each shard's size and SHA-256 (the hash cached in DIR/verified.json by size + mtime), the
 // tokenizer against vocab_size; while reading: every token id < vocab_size, and a shard that
-// shrinks is an Error, not a crash.
-DataSplits load_prepared(const std::string& dir);
+// shrinks is an Error, not a crash. verify_hashes false (`validate`): everything but the SHA-256s,
+// and nothing written.
+DataSplits load_prepared(const std::string& dir, bool verify_hashes = true);
 
 }  // namespace linearnexus

@@ -29,6 +29,13 @@ bool sentencepiece_available();
 // this build reads (`convert hf-import --no-tokenizer`). Token ids work (`eval --ids`); encode and
 // decode throw Error(`why`), which says what to do.
 std::shared_ptr<Tokenizer> make_ids_only_tokenizer(int64_t vocab_size, const std::string& why);
+// The tokenizer `tok`, reading copies of its files kept in `dir` (in its folder `subdir`, "" = `dir`
+// itself) and saving them (to_json) by paths relative to `dir`: a run or imported folder carries its
+// tokenizer, and a copy of the folder reads its own files, never the original's. The files a loader
+// reads beside the main one (tokenizer_config.json, chat_template.jinja...) come along; files already
+// in place are not copied again. Character and ids-only tokenizers have no files: returned as they are.
+std::shared_ptr<Tokenizer> keep_tokenizer_files(const std::shared_ptr<Tokenizer>& tok, const std::string& dir,
+                                                const std::string& subdir);
 // Inverse of Tokenizer::to_json. A file path in it that is relative, or absolute but gone (the run
 // folder moved), is looked for in `base_dir` (the folder of the checkpoint or meta.json holding it).
 std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& json, const std::string& base_dir = "");

@@ -12,6 +12,7 @@
 
 #include "linearnexus/host/config.h"
 #include "linearnexus/host/data.h"
+#include "linearnexus/host/metrics_log.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/trainer.h"
 
@@ -110,15 +111,15 @@ class HostTrainingRun final : public TrainingRun {
   };
   const TrainerSettings& settings() const { return p_.experiment->trainer; }
   void curvature_pass(const at::Tensor& tokens);
-  void open_metrics();
-  void append_metrics_line(const std::string& line);
+  // Whether the run stops after `completed` steps on a stop signal (runtime.h), agreed between ranks.
+  bool stop_requested(int64_t completed);
   void stop_if_diverged(int64_t step, const std::map<std::string, double>& metrics) const;
   std::string diverged_message(int64_t step, const std::string& what) const;
 
   RunParts p_;
   std::vector<Trainable> groups_;  // [0]: the model's; then the trainer's additions
   std::unique_ptr<CheckpointManager> ckpt_;
-  std::ofstream metrics_;
+  MetricsLog metrics_;
   int64_t last_step_ = 0, start_step_ = 0, step_ = 0, curvature_step_ = -1;
   std::chrono::steady_clock::time_point t_start_, t_last_log_;
   int64_t tokens_since_log_ = 0, steps_since_log_ = 0;
@@ -126,6 +127,8 @@ class HostTrainingRun final : public TrainingRun {
   // else measured at startup); 0 = no mfu (CPU runs).
   double flops_per_token_ = 0, peak_flops_ = 0;
   double last_lr_ = 0;
+  int64_t stop_at_ = -1;  // the agreed number of steps after which a signalled run stops (-1: none yet)
+  int stop_signal_ = 0;
 };
 
 }  // namespace linearnexus
