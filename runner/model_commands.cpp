@@ -30,6 +30,8 @@ ModelCommands::ModelCommands(CLI::App& app) {
   import_->add_option("out_dir", to_, "the new run folder")->required();
   import_->add_flag("--no-tokenizer", no_tokenizer_,
                     "import the weights even when the folder's tokenizer is not one this build reads (then only token ids work)");
+  import_->add_option("--tokenizer", tokenizer_dir_,
+                      "take the tokenizer files from this folder (a model folder without them, e.g. the base model's)");
   export_ = convert_->add_subcommand("hf-export", "a run folder or checkpoint -> a folder transformers' AutoModelForCausalLM loads");
   export_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
   export_->add_option("out_dir", to_, "the new Hugging Face folder")->required();
@@ -59,6 +61,7 @@ int ModelCommands::run() {
     if (import_->parsed()) {
       HfImportOptions options;
       options.tokenizer = !no_tokenizer_;
+      options.tokenizer_dir = tokenizer_dir_;
       log_info(hf_import(from_, to_, host, options));
       return 0;
     }

@@ -20,6 +20,7 @@ class ModelCommands {
   CLI::App *convert_ = nullptr, *import_ = nullptr, *export_ = nullptr, *merge_ = nullptr, *peft_ = nullptr, *eval_ = nullptr;
   std::string from_, to_;
   bool no_tokenizer_ = false;
+  std::string tokenizer_dir_;  // convert hf-import --tokenizer
   std::string checkpoint_, text_file_, ids_, device_ = "cpu";
   bool per_token_ = false;
   int64_t window_ = 0;

@@ -4,9 +4,14 @@
 
 #include <set>
 
+#include "json_limits.h"
 #include "linearnexus/error.h"
+#include "linearnexus/host/atomic_file.h"
+#include "linearnexus/host/read_file.h"
 
 using nlohmann::json;
+
+namespace fs = std::filesystem;
 
 namespace linearnexus::hf {
 
@@ -137,6 +142,48 @@ int64_t layer_index_in(const HFArchitecture& a, const std::string& hf_name) {
       return std::stoll(digits);
     }
   return -1;
+}
+
+// ---- files and layouts (hf_architectures.h) ----
+
+json read_json(const fs::path& path) {
+  if (!fs::exists(path)) throw Error(path.string() + ": cannot be read (does it exist?)");
+  try {
+    return parse_json_limited(read_file(path.string(), file_kind::kJson), 16);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(path.string() + ": not readable JSON (" + e.what() + ")");
+  }
+}
+
+// A tokenizer-related file copied whole: the small JSON sidecars under the JSON limit, the
+// vocabularies and merges under the tokenizer files' (read_file.h).
+void copy_atomically(const fs::path& from, const fs::path& to) {
+  const std::string name = from.filename().string();
+  const bool sidecar = name != "tokenizer.json" && name != "vocab.json" && from.extension() == ".json";
+  AtomicFile out(to.string());
+  out.stream() << read_file(from.string(), sidecar ? file_kind::kJson : file_kind::kTokenizer);
+  out.commit();
+}
+
+// "a, b, c" (with `sep`).
+std::string joined(const std::vector<std::string>& items, const std::string& sep) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : sep) + item;
+  return out;
+}
+
+// Hugging Face layout -> ours, and back.
+at::Tensor to_ours(const at::Tensor& t, HFLayout layout) {
+  if (layout == HFLayout::Transposed) return t.t().contiguous();
+  if (layout == HFLayout::Conv) return t.dim() == 3 ? t.squeeze(1).contiguous() : t;
+  return t;
+}
+at::Tensor to_hf(const at::Tensor& t, HFLayout layout) {
+  if (layout == HFLayout::Transposed) return t.t().contiguous();
+  if (layout == HFLayout::Conv) return t.unsqueeze(1).contiguous();
+  return t;
 }
 
 }  // namespace linearnexus::hf

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -77,5 +78,18 @@ struct HfPart {
   HFLayout layout = HFLayout::Same;
 };
 std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const HFArchitecture& arch);
+
+// ---- what import and export share (hf_architectures.cpp) ----------------------------------------
+
+// A JSON file of a Hugging Face folder, read under the JSON limits (read_file.h); errors name it.
+nlohmann::json read_json(const std::filesystem::path& path);
+// A tokenizer-related file copied whole: the small JSON sidecars under the JSON limit, the
+// vocabularies and merges under the tokenizer files' (read_file.h).
+void copy_atomically(const std::filesystem::path& from, const std::filesystem::path& to);
+// "a, b, c" (with `sep`).
+std::string joined(const std::vector<std::string>& items, const std::string& sep = ", ");
+// Hugging Face layout -> ours, and back.
+at::Tensor to_ours(const at::Tensor& t, HFLayout layout);
+at::Tensor to_hf(const at::Tensor& t, HFLayout layout);
 
 }  // namespace linearnexus::hf

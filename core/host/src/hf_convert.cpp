@@ -46,34 +46,10 @@ using TensorRule = HFTensorRule;
 using hf::all_rules;
 using hf::at_layer;
 using hf::layers_of;
-
-json read_json(const fs::path& path) {
-  if (!fs::exists(path)) throw Error(path.string() + ": cannot be read (does it exist?)");
-  try {
-    return parse_json_limited(read_file(path.string(), file_kind::kJson), 16);
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(path.string() + ": not readable JSON (" + e.what() + ")");
-  }
-}
-
-// A tokenizer-related file copied whole: the small JSON sidecars under the JSON limit, the
-// vocabularies and merges under the tokenizer files' (read_file.h).
-void copy_atomically(const fs::path& from, const fs::path& to) {
-  const std::string name = from.filename().string();
-  const bool sidecar = name != "tokenizer.json" && name != "vocab.json" && from.extension() == ".json";
-  AtomicFile out(to.string());
-  out.stream() << read_file(from.string(), sidecar ? file_kind::kJson : file_kind::kTokenizer);
-  out.commit();
-}
-
-// "a, b, c" (with `sep`).
-std::string joined(const std::vector<std::string>& items, const std::string& sep = ", ") {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : sep) + item;
-  return out;
-}
+using hf::copy_atomically;
+using hf::joined;
+using hf::read_json;
+using hf::to_ours;
 
 // The model section an adapter wrote, as (key under model., YAML value) pairs -> a YAML map.
 YAML::Node model_section(const HFFields& fields, const std::string& where) {
@@ -81,18 +57,6 @@ YAML::Node model_section(const HFFields& fields, const std::string& where) {
   for (const auto& [key, value] : fields) set_yaml_path(model, key, load_yaml_text(value, where + ": model." + key), where);
   return model;
 }
-// Hugging Face layout -> ours, and back.
-at::Tensor to_ours(const at::Tensor& t, Layout layout) {
-  if (layout == Layout::Transposed) return t.t().contiguous();
-  if (layout == Layout::Conv) return t.dim() == 3 ? t.squeeze(1).contiguous() : t;
-  return t;
-}
-at::Tensor to_hf(const at::Tensor& t, Layout layout) {
-  if (layout == Layout::Transposed) return t.t().contiguous();
-  if (layout == Layout::Conv) return t.unsqueeze(1).contiguous();
-  return t;
-}
-
 // ---- reading a Hugging Face folder ------------------------------------------------------------
 
 struct HfTensor {
@@ -149,17 +113,32 @@ std::map<std::string, HfTensor> read_hf_tensors(const fs::path& dir, const Archi
 // GPT-2's encoder.json + vocab.bpe).
 std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::path& out, int64_t vocab_size,
                                             const HfImportOptions& options, std::vector<std::string>* copied) {
-  for (const auto& name : hf_tokenizer_files())
-    if (fs::exists(hf_dir / name)) {
-      copy_atomically(hf_dir / name, out / name);
+  // generation_config.json is the model's; the tokenizer's files come from --tokenizer DIR if given.
+  const fs::path tok_dir = options.tokenizer_dir.empty() ? hf_dir : fs::path(options.tokenizer_dir);
+  if (!options.tokenizer_dir.empty() && !fs::is_directory(tok_dir))
+    throw Error("--tokenizer " + options.tokenizer_dir + ": not a folder (name the folder holding tokenizer.json or tokenizer.model)");
+  for (const auto& name : hf_tokenizer_files()) {
+    const fs::path from = (name == "generation_config.json" ? hf_dir : tok_dir) / name;
+    if (fs::exists(from)) {
+      copy_atomically(from, out / name);
       copied->push_back(name);
     }
+  }
   const std::string run = out.string();
   bool has_tokenizer = false;
   for (const auto& name : *copied) has_tokenizer |= name != "generation_config.json";
-  if (!has_tokenizer)
+  if (!has_tokenizer && !options.tokenizer_dir.empty())
+    throw Error("--tokenizer " + options.tokenizer_dir + ": the folder has no tokenizer files (tokenizer.json, " +
+                "tokenizer.model, or vocab.json + merges.txt); name the folder the model's tokenizer came in");
+  if (!has_tokenizer) {
+    const std::string attach = "convert hf-import " + hf_dir.string() + " NEW_RUN --tokenizer DIR (a folder with the " +
+                               "model's tokenizer.json or tokenizer.model)";
+    log_warn(hf_dir.string() + " has no tokenizer files: the run reads token ids only (eval --ids); to train or sample " +
+             "on text, import it again with " + attach);
     return make_ids_only_tokenizer(vocab_size, "the model in " + run + " was imported from " + hf_dir.string() +
-                                                   ", which has no tokenizer files: pass token ids (eval --ids)");
+                                                   ", which has no tokenizer files: import it again with " + attach +
+                                                   ", or pass token ids (eval --ids)");
+  }
   // GPT-2's slow tokenizer (vocab.json + merges.txt, no tokenizer.json) is GPT-2's own release under
   // other names (hf-export writes it so): the core's GPT-2 BPE reads it, given those names too.
   if (fs::exists(out / "vocab.json") && fs::exists(out / "merges.txt") && !fs::exists(out / "tokenizer.json") &&
@@ -345,118 +324,6 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
          " parameters (" + joined({dtypes.begin(), dtypes.end()}, "/") + " -> fp32), " + std::to_string(n_layer) +
          " layers, tokenizer " + tokenizer->kind() +
          (tokenizer_files.empty() ? std::string() : " (files kept: " + joined(tokenizer_files) + ")");
-}
-
-// ---- export -----------------------------------------------------------------------------------
-
-namespace {
-
-// The folder holding the run's tokenizer files: the run folder itself (an import), else the folder
-// its tokenizer was loaded from (a run started with init_from an import keeps the path there).
-void export_tokenizer(const LoadedModel& lm, const fs::path& run_dir, const fs::path& out, std::vector<std::string>* written) {
-  std::vector<fs::path> candidates{run_dir};
-  const json tok = json::parse(lm.tokenizer->to_json(), nullptr, false);
-  for (const char* key : {"spec", "path", "dir"})
-    if (tok.is_object() && tok.contains(key) && tok.at(key).is_string()) {
-      // A relative path (a run keeps its tokenizer files in its folder) is the checkpoint folder's.
-      fs::path p = tok.at(key).get<std::string>();
-      if (p.is_relative()) p = fs::path(lm.file).parent_path() / p;
-      candidates.push_back(fs::is_directory(p) ? p : p.parent_path());
-    }
-  // A training run's own tokenizer.json is LinearNexus's ({"kind": ...}), not a Hugging Face one.
-  auto is_hf_file = [](const fs::path& file) {
-    if (file.filename() != "tokenizer.json") return file.filename() != "generation_config.json";
-    const json j = json::parse(read_file(file.string(), file_kind::kTokenizer), nullptr, false);
-    return j.is_object() && j.contains("model");
-  };
-  for (const auto& dir : candidates) {
-    for (const auto& name : hf_tokenizer_files())
-      if (fs::exists(dir / name) && is_hf_file(dir / name)) {
-        copy_atomically(dir / name, out / name);
-        written->push_back(name);
-      }
-    if (!written->empty()) return;
-  }
-  // GPT-2's own release files are the Hugging Face slow tokenizer's, renamed.
-  for (const auto& dir : candidates)
-    if (lm.tokenizer->kind() == "gpt2" && fs::exists(dir / "encoder.json") && fs::exists(dir / "vocab.bpe")) {
-      copy_atomically(dir / "encoder.json", out / "vocab.json");
-      copy_atomically(dir / "vocab.bpe", out / "merges.txt");
-      const json cfg = {{"tokenizer_class", "GPT2Tokenizer"},
-                        {"model_max_length", lm.model->config().dims.max_seq_len},
-                        {"bos_token", "<|endoftext|>"},
-                        {"eos_token", "<|endoftext|>"},
-                        {"unk_token", "<|endoftext|>"}};
-      write_file_atomically((out / "tokenizer_config.json").string(), cfg.dump(2) + "\n");
-      *written = {"vocab.json", "merges.txt", "tokenizer_config.json"};
-      return;
-    }
-  log_warn("hf-export: the run's " + lm.tokenizer->kind() + " tokenizer has no Hugging Face files; " + out.string() +
-           " holds the model alone (AutoModelForCausalLM loads it, AutoTokenizer does not)");
-}
-
-}  // namespace
-
-namespace hf {
-std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const HFArchitecture& arch) {
-  const ModelConfig& mc = model.config();
-  const auto ours = model.named_parameters(), buffers = model.named_buffers();
-  std::map<std::string, std::vector<HfPart>> out;
-  for (const auto& rule : all_rules(arch)) {
-    for (int64_t i : layers_of(rule, mc.dims.n_layer)) {
-      const std::string name = at_layer(rule.ours, i);
-      if (!ours.contains(name) && !buffers.contains(name)) continue;
-      if (rule.hf.size() == 1) {
-        out[name] = {{at_layer(rule.hf[0], i), 0, -1, rule.layout}};
-        continue;
-      }
-      // A fused tensor: split as its block declares its parts (qkv: the q, k and v rows).
-      std::string rel = name.substr(name.find('.', std::string("blocks.").size()) + 1);
-      rel = rel.substr(0, rel.rfind('.')) + ".weight";
-      const auto splits = model.blocks()[i]->fused_splits();
-      if (!splits.count(rel) || splits.at(rel).size() != rule.hf.size())
-        throw Error("hf-export: block " + std::to_string(i) + " declares no " + std::to_string(rule.hf.size()) +
-                    "-part split of " + rel + " (its fused_splits())");
-      int64_t row = 0;
-      for (size_t k = 0; k < rule.hf.size(); ++k) {
-        out[name].push_back({at_layer(rule.hf[k], i), row, splits.at(rel)[k], rule.layout});
-        row += splits.at(rel)[k];
-      }
-    }
-  }
-  return out;
-}
-}  // namespace hf
-
-std::string hf_export(const std::string& run_dir, const std::string& out_dir, PluginHost& host) {
-  LoadedModel lm = load_model_from_checkpoint(run_dir, host);
-  const ModelConfig& mc = lm.model->config();
-  const hf::Found found = hf::architecture_of(host.registry(), mc, "checkpoint " + lm.file);
-  const Architecture& arch = *found.architecture;
-  TensorMap ours = model_tensors(*lm.model, "");
-  // A run with LoRA adapters exports what it computes: every adapted weight merged (W0 + scale B A).
-  // `convert peft-export` writes the adapters alone.
-  if (const auto& lora = lm.model->lora())
-    for (const auto& [name, w] : lora->merged_weights()) ours[name] = w;
-  TensorMap out;
-  for (const auto& [name, parts] : hf::hf_parts(*lm.model, arch)) {
-    const at::Tensor t = ours.at(name).detach().to(at::kCPU, at::kFloat);
-    for (const auto& part : parts)
-      out[part.hf_name] = to_hf(part.rows < 0 ? t : t.narrow(0, part.row, part.rows).contiguous(), part.layout);
-  }
-  // Written into a temporary folder beside out_dir and renamed into place last: a killed or failed
-  // export (full disk) never leaves a folder that looks finished (atomic_file.h).
-  StagedFolder staged(out_dir);
-  const fs::path out_path(staged.dir());
-  save_safetensors((out_path / "model.safetensors").string(), out, {{"format", "pt"}});
-  json config = json::object();
-  for (const auto& [key, value] : arch.config_json(mc, mc.block_params.at(found.block), ours)) config[key] = json::parse(value);
-  write_file_atomically((out_path / "config.json").string(), config.dump(2) + "\n");
-  std::vector<std::string> tokenizer_files;
-  export_tokenizer(lm, fs::is_directory(run_dir) ? fs::path(run_dir) : fs::path(run_dir).parent_path(), out_path, &tokenizer_files);
-  staged.commit();
-  return "exported " + lm.file + " as " + arch.name + " to " + out_dir + ": config.json, model.safetensors (fp32, " +
-         std::to_string(out.size()) + " tensors)" + (tokenizer_files.empty() ? "" : ", " + joined(tokenizer_files));
 }
 
 }  // namespace linearnexus

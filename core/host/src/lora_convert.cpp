@@ -44,7 +44,10 @@ std::string merge_lora(const std::string& run, const std::string& out_dir, Plugi
   LMModel merged(plain.model_config(lm.tokenizer->vocab_size()), host.registry());
   TensorMap tensors = model_tensors(*lm.model, "model.");
   for (const auto& [name, w] : lora.merged_weights()) tensors["model." + name] = w;
-  load_model_tensors(merged, tensors, lm.file);  // the adapters' own tensors are not the merged model's
+  // The adapters' own tensors are not the merged model's (load_model_tensors refuses strangers).
+  for (auto it = tensors.lower_bound("model.lora."); it != tensors.end() && it->first.rfind("model.lora.", 0) == 0;)
+    it = tensors.erase(it);
+  load_model_tensors(merged, tensors, lm.file);
 
   // Written into a temporary folder renamed into place last, as hf-export does (atomic_file.h).
   StagedFolder staged(out_dir);
@@ -52,10 +55,16 @@ std::string merge_lora(const std::string& run, const std::string& out_dir, Plugi
   RunCheckpoint checkpoint(merged, host.registry(), plain.resolved_yaml, *lm.tokenizer, 0);
   CheckpointManager(out.string(), 0).save(checkpoint);
   write_file_atomically((out / "config.yaml").string(), plain.resolved_yaml);
-  // The tokenizer files an imported model's run keeps beside its checkpoints travel with it.
+  // The tokenizer's files travel in the same places: beside the checkpoints (an import) or in
+  // tokenizer/ (a training run); the checkpoint names them relative to its folder (tokenizers.h).
   const fs::path from = run_folder(run);
   for (const auto& f : hf_tokenizer_files())
     if (fs::exists(from / f)) fs::copy_file(from / f, out / f);
+  if (fs::is_directory(from / "tokenizer")) {
+    fs::create_directories(out / "tokenizer");
+    for (const auto& e : fs::directory_iterator(from / "tokenizer"))
+      if (e.is_regular_file()) fs::copy_file(e.path(), out / "tokenizer" / e.path().filename());
+  }
   json layers = json::array();
   for (const auto& s : lora.sites()) layers.push_back(s.name);
   const json record = {{"source", fs::absolute(lm.file).lexically_normal().string()},

@@ -16,6 +16,9 @@ struct HfImportOptions {
   // false (--no-tokenizer): import the weights with an ids-only vocabulary when the folder's
   // tokenizer is one this build cannot read (`eval --ids` works, text does not).
   bool tokenizer = true;
+  // --tokenizer DIR: the tokenizer files come from this folder instead of the model's (a model
+  // folder without them, or another tokenizer of the same vocabulary); "" = the model's folder.
+  std::string tokenizer_dir;
 };
 
 // HF_DIR (config.json; model.safetensors, or model.safetensors.index.json and its shards; tokenizer
