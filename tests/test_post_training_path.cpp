@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "linearnexus/host/data.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "test_util.h"
 
@@ -91,6 +92,11 @@ TEST_CASE("post-training path on fixtures: hf-import, chat SFT with LoRA, DPO, s
   CHECK(margins.back() > 0);  // the chosen answers pulled ahead of the rejected ones
   CHECK(!metric(t / "dpo", "val_preference_accuracy").empty());
   CHECK(read_text(t / "dpo/config.yaml").find("lora:") != std::string::npos);
+  // Both LoRA runs name the imported base their adapters sit on: its path and SHA-256.
+  const json base = json::parse(RunCheckpoint::read(t / "sft", true).lora_base());
+  CHECK(base["path"] == fs::absolute(t / "base/latest.safetensors").lexically_normal().string());
+  CHECK(base["sha256"] == sha256_file(t / "base/latest.safetensors"));
+  CHECK(RunCheckpoint::read(t / "dpo", true).lora_base() == base.dump());
 
   // 4. Sample in chat form: the prompt rendered as a user turn, the reply stops at <|im_end|>.
   const CliResult sample = must_run("sample --checkpoint '" + (t / "dpo") + "' --chat --prompt 'What is 2 + 3?' --max-tokens 12 " +
@@ -99,6 +105,7 @@ TEST_CASE("post-training path on fixtures: hf-import, chat SFT with LoRA, DPO, s
 
   // 5. Merge: a plain run with the same logits; 6. export: transformers' token ids and files.
   must_run("convert merge-lora '" + (t / "dpo") + "' '" + (t / "merged") + "'");
+  CHECK(read_json_file(t / "merged/lora_merge.json")["base"] == base);
   CHECK(at::allclose(logits_of(t / "dpo", ids), logits_of(t / "merged", ids), 1e-5, 1e-5));
   must_run("convert hf-export '" + (t / "merged") + "' '" + (t / "export") + "'");
   const json config = read_json_file(t / "export/config.json");

@@ -67,10 +67,13 @@ std::string merge_lora(const std::string& run, const std::string& out_dir, Plugi
   }
   json layers = json::array();
   for (const auto& s : lora.sites()) layers.push_back(s.name);
+  // The base the adapters were trained on (RunCheckpoint::lora_base), when the run recorded one.
+  const std::string base = RunCheckpoint::read(lm.file, true).lora_base();
   const json record = {{"source", fs::absolute(lm.file).lexically_normal().string()},
                        {"rank", lora.config().rank},
                        {"alpha", lora.config().alpha},
-                       {"merged", layers}};
+                       {"merged", layers},
+                       {"base", base.empty() ? json(nullptr) : json::parse(base, nullptr, false)}};
   write_file_atomically((out / "lora_merge.json").string(), record.dump(2) + "\n");
   staged.commit();
   return "merged the LoRA adapters of " + lm.file + " (rank " + std::to_string(lora.config().rank) + ", " +

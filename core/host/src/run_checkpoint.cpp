@@ -136,6 +136,7 @@ RunCheckpoint RunCheckpoint::read(const std::string& run_dir_or_file, bool heade
   c.config_yaml_ = entry(f.metadata, "config", c.file_);
   c.tokenizer_json_ = entry(f.metadata, "tokenizer", c.file_);
   if (f.metadata.count("plugins")) c.plugins_json_ = f.metadata.at("plugins");
+  if (f.metadata.count("lora_base")) c.lora_base_json_ = f.metadata.at("lora_base");
   for (const auto& [k, v] : f.tensors) {
     // Only what a run writes (run_checkpoint.h): anything else was added by hand or by another program.
     const bool known = k.rfind("model.", 0) == 0 || k.rfind("optim.", 0) == 0 || k.rfind("extra.", 0) == 0 ||
@@ -150,11 +151,12 @@ RunCheckpoint RunCheckpoint::read(const std::string& run_dir_or_file, bool heade
 }
 
 void RunCheckpoint::write(const std::string& file) {
-  const Metadata meta = {{"format", kFormat},
-                         {"step", std::to_string(step_)},
-                         {"config", config_yaml_},
-                         {"tokenizer", tokenizer_json_},
-                         {"plugins", plugins_json_.empty() ? "{}" : plugins_json_}};
+  Metadata meta = {{"format", kFormat},
+                   {"step", std::to_string(step_)},
+                   {"config", config_yaml_},
+                   {"tokenizer", tokenizer_json_},
+                   {"plugins", plugins_json_.empty() ? "{}" : plugins_json_}};
+  if (!lora_base_json_.empty()) meta["lora_base"] = lora_base_json_;
   save_safetensors(file, tensors_, meta);
   file_ = file;
 }

@@ -11,6 +11,7 @@
 
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
+#include "linearnexus/host/data.h"
 #include "linearnexus/host/distributed.h"
 #include "linearnexus/host/examples.h"
 #include "linearnexus/host/generator.h"
@@ -197,11 +198,21 @@ int64_t HostTrainingRun::resume() {
       ck.load_optimizer(*g.optimizer, p_.device, g.name);
     }
     ck.restore_rng(p_.device);
+    lora_base_ = ck.lora_base();
     log_info("resumed from " + ck.file() + " at step " + std::to_string(start_step_));
   } else if (p_.init_from) {
     // A fresh run from another run's weights: the model only, new optimizers and step 0.
     p_.init_from->load_model(*p_.model);
     log_info("initialised the model from " + p_.init_from->file());
+    // Adapters on frozen weights: record whose (a LoRA run's own base when continuing one).
+    if (p_.model->lora()) {
+      lora_base_ = p_.init_from->lora_base();
+      if (lora_base_.empty() && is_main())
+        lora_base_ = json{{"path", fs::absolute(p_.init_from->file()).lexically_normal().string()},
+                                    {"sha256", sha256_file(p_.init_from->file())},
+                                    {"step", p_.init_from->step()}}
+                         .dump();
+    }
   }
   p_.resume_from.reset();  // applied: its tensors need no memory any more
   p_.init_from.reset();
@@ -227,6 +238,7 @@ void HostTrainingRun::save(int64_t completed_steps) {
     ck.set_optimizer(*g.optimizer, g.name);
   }
   ck.set_rng(p_.device);
+  ck.set_lora_base(lora_base_);
   log_info("saved " + ckpt_->save(ck));
 }
 

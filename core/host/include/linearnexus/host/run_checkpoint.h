@@ -44,6 +44,10 @@ class RunCheckpoint {
   const std::string& file() const { return file_; }  // "" until read or written
   int64_t step() const { return step_; }
   const std::string& config_yaml() const { return config_yaml_; }
+  // A LoRA run's base (metadata "lora_base", JSON {"path", "sha256", "step"}): the checkpoint its
+  // frozen weights came from, which the adapters are relative to; "" when not a LoRA run from one.
+  const std::string& lora_base() const { return lora_base_json_; }
+  void set_lora_base(const std::string& json) { lora_base_json_ = json; }
   // The tokenizer the checkpoint was trained with; its files are looked for beside the checkpoint.
   std::shared_ptr<Tokenizer> tokenizer() const;
   // The plugins that built its blocks must be loaded: a missing one is an Error naming the block,
@@ -78,7 +82,7 @@ class RunCheckpoint {
   RunCheckpoint() = default;
   std::string file_;
   int64_t step_ = 0;
-  std::string config_yaml_, tokenizer_json_, plugins_json_;
+  std::string config_yaml_, tokenizer_json_, plugins_json_, lora_base_json_;
   TensorMap tensors_;  // every tensor of the file, under its full name
 };
 

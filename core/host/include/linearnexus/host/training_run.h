@@ -120,6 +120,7 @@ class HostTrainingRun final : public TrainingRun {
   std::vector<Trainable> groups_;  // [0]: the model's; then the trainer's additions
   std::unique_ptr<CheckpointManager> ckpt_;
   MetricsLog metrics_;
+  std::string lora_base_;  // RunCheckpoint::lora_base of a LoRA run, carried into each checkpoint
   int64_t last_step_ = 0, start_step_ = 0, step_ = 0, curvature_step_ = -1;
   std::chrono::steady_clock::time_point t_start_, t_last_log_;
   int64_t tokens_since_log_ = 0, steps_since_log_ = 0;
