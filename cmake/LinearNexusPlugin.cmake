@@ -47,7 +47,7 @@ function(linearnexus_add_plugin NAME)
     target_precompile_headers(${NAME} REUSE_FROM linearnexus_pch)
   endif()
   if(NOT ARG_NO_INSTALL)
-    install(TARGETS ${NAME} LIBRARY DESTINATION lib/linearnexus/plugins)
+    install(TARGETS ${NAME} LIBRARY DESTINATION lib/linearnexus/plugins COMPONENT runtime)
   endif()
 endfunction()
 

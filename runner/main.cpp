@@ -34,6 +34,7 @@
 #include "linearnexus/log.h"
 #include "linearnexus/plugin.h"
 #include "linearnexus/trainer.h"
+#include "linearnexus/version.h"
 #include "data_commands.h"
 #include "launcher.h"
 #include "model_commands.h"
@@ -205,7 +206,8 @@ int cmd_plugins(const std::string& describe) {
   }
   std::cout << "plugin folders searched: " << host.search_path_text() << "\n";
   for (const auto& p : host.plugins()) {
-    std::cout << p.name << " " << p.version << "  " << p.file << "\n    " << p.description << "\n    registers:";
+    std::cout << p.name << " " << p.version << "  " << p.file << "\n    " << p.description << " (plugin ABI " << p.abi
+              << ", LibTorch " << p.torch_version << ")\n    registers:";
     for (const auto& r : p.registered) std::cout << " [" << r << "]";
     std::cout << "\n";
   }
@@ -278,9 +280,10 @@ int main(int argc, char** argv) {
   init_runtime();
   CLI::App app{"LinearNexus: train language models from YAML experiments and plugin blocks"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("linearnexus 0.1.0 (plugin ABI ") +
+  app.set_version_flag("--version", std::string("linearnexus ") + LINEARNEXUS_VERSION + " (plugin ABI " +
                                         std::to_string(LINEARNEXUS_PLUGIN_ABI_VERSION) + ", LibTorch " +
-                                        LINEARNEXUS_TORCH_VERSION + ")");
+                                        LINEARNEXUS_TORCH_VERSION + ", " +
+                                        (LINEARNEXUS_BUILT_WITH_CUDA ? "CUDA" : "CPU only") + ")");
 
   std::string path, describe_name, model_preset, optimizer_name, lr;
   std::vector<std::string> overrides;

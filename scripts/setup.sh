@@ -20,6 +20,8 @@ PACKAGES=(
   libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
   libgloo-dev             # Gloo headers: c10d's ProcessGroupGloo (data-parallel training on the CPU)
   python3-jinja2          # test_jinja's oracle: chat templates rendered as transformers renders them
+  clang-format            # format_check: the sources as .clang-format says
+  dpkg-dev                # sdk_from_debian_packages: dpkg-shlibdeps for cpack's package dependencies
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

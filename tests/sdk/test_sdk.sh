@@ -10,13 +10,21 @@
 #      a second lr group) builds against the prefix and trains, checkpoints and resumes;
 #   7. neither plugin needs the host library (DT_NEEDED), and the SDK's include folder holds no host
 #      header;
-# and that docs/writing_plugins.md shows the current retention.cpp.
-# Usage: test_sdk.sh BUILD_DIR SOURCE_DIR. Works in BUILD_DIR/sdk_test (fixed paths, so ccache hits).
+# and that docs/writing_plugins.md shows the current retention.cpp, and that find_package refuses an
+# SDK of another minor version.
+# With MODE deb (CTest `sdk_from_debian_packages`, issue 34) step 1 is instead: build the Debian
+# packages (cpack -G DEB), check their names, versions and dependencies, and unpack both into a
+# scratch root (dpkg -x); steps 2-5 and 7 then run against that root's usr/ (step 6 is install mode's).
+# Usage: test_sdk.sh BUILD_DIR SOURCE_DIR [install|deb]. Works in BUILD_DIR/sdk_test[_deb] (fixed
+# paths, so ccache hits).
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
 SRC=$(cd "$2" && pwd)
+MODE=${3:-install}
 WORK=$BUILD/sdk_test
+[ "$MODE" = deb ] && WORK=$BUILD/sdk_test_deb
 PREFIX=$WORK/prefix
+[ "$MODE" = deb ] && PREFIX=$WORK/root/usr
 export CCACHE_BASEDIR=$WORK LINEARNEXUS_NUM_THREADS=${LINEARNEXUS_NUM_THREADS:-1}
 T0=$SECONDS
 step() { echo "== [$((SECONDS - T0)) s] $*"; }
@@ -27,11 +35,30 @@ sed -n '/^```cpp retention.cpp$/,/^```$/p' "$SRC/docs/writing_plugins.md" | sed 
   diff - "$SRC/examples/plugin_template/retention.cpp" >/dev/null ||
   fail "docs/writing_plugins.md's copy of examples/plugin_template/retention.cpp is out of date"
 
-rm -rf "$PREFIX" "$WORK/example" "$WORK/plugins" "$WORK/run" "$WORK/optimizer" "$WORK/sgd_run"
+rm -rf "$PREFIX" "$WORK/example" "$WORK/plugins" "$WORK/run" "$WORK/optimizer" "$WORK/sgd_run" "$WORK/old_sdk"
 mkdir -p "$WORK"
 
-step "install into $PREFIX"
-cmake --install "$BUILD" --prefix "$PREFIX" >"$WORK/install.log"
+VERSION=$(sed -n 's/^project(LinearNexus VERSION \([0-9.]*\).*/\1/p' "$SRC/CMakeLists.txt")
+if [ "$MODE" = deb ]; then
+  rm -rf "$WORK/debs" "$WORK/root"
+  step "cpack -G DEB"
+  (cd "$BUILD" && cpack -G DEB -B "$WORK/debs" >"$WORK/cpack.log" 2>&1) || { cat "$WORK/cpack.log"; fail "cpack failed"; }
+  RUNTIME_DEB=$WORK/debs/linearnexus_${VERSION}_amd64.deb
+  SDK_DEB=$WORK/debs/linearnexus-dev_${VERSION}_amd64.deb
+  [ -f "$RUNTIME_DEB" ] && [ -f "$SDK_DEB" ] || { ls "$WORK/debs"; fail "expected $RUNTIME_DEB and $SDK_DEB"; }
+  dpkg-deb -f "$RUNTIME_DEB" Depends | grep -q libtorch || fail "linearnexus does not depend on LibTorch: $(dpkg-deb -f "$RUNTIME_DEB" Depends)"
+  dpkg-deb -f "$SDK_DEB" Depends | grep -q "linearnexus (= $VERSION)" || fail "linearnexus-dev does not depend on linearnexus $VERSION"
+  # Listings into files first: grep -q closing the pipe early would kill dpkg-deb (pipefail).
+  dpkg-deb -c "$RUNTIME_DEB" >"$WORK/runtime.list"
+  dpkg-deb -c "$SDK_DEB" >"$WORK/sdk.list"
+  ! grep -q "usr/include/" "$WORK/runtime.list" || fail "the runtime package carries headers"
+  grep -q "usr/include/linearnexus/plugin.h" "$WORK/sdk.list" || fail "the SDK package lacks plugin.h"
+  step "dpkg -x both into $WORK/root"
+  for deb in "$RUNTIME_DEB" "$SDK_DEB"; do dpkg -x "$deb" "$WORK/root"; done
+else
+  step "install into $PREFIX"
+  cmake --install "$BUILD" --prefix "$PREFIX" >"$WORK/install.log"
+fi
 for f in bin/linearnexus lib/liblinearnexus_sdk.so lib/liblinearnexus_host.so include/linearnexus/plugin.h \
          include/linearnexus/trainer.h include/linearnexus-host/linearnexus/host/plugin_host.h \
          share/linearnexus/presets/gpt-small.yaml lib/linearnexus/plugins/attention.so \
@@ -42,6 +69,21 @@ done
 [ ! -e "$PREFIX/lib/liblinearnexus_core.so" ] || fail "a stale liblinearnexus_core.so was installed"
 ! grep -q linearnexus_pch "$PREFIX"/lib/cmake/LinearNexus/LinearNexusTargets*.cmake || fail "the installed package refers to the PCH target"
 [ ! -e "$PREFIX/lib/linearnexus/plugins/throws.so" ] || fail "a test plugin was installed"
+
+"$PREFIX/bin/linearnexus" --version | grep -q "^linearnexus $VERSION (plugin ABI [0-9]*, LibTorch " ||
+  fail "--version says: $("$PREFIX/bin/linearnexus" --version)"
+grep -q "LINEARNEXUS_VERSION \"$VERSION\"" "$PREFIX/include/linearnexus/version.h" || fail "version.h does not say $VERSION"
+
+if [ "$MODE" = install ]; then
+  step "find_package refuses an SDK of another minor version"
+  mkdir -p "$WORK/old_sdk"
+  printf 'cmake_minimum_required(VERSION 3.18)\nproject(old LANGUAGES CXX)\nfind_package(LinearNexus 0.1 REQUIRED)\n' >"$WORK/old_sdk/CMakeLists.txt"
+  if cmake -S "$WORK/old_sdk" -B "$WORK/old_sdk/build" -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
+       >"$WORK/old_sdk.log" 2>&1; then
+    fail "find_package(LinearNexus 0.1) accepted SDK $VERSION"
+  fi
+  grep -q "version: $VERSION" "$WORK/old_sdk.log" || { cat "$WORK/old_sdk.log"; fail "unclear refusal of an SDK of another version"; }
+fi
 
 step "configure examples/plugin_template against the prefix only"
 cmake -S "$SRC/examples/plugin_template" -B "$WORK/example" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -88,6 +130,8 @@ if "$RUNNER" sample --checkpoint "$WORK/run" --max-tokens 4 >/dev/null 2>"$WORK/
 fi
 grep -q "needs block 'retention' from plugin 'retention' 0.1.0, which is not on the plugin path ($PREFIX/lib/linearnexus/plugins)" \
   "$WORK/missing.txt" || { cat "$WORK/missing.txt"; fail "unclear error for a missing plugin"; }
+
+if [ "$MODE" = deb ]; then step "SDK test from the Debian packages passed"; exit 0; fi
 
 step "an out-of-tree optimizer (tests/sdk/user_optimizer) against the prefix"
 cmake -S "$SRC/tests/sdk/user_optimizer" -B "$WORK/optimizer" -G Ninja -DCMAKE_BUILD_TYPE=Release \

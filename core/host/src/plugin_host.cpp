@@ -110,7 +110,7 @@ void PluginHost::load_exporting_file(const std::string& path) {
                 LINEARNEXUS_TORCH_VERSION + "; rebuild the plugin against this LibTorch");
 
   LoadedPlugin lp{file, info->name ? info->name : "?", info->version ? info->version : "?",
-                  info->description ? info->description : ""};
+                  info->description ? info->description : "", {}, info->abi_version, torch_version};
   for (const auto& p : plugins_)
     if (p.name == lp.name)
       throw Error(file + ": plugin '" + lp.name + "' is already loaded from " + p.file +

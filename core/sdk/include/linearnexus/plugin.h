@@ -27,7 +27,9 @@
 //    trainer.h; NamedParameter in param_role.h and LMModel::optimizer_parameters; LMModel::head and
 //    no decoding engine; LayerState / ModelState::keep_in_place; Registration::hooks (BlockHooks: a
 //    Hugging Face adapter, FLOPs per token); Task::sft_examples; the AdamW moment slots, YAML parsing
-//    of params, tokenizer factories out of the SDK; rng.h; Trainer::check_start (unreleased, as 4).
+//    of params, tokenizer factories out of the SDK; rng.h; TrainingRun::val_batch and
+//    rows_per_example (examples formats, DPO); ModelConfig::lora and LMModel's LoRA adapters
+//    (lora.h); Trainer::check_start (validate's checks before a run).
 #define LINEARNEXUS_PLUGIN_ABI_VERSION 4u
 #define LINEARNEXUS_TORCH_VERSION TORCH_VERSION
 

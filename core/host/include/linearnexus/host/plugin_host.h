@@ -4,6 +4,7 @@
 // Search order: the build/install plugin folder next to the executable (../lib/linearnexus/plugins),
 // then $LINEARNEXUS_PLUGIN_PATH (colon-separated), then the experiment file's plugins.paths (never
 // a checkpoint's: see PluginPaths in config.h).
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,8 @@ struct LoadedPlugin {
   std::string version;
   std::string description;
   std::vector<std::string> registered;  // "block attention", "optimizer adamw", ...
+  uint32_t abi = 0;                      // the plugin ABI and LibTorch it was built for (the host's:
+  std::string torch_version;             // others are refused before it is loaded)
 };
 
 struct PluginProblem {
