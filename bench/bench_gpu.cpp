@@ -20,7 +20,7 @@
 //              trainer does it; no host-device sync inside the timed steps;
 //   decode     128-token prompt, then 512 greedy tokens through the host's generator (DecodeGenerator),
 //              batch 1 and 16; with --decode-only, only decoding: more models, batches and contexts
-//              (decode_bench) and a profile of the step;
+//              (decode_bench; those of --models when given) and a profile of the step;
 //   breakdown  where one training step's GPU time goes, for each model trained (LibTorch's Kineto
 //              profiler: kernel time by kind, and wall time minus kernel time = launch gaps / host
 //              overhead).
@@ -368,12 +368,13 @@ void decode_result(const std::string& model, const std::string& impl, int64_t B,
 // mamba-small at B = 1, 16, 64 and contexts 512 (256-token prompts + 256 new) and 2048 (1792 + 256),
 // the 128 + 512 at B = 1 and 16, gpt-small's eager step at B = 1, and a profile of the step
 // at B = 1.
-void decode_bench(PluginHost& host) {
+void decode_bench(PluginHost& host, const std::function<bool(const std::string&)>& wanted) {
   const std::vector<std::pair<std::string, std::string>> models{
       {"gpt-small", "{preset: gpt-small, max_seq_len: 2048}"},
       {"mamba-small", "{preset: mamba-small}"},
       {"mla-small", "{preset: gpt-small, max_seq_len: 2048, block_pattern: [mla], blocks: {mla: {n_head: 12, mlp: gelu}}}"}};
   for (const auto& [name, yaml] : models) {
+    if (!wanted(name)) continue;
     c10::cuda::CUDACachingAllocator::emptyCache();
     auto s = make_setup(host, name + "=" + yaml);
     DecodeGenerator gen(*s->model, host.registry());
@@ -399,7 +400,7 @@ std::vector<int64_t> parse_list(const std::string& s) {
 int main(int argc, char** argv) {
   std::vector<int64_t> batches{48, 32, 24, 16, 8};
   int steps = 10;
-  bool profile = true, decode = true, decode_only = false;
+  bool profile = true, decode = true, decode_only = false, explicit_models = false;
   std::vector<std::string> train_only;
   std::string models = "gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small";
   for (int i = 1; i < argc; ++i) {
@@ -408,7 +409,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--no-profile") profile = false;
     else if (a == "--no-decode") decode = false;
-    else if (a == "--models" && i + 1 < argc) models = argv[++i];
+    else if (a == "--models" && i + 1 < argc) models = argv[++i], explicit_models = true;
     else if (a == "--train" && i + 1 < argc) train_only.push_back(argv[++i]);
     else if (a == "--decode-only") decode_only = true;
     else {
@@ -428,7 +429,7 @@ int main(int argc, char** argv) {
     init_runtime();
     PluginHost host;
     if (decode_only) {
-      decode_bench(host);
+      decode_bench(host, [&](const std::string& name) { return explicit_models ? wanted(name) : true; });
       return 0;
     }
     {

@@ -118,7 +118,7 @@ class AttentionBlock : public Block {
     // also sums the stream's gradient of x (layers.h's forward_residual).
     auto normed = ln1_->forward_residual(x);
     const at::Tensor& x_res = normed.first;
-    auto qkv = qkv_(normed.second);                                             // [B, T, (H + 2 Hkv) D]
+    auto qkv = linear_forward(qkv_, normed.second);  // [B, T, (H + 2 Hkv) D]; decoding: one skinny matmul
     at::Tensor q, k, v;
     if (rope_ && ctx.slot.defined()) {
       // Static decoding (T = 1): queries and keys rotated together by the step's rotation matrix.
@@ -165,7 +165,7 @@ class AttentionBlock : public Block {
     // to [B, T, H D] below is then a view (and its gradient one too).
     auto dense = [](const at::Tensor& t) { return t.is_contiguous() || t.transpose(1, 2).is_contiguous() ? t : t.contiguous(); };
     auto y = compat::attention(dense(q), dense(k), dense(v), mask, is_causal, is_training() ? dropout_ : 0.0);  // [B, H, T, D]
-    y = proj_(y.transpose(1, 2).reshape({B, T, H_ * D_}));
+    y = linear_forward(proj_, y.transpose(1, 2).reshape({B, T, H_ * D_}));
     return {tail_.forward(x_res, y, is_training()), std::move(state)};
   }
 

@@ -11,6 +11,7 @@
 
 #include "cuda/fused_layers_cuda.h"
 #include "cuda/gelu_mlp_cuda.h"
+#include "cuda/skinny_gemm_cuda.h"
 #endif
 
 namespace linearnexus {
@@ -23,8 +24,28 @@ at::ScalarType compute_dtype(const at::Tensor& x) {
   const at::ScalarType autocast = compat::cuda_autocast_dtype();
   return autocast == at::ScalarType::Undefined ? x.scalar_type() : autocast;
 }
+
+// Whether the MLP runs as decoding's skinny matmuls (cuda/skinny_gemm.cu): x [B, T, C] of <= 16 rows,
+// no gradient, bf16 weights (MLP::forward_add).
+bool skinny_mlp(const MLP& mlp, const at::Tensor& x) {
+  return cuda::skinny_linear_applies(x, mlp.up->weight, mlp.up->bias, at::Tensor());
+}
 }  // namespace
 #endif
+
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                          const at::Tensor& residual) {
+  // x: [..., in], weight [out, in] -> [..., out]
+#ifdef LINEARNEXUS_CORE_CUDA
+  if (cuda::skinny_linear_applies(x, weight, bias, residual)) return cuda::skinny_linear(x, weight, bias, residual);
+#endif
+  auto y = at::linear(x, weight, bias);  // what torch::nn::Linear's forward runs
+  return residual.defined() ? residual + y : y;
+}
+
+at::Tensor linear_forward(const torch::nn::Linear& layer, const at::Tensor& x, const at::Tensor& residual) {
+  return linear_forward(x, layer->weight, layer->bias, residual);
+}
 
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
 
@@ -91,6 +112,9 @@ MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer,
 
 at::Tensor MLP::forward(const at::Tensor& x) {
   // x: [B, T, C] -> [B, T, C]
+#ifdef LINEARNEXUS_CORE_CUDA
+  if (skinny_mlp(*this, x)) return forward_add(x, at::Tensor());
+#endif
   if (kind == "swiglu") {
     auto g = gate(x), u = up(x);  // [B, T, hidden]
 #ifdef LINEARNEXUS_CORE_CUDA
@@ -108,6 +132,25 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   }
 #endif
   return down(at::gelu(up(x), "tanh"));
+}
+
+at::Tensor MLP::forward_add(const at::Tensor& x, const at::Tensor& residual) {
+  // x, residual: [B, T, C] -> [B, T, C]
+#ifdef LINEARNEXUS_CORE_CUDA
+  // Decoding: every projection one skinny-matmul kernel (cuda/skinny_gemm.cu), GELU in up's
+  // epilogue and the residual add in down's (two kernels for a GELU MLP and its add, not four).
+  if (skinny_mlp(*this, x)) {
+    at::Tensor hidden;  // [B, T, hidden] bf16
+    if (kind == "swiglu") {
+      auto g = linear_forward(gate, x), u = linear_forward(up, x);
+      hidden = cuda::fused_applies(g) && g.scalar_type() == u.scalar_type() ? cuda::swiglu(g, u) : at::silu(g) * u;
+    } else {
+      hidden = cuda::skinny_linear(x, up->weight, up->bias, at::Tensor(), /*gelu=*/true);
+    }
+    return linear_forward(down, hidden, residual);
+  }
+#endif
+  return residual.defined() ? residual + forward(x) : forward(x);
 }
 
 Schema mlp_schema(const std::string& kind_note) {
@@ -132,11 +175,12 @@ at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool t
       cuda::fused_applies(y) && x.sizes() == y.sizes() && x.device() == y.device() &&
       at::promote_types(x.scalar_type(), y.scalar_type()) == x.scalar_type()) {
     auto hn = cuda::residual_rms_norm(x, y, ln2_->weight, ln2_->eps, compute_dtype(x));  // {h, ln2(h)}
+    if (skinny_mlp(*mlp_, hn[1])) return mlp_->forward_add(hn[1], hn[0]);  // decoding: the add in down's kernel
     return cuda::residual_add(hn[0], mlp_->forward(hn[1]));  // cuda/residual_add.cu
   }
 #endif
   auto h = x + (drop ? at::dropout(y, dropout_, true) : y);
-  return h + mlp_->forward(ln2_->forward(h));
+  return mlp_->forward_add(ln2_->forward(h), h);  // h + mlp(ln2(h))
 }
 
 std::map<std::string, ParamRole> ResidualMLP::parameter_roles() const {

@@ -38,6 +38,16 @@ class Norm : public RMSNorm {
   at::Tensor bias;  // LayerNorm only
 };
 
+// A Linear's forward, layer(x), plus residual when given (x [..., in] -> [..., out]; residual
+// [..., out]). Blocks call their projections through it: on CUDA, for decoding (at most 16 rows, no
+// gradient wanted, a bf16 weight such as the generator's replica holds, bf16 x or bf16 autocast) it
+// is one skinny-matmul kernel with the bias and the residual add in its epilogue
+// (cuda/skinny_gemm.cu); everywhere else, and with LINEARNEXUS_UNFUSED=1, layer(x) (+ residual) as
+// ops. The second form takes a bare weight [out, in] and bias [out] (undefined: none).
+at::Tensor linear_forward(const torch::nn::Linear& layer, const at::Tensor& x, const at::Tensor& residual = {});
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {},
+                          const at::Tensor& residual = {});
+
 // "swiglu": down(silu(gate(x)) * up(x)) with hidden = 8/3 C rounded to a multiple of 64;
 // "gelu": down(gelu_tanh(up(x))) with hidden = 4 C. hidden > 0 overrides the width; `bias` adds
 // biases to every projection (GPT-2's MLP).
@@ -46,6 +56,8 @@ class MLP : public torch::nn::Module {
   MLP(int64_t dim, const std::string& kind, int64_t hidden, int64_t n_layer, bool bias = false);
   // x: [B, T, C] -> [B, T, C]
   at::Tensor forward(const at::Tensor& x);
+  // residual + forward(x) (residual [B, T, C]); in decoding the add is down's epilogue.
+  at::Tensor forward_add(const at::Tensor& x, const at::Tensor& residual);
   std::string kind;
   torch::nn::Linear up{nullptr}, gate{nullptr}, down{nullptr};
 };

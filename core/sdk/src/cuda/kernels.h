@@ -75,5 +75,35 @@ cudaError_t swiglu_forward(const void* gate, const void* up, void* out, DType dt
 cudaError_t swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup, DType dtype,
                             int64_t n, cudaStream_t stream);
 
+// skinny_gemm.cu: the decode step's Linear for M = 1..16 rows,
+//   y[M, N] = act(x[M, K] W[N, K]^T (+ bias[N])) (+ residual[M, N]),   act: identity or gelu_tanh,
+// x and W bf16 (W row-major as nn.Linear keeps it), fp32 accumulation; bias and residual fp32 or bf16,
+// y fp32 or bf16 (rows N apart, as residual's). Streams W once at close to DRAM bandwidth (tensor
+// cores on swapped operands, K split over warps and, on Hopper, over a cluster's CTAs). Needs
+// K % 8 == 0, ldx % 8 == 0 and 16-byte aligned x and W (skinny_gemm_supported; else
+// cudaErrorInvalidValue: callers fall back to a GEMM). pdl: launch with programmatic stream
+// serialization (the weights' first loads overlap the previous kernel's end).
+struct SkinnyGemmConfig {
+  int tiles = 0;    // 16-feature tiles a CTA (1, 2 or 4); 0 = the launcher's choice for the shape
+  int warps = 0;    // warps a CTA (1..8), splitting K
+  int splits = 0;   // CTAs of a cluster splitting K (1..8; > 1 on sm_90+ only)
+  int64_t kpw = 0;  // 32-wide k blocks a warp
+};
+SkinnyGemmConfig skinny_gemm_config(int64_t M, int64_t N, int64_t K);  // for the current device
+bool skinny_gemm_supported(int64_t M, int64_t K, int64_t ldx, const void* x, const void* w);
+struct SkinnyGemmArgs {
+  const void* x = nullptr;         // [M, ldx] bf16
+  const void* w = nullptr;         // [N, K] bf16, contiguous
+  const void* bias = nullptr;      // [N] or null
+  const void* residual = nullptr;  // [M, N] contiguous, or null
+  void* y = nullptr;               // [M, N] contiguous
+  DType bias_dtype = DType::F32, residual_dtype = DType::F32, y_dtype = DType::BF16;
+  int64_t M = 0, N = 0, K = 0, ldx = 0;
+  SkinnyGemmConfig config;  // tiles 0: skinny_gemm_config's
+  bool gelu = false;        // act = gelu_tanh
+  bool pdl = false;
+};
+cudaError_t skinny_gemm(const SkinnyGemmArgs& a, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace linearnexus

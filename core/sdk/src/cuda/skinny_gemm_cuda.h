@@ -1,0 +1,29 @@
+// The ATen side of skinny_gemm.cu (kernels.h): the Linear of a decoding step as one kernel.
+// Core-internal; built only with CUDA. layers.cpp's linear_forward and MLP call it where
+// skinny_linear_applies() says so; the GPU test and bench_skinny_gemm call it directly.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "kernels.h"
+
+namespace linearnexus {
+namespace cuda {
+
+// Whether skinny_linear can compute this Linear: fused_applies(x) (CUDA, LINEARNEXUS_UNFUSED unset),
+// LINEARNEXUS_SKINNY_GEMM not 0,
+// no gradient wanted, w [N, K] bf16 contiguous and 16-byte aligned with K % 8 == 0, x [..., K] of 1..16
+// rows on w's device in bf16 (or fp32 under bf16 autocast, cast as autocast would), bias [N] and
+// residual [..., N] (x's leading shape) fp32 or bf16 when defined. Else the caller runs the ops.
+bool skinny_linear_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                           const at::Tensor& residual);
+
+// act(x W^T + bias) + residual, x [..., K] -> [..., N] in residual's dtype, else bf16; bias and
+// residual undefined: none; act gelu_tanh when `gelu`. config: an explicit launch configuration
+// (benchmarks; null: the launcher's); pdl: programmatic dependent launch. Checks what
+// skinny_linear_applies does except the gradient and autocast rules (throws Error otherwise).
+at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
+                         bool gelu = false, const SkinnyGemmConfig* config = nullptr, bool pdl = false);
+
+}  // namespace cuda
+}  // namespace linearnexus
