@@ -80,7 +80,7 @@ TEST_CASE("data prepare: chunked parallel encoding equals encoding each file who
   for (const auto& f : fs::directory_iterator(t / "out")) CHECK(f.path().extension() != ".tmp");
 }
 
-TEST_CASE("a prepared folder with several shards reads as one stream; a truncated shard is refused by name", "[data]") {
+TEST_CASE("a prepared folder with several shards reads as one stream, a truncated shard is refused by name", "[data]") {
   TempDir t;
   PrepareOptions o;
   o.tokenizer = "char";
@@ -98,6 +98,7 @@ TEST_CASE("a prepared folder with several shards reads as one stream; a truncate
   auto meta = nlohmann::json::parse(read_text(t / "p/meta.json"));
   meta["train"]["files"] = {"s0.bin", "s1.bin"};
   meta["train"]["tokens"] = {5, 11};
+  meta["train"]["sha256"] = {sha256_file(t / "p/s0.bin"), sha256_file(t / "p/s1.bin")};
   write_text(t / "p/meta.json", meta.dump());
   auto splits = load_prepared(t / "p");
   REQUIRE(splits.train->size() == 16);

@@ -17,7 +17,7 @@ const char* kBlocks = "{attention: {n_head: 4}, mamba: {d_state: 8}, mla: {n_hea
 
 }  // namespace
 
-TEST_CASE("sample_tokens: greedy is the argmax; a seed and a counter fix the draw", "[decode]") {
+TEST_CASE("sample_tokens: greedy is the argmax, a seed and a counter fix the draw", "[decode]") {
   torch::manual_seed(0);
   auto logits = torch::randn({6, 50});
   SamplingParams greedy;

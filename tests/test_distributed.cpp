@@ -53,7 +53,7 @@ void check_same_losses(const std::string& a, const std::string& b, int64_t steps
 }
 }  // namespace
 
-TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Muon; grad accumulation; activation checkpointing)", "[distributed]") {
+TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Muon, grad accumulation, activation checkpointing)", "[distributed]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   const std::vector<std::pair<std::string, std::string>> cases = {

@@ -255,7 +255,7 @@ TEST_CASE("data chat-render prints what python3-jinja2 renders, for every fixtur
   CHECK(checked == 18);
 }
 
-TEST_CASE("chat SFT learns the assistant's replies; sample --chat answers in the template and stops at its end", "[examples][e2e]") {
+TEST_CASE("chat SFT learns the assistant's replies, sample --chat answers in the template and stops at its end", "[examples][e2e]") {
   TempDir t;
   // Each user names a colour; the assistant answers with a fixed sentence about it.
   const char* colours[] = {"red", "blue", "green", "black", "white", "pink", "grey", "gold"};

@@ -71,7 +71,7 @@ std::string resume_error(const std::string& file, const std::string& out_dir) {
 
 // ---- 1, 2: plugins --------------------------------------------------------------------------------
 
-TEST_CASE("a checkpoint's plugins.paths are never loaded; an experiment's resolve against its own folder", "[hardening]") {
+TEST_CASE("a checkpoint's plugins.paths are never loaded, an experiment's resolve against its own folder", "[hardening]") {
   const std::string plugins = LINEARNEXUS_TEST_PLUGIN_DIR;
   TempDir t;
   fs::create_directories(t / "exp/plug");
@@ -254,7 +254,7 @@ void set_meta(const std::string& dir, const std::function<void(json&)>& edit) {
 }
 }  // namespace
 
-TEST_CASE("prepared data: a shard changed after prepare fails its SHA-256; the check is cached by size and mtime", "[hardening]") {
+TEST_CASE("prepared data: a shard changed after prepare fails its SHA-256, the check is cached by size and mtime", "[hardening]") {
   TempDir t;
   const std::string dir = prepared(t);
   load_prepared(dir);

@@ -209,7 +209,7 @@ TEST_CASE("hf-export is complete or absent: kill -9, SIGTERM and a full disk lea
       load_safetensors(t / "imp/latest.safetensors").tensors.at("model.wte.weight")));
 }
 
-TEST_CASE("a run keeps its tokenizer files in its folder; a copied run folder reads its own", "[hardening2][files]") {
+TEST_CASE("a run keeps its tokenizer files in its folder, a copied run folder reads its own", "[hardening2][files]") {
   TempDir t;
   copy_dir(tok_fixture("llama3"), t / "tok");
   std::string text;
@@ -240,7 +240,7 @@ TEST_CASE("a run keeps its tokenizer files in its folder; a copied run folder re
   CHECK(json::parse(read_safetensors_metadata(t / "copy/latest.safetensors").at("tokenizer")) == saved);
 }
 
-TEST_CASE("silent acceptances refused: trailing bytes, colliding tokens, a negative lr, a stray RANK; a tiny temperature is greedy", "[hardening2][files]") {
+TEST_CASE("silent acceptances refused: trailing bytes, colliding tokens, a negative lr, a stray RANK, a tiny temperature is greedy", "[hardening2][files]") {
   TempDir t;
   // A safetensors file with bytes after its last tensor (the safetensors library refuses it too).
   save_safetensors(t / "x.safetensors", {{"w", at::ones({4})}}, {});

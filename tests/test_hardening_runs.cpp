@@ -171,7 +171,7 @@ TEST_CASE("run --nproc is bounded by the machine's cores (or --nproc-max) before
   CHECK_FALSE(fs::exists(t / "r"));
 }
 
-TEST_CASE("SIGTERM / SIGINT finish the step, save and say so; a second signal aborts; --nproc forwards and waits", "[hardening2][signals]") {
+TEST_CASE("SIGTERM / SIGINT finish the step, save and say so, a second signal aborts, --nproc forwards and waits", "[hardening2][signals]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   const auto long_run = [&](const std::string& dir, const std::string& extra = "") {
@@ -231,7 +231,7 @@ TEST_CASE("SIGTERM / SIGINT finish the step, save and say so; a second signal ab
   }
 }
 
-TEST_CASE("edited optimizer state is refused on resume, naming the tensor; rng.cpu is required", "[hardening2][checkpoint]") {
+TEST_CASE("edited optimizer state is refused on resume, naming the tensor, rng.cpu is required", "[hardening2][checkpoint]") {
   TempDir t;
   const auto resume_error = [&](const std::string& optimizer, const std::string& file, const std::string& dir) {
     return error_of([&] {

@@ -293,7 +293,7 @@ TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key",
   CHECK(windows.logprobs[8] != Approx(full.logprobs[8]).margin(1e-5));  // the second window starts afresh
 }
 
-TEST_CASE("eval and convert on the command line; preset: init_from takes an imported model's shape", "[hf][cli]") {
+TEST_CASE("eval and convert on the command line, preset: init_from takes an imported model's shape", "[hf][cli]") {
   if (!fs::exists(fixture("gpt2") + "/expected.json")) {
     WARN("SKIPPED: no fixture " << fixture("gpt2"));
     return;
@@ -315,9 +315,19 @@ TEST_CASE("eval and convert on the command line; preset: init_from takes an impo
                                 "token id 500 is outside the model's vocabulary");
   lntest::check_one_clean_error(lntest::run_cli("convert hf-import " + (t / "run") + " " + (t / "x")), "config.json: cannot be read");
 
-  for (const char* config : {"finetune_hf.yaml", "grpo_hf.yaml", "chat_sft_hf.yaml", "dpo_hf.yaml"}) {
-    auto v = lntest::run_cli(std::string("validate ") + LINEARNEXUS_SOURCE_DIR + "/configs/" + config + " --set trainer.init_from=" + (t / "run") +
-                             " --set data.seq_len=32");  // the fixture's max_seq_len is 64
+  // The shipped configs for imported models, as `validate` checks them (every check run makes: the
+  // data files, the tokenizer): from the chat fixture, which has a tokenizer, and real data files.
+  r = lntest::run_cli("convert hf-import " + fixture("qwen2_chat") + " " + (t / "chat"));
+  REQUIRE(r.code == 0);
+  lntest::write_text(t / "text.txt", std::string(4000, 'a') + "\n");
+  const std::string fixtures = LINEARNEXUS_TEST_FIXTURES_DIR;
+  for (const auto& [config, data] : std::vector<std::pair<std::string, std::string>>{
+           {"finetune_hf.yaml", t / "text.txt"},
+           {"grpo_hf.yaml", "task"},
+           {"chat_sft_hf.yaml", fixtures + "/post_training/chats.jsonl"},
+           {"dpo_hf.yaml", fixtures + "/post_training/pairs.jsonl"}}) {
+    auto v = lntest::run_cli("validate " + std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/" + config + " --set trainer.init_from=" +
+                             (t / "chat") + " --set data.path=" + data + " --set data.seq_len=32 --set trainer.out_dir=" + (t / config));
     INFO(config << ": " << v.err);
     CHECK(v.code == 0);
   }

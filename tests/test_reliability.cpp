@@ -146,7 +146,7 @@ TEST_CASE("validate refuses what run refuses: ranges, non-finite numbers, traine
   CHECK_FALSE(fs::exists(t / "r/latest.safetensors"));
 }
 
-TEST_CASE("YAML that would be misread is refused: duplicate keys, a second document; model errors point at their line", "[reliability][config]") {
+TEST_CASE("YAML that would be misread is refused: duplicate keys, a second document, model errors point at their line", "[reliability][config]") {
   TempDir t;
   write_text(t / "dup.yaml", std::string(kExperiment) + "seed: 1\nseed: 2\n");
   check_one_clean_error(run_cli("validate " + (t / "dup.yaml")), "dup.yaml:7:1: key 'seed' appears twice in the same map (first at ");
@@ -158,17 +158,17 @@ TEST_CASE("YAML that would be misread is refused: duplicate keys, a second docum
   check_one_clean_error(run_cli("validate " + (t / "model.yaml")), "model.yaml:4:12: 'model.n_layer' must be an integer");
 }
 
-TEST_CASE("sample: every bad option is one error line with exit 1; top-p 0 keeps the most likely token", "[reliability][cli]") {
+TEST_CASE("sample: every bad option is one error line with exit 1, top-p 0 keeps the most likely token", "[reliability][cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")).code == 0);
   const std::string s = "sample --checkpoint " + (t / "a");
   for (const auto& [args, expect] : std::vector<std::pair<std::string, std::string>>{
-           {" --max-tokens 0", "'max_tokens' must be >= 1"},
-           {" --max-tokens abc", "'max_tokens' must be an integer"},
-           {" --max-tokens -3", "'max_tokens' must be >= 1"},
-           {" --num-samples -1", "'num_samples' must be >= 0"},
-           {" --top-p 1.5", "'top_p' must be in [0, 1]"},
+           {" --max-tokens 0", "max_tokens' must be >= 1"},
+           {" --max-tokens abc", "max_tokens' must be an integer"},
+           {" --max-tokens -3", "max_tokens' must be >= 1"},
+           {" --num-samples -1", "num_samples' must be >= 0"},
+           {" --top-p 1.5", "top_p' must be in [0, 1]"},
            {" --device tpu", "device must be cpu, cuda or auto"},
            {" --seed", "--seed"},
            {" --bogus", "bogus"}}) {

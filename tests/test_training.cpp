@@ -289,7 +289,7 @@ TEST_CASE("runner: every shipped config validates, and each block plugin's sampl
   }
 }
 
-TEST_CASE("runner: sample takes its defaults from the checkpoint's sample section; only options given override", "[cli]") {
+TEST_CASE("runner: sample takes its defaults from the checkpoint's sample section, only options given override", "[cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kCliExperiment);
   auto ok = run_cli("run " + (t / "exp.yaml") + " --no-sample --set trainer.out_dir=" + (t / "a") +

@@ -84,7 +84,7 @@ TEST_CASE("GQA equals MHA whose key/value heads are repeated", "[attention]") {
 
 // ---- sliding window -------------------------------------------------------------------------------
 
-TEST_CASE("sliding window: a window covering the sequence is full attention; a short one sees only its window", "[attention][swa]") {
+TEST_CASE("sliding window: a window covering the sequence is full attention, a short one sees only its window", "[attention][swa]") {
   PluginHost host;
   torch::manual_seed(7);
   auto full = lntest::make_test_block(host, "attention", 16, {{"n_head", "2"}});

@@ -39,7 +39,7 @@ TEST_CASE("deltanet: T = 4096 stays finite and matches the reference (strong dec
   check_long_sequence(host, "kda", {{"n_head", "2"}}, 8, Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
 }
 
-TEST_CASE("deltanet: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[deltanet]") {
+TEST_CASE("deltanet: the state is fixed-size per sequence, roles declared, bad configs are clear errors", "[deltanet]") {
   PluginHost host;
   for (const std::string name : {"deltanet", "gated_deltanet", "kda"}) {
     check_state_size_fixed(host, name, {{"n_head", "2"}}, 16);
@@ -53,7 +53,7 @@ TEST_CASE("deltanet: the state is fixed-size per sequence; roles declared; bad c
   CHECK_CONTAINS(e, "conv_size");
 }
 
-TEST_CASE("deltanet: batched left-padded generation == one by one; hybrid with attention decodes like its forward",
+TEST_CASE("deltanet: batched left-padded generation == one by one, hybrid with attention decodes like its forward",
           "[deltanet]") {
   PluginHost host;
   for (const std::string pattern : {"[deltanet]", "[gated_deltanet]", "[kda]", "[gated_deltanet, deltanet, attention]"})

@@ -25,7 +25,7 @@ TEST_CASE("gla: T = 4096 with strong decays stays finite and matches the referen
   check_long_sequence(host, "gla", {{"n_head", "2"}, {"gate_normalizer", "1"}}, 8, Reference{"recurrent", {{"gk2.bias", -6.0}}});
 }
 
-TEST_CASE("gla: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[gla]") {
+TEST_CASE("gla: the state is fixed-size per sequence, roles declared, bad configs are clear errors", "[gla]") {
   PluginHost host;
   check_state_size_fixed(host, "gla", {{"n_head", "2"}}, 16);
   check_roles_declared(host, "gla", {{"n_head", "2"}}, 16, {"gk1.weight", "gk2.weight", "gk2.bias"});
@@ -35,7 +35,7 @@ TEST_CASE("gla: the state is fixed-size per sequence; roles declared; bad config
   CHECK_CONTAINS(e, "chunk_size");
 }
 
-TEST_CASE("gla: batched left-padded generation == one by one; hybrid with attention decodes like its forward", "[gla]") {
+TEST_CASE("gla: batched left-padded generation == one by one, hybrid with attention decodes like its forward", "[gla]") {
   PluginHost host;
   for (const std::string pattern : {"[gla]", "[gla, gla, attention]"})
     check_generation(host, pattern, "{gla: {chunk_size: 4}, attention: {n_head: 4}}");

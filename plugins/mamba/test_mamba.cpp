@@ -32,7 +32,7 @@ TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the refer
   }
 }
 
-TEST_CASE("mamba: prefill of any prefix + decode of the rest == the chunked scan; a prefill continues a state", "[mamba]") {
+TEST_CASE("mamba: prefill of any prefix + decode of the rest == the chunked scan, a prefill continues a state", "[mamba]") {
   PluginHost host;
   check_prefill_decode_every_split(host, "mamba", {{"chunk_size", "8"}, {"dt_max", "0.5"}}, 16, 29);
   // A prefill continuing a state (a second prompt piece) also matches.

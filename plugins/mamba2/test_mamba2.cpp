@@ -36,7 +36,7 @@ TEST_CASE("mamba2: T = 4096 with strong decays stays finite and matches the refe
                       Reference{"recurrent", {{"A_log", std::log(16.0)}}});
 }
 
-TEST_CASE("mamba2: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[mamba2]") {
+TEST_CASE("mamba2: the state is fixed-size per sequence, roles declared, bad configs are clear errors", "[mamba2]") {
   PluginHost host;
   check_state_size_fixed(host, "mamba2", kSmall, 16);
   check_roles_declared(host, "mamba2", kSmall, 16, {"dt_proj.weight", "dt_bias", "A_log", "D", "conv_weight"});
@@ -48,7 +48,7 @@ TEST_CASE("mamba2: the state is fixed-size per sequence; roles declared; bad con
   CHECK_CONTAINS(e, "dt_min must not exceed dt_max");
 }
 
-TEST_CASE("mamba2: batched left-padded generation == one by one; hybrid with attention decodes like its forward", "[mamba2]") {
+TEST_CASE("mamba2: batched left-padded generation == one by one, hybrid with attention decodes like its forward", "[mamba2]") {
   PluginHost host;
   for (const std::string pattern : {"[mamba2]", "[mamba2, mamba2, attention]"})
     check_generation(host, pattern, "{mamba2: {d_state: 8, head_dim: 8, chunk_size: 4}, attention: {n_head: 4}}");

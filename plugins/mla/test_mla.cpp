@@ -200,7 +200,7 @@ TEST_CASE("mla caches d_c + d_rope numbers per token per layer, far fewer than a
   }
 }
 
-TEST_CASE("mla declares fused splits that tile its fused weights; bad shapes are clear errors", "[mla]") {
+TEST_CASE("mla declares fused splits that tile its fused weights, bad shapes are clear errors", "[mla]") {
   PluginHost host;
   for (const auto& dims : {std::vector<std::string>{}, kOddDims}) {
     auto m = make_model(host, dims);

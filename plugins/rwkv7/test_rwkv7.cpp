@@ -35,7 +35,7 @@ TEST_CASE("rwkv7: T = 4096 with the strongest decays stays finite and matches th
   check_long_sequence(host, "rwkv7", {{"n_head", "2"}}, 8, Reference{"recurrent", strong});
 }
 
-TEST_CASE("rwkv7: the state is fixed-size per sequence; roles declared; bad configs are clear errors", "[rwkv7]") {
+TEST_CASE("rwkv7: the state is fixed-size per sequence, roles declared, bad configs are clear errors", "[rwkv7]") {
   PluginHost host;
   check_state_size_fixed(host, "rwkv7", {{"n_head", "2"}}, 16);
   check_roles_declared(host, "rwkv7", {{"n_head", "2"}}, 16,
@@ -46,7 +46,7 @@ TEST_CASE("rwkv7: the state is fixed-size per sequence; roles declared; bad conf
   CHECK_CONTAINS(e, "chunk_size");
 }
 
-TEST_CASE("rwkv7: batched left-padded generation == one by one; hybrid with attention decodes like its forward",
+TEST_CASE("rwkv7: batched left-padded generation == one by one, hybrid with attention decodes like its forward",
           "[rwkv7]") {
   PluginHost host;
   for (const std::string pattern : {"[rwkv7]", "[rwkv7, rwkv7, attention]"})
