@@ -84,20 +84,9 @@ int main(int argc, char** argv) try {
       throw std::runtime_error("training the benchmark's model failed: see " + dir + "/train.log");
     a.checkpoint = dir + "/run";
   }
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const std::string cmd = "exec " + a.runner + " serve --port 0 --checkpoint '" + a.checkpoint + "' --device " + a.device +
-                            " --max-batch " + std::to_string(a.max_batch) + " >" + dir + "/out 2>" + dir + "/err";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
   int port = 0;
-  const std::string mark = "listening on http://127.0.0.1:";
-  for (int i = 0; i < 1200 && port == 0; ++i) {
-    const std::string out = read_file(dir + "/out");
-    if (out.find(mark) != std::string::npos) port = std::atoi(out.c_str() + out.find(mark) + mark.size());
-    else std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const pid_t pid = lnhttp::spawn_serve(a.runner, "--checkpoint '" + a.checkpoint + "' --device " + a.device + " --max-batch " +
+                                                   std::to_string(a.max_batch), dir + "/out", dir + "/err", &port);
   if (port == 0) throw std::runtime_error("the server did not start: " + read_file(dir + "/err"));
   std::printf("| clients | requests | max_tokens | wall s | requests/s | tokens/s | mean latency s |\n|---|---|---|---|---|---|---|\n");
   for (int c : a.clients) {

@@ -1,15 +1,21 @@
 #pragma once
 // A minimal HTTP/1.1 client on raw loopback sockets for `linearnexus serve`'s tests and benchmark:
 // one request per connection (Connection: close), so a test controls every byte it sends and can
-// hang up in the middle of a response. Header-only, no dependencies.
+// hang up in the middle of a response; and starting a server on a free port. Header-only, no dependencies.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace lnhttp {
 
@@ -90,6 +96,36 @@ inline Response send_raw(int port, const std::string& bytes) {
 inline Response request(int port, const std::string& method, const std::string& path, const std::string& body = "",
                         const std::string& extra = "") {
   return send_raw(port, request_text(method, path, body, extra));
+}
+
+// Starts `RUNNER serve --port 0 ARGS` (stdout and stderr into the files out_file, err_file) and waits up
+// to 60 s for its "listening on" line. Returns the process id and sets *port; on failure the process
+// is gone, the id is -1 and *port 0 (err_file says why).
+inline pid_t spawn_serve(const std::string& runner, const std::string& args, const std::string& out_file,
+                         const std::string& err_file, int* port) {
+  const std::string cmd = "exec " + runner + " serve --port 0 " + args + " >'" + out_file + "' 2>'" + err_file + "'";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  *port = 0;
+  const std::string mark = "listening on http://127.0.0.1:";
+  for (int i = 0; i < 1200 && *port == 0; ++i) {
+    std::stringstream out;
+    out << std::ifstream(out_file).rdbuf();
+    const std::string text = out.str();
+    const size_t at = text.find(mark);
+    if (at != std::string::npos) *port = std::atoi(text.c_str() + at + mark.size());
+    else if (::waitpid(pid, nullptr, WNOHANG) == pid) return -1;
+    else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (*port == 0) {  // never listened
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return -1;
+  }
+  return pid;
 }
 
 }  // namespace lnhttp

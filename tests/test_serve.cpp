@@ -84,28 +84,7 @@ struct ServerProcess {
   int port = 0;
 
   explicit ServerProcess(const std::string& args) {
-    const std::string cmd = "exec " LINEARNEXUS_RUNNER " serve --port 0 " + args + " >'" + (dir / "out") + "' 2>'" + (dir / "err") + "'";
-    pid = ::fork();
-    if (pid == 0) {
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    const std::string mark = "listening on http://127.0.0.1:";
-    for (int i = 0; i < 1200 && port == 0; ++i) {  // up to 60 s
-      const std::string out = read_text(dir / "out");
-      const size_t at = out.find(mark);
-      if (at != std::string::npos) port = std::atoi(out.c_str() + at + mark.size());
-      else if (::waitpid(pid, nullptr, WNOHANG) == pid) {
-        pid = -1;
-        break;
-      }
-      else std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (port == 0 && pid > 0) {  // never listened: end it here (a failed REQUIRE skips the destructor)
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
+    pid = lnhttp::spawn_serve(LINEARNEXUS_RUNNER, args, dir / "out", dir / "err", &port);
     INFO("server log: " << log());
     REQUIRE(port > 0);
   }
