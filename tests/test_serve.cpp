@@ -306,6 +306,14 @@ TEST_CASE("serve: streams reassemble to the plain answer, and a client that hang
     }
     CHECK(finish == plain["choices"][0]["finish_reason"]);
   }
+  // A stop string streamed: " li" arrives before "ke", so "li" is held back until "like" is complete, then dropped.
+  const json stop_body = {{"messages", {{{"role", "user"}, {"content", "grey"}}}}, {"temperature", 0}, {"stop", "like"}, {"stream", true}};
+  bool stop_done = false;
+  std::string stop_text;
+  for (const auto& e : sse_events(server.post(kChat, stop_body).body, &stop_done))
+    if (e["choices"][0]["delta"].contains("content")) stop_text += e["choices"][0]["delta"]["content"].get<std::string>();
+  CHECK(stop_done);
+  CHECK(stop_text == "I ");
   // A client reads the first event of a long stream and hangs up.
   const int fd = lnhttp::connect_loopback(server.port);
   REQUIRE(fd >= 0);
