@@ -96,6 +96,7 @@ class Server {
   httplib::Server http_;
   InFlight in_flight_;
   std::atomic<int64_t> next_id_{0};
+  std::atomic<bool> listen_ended_{false};
 
   bool authorized(const httplib::Request& req, httplib::Response& res);
   void completion(const httplib::Request& req, httplib::Response& res, bool chat);
@@ -237,9 +238,14 @@ int Server::run() {
              std::to_string(in_flight_.count.load()) + " request(s) in flight, refusing new ones");
     in_flight_.draining = true;
     while (in_flight_.count > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    http_.stop();
+    // stop() does nothing before the listener runs (a signal right after the bind): repeat it.
+    while (!listen_ended_) {
+      http_.stop();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   });
   const bool ok = http_.listen_after_bind();
+  listen_ended_ = true;
   if (!in_flight_.draining) {  // the listener ended on its own: wake the signal thread
     const char zero = 0;
     if (::write(g_signal_pipe[1], &zero, 1) < 0) signals.detach();
