@@ -39,6 +39,7 @@
 #include "launcher.h"
 #include "model_commands.h"
 #include "plugin_errors.h"
+#include "serve_commands.h"
 
 namespace fs = std::filesystem;
 using namespace linearnexus;
@@ -329,6 +330,7 @@ int main(int argc, char** argv) {
 
   ModelCommands model_commands(app);  // convert hf-import / hf-export, eval
   DataCommands data_commands(app);    // tokenize, data prepare / chat-render
+  ServeCommands serve_commands(app);  // serve, chat
 
   auto* docs = app.add_subcommand("docs", "print the YAML reference in Markdown (docs/config.md)");
   auto* presets = app.add_subcommand("presets", "list the model presets (model.preset / --model)");
@@ -355,6 +357,7 @@ int main(int argc, char** argv) {
     if (docs->parsed()) return cmd_docs();
     if (data_commands.parsed()) return data_commands.run();
     if (model_commands.parsed()) return model_commands.run();
+    if (serve_commands.parsed()) return serve_commands.run();
     if (presets->parsed()) {
       for (const auto& p : preset_names()) std::cout << p << "\n";
       return 0;

@@ -18,6 +18,7 @@ PACKAGES=(
   libicu-dev              # NFC normalization for Qwen2's tokenizer.json; optional in CMake
   libcurl4-openssl-dev    # data.download
   libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
+  libcpp-httplib-dev      # `linearnexus serve`: the HTTP server (optional in CMake)
   libgloo-dev             # Gloo headers: c10d's ProcessGroupGloo (data-parallel training on the CPU)
   python3-jinja2          # test_jinja's oracle: chat templates rendered as transformers renders them
   clang-format            # format_check: the sources as .clang-format says

@@ -2,6 +2,7 @@
 // top-k / top-p), the static decoding path == the eager one for attention, mamba, mla and a hybrid,
 // and the host's every-k-steps checks giving what a check per token gives.
 #include <map>
+#include <set>
 
 #include "block_contract.h"
 #include "catch.h"
@@ -139,4 +140,32 @@ TEST_CASE("checking the tokens every k steps gives what checking every step give
   CHECK(one.completions[4].size() < 20);
   // The same call again (the engine reuses its caches): the same tokens.
   CHECK(run(1).first.completions == one.completions);
+}
+
+// `linearnexus serve` batches requests that carry their own seeds: each row of generate_seeded must
+// draw what a one-row call with its seed draws (padded to the batch's longest prompt or not).
+TEST_CASE("generate_seeded: each row draws what a call of its own with its seed draws", "[decode]") {
+  PluginHost host;
+  for (const std::string pattern : {"[attention]", "[mamba, attention]"}) {
+    INFO("block_pattern " << pattern);
+    auto m = contract_model(host, pattern, kBlocks);
+    SamplingParams sp;
+    sp.temperature = 3;  // flat enough that different seeds draw different tokens
+    sp.top_k = 15;
+    sp.max_new_tokens = 10;
+    const auto prompts = padded_prompts();
+    std::vector<uint64_t> seeds;
+    for (size_t i = 0; i < prompts.size(); ++i) seeds.push_back(100 + i % 2);  // two rows share each seed
+    DecodeGenerator generator(*m, host.registry());
+    const GeneratedBatch batch = generator.generate_seeded(prompts, sp, seeds);
+    std::set<std::vector<int64_t>> distinct;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      SamplingParams alone = sp;
+      alone.seed = seeds[i];
+      CHECK(generator.generate(prompts[i], alone) == batch.completions[i]);
+      distinct.insert(batch.completions[i]);
+    }
+    CHECK(distinct.size() > 1);
+    CHECK_CONTAINS(error_of([&] { generator.generate_seeded(prompts, sp, {1}); }), "1 seeds for 4 prompts");
+  }
 }

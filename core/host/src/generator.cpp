@@ -105,7 +105,7 @@ struct DecodeGenerator::Slot {
   at::Tensor pos;          // [N, 1] int64: its position (counted from the row's first real token)
   at::Tensor column;       // [1] int64: its cache column
   at::Tensor counter;      // [1] int64: tokens drawn so far (the sampler's counter, the history's column)
-  at::Tensor seed;         // [1] int64
+  at::Tensor seed;         // [1] int64, or [N]: a seed per row (generate_seeded)
   at::Tensor done;         // [N] bool: the row drew EOS or the host stopped it
   at::Tensor tokens, logprobs;        // [N, L]: what each draw gave
   std::unique_ptr<StepGraph> graph;   // the captured step, if any
@@ -114,6 +114,7 @@ struct DecodeGenerator::Slot {
 // One call's host side: its prompts, how far it may decode, and what the host has read so far.
 struct DecodeGenerator::Call {
   std::vector<std::vector<int64_t>> prompts;
+  std::vector<uint64_t> row_seeds;                // empty: every row seeded by params.seed
   int64_t group = 1, P = 0, budget = 0, N = 0;
   std::vector<std::vector<int64_t>> completions;  // per row, the tokens read so far
   std::vector<bool> stopped, done;
@@ -165,8 +166,9 @@ void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingPara
 }
 }  // namespace
 
-DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const SamplingParams& p, bool graph) {
-  auto key = std::make_tuple(N, L, sampling_key(p, graph));
+DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const SamplingParams& p, bool graph,
+                                                 bool seed_per_row) {
+  auto key = std::make_tuple(N, L, sampling_key(p, graph) + (seed_per_row ? " seed per row" : ""));
   auto it = slots_.find(key);
   if (it != slots_.end()) return *it->second;
   if (slots_.size() >= 8) slots_.clear();  // each holds a whole cache: keep a few shapes only
@@ -180,7 +182,7 @@ DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const Sam
   s->pos = at::zeros({N, 1}, longs);
   s->column = at::zeros({1}, longs);
   s->counter = at::zeros({1}, longs);
-  s->seed = at::zeros({1}, longs);
+  s->seed = at::zeros({seed_per_row ? N : 1}, longs);
   s->state.key_padding = s->key_padding;
   s->done = at::zeros({N}, longs.dtype(at::kBool));
   s->tokens = at::zeros({N, L}, longs);
@@ -281,7 +283,14 @@ void DecodeGenerator::prefill(Slot& s, const Call& c, const SamplingParams& p) {
   s.pos.copy_(at::tensor(prompt_len, long_opts).index_select(0, rows).unsqueeze(1));
   s.column.fill_(P);
   s.counter.zero_();
-  s.seed.fill_(static_cast<int64_t>((p.seed ^ (p.seed >> 32)) & 0xffffffffULL));
+  auto fold = [](uint64_t seed) { return static_cast<int64_t>((seed ^ (seed >> 32)) & 0xffffffffULL); };
+  if (c.row_seeds.empty()) {
+    s.seed.fill_(fold(p.seed));
+  } else {
+    std::vector<int64_t> folded;
+    for (uint64_t seed : c.row_seeds) folded.push_back(fold(seed));
+    s.seed.copy_(at::tensor(folded, long_opts));
+  }
   s.done.zero_();
   draw(s, logits, p);
 }
@@ -345,6 +354,20 @@ GeneratedBatch DecodeGenerator::assemble(const Slot& s, Call& c) const {
 
 GeneratedBatch DecodeGenerator::generate(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& p,
                                          int64_t group, const TokenCallback& on_token) {
+  return run(prompts, p, group, {}, on_token);
+}
+
+GeneratedBatch DecodeGenerator::generate_seeded(const std::vector<std::vector<int64_t>>& prompts,
+                                                const SamplingParams& p, const std::vector<uint64_t>& row_seeds,
+                                                const TokenCallback& on_token) {
+  if (row_seeds.size() != prompts.size())
+    throw Error("generate_seeded: " + std::to_string(row_seeds.size()) + " seeds for " +
+                std::to_string(prompts.size()) + " prompts");
+  return run(prompts, p, 1, row_seeds, on_token);
+}
+
+GeneratedBatch DecodeGenerator::run(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& p,
+                                    int64_t group, const std::vector<uint64_t>& row_seeds, const TokenCallback& on_token) {
   if (prompts.empty()) throw Error("generate: no prompts");
   if (group < 1) throw Error("generate: num_return_sequences must be at least 1 (got " + std::to_string(group) + ")");
   if (options.step != "auto" && options.step != "eager" && options.step != "static")
@@ -355,6 +378,7 @@ GeneratedBatch DecodeGenerator::generate(const std::vector<std::vector<int64_t>>
   const int64_t max_len = weights_.model().config().dims.max_seq_len;
   Call c;
   c.prompts = prompts;
+  c.row_seeds = row_seeds;
   c.group = group;
   for (auto& prompt : c.prompts) {
     if (prompt.empty()) throw Error("generate: a prompt is empty (no token of it is in the vocabulary?)");
@@ -385,7 +409,7 @@ GeneratedBatch DecodeGenerator::generate(const std::vector<std::vector<int64_t>>
   // The cache length in buckets of 256 columns, so other prompt lengths reuse the slot (and graph).
   const int64_t L = std::min<int64_t>(max_len, round_up(c.P + c.budget, 256));
   bool graph = use_graph(cuda);
-  Slot& s = slot_for(c.N, L, p, graph);
+  Slot& s = slot_for(c.N, L, p, graph, !c.row_seeds.empty());
   capture(s, p, &graph);
   last_graphed_ = graph;
   const std::string how = graph ? "graph" : options.step == "static" ? "static" : "eager";

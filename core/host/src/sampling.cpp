@@ -17,10 +17,13 @@ at::Tensor mix32(at::Tensor x) {
 }
 
 // Uniforms in (0, 1), one per row: hash(seed, counter, row) with 24 random bits (exact in fp32).
+// A seed per row ([rows]) hashes row 0 for every row: row r draws what a one-row call seeded seed[r]
+// would, so requests with their own seeds can share a batch (`linearnexus serve`).
 at::Tensor row_uniforms(const at::Tensor& seed, const at::Tensor& counter, int64_t rows) {
   const int64_t offset = 0x632be5ab, mask = 0xffffffff;
-  auto salt = mix32(at::bitwise_xor(seed, mix32(counter + offset)));  // [1]
-  auto x = mix32(at::bitwise_and(at::arange(rows, seed.options()) + salt, mask));
+  auto salt = mix32(at::bitwise_xor(seed, mix32(counter + offset)));  // [1] or [rows]
+  auto row = seed.numel() == 1 ? at::arange(rows, seed.options()) : at::zeros({rows}, seed.options());
+  auto x = mix32(at::bitwise_and(row + salt, mask));
   return (at::__rshift__(x, 8).to(at::kFloat) + 0.5f) * (1.0f / 16777216.0f);  // [rows]
 }
 }  // namespace

@@ -35,7 +35,8 @@ class Registry;
 
 // Next tokens [N] (int64) from logits [N, V], drawn by inverse-CDF sampling with the uniform of row
 // r = hash(seed, counter, r): seed and counter are [1] int64 tensors on the logits' device, so a
-// captured step advances the counter on the device. Greedy (temperature 0) takes the argmax.
+// captured step advances the counter on the device. A seed per row (seed [N]) draws row r with
+// hash(seed[r], counter, 0), as row 0 of a call seeded seed[r]. Greedy (temperature 0) takes the argmax.
 at::Tensor sample_tokens(const at::Tensor& logits, const SamplingParams& params, const at::Tensor& seed,
                          const at::Tensor& counter);
 
@@ -81,6 +82,11 @@ class DecodeGenerator final : public Generator {
   using Generator::generate;
   GeneratedBatch generate(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& params,
                           int64_t num_return_sequences = 1, const TokenCallback& on_token = nullptr) override;
+  // One row per prompt, row i drawn with its own seed row_seeds[i] (params.seed is not used): each
+  // row draws what generate({prompts[i]}, params seeded row_seeds[i]) draws alone, so requests with
+  // their own seeds share one batch (`linearnexus serve`).
+  GeneratedBatch generate_seeded(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& params,
+                                 const std::vector<uint64_t>& row_seeds, const TokenCallback& on_token = nullptr);
 
   DecodeOptions options;
   // The blocks whose Decode path cannot be captured (empty: the step can be graphed).
@@ -98,7 +104,9 @@ class DecodeGenerator final : public Generator {
   std::map<std::tuple<int64_t, int64_t, std::string>, std::unique_ptr<Slot>> slots_;
   bool warned_ = false, last_graphed_ = false, capture_failed_ = false;
 
-  Slot& slot_for(int64_t batch, int64_t cache_len, const SamplingParams& params, bool graph);
+  GeneratedBatch run(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& params, int64_t group,
+                     const std::vector<uint64_t>& row_seeds, const TokenCallback& on_token);
+  Slot& slot_for(int64_t batch, int64_t cache_len, const SamplingParams& params, bool graph, bool seed_per_row);
   bool use_graph(bool cuda);
   void capture(Slot& s, const SamplingParams& params, bool* graph);
   void prefill(Slot& s, const Call& call, const SamplingParams& params);
