@@ -20,6 +20,8 @@ PACKAGES=(
   libssl-dev              # SHA-256 of downloads and prepared data (libcrypto)
   libgloo-dev             # Gloo headers: c10d's ProcessGroupGloo (data-parallel training on the CPU)
   python3-jinja2          # test_jinja's oracle: chat templates rendered as transformers renders them
+  python3-protobuf        # test_observability's reader of the TensorBoard event files (trainer.trackers)
+  gnuplot-nox             # scripts/plot_metrics.sh
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
