@@ -68,7 +68,7 @@ TEST_CASE("threads: LINEARNEXUS_NUM_THREADS, then OMP_NUM_THREADS, then the phys
   check_one_clean_error(run_cli("--version", "LINEARNEXUS_NUM_THREADS=0"), "LINEARNEXUS_NUM_THREADS='0'");
 }
 
-TEST_CASE("--help shows numbers as numbers and defaults without artefacts", "[cli]") {
+TEST_CASE("help: numbers shown as numbers, defaults without artefacts", "[cli]") {
   auto sample = run_cli("sample --help");
   CHECK(sample.code == 0);
   for (const char* part : {"--max-tokens INT", "--temperature FLOAT", "--top-k INT", "--top-p FLOAT",
@@ -124,7 +124,7 @@ TEST_CASE("presets: each preset's size and block pattern", "[cli]") {
   CHECK_CONTAINS(listing, "5 layers of 32, block_pattern [attention, mamba]\n    a test preset\n");
 }
 
-TEST_CASE("--set: text for a string key as typed, YAML for the rest; trackers' values", "[cli]") {
+TEST_CASE("set overrides: text for a string key as typed, YAML for the rest, and trackers' values", "[cli]") {
   PluginHost host;
   // ": " would make a YAML map, " #" a comment: a string key takes the text.
   Experiment e = parse("data: {path: x}\n", host, {"sample.prompt=Q: 1+1=? # two", "trainer.max_steps=7"});

@@ -8,9 +8,12 @@
 
 #include <chrono>
 #include <cmath>
+#include <thread>
 
+#include "linearnexus/host/run_log.h"
 #include "linearnexus/host/scoring.h"
 #include "linearnexus/host/tensorboard.h"
+#include "linearnexus/log.h"
 #include "test_util.h"
 
 using namespace linearnexus;
@@ -146,7 +149,7 @@ TEST_CASE("a run's TensorBoard files, train.log and metrics.jsonl tell the same 
   for (std::string line; std::getline(err, line);) CHECK_CONTAINS(log, line.substr(line.find(']') + 1) + "\n");
 }
 
-TEST_CASE("a resume: SessionLog START where it restarts, metrics.jsonl cut the same way; max_steps warned",
+TEST_CASE("a resume: SessionLog START where it restarts, metrics.jsonl cut the same way, max_steps warned",
           "[observability]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
@@ -182,7 +185,7 @@ TEST_CASE("a resume: SessionLog START where it restarts, metrics.jsonl cut the s
   CHECK_CONTAINS(read_text(t / "early/train.log"), "stopped early after step 2");
 }
 
-TEST_CASE("a run that fails before training leaves no folder; a run that ran keeps its folder, not its lock",
+TEST_CASE("a run that fails before training leaves no folder, a run that ran keeps its folder but not its lock",
           "[observability]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
@@ -244,4 +247,25 @@ TEST_CASE("scripts/plot_metrics.sh plots a run's metrics.jsonl", "[observability
   const int bad = std::system(("bash " + script + " " + (o / "") + " >/dev/null 2>" + (o / "err2")).c_str());
   CHECK(WEXITSTATUS(bad) == 1);
   CHECK_CONTAINS(read_text(o / "err2"), "metrics.jsonl not found");
+}
+
+TEST_CASE("the ETA is the run's average step time since it started, not the last interval's", "[observability]") {
+  TempDir t;
+  PluginHost host;
+  const Experiment e = parse("data: {path: x}\ntrainer: {max_steps: 1001, trackers: []}\n", host);
+  RunLog log(e, t.path.string(), true);
+  log.start(0, "");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the first step: slow (0.3 s)
+  {
+    auto file = log_to_file(t / "log.txt");
+    // The last interval claims 1 ms per step: 1 s for the 1000 steps left. The average says >= 300 s.
+    log.print({{"step", 1}, {"ms_per_step", 1.0}, {"loss", 2.0}});
+  }
+  const std::string text = read_text(t / "log.txt");
+  INFO(text);
+  const auto eta = text.rfind("ETA ");
+  REQUIRE(eta != std::string::npos);
+  const std::string value = text.substr(eta + 4, text.find('\n', eta) - eta - 4);
+  CHECK(value.find('m') != std::string::npos);  // minutes, e.g. 5m02s
+  CHECK(std::atoi(value.c_str()) >= 5);
 }
