@@ -169,7 +169,6 @@ std::unique_ptr<Generator> HostTrainingRun::make_generator(const LMModel& model)
 // ---- resume and save --------------------------------------------------------------------------------
 
 int64_t HostTrainingRun::resume() {
-  if (p_.folder) p_.folder->keep();  // training begins: the folder stays (run_folder.h)
   start_step_ = 0;
   std::string resumed_config;
   if (p_.resume_from) {
@@ -200,6 +199,9 @@ int64_t HostTrainingRun::resume() {
   p_.resume_from.reset();  // applied: its tensors need no memory any more
   p_.init_from.reset();
   log_->start(start_step_, resumed_config);
+  // Training begins: the folder stays from here on (run_folder.h). A fresh run's folder whose start
+  // failed (an init_from checkpoint that does not fit the model) went with the error.
+  if (p_.folder) p_.folder->keep();
   t_start_ = t_last_log_ = std::chrono::steady_clock::now();
   return start_step_;
 }
