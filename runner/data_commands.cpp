@@ -32,9 +32,13 @@ DataCommands::DataCommands(CLI::App& app) {
   prepare_->add_option("--tokenizer", prep.tokenizer, tokenizer_doc)->required();
   prepare_->add_option("--input", prep.inputs, "text files (one document each)")->required()->expected(1, -1);
   prepare_->add_option("--out", prep.out_dir, "output folder")->required();
-  prepare_->add_option("--val-fraction", prep.val_fraction, "fraction of the tokens (at the end) for val.bin");
-  prepare_->add_flag("!--no-progress", prep.progress, "no progress bar");
-  prepare_->add_flag("--force", prep.force, "overwrite an output folder that is not empty");
+  prepare_->add_option("--val-fraction", prep.val_fraction, "fraction of the tokens (at the end) for val.bin")
+      ->capture_default_str();
+  // Callbacks rather than bound flags: CLI11 prints a bound flag's value as "{false}" in --help.
+  prepare_->add_flag_callback("--no-progress", [&prep] { prep.progress = false; },
+                              "no progress bar on stderr (default: a progress bar)");
+  prepare_->add_flag_callback("--force", [&prep] { prep.force = true; },
+                              "overwrite an output folder that is not empty (default: refuse)");
 
   chat_render_ = data->add_subcommand(
       "chat-render", "print each {\"messages\": [...]} row of a JSON Lines file rendered with the tokenizer's chat "

@@ -9,6 +9,8 @@
 #include <torch/nn.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -26,6 +28,7 @@
 #include "linearnexus/host/params_yaml.h"
 #include "linearnexus/host/plugin_host.h"
 #include "linearnexus/host/preflight.h"
+#include "linearnexus/host/presets.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/host/runtime.h"
 #include "linearnexus/host/session.h"
@@ -35,6 +38,7 @@
 #include "linearnexus/plugin.h"
 #include "linearnexus/trainer.h"
 #include "linearnexus/version.h"
+#include "command_hints.h"
 #include "data_commands.h"
 #include "launcher.h"
 #include "model_commands.h"
@@ -83,36 +87,44 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
   const std::vector<int64_t> prompt_ids = tok.encode(prompt);
   for (int64_t i = 0; i < s.num_samples; ++i) {
     sp.seed = seed + static_cast<uint64_t>(i);
-    std::cout << "---- sample " << i + 1 << " ----\n" << (s.chat ? "user: " + s.prompt + "\nassistant: " : prompt) << std::flush;
+    std::string text = "---- sample " + std::to_string(i + 1) + " ----\n" + (s.chat ? "user: " + s.prompt + "\nassistant: " : prompt);
+    std::cout << text << std::flush;
+    int64_t tokens = 0;
+    const auto t0 = std::chrono::steady_clock::now();
     generator.generate(prompt_ids, sp, [&](int64_t t) {
+      ++tokens;
       if (s.chat && t == sp.eos_id) return true;
-      std::cout << tok.decode({t}) << std::flush;
+      const std::string piece = tok.decode({t});
+      std::cout << piece << std::flush;
+      text += piece;
       return true;
     });
-    std::cout << "\n";
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << "\n" << std::flush;
+    log_file_text(text + "\n");  // a run's train.log holds its samples too (stdout is not a log line)
+    char rate[128];
+    std::snprintf(rate, sizeof rate, "sample %lld: %lld new tokens in %.2f s (%.1f tokens/s, the prompt's prefill included)",
+                  static_cast<long long>(i + 1), static_cast<long long>(tokens), seconds,
+                  seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
+    log_info(rate);
   }
 }
 
-int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
-  watch_launcher();  // a rank of run --nproc stops when its launcher is gone
-  PluginHost host;
-  return with_plugin_errors_copied([&] {
-  Experiment exp = load_experiment(path, overrides, host);
-  fail_on_plugin_problems(host);
-  auto run = prepare_run(exp, host);
-  const bool main_rank = run->is_main();  // data-parallel runs: rank 0 writes and prints
+// `run` once the run folder is held: its samples and its last error also go to train.log (cmd_run).
+int train_and_sample(const Experiment& exp, PluginHost& host, HostTrainingRun& run, bool no_sample) {
+  const bool main_rank = run.is_main();  // data-parallel runs: rank 0 writes and prints
   const bool samples = main_rank && !no_sample && exp.sample.num_samples > 0;
-  if (samples) check_sample_prompt(exp, run->tokenizer());  // not after an hour of training
-  log_info(run->describe());
+  if (samples) check_sample_prompt(exp, run.tokenizer());  // not after an hour of training
+  log_info(run.describe());
   if (main_rank) {
-    write_file_atomically((fs::path(run->out_dir()) / "config.yaml").string(), exp.resolved_yaml);
-    write_file_atomically((fs::path(run->out_dir()) / "tokenizer.json").string(), run->tokenizer().to_json());
+    write_file_atomically((fs::path(run.out_dir()) / "config.yaml").string(), exp.resolved_yaml);
+    write_file_atomically((fs::path(run.out_dir()) / "tokenizer.json").string(), run.tokenizer().to_json());
   }
   auto trainer = host.registry().make_trainer(exp.trainer_name, exp.trainer_params);
   // SIGTERM / SIGINT while training: stop after the step, save, say so (runtime.h).
   install_stop_signals();
   try {
-    trainer->run(*run);
+    trainer->run(run);
   } catch (const std::exception&) {
     restore_stop_signals();
     // Every rank of a stopped data-parallel run ends with the same message: rank 0 says it.
@@ -122,9 +134,24 @@ int cmd_run(const std::string& path, const std::vector<std::string>& overrides, 
   restore_stop_signals();
   if (stop_signal())
     throw Error("stopped by " + signal_name(stop_signal()) + " after the last step: the run is complete and saved in " +
-                run->out_dir() + " (no samples printed)");
-  if (samples) print_samples(run->model(), host.registry(), run->tokenizer(), exp.sample, exp.run.seed);
+                run.out_dir() + " (no samples printed)");
+  if (samples) print_samples(run.model(), host.registry(), run.tokenizer(), exp.sample, exp.run.seed);
   return 0;
+}
+
+int cmd_run(const std::string& path, const std::vector<std::string>& overrides, bool no_sample) {
+  watch_launcher();  // a rank of run --nproc stops when its launcher is gone
+  PluginHost host;
+  return with_plugin_errors_copied([&] {
+  Experiment exp = load_experiment(path, overrides, host);
+  fail_on_plugin_problems(host);
+  auto run = prepare_run(exp, host);
+  try {
+    return train_and_sample(exp, host, *run, no_sample);
+  } catch (const std::exception& e) {
+    log_file_text("error: " + error_text(e) + "\n");  // train.log ends as the console does
+    throw;
+  }
   });
 }
 
@@ -278,7 +305,12 @@ int cmd_docs() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  init_runtime();
+  try {
+    init_runtime();
+  } catch (const std::exception& e) {  // a bad LINEARNEXUS_NUM_THREADS / OMP_NUM_THREADS
+    std::cerr << "error: " << error_text(e) << "\n";
+    return 1;
+  }
   CLI::App app{"LinearNexus: train language models from YAML experiments and plugin blocks"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("linearnexus ") + LINEARNEXUS_VERSION + " (plugin ABI " +
@@ -286,7 +318,8 @@ int main(int argc, char** argv) {
                                         LINEARNEXUS_TORCH_VERSION + ", " +
                                         (LINEARNEXUS_BUILT_WITH_CUDA ? "CUDA" : "CPU only") + ")");
 
-  std::string path, describe_name, model_preset, optimizer_name, lr;
+  std::string path, describe_name, model_preset, optimizer_name;
+  double lr = 0;
   std::vector<std::string> overrides;
   bool no_sample = false, print = false;
   auto add_overrides = [&](CLI::App* c) {
@@ -294,7 +327,7 @@ int main(int argc, char** argv) {
     c->add_option("--set", overrides, "override a key: --set trainer.max_steps=100 (repeatable)");
     c->add_option("--model", model_preset, "model preset (same as --set model.preset=NAME)");
     c->add_option("--optimizer", optimizer_name, "optimizer plugin (same as --set optimizer.name=NAME)");
-    c->add_option("--lr", lr, "learning rate (same as --set optimizer.lr=VALUE)");
+    c->add_option("--lr", lr, "learning rate (same as --set optimizer.lr=VALUE)");  // typed: FLOAT in --help
   };
   auto* run = app.add_subcommand("run", "train an experiment, then print samples");
   add_overrides(run);
@@ -314,14 +347,18 @@ int main(int argc, char** argv) {
   sample->add_option("--checkpoint", so.checkpoint, "run folder (uses its latest) or checkpoint file")->required();
   sample->add_option("--seed", so.seed, "sampling seed");
   // The sample keys, documented by their schema; a key not given keeps the checkpoint's value.
-  for (const auto& spec : sample_schema())
+  // Numbers are parsed as numbers (INT / FLOAT in --help, CLI11's error for "--top-k x").
+  for (const auto& spec : sample_schema()) {
+    const std::string flag = "--" + sample_flag(spec.key), doc = spec.doc + " (default: the checkpoint's sample." + spec.key + ")";
     if (spec.type == ParamType::Bool)
-      sample->add_flag_callback("--" + sample_flag(spec.key), [&so, key = spec.key] { so.given[key] = "true"; },
-                                spec.doc + " (default: the checkpoint's sample." + spec.key + ")");
+      sample->add_flag_callback(flag, [&so, key = spec.key] { so.given[key] = "true"; }, doc);
+    else if (spec.type == ParamType::Int)
+      sample->add_option_function<int64_t>(flag, [&so, key = spec.key](int64_t v) { so.given[key] = std::to_string(v); }, doc);
+    else if (spec.type == ParamType::Float)
+      sample->add_option_function<double>(flag, [&so, key = spec.key](double v) { so.given[key] = number_text(v); }, doc);
     else
-      sample->add_option_function<std::string>("--" + sample_flag(spec.key),
-                                             [&so, key = spec.key](const std::string& v) { so.given[key] = v; },
-                                             spec.doc + " (default: the checkpoint's sample." + spec.key + ")");
+      sample->add_option_function<std::string>(flag, [&so, key = spec.key](const std::string& v) { so.given[key] = v; }, doc);
+  }
   sample->add_option("--device", so.device, "cpu, cuda or auto");
 
   auto* plugins = app.add_subcommand("plugins", "list the plugins found, or describe one");
@@ -341,7 +378,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     // One line and exit 1, like every other error (CLI11's own format spans lines and exits 100+).
-    std::string msg = e.what();
+    const std::string unknown = unknown_command(app, argc, argv);
+    std::string msg = unknown.empty() ? e.what() : unknown;
     std::cerr << "error: " << msg.substr(0, msg.find('\n')) << " (see linearnexus --help)\n";
     return 1;
   }
@@ -349,7 +387,7 @@ int main(int argc, char** argv) {
   try {
     if (!model_preset.empty()) overrides.push_back("model.preset=" + model_preset);
     if (!optimizer_name.empty()) overrides.push_back("optimizer.name=" + optimizer_name);
-    if (!lr.empty()) overrides.push_back("optimizer.lr=" + lr);
+    if (run->count("--lr") || validate->count("--lr")) overrides.push_back("optimizer.lr=" + number_text(lr));
     if (run->parsed()) return nproc > 1 ? launch_ranks(nproc, nproc_max, path, overrides, argv) : cmd_run(path, overrides, no_sample);
     if (validate->parsed()) return cmd_validate(path, overrides, print);
     if (sample->parsed()) return cmd_sample(so);
@@ -359,7 +397,8 @@ int main(int argc, char** argv) {
     if (model_commands.parsed()) return model_commands.run();
     if (serve_commands.parsed()) return serve_commands.run();
     if (presets->parsed()) {
-      for (const auto& p : preset_names()) std::cout << p << "\n";
+      PluginHost host;
+      std::cout << describe_presets(host);
       return 0;
     }
   } catch (const std::exception& e) {

@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -107,7 +109,20 @@ int ModelCommands::run_eval(PluginHost& host) {
       ids.push_back(id);
     }
   }
-  const TokenScores s = score_tokens(*lm.model, ids, window_);
+  // Progress on stderr every few seconds: a long text (a whole corpus in small windows) takes minutes.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last = t0;
+  const TokenScores s = score_tokens(*lm.model, ids, window_, [&](int64_t scored, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (scored == total || now - last < std::chrono::seconds(2)) return;
+    last = now;
+    const double seconds = std::chrono::duration<double>(now - t0).count();
+    char line[160];
+    std::snprintf(line, sizeof line, "eval: %lld/%lld tokens (%.0f%%), %.0f tokens/s, about %.0f s left",
+                  static_cast<long long>(scored), static_cast<long long>(total), 100.0 * scored / total, scored / seconds,
+                  seconds / scored * (total - scored));
+    log_info(line);
+  });
   if (per_token_) {
     const nlohmann::json out = {{"checkpoint", lm.file},        {"tokens", ids.size()},         {"scored_tokens", s.logprobs.size()},
                                 {"mean_nll", s.mean_nll()},     {"perplexity", s.perplexity()}, {"ids", ids},

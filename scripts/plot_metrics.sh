@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Plot a run's metrics.jsonl: training loss and validation loss against step, and tokens/s.
 # Usage: scripts/plot_metrics.sh RUN_DIR [RUN_DIR...]   -> RUN_DIR/metrics.png (or compare.png for several)
-# Needs gnuplot (apt-get install gnuplot-nox) and python3 (to flatten the JSON lines into columns).
+# Needs gnuplot and python3 (to flatten the JSON lines into columns); scripts/setup.sh installs both
+# (gnuplot-nox). tests/test_observability.cpp runs it on a fresh run.
 set -euo pipefail
 (($#)) || { echo "usage: $0 RUN_DIR [RUN_DIR...]" >&2; exit 2; }
 command -v gnuplot >/dev/null || { echo "error: gnuplot not found; apt-get install gnuplot-nox" >&2; exit 1; }

@@ -23,6 +23,8 @@ PACKAGES=(
   python3-jinja2          # test_jinja's oracle: chat templates rendered as transformers renders them
   clang-format            # format_check: the sources as .clang-format says
   dpkg-dev                # sdk_from_debian_packages: dpkg-shlibdeps for cpack's package dependencies
+  python3-protobuf        # test_observability's reader of the TensorBoard event files (trainer.trackers)
+  gnuplot-nox             # scripts/plot_metrics.sh
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

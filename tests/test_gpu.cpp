@@ -167,8 +167,8 @@ TEST_CASE("a resumed bf16 run on CUDA logs the losses of an uninterrupted one (1
     train_experiment(yaml, with({"trainer.out_dir=" + (t / "split"), "trainer.stop_after=10"}));
     train_experiment(yaml, with({"trainer.out_dir=" + (t / "split"), "trainer.resume=auto"}));
     auto full = read_metrics(t / "full"), split = read_metrics(t / "split");
-    REQUIRE(full.size() == 20);
-    REQUIRE(split.size() == 20);
+    REQUIRE(full.size() == 21);  // step 0 (val_loss) and 20 steps
+    REQUIRE(split.size() == 21);
     double worst = 0;
     for (int64_t step = 11; step <= 20; ++step)
       worst = std::max(worst, std::fabs(split[step]["loss"].get<double>() - full[step]["loss"].get<double>()));

@@ -164,11 +164,11 @@ TEST_CASE("sample: every bad option is one error line with exit 1, top-p 0 keeps
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")).code == 0);
   const std::string s = "sample --checkpoint " + (t / "a");
   for (const auto& [args, expect] : std::vector<std::pair<std::string, std::string>>{
-           {" --max-tokens 0", "max_tokens' must be >= 1"},
-           {" --max-tokens abc", "max_tokens' must be an integer"},
-           {" --max-tokens -3", "max_tokens' must be >= 1"},
-           {" --num-samples -1", "num_samples' must be >= 0"},
-           {" --top-p 1.5", "top_p' must be in [0, 1]"},
+           {" --max-tokens 0", "'sample.max_tokens' must be >= 1"},
+           {" --max-tokens abc", "--max-tokens"},  // typed: CLI11 refuses what is not a number
+           {" --max-tokens -3", "'sample.max_tokens' must be >= 1"},
+           {" --num-samples -1", "'sample.num_samples' must be >= 0"},
+           {" --top-p 1.5", "'sample.top_p' must be in [0, 1]"},
            {" --device tpu", "device must be cpu, cuda or auto"},
            {" --seed", "--seed"},
            {" --bogus", "bogus"}}) {

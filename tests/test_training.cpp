@@ -72,11 +72,11 @@ TEST_CASE("a resumed run logs exactly the losses of an uninterrupted one (30 + 3
     const auto o = with({"optimizer.name=" + name}, opt);
     train_experiment(kSmallGPT, with({"trainer.out_dir=" + (t / "full")}, o));
     train_experiment(kSmallGPT, with({"trainer.out_dir=" + (t / "split"), "trainer.stop_after=30"}, o));
-    CHECK(read_metrics(t / "split").size() == 30);
+    CHECK(read_metrics(t / "split").size() == 31);  // step 0 (val_loss) and 30 steps
     train_experiment(kSmallGPT, with({"trainer.out_dir=" + (t / "split"), "trainer.resume=auto"}, o));
     auto full = read_metrics(t / "full"), split = read_metrics(t / "split");
-    REQUIRE(full.size() == 60);
-    REQUIRE(split.size() == 60);
+    REQUIRE(full.size() == 61);
+    REQUIRE(split.size() == 61);
     for (int64_t step = 1; step <= 60; ++step) {
       INFO("step " << step);
       CHECK(split[step]["loss"].get<double>() == full[step]["loss"].get<double>());

@@ -2,6 +2,7 @@
 // recurrent decoding == chunked prefill, cached generation of mamba and hybrid models == uncached
 // forwards, the model presets' sizes, and small models learning tiny Shakespeare.
 #include "block_contract.h"
+#include "linearnexus/host/presets.h"
 #include "linearnexus/host/session.h"
 
 using namespace lntest;

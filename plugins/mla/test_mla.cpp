@@ -237,7 +237,7 @@ trainer: {name: sft, max_steps: 60, batch_size: 8, log_every: 1, eval_every: 60,
   auto s = prepare_run(e, host);
   host.registry().make_trainer(e.trainer_name, e.trainer_params)->run(*s);
   auto m = read_metrics(t / "run");
-  REQUIRE(m.size() == 60);
+  REQUIRE(m.size() == 61);  // step 0 (val_loss) and 60 steps
   auto mean_loss = [&](int64_t from, int64_t to) {
     double sum = 0;
     for (int64_t i = from; i <= to; ++i) sum += m[i]["loss"].get<double>();

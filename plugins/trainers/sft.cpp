@@ -20,6 +20,9 @@ class SFTTrainer : public Trainer {
     const int64_t start = run.resume();
     const int64_t step_tokens = batch_size_ * run.seq_len() * grad_accum_;
     LMModel& model = run.model();
+    // Where the model starts (as dpo and the RL trainers log it): the curve's first point. The
+    // validation batches are fixed and draw no random numbers, so the training is unchanged.
+    if (start == 0) run.write_metrics({{"step", 0}, {"val_loss", run.evaluate_lm(eval_batches_, batch_size_)}});
     model.train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);

@@ -19,6 +19,7 @@
 #include "linearnexus/error.h"
 #include "linearnexus/log.h"
 #include "linearnexus/host/plugin_host.h"
+#include "linearnexus/host/presets.h"
 #include "linearnexus/host/read_file.h"
 #include "yaml_params.h"
 
@@ -72,6 +73,7 @@ const Schema& trainer_common_schema() {
       {"stop_after", ParamType::Int, "0", "stop early after this many steps, saving a checkpoint to resume from (0 = run to max_steps)", {}, 0},
       {"grad_clip", ParamType::Float, "1.0", "global gradient-norm clip (0 = off)", {}, 0},
       {"log_every", ParamType::Int, "10", "steps between metric lines", {}, 1},
+      {"trackers", ParamType::StringList, "[jsonl]", "where the metrics go: jsonl (out_dir/metrics.jsonl), tensorboard (event files in out_dir/tb/, with the experiment as text)", {"jsonl", "tensorboard"}},
       {"eval_every", ParamType::Int, "100", "steps between validation passes (0 = only at the end)", {}, 0},
       {"save_every", ParamType::Int, "500", "steps between checkpoints (a final one is always written)", {}, 0},
       {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest", {}, 0},
@@ -103,38 +105,6 @@ const Schema& sample_schema() {
 // ---- presets ----------------------------------------------------------------------------------
 
 namespace {
-// Model presets are YAML files of model fields, one per name: <exe>/../share/linearnexus/presets/NAME.yaml
-// (configs/presets/ in the source tree; the build and `cmake --install` put them there), then the
-// folders of $LINEARNEXUS_PRESET_PATH. Data, not code: no preset is named in the host.
-std::vector<fs::path> preset_dirs() {
-  std::vector<fs::path> dirs;
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) dirs.push_back(exe.parent_path().parent_path() / "share" / "linearnexus" / "presets");
-  if (const char* env = std::getenv("LINEARNEXUS_PRESET_PATH")) {
-    std::stringstream ss(env);
-    for (std::string d; std::getline(ss, d, ':');)
-      if (!d.empty()) dirs.push_back(d);
-  }
-  return dirs;
-}
-
-std::map<std::string, fs::path> preset_files() {
-  std::map<std::string, fs::path> out;
-  for (const auto& dir : preset_dirs()) {
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec))
-      if (e.path().extension() == ".yaml" && !out.count(e.path().stem().string())) out[e.path().stem().string()] = e.path();
-  }
-  return out;
-}
-
-std::string preset_dirs_text() {
-  std::string out;
-  for (const auto& d : preset_dirs()) out += (out.empty() ? "" : ":") + d.string();
-  return out;
-}
-
 // Fill `dst` with src's entries that dst lacks (recursively for maps): the file overrides the preset.
 void merge_under(YAML::Node dst, const YAML::Node& src) {
   for (const auto& kv : src) {
@@ -147,21 +117,24 @@ void merge_under(YAML::Node dst, const YAML::Node& src) {
   }
 }
 
-void apply_override(YAML::Node root, const std::string& assignment, std::set<std::string>& overridden) {
+// The value is YAML (numbers, lists, quoted strings); text that is not YAML at all (an unclosed
+// bracket, ": " in a list) goes in as a string, which a key of another type then refuses by name.
+// validate_section takes the text as typed for a string key (Source::overridden): "a: b" is text.
+void apply_override(YAML::Node root, const std::string& assignment, std::map<std::string, std::string>& overridden) {
   auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
     throw Error("--set '" + assignment + "': expected key.path=value, e.g. --set trainer.max_steps=100");
-  const std::string path = assignment.substr(0, eq);
-  set_yaml_path(root, path, load_yaml_text(assignment.substr(eq + 1), "--set " + path), "--set " + path);
-  overridden.insert(path);
+  const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  YAML::Node value;
+  try {
+    value = load_yaml_text(text, "--set " + path);
+  } catch (const Error&) {
+    value = YAML::Node(text);
+  }
+  set_yaml_path(root, path, value, "--set " + path);
+  overridden[path] = text;
 }
 }  // namespace
-
-std::vector<std::string> preset_names() {
-  std::vector<std::string> out;
-  for (const auto& [name, file] : preset_files()) out.push_back(name);
-  return out;
-}
 
 // ---- experiments ------------------------------------------------------------------------------
 
@@ -363,6 +336,8 @@ TrainerSettings trainer_settings(const Params& p, const RunSettings& run, const 
   t.stop_after = p.get_int("stop_after");
   t.grad_clip = p.get_float("grad_clip");
   t.log_every = std::max<int64_t>(1, p.get_int("log_every"));
+  t.jsonl = t.tensorboard = false;
+  for (const auto& tracker : p.get_string_list("trackers")) (tracker == "jsonl" ? t.jsonl : t.tensorboard) = true;
   t.eval_every = p.get_int("eval_every");
   t.activation_checkpoint_every = activation_checkpoint_every(p.get_string("activation_checkpointing"), source);
   t.peak_tflops = p.get_float("peak_tflops");

@@ -60,7 +60,7 @@ std::string describe_schema(const Schema& schema) {
   for (const auto& s : schema) {
     std::string doc = s.doc;
     if (!s.choices.empty()) {
-      doc += " (one of:";
+      doc += s.type == ParamType::StringList ? " (each one of:" : " (one of:";
       for (const auto& c : s.choices) doc += " " + c;
       doc += ")";
     }
@@ -82,7 +82,7 @@ std::string describe_schema_markdown(const Schema& schema) {
   for (const auto& s : schema) {
     std::string doc = s.doc;
     if (!s.choices.empty()) {
-      doc += " (one of:";
+      doc += s.type == ParamType::StringList ? " (each one of:" : " (one of:";
       for (const auto& c : s.choices) doc += " `" + c + "`";
       doc += ")";
     }

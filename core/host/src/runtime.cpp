@@ -2,6 +2,7 @@
 #include "linearnexus/host/runtime.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -13,6 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <set>
 #include <thread>
 
 #include <c10/macros/Macros.h>
@@ -42,14 +45,69 @@ void quiet_libtorch_logs() {
 }
 }  // namespace
 
+namespace {
+// Distinct (physical id, core id) pairs of /proc/cpuinfo: hyper-threads of one core share its
+// vector units, so a thread per hyper-thread only adds contention to the matmuls. 0 when unknown.
+int physical_cores() {
+  std::ifstream in("/proc/cpuinfo");
+  std::set<std::pair<std::string, std::string>> cores;
+  std::string line, package = "0";
+  while (std::getline(in, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
+    const std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+    if (key == "physical id") package = value;
+    if (key == "core id") cores.emplace(package, value);
+  }
+  return static_cast<int>(cores.size());
+}
+
+// The CPUs this process may run on (taskset, a container's cpuset).
+int usable_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
+ThreadChoice g_threads;
+}  // namespace
+
+ThreadChoice choose_num_threads() {
+  for (const char* var : {"LINEARNEXUS_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    const char* env = std::getenv(var);
+    if (!env) continue;
+    // OMP_NUM_THREADS may list a count per nesting level ("4,2"): the first is this level's.
+    std::string text = env;
+    if (std::string(var) == "OMP_NUM_THREADS") text = text.substr(0, text.find(','));
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(text.c_str(), &end, 10);
+    if (text.empty() || *end || errno || n < 1 || n > 4096)
+      throw Error(std::string(var) + "='" + env + "' is not a number of threads (a whole number from 1 to 4096); " +
+                  "unset it to use the physical cores");
+    return {static_cast<int>(n), var};
+  }
+  const int cores = physical_cores(), cpus = std::max(1, usable_cpus());
+  return {cores > 0 ? std::min(cores, cpus) : cpus, ""};
+}
+
+const ThreadChoice& thread_choice() { return g_threads; }
+
+std::string ThreadChoice::describe() const {
+  return std::to_string(threads) + " CPU threads (" +
+         (source.empty() ? std::string("the physical cores; LINEARNEXUS_NUM_THREADS or OMP_NUM_THREADS sets another number")
+                         : "from " + source) +
+         ")";
+}
+
 void init_runtime() {
   quiet_libtorch_logs();
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 256 << 20);
-  int n = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("LINEARNEXUS_NUM_THREADS")) n = std::atoi(env);
-  if (n > 0) at::set_num_threads(n);
+  g_threads = choose_num_threads();
+  at::set_num_threads(g_threads.threads);
 }
 
 at::Device resolve_device(const std::string& device) {
@@ -129,7 +187,7 @@ std::string signal_name(int sig) {
   return "signal " + std::to_string(sig);
 }
 
-std::shared_ptr<void> lock_run_folder(const std::string& dir) {
+std::shared_ptr<void> lock_run_folder(const std::string& dir, int attempt) {
   const std::string path = (fs::path(dir) / ".lock").string();
   // O_NONBLOCK and the fstat: a named pipe or device planted as .lock is refused, never waited on.
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
@@ -147,12 +205,25 @@ std::shared_ptr<void> lock_run_folder(const std::string& dir) {
     throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
                 "); wait for it to end, or give this run another out_dir");
   }
+  // The holder removes the file when it ends (below): a run that opened the file just before that
+  // holds a lock on a file no longer in the folder, and would share the folder with the next run
+  // that creates a new one. The lock counts only if the name still points at the locked file.
+  struct stat named {};
+  if (::stat(path.c_str(), &named) != 0 || named.st_ino != st.st_ino || named.st_dev != st.st_dev) {
+    ::close(fd);
+    if (attempt < 3) return lock_run_folder(dir, attempt + 1);
+    throw Error("trainer.out_dir '" + dir + "': its lock file keeps being replaced; is another run starting there?");
+  }
   // The holder's pid, for the message above (the lock itself is the flock: it ends with the process).
   const std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
     // Only the message would lack the pid; the lock holds.
   }
-  return std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
+  // Removed while still locked, so no run sees the folder free with the file still there.
+  return std::shared_ptr<void>(nullptr, [fd, path](void*) {
+    ::unlink(path.c_str());
+    ::close(fd);
+  });
 }
 
 }  // namespace linearnexus

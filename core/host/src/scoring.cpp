@@ -18,7 +18,7 @@ double TokenScores::mean_nll() const {
 
 double TokenScores::perplexity() const { return std::exp(mean_nll()); }
 
-TokenScores score_tokens(LMModel& model, const std::vector<int64_t>& ids, int64_t window) {
+TokenScores score_tokens(LMModel& model, const std::vector<int64_t>& ids, int64_t window, const ScoreProgress& progress) {
   const int64_t n = static_cast<int64_t>(ids.size()), V = model.config().dims.vocab_size;
   if (n < 2) throw Error("eval: needs at least 2 tokens (the first has nothing to be predicted from), got " + std::to_string(n));
   for (int64_t id : ids)
@@ -43,6 +43,7 @@ TokenScores score_tokens(LMModel& model, const std::vector<int64_t>& ids, int64_
       const double* p = lp.data_ptr<double>();
       out.logprobs.insert(out.logprobs.end(), p, p + m);
     }
+    if (progress) progress(pos + len, n - 1);
   }
   if (was_training) model.train();
   return out;

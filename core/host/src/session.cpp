@@ -17,6 +17,7 @@
 #include "linearnexus/host/examples.h"
 #include "linearnexus/host/plugin_host.h"
 #include "linearnexus/host/preflight.h"
+#include "linearnexus/host/run_folder.h"
 #include "linearnexus/host/runtime.h"
 #include "linearnexus/log.h"
 #include "linearnexus/task.h"
@@ -143,9 +144,10 @@ void join_ranks(const Experiment& exp, RunParts& p) {
   p.world_size = env.world_size;
   // Ranks on one machine share its cores: each takes its share of intra-op threads (all of them
   // each oversubscribes the CPU, and spinning OpenMP threads then slow every rank's host side).
-  if (!std::getenv("LINEARNEXUS_NUM_THREADS")) {
+  // A thread count set by a variable is each rank's own (torchrun sets OMP_NUM_THREADS=1).
+  if (thread_choice().source.empty()) {
     const int64_t local = std::max<int64_t>(1, std::atoll(std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "1"));
-    at::set_num_threads(static_cast<int>(std::max<int64_t>(1, std::thread::hardware_concurrency() / local)));
+    at::set_num_threads(static_cast<int>(std::max<int64_t>(1, thread_choice().threads / local)));
   }
   if (env.rank != 0) set_log_level("warn");  // one progress log: rank 0's
 }
@@ -162,10 +164,7 @@ std::unique_ptr<HostTrainingRun> prepare_run(const Experiment& exp, PluginHost& 
   join_ranks(exp, p);
 
   p.out_dir = exp.trainer.out_dir;
-  std::error_code ec;
-  fs::create_directories(p.out_dir, ec);
-  if (ec) throw Error("trainer.out_dir: cannot create '" + p.out_dir + "': " + ec.message());
-  if (p.rank == 0) p.folder_lock = lock_run_folder(p.out_dir);  // rank 0 writes the folder
+  p.folder = std::make_shared<RunFolder>(p.out_dir, p.rank == 0);  // rank 0 writes the folder
 
   // A resumed or init_from run (SFT -> RL) keeps its checkpoint's tokenizer: token ids stay the same.
   RunStart start = choose_start(exp, p.out_dir, /*header_only=*/false);

@@ -2,8 +2,6 @@
 // checkpoints and exact resume, shared by every trainer.
 #include "linearnexus/host/training_run.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -17,13 +15,14 @@
 #include "linearnexus/host/generator.h"
 #include "linearnexus/host/plugin_host.h"
 #include "linearnexus/host/preflight.h"
+#include "linearnexus/host/run_folder.h"
+#include "linearnexus/host/run_log.h"
 #include "linearnexus/host/runtime.h"
 #include "linearnexus/log.h"
 #include "linearnexus/loss.h"
 #include "linearnexus/task.h"
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 namespace linearnexus {
 
@@ -71,15 +70,6 @@ at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_
 
 
 namespace {
-std::string human_duration(double seconds) {
-  char buf[32];
-  long s = static_cast<long>(seconds + 0.5);
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
-  else if (s >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
-  else std::snprintf(buf, sizeof buf, "%lds", s);
-  return buf;
-}
-
 // Training FLOPs per token of `m` on sequences of T tokens (the nanoGPT / PaLM convention): 6 per
 // matmul weight (2 forward, 4 backward), i.e. every parameter but an untied input embedding (a
 // tied one is the LM head's matmul) and the norms' and biases' vectors (ignored: < 0.1%); plus what
@@ -129,6 +119,7 @@ HostTrainingRun::HostTrainingRun(RunParts parts) : p_(std::move(parts)) {
                std::to_string(static_cast<int64_t>(peak_flops_ / 1e12)) + " TFLOP/s per GPU (" +
                (t.peak_tflops > 0 ? "trainer.peak_tflops" : "bf16 8192^3 matmul measured at startup") + ")");
   }
+  log_ = std::make_unique<RunLog>(*p_.experiment, p_.out_dir, is_main());
   t_start_ = t_last_log_ = std::chrono::steady_clock::now();
 }
 
@@ -180,6 +171,7 @@ std::unique_ptr<Generator> HostTrainingRun::make_generator(const LMModel& model)
 
 int64_t HostTrainingRun::resume() {
   start_step_ = 0;
+  std::string resumed_config;
   if (p_.resume_from) {
     const RunCheckpoint& ck = *p_.resume_from;
     ck.load_model(*p_.model);
@@ -199,6 +191,7 @@ int64_t HostTrainingRun::resume() {
     }
     ck.restore_rng(p_.device);
     lora_base_ = ck.lora_base();
+    resumed_config = ck.config_yaml();
     log_info("resumed from " + ck.file() + " at step " + std::to_string(start_step_));
   } else if (p_.init_from) {
     // A fresh run from another run's weights: the model only, new optimizers and step 0.
@@ -216,7 +209,10 @@ int64_t HostTrainingRun::resume() {
   }
   p_.resume_from.reset();  // applied: its tensors need no memory any more
   p_.init_from.reset();
-  if (is_main()) metrics_.open(p_.out_dir, start_step_);
+  log_->start(start_step_, resumed_config);
+  // Training begins: the folder stays from here on (run_folder.h). A fresh run's folder whose start
+  // failed (an init_from checkpoint that does not fit the model) went with the error.
+  if (p_.folder) p_.folder->keep();
   t_start_ = t_last_log_ = std::chrono::steady_clock::now();
   return start_step_;
 }
@@ -315,13 +311,8 @@ bool HostTrainingRun::is_log_step(int64_t step) const {
 }
 
 void HostTrainingRun::write_metrics(const std::map<std::string, double>& m) {
-  if (!is_main()) return;
-  json j = json::object();
-  for (const auto& [k, v] : m) {
-    if (k == "step") j[k] = static_cast<int64_t>(v);
-    else j[k] = v;
-  }
-  metrics_.append(j.dump() + "\n");
+  log_->write(m);
+  log_->print(m);
 }
 
 void HostTrainingRun::stop_if_diverged(int64_t step, const std::map<std::string, double>& metrics) const {
@@ -368,32 +359,18 @@ void HostTrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t t
     m["ms_per_step"] = 1000.0 * dt / static_cast<double>(steps_since_log_);
     m["elapsed_sec"] = std::chrono::duration<double>(now - t_start_).count();
     if (peak_flops_ > 0) m["mfu"] = m["tokens_per_sec"] * flops_per_token_ / (peak_flops_ * static_cast<double>(p_.world_size));
-    write_metrics(m);
+    log_->write(m);
     stop_if_diverged(step, m);
-    std::ostringstream line;
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "step %lld/%lld", static_cast<long long>(step + 1), static_cast<long long>(settings().max_steps));
-    line << buf;
-    for (const auto& [k, v] : m) {
-      if (k == "step" || k == "lr" || k == "tokens_per_sec" || k == "ms_per_step" || k == "elapsed_sec" || k == "mfu") continue;
-      std::snprintf(buf, sizeof buf, " | %s %.4f", k.c_str(), v);
-      line << buf;
-    }
-    std::snprintf(buf, sizeof buf, " | lr %.2e | %.0f tok/s", last_lr_, m["tokens_per_sec"]);
-    line << buf;
-    if (peak_flops_ > 0) {
-      std::snprintf(buf, sizeof buf, " | mfu %.1f%%", 100.0 * m["mfu"]);
-      line << buf;
-    }
-    std::snprintf(buf, sizeof buf, " | %.1f ms/step | ETA %s", m["ms_per_step"],
-                  human_duration(m["ms_per_step"] / 1000.0 * static_cast<double>(settings().max_steps - step - 1)).c_str());
-    line << buf;
-    if (is_main()) log_info(line.str());
+    log_->print(m);
     t_last_log_ = now;
     tokens_since_log_ = steps_since_log_ = 0;
   }
   const bool saved = (settings().save_every > 0 && (step + 1) % settings().save_every == 0) || step + 1 == last_step_;
   if (saved) save(step + 1);
+  if (step + 1 == last_step_ && last_step_ < settings().max_steps && is_main())
+    log_info("stopped early after step " + std::to_string(last_step_) + " of " + std::to_string(settings().max_steps) +
+             " (trainer.stop_after: " + std::to_string(settings().stop_after) + "); continue with trainer.resume: auto " +
+             "(--set trainer.resume=auto), and without stop_after (or a larger one)");
   if (stop_requested(step + 1)) {
     // A stop signal (runtime.h): the step is done; keep it, say so, and end the run.
     if (!saved) save(step + 1);
@@ -480,7 +457,8 @@ std::string HostTrainingRun::describe() const {
       << p_.experiment->data.format;
   o << " (" << p_.data.tokenizer->kind() << " tokenizer, vocab "
     << p_.data.tokenizer->vocab_size() << ")\n  optimizer: " << p_.experiment->optimizer_name << ": "
-    << p_.optimizer->describe_groups() << "\n  run folder: " << p_.out_dir;
+    << p_.optimizer->describe_groups() << "\n  run folder: " << p_.out_dir << " (train.log: this log)";
+  if (!p_.device.is_cuda()) o << "\n  " << thread_choice().describe();
   return o.str();
 }
 

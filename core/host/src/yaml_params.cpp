@@ -16,6 +16,15 @@ namespace linearnexus {
 namespace {
 std::string scalar_text(const YAML::Node& n) { return n.IsScalar() ? n.Scalar() : "a " + std::string(n.IsMap() ? "map" : n.IsSequence() ? "list" : "null"); }
 
+// A String key's value, or each element of a StringList, among the spec's choices (when it has any).
+void check_choice(const ParamSpec& spec, const std::string& value, const std::string& where, const std::string& path) {
+  if (spec.choices.empty() || std::find(spec.choices.begin(), spec.choices.end(), value) != spec.choices.end()) return;
+  std::string opts;
+  for (auto& c : spec.choices) opts += (opts.empty() ? "" : ", ") + c;
+  throw Error(where + ": '" + path + "' must be " + (spec.type == ParamType::StringList ? "a list of: " : "one of: ") +
+              opts + " (got '" + value + "')");
+}
+
 }  // namespace
 
 ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::string& where,
@@ -42,12 +51,7 @@ ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::
       case ParamType::String:
         if (!n.IsScalar() && !n.IsNull()) throw fail("a string");
         v.s = n.IsNull() ? "" : n.Scalar();
-        if (!spec.choices.empty() &&
-            std::find(spec.choices.begin(), spec.choices.end(), v.s) == spec.choices.end()) {
-          std::string opts;
-          for (auto& c : spec.choices) opts += (opts.empty() ? "" : ", ") + c;
-          throw Error(where + ": '" + path + "' must be one of: " + opts + " (got '" + v.s + "')");
-        }
+        check_choice(spec, v.s, where, path);
         break;
       case ParamType::IntList:
       case ParamType::FloatList:
@@ -65,6 +69,7 @@ ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::
           if (spec.type == ParamType::IntList) v.ilist.push_back(x.as<int64_t>());
           if (spec.type == ParamType::FloatList) v.flist.push_back(x.as<double>());
           if (spec.type == ParamType::StringList) v.slist.push_back(x.Scalar());
+          if (spec.type == ParamType::StringList) check_choice(spec, x.Scalar(), where, path);
         }
         break;
       }
@@ -173,7 +178,13 @@ Params validate_section(const YAML::Node& node, const Schema& schema, const std:
     const std::string path = section + "." + spec.key;
     const bool present = node && node.IsMap() && node[spec.key].IsDefined();
     YAML::Node n = present ? node[spec.key] : YAML::Node();
-    if (present && !(n.IsNull() && spec.type != ParamType::String)) {
+    const auto typed = src.overridden.find(path);
+    if (present && spec.type == ParamType::String && typed != src.overridden.end() && !typed->second.empty() &&
+        typed->second[0] != '"' && typed->second[0] != '\'') {
+      // --set key=text for a string key: the text as typed, not as YAML ("Q: a" would be a map,
+      // "a #b" would lose "#b"); quote it to have YAML read it.
+      out.set(spec.key, node_to_value(YAML::Node(typed->second), spec, src.at(n, path), path));
+    } else if (present && !(n.IsNull() && spec.type != ParamType::String)) {
       out.set(spec.key, node_to_value(n, spec, src.at(n, path), path));
     } else if (!spec.default_value.empty()) {
       out.set(spec.key, parse_param_value(spec, spec.default_value, "default of " + path));

@@ -3,6 +3,7 @@
 // single values) and config.cpp (the experiment file) both read YAML through these.
 #include <yaml-cpp/yaml.h>
 
+#include <map>
 #include <set>
 #include <string>
 
@@ -14,7 +15,8 @@ namespace linearnexus {
 // "file:line:col" for a node (or just the file when the node has no position, e.g. from --set).
 struct Source {
   std::string file;
-  std::set<std::string> overridden;  // dotted paths set by --set
+  // Dotted paths set by --set -> the value as typed (a string key takes it as it is, unless quoted).
+  std::map<std::string, std::string> overridden;
   std::string at(const YAML::Node& n, const std::string& path) const {
     if (overridden.count(path)) return "--set " + path;
     auto m = n.Mark();

@@ -109,7 +109,8 @@ class TrainingRun {
   virtual void end_step(int64_t step, const MetricsFn& metrics, int64_t tokens) = 0;
   virtual bool is_log_step(int64_t step) const = 0;
   virtual bool is_eval_step(int64_t step) const = 0;
-  // A metrics.jsonl line without the progress line (a step-0 evaluation); rank 0 writes it.
+  // A metrics line outside end_step (a step-0 evaluation: m["step"] = 0) to the run's trackers
+  // (metrics.jsonl, TensorBoard), and its console line; rank 0 writes it.
   virtual void write_metrics(const std::map<std::string, double>& metrics) = 0;
   // The mean over ranks of a value every rank computed (the value itself on one process). A
   // collective: every rank calls it at the same point.

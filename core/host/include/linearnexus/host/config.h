@@ -40,6 +40,7 @@ struct TrainerSettings {
   int64_t max_steps = 1000, stop_after = 0;
   double grad_clip = 1.0;
   int64_t log_every = 10, eval_every = 100;
+  bool jsonl = true, tensorboard = false;  // trainer.trackers: metrics.jsonl, TensorBoard event files
   // trainer.activation_checkpointing as a block interval (LMModel::set_activation_checkpointing):
   // none -> 0, blocks -> 1, N -> N.
   int64_t activation_checkpoint_every = 0;
@@ -112,8 +113,5 @@ const Schema& schedule_schema();
 const Schema& trainer_common_schema();
 const Schema& sample_schema();
 
-// Model presets (model.preset / --model): the names of the preset files (configs/presets/NAME.yaml,
-// installed in share/linearnexus/presets; $LINEARNEXUS_PRESET_PATH adds folders): model fields a file may override.
-std::vector<std::string> preset_names();
 
 }  // namespace linearnexus

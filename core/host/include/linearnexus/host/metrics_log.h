@@ -17,6 +17,7 @@ class MetricsLog {
   // left of the line; a second failure cuts it again and is an Error saying training stopped so that
   // no metric is lost.
   void append(const std::string& line);
+  bool is_open() const { return out_.is_open(); }
 
  private:
   std::string path_;

@@ -9,9 +9,21 @@ namespace linearnexus {
 
 struct Experiment;
 
+// LibTorch's intra-op threads: $LINEARNEXUS_NUM_THREADS, else $OMP_NUM_THREADS (its first count), else
+// the physical cores (distinct core ids of /proc/cpuinfo, at most the CPUs this process may use).
+// A variable that is not a whole number from 1 to 4096 is an Error naming it.
+struct ThreadChoice {
+  int threads = 1;
+  std::string source;  // the variable it came from; "" = the physical cores
+  std::string describe() const;  // "2 CPU threads (the physical cores; ...)"
+};
+ThreadChoice choose_num_threads();
+// What init_runtime chose (a run logs it).
+const ThreadChoice& thread_choice();
+
 // Process set-up for training, called first by the runner and the test programs:
-//  * LibTorch's intra-op threads = the machine's cores ($LINEARNEXUS_NUM_THREADS overrides);
-//    Debian's LibTorch defaults to one;
+//  * LibTorch's intra-op threads as choose_num_threads says (Debian's LibTorch defaults to one,
+//    and reads neither variable itself); an Error for a bad variable;
 //  * malloc keeps freed memory (up to 1 GiB blocks) instead of returning it to the OS, so the
 //    large activations and logits of every step reuse pages already mapped: first-touch page
 //    faults made a fresh 200 MB logits tensor cost 0.6 s on our VMs, five times its matmul.
@@ -39,7 +51,9 @@ std::string signal_name(int sig);
 // An exclusive lock on a run folder (flock on DIR/.lock, which records the holder's pid), held
 // until the returned handle is dropped or the process ends, even by kill -9. A second run on the
 // same folder gets an Error naming the folder and the holder's pid.
-std::shared_ptr<void> lock_run_folder(const std::string& dir);
+// The lock file is removed when the handle is dropped (`attempt`: internal, a retry when a run that
+// was ending removed the file while this one opened it).
+std::shared_ptr<void> lock_run_folder(const std::string& dir, int attempt = 0);
 // The same Error when another run holds `dir` now, without taking or creating anything (`validate`).
 void check_run_folder_free(const std::string& dir);
 

@@ -12,7 +12,6 @@
 
 #include "linearnexus/host/config.h"
 #include "linearnexus/host/data.h"
-#include "linearnexus/host/metrics_log.h"
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/trainer.h"
 
@@ -21,6 +20,8 @@ namespace linearnexus {
 class Distributed;
 class GradientSync;
 class PluginHost;
+class RunFolder;
+class RunLog;
 
 // Learning-rate multiplier for `step` (0-based): linear warmup over warmup_steps, then decay
 // ("cosine", "linear", "constant") to min_ratio at max_steps.
@@ -50,7 +51,7 @@ struct RunParts {
   std::string init_file;  // trainer.init_from resolved to a file ("" = not set), resumed or not
   int64_t rank = 0, world_size = 1;
   std::shared_ptr<Distributed> dist;  // set when world_size > 1
-  std::shared_ptr<void> folder_lock;  // the run's hold on out_dir (rank 0)
+  std::shared_ptr<RunFolder> folder;  // the run's hold on out_dir (run_folder.h)
 };
 
 class HostTrainingRun final : public TrainingRun {
@@ -119,7 +120,7 @@ class HostTrainingRun final : public TrainingRun {
   RunParts p_;
   std::vector<Trainable> groups_;  // [0]: the model's; then the trainer's additions
   std::unique_ptr<CheckpointManager> ckpt_;
-  MetricsLog metrics_;
+  std::unique_ptr<RunLog> log_;  // metrics.jsonl, TensorBoard, the progress line (run_log.h)
   std::string lora_base_;  // RunCheckpoint::lora_base of a LoRA run, carried into each checkpoint
   int64_t last_step_ = 0, start_step_ = 0, step_ = 0, curvature_step_ = -1;
   std::chrono::steady_clock::time_point t_start_, t_last_log_;
