@@ -38,9 +38,11 @@ std::vector<int64_t> split_ints(const std::string& s) {
 
 std::shared_ptr<Block> make(PluginHost& host, const std::string& name, int64_t C) {
   const auto& schema = host.registry().get(PluginKind::Block, name).schema;
-  const bool has_heads = std::any_of(schema.begin(), schema.end(), [](const ParamSpec& s) { return s.key == "n_head"; });
-  return benchutil::make_block(host, name, C, has_heads ? std::map<std::string, std::string>{{"n_head", std::to_string(C / 64)}}
-                                                         : std::map<std::string, std::string>{});
+  const bool has_heads =
+      std::any_of(schema.begin(), schema.end(), [](const ParamSpec& s) { return s.key == "n_head"; });
+  return benchutil::make_block(host, name, C,
+                               has_heads ? std::map<std::string, std::string>{{"n_head", std::to_string(C / 64)}}
+                                         : std::map<std::string, std::string>{});
 }
 
 // Milliseconds per decoded token at B = 1 after a prompt of `context` tokens (prefilled, untimed).
@@ -75,8 +77,8 @@ void cache_table(PluginHost& host, const std::vector<std::string>& blocks, int64
     auto b = benchutil::make_block(host, name, C);
     const int64_t b1 = b->init_state(1, 1, o).bytes(), b1k = b->init_state(1, 1024, o).bytes(),
                   b4k = b->init_state(1, 4096, o).bytes();
-    std::printf("| %s | %lld B | %.1f KiB | %.1f KiB | %.0f B |\n", name.c_str(), (long long)b1, b1k / 1024.0, b4k / 1024.0,
-                (b4k - b1k) / 3072.0);
+    std::printf("| %s | %lld B | %.1f KiB | %.1f KiB | %.0f B |\n", name.c_str(), (long long)b1, b1k / 1024.0,
+                b4k / 1024.0, (b4k - b1k) / 3072.0);
   }
 }
 
@@ -101,16 +103,25 @@ int main(int argc, char** argv) {
       return 2;
     }
     const std::string v = argv[++i];
-    if (a == "--device") device = v;
-    else if (a == "--C") C = std::stoll(v);
-    else if (a == "--tokens") tokens = std::stoll(v);
-    else if (a == "--T") Ts = split_ints(v);
-    else if (a == "--decode") contexts = split_ints(v);
-    else if (a == "--repeats") repeats = std::max(1, std::stoi(v));
-    else if (a == "--budget-s") budget_s = std::stod(v);
-    else if (a == "--blocks") blocks = split(v);
+    if (a == "--device")
+      device = v;
+    else if (a == "--C")
+      C = std::stoll(v);
+    else if (a == "--tokens")
+      tokens = std::stoll(v);
+    else if (a == "--T")
+      Ts = split_ints(v);
+    else if (a == "--decode")
+      contexts = split_ints(v);
+    else if (a == "--repeats")
+      repeats = std::max(1, std::stoi(v));
+    else if (a == "--budget-s")
+      budget_s = std::stod(v);
+    else if (a == "--blocks")
+      blocks = split(v);
     else {
-      std::fprintf(stderr, "bench_blocks: unknown option %s (see the usage at the top of bench/bench_blocks.cpp)\n", a.c_str());
+      std::fprintf(stderr, "bench_blocks: unknown option %s (see the usage at the top of bench/bench_blocks.cpp)\n",
+                   a.c_str());
       return 2;
     }
   }
@@ -127,14 +138,16 @@ int main(int argc, char** argv) {
     compat::AutocastGuard autocast(cuda, at::kBFloat16);
     PluginHost host;
     if (cache_only) {
-      cache_table(host, {"attention", "swa", "mla", "mamba", "mamba2", "gla", "deltanet", "gated_deltanet", "kda", "rwkv7"},
-                  C);
+      cache_table(
+          host, {"attention", "swa", "mla", "mamba", "mamba2", "gla", "deltanet", "gated_deltanet", "kda", "rwkv7"}, C);
       return 0;
     }
     torch::manual_seed(0);
-    std::printf("one block forward+backward on %s (%s), C=%lld, %lld tokens per call (B = tokens / T), %d threads, "
-                "median of %d\n", cuda ? "cuda" : "the CPU", cuda ? "bf16 autocast" : "fp32", (long long)C,
-                (long long)tokens, at::get_num_threads(), repeats);
+    std::printf(
+        "one block forward+backward on %s (%s), C=%lld, %lld tokens per call (B = tokens / T), %d threads, "
+        "median of %d\n",
+        cuda ? "cuda" : "the CPU", cuda ? "bf16 autocast" : "fp32", (long long)C, (long long)tokens,
+        at::get_num_threads(), repeats);
     std::printf("| block | T | B | fwd+bwd ms | tokens/s | vs attention |\n|---|---|---|---|---|---|\n");
     std::map<int64_t, double> attention_ms;
     for (const auto& name : blocks) {

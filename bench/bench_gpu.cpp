@@ -173,11 +173,13 @@ TrainResult train(Setup& s, const std::vector<int64_t>& batches, int steps) {
 // `prompt` tokens, `n` greedy tokens. Tokens per second of the decoding alone: the time of n new
 // tokens minus the time of 1 (prefill and the first token), over B (n - 1) tokens; both warmed up
 // first (the first call of a shape captures its graph), best of two.
-double decode_tokens_per_s(DecodeGenerator& gen, int64_t B, int64_t prompt, int64_t n, const std::string& step = "auto") {
+double decode_tokens_per_s(DecodeGenerator& gen, int64_t B, int64_t prompt, int64_t n,
+                           const std::string& step = "auto") {
   gen.options.step = step;
   auto ids = at::randint(0, kVocab, {B, prompt}, at::kLong);
   std::vector<std::vector<int64_t>> prompts(B);
-  for (int64_t b = 0; b < B; ++b) prompts[b] = std::vector<int64_t>(ids[b].data_ptr<int64_t>(), ids[b].data_ptr<int64_t>() + prompt);
+  for (int64_t b = 0; b < B; ++b)
+    prompts[b] = std::vector<int64_t>(ids[b].data_ptr<int64_t>(), ids[b].data_ptr<int64_t>() + prompt);
   auto run = [&](int64_t new_tokens) {
     SamplingParams sp;
     sp.temperature = 0;
@@ -221,9 +223,12 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     std::transform(n.begin(), n.end(), n.begin(), ::tolower);
     std::string kind = "norms/elementwise/other";
     auto has = [&](const char* p) { return n.find(p) != std::string::npos; };
-    if (has("flash") || has("fmha") || has("attention") || has("mem_eff")) kind = "attention";
-    else if (has("gemm") || has("nvjet") || has("xmma") || has("cutlass") || has("cublas") || has("sm90_")) kind = "matmul";
-    else if (has("memcpy") || has("memset")) kind = "memcpy/memset";
+    if (has("flash") || has("fmha") || has("attention") || has("mem_eff"))
+      kind = "attention";
+    else if (has("gemm") || has("nvjet") || has("xmma") || has("cutlass") || has("cublas") || has("sm90_"))
+      kind = "matmul";
+    else if (has("memcpy") || has("memset"))
+      kind = "memcpy/memset";
     ms[kind] += static_cast<double>(e.durationNs()) / 1e6 / iters;
     if (kernels_per_call) *kernels_per_call += 1.0 / iters;
     by_name[e.name()] += static_cast<double>(e.durationNs()) / 1e6 / iters;
@@ -236,7 +241,8 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
     uint64_t busy_until = 0;
     std::string prev = "(start)";
     for (const auto& [t0, t1, n] : spans) {
-      if (busy_until && t0 > busy_until) by_pair[prev.substr(0, 50) + " -> " + n.substr(0, 50)] += (t0 - busy_until) / 1e6 / iters;
+      if (busy_until && t0 > busy_until)
+        by_pair[prev.substr(0, 50) + " -> " + n.substr(0, 50)] += (t0 - busy_until) / 1e6 / iters;
       if (t1 > busy_until) busy_until = t1, prev = n;
     }
     for (const auto& [n, v] : by_pair) gaps->push_back({v, n});
@@ -261,23 +267,49 @@ std::map<std::string, double> kernel_ms(const std::function<void()>& f, int iter
 void breakdown(Setup& s, int64_t B, const std::string& name) {
   s.model->train();
   Step step(s, B);
-  const double wall_fb = 1e3 * time_per_call([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 2, 5);
+  const double wall_fb = 1e3 * time_per_call(
+                                   [&] {
+                                     step.forward_backward();
+                                     s.opt->zero_grad(s.params);
+                                   },
+                                   2, 5);
   step.forward_backward();
-  const double wall_up = 1e3 * time_per_call([&] { step.update(); step.forward_backward(); }, 1, 5) - wall_fb;
+  const double wall_up = 1e3 * time_per_call(
+                                   [&] {
+                                     step.update();
+                                     step.forward_backward();
+                                   },
+                                   1, 5) -
+                         wall_fb;
   const double wall_step = 1e3 * time_per_call(step, 1, 5);
   std::vector<std::pair<double, std::string>> top, gaps;
-  auto fb = kernel_ms([&] { step.forward_backward(); s.opt->zero_grad(s.params); }, 3, &top, nullptr, &gaps);
+  auto fb = kernel_ms(
+      [&] {
+        step.forward_backward();
+        s.opt->zero_grad(s.params);
+      },
+      3, &top, nullptr, &gaps);
   step.forward_backward();
-  auto up = kernel_ms([&] { step.update(); step.forward_backward(); }, 3);
+  auto up = kernel_ms(
+      [&] {
+        step.update();
+        step.forward_backward();
+      },
+      3);
   double fb_busy = 0;
   for (auto& [k, v] : fb) fb_busy += v;
   for (auto& [k, v] : up) v -= fb.count(k) ? fb[k] : 0.0;  // the update's own kernels
   double up_busy = 0;
   for (auto& [k, v] : up) up_busy += v;
-  std::map<std::string, std::string> r{{"kind", str("breakdown")}, {"model", str(name)}, {"batch", num(B)},
-                                       {"step_ms", num(wall_step)}, {"fwd_bwd_ms", num(wall_fb)},
-                                       {"update_ms", num(wall_up)}, {"optimizer_kernels_ms", num(up_busy)},
-                                       {"fwd_bwd_gaps_ms", num(wall_fb - fb_busy)}, {"update_gaps_ms", num(wall_up - up_busy)}};
+  std::map<std::string, std::string> r{{"kind", str("breakdown")},
+                                       {"model", str(name)},
+                                       {"batch", num(B)},
+                                       {"step_ms", num(wall_step)},
+                                       {"fwd_bwd_ms", num(wall_fb)},
+                                       {"update_ms", num(wall_up)},
+                                       {"optimizer_kernels_ms", num(up_busy)},
+                                       {"fwd_bwd_gaps_ms", num(wall_fb - fb_busy)},
+                                       {"update_gaps_ms", num(wall_up - up_busy)}};
   for (auto& [k, v] : fb) r["fb:" + k] = num(v);
   // Autocast's weight casts against a bf16 copy kept by the optimizer: each forward casts every fp32
   // matrix to bf16 (read 4 + write 2 bytes a value); a kept copy must be rewritten after every update
@@ -293,8 +325,16 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
         w16.push_back(at::empty_like(p.param, p.param.options().dtype(at::kBFloat16)));
         bytes += 6.0 * static_cast<double>(p.param.numel());
       }
-    r["weight_casts_ms"] = num(1e3 * time_per_call([&] { for (auto& w : w32) (void)w.to(at::kBFloat16); }, 2, 10));
-    r["kept_copy_update_ms"] = num(1e3 * time_per_call([&] { for (size_t i = 0; i < w32.size(); ++i) w16[i].copy_(w32[i]); }, 2, 10));
+    r["weight_casts_ms"] = num(1e3 * time_per_call(
+                                         [&] {
+                                           for (auto& w : w32) (void)w.to(at::kBFloat16);
+                                         },
+                                         2, 10));
+    r["kept_copy_update_ms"] = num(1e3 * time_per_call(
+                                             [&] {
+                                               for (size_t i = 0; i < w32.size(); ++i) w16[i].copy_(w32[i]);
+                                             },
+                                             2, 10));
     r["weight_cast_gb"] = num(bytes / 1e9);
   }
   std::string t = "\"";
@@ -302,7 +342,8 @@ void breakdown(Setup& s, int64_t B, const std::string& name) {
   r["top"] = t + "\"";
   std::string g = "\"";
   for (auto& [v, n] : gaps) g += n + " " + num(v) + " ms; ";
-  for (char& c : g) if (c == '"' && &c != &g.front()) c = '\'';
+  for (char& c : g)
+    if (c == '"' && &c != &g.front()) c = '\'';
   r["gaps"] = g + "\"";
   result(r);
 }
@@ -327,8 +368,11 @@ void decode_profile(DecodeGenerator& generator, const std::string& name, int64_t
   auto k = kernel_ms(gen(33), 2, &top, &n33);
   auto k1 = kernel_ms(gen(1), 2, nullptr, &n1);
   generator.options.step = "auto";
-  std::map<std::string, std::string> r{{"kind", str("decode_profile")}, {"model", str(name)}, {"batch", num(B)},
-                                       {"graphed_wall_ms_per_token", num(wall)}, {"kernels_per_token", num((n33 - n1) / 32)}};
+  std::map<std::string, std::string> r{{"kind", str("decode_profile")},
+                                       {"model", str(name)},
+                                       {"batch", num(B)},
+                                       {"graphed_wall_ms_per_token", num(wall)},
+                                       {"kernels_per_token", num((n33 - n1) / 32)}};
   double busy = 0;
   for (auto& [kind, v] : k) {
     const double per_token = (v - (k1.count(kind) ? k1[kind] : 0.0)) / 32;
@@ -351,17 +395,25 @@ void sdpa_variants(int64_t B) {
   auto g = at::randn({B, 12, kT, 64}, o);
   for (bool cudnn : {false, true}) {
     at::globalContext().setSDPUseCuDNN(cudnn);
-    const double ms = 1e3 * time_per_call([&] {
-      auto y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
-      y.backward(g);
-    }, 3, 10);
+    const double ms = 1e3 * time_per_call(
+                                [&] {
+                                  auto y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+                                  y.backward(g);
+                                },
+                                3, 10);
     result({{"kind", str("sdpa")}, {"cudnn", cudnn ? "true" : "false"}, {"batch", num(B)}, {"fwd_bwd_ms", num(ms)}});
   }
 }
 
-void decode_result(const std::string& model, const std::string& impl, int64_t B, int64_t prompt, int64_t n, double tps) {
-  result({{"kind", str("decode")}, {"impl", str(impl)}, {"model", str(model)}, {"batch", num(B)}, {"prompt", num(prompt)},
-          {"new_tokens", num(n)}, {"tokens_per_s", num(tps)}});
+void decode_result(const std::string& model, const std::string& impl, int64_t B, int64_t prompt, int64_t n,
+                   double tps) {
+  result({{"kind", str("decode")},
+          {"impl", str(impl)},
+          {"model", str(model)},
+          {"batch", num(B)},
+          {"prompt", num(prompt)},
+          {"new_tokens", num(n)},
+          {"tokens_per_s", num(tps)}});
 }
 
 // The decode table (--decode-only): gpt-small, mla-small (gpt-small with MLA blocks) and
@@ -372,7 +424,8 @@ void decode_bench(PluginHost& host, const std::function<bool(const std::string&)
   const std::vector<std::pair<std::string, std::string>> models{
       {"gpt-small", "{preset: gpt-small, max_seq_len: 2048}"},
       {"mamba-small", "{preset: mamba-small}"},
-      {"mla-small", "{preset: gpt-small, max_seq_len: 2048, block_pattern: [mla], blocks: {mla: {n_head: 12, mlp: gelu}}}"}};
+      {"mla-small",
+       "{preset: gpt-small, max_seq_len: 2048, block_pattern: [mla], blocks: {mla: {n_head: 12, mlp: gelu}}}"}};
   for (const auto& [name, yaml] : models) {
     if (!wanted(name)) continue;
     c10::cuda::CUDACachingAllocator::emptyCache();
@@ -405,17 +458,25 @@ int main(int argc, char** argv) {
   std::string models = "gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--batches" && i + 1 < argc) batches = parse_list(argv[++i]);
-    else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
-    else if (a == "--no-profile") profile = false;
-    else if (a == "--no-decode") decode = false;
-    else if (a == "--models" && i + 1 < argc) models = argv[++i], explicit_models = true;
-    else if (a == "--train" && i + 1 < argc) train_only.push_back(argv[++i]);
-    else if (a == "--decode-only") decode_only = true;
+    if (a == "--batches" && i + 1 < argc)
+      batches = parse_list(argv[++i]);
+    else if (a == "--steps" && i + 1 < argc)
+      steps = std::atoi(argv[++i]);
+    else if (a == "--no-profile")
+      profile = false;
+    else if (a == "--no-decode")
+      decode = false;
+    else if (a == "--models" && i + 1 < argc)
+      models = argv[++i], explicit_models = true;
+    else if (a == "--train" && i + 1 < argc)
+      train_only.push_back(argv[++i]);
+    else if (a == "--decode-only")
+      decode_only = true;
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode] [--decode-only] "
-                           "[--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small] "
-                           "[--train MODEL]...\n");
+      std::fprintf(stderr,
+                   "usage: bench_gpu [--batches 48,32,24,16] [--steps 10] [--no-profile] [--no-decode] [--decode-only] "
+                   "[--models gpt-small,gpt-small-char,gpt-small-ckpt,gpt-medium,mamba-small,jamba-small] "
+                   "[--train MODEL]...\n");
       return 2;
     }
   }
@@ -442,9 +503,14 @@ int main(int argc, char** argv) {
       c10::cuda::CUDACachingAllocator::emptyCache();
       auto s = make_setup(host, model);
       auto r = train(*s, batches, steps);
-      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(model.substr(0, model.find('=')))},
-              {"batch", num(r.batch)}, {"seq", num(kT)}, {"params", num(static_cast<double>(s->model->num_parameters()))},
-              {"ms_per_step", num(1e3 * r.s_per_step)}, {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
+      result({{"kind", str("train")},
+              {"impl", str("linearnexus")},
+              {"model", str(model.substr(0, model.find('=')))},
+              {"batch", num(r.batch)},
+              {"seq", num(kT)},
+              {"params", num(static_cast<double>(s->model->num_parameters()))},
+              {"ms_per_step", num(1e3 * r.s_per_step)},
+              {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
               {"peak_gib", num(r.peak)}});
       if (profile && r.batch) {
         try {
@@ -466,13 +532,20 @@ int main(int argc, char** argv) {
       // attention scores and values, forward and backward, counting the full T x T (as nanoGPT/PaLM).
       const double n = static_cast<double>(s->model->num_parameters());
       const double flops_per_token = 6.0 * n + 12.0 * d.n_layer * d.hidden_size * kT;
-      result({{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str("gpt-small")}, {"batch", num(r.batch)},
-              {"seq", num(kT)}, {"params", num(n)}, {"ms_per_step", num(1e3 * r.s_per_step)},
-              {"tokens_per_s", num(r.batch * kT / r.s_per_step)}, {"peak_gib", num(r.peak)},
+      result({{"kind", str("train")},
+              {"impl", str("linearnexus")},
+              {"model", str("gpt-small")},
+              {"batch", num(r.batch)},
+              {"seq", num(kT)},
+              {"params", num(n)},
+              {"ms_per_step", num(1e3 * r.s_per_step)},
+              {"tokens_per_s", num(r.batch * kT / r.s_per_step)},
+              {"peak_gib", num(r.peak)},
               {"flops_per_token", num(flops_per_token)}});
       if (decode) {
         DecodeGenerator gen(*s->model, host.registry());
-        for (int64_t B : {1, 16}) decode_result("gpt-small", "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
+        for (int64_t B : {1, 16})
+          decode_result("gpt-small", "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
         decode_profile(gen, "gpt-small", 1);
         sdpa_variants(gpt_batch);
       }
@@ -500,8 +573,12 @@ int main(int argc, char** argv) {
       if (name == "gpt-medium") mb = {32};
       auto r = train(*s, mb, steps);
       const double n = static_cast<double>(s->model->num_parameters());
-      std::map<std::string, std::string> row{{"kind", str("train")}, {"impl", str("linearnexus")}, {"model", str(name)},
-                                             {"batch", num(r.batch)}, {"seq", num(kT)}, {"params", num(n)},
+      std::map<std::string, std::string> row{{"kind", str("train")},
+                                             {"impl", str("linearnexus")},
+                                             {"model", str(name)},
+                                             {"batch", num(r.batch)},
+                                             {"seq", num(kT)},
+                                             {"params", num(n)},
                                              {"ms_per_step", num(1e3 * r.s_per_step)},
                                              {"tokens_per_s", num(r.batch ? r.batch * kT / r.s_per_step : 0)},
                                              {"peak_gib", num(r.peak)}};
@@ -510,7 +587,8 @@ int main(int argc, char** argv) {
       result(row);
       if (name == "mamba-small" && decode) {
         DecodeGenerator gen(*s->model, host.registry());
-        for (int64_t B : {1, 16}) decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
+        for (int64_t B : {1, 16})
+          decode_result(name, "linearnexus", B, 128, 512, decode_tokens_per_s(gen, B, 128, 512));
         decode_profile(gen, name, 1);
       }
       if (profile && r.batch && !gpt) {

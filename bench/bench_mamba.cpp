@@ -34,8 +34,9 @@ int main(int argc, char** argv) {
     PluginHost host;
     torch::manual_seed(0);
     auto x = torch::randn({B, T, C});
-    std::printf("mamba block forward+backward, B=%lld T=%lld C=%lld (d_inner %lld, d_state 16), %d threads, median of %d\n",
-                (long long)B, (long long)T, (long long)C, (long long)(2 * C), at::get_num_threads(), repeats);
+    std::printf(
+        "mamba block forward+backward, B=%lld T=%lld C=%lld (d_inner %lld, d_state 16), %d threads, median of %d\n",
+        (long long)B, (long long)T, (long long)C, (long long)(2 * C), at::get_num_threads(), repeats);
     auto seq = make_mamba(host, C, "sequential", 64);
     const double seq_ms = fwd_bwd_ms(*seq, x, repeats);
     std::printf("| scan | chunk_size | ms | speed-up vs sequential |\n|---|---|---|---|\n");

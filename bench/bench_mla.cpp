@@ -25,10 +25,11 @@ using namespace linearnexus;
 
 namespace {
 
-std::shared_ptr<LMModel> make(PluginHost& host, const std::string& block, const std::string& block_yaml, int64_t n_layer) {
-  const std::string yaml = "data: {path: \"builtin:arithmetic\"}\nmodel: {hidden_size: 768, n_layer: " +
-                           std::to_string(n_layer) + ", max_seq_len: 2048, block_pattern: [" + block + "], blocks: {" +
-                           block + ": " + block_yaml + "}}\n";
+std::shared_ptr<LMModel> make(PluginHost& host, const std::string& block, const std::string& block_yaml,
+                              int64_t n_layer) {
+  const std::string yaml =
+      "data: {path: \"builtin:arithmetic\"}\nmodel: {hidden_size: 768, n_layer: " + std::to_string(n_layer) +
+      ", max_seq_len: 2048, block_pattern: [" + block + "], blocks: {" + block + ": " + block_yaml + "}}\n";
   Experiment e = parse_experiment(yaml, "bench_mla", "", {}, host);
   auto m = std::make_shared<LMModel>(e.model_config(50257), host.registry());
   m->eval();
@@ -79,16 +80,19 @@ int main(int argc, char** argv) {
   try {
     at::set_num_threads(threads);
     PluginHost host;
-    const std::string mla_dims = "{n_head: 12, kv_lora_rank: 256, q_lora_rank: 0, qk_nope_head_dim: 64, "
-                                 "qk_rope_head_dim: 32, v_head_dim: 64, decode: ";
+    const std::string mla_dims =
+        "{n_head: 12, kv_lora_rank: 256, q_lora_rank: 0, qk_nope_head_dim: 64, "
+        "qk_rope_head_dim: 32, v_head_dim: 64, decode: ";
     struct Variant {
       std::string label, block, yaml;
     };
     std::vector<Variant> variants{{"attention (MHA)", "attention", "{n_head: 12}"},
                                   {"mla (absorbed decode)", "mla", mla_dims + "absorbed}"},
                                   {"mla (naive decode)", "mla", mla_dims + "naive}"}};
-    std::printf("gpt-small width (768, 12 heads), %lld layers, vocab 50257, context %lld, %lld decode steps timed, "
-                "%d threads\n", (long long)n_layer, (long long)context, (long long)decode_tokens - 1, threads);
+    std::printf(
+        "gpt-small width (768, 12 heads), %lld layers, vocab 50257, context %lld, %lld decode steps timed, "
+        "%d threads\n",
+        (long long)n_layer, (long long)context, (long long)decode_tokens - 1, threads);
     std::printf("%-24s %6s %18s %14s %16s %14s\n", "model", "batch", "cache B/token/layer", "decode tok/s",
                 "median ms/step", "mean ms/step");
     std::vector<std::shared_ptr<LMModel>> models;

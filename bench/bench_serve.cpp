@@ -48,15 +48,24 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::runtime_error(k + " needs a value");
       return argv[++i];
     };
-    if (k == "--runner") a.runner = value();
-    else if (k == "--checkpoint") a.checkpoint = value();
-    else if (k == "--device") a.device = value();
-    else if (k == "--requests") a.requests = std::stoi(value());
-    else if (k == "--max-tokens") a.max_tokens = std::stoi(value());
-    else if (k == "--max-batch") a.max_batch = std::stoi(value());
-    else if (k == "--hidden") a.hidden = std::stoi(value());
-    else if (k == "--layers") a.layers = std::stoi(value());
-    else if (k == "--stream") a.stream = true;
+    if (k == "--runner")
+      a.runner = value();
+    else if (k == "--checkpoint")
+      a.checkpoint = value();
+    else if (k == "--device")
+      a.device = value();
+    else if (k == "--requests")
+      a.requests = std::stoi(value());
+    else if (k == "--max-tokens")
+      a.max_tokens = std::stoi(value());
+    else if (k == "--max-batch")
+      a.max_batch = std::stoi(value());
+    else if (k == "--hidden")
+      a.hidden = std::stoi(value());
+    else if (k == "--layers")
+      a.layers = std::stoi(value());
+    else if (k == "--stream")
+      a.stream = true;
     else if (k == "--clients") {
       a.clients.clear();
       std::stringstream ss(value());
@@ -75,20 +84,24 @@ int main(int argc, char** argv) try {
   char tmpl[] = "/tmp/bench_serve_XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
   if (a.checkpoint.empty()) {
-    std::ofstream(dir + "/exp.yaml") << "data: {path: 'builtin:arithmetic', seq_len: 64}\n"
-                                     << "model: {hidden_size: " << a.hidden << ", n_layer: " << a.layers
-                                     << ", max_seq_len: 256, block_pattern: [attention], blocks: {attention: {n_head: 6}}}\n"
-                                     << "trainer: {max_steps: 1, batch_size: 2, eval_every: 1000, out_dir: " << dir << "/run}\n"
-                                     << "sample: {num_samples: 0}\n";
+    std::ofstream(dir + "/exp.yaml")
+        << "data: {path: 'builtin:arithmetic', seq_len: 64}\n"
+        << "model: {hidden_size: " << a.hidden << ", n_layer: " << a.layers
+        << ", max_seq_len: 256, block_pattern: [attention], blocks: {attention: {n_head: 6}}}\n"
+        << "trainer: {max_steps: 1, batch_size: 2, eval_every: 1000, out_dir: " << dir << "/run}\n"
+        << "sample: {num_samples: 0}\n";
     if (std::system((a.runner + " run " + dir + "/exp.yaml > " + dir + "/train.log 2>&1").c_str()) != 0)
       throw std::runtime_error("training the benchmark's model failed: see " + dir + "/train.log");
     a.checkpoint = dir + "/run";
   }
   int port = 0;
-  const pid_t pid = lnhttp::spawn_serve(a.runner, "--checkpoint '" + a.checkpoint + "' --device " + a.device + " --max-batch " +
-                                                   std::to_string(a.max_batch), dir + "/out", dir + "/err", &port);
+  const pid_t pid = lnhttp::spawn_serve(
+      a.runner,
+      "--checkpoint '" + a.checkpoint + "' --device " + a.device + " --max-batch " + std::to_string(a.max_batch),
+      dir + "/out", dir + "/err", &port);
   if (port == 0) throw std::runtime_error("the server did not start: " + read_file(dir + "/err"));
-  std::printf("| clients | requests | max_tokens | wall s | requests/s | tokens/s | mean latency s |\n|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| clients | requests | max_tokens | wall s | requests/s | tokens/s | mean latency s |\n|---|---|---|---|---|---|---|\n");
   for (int c : a.clients) {
     std::atomic<int64_t> tokens{0}, failed{0};
     std::atomic<double> latency{0};
@@ -97,8 +110,11 @@ int main(int argc, char** argv) try {
     for (int k = 0; k < c; ++k)
       threads.emplace_back([&, k] {
         for (int r = 0; r < a.requests; ++r) {
-          const nlohmann::json body = {{"prompt", std::to_string(k * 7 + r) + "+"}, {"seed", k * 1000 + r},
-                                       {"max_tokens", a.max_tokens}, {"temperature", 1.0}, {"stream", a.stream}};
+          const nlohmann::json body = {{"prompt", std::to_string(k * 7 + r) + "+"},
+                                       {"seed", k * 1000 + r},
+                                       {"max_tokens", a.max_tokens},
+                                       {"temperature", 1.0},
+                                       {"stream", a.stream}};
           const auto s0 = std::chrono::steady_clock::now();
           const auto resp = lnhttp::request(port, "POST", "/v1/completions", body.dump());
           const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
@@ -110,14 +126,15 @@ int main(int argc, char** argv) try {
             continue;
           }
           // A streamed completion decodes max_tokens (completions end at no EOS, no stop strings here).
-          tokens += a.stream ? a.max_tokens : nlohmann::json::parse(resp.body)["usage"]["completion_tokens"].get<int64_t>();
+          tokens +=
+              a.stream ? a.max_tokens : nlohmann::json::parse(resp.body)["usage"]["completion_tokens"].get<int64_t>();
         }
       });
     for (auto& t : threads) t.join();
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t n = static_cast<int64_t>(c) * a.requests;
-    std::printf("| %d | %lld | %d | %.2f | %.2f | %.1f | %.3f |%s\n", c, static_cast<long long>(n), a.max_tokens, wall, n / wall,
-                tokens / wall, latency / n, failed ? " FAILED REQUESTS" : "");
+    std::printf("| %d | %lld | %d | %.2f | %.2f | %.1f | %.3f |%s\n", c, static_cast<long long>(n), a.max_tokens, wall,
+                n / wall, tokens / wall, latency / n, failed ? " FAILED REQUESTS" : "");
     std::fflush(stdout);
   }
   ::kill(pid, SIGTERM);

@@ -18,8 +18,10 @@ void Ticket::push(JobEvent event) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (rows_left_ < 0) rows_left_ = static_cast<int64_t>(job.rows.size());
-    if (!event.error.empty()) failed_ = true;
-    else if (!event.finish_reason.empty()) --rows_left_;
+    if (!event.error.empty())
+      failed_ = true;
+    else if (!event.finish_reason.empty())
+      --rows_left_;
     events_.push_back(std::move(event));
   }
   cv_.notify_all();
@@ -66,9 +68,9 @@ size_t incomplete_utf8_at_end(const std::string& text) {
 
 struct BatchScheduler::RowState {
   Ticket* ticket = nullptr;
-  int64_t row = 0;             // the row's index in its job
-  std::string text;            // everything decoded so far (cut at a stop string)
-  size_t sent = 0;             // bytes of text already in events
+  int64_t row = 0;   // the row's index in its job
+  std::string text;  // everything decoded so far (cut at a stop string)
+  size_t sent = 0;   // bytes of text already in events
   int64_t tokens = 0;
   bool finished = false;
 
@@ -179,7 +181,8 @@ std::vector<std::shared_ptr<Ticket>> BatchScheduler::take_round() {
         ++it;
         continue;
       }
-      for (size_t r = 0; r < (*it)->job.rows.size(); ++r) (*it)->push(JobEvent{static_cast<int64_t>(r), "", "cancelled", 0, ""});
+      for (size_t r = 0; r < (*it)->job.rows.size(); ++r)
+        (*it)->push(JobEvent{static_cast<int64_t>(r), "", "cancelled", 0, ""});
       stats_.cancelled_rows += static_cast<int64_t>((*it)->job.rows.size());
       it = waiting_.erase(it);
     }

@@ -40,8 +40,8 @@ struct Job {
   };
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
-  int64_t eos_id = -1;             // chat: the tokenizer's end of turn (ends the row, never shown)
-  std::vector<std::string> stop;   // text stop strings: the row ends before the first one
+  int64_t eos_id = -1;            // chat: the tokenizer's end of turn (ends the row, never shown)
+  std::vector<std::string> stop;  // text stop strings: the row ends before the first one
   std::vector<Row> rows;
 };
 

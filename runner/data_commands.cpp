@@ -35,21 +35,24 @@ DataCommands::DataCommands(CLI::App& app) {
   prepare_->add_option("--val-fraction", prep.val_fraction, "fraction of the tokens (at the end) for val.bin")
       ->capture_default_str();
   // Callbacks rather than bound flags: CLI11 prints a bound flag's value as "{false}" in --help.
-  prepare_->add_flag_callback("--no-progress", [&prep] { prep.progress = false; },
-                              "no progress bar on stderr (default: a progress bar)");
-  prepare_->add_flag_callback("--force", [&prep] { prep.force = true; },
-                              "overwrite an output folder that is not empty (default: refuse)");
+  prepare_->add_flag_callback(
+      "--no-progress", [&prep] { prep.progress = false; }, "no progress bar on stderr (default: a progress bar)");
+  prepare_->add_flag_callback(
+      "--force", [&prep] { prep.force = true; }, "overwrite an output folder that is not empty (default: refuse)");
 
   chat_render_ = data->add_subcommand(
-      "chat-render", "print each {\"messages\": [...]} row of a JSON Lines file rendered with the tokenizer's chat "
-                     "template, one JSON string per line");
+      "chat-render",
+      "print each {\"messages\": [...]} row of a JSON Lines file rendered with the tokenizer's chat "
+      "template, one JSON string per line");
   chat_render_->add_option("--tokenizer", tokenizer_, tokenizer_doc + " (one with a chat template)")->required();
-  chat_render_->add_option("--input", input_, "JSON Lines file of {\"messages\": [...], \"tools\": ...} rows")->required();
+  chat_render_->add_option("--input", input_, "JSON Lines file of {\"messages\": [...], \"tools\": ...} rows")
+      ->required();
   chat_render_->add_flag("--add-generation-prompt", add_generation_prompt_,
                          "end with the assistant's header, as for generation (sample --chat)");
-  chat_render_->add_flag("--with-mask", with_mask_,
-                         "print {\"text\", \"trained\": [[begin, end], ...]} objects: the byte ranges that carry the loss "
-                         "in chat SFT");
+  chat_render_->add_flag(
+      "--with-mask", with_mask_,
+      "print {\"text\", \"trained\": [[begin, end], ...]} objects: the byte ranges that carry the loss "
+      "in chat SFT");
 }
 
 bool DataCommands::parsed() const { return tokenize_->parsed() || prepare_->parsed() || chat_render_->parsed(); }
@@ -58,8 +61,9 @@ int DataCommands::run() {
   if (tokenize_->parsed()) return run_tokenize();
   if (chat_render_->parsed()) return run_chat_render();
   const PreparedSummary s = prepare_token_files(prepare_options_);
-  std::cout << prepare_options_.out_dir << ": " << s.train_tokens << " train + " << s.val_tokens << " validation tokens ("
-            << s.dtype << ", vocabulary " << s.vocab_size << ") from " << s.input_bytes << " bytes in " << s.seconds << " s\n";
+  std::cout << prepare_options_.out_dir << ": " << s.train_tokens << " train + " << s.val_tokens
+            << " validation tokens (" << s.dtype << ", vocabulary " << s.vocab_size << ") from " << s.input_bytes
+            << " bytes in " << s.seconds << " s\n";
   return 0;
 }
 
@@ -67,8 +71,9 @@ int DataCommands::run() {
 int DataCommands::run_tokenize() {
   // A character vocabulary exists only per corpus (saved with a run), so there is none to name here.
   if (tokenizer_ == "char")
-    throw Error("tokenize: --tokenizer must be gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder "
-                "holding one (a Hugging Face model or run folder) or encoder.json + vocab.bpe");
+    throw Error(
+        "tokenize: --tokenizer must be gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder "
+        "holding one (a Hugging Face model or run folder) or encoder.json + vocab.bpe");
   auto tok = load_tokenizer(tokenizer_);
   if (decode_) {
     std::vector<int64_t> ids;

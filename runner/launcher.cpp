@@ -68,8 +68,9 @@ void on_signal(int sig) {
 int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, const std::vector<std::string>& overrides,
                  char** argv) {
   if (std::getenv("WORLD_SIZE"))
-    throw Error("run --nproc: WORLD_SIZE is already set (a launcher such as torchrun starts the ranks itself): "
-                "drop --nproc, or unset WORLD_SIZE");
+    throw Error(
+        "run --nproc: WORLD_SIZE is already set (a launcher such as torchrun starts the ranks itself): "
+        "drop --nproc, or unset WORLD_SIZE");
   {
     // Check the experiment once here (bad files fail once, not N times), and the ranks it may have.
     PluginHost host;
@@ -121,17 +122,20 @@ int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, cons
   // it ends. (Not PR_SET_PDEATHSIG: that fires again each time a dying multi-threaded parent hands the
   // child to another of its threads, and a second stop signal aborts.)
   int line[2];
-  if (::pipe2(line, O_CLOEXEC) != 0) throw Error(std::string("run --nproc: cannot make a pipe: ") + std::strerror(errno));
+  if (::pipe2(line, O_CLOEXEC) != 0)
+    throw Error(std::string("run --nproc: cannot make a pipe: ") + std::strerror(errno));
   ::fcntl(line[0], F_SETFD, 0);  // the read end survives execv; the write end does not
   // Each rank's environment, made before fork: LibTorch's threads may hold malloc's lock at the fork,
   // so the child calls nothing that allocates before execve.
   std::vector<std::vector<std::string>> envs(static_cast<size_t>(nproc));
   for (int64_t r = 0; r < nproc; ++r) {
-    const std::map<std::string, std::string> set = {
-        {"RANK", std::to_string(r)},           {"LOCAL_RANK", std::to_string(r)},
-        {"WORLD_SIZE", std::to_string(nproc)}, {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
-        {"MASTER_ADDR", "127.0.0.1"},          {"MASTER_PORT", std::to_string(port)},
-        {kLauncherFdVariable, std::to_string(line[0])}};
+    const std::map<std::string, std::string> set = {{"RANK", std::to_string(r)},
+                                                    {"LOCAL_RANK", std::to_string(r)},
+                                                    {"WORLD_SIZE", std::to_string(nproc)},
+                                                    {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
+                                                    {"MASTER_ADDR", "127.0.0.1"},
+                                                    {"MASTER_PORT", std::to_string(port)},
+                                                    {kLauncherFdVariable, std::to_string(line[0])}};
     for (char** e = environ; *e; ++e) {
       const std::string kv = *e;
       if (!set.count(kv.substr(0, kv.find('=')))) envs[r].push_back(kv);
@@ -188,8 +192,10 @@ int launch_ranks(int64_t nproc, int64_t nproc_max, const std::string& path, cons
       // a moment to say so, then stop whoever is left.
       for (int wait = 0; wait < 100 && !ranks.empty(); ++wait) {
         const pid_t done = ::waitpid(-1, &status, WNOHANG);
-        if (done > 0) ranks.erase(done);
-        else std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (done > 0)
+          ranks.erase(done);
+        else
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
       for (const auto& [p, rr] : ranks) ::kill(p, SIGKILL);
     }

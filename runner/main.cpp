@@ -87,7 +87,8 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
   const std::vector<int64_t> prompt_ids = tok.encode(prompt);
   for (int64_t i = 0; i < s.num_samples; ++i) {
     sp.seed = seed + static_cast<uint64_t>(i);
-    std::string text = "---- sample " + std::to_string(i + 1) + " ----\n" + (s.chat ? "user: " + s.prompt + "\nassistant: " : prompt);
+    std::string text =
+        "---- sample " + std::to_string(i + 1) + " ----\n" + (s.chat ? "user: " + s.prompt + "\nassistant: " : prompt);
     std::cout << text << std::flush;
     int64_t tokens = 0;
     const auto t0 = std::chrono::steady_clock::now();
@@ -103,7 +104,8 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
     std::cout << "\n" << std::flush;
     log_file_text(text + "\n");  // a run's train.log holds its samples too (stdout is not a log line)
     char rate[128];
-    std::snprintf(rate, sizeof rate, "sample %lld: %lld new tokens in %.2f s (%.1f tokens/s, the prompt's prefill included)",
+    std::snprintf(rate, sizeof rate,
+                  "sample %lld: %lld new tokens in %.2f s (%.1f tokens/s, the prompt's prefill included)",
                   static_cast<long long>(i + 1), static_cast<long long>(tokens), seconds,
                   seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
     log_info(rate);
@@ -143,29 +145,29 @@ int cmd_run(const std::string& path, const std::vector<std::string>& overrides, 
   watch_launcher();  // a rank of run --nproc stops when its launcher is gone
   PluginHost host;
   return with_plugin_errors_copied([&] {
-  Experiment exp = load_experiment(path, overrides, host);
-  fail_on_plugin_problems(host);
-  auto run = prepare_run(exp, host);
-  try {
-    return train_and_sample(exp, host, *run, no_sample);
-  } catch (const std::exception& e) {
-    log_file_text("error: " + error_text(e) + "\n");  // train.log ends as the console does
-    throw;
-  }
+    Experiment exp = load_experiment(path, overrides, host);
+    fail_on_plugin_problems(host);
+    auto run = prepare_run(exp, host);
+    try {
+      return train_and_sample(exp, host, *run, no_sample);
+    } catch (const std::exception& e) {
+      log_file_text("error: " + error_text(e) + "\n");  // train.log ends as the console does
+      throw;
+    }
   });
 }
 
 int cmd_validate(const std::string& path, const std::vector<std::string>& overrides, bool print) {
   PluginHost host;
   return with_plugin_errors_copied([&] {
-  Experiment exp = load_experiment(path, overrides, host);
-  fail_on_plugin_problems(host);
-  preflight(exp, host);  // everything run checks before training (preflight.h)
-  if (print) std::cout << exp.resolved_yaml;
-  std::cout << path << ": valid (" << exp.model.dims.n_layer << " layers of";
-  for (const auto& b : exp.model.block_pattern) std::cout << " " << b;
-  std::cout << ", optimizer " << exp.optimizer_name << ", trainer " << exp.trainer_name << ")\n";
-  return 0;
+    Experiment exp = load_experiment(path, overrides, host);
+    fail_on_plugin_problems(host);
+    preflight(exp, host);  // everything run checks before training (preflight.h)
+    if (print) std::cout << exp.resolved_yaml;
+    std::cout << path << ": valid (" << exp.model.dims.n_layer << " layers of";
+    for (const auto& b : exp.model.block_pattern) std::cout << " " << b;
+    std::cout << ", optimizer " << exp.optimizer_name << ", trainer " << exp.trainer_name << ")\n";
+    return 0;
   });
 }
 
@@ -180,23 +182,24 @@ struct SampleOptions {
 int cmd_sample(const SampleOptions& o) {
   PluginHost host;
   return with_plugin_errors_copied([&] {
-  // Options given on the command line override the checkpoint's sample: section, validated by its
-  // schema; a string option is taken as it is, not as YAML ("--prompt 'a: b'" is text).
-  std::vector<std::string> overrides;
-  for (const auto& spec : sample_schema()) {
-    auto it = o.given.find(spec.key);
-    if (it == o.given.end()) continue;
-    ParamValue text;
-    text.type = ParamType::String, text.s = it->second;
-    overrides.push_back("sample." + spec.key + "=" + (spec.type == ParamType::String ? value_to_yaml(text) : it->second));
-  }
-  LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device, overrides);
-  SampleSettings s = lm.experiment.sample;
-  // A run that printed no samples after training (num_samples: 0) still samples here: that is
-  // what the command is for.
-  if (s.num_samples == 0 && !o.given.count("num_samples")) s.num_samples = 1;
-  print_samples(*lm.model, host.registry(), *lm.tokenizer, s, o.seed);
-  return 0;
+    // Options given on the command line override the checkpoint's sample: section, validated by its
+    // schema; a string option is taken as it is, not as YAML ("--prompt 'a: b'" is text).
+    std::vector<std::string> overrides;
+    for (const auto& spec : sample_schema()) {
+      auto it = o.given.find(spec.key);
+      if (it == o.given.end()) continue;
+      ParamValue text;
+      text.type = ParamType::String, text.s = it->second;
+      overrides.push_back("sample." + spec.key + "=" +
+                          (spec.type == ParamType::String ? value_to_yaml(text) : it->second));
+    }
+    LoadedModel lm = load_model_from_checkpoint(o.checkpoint, host, o.device, overrides);
+    SampleSettings s = lm.experiment.sample;
+    // A run that printed no samples after training (num_samples: 0) still samples here: that is
+    // what the command is for.
+    if (s.num_samples == 0 && !o.given.count("num_samples")) s.num_samples = 1;
+    print_samples(*lm.model, host.registry(), *lm.tokenizer, s, o.seed);
+    return 0;
   });
 }
 
@@ -207,7 +210,8 @@ std::string unknown_plugin_name(const PluginHost& host, const std::string& name)
   for (PluginKind kind : {PluginKind::Block, PluginKind::Optimizer, PluginKind::Trainer, PluginKind::Task}) {
     auto names = host.registry().names(kind);
     all.insert(all.end(), names.begin(), names.end());
-    listing += std::string("; ") + plugin_kind_name(kind) + "s: " + (names.empty() ? "(none)" : host.registry().names_text(kind));
+    listing += std::string("; ") + plugin_kind_name(kind) +
+               "s: " + (names.empty() ? "(none)" : host.registry().names_text(kind));
   }
   for (const auto& p : host.plugins()) all.push_back(p.name);
   const std::string near = nearest_key(name, all);
@@ -225,9 +229,12 @@ int cmd_plugins(const std::string& describe) {
       found = true;
       std::cout << plugin_kind_name(r->kind) << " '" << r->name << "' — " << r->doc << "\n  from " << r->origin.file
                 << " (plugin " << r->origin.plugin_name << " " << r->origin.plugin_version << ")\n";
-      if (r->schema.empty()) std::cout << "  (no parameters of its own)\n";
-      else std::cout << describe_schema(r->schema);
-      if (r->kind == PluginKind::Trainer) std::cout << "  and the keys every trainer takes:\n" << describe_schema(trainer_common_schema());
+      if (r->schema.empty())
+        std::cout << "  (no parameters of its own)\n";
+      else
+        std::cout << describe_schema(r->schema);
+      if (r->kind == PluginKind::Trainer)
+        std::cout << "  and the keys every trainer takes:\n" << describe_schema(trainer_common_schema());
     }
     if (!found) throw Error(unknown_plugin_name(host, describe));
     return 0;
@@ -247,13 +254,14 @@ int cmd_plugins(const std::string& describe) {
 // every loaded plugin's own keys, so the document cannot drift from what the validator accepts.
 int cmd_docs() {
   PluginHost host;
-  std::cout << "# Experiment YAML reference\n\n"
-               "<!-- Generated by `build/bin/linearnexus docs > docs/config.md`; a test checks it is current. -->\n\n"
-               "An experiment is one YAML file. Every key is optional unless marked (required); unknown keys are errors\n"
-               "that name the file, line and the nearest valid key. `linearnexus validate --print exp.yaml` prints the\n"
-               "resolved experiment with every default filled in; `--set key.path=value` overrides any key from the\n"
-               "command line (`--model NAME`, `--optimizer NAME` and `--lr X` are shortcuts for `model.preset`,\n"
-               "`optimizer.name` and `optimizer.lr`).\n\n";
+  std::cout
+      << "# Experiment YAML reference\n\n"
+         "<!-- Generated by `build/bin/linearnexus docs > docs/config.md`; a test checks it is current. -->\n\n"
+         "An experiment is one YAML file. Every key is optional unless marked (required); unknown keys are errors\n"
+         "that name the file, line and the nearest valid key. `linearnexus validate --print exp.yaml` prints the\n"
+         "resolved experiment with every default filled in; `--set key.path=value` overrides any key from the\n"
+         "command line (`--model NAME`, `--optimizer NAME` and `--lr X` are shortcuts for `model.preset`,\n"
+         "`optimizer.name` and `optimizer.lr`).\n\n";
   auto section = [](const std::string& title, const std::string& text, const Schema& schema) {
     std::cout << "## " << title << "\n\n" << text << "\n\n" << describe_schema_markdown(schema) << "\n";
   };
@@ -263,11 +271,13 @@ int cmd_docs() {
   section("`data`", "What to train on and how to tokenize it.", data_schema());
   std::string presets;
   for (const auto& p : preset_names()) presets += " `" + p + "`";
-  section("`model`",
-          "The model: token embedding (plus learned positions with `positions: learned`), `n_layer` blocks named by "
-          "`block_pattern` (repeated to fill `n_layer`), final norm (`norm`: RMSNorm or LayerNorm), LM head. `blocks` maps a block name to that block's parameters (see Blocks below), e.g. "
-          "`blocks: {attention: {n_head: 4}}`. Presets:" + presets + ".",
-          model_schema());
+  section(
+      "`model`",
+      "The model: token embedding (plus learned positions with `positions: learned`), `n_layer` blocks named by "
+      "`block_pattern` (repeated to fill `n_layer`), final norm (`norm`: RMSNorm or LayerNorm), LM head. `blocks` maps a block name to that block's parameters (see Blocks below), e.g. "
+      "`blocks: {attention: {n_head: 4}}`. Presets:" +
+          presets + ".",
+      model_schema());
   section("`model.lora`",
           "LoRA adapters on the blocks' Linear layers: with `rank` > 0 only the adapters train (the rest is frozen), "
           "merged into each adapted weight every forward so no block needs to know (README, Post-training; "
@@ -275,28 +285,36 @@ int cmd_docs() {
           lora_schema());
   section("`schedule`", "Learning-rate schedule: linear warmup, then decay to `min_lr` at `trainer.max_steps`.",
           schedule_schema());
-  section("`trainer`", "`name:` picks the trainer plugin (default `sft`); these keys are common to every trainer, "
-          "and each trainer adds its own (see Trainers below).", trainer_common_schema());
+  section("`trainer`",
+          "`name:` picks the trainer plugin (default `sft`); these keys are common to every trainer, "
+          "and each trainer adds its own (see Trainers below).",
+          trainer_common_schema());
   section("`sample`", "Samples printed after training (and defaults for `linearnexus sample`).", sample_schema());
-  section("`distributed`", "Data-parallel runs (`run --nproc N`, or torchrun's environment): how ranks talk. Ignored "
-          "by a single process. See README, Data-parallel training.", distributed_schema());
-  section("`task`", "Optional: the task the RL trainers (`grpo`, `ppo`) draw prompts from and score, and the text "
+  section("`distributed`",
+          "Data-parallel runs (`run --nproc N`, or torchrun's environment): how ranks talk. Ignored "
+          "by a single process. See README, Data-parallel training.",
+          distributed_schema());
+  section("`task`",
+          "Optional: the task the RL trainers (`grpo`, `ppo`) draw prompts from and score, and the text "
           "`data.path: task` trains on. `name:` picks the task plugin; its keys follow (see Tasks below).",
           Schema{{"name", ParamType::String, "(required)", "task plugin name"}});
-  const std::pair<PluginKind, const char*> kinds[] = {{PluginKind::Block, "Blocks (`model.blocks.NAME`)"},
-                                                      {PluginKind::Optimizer, "Optimizers (`optimizer:` with `name: NAME`)"},
-                                                      {PluginKind::Trainer, "Trainers (`trainer:` with `name: NAME`)"},
-                                                      {PluginKind::Task, "Tasks (`task:` with `name: NAME`)"}};
+  const std::pair<PluginKind, const char*> kinds[] = {
+      {PluginKind::Block, "Blocks (`model.blocks.NAME`)"},
+      {PluginKind::Optimizer, "Optimizers (`optimizer:` with `name: NAME`)"},
+      {PluginKind::Trainer, "Trainers (`trainer:` with `name: NAME`)"},
+      {PluginKind::Task, "Tasks (`task:` with `name: NAME`)"}};
   for (const auto& [kind, title] : kinds) {
     auto names = host.registry().names(kind);
     if (names.empty()) continue;
     std::cout << "# " << title << "\n\n";
     for (const auto& n : names) {
       const auto& r = host.registry().get(kind, n);
-      std::cout << "## `" << n << "`\n\n" << r.doc << " (plugin `" << r.origin.plugin_name << "` "
-                << r.origin.plugin_version << ")\n\n";
-      if (r.schema.empty()) std::cout << "No keys of its own.\n\n";
-      else std::cout << describe_schema_markdown(r.schema) << "\n";
+      std::cout << "## `" << n << "`\n\n"
+                << r.doc << " (plugin `" << r.origin.plugin_name << "` " << r.origin.plugin_version << ")\n\n";
+      if (r.schema.empty())
+        std::cout << "No keys of its own.\n\n";
+      else
+        std::cout << describe_schema_markdown(r.schema) << "\n";
     }
   }
   return 0;
@@ -333,7 +351,8 @@ int main(int argc, char** argv) {
   add_overrides(run);
   run->add_flag("--no-sample", no_sample, "skip the samples printed after training");
   int64_t nproc = 1, nproc_max = 0;
-  run->add_option("--nproc", nproc, "data-parallel ranks on this machine (one per GPU on CUDA); torchrun's environment works too")
+  run->add_option("--nproc", nproc,
+                  "data-parallel ranks on this machine (one per GPU on CUDA); torchrun's environment works too")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}));
   run->add_option("--nproc-max", nproc_max,
                   "the most ranks --nproc may start on the CPU (default: the CPU cores this process may use)")
@@ -349,15 +368,20 @@ int main(int argc, char** argv) {
   // The sample keys, documented by their schema; a key not given keeps the checkpoint's value.
   // Numbers are parsed as numbers (INT / FLOAT in --help, CLI11's error for "--top-k x").
   for (const auto& spec : sample_schema()) {
-    const std::string flag = "--" + sample_flag(spec.key), doc = spec.doc + " (default: the checkpoint's sample." + spec.key + ")";
+    const std::string flag = "--" + sample_flag(spec.key),
+                      doc = spec.doc + " (default: the checkpoint's sample." + spec.key + ")";
     if (spec.type == ParamType::Bool)
-      sample->add_flag_callback(flag, [&so, key = spec.key] { so.given[key] = "true"; }, doc);
+      sample->add_flag_callback(
+          flag, [&so, key = spec.key] { so.given[key] = "true"; }, doc);
     else if (spec.type == ParamType::Int)
-      sample->add_option_function<int64_t>(flag, [&so, key = spec.key](int64_t v) { so.given[key] = std::to_string(v); }, doc);
+      sample->add_option_function<int64_t>(
+          flag, [&so, key = spec.key](int64_t v) { so.given[key] = std::to_string(v); }, doc);
     else if (spec.type == ParamType::Float)
-      sample->add_option_function<double>(flag, [&so, key = spec.key](double v) { so.given[key] = number_text(v); }, doc);
+      sample->add_option_function<double>(
+          flag, [&so, key = spec.key](double v) { so.given[key] = number_text(v); }, doc);
     else
-      sample->add_option_function<std::string>(flag, [&so, key = spec.key](const std::string& v) { so.given[key] = v; }, doc);
+      sample->add_option_function<std::string>(
+          flag, [&so, key = spec.key](const std::string& v) { so.given[key] = v; }, doc);
   }
   sample->add_option("--device", so.device, "cpu, cuda or auto");
 
@@ -388,7 +412,8 @@ int main(int argc, char** argv) {
     if (!model_preset.empty()) overrides.push_back("model.preset=" + model_preset);
     if (!optimizer_name.empty()) overrides.push_back("optimizer.name=" + optimizer_name);
     if (run->count("--lr") || validate->count("--lr")) overrides.push_back("optimizer.lr=" + number_text(lr));
-    if (run->parsed()) return nproc > 1 ? launch_ranks(nproc, nproc_max, path, overrides, argv) : cmd_run(path, overrides, no_sample);
+    if (run->parsed())
+      return nproc > 1 ? launch_ranks(nproc, nproc_max, path, overrides, argv) : cmd_run(path, overrides, no_sample);
     if (validate->parsed()) return cmd_validate(path, overrides, print);
     if (sample->parsed()) return cmd_sample(so);
     if (plugins->parsed()) return cmd_plugins(describe->parsed() ? describe_name : "");

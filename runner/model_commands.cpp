@@ -25,32 +25,42 @@ ModelCommands::ModelCommands(CLI::App& app) {
   convert_ = app.add_subcommand("convert", "convert checkpoints to and from Hugging Face folders");
   convert_->require_subcommand(1);
   import_ = convert_->add_subcommand(
-      "hf-import", "a Hugging Face model folder (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, MambaForCausalLM) "
-                   "-> a run folder for sample, eval and trainer.init_from (weights fp32)");
-  import_->add_option("hf_dir", from_, "folder with config.json, model.safetensors (or an index and shards), tokenizer files")
+      "hf-import",
+      "a Hugging Face model folder (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, MambaForCausalLM) "
+      "-> a run folder for sample, eval and trainer.init_from (weights fp32)");
+  import_
+      ->add_option("hf_dir", from_,
+                   "folder with config.json, model.safetensors (or an index and shards), tokenizer files")
       ->required();
   import_->add_option("out_dir", to_, "the new run folder")->required();
-  import_->add_flag("--no-tokenizer", no_tokenizer_,
-                    "import the weights even when the folder's tokenizer is not one this build reads (then only token ids work)");
+  import_->add_flag(
+      "--no-tokenizer", no_tokenizer_,
+      "import the weights even when the folder's tokenizer is not one this build reads (then only token ids work)");
   import_->add_option("--tokenizer", tokenizer_dir_,
                       "take the tokenizer files from this folder (a model folder without them, e.g. the base model's)");
-  export_ = convert_->add_subcommand("hf-export", "a run folder or checkpoint -> a folder transformers' AutoModelForCausalLM loads");
+  export_ = convert_->add_subcommand("hf-export",
+                                     "a run folder or checkpoint -> a folder transformers' AutoModelForCausalLM loads");
   export_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
   export_->add_option("out_dir", to_, "the new Hugging Face folder")->required();
-  merge_ = convert_->add_subcommand("merge-lora", "a run with LoRA adapters -> a run folder with them merged into its weights");
+  merge_ = convert_->add_subcommand("merge-lora",
+                                    "a run with LoRA adapters -> a run folder with them merged into its weights");
   merge_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
   merge_->add_option("out_dir", to_, "the new run folder")->required();
-  peft_ = convert_->add_subcommand("peft-export", "a run's LoRA adapters -> adapter_config.json + adapter_model.safetensors (PEFT)");
+  peft_ = convert_->add_subcommand("peft-export",
+                                   "a run's LoRA adapters -> adapter_config.json + adapter_model.safetensors (PEFT)");
   peft_->add_option("run_dir", from_, "run folder (its latest checkpoint) or checkpoint file")->required();
   peft_->add_option("out_dir", to_, "the new adapter folder")->required();
 
-  eval_ = app.add_subcommand("eval", "mean negative log-likelihood and perplexity of a checkpoint on a text or token ids");
+  eval_ =
+      app.add_subcommand("eval", "mean negative log-likelihood and perplexity of a checkpoint on a text or token ids");
   eval_->add_option("--checkpoint", checkpoint_, "run folder (uses its latest) or checkpoint file")->required();
   auto* text = eval_->add_option("--text", text_file_, "a text file, tokenized with the run's tokenizer");
   auto* ids = eval_->add_option("--ids", ids_, "token ids separated by spaces, e.g. \"1 2 3\"");
   text->excludes(ids);
   eval_->add_flag("--per-token", per_token_, "print JSON with every token's log-probability");
-  eval_->add_option("--window", window_, "tokens per window (0 = model.max_seq_len); the context restarts at each window")
+  eval_
+      ->add_option("--window", window_,
+                   "tokens per window (0 = model.max_seq_len); the context restarts at each window")
       ->check(CLI::NonNegativeNumber);
   eval_->add_option("--device", device_, "cpu, cuda or auto");
 }
@@ -84,7 +94,8 @@ int ModelCommands::run() {
 }
 
 int ModelCommands::run_eval(PluginHost& host) {
-  if (text_file_.empty() == ids_.empty()) throw Error("eval: give the tokens to score with --text FILE or --ids \"1 2 3\"");
+  if (text_file_.empty() == ids_.empty())
+    throw Error("eval: give the tokens to score with --text FILE or --ids \"1 2 3\"");
   LoadedModel lm = load_model_from_checkpoint(checkpoint_, host, device_);
   std::vector<int64_t> ids;
   if (!text_file_.empty()) {
@@ -119,18 +130,19 @@ int ModelCommands::run_eval(PluginHost& host) {
     const double seconds = std::chrono::duration<double>(now - t0).count();
     char line[160];
     std::snprintf(line, sizeof line, "eval: %lld/%lld tokens (%.0f%%), %.0f tokens/s, about %.0f s left",
-                  static_cast<long long>(scored), static_cast<long long>(total), 100.0 * scored / total, scored / seconds,
-                  seconds / scored * (total - scored));
+                  static_cast<long long>(scored), static_cast<long long>(total), 100.0 * scored / total,
+                  scored / seconds, seconds / scored * (total - scored));
     log_info(line);
   });
   if (per_token_) {
-    const nlohmann::json out = {{"checkpoint", lm.file},        {"tokens", ids.size()},         {"scored_tokens", s.logprobs.size()},
-                                {"mean_nll", s.mean_nll()},     {"perplexity", s.perplexity()}, {"ids", ids},
-                                {"logprobs", s.logprobs}};
+    const nlohmann::json out = {
+        {"checkpoint", lm.file},    {"tokens", ids.size()},         {"scored_tokens", s.logprobs.size()},
+        {"mean_nll", s.mean_nll()}, {"perplexity", s.perplexity()}, {"ids", ids},
+        {"logprobs", s.logprobs}};
     std::cout << out.dump() << "\n";
   } else {
-    std::printf("%s: %zu tokens scored, mean NLL %.6f nats/token, perplexity %.4f\n", lm.file.c_str(), s.logprobs.size(),
-                s.mean_nll(), s.perplexity());
+    std::printf("%s: %zu tokens scored, mean NLL %.6f nats/token, perplexity %.4f\n", lm.file.c_str(),
+                s.logprobs.size(), s.mean_nll(), s.perplexity());
   }
   return 0;
 }

@@ -17,7 +17,8 @@ class ModelCommands {
 
  private:
   int run_eval(PluginHost& host);
-  CLI::App *convert_ = nullptr, *import_ = nullptr, *export_ = nullptr, *merge_ = nullptr, *peft_ = nullptr, *eval_ = nullptr;
+  CLI::App *convert_ = nullptr, *import_ = nullptr, *export_ = nullptr, *merge_ = nullptr, *peft_ = nullptr,
+           *eval_ = nullptr;
   std::string from_, to_;
   bool no_tokenizer_ = false;
   std::string tokenizer_dir_;  // convert hf-import --tokenizer

@@ -11,7 +11,9 @@
 
 namespace linearnexus {
 
-std::string dump_json(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+std::string dump_json(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 std::string error_body(const std::string& message, const std::string& type, const std::string& param,
                        const std::string& code) {
@@ -22,7 +24,9 @@ std::string error_body(const std::string& message, const std::string& type, cons
 }
 
 namespace {
-ApiError bad(const std::string& param, const std::string& what) { return ApiError(400, "'" + param + "' " + what, param); }
+ApiError bad(const std::string& param, const std::string& what) {
+  return ApiError(400, "'" + param + "' " + what, param);
+}
 
 // A field that is absent or null keeps its default (OpenAI's clients send null for "not set").
 const nlohmann::json* field(const nlohmann::json& body, const char* key) {
@@ -45,9 +49,9 @@ int64_t integer(const nlohmann::json& body, const char* key, int64_t fallback, i
   if (!v) return fallback;
   if (!v->is_number_integer()) throw bad(key, "must be an integer");
   // nlohmann reads every non-negative integer as unsigned: compare in that type where it is one.
-  const bool in_range = v->is_number_unsigned()
-                            ? v->get<uint64_t>() <= static_cast<uint64_t>(hi) && (lo <= 0 || v->get<uint64_t>() >= static_cast<uint64_t>(lo))
-                            : v->get<int64_t>() >= lo && v->get<int64_t>() <= hi;
+  const bool in_range = v->is_number_unsigned() ? v->get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+                                                      (lo <= 0 || v->get<uint64_t>() >= static_cast<uint64_t>(lo))
+                                                : v->get<int64_t>() >= lo && v->get<int64_t>() <= hi;
   if (!in_range)
     throw bad(key, hi == INT64_MAX ? "must be at least " + std::to_string(lo)
                                    : "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
@@ -60,7 +64,8 @@ std::vector<std::string> prompt_texts(const nlohmann::json& body, bool chat, con
   if (chat) {
     const auto* m = field(body, "messages");
     if (!m) throw ApiError(400, "'messages' is required", "messages");
-    if (!m->is_array() || m->empty()) throw bad("messages", "must be a non-empty array of {\"role\", \"content\"} objects");
+    if (!m->is_array() || m->empty())
+      throw bad("messages", "must be a non-empty array of {\"role\", \"content\"} objects");
     for (size_t i = 0; i < m->size(); ++i) {
       const auto& msg = (*m)[i];
       const std::string where = "messages[" + std::to_string(i) + "]";
@@ -82,7 +87,8 @@ std::vector<std::string> prompt_texts(const nlohmann::json& body, bool chat, con
   if (!p->is_array() || p->empty()) throw bad("prompt", "must be a string or a non-empty array of strings");
   std::vector<std::string> out;
   for (const auto& s : *p) {
-    if (!s.is_string()) throw bad("prompt", "must be a string or an array of strings (token-id prompts are not supported)");
+    if (!s.is_string())
+      throw bad("prompt", "must be a string or an array of strings (token-id prompts are not supported)");
     out.push_back(s.get<std::string>());
   }
   return out;
@@ -92,7 +98,8 @@ std::vector<std::string> stop_strings(const nlohmann::json& body) {
   const auto* s = field(body, "stop");
   if (!s) return {};
   std::vector<std::string> out;
-  if (s->is_string()) out.push_back(s->get<std::string>());
+  if (s->is_string())
+    out.push_back(s->get<std::string>());
   else if (s->is_array() && s->size() <= 4)
     for (const auto& x : *s) {
       if (!x.is_string()) throw bad("stop", "must be a string or an array of at most 4 strings");
@@ -140,25 +147,32 @@ ParsedRequest parse_request(const std::string& text, bool chat, const ServedMode
 
   const auto texts = prompt_texts(body, chat, *model.tokenizer);
   if (static_cast<int64_t>(texts.size()) * n > model.max_batch)
-    throw ApiError(400, std::to_string(texts.size()) + " prompt(s) x n = " + std::to_string(n) + " is more than --max-batch " +
-                            std::to_string(model.max_batch) + " completions in one request", "n");
+    throw ApiError(400,
+                   std::to_string(texts.size()) + " prompt(s) x n = " + std::to_string(n) +
+                       " is more than --max-batch " + std::to_string(model.max_batch) + " completions in one request",
+                   "n");
   for (size_t p = 0; p < texts.size(); ++p) {
     auto ids = model.tokenizer->encode(texts[p]);
     const int64_t len = static_cast<int64_t>(ids.size());
     const std::string param = chat ? "messages" : "prompt";
     if (len == 0) throw ApiError(400, "the prompt is empty (no tokens)", param);
     if (len > model.max_prompt_tokens)
-      throw ApiError(400, "the prompt is " + std::to_string(len) + " tokens; this server takes at most " +
-                              std::to_string(model.max_prompt_tokens) + " (the model's context is " +
-                              std::to_string(model.context) + ")", param, "context_length_exceeded");
+      throw ApiError(400,
+                     "the prompt is " + std::to_string(len) + " tokens; this server takes at most " +
+                         std::to_string(model.max_prompt_tokens) + " (the model's context is " +
+                         std::to_string(model.context) + ")",
+                     param, "context_length_exceeded");
     // Without max_tokens: OpenAI's 16 for completions, the rest of the context for chat.
     int64_t budget = model.context - len;
-    if (max_tokens < 0) budget = chat ? budget : std::min<int64_t>(16, budget);
+    if (max_tokens < 0)
+      budget = chat ? budget : std::min<int64_t>(16, budget);
     else if (len + max_tokens > model.context)
-      throw ApiError(400, "the model's context is " + std::to_string(model.context) + " tokens; the prompt is " +
-                              std::to_string(len) + " and " + max_key + " asks for " + std::to_string(max_tokens) +
-                              " more", max_key, "context_length_exceeded");
-    else budget = max_tokens;
+      throw ApiError(400,
+                     "the model's context is " + std::to_string(model.context) + " tokens; the prompt is " +
+                         std::to_string(len) + " and " + max_key + " asks for " + std::to_string(max_tokens) + " more",
+                     max_key, "context_length_exceeded");
+    else
+      budget = max_tokens;
     r.prompt_tokens += len * n;
     // Choice j of a prompt draws what `sample --seed S` draws as its sample j + 1 (seed S + j).
     for (int64_t j = 0; j < n; ++j) job.rows.push_back({ids, seed + static_cast<uint64_t>(j), budget});
@@ -172,8 +186,10 @@ nlohmann::json response_json(const ParsedRequest& r, const std::string& id, int6
   nlohmann::json choices = nlohmann::json::array();
   for (size_t i = 0; i < texts.size(); ++i) {
     nlohmann::json c = {{"index", i}, {"finish_reason", finish_reasons[i]}};
-    if (r.chat) c["message"] = {{"role", "assistant"}, {"content", texts[i]}};
-    else c["text"] = texts[i], c["logprobs"] = nullptr;
+    if (r.chat)
+      c["message"] = {{"role", "assistant"}, {"content", texts[i]}};
+    else
+      c["text"] = texts[i], c["logprobs"] = nullptr;
     choices.push_back(std::move(c));
   }
   return {{"id", id},
@@ -191,9 +207,12 @@ std::string sse_chunk(const ParsedRequest& r, const std::string& id, int64_t cre
                       int64_t index, const std::string& text, const std::string& finish_reason, bool role_only) {
   nlohmann::json c = {{"index", index}, {"finish_reason", nullptr}};
   if (!finish_reason.empty()) c["finish_reason"] = finish_reason;
-  if (!r.chat) c["text"] = text, c["logprobs"] = nullptr;
-  else if (role_only) c["delta"] = {{"role", "assistant"}};
-  else c["delta"] = text.empty() ? nlohmann::json::object() : nlohmann::json{{"content", text}};
+  if (!r.chat)
+    c["text"] = text, c["logprobs"] = nullptr;
+  else if (role_only)
+    c["delta"] = {{"role", "assistant"}};
+  else
+    c["delta"] = text.empty() ? nlohmann::json::object() : nlohmann::json{{"content", text}};
   const nlohmann::json chunk = {{"id", id},
                                 {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
                                 {"created", created},

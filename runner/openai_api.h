@@ -20,7 +20,11 @@ class Tokenizer;
 struct ApiError : std::runtime_error {
   ApiError(int status, const std::string& message, std::string param = "", std::string code = "",
            std::string type = "invalid_request_error")
-      : std::runtime_error(message), status(status), type(std::move(type)), param(std::move(param)), code(std::move(code)) {}
+      : std::runtime_error(message),
+        status(status),
+        type(std::move(type)),
+        param(std::move(param)),
+        code(std::move(code)) {}
   int status;
   std::string type, param, code;
 };
@@ -29,11 +33,11 @@ std::string error_body(const std::string& message, const std::string& type, cons
 
 // What the server serves, and its limits.
 struct ServedModel {
-  std::string id;                  // the name /v1/models lists (the run folder's name)
+  std::string id;  // the name /v1/models lists (the run folder's name)
   const Tokenizer* tokenizer = nullptr;
-  int64_t context = 0;             // model.max_seq_len: prompt + completion tokens
-  int64_t max_prompt_tokens = 0;   // at most context - 1
-  int64_t max_batch = 1;           // rows (prompts x n) per request at most this
+  int64_t context = 0;            // model.max_seq_len: prompt + completion tokens
+  int64_t max_prompt_tokens = 0;  // at most context - 1
+  int64_t max_batch = 1;          // rows (prompts x n) per request at most this
 };
 
 struct ParsedRequest {

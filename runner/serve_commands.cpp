@@ -26,18 +26,23 @@ int serve(const ServeOptions&) {
 
 ServeCommands::ServeCommands(CLI::App& app) {
   ServeOptions& o = serve_options_;
-  serve_ = app.add_subcommand("serve", "an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, "
-                                       "/v1/models, /health) batching concurrent requests on the decode engine");
+  serve_ = app.add_subcommand("serve",
+                              "an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, "
+                              "/v1/models, /health) batching concurrent requests on the decode engine");
   serve_->add_option("--checkpoint", o.checkpoint, "run folder (uses its latest) or checkpoint file")->required();
   serve_->add_option("--host", o.host, "address to listen on (0.0.0.0: every interface)")->capture_default_str();
   serve_->add_option("--port", o.port, "TCP port (0: any free one; the 'listening on' line says which)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
-  serve_->add_option("--max-batch", o.max_batch, "completions decoded together in one batch round (and at most per request)")
+  serve_
+      ->add_option("--max-batch", o.max_batch,
+                   "completions decoded together in one batch round (and at most per request)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   serve_->add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY' on /v1/ routes");
-  serve_->add_option("--max-prompt-tokens", o.max_prompt_tokens, "longest prompt accepted, in tokens (0: the model's context - 1)")
+  serve_
+      ->add_option("--max-prompt-tokens", o.max_prompt_tokens,
+                   "longest prompt accepted, in tokens (0: the model's context - 1)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   serve_->add_option("--max-body-bytes", o.max_body_bytes, "largest request body accepted (413 beyond)")
@@ -45,12 +50,15 @@ ServeCommands::ServeCommands(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   serve_->add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
 
-  chat_ = app.add_subcommand("chat", "talk with a checkpoint on stdin / stdout in its tokenizer's chat template "
-                                     "(/reset forgets the conversation, /exit or end of input ends)");
+  chat_ = app.add_subcommand("chat",
+                             "talk with a checkpoint on stdin / stdout in its tokenizer's chat template "
+                             "(/reset forgets the conversation, /exit or end of input ends)");
   chat_->add_option("--checkpoint", checkpoint_, "run folder (uses its latest) or checkpoint file")->required();
   chat_->add_option("--system", system_, "a system message that starts (and survives /reset of) the conversation");
-  chat_->add_option("--seed", seed_, "sampling seed: reply k of a conversation is drawn with seed + k")->capture_default_str();
-  max_tokens_ = chat_->add_option("--max-tokens", max_tokens_value_, "reply length limit (default: the checkpoint's sample.max_tokens)");
+  chat_->add_option("--seed", seed_, "sampling seed: reply k of a conversation is drawn with seed + k")
+      ->capture_default_str();
+  max_tokens_ = chat_->add_option("--max-tokens", max_tokens_value_,
+                                  "reply length limit (default: the checkpoint's sample.max_tokens)");
   temperature_ = chat_->add_option("--temperature", temperature_value_, "default: the checkpoint's sample.temperature");
   top_k_ = chat_->add_option("--top-k", top_k_value_, "default: the checkpoint's sample.top_k");
   top_p_ = chat_->add_option("--top-p", top_p_value_, "default: the checkpoint's sample.top_p");
@@ -98,7 +106,8 @@ int ServeCommands::run_chat() {
       if (static_cast<int64_t>(ids.size()) >= context) {
         messages.erase(messages.size() - 1);
         std::cout << "(the conversation is " << ids.size() << " tokens, the model's context " << context
-                  << ": /reset to start over)\n" << std::flush;
+                  << ": /reset to start over)\n"
+                  << std::flush;
         continue;
       }
       SamplingParams sp;

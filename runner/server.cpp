@@ -61,7 +61,8 @@ struct InFlightGuard {
 // A streamed response's state, owned by httplib's content provider; when httplib drops it (the
 // response written, or the client gone) an unfinished job is cancelled and its rows free up.
 struct StreamState {
-  StreamState(InFlight& f, std::shared_ptr<Ticket> t, ParsedRequest r) : guard(f), ticket(std::move(t)), request(std::move(r)) {}
+  StreamState(InFlight& f, std::shared_ptr<Ticket> t, ParsedRequest r)
+      : guard(f), ticket(std::move(t)), request(std::move(r)) {}
   ~StreamState() { ticket->cancel(); }
   InFlightGuard guard;
   std::shared_ptr<Ticket> ticket;
@@ -108,7 +109,8 @@ bool Server::authorized(const httplib::Request& req, httplib::Response& res) {
   const std::string header = req.get_header_value("Authorization"), bearer = "Bearer ";
   const std::string given = header.compare(0, bearer.size(), bearer) == 0 ? header.substr(bearer.size()) : "";
   if (same_key(given, options_.api_key)) return true;
-  send_error(res, 401, "missing or wrong API key (Authorization: Bearer KEY)", "invalid_request_error", "", "invalid_api_key");
+  send_error(res, 401, "missing or wrong API key (Authorization: Bearer KEY)", "invalid_request_error", "",
+             "invalid_api_key");
   return false;
 }
 
@@ -123,7 +125,8 @@ void Server::completion(const httplib::Request& req, httplib::Response& res, boo
     return send_error(res, e.status, e.what(), e.type, e.param, e.code);
   }
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++next_id_);
-  const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const int64_t created =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   const size_t rows = r.job.rows.size();
   auto ticket = scheduler_.submit(r.job);
   if (!r.stream) {
@@ -175,23 +178,31 @@ void Server::routes() {
   });
   http_.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
-    const nlohmann::json m = {{"id", model_.id}, {"object", "model"}, {"created", 0}, {"owned_by", "linearnexus"},
+    const nlohmann::json m = {{"id", model_.id},
+                              {"object", "model"},
+                              {"created", 0},
+                              {"owned_by", "linearnexus"},
                               {"context_length", model_.context}};
     res.set_content(dump_json({{"object", "list"}, {"data", nlohmann::json::array({m})}}), "application/json");
   });
-  http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { completion(req, res, false); });
-  http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { completion(req, res, true); });
+  http_.Post("/v1/completions",
+             [this](const httplib::Request& req, httplib::Response& res) { completion(req, res, false); });
+  http_.Post("/v1/chat/completions",
+             [this](const httplib::Request& req, httplib::Response& res) { completion(req, res, true); });
   // httplib's own refusals (no route, a body over --max-body-bytes, a malformed request) in OpenAI's format.
-  http_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    if (res.status == 404) send_error(res, 404, "no route " + req.method + " " + req.path, "invalid_request_error");
-    else if (res.status == 413)
-      send_error(res, 413, "the body is larger than --max-body-bytes " + std::to_string(options_.max_body_bytes),
-                 "invalid_request_error");
-    else send_error(res, res.status, "the request was refused (HTTP " + std::to_string(res.status) + ")",
-                    res.status >= 500 ? "server_error" : "invalid_request_error");
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  http_.set_error_handler(
+      httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (res.status == 404)
+          send_error(res, 404, "no route " + req.method + " " + req.path, "invalid_request_error");
+        else if (res.status == 413)
+          send_error(res, 413, "the body is larger than --max-body-bytes " + std::to_string(options_.max_body_bytes),
+                     "invalid_request_error");
+        else
+          send_error(res, res.status, "the request was refused (HTTP " + std::to_string(res.status) + ")",
+                     res.status >= 500 ? "server_error" : "invalid_request_error");
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   http_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown error";
     try {
@@ -218,8 +229,10 @@ int Server::run() {
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   });
   int port = options_.port;
-  if (port == 0) port = http_.bind_to_any_port(options_.host);
-  else if (!http_.bind_to_port(options_.host, port)) port = -1;
+  if (port == 0)
+    port = http_.bind_to_any_port(options_.host);
+  else if (!http_.bind_to_port(options_.host, port))
+    port = -1;
   if (port < 0)
     throw Error("serve: cannot listen on " + options_.host + ":" + std::to_string(options_.port) +
                 " (port taken, or not an address of this machine? --port 0 takes any free port)");

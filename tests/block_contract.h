@@ -230,9 +230,10 @@ inline void check_roles_declared(PluginHost& host, const std::string& name, cons
 // scaled up so that greedy choices are not near-ties rounding could flip.
 inline std::shared_ptr<LMModel> contract_model(PluginHost& host, const std::string& pattern, const std::string& blocks,
                                                int64_t n_layer = 2) {
-  Experiment e = parse("data: {path: \"builtin:arithmetic\"}\nmodel: {hidden_size: 32, n_layer: " +
-                           std::to_string(n_layer) + ", max_seq_len: 64, blocks: " + blocks + "}\n",
-                       host, {"model.block_pattern=" + pattern});
+  Experiment e =
+      parse("data: {path: \"builtin:arithmetic\"}\nmodel: {hidden_size: 32, n_layer: " + std::to_string(n_layer) +
+                ", max_seq_len: 64, blocks: " + blocks + "}\n",
+            host, {"model.block_pattern=" + pattern});
   torch::manual_seed(3);
   auto m = std::make_shared<LMModel>(e.model_config(20), host.registry());
   torch::NoGradGuard g;
@@ -246,7 +247,8 @@ inline std::shared_ptr<LMModel> contract_model(PluginHost& host, const std::stri
 // eager path's tokens with the eager path's log-probs: greedy, and sampled with a seed, on
 // left-padded prompts in groups, with a stop sequence. `step` "static" runs the path without a graph,
 // on any device.
-inline void check_static_decoding(const LMModel& m, const std::vector<std::vector<int64_t>>& prompts, int64_t max_new = 10) {
+inline void check_static_decoding(const LMModel& m, const std::vector<std::vector<int64_t>>& prompts,
+                                  int64_t max_new = 10) {
   auto run = [&](const std::string& step, const SamplingParams& sp) {
     DecodeOptions options;
     options.step = step;
@@ -323,7 +325,8 @@ inline void check_learns_shakespeare(const std::string& model_yaml, double margi
 optimizer: {name: adamw, lr: 5e-3}
 schedule: {warmup_steps: 20, min_lr: 5e-4}
 trainer: {name: sft, max_steps: 100, batch_size: 16, log_every: 25, eval_every: 100, eval_batches: 8}
-)", {"trainer.out_dir=" + (t / "run")});
+)",
+                   {"trainer.out_dir=" + (t / "run")});
   auto m = read_metrics(t / "run");
   REQUIRE_FALSE(m.empty());
   const double val = m.rbegin()->second["val_loss"].get<double>();

@@ -49,7 +49,9 @@ inline bool send_all(int fd, const std::string& data) {
 inline std::string request_text(const std::string& method, const std::string& path, const std::string& body,
                                 const std::string& extra = "") {
   return method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + extra +
-         (body.empty() && method == "GET" ? "" : "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n") +
+         (body.empty() && method == "GET"
+              ? ""
+              : "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n") +
          "\r\n" + body;
 }
 
@@ -116,9 +118,12 @@ inline pid_t spawn_serve(const std::string& runner, const std::string& args, con
     out << std::ifstream(out_file).rdbuf();
     const std::string text = out.str();
     const size_t at = text.find(mark);
-    if (at != std::string::npos) *port = std::atoi(text.c_str() + at + mark.size());
-    else if (::waitpid(pid, nullptr, WNOHANG) == pid) return -1;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (at != std::string::npos)
+      *port = std::atoi(text.c_str() + at + mark.size());
+    else if (::waitpid(pid, nullptr, WNOHANG) == pid)
+      return -1;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (*port == 0) {  // never listened
     ::kill(pid, SIGKILL);

@@ -47,7 +47,8 @@ Pass one_pass(int64_t every) {
 
 }  // namespace
 
-TEST_CASE("activation checkpointing gives exactly the gradients of the plain backward (dropout on)", "[training][checkpointing]") {
+TEST_CASE("activation checkpointing gives exactly the gradients of the plain backward (dropout on)",
+          "[training][checkpointing]") {
   const Pass plain = one_pass(0);
   for (int64_t every : {1, 2, 3}) {
     INFO("every " << every << " blocks");
@@ -62,14 +63,15 @@ TEST_CASE("activation checkpointing gives exactly the gradients of the plain bac
   }
 }
 
-TEST_CASE("a checkpointed run logs the losses of a plain one and resumes exactly (6 + 6 == 12)", "[training][checkpointing]") {
+TEST_CASE("a checkpointed run logs the losses of a plain one and resumes exactly (6 + 6 == 12)",
+          "[training][checkpointing]") {
   TempDir t;
   train_experiment(kExperiment, {"trainer.out_dir=" + (t / "plain")});
   train_experiment(kExperiment, {"trainer.out_dir=" + (t / "full"), "trainer.activation_checkpointing=blocks"});
-  train_experiment(kExperiment, {"trainer.out_dir=" + (t / "split"), "trainer.activation_checkpointing=2",
-                                 "trainer.stop_after=6"});
-  train_experiment(kExperiment, {"trainer.out_dir=" + (t / "split"), "trainer.activation_checkpointing=2",
-                                 "trainer.resume=auto"});
+  train_experiment(kExperiment,
+                   {"trainer.out_dir=" + (t / "split"), "trainer.activation_checkpointing=2", "trainer.stop_after=6"});
+  train_experiment(kExperiment,
+                   {"trainer.out_dir=" + (t / "split"), "trainer.activation_checkpointing=2", "trainer.resume=auto"});
   auto plain = read_metrics(t / "plain"), full = read_metrics(t / "full"), split = read_metrics(t / "split");
   REQUIRE(full.size() == 13);  // step 0 (val_loss) and 12 steps
   REQUIRE(split.size() == 13);
@@ -84,7 +86,8 @@ TEST_CASE("a checkpointed run logs the losses of a plain one and resumes exactly
 TEST_CASE("a bad trainer.activation_checkpointing is one error naming the key", "[training][checkpointing][cli]") {
   for (const char* bad : {"some", "0", "-1", "2.5"}) {
     INFO(bad);
-    const std::string msg = error_of([&] { train_experiment(kExperiment, {std::string("trainer.activation_checkpointing=") + bad}); });
+    const std::string msg =
+        error_of([&] { train_experiment(kExperiment, {std::string("trainer.activation_checkpointing=") + bad}); });
     CHECK_CONTAINS(msg, "trainer.activation_checkpointing must be none, blocks or a positive number N");
   }
 }

@@ -79,8 +79,9 @@ struct TempDir {
   }
   // Not fs::remove_all: torch 2.x's libtorch.so exports a copy of it that crashes (test_util.h).
   ~TempDir() {
-    ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-           FTW_DEPTH | FTW_PHYS);
+    ::nftw(
+        path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+        FTW_DEPTH | FTW_PHYS);
   }
 };
 

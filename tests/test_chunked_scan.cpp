@@ -58,7 +58,9 @@ void check_forms(const std::string& what, const Inputs& in, const Scan& chunked,
 const int64_t B = 2, H = 2, K = 4, V = 3;
 
 Inputs qkv(int64_t T) {
-  return {{"q", torch::randn({B, H, T, K})}, {"k", torch::randn({B, H, T, K}) * 0.5}, {"v", torch::randn({B, H, T, V})},
+  return {{"q", torch::randn({B, H, T, K})},
+          {"k", torch::randn({B, H, T, K}) * 0.5},
+          {"v", torch::randn({B, H, T, V})},
           {"S", torch::randn({B, H, K, V}) * 0.3}};
 }
 
@@ -71,10 +73,15 @@ TEST_CASE("decay scan: chunked == recurrent, a decay per key channel and one per
         torch::manual_seed(T + chunk);
         Inputs in = qkv(T);
         in["g"] = -torch::rand({B, H, T, per_channel ? K : 1}) * 2.0;  // log-decays in (-2, 0]
-        check_forms("chunk " + std::to_string(chunk) + (per_channel ? " per channel" : " per head") + " T " + std::to_string(T),
-                    in,
-                    [&](const Inputs& x, at::Tensor& S) { return decay_scan_chunked(x.at("q"), x.at("k"), x.at("v"), x.at("g"), S, chunk); },
-                    [](const Inputs& x, at::Tensor& S) { return decay_scan_recurrent(x.at("q"), x.at("k"), x.at("v"), x.at("g"), S); });
+        check_forms(
+            "chunk " + std::to_string(chunk) + (per_channel ? " per channel" : " per head") + " T " + std::to_string(T),
+            in,
+            [&](const Inputs& x, at::Tensor& S) {
+              return decay_scan_chunked(x.at("q"), x.at("k"), x.at("v"), x.at("g"), S, chunk);
+            },
+            [](const Inputs& x, at::Tensor& S) {
+              return decay_scan_recurrent(x.at("q"), x.at("k"), x.at("v"), x.at("g"), S);
+            });
       }
 }
 
@@ -88,40 +95,46 @@ TEST_CASE("delta rule: chunked (WY form) == recurrent, with and without a gate",
         in["beta"] = torch::rand({B, H, T});
         if (gated) in["g"] = -torch::rand({B, H, T}) * 2.0;
         auto g = [&](const Inputs& x) { return gated ? x.at("g") : at::Tensor(); };
-        check_forms("chunk " + std::to_string(chunk) + (gated ? " gated" : "") + " T " + std::to_string(T), in,
-                    [&](const Inputs& x, at::Tensor& S) {
-                      return delta_scan_chunked(x.at("q"), x.at("k"), x.at("v"), x.at("beta"), g(x), S, chunk);
-                    },
-                    [&](const Inputs& x, at::Tensor& S) {
-                      return delta_scan_recurrent(x.at("q"), x.at("k"), x.at("v"), x.at("beta"), g(x), S);
-                    });
+        check_forms(
+            "chunk " + std::to_string(chunk) + (gated ? " gated" : "") + " T " + std::to_string(T), in,
+            [&](const Inputs& x, at::Tensor& S) {
+              return delta_scan_chunked(x.at("q"), x.at("k"), x.at("v"), x.at("beta"), g(x), S, chunk);
+            },
+            [&](const Inputs& x, at::Tensor& S) {
+              return delta_scan_recurrent(x.at("q"), x.at("k"), x.at("v"), x.at("beta"), g(x), S);
+            });
       }
 }
 
-TEST_CASE("generalised delta rule: chunked == recurrent, the pairwise form and the bounded-decay matmuls", "[chunked_scan]") {
+TEST_CASE("generalised delta rule: chunked == recurrent, the pairwise form and the bounded-decay matmuls",
+          "[chunked_scan]") {
   for (int64_t chunk : {4, 3, 1})
     for (bool bounded : {false, true})
       for (int64_t T : {37, 5}) {
         torch::manual_seed(200 + T + chunk);
         Inputs in = qkv(T);
         // RWKV-7's shape: a = -kappa, b = kappa * iclr with kappa unit-norm, decays >= -e^-0.5.
-        auto kappa = torch::nn::functional::normalize(torch::randn({B, H, T, K}), torch::nn::functional::NormalizeFuncOptions().dim(-1));
+        auto kappa = torch::nn::functional::normalize(torch::randn({B, H, T, K}),
+                                                      torch::nn::functional::NormalizeFuncOptions().dim(-1));
         in["a"] = -kappa;
         in["b"] = kappa * torch::rand({B, H, T, K});
         const double min_log_decay = -std::exp(-0.5);
         in["g"] = torch::rand({B, H, T, K}) * min_log_decay;
         const double bound = bounded ? min_log_decay : -std::numeric_limits<double>::infinity();
-        check_forms("chunk " + std::to_string(chunk) + (bounded ? " bounded" : " pairwise") + " T " + std::to_string(T), in,
-                    [&](const Inputs& x, at::Tensor& S) {
-                      return gdelta_scan_chunked(x.at("q"), x.at("k"), x.at("v"), x.at("a"), x.at("b"), x.at("g"), S, chunk, bound);
-                    },
-                    [](const Inputs& x, at::Tensor& S) {
-                      return gdelta_scan_recurrent(x.at("q"), x.at("k"), x.at("v"), x.at("a"), x.at("b"), x.at("g"), S);
-                    });
+        check_forms(
+            "chunk " + std::to_string(chunk) + (bounded ? " bounded" : " pairwise") + " T " + std::to_string(T), in,
+            [&](const Inputs& x, at::Tensor& S) {
+              return gdelta_scan_chunked(x.at("q"), x.at("k"), x.at("v"), x.at("a"), x.at("b"), x.at("g"), S, chunk,
+                                         bound);
+            },
+            [](const Inputs& x, at::Tensor& S) {
+              return gdelta_scan_recurrent(x.at("q"), x.at("k"), x.at("v"), x.at("a"), x.at("b"), x.at("g"), S);
+            });
       }
 }
 
-TEST_CASE("chunked scans: strong decays over long sequences stay finite and match the recurrent form", "[chunked_scan]") {
+TEST_CASE("chunked scans: strong decays over long sequences stay finite and match the recurrent form",
+          "[chunked_scan]") {
   torch::manual_seed(7);
   const int64_t T = 1024;
   Inputs in = qkv(T);
@@ -160,15 +173,15 @@ TEST_CASE("chunked scans: a no-op token leaves the state as if it were absent (l
   };
   at::Tensor S1 = in.at("S").clone(), S2 = in.at("S").clone();
   auto o1 = decay_scan_chunked(in.at("q"), pad(in.at("k")), in.at("v"), pad(g), S1, 4);
-  auto o2 = decay_scan_chunked(in.at("q").narrow(2, 3, T - 3), in.at("k").narrow(2, 3, T - 3), in.at("v").narrow(2, 3, T - 3),
-                               g.narrow(2, 3, T - 3), S2, 4);
+  auto o2 = decay_scan_chunked(in.at("q").narrow(2, 3, T - 3), in.at("k").narrow(2, 3, T - 3),
+                               in.at("v").narrow(2, 3, T - 3), g.narrow(2, 3, T - 3), S2, 4);
   CHECK(close(o1.narrow(2, 3, T - 3), o2));
   CHECK(close(S1, S2));
   S1 = in.at("S").clone(), S2 = in.at("S").clone();
   auto gh = -torch::rand({B, H, T});
   o1 = delta_scan_chunked(in.at("q"), in.at("k"), in.at("v"), pad(beta), pad(gh), S1, 4);
-  o2 = delta_scan_chunked(in.at("q").narrow(2, 3, T - 3), in.at("k").narrow(2, 3, T - 3), in.at("v").narrow(2, 3, T - 3),
-                          beta.narrow(2, 3, T - 3), gh.narrow(2, 3, T - 3), S2, 4);
+  o2 = delta_scan_chunked(in.at("q").narrow(2, 3, T - 3), in.at("k").narrow(2, 3, T - 3),
+                          in.at("v").narrow(2, 3, T - 3), beta.narrow(2, 3, T - 3), gh.narrow(2, 3, T - 3), S2, 4);
   CHECK(close(o1.narrow(2, 3, T - 3), o2));
   CHECK(close(S1, S2));
 }

@@ -83,23 +83,26 @@ TEST_CASE("overrides, defaults and the resolved experiment", "[config]") {
   CHECK(e.trainer.max_steps == 7);
   CHECK(e.optimizer.get_float("lr") == Approx(0.01));
   CHECK(e.trainer_params.get_int("batch_size") == 16);  // default filled in
-  CHECK_FALSE(e.trainer_params.has("max_steps"));        // the host's key, parsed once into e.trainer
+  CHECK_FALSE(e.trainer_params.has("max_steps"));       // the host's key, parsed once into e.trainer
   CHECK(e.model.block_params.at("attention").get_int("n_head") == 4);
   // The resolved YAML is a fixed point: parsing it gives the same resolved YAML.
   Experiment again = parse(e.resolved_yaml, host);
   CHECK(again.resolved_yaml == e.resolved_yaml);
 }
 
-TEST_CASE("choosing another optimizer on the command line drops the file's keys the new optimizer does not have", "[config]") {
+TEST_CASE("choosing another optimizer on the command line drops the file's keys the new optimizer does not have",
+          "[config]") {
   PluginHost host;
-  const std::string yaml = std::string(kTinyExperiment) + "optimizer: {name: adamw, lr: 2e-3, betas: [0.9, 0.99], weight_decay: 0.1}\n";
+  const std::string yaml =
+      std::string(kTinyExperiment) + "optimizer: {name: adamw, lr: 2e-3, betas: [0.9, 0.99], weight_decay: 0.1}\n";
   // `linearnexus run exp.yaml --optimizer muon --lr 0.02`: betas is adamw's; muon has weight_decay.
   Experiment e = parse(yaml, host, {"optimizer.name=muon", "optimizer.lr=0.02"});
   CHECK(e.optimizer_name == "muon");
   CHECK(e.optimizer.get_float("lr") == Approx(0.02));
   CHECK(e.optimizer.get_float("weight_decay") == Approx(0.1));
   // Written in the file itself, or set on the command line, an unknown key is still an error.
-  auto in_file = error_of([&] { parse(std::string(kTinyExperiment) + "optimizer: {name: muon, betas: [0.9, 0.99]}\n", host); });
+  auto in_file =
+      error_of([&] { parse(std::string(kTinyExperiment) + "optimizer: {name: muon, betas: [0.9, 0.99]}\n", host); });
   CHECK_CONTAINS(in_file, "betas");
   auto on_cli = error_of([&] { parse(yaml, host, {"optimizer.name=muon", "optimizer.betas=[0.9, 0.9]"}); });
   CHECK_CONTAINS(on_cli, "betas");
@@ -111,7 +114,8 @@ TEST_CASE("model presets fill the model section and the file overrides them", "[
   CHECK(e.model.dims.hidden_size == 768);
   CHECK(e.model.dims.n_layer == 2);
   CHECK(e.model.block_params.at("attention").get_int("n_head") == 12);
-  CHECK_CONTAINS(error_of([&] { parse("data: {path: x}\nmodel: {preset: gpt-huge}\n", host); }), "unknown model preset 'gpt-huge'");
+  CHECK_CONTAINS(error_of([&] { parse("data: {path: x}\nmodel: {preset: gpt-huge}\n", host); }),
+                 "unknown model preset 'gpt-huge'");
 }
 
 // ---- plugin host ------------------------------------------------------------------------------
@@ -125,7 +129,8 @@ static bool library_mapped(const std::string& suffix) {
       [](dl_phdr_info* info, size_t, void* data) {
         auto* q = static_cast<Q*>(data);
         std::string name = info->dlpi_name ? info->dlpi_name : "";
-        if (name.size() >= q->suffix.size() && name.compare(name.size() - q->suffix.size(), q->suffix.size(), q->suffix) == 0)
+        if (name.size() >= q->suffix.size() &&
+            name.compare(name.size() - q->suffix.size(), q->suffix.size(), q->suffix) == 0)
           q->found = true;
         return 0;
       },
@@ -156,8 +161,9 @@ TEST_CASE("plugins built for another ABI or LibTorch are refused, naming file an
   // A plugin built before ABI 2 (parameter roles) is told, in one line, to be rebuilt.
   CHECK(error_of([&] { host.load_file(dir + "/old_abi.so"); }) ==
         dir + "/old_abi.so: built for plugin ABI version 1, but this LinearNexus uses ABI version " +
-                  std::to_string(LINEARNEXUS_PLUGIN_ABI_VERSION) + "; rebuild the "
-              "plugin against this LinearNexus");
+            std::to_string(LINEARNEXUS_PLUGIN_ABI_VERSION) +
+            "; rebuild the "
+            "plugin against this LinearNexus");
   auto torch = error_of([&] { host.load_file(dir + "/other_torch.so"); });
   CHECK_CONTAINS(torch, "LibTorch 0.0.1");
   CHECK_CONTAINS(torch, LINEARNEXUS_TORCH_VERSION);
@@ -197,7 +203,8 @@ TEST_CASE("a folder with broken plugins: each one reported, the host survives, t
   host.load_dir(t.path.string());
   REQUIRE(host.problems().size() == 3);
   CHECK_CONTAINS(host.problems()[0].message, "ABI version 999");
-  CHECK_CONTAINS(host.problems()[1].message, "throws.so: plugin 'throws' failed to register: this test plugin always fails");
+  CHECK_CONTAINS(host.problems()[1].message,
+                 "throws.so: plugin 'throws' failed to register: this test plugin always fails");
   CHECK_CONTAINS(host.problems()[2].message, "LibTorch 0.0.1");
   CHECK(host.registry().find(PluginKind::Block, "test_identity") != nullptr);
   CHECK(host.registry().find(PluginKind::Block, "attention") != nullptr);

@@ -133,7 +133,7 @@ TEST_CASE("epoch sampling visits every window once per epoch, in a new order eac
   CHECK(s0.size() == static_cast<size_t>(n_windows));  // every window exactly once
   CHECK(s1 == s0);
   for (int64_t s : s0) CHECK(s % (T + 1) == 0);  // non-overlapping, aligned windows
-  CHECK(e0 != e1);                              // reshuffled
+  CHECK(e0 != e1);                               // reshuffled
   // A pure function of (seed, step, micro-step, rank): a resumed run draws the same batches.
   CHECK(at::equal(get_batch(*ds, spec, 7, 1).x, get_batch(*ds, spec, 7, 1).x));
   spec.seed = 43;
@@ -178,9 +178,11 @@ TEST_CASE("runner: tokenize and data prepare, with their errors", "[cli]") {
 // With GPT-2's 50257-token vocabulary the LM head dominates a step of this small model: ~0.5 s a
 // step on one core with the chunked head + cross-entropy (lm_head_loss). 250 steps reach ~5.62 nats
 // against the 5.82 required (unigram entropy 6.32 - 0.5); 150 steps were not enough (6.02).
-TEST_CASE("a small GPT learns GPT-2 BPE tokens of tiny Shakespeare from prepared files, then samples text", "[data][e2e][bpe-e2e]") {
+TEST_CASE("a small GPT learns GPT-2 BPE tokens of tiny Shakespeare from prepared files, then samples text",
+          "[data][e2e][bpe-e2e]") {
   const std::string text_path = shared_data("tinyshakespeare.txt"), gpt2 = shared_data("gpt2");
-  if (text_path.empty() || gpt2.empty()) LN_SKIP("tinyshakespeare.txt or gpt2/ not found under " LINEARNEXUS_SHARED_DATA_DIR);
+  if (text_path.empty() || gpt2.empty())
+    LN_SKIP("tinyshakespeare.txt or gpt2/ not found under " LINEARNEXUS_SHARED_DATA_DIR);
   TempDir t;
   auto prep = run_cli("data prepare --tokenizer " + gpt2 + " --no-progress --val-fraction 0.1 --input " + text_path +
                       " --out " + (t / "data"));
@@ -194,11 +196,11 @@ TEST_CASE("a small GPT learns GPT-2 BPE tokens of tiny Shakespeare from prepared
   for (auto& [id, c] : counts) H -= c / n * std::log(c / n);
 
   // The shipped config, made smaller and shorter for the test.
-  train_experiment(read_text(LINEARNEXUS_SOURCE_DIR "/configs/gpt_shakespeare_bpe.yaml"),
-                   {"data.path=" + (t / "data"), "trainer.out_dir=" + (t / "run"), "model.hidden_size=96",
-                    "model.n_layer=2", "model.dropout=0.0", "data.seq_len=64", "trainer.max_steps=250",
-                    "trainer.eval_every=250", "trainer.eval_batches=10", "trainer.log_every=50",
-                    "schedule.warmup_steps=20", "optimizer.lr=3e-3"});
+  train_experiment(
+      read_text(LINEARNEXUS_SOURCE_DIR "/configs/gpt_shakespeare_bpe.yaml"),
+      {"data.path=" + (t / "data"), "trainer.out_dir=" + (t / "run"), "model.hidden_size=96", "model.n_layer=2",
+       "model.dropout=0.0", "data.seq_len=64", "trainer.max_steps=250", "trainer.eval_every=250",
+       "trainer.eval_batches=10", "trainer.log_every=50", "schedule.warmup_steps=20", "optimizer.lr=3e-3"});
   auto m = read_metrics(t / "run");
   const double val = m.rbegin()->second["val_loss"].get<double>();
   INFO("validation loss " << val << " vs unigram entropy of the training tokens " << H);

@@ -120,10 +120,13 @@ TEST_CASE("checking the tokens every k steps gives what checking every step give
     DecodeOptions options;
     options.sync_every = every;
     std::vector<std::pair<int64_t, int64_t>> seen;
-    GeneratedBatch b = generate_batch(*m, padded_prompts(), sp, 3, [&](int64_t r, int64_t t) {
-      seen.emplace_back(r, t);
-      return !(r == 4 && seen.size() > 30);  // the callback stops row 4 part way
-    }, options);
+    GeneratedBatch b = generate_batch(
+        *m, padded_prompts(), sp, 3,
+        [&](int64_t r, int64_t t) {
+          seen.emplace_back(r, t);
+          return !(r == 4 && seen.size() > 30);  // the callback stops row 4 part way
+        },
+        options);
     return std::make_pair(b, seen);
   };
   auto [one, seen_one] = run(1);

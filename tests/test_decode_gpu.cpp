@@ -39,9 +39,9 @@ GeneratedBatch run(DecodeGenerator& gen, const std::string& step, const Sampling
 TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, every block", "[decode][gpu]") {
   if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
-  for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]", "[swa, attention]",
-                                    "[gla]", "[mamba2]", "[deltanet]", "[gated_deltanet]", "[kda]", "[rwkv7]",
-                                    "[rwkv7, attention]", "[mla, mamba]"}) {
+  for (const std::string pattern :
+       {"[attention]", "[mamba]", "[mla]", "[mamba, attention]", "[swa, attention]", "[gla]", "[mamba2]", "[deltanet]",
+        "[gated_deltanet]", "[kda]", "[rwkv7]", "[rwkv7, attention]", "[mla, mamba]"}) {
     INFO("block_pattern " << pattern);
     auto m = cuda_model(host, pattern, at::kFloat);
     DecodeGenerator gen(*m, host.registry());
@@ -63,7 +63,8 @@ TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, e
     }
     // Left-padded prompts in one graphed batch == each prompt alone.
     GeneratedBatch b = run(gen, "auto", greedy, 1);
-    for (size_t i = 0; i < padded_prompts().size(); ++i) CHECK(b.completions[i] == generate(*m, padded_prompts()[i], greedy));
+    for (size_t i = 0; i < padded_prompts().size(); ++i)
+      CHECK(b.completions[i] == generate(*m, padded_prompts()[i], greedy));
   }
 }
 
@@ -80,7 +81,8 @@ TEST_CASE("bf16: the graphed step's log-probs agree with the eager step's up to 
     GeneratedBatch e = run(gen, "eager", greedy), g = run(gen, "auto", greedy);
     for (size_t r = 0; r < e.completions.size(); ++r) {
       size_t same = 0;
-      while (same < e.completions[r].size() && same < g.completions[r].size() && e.completions[r][same] == g.completions[r][same])
+      while (same < e.completions[r].size() && same < g.completions[r].size() &&
+             e.completions[r][same] == g.completions[r][same])
         ++same;
       INFO("row " << r << ": the first " << same << " tokens agree");
       CHECK(same >= 8);
@@ -106,6 +108,7 @@ TEST_CASE("the graphed step decodes with the weights as they are now (an in-plac
   }
   GeneratedBatch e = run(gen, "eager", greedy), g = run(gen, "auto", greedy);
   CHECK(g.completions != before.completions);
-  for (size_t r = 0; r < e.completions.size(); ++r) CHECK(std::abs(e.logprobs[r][0].item<double>() - g.logprobs[r][0].item<double>()) < 0.05);
+  for (size_t r = 0; r < e.completions.size(); ++r)
+    CHECK(std::abs(e.logprobs[r][0].item<double>() - g.logprobs[r][0].item<double>()) < 0.05);
   CHECK(g.completions[0].front() == e.completions[0].front());
 }

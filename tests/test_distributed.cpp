@@ -48,12 +48,15 @@ void check_same_losses(const std::string& a, const std::string& b, int64_t steps
     REQUIRE(mb.count(s));
     CHECK(ma[s]["loss"].get<double>() == Approx(mb[s]["loss"].get<double>()).epsilon(1e-4));
     CHECK(ma[s]["grad_norm"].get<double>() == Approx(mb[s]["grad_norm"].get<double>()).epsilon(1e-3));
-    if (ma[s].contains("val_loss")) CHECK(ma[s]["val_loss"].get<double>() == Approx(mb[s]["val_loss"].get<double>()).epsilon(1e-4));
+    if (ma[s].contains("val_loss"))
+      CHECK(ma[s]["val_loss"].get<double>() == Approx(mb[s]["val_loss"].get<double>()).epsilon(1e-4));
   }
 }
 }  // namespace
 
-TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Muon, grad accumulation, activation checkpointing)", "[distributed]") {
+TEST_CASE(
+    "2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Muon, grad accumulation, activation checkpointing)",
+    "[distributed]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -68,7 +71,8 @@ TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Mu
     auto two = run_cli("run " + (t / "exp.yaml") + " --nproc 2 --set trainer.out_dir=" + (t / (name + "2")) + extra);
     INFO(two.err);
     REQUIRE(two.code == 0);
-    auto one = run_cli("run " + (t / "exp.yaml") + " --set trainer.batch_size=8 --set trainer.out_dir=" + (t / (name + "1")) + extra);
+    auto one = run_cli("run " + (t / "exp.yaml") +
+                       " --set trainer.batch_size=8 --set trainer.out_dir=" + (t / (name + "1")) + extra);
     REQUIRE(one.code == 0);
     check_same_losses(t / (name + "2"), t / (name + "1"), 20);
     // Rank 0 alone wrote the folder: one progress log, one metrics line per step (and step 0's).
@@ -77,7 +81,8 @@ TEST_CASE("2 ranks x batch b log the losses of 1 rank x batch 2b (GPT, Mamba, Mu
   }
   // Sophia's curvature pass is averaged too: it trains (its sampled labels differ per rank, so no
   // equality with one process).
-  auto sophia = run_cli("run " + (t / "exp.yaml") + " --nproc 2 --optimizer sophia --set trainer.out_dir=" + (t / "sophia"));
+  auto sophia =
+      run_cli("run " + (t / "exp.yaml") + " --nproc 2 --optimizer sophia --set trainer.out_dir=" + (t / "sophia"));
   INFO(sophia.err);
   CHECK(sophia.code == 0);
   CHECK(std::isfinite(read_metrics(t / "sophia")[20]["loss"].get<double>()));
@@ -87,8 +92,12 @@ TEST_CASE("a checkpoint written by 2 ranks resumes on 1 (same global batch: the 
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --nproc 2 --set trainer.out_dir=" + (t / "full")).code == 0);
-  REQUIRE(run_cli("run " + (t / "exp.yaml") + " --nproc 2 --set trainer.stop_after=10 --set trainer.out_dir=" + (t / "split")).code == 0);
-  auto resumed = run_cli("run " + (t / "exp.yaml") + " --set trainer.batch_size=8 --set trainer.resume=auto --set trainer.out_dir=" + (t / "split"));
+  REQUIRE(run_cli("run " + (t / "exp.yaml") +
+                  " --nproc 2 --set trainer.stop_after=10 --set trainer.out_dir=" + (t / "split"))
+              .code == 0);
+  auto resumed =
+      run_cli("run " + (t / "exp.yaml") +
+              " --set trainer.batch_size=8 --set trainer.resume=auto --set trainer.out_dir=" + (t / "split"));
   INFO(resumed.err);
   REQUIRE(resumed.code == 0);
   CHECK_CONTAINS(resumed.err, "at step 10");
@@ -101,11 +110,13 @@ TEST_CASE("a rank that dies or hangs ends the others with one clear error", "[di
   for (const std::string signal : {"KILL", "STOP"}) {
     INFO(signal);
     const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
-    const std::string run = std::string(LINEARNEXUS_RUNNER) + " run " + (t / "exp.yaml") +
-                            " --set trainer.max_steps=1000000 --set trainer.save_every=0 --set distributed.timeout_sec=4" +
-                            " --set trainer.out_dir=" + (t / ("run" + signal));
-    const std::string script = "(RANK=0 " + env + " " + run + " >/dev/null 2>" + (t / "err0") + "; echo $? >" + (t / "rc0") +
-                               ") & RANK=1 " + env + " " + run + " >/dev/null 2>&1 & r1=$!; sleep 3; kill -" + signal +
+    const std::string run =
+        std::string(LINEARNEXUS_RUNNER) + " run " + (t / "exp.yaml") +
+        " --set trainer.max_steps=1000000 --set trainer.save_every=0 --set distributed.timeout_sec=4" +
+        " --set trainer.out_dir=" + (t / ("run" + signal));
+    const std::string script = "(RANK=0 " + env + " " + run + " >/dev/null 2>" + (t / "err0") + "; echo $? >" +
+                               (t / "rc0") + ") & RANK=1 " + env + " " + run +
+                               " >/dev/null 2>&1 & r1=$!; sleep 3; kill -" + signal +
                                " $r1; wait %1; kill -KILL $r1 2>/dev/null; wait";
     REQUIRE(std::system(("bash -c '" + script + "'").c_str()) == 0);
     CliResult r{std::stoi(read_text(t / "rc0")), "", read_text(t / "err0")};
@@ -119,7 +130,8 @@ TEST_CASE("bad launches are one error line", "[distributed][cli]") {
   write_text(t / "exp.yaml", kExperiment);
   const std::string run = "run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r");
   check_one_clean_error(run_cli(run, "WORLD_SIZE=2 RANK=0"), "MASTER_ADDR is not");
-  check_one_clean_error(run_cli(run, "WORLD_SIZE=2 RANK=5 MASTER_ADDR=127.0.0.1 MASTER_PORT=1234"), "needs RANK in 0..1");
+  check_one_clean_error(run_cli(run, "WORLD_SIZE=2 RANK=5 MASTER_ADDR=127.0.0.1 MASTER_PORT=1234"),
+                        "needs RANK in 0..1");
   check_one_clean_error(run_cli(run, "WORLD_SIZE=two"), "WORLD_SIZE='two' is not an integer");
   check_one_clean_error(run_cli(run + " --nproc 2", "WORLD_SIZE=2"), "WORLD_SIZE is already set");
   check_one_clean_error(run_cli(run + " --nproc 0"), "--nproc");
@@ -133,9 +145,10 @@ TEST_CASE("bad launches are one error line", "[distributed][cli]") {
   REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   ::listen(fd, 1);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  check_one_clean_error(run_cli(run + " --set distributed.timeout_sec=3",
-                                "WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(ntohs(a.sin_port))),
-                        "could not meet the others");
+  check_one_clean_error(
+      run_cli(run + " --set distributed.timeout_sec=3",
+              "WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(ntohs(a.sin_port))),
+      "could not meet the others");
   ::close(fd);
 }
 
@@ -143,13 +156,15 @@ TEST_CASE("grpo and ppo on 2 ranks split the prompts and train", "[distributed][
   TempDir t;
   const std::string configs = LINEARNEXUS_SOURCE_DIR "/configs/";
   const std::string small = " --set model.hidden_size=32 --set model.n_layer=1";
-  REQUIRE(run_cli("run " + configs + "sft_arithmetic.yaml --no-sample --set trainer.max_steps=20 --set trainer.eval_batches=1" +
-                  small + " --set trainer.out_dir=" + (t / "sft")).code == 0);
+  REQUIRE(run_cli("run " + configs +
+                  "sft_arithmetic.yaml --no-sample --set trainer.max_steps=20 --set trainer.eval_batches=1" + small +
+                  " --set trainer.out_dir=" + (t / "sft"))
+              .code == 0);
   for (const std::string trainer : {"grpo", "ppo"}) {
     INFO(trainer);
-    auto r = run_cli("run " + configs + trainer + "_arithmetic.yaml --no-sample --nproc 2 --set trainer.max_steps=2" + small +
-                     " --set trainer.prompts_per_step=2 --set task.eval_size=8 --set trainer.init_from=" + (t / "sft") +
-                     " --set trainer.out_dir=" + (t / trainer));
+    auto r = run_cli("run " + configs + trainer + "_arithmetic.yaml --no-sample --nproc 2 --set trainer.max_steps=2" +
+                     small + " --set trainer.prompts_per_step=2 --set task.eval_size=8 --set trainer.init_from=" +
+                     (t / "sft") + " --set trainer.out_dir=" + (t / trainer));
     INFO(r.err);
     REQUIRE(r.code == 0);
     auto m = read_metrics(t / trainer);

@@ -32,7 +32,8 @@ double rel_err(const at::Tensor& a, const at::Tensor& b) {
 
 // lm_head_loss on CUDA (compute_dtype) against cross_entropy of h @ W^T computed in the same dtype,
 // with a scaled upstream gradient; prints the errors (the GPU log keeps them).
-void check_head_loss(int64_t B, int64_t T, int64_t C, int64_t V, at::ScalarType dtype, double loss_tol, double grad_tol) {
+void check_head_loss(int64_t B, int64_t T, int64_t C, int64_t V, at::ScalarType dtype, double loss_tol,
+                     double grad_tol) {
   INFO("B " << B << " T " << T << " C " << C << " V " << V << " dtype " << c10::toString(dtype));
   torch::manual_seed(3);
   auto o = at::TensorOptions().device(at::kCUDA);
@@ -79,7 +80,8 @@ void check_rms_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, bool autoca
   CHECK(y.scalar_type() == (autocast ? at::kBFloat16 : x_dtype));
   auto dy = at::randn({rows, C}, x.options().dtype(at::kFloat));
   y.backward(dy.to(y.scalar_type()));
-  auto x64 = x.detach().to(at::kDouble).requires_grad_(true), w64 = norm.weight.detach().to(at::kDouble).requires_grad_(true);
+  auto x64 = x.detach().to(at::kDouble).requires_grad_(true),
+       w64 = norm.weight.detach().to(at::kDouble).requires_grad_(true);
   auto ref = x64 * at::rsqrt(x64.pow(2).mean(-1, true) + norm.eps) * w64;
   ref.backward(dy.to(y.scalar_type()).to(at::kDouble));
   const double ey = rel_err(y, ref), ex = rel_err(x.grad(), x64.grad()), ew = rel_err(norm.weight.grad(), w64.grad());
@@ -96,8 +98,8 @@ void check_rms_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, bool autoca
 // the scalar kernel, its backward, into a fresh dqkv, the vector one); `rope` false: the split alone.
 void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, bool per_row_positions,
                        at::ScalarType dtype, double tol, bool rope = true, bool misaligned = false) {
-  INFO("B " << B << " T " << T << " H " << H << " Hkv " << Hkv << " D " << D << " " << c10::toString(dtype)
-            << " rope " << rope << " misaligned " << misaligned);
+  INFO("B " << B << " T " << T << " H " << H << " Hkv " << Hkv << " D " << D << " " << c10::toString(dtype) << " rope "
+            << rope << " misaligned " << misaligned);
   torch::manual_seed(5);
   auto o = at::TensorOptions().device(at::kCUDA);
   const int64_t W = (H + 2 * Hkv) * D;
@@ -121,8 +123,9 @@ void check_split_heads(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, 
   ((fused.q * gq).sum() + (fused.k * gk).sum() + (fused.v * gv).sum()).backward();
   ((q * gq).sum() + (k * gk).sum() + (v * gv).sum()).backward();
   const double eg = rel_err(qkv.grad(), qkv2.grad());
-  std::printf("split_heads B %ld T %ld H %ld Hkv %ld D %ld %-8s rope %d misaligned %d: q %.1e  k %.1e  v %.1e  dqkv %.1e\n",
-              (long)B, (long)T, (long)H, (long)Hkv, (long)D, c10::toString(dtype), rope, misaligned, eq, ek, ev, eg);
+  std::printf(
+      "split_heads B %ld T %ld H %ld Hkv %ld D %ld %-8s rope %d misaligned %d: q %.1e  k %.1e  v %.1e  dqkv %.1e\n",
+      (long)B, (long)T, (long)H, (long)Hkv, (long)D, c10::toString(dtype), rope, misaligned, eq, ek, ev, eg);
   CHECK(eq < tol);
   CHECK(ek < tol);
   CHECK(ev == 0);
@@ -154,7 +157,8 @@ void check_mlp(const std::string& kind, int64_t rows, int64_t C, int64_t hidden,
   auto dout = at::randn_like(fused);
   fused.backward(dout);
   std::map<std::string, at::Tensor> grads;
-  for (const auto& p : mlp.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+  for (const auto& p : mlp.named_parameters())
+    grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
   ref.backward(dout);
   double worst = rel_err(x.grad(), x2.grad());
   for (const auto& p : mlp.named_parameters()) {
@@ -215,12 +219,14 @@ void check_residual_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, at::Sc
     // Fused: ResidualAdd(h, mlp(n)) with h from the ResidualRmsNorm node.
     const bool add_node = r.out.grad_fn()->name().find("ResidualAdd") != std::string::npos;
     for (const auto& e : r.out.grad_fn()->next_edges())
-      if (add_node && e.function && e.function->name().find("ResidualRmsNorm") != std::string::npos) r.fused_node = true;
+      if (add_node && e.function && e.function->name().find("ResidualRmsNorm") != std::string::npos)
+        r.fused_node = true;
     r.out.backward(dout.to(r.out.scalar_type()));
     if (unfused) ::unsetenv("LINEARNEXUS_UNFUSED");
     r.dx = x.grad().clone(), r.dy = y.grad().clone();
     x.mutable_grad().reset(), y.mutable_grad().reset();
-    for (const auto& p : block.named_parameters()) r.grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+    for (const auto& p : block.named_parameters())
+      r.grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
     return r;
   };
   const Run fused = run(false), plain = run(true);
@@ -230,9 +236,11 @@ void check_residual_norm(int64_t rows, int64_t C, at::ScalarType x_dtype, at::Sc
   CHECK(fused.dy.scalar_type() == y_dtype);
   double worst = std::max(rel_err(fused.dx, plain.dx), rel_err(fused.dy, plain.dy));
   for (const auto& kv : plain.grads) worst = std::max(worst, rel_err(fused.grads.at(kv.first), kv.second));
-  const double eo = rel_err(fused.out, plain.out), ew = rel_err(fused.grads.at("ln2.weight"), plain.grads.at("ln2.weight"));
-  std::printf("residual + rms_norm rows %ld C %ld x %-8s y %-8s autocast %d: out %.1e  dln2 %.1e  largest gradient %.1e\n",
-              (long)rows, (long)C, c10::toString(x_dtype), c10::toString(y_dtype), autocast, eo, ew, worst);
+  const double eo = rel_err(fused.out, plain.out),
+               ew = rel_err(fused.grads.at("ln2.weight"), plain.grads.at("ln2.weight"));
+  std::printf(
+      "residual + rms_norm rows %ld C %ld x %-8s y %-8s autocast %d: out %.1e  dln2 %.1e  largest gradient %.1e\n",
+      (long)rows, (long)C, c10::toString(x_dtype), c10::toString(y_dtype), autocast, eo, ew, worst);
   CHECK(eo < tol);
   CHECK(worst < tol);
 }
@@ -283,25 +291,29 @@ void check_norm_residual(int64_t rows, int64_t C, at::ScalarType x_dtype, bool a
 
 }  // namespace
 
-TEST_CASE("fused RMSNorm with its input's residual gradient on CUDA equals {x, RMSNorm(x)} as ops (fp32, bf16, autocast, odd C, one row)", "[gpu]") {
+TEST_CASE(
+    "fused RMSNorm with its input's residual gradient on CUDA equals {x, RMSNorm(x)} as ops (fp32, bf16, autocast, odd C, one row)",
+    "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   check_norm_residual(37, 72, at::kFloat, false, 1e-5);
   check_norm_residual(1, 72, at::kFloat, false, 1e-5);
   check_norm_residual(4097, 768, at::kFloat, true, 1e-2);
   check_norm_residual(37, 2048, at::kFloat, false, 1e-5);
   check_norm_residual(37, 72, at::kBFloat16, true, 2e-2);
-  check_norm_residual(37, 128, at::kFloat, false, 1e-5);   // the register kernel, fp32 throughout
+  check_norm_residual(37, 128, at::kFloat, false, 1e-5);    // the register kernel, fp32 throughout
   check_norm_residual(37, 256, at::kBFloat16, true, 2e-2);  // and bf16 throughout
 }
 
-TEST_CASE("fused residual adds + RMSNorm on CUDA equal x + y, RMSNorm and h + mlp as ops (fp32, bf16, autocast, odd C, one row)", "[gpu]") {
+TEST_CASE(
+    "fused residual adds + RMSNorm on CUDA equal x + y, RMSNorm and h + mlp as ops (fp32, bf16, autocast, odd C, one row)",
+    "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   check_residual_norm(37, 72, at::kFloat, at::kFloat, false, 1e-5);
-  check_residual_norm(1, 72, at::kFloat, at::kFloat, false, 1e-5);          // T = 1
-  check_residual_norm(37, 72, at::kFloat, at::kBFloat16, false, 1e-5);      // fp32 stream, bf16 y: n in fp32
-  check_residual_norm(4097, 768, at::kFloat, at::kBFloat16, true, 1e-2);    // gpt-small's case; > 1024 backward blocks
-  check_residual_norm(37, 2048, at::kFloat, at::kFloat, false, 1e-5);       // the backward's larger shared memory
-  check_residual_norm(37, 72, at::kBFloat16, at::kBFloat16, true, 2e-2);    // a bf16 residual stream
+  check_residual_norm(1, 72, at::kFloat, at::kFloat, false, 1e-5);        // T = 1
+  check_residual_norm(37, 72, at::kFloat, at::kBFloat16, false, 1e-5);    // fp32 stream, bf16 y: n in fp32
+  check_residual_norm(4097, 768, at::kFloat, at::kBFloat16, true, 1e-2);  // gpt-small's case; > 1024 backward blocks
+  check_residual_norm(37, 2048, at::kFloat, at::kFloat, false, 1e-5);     // the backward's larger shared memory
+  check_residual_norm(37, 72, at::kBFloat16, at::kBFloat16, true, 2e-2);  // a bf16 residual stream
   // The backward's register kernel (C = 128 K, K <= 6; the cases above: 768 only) and the add's
   // scalar loop (37 x 71 values: not a multiple of 4).
   check_residual_norm(37, 128, at::kFloat, at::kFloat, false, 1e-5);
@@ -316,11 +328,13 @@ TEST_CASE("fused SwiGLU on CUDA equals silu(gate) * up as ops (fp32, bf16 autoca
   check_swiglu(37, 768, 2048, true, 2e-2);
 }
 
-TEST_CASE("GELU MLP on CUDA (cuBLASLt epilogues) equals down(gelu_tanh(up(x))) as ops (fp32, bf16 autocast, odd width, one row)", "[gpu]") {
+TEST_CASE(
+    "GELU MLP on CUDA (cuBLASLt epilogues) equals down(gelu_tanh(up(x))) as ops (fp32, bf16 autocast, odd width, one row)",
+    "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   check_gelu_mlp(37, 64, 256, false, 1e-5);
   check_gelu_mlp(1, 64, 256, false, 1e-5);
-  check_gelu_mlp(37, 64, 100, false, 1e-5);   // a width cuBLASLt may have no epilogue kernel for: the ops
+  check_gelu_mlp(37, 64, 100, false, 1e-5);  // a width cuBLASLt may have no epilogue kernel for: the ops
   check_gelu_mlp(37, 768, 3072, true, 2e-2);
   check_gelu_mlp(2048, 768, 3072, true, 2e-2);  // gpt-small's layer at 2 x 1024 tokens
   check_gelu_mlp(1, 768, 3072, true, 2e-2);
@@ -336,14 +350,16 @@ TEST_CASE("fused RMSNorm on CUDA equals the plain ops (fp32, bf16, under autocas
   check_rms_norm(37, 72, at::kBFloat16, true, 1e-2);
 }
 
-TEST_CASE("fused qkv split + RoPE on CUDA equals views + apply_rope (fp32, bf16, GQA, T = 1, per-row positions, vector and scalar kernels)", "[gpu]") {
+TEST_CASE(
+    "fused qkv split + RoPE on CUDA equals views + apply_rope (fp32, bf16, GQA, T = 1, per-row positions, vector and scalar kernels)",
+    "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   // fp32: the same angles as apply_rope's up to a few ulps (positions up to 4000).
   check_split_heads(2, 37, 4, 4, 16, false, at::kFloat, 5e-5);
   check_split_heads(3, 1, 6, 2, 64, true, at::kFloat, 5e-5);
   check_split_heads(2, 37, 4, 2, 64, true, at::kFloat, 5e-5);
   check_split_heads(2, 37, 12, 12, 64, false, at::kBFloat16, 2e-2);  // 74 tokens: a partial last block of 16
-  check_split_heads(3, 1, 6, 2, 64, true, at::kBFloat16, 2e-2);        // T = 1
+  check_split_heads(3, 1, 6, 2, 64, true, at::kBFloat16, 2e-2);      // T = 1
   // The scalar kernel: (D/2) % 8 != 0 in bf16, (D/2) % 4 != 0 in fp32, qkv not 16-byte aligned.
   check_split_heads(2, 37, 4, 2, 20, true, at::kBFloat16, 2e-2);
   check_split_heads(2, 37, 4, 4, 18, false, at::kFloat, 5e-5);
@@ -354,7 +370,8 @@ TEST_CASE("fused qkv split + RoPE on CUDA equals views + apply_rope (fp32, bf16,
   check_split_heads(2, 37, 4, 2, 20, false, at::kBFloat16, 1e-12, false);
 }
 
-TEST_CASE("fused LM head + cross-entropy on CUDA equals matmul + cross_entropy (fp32, bf16, odd sizes, T = 1)", "[gpu]") {
+TEST_CASE("fused LM head + cross-entropy on CUDA equals matmul + cross_entropy (fp32, bf16, odd sizes, T = 1)",
+          "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   // V = 1000 and 50257: not multiples of 64 (padding columns); C = 72 odd; T = 1.
   check_head_loss(3, 37, 72, 1000, at::kFloat, 1e-5, 1e-4);
@@ -377,7 +394,9 @@ TEST_CASE("fused LM head + cross-entropy on CUDA: every target -1 gives loss 0 a
   CHECK(W.grad().abs().max().item<double>() == 0);
 }
 
-TEST_CASE("one bf16 gpt-small step: loss and gradients with every fused kernel equal the plain ops' (LINEARNEXUS_UNFUSED=1)", "[gpu]") {
+TEST_CASE(
+    "one bf16 gpt-small step: loss and gradients with every fused kernel equal the plain ops' (LINEARNEXUS_UNFUSED=1)",
+    "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
   Experiment e = parse("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: gpt-small}\n", host);
@@ -390,7 +409,8 @@ TEST_CASE("one bf16 gpt-small step: loss and gradients with every fused kernel e
   auto fused = model.next_token_loss(x, y);
   fused.backward();
   std::map<std::string, at::Tensor> grads;
-  for (const auto& p : model.named_parameters()) grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
+  for (const auto& p : model.named_parameters())
+    grads[p.key()] = p.value().grad().clone(), p.value().mutable_grad().reset();
   // The plain path: RMSNorm, the qkv split and RoPE as LibTorch ops, the head as matmul + cross_entropy.
   ::setenv("LINEARNEXUS_UNFUSED", "1", 1);
   auto unfused = lm_loss(model.forward(x), y);

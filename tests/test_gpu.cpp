@@ -22,12 +22,16 @@ namespace {
 // No dropout (the CPU and CUDA generators differ); eval at the last step compares val_loss too.
 std::string tiny_yaml(const std::string& block, const std::string& optimizer) {
   const std::string block_params = block == "mamba" ? "{chunk_size: 16}" : "{n_head: 4}";
-  const std::string lr = optimizer == "muon" ? "{name: muon, lr: 0.02, adamw_lr: 3e-3}" : "{name: " + optimizer + ", lr: 3e-3}";
+  const std::string lr =
+      optimizer == "muon" ? "{name: muon, lr: 0.02, adamw_lr: 3e-3}" : "{name: " + optimizer + ", lr: 3e-3}";
   return "name: gpu-test\nseed: 11\n"
          "data: {path: \"builtin:arithmetic\", seq_len: 64}\n"
-         "model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, dropout: 0.0, block_pattern: [" + block +
-         "], blocks: {" + block + ": " + block_params + "}}\n"
-         "optimizer: " + lr + "\n"
+         "model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, dropout: 0.0, block_pattern: [" +
+         block + "], blocks: {" + block + ": " + block_params +
+         "}}\n"
+         "optimizer: " +
+         lr +
+         "\n"
          "schedule: {warmup_steps: 5}\n"
          "trainer: {name: sft, max_steps: 20, batch_size: 8, log_every: 1, eval_batches: 2, save_every: 1000}\n";
 }
@@ -55,9 +59,10 @@ void check_agreement(const std::string& block, const std::string& optimizer, con
   INFO("block " << block << ", optimizer " << optimizer << ", precision " << precision);
   const std::string yaml = tiny_yaml(block, optimizer);
   const Losses cpu = train_on(yaml, "cpu", "fp32"), gpu = train_on(yaml, "cuda", precision);
-  std::printf("gpu-agreement %-9s %-6s %-4s  cpu loss %.9f  cuda loss %.9f  |diff| %.2e  (val %.7f vs %.7f)  tol %.0e\n",
-              block.c_str(), optimizer.c_str(), precision.c_str(), cpu.loss, gpu.loss, std::fabs(cpu.loss - gpu.loss),
-              cpu.val_loss, gpu.val_loss, tol);
+  std::printf(
+      "gpu-agreement %-9s %-6s %-4s  cpu loss %.9f  cuda loss %.9f  |diff| %.2e  (val %.7f vs %.7f)  tol %.0e\n",
+      block.c_str(), optimizer.c_str(), precision.c_str(), cpu.loss, gpu.loss, std::fabs(cpu.loss - gpu.loss),
+      cpu.val_loss, gpu.val_loss, tol);
   CHECK(std::isfinite(gpu.loss));
   CHECK(std::fabs(cpu.loss - gpu.loss) < tol);
   CHECK(std::fabs(cpu.val_loss - gpu.val_loss) < tol);
@@ -120,13 +125,14 @@ TEST_CASE("a bf16 training step never waits for the GPU: every block, every opti
   LN_SKIP("LibTorch without CUDA");
 #else
   if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
-  const std::vector<std::pair<std::string, std::string>> runs = {
+  const std::vector<std::pair<std::string, std::string> > runs = {
       {"attention", "adamw"}, {"mamba", "adamw"}, {"mla", "adamw"}, {"attention", "muon"}, {"attention", "sophia"}};
   for (const auto& [block, optimizer] : runs) {
     INFO("block " << block << ", optimizer " << optimizer);
     TempDir t;
     PluginHost host;
-    Experiment e = parse(tiny_yaml(block, optimizer), host, {"device=cuda", "precision=bf16", "trainer.out_dir=" + (t / "run")});
+    Experiment e =
+        parse(tiny_yaml(block, optimizer), host, {"device=cuda", "precision=bf16", "trainer.out_dir=" + (t / "run")});
     auto run = prepare_run(e, host);
     run->resume();
     run->model().train();
@@ -144,7 +150,8 @@ TEST_CASE("a bf16 training step never waits for the GPU: every block, every opti
       for (int64_t i = 2; i < 12; ++i) step(i);
     });
     c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
-    std::printf("gpu-nosync %-9s %-6s %s\n", block.c_str(), optimizer.c_str(), err.empty() ? "no sync" : err.substr(0, 300).c_str());
+    std::printf("gpu-nosync %-9s %-6s %s\n", block.c_str(), optimizer.c_str(),
+                err.empty() ? "no sync" : err.substr(0, 300).c_str());
     CHECK(err.empty());
   }
 #endif
@@ -153,7 +160,8 @@ TEST_CASE("a bf16 training step never waits for the GPU: every block, every opti
 // Dropout and Sophia's sampled labels draw from the CUDA generator, which checkpoints keep beside the
 // CPU one ("rng.cuda"). Within 1e-5 rather than exactly: some CUDA backward kernels (attention's)
 // accumulate with atomics, so two identical CUDA runs may differ in the last bits.
-TEST_CASE("a resumed bf16 run on CUDA logs the losses of an uninterrupted one (10 + 10 == 20): dropout, sophia", "[gpu]") {
+TEST_CASE("a resumed bf16 run on CUDA logs the losses of an uninterrupted one (10 + 10 == 20): dropout, sophia",
+          "[gpu]") {
   if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
   for (const char* optimizer : {"adamw", "sophia"}) {
     INFO("optimizer " << optimizer);

@@ -89,8 +89,9 @@ TEST_CASE("linear-time blocks: CUDA fp32 forward + backward == the CPU's (relati
   at::globalContext().setAllowTF32CuDNN(true);
 }
 
-TEST_CASE("linear-time blocks: CUDA bf16 autocast forward + backward == the CPU's fp32 (1e-2 and 1e-1 for parameter gradients)",
-          "[gpu]") {
+TEST_CASE(
+    "linear-time blocks: CUDA bf16 autocast forward + backward == the CPU's fp32 (1e-2 and 1e-1 for parameter gradients)",
+    "[gpu]") {
   if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
   PluginHost host;
   for (const auto& c : cases()) check_block_agreement(host, c, true, 1e-2, 1e-1);

@@ -71,30 +71,35 @@ std::string resume_error(const std::string& file, const std::string& out_dir) {
 
 // ---- 1, 2: plugins --------------------------------------------------------------------------------
 
-TEST_CASE("a checkpoint's plugins.paths are never loaded, an experiment's resolve against its own folder", "[hardening]") {
+TEST_CASE("a checkpoint's plugins.paths are never loaded, an experiment's resolve against its own folder",
+          "[hardening]") {
   const std::string plugins = LINEARNEXUS_TEST_PLUGIN_DIR;
   TempDir t;
   fs::create_directories(t / "exp/plug");
   fs::copy_file(plugins + "/good_v1/good_identity.so", t / "exp/plug/good_identity.so");
   // Relative to exp.yaml's folder, not to the working directory (the test runs elsewhere).
   write_text(t / "exp/exp.yaml", std::string(kExp) + "plugins: {paths: [plug]}\n");
-  auto run = run_cli("run " + (t / "exp/exp.yaml") + " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" +
-                     (t / "a"));
+  auto run = run_cli("run " + (t / "exp/exp.yaml") +
+                     " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" + (t / "a"));
   INFO(run.err);
   REQUIRE(run.code == 0);
   const std::string config = read_safetensors_metadata(t / "a/latest.safetensors").at("config");
   CHECK_CONTAINS(config, (t / "exp/plug"));  // recorded absolute
   // The checkpoint names that folder, but sampling from it must not load it.
-  check_one_clean_error(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2"),
-                        "needs block 'test_identity' from plugin 'good_identity' 1.0.0, which is not on the plugin path");
+  check_one_clean_error(
+      run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2"),
+      "needs block 'test_identity' from plugin 'good_identity' 1.0.0, which is not on the plugin path");
   PluginHost host;
   CHECK_CONTAINS(error_of([&] { load_model_from_checkpoint(t / "a", host); }), "needs block 'test_identity'");
   for (const auto& p : host.plugins()) CHECK(p.name != "good_identity");
   // With the plugin on the user's own path it loads, the recorded paths still ignored.
-  CHECK(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2", "LINEARNEXUS_PLUGIN_PATH=" + plugins + "/good_v1").code == 0);
+  CHECK(
+      run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2", "LINEARNEXUS_PLUGIN_PATH=" + plugins + "/good_v1")
+          .code == 0);
 }
 
-TEST_CASE("a library in a plugin folder that exports no entry point is skipped unloaded, with a warning", "[hardening]") {
+TEST_CASE("a library in a plugin folder that exports no entry point is skipped unloaded, with a warning",
+          "[hardening]") {
   const std::string plugins = LINEARNEXUS_TEST_PLUGIN_DIR;
   TempDir t;
   // static_init.so ends the process if it is ever loaded (as a stray libc10.so copy did).
@@ -121,7 +126,8 @@ TEST_CASE("a library in a plugin folder that exports no entry point is skipped u
 
 // ---- 8, 9, 13: checkpoints ---------------------------------------------------------------------------
 
-TEST_CASE("checkpoint headers nested 100k levels deep are refused before parsing, in the header and in metadata", "[hardening]") {
+TEST_CASE("checkpoint headers nested 100k levels deep are refused before parsing, in the header and in metadata",
+          "[hardening]") {
   TempDir t;
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   write_text(t / "deep.safetensors", raw_file("{\"__metadata__\": {\"a\": " + deep + "}}", ""));
@@ -149,7 +155,8 @@ TEST_CASE("checkpoint headers: bad dtypes, shapes, spans and overlaps name the t
     return "{\"w\": {\"dtype\": \"" + dtype + "\", \"shape\": " + shape + ", \"data_offsets\": " + offs + "}}";
   };
   CHECK(err(one("F32", "[4, 4]", "[0, 64]")).empty());
-  CHECK_CONTAINS(err(one("F32", "[-4, -4]", "[0, 64]")), "tensor 'w' has a shape dimension that is not a non-negative integer");
+  CHECK_CONTAINS(err(one("F32", "[-4, -4]", "[0, 64]")),
+                 "tensor 'w' has a shape dimension that is not a non-negative integer");
   CHECK_CONTAINS(err(one("F32", "[4611686018427387904, 8]", "[0, 64]")), "tensor 'w' has a shape whose size overflows");
   CHECK_CONTAINS(err(one("F32", "[4, 4]", "[0, 6400]")), "beyond the end of the file");
   CHECK_CONTAINS(err(one("F32", "[4, 5]", "[0, 64]")), "is 64 bytes in the file, but its dtype F32 and shape need 80");
@@ -167,11 +174,13 @@ TEST_CASE("checkpoint headers: bad dtypes, shapes, spans and overlaps name the t
   check_one_clean_error(run_cli("sample --checkpoint " + (t / "x.safetensors")), "x.safetensors");
 }
 
-TEST_CASE("checkpoint contents: relabelled dtype, NaN weights, bad step, bad RNG state, missing metadata", "[hardening]") {
+TEST_CASE("checkpoint contents: relabelled dtype, NaN weights, bad step, bad RNG state, missing metadata",
+          "[hardening]") {
   TempDir t;
   const std::string ck = trained_checkpoint(t / "a");
   edit_header(ck, t / "relabel.safetensors", [](json& h) { h["model.wte.weight"]["dtype"] = "I32"; });
-  CHECK_CONTAINS(resume_error(t / "relabel.safetensors", t / "r1"), "tensor 'model.wte.weight' is Int, but the model's is Float");
+  CHECK_CONTAINS(resume_error(t / "relabel.safetensors", t / "r1"),
+                 "tensor 'model.wte.weight' is Int, but the model's is Float");
   edit_checkpoint(ck, t / "nan.safetensors", [](TensorMap& m, Metadata&) { m["model.wte.weight"][0][0] = NAN; });
   CHECK_CONTAINS(resume_error(t / "nan.safetensors", t / "r2"), "tensor 'model.wte.weight' holds NaN");
   PluginHost host;
@@ -188,21 +197,27 @@ TEST_CASE("checkpoint contents: relabelled dtype, NaN weights, bad step, bad RNG
   CHECK_CONTAINS(resume_error(t / "optshape.safetensors", t / "r3b"), "but the optimizer's is Float [");
   for (const std::string step : {"-5", "abc", "", "99999999999999999999"}) {
     edit_checkpoint(ck, t / "step.safetensors", [&](TensorMap&, Metadata& m) { m["step"] = step; });
-    CHECK_CONTAINS(resume_error(t / "step.safetensors", t / "r4"), "metadata 'step' is '" + step + "', not a non-negative whole number");
+    CHECK_CONTAINS(resume_error(t / "step.safetensors", t / "r4"),
+                   "metadata 'step' is '" + step + "', not a non-negative whole number");
   }
   edit_checkpoint(ck, t / "nostep.safetensors", [](TensorMap&, Metadata& m) { m.erase("step"); });
   CHECK_CONTAINS(resume_error(t / "nostep.safetensors", t / "r5"), "its metadata has no 'step' entry");
-  edit_checkpoint(ck, t / "rng.safetensors", [](TensorMap& m, Metadata&) { m["rng.cpu"] = torch::zeros({7}, at::kByte); });
+  edit_checkpoint(ck, t / "rng.safetensors",
+                  [](TensorMap& m, Metadata&) { m["rng.cpu"] = torch::zeros({7}, at::kByte); });
   CHECK_CONTAINS(resume_error(t / "rng.safetensors", t / "r6"), "tensor 'rng.cpu' is not a random generator state");
-  edit_checkpoint(ck, t / "rng2.safetensors", [](TensorMap& m, Metadata&) { m["rng.cpu"] = torch::full_like(m["rng.cpu"], 255); });
+  edit_checkpoint(ck, t / "rng2.safetensors",
+                  [](TensorMap& m, Metadata&) { m["rng.cpu"] = torch::full_like(m["rng.cpu"], 255); });
   const std::string rng2 = resume_error(t / "rng2.safetensors", t / "r7");
   if (!rng2.empty()) CHECK_CONTAINS(rng2, "tensor 'rng.cpu' is refused by LibTorch");
   CHECK(rng2.find("Exception raised from") == std::string::npos);
   edit_checkpoint(ck, t / "noconf.safetensors", [](TensorMap&, Metadata& m) { m.erase("config"); });
-  CHECK_CONTAINS(error_of([&] { load_model_from_checkpoint(t / "noconf.safetensors", host); }), "its metadata has no 'config' entry");
-  edit_checkpoint(ck, t / "plug.safetensors", [](TensorMap&, Metadata& m) { m["plugins"] = "{\"block:attention\": 5}"; });
+  CHECK_CONTAINS(error_of([&] { load_model_from_checkpoint(t / "noconf.safetensors", host); }),
+                 "its metadata has no 'config' entry");
+  edit_checkpoint(ck, t / "plug.safetensors",
+                  [](TensorMap&, Metadata& m) { m["plugins"] = "{\"block:attention\": 5}"; });
   CHECK_CONTAINS(resume_error(t / "plug.safetensors", t / "r8"), "metadata 'plugins' is not a map");
-  edit_checkpoint(ck, t / "tok.safetensors", [](TensorMap&, Metadata& m) { m["tokenizer"] = "{\"kind\": \"char\", \"bytes\": [300]}"; });
+  edit_checkpoint(ck, t / "tok.safetensors",
+                  [](TensorMap&, Metadata& m) { m["tokenizer"] = "{\"kind\": \"char\", \"bytes\": [300]}"; });
   CHECK_CONTAINS(resume_error(t / "tok.safetensors", t / "r9"), "not a distinct byte value");
   // Through the runner, resuming: one clean line.
   write_text(t / "exp.yaml", kExp);
@@ -215,23 +230,26 @@ TEST_CASE("checkpoint contents: relabelled dtype, NaN weights, bad step, bad RNG
 TEST_CASE("a char checkpoint resumed or used as init_from with tokenizer: gpt2 is refused", "[hardening]") {
   TempDir t;
   const std::string ck = trained_checkpoint(t / "a");
-  CHECK_CONTAINS(error_of([&] {
-                   train_experiment(kExp, {"trainer.out_dir=" + (t / "b"), "trainer.resume=" + ck, "data.tokenizer=gpt2"});
-                 }),
-                 "data.tokenizer is 'gpt2', but checkpoint " + ck + " was trained with the char tokenizer");
-  CHECK_CONTAINS(error_of([&] {
-                   train_experiment(kExp, {"trainer.out_dir=" + (t / "c"), "trainer.init_from=" + ck, "data.tokenizer=gpt2"});
-                 }),
-                 "was trained with the char tokenizer");
+  CHECK_CONTAINS(
+      error_of([&] {
+        train_experiment(kExp, {"trainer.out_dir=" + (t / "b"), "trainer.resume=" + ck, "data.tokenizer=gpt2"});
+      }),
+      "data.tokenizer is 'gpt2', but checkpoint " + ck + " was trained with the char tokenizer");
+  CHECK_CONTAINS(
+      error_of([&] {
+        train_experiment(kExp, {"trainer.out_dir=" + (t / "c"), "trainer.init_from=" + ck, "data.tokenizer=gpt2"});
+      }),
+      "was trained with the char tokenizer");
   // A prepared folder brings its own tokenizer: it must be the checkpoint's.
   write_text(t / "text.txt", std::string(2000, 'x') + "yz\n");
   PrepareOptions o;
   o.inputs = {t / "text.txt"}, o.tokenizer = "char", o.out_dir = t / "prep", o.val_fraction = 0.2, o.progress = false;
   prepare_token_files(o);
-  CHECK_CONTAINS(error_of([&] {
-                   train_experiment(kExp, {"trainer.out_dir=" + (t / "d"), "trainer.resume=" + ck, "data.path=" + (t / "prep")});
-                 }),
-                 "but checkpoint " + ck + " was trained with a char tokenizer of");
+  CHECK_CONTAINS(
+      error_of([&] {
+        train_experiment(kExp, {"trainer.out_dir=" + (t / "d"), "trainer.resume=" + ck, "data.path=" + (t / "prep")});
+      }),
+      "but checkpoint " + ck + " was trained with a char tokenizer of");
 }
 
 // ---- 10, 13: prepared data ---------------------------------------------------------------------------
@@ -254,7 +272,8 @@ void set_meta(const std::string& dir, const std::function<void(json&)>& edit) {
 }
 }  // namespace
 
-TEST_CASE("prepared data: a shard changed after prepare fails its SHA-256, the check is cached by size and mtime", "[hardening]") {
+TEST_CASE("prepared data: a shard changed after prepare fails its SHA-256, the check is cached by size and mtime",
+          "[hardening]") {
   TempDir t;
   const std::string dir = prepared(t);
   load_prepared(dir);
@@ -269,7 +288,8 @@ TEST_CASE("prepared data: a shard changed after prepare fails its SHA-256, the c
   CHECK_CONTAINS(error_of([&] { load_prepared(dir); }), "train.bin' does not match meta.json (SHA-256");
 }
 
-TEST_CASE("prepared data: token ids past the vocabulary, a changed tokenizer, a bad meta.json: clean errors", "[hardening]") {
+TEST_CASE("prepared data: token ids past the vocabulary, a changed tokenizer, a bad meta.json: clean errors",
+          "[hardening]") {
   TempDir t;
   const std::string dir = prepared(t);
   // An id past the vocabulary, with meta.json's hash updated so only the id is wrong.
@@ -279,7 +299,8 @@ TEST_CASE("prepared data: token ids past the vocabulary, a changed tokenizer, a 
   set_meta(dir, [&](json& m) { m["train"]["sha256"][0] = sha256_file(dir + "/train.bin"); });
   auto splits = load_prepared(dir);
   std::vector<int64_t> out(64);
-  CHECK_CONTAINS(error_of([&] { splits.train->read(0, 64, out.data()); }), "holds token id 255 at token 10, but the vocabulary");
+  CHECK_CONTAINS(error_of([&] { splits.train->read(0, 64, out.data()); }),
+                 "holds token id 255 at token 10, but the vocabulary");
   // The tokenizer relabelled (fewer characters than vocab_size says).
   set_meta(dir, [](json& m) { m["tokenizer"]["bytes"] = {97, 98}; });
   CHECK_CONTAINS(error_of([&] { load_prepared(dir); }), "has 2 tokens but vocab_size says");

@@ -31,7 +31,9 @@ sample: {num_samples: 0}
 const std::string kTimeout = "timeout 120";  // a hang ends as exit 124, which check_one_clean_error refuses
 
 std::string hf_fixture(const std::string& arch) { return std::string(LINEARNEXUS_TEST_FIXTURES_DIR) + "/hf/" + arch; }
-std::string tok_fixture(const std::string& name) { return std::string(LINEARNEXUS_TEST_FIXTURES_DIR) + "/hf_tokenizers/" + name; }
+std::string tok_fixture(const std::string& name) {
+  return std::string(LINEARNEXUS_TEST_FIXTURES_DIR) + "/hf_tokenizers/" + name;
+}
 
 // A copy of a fixture folder to break.
 std::string copy_dir(const std::string& from, const std::string& to) {
@@ -56,7 +58,8 @@ void edit_json(const std::string& path, const std::function<void(json&)>& edit) 
 
 }  // namespace
 
-TEST_CASE("named pipes, devices and oversized files under a file's name are one error, never a hang or a flood", "[hardening2][files]") {
+TEST_CASE("named pipes, devices and oversized files under a file's name are one error, never a hang or a flood",
+          "[hardening2][files]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   // The experiment file itself.
@@ -64,23 +67,29 @@ TEST_CASE("named pipes, devices and oversized files under a file's name are one 
   check_one_clean_error(run_cli("validate " + (t / "fifo.yaml"), kTimeout),
                         "experiment file '" + (t / "fifo.yaml") + "' is a named pipe (FIFO), not a regular file");
   link_to("/dev/zero", t / "zero.yaml");
-  check_one_clean_error(run_cli("validate " + (t / "zero.yaml"), kTimeout), "is a character device, not a regular file");
+  check_one_clean_error(run_cli("validate " + (t / "zero.yaml"), kTimeout),
+                        "is a character device, not a regular file");
   write_text(t / "big.yaml", kExp);
   fs::resize_file(t / "big.yaml", 17u << 20);  // sparse: no disk used
-  check_one_clean_error(run_cli("validate " + (t / "big.yaml"), kTimeout), "is 17.0 MiB, over the 16.0 MiB limit for experiment files");
+  check_one_clean_error(run_cli("validate " + (t / "big.yaml"), kTimeout),
+                        "is 17.0 MiB, over the 16.0 MiB limit for experiment files");
   // data.path, a shard of a prepared folder, a checkpoint, eval --text.
   fifo(t / "text.fifo");
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "text.fifo") + " --set trainer.out_dir=" +
-                                (t / "r0"), kTimeout),
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "text.fifo") +
+                                    " --set trainer.out_dir=" + (t / "r0"),
+                                kTimeout),
                         "data.path: text file '" + (t / "text.fifo") + "' is a named pipe");
   std::string text;
   for (int i = 0; i < 300; ++i) text += "abc" + std::to_string(i) + "\n";
   write_text(t / "corpus.txt", text);
-  REQUIRE(run_cli("data prepare --tokenizer char --no-progress --input " + (t / "corpus.txt") + " --out " + (t / "prep")).code == 0);
+  REQUIRE(
+      run_cli("data prepare --tokenizer char --no-progress --input " + (t / "corpus.txt") + " --out " + (t / "prep"))
+          .code == 0);
   fifo(t / "prep/train.bin");
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "prep") + " --set trainer.out_dir=" +
-                                (t / "r1"), kTimeout),
-                        "token file '" + (t / "prep/train.bin") + "' is a named pipe");
+  check_one_clean_error(
+      run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "prep") + " --set trainer.out_dir=" + (t / "r1"),
+              kTimeout),
+      "token file '" + (t / "prep/train.bin") + "' is a named pipe");
   fifo(t / "ck.safetensors");
   check_one_clean_error(run_cli("sample --checkpoint " + (t / "ck.safetensors"), kTimeout), "is a named pipe");
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "run")).code == 0);
@@ -90,7 +99,8 @@ TEST_CASE("named pipes, devices and oversized files under a file's name are one 
   fs::remove(t / "run/metrics.jsonl");
   fifo(t / "run/metrics.jsonl");
   check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "run") +
-                                " --set trainer.resume=auto --set trainer.max_steps=3", kTimeout),
+                                    " --set trainer.resume=auto --set trainer.max_steps=3",
+                                kTimeout),
                         "metrics file '" + (t / "run/metrics.jsonl") + "' is a named pipe");
   // A FIFO named x.so on the plugin path is skipped with a warning, not opened.
   fs::create_directories(t / "plug");
@@ -101,14 +111,16 @@ TEST_CASE("named pipes, devices and oversized files under a file's name are one 
   CHECK_CONTAINS(v.err, (t / "plug/x.so") + ": skipped: not a regular file");
 }
 
-TEST_CASE("hf-import: a named pipe or /dev/zero in the folder is an error, and nothing is written", "[hardening2][files][hf]") {
+TEST_CASE("hf-import: a named pipe or /dev/zero in the folder is an error, and nothing is written",
+          "[hardening2][files][hf]") {
   TempDir t;
   const auto refused = [&](const std::string& name, const std::string& expect) {
     INFO(name);
     const std::string out = t / ("out_" + name);
     check_one_clean_error(run_cli("convert hf-import " + (t / name) + " " + out, kTimeout), expect);
     CHECK_FALSE(fs::exists(out));
-    for (const auto& e : fs::directory_iterator(t.path)) CHECK(e.path().filename().string().find(".partial-") == std::string::npos);
+    for (const auto& e : fs::directory_iterator(t.path))
+      CHECK(e.path().filename().string().find(".partial-") == std::string::npos);
   };
   fifo(copy_dir(hf_fixture("llama"), t / "cfg") + "/config.json");
   refused("cfg", "config.json' is a named pipe");
@@ -130,7 +142,8 @@ TEST_CASE("hf-import checks config.json against the weights before building anyt
   // 100000 layers in config.json, 2 in the weights: refused before a layer is built.
   const std::string layers = copy_dir(hf_fixture("llama"), t / "layers");
   edit_json(layers + "/config.json", [](json& c) { c["num_hidden_layers"] = 100000; });
-  CHECK_CONTAINS(import_error(layers), "config.json: it gives the model 100000 layers (model.n_layer), but the weights hold 2");
+  CHECK_CONTAINS(import_error(layers),
+                 "config.json: it gives the model 100000 layers (model.n_layer), but the weights hold 2");
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20));
   // A width the embedding does not have.
   const std::string width = copy_dir(hf_fixture("llama"), t / "width");
@@ -165,7 +178,8 @@ TEST_CASE("hf-import checks config.json against the weights before building anyt
   check_one_clean_error(run_cli("convert hf-import " + layers + " " + (t / "cli"), kTimeout), "but the weights hold 2");
 }
 
-TEST_CASE("hf-export is complete or absent: kill -9, SIGTERM and a full disk leave no folder that looks finished", "[hardening2][files][hf]") {
+TEST_CASE("hf-export is complete or absent: kill -9, SIGTERM and a full disk leave no folder that looks finished",
+          "[hardening2][files][hf]") {
   TempDir t;
   PluginHost host;
   hf_import(hf_fixture("llama"), t / "imp", host);
@@ -177,7 +191,8 @@ TEST_CASE("hf-export is complete or absent: kill -9, SIGTERM and a full disk lea
            json::accept(read_text(dir + "/config.json"));
   };
   // A full disk (RLIMIT_FSIZE; SIGXFSZ ignored so writes fail with EFBIG): an error, nothing left.
-  check_one_clean_error(run_cli("convert hf-export " + (t / "imp") + " " + (t / "full"), "trap '' XFSZ; ulimit -f 40;"), "disk full?");
+  check_one_clean_error(run_cli("convert hf-export " + (t / "imp") + " " + (t / "full"), "trap '' XFSZ; ulimit -f 40;"),
+                        "disk full?");
   CHECK_FALSE(fs::exists(t / "full"));
   // Killed at arbitrary points (kill -9 and SIGTERM, which ends the process by default): the target
   // is either absent or complete, never half-written; a retry needs nothing removed by hand.
@@ -187,7 +202,8 @@ TEST_CASE("hf-export is complete or absent: kill -9, SIGTERM and a full disk lea
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
-      ::execl("/bin/sh", "sh", "-c", ("exec " + export_cmd + out + " >/dev/null 2>&1").c_str(), static_cast<char*>(nullptr));
+      ::execl("/bin/sh", "sh", "-c", ("exec " + export_cmd + out + " >/dev/null 2>&1").c_str(),
+              static_cast<char*>(nullptr));
       ::_exit(127);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(300 + 150 * i));
@@ -195,18 +211,22 @@ TEST_CASE("hf-export is complete or absent: kill -9, SIGTERM and a full disk lea
     int status = 0;
     ::waitpid(pid, &status, 0);
     INFO("kill " << i);
-    if (!fs::exists(out)) ++absent;
-    else CHECK(complete(out));
+    if (!fs::exists(out))
+      ++absent;
+    else
+      CHECK(complete(out));
     if (!fs::exists(out)) REQUIRE(run_cli("convert hf-export " + (t / "imp") + " " + out).code == 0);
     CHECK(complete(out));
   }
   INFO("exports killed before they finished: " << absent);
   // The last exports cleaned up the temporary folders the killed ones left (their processes are gone).
-  for (const auto& e : fs::directory_iterator(t.path)) CHECK(e.path().filename().string().find(".partial-") == std::string::npos);
+  for (const auto& e : fs::directory_iterator(t.path))
+    CHECK(e.path().filename().string().find(".partial-") == std::string::npos);
   // The export loads back (bit-exact, as test_hf_convert checks in general).
   hf_import(t / "k0", t / "back", host);
-  CHECK(load_safetensors(t / "back/latest.safetensors").tensors.at("model.wte.weight").equal(
-      load_safetensors(t / "imp/latest.safetensors").tensors.at("model.wte.weight")));
+  CHECK(load_safetensors(t / "back/latest.safetensors")
+            .tensors.at("model.wte.weight")
+            .equal(load_safetensors(t / "imp/latest.safetensors").tensors.at("model.wte.weight")));
 }
 
 TEST_CASE("a run keeps its tokenizer files in its folder, a copied run folder reads its own", "[hardening2][files]") {
@@ -233,21 +253,23 @@ TEST_CASE("a run keeps its tokenizer files in its folder, a copied run folder re
   INFO(s.err);
   CHECK(s.code == 0);
   CHECK(s.out.find("The quick") != std::string::npos);
-  auto resumed = run_cli("run " + (t / "exp.yaml") + set + " --set data.tokenizer=" + (t / "copy") +
-                         " --set trainer.out_dir=" + (t / "copy") + " --set trainer.resume=auto --set trainer.max_steps=3");
+  auto resumed =
+      run_cli("run " + (t / "exp.yaml") + set + " --set data.tokenizer=" + (t / "copy") +
+              " --set trainer.out_dir=" + (t / "copy") + " --set trainer.resume=auto --set trainer.max_steps=3");
   INFO(resumed.err);
   CHECK(resumed.code == 0);
   CHECK(json::parse(read_safetensors_metadata(t / "copy/latest.safetensors").at("tokenizer")) == saved);
 }
 
-TEST_CASE("silent acceptances refused: trailing bytes, colliding tokens, a negative lr, a stray RANK, a tiny temperature is greedy", "[hardening2][files]") {
+TEST_CASE(
+    "silent acceptances refused: trailing bytes, colliding tokens, a negative lr, a stray RANK, a tiny temperature is greedy",
+    "[hardening2][files]") {
   TempDir t;
   // A safetensors file with bytes after its last tensor (the safetensors library refuses it too).
   save_safetensors(t / "x.safetensors", {{"w", at::ones({4})}}, {});
-  {
-    std::ofstream(t / "x.safetensors", std::ios::app) << "payload";
-  }
-  CHECK_CONTAINS(error_of([&] { load_safetensors(t / "x.safetensors"); }), "its data section has 7 trailing bytes after the last tensor");
+  { std::ofstream(t / "x.safetensors", std::ios::app) << "payload"; }
+  CHECK_CONTAINS(error_of([&] { load_safetensors(t / "x.safetensors"); }),
+                 "its data section has 7 trailing bytes after the last tensor");
   // Tokenizer files: two tokens with one id; an added token that collides with a vocabulary entry.
   const std::string dup = copy_dir(tok_fixture("llama3"), t / "dup");
   edit_json(dup + "/tokenizer.json", [](json& j) { j["model"]["vocab"]["!"] = j["model"]["vocab"]["\""]; });
@@ -257,11 +279,13 @@ TEST_CASE("silent acceptances refused: trailing bytes, colliding tokens, a negat
   CHECK_CONTAINS(error_of([&] { load_tokenizer(clash); }), "collides with model.vocab's token of that id");
   // A negative learning rate is gradient ascent: refused for every optimizer.
   write_text(t / "exp.yaml", kExp);
-  for (const std::string key : {"optimizer.lr=-0.01", "optimizer.name=muon --set optimizer.adamw_lr=-1", "optimizer.name=sophia --set optimizer.lr=-1"}) {
+  for (const std::string key : {"optimizer.lr=-0.01", "optimizer.name=muon --set optimizer.adamw_lr=-1",
+                                "optimizer.name=sophia --set optimizer.lr=-1"}) {
     INFO(key);
     check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set " + key), "must be >= 0");
   }
-  check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set 'optimizer.betas=[0.9, 1.0]'"), "optimizer.betas must be two numbers in [0, 1)");
+  check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set 'optimizer.betas=[0.9, 1.0]'"),
+                        "optimizer.betas must be two numbers in [0, 1)");
   // A launch that is not what it seems.
   const std::string run = "run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r");
   check_one_clean_error(run_cli(run, "WORLD_SIZE=1 RANK=5"), "RANK=5 but WORLD_SIZE is 1");

@@ -77,7 +77,8 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
   const auto end = std::chrono::steady_clock::now() + limit;
   int status = 0;
   while (std::chrono::steady_clock::now() < end) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (::waitpid(pid, &status, WNOHANG) == pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     std::this_thread::sleep_for(50ms);
   }
   ::kill(pid, SIGKILL);
@@ -95,24 +96,27 @@ void edit_checkpoint(const std::string& in, const std::string& out, F&& edit) {
 
 }  // namespace
 
-TEST_CASE("ranks started with different experiments refuse together, naming the first key that differs", "[hardening2][distributed]") {
+TEST_CASE("ranks started with different experiments refuse together, naming the first key that differs",
+          "[hardening2][distributed]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   const auto pair = [&](const std::string& rank1_extra) {
     const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(local_port());
-    const std::string run = kTimeout + " " + LINEARNEXUS_RUNNER + " run " + (t / "exp.yaml") + " --set trainer.out_dir=" +
-                            (t / "m") + " --set distributed.timeout_sec=30";
-    const std::string script = "(RANK=0 " + env + " " + run + " >/dev/null 2>" + (t / "err0") + "; echo $? >" + (t / "rc0") +
-                               ") & (RANK=1 " + env + " " + run + rank1_extra + " >/dev/null 2>" + (t / "err1") + "; echo $? >" +
-                               (t / "rc1") + ") & wait";
+    const std::string run = kTimeout + " " + LINEARNEXUS_RUNNER + " run " + (t / "exp.yaml") +
+                            " --set trainer.out_dir=" + (t / "m") + " --set distributed.timeout_sec=30";
+    const std::string script = "(RANK=0 " + env + " " + run + " >/dev/null 2>" + (t / "err0") + "; echo $? >" +
+                               (t / "rc0") + ") & (RANK=1 " + env + " " + run + rank1_extra + " >/dev/null 2>" +
+                               (t / "err1") + "; echo $? >" + (t / "rc1") + ") & wait";
     REQUIRE(std::system(("bash -c '" + script + "'").c_str()) == 0);
     return std::vector<CliResult>{{std::stoi(read_text(t / "rc0")), "", read_text(t / "err0")},
                                   {std::stoi(read_text(t / "rc1")), "", read_text(t / "err1")}};
   };
   // Another width: it used to end both ranks inside Gloo (terminate called ... EnforceNotMet, exit 134).
   for (const auto& r : pair(" --set model.hidden_size=48"))
-    check_one_clean_error(r, "distributed: rank 1 was started with another experiment than rank 0: model.hidden_size is 48 on "
-                             "rank 1 but 32 on rank 0");
+    check_one_clean_error(
+        r,
+        "distributed: rank 1 was started with another experiment than rank 0: model.hidden_size is 48 on "
+        "rank 1 but 32 on rank 0");
   // Only another learning rate: it used to train silently.
   for (const auto& r : pair(" --set optimizer.lr=0.5"))
     check_one_clean_error(r, "optimizer.lr is 0.5 on rank 1 but 0.002 on rank 0");
@@ -137,14 +141,16 @@ TEST_CASE("ranks started with different experiments refuse together, naming the 
     if (a[i] != b[i]) CHECK((a[i].first == "data (train split)" || a[i].first == "data (validation split)"));
 }
 
-TEST_CASE("a rendezvous with a program that is not a c10d store ends within distributed.timeout_sec", "[hardening2][distributed]") {
+TEST_CASE("a rendezvous with a program that is not a c10d store ends within distributed.timeout_sec",
+          "[hardening2][distributed]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   int fd = -1;
   const int port = local_port(&fd);  // listens, never answers
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r") + " --set distributed.timeout_sec=2",
-                   kTimeout + " env WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port));
+  auto r =
+      run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r") + " --set distributed.timeout_sec=2",
+              kTimeout + " env WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ::close(fd);
   check_one_clean_error(r, "distributed: rank 1 could not meet the others at 127.0.0.1:" + std::to_string(port));
@@ -153,25 +159,30 @@ TEST_CASE("a rendezvous with a program that is not a c10d store ends within dist
   // Nobody there at all: the address and what to check, and no LibTorch log lines (glog's "WARNING:
   // Logging before InitGoogleLogging()", c10d's "[c10d] The client socket has timed out") before it.
   const int free = local_port();
-  auto none = run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r") + " --set distributed.timeout_sec=2",
-                      kTimeout + " env WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free));
+  auto none =
+      run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r") + " --set distributed.timeout_sec=2",
+              kTimeout + " env WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free));
   check_one_clean_error(none, "could not meet the others at 127.0.0.1:" + std::to_string(free));
   CHECK(none.err.rfind("error: ", 0) == 0);  // the one line is the only line
 }
 
-TEST_CASE("run --nproc is bounded by the machine's cores (or --nproc-max) before any rank starts", "[hardening2][distributed]") {
+TEST_CASE("run --nproc is bounded by the machine's cores (or --nproc-max) before any rank starts",
+          "[hardening2][distributed]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   const auto t0 = std::chrono::steady_clock::now();
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --nproc 1000 --set trainer.out_dir=" + (t / "r"), kTimeout),
-                        "run --nproc 1000: this process may use");
+  check_one_clean_error(
+      run_cli("run " + (t / "exp.yaml") + " --nproc 1000 --set trainer.out_dir=" + (t / "r"), kTimeout),
+      "run --nproc 1000: this process may use");
   CHECK(std::chrono::steady_clock::now() - t0 < 30s);
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --nproc 3 --nproc-max 2 --set trainer.out_dir=" + (t / "r"), kTimeout),
-                        "more than --nproc-max 2");
+  check_one_clean_error(
+      run_cli("run " + (t / "exp.yaml") + " --nproc 3 --nproc-max 2 --set trainer.out_dir=" + (t / "r"), kTimeout),
+      "more than --nproc-max 2");
   CHECK_FALSE(fs::exists(t / "r"));
 }
 
-TEST_CASE("SIGTERM / SIGINT finish the step, save and say so, a second signal aborts, --nproc forwards and waits", "[hardening2][signals]") {
+TEST_CASE("SIGTERM / SIGINT finish the step, save and say so, a second signal aborts, --nproc forwards and waits",
+          "[hardening2][signals]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   const auto long_run = [&](const std::string& dir, const std::string& extra = "") {
@@ -215,7 +226,8 @@ TEST_CASE("SIGTERM / SIGINT finish the step, save and say so, a second signal ab
     CHECK_CONTAINS(r.err, "after step " + std::to_string(step) + " of");
     CHECK_NOTHROW(lock_run_folder(t / "c"));  // no rank holds the folder: the launcher waited for them
   }
-  SECTION("run --nproc 2: a launcher killed outright takes its ranks down with a checkpoint, not orphans that train on") {
+  SECTION(
+      "run --nproc 2: a launcher killed outright takes its ranks down with a checkpoint, not orphans that train on") {
     const pid_t pid = start(long_run(t / "d") + " --nproc 2", t / "err");
     REQUIRE(wait_for_text(t / "err", "step 5/", 120s));
     ::kill(pid, SIGKILL);
@@ -231,7 +243,8 @@ TEST_CASE("SIGTERM / SIGINT finish the step, save and say so, a second signal ab
   }
 }
 
-TEST_CASE("edited optimizer state is refused on resume, naming the tensor, rng.cpu is required", "[hardening2][checkpoint]") {
+TEST_CASE("edited optimizer state is refused on resume, naming the tensor, rng.cpu is required",
+          "[hardening2][checkpoint]") {
   TempDir t;
   const auto resume_error = [&](const std::string& optimizer, const std::string& file, const std::string& dir) {
     return error_of([&] {
@@ -249,8 +262,10 @@ TEST_CASE("edited optimizer state is refused on resume, naming the tensor, rng.c
       edit_checkpoint(ck, bad, [&](TensorMap& m, Metadata&) { edit(m); });
       CHECK_CONTAINS(resume_error(opt, bad, t / (opt + "_r" + std::to_string(n++))), expect);
     };
-    check([](TensorMap& m) { m["optim.step"] = at::full({}, -100, at::kLong); }, opt + " state 'step' is -100, not a count");
-    check([](TensorMap& m) { m["optim.step"] = at::full({}, 2.5, at::kFloat); }, "tensor 'optim.step' is Float [], but the optimizer's is Long");
+    check([](TensorMap& m) { m["optim.step"] = at::full({}, -100, at::kLong); },
+          opt + " state 'step' is -100, not a count");
+    check([](TensorMap& m) { m["optim.step"] = at::full({}, 2.5, at::kFloat); },
+          "tensor 'optim.step' is Float [], but the optimizer's is Long");
     check([](TensorMap& m) { m["optim.bogus"] = at::zeros({2}); }, opt + " state 'bogus' is not one " + opt + " keeps");
     const std::string first = opt == "muon" ? "blocks.0.qkv.weight.momentum_buffer" : "blocks.0.qkv.weight.exp_avg";
     check([&](TensorMap& m) { m.erase("optim." + first); }, "has no " + opt + " state '" + first + "'");
@@ -259,8 +274,10 @@ TEST_CASE("edited optimizer state is refused on resume, naming the tensor, rng.c
           opt + " state 'wte.weight." + second + "' holds negative values");
     check([](TensorMap& m) { m.erase("rng.cpu"); }, "has no 'rng.cpu' tensor");
     check([](TensorMap& m) { m["stray"] = at::zeros({1}); }, "tensor 'stray' is not one a run writes");
-    check([](TensorMap& m) { m["extra.value.w"] = at::zeros({1}); }, "tensor 'extra.value.w' belongs to no trainable group");
-    check([](TensorMap& m) { m["model.blocks.9.w"] = at::zeros({1}); }, "tensor 'model.blocks.9.w' is not part of the model");
+    check([](TensorMap& m) { m["extra.value.w"] = at::zeros({1}); },
+          "tensor 'extra.value.w' belongs to no trainable group");
+    check([](TensorMap& m) { m["model.blocks.9.w"] = at::zeros({1}); },
+          "tensor 'model.blocks.9.w' is not part of the model");
   }
   // The error names the file and where the optimizer's tensors are, through the runner as one line.
   write_text(t / "exp.yaml", kExp);
@@ -268,10 +285,12 @@ TEST_CASE("edited optimizer state is refused on resume, naming the tensor, rng.c
                   [](TensorMap& m, Metadata&) { m["optim.step"] = at::full({}, -100, at::kLong); });
   check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "cli") +
                                 " --set trainer.resume=" + (t / "neg.safetensors")),
-                        "checkpoint " + (t / "neg.safetensors") + " (optimizer state, stored as 'optim.<key>'): adamw state 'step' is -100");
+                        "checkpoint " + (t / "neg.safetensors") +
+                            " (optimizer state, stored as 'optim.<key>'): adamw state 'step' is -100");
 }
 
-TEST_CASE("validate refuses what run refuses: files, devices, blocks, trainers, launches, the sample prompt", "[hardening2][cli]") {
+TEST_CASE("validate refuses what run refuses: files, devices, blocks, trainers, launches, the sample prompt",
+          "[hardening2][cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "done")).code == 0);
@@ -283,13 +302,14 @@ TEST_CASE("validate refuses what run refuses: files, devices, blocks, trainers, 
   const std::string none = t / "none";
   // (what is set, what both commands must say): the issue's 18 and the checks next to them.
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"model.blocks.attention.n_head=5", "n_head"},                                   // 5 heads in a width of 32
+      {"model.blocks.attention.n_head=5", "n_head"},  // 5 heads in a width of 32
       {"model.blocks.attention.n_head=4 --set model.blocks.attention.n_kv_head=3", "n_kv_head"},
       {"'model.block_pattern=[mamba]' --set model.blocks.mamba.dt_rank=weird", "dt_rank"},
       {"precision=bf16", "precision: bf16 needs a CUDA device"},
       {"device=cuda", "device: cuda was asked for"},
       {"trainer.name=grpo", "trainer 'grpo' needs a task section"},
-      {"trainer.name=ppo --set task.name=arithmetic", "trainer 'ppo' starts from a trained model: set trainer.init_from"},
+      {"trainer.name=ppo --set task.name=arithmetic",
+       "trainer 'ppo' starts from a trained model: set trainer.init_from"},
       {"data.path=" + none, "data.path: '" + none + "' does not exist"},
       {"data.path=" + (t / "folder"), "is a folder without meta.json"},
       {"data.path=" + (t / "tiny.txt"), "but each needs at least seq_len + 1"},
@@ -312,15 +332,18 @@ TEST_CASE("validate refuses what run refuses: files, devices, blocks, trainers, 
     const std::string env = "env -u LINEARNEXUS_TOKENIZER_DIR";
     const bool own_out = set.find("trainer.out_dir") != std::string::npos;
     check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set " + set, env), expect);
-    check_one_clean_error(run_cli("run " + (t / "exp.yaml") + (own_out ? "" : " --set trainer.out_dir=" + (t / "r")) + " --set " + set,
-                                  env), expect);
+    check_one_clean_error(
+        run_cli("run " + (t / "exp.yaml") + (own_out ? "" : " --set trainer.out_dir=" + (t / "r")) + " --set " + set,
+                env),
+        expect);
   }
   CHECK_FALSE(fs::exists(t / "r/latest.safetensors"));
   // A launch without MASTER_ADDR, and a folder another run holds.
   check_one_clean_error(run_cli("validate " + (t / "exp.yaml"), "WORLD_SIZE=2 RANK=0"), "MASTER_ADDR is not");
   {
     auto lock = lock_run_folder(t / "done");
-    check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "done") + " --set trainer.resume=auto"),
+    check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "done") +
+                                  " --set trainer.resume=auto"),
                           "is in use by another run (pid " + std::to_string(::getpid()) + ")");
   }
   // What validate may look at it only reads: nothing is created.
@@ -328,7 +351,8 @@ TEST_CASE("validate refuses what run refuses: files, devices, blocks, trainers, 
   CHECK_FALSE(fs::exists(t / "fresh"));
 }
 
-TEST_CASE("an out-of-vocabulary prompt is an error line of its own, not glued to the echoed prompt", "[hardening2][cli]") {
+TEST_CASE("an out-of-vocabulary prompt is an error line of its own, not glued to the echoed prompt",
+          "[hardening2][cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kExp);
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")).code == 0);

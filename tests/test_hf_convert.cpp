@@ -29,7 +29,8 @@ json expected_of(const std::string& arch) { return json::parse(lntest::read_text
 std::string copy_fixture(const std::string& arch, const TempDir& t, const std::string& suffix) {
   const std::string dst = t / (arch + suffix);
   fs::create_directories(dst);
-  for (const auto& e : fs::directory_iterator(fixture(arch))) fs::copy_file(e.path(), fs::path(dst) / e.path().filename());
+  for (const auto& e : fs::directory_iterator(fixture(arch)))
+    fs::copy_file(e.path(), fs::path(dst) / e.path().filename());
   return dst;
 }
 
@@ -110,15 +111,19 @@ TEST_CASE("hf-export -> hf-import is bit-exact for models trained here (each arc
   PluginHost host;
   TempDir t;
   const std::pair<const char*, const char*> models[] = {
-      {"gpt2", "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, norm: layernorm, positions: learned, "
-               "block_pattern: [attention], blocks: {attention: {n_head: 2, rope: false, mlp: gelu, qkv_bias: true, "
-               "proj_bias: true, mlp_bias: true}}}"},
-      {"llama", "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, tie_embeddings: false, block_pattern: "
-                "[attention], blocks: {attention: {n_head: 4, n_kv_head: 2, rope_base: 20000.0}}}"},
-      {"qwen2", "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, norm_eps: 1.0e-6, block_pattern: "
-                "[attention], blocks: {attention: {n_head: 4, n_kv_head: 1, qkv_bias: true}}}"},
-      {"mamba", "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba], "
-                "blocks: {mamba: {d_state: 4, bias: true}}}"},
+      {"gpt2",
+       "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, norm: layernorm, positions: learned, "
+       "block_pattern: [attention], blocks: {attention: {n_head: 2, rope: false, mlp: gelu, qkv_bias: true, "
+       "proj_bias: true, mlp_bias: true}}}"},
+      {"llama",
+       "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, tie_embeddings: false, block_pattern: "
+       "[attention], blocks: {attention: {n_head: 4, n_kv_head: 2, rope_base: 20000.0}}}"},
+      {"qwen2",
+       "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, norm_eps: 1.0e-6, block_pattern: "
+       "[attention], blocks: {attention: {n_head: 4, n_kv_head: 1, qkv_bias: true}}}"},
+      {"mamba",
+       "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba], "
+       "blocks: {mamba: {d_state: 4, bias: true}}}"},
   };
   const char* classes[] = {"GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM", "MambaForCausalLM"};
   for (size_t i = 0; i < 4; ++i) {
@@ -194,7 +199,8 @@ TEST_CASE("hf-import: bad folders get one error naming the file and the tensor o
     const std::string d = variant("_unknown");
     edit_tensors(d, [](TensorMap& m) { m["model.layers.0.self_attn.q_norm.weight"] = at::ones({8}); });
     const std::string e = import_error(d);
-    CHECK_CONTAINS(e, "model.safetensors: tensor 'model.layers.0.self_attn.q_norm.weight' is not part of LlamaForCausalLM");
+    CHECK_CONTAINS(
+        e, "model.safetensors: tensor 'model.layers.0.self_attn.q_norm.weight' is not part of LlamaForCausalLM");
   }
   SECTION("bf16 weights import as fp32 master weights (widened exactly)") {
     const std::string d = variant("_bf16");
@@ -260,21 +266,24 @@ TEST_CASE("hf-import: bad folders get one error naming the file and the tensor o
 TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key", "[hf][errors]") {
   PluginHost host;
   TempDir t;
-  const std::string run = native_run(host,
-                                     "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [attention], "
-                                     "blocks: {attention: {n_head: 2, mlp: gelu}}}",
-                                     t, "gelu_rope");
+  const std::string run =
+      native_run(host,
+                 "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [attention], "
+                 "blocks: {attention: {n_head: 2, mlp: gelu}}}",
+                 t, "gelu_rope");
   const std::string e = error_of([&] { hf_export(run, t / "out", host); });
   CHECK_CONTAINS(e, "none of the Hugging Face architectures of block 'attention'");
   CHECK_CONTAINS(e, "LlamaForCausalLM: model.blocks.attention.mlp is gelu");
   CHECK_CONTAINS(e, "GPT2LMHeadModel: model.positions is not learned");
-  const std::string hybrid = native_run(host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba, attention]}",
-                                        t, "hybrid");
+  const std::string hybrid = native_run(
+      host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba, attention]}", t,
+      "hybrid");
   CHECK_CONTAINS(error_of([&] { hf_export(hybrid, t / "out2", host); }), "model.block_pattern mixes blocks");
   // A block whose registration carries no Hugging Face adapter is named, with its plugin.
-  const std::string delta = native_run(host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [deltanet]}",
-                                       t, "delta");
-  CHECK_CONTAINS(error_of([&] { hf_export(delta, t / "out3", host); }), "block 'deltanet' (plugin deltanet) has no Hugging Face adapter");
+  const std::string delta = native_run(
+      host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [deltanet]}", t, "delta");
+  CHECK_CONTAINS(error_of([&] { hf_export(delta, t / "out3", host); }),
+                 "block 'deltanet' (plugin deltanet) has no Hugging Face adapter");
 
   // eval --text scores the text in the run's tokenizer; windows restart the context.
   lntest::write_text(t / "text.txt", "the cat sat on the mat.\nthe dog sat too.");
@@ -289,8 +298,9 @@ TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key",
   CHECK(out["mean_nll"].get<double>() == Approx(full.mean_nll()).epsilon(1e-12));
   const TokenScores windows = score_tokens(*lm.model, ids, 8);
   REQUIRE(windows.logprobs.size() == ids.size() - 1);
-  for (size_t k = 0; k < 8; ++k) CHECK(windows.logprobs[k] == Approx(full.logprobs[k]).margin(1e-5));  // the same context
-  CHECK(windows.logprobs[8] != Approx(full.logprobs[8]).margin(1e-5));  // the second window starts afresh
+  for (size_t k = 0; k < 8; ++k)
+    CHECK(windows.logprobs[k] == Approx(full.logprobs[k]).margin(1e-5));  // the same context
+  CHECK(windows.logprobs[8] != Approx(full.logprobs[8]).margin(1e-5));    // the second window starts afresh
 }
 
 TEST_CASE("eval and convert on the command line, preset: init_from takes an imported model's shape", "[hf][cli]") {
@@ -310,10 +320,12 @@ TEST_CASE("eval and convert on the command line, preset: init_from takes an impo
   const json scores = json::parse(r.out);
   CHECK(scores["logprobs"].size() == expected["ids"].size() - 1);
   CHECK(scores["perplexity"].get<double>() == Approx(std::exp(scores["mean_nll"].get<double>())));
-  lntest::check_one_clean_error(lntest::run_cli("eval --checkpoint " + (t / "run") + " --ids '1 x'"), "'x' is not a token id");
+  lntest::check_one_clean_error(lntest::run_cli("eval --checkpoint " + (t / "run") + " --ids '1 x'"),
+                                "'x' is not a token id");
   lntest::check_one_clean_error(lntest::run_cli("eval --checkpoint " + (t / "run") + " --ids '1 500'"),
                                 "token id 500 is outside the model's vocabulary");
-  lntest::check_one_clean_error(lntest::run_cli("convert hf-import " + (t / "run") + " " + (t / "x")), "config.json: cannot be read");
+  lntest::check_one_clean_error(lntest::run_cli("convert hf-import " + (t / "run") + " " + (t / "x")),
+                                "config.json: cannot be read");
 
   // The shipped configs for imported models, as `validate` checks them (every check run makes: the
   // data files, the tokenizer): from the chat fixture, which has a tokenizer, and real data files.
@@ -321,13 +333,14 @@ TEST_CASE("eval and convert on the command line, preset: init_from takes an impo
   REQUIRE(r.code == 0);
   lntest::write_text(t / "text.txt", std::string(4000, 'a') + "\n");
   const std::string fixtures = LINEARNEXUS_TEST_FIXTURES_DIR;
-  for (const auto& [config, data] : std::vector<std::pair<std::string, std::string>>{
-           {"finetune_hf.yaml", t / "text.txt"},
-           {"grpo_hf.yaml", "task"},
-           {"chat_sft_hf.yaml", fixtures + "/post_training/chats.jsonl"},
-           {"dpo_hf.yaml", fixtures + "/post_training/pairs.jsonl"}}) {
-    auto v = lntest::run_cli("validate " + std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/" + config + " --set trainer.init_from=" +
-                             (t / "chat") + " --set data.path=" + data + " --set data.seq_len=32 --set trainer.out_dir=" + (t / config));
+  for (const auto& [config, data] :
+       std::vector<std::pair<std::string, std::string>>{{"finetune_hf.yaml", t / "text.txt"},
+                                                        {"grpo_hf.yaml", "task"},
+                                                        {"chat_sft_hf.yaml", fixtures + "/post_training/chats.jsonl"},
+                                                        {"dpo_hf.yaml", fixtures + "/post_training/pairs.jsonl"}}) {
+    auto v = lntest::run_cli("validate " + std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/" + config +
+                             " --set trainer.init_from=" + (t / "chat") + " --set data.path=" + data +
+                             " --set data.seq_len=32 --set trainer.out_dir=" + (t / config));
     INFO(config << ": " << v.err);
     CHECK(v.code == 0);
   }
@@ -341,8 +354,9 @@ TEST_CASE("eval and convert on the command line, preset: init_from takes an impo
   CHECK(e.model.dims.hidden_size == lm.experiment.model.dims.hidden_size);
   CHECK(e.model.block_params.at("attention").get_bool("qkv_bias"));
   CHECK_CONTAINS(e.resolved_yaml, "preset: \"\"");  // resolved: the run's config stands alone
-  CHECK_CONTAINS(error_of([&] { load_experiment(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml", {}, host); }),
-                 "preset init_from takes the model of trainer.init_from, which is not set");
+  CHECK_CONTAINS(
+      error_of([&] { load_experiment(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml", {}, host); }),
+      "preset init_from takes the model of trainer.init_from, which is not set");
 }
 
 TEST_CASE("a GPT-2 BPE run exported and imported keeps its tokenizer, and SFT starts from it (init_from)", "[hf]") {
@@ -354,11 +368,12 @@ TEST_CASE("a GPT-2 BPE run exported and imported keeps its tokenizer, and SFT st
   PluginHost host;
   TempDir t;
   auto bpe = load_tokenizer(gpt2);
-  const std::string run = native_run(host,
-                                     "{hidden_size: 16, n_layer: 1, max_seq_len: 32, norm: layernorm, positions: learned, "
-                                     "block_pattern: [attention], blocks: {attention: {n_head: 2, rope: false, mlp: gelu, "
-                                     "qkv_bias: true, proj_bias: true, mlp_bias: true}}}",
-                                     t, "bpe", bpe);
+  const std::string run =
+      native_run(host,
+                 "{hidden_size: 16, n_layer: 1, max_seq_len: 32, norm: layernorm, positions: learned, "
+                 "block_pattern: [attention], blocks: {attention: {n_head: 2, rope: false, mlp: gelu, "
+                 "qkv_bias: true, proj_bias: true, mlp_bias: true}}}",
+                 t, "bpe", bpe);
   hf_export(run, t / "bpe_hf", host);
   CHECK(lntest::read_text(t / "bpe_hf/vocab.json") == lntest::read_text(gpt2 + "/encoder.json"));
   hf_import(t / "bpe_hf", t / "imported", host);
@@ -370,10 +385,11 @@ TEST_CASE("a GPT-2 BPE run exported and imported keeps its tokenizer, and SFT st
   std::string corpus;
   for (int i = 0; i < 60; ++i) corpus += text;  // ~1000 tokens: 5% of them still fill a validation window
   lntest::write_text(t / "corpus.txt", corpus);
-  lntest::train_experiment(lntest::read_text(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml"),
-                           {"trainer.init_from=" + (t / "imported"), "data.path=" + (t / "corpus.txt"), "data.seq_len=16",
-                            "trainer.max_steps=1", "trainer.batch_size=2", "trainer.grad_accum=1", "trainer.eval_batches=1",
-                            "trainer.out_dir=" + (t / "ft"), "optimizer.lr=1e-4", "schedule.warmup_steps=0"});
+  lntest::train_experiment(
+      lntest::read_text(std::string(LINEARNEXUS_SOURCE_DIR) + "/configs/finetune_hf.yaml"),
+      {"trainer.init_from=" + (t / "imported"), "data.path=" + (t / "corpus.txt"), "data.seq_len=16",
+       "trainer.max_steps=1", "trainer.batch_size=2", "trainer.grad_accum=1", "trainer.eval_batches=1",
+       "trainer.out_dir=" + (t / "ft"), "optimizer.lr=1e-4", "schedule.warmup_steps=0"});
   // One small step from the imported weights (a fresh initialisation would be ~0.2 away).
   const auto before = model_tensors_of(t / "imported"), after = model_tensors_of(t / "ft");
   const double moved = (after.at("model.wte.weight") - before.at("model.wte.weight")).abs().max().item<double>();

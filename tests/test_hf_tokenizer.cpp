@@ -82,9 +82,11 @@ TEST_CASE("hf tokenizer: added tokens are matched before splitting, special or n
   CHECK(tok->encode("caf\x65\xcc\x81") == tok->encode("caf\xc3\xa9"));
 }
 
-TEST_CASE("hf tokenizer: GPT-2's tokenizer.json (both merges forms) equals Hugging Face and the GPT-2 files", "[hf_tokenizer]") {
+TEST_CASE("hf tokenizer: GPT-2's tokenizer.json (both merges forms) equals Hugging Face and the GPT-2 files",
+          "[hf_tokenizer]") {
   const std::string gpt2 = lntest::shared_data("gpt2");
-  if (gpt2.empty() || !fs::exists(fs::path(gpt2) / "vocab.bpe")) LN_SKIP("the shared GPT-2 files (../shared/data/gpt2) are absent");
+  if (gpt2.empty() || !fs::exists(fs::path(gpt2) / "vocab.bpe"))
+    LN_SKIP("the shared GPT-2 files (../shared/data/gpt2) are absent");
   // The skeleton is the file `tokenizers` wrote with its vocab and merges emptied: fill them back in.
   json j = read_json(fixture("gpt2/tokenizer_skeleton.json"));
   j["model"]["vocab"] = read_json(gpt2 + "/encoder.json");
@@ -192,28 +194,48 @@ TEST_CASE("hf tokenizer: bad files give one error naming the file and the key", 
     CHECK_CONTAINS(err, file);
     CHECK_CONTAINS(err, key);
   };
-  expect(broken("wordpiece", [](json& j) { j["model"]["type"] = "WordPiece"; }), "wordpiece.json", "model.type is 'WordPiece'");
-  expect(broken("unigram", [](json& j) { j["model"] = {{"type", "Unigram"}, {"vocab", json::array()}}; }), "unigram.json",
-         "tokenizer.model");
+  expect(broken("wordpiece", [](json& j) { j["model"]["type"] = "WordPiece"; }), "wordpiece.json",
+         "model.type is 'WordPiece'");
+  expect(broken("unigram",
+                [](json& j) {
+                  j["model"] = {{"type", "Unigram"}, {"vocab", json::array()}};
+                }),
+         "unigram.json", "tokenizer.model");
   expect(broken("unknown_merge", [](json& j) { j["model"]["merges"][3] = "nosuch token"; }), "unknown_merge.json",
          "model.merges[3]");
   expect(broken("bad_merge", [](json& j) { j["model"]["merges"][0] = 7; }), "bad_merge.json", "model.merges[0]");
-  expect(broken("metaspace", [](json& j) { j["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Metaspace"}}; }),
+  expect(broken("metaspace",
+                [](json& j) {
+                  j["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Metaspace"}};
+                }),
          "metaspace.json", "pre_tokenizer.pretokenizers[0].type is 'Metaspace'");
   expect(broken("not_isolated", [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; }),
          "not_isolated.json", "pre_tokenizer.pretokenizers[0].behavior");
   expect(broken("bad_regex", [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed"; }),
          "bad_regex.json", "cannot compile the pre-tokenizer regex");
-  expect(broken("fallback", [](json& j) { j["model"]["byte_fallback"] = true; }), "fallback.json", "model.byte_fallback");
-  expect(broken("lstrip", [](json& j) { j["added_tokens"][1]["lstrip"] = true; }), "lstrip.json", "added_tokens[1].lstrip");
+  expect(broken("fallback", [](json& j) { j["model"]["byte_fallback"] = true; }), "fallback.json",
+         "model.byte_fallback");
+  expect(broken("lstrip", [](json& j) { j["added_tokens"][1]["lstrip"] = true; }), "lstrip.json",
+         "added_tokens[1].lstrip");
   expect(broken("gap", [](json& j) { j["added_tokens"][0]["id"] = 999; }), "gap.json",
          "added_tokens[0] has id 999, but the file defines 485 tokens");
-  expect(broken("nfkc", [](json& j) { j["normalizer"] = {{"type", "NFKC"}}; }), "nfkc.json", "normalizer.type is 'NFKC'");
-  expect(broken("wordpiece_decoder", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; }), "wordpiece_decoder.json",
-         "decoder.type");
+  expect(broken("nfkc",
+                [](json& j) {
+                  j["normalizer"] = {{"type", "NFKC"}};
+                }),
+         "nfkc.json", "normalizer.type is 'NFKC'");
+  expect(broken("wordpiece_decoder",
+                [](json& j) {
+                  j["decoder"] = {{"type", "WordPiece"}};
+                }),
+         "wordpiece_decoder.json", "decoder.type");
   expect(broken("no_bytelevel", [](json& j) { j["pre_tokenizer"] = j["pre_tokenizer"]["pretokenizers"][0]; }),
          "no_bytelevel.json", "pre_tokenizer has no ByteLevel");
-  expect(broken("missing_byte", [](json& j) { j["model"]["vocab"].erase("!"); j["model"]["merges"] = json::array(); }),
+  expect(broken("missing_byte",
+                [](json& j) {
+                  j["model"]["vocab"].erase("!");
+                  j["model"]["merges"] = json::array();
+                }),
          "missing_byte.json", "whose ids must run 0..483");
 
   lntest::write_text(dir / "malformed.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {");

@@ -56,8 +56,9 @@ bool run_oracle(const ojson& cases, ojson& results, std::string& why) {
   fs::path dir = fs::temp_directory_path() / ("ln_test_jinja_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   std::ofstream(dir / "cases.json") << cases.dump();
-  std::string cmd = python() + " '" + LINEARNEXUS_SOURCE_DIR + "/tests/jinja_oracle.py' '" + (dir / "cases.json").string() +
-                    "' > '" + (dir / "results.json").string() + "' 2> '" + (dir / "stderr.txt").string() + "'";
+  std::string cmd = python() + " '" + LINEARNEXUS_SOURCE_DIR + "/tests/jinja_oracle.py' '" +
+                    (dir / "cases.json").string() + "' > '" + (dir / "results.json").string() + "' 2> '" +
+                    (dir / "stderr.txt").string() + "'";
   int status = std::system(cmd.c_str());
   int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   std::stringstream err, out;
@@ -106,7 +107,8 @@ std::vector<Template> fixture_templates() {
       const ojson ct = config.value("chat_template", ojson());
       if (ct.is_string()) out.push_back({name, ct.get<std::string>(), tokens});
       if (ct.is_array())
-        for (const auto& named : ct) out.push_back({name + ":" + named.value("name", ""), named.value("template", ""), tokens});
+        for (const auto& named : ct)
+          out.push_back({name + ":" + named.value("name", ""), named.value("template", ""), tokens});
       if (fs::exists(d / "chat_template.jinja")) {
         std::stringstream s;
         s << std::ifstream(d / "chat_template.jinja").rdbuf();
@@ -121,7 +123,9 @@ std::vector<Template> fixture_templates() {
   for (const fs::path& f : files) {
     std::stringstream s;
     s << std::ifstream(f, std::ios::binary).rdbuf();
-    out.push_back({f.filename().string(), s.str(), {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"}}});
+    out.push_back({f.filename().string(),
+                   s.str(),
+                   {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"}}});
   }
   return out;
 }
@@ -165,7 +169,8 @@ void check_spans(const jj::ChatRender& r, const ojson& messages) {
     message_strings(messages[s.message], sources, true);
     std::string copied = r.text.substr(s.begin, s.end - s.begin);
     INFO("span text: " << copied);
-    CHECK(std::any_of(sources.begin(), sources.end(), [&](const std::string& src) { return src.find(copied) != std::string::npos; }));
+    CHECK(std::any_of(sources.begin(), sources.end(),
+                      [&](const std::string& src) { return src.find(copied) != std::string::npos; }));
   }
   std::size_t turn_end = 0;
   for (const auto& t : r.turns) {
@@ -176,7 +181,8 @@ void check_spans(const jj::ChatRender& r, const ojson& messages) {
   for (const auto& g : r.generation) REQUIRE(g.end <= r.text.size());
   for (std::size_t i = 0; i < messages.size(); ++i) {
     const ojson& m = messages[i];
-    if (!m.is_object() || m.value("role", "") != "assistant" || !m.contains("content") || !m["content"].is_string()) continue;
+    if (!m.is_object() || m.value("role", "") != "assistant" || !m.contains("content") || !m["content"].is_string())
+      continue;
     std::string c = m["content"].get<std::string>();
     std::size_t at = r.text.find(c);
     if (c.empty() || at == std::string::npos || r.text.find(c, at + 1) != std::string::npos) continue;
@@ -303,7 +309,8 @@ TEST_CASE("jinja: spans say where each message's text landed", "[jinja]") {
     jj::ChatRender r = t.render_with_spans(c);
     auto spans = jj::assistant_spans(r, c["messages"], false);
     REQUIRE(spans.size() == 2);
-    CHECK(cut(r.text, spans[0]) == "get_weather\", \"arguments\": {\"city\": \"Oslo \\\"N\\\"\"}}\n</tool_call><|im_end|>\n");
+    CHECK(cut(r.text, spans[0]) ==
+          "get_weather\", \"arguments\": {\"city\": \"Oslo \\\"N\\\"\"}}\n</tool_call><|im_end|>\n");
     CHECK(cut(r.text, spans[1]) == "Cold.<|im_end|>\n");
   }
   SECTION("generation blocks: the template's own spans, as transformers' return_assistant_tokens_mask") {
@@ -344,26 +351,33 @@ TEST_CASE("jinja: hostile templates and contexts are bounded Errors", "[jinja]")
   jj::Limits small;
   small.max_steps = 2'000'000;
   small.max_output_bytes = small.max_string_bytes = 1 << 20;
-  CHECK_CONTAINS(render_error("{% for i in range(10000) %}{% for j in range(10000) %}{{ '0123456789' * 10 }}{% endfor %}{% endfor %}",
-                              "{}", small),
-                 "grew past");  // the output limit first
-  CHECK_CONTAINS(render_error("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", "{}", small),
-                 "ran too long");
+  CHECK_CONTAINS(
+      render_error(
+          "{% for i in range(10000) %}{% for j in range(10000) %}{{ '0123456789' * 10 }}{% endfor %}{% endfor %}", "{}",
+          small),
+      "grew past");  // the output limit first
+  CHECK_CONTAINS(
+      render_error("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", "{}", small),
+      "ran too long");
   CHECK_CONTAINS(render_error("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
                  "ran too long");  // the default limits: a few seconds
   CHECK_CONTAINS(render_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"), "recurses");
   CHECK_CONTAINS(render_error("{{ 'x' * 1000000000 }}", "{}", small), "string grew past");
   CHECK_CONTAINS(render_error("{{ [1] * 1000000000 }}", "{}", small), "list grew");
-  CHECK_CONTAINS(render_error("{% set ns = namespace(s='ab') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-                              "{}", small),
-                 "string grew past");
-  CHECK_CONTAINS(render_error("{% set ns = namespace(l=[]) %}{% for i in range(1000) %}{% set ns.l = [ns.l] %}{% endfor %}"),
-                 "nested more than");
-  CHECK_CONTAINS(render_error("{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxxx{% endfor %}", "{}", small), "grew past");
+  CHECK_CONTAINS(
+      render_error("{% set ns = namespace(s='ab') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+                   "{}", small),
+      "string grew past");
+  CHECK_CONTAINS(
+      render_error("{% set ns = namespace(l=[]) %}{% for i in range(1000) %}{% set ns.l = [ns.l] %}{% endfor %}"),
+      "nested more than");
+  CHECK_CONTAINS(render_error("{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxxx{% endfor %}", "{}", small),
+                 "grew past");
   CHECK_CONTAINS(render_error("{{ 2 ** 64 }}"), "overflow");
   CHECK_CONTAINS(render_error("{{ range(1000000) }}"), "MAX_RANGE");
   CHECK_CONTAINS(render_error("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}"), "too deeply");
-  CHECK_CONTAINS(render_error("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}"), "nests more than");
+  CHECK_CONTAINS(render_error("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}"),
+                 "nests more than");
   CHECK_CONTAINS(render_error("{{ " + std::string(100000, '[') + std::string(100000, ']') + " }}"), "nests more than");
   std::string nots;
   for (int i = 0; i < 100000; ++i) nots += "not ";
@@ -374,18 +388,63 @@ TEST_CASE("jinja: hostile templates and contexts are bounded Errors", "[jinja]")
   CHECK_CONTAINS(render_error(ifs), "nests more than");
   std::string deep(100000, '[');
   deep += std::string(100000, ']');
-  CHECK_CONTAINS(render_error("{{ x }}", "{\"x\": " + std::string(1000, '[') + std::string(1000, ']') + "}"), "nests more than");
+  CHECK_CONTAINS(render_error("{{ x }}", "{\"x\": " + std::string(1000, '[') + std::string(1000, ']') + "}"),
+                 "nests more than");
   CHECK_CONTAINS(render_error("{{ 'a' }}\xff"), "not valid UTF-8");
   CHECK_THROWS_AS(jj::ChatTemplate(kChatML).render(ojson::array()), linearnexus::Error);
 }
 
 TEST_CASE("jinja: mutated fixture templates render or give an Error, never anything else", "[jinja]") {
   std::vector<Template> templates = fixture_templates();
-  static const char* const pieces[] = {"{%", "%}", "{{", "}}", "{#", "#}", "(", ")", "[", "]", "{", "}", "|", "'", "\"",
-                                       " if ", " for ", " in ", " endfor ", " endif ", " else ", " set ", " macro ",
-                                       " endmacro ", "loop.", "namespace(", "ns.", "~", ".", ",", "*", "**", "-", ":",
-                                       "::-1", " is ", " not ", "raise_exception(", "messages", "-%}", "{%-", "\n",
-                                       "caller()", " call ", " generation ", "|tojson", "|items", "[0]", "range(99)"};
+  static const char* const pieces[] = {"{%",
+                                       "%}",
+                                       "{{",
+                                       "}}",
+                                       "{#",
+                                       "#}",
+                                       "(",
+                                       ")",
+                                       "[",
+                                       "]",
+                                       "{",
+                                       "}",
+                                       "|",
+                                       "'",
+                                       "\"",
+                                       " if ",
+                                       " for ",
+                                       " in ",
+                                       " endfor ",
+                                       " endif ",
+                                       " else ",
+                                       " set ",
+                                       " macro ",
+                                       " endmacro ",
+                                       "loop.",
+                                       "namespace(",
+                                       "ns.",
+                                       "~",
+                                       ".",
+                                       ",",
+                                       "*",
+                                       "**",
+                                       "-",
+                                       ":",
+                                       "::-1",
+                                       " is ",
+                                       " not ",
+                                       "raise_exception(",
+                                       "messages",
+                                       "-%}",
+                                       "{%-",
+                                       "\n",
+                                       "caller()",
+                                       " call ",
+                                       " generation ",
+                                       "|tojson",
+                                       "|items",
+                                       "[0]",
+                                       "range(99)"};
   ojson ctx = ojson::parse(kTwoTurns);
   ctx["add_generation_prompt"] = true;
   ctx["tools"] = nullptr;
@@ -400,10 +459,18 @@ TEST_CASE("jinja: mutated fixture templates render or give an Error, never anyth
     for (int k = 0; k < edits && !t.empty(); ++k) {
       std::size_t at = rng() % t.size(), len = 1 + rng() % 12;
       switch (rng() % 4) {
-        case 0: t.erase(at, len); break;
-        case 1: t.insert(at, pieces[rng() % (sizeof pieces / sizeof *pieces)]); break;
-        case 2: t.insert(at, t.substr(rng() % t.size(), len)); break;
-        default: t[at] = static_cast<char>(rng() % 128); break;
+        case 0:
+          t.erase(at, len);
+          break;
+        case 1:
+          t.insert(at, pieces[rng() % (sizeof pieces / sizeof *pieces)]);
+          break;
+        case 2:
+          t.insert(at, t.substr(rng() % t.size(), len));
+          break;
+        default:
+          t[at] = static_cast<char>(rng() % 128);
+          break;
       }
     }
     try {
@@ -432,14 +499,17 @@ TEST_CASE("jinja: one parsed template renders from several threads", "[jinja]") 
 }
 
 TEST_CASE("jinja: render_chat_template takes either JSON flavour", "[jinja]") {
-  nlohmann::json sorted = nlohmann::json::parse(R"({"messages": [{"role": "user", "content": "hi"}], "x": {"b": 1, "a": 2}})");
+  nlohmann::json sorted =
+      nlohmann::json::parse(R"({"messages": [{"role": "user", "content": "hi"}], "x": {"b": 1, "a": 2}})");
   CHECK(jj::render_chat_template(kChatML, sorted) == "<|im_start|>user\nhi<|im_end|>\n");
   // nlohmann::json sorts keys; ordered_json keeps the row's order, as Python's dicts do.
   CHECK(jj::render_chat_template("{{ x|tojson }}", sorted) == R"({"a": 2, "b": 1})");
-  CHECK(jj::render_chat_template("{{ x|tojson }}", ojson::parse(R"({"x": {"b": 1, "a": 2}})")) == R"({"b": 1, "a": 2})");
+  CHECK(jj::render_chat_template("{{ x|tojson }}", ojson::parse(R"({"x": {"b": 1, "a": 2}})")) ==
+        R"({"b": 1, "a": 2})");
   CHECK_CONTAINS(render_error("{% if messages|length > 1 %}{{ raise_exception('only one message') }}{% endif %}",
                               R"({"messages": [1, 2]})"),
                  "chat template line 1: only one message");
-  CHECK_CONTAINS(render_error("line one\n{{ undefined_thing.attribute }}"), "chat template line 2: 'undefined_thing' is undefined");
+  CHECK_CONTAINS(render_error("line one\n{{ undefined_thing.attribute }}"),
+                 "chat template line 2: 'undefined_thing' is undefined");
   CHECK_THROWS_AS(jj::ChatTemplate("{% for %}"), linearnexus::Error);
 }

@@ -15,11 +15,14 @@
 using namespace linearnexus;
 using namespace lntest;
 
-TEST_CASE("LoRA on every block kind: only the adapters get gradients, the model equals one holding W0 + scale B A", "[lora]") {
+TEST_CASE("LoRA on every block kind: only the adapters get gradients, the model equals one holding W0 + scale B A",
+          "[lora]") {
   PluginHost& host = build_plugins();
-  for (const char* kind : {"attention", "swa", "mamba", "mamba2", "mla", "gla", "deltanet", "gated_deltanet", "kda", "rwkv7"}) {
+  for (const char* kind :
+       {"attention", "swa", "mamba", "mamba2", "mla", "gla", "deltanet", "gated_deltanet", "kda", "rwkv7"}) {
     INFO(kind);
-    const std::string model = std::string("model: {hidden_size: 64, n_layer: 2, max_seq_len: 32, block_pattern: [") + kind + "]";
+    const std::string model =
+        std::string("model: {hidden_size: 64, n_layer: 2, max_seq_len: 32, block_pattern: [") + kind + "]";
     Experiment with = parse("data: {path: x}\n" + model + ", lora: {rank: 4, alpha: 8}}\n", host);
     Experiment without = parse("data: {path: x}\n" + model + "}\n", host);
     torch::manual_seed(1);
@@ -59,8 +62,11 @@ TEST_CASE("LoRA on every block kind: only the adapters get gradients, the model 
 TEST_CASE("model.lora.targets: globs, roles and a clear error for a target that selects nothing", "[lora]") {
   PluginHost& host = build_plugins();
   auto sites = [&](const std::string& targets) {
-    Experiment e = parse("data: {path: x}\nmodel: {hidden_size: 32, n_layer: 2, max_seq_len: 16, block_pattern: [attention], "
-                         "lora: {rank: 2, targets: " + targets + "}}\n", host);
+    Experiment e = parse(
+        "data: {path: x}\nmodel: {hidden_size: 32, n_layer: 2, max_seq_len: 16, block_pattern: [attention], "
+        "lora: {rank: 2, targets: " +
+            targets + "}}\n",
+        host);
     LMModel m(e.model_config(20), host.registry());
     std::vector<std::string> names;
     for (const auto& s : m.lora()->sites()) names.push_back(s.name);
@@ -70,7 +76,8 @@ TEST_CASE("model.lora.targets: globs, roles and a clear error for a target that 
   CHECK(sites("[blocks.1.proj]") == std::vector<std::string>{"blocks.1.proj"});
   CHECK(sites("[matrix]").size() == sites("[all-linear]").size());
   CHECK(sites("['mlp.*']").size() == 6);  // up, gate and down per layer (SwiGLU)
-  CHECK_CONTAINS(error_of([&] { sites("[q_proj]"); }), "model.lora.targets: 'q_proj' selects no Linear layer of the blocks; there are: ");
+  CHECK_CONTAINS(error_of([&] { sites("[q_proj]"); }),
+                 "model.lora.targets: 'q_proj' selects no Linear layer of the blocks; there are: ");
   CHECK_CONTAINS(error_of([&] { sites("[q_proj]"); }), "qkv");
 }
 
@@ -93,20 +100,24 @@ at::Tensor logits_of(const std::string& run, const at::Tensor& idx) {
 }
 }  // namespace
 
-TEST_CASE("a LoRA fine-tune: held-out loss falls, the base stays bit for bit, resume is exact, merge-lora, hf-export, peft-export agree",
-          "[lora][e2e]") {
+TEST_CASE(
+    "a LoRA fine-tune: held-out loss falls, the base stays bit for bit, resume is exact, merge-lora, hf-export, peft-export agree",
+    "[lora][e2e]") {
   TempDir t;
   const std::string model =
       "model: {hidden_size: 64, n_layer: 2, max_seq_len: 32, block_pattern: [attention], blocks: {attention: {n_head: 4}}}\n";
-  train_experiment("data: {path: 'builtin:arithmetic', seq_len: 32}\n" + model +
-                       "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n"
-                       "trainer: {name: sft, max_steps: 60, batch_size: 16, log_every: 60, eval_every: 60, eval_batches: 2}\n",
-                   {"trainer.out_dir=" + (t / "base")});
+  train_experiment(
+      "data: {path: 'builtin:arithmetic', seq_len: 32}\n" + model +
+          "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n"
+          "trainer: {name: sft, max_steps: 60, batch_size: 16, log_every: 60, eval_every: 60, eval_batches: 2}\n",
+      {"trainer.out_dir=" + (t / "base")});
   write_text(t / "rev.txt", reversed_sums(20000));
-  const std::string lora = "data: {path: '" + (t / "rev.txt") + "', seq_len: 32}\n"
-                           "model: {preset: init_from, lora: {rank: 8, alpha: 16}}\n"
-                           "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n"
-                           "trainer: {name: sft, max_steps: 60, batch_size: 16, log_every: 1, eval_every: 10, eval_batches: 4}\n";
+  const std::string lora =
+      "data: {path: '" + (t / "rev.txt") +
+      "', seq_len: 32}\n"
+      "model: {preset: init_from, lora: {rank: 8, alpha: 16}}\n"
+      "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n"
+      "trainer: {name: sft, max_steps: 60, batch_size: 16, log_every: 1, eval_every: 10, eval_batches: 4}\n";
   const std::vector<std::string> from_base = {"trainer.init_from=" + (t / "base")};
   auto with = [&](std::vector<std::string> a) {
     a.insert(a.end(), from_base.begin(), from_base.end());
@@ -118,7 +129,8 @@ TEST_CASE("a LoRA fine-tune: held-out loss falls, the base stays bit for bit, re
   CHECK(m[60]["val_loss"].get<double>() < m[10]["val_loss"].get<double>() - 0.1);
 
   // The base weights are the base run's, bit for bit; the adapters moved; only they have optimizer state.
-  const auto base = load_safetensors(t / "base/latest.safetensors").tensors, tuned = load_safetensors(t / "lora/latest.safetensors").tensors;
+  const auto base = load_safetensors(t / "base/latest.safetensors").tensors,
+             tuned = load_safetensors(t / "lora/latest.safetensors").tensors;
   int adapters = 0;
   for (const auto& [name, v] : tuned) {
     if (name.rfind("model.lora.", 0) == 0) {
@@ -156,7 +168,8 @@ TEST_CASE("a LoRA fine-tune: held-out loss falls, the base stays bit for bit, re
 
   // hf-export of the LoRA run is the merged run's export; peft-export's adapters, applied as PEFT
   // does (W + lora_alpha / r * B A) to the base's export, give it too.
-  for (const auto& [run, out] : std::vector<std::pair<std::string, std::string>>{{"lora", "hf_lora"}, {"merged", "hf_merged"}, {"base", "hf_base"}}) {
+  for (const auto& [run, out] : std::vector<std::pair<std::string, std::string>>{
+           {"lora", "hf_lora"}, {"merged", "hf_merged"}, {"base", "hf_base"}}) {
     r = run_cli("convert hf-export '" + (t / run) + "' '" + (t / out) + "'");
     INFO(run << ": " << r.err);
     REQUIRE(r.code == 0);
@@ -192,10 +205,12 @@ TEST_CASE("a LoRA fine-tune: held-out loss falls, the base stays bit for bit, re
   CHECK(adapters_hf.count("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
 
   // Bad uses: one clear error each.
-  check_one_clean_error(run_cli("convert merge-lora '" + (t / "base") + "' '" + (t / "x") + "'"), "has no LoRA adapters");
+  check_one_clean_error(run_cli("convert merge-lora '" + (t / "base") + "' '" + (t / "x") + "'"),
+                        "has no LoRA adapters");
   check_one_clean_error(run_cli("convert peft-export '" + (t / "lora") + "' '" + (t / "peft") + "'"), "is not empty");
   CHECK_CONTAINS(error_of([&] {
-                   train_experiment(lora, {"trainer.init_from=" + (t / "lora"), "model.lora.rank=0", "trainer.out_dir=" + (t / "y")});
+                   train_experiment(lora, {"trainer.init_from=" + (t / "lora"), "model.lora.rank=0",
+                                           "trainer.out_dir=" + (t / "y")});
                  }),
                  "holds LoRA adapters (model.lora) and this model has none");
 }

@@ -213,8 +213,8 @@ TEST_CASE("a run that fails before training leaves no folder, a run that ran kee
   CHECK(!fs::exists(t / "ok/tb"));  // trackers: [jsonl] alone
   CHECK(run_cli(exp + "--set trainer.out_dir=" + (t / "ok") + " --set trainer.resume=auto").code == 0);
   // A fresh run whose init_from checkpoint does not fit its model fails as it starts: no folder either.
-  check_one_clean_error(run_cli(exp + "--no-sample --set trainer.out_dir=" + (t / "new/run") + " --set trainer.init_from=" +
-                                (t / "ok") + " --set model.hidden_size=32"),
+  check_one_clean_error(run_cli(exp + "--no-sample --set trainer.out_dir=" + (t / "new/run") +
+                                " --set trainer.init_from=" + (t / "ok") + " --set model.hidden_size=32"),
                         "does not match the model");
   CHECK(!fs::exists(t / "new"));
 

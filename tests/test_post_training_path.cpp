@@ -66,17 +66,21 @@ TEST_CASE("post-training path on fixtures: hf-import, chat SFT with LoRA, DPO, s
   const at::Tensor hf_logits = at::tensor(flat).view({static_cast<int64_t>(ids.size()), -1});
   CHECK((base_logits - hf_logits).abs().max().item<double>() < 1e-4);
   // The chat template renders the fixture's conversation as transformers' apply_chat_template did.
-  write_text(t / "one.jsonl", R"({"messages": [{"role": "user", "content": "What is 2 + 3?"}]})" "\n");
-  const CliResult render =
-      must_run("data chat-render --tokenizer '" + (t / "base") + "' --input '" + (t / "one.jsonl") + "' --add-generation-prompt");
+  write_text(t / "one.jsonl", R"({"messages": [{"role": "user", "content": "What is 2 + 3?"}]})"
+                              "\n");
+  const CliResult render = must_run("data chat-render --tokenizer '" + (t / "base") + "' --input '" +
+                                    (t / "one.jsonl") + "' --add-generation-prompt");
   CHECK(json::parse(render.out) == expected["text"]);
 
   // 2. Chat SFT with LoRA (the shipped config, as the README runs it).
-  const std::string common = " --no-sample --set device=cpu --set data.seq_len=48 --set trainer.batch_size=8 --set trainer.grad_accum=1"
-                             " --set schedule.warmup_steps=0 --set trainer.eval_batches=2 --set trainer.log_every=5";
-  must_run("run '" + kConfigs + "/chat_sft_hf.yaml' --set trainer.init_from='" + (t / "base") + "' --set data.path='" + kData +
-           "/chats.jsonl' --set model.lora.rank=8 --set model.lora.alpha=16 --set optimizer.lr=0.01 --set trainer.max_steps=40" +
-           " --set trainer.eval_every=20 --set trainer.out_dir='" + (t / "sft") + "'" + common);
+  const std::string common =
+      " --no-sample --set device=cpu --set data.seq_len=48 --set trainer.batch_size=8 --set trainer.grad_accum=1"
+      " --set schedule.warmup_steps=0 --set trainer.eval_batches=2 --set trainer.log_every=5";
+  must_run(
+      "run '" + kConfigs + "/chat_sft_hf.yaml' --set trainer.init_from='" + (t / "base") + "' --set data.path='" +
+      kData +
+      "/chats.jsonl' --set model.lora.rank=8 --set model.lora.alpha=16 --set optimizer.lr=0.01 --set trainer.max_steps=40" +
+      " --set trainer.eval_every=20 --set trainer.out_dir='" + (t / "sft") + "'" + common);
   const auto sft_loss = metric(t / "sft", "loss"), sft_val = metric(t / "sft", "val_loss");
   REQUIRE(sft_loss.size() >= 2);
   REQUIRE(sft_val.size() == 2);
@@ -84,9 +88,10 @@ TEST_CASE("post-training path on fixtures: hf-import, chat SFT with LoRA, DPO, s
   CHECK(sft_val.back() < sft_val.front());
 
   // 3. DPO from the LoRA run: the adapters continue; the reference is the SFT run, frozen.
-  must_run("run '" + kConfigs + "/dpo_hf.yaml' --set trainer.init_from='" + (t / "sft") + "' --set data.path='" + kData +
-           "/pairs.jsonl' --set optimizer.lr=0.003 --set trainer.max_steps=20 --set trainer.eval_every=10 --set trainer.out_dir='" +
-           (t / "dpo") + "'" + common);
+  must_run(
+      "run '" + kConfigs + "/dpo_hf.yaml' --set trainer.init_from='" + (t / "sft") + "' --set data.path='" + kData +
+      "/pairs.jsonl' --set optimizer.lr=0.003 --set trainer.max_steps=20 --set trainer.eval_every=10 --set trainer.out_dir='" +
+      (t / "dpo") + "'" + common);
   const auto margins = metric(t / "dpo", "reward_margin");
   REQUIRE(!margins.empty());
   CHECK(margins.back() > 0);  // the chosen answers pulled ahead of the rejected ones
@@ -99,8 +104,9 @@ TEST_CASE("post-training path on fixtures: hf-import, chat SFT with LoRA, DPO, s
   CHECK(RunCheckpoint::read(t / "dpo", true).lora_base() == base.dump());
 
   // 4. Sample in chat form: the prompt rendered as a user turn, the reply stops at <|im_end|>.
-  const CliResult sample = must_run("sample --checkpoint '" + (t / "dpo") + "' --chat --prompt 'What is 2 + 3?' --max-tokens 12 " +
-                                    "--temperature 0 --device cpu");
+  const CliResult sample =
+      must_run("sample --checkpoint '" + (t / "dpo") + "' --chat --prompt 'What is 2 + 3?' --max-tokens 12 " +
+               "--temperature 0 --device cpu");
   CHECK(!sample.out.empty());
 
   // 5. Merge: a plain run with the same logits; 6. export: transformers' token ids and files.
@@ -146,10 +152,12 @@ TEST_CASE("hf-import --tokenizer DIR attaches a tokenizer to a model folder with
     CHECK(lm.tokenizer->eos_id() == expected["eos_token_id"].get<int64_t>());
   }
   // Bad folders: one clean error each, no run folder left.
-  check_one_clean_error(run_cli("convert hf-import '" + (t / "weights") + "' '" + (t / "x") + "' --tokenizer '" + (t / "nope") + "'"),
-                        "--tokenizer " + (t / "nope") + ": not a folder");
+  check_one_clean_error(
+      run_cli("convert hf-import '" + (t / "weights") + "' '" + (t / "x") + "' --tokenizer '" + (t / "nope") + "'"),
+      "--tokenizer " + (t / "nope") + ": not a folder");
   fs::create_directories(t / "empty");
-  check_one_clean_error(run_cli("convert hf-import '" + (t / "weights") + "' '" + (t / "x") + "' --tokenizer '" + (t / "empty") + "'"),
-                        "the folder has no tokenizer files");
+  check_one_clean_error(
+      run_cli("convert hf-import '" + (t / "weights") + "' '" + (t / "x") + "' --tokenizer '" + (t / "empty") + "'"),
+      "the folder has no tokenizer files");
   CHECK(!fs::exists(t / "x"));
 }

@@ -39,14 +39,16 @@ void check_metrics_lines(const std::string& run_dir) {
 }
 }  // namespace
 
-TEST_CASE("divergence stops the run with one error naming the step and the last good checkpoint", "[reliability][cli]") {
+TEST_CASE("divergence stops the run with one error naming the step and the last good checkpoint",
+          "[reliability][cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   // Two good steps saved, then an lr that blows the weights up.
   auto good = run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a") + " --set trainer.max_steps=2");
   REQUIRE(good.code == 0);
-  auto r = run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a") +
-                   " --set trainer.resume=auto --set trainer.max_steps=40 --set optimizer.lr=1e12 --set trainer.grad_clip=0");
+  auto r = run_cli(
+      "run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a") +
+      " --set trainer.resume=auto --set trainer.max_steps=40 --set optimizer.lr=1e12 --set trainer.grad_clip=0");
   check_one_clean_error(r, "training diverged at step");
   CHECK_CONTAINS(r.err, "The last good checkpoint is " + (t / "a/latest.safetensors"));
   // Nothing non-finite was saved, and rotation kept the good checkpoint.
@@ -141,24 +143,30 @@ TEST_CASE("validate refuses what run refuses: ranges, non-finite numbers, traine
   for (const auto& [set, expect] : bad) {
     INFO(set);
     check_one_clean_error(run_cli("validate " + (t / "exp.yaml") + " --set " + set), expect);
-    check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r") + " --set " + set), expect);
+    check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "r") + " --set " + set),
+                          expect);
   }
   CHECK_FALSE(fs::exists(t / "r/latest.safetensors"));
 }
 
-TEST_CASE("YAML that would be misread is refused: duplicate keys, a second document, model errors point at their line", "[reliability][config]") {
+TEST_CASE("YAML that would be misread is refused: duplicate keys, a second document, model errors point at their line",
+          "[reliability][config]") {
   TempDir t;
   write_text(t / "dup.yaml", std::string(kExperiment) + "seed: 1\nseed: 2\n");
-  check_one_clean_error(run_cli("validate " + (t / "dup.yaml")), "dup.yaml:7:1: key 'seed' appears twice in the same map (first at ");
+  check_one_clean_error(run_cli("validate " + (t / "dup.yaml")),
+                        "dup.yaml:7:1: key 'seed' appears twice in the same map (first at ");
   write_text(t / "nested.yaml", "trainer: {max_steps: 3, max_steps: 4}\n");
   check_one_clean_error(run_cli("validate " + (t / "nested.yaml")), "key 'max_steps' appears twice");
   write_text(t / "two.yaml", std::string(kExperiment) + "---\nname: other\n");
   check_one_clean_error(run_cli("validate " + (t / "two.yaml")), "a second YAML document");
-  write_text(t / "model.yaml", "data: {path: \"builtin:arithmetic\", seq_len: 16}\nmodel:\n  hidden_size: 16\n  n_layer: two\n");
-  check_one_clean_error(run_cli("validate " + (t / "model.yaml")), "model.yaml:4:12: 'model.n_layer' must be an integer");
+  write_text(t / "model.yaml",
+             "data: {path: \"builtin:arithmetic\", seq_len: 16}\nmodel:\n  hidden_size: 16\n  n_layer: two\n");
+  check_one_clean_error(run_cli("validate " + (t / "model.yaml")),
+                        "model.yaml:4:12: 'model.n_layer' must be an integer");
 }
 
-TEST_CASE("sample: every bad option is one error line with exit 1, top-p 0 keeps the most likely token", "[reliability][cli]") {
+TEST_CASE("sample: every bad option is one error line with exit 1, top-p 0 keeps the most likely token",
+          "[reliability][cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
   REQUIRE(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")).code == 0);
@@ -187,8 +195,9 @@ TEST_CASE("sample: every bad option is one error line with exit 1, top-p 0 keeps
 TEST_CASE("kill -9 during training, saves included, never leaves a run that cannot resume", "[reliability][cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kExperiment);
-  const std::string cmd = std::string(LINEARNEXUS_RUNNER) + " run " + (t / "exp.yaml") + " --set trainer.out_dir=" +
-                          (t / "a") + " --set trainer.resume=auto --set trainer.max_steps=100000 --set trainer.save_every=3" +
+  const std::string cmd = std::string(LINEARNEXUS_RUNNER) + " run " + (t / "exp.yaml") +
+                          " --set trainer.out_dir=" + (t / "a") +
+                          " --set trainer.resume=auto --set trainer.max_steps=100000 --set trainer.save_every=3" +
                           " --set trainer.log_every=1 > /dev/null 2>&1";
   for (int kill = 0; kill < 4; ++kill) {
     const pid_t pid = ::fork();
@@ -219,7 +228,8 @@ TEST_CASE("kill -9 during training, saves included, never leaves a run that cann
 // Checkpoints written before the SDK / host split (tests/fixtures/old_runs: commit 829378e, plugin
 // ABI 3) still load, and a run resumed from one logs what the old build logged uninterrupted: SFT
 // (model, AdamW state, RNG) and PPO (its value function under extra.value.*, extra.value_optim.*).
-TEST_CASE("checkpoints written before the SDK split resume and log what the old build logged", "[reliability][checkpoint]") {
+TEST_CASE("checkpoints written before the SDK split resume and log what the old build logged",
+          "[reliability][checkpoint]") {
   const std::string dir = LINEARNEXUS_SOURCE_DIR "/tests/fixtures/old_runs";
   const nlohmann::json expected = nlohmann::json::parse(read_text(dir + "/expected.json"));
   const std::vector<std::string> small{"model.hidden_size=16", "model.n_layer=1", "model.blocks.attention.n_head=2",
@@ -228,8 +238,8 @@ TEST_CASE("checkpoints written before the SDK split resume and log what the old 
   TempDir t;
   {
     std::vector<std::string> o = small;
-    for (const char* s : {"trainer.log_every=1", "trainer.eval_batches=1", "trainer.batch_size=4", "trainer.max_steps=20",
-                          "trainer.save_every=10", "trainer.eval_every=0"})
+    for (const char* s : {"trainer.log_every=1", "trainer.eval_batches=1", "trainer.batch_size=4",
+                          "trainer.max_steps=20", "trainer.save_every=10", "trainer.eval_every=0"})
       o.push_back(s);
     o.push_back("trainer.resume=" + dir + "/sft_step10.safetensors");
     o.push_back("trainer.out_dir=" + (t / "sft"));
@@ -238,14 +248,15 @@ TEST_CASE("checkpoints written before the SDK split resume and log what the old 
     for (int64_t step = 11; step <= 20; ++step) {
       INFO("sft step " << step);
       REQUIRE(m.count(step));
-      CHECK(m[step]["loss"].get<double>() == Approx(expected["sft_loss"][std::to_string(step)].get<double>()).epsilon(1e-6));
+      CHECK(m[step]["loss"].get<double>() ==
+            Approx(expected["sft_loss"][std::to_string(step)].get<double>()).epsilon(1e-6));
     }
   }
   {
     std::vector<std::string> o = small;
-    for (const char* s : {"trainer.log_every=1", "trainer.max_steps=4", "trainer.prompts_per_step=2", "trainer.group_size=2",
-                          "trainer.minibatches=2", "trainer.save_every=2", "trainer.value_model=separate",
-                          "trainer.eval_every=0", "optimizer.lr=0.01"})
+    for (const char* s : {"trainer.log_every=1", "trainer.max_steps=4", "trainer.prompts_per_step=2",
+                          "trainer.group_size=2", "trainer.minibatches=2", "trainer.save_every=2",
+                          "trainer.value_model=separate", "trainer.eval_every=0", "optimizer.lr=0.01"})
       o.push_back(s);
     o.push_back("trainer.init_from=" + dir + "/sft_step10.safetensors");
     o.push_back("trainer.resume=" + dir + "/ppo_step2.safetensors");

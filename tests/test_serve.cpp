@@ -35,17 +35,23 @@ std::string fixture_checkpoint() {
     std::string rows;
     for (int i = 0; i < 64; ++i) {
       const std::string c = colours[i % 8];
-      rows += R"({"messages": [{"role": "user", "content": ")" + c + R"("}, {"role": "assistant", "content": "I like )" +
-              c + R"(."}]})" "\n";
+      rows += R"({"messages": [{"role": "user", "content": ")" + c +
+              R"("}, {"role": "assistant", "content": "I like )" + c +
+              R"(."}]})"
+              "\n";
     }
     write_text(dir + "/chat.jsonl", rows);
-    write_text(dir + "/exp.yaml",
-               "data: {path: '" + dir + "/chat.jsonl', format: chat, seq_len: 32, val_fraction: 0.125, tokenizer: '" LINEARNEXUS_SOURCE_DIR
-               "/tests/fixtures/hf_tokenizers/smollm'}\n"
-               "model: {hidden_size: 64, n_layer: 2, max_seq_len: 128, block_pattern: [attention], blocks: {attention: {n_head: 4}}}\n"
-               "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n"
-               "trainer: {name: sft, max_steps: 150, batch_size: 16, log_every: 40, eval_every: 1000, eval_batches: 1, out_dir: '" + dir + "/run'}\n"
-               "sample: {num_samples: 0}\n");
+    write_text(
+        dir + "/exp.yaml",
+        "data: {path: '" + dir +
+            "/chat.jsonl', format: chat, seq_len: 32, val_fraction: 0.125, tokenizer: '" LINEARNEXUS_SOURCE_DIR
+            "/tests/fixtures/hf_tokenizers/smollm'}\n"
+            "model: {hidden_size: 64, n_layer: 2, max_seq_len: 128, block_pattern: [attention], blocks: {attention: {n_head: 4}}}\n"
+            "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n"
+            "trainer: {name: sft, max_steps: 150, batch_size: 16, log_every: 40, eval_every: 1000, eval_batches: 1, out_dir: '" +
+            dir +
+            "/run'}\n"
+            "sample: {num_samples: 0}\n");
     const CliResult r = run_cli("run '" + dir + "/exp.yaml'");
     INFO(r.err);
     REQUIRE(r.code == 0);
@@ -61,7 +67,8 @@ std::string as_json_text(const std::string& raw) {
 }
 
 // `sample`'s texts (one per --num-samples), without the header lines and the printed prompt.
-std::vector<std::string> sample_texts(const std::string& checkpoint, const std::string& args, const std::string& printed_prompt) {
+std::vector<std::string> sample_texts(const std::string& checkpoint, const std::string& args,
+                                      const std::string& printed_prompt) {
   const CliResult r = run_cli("sample --checkpoint '" + checkpoint + "' " + args);
   INFO(r.err);
   REQUIRE(r.code == 0);
@@ -71,7 +78,8 @@ std::vector<std::string> sample_texts(const std::string& checkpoint, const std::
     const size_t at = r.out.find(head);
     if (at == std::string::npos) break;
     const size_t end = r.out.find("\n---- sample " + std::to_string(k + 1) + " ----\n", at);
-    std::string text = r.out.substr(at + head.size(), (end == std::string::npos ? r.out.size() - 1 : end) - at - head.size());
+    std::string text =
+        r.out.substr(at + head.size(), (end == std::string::npos ? r.out.size() - 1 : end) - at - head.size());
     out.push_back(as_json_text(text));
   }
   return out;
@@ -128,8 +136,10 @@ std::vector<json> sse_events(const std::string& body, bool* done) {
   for (size_t end; (end = body.find("\n\n", pos)) != std::string::npos; pos = end + 2) {
     const std::string event = body.substr(pos, end - pos);
     REQUIRE(event.rfind("data: ", 0) == 0);
-    if (event == "data: [DONE]") *done = true;
-    else out.push_back(json::parse(event.substr(6)));
+    if (event == "data: [DONE]")
+      *done = true;
+    else
+      out.push_back(json::parse(event.substr(6)));
   }
   CHECK(pos == body.size());
   return out;
@@ -154,14 +164,21 @@ TEST_CASE("serve: completions and chat completions equal sample's for the same s
     double temperature, top_p;
     int64_t top_k, max_tokens;
   };
-  for (const Case& c : {Case{"Hello", 1, 1.0, 1.0, 0, 20}, Case{"I like", 7, 0.8, 0.9, 50, 30}, Case{"blue red", 3, 0.0, 1.0, 0, 12}}) {
+  for (const Case& c :
+       {Case{"Hello", 1, 1.0, 1.0, 0, 20}, Case{"I like", 7, 0.8, 0.9, 50, 30}, Case{"blue red", 3, 0.0, 1.0, 0, 12}}) {
     INFO("prompt " << c.prompt << " seed " << c.seed);
-    const json a = server.answer(kCompletions, {{"prompt", c.prompt}, {"seed", c.seed}, {"temperature", c.temperature},
-                                                {"top_p", c.top_p}, {"top_k", c.top_k}, {"max_tokens", c.max_tokens},
-                                                {"model", "anything"}, {"logit_bias", {{"1", 2}}}});  // unknown fields: ignored
-    const auto want = sample_texts(ckpt, "--prompt '" + c.prompt + "' --seed " + std::to_string(c.seed) + " --temperature " +
-                                             json(c.temperature).dump() + " --top-p " + json(c.top_p).dump() + " --top-k " +
-                                             std::to_string(c.top_k) + " --max-tokens " + std::to_string(c.max_tokens),
+    const json a = server.answer(kCompletions, {{"prompt", c.prompt},
+                                                {"seed", c.seed},
+                                                {"temperature", c.temperature},
+                                                {"top_p", c.top_p},
+                                                {"top_k", c.top_k},
+                                                {"max_tokens", c.max_tokens},
+                                                {"model", "anything"},
+                                                {"logit_bias", {{"1", 2}}}});  // unknown fields: ignored
+    const auto want = sample_texts(ckpt,
+                                   "--prompt '" + c.prompt + "' --seed " + std::to_string(c.seed) + " --temperature " +
+                                       json(c.temperature).dump() + " --top-p " + json(c.top_p).dump() + " --top-k " +
+                                       std::to_string(c.top_k) + " --max-tokens " + std::to_string(c.max_tokens),
                                    c.prompt);
     REQUIRE(want.size() == 1);
     CHECK(a["object"] == "text_completion");
@@ -171,10 +188,13 @@ TEST_CASE("serve: completions and chat completions equal sample's for the same s
     CHECK(a["usage"]["total_tokens"] == a["usage"]["prompt_tokens"].get<int64_t>() + c.max_tokens);
   }
   // n choices: choice j is sample j + 1 of `sample --seed S --num-samples n`; several prompts: one after the other.
-  const json two = server.answer(kCompletions, {{"prompt", json::array({"Hello", "gold"})}, {"n", 2}, {"seed", 11}, {"max_tokens", 9}});
+  const json two = server.answer(
+      kCompletions, {{"prompt", json::array({"Hello", "gold"})}, {"n", 2}, {"seed", 11}, {"max_tokens", 9}});
   REQUIRE(two["choices"].size() == 4);
-  const auto hello = sample_texts(ckpt, "--prompt Hello --seed 11 --num-samples 2 --temperature 1 --top-k 0 --top-p 1 --max-tokens 9", "Hello");
-  const auto gold = sample_texts(ckpt, "--prompt gold --seed 11 --num-samples 2 --temperature 1 --top-k 0 --top-p 1 --max-tokens 9", "gold");
+  const auto hello = sample_texts(
+      ckpt, "--prompt Hello --seed 11 --num-samples 2 --temperature 1 --top-k 0 --top-p 1 --max-tokens 9", "Hello");
+  const auto gold = sample_texts(
+      ckpt, "--prompt gold --seed 11 --num-samples 2 --temperature 1 --top-k 0 --top-p 1 --max-tokens 9", "gold");
   REQUIRE(hello.size() == 2);
   REQUIRE(gold.size() == 2);
   CHECK(two["choices"][0]["text"] == hello[0]);
@@ -186,10 +206,13 @@ TEST_CASE("serve: completions and chat completions equal sample's for the same s
   // Chat: the messages in the tokenizer's template, as `sample --chat` renders its prompt.
   using ChatCase = std::tuple<std::string, int, double>;
   for (const auto& [colour, seed, temperature] : {ChatCase{"blue", 0, 0.0}, ChatCase{"pink", 5, 1.0}}) {
-    const json a = server.answer(kChat, {{"messages", {{{"role", "user"}, {"content", colour}}}}, {"seed", seed},
-                                         {"temperature", temperature}, {"max_tokens", 12}});
-    const auto want = sample_texts(ckpt, "--chat --prompt " + colour + " --seed " + std::to_string(seed) + " --temperature " +
-                                             json(temperature).dump() + " --top-k 0 --top-p 1 --max-tokens 12",
+    const json a = server.answer(kChat, {{"messages", {{{"role", "user"}, {"content", colour}}}},
+                                         {"seed", seed},
+                                         {"temperature", temperature},
+                                         {"max_tokens", 12}});
+    const auto want = sample_texts(ckpt,
+                                   "--chat --prompt " + colour + " --seed " + std::to_string(seed) + " --temperature " +
+                                       json(temperature).dump() + " --top-k 0 --top-p 1 --max-tokens 12",
                                    "user: " + colour + "\nassistant: ");
     REQUIRE(want.size() == 1);
     CHECK(a["object"] == "chat.completion");
@@ -201,7 +224,8 @@ TEST_CASE("serve: completions and chat completions equal sample's for the same s
     }
   }
   // A stop string: the reply ends before it (OpenAI drops the stop sequence).
-  const json stopped = server.answer(kChat, {{"messages", {{{"role", "user"}, {"content", "green"}}}}, {"temperature", 0},
+  const json stopped = server.answer(kChat, {{"messages", {{{"role", "user"}, {"content", "green"}}}},
+                                             {"temperature", 0},
                                              {"stop", json::array({"ee", "like"})}});
   CHECK(stopped["choices"][0]["message"]["content"] == "I ");
   CHECK(stopped["choices"][0]["finish_reason"] == "stop");
@@ -215,8 +239,10 @@ TEST_CASE("serve: 32 concurrent clients are batched and each answered as if alon
   std::vector<json> requests;
   for (int i = 0; i < 32; ++i) {
     json body = {{"seed", 100 + i}, {"max_tokens", 3 + i % 11}, {"temperature", i % 3 == 0 ? 0.7 : 1.0}};
-    if (i % 4 == 1) body["messages"] = {{{"role", "user"}, {"content", words[i % 8]}}};
-    else body["prompt"] = words[i % 8];
+    if (i % 4 == 1)
+      body["messages"] = {{{"role", "user"}, {"content", words[i % 8]}}};
+    else
+      body["prompt"] = words[i % 8];
     if (i % 5 == 0) body["n"] = 2;
     requests.push_back(body);
   }
@@ -253,8 +279,10 @@ TEST_CASE("serve: 32 concurrent clients are batched and each answered as if alon
       for (const auto& e : sse_events(got[i].body, &done)) {
         const auto& c = e["choices"][0];
         const size_t index = c["index"];
-        if (c.contains("text")) together.at(index) += c["text"].get<std::string>();
-        else if (c["delta"].contains("content")) together.at(index) += c["delta"]["content"].get<std::string>();
+        if (c.contains("text"))
+          together.at(index) += c["text"].get<std::string>();
+        else if (c["delta"].contains("content"))
+          together.at(index) += c["delta"]["content"].get<std::string>();
       }
       CHECK(done);
     } else {
@@ -276,8 +304,10 @@ TEST_CASE("serve: streams reassemble to the plain answer, and a client that hang
   ServerProcess server("--checkpoint '" + ckpt + "'");
   for (const std::string& path : {kCompletions, kChat}) {
     json body = {{"seed", 42}, {"max_tokens", 40}};
-    if (path == kChat) body["messages"] = {{{"role", "user"}, {"content", "black"}}};
-    else body["prompt"] = "Hello";
+    if (path == kChat)
+      body["messages"] = {{{"role", "user"}, {"content", "black"}}};
+    else
+      body["prompt"] = "Hello";
     const json plain = server.answer(path, body);
     body["stream"] = true;
     const auto r = server.post(path, body);
@@ -307,21 +337,25 @@ TEST_CASE("serve: streams reassemble to the plain answer, and a client that hang
     CHECK(finish == plain["choices"][0]["finish_reason"]);
   }
   // A stop string streamed: " li" arrives before "ke", so "li" is held back until "like" is complete, then dropped.
-  const json stop_body = {{"messages", {{{"role", "user"}, {"content", "grey"}}}}, {"temperature", 0}, {"stop", "like"}, {"stream", true}};
+  const json stop_body = {
+      {"messages", {{{"role", "user"}, {"content", "grey"}}}}, {"temperature", 0}, {"stop", "like"}, {"stream", true}};
   bool stop_done = false;
   std::string stop_text;
   for (const auto& e : sse_events(server.post(kChat, stop_body).body, &stop_done))
-    if (e["choices"][0]["delta"].contains("content")) stop_text += e["choices"][0]["delta"]["content"].get<std::string>();
+    if (e["choices"][0]["delta"].contains("content"))
+      stop_text += e["choices"][0]["delta"]["content"].get<std::string>();
   CHECK(stop_done);
   CHECK(stop_text == "I ");
   // A client reads the first event of a long stream and hangs up.
   const int fd = lnhttp::connect_loopback(server.port);
   REQUIRE(fd >= 0);
-  REQUIRE(lnhttp::send_all(fd, lnhttp::request_text("POST", kCompletions,
-                                                    json{{"prompt", "Hello"}, {"max_tokens", 120}, {"stream", true}}.dump())));
+  REQUIRE(lnhttp::send_all(
+      fd, lnhttp::request_text("POST", kCompletions,
+                               json{{"prompt", "Hello"}, {"max_tokens", 120}, {"stream", true}}.dump())));
   std::string seen;
   char buf[4096];
-  for (ssize_t n; seen.find("data: ") == std::string::npos && (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) seen.append(buf, n);
+  for (ssize_t n; seen.find("data: ") == std::string::npos && (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+    seen.append(buf, n);
   ::close(fd);
   CHECK_CONTAINS(seen, "data: ");
   // The server keeps serving, and says that the row stopped early.
@@ -339,11 +373,13 @@ TEST_CASE("serve: streams reassemble to the plain answer, and a client that hang
   CHECK(server.stop() == 0);
 }
 
-TEST_CASE("serve: bad input gets a 4xx with an OpenAI error and the server keeps serving, the API key is checked", "[serve][cli]") {
+TEST_CASE("serve: bad input gets a 4xx with an OpenAI error and the server keeps serving, the API key is checked",
+          "[serve][cli]") {
   const std::string ckpt = fixture_checkpoint();
   ServerProcess server("--checkpoint '" + ckpt + "' --api-key s3cret --max-body-bytes 4096 --max-prompt-tokens 40");
   const std::string key = "Authorization: Bearer s3cret\r\n";
-  auto check_error = [&](const lnhttp::Response& r, int status, const std::string& says, const std::string& param = "") {
+  auto check_error = [&](const lnhttp::Response& r, int status, const std::string& says,
+                         const std::string& param = "") {
     INFO(r.status << " " << r.body);
     CHECK(r.status == status);
     json e;
@@ -359,7 +395,9 @@ TEST_CASE("serve: bad input gets a 4xx with an OpenAI error and the server keeps
   check_error(lnhttp::request(server.port, "GET", "/v1/models"), 401, "API key");
   CHECK(lnhttp::request(server.port, "GET", "/v1/models", "", key).status == 200);
   CHECK(lnhttp::request(server.port, "GET", "/health").status == 200);
-  auto post_text = [&](const std::string& path, const std::string& body) { return lnhttp::request(server.port, "POST", path, body, key); };
+  auto post_text = [&](const std::string& path, const std::string& body) {
+    return lnhttp::request(server.port, "POST", path, body, key);
+  };
   auto post = [&](const std::string& path, const json& body) { return post_text(path, body.dump()); };
   CHECK(post(kCompletions, {{"prompt", "a"}, {"max_tokens", 2}, {"whatever", {1, 2}}}).status == 200);
 
@@ -384,12 +422,14 @@ TEST_CASE("serve: bad input gets a 4xx with an OpenAI error and the server keeps
   check_error(post(kCompletions, {{"prompt", {"a", "b", "c"}}, {"n", 6}}), 400, "more than --max-batch 16", "n");
   check_error(post(kCompletions, {{"prompt", "a"}, {"seed", "x"}}), 400, "must be an integer", "seed");
   check_error(post(kCompletions, {{"prompt", "a"}, {"stop", 5}}), 400, "at most 4 strings", "stop");
-  check_error(post(kCompletions, {{"prompt", "a"}, {"stop", {"a", "b", "c", "d", "e"}}}), 400, "at most 4 strings", "stop");
+  check_error(post(kCompletions, {{"prompt", "a"}, {"stop", {"a", "b", "c", "d", "e"}}}), 400, "at most 4 strings",
+              "stop");
   check_error(post(kCompletions, {{"prompt", "a"}, {"stop", {""}}}), 400, "empty string", "stop");
   check_error(post(kChat, {{"prompt", "a"}}), 400, "'messages' is required", "messages");
   check_error(post(kChat, {{"messages", "hi"}}), 400, "non-empty array", "messages");
   check_error(post(kChat, {{"messages", json::array()}}), 400, "non-empty array", "messages");
-  check_error(post(kChat, {{"messages", {{{"role", 1}, {"content", "x"}}}}}), 400, "must be a string", "messages[0].role");
+  check_error(post(kChat, {{"messages", {{{"role", 1}, {"content", "x"}}}}}), 400, "must be a string",
+              "messages[0].role");
   check_error(post(kChat, {{"messages", {{{"role", "user"}}}}}), 400, "must be a string", "messages[0].content");
   // Lengths: the body, the prompt, the prompt plus max_tokens against the context (128).
   check_error(post(kCompletions, {{"prompt", std::string(5000, 'a')}}), 413, "--max-body-bytes 4096");
@@ -412,8 +452,10 @@ TEST_CASE("serve: bad input gets a 4xx with an OpenAI error and the server keeps
   // (`timeout`: a server that wrongly started would never end.)
   check_one_clean_error(run_cli("serve --checkpoint /nonexistent/run", "timeout 60"), "/nonexistent/run");
   ServerProcess other("--checkpoint '" + ckpt + "'");
-  check_one_clean_error(run_cli("serve --checkpoint '" + ckpt + "' --port " + std::to_string(other.port), "timeout 60"), "cannot listen");
-  check_one_clean_error(run_cli("serve --checkpoint '" + ckpt + "' --max-prompt-tokens 500", "timeout 60"), "context is 128");
+  check_one_clean_error(run_cli("serve --checkpoint '" + ckpt + "' --port " + std::to_string(other.port), "timeout 60"),
+                        "cannot listen");
+  check_one_clean_error(run_cli("serve --checkpoint '" + ckpt + "' --max-prompt-tokens 500", "timeout 60"),
+                        "context is 128");
   CHECK(other.stop(SIGINT) == 0);
 }
 
@@ -444,7 +486,8 @@ TEST_CASE("serve: SIGTERM lets the requests in flight finish, then exits 0", "[s
       const size_t split = raw.find("\r\n\r\n");
       if (split == std::string::npos) return;
       bool d = false;
-      for (const auto& e : sse_events(lnhttp::dechunk(raw.substr(split + 4)), &d)) texts[i] += e["choices"][0]["text"].get<std::string>();
+      for (const auto& e : sse_events(lnhttp::dechunk(raw.substr(split + 4)), &d))
+        texts[i] += e["choices"][0]["text"].get<std::string>();
       done[i] = d;
     });
   for (int i = 0; i < 60000 && started < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -61,11 +61,12 @@ TEST_CASE("the chunked head + cross-entropy equals matmul + cross_entropy in val
   CHECK(torch::allclose(h.grad(), h2.grad(), 1e-4, 1e-7));
   CHECK(torch::allclose(W.grad(), W2.grad(), 1e-4, 1e-8));
   CHECK(h.grad()[0][3].abs().max().item<double>() == 0);  // no loss, no gradient
-  torch::NoGradGuard g;  // without gradients: the value alone
+  torch::NoGradGuard g;                                   // without gradients: the value alone
   CHECK(linearnexus::lm_head_loss(h, W, targets).item<double>() == Approx(reference.item<double>()).epsilon(1e-5));
 }
 
-TEST_CASE("a resumed run logs exactly the losses of an uninterrupted one (30 + 30 == 60), every optimizer", "[training]") {
+TEST_CASE("a resumed run logs exactly the losses of an uninterrupted one (30 + 30 == 60), every optimizer",
+          "[training]") {
   for (const auto& [name, opt] : kOptimizers) {
     INFO("optimizer " << name);
     TempDir t;
@@ -97,11 +98,13 @@ TEST_CASE("every optimizer lowers the validation loss of a small char GPT on tin
     TempDir t;
     train_experiment(std::string(R"(
 name: char-gpt-optimizers
-data: {path: ")") + path + R"(", seq_len: 32}
+data: {path: ")") + path +
+                         R"(", seq_len: 32}
 model: {hidden_size: 32, n_layer: 2, max_seq_len: 32, block_pattern: [attention], blocks: {attention: {n_head: 2}}}
 schedule: {warmup_steps: 10}
 trainer: {name: sft, max_steps: 150, batch_size: 8, log_every: 50, eval_every: 150, eval_batches: 4}
-)", with({"trainer.out_dir=" + (t / "run"), "optimizer.name=" + name}, opt));
+)",
+                     with({"trainer.out_dir=" + (t / "run"), "optimizer.name=" + name}, opt));
     auto m = read_metrics(t / "run");
     const double val = m.rbegin()->second["val_loss"].get<double>();
     INFO(name << ": validation loss " << val << " after 150 steps (ln 65 = 4.17 at the start)");
@@ -122,12 +125,14 @@ TEST_CASE("a small char GPT learns tiny Shakespeare (val loss 0.5 nats under the
   TempDir t;
   train_experiment(std::string(R"(
 name: shakespeare-e2e
-data: {path: ")") + path + R"(", seq_len: 64}
+data: {path: ")") + path +
+                       R"(", seq_len: 64}
 model: {hidden_size: 96, n_layer: 2, max_seq_len: 64, block_pattern: [attention], blocks: {attention: {n_head: 4}}}
 optimizer: {name: adamw, lr: 3e-3}
 schedule: {warmup_steps: 20, min_lr: 3e-4}
 trainer: {name: sft, max_steps: 300, batch_size: 16, log_every: 50, eval_every: 300, eval_batches: 10}
-)", {"trainer.out_dir=" + (t / "run")});
+)",
+                   {"trainer.out_dir=" + (t / "run")});
   auto m = read_metrics(t / "run");
   const double val = m.rbegin()->second["val_loss"].get<double>();
   INFO("validation loss " << val << " vs unigram entropy " << H);
@@ -154,7 +159,8 @@ TEST_CASE("runner: malformed YAML, unknown key, wrong type, unknown plugin", "[c
   check_one_clean_error(run_cli("validate " + (t / "typo.yaml")), "did you mean 'warmup_steps'");
   write_text(t / "exp.yaml", kCliExperiment);
   check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.batch_size=two"), "must be an integer");
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[mambaa]'"), "unknown block 'mambaa'");
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[mambaa]'"),
+                        "unknown block 'mambaa'");
 }
 
 TEST_CASE("runner: plugin folders with a non-plugin or a wrong-ABI plugin", "[cli]") {
@@ -171,10 +177,12 @@ TEST_CASE("runner: plugin folders with a non-plugin or a wrong-ABI plugin", "[cl
 TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corrupt checkpoints", "[cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kCliExperiment);
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "missing.txt")), "does not exist");
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "missing.txt")),
+                        "does not exist");
   write_text(t / "short.txt", "to be or not to be, that is the question");
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "short.txt") + " --set data.seq_len=30"),
-                        "at least seq_len + 1");
+  check_one_clean_error(
+      run_cli("run " + (t / "exp.yaml") + " --set data.path=" + (t / "short.txt") + " --set data.seq_len=30"),
+      "at least seq_len + 1");
 
   auto ok = run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a"));
   INFO(ok.err);
@@ -186,7 +194,8 @@ TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corru
                         "tensor 'model.wte.weight' is [");
   CHECK_FALSE(fs::exists(t / "b/latest.safetensors"));
   // A fresh run into a folder that holds checkpoints would overwrite them: refused.
-  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")), "already holds checkpoints");
+  check_one_clean_error(run_cli("run " + (t / "exp.yaml") + " --set trainer.out_dir=" + (t / "a")),
+                        "already holds checkpoints");
 
   std::string bytes = read_text(t / "a/latest.safetensors");
   write_text(t / "cut.safetensors", bytes.substr(0, bytes.size() - 100));
@@ -197,7 +206,8 @@ TEST_CASE("runner: missing data, data shorter than seq_len, mismatched and corru
   CHECK(sample.out.rfind("---- sample 1 ----\n12+", 0) == 0);
 }
 
-TEST_CASE("runner: plugins lists broken files without failing, and a checkpoint records its plugins and checks them", "[cli]") {
+TEST_CASE("runner: plugins lists broken files without failing, and a checkpoint records its plugins and checks them",
+          "[cli]") {
   const std::string dir = LINEARNEXUS_TEST_PLUGIN_DIR;
   auto list = run_cli("plugins", "LINEARNEXUS_PLUGIN_PATH=" + dir + ":" + dir + "/good_v1");
   REQUIRE(list.code == 0);
@@ -207,24 +217,31 @@ TEST_CASE("runner: plugins lists broken files without failing, and a checkpoint 
 
   TempDir t;
   write_text(t / "exp.yaml", kCliExperiment);
-  const std::string v1 = "LINEARNEXUS_PLUGIN_PATH=" + dir + "/good_v1", v2 = "LINEARNEXUS_PLUGIN_PATH=" + dir + "/good_v2";
-  auto run = run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" + (t / "a"), v1);
+  const std::string v1 = "LINEARNEXUS_PLUGIN_PATH=" + dir + "/good_v1",
+                    v2 = "LINEARNEXUS_PLUGIN_PATH=" + dir + "/good_v2";
+  auto run = run_cli(
+      "run " + (t / "exp.yaml") + " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" + (t / "a"),
+      v1);
   INFO(run.err);
   REQUIRE(run.code == 0);
   auto plugins = nlohmann::json::parse(read_safetensors_metadata(t / "a/latest.safetensors").at("plugins"));
   CHECK(plugins["block:test_identity"]["plugin"] == "good_identity");
   CHECK(plugins["block:test_identity"]["version"] == "1.0.0");
   // The plugin is missing: the error names it, its version and the folders searched.
-  check_one_clean_error(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2"),
-                        "needs block 'test_identity' from plugin 'good_identity' 1.0.0, which is not on the plugin path (");
+  check_one_clean_error(
+      run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2"),
+      "needs block 'test_identity' from plugin 'good_identity' 1.0.0, which is not on the plugin path (");
   CHECK_CONTAINS(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2").err, "lib/linearnexus/plugins");
   // Another version of it: a warning naming both versions, then it samples.
   auto other = run_cli("sample --checkpoint " + (t / "a") + " --max-tokens 2", v2);
   CHECK(other.code == 0);
-  CHECK_CONTAINS(other.err, "was made with plugin 'good_identity' 1.0.0, loading it with 2.0.0 from " + dir + "/good_v2");
+  CHECK_CONTAINS(other.err,
+                 "was made with plugin 'good_identity' 1.0.0, loading it with 2.0.0 from " + dir + "/good_v2");
   // Resuming training from it with the other version warns the same way.
-  auto resumed = run_cli("run " + (t / "exp.yaml") + " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" +
-                             (t / "b") + " --set trainer.max_steps=3 --set trainer.resume=" + (t / "a/latest.safetensors"), v2);
+  auto resumed = run_cli("run " + (t / "exp.yaml") +
+                             " --set 'model.block_pattern=[test_identity]' --set trainer.out_dir=" + (t / "b") +
+                             " --set trainer.max_steps=3 --set trainer.resume=" + (t / "a/latest.safetensors"),
+                         v2);
   CHECK(resumed.code == 0);
   CHECK_CONTAINS(resumed.err, "was made with plugin 'good_identity' 1.0.0, loading it with 2.0.0");
   // The same version: no warning.
@@ -233,7 +250,8 @@ TEST_CASE("runner: plugins lists broken files without failing, and a checkpoint 
   CHECK(same.err.find("was made with plugin") == std::string::npos);
 }
 
-TEST_CASE("runner: plugins lists files and versions and describe documents keys and docs/config.md is current", "[cli]") {
+TEST_CASE("runner: plugins lists files and versions and describe documents keys and docs/config.md is current",
+          "[cli]") {
   auto list = run_cli("plugins");
   REQUIRE(list.code == 0);
   CHECK_CONTAINS(list.out, "attention 1.0.0");
@@ -254,8 +272,8 @@ TEST_CASE("runner: plugins lists files and versions and describe documents keys 
 }
 
 TEST_CASE("runner: every shipped config validates, and each block plugin's sample config trains and samples", "[cli]") {
-  for (const auto& dir : {"configs", "plugins/attention", "plugins/mamba", "plugins/mla", "plugins/gla", "plugins/mamba2",
-                          "plugins/deltanet", "plugins/rwkv7"}) {
+  for (const auto& dir : {"configs", "plugins/attention", "plugins/mamba", "plugins/mla", "plugins/gla",
+                          "plugins/mamba2", "plugins/deltanet", "plugins/rwkv7"}) {
     for (const auto& f : fs::directory_iterator(fs::path(LINEARNEXUS_SOURCE_DIR) / dir)) {
       if (f.path().extension() != ".yaml") continue;
       // finetune_hf / grpo_hf start from an imported model: test_hf_convert.cpp validates them with one.
@@ -265,9 +283,10 @@ TEST_CASE("runner: every shipped config validates, and each block plugin's sampl
       auto v = run_cli("validate " + f.path().string());
       // validate checks files' existence as run does (preflight.h): the configs of a later stage
       // name what an earlier one makes (the prepared BPE data, the SFT run) and say so.
-      const std::map<std::string, std::string> needs = {{"gpt_shakespeare_bpe", "'runs/data/shakespeare_gpt2' does not exist"},
-                                                        {"grpo_arithmetic", "checkpoint 'runs/sft_arithmetic' does not exist"},
-                                                        {"ppo_arithmetic", "checkpoint 'runs/sft_arithmetic' does not exist"}};
+      const std::map<std::string, std::string> needs = {
+          {"gpt_shakespeare_bpe", "'runs/data/shakespeare_gpt2' does not exist"},
+          {"grpo_arithmetic", "checkpoint 'runs/sft_arithmetic' does not exist"},
+          {"ppo_arithmetic", "checkpoint 'runs/sft_arithmetic' does not exist"}};
       if (needs.count(stem) && v.code != 0) {
         check_one_clean_error(v, needs.at(stem));
         continue;
@@ -289,7 +308,8 @@ TEST_CASE("runner: every shipped config validates, and each block plugin's sampl
   }
 }
 
-TEST_CASE("runner: sample takes its defaults from the checkpoint's sample section, only options given override", "[cli]") {
+TEST_CASE("runner: sample takes its defaults from the checkpoint's sample section, only options given override",
+          "[cli]") {
   TempDir t;
   write_text(t / "exp.yaml", kCliExperiment);
   auto ok = run_cli("run " + (t / "exp.yaml") + " --no-sample --set trainer.out_dir=" + (t / "a") +
@@ -299,7 +319,7 @@ TEST_CASE("runner: sample takes its defaults from the checkpoint's sample sectio
   auto s = run_cli("sample --checkpoint " + (t / "a"));
   REQUIRE(s.code == 0);
   CHECK(s.out.rfind("---- sample 1 ----\n7+", 0) == 0);  // the checkpoint's prompt
-  CHECK_CONTAINS(s.out, "---- sample 2 ----");            // and its num_samples
+  CHECK_CONTAINS(s.out, "---- sample 2 ----");           // and its num_samples
   auto one = run_cli("sample --checkpoint " + (t / "a") + " --num-samples 1 --prompt '12+'");
   REQUIRE(one.code == 0);
   CHECK(one.out.rfind("---- sample 1 ----\n12+", 0) == 0);
@@ -316,9 +336,12 @@ TEST_CASE("runner: plugins describe of a mistyped name suggests the nearest name
 
 TEST_CASE("trainer keys belong to the trainer that reads them: grpo refuses sft's batch_size", "[config]") {
   PluginHost host;
-  auto err = error_of([&] { parse(std::string(kCliExperiment) + "", host, {"trainer.name=grpo", "trainer.batch_size=8"}); });
+  auto err = error_of([&] {
+    parse(std::string(kCliExperiment) + "", host, {"trainer.name=grpo", "trainer.batch_size=8"});
+  });
   CHECK_CONTAINS(err, "unknown key 'batch_size' in 'trainer'");
   Experiment sft = parse(kCliExperiment, host, {"trainer.batch_size=8"});
   CHECK(sft.trainer_params.get_int("batch_size") == 8);
-  CHECK_CONTAINS(error_of([&] { parse(kCliExperiment, host, {"trainer.batch_size=0"}); }), "'trainer.batch_size' must be >= 1");
+  CHECK_CONTAINS(error_of([&] { parse(kCliExperiment, host, {"trainer.batch_size=0"}); }),
+                 "'trainer.batch_size' must be >= 1");
 }

@@ -41,8 +41,9 @@ inline std::string shared_data(const std::string& rel) {
 // `path` and everything in it. Not std::filesystem::remove_all: torch 2.x's libtorch.so exports a
 // copy of it that the dynamic linker binds first, and that copy crashes (seen on the GPU machine).
 inline void remove_tree(const fs::path& path) {
-  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-         FTW_DEPTH | FTW_PHYS);
+  ::nftw(
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
 // A fresh folder, removed with everything in it when the test ends.

@@ -40,10 +40,10 @@ class RetentionBlock : public Block {
     // x: [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
     auto heads = [&](const at::Tensor& t) { return t.view({B, T, H_, D_}).transpose(1, 2); };  // [B, H, T, D]
-    auto qkvg = qkvg_(ln1_->forward(x)).chunk(4, -1);                   // 4 x [B, T, C]
+    auto qkvg = qkvg_(ln1_->forward(x)).chunk(4, -1);                                          // 4 x [B, T, C]
     auto q = heads(qkvg[0]), k = heads(qkvg[1]) / std::sqrt(double(D_)), v = heads(qkvg[2]);
     if (rope_) {
-      auto pos = ctx.position_ids(B, T, x.device());                    // [B or 1, T]
+      auto pos = ctx.position_ids(B, T, x.device());  // [B or 1, T]
       q = apply_rope(q, pos), k = apply_rope(k, pos);
     }
     // A left-padding token (batched generation) must add nothing to the state.
@@ -54,7 +54,7 @@ class RetentionBlock : public Block {
     auto S = cached ? state.tensors.at("S") : at::zeros({B, H_, D_, D_}, x.options());  // [B, H, D, D]
     auto o = ctx.mode == Mode::Decode ? recurrent(q, k, v, log_gamma, S) : chunked(q, k, v, log_gamma, S);
     if (cached) state.tensors["S"] = S.detach();
-    o = o * at::rsqrt(o.pow(2).mean(-1, true) + 1e-5);                 // per-head RMS norm, [B, H, T, D]
+    o = o * at::rsqrt(o.pow(2).mean(-1, true) + 1e-5);  // per-head RMS norm, [B, H, T, D]
     auto y = proj_(at::silu(qkvg[3]) * o.transpose(1, 2).reshape({B, T, C_}));
     return {tail_.forward(x, y, is_training()), std::move(state)};  // x + y, then + mlp(norm(.))
   }
@@ -75,7 +75,7 @@ class RetentionBlock : public Block {
 
   // What each parameter is to the optimizers (Muon orthogonalises matrices; weight decay skips norms).
   std::map<std::string, ParamRole> parameter_roles() const override {
-    auto roles = tail_.parameter_roles();  // ln2: norm, mlp: matrix
+    auto roles = tail_.parameter_roles();                  // ln2: norm, mlp: matrix
     declare_roles(roles, *ln1_, "ln1.", ParamRole::Norm);  // weight, and bias under model.norm: layernorm
     roles["qkvg.weight"] = roles["proj.weight"] = ParamRole::Matrix;
     return roles;
@@ -88,9 +88,9 @@ class RetentionBlock : public Block {
     auto gamma = log_gamma.exp().view({1, H_, 1, 1});
     std::vector<at::Tensor> out;
     for (int64_t t = 0; t < q.size(2); ++t) {
-      auto kt = k.narrow(2, t, 1), vt = v.narrow(2, t, 1);             // [B, H, 1, D]
-      S = gamma * S + at::matmul(kt.transpose(-1, -2), vt);            // [B, H, D, D]
-      out.push_back(at::matmul(q.narrow(2, t, 1), S));                 // [B, H, 1, D]
+      auto kt = k.narrow(2, t, 1), vt = v.narrow(2, t, 1);   // [B, H, 1, D]
+      S = gamma * S + at::matmul(kt.transpose(-1, -2), vt);  // [B, H, D, D]
+      out.push_back(at::matmul(q.narrow(2, t, 1), S));       // [B, H, 1, D]
     }
     return at::cat(out, 2);
   }
@@ -108,15 +108,15 @@ class RetentionBlock : public Block {
       const int64_t n = std::min(Q_, T - t0);
       auto qc = q.narrow(2, t0, n), kc = k.narrow(2, t0, n), vc = v.narrow(2, t0, n);  // [B, H, n, D]
       auto idx = at::arange(n, q.options());
-      auto diff = idx.view({n, 1}) - idx.view({1, n});                 // i - j, [n, n]
-      auto decay = (diff.clamp_min(0) * lg).exp() * (diff >= 0);        // [H, n, n], 0 above the diagonal
+      auto diff = idx.view({n, 1}) - idx.view({1, n});            // i - j, [n, n]
+      auto decay = (diff.clamp_min(0) * lg).exp() * (diff >= 0);  // [H, n, n], 0 above the diagonal
       auto inner = at::matmul(at::matmul(qc, kc.transpose(-1, -2)) * decay, vc);
-      auto from_state = at::matmul(qc * ((idx + 1).view({1, n, 1}) * lg).exp(), S);   // gamma^(i+1) q_i S0
+      auto from_state = at::matmul(qc * ((idx + 1).view({1, n, 1}) * lg).exp(), S);  // gamma^(i+1) q_i S0
       out.push_back(inner + from_state);
-      auto k_to_end = kc * ((n - 1 - idx).view({1, n, 1}) * lg).exp();                 // gamma^(n-1-j) k_j
+      auto k_to_end = kc * ((n - 1 - idx).view({1, n, 1}) * lg).exp();  // gamma^(n-1-j) k_j
       S = (lg * double(n)).exp() * S + at::matmul(k_to_end.transpose(-1, -2), vc);
     }
-    return at::cat(out, 2);                                             // [B, H, T, D]
+    return at::cat(out, 2);  // [B, H, T, D]
   }
 
   int64_t C_, H_, Q_, D_ = 0;

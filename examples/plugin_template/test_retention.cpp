@@ -70,8 +70,8 @@ int main(int argc, char** argv) {
     {
       torch::NoGradGuard no_grad;
       auto full = block->forward(x, LayerState{}, ForwardContext{}).y;  // Mode::Train, chunked
-      check_close("chunked == recurrent token by token",
-                  full, decode_all(*block, x, block->init_state(B, T, x.options()), 0));
+      check_close("chunked == recurrent token by token", full,
+                  decode_all(*block, x, block->init_state(B, T, x.options()), 0));
 
       ForwardContext prefill;
       prefill.mode = Mode::Prefill;

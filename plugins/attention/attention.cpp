@@ -44,7 +44,8 @@ class KVCache {
 struct RingKV {
   // Store the new keys/values (the last W of them) and return the keys/values of positions
   // [start - P, start + T), P = min(start, W), in order: the window's history and the new tokens.
-  static std::pair<at::Tensor, at::Tensor> append(LayerState& s, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  static std::pair<at::Tensor, at::Tensor> append(LayerState& s, const at::Tensor& k, const at::Tensor& v,
+                                                  int64_t start) {
     auto& kc = s.tensors.at("k");
     auto& vc = s.tensors.at("v");
     const int64_t W = kc.size(2), T = k.size(2), P = std::min(start, W), m = std::min(T, W);
@@ -73,7 +74,7 @@ struct RingKV {
     kc.index_copy_(2, ring, k.to(kc.scalar_type()));
     vc.index_copy_(2, ring, v.to(vc.scalar_type()));
     auto held = ctx.slot - (ctx.slot - at::arange(W, ctx.slot.options())).remainder(W);  // [W] columns
-    auto visible = (held >= 0).unsqueeze(0);                                              // [1, W]
+    auto visible = (held >= 0).unsqueeze(0);                                             // [1, W]
     if (ctx.key_padding.defined()) visible = visible & ctx.key_padding.index_select(1, held.clamp_min(0));
     *mask = visible.unsqueeze(1).unsqueeze(1);
     return {kc, vc};
@@ -96,16 +97,25 @@ at::Tensor window_mask(const ForwardContext& ctx, int64_t T, int64_t k0, int64_t
 class AttentionBlock : public Block {
  public:
   AttentionBlock(const ModelDims& d, const Params& p, const std::string& name)
-      : C_(d.hidden_size), H_(p.get_int("n_head")), Hkv_(p.get_int("n_kv_head") > 0 ? p.get_int("n_kv_head") : H_),
-        window_(p.get_int("window")), rope_(p.get_bool("rope")), rope_base_(p.get_float("rope_base")), dropout_(d.dropout) {
+      : C_(d.hidden_size),
+        H_(p.get_int("n_head")),
+        Hkv_(p.get_int("n_kv_head") > 0 ? p.get_int("n_kv_head") : H_),
+        window_(p.get_int("window")),
+        rope_(p.get_bool("rope")),
+        rope_base_(p.get_float("rope_base")),
+        dropout_(d.dropout) {
     if (H_ <= 0 || C_ % H_ != 0)
-      throw Error("model.blocks." + name + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" + std::to_string(C_) + ")");
+      throw Error("model.blocks." + name + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
+                  std::to_string(C_) + ")");
     if (H_ % Hkv_ != 0)
-      throw Error("model.blocks." + name + ".n_kv_head (" + std::to_string(Hkv_) + ") must divide n_head (" + std::to_string(H_) + ")");
+      throw Error("model.blocks." + name + ".n_kv_head (" + std::to_string(Hkv_) + ") must divide n_head (" +
+                  std::to_string(H_) + ")");
     D_ = C_ / H_;
     ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, (H_ + 2 * Hkv_) * D_).bias(p.get_bool("qkv_bias"))));
-    proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(H_ * D_, C_).bias(p.get_bool("proj_bias"))));
+    qkv_ = register_module(
+        "qkv", torch::nn::Linear(torch::nn::LinearOptions(C_, (H_ + 2 * Hkv_) * D_).bias(p.get_bool("qkv_bias"))));
+    proj_ =
+        register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(H_ * D_, C_).bias(p.get_bool("proj_bias"))));
     tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"), p.get_bool("mlp_bias"));
     init_linear(qkv_);
     init_residual_projection(proj_, d.n_layer);
@@ -126,15 +136,15 @@ class AttentionBlock : public Block {
       auto R = ctx.memo("rope_matrix:" + std::to_string(D_) + ":" + std::to_string(rope_base_),
                         [&] { return rope_matrix(ctx.positions, D_, rope_base_, qkv.scalar_type()); });  // [B, D, D]
       auto qk = at::matmul(qkv.narrow(-1, 0, (H_ + Hkv_) * D_).view({B, H_ + Hkv_, D_}), R);  // [B, H + Hkv, D]
-      q = qk.narrow(1, 0, H_).unsqueeze(2);      // [B, H, 1, D]
-      k = qk.narrow(1, H_, Hkv_).unsqueeze(2);   // [B, Hkv, 1, D]
+      q = qk.narrow(1, 0, H_).unsqueeze(2);                                                   // [B, H, 1, D]
+      k = qk.narrow(1, H_, Hkv_).unsqueeze(2);                                                // [B, Hkv, 1, D]
     } else {
       auto pos = rope_ ? ctx.position_ids(B, T, x.device()) : at::Tensor();  // [B or 1, T]
-      auto heads = split_heads(qkv, pos, H_, Hkv_, D_, rope_, rope_base_);  // [B, H, T, D], [B, Hkv, T, D] x2
+      auto heads = split_heads(qkv, pos, H_, Hkv_, D_, rope_, rope_base_);   // [B, H, T, D], [B, Hkv, T, D] x2
       q = heads.q, k = heads.k, v = heads.v;
     }
     const bool cached = !state.empty();
-    int64_t k0 = 0;  // the absolute position of the first key
+    int64_t k0 = 0;   // the absolute position of the first key
     at::Tensor mask;  // [B or 1, 1, T, Tk] or undefined
     if (cached && window_ > 0 && ctx.slot.defined()) {
       std::tie(k, v) = RingKV::append_static(state, k, v, ctx, &mask);  // [B, Hkv, W, D]
@@ -163,8 +173,11 @@ class AttentionBlock : public Block {
     // SDPA reads head-major [B, H, T, D] or token-major (a transposed [B, T, H, D], what split_heads
     // gives on CUDA) without a copy, and writes its output in q's layout: token-major, the transpose
     // to [B, T, H D] below is then a view (and its gradient one too).
-    auto dense = [](const at::Tensor& t) { return t.is_contiguous() || t.transpose(1, 2).is_contiguous() ? t : t.contiguous(); };
-    auto y = compat::attention(dense(q), dense(k), dense(v), mask, is_causal, is_training() ? dropout_ : 0.0);  // [B, H, T, D]
+    auto dense = [](const at::Tensor& t) {
+      return t.is_contiguous() || t.transpose(1, 2).is_contiguous() ? t : t.contiguous();
+    };
+    auto y = compat::attention(dense(q), dense(k), dense(v), mask, is_causal,
+                               is_training() ? dropout_ : 0.0);  // [B, H, T, D]
     y = linear_forward(proj_, y.transpose(1, 2).reshape({B, T, H_ * D_}));
     return {tail_.forward(x_res, y, is_training()), std::move(state)};
   }
@@ -200,18 +213,24 @@ class AttentionBlock : public Block {
 };
 
 Schema attention_schema(const std::string& window_default, double window_min) {
-  return join_schemas({
-                  {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head", {}, 1},
-                  {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)", {}, 0},
-                  {"rope", ParamType::Bool, "true", "rotary position embedding on q and k"},
-                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base (Hugging Face's rope_theta)", {}, 1},
-                  {"qkv_bias", ParamType::Bool, "false", "biases in the q, k and v projections (GPT-2, Qwen2)"},
-                  {"proj_bias", ParamType::Bool, "false", "a bias in the output projection (GPT-2)"},
-                  {"mlp_bias", ParamType::Bool, "false", "biases in the MLP's projections (GPT-2)"},
-                  {"window", ParamType::Int, window_default,
-                   "sliding window: each token sees the last N tokens (itself included), decoding keeps a ring "
-                   "buffer of N; 0 = full causal attention", {}, window_min},
-  }, mlp_schema("(swiglu: Llama; gelu: the tanh approximation, GPT-2)"));
+  return join_schemas(
+      {
+          {"n_head", ParamType::Int, "4", "query heads; head_dim = hidden_size / n_head", {}, 1},
+          {"n_kv_head", ParamType::Int, "0", "key/value heads (0 = n_head: MHA; 1 = MQA; else GQA)", {}, 0},
+          {"rope", ParamType::Bool, "true", "rotary position embedding on q and k"},
+          {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base (Hugging Face's rope_theta)", {}, 1},
+          {"qkv_bias", ParamType::Bool, "false", "biases in the q, k and v projections (GPT-2, Qwen2)"},
+          {"proj_bias", ParamType::Bool, "false", "a bias in the output projection (GPT-2)"},
+          {"mlp_bias", ParamType::Bool, "false", "biases in the MLP's projections (GPT-2)"},
+          {"window",
+           ParamType::Int,
+           window_default,
+           "sliding window: each token sees the last N tokens (itself included), decoding keeps a ring "
+           "buffer of N; 0 = full causal attention",
+           {},
+           window_min},
+      },
+      mlp_schema("(swiglu: Llama; gelu: the tanh approximation, GPT-2)"));
 }
 
 // The scores and the weighted sum: 2 matmuls of T x T x C, forward and backward (12 C T per token),
@@ -224,18 +243,20 @@ void register_attention(Registry& r) {
   BlockHooks hooks;
   hooks.extra_flops_per_token = attention_flops;
   hooks.hf = attention_hf_adapter();
-  r.add_block("attention", "pre-norm causal self-attention (MHA/GQA/MQA, RoPE, KV cache, optional sliding window) + MLP",
-              attention_schema("0", 0),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "attention"); },
-              hooks);
+  r.add_block(
+      "attention", "pre-norm causal self-attention (MHA/GQA/MQA, RoPE, KV cache, optional sliding window) + MLP",
+      attention_schema("0", 0),
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "attention"); },
+      hooks);
   // The same block with a window by default, as its own name: a block_pattern names each kind once,
   // so [swa, swa, attention] needs two names to configure the two kinds differently.
   BlockHooks swa_hooks;
   swa_hooks.extra_flops_per_token = attention_flops;
-  r.add_block("swa", "sliding-window attention: the attention block with window: N (a ring-buffer KV cache of N tokens)",
-              attention_schema("256", 1),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "swa"); },
-              swa_hooks);
+  r.add_block(
+      "swa", "sliding-window attention: the attention block with window: N (a ring-buffer KV cache of N tokens)",
+      attention_schema("256", 1),
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<AttentionBlock>(d, p, "swa"); },
+      swa_hooks);
 }
 
 }  // namespace

@@ -106,7 +106,8 @@ double rope_theta(const HFConfig& c) {
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     if (!c.has(key)) continue;
     const std::string type = c.text_in(key, "rope_type", c.text_in(key, "type", "default"));
-    if (type != "default") c.unsupported(key, "only plain RoPE (rope_type default) is implemented, not scaled variants");
+    if (type != "default")
+      c.unsupported(key, "only plain RoPE (rope_type default) is implemented, not scaled variants");
     const double theta = c.number_in(key, "rope_theta", -1);
     if (theta > 0) return theta;
   }
@@ -118,7 +119,8 @@ HFFields llama_family_model(const HFConfig& c, bool qwen2) {
   const int64_t C = c.integer("hidden_size"), H = c.integer("num_attention_heads");
   if (c.has("head_dim") && c.integer("head_dim") * H != C)
     c.unsupported("head_dim", "only head_dim = hidden_size / num_attention_heads is implemented");
-  if (qwen2 && c.flag("use_sliding_window", false)) c.unsupported("use_sliding_window", "Qwen2's sliding window is not implemented");
+  if (qwen2 && c.flag("use_sliding_window", false))
+    c.unsupported("use_sliding_window", "Qwen2's sliding window is not implemented");
   const bool attention_bias = !qwen2 && c.flag("attention_bias", false);
   return {{"vocab_size", std::to_string(c.integer("vocab_size"))},
           {"hidden_size", std::to_string(C)},
@@ -193,18 +195,19 @@ HFArchitecture llama_family(bool qwen2) {
                    {{"model.norm.weight"}, "norm.weight"},
                    {{"lm_head.weight"}, "lm_head.weight"}};
   const std::string l = "model.layers.{i}.";
-  a.layer_rules = {{{l + "input_layernorm.weight"}, "ln1.weight"},
-                   {{l + "self_attn.q_proj.weight", l + "self_attn.k_proj.weight", l + "self_attn.v_proj.weight"}, "qkv.weight"},
-                   {{l + "self_attn.q_proj.bias", l + "self_attn.k_proj.bias", l + "self_attn.v_proj.bias"}, "qkv.bias"},
-                   {{l + "self_attn.o_proj.weight"}, "proj.weight"},
-                   {{l + "self_attn.o_proj.bias"}, "proj.bias"},
-                   {{l + "post_attention_layernorm.weight"}, "ln2.weight"},
-                   {{l + "mlp.gate_proj.weight"}, "mlp.gate.weight"},
-                   {{l + "mlp.gate_proj.bias"}, "mlp.gate.bias"},
-                   {{l + "mlp.up_proj.weight"}, "mlp.up.weight"},
-                   {{l + "mlp.up_proj.bias"}, "mlp.up.bias"},
-                   {{l + "mlp.down_proj.weight"}, "mlp.down.weight"},
-                   {{l + "mlp.down_proj.bias"}, "mlp.down.bias"}};
+  a.layer_rules = {
+      {{l + "input_layernorm.weight"}, "ln1.weight"},
+      {{l + "self_attn.q_proj.weight", l + "self_attn.k_proj.weight", l + "self_attn.v_proj.weight"}, "qkv.weight"},
+      {{l + "self_attn.q_proj.bias", l + "self_attn.k_proj.bias", l + "self_attn.v_proj.bias"}, "qkv.bias"},
+      {{l + "self_attn.o_proj.weight"}, "proj.weight"},
+      {{l + "self_attn.o_proj.bias"}, "proj.bias"},
+      {{l + "post_attention_layernorm.weight"}, "ln2.weight"},
+      {{l + "mlp.gate_proj.weight"}, "mlp.gate.weight"},
+      {{l + "mlp.gate_proj.bias"}, "mlp.gate.bias"},
+      {{l + "mlp.up_proj.weight"}, "mlp.up.weight"},
+      {{l + "mlp.up_proj.bias"}, "mlp.up.bias"},
+      {{l + "mlp.down_proj.weight"}, "mlp.down.weight"},
+      {{l + "mlp.down_proj.bias"}, "mlp.down.bias"}};
   a.ignored = {l + "self_attn.rotary_emb.inv_freq"};
   a.model_section = [qwen2](const HFConfig& c) { return llama_family_model(c, qwen2); };
   a.mismatch = [qwen2](const ModelConfig& m, const Params& p) { return llama_family_mismatch(m, p, qwen2); };

@@ -11,11 +11,14 @@ using namespace linearnexus;
 namespace {
 
 std::shared_ptr<LMModel> make_model(PluginHost& host, int64_t n_head, int64_t n_kv_head, int64_t n_layer = 2) {
-  Experiment e = lntest::parse(R"(
+  Experiment e = lntest::parse(
+      R"(
 data: {path: "builtin:arithmetic"}
 model: {hidden_size: 32, n_layer: 2, max_seq_len: 64, block_pattern: [attention]}
-)", host, {"model.blocks.attention.n_head=" + std::to_string(n_head),
-           "model.blocks.attention.n_kv_head=" + std::to_string(n_kv_head), "model.n_layer=" + std::to_string(n_layer)});
+)",
+      host,
+      {"model.blocks.attention.n_head=" + std::to_string(n_head),
+       "model.blocks.attention.n_kv_head=" + std::to_string(n_kv_head), "model.n_layer=" + std::to_string(n_layer)});
   auto m = std::make_shared<LMModel>(e.model_config(17), host.registry());
   m->eval();
   return m;
@@ -73,7 +76,9 @@ TEST_CASE("GQA equals MHA whose key/value heads are repeated", "[attention]") {
     }
     const int64_t D = 8, H = 4, Hkv = 2;
     auto q = src.narrow(0, 0, H * D), k = src.narrow(0, H * D, Hkv * D), v = src.narrow(0, (H + Hkv) * D, Hkv * D);
-    auto rep = [&](const at::Tensor& w) { return w.view({Hkv, D, -1}).repeat_interleave(H / Hkv, 0).reshape({H * D, -1}); };
+    auto rep = [&](const at::Tensor& w) {
+      return w.view({Hkv, D, -1}).repeat_interleave(H / Hkv, 0).reshape({H * D, -1});
+    };
     kv.value().copy_(at::cat({q, rep(k), rep(v)}, 0));
   }
   auto idx = torch::randint(0, 17, {2, 16}, at::kLong);
@@ -84,7 +89,8 @@ TEST_CASE("GQA equals MHA whose key/value heads are repeated", "[attention]") {
 
 // ---- sliding window -------------------------------------------------------------------------------
 
-TEST_CASE("sliding window: a window covering the sequence is full attention, a short one sees only its window", "[attention][swa]") {
+TEST_CASE("sliding window: a window covering the sequence is full attention, a short one sees only its window",
+          "[attention][swa]") {
   PluginHost host;
   torch::manual_seed(7);
   auto full = lntest::make_test_block(host, "attention", 16, {{"n_head", "2"}});
@@ -106,15 +112,21 @@ TEST_CASE("sliding window: a window covering the sequence is full attention, a s
   CHECK_FALSE(torch::allclose(y.narrow(1, 6, 3), yc.narrow(1, 6, 3), 1e-3, 1e-3));
 }
 
-TEST_CASE("sliding window: the ring-buffer cache decodes like the windowed forward, at every split", "[attention][swa]") {
+TEST_CASE("sliding window: the ring-buffer cache decodes like the windowed forward, at every split",
+          "[attention][swa]") {
   PluginHost host;
   // 13 tokens through a window of 4: the ring wraps three times; prefills longer than the window too.
   lntest::check_prefill_decode_every_split(host, "swa", {{"n_head", "2"}, {"window", "4"}}, 16, 13);
-  lntest::check_prefill_decode_every_split(host, "attention", {{"n_head", "2"}, {"n_kv_head", "1"}, {"window", "5"}}, 16, 13);
+  lntest::check_prefill_decode_every_split(host, "attention", {{"n_head", "2"}, {"n_kv_head", "1"}, {"window", "5"}},
+                                           16, 13);
   // The cache holds the window, whatever max_len or the prompt.
   lntest::check_state_size_fixed(host, "swa", {{"n_head", "2"}, {"window", "8"}}, 16);
-  CHECK(lntest::make_test_block(host, "swa", 16, {{"window", "8"}})->init_state(1, 5, at::kFloat).bytes() == 2 * 5 * 16 * 4);
-  auto e = lntest::error_of([&] { lntest::parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [swa], blocks: {swa: {window: 0}}}\n", host); });
+  CHECK(lntest::make_test_block(host, "swa", 16, {{"window", "8"}})->init_state(1, 5, at::kFloat).bytes() ==
+        2 * 5 * 16 * 4);
+  auto e = lntest::error_of([&] {
+    lntest::parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [swa], blocks: {swa: {window: 0}}}\n",
+                  host);
+  });
   CHECK_CONTAINS(e, "window");
 }
 

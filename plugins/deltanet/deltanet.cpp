@@ -34,9 +34,15 @@ enum class Gating { None, PerHead, PerChannel };  // deltanet, gated_deltanet, k
 class DeltaNetBlock : public Block {
  public:
   DeltaNetBlock(const ModelDims& d, const Params& p, Gating gating)
-      : name_(gating == Gating::None ? "deltanet" : gating == Gating::PerHead ? "gated_deltanet" : "kda"),
-        C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")),
-        Kc_(p.get_bool("short_conv") ? p.get_int("conv_size") : 0), gating_(gating), gated_(gating != Gating::None),
+      : name_(gating == Gating::None      ? "deltanet"
+              : gating == Gating::PerHead ? "gated_deltanet"
+                                          : "kda"),
+        C_(d.hidden_size),
+        H_(p.get_int("n_head")),
+        Q_(p.get_int("chunk_size")),
+        Kc_(p.get_bool("short_conv") ? p.get_int("conv_size") : 0),
+        gating_(gating),
+        gated_(gating != Gating::None),
         recurrent_(p.get_string("scan") == "recurrent") {
     if (C_ % H_ != 0)
       throw Error("model.blocks." + name_ + ".n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
@@ -82,7 +88,7 @@ class DeltaNetBlock : public Block {
     // x: [B, T, C] -> [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
     auto h = ln1_->forward(x);
-    auto qkv = qkv_(h);                                                     // [B, T, 3 C]
+    auto qkv = qkv_(h);  // [B, T, 3 C]
     // Left padding: zero the conv's input there (as its zero history) and beta and the decay (the
     // token writes nothing and decays nothing): the state is as if the token were absent.
     auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type());  // [B, T, 1] or undefined
@@ -98,29 +104,30 @@ class DeltaNetBlock : public Block {
     auto heads = [&](int64_t i) { return qkv.narrow(-1, i * C_, C_).reshape({B, T, H_, D_}).transpose(1, 2); };
     auto l2 = [](const at::Tensor& t) { return t * at::rsqrt(t.pow(2).sum(-1, true) + 1e-6); };
     auto q = l2(heads(0)) / std::sqrt(double(D_)), k = l2(heads(1)), v = heads(2);  // [B, H, T, D]
-    auto ba = ba_(h).to(at::kFloat);                                        // [B, T, H or 2 H]
-    auto beta = at::sigmoid(ba.narrow(-1, 0, H_));                          // [B, T, H]
+    auto ba = ba_(h).to(at::kFloat);                                                // [B, T, H or 2 H]
+    auto beta = at::sigmoid(ba.narrow(-1, 0, H_));                                  // [B, T, H]
     at::Tensor g;  // log-decays: [B, T, H] (gated_deltanet) or [B, T, C] (kda)
     if (gating_ == Gating::PerHead) g = -A_log_.exp() * at::softplus(ba.narrow(-1, H_, H_) + dt_bias_);
     if (gating_ == Gating::PerChannel)  // A per head, spread over its D channels: an expand, not
       // repeat_interleave, whose integer form some LibTorch versions build from a host tensor (a copy
       // a captured decode step may not make)
-      g = -A_log_.exp().unsqueeze(-1).expand({H_, D_}).reshape({C_}) * at::softplus(f2_(f1_(h)).to(at::kFloat) + dt_bias_);
+      g = -A_log_.exp().unsqueeze(-1).expand({H_, D_}).reshape({C_}) *
+          at::softplus(f2_(f1_(h)).to(at::kFloat) + dt_bias_);
     if (keep.defined()) {
       beta = beta * keep.to(at::kFloat);
       if (g.defined()) g = g * keep.to(at::kFloat);
     }
-    beta = beta.transpose(1, 2);                                            // [B, H, T]
-    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();           // [B, H, D, D] fp32
+    beta = beta.transpose(1, 2);                                   // [B, H, T]
+    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();  // [B, H, D, D] fp32
     const bool recurrent = ctx.mode == Mode::Decode || recurrent_;
-    at::Tensor o;                                                           // [B, H, T, D]
+    at::Tensor o;  // [B, H, T, D]
     if (gating_ == Gating::PerChannel) {
       // (I - beta k k^T) diag(alpha) S + beta k^T v: read along alpha k, write along -beta k.
-      g = g.reshape({B, T, H_, D_}).transpose(1, 2);                        // [B, H, T, D]
+      g = g.reshape({B, T, H_, D_}).transpose(1, 2);  // [B, H, T, D]
       auto bk = k * beta.unsqueeze(-1), a = k * g.exp();
       o = recurrent ? gdelta_scan_recurrent(q, bk, v, a, -bk, g, S) : gdelta_scan_chunked(q, bk, v, a, -bk, g, S, Q_);
     } else {
-      if (g.defined()) g = g.transpose(1, 2);                               // [B, H, T]
+      if (g.defined()) g = g.transpose(1, 2);  // [B, H, T]
       o = recurrent ? delta_scan_recurrent(q, k, v, beta, g, S) : delta_scan_chunked(q, k, v, beta, g, S, Q_);
     }
     if (cached) state.tensors["S"] = S.detach();
@@ -177,27 +184,39 @@ class DeltaNetBlock : public Block {
 };
 
 Schema deltanet_schema() {
-  return join_schemas({
-      {"n_head", ParamType::Int, "4", "heads; head_dim = hidden_size / n_head (the state is [D, D] per head)", {}, 1},
-      chunk_size_spec("32", 512, "(the WY / UT form)"),
-      {"short_conv", ParamType::Bool, "true", "a causal depthwise conv on q, k and v before the activation"},
-      {"conv_size", ParamType::Int, "4", "width of the short conv", {}, 2, 64},
-      scan_spec(),
-  }, mlp_schema());
+  return join_schemas(
+      {
+          {"n_head",
+           ParamType::Int,
+           "4",
+           "heads; head_dim = hidden_size / n_head (the state is [D, D] per head)",
+           {},
+           1},
+          chunk_size_spec("32", 512, "(the WY / UT form)"),
+          {"short_conv", ParamType::Bool, "true", "a causal depthwise conv on q, k and v before the activation"},
+          {"conv_size", ParamType::Int, "4", "width of the short conv", {}, 2, 64},
+          scan_spec(),
+      },
+      mlp_schema());
 }
 
 }  // namespace
 
 void register_deltanet(Registry& r) {
   r.add_block("deltanet", "DeltaNet: linear attention with the delta rule (L2-normalised q/k, learned beta) + MLP",
-              deltanet_schema(),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::None); });
-  r.add_block("gated_deltanet", "Gated DeltaNet: the delta rule with a data-dependent decay per head, output gate + MLP",
-              deltanet_schema(),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::PerHead); });
-  r.add_block("kda", "Kimi Delta Attention: the delta rule with a data-dependent decay per key channel, output gate + MLP",
-              deltanet_schema(),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::PerChannel); });
+              deltanet_schema(), [](const ModelDims& d, const Params& p, int64_t) {
+                return std::make_shared<DeltaNetBlock>(d, p, Gating::None);
+              });
+  r.add_block("gated_deltanet",
+              "Gated DeltaNet: the delta rule with a data-dependent decay per head, output gate + MLP",
+              deltanet_schema(), [](const ModelDims& d, const Params& p, int64_t) {
+                return std::make_shared<DeltaNetBlock>(d, p, Gating::PerHead);
+              });
+  r.add_block("kda",
+              "Kimi Delta Attention: the delta rule with a data-dependent decay per key channel, output gate + MLP",
+              deltanet_schema(), [](const ModelDims& d, const Params& p, int64_t) {
+                return std::make_shared<DeltaNetBlock>(d, p, Gating::PerChannel);
+              });
 }
 
 }  // namespace linearnexus

@@ -35,11 +35,14 @@ TEST_CASE("deltanet: T = 4096 stays finite and matches the reference (strong dec
   PluginHost host;
   check_long_sequence(host, "deltanet", {{"n_head", "2"}}, 8, {});
   // A = 16, softplus(5) ~ 5: log-decays of ~ -80 per step.
-  check_long_sequence(host, "gated_deltanet", {{"n_head", "2"}}, 8, Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
-  check_long_sequence(host, "kda", {{"n_head", "2"}}, 8, Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
+  check_long_sequence(host, "gated_deltanet", {{"n_head", "2"}}, 8,
+                      Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
+  check_long_sequence(host, "kda", {{"n_head", "2"}}, 8,
+                      Reference{"recurrent", {{"A_log", std::log(16.0)}, {"dt_bias", 5.0}}});
 }
 
-TEST_CASE("deltanet: the state is fixed-size per sequence, roles declared, bad configs are clear errors", "[deltanet]") {
+TEST_CASE("deltanet: the state is fixed-size per sequence, roles declared, bad configs are clear errors",
+          "[deltanet]") {
   PluginHost host;
   for (const std::string name : {"deltanet", "gated_deltanet", "kda"}) {
     check_state_size_fixed(host, name, {{"n_head", "2"}}, 16);
@@ -49,7 +52,11 @@ TEST_CASE("deltanet: the state is fixed-size per sequence, roles declared, bad c
   }
   check_roles_declared(host, "gated_deltanet", {}, 16, {"A_log", "dt_bias"});
   check_roles_declared(host, "kda", {}, 16, {"A_log", "dt_bias", "f1.weight", "f2.weight"});
-  auto e = error_of([&] { parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [deltanet], blocks: {deltanet: {conv_size: 1}}}\n", host); });
+  auto e = error_of([&] {
+    parse(
+        "data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [deltanet], blocks: {deltanet: {conv_size: 1}}}\n",
+        host);
+  });
   CHECK_CONTAINS(e, "conv_size");
 }
 
@@ -57,8 +64,9 @@ TEST_CASE("deltanet: batched left-padded generation == one by one, hybrid with a
           "[deltanet]") {
   PluginHost host;
   for (const std::string pattern : {"[deltanet]", "[gated_deltanet]", "[kda]", "[gated_deltanet, deltanet, attention]"})
-    check_generation(host, pattern,
-                     "{deltanet: {chunk_size: 4}, gated_deltanet: {chunk_size: 4}, kda: {chunk_size: 4}, attention: {n_head: 4}}");
+    check_generation(
+        host, pattern,
+        "{deltanet: {chunk_size: 4}, gated_deltanet: {chunk_size: 4}, kda: {chunk_size: 4}, attention: {n_head: 4}}");
   // All three opt in to the CUDA-graph-captured step (tests/test_decode_gpu.cpp replays each on a GPU).
   for (const std::string name : {"deltanet", "gated_deltanet", "kda"}) {
     INFO(name);
@@ -76,7 +84,8 @@ TEST_CASE("a small char gated_deltanet model learns tiny Shakespeare (val loss 0
   check_learns_shakespeare("model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, block_pattern: [gated_deltanet]}");
 }
 
-TEST_CASE("a small char kda model learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)", "[deltanet][e2e]") {
+TEST_CASE("a small char kda model learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)",
+          "[deltanet][e2e]") {
   check_learns_shakespeare(
       "model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, block_pattern: [kda], blocks: {kda: {chunk_size: 16}}}");
 }

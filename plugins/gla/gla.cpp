@@ -23,12 +23,15 @@ namespace {
 class GLABlock : public Block {
  public:
   GLABlock(const ModelDims& d, const Params& p)
-      : C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")),
-        Kd_(std::llround(p.get_float("expand_k") * d.hidden_size)), norm_gate_(p.get_float("gate_normalizer")),
+      : C_(d.hidden_size),
+        H_(p.get_int("n_head")),
+        Q_(p.get_int("chunk_size")),
+        Kd_(std::llround(p.get_float("expand_k") * d.hidden_size)),
+        norm_gate_(p.get_float("gate_normalizer")),
         recurrent_(p.get_string("scan") == "recurrent") {
     if (C_ % H_ != 0 || Kd_ % H_ != 0 || Kd_ == 0)
-      throw Error("model.blocks.gla.n_head (" + std::to_string(H_) + ") must divide hidden_size (" + std::to_string(C_) +
-                  ") and the key width expand_k * hidden_size (" + std::to_string(Kd_) + ")");
+      throw Error("model.blocks.gla.n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
+                  std::to_string(C_) + ") and the key width expand_k * hidden_size (" + std::to_string(Kd_) + ")");
     Dk_ = Kd_ / H_, Dv_ = C_ / H_;
     const int64_t rank = p.get_int("gate_low_rank");
     ln1_ = register_module("ln1", std::make_shared<Norm>(C_, d));
@@ -51,20 +54,20 @@ class GLABlock : public Block {
     const int64_t B = x.size(0), T = x.size(1);
     auto heads = [&](const at::Tensor& t, int64_t D) { return t.reshape({B, T, H_, D}).transpose(1, 2); };
     auto h = ln1_->forward(x);
-    auto qkvg = qkvg_(h);                                                     // [B, T, 2 Kd + 2 C]
-    auto q = heads(qkvg.narrow(-1, 0, Kd_), Dk_) / std::sqrt(double(Dk_));   // [B, H, T, Dk]
-    auto k = heads(qkvg.narrow(-1, Kd_, Kd_), Dk_);                            // [B, H, T, Dk]
-    auto v = heads(qkvg.narrow(-1, 2 * Kd_, C_), Dv_);                         // [B, H, T, Dv]
-    auto gate = qkvg.narrow(-1, 2 * Kd_ + C_, C_);                             // [B, T, C]
-    auto log_alpha = at::log_sigmoid(gk2_(gk1_(h))) / norm_gate_;             // [B, T, Kd], < 0
+    auto qkvg = qkvg_(h);                                                   // [B, T, 2 Kd + 2 C]
+    auto q = heads(qkvg.narrow(-1, 0, Kd_), Dk_) / std::sqrt(double(Dk_));  // [B, H, T, Dk]
+    auto k = heads(qkvg.narrow(-1, Kd_, Kd_), Dk_);                         // [B, H, T, Dk]
+    auto v = heads(qkvg.narrow(-1, 2 * Kd_, C_), Dv_);                      // [B, H, T, Dv]
+    auto gate = qkvg.narrow(-1, 2 * Kd_ + C_, C_);                          // [B, T, C]
+    auto log_alpha = at::log_sigmoid(gk2_(gk1_(h))) / norm_gate_;           // [B, T, Kd], < 0
     // A left-padding token (batched generation) must neither write (k = 0) nor decay (alpha = 1).
     if (auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type()); keep.defined()) {  // [B, T, 1]
       k = k * keep.unsqueeze(1);
       log_alpha = log_alpha * keep;
     }
-    auto g = heads(log_alpha, Dk_);                                           // [B, H, T, Dk]
+    auto g = heads(log_alpha, Dk_);  // [B, H, T, Dk]
     const bool cached = !state.empty() && ctx.mode != Mode::Train;
-    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();             // [B, H, Dk, Dv] fp32
+    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();  // [B, H, Dk, Dv] fp32
     auto o = ctx.mode == Mode::Decode || recurrent_ ? decay_scan_recurrent(q, k, v, g, S)
                                                     : decay_scan_chunked(q, k, v, g, S, Q_);  // [B, H, T, Dv]
     if (cached) state.tensors["S"] = S.detach();
@@ -110,18 +113,30 @@ class GLABlock : public Block {
 }  // namespace
 
 void register_gla(Registry& r) {
-  r.add_block("gla", "gated linear attention (a data-dependent decay per key channel; chunked + recurrent) + MLP",
-              join_schemas({
-                  {"n_head", ParamType::Int, "4", "heads; hidden_size and expand_k * hidden_size split evenly", {}, 1},
-                  {"expand_k", ParamType::Float, "0.5", "key width = expand_k * hidden_size (the state is [Dk, Dv] per head)",
-                   {}, 1.0 / 64, 4},
-                  {"gate_low_rank", ParamType::Int, "16", "rank of the decay gate's projection", {}, 1},
-                  {"gate_normalizer", ParamType::Float, "16.0",
-                   "log alpha = logsigmoid(.) / this: larger keeps decays nearer 1 (longer memory)", {}, 1},
-                  chunk_size_spec("16", 256, "(its pairwise part is chunk^2 * Dk per head)"),
-                  scan_spec(),
-              }, mlp_schema()),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<GLABlock>(d, p); });
+  r.add_block(
+      "gla", "gated linear attention (a data-dependent decay per key channel; chunked + recurrent) + MLP",
+      join_schemas(
+          {
+              {"n_head", ParamType::Int, "4", "heads; hidden_size and expand_k * hidden_size split evenly", {}, 1},
+              {"expand_k",
+               ParamType::Float,
+               "0.5",
+               "key width = expand_k * hidden_size (the state is [Dk, Dv] per head)",
+               {},
+               1.0 / 64,
+               4},
+              {"gate_low_rank", ParamType::Int, "16", "rank of the decay gate's projection", {}, 1},
+              {"gate_normalizer",
+               ParamType::Float,
+               "16.0",
+               "log alpha = logsigmoid(.) / this: larger keeps decays nearer 1 (longer memory)",
+               {},
+               1},
+              chunk_size_spec("16", 256, "(its pairwise part is chunk^2 * Dk per head)"),
+              scan_spec(),
+          },
+          mlp_schema()),
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<GLABlock>(d, p); });
 }
 
 }  // namespace linearnexus

@@ -141,15 +141,32 @@ dim3 grid_of(const ConvArgs& a) {
 template <typename F>
 cudaError_t with_taps(int64_t K, F&& f) {
   switch (K) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 6: f(std::integral_constant<int, 6>()); break;
-    case 7: f(std::integral_constant<int, 7>()); break;
-    case 8: f(std::integral_constant<int, 8>()); break;
-    default: return cudaErrorInvalidValue;
+    case 1:
+      f(std::integral_constant<int, 1>());
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>());
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>());
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>());
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>());
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>());
+      break;
+    case 7:
+      f(std::integral_constant<int, 7>());
+      break;
+    case 8:
+      f(std::integral_constant<int, 8>());
+      break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }

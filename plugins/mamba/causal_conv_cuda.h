@@ -23,11 +23,11 @@ constexpr int64_t kMaxConvTaps = 8;
 struct ConvArgs {
   int64_t B = 0, T = 0, D = 0, K = 0;
   bool bf16 = false;
-  const void* x = nullptr;        // [B, T, D]: element (b, t, d) at x[(b * T + t) * x_row + d]
+  const void* x = nullptr;  // [B, T, D]: element (b, t, d) at x[(b * T + t) * x_row + d]
   int64_t x_row = 0;
-  const float* w = nullptr;       // [D, K]
-  const float* bias = nullptr;    // [D] or null
-  const float* history = nullptr; // [B, D, K - 1] fp32, or null (zeros before t = 0)
+  const float* w = nullptr;        // [D, K]
+  const float* bias = nullptr;     // [D] or null
+  const float* history = nullptr;  // [B, D, K - 1] fp32, or null (zeros before t = 0)
 };
 
 // y [B, T, D] contiguous, x's dtype.

@@ -60,10 +60,10 @@ struct ConvSiluFunction : public torch::autograd::Function<ConvSiluFunction> {
     const int64_t rows_out = a.B * cuda::conv_backward_tiles(a.T);
     auto dw = at::empty({rows_out, a.D, a.K}, w.options());
     auto db = bias.numel() > 0 ? at::empty({rows_out, a.D}, w.options()) : at::Tensor();
-    check_cuda(cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), a.D, dw.data_ptr<float>(),
-                                        db.defined() ? db.data_ptr<float>() : nullptr,
-                                        at::cuda::getCurrentCUDAStream()),
-               "causal conv backward");
+    check_cuda(
+        cuda::conv_silu_backward(a, dy.data_ptr(), dx.data_ptr(), a.D, dw.data_ptr<float>(),
+                                 db.defined() ? db.data_ptr<float>() : nullptr, at::cuda::getCurrentCUDAStream()),
+        "causal conv backward");
     return {dx, dw.sum(0), db.defined() ? db.sum(0) : at::Tensor()};
   }
 };
@@ -81,8 +81,8 @@ at::Tensor conv_silu_cuda(const at::Tensor& x_in, const at::Tensor& weight, cons
   const int64_t K = weight.dim() == 2 ? weight.size(1) : 0;
   if (!cuda_conv_applies(x_in, K) || x_in.dim() != 3 || weight.size(0) != x_in.size(2) ||
       (bias.defined() && bias.numel() != x_in.size(2)) ||
-      (history.defined() && (history.dim() != 3 || history.size(0) != x_in.size(0) ||
-                             history.size(1) != x_in.size(2) || history.size(2) != K - 1)))
+      (history.defined() && (history.dim() != 3 || history.size(0) != x_in.size(0) || history.size(1) != x_in.size(2) ||
+                             history.size(2) != K - 1)))
     throw Error("mamba: CUDA causal conv: x [B, T, D] fp32/bf16 on CUDA, weight [D, K <= " +
                 std::to_string(cuda::kMaxConvTaps) + "], bias [D], history [B, D, K-1] expected");
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -92,8 +92,7 @@ at::Tensor conv_silu_cuda(const at::Tensor& x_in, const at::Tensor& weight, cons
   if (new_history) {
     // The last K-1 inputs, the history's tail first when x is shorter than that.
     auto xt = x.transpose(1, 2);  // [B, D, T]
-    auto h = history.defined() ? at::cat({history.to(x.scalar_type()), xt}, -1)
-                               : at::constant_pad_nd(xt, {K - 1, 0});
+    auto h = history.defined() ? at::cat({history.to(x.scalar_type()), xt}, -1) : at::constant_pad_nd(xt, {K - 1, 0});
     *new_history = h.narrow(-1, h.size(-1) - (K - 1), K - 1).contiguous();
   }
   const bool grad = at::GradMode::is_enabled() &&

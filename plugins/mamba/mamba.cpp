@@ -33,15 +33,21 @@ using mamba::scan_sequential;
 class MambaBlock : public Block {
  public:
   MambaBlock(const ModelDims& d, const Params& p)
-      : C_(d.hidden_size), N_(p.get_int("d_state")), K_(p.get_int("d_conv")), Din_(p.get_int("expand") * C_),
-        chunk_(p.get_int("chunk_size")), scan_(p.get_string("scan")), dropout_(d.dropout) {
+      : C_(d.hidden_size),
+        N_(p.get_int("d_state")),
+        K_(p.get_int("d_conv")),
+        Din_(p.get_int("expand") * C_),
+        chunk_(p.get_int("chunk_size")),
+        scan_(p.get_string("scan")),
+        dropout_(d.dropout) {
     const std::string& r = p.get_string("dt_rank");
     if (r == "auto") {
       R_ = (C_ + 15) / 16;  // ceil(C / 16)
     } else {
       char* end = nullptr;
       R_ = std::strtoll(r.c_str(), &end, 10);
-      if (*end || R_ <= 0) throw Error("model.blocks.mamba.dt_rank must be a positive integer or auto (got '" + r + "')");
+      if (*end || R_ <= 0)
+        throw Error("model.blocks.mamba.dt_rank must be a positive integer or auto (got '" + r + "')");
     }
     if (N_ <= 0 || K_ < 1 || Din_ <= 0 || chunk_ <= 0)
       throw Error("model.blocks.mamba: d_state, d_conv, expand and chunk_size must be positive");
@@ -78,7 +84,7 @@ class MambaBlock : public Block {
   BlockOutput forward(const at::Tensor& x, LayerState state, const ForwardContext& ctx) override {
     // x: [B, T, C] -> [B, T, C]
     const int64_t T = x.size(1);
-    auto xz = in_proj_(norm_->forward(x));               // [B, T, 2 D]
+    auto xz = in_proj_(norm_->forward(x));                            // [B, T, 2 D]
     auto xi = xz.narrow(-1, 0, Din_), z = xz.narrow(-1, Din_, Din_);  // [B, T, D] each
     // Left padding (batched generation): a padding token must leave the state exactly as a zero
     // state, so its conv input is zeroed (like the conv's zero history) and its delta too (no decay,
@@ -89,13 +95,13 @@ class MambaBlock : public Block {
     // On CUDA decoding takes the fused kernel too (T = 1): a dozen kernels a token fewer than the
     // recurrence below, which matters once a CUDA graph has removed the launch overhead.
     const bool cuda_scan = scan_ == "auto" && mamba::cuda_scan_applies(xi, N_);
-    at::Tensor gated;                                     // y * silu(z): [B, T, D]
+    at::Tensor gated;  // y * silu(z): [B, T, D]
     if (cuda_scan && !cached && !keep.defined() && at::GradMode::is_enabled() &&
         mamba::mamba_inner_applies(xz, N_, K_)) {
       // Training on CUDA: conv, projections and scan as one autograd node that keeps only xz, dbc
       // and the scan's chunk states for backward (mamba_inner_gpu.cpp).
-      gated = mamba::mamba_inner_cuda(xz, conv_weight_, conv_bias_, x_proj_->weight, dt_proj_->weight,
-                                      dt_proj_->bias, -A_log_.exp(), D_);
+      gated = mamba::mamba_inner_cuda(xz, conv_weight_, conv_bias_, x_proj_->weight, dt_proj_->weight, dt_proj_->bias,
+                                      -A_log_.exp(), D_);
     } else if (cached && ctx.mode == Mode::Decode && !cuda_scan) {
       // The recurrent path, one token after the other on the cached state.
       std::vector<at::Tensor> ys;
@@ -118,7 +124,7 @@ class MambaBlock : public Block {
       } else {
         u = at::silu(causal_depthwise_conv1d(xi, conv_weight_, conv_bias_, history, cached ? &new_history : nullptr));
       }
-      auto A = -A_log_.exp();                             // [D, N]
+      auto A = -A_log_.exp();  // [D, N]
       at::Tensor final_state;
       if (cuda_scan) {
         // The CUDA kernel (selective_scan.cu): softplus(dt + bias), the scan, the D skip and the gate
@@ -127,11 +133,11 @@ class MambaBlock : public Block {
         // tensor; z is copied out of xz so that backward does not keep all of xz alive (without
         // gradients the kernel reads it in place: a kernel a layer fewer per decoded token).
         u = u.contiguous();
-        auto dbc = x_proj_(u);                            // [B, T, R + 2 N]
+        auto dbc = x_proj_(u);                                          // [B, T, R + 2 N]
         auto dt = at::linear(dbc.narrow(-1, 0, R_), dt_proj_->weight);  // [B, T, D]; the bias goes in the kernel
         at::Tensor bias = dt_proj_->bias;
         bool softplus = true;
-        if (keep.defined()) {                             // padding: delta = 0 there, so computed here
+        if (keep.defined()) {  // padding: delta = 0 there, so computed here
           dt = at::softplus(dt + bias) * keep;
           bias = at::Tensor();
           softplus = false;
@@ -145,11 +151,12 @@ class MambaBlock : public Block {
         auto [delta, Bm, Cm] = selective_params(u, keep);  // [B, T, D], [B, T, N], [B, T, N]
         // The scan runs in fp32 whatever the compute dtype (delta is fp32 under autocast, and a state
         // summed over a thousand steps would lose too much in bf16).
-        auto s0 = cached ? state.tensors.at("ssm_state") : at::zeros({x.size(0), Din_, N_}, u.options().dtype(at::kFloat));
+        auto s0 =
+            cached ? state.tensors.at("ssm_state") : at::zeros({x.size(0), Din_, N_}, u.options().dtype(at::kFloat));
         auto r = scan_ == "sequential" ? scan_sequential(u, delta, A, Bm, Cm, s0)
                  : scan_ == "chunk"    ? scan_chunk(u, delta, A, Bm, Cm, s0, chunk_)
                                        : scan_fused(u, delta, A, Bm, Cm, s0, chunk_);
-        gated = (r.y + u * D_) * at::silu(z);             // [B, T, D]
+        gated = (r.y + u * D_) * at::silu(z);  // [B, T, D]
         final_state = r.state;
       }
       if (cached) {
@@ -157,7 +164,7 @@ class MambaBlock : public Block {
         state.tensors["ssm_state"] = final_state.detach();
       }
     }
-    auto out = out_proj_(gated);                          // [B, T, C]
+    auto out = out_proj_(gated);  // [B, T, C]
     if (is_training() && dropout_ > 0) out = at::dropout(out, dropout_, true);
     return {x + out, std::move(state)};
   }
@@ -184,12 +191,11 @@ class MambaBlock : public Block {
   // (As ssm_dynamics they would lose their weight decay, as mamba_ssm exempts A_log: a change of
   // Mamba's trained numbers, so a decision of its own.)
   std::map<std::string, ParamRole> parameter_roles() const override {
-    std::map<std::string, ParamRole> r{
-        {"norm.weight", ParamRole::Norm},        {"in_proj.weight", ParamRole::Matrix},
-        {"conv_weight", ParamRole::Conv},        {"x_proj.weight", ParamRole::Matrix},
-        {"dt_proj.weight", ParamRole::Other},    {"dt_proj.bias", ParamRole::SsmDynamics},
-        {"A_log", ParamRole::Other},             {"D", ParamRole::SsmDynamics},
-        {"out_proj.weight", ParamRole::Matrix}};
+    std::map<std::string, ParamRole> r{{"norm.weight", ParamRole::Norm},      {"in_proj.weight", ParamRole::Matrix},
+                                       {"conv_weight", ParamRole::Conv},      {"x_proj.weight", ParamRole::Matrix},
+                                       {"dt_proj.weight", ParamRole::Other},  {"dt_proj.bias", ParamRole::SsmDynamics},
+                                       {"A_log", ParamRole::Other},           {"D", ParamRole::SsmDynamics},
+                                       {"out_proj.weight", ParamRole::Matrix}};
     declare_roles(r, *norm_, "norm.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
     if (in_proj_->bias.defined()) r["in_proj.bias"] = r["out_proj.bias"] = ParamRole::Bias;
@@ -199,7 +205,7 @@ class MambaBlock : public Block {
  private:
   // u [B, T, D] -> delta [B, T, D] (> 0), B and C [B, T, N]: what makes the SSM selective.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_params(const at::Tensor& u, const at::Tensor& keep) {
-    auto dbc = x_proj_(u);                                // [B, T, R + 2 N]
+    auto dbc = x_proj_(u);  // [B, T, R + 2 N]
     auto delta = at::softplus(dt_proj_(dbc.narrow(-1, 0, R_)));
     if (keep.defined()) delta = delta * keep;
     return {delta, dbc.narrow(-1, R_, N_), dbc.narrow(-1, R_ + N_, N_)};
@@ -211,14 +217,14 @@ class MambaBlock : public Block {
     auto& conv = state.tensors.at("conv_state");
     auto& s = state.tensors.at("ssm_state");
     auto window = at::cat({conv.to(xi.scalar_type()), xi.unsqueeze(-1)}, -1);  // [B, D, K]
-    auto xc = (window * conv_weight_).sum(-1);            // [B, D]
+    auto xc = (window * conv_weight_).sum(-1);                                 // [B, D]
     if (conv_bias_.defined()) xc = xc + conv_bias_;
     auto u = at::silu(xc);
     auto [delta, Bm, Cm] = selective_params(u.unsqueeze(1), keep.defined() ? keep.unsqueeze(1) : keep);
-    auto dt = delta.squeeze(1).unsqueeze(-1);             // [B, D, 1]
-    auto A = -A_log_.exp();                               // [D, N]
+    auto dt = delta.squeeze(1).unsqueeze(-1);                                               // [B, D, 1]
+    auto A = -A_log_.exp();                                                                 // [D, N]
     auto s_new = (dt * A).exp() * s + (dt * u.unsqueeze(-1)) * Bm.squeeze(1).unsqueeze(1);  // [B, D, N]
-    auto y = at::matmul(s_new, Cm.squeeze(1).unsqueeze(-1)).squeeze(-1) + u * D_;          // [B, D]
+    auto y = at::matmul(s_new, Cm.squeeze(1).unsqueeze(-1)).squeeze(-1) + u * D_;           // [B, D]
     conv = window.narrow(-1, 1, K_ - 1).detach();
     s = s_new.detach();
     return y;
@@ -233,27 +239,34 @@ class MambaBlock : public Block {
 };
 
 void register_mamba(Registry& r) {
-  r.add_block("mamba", "pre-norm Mamba-1 selective state-space block (conv + selective scan, gated)",
-              {
-                  {"d_state", ParamType::Int, "16", "SSM state size N per channel", {}, 1},
-                  {"d_conv", ParamType::Int, "4", "causal depthwise conv width", {}, 1},
-                  {"expand", ParamType::Int, "2", "inner width d_inner = expand * hidden_size", {}, 1},
-                  {"dt_rank", ParamType::String, "auto", "rank of the delta projection (auto = ceil(hidden_size / 16))"},
-                  {"dt_min", ParamType::Float, "0.001", "smallest initial delta", {}, 1e-8},
-                  {"dt_max", ParamType::Float, "0.1", "largest initial delta", {}, 1e-8},
-                  {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial delta", {}, 0},
-                  {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
-                  {"bias", ParamType::Bool, "false", "biases in in_proj and out_proj"},
-                  {"chunk_size", ParamType::Int, "16",
-                   "tokens per chunk of the scans (the states at chunk boundaries are kept for backward)", {}, 1},
-                  {"scan", ParamType::String, "auto",
-                   "training/prefill scan: auto (the fused CUDA kernel on a GPU, gate included, states kept every 64 tokens; "
-                   "the fused CPU kernel for fp32 on the CPU; chunk elsewhere), chunk "
-                   "(batched tensor ops per chunk, any device), or the slow sequential reference (tests, benchmarks)",
-                   {"auto", "chunk", "sequential"}},
-              },
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MambaBlock>(d, p); },
-              BlockHooks{{}, mamba_hf_adapter()});
+  r.add_block(
+      "mamba", "pre-norm Mamba-1 selective state-space block (conv + selective scan, gated)",
+      {
+          {"d_state", ParamType::Int, "16", "SSM state size N per channel", {}, 1},
+          {"d_conv", ParamType::Int, "4", "causal depthwise conv width", {}, 1},
+          {"expand", ParamType::Int, "2", "inner width d_inner = expand * hidden_size", {}, 1},
+          {"dt_rank", ParamType::String, "auto", "rank of the delta projection (auto = ceil(hidden_size / 16))"},
+          {"dt_min", ParamType::Float, "0.001", "smallest initial delta", {}, 1e-8},
+          {"dt_max", ParamType::Float, "0.1", "largest initial delta", {}, 1e-8},
+          {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial delta", {}, 0},
+          {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
+          {"bias", ParamType::Bool, "false", "biases in in_proj and out_proj"},
+          {"chunk_size",
+           ParamType::Int,
+           "16",
+           "tokens per chunk of the scans (the states at chunk boundaries are kept for backward)",
+           {},
+           1},
+          {"scan",
+           ParamType::String,
+           "auto",
+           "training/prefill scan: auto (the fused CUDA kernel on a GPU, gate included, states kept every 64 tokens; "
+           "the fused CPU kernel for fp32 on the CPU; chunk elsewhere), chunk "
+           "(batched tensor ops per chunk, any device), or the slow sequential reference (tests, benchmarks)",
+           {"auto", "chunk", "sequential"}},
+      },
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MambaBlock>(d, p); },
+      BlockHooks{{}, mamba_hf_adapter()});
 }
 
 }  // namespace

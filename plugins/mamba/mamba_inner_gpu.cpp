@@ -79,8 +79,8 @@ struct MambaInnerFunction : public torch::autograd::Function<MambaInnerFunction>
     const auto dtype = xz.scalar_type();
     const int64_t R = dt_w.size(1);
     const auto stream = at::cuda::getCurrentCUDAStream();
-    auto u = conv_u(xz, conv_w, conv_b, stream);                                    // [B, T, D]
-    auto dbc = at::matmul(u, x_w.to(dtype).t()).to(dtype);                          // [B, T, R + 2 N]
+    auto u = conv_u(xz, conv_w, conv_b, stream);                                           // [B, T, D]
+    auto dbc = at::matmul(u, x_w.to(dtype).t()).to(dtype);                                 // [B, T, R + 2 N]
     auto dt = at::matmul(dbc.narrow(2, 0, R), dt_w.to(dtype).t()).to(dtype).contiguous();  // [B, T, D]
     const auto a = scan_args(xz, u, dt, dt_bias, A, dbc, R, Dskip);
     auto out = at::empty({a.B, a.T, a.D}, xz.options());
@@ -94,8 +94,8 @@ struct MambaInnerFunction : public torch::autograd::Function<MambaInnerFunction>
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto v = ctx->get_saved_variables();
-    const at::Tensor &xz = v[0], &conv_w = v[1], &conv_b = v[2], &x_w = v[3], &dt_w = v[4], &dt_bias = v[5],
-                     &A = v[6], &Dskip = v[7], &dbc = v[8], &kept = v[9];
+    const at::Tensor &xz = v[0], &conv_w = v[1], &conv_b = v[2], &x_w = v[3], &dt_w = v[4], &dt_bias = v[5], &A = v[6],
+                     &Dskip = v[7], &dbc = v[8], &kept = v[9];
     const auto dtype = xz.scalar_type();
     const auto f = xz.options().dtype(at::kFloat);
     const int64_t B = xz.size(0), T = xz.size(1), D = xz.size(2) / 2, N = A.size(1), R = dt_w.size(1), E = R + 2 * N;
@@ -103,8 +103,8 @@ struct MambaInnerFunction : public torch::autograd::Function<MambaInnerFunction>
     // The forward's u and dt again (neither was kept).
     auto u = conv_u(xz, conv_w, conv_b, stream);
     const auto xw = x_w.to(dtype), dtw = dt_w.to(dtype);
-    auto dbc_r = dbc.narrow(2, 0, R);                                               // [B, T, R]
-    auto dt = at::matmul(dbc_r, dtw.t()).contiguous();                              // [B, T, D]
+    auto dbc_r = dbc.narrow(2, 0, R);                   // [B, T, R]
+    auto dt = at::matmul(dbc_r, dtw.t()).contiguous();  // [B, T, D]
     const auto a = scan_args(xz, u, dt, dt_bias, A, dbc, R, Dskip);
 
     auto dout = grads[0].defined() ? grads[0].to(dtype).contiguous() : at::zeros({B, T, D}, xz.options());
@@ -121,14 +121,14 @@ struct MambaInnerFunction : public torch::autograd::Function<MambaInnerFunction>
     check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, stream), "selective scan backward (mamba inner)");
 
     // The projections: d(dbc) = [ddt dt_w, dB, dC]; du += d(dbc) x_w; the weights' gradients.
-    auto ddbc = at::empty({B, T, E}, xz.options());                                 // [B, T, R + 2 N]
+    auto ddbc = at::empty({B, T, E}, xz.options());  // [B, T, R + 2 N]
     ddbc.narrow(2, 0, R).copy_(at::matmul(ddt, dtw));
     ddbc.narrow(2, R, N).copy_(dB);
     ddbc.narrow(2, R + N, N).copy_(dC);
     auto ddt2 = ddt.view({B * T, D}), ddbc2 = ddbc.view({B * T, E});
     auto d_dt_w = at::matmul(ddt2.t(), dbc_r.reshape({B * T, R})).to(at::kFloat);  // [D, R]
     du.view({B * T, D}).addmm_(ddbc2, xw);
-    auto d_x_w = at::matmul(ddbc2.t(), u.view({B * T, D})).to(at::kFloat);         // [R + 2 N, D]
+    auto d_x_w = at::matmul(ddbc2.t(), u.view({B * T, D})).to(at::kFloat);  // [R + 2 N, D]
 
     // The conv's backward from du, into the first half of dxz.
     const auto ca = conv_args(xz, conv_w, conv_b);
@@ -138,8 +138,7 @@ struct MambaInnerFunction : public torch::autograd::Function<MambaInnerFunction>
     check_cuda(cuda::conv_silu_backward(ca, du.data_ptr(), dxz.data_ptr(), 2 * D, dw.data_ptr<float>(),
                                         db.defined() ? db.data_ptr<float>() : nullptr, stream),
                "causal conv backward (mamba inner)");
-    return {dxz, dw.sum(0), db.defined() ? db.sum(0) : at::Tensor(), d_x_w, d_dt_w, dbias.sum(0), dA.sum(0),
-            dD.sum(0)};
+    return {dxz, dw.sum(0), db.defined() ? db.sum(0) : at::Tensor(), d_x_w, d_dt_w, dbias.sum(0), dA.sum(0), dD.sum(0)};
   }
 };
 

@@ -30,7 +30,7 @@ namespace {
 at::Tensor scan_in_chunk(const at::Tensor& la_in, const at::Tensor& b_in, const at::Tensor& h0, bool reverse) {
   auto la = la_in.contiguous(), b = b_in.contiguous();
   const int64_t Q = la.size(1);
-  auto a = la.exp();                                   // per-step decays in (0, 1]
+  auto a = la.exp();                                                                  // per-step decays in (0, 1]
   auto h = at::empty(b.sizes(), b.options()), S = at::empty(b.sizes(), b.options());  // [B, Q, F]
   const int64_t first = reverse ? Q - 1 : 0, step = reverse ? -1 : 1;
   h.select(1, first).copy_(b.select(1, first));
@@ -41,7 +41,7 @@ at::Tensor scan_in_chunk(const at::Tensor& la_in, const at::Tensor& b_in, const 
     at::addcmul_out(hq, b.select(1, q), a.select(1, q), h.select(1, q - step));
     at::add_out(Sq, S.select(1, q - step), la.select(1, q));
   }
-  return h.addcmul_(S.exp_(), h0.unsqueeze(1));       // exp(S) in (0, 1]: the decay from the chunk's start
+  return h.addcmul_(S.exp_(), h0.unsqueeze(1));  // exp(S) in (0, 1]: the decay from the chunk's start
 }
 
 // The selective scan as one autograd node with its gradient written out. Chunks run one after the
@@ -57,11 +57,13 @@ at::Tensor scan_in_chunk(const at::Tensor& la_in, const at::Tensor& b_in, const 
 struct ChunkScanFunction : public torch::autograd::Function<ChunkScanFunction> {
   // One chunk from state s [B, N, D]: la, b and h [B, Q, N, D].
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk(const at::Tensor& u, const at::Tensor& delta,
-                                                              const at::Tensor& At, const at::Tensor& Bm, const at::Tensor& s) {
+                                                              const at::Tensor& At, const at::Tensor& Bm,
+                                                              const at::Tensor& s) {
     const int64_t B = u.size(0), Q = u.size(1), N = At.size(0), D = At.size(1);
-    auto la = delta.unsqueeze(2) * At;                                     // [B, Q, N, D]
-    auto b = Bm.unsqueeze(-1) * (delta * u).unsqueeze(2);                 // [B, Q, N, D]
-    auto h = scan_in_chunk(la.view({B, Q, N * D}), b.view({B, Q, N * D}), s.reshape({B, N * D}), false).view({B, Q, N, D});
+    auto la = delta.unsqueeze(2) * At;                     // [B, Q, N, D]
+    auto b = Bm.unsqueeze(-1) * (delta * u).unsqueeze(2);  // [B, Q, N, D]
+    auto h =
+        scan_in_chunk(la.view({B, Q, N * D}), b.view({B, Q, N * D}), s.reshape({B, N * D}), false).view({B, Q, N, D});
     return {la, b, h};
   }
 
@@ -69,19 +71,19 @@ struct ChunkScanFunction : public torch::autograd::Function<ChunkScanFunction> {
                                const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& s0, int64_t Q) {
     // u, delta: [B, T, D]; A: [D, N]; Bm, Cm: [B, T, N]; s0: [B, D, N]
     const int64_t T = u.size(1);
-    auto At = A.t().contiguous();                                          // [N, D]
-    at::Tensor s = s0.transpose(1, 2).contiguous();                        // [B, N, D]
+    auto At = A.t().contiguous();                    // [N, D]
+    at::Tensor s = s0.transpose(1, 2).contiguous();  // [B, N, D]
     std::vector<at::Tensor> ys, entering;
     for (int64_t t0 = 0; t0 < T; t0 += Q) {
       const int64_t n = std::min(Q, T - t0);
       entering.push_back(s);
       auto h = std::get<2>(chunk(u.narrow(1, t0, n), delta.narrow(1, t0, n), At, Bm.narrow(1, t0, n), s));
-      ys.push_back((h * Cm.narrow(1, t0, n).unsqueeze(-1)).sum(2));      // [B, n, D]
+      ys.push_back((h * Cm.narrow(1, t0, n).unsqueeze(-1)).sum(2));  // [B, n, D]
       s = h.select(1, n - 1).contiguous();
     }
     ctx->save_for_backward({u, delta, At, Bm, Cm, at::stack(entering)});
     ctx->saved_data["Q"] = Q;
-    return {at::cat(ys, 1), s.transpose(1, 2).contiguous()};               // y [B, T, D], state [B, D, N]
+    return {at::cat(ys, 1), s.transpose(1, 2).contiguous()};  // y [B, T, D], state [B, D, N]
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -101,26 +103,26 @@ struct ChunkScanFunction : public torch::autograd::Function<ChunkScanFunction> {
       // Backwards in time g is a linear recurrence whose step t decays by exp(la_{t+1}) (by 1 at the
       // chunk's last step, where gs enters as the initial state).
       auto la_next = at::cat({la.narrow(1, 1, n - 1), at::zeros_like(la.narrow(1, 0, 1))}, 1);
-      auto direct = Cc.unsqueeze(-1) * gy.unsqueeze(2);                    // [B, n, N, D]
+      auto direct = Cc.unsqueeze(-1) * gy.unsqueeze(2);  // [B, n, N, D]
       auto g = scan_in_chunk(la_next.view({B, n, N * D}), direct.view({B, n, N * D}), gs.reshape({B, N * D}), true)
                    .view({B, n, N, D});
       auto h_prev = at::cat({entering[c].unsqueeze(1), h.narrow(1, 0, n - 1)}, 1);
       auto a = la.exp_();
-      auto gla = g * h_prev * a;                                           // [B, n, N, D]
-      gs = a.select(1, 0) * g.select(1, 0);                                // into the state entering the chunk
-      auto gdu = (g * Bc.unsqueeze(-1)).sum(2);                            // dL/d(delta u): [B, n, D]
+      auto gla = g * h_prev * a;                 // [B, n, N, D]
+      gs = a.select(1, 0) * g.select(1, 0);      // into the state entering the chunk
+      auto gdu = (g * Bc.unsqueeze(-1)).sum(2);  // dL/d(delta u): [B, n, D]
       gu.push_back(gdu * dc);
       gdelta.push_back(gdu * uc + (gla * At).sum(2));
       gAt += (gla * dc.unsqueeze(2)).sum(at::IntArrayRef{0, 1});
-      gB.push_back((g * (dc * uc).unsqueeze(2)).sum(-1));                  // [B, n, N]
-      gC.push_back((h * gy.unsqueeze(2)).sum(-1));                         // [B, n, N]
+      gB.push_back((g * (dc * uc).unsqueeze(2)).sum(-1));  // [B, n, N]
+      gC.push_back((h * gy.unsqueeze(2)).sum(-1));         // [B, n, N]
     }
     auto cat_reversed = [](std::vector<at::Tensor>& x) {
       std::reverse(x.begin(), x.end());
       return at::cat(x, 1);
     };
-    return {cat_reversed(gu), cat_reversed(gdelta), gAt.t(), cat_reversed(gB), cat_reversed(gC),
-            gs.transpose(1, 2), at::Tensor()};
+    return {cat_reversed(gu), cat_reversed(gdelta), gAt.t(),     cat_reversed(gB),
+            cat_reversed(gC), gs.transpose(1, 2),   at::Tensor()};
   }
 };
 
@@ -161,12 +163,12 @@ inline float exp_neg(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (k + 127) << 23;                            // 2^k
+  int32_t bits = (k + 127) << 23;  // 2^k
   float e;
   std::memcpy(&e, &bits, sizeof e);
   e *= p;
   std::memcpy(&bits, &e, sizeof e);
-  bits &= keep;                                              // 0 where it underflowed
+  bits &= keep;  // 0 where it underflowed
   std::memcpy(&e, &bits, sizeof e);
   return e;
 }
@@ -259,14 +261,14 @@ void fused_scan_backward(const FusedScanArgs& a, const float* kept, const float*
             const float* dec = decay.data() + (i * N + n) * W;
             float *g = G.data() + n * W, *gan = gAacc.data() + n * W;
             for (int64_t w = 0; w < wn; ++w) {
-              const float gt = g[w] + cn * gyt[w];          // dL/ds_t
+              const float gt = g[w] + cn * gyt[w];  // dL/ds_t
               pc[w] = cur[w] * gyt[w];
               pb[w] = gt * dt[w] * ut[w];
               gdu[w] += gt * bn;
-              const float gla = gt * prev[w] * dec[w];      // dL/d(delta_t A)
+              const float gla = gt * prev[w] * dec[w];  // dL/d(delta_t A)
               gdl[w] += gla * An[w];
               gan[w] += gla * dt[w];
-              g[w] = dec[w] * gt;                           // dL/ds_{t-1} through the decay
+              g[w] = dec[w] * gt;  // dL/ds_{t-1} through the decay
             }
             float sb = 0, sc = 0;
             for (int64_t w = 0; w < wn; ++w) sb += pb[w], sc += pc[w];
@@ -291,8 +293,16 @@ void fused_scan_backward(const FusedScanArgs& a, const float* kept, const float*
 struct FusedScanFunction : public torch::autograd::Function<FusedScanFunction> {
   static FusedScanArgs args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& Bm,
                             const at::Tensor& Cm, int64_t Q) {
-    return {u.data_ptr<float>(), delta.data_ptr<float>(), At.data_ptr<float>(), Bm.data_ptr<float>(),
-            Cm.data_ptr<float>(), u.size(0), u.size(1), u.size(2), At.size(0), Q};
+    return {u.data_ptr<float>(),
+            delta.data_ptr<float>(),
+            At.data_ptr<float>(),
+            Bm.data_ptr<float>(),
+            Cm.data_ptr<float>(),
+            u.size(0),
+            u.size(1),
+            u.size(2),
+            At.size(0),
+            Q};
   }
 
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u_in, const at::Tensor& delta_in,
@@ -363,9 +373,9 @@ ScanResult scan_sequential(const at::Tensor& u, const at::Tensor& delta, const a
   at::Tensor s = s0;
   std::vector<at::Tensor> ys;
   for (size_t t = 0; t < us.size(); ++t) {
-    auto dt = ds[t].unsqueeze(-1);                                       // [B, D, 1]
+    auto dt = ds[t].unsqueeze(-1);                                             // [B, D, 1]
     s = (dt * A).exp() * s + (dt * us[t].unsqueeze(-1)) * bs[t].unsqueeze(1);  // [B, D, N]
-    ys.push_back(at::matmul(s, cs[t].unsqueeze(-1)).squeeze(-1));        // [B, D]
+    ys.push_back(at::matmul(s, cs[t].unsqueeze(-1)).squeeze(-1));              // [B, D]
   }
   return {at::stack(ys, 1), s};
 }

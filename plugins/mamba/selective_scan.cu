@@ -24,7 +24,7 @@ namespace mamba {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 128;                  // threads per block: kThreads / P channels of one batch row
+constexpr int kThreads = 128;  // threads per block: kThreads / P channels of one batch row
 // States per thread (n = p * S + s). 16, so at d_state 16 one thread is one channel: the per-step
 // scalars (softplus, the gate, the loads of u, dt, z) are computed once per channel, no shuffle sums
 // C . s, and the 16 independent state updates are the instruction-level parallelism that hides the
@@ -34,7 +34,7 @@ constexpr int kForwardStates = 16;
 // no spills at d_state <= 16): at mamba-small's size (B 64, d_inner 1536: 768 blocks) 6 a SM put every
 // block of the grid in one wave on 132 SMs.
 constexpr int kForwardBlocksPerSM = 6;
-constexpr int kStage = 32;                     // steps whose B and C the forward stages in shared memory
+constexpr int kStage = 32;  // steps whose B and C the forward stages in shared memory
 
 // Sum over the P adjacent lanes of one channel; every one of them gets the sum.
 template <int P>
@@ -91,7 +91,8 @@ struct Channel {
 // channel of a block is of one batch row and reads the same B_t and C_t: coalesced loads once per
 // block instead of scalar loads per lane and step, read back as broadcasts.
 template <typename T, int NP>
-__device__ __forceinline__ void stage_BC(const ScanArgs& a, int64_t b, int64_t t0, int rows, float (*sB)[NP], float (*sC)[NP]) {
+__device__ __forceinline__ void stage_BC(const ScanArgs& a, int64_t b, int64_t t0, int rows, float (*sB)[NP],
+                                         float (*sC)[NP]) {
   for (int e = threadIdx.x; e < rows * NP; e += kThreads) {
     const int i = e / NP, n = e % NP;
     const int64_t t = t0 + i, r = b * a.T + t;
@@ -122,8 +123,9 @@ __device__ __forceinline__ void read_staged(const float* row, float (&v)[S]) {
 // Grid: (channel tiles of kThreads / P, B). u, dt, z, out [B, T, D]; B, C [B, T, N]; s0, sT [B, D, N];
 // kept [B, ceil(T / kKeepEvery), D, N].
 template <typename T, int P>
-__global__ void __launch_bounds__(kThreads, P == 1 ? kForwardBlocksPerSM : 1) forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
-                                                           float* __restrict__ kept) {
+__global__ void __launch_bounds__(kThreads, P == 1 ? kForwardBlocksPerSM : 1)
+    forward_kernel(const __grid_constant__ ScanArgs a, T* __restrict__ out, float* __restrict__ sT,
+                   float* __restrict__ kept) {
   constexpr int S = kForwardStates, NP = P * S, U = 4;
   static_assert(kStage % U == 0, "staging rounds are whole step groups");
   static_assert(kKeepEvery % U == 0, "the kept states fall on the first step of a group");
@@ -196,11 +198,20 @@ template <typename T, typename F>
 cudaError_t dispatch_lanes(int P, F&& f) {
   constexpr int kMaxLanes = static_cast<int>(kMaxState) / std::decay_t<F>::kStates;
   switch (P) {
-    case 1: return f.template operator()<T, 1>();
-    case 2: if constexpr (kMaxLanes >= 2) return f.template operator()<T, 2>(); break;
-    case 4: if constexpr (kMaxLanes >= 4) return f.template operator()<T, 4>(); break;
-    case 8: if constexpr (kMaxLanes >= 8) return f.template operator()<T, 8>(); break;
-    case 16: if constexpr (kMaxLanes >= 16) return f.template operator()<T, 16>(); break;
+    case 1:
+      return f.template operator()<T, 1>();
+    case 2:
+      if constexpr (kMaxLanes >= 2) return f.template operator()<T, 2>();
+      break;
+    case 4:
+      if constexpr (kMaxLanes >= 4) return f.template operator()<T, 4>();
+      break;
+    case 8:
+      if constexpr (kMaxLanes >= 8) return f.template operator()<T, 8>();
+      break;
+    case 16:
+      if constexpr (kMaxLanes >= 16) return f.template operator()<T, 16>();
+      break;
   }
   return cudaErrorInvalidValue;  // N > kMaxState: the glue says so before calling
 }
@@ -220,7 +231,9 @@ struct Forward {
   float *sT, *kept;
   cudaStream_t stream;
   template <typename T, int P>
-  cudaError_t operator()() const { return launch_forward<T, P>(a, out, sT, kept, stream); }
+  cudaError_t operator()() const {
+    return launch_forward<T, P>(a, out, sT, kept, stream);
+  }
 };
 
 }  // namespace

@@ -108,7 +108,8 @@ __device__ __forceinline__ void warp_sum_scatter(float (&v)[V], int lane) {
 // Shapes: ScanArgs / ScanGrads (selective_scan_cuda.h); kept [B, kept_chunks(T), D, N].
 template <typename T, int K, bool kRecompute>
 __global__ void __launch_bounds__(kThreads, K <= 2 ? 2 : 1)
-    scan_backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept, const __grid_constant__ ScanGrads g) {
+    scan_backward_kernel(const __grid_constant__ ScanArgs a, const float* __restrict__ kept,
+                         const __grid_constant__ ScanGrads g) {
   constexpr int S = kSteps, R = kReduceSteps, V = 2 * K * R;
   static_assert(V <= 32 && (V & (V - 1)) == 0, "a reduce-scatter takes a power of two <= 32 values");
   extern __shared__ __align__(16) float smem[];
@@ -146,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, K <= 2 ? 2 : 1)
 
   for (int64_t ck = chunks - 1; ck >= 0; --ck) {
     const int64_t t0 = ck * kKeepEvery, ts = t0 + w * S;  // the chunk's and this segment's first token
-    __syncthreads();  // the previous chunk's reads of sB, sC, sdB, sdC are done
+    __syncthreads();                                      // the previous chunk's reads of sB, sC, sdB, sdC are done
     for (int e = threadIdx.x; e < kKeepEvery * NP; e += kThreads) {
       const int i = e / NP, n = e % NP;
       const int64_t t = t0 + i, r = b * a.T + t;
@@ -319,7 +320,8 @@ __global__ void __launch_bounds__(kThreads, K <= 2 ? 2 : 1)
       st(static_cast<T*>(g.ddt) + r * a.D + d, ddt);
       if (z_ptr) {
         const float zv = ld(z_ptr + r * a.z_row + d), sg = sigmoid(zv);
-        st(static_cast<T*>(g.dz) + r * g.dz_row + d, ld(dout_ptr + r * g.dout_row + d) * y[i] * sg * (1.f + zv * (1.f - sg)));
+        st(static_cast<T*>(g.dz) + r * g.dz_row + d,
+           ld(dout_ptr + r * g.dout_row + d) * y[i] * sg * (1.f + zv * (1.f - sg)));
       }
     }
   }
@@ -356,7 +358,8 @@ cudaError_t launch(const ScanArgs& a, const float* kept, const ScanGrads& g, cud
   const size_t bytes = sizeof(float) * smem_floats(a.N, K);
   auto kernel = scan_backward_kernel<T, K, kRecompute>;
   if (bytes > 48 * 1024) {  // past the default limit (N > 16 at K = 2): opt in
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (e != cudaSuccess) return e;
   }
   const dim3 grid(static_cast<unsigned>((a.D + kLanes - 1) / kLanes), static_cast<unsigned>(a.B));

@@ -35,15 +35,15 @@ struct ScanArgs {
   int64_t dt_row = 0;
   const float* dt_bias = nullptr;  // [D] or null
   bool softplus = false;
-  const float* A = nullptr;        // [D, N], negative
+  const float* A = nullptr;  // [D, N], negative
   const void* Bm = nullptr;
   int64_t B_row = 0;
   const void* Cm = nullptr;
   int64_t C_row = 0;
-  const float* Dskip = nullptr;    // [D] or null
-  const void* z = nullptr;         // [B, T, D] or null (no gate)
+  const float* Dskip = nullptr;  // [D] or null
+  const void* z = nullptr;       // [B, T, D] or null (no gate)
   int64_t z_row = 0;
-  const float* s0 = nullptr;       // [B, D, N] or null (a zero state)
+  const float* s0 = nullptr;  // [B, D, N] or null (a zero state)
 };
 
 inline int64_t kept_chunks(int64_t T) { return (T + kKeepEvery - 1) / kKeepEvery; }
@@ -60,12 +60,12 @@ struct ScanGrads {
   void* ddt = nullptr;         // [B, T, D] contiguous: the gradient of dt (before the softplus)
   void* dz = nullptr;          // [B, T, D], rows dz_row apart, when z is given
   int64_t dz_row = 0;
-  float* dA = nullptr;         // [B, D, N]: one partial sum per batch row
-  float* dDskip = nullptr;     // [B, D] partial sums, or null
-  float* dbias = nullptr;      // [B, D] partial sums, or null
-  float* dB = nullptr;         // [B, T, N], zeros on entry: the kernel adds into it (atomics)
-  float* dC = nullptr;         // [B, T, N], zeros on entry
-  float* ds0 = nullptr;        // [B, D, N], or null (no initial state to differentiate)
+  float* dA = nullptr;      // [B, D, N]: one partial sum per batch row
+  float* dDskip = nullptr;  // [B, D] partial sums, or null
+  float* dbias = nullptr;   // [B, D] partial sums, or null
+  float* dB = nullptr;      // [B, T, N], zeros on entry: the kernel adds into it (atomics)
+  float* dC = nullptr;      // [B, T, N], zeros on entry
+  float* ds0 = nullptr;     // [B, D, N], or null (no initial state to differentiate)
 };
 
 // Recomputes the states from `kept` (scan_forward's) one chunk at a time, parallel over the chunk's
@@ -77,13 +77,13 @@ cudaError_t scan_backward(const ScanArgs& a, const float* kept, const ScanGrads&
 //   state[b, d, :] = window[1:]
 struct ConvStepArgs {
   int64_t B = 0, D = 0;
-  int K = 0;                     // taps (d_conv)
-  DType dtype = DType::F32;      // of x, u and the state
-  const void* x = nullptr;       // [B, D], rows x_row apart
+  int K = 0;                 // taps (d_conv)
+  DType dtype = DType::F32;  // of x, u and the state
+  const void* x = nullptr;   // [B, D], rows x_row apart
   int64_t x_row = 0;
-  void* state = nullptr;         // [B, D, K - 1] contiguous
-  const float* weight = nullptr; // [D, K]
-  const float* bias = nullptr;   // [D] or null
+  void* state = nullptr;          // [B, D, K - 1] contiguous
+  const float* weight = nullptr;  // [D, K]
+  const float* bias = nullptr;    // [D] or null
 };
 // u: [B, D] contiguous.
 cudaError_t conv_step(const ConvStepArgs& a, void* u, cudaStream_t stream);

@@ -138,7 +138,8 @@ struct GatedScanFunction : public torch::autograd::Function<GatedScanFunction> {
     g.du = du.data_ptr(), g.ddt = ddt.data_ptr(), g.dz = dz.defined() ? dz.data_ptr() : nullptr, g.dz_row = a.D;
     g.dA = dA.data_ptr<float>(), g.dDskip = f32_out(dD), g.dbias = f32_out(dbias);
     g.dB = dB.data_ptr<float>(), g.dC = dC.data_ptr<float>(), g.ds0 = ds0.data_ptr<float>();
-    check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()), "selective scan backward");
+    check_cuda(cuda::scan_backward(a, kept.data_ptr<float>(), g, at::cuda::getCurrentCUDAStream()),
+               "selective scan backward");
     auto sum0 = [](const at::Tensor& t) { return t.defined() ? t.sum(0) : t; };
     return {du,
             ddt,
@@ -177,16 +178,16 @@ GatedScanResult scan_gated_cuda(const at::Tensor& u, const at::Tensor& dt, const
   auto fp32 = [&](const at::Tensor& t) {
     return t.defined() ? t.to(at::kFloat) : at::empty({0}, u.options().dtype(at::kFloat));
   };
-  const bool grad = at::GradMode::is_enabled() &&
-                    (u.requires_grad() || dt.requires_grad() || (dt_bias.defined() && dt_bias.requires_grad()) ||
-                     A.requires_grad() || Bm.requires_grad() || Cm.requires_grad() ||
-                     (Dskip.defined() && Dskip.requires_grad()) || (z.defined() && z.requires_grad()) ||
-                     (s0.defined() && s0.requires_grad()));
+  const bool grad =
+      at::GradMode::is_enabled() &&
+      (u.requires_grad() || dt.requires_grad() || (dt_bias.defined() && dt_bias.requires_grad()) || A.requires_grad() ||
+       Bm.requires_grad() || Cm.requires_grad() || (Dskip.defined() && Dskip.requires_grad()) ||
+       (z.defined() && z.requires_grad()) || (s0.defined() && s0.requires_grad()));
   if (!grad) {
     // Prefill and evaluation: no backward will come, so no chunk states are kept.
-    auto [out, state] = run_forward(prepare(u, same(dt), fp32(dt_bias), softplus, fp32(A), same(Bm), same(Cm),
-                                        fp32(Dskip), same(z), fp32(s0)),
-                                nullptr);
+    auto [out, state] = run_forward(
+        prepare(u, same(dt), fp32(dt_bias), softplus, fp32(A), same(Bm), same(Cm), fp32(Dskip), same(z), fp32(s0)),
+        nullptr);
     return {out, state};
   }
   auto r = GatedScanFunction::apply(u, same(dt), fp32(dt_bias), fp32(A), same(Bm), same(Cm), fp32(Dskip), same(z),
@@ -196,13 +197,16 @@ GatedScanResult scan_gated_cuda(const at::Tensor& u, const at::Tensor& dt, const
 
 bool conv_step_applies(const at::Tensor& x, const at::Tensor& state) {
   return x.is_cuda() && x.dim() == 3 && x.size(1) == 1 && x.stride(2) == 1 &&
-         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && state.scalar_type() == x.scalar_type() &&
-         state.is_contiguous() && state.dim() == 3 && state.size(0) == x.size(0) && state.size(1) == x.size(2);
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+         state.scalar_type() == x.scalar_type() && state.is_contiguous() && state.dim() == 3 &&
+         state.size(0) == x.size(0) && state.size(1) == x.size(2);
 }
 
-at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at::Tensor& weight, const at::Tensor& bias) {
+at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at::Tensor& weight,
+                          const at::Tensor& bias) {
   // x: [B, 1, D]; state: [B, D, K - 1]; weight: [D, K]; bias: [D]
-  if (!conv_step_applies(x, state) || weight.dim() != 2 || weight.size(0) != x.size(2) || weight.size(1) != state.size(2) + 1)
+  if (!conv_step_applies(x, state) || weight.dim() != 2 || weight.size(0) != x.size(2) ||
+      weight.size(1) != state.size(2) + 1)
     throw Error("mamba: CUDA conv step: unsupported shapes or dtypes");
   const c10::cuda::CUDAGuard guard(x.device());
   auto w = weight.to(at::kFloat).contiguous();

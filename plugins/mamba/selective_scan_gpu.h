@@ -43,7 +43,8 @@ at::Tensor mamba_inner_cuda(const at::Tensor& xz, const at::Tensor& conv_w, cons
 // place to the last K - 1 inputs; weight [D, K], bias [D] or undefined (fp32) -> u [B, 1, D]
 // contiguous in x's dtype. Inference only (no autograd). conv_step_applies says whether it takes them.
 bool conv_step_applies(const at::Tensor& x, const at::Tensor& state);
-at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at::Tensor& weight, const at::Tensor& bias);
+at::Tensor conv_step_cuda(const at::Tensor& x, const at::Tensor& state, const at::Tensor& weight,
+                          const at::Tensor& bias);
 
 }  // namespace mamba
 }  // namespace linearnexus

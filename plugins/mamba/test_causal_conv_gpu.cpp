@@ -40,7 +40,8 @@ void check_conv(int64_t B, int64_t T, int64_t D, int64_t K, at::ScalarType dtype
   REQUIRE(y.scalar_type() == dtype);
   REQUIRE(y.is_contiguous());
   (y.to(at::kDouble) * wout.to(at::kCUDA)).sum().backward();
-  const double ey = rel_error(y, y_ref), ex = rel_error(xz_g.grad().narrow(2, 0, D), x_ref.grad()), ew = rel_error(w_g.grad(), w.grad());
+  const double ey = rel_error(y, y_ref), ex = rel_error(xz_g.grad().narrow(2, 0, D), x_ref.grad()),
+               ew = rel_error(w_g.grad(), w.grad());
   std::printf("gpu-conv T %5lld K %lld %s: y %.1e dx %.1e dw %.1e", static_cast<long long>(T),
               static_cast<long long>(K), dtype == at::kFloat ? "fp32" : "bf16", ey, ex, ew);
   CHECK(ey < tol);

@@ -8,7 +8,8 @@
 using namespace lntest;
 
 // The block contract's checks (tests/block_contract.h) with mamba's reference form, scan: sequential.
-TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs, every gradient and prefill's state", "[mamba]") {
+TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs, every gradient and prefill's state",
+          "[mamba]") {
   PluginHost host;
   // scan: chunk is the batched-op path; auto is the fused CPU kernel here (fp32 on the CPU).
   // 37 = 4 chunks of 8 + 5; 5 < one chunk. Width 24: a block of 16 channels and a partial one.
@@ -16,9 +17,9 @@ TEST_CASE("mamba: chunked and fused scans == sequential reference in outputs, ev
   for (const std::string scan : {"chunk", "auto"})
     for (int64_t N : {1, 4, 16}) {
       INFO("scan " << scan << ", d_state " << N);
-      check_chunked_matches_recurrent(host, "mamba",
-                                      {{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"}, {"scan", scan}},
-                                      24, {37, 5}, Reference{"sequential", {}, {{"A_log", 0.3}}});
+      check_chunked_matches_recurrent(
+          host, "mamba", {{"d_state", std::to_string(N)}, {"chunk_size", "8"}, {"dt_max", "0.5"}, {"scan", scan}}, 24,
+          {37, 5}, Reference{"sequential", {}, {{"A_log", 0.3}}});
     }
 }
 
@@ -33,7 +34,8 @@ TEST_CASE("mamba: T = 4096 with strong decays stays finite and matches the refer
   }
 }
 
-TEST_CASE("mamba: prefill of any prefix + decode of the rest == the chunked scan, a prefill continues a state", "[mamba]") {
+TEST_CASE("mamba: prefill of any prefix + decode of the rest == the chunked scan, a prefill continues a state",
+          "[mamba]") {
   PluginHost host;
   check_prefill_decode_every_split(host, "mamba", {{"chunk_size", "8"}, {"dt_max", "0.5"}}, 16, 29);
   // A prefill continuing a state (a second prompt piece) also matches.
@@ -55,7 +57,8 @@ std::shared_ptr<LMModel> make_lm(PluginHost& host, const std::string& pattern) {
   Experiment e = parse(R"(
 data: {path: "builtin:arithmetic"}
 model: {hidden_size: 32, n_layer: 3, max_seq_len: 64, blocks: {mamba: {chunk_size: 8, dt_max: 0.5}, attention: {n_head: 4}}}
-)", host, {"model.block_pattern=" + pattern});
+)",
+                       host, {"model.block_pattern=" + pattern});
   auto m = std::make_shared<LMModel>(e.model_config(17), host.registry());
   m->eval();
   return m;
@@ -138,8 +141,8 @@ TEST_CASE("model presets build with the expected parameter counts", "[mamba][pre
   };
   // The published sizes these shapes are known by (GPT-2 124M has learned positions and biases we lack).
   CHECK(expect.at("gpt-small") == 123551232);
-  CHECK(expect.at("mamba-small") == 129117696);     // Mamba-130M
-  CHECK(expect.at("mamba-medium") == 371492864);    // Mamba-370M
+  CHECK(expect.at("mamba-small") == 129117696);   // Mamba-130M
+  CHECK(expect.at("mamba-medium") == 371492864);  // Mamba-370M
   auto names = preset_names();
   CHECK(names.size() == expect.size());
   for (const auto& name : names) {

@@ -79,9 +79,7 @@ void check_kernel(int64_t B, int64_t T, int64_t D, int64_t N, at::ScalarType dty
   ((r.out * wout).sum() + (r.state * wstate).sum()).backward();
 
   // The same values on the GPU, each a leaf in its kernel dtype (u, dt, z, B, C: `dtype`).
-  auto cuda = [&](const at::Tensor& t, at::ScalarType st) {
-    return t.detach().to(at::kCUDA, st).requires_grad_(true);
-  };
+  auto cuda = [&](const at::Tensor& t, at::ScalarType st) { return t.detach().to(at::kCUDA, st).requires_grad_(true); };
   auto bc = at::empty({B, T, 2 * N + 3}, at::TensorOptions().dtype(dtype).device(at::kCUDA)).normal_();
   bc.narrow(2, 3, N).copy_(ref.Bm.detach());
   bc.narrow(2, 3 + N, N).copy_(ref.Cm.detach());
@@ -184,7 +182,8 @@ TEST_CASE("cuda selective scan: no softplus, no gate, no initial state (the padd
   CHECK(rel_error(gA, A.grad()) < 1e-4);
 }
 
-TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decoding's, from zero and carried", "[gpu]") {
+TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decoding's, from zero and carried",
+          "[gpu]") {
   LN_SKIP_WITHOUT_CUDA();
   PluginHost host;
   torch::manual_seed(6);
@@ -215,7 +214,8 @@ TEST_CASE("cuda mamba block: prefill's output and final state == recurrent decod
   CHECK(rel_error(p2.state.tensors.at("ssm_state"), s.tensors.at("ssm_state")) < 1e-5);
 }
 
-TEST_CASE("cuda mamba block, training: the fused inner node == the chunk scan on plain ops (fp32, every gradient)", "[gpu]") {
+TEST_CASE("cuda mamba block, training: the fused inner node == the chunk scan on plain ops (fp32, every gradient)",
+          "[gpu]") {
   LN_SKIP_WITHOUT_CUDA();
   PluginHost host;
   torch::manual_seed(9);
@@ -254,13 +254,14 @@ TEST_CASE("cuda mamba block, training: the fused inner node == the chunk scan on
   std::printf("\n");
 }
 
-TEST_CASE("cuda jamba-small bf16 training step: fused kernel == unfused chunk scan (loss and every gradient)", "[gpu]") {
+TEST_CASE("cuda jamba-small bf16 training step: fused kernel == unfused chunk scan (loss and every gradient)",
+          "[gpu]") {
   LN_SKIP_WITHOUT_CUDA();
   PluginHost host;
   auto make = [&](const std::string& scan) {
-    Experiment e = parse_experiment("data: {path: \"builtin:arithmetic\"}\nmodel: {preset: jamba-small, blocks: {mamba: {scan: " +
-                                        scan + "}}}\n",
-                                    "test.yaml", "", {}, host);
+    Experiment e = parse_experiment(
+        "data: {path: \"builtin:arithmetic\"}\nmodel: {preset: jamba-small, blocks: {mamba: {scan: " + scan + "}}}\n",
+        "test.yaml", "", {}, host);
     torch::manual_seed(7);
     auto m = std::make_shared<LMModel>(e.model_config(50257), host.registry());
     m->to(at::kCUDA);

@@ -24,9 +24,15 @@ namespace {
 class Mamba2Block : public Block {
  public:
   Mamba2Block(const ModelDims& d, const Params& p)
-      : C_(d.hidden_size), N_(p.get_int("d_state")), K_(p.get_int("d_conv")), Din_(p.get_int("expand") * C_),
-        P_(p.get_int("head_dim")), G_(p.get_int("n_groups")), Q_(p.get_int("chunk_size")),
-        recurrent_(p.get_string("scan") == "recurrent"), dropout_(d.dropout) {
+      : C_(d.hidden_size),
+        N_(p.get_int("d_state")),
+        K_(p.get_int("d_conv")),
+        Din_(p.get_int("expand") * C_),
+        P_(p.get_int("head_dim")),
+        G_(p.get_int("n_groups")),
+        Q_(p.get_int("chunk_size")),
+        recurrent_(p.get_string("scan") == "recurrent"),
+        dropout_(d.dropout) {
     if (Din_ % P_ != 0)
       throw Error("model.blocks.mamba2.head_dim (" + std::to_string(P_) + ") must divide expand * hidden_size (" +
                   std::to_string(Din_) + ")");
@@ -68,9 +74,9 @@ class Mamba2Block : public Block {
     // x: [B, T, C] -> [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
     auto h = norm_->forward(x);
-    auto zxbc = in_proj_(h);                                                // [B, T, Din + Dxbc]
+    auto zxbc = in_proj_(h);  // [B, T, Din + Dxbc]
     auto z = zxbc.narrow(-1, 0, Din_), xBC = zxbc.narrow(-1, Din_, Dxbc_);
-    auto dt_raw = dt_proj_(h);                                              // [B, T, H]
+    auto dt_raw = dt_proj_(h);  // [B, T, H]
     // Left padding: a padding token's conv input is zeroed (as the conv's zero history) and its dt
     // too (no decay, no input), so it leaves the state exactly as if it were absent.
     auto keep = ctx.new_token_keep(T, x.device(), x.scalar_type());  // [B, T, 1] or undefined
@@ -86,10 +92,10 @@ class Mamba2Block : public Block {
     auto group = [&](int64_t off) {  // [B, T, G N] -> [B, H, T, N], each group's B (or C) for its heads
       return xBC.narrow(-1, off, G_ * N_).reshape({B, T, G_, N_}).transpose(1, 2).repeat_interleave(H_ / G_, 1);
     };
-    auto dth = dt.transpose(1, 2).unsqueeze(-1);                             // [B, H, T, 1]
-    auto k = group(Din_) * dth, q = group(Din_ + G_ * N_);                  // [B, H, T, N]
-    auto g = dth * (-A_log_.exp()).view({1, H_, 1, 1});                      // [B, H, T, 1] log-decays
-    at::Tensor S = cached ? state.tensors.at("ssm_state") : at::Tensor();    // [B, H, N, P] fp32
+    auto dth = dt.transpose(1, 2).unsqueeze(-1);                           // [B, H, T, 1]
+    auto k = group(Din_) * dth, q = group(Din_ + G_ * N_);                 // [B, H, T, N]
+    auto g = dth * (-A_log_.exp()).view({1, H_, 1, 1});                    // [B, H, T, 1] log-decays
+    at::Tensor S = cached ? state.tensors.at("ssm_state") : at::Tensor();  // [B, H, N, P] fp32
     auto y = ctx.mode == Mode::Decode || recurrent_ ? decay_scan_recurrent(q, k, v, g, S)
                                                     : decay_scan_chunked(q, k, v, g, S, Q_);  // [B, H, T, P]
     if (cached) {
@@ -97,7 +103,7 @@ class Mamba2Block : public Block {
       state.tensors["ssm_state"] = S.detach();
     }
     y = (y + v * D_.view({1, H_, 1, 1})).transpose(1, 2).reshape({B, T, Din_});
-    auto out = out_proj_(gnorm_->forward(y * at::silu(z)));                 // [B, T, C]
+    auto out = out_proj_(gnorm_->forward(y * at::silu(z)));  // [B, T, C]
     if (is_training() && dropout_ > 0) out = at::dropout(out, dropout_, true);
     return {x + out, std::move(state)};
   }
@@ -120,12 +126,11 @@ class Mamba2Block : public Block {
   // The projections are matrices; dt_proj makes time steps (a decay), so it is `other`: never
   // orthogonalised by Muon, weight-decayed as a 2-D tensor; A_log, dt_bias and D are `ssm_dynamics`.
   std::map<std::string, ParamRole> parameter_roles() const override {
-    std::map<std::string, ParamRole> r{
-        {"norm.weight", ParamRole::Norm},       {"in_proj.weight", ParamRole::Matrix},
-        {"dt_proj.weight", ParamRole::Other},   {"conv_weight", ParamRole::Conv},
-        {"dt_bias", ParamRole::SsmDynamics},    {"A_log", ParamRole::SsmDynamics},
-        {"D", ParamRole::SsmDynamics},          {"gnorm.weight", ParamRole::Norm},
-        {"out_proj.weight", ParamRole::Matrix}};
+    std::map<std::string, ParamRole> r{{"norm.weight", ParamRole::Norm},      {"in_proj.weight", ParamRole::Matrix},
+                                       {"dt_proj.weight", ParamRole::Other},  {"conv_weight", ParamRole::Conv},
+                                       {"dt_bias", ParamRole::SsmDynamics},   {"A_log", ParamRole::SsmDynamics},
+                                       {"D", ParamRole::SsmDynamics},         {"gnorm.weight", ParamRole::Norm},
+                                       {"out_proj.weight", ParamRole::Matrix}};
     declare_roles(r, *norm_, "norm.", ParamRole::Norm);  // a LayerNorm's bias too (model.norm)
     if (conv_bias_.defined()) r["conv_bias"] = ParamRole::Bias;
     return r;

@@ -13,7 +13,8 @@ namespace {
 const KV kSmall{{"d_state", "8"}, {"head_dim", "8"}, {"n_groups", "2"}, {"chunk_size", "8"}, {"dt_max", "0.5"}};
 }  // namespace
 
-TEST_CASE("mamba2: chunked form == recurrent reference in outputs and every gradient (odd T, chunk sizes)", "[mamba2]") {
+TEST_CASE("mamba2: chunked form == recurrent reference in outputs and every gradient (odd T, chunk sizes)",
+          "[mamba2]") {
   PluginHost host;
   for (const std::string chunk : {"8", "3", "1"}) {  // 1: 37 chunks, the states from core's scan over chunks
     KV kv = kSmall;
@@ -48,7 +49,8 @@ TEST_CASE("mamba2: the state is fixed-size per sequence, roles declared, bad con
   CHECK_CONTAINS(e, "dt_min must not exceed dt_max");
 }
 
-TEST_CASE("mamba2: batched left-padded generation == one by one, hybrid with attention decodes like its forward", "[mamba2]") {
+TEST_CASE("mamba2: batched left-padded generation == one by one, hybrid with attention decodes like its forward",
+          "[mamba2]") {
   PluginHost host;
   for (const std::string pattern : {"[mamba2]", "[mamba2, mamba2, attention]"})
     check_generation(host, pattern, "{mamba2: {d_state: 8, head_dim: 8, chunk_size: 4}, attention: {n_head: 4}}");
@@ -71,7 +73,8 @@ TEST_CASE("mamba2-small preset: the Mamba-2 130M shape", "[mamba2][presets]") {
   CHECK(total == 128965824);                         // "mamba2-130m" (its vocabulary is padded to 50280)
 }
 
-TEST_CASE("a small char mamba2 model learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)", "[mamba2][e2e]") {
+TEST_CASE("a small char mamba2 model learns tiny Shakespeare (val loss 0.5 nats under the unigram entropy)",
+          "[mamba2][e2e]") {
   check_learns_shakespeare(
       "model: {hidden_size: 64, n_layer: 2, max_seq_len: 64, block_pattern: [mamba2], "
       "blocks: {mamba2: {d_state: 16, head_dim: 16}}}");

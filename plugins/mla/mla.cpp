@@ -95,16 +95,16 @@ class MLABlock : public Block {
     // x: [B, T, C] -> [B, T, C]; state: MLACache (may be empty in Train mode)
     const int64_t B = x.size(0), T = x.size(1);
     auto xn = ln1_->forward(x);
-    auto pos = ctx.position_ids(B, T, x.device());  // [B or 1, T]
+    auto pos = ctx.position_ids(B, T, x.device());                                  // [B or 1, T]
     auto q = dq_ > 0 ? q_up_(q_norm_->forward(q_down_(xn))) : wq_(xn);              // [B, T, H (dn + dr)]
-    auto q_nope = q.narrow(-1, 0, H_ * dn_).view({B, T, H_, dn_}).transpose(1, 2);   // [B, H, T, dn]
+    auto q_nope = q.narrow(-1, 0, H_ * dn_).view({B, T, H_, dn_}).transpose(1, 2);  // [B, H, T, dn]
     auto q_rope = apply_rope(q.narrow(-1, H_ * dn_, H_ * dr_).view({B, T, H_, dr_}).transpose(1, 2), pos, rope_base_);
-    auto kv = kv_down_(xn);                                                         // [B, T, dc + dr]
-    auto c_kv = kv_norm_->forward(kv.narrow(-1, 0, dc_));                            // [B, T, dc]
+    auto kv = kv_down_(xn);                                // [B, T, dc + dr]
+    auto c_kv = kv_norm_->forward(kv.narrow(-1, 0, dc_));  // [B, T, dc]
     // One RoPE key per token, shared by every head: rotate it once, before caching, so the cache
     // never needs re-rotating.
     auto k_rope = apply_rope(kv.narrow(-1, dc_, dr_).unsqueeze(1), pos, rope_base_).squeeze(1);  // [B, T, dr]
-    if (!state.empty()) std::tie(c_kv, k_rope) = MLACache::append(state, c_kv, k_rope, ctx);  // [B, Tk, .]
+    if (!state.empty()) std::tie(c_kv, k_rope) = MLACache::append(state, c_kv, k_rope, ctx);     // [B, Tk, .]
 
     at::Tensor o;  // [B, T, H dv]
     if (ctx.mode == Mode::Decode && absorbed_)
@@ -122,7 +122,8 @@ class MLABlock : public Block {
   }
 
   std::map<std::string, std::vector<int64_t>> fused_splits() const override {
-    std::map<std::string, std::vector<int64_t>> s{{"kv_down.weight", {dc_, dr_}}, {"kv_up.weight", {H_ * dn_, H_ * dv_}}};
+    std::map<std::string, std::vector<int64_t>> s{{"kv_down.weight", {dc_, dr_}},
+                                                  {"kv_up.weight", {H_ * dn_, H_ * dv_}}};
     s[dq_ > 0 ? "q_up.weight" : "wq.weight"] = {H_ * dn_, H_ * dr_};
     return s;
   }
@@ -148,11 +149,11 @@ class MLABlock : public Block {
                                  const at::Tensor& k_rope, const ForwardContext& ctx) {
     // q_nope [B,H,T,dn], q_rope [B,H,T,dr], c_kv [B,Tk,dc], k_rope [B,Tk,dr] -> [B, T, H dv]
     const int64_t B = q_nope.size(0), T = q_nope.size(2), Tk = c_kv.size(1);
-    auto kv = kv_up_(c_kv);                                                                  // [B, Tk, H (dn + dv)]
-    auto k_nope = kv.narrow(-1, 0, H_ * dn_).view({B, Tk, H_, dn_}).transpose(1, 2);        // [B, H, Tk, dn]
-    auto v = kv.narrow(-1, H_ * dn_, H_ * dv_).view({B, Tk, H_, dv_}).transpose(1, 2);      // [B, H, Tk, dv]
-    auto k = at::cat({k_nope, k_rope.unsqueeze(1).expand({B, H_, Tk, dr_})}, -1);           // [B, H, Tk, dn + dr]
-    auto q = at::cat({q_nope, q_rope}, -1);                                                 // [B, H, T, dn + dr]
+    auto kv = kv_up_(c_kv);                                                             // [B, Tk, H (dn + dv)]
+    auto k_nope = kv.narrow(-1, 0, H_ * dn_).view({B, Tk, H_, dn_}).transpose(1, 2);    // [B, H, Tk, dn]
+    auto v = kv.narrow(-1, H_ * dn_, H_ * dv_).view({B, Tk, H_, dv_}).transpose(1, 2);  // [B, H, Tk, dv]
+    auto k = at::cat({k_nope, k_rope.unsqueeze(1).expand({B, H_, Tk, dr_})}, -1);       // [B, H, Tk, dn + dr]
+    auto q = at::cat({q_nope, q_rope}, -1);                                             // [B, H, T, dn + dr]
     auto mask = ctx.visibility_mask(T, Tk, q.device());
     const bool is_causal = !mask.defined() && Tk == T && T > 1;
     auto y = compat::attention(q, k, v.contiguous(), mask, is_causal, is_training() ? dropout_ : 0.0);  // [B,H,T,dv]
@@ -165,20 +166,21 @@ class MLABlock : public Block {
                              const at::Tensor& k_rope, const ForwardContext& ctx) {
     // q_nope [B,H,T,dn], q_rope [B,H,T,dr], c_kv [B,Tk,dc], k_rope [B,Tk,dr] -> [B, T, H dv]
     const int64_t B = q_nope.size(0), T = q_nope.size(2), Tk = c_kv.size(1);
-    const auto& w = kv_up_->weight;                                   // [H (dn + dv), dc]
-    auto w_uk = w.narrow(0, 0, H_ * dn_).view({H_, dn_, dc_});        // per head: k_nope_h = W_UK_h c
-    auto w_uv = w.narrow(0, H_ * dn_, H_ * dv_).view({H_, dv_, dc_}); // per head: v_h = W_UV_h c
+    const auto& w = kv_up_->weight;                                    // [H (dn + dv), dc]
+    auto w_uk = w.narrow(0, 0, H_ * dn_).view({H_, dn_, dc_});         // per head: k_nope_h = W_UK_h c
+    auto w_uv = w.narrow(0, H_ * dn_, H_ * dv_).view({H_, dv_, dc_});  // per head: v_h = W_UV_h c
     // q_lat_h = W_UK_h^T q_nope_h, one [B T, dn] x [dn, dc] matmul per head.
     auto q_lat = at::bmm(q_nope.permute({1, 0, 2, 3}).reshape({H_, B * T, dn_}), w_uk)  // [H, B T, dc]
-                     .view({H_, B, T, dc_}).transpose(0, 1);                               // [B, H, T, dc]
+                     .view({H_, B, T, dc_})
+                     .transpose(0, 1);  // [B, H, T, dc]
     auto s = at::bmm(q_lat.reshape({B, H_ * T, dc_}), c_kv.transpose(1, 2)) +
-             at::bmm(q_rope.reshape({B, H_ * T, dr_}), k_rope.transpose(1, 2));            // [B, H T, Tk]
+             at::bmm(q_rope.reshape({B, H_ * T, dr_}), k_rope.transpose(1, 2));  // [B, H T, Tk]
     s = s.view({B, H_, T, Tk}) * scale_;
     auto mask = ctx.visibility_mask(T, Tk, s.device(), true);
     if (mask.defined()) s = s.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
     auto p = at::softmax(s, -1);
     if (is_training() && dropout_ > 0) p = at::dropout(p, dropout_, true);
-    auto o_lat = at::bmm(p.view({B, H_ * T, Tk}), c_kv).view({B, H_, T, dc_});           // [B, H, T, dc]
+    auto o_lat = at::bmm(p.view({B, H_ * T, Tk}), c_kv).view({B, H_, T, dc_});  // [B, H, T, dc]
     // o_h = W_UV_h o_lat_h: the value up-projection applied once per query, not once per cached token.
     auto o = at::bmm(o_lat.transpose(0, 1).reshape({H_, B * T, dc_}), w_uv.transpose(1, 2));  // [H, B T, dv]
     return o.view({H_, B, T, dv_}).permute({1, 2, 0, 3}).reshape({B, T, H_ * dv_});
@@ -189,28 +191,51 @@ class MLABlock : public Block {
   bool absorbed_ = true;
   std::shared_ptr<Norm> ln1_;
   std::shared_ptr<RMSNorm> q_norm_, kv_norm_;
-  torch::nn::Linear wq_{nullptr}, q_down_{nullptr}, q_up_{nullptr}, kv_down_{nullptr}, kv_up_{nullptr}, o_proj_{nullptr};
+  torch::nn::Linear wq_{nullptr}, q_down_{nullptr}, q_up_{nullptr}, kv_down_{nullptr}, kv_up_{nullptr},
+      o_proj_{nullptr};
   ResidualMLP tail_;  // ln2 + mlp
 };
 
 void register_mla(Registry& r) {
-  r.add_block("mla", "DeepSeek-V2 multi-head latent attention (compressed latent KV cache, decoupled RoPE) + MLP",
-              join_schemas({
-                  {"n_head", ParamType::Int, "4", "attention heads", {}, 1},
-                  {"kv_lora_rank", ParamType::Int, "0", "d_c, the cached latent width (0 = min(4 head_dim, hidden_size / 2))", {}, 0},
-                  {"q_lora_rank", ParamType::Int, "0", "low-rank query width (0 = full-rank queries)", {}, 0},
-                  {"qk_nope_head_dim", ParamType::Int, "0", "per-head query/key part without RoPE (0 = head_dim = hidden_size / n_head)", {}, 0},
-                  {"qk_rope_head_dim", ParamType::Int, "0", "per-head RoPE part, even; its key is shared by all heads (0 = head_dim / 2)", {}, 0},
-                  {"v_head_dim", ParamType::Int, "0", "per-head value width (0 = head_dim)", {}, 0},
-                  {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base", {}, 1},
-                  {"decode", ParamType::String, "absorbed", "decode path: absorbed (on the latent cache) or naive (materialise k/v)", {"absorbed", "naive"}},
-              }, mlp_schema()),
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MLABlock>(d, p); },
-              // The scores and the weighted sum, as attention's (12 C T per token, full T x T).
-              BlockHooks{[](const ModelDims& d, const Params&, int64_t T) {
-                           return 12.0 * static_cast<double>(d.hidden_size) * static_cast<double>(T);
-                         },
-                         nullptr});
+  r.add_block(
+      "mla", "DeepSeek-V2 multi-head latent attention (compressed latent KV cache, decoupled RoPE) + MLP",
+      join_schemas(
+          {
+              {"n_head", ParamType::Int, "4", "attention heads", {}, 1},
+              {"kv_lora_rank",
+               ParamType::Int,
+               "0",
+               "d_c, the cached latent width (0 = min(4 head_dim, hidden_size / 2))",
+               {},
+               0},
+              {"q_lora_rank", ParamType::Int, "0", "low-rank query width (0 = full-rank queries)", {}, 0},
+              {"qk_nope_head_dim",
+               ParamType::Int,
+               "0",
+               "per-head query/key part without RoPE (0 = head_dim = hidden_size / n_head)",
+               {},
+               0},
+              {"qk_rope_head_dim",
+               ParamType::Int,
+               "0",
+               "per-head RoPE part, even; its key is shared by all heads (0 = head_dim / 2)",
+               {},
+               0},
+              {"v_head_dim", ParamType::Int, "0", "per-head value width (0 = head_dim)", {}, 0},
+              {"rope_base", ParamType::Float, "10000.0", "RoPE frequency base", {}, 1},
+              {"decode",
+               ParamType::String,
+               "absorbed",
+               "decode path: absorbed (on the latent cache) or naive (materialise k/v)",
+               {"absorbed", "naive"}},
+          },
+          mlp_schema()),
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<MLABlock>(d, p); },
+      // The scores and the weighted sum, as attention's (12 C T per token, full T x T).
+      BlockHooks{[](const ModelDims& d, const Params&, int64_t T) {
+                   return 12.0 * static_cast<double>(d.hidden_size) * static_cast<double>(T);
+                 },
+                 nullptr});
 }
 
 }  // namespace

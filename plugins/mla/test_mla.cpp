@@ -30,7 +30,8 @@ std::shared_ptr<LMModel> make_model(PluginHost& host, const std::vector<std::str
   Experiment e = parse(R"(
 data: {path: "builtin:arithmetic"}
 model: {hidden_size: 32, n_layer: 2, max_seq_len: 64, block_pattern: [mla]}
-)", host, o);
+)",
+                       host, o);
   auto m = std::make_shared<LMModel>(e.model_config(kVocab), host.registry());
   m->eval();
   return m;
@@ -123,7 +124,8 @@ TEST_CASE("mla absorbed decoding equals naive (materialising) decoding", "[mla]"
     }
     // Both wrote the same latent cache.
     for (size_t l = 0; l < sa.layers.size(); ++l)
-      for (const char* k : {"c_kv", "k_rope"}) CHECK(torch::allclose(sa.layers[l].tensors[k], sn.layers[l].tensors[k], 1e-5, 1e-6));
+      for (const char* k : {"c_kv", "k_rope"})
+        CHECK(torch::allclose(sa.layers[l].tensors[k], sn.layers[l].tensors[k], 1e-5, 1e-6));
   }
 }
 
@@ -143,8 +145,9 @@ TEST_CASE("mla batched decoding with left padding matches each prompt decoded al
   // Real tokens count positions from 0; padding sits at position 0 too (it is never attended to).
   auto pos = (s.key_padding.to(at::kLong).cumsum(1) - 1).clamp_min(0);  // [2, L]
   std::vector<at::Tensor> parts{m->forward(batch.narrow(1, 0, P), &s, Mode::Prefill, pos.narrow(1, 0, P))};
-  for (int64_t t = P; t < L; ++t) parts.push_back(m->forward(batch.narrow(1, t, 1), &s, Mode::Decode, pos.narrow(1, t, 1)));
-  auto batched = at::cat(parts, 1);  // [2, L, V]
+  for (int64_t t = P; t < L; ++t)
+    parts.push_back(m->forward(batch.narrow(1, t, 1), &s, Mode::Decode, pos.narrow(1, t, 1)));
+  auto batched = at::cat(parts, 1);                                        // [2, L, V]
   auto alone0 = m->forward(seqs[0].narrow(0, pad, L - pad).unsqueeze(0));  // [1, L - pad, V]
   auto alone1 = m->forward(seqs[1].unsqueeze(0));
   INFO("max diff row 0 " << max_diff(batched[0].narrow(0, pad, L - pad), alone0[0]) << ", row 1 "
@@ -162,11 +165,13 @@ TEST_CASE("mla caches d_c + d_rope numbers per token per layer, far fewer than a
   };
   // A tiny odd shape, the defaults at a small width, and gpt-small's width with DeepSeek-like dims
   // (d_c = 4 head_dim = 256, d_rope = head_dim / 2 = 32: the defaults there).
-  std::vector<Width> widths{{32, 4, kOddDims, 12, 4}, {96, 4, {"model.blocks.mla.n_head=4"}, 48, 12},
+  std::vector<Width> widths{{32, 4, kOddDims, 12, 4},
+                            {96, 4, {"model.blocks.mla.n_head=4"}, 48, 12},
                             {768, 12, {"model.blocks.mla.n_head=12"}, 256, 32}};
   for (const auto& w : widths) {
     auto mla = make_model(host, w.mla, "[mla]", w.hidden, 2);
-    auto att = make_model(host, {"model.blocks.attention.n_head=" + std::to_string(w.n_head)}, "[attention]", w.hidden, 2);
+    auto att =
+        make_model(host, {"model.blocks.attention.n_head=" + std::to_string(w.n_head)}, "[attention]", w.hidden, 2);
     const int64_t B = 3, L = 50;
     ModelState ms = mla->init_state(B, L), as = att->init_state(B, L);
     for (const auto& layer : ms.layers) {
@@ -184,9 +189,9 @@ TEST_CASE("mla caches d_c + d_rope numbers per token per layer, far fewer than a
     CHECK(mla_bpt == (w.dc + w.dr) * 4);
     CHECK(att_bpt == 2 * w.hidden * 4);
     CHECK(mla_bpt < att_bpt);
-    std::cout << "[mla cache] hidden " << w.hidden << ", " << w.n_head << " heads: mla (d_c " << w.dc << ", d_rope " << w.dr
-              << ") " << mla_bpt << " B/token/layer vs attention (MHA) " << att_bpt << " B/token/layer: "
-              << att_bpt / mla_bpt << "x smaller\n";
+    std::cout << "[mla cache] hidden " << w.hidden << ", " << w.n_head << " heads: mla (d_c " << w.dc << ", d_rope "
+              << w.dr << ") " << mla_bpt << " B/token/layer vs attention (MHA) " << att_bpt
+              << " B/token/layer: " << att_bpt / mla_bpt << "x smaller\n";
   }
   // The cache really is what decoding reads: a prefill fills exactly the first T latent rows.
   torch::manual_seed(4);
@@ -217,7 +222,8 @@ TEST_CASE("mla declares fused splits that tile its fused weights, bad shapes are
       CHECK(sum == params[name].size(0));
     }
   }
-  CHECK_CONTAINS(error_of([&] { make_model(host, {"model.blocks.mla.qk_rope_head_dim=5"}); }), "qk_rope_head_dim must be even");
+  CHECK_CONTAINS(error_of([&] { make_model(host, {"model.blocks.mla.qk_rope_head_dim=5"}); }),
+                 "qk_rope_head_dim must be even");
   CHECK_CONTAINS(error_of([&] { make_model(host, {"model.blocks.mla.decode=fast"}); }), "decode");
 }
 
@@ -233,7 +239,8 @@ model: {hidden_size: 48, n_layer: 2, max_seq_len: 64, dropout: 0.0, block_patter
 optimizer: {name: adamw, lr: 5e-3}
 schedule: {warmup_steps: 10}
 trainer: {name: sft, max_steps: 60, batch_size: 8, log_every: 1, eval_every: 60, eval_batches: 2, save_every: 1000}
-)", host, {"trainer.out_dir=" + (t / "run")});
+)",
+                       host, {"trainer.out_dir=" + (t / "run")});
   auto s = prepare_run(e, host);
   host.registry().make_trainer(e.trainer_name, e.trainer_params)->run(*s);
   auto m = read_metrics(t / "run");
@@ -278,13 +285,25 @@ TEST_CASE("configs/mla_shakespeare.yaml learns tiny Shakespeare (val loss 0.5 na
   // The shipped config, shortened and narrowed so the test takes well under a minute on 2 cores; the
   // full config trains longer and wider (see docs/benchmarks.md).
   Experiment e = load_experiment(LINEARNEXUS_SOURCE_DIR "/configs/mla_shakespeare.yaml",
-                                 {"data.path=" + path, "trainer.out_dir=" + (t / "run"), "data.seq_len=64",
-                                  "model.hidden_size=64", "model.n_layer=2", "model.dropout=0.0",
-                                  "model.blocks.mla.n_head=4", "model.blocks.mla.kv_lora_rank=32",
-                                  "model.blocks.mla.qk_nope_head_dim=16", "model.blocks.mla.qk_rope_head_dim=8",
-                                  "model.blocks.mla.v_head_dim=16", "trainer.max_steps=150", "trainer.batch_size=16",
-                                  "trainer.log_every=50", "trainer.eval_every=150", "trainer.eval_batches=10",
-                                  "trainer.save_every=1000", "optimizer.lr=5e-3", "schedule.warmup_steps=15",
+                                 {"data.path=" + path,
+                                  "trainer.out_dir=" + (t / "run"),
+                                  "data.seq_len=64",
+                                  "model.hidden_size=64",
+                                  "model.n_layer=2",
+                                  "model.dropout=0.0",
+                                  "model.blocks.mla.n_head=4",
+                                  "model.blocks.mla.kv_lora_rank=32",
+                                  "model.blocks.mla.qk_nope_head_dim=16",
+                                  "model.blocks.mla.qk_rope_head_dim=8",
+                                  "model.blocks.mla.v_head_dim=16",
+                                  "trainer.max_steps=150",
+                                  "trainer.batch_size=16",
+                                  "trainer.log_every=50",
+                                  "trainer.eval_every=150",
+                                  "trainer.eval_batches=10",
+                                  "trainer.save_every=1000",
+                                  "optimizer.lr=5e-3",
+                                  "schedule.warmup_steps=15",
                                   "schedule.min_lr=5e-4"},
                                  host);
   REQUIRE(e.model_config(65).block_pattern == std::vector<std::string>{"mla"});

@@ -57,8 +57,9 @@ void register_adamw(Registry& r) {
       {"eps", ParamType::Float, "1e-8", "denominator epsilon", {}, 0},
   };
   for (auto& k : MomentSlots::schema_keys("0.1")) s.push_back(k);
-  r.add_optimizer("adamw", "Adam with decoupled weight decay (as torch.optim.AdamW)", s,
-                  [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<AdamW>(ps, p); });
+  r.add_optimizer(
+      "adamw", "Adam with decoupled weight decay (as torch.optim.AdamW)", s,
+      [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<AdamW>(ps, p); });
 }
 
 }  // namespace

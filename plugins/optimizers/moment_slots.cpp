@@ -72,7 +72,8 @@ void check_state_keys(const TensorMap& state, const std::set<std::string>& expec
   for (const auto& [key, value] : state)
     if (!expected.count(key))
       throw Error(optimizer + " state '" + key + "' is not one " + optimizer + " keeps for this model (" +
-                  std::to_string(expected.size()) + " entries: step and one per parameter); the checkpoint was saved by " +
+                  std::to_string(expected.size()) +
+                  " entries: step and one per parameter); the checkpoint was saved by " +
                   "another optimizer or model, or edited");
 }
 
@@ -83,13 +84,13 @@ int64_t state_count(const TensorMap& state, const std::string& key, const std::s
                 c10::str(t.sizes()) + "); the checkpoint is corrupt or edited");
   const int64_t n = t.item<int64_t>();
   if (n < 0)
-    throw Error(optimizer + " state '" + key + "' is " + std::to_string(n) + ", not a count (>= 0); the checkpoint is " +
-                "corrupt or edited: use another checkpoint of the run");
+    throw Error(optimizer + " state '" + key + "' is " + std::to_string(n) +
+                ", not a count (>= 0); the checkpoint is " + "corrupt or edited: use another checkpoint of the run");
   return n;
 }
 
-const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, const at::Tensor& like, bool non_negative,
-                               const std::string& optimizer) {
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, const at::Tensor& like,
+                               bool non_negative, const std::string& optimizer) {
   const at::Tensor& t = optimizer_state_at(state, key, optimizer);
   if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
     throw Error(optimizer + " state '" + key + "' is " + c10::toString(t.scalar_type()) + " " + c10::str(t.sizes()) +
@@ -99,7 +100,8 @@ const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, c
     throw Error(optimizer + " state '" + key + "' holds NaN or infinite values; the run it came from diverged or the " +
                 "checkpoint is corrupt: use an earlier checkpoint");
   if (non_negative && (t < 0).any().item<bool>())
-    throw Error(optimizer + " state '" + key + "' holds negative values, but it is a second moment (a mean of squares); " +
+    throw Error(optimizer + " state '" + key +
+                "' holds negative values, but it is a second moment (a mean of squares); " +
                 "the checkpoint is corrupt or edited: use another checkpoint of the run");
   return t;
 }

@@ -25,8 +25,8 @@ class MomentSlots {
     at::Tensor first, second;  // zero-initialised, like the parameter
   };
   // Groups by the `decay` / `no_decay` keys of p.
-  MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer,
-              std::string first_key, std::string second_key);
+  MomentSlots(const std::vector<NamedParameter>& params, const Params& p, std::string optimizer, std::string first_key,
+              std::string second_key);
   // Groups by explicit globs (an optimizer whose keys are named otherwise, e.g. Muon's inner AdamW).
   MomentSlots(const std::vector<NamedParameter>& params, const std::vector<std::string>& decay,
               const std::vector<std::string>& no_decay, std::string optimizer, std::string first_key,
@@ -72,8 +72,8 @@ void check_state_keys(const TensorMap& state, const std::set<std::string>& expec
 // state[key] as a count (the step, Sophia's curvature updates): one whole number >= 0.
 int64_t state_count(const TensorMap& state, const std::string& key, const std::string& optimizer);
 // state[key] is a finite floating-point tensor shaped like `like` (and >= 0 when non_negative).
-const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, const at::Tensor& like, bool non_negative,
-                               const std::string& optimizer);
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key, const at::Tensor& like,
+                               bool non_negative, const std::string& optimizer);
 // optimizer.betas: two numbers in [0, 1) (1 would divide the bias correction by zero).
 void check_betas(const std::vector<double>& betas, const std::string& key);
 

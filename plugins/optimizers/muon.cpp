@@ -134,8 +134,8 @@ class Muon : public Optimizer {
     }
     for (auto& s : adam_.all())
       if (s.np.param.grad().defined())
-        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, current_lr(adam_group_), b1_, b2_,
-                     adam_eps_, s.decay ? adam_wd_ : 0.0);
+        adamw_update(s.np.param, s.np.param.grad(), s.first, s.second, t_, current_lr(adam_group_), b1_, b2_, adam_eps_,
+                     s.decay ? adam_wd_ : 0.0);
   }
 
   TensorMap state_dict() const override {
@@ -179,7 +179,7 @@ class Muon : public Optimizer {
     at::Tensor buf;             // momentum buffer
   };
   std::vector<MuonSlot> muon_;
-  MomentSlots adam_;  // the inner AdamW: first exp_avg, second exp_avg_sq
+  MomentSlots adam_;   // the inner AdamW: first exp_avg, second exp_avg_sq
   size_t adam_group_;  // its lr group
   double momentum_, wd_;
   bool nesterov_, rms_scale_;
@@ -209,10 +209,15 @@ void register_muon(Registry& r) {
           {"adamw_lr", ParamType::Float, "3e-3", "learning rate of the inner AdamW group", {}, 0},
           {"adamw_betas", ParamType::FloatList, "[0.9, 0.95]", "inner AdamW moment decay rates"},
           {"adamw_eps", ParamType::Float, "1e-8", "inner AdamW denominator epsilon", {}, 0},
-          {"adamw_weight_decay", ParamType::Float, "0.0",
+          {"adamw_weight_decay",
+           ParamType::Float,
+           "0.0",
            "inner AdamW decoupled weight decay (on the roles adamw decays: >= 2-D head, conv and other tensors, e.g. "
-           "an untied lm_head)", {}, 0},
-          {"muon_params", ParamType::StringList, "[]", "parameter-name globs forced into the muon group (2-D only; wins)"},
+           "an untied lm_head)",
+           {},
+           0},
+          {"muon_params", ParamType::StringList, "[]",
+           "parameter-name globs forced into the muon group (2-D only; wins)"},
           {"adamw_params", ParamType::StringList, "[]", "parameter-name globs forced into the inner AdamW group"},
       },
       [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<Muon>(ps, p); });

@@ -115,8 +115,7 @@ void register_sophia(Registry& r) {
       "sophia",
       "Sophia-G: clipped diagonal-Hessian-preconditioned momentum; the Hessian EMA comes from a "
       "Gauss-Newton-Bartlett pass the trainer runs every k steps (labels sampled from the model)",
-      s,
-      [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<Sophia>(ps, p); });
+      s, [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<Sophia>(ps, p); });
 }
 
 }  // namespace

@@ -28,9 +28,11 @@ TEST_CASE("one AdamW step equals torch::optim::AdamW (decay and no-decay groups)
                             {"optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.betas=[0.9, 0.95]"});
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<at::Tensor>{w_ref},
-                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1)));
+                      std::make_unique<torch::optim::AdamWOptions>(
+                          torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1)));
   groups.emplace_back(std::vector<at::Tensor>{b_ref},
-                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.0)));
+                      std::make_unique<torch::optim::AdamWOptions>(
+                          torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.0)));
   torch::optim::AdamW ref(groups, torch::optim::AdamWOptions(0.01));
   for (int step = 0; step < 3; ++step) {
     auto gw = torch::randn({5, 3}), gb = torch::randn({3});
@@ -82,8 +84,8 @@ TEST_CASE("every optimizer lowers a least-squares loss", "[optimizers]") {
     std::vector<NamedParameter> ps{{"x.weight", X, {}}};
     // Muon's lr is a spectral step (every singular direction moves ~lr per step): X_true's
     // spectral norm is ~7, so 0.01 x 300 steps cannot reach it; 0.05 can.
-    auto opt = make_optimizer(host, name, ps,
-                              {name == "muon" ? "optimizer.lr=0.05" : "optimizer.lr=0.01", "optimizer.weight_decay=0.0"});
+    auto opt = make_optimizer(
+        host, name, ps, {name == "muon" ? "optimizer.lr=0.05" : "optimizer.lr=0.01", "optimizer.weight_decay=0.0"});
     auto loss0 = (A.mm(X) - Y).pow(2).mean().item<double>();
     double loss = loss0;
     for (int s = 0; s < 300; ++s) {
@@ -122,8 +124,9 @@ at::Tensor ns_reference(const at::Tensor& G, int steps = 5) {
 at::Tensor ns_via_muon(PluginHost& host, const at::Tensor& G) {
   auto p = torch::zeros_like(G).requires_grad_(true);
   std::vector<NamedParameter> ps{{"h.weight", p, {}}};
-  auto opt = make_optimizer(host, "muon", ps, {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.nesterov=false",
-                                     "optimizer.weight_decay=0"});
+  auto opt = make_optimizer(
+      host, "muon", ps,
+      {"optimizer.lr=1", "optimizer.momentum=0", "optimizer.nesterov=false", "optimizer.weight_decay=0"});
   p.mutable_grad() = G.clone();
   opt->step();
   const double scale = std::sqrt(std::max(1.0, static_cast<double>(G.size(0)) / static_cast<double>(G.size(1))));
@@ -138,7 +141,8 @@ double ns_scalar(double x, int steps = 5) {
 
 }  // namespace
 
-TEST_CASE("muon: Newton-Schulz output has singular values in the quintic's band and matches float64", "[optimizers][muon]") {
+TEST_CASE("muon: Newton-Schulz output has singular values in the quintic's band and matches float64",
+          "[optimizers][muon]") {
   PluginHost host;
   torch::manual_seed(11);
   for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{32, 32}, {16, 64}, {64, 16}, {48, 20}, {8, 100}}) {
@@ -218,17 +222,19 @@ TEST_CASE("sophia: each coordinate's step is bounded by lr (plus weight decay)",
     opt->step();
     auto dw = (w.detach() - w0).abs(), db = (b.detach() - b0).abs();
     CHECK((dw <= lr + lr * wd * w0.abs() + 1e-7).all().item<bool>());  // decay group
-    CHECK((db <= lr + 1e-7).all().item<bool>());                        // no-decay group
-    if (s == 0) CHECK(dw.max().item<double>() > 0.9 * lr);              // and the bound is reached
+    CHECK((db <= lr + 1e-7).all().item<bool>());                       // no-decay group
+    if (s == 0) CHECK(dw.max().item<double>() > 0.9 * lr);             // and the bound is reached
   }
 }
 
-TEST_CASE("sophia: the GNB estimate is non-negative and equals its definition on a tiny model", "[optimizers][sophia]") {
+TEST_CASE("sophia: the GNB estimate is non-negative and equals its definition on a tiny model",
+          "[optimizers][sophia]") {
   PluginHost host;
   Experiment e = lntest::parse(R"(
 data: {path: x}
 model: {hidden_size: 8, n_layer: 1, max_seq_len: 8, block_pattern: [attention], blocks: {attention: {n_head: 2}}}
-)", host);
+)",
+                               host);
   torch::manual_seed(31);
   LMModel model(e.model_config(7), host.registry());
   auto ps = model.optimizer_parameters();

@@ -46,11 +46,13 @@ const char* kHybrid =
 TEST_CASE("the in-tree blocks' roles group every tensor as the old name rules did (attention, mamba, mla)",
           "[optimizers][roles]") {
   PluginHost host;
-  for (const std::string model :
-       {std::string(kHybrid),
-        std::string("{hidden_size: 16, n_layer: 3, max_seq_len: 16, norm: layernorm, block_pattern: [mla, mamba, attention], blocks: "
-                    "{attention: {n_head: 2, n_kv_head: 1, mlp: gelu}, mamba: {d_state: 4, conv_bias: false}, "
-                    "mla: {n_head: 2, q_lora_rank: 8}}}")}) {
+  for (
+      const std::string model :
+      {std::string(kHybrid),
+       std::string(
+           "{hidden_size: 16, n_layer: 3, max_seq_len: 16, norm: layernorm, block_pattern: [mla, mamba, attention], blocks: "
+           "{attention: {n_head: 2, n_kv_head: 1, mlp: gelu}, mamba: {d_state: 4, conv_bias: false}, "
+           "mla: {n_head: 2, q_lora_rank: 8}}}")}) {
     INFO(model);
     auto m = model_of(host, model);
     const auto roles = m->parameter_roles();
@@ -79,8 +81,8 @@ TEST_CASE("muon: the YAML globs still override the roles", "[optimizers][roles][
                            {"optimizer.adamw_params=['*.mlp.*', 'blocks.1.*']",
                             "optimizer.muon_params=['lm_head.weight', 'blocks.1.out_proj.weight']"})
                 ->state_dict();
-  CHECK(st.count("lm_head.weight.momentum_buffer") == 1);     // a head, forced in
-  CHECK(st.count("blocks.0.mlp.up.weight.exp_avg") == 1);     // a matrix, forced out
+  CHECK(st.count("lm_head.weight.momentum_buffer") == 1);  // a head, forced in
+  CHECK(st.count("blocks.0.mlp.up.weight.exp_avg") == 1);  // a matrix, forced out
   CHECK(st.count("blocks.1.in_proj.weight.exp_avg") == 1);
   CHECK(st.count("blocks.1.out_proj.weight.momentum_buffer") == 1);  // muon_params wins over adamw_params
   CHECK(st.count("blocks.0.qkv.weight.momentum_buffer") == 1);
@@ -140,8 +142,9 @@ TEST_CASE("an out-of-tree block's 2-D ssm_dynamics tensor is neither orthogonali
 TEST_CASE("a block declaring a role for a parameter it does not have is an error naming it", "[optimizers][roles]") {
   PluginHost host;
   host.load_dir(std::string(LINEARNEXUS_TEST_PLUGIN_DIR) + "/roles");  // block test_ssm, with d_state 0: no log_decay
-  auto m = model_of(host, "{hidden_size: 8, n_layer: 1, max_seq_len: 16, block_pattern: [test_ssm], "
-                          "blocks: {test_ssm: {d_state: 0}}}");
+  auto m = model_of(host,
+                    "{hidden_size: 8, n_layer: 1, max_seq_len: 16, block_pattern: [test_ssm], "
+                    "blocks: {test_ssm: {d_state: 0}}}");
   CHECK(error_of([&] { m->optimizer_parameters(); }) ==
         "block 'test_ssm' (layer 0) declares role ssm_dynamics for 'log_decay', which is not one of its parameters; "
         "check its parameter_roles()");

@@ -59,13 +59,17 @@ int64_t lora_rank(int64_t configured, int64_t C, double factor, double power) {
 class RWKV7Block : public Block {
  public:
   RWKV7Block(const ModelDims& d, const Params& p, int64_t layer)
-      : C_(d.hidden_size), H_(p.get_int("n_head")), Q_(p.get_int("chunk_size")),
-        dropout_(d.dropout), recurrent_(p.get_string("scan") == "recurrent") {
+      : C_(d.hidden_size),
+        H_(p.get_int("n_head")),
+        Q_(p.get_int("chunk_size")),
+        dropout_(d.dropout),
+        recurrent_(p.get_string("scan") == "recurrent") {
     if (C_ % H_ != 0)
       throw Error("model.blocks.rwkv7.n_head (" + std::to_string(H_) + ") must divide hidden_size (" +
                   std::to_string(C_) + ")");
     D_ = C_ / H_;
-    const int64_t Rw = lora_rank(p.get_int("decay_lora"), C_, 1.8, 0.5), Ra = lora_rank(p.get_int("iclr_lora"), C_, 1.8, 0.5),
+    const int64_t Rw = lora_rank(p.get_int("decay_lora"), C_, 1.8, 0.5),
+                  Ra = lora_rank(p.get_int("iclr_lora"), C_, 1.8, 0.5),
                   Rg = lora_rank(p.get_int("gate_lora"), C_, 0.6, 0.8);
     const int64_t F = p.get_int("mlp_hidden") > 0 ? p.get_int("mlp_hidden") : 4 * C_;
     auto linear = [&](const char* name, int64_t in, int64_t out) {
@@ -98,8 +102,9 @@ class RWKV7Block : public Block {
     torch::NoGradGuard g;
     const double L = double(d.n_layer), depth = L > 1 ? double(layer) / (L - 1) : 0.0, shallow = 1.0 - layer / L;
     auto ddd = torch::arange(C_, torch::kFloat) / double(C_);
-    tm_lerp_.copy_(at::stack({1 - ddd.pow(0.2 * shallow), 1 - ddd.pow(0.9 * shallow), 1 - (ddd.pow(0.9 * shallow) + 0.4 * depth),
-                              1 - (ddd.pow(0.4 * shallow) + 0.6 * depth), 1 - ddd.pow(0.9 * shallow), 1 - ddd.pow(0.2 * shallow)}));
+    tm_lerp_.copy_(at::stack({1 - ddd.pow(0.2 * shallow), 1 - ddd.pow(0.9 * shallow),
+                              1 - (ddd.pow(0.9 * shallow) + 0.4 * depth), 1 - (ddd.pow(0.4 * shallow) + 0.6 * depth),
+                              1 - ddd.pow(0.9 * shallow), 1 - ddd.pow(0.2 * shallow)}));
     cm_lerp_.copy_(1 - ddd.pow(std::pow(shallow, 4)));
     auto speed = torch::arange(C_, torch::kFloat) / double(std::max<int64_t>(C_ - 1, 1));
     w0_.copy_(-7 + 5 * speed.pow(0.85 + std::sqrt(depth)) + 0.5);  // + 0.5: the softplus's offset
@@ -127,20 +132,20 @@ class RWKV7Block : public Block {
     auto masked = [&](const at::Tensor& t) { return keep.defined() ? t * keep.to(t.scalar_type()) : t; };
 
     // Time mixing.
-    auto h = masked(ln1_(x_in));                                                // [B, T, C]
+    auto h = masked(ln1_(x_in));  // [B, T, C]
     auto xx = token_shift(h, cached ? &state.tensors.at("shift_tm") : nullptr) - h;
-    auto mixed = h.unsqueeze(2) + xx.unsqueeze(2) * tm_lerp_;                  // [B, T, 6, C]
+    auto mixed = h.unsqueeze(2) + xx.unsqueeze(2) * tm_lerp_;  // [B, T, 6, C]
     auto in = [&](int64_t i) { return mixed.select(2, i); };
-    auto r = receptance_(in(0)), k = key_(in(2)), v = value_(in(3));            // [B, T, C]
+    auto r = receptance_(in(0)), k = key_(in(2)), v = value_(in(3));  // [B, T, C]
     auto w = -at::softplus(-(w0_ + at::matmul(at::tanh(at::matmul(in(1), w1_)), w2_))) - 0.5;
-    auto log_w = masked(-w.to(at::kFloat).exp());                               // (-e^-0.5, 0]: [B, T, C]
+    auto log_w = masked(-w.to(at::kFloat).exp());  // (-e^-0.5, 0]: [B, T, C]
     auto iclr = masked(at::sigmoid(a0_ + at::matmul(at::matmul(in(4), a1_), a2_)).to(at::kFloat));
     auto gate = at::matmul(at::sigmoid(at::matmul(in(5), g1_)), g2_);
     auto kappa = heads(k * k_k_).to(at::kFloat);
-    kappa = kappa * at::rsqrt(kappa.pow(2).sum(-1, true) + 1e-12);             // l2norm per head
+    kappa = kappa * at::rsqrt(kappa.pow(2).sum(-1, true) + 1e-12);  // l2norm per head
     k = masked(k * (1 + (iclr - 1) * k_a_));
     auto iclr_h = heads(iclr);
-    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();               // [B, H, D, D] fp32
+    at::Tensor S = cached ? state.tensors.at("S") : at::Tensor();  // [B, H, D, D] fp32
     auto o = ctx.mode == Mode::Decode || recurrent_
                  ? gdelta_scan_recurrent(heads(r), heads(k), heads(v), -kappa, kappa * iclr_h, heads(log_w), S)
                  : gdelta_scan_chunked(heads(r), heads(k), heads(v), -kappa, kappa * iclr_h, heads(log_w), S, Q_,
@@ -199,15 +204,34 @@ class RWKV7Block : public Block {
 
 void register_rwkv7(Registry& r) {
   r.add_block(
-      "rwkv7", "RWKV-7 Goose: generalised delta rule with a decay per channel (time mixing) + squared-ReLU channel mixing",
+      "rwkv7",
+      "RWKV-7 Goose: generalised delta rule with a decay per channel (time mixing) + squared-ReLU channel mixing",
       {
-          {"n_head", ParamType::Int, "4", "heads; head size = hidden_size / n_head (the state is [D, D] per head; RWKV-7 uses 64)",
-           {}, 1},
+          {"n_head",
+           ParamType::Int,
+           "4",
+           "heads; head size = hidden_size / n_head (the state is [D, D] per head; RWKV-7 uses 64)",
+           {},
+           1},
           chunk_size_spec("32", 128, "(<= 49: matmuls; larger: the pairwise chunk^2 * D form)"),
-          {"decay_lora", ParamType::Int, "0", "rank of the decay's low-rank projection (0 = max(32, 1.8 sqrt(C)) rounded to 32)",
-           {}, 0},
-          {"iclr_lora", ParamType::Int, "0", "rank of the in-context learning rate's projection (0 = as decay_lora)", {}, 0},
-          {"gate_lora", ParamType::Int, "0", "rank of the output gate's projection (0 = max(32, 0.6 C^0.8) rounded to 32)", {}, 0},
+          {"decay_lora",
+           ParamType::Int,
+           "0",
+           "rank of the decay's low-rank projection (0 = max(32, 1.8 sqrt(C)) rounded to 32)",
+           {},
+           0},
+          {"iclr_lora",
+           ParamType::Int,
+           "0",
+           "rank of the in-context learning rate's projection (0 = as decay_lora)",
+           {},
+           0},
+          {"gate_lora",
+           ParamType::Int,
+           "0",
+           "rank of the output gate's projection (0 = max(32, 0.6 C^0.8) rounded to 32)",
+           {},
+           0},
           {"mlp_hidden", ParamType::Int, "0", "channel-mixing width (0 = 4 C)", {}, 0},
           scan_spec(),
       },
@@ -216,5 +240,6 @@ void register_rwkv7(Registry& r) {
 
 }  // namespace linearnexus
 
-LINEARNEXUS_PLUGIN("rwkv7", "1.0.0", "RWKV-7 Goose block (generalised delta rule; chunked training, recurrent decoding)",
+LINEARNEXUS_PLUGIN("rwkv7", "1.0.0",
+                   "RWKV-7 Goose block (generalised delta rule; chunked training, recurrent decoding)",
                    linearnexus::register_rwkv7)

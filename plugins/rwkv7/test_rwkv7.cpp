@@ -17,7 +17,8 @@ TEST_CASE("rwkv7: chunked form == recurrent reference in outputs and every gradi
   // 37 = 4 chunks of 8 + 5; 5 < one chunk; chunk 3 cuts everywhere else; chunk 1 makes 37 chunks, more
   // than core's loop takes on the CPU, so the chunks' states come from the scan.
   for (const std::string chunk : {"8", "3", "1"})
-    check_chunked_matches_recurrent(host, "rwkv7", {{"n_head", "2"}, {"chunk_size", chunk}}, 16, {37, 5}, Reference{"recurrent", kTweak});
+    check_chunked_matches_recurrent(host, "rwkv7", {{"n_head", "2"}, {"chunk_size", chunk}}, 16, {37, 5},
+                                    Reference{"recurrent", kTweak});
 }
 
 TEST_CASE("rwkv7: prefill of any prefix + decode of the rest == the training form", "[rwkv7]") {
@@ -42,7 +43,10 @@ TEST_CASE("rwkv7: the state is fixed-size per sequence, roles declared, bad conf
                        {"tm_lerp", "cm_lerp", "w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2", "k_k", "k_a", "r_k"});
   auto e = error_of([&] { make_test_block(host, "rwkv7", 16, {{"n_head", "3"}}); });
   CHECK_CONTAINS(e, "model.blocks.rwkv7.n_head (3) must divide hidden_size (16)");
-  e = error_of([&] { parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [rwkv7], blocks: {rwkv7: {chunk_size: 0}}}\n", host); });
+  e = error_of([&] {
+    parse("data: {path: \"builtin:arithmetic\"}\nmodel: {block_pattern: [rwkv7], blocks: {rwkv7: {chunk_size: 0}}}\n",
+          host);
+  });
   CHECK_CONTAINS(e, "chunk_size");
 }
 

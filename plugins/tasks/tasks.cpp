@@ -30,7 +30,8 @@ class GeneratedTask : public Task {
     std::mt19937_64 rng(0xe7a1);
     for (int64_t tries = 0; static_cast<int64_t>(eval_.size()) < eval_size; ++tries) {
       if (tries > 100 * eval_size + 1000)
-        throw Error(where + ".eval_size (" + std::to_string(eval_size) + ") is more than the task has distinct problems; lower it");
+        throw Error(where + ".eval_size (" + std::to_string(eval_size) +
+                    ") is more than the task has distinct problems; lower it");
       TaskExample e = draw_(rng);
       if (eval_prompts_.insert(e.prompt).second) eval_.push_back(e);
     }
@@ -119,19 +120,24 @@ class ReverseTask : public GeneratedTask {
 
 void register_tasks(Registry& r) {
   const ParamSpec eval_size{"eval_size", ParamType::Int, "200", "held-out problems (fixed; never drawn for training)"};
-  const ParamSpec format{"format_reward", ParamType::Float, "0.0", "reward for a well-formed wrong answer (the exact one gets 1)"};
+  const ParamSpec format{"format_reward", ParamType::Float, "0.0",
+                         "reward for a well-formed wrong answer (the exact one gets 1)"};
   const ParamSpec sft{"sft_examples", ParamType::Int, "20000", "worked examples in the text data.path: task trains on"};
   r.add_task("arithmetic", "integer arithmetic: prompt '47+385=', answer '432' then a newline",
              {{"min_digits", ParamType::Int, "1", "fewest digits of an operand"},
               {"max_digits", ParamType::Int, "2", "most digits of an operand"},
               {"operators", ParamType::StringList, "[\"+\"]", "operators drawn from: +, -, *"},
-              eval_size, format, sft},
+              eval_size,
+              format,
+              sft},
              [](const Params& p) { return std::make_shared<ArithmeticTask>(p); });
   r.add_task("reverse", "reverse a string: prompt 'abcd>', answer 'dcba' then a newline",
              {{"min_len", ParamType::Int, "2", "shortest string"},
               {"max_len", ParamType::Int, "6", "longest string"},
               {"alphabet", ParamType::String, "abcdefgh", "characters the strings are made of"},
-              eval_size, format, sft},
+              eval_size,
+              format,
+              sft},
              [](const Params& p) { return std::make_shared<ReverseTask>(p); });
 }
 

@@ -45,8 +45,10 @@ class DPOTrainer : public Trainer {
                   std::string("{\"prompt\", \"chosen\", \"rejected\"})"));
     const std::string reference = !ref_checkpoint_.empty() ? ref_checkpoint_ : run.start_checkpoint();
     if (reference.empty())
-      throw Error("trainer 'dpo' starts from a trained model: set trainer.init_from to its checkpoint (an SFT run " +
-                  std::string("folder, or one made by convert hf-import); it is also the reference unless trainer.ref_checkpoint names another"));
+      throw Error(
+          "trainer 'dpo' starts from a trained model: set trainer.init_from to its checkpoint (an SFT run " +
+          std::string(
+              "folder, or one made by convert hf-import); it is also the reference unless trainer.ref_checkpoint names another"));
     const int64_t start = run.resume();
     ref_ = run.load_model(reference, /*trainable=*/false);
     log_info("dpo: reference model " + reference);
@@ -118,8 +120,7 @@ class DPOTrainer : public Trainer {
     const DPOTerms t = dpo_loss(pol.chosen, pol.rejected, ref.chosen, ref.rejected, pol.n_chosen, pol.n_rejected, beta_,
                                 loss_type_, label_smoothing_);
     at::Tensor loss = t.loss.mean();
-    if (rpo_alpha_ > 0)
-      loss = loss - rpo_alpha_ * pol.chosen.sum() / pol.n_chosen.sum().clamp_min(1).to(at::kFloat);
+    if (rpo_alpha_ > 0) loss = loss - rpo_alpha_ * pol.chosen.sum() / pol.n_chosen.sum().clamp_min(1).to(at::kFloat);
     sums.loss += loss.detach();
     sums.chosen += t.reward_chosen.mean();
     sums.rejected += t.reward_rejected.mean();
@@ -156,10 +157,26 @@ void register_dpo(Registry& r) {
                  {"grad_accum", ParamType::Int, "1", "micro-batches per optimizer step", {}, 1},
                  {"eval_batches", ParamType::Int, "10", "batches of pairs per validation pass", {}, 1},
                  {"beta", ParamType::Float, "0.1", "strength of the pull towards the reference (DPO's beta)", {}, 1e-6},
-                 {"loss_type", ParamType::String, "sigmoid", "sigmoid = DPO; ipo = IPO's squared loss on length-normalised log-ratios", {"sigmoid", "ipo"}},
-                 {"label_smoothing", ParamType::Float, "0.0", "the probability that a pair's preference is flipped (conservative DPO; sigmoid only)", {}, 0.0, 0.5},
-                 {"rpo_alpha", ParamType::Float, "0.0", "weight of the chosen completions' NLL added to the loss (RPO; 0 = off)", {}, 0.0},
-                 {"ref_checkpoint", ParamType::String, "\"\"", "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"}},
+                 {"loss_type",
+                  ParamType::String,
+                  "sigmoid",
+                  "sigmoid = DPO; ipo = IPO's squared loss on length-normalised log-ratios",
+                  {"sigmoid", "ipo"}},
+                 {"label_smoothing",
+                  ParamType::Float,
+                  "0.0",
+                  "the probability that a pair's preference is flipped (conservative DPO; sigmoid only)",
+                  {},
+                  0.0,
+                  0.5},
+                 {"rpo_alpha",
+                  ParamType::Float,
+                  "0.0",
+                  "weight of the chosen completions' NLL added to the loss (RPO; 0 = off)",
+                  {},
+                  0.0},
+                 {"ref_checkpoint", ParamType::String, "\"\"",
+                  "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"}},
                 [](const Params& t) { return std::make_shared<DPOTrainer>(t); });
 }
 

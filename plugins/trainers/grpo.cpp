@@ -42,10 +42,11 @@ class GRPOTrainer : public Trainer {
     policy.train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
-      Rollout ro = collect_rollout(*generator, *task, run.tokenizer(), rank_examples(run, *task, step, rl_.prompts_per_step),
-                                   G, rl_.sampling(run.seed(), step, run.rank()));
-      auto input = run.to_device(ro.packed.input);                                   // [N, L]
-      auto mask = run.to_device(ro.packed.mask);                                     // [N, Lg]
+      Rollout ro =
+          collect_rollout(*generator, *task, run.tokenizer(), rank_examples(run, *task, step, rl_.prompts_per_step), G,
+                          rl_.sampling(run.seed(), step, run.rank()));
+      auto input = run.to_device(ro.packed.input);                                             // [N, L]
+      auto mask = run.to_device(ro.packed.mask);                                               // [N, Lg]
       auto adv = run.to_device(group_advantages(ro.rewards, G, scale_rewards_)).unsqueeze(1);  // [N, 1]
       at::Tensor ref_logp, old_logp;
       {
@@ -75,7 +76,8 @@ class GRPOTrainer : public Trainer {
             m["kl"] = kl.item<double>();
             m["clip_frac"] = clip_frac.item<double>();
             m["entropy"] = entropy.item<double>();
-            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*generator, *task, run.tokenizer(), rl_.max_new_tokens);
+            if (run.is_eval_step(step))
+              m["eval_accuracy"] = task_accuracy(*generator, *task, run.tokenizer(), rl_.max_new_tokens);
             return m;
           },
           ro.packed.input.numel());
@@ -93,7 +95,11 @@ void register_grpo(Registry& r) {
   Schema s = rl_common_schema();
   s.push_back({"num_iterations", ParamType::Int, "1", "optimisation passes (mu) over each generated batch", {}, 1});
   s.push_back({"scale_rewards", ParamType::Bool, "true", "divide group-centred rewards by the group's std"});
-  s.push_back({"loss_norm", ParamType::String, "sequence", "average the token losses per sequence then over sequences, or over all tokens", {"sequence", "token"}});
+  s.push_back({"loss_norm",
+               ParamType::String,
+               "sequence",
+               "average the token losses per sequence then over sequences, or over all tokens",
+               {"sequence", "token"}});
   r.add_trainer("grpo", "Group Relative Policy Optimization on the experiment's task (no value model)", s,
                 [](const Params& t) { return std::make_shared<GRPOTrainer>(t); });
 }
@@ -101,4 +107,5 @@ void register_grpo(Registry& r) {
 }  // namespace
 }  // namespace linearnexus
 
-LINEARNEXUS_PLUGIN("grpo", "1.0.0", "GRPO: group-relative policy optimisation with a KL to a reference", linearnexus::register_grpo)
+LINEARNEXUS_PLUGIN("grpo", "1.0.0", "GRPO: group-relative policy optimisation with a KL to a reference",
+                   linearnexus::register_grpo)

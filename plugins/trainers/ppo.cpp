@@ -113,8 +113,9 @@ class PPOTrainer : public Trainer {
     policy.train();
     for (int64_t step = start; step < run.last_step(); ++step) {
       run.begin_step(step);
-      Rollout ro = collect_rollout(*generator, *task, run.tokenizer(), rank_examples(run, *task, step, rl_.prompts_per_step),
-                                   rl_.group_size, rl_.sampling(run.seed(), step, run.rank()));
+      Rollout ro =
+          collect_rollout(*generator, *task, run.tokenizer(), rank_examples(run, *task, step, rl_.prompts_per_step),
+                          rl_.group_size, rl_.sampling(run.seed(), step, run.rank()));
       ScoredRollout sr = score(run, *ref, *vf, ro);
       UpdateStats st = ppo_update(run, *vf, ro.packed, sr, step);
       const double n = static_cast<double>(std::max<int64_t>(st.updates, 1));
@@ -130,7 +131,8 @@ class PPOTrainer : public Trainer {
             m["ppo_updates"] = static_cast<double>(st.updates);
             m["clip_frac"] = st.clip_frac / n;
             m["entropy"] = st.entropy / n;
-            if (run.is_eval_step(step)) m["eval_accuracy"] = task_accuracy(*generator, *task, run.tokenizer(), rl_.max_new_tokens);
+            if (run.is_eval_step(step))
+              m["eval_accuracy"] = task_accuracy(*generator, *task, run.tokenizer(), rl_.max_new_tokens);
             return m;
           },
           ro.packed.input.numel());
@@ -208,20 +210,35 @@ class PPOTrainer : public Trainer {
 
 void register_ppo(Registry& r) {
   Schema s = rl_common_schema();
-  s.push_back({"value_model", ParamType::String, "trunk", "value head on the policy's trunk, or on a separate copy of the starting model", {"trunk", "separate"}});
+  s.push_back({"value_model",
+               ParamType::String,
+               "trunk",
+               "value head on the policy's trunk, or on a separate copy of the starting model",
+               {"trunk", "separate"}});
   s.push_back({"gamma", ParamType::Float, "1.0", "discount of GAE", {}, 0, 1});
   s.push_back({"lambda", ParamType::Float, "0.95", "GAE's lambda (bias / variance of the advantages)", {}, 0, 1});
   s.push_back({"ppo_epochs", ParamType::Int, "2", "passes over each generated batch", {}, 1});
   s.push_back({"minibatches", ParamType::Int, "2", "minibatches per pass (one optimizer step each)", {}, 1});
   s.push_back({"value_coef", ParamType::Float, "0.5", "weight of the value loss", {}, 0});
-  s.push_back({"value_clip", ParamType::Float, "0.2", "how far a value estimate may move from the old one in the clipped value loss", {}, 0});
+  s.push_back({"value_clip",
+               ParamType::Float,
+               "0.2",
+               "how far a value estimate may move from the old one in the clipped value loss",
+               {},
+               0});
   s.push_back({"entropy_coef", ParamType::Float, "0.0", "weight of the entropy bonus"});
-  s.push_back({"target_kl", ParamType::Float, "0.0", "stop a step's passes once the approximate KL to the sampling policy exceeds 1.5 x this (0 = never)", {}, 0});
-  r.add_trainer("ppo", "PPO with a value head, GAE and a per-token KL penalty to a reference, on the experiment's task", s,
-                [](const Params& t) { return std::make_shared<PPOTrainer>(t); });
+  s.push_back({"target_kl",
+               ParamType::Float,
+               "0.0",
+               "stop a step's passes once the approximate KL to the sampling policy exceeds 1.5 x this (0 = never)",
+               {},
+               0});
+  r.add_trainer("ppo", "PPO with a value head, GAE and a per-token KL penalty to a reference, on the experiment's task",
+                s, [](const Params& t) { return std::make_shared<PPOTrainer>(t); });
 }
 
 }  // namespace
 }  // namespace linearnexus
 
-LINEARNEXUS_PLUGIN("ppo", "1.0.0", "PPO: clipped policy and value losses, GAE, KL to a reference", linearnexus::register_ppo)
+LINEARNEXUS_PLUGIN("ppo", "1.0.0", "PPO: clipped policy and value losses, GAE, KL to a reference",
+                   linearnexus::register_ppo)

@@ -118,11 +118,11 @@ at::Tensor to_completion_layout(const at::Tensor& packed, const PackedRollout& r
 
 PolicyOutput policy_forward(LMModel& model, const PackedRollout& r, double temperature) {
   auto device = model.parameters().front().device();
-  auto hidden = model.forward_hidden(r.input.to(device));                                 // [N, L, C]
+  auto hidden = model.forward_hidden(r.input.to(device));                                        // [N, L, C]
   auto logits = model.lm_logits(hidden).to(at::kFloat) / (temperature > 0 ? temperature : 1.0);  // [N, L, V]
   auto logprobs = at::log_softmax(logits, -1);
   auto token_logp = logprobs.gather(2, r.target.to(device).unsqueeze(-1)).squeeze(-1);  // [N, L]
-  auto entropy = -(logprobs.exp() * logprobs).sum(-1);                                   // [N, L]
+  auto entropy = -(logprobs.exp() * logprobs).sum(-1);                                  // [N, L]
   PolicyOutput out;
   out.logp = to_completion_layout(token_logp, r);
   out.entropy = to_completion_layout(entropy, r);
@@ -131,7 +131,8 @@ PolicyOutput policy_forward(LMModel& model, const PackedRollout& r, double tempe
 }
 
 namespace {
-std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& ids, bool stopped, const std::string& stop) {
+std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& ids, bool stopped,
+                            const std::string& stop) {
   std::string text = tok.decode(ids);
   if (stopped && text.size() >= stop.size() && text.compare(text.size() - stop.size(), stop.size(), stop) == 0)
     text.resize(text.size() - stop.size());
@@ -194,7 +195,8 @@ const Schema& rl_common_schema() {
       {"temperature", ParamType::Float, "1.0", "sampling temperature of the rollouts (log-probs use it too)", {}, 1e-6},
       {"beta", ParamType::Float, "0.04", "weight of the KL to the frozen reference model", {}, 0},
       {"clip_eps", ParamType::Float, "0.2", "PPO clip range of the probability ratio", {}, 0},
-      {"ref_checkpoint", ParamType::String, "\"\"", "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"},
+      {"ref_checkpoint", ParamType::String, "\"\"",
+       "the frozen reference model (\"\" = trainer.init_from, the starting checkpoint)"},
   };
   return s;
 }
@@ -229,7 +231,8 @@ namespace {
 
 void check_rl_start(const TrainerStart& start, const RLSettings& rl, const std::string& trainer) {
   if (start.task.empty())
-    throw Error("trainer '" + trainer + "' needs a task section to draw prompts from and score, e.g. task: {name: arithmetic}");
+    throw Error("trainer '" + trainer +
+                "' needs a task section to draw prompts from and score, e.g. task: {name: arithmetic}");
   if (start.init_from.empty() && rl.ref_checkpoint.empty()) no_start_model(trainer);
 }
 
@@ -255,7 +258,8 @@ std::vector<TaskExample> rank_examples(const TrainingRun& run, const Task& task,
   return out;
 }
 
-void log_initial_accuracy(TrainingRun& run, int64_t start, Generator& policy, const Task& task, int64_t max_new_tokens) {
+void log_initial_accuracy(TrainingRun& run, int64_t start, Generator& policy, const Task& task,
+                          int64_t max_new_tokens) {
   if (start == 0)
     run.write_metrics({{"step", 0}, {"eval_accuracy", task_accuracy(policy, task, run.tokenizer(), max_new_tokens)}});
 }

@@ -62,10 +62,10 @@ GAE compute_gae(const at::Tensor& rewards, const at::Tensor& values, const at::T
 
 // Prompt + completion packed from column 0 (see the layouts above).
 struct PackedRollout {
-  at::Tensor input;      // [N, L] int64 tokens (0 past a row's end)
-  at::Tensor target;     // [N, L] int64 next tokens
-  at::Tensor gather;     // [N, Lg] int64: packed column predicting completion token j (prompt_len - 1 + j)
-  at::Tensor mask;       // [N, Lg] bool: real completion tokens
+  at::Tensor input;   // [N, L] int64 tokens (0 past a row's end)
+  at::Tensor target;  // [N, L] int64 next tokens
+  at::Tensor gather;  // [N, Lg] int64: packed column predicting completion token j (prompt_len - 1 + j)
+  at::Tensor mask;    // [N, Lg] bool: real completion tokens
 };
 // prompts: one per prompt (row r uses prompt r / group); completions [N, Lg] with mask [N, Lg].
 PackedRollout pack_rollout(const std::vector<std::vector<int64_t>>& prompts, int64_t group,
@@ -83,13 +83,13 @@ PolicyOutput policy_forward(LMModel& model, const PackedRollout& r, double tempe
 
 // A batch of task prompts, sampled group times each, and scored.
 struct Rollout {
-  std::vector<TaskExample> examples;         // one per prompt
-  std::vector<std::vector<int64_t>> prompts; // their tokens
-  GeneratedBatch generated;                  // N = examples * group rows
+  std::vector<TaskExample> examples;          // one per prompt
+  std::vector<std::vector<int64_t>> prompts;  // their tokens
+  GeneratedBatch generated;                   // N = examples * group rows
   PackedRollout packed;
-  std::vector<std::string> texts;            // per row, the completion cut at the stop string
-  at::Tensor rewards;                        // [N] float: the task's
-  at::Tensor correct;                        // [N] float, 1 = exact match
+  std::vector<std::string> texts;  // per row, the completion cut at the stop string
+  at::Tensor rewards;              // [N] float: the task's
+  at::Tensor correct;              // [N] float, 1 = exact match
   // Wall time of the whole rollout: generation, scoring (on the host, from the completions' text:
   // the generation has finished then) and packing.
   double ms = 0;

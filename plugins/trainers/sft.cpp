@@ -11,12 +11,15 @@ namespace {
 class SFTTrainer : public Trainer {
  public:
   explicit SFTTrainer(const Params& t)
-      : batch_size_(t.get_int("batch_size")), grad_accum_(t.get_int("grad_accum")), eval_batches_(t.get_int("eval_batches")) {}
+      : batch_size_(t.get_int("batch_size")),
+        grad_accum_(t.get_int("grad_accum")),
+        eval_batches_(t.get_int("eval_batches")) {}
 
   void run(TrainingRun& run) override {
     if (run.rows_per_example() != 1)
-      throw Error("trainer 'sft' trains on one sequence per example; data.format preference (chosen / rejected pairs) is " +
-                  std::string("for trainer 'dpo' (or use data.format prompt_completion with the chosen answers)"));
+      throw Error(
+          "trainer 'sft' trains on one sequence per example; data.format preference (chosen / rejected pairs) is " +
+          std::string("for trainer 'dpo' (or use data.format prompt_completion with the chosen answers)"));
     const int64_t start = run.resume();
     const int64_t step_tokens = batch_size_ * run.seq_len() * grad_accum_;
     LMModel& model = run.model();

@@ -28,12 +28,14 @@ TEST_CASE("dpo_loss: sigmoid, label smoothing and ipo against hand-computed valu
   CHECK(logp_c.grad()[1].item<double>() == Approx(-0.25).epsilon(1e-6));
 
   auto s = dpo_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, 0.5, "sigmoid", 0.1);
-  CHECK(s.loss[0].item<double>() == Approx(0.9 * std::log1p(std::exp(-1.0)) + 0.1 * std::log1p(std::exp(1.0))).epsilon(1e-6));
+  CHECK(s.loss[0].item<double>() ==
+        Approx(0.9 * std::log1p(std::exp(-1.0)) + 0.1 * std::log1p(std::exp(1.0))).epsilon(1e-6));
   // ipo: h = 1/2 - (-1)/4 = 0.75 per token; (h - 1/(2 beta))^2 = (0.75 - 1)^2.
   auto i = dpo_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, 0.5, "ipo", 0.0);
   CHECK(i.loss[0].item<double>() == Approx(0.0625).epsilon(1e-6));
   CHECK(i.loss[1].item<double>() == Approx(1.0).epsilon(1e-6));
-  CHECK_CONTAINS(error_of([&] { dpo_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, 0.5, "hinge", 0.0); }), "sigmoid or ipo");
+  CHECK_CONTAINS(error_of([&] { dpo_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, 0.5, "hinge", 0.0); }),
+                 "sigmoid or ipo");
 }
 
 namespace {
@@ -46,9 +48,13 @@ std::string preference_rows(int n, bool chosen_only) {
   for (int i = 0; i < n; ++i) {
     const std::string w = std::string(a[i % 8]) + b[(i / 8 + i) % 8];
     if (chosen_only)
-      rows += R"({"prompt": "Q: )" + w + R"(\nA:", "completion": " )" + w + R"( yes"})" "\n";
+      rows += R"({"prompt": "Q: )" + w + R"(\nA:", "completion": " )" + w +
+              R"( yes"})"
+              "\n";
     else
-      rows += R"({"prompt": "Q: )" + w + R"(\nA:", "chosen": " )" + w + R"( yes", "rejected": " )" + w + R"( no"})" "\n";
+      rows += R"({"prompt": "Q: )" + w + R"(\nA:", "chosen": " )" + w + R"( yes", "rejected": " )" + w +
+              R"( no"})"
+              "\n";
   }
   return rows;
 }
@@ -58,22 +64,26 @@ const std::string kModel =
     "optimizer: {name: adamw, lr: 0.003}\nschedule: {warmup_steps: 5}\n";
 }  // namespace
 
-TEST_CASE("dpo from an SFT run: starts at ln 2, learns the preference on held-out pairs, resumes exactly", "[dpo][e2e]") {
+TEST_CASE("dpo from an SFT run: starts at ln 2, learns the preference on held-out pairs, resumes exactly",
+          "[dpo][e2e]") {
   TempDir t;
   write_text(t / "sft.jsonl", preference_rows(64, true));
   write_text(t / "pref.jsonl", preference_rows(64, false));
-  const std::string data = "data: {path: '%', format: #, seq_len: 24, val_fraction: 0.25, tokenizer: '" + kTokenizer + "'}\n";
+  const std::string data =
+      "data: {path: '%', format: #, seq_len: 24, val_fraction: 0.25, tokenizer: '" + kTokenizer + "'}\n";
   auto with_data = [&](const std::string& file, const std::string& format) {
     std::string d = data;
     d.replace(d.find('%'), 1, t / file);
     d.replace(d.find('#'), 1, format);
     return d + kModel;
   };
-  train_experiment(with_data("sft.jsonl", "prompt_completion") +
-                       "trainer: {name: sft, max_steps: 40, batch_size: 8, log_every: 10, eval_every: 40, eval_batches: 2}\n",
-                   {"trainer.out_dir=" + (t / "sft")});
-  const std::string dpo = with_data("pref.jsonl", "preference") +
-                          "trainer: {name: dpo, max_steps: 40, batch_size: 8, beta: 0.5, log_every: 1, eval_every: 20, eval_batches: 2}\n";
+  train_experiment(
+      with_data("sft.jsonl", "prompt_completion") +
+          "trainer: {name: sft, max_steps: 40, batch_size: 8, log_every: 10, eval_every: 40, eval_batches: 2}\n",
+      {"trainer.out_dir=" + (t / "sft")});
+  const std::string dpo =
+      with_data("pref.jsonl", "preference") +
+      "trainer: {name: dpo, max_steps: 40, batch_size: 8, beta: 0.5, log_every: 1, eval_every: 20, eval_batches: 2}\n";
   const std::vector<std::string> from_sft = {"trainer.init_from=" + (t / "sft"), "optimizer.lr=0.001"};
   auto with = [&](std::vector<std::string> a) {
     a.insert(a.end(), from_sft.begin(), from_sft.end());
@@ -113,9 +123,10 @@ std::string arithmetic_rows(int n, uint64_t seed, bool chosen_only) {
     int wrong = c + deltas[rng() % 4];
     if (wrong < 0) wrong = c + 1;
     const std::string prompt = std::to_string(a) + "+" + std::to_string(b) + "=";
-    rows += R"({"prompt": ")" + prompt + (chosen_only ? R"(", "completion": ")" + std::to_string(c)
-                                                       : R"(", "chosen": ")" + std::to_string(c) + R"(", "rejected": ")" +
-                                                             std::to_string(wrong)) + "\"}\n";
+    rows += R"({"prompt": ")" + prompt +
+            (chosen_only ? R"(", "completion": ")" + std::to_string(c)
+                         : R"(", "chosen": ")" + std::to_string(c) + R"(", "rejected": ")" + std::to_string(wrong)) +
+            "\"}\n";
   }
   return rows;
 }
@@ -136,7 +147,9 @@ double exact_match(const std::string& run_dir) {
 }
 }  // namespace
 
-TEST_CASE("dpo after a short SFT on arithmetic: held-out preference accuracy ~50% -> >= 90%, exact match by sampling up", "[dpo][e2e]") {
+TEST_CASE(
+    "dpo after a short SFT on arithmetic: held-out preference accuracy ~50% -> >= 90%, exact match by sampling up",
+    "[dpo][e2e]") {
   TempDir t;
   write_text(t / "sft.jsonl", arithmetic_rows(400, 1, true));
   write_text(t / "pref.jsonl", arithmetic_rows(500, 2, false));
@@ -148,20 +161,22 @@ TEST_CASE("dpo after a short SFT on arithmetic: held-out preference accuracy ~50
            kTokenizer + "'}\n" + model;
   };
   // A short SFT: the answer format, and sums only partly learnt.
-  train_experiment(data("sft.jsonl", "prompt_completion") +
-                       "trainer: {name: sft, max_steps: 40, batch_size: 32, log_every: 20, eval_every: 40, eval_batches: 2}\n",
-                   {"trainer.out_dir=" + (t / "sft")});
-  train_experiment(data("pref.jsonl", "preference") +
-                       "trainer: {name: dpo, max_steps: 200, batch_size: 32, beta: 0.5, rpo_alpha: 1.0, log_every: 50, eval_every: 50, "
-                       "eval_batches: 3}\n",
-                   {"trainer.out_dir=" + (t / "dpo"), "trainer.init_from=" + (t / "sft")});
+  train_experiment(
+      data("sft.jsonl", "prompt_completion") +
+          "trainer: {name: sft, max_steps: 40, batch_size: 32, log_every: 20, eval_every: 40, eval_batches: 2}\n",
+      {"trainer.out_dir=" + (t / "sft")});
+  train_experiment(
+      data("pref.jsonl", "preference") +
+          "trainer: {name: dpo, max_steps: 200, batch_size: 32, beta: 0.5, rpo_alpha: 1.0, log_every: 50, eval_every: 50, "
+          "eval_batches: 3}\n",
+      {"trainer.out_dir=" + (t / "dpo"), "trainer.init_from=" + (t / "sft")});
   auto m = read_metrics(t / "dpo");
   // preference_accuracy: how often the policy finds the right sum likelier than the near miss.
   const double before = m[0]["val_preference_accuracy"].get<double>();
   const double after = m.rbegin()->second["val_preference_accuracy"].get<double>();
   const double em_sft = exact_match(t / "sft"), em_dpo = exact_match(t / "dpo");
   INFO("held-out preference accuracy " << before << " -> " << after << "; exact match " << em_sft << " -> " << em_dpo);
-  CHECK(before == Approx(0.5).margin(0.15));  // the short SFT knows the format, not yet the sums
+  CHECK(before == Approx(0.5).margin(0.15));                // the short SFT knows the format, not yet the sums
   CHECK(m[0]["val_reward_accuracy"].get<double>() == 0.0);  // policy == reference: every implicit reward is 0
   CHECK(after >= 0.9);
   CHECK(m.rbegin()->second["val_reward_accuracy"].get<double>() >= 0.9);

@@ -26,7 +26,8 @@ std::shared_ptr<LMModel> random_model(PluginHost& host, const std::string& patte
   Experiment e = parse(R"(
 data: {path: "builtin:arithmetic"}
 model: {hidden_size: 32, n_layer: 2, max_seq_len: 48, blocks: {attention: {n_head: 4}, mamba: {d_state: 8}}}
-)", host, {"model.block_pattern=" + pattern});
+)",
+                       host, {"model.block_pattern=" + pattern});
   torch::manual_seed(3);
   auto m = std::make_shared<LMModel>(e.model_config(kVocab), host.registry());
   torch::NoGradGuard g;
@@ -46,7 +47,8 @@ std::vector<int64_t> random_prompt(int64_t len, int64_t seed) {
 
 // ---- batched generation -----------------------------------------------------------------------
 
-TEST_CASE("batched left-padded greedy generation gives each prompt's one-by-one tokens (attention, mamba, mla)", "[rl][generate]") {
+TEST_CASE("batched left-padded greedy generation gives each prompt's one-by-one tokens (attention, mamba, mla)",
+          "[rl][generate]") {
   PluginHost host;
   for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[mamba, attention]"}) {
     INFO("block_pattern " << pattern);
@@ -97,7 +99,8 @@ TEST_CASE("batched sampling stops each row at its stop sequence and masks what f
   CHECK(generate_batch(*m, {random_prompt(4, 1), random_prompt(2, 2)}, sp, 8).completions == b.completions);
 }
 
-TEST_CASE("the trainers' log-probs of a sampled rollout are the sampler's (attention, mamba, mla, padded prompts)", "[rl][generate]") {
+TEST_CASE("the trainers' log-probs of a sampled rollout are the sampler's (attention, mamba, mla, padded prompts)",
+          "[rl][generate]") {
   // The ratio pi / pi_old and the KL are only right if re-scoring the packed rollout reproduces
   // what the left-padded, cached sampler drew the tokens with.
   PluginHost host;
@@ -218,7 +221,9 @@ TEST_CASE("prompt and padding tokens carry no loss: only completion targets get 
 
 TEST_CASE("arithmetic and reverse tasks: fixed held-out sets never drawn for training, exact rewards", "[rl][task]") {
   PluginHost host;
-  Experiment e = parse("data: {path: task}\ntask: {name: arithmetic, max_digits: 2, operators: [\"+\", \"*\"], format_reward: 0.1}\n", host);
+  Experiment e = parse(
+      "data: {path: task}\ntask: {name: arithmetic, max_digits: 2, operators: [\"+\", \"*\"], format_reward: 0.1}\n",
+      host);
   auto task = host.registry().make_task(e.task_name, e.task);
   const auto& eval = task->eval_set();
   REQUIRE(eval.size() == 200);
@@ -235,14 +240,16 @@ TEST_CASE("arithmetic and reverse tasks: fixed held-out sets never drawn for tra
   CHECK(task->reward(ex, "8+", true) == 0.0);
   CHECK(task->correct(ex, "85", true));
 
-  Experiment r = parse("data: {path: task}\ntask: {name: reverse, min_len: 3, max_len: 3, alphabet: ab, eval_size: 4}\n", host);
+  Experiment r =
+      parse("data: {path: task}\ntask: {name: reverse, min_len: 3, max_len: 3, alphabet: ab, eval_size: 4}\n", host);
   auto rev = host.registry().make_task(r.task_name, r.task);
   CHECK(rev->eval_set().size() == 4);
   auto x = rev->train_example(0, 0);
   CHECK(x.prompt.size() == 4);
   CHECK(std::string(x.prompt.rbegin() + 1, x.prompt.rend()) == x.answer);
   // 8 distinct strings exist: a held-out set of 200 cannot be made.
-  Experiment too_many = parse("data: {path: task}\ntask: {name: reverse, min_len: 3, max_len: 3, alphabet: ab}\n", host);
+  Experiment too_many =
+      parse("data: {path: task}\ntask: {name: reverse, min_len: 3, max_len: 3, alphabet: ab}\n", host);
   CHECK_CONTAINS(error_of([&] { host.registry().make_task("reverse", too_many.task); }), "eval_size");
 }
 
@@ -255,20 +262,26 @@ std::string config_text(const std::string& name) { return read_text(LINEARNEXUS_
 // A tiny SFT model on arithmetic, for the checks that need a starting checkpoint but no skill.
 void tiny_sft(const std::string& out_dir) {
   train_experiment(config_text("sft_arithmetic.yaml"),
-                   {"trainer.out_dir=" + out_dir, "trainer.max_steps=20", "trainer.log_every=10", "model.hidden_size=32",
-                    "model.n_layer=1", "trainer.eval_batches=1"});
+                   {"trainer.out_dir=" + out_dir, "trainer.max_steps=20", "trainer.log_every=10",
+                    "model.hidden_size=32", "model.n_layer=1", "trainer.eval_batches=1"});
 }
 
 }  // namespace
 
-TEST_CASE("grpo and ppo resume exactly: 2 + 2 steps log what 4 steps log (policy, value head, optimizers)", "[rl][training]") {
+TEST_CASE("grpo and ppo resume exactly: 2 + 2 steps log what 4 steps log (policy, value head, optimizers)",
+          "[rl][training]") {
   TempDir t;
   tiny_sft(t / "sft");
   for (const std::string name : {"grpo", "ppo"}) {
     INFO(name);
-    const std::vector<std::string> o{"trainer.init_from=" + (t / "sft"), "model.hidden_size=32", "model.n_layer=1",
-                                     "trainer.max_steps=4", "trainer.log_every=1", "trainer.eval_every=0",
-                                     "trainer.prompts_per_step=4", "task.eval_size=20"};
+    const std::vector<std::string> o{"trainer.init_from=" + (t / "sft"),
+                                     "model.hidden_size=32",
+                                     "model.n_layer=1",
+                                     "trainer.max_steps=4",
+                                     "trainer.log_every=1",
+                                     "trainer.eval_every=0",
+                                     "trainer.prompts_per_step=4",
+                                     "task.eval_size=20"};
     auto with_dir = [&](const std::string& d, std::vector<std::string> extra) {
       extra.insert(extra.begin(), o.begin(), o.end());
       extra.push_back("trainer.out_dir=" + d);
@@ -298,37 +311,44 @@ TEST_CASE("grpo and ppo resume exactly: 2 + 2 steps log what 4 steps log (policy
 
 // Sophia's curvature pass is part of the run's optimizer_step, so every trainer gets it: under the RL
 // trainers too its Hessian estimate is updated (it used to run on a zero Hessian there, silently).
-TEST_CASE("sophia under grpo and ppo: the curvature estimate runs (curvature_updates, a non-zero hessian)", "[rl][training]") {
+TEST_CASE("sophia under grpo and ppo: the curvature estimate runs (curvature_updates, a non-zero hessian)",
+          "[rl][training]") {
   TempDir t;
   tiny_sft(t / "sft");
   for (const std::string name : {"grpo", "ppo"}) {
     INFO(name);
-    train_experiment(config_text(name + "_arithmetic.yaml"),
-                     {"trainer.init_from=" + (t / "sft"), "model.hidden_size=32", "model.n_layer=1", "trainer.max_steps=3",
-                      "trainer.log_every=1", "trainer.eval_every=0", "trainer.prompts_per_step=4", "task.eval_size=20",
-                      "optimizer.name=sophia", "optimizer.k=2", "trainer.out_dir=" + (t / name)});
+    train_experiment(
+        config_text(name + "_arithmetic.yaml"),
+        {"trainer.init_from=" + (t / "sft"), "model.hidden_size=32", "model.n_layer=1", "trainer.max_steps=3",
+         "trainer.log_every=1", "trainer.eval_every=0", "trainer.prompts_per_step=4", "task.eval_size=20",
+         "optimizer.name=sophia", "optimizer.k=2", "trainer.out_dir=" + (t / name)});
     const auto ck = load_safetensors(t / (name + "/latest.safetensors")).tensors;
     // Steps 0 and 2 of 3 (k = 2), once per step however many updates a step makes.
     CHECK(ck.at("optim.curvature_updates").item<int64_t>() == 2);
     double hessian = 0;
     for (const auto& [k, v] : ck)
-      if (k.rfind("optim.", 0) == 0 && k.size() > 8 && k.compare(k.size() - 8, 8, ".hessian") == 0) hessian += v.sum().item<double>();
+      if (k.rfind("optim.", 0) == 0 && k.size() > 8 && k.compare(k.size() - 8, 8, ".hessian") == 0)
+        hessian += v.sum().item<double>();
     CHECK(hessian > 0);
   }
 }
 
 TEST_CASE("rl trainers: a missing task section or starting checkpoint is one clear error", "[rl][cli]") {
   TempDir t;
-  write_text(t / "no_task.yaml", "data: {path: builtin:arithmetic, seq_len: 16}\n"
-                                 "model: {hidden_size: 16, n_layer: 1, max_seq_len: 32}\n"
-                                 "trainer: {name: grpo, max_steps: 1, out_dir: " + (t / "a") + "}\n");
+  write_text(t / "no_task.yaml",
+             "data: {path: builtin:arithmetic, seq_len: 16}\n"
+             "model: {hidden_size: 16, n_layer: 1, max_seq_len: 32}\n"
+             "trainer: {name: grpo, max_steps: 1, out_dir: " +
+                 (t / "a") + "}\n");
   auto r = run_cli("run " + (t / "no_task.yaml"));
   INFO(r.err);
   CHECK(r.code == 1);
   CHECK_CONTAINS(r.err, "needs a task section");
-  write_text(t / "no_init.yaml", "task: {name: arithmetic}\ndata: {path: task, seq_len: 16}\n"
-                                 "model: {hidden_size: 16, n_layer: 1, max_seq_len: 32}\n"
-                                 "trainer: {name: ppo, max_steps: 1, out_dir: " + (t / "b") + "}\n");
+  write_text(t / "no_init.yaml",
+             "task: {name: arithmetic}\ndata: {path: task, seq_len: 16}\n"
+             "model: {hidden_size: 16, n_layer: 1, max_seq_len: 32}\n"
+             "trainer: {name: ppo, max_steps: 1, out_dir: " +
+                 (t / "b") + "}\n");
   r = run_cli("run " + (t / "no_init.yaml"));
   CHECK(r.code == 1);
   CHECK_CONTAINS(r.err, "trainer.init_from");

@@ -47,9 +47,32 @@ namespace {
 
 // ---- mutations --------------------------------------------------------------------------------
 
-const char* kTokens[] = {"-1", "0", "18446744073709551615", "9223372036854775807", "-9223372036854775808", "1e308",
-                         "\"\"", "null", "[]", "{}", "[[[[[[[[[[", "}}}}", "\"__metadata__\"", "\"F32\"", "\"BF16\"",
-                         "\\u0000", "\xff\xfe", ": ", "\n- ", "{a: ", "&x ", "*x", "!!binary ", "<<: *x", "~", "'"};
+const char* kTokens[] = {"-1",
+                         "0",
+                         "18446744073709551615",
+                         "9223372036854775807",
+                         "-9223372036854775808",
+                         "1e308",
+                         "\"\"",
+                         "null",
+                         "[]",
+                         "{}",
+                         "[[[[[[[[[[",
+                         "}}}}",
+                         "\"__metadata__\"",
+                         "\"F32\"",
+                         "\"BF16\"",
+                         "\\u0000",
+                         "\xff\xfe",
+                         ": ",
+                         "\n- ",
+                         "{a: ",
+                         "&x ",
+                         "*x",
+                         "!!binary ",
+                         "<<: *x",
+                         "~",
+                         "'"};
 
 std::string mutate(std::string s, const std::vector<std::string>& seeds, std::mt19937_64& rng) {
   auto pick = [&](size_t n) { return n ? static_cast<size_t>(rng() % n) : 0; };
@@ -111,8 +134,9 @@ std::vector<std::string> checkpoint_seeds() {
       "\"model.w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
       "\"optim.step\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[24,32]},"
       "\"rng.cpu\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[32,40]}}";
-  const std::string h2 = "{\"a\":{\"dtype\":\"BF16\",\"shape\":[0,4],\"data_offsets\":[0,0]},"
-                         "\"b\":{\"dtype\":\"BOOL\",\"shape\":[3],\"data_offsets\":[0,3]}}";
+  const std::string h2 =
+      "{\"a\":{\"dtype\":\"BF16\",\"shape\":[0,4],\"data_offsets\":[0,0]},"
+      "\"b\":{\"dtype\":\"BOOL\",\"shape\":[3],\"data_offsets\":[0,3]}}";
   return {le64(h1.size()) + h1 + std::string(40, '\x01'), le64(h2.size()) + h2 + "abc"};
 }
 
@@ -126,7 +150,8 @@ void run_checkpoint(const std::string& in) {
       if (d < 0) throw std::logic_error("negative dimension accepted");
       n *= static_cast<uint64_t>(d);
     }
-    if (n != t.end - t.begin || h.data_start + t.end > in.size()) throw std::logic_error("span accepted outside its bounds");
+    if (n != t.end - t.begin || h.data_start + t.end > in.size())
+      throw std::logic_error("span accepted outside its bounds");
     for (const auto& u : h.tensors)
       if (&u != &t && t.begin < u.end && u.begin < t.end) throw std::logic_error("overlapping spans accepted");
   }
@@ -134,10 +159,14 @@ void run_checkpoint(const std::string& in) {
 
 std::vector<std::string> meta_seeds() {
   const std::string sha(64, 'a');
-  return {"{\"format\":\"linearnexus-tokens-1\",\"dtype\":\"uint16\",\"vocab_size\":3,"
-          "\"tokenizer\":{\"kind\":\"char\",\"bytes\":[10,97,98]},\"inputs\":[\"x.txt\"],"
-          "\"train\":{\"files\":[\"train.bin\"],\"tokens\":[90],\"sha256\":[\"" + sha + "\"]},"
-          "\"val\":{\"files\":[\"val.bin\",\"val2.bin\"],\"tokens\":[5,5],\"sha256\":[\"" + sha + "\",\"" + sha + "\"]}}"};
+  return {
+      "{\"format\":\"linearnexus-tokens-1\",\"dtype\":\"uint16\",\"vocab_size\":3,"
+      "\"tokenizer\":{\"kind\":\"char\",\"bytes\":[10,97,98]},\"inputs\":[\"x.txt\"],"
+      "\"train\":{\"files\":[\"train.bin\"],\"tokens\":[90],\"sha256\":[\"" +
+      sha +
+      "\"]},"
+      "\"val\":{\"files\":[\"val.bin\",\"val2.bin\"],\"tokens\":[5,5],\"sha256\":[\"" +
+      sha + "\",\"" + sha + "\"]}}"};
 }
 
 void run_meta(const std::string& in) {
@@ -156,8 +185,10 @@ std::string byte_token(int b) {
     cp = 256 + n;
   }
   std::string s;
-  if (cp < 0x80) s += static_cast<char>(cp);
-  else s += static_cast<char>(0xC0 | (cp >> 6)), s += static_cast<char>(0x80 | (cp & 0x3F));
+  if (cp < 0x80)
+    s += static_cast<char>(cp);
+  else
+    s += static_cast<char>(0xC0 | (cp >> 6)), s += static_cast<char>(0x80 | (cp & 0x3F));
   return s;
 }
 
@@ -237,7 +268,8 @@ void run_elf(const std::string& in, const fs::path& dir) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: fuzz_inputs checkpoint|yaml|meta|bpe|elf|config|optimizer [--seconds S] [--seed N] [--max-iterations K]\n";
+    std::cerr
+        << "usage: fuzz_inputs checkpoint|yaml|meta|bpe|elf|config|optimizer [--seconds S] [--seed N] [--max-iterations K]\n";
     return 2;
   }
   const std::string target = argv[1];
@@ -247,24 +279,35 @@ int main(int argc, char** argv) {
   std::string elf_seed_file;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--seconds") seconds = std::stod(v);
-    else if (k == "--seed") seed = std::stoull(v);
-    else if (k == "--max-iterations") max_iterations = std::stoll(v);
-    else if (k == "--elf-seed") elf_seed_file = v;
+    if (k == "--seconds")
+      seconds = std::stod(v);
+    else if (k == "--seed")
+      seed = std::stoull(v);
+    else if (k == "--max-iterations")
+      max_iterations = std::stoll(v);
+    else if (k == "--elf-seed")
+      elf_seed_file = v;
   }
   const fs::path dir = fs::temp_directory_path() / ("linearnexus_fuzz_" + target + "_" + std::to_string(::getpid()));
   fs::create_directories(dir);
 
   std::vector<std::string> seeds;
   std::function<void(const std::string&)> run;
-  if (target == "checkpoint") seeds = checkpoint_seeds(), run = run_checkpoint;
-  else if (target == "meta") seeds = meta_seeds(), run = run_meta;
-  else if (target == "bpe") seeds = bpe_seeds(), run = [&](const std::string& in) { run_bpe(in, dir); };
-  else if (target == "elf") seeds = elf_seeds(elf_seed_file), run = [&](const std::string& in) { run_elf(in, dir); };
-  else if (target == "yaml") seeds = fuzz_yaml_seeds(), run = fuzz_yaml_run;
-  else if (target == "config") seeds = fuzz_config_seeds(), run = fuzz_config_run;
+  if (target == "checkpoint")
+    seeds = checkpoint_seeds(), run = run_checkpoint;
+  else if (target == "meta")
+    seeds = meta_seeds(), run = run_meta;
+  else if (target == "bpe")
+    seeds = bpe_seeds(), run = [&](const std::string& in) { run_bpe(in, dir); };
+  else if (target == "elf")
+    seeds = elf_seeds(elf_seed_file), run = [&](const std::string& in) { run_elf(in, dir); };
+  else if (target == "yaml")
+    seeds = fuzz_yaml_seeds(), run = fuzz_yaml_run;
+  else if (target == "config")
+    seeds = fuzz_config_seeds(), run = fuzz_config_run;
   else if (target == "optimizer")
-    seeds = fuzz_optimizer_seeds(dir.string()), run = [&](const std::string& in) { fuzz_optimizer_run(in, dir.string()); };
+    seeds = fuzz_optimizer_seeds(dir.string()),
+    run = [&](const std::string& in) { fuzz_optimizer_run(in, dir.string()); };
   else {
     std::cerr << "unknown target '" << target << "'\n";
     return 2;

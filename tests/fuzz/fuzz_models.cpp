@@ -39,9 +39,11 @@ struct Tiny {
 };
 Tiny tiny(const std::string& name) {
   Tiny t;
-  t.exp = parse_experiment("data: {path: x}\nmodel: {hidden_size: 8, n_layer: 1, blocks: {attention: {n_head: 2}}}\n"
-                           "optimizer: {name: " + name + "}\n",
-                           "fuzz.yaml", "", {}, plugins(), PluginPaths::Ignore);
+  t.exp = parse_experiment(
+      "data: {path: x}\nmodel: {hidden_size: 8, n_layer: 1, blocks: {attention: {n_head: 2}}}\n"
+      "optimizer: {name: " +
+          name + "}\n",
+      "fuzz.yaml", "", {}, plugins(), PluginPaths::Ignore);
   t.model = std::make_shared<LMModel>(t.exp.model_config(5), plugins().registry());
   t.params = t.model->optimizer_parameters();
   t.optimizer = plugins().registry().make_optimizer(name, t.params, t.exp.optimizer);
@@ -90,7 +92,8 @@ std::vector<std::string> fuzz_optimizer_seeds(const std::string& dir) {
 void fuzz_optimizer_run(const std::string& input, const std::string& dir) {
   const size_t nl = input.find('\n');
   const std::string name = input.substr(0, nl);
-  if (nl == std::string::npos || std::find(std::begin(kOptimizers), std::end(kOptimizers), name) == std::end(kOptimizers))
+  if (nl == std::string::npos ||
+      std::find(std::begin(kOptimizers), std::end(kOptimizers), name) == std::end(kOptimizers))
     throw Error("fuzz: no optimizer name on the first line");
   const std::string file = dir + "/state.safetensors";
   std::ofstream(file, std::ios::binary) << input.substr(nl + 1);
@@ -102,7 +105,9 @@ void fuzz_optimizer_run(const std::string& input, const std::string& dir) {
     if (at::isFloatingType(value.scalar_type()) && !at::isfinite(value).all().item<bool>())
       throw std::logic_error("a non-finite state '" + key + "' was accepted");
     const bool count = !at::isFloatingType(value.scalar_type());
-    const bool second = key.size() > 11 && (key.rfind(".exp_avg_sq") == key.size() - 11 || key.rfind(".hessian") == key.size() - 8);
-    if ((count || second) && (value < 0).any().item<bool>()) throw std::logic_error("a negative state '" + key + "' was accepted");
+    const bool second =
+        key.size() > 11 && (key.rfind(".exp_avg_sq") == key.size() - 11 || key.rfind(".hessian") == key.size() - 8);
+    if ((count || second) && (value < 0).any().item<bool>())
+      throw std::logic_error("a negative state '" + key + "' was accepted");
   }
 }

@@ -42,21 +42,31 @@ void register_attention_again(linearnexus::Registry& r) {
 
 extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo* linearnexus_plugin_info() {
 #if defined(BAD_ABI)
-  static const LinearNexusPluginInfo info{999u, LINEARNEXUS_TORCH_VERSION, "bad_abi", "0.1", "wrong ABI",
-                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
+  static const LinearNexusPluginInfo info{999u,        LINEARNEXUS_TORCH_VERSION,
+                                          "bad_abi",   "0.1",
+                                          "wrong ABI", [](linearnexus::Registry* r) { register_nothing(*r); }};
 #elif defined(OLD_ABI)
-  static const LinearNexusPluginInfo info{1u, LINEARNEXUS_TORCH_VERSION, "old_abi", "0.1", "ABI 1",
-                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
+  static const LinearNexusPluginInfo info{
+      1u, LINEARNEXUS_TORCH_VERSION, "old_abi", "0.1", "ABI 1", [](linearnexus::Registry* r) { register_nothing(*r); }};
 #elif defined(OTHER_TORCH)
-  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, "0.0.1", "other_torch", "0.1", "other LibTorch",
-                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
+  static const LinearNexusPluginInfo info{
+      LINEARNEXUS_PLUGIN_ABI_VERSION, "0.0.1", "other_torch", "0.1", "other LibTorch", [](linearnexus::Registry* r) {
+        register_nothing(*r);
+      }};
 #elif defined(DUPLICATE)
-  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, "attention_copy",
-                                          "0.1", "registers attention again",
+  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION,
+                                          LINEARNEXUS_TORCH_VERSION,
+                                          "attention_copy",
+                                          "0.1",
+                                          "registers attention again",
                                           [](linearnexus::Registry* r) { register_attention_again(*r); }};
 #else
-  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, "throws", "0.1",
-                                          "throws while registering", [](linearnexus::Registry* r) { register_nothing(*r); }};
+  static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION,
+                                          LINEARNEXUS_TORCH_VERSION,
+                                          "throws",
+                                          "0.1",
+                                          "throws while registering",
+                                          [](linearnexus::Registry* r) { register_nothing(*r); }};
 #endif
   return &info;
 }

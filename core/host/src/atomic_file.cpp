@@ -78,8 +78,9 @@ void write_file_atomically(const std::string& path, const std::string& text) {
 void remove_folder_tree(const std::string& path) {
   // nftw rather than std::filesystem::remove_all: torch 2.x's libtorch.so exports a copy of the
   // latter that the dynamic linker may bind first, and that copy crashes (tests/test_util.h).
-  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-         FTW_DEPTH | FTW_PHYS);
+  ::nftw(
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
 StagedFolder::StagedFolder(std::string path) : path_(std::move(path)) {
@@ -102,8 +103,8 @@ StagedFolder::StagedFolder(std::string path) : path_(std::move(path)) {
   tmp_ = (parent / (stem + std::to_string(::getpid()))).string();
   remove_folder_tree(tmp_);  // this process's own leftover, if any
   if (::mkdir(tmp_.c_str(), 0755) != 0)
-    throw Error("cannot create the temporary folder '" + tmp_ + "': " + std::strerror(errno) + " (is '" + parent.string() +
-                "' writable?)");
+    throw Error("cannot create the temporary folder '" + tmp_ + "': " + std::strerror(errno) + " (is '" +
+                parent.string() + "' writable?)");
 }
 
 StagedFolder::~StagedFolder() {

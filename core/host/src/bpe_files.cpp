@@ -185,5 +185,4 @@ BPEVocab load_tiktoken_file(const std::string& path) {
   return std::move(v.vocab);
 }
 
-
 }  // namespace linearnexus

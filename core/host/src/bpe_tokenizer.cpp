@@ -111,7 +111,8 @@ std::string nfc_normalize(std::string_view text) {
     return std::string(text);
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
-  const icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<int32_t>(text.size())));
+  const icu::UnicodeString u =
+      icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<int32_t>(text.size())));
   std::string round_trip;
   u.toUTF8String(round_trip);
   if (U_FAILURE(status) || round_trip != text) return std::string(text);  // invalid UTF-8: unchanged
@@ -158,7 +159,8 @@ struct BPETokenizer::Impl {
     for (int32_t id : vocab.added)
       if (!vocab.tokens[id].empty()) added_by_first_byte[static_cast<unsigned char>(vocab.tokens[id][0])].push_back(id);
     for (auto& ids : added_by_first_byte)
-      std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return vocab.tokens[a].size() > vocab.tokens[b].size(); });
+      std::stable_sort(ids.begin(), ids.end(),
+                       [&](int32_t a, int32_t b) { return vocab.tokens[a].size() > vocab.tokens[b].size(); });
 #ifndef LINEARNEXUS_HAVE_ICU
     if (vocab.nfc)
       log_warn("tokenizer: '" + vocab.source + "' asks for NFC normalization, but this build has no ICU " +
@@ -260,7 +262,7 @@ struct BPETokenizer::Impl {
     // One ovector pair is all split() reads; it copies the match out before recursing, so every
     // level shares this one.
     std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(pcre2_match_data_create(1, nullptr),
-                                                                            &pcre2_match_data_free);
+                                                                           &pcre2_match_data_free);
     if (!md) throw std::bad_alloc();
 #ifdef LINEARNEXUS_HAVE_ICU
     if (vocab.nfc) {
@@ -313,7 +315,8 @@ BPETokenizer BPETokenizer::from_vocab(BPEVocab in) {
   std::vector<bool> is_added(in.tokens.size(), false);
   for (int32_t id : in.added) {
     bad_id(id, "an added token");
-    if (in.tokens[id].empty()) throw Error("tokenizer: '" + in.source + "': added token " + std::to_string(id) + " is empty");
+    if (in.tokens[id].empty())
+      throw Error("tokenizer: '" + in.source + "': added token " + std::to_string(id) + " is empty");
     is_added[id] = true;
   }
   if (in.eot >= 0) bad_id(in.eot, "the end-of-text token");

@@ -50,12 +50,18 @@ const Schema& model_schema() {
       {"block_pattern", ParamType::StringList, "[attention]", "block names, repeated to fill n_layer"},
       {"tie_embeddings", ParamType::Bool, "true", "share the token embedding with the LM head"},
       {"dropout", ParamType::Float, "0.0", "dropout probability passed to every block", {}, 0, 1},
-      {"norm", ParamType::String, "rmsnorm", "the final norm and every block's pre-norms: rmsnorm, or layernorm (with a bias, GPT-2)",
+      {"norm",
+       ParamType::String,
+       "rmsnorm",
+       "the final norm and every block's pre-norms: rmsnorm, or layernorm (with a bias, GPT-2)",
        {"rmsnorm", "layernorm"}},
       {"norm_eps", ParamType::Float, "1e-5", "epsilon of those norms", {}, 0},
-      {"positions", ParamType::String, "none",
+      {"positions",
+       ParamType::String,
+       "none",
        "learned = absolute position embeddings (max_seq_len rows) added to the token embeddings (GPT-2); none = the "
-       "blocks' own (RoPE)", {"none", "learned"}},
+       "blocks' own (RoPE)",
+       {"none", "learned"}},
   };
   return s;
 }
@@ -70,34 +76,58 @@ const Schema& schedule_schema() {
 const Schema& trainer_common_schema() {
   static const Schema s = {
       {"max_steps", ParamType::Int, "1000", "optimizer steps (the schedule spans these)", {}, 1},
-      {"stop_after", ParamType::Int, "0", "stop early after this many steps, saving a checkpoint to resume from (0 = run to max_steps)", {}, 0},
+      {"stop_after",
+       ParamType::Int,
+       "0",
+       "stop early after this many steps, saving a checkpoint to resume from (0 = run to max_steps)",
+       {},
+       0},
       {"grad_clip", ParamType::Float, "1.0", "global gradient-norm clip (0 = off)", {}, 0},
       {"log_every", ParamType::Int, "10", "steps between metric lines", {}, 1},
-      {"trackers", ParamType::StringList, "[jsonl]", "where the metrics go: jsonl (out_dir/metrics.jsonl), tensorboard (event files in out_dir/tb/, with the experiment as text)", {"jsonl", "tensorboard"}},
+      {"trackers",
+       ParamType::StringList,
+       "[jsonl]",
+       "where the metrics go: jsonl (out_dir/metrics.jsonl), tensorboard (event files in out_dir/tb/, with the experiment as text)",
+       {"jsonl", "tensorboard"}},
       {"eval_every", ParamType::Int, "100", "steps between validation passes (0 = only at the end)", {}, 0},
       {"save_every", ParamType::Int, "500", "steps between checkpoints (a final one is always written)", {}, 0},
       {"keep_last_n", ParamType::Int, "2", "step checkpoints kept besides latest", {}, 0},
-      {"activation_checkpointing", ParamType::String, "none", "keep only block inputs in the training forward and run blocks again in backward: none, blocks (every block) or N (every N-th block); costs one more forward of those blocks per step"},
-      {"peak_tflops", ParamType::Float, "0", "per-GPU peak that the logged mfu divides by, in TFLOP/s (0 = measure a bf16 8192^3 matmul at startup; CUDA only)", {}, 0},
+      {"activation_checkpointing", ParamType::String, "none",
+       "keep only block inputs in the training forward and run blocks again in backward: none, blocks (every block) or N (every N-th block); costs one more forward of those blocks per step"},
+      {"peak_tflops",
+       ParamType::Float,
+       "0",
+       "per-GPU peak that the logged mfu divides by, in TFLOP/s (0 = measure a bf16 8192^3 matmul at startup; CUDA only)",
+       {},
+       0},
       {"out_dir", ParamType::String, "\"\"", "run folder (default runs/<name>)"},
-      {"resume", ParamType::String, "\"\"", "\"\" = fresh run (refuses a folder with checkpoints), auto = continue from out_dir's latest, or a checkpoint path"},
-      {"init_from", ParamType::String, "\"\"", "a fresh run starts from this checkpoint's weights (run folder or file) and reuses its tokenizer; the model section must match it"},
+      {"resume", ParamType::String, "\"\"",
+       "\"\" = fresh run (refuses a folder with checkpoints), auto = continue from out_dir's latest, or a checkpoint path"},
+      {"init_from", ParamType::String, "\"\"",
+       "a fresh run starts from this checkpoint's weights (run folder or file) and reuses its tokenizer; the model section must match it"},
   };
   return s;
 }
 const Schema& plugins_schema() {
-  static const Schema s = {{"paths", ParamType::StringList, "[]", "extra plugin folders (relative to the experiment file's folder)"}};
+  static const Schema s = {
+      {"paths", ParamType::StringList, "[]", "extra plugin folders (relative to the experiment file's folder)"}};
   return s;
 }
 const Schema& sample_schema() {
   static const Schema s = {
       {"prompt", ParamType::String, "\"\\n\"", "text the samples start from"},
       {"max_tokens", ParamType::Int, "200", "new tokens per sample", {}, 1},
-      {"num_samples", ParamType::Int, "1", "samples printed after training (0 = none; `linearnexus sample` then prints one)", {}, 0},
+      {"num_samples",
+       ParamType::Int,
+       "1",
+       "samples printed after training (0 = none; `linearnexus sample` then prints one)",
+       {},
+       0},
       {"temperature", ParamType::Float, "0.8", "softmax temperature (0 = greedy)", {}, 0},
       {"top_k", ParamType::Int, "50", "keep the k most likely tokens (0 = off)", {}, 0},
       {"top_p", ParamType::Float, "0.95", "nucleus sampling mass (1 = off)", {}, 0, 1},
-      {"chat", ParamType::Bool, "false", "the prompt is a user message: rendered with the tokenizer's chat template (ready for the assistant's reply), which stops at the end-of-turn token"},
+      {"chat", ParamType::Bool, "false",
+       "the prompt is a user message: rendered with the tokenizer's chat template (ready for the assistant's reply), which stops at the end-of-turn token"},
   };
   return s;
 }
@@ -143,8 +173,9 @@ ModelConfig Experiment::model_config(int64_t tokenizer_vocab_size) const {
   if (c.dims.vocab_size == 0) {
     c.dims.vocab_size = tokenizer_vocab_size;
   } else if (tokenizer_vocab_size > c.dims.vocab_size) {
-    throw Error(source + ": model.vocab_size " + std::to_string(c.dims.vocab_size) + " is smaller than the tokenizer's vocabulary (" +
-                std::to_string(tokenizer_vocab_size) + "); use vocab_size: auto");
+    throw Error(source + ": model.vocab_size " + std::to_string(c.dims.vocab_size) +
+                " is smaller than the tokenizer's vocabulary (" + std::to_string(tokenizer_vocab_size) +
+                "); use vocab_size: auto");
   }
   return c;
 }
@@ -152,9 +183,9 @@ ModelConfig Experiment::model_config(int64_t tokenizer_vocab_size) const {
 namespace {
 
 // The top-level keys of an experiment: the top schema's scalars and the sections.
-const std::vector<std::string> kSections = {"name",     "seed",      "device",   "precision", "plugins",
-                                            "data",     "model",     "optimizer", "schedule", "trainer",
-                                            "sample",   "task",      "distributed"};
+const std::vector<std::string> kSections = {"name",   "seed",  "device",     "precision", "plugins",
+                                            "data",   "model", "optimizer",  "schedule",  "trainer",
+                                            "sample", "task",  "distributed"};
 
 // The `model:` section: a preset's fields first, the file's on top; each block kind of the pattern
 // validated against its plugin's schema (defaults for kinds the file does not configure).
@@ -164,7 +195,8 @@ YAML::Node init_from_model(const YAML::Node& root, const YAML::Node& preset, con
   YAML::Node trainer = root["trainer"];
   const std::string init_from = trainer && trainer.IsMap() && trainer["init_from"] ? trainer["init_from"].Scalar() : "";
   if (init_from.empty())
-    throw Error(src.at(preset, "model.preset") + ": preset init_from takes the model of trainer.init_from, which is not set; "
+    throw Error(src.at(preset, "model.preset") +
+                ": preset init_from takes the model of trainer.init_from, which is not set; "
                 "add e.g. --set trainer.init_from=runs/imported");
   std::string file;
   YAML::Node ckpt;
@@ -192,8 +224,8 @@ YAML::Node load_preset(const YAML::Node& preset, const Source& src) {
   if (it == files.end()) {
     std::string list;
     for (const auto& [n, f] : files) list += " " + n;
-    throw Error(src.at(preset, "model.preset") + ": unknown model preset '" + name + "'; presets:" +
-                (list.empty() ? " none" : list) + " (files NAME.yaml in " + preset_dirs_text() + ")");
+    throw Error(src.at(preset, "model.preset") + ": unknown model preset '" + name +
+                "'; presets:" + (list.empty() ? " none" : list) + " (files NAME.yaml in " + preset_dirs_text() + ")");
   }
   const YAML::Node fields = load_yaml_text(read_file(it->second.string(), file_kind::kExperiment), it->second.string());
   if (!fields.IsMap()) throw Error(it->second.string() + ": a model preset must be a map of model fields");
@@ -226,7 +258,8 @@ void parse_model_section(const YAML::Node& root, const Source& src, const Regist
   for (const auto& b : pattern) reg.get(PluginKind::Block, b, src.at(model["block_pattern"], "model.block_pattern"));
   YAML::Node blocks = model["blocks"];
   if (blocks && !blocks.IsNull()) {
-    if (!blocks.IsMap()) throw Error(src.at(blocks, "model.blocks") + ": 'model.blocks' must map block names to parameters");
+    if (!blocks.IsMap())
+      throw Error(src.at(blocks, "model.blocks") + ": 'model.blocks' must map block names to parameters");
     for (const auto& kv : blocks) {
       const std::string name = kv.first.Scalar();
       const auto& r = reg.get(PluginKind::Block, name, src.at(kv.first, "model.blocks." + name));
@@ -234,7 +267,8 @@ void parse_model_section(const YAML::Node& root, const Source& src, const Regist
     }
   }
   for (const auto& b : pattern)
-    if (!sec.blocks.count(b)) sec.blocks[b] = params_from_defaults(reg.get(PluginKind::Block, b).schema, "model.blocks." + b);
+    if (!sec.blocks.count(b))
+      sec.blocks[b] = params_from_defaults(reg.get(PluginKind::Block, b).schema, "model.blocks." + b);
 }
 
 // The resolved experiment as YAML, every default filled in (re-parses to the same text).
@@ -278,7 +312,8 @@ Params parse_plugin_section(const YAML::Node& root, const char* section, PluginK
   YAML::Node n = root[section];
   std::string name = fallback;
   if (n && n.IsMap() && n["name"]) name = n["name"].Scalar();
-  const auto& r = reg.get(kind, name, n && n.IsMap() && n["name"] ? src.at(n["name"], std::string(section) + ".name") : origin);
+  const auto& r =
+      reg.get(kind, name, n && n.IsMap() && n["name"] ? src.at(n["name"], std::string(section) + ".name") : origin);
   Schema schema = common;
   schema.insert(schema.end(), r.schema.begin(), r.schema.end());
   *name_out = name;
@@ -312,7 +347,8 @@ Params parse_plugin_section(const YAML::Node& root, const char* section, PluginK
 // ---- the typed settings: each host section parsed once ---------------------------------------
 
 RunSettings run_settings(const Params& p) {
-  return {p.get_string("name"), static_cast<uint64_t>(p.get_int("seed")), p.get_string("device"), p.get_string("precision")};
+  return {p.get_string("name"), static_cast<uint64_t>(p.get_int("seed")), p.get_string("device"),
+          p.get_string("precision")};
 }
 
 ScheduleSettings schedule_settings(const Params& p) {
@@ -326,8 +362,10 @@ int64_t activation_checkpoint_every(const std::string& v, const std::string& sou
   if (!v.empty() && v.size() < 10 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
       std::stoll(v) > 0)
     return std::stoll(v);
-  throw Error(source + ": trainer.activation_checkpointing must be none, blocks or a positive number N (every N-th "
-              "block), not '" + v + "'");
+  throw Error(source +
+              ": trainer.activation_checkpointing must be none, blocks or a positive number N (every N-th "
+              "block), not '" +
+              v + "'");
 }
 
 TrainerSettings trainer_settings(const Params& p, const RunSettings& run, const std::string& source) {
@@ -352,7 +390,7 @@ TrainerSettings trainer_settings(const Params& p, const RunSettings& run, const 
 
 SampleSettings sample_settings(const Params& p) {
   return {p.get_string("prompt"), p.get_int("max_tokens"), p.get_int("num_samples"), p.get_float("temperature"),
-          p.get_int("top_k"), p.get_float("top_p"), p.get_bool("chat")};
+          p.get_int("top_k"),     p.get_float("top_p"),    p.get_bool("chat")};
 }
 
 ModelConfig model_settings(const Params& m, const std::map<std::string, Params>& blocks, const std::string& source) {
@@ -361,7 +399,8 @@ ModelConfig model_settings(const Params& m, const std::map<std::string, Params>&
   if (vs != "auto") {
     char* end = nullptr;
     c.dims.vocab_size = std::strtoll(vs.c_str(), &end, 10);
-    if (*end || c.dims.vocab_size <= 0) throw Error(source + ": model.vocab_size must be a positive integer or auto (got '" + vs + "')");
+    if (*end || c.dims.vocab_size <= 0)
+      throw Error(source + ": model.vocab_size must be a positive integer or auto (got '" + vs + "')");
   }
   c.dims.hidden_size = m.get_int("hidden_size");
   c.dims.n_layer = m.get_int("n_layer");
@@ -418,7 +457,8 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
     // Stored absolute, so the resolved experiment (config.yaml, checkpoints) names the same folders
     // wherever it is read from.
     const fs::path dir = fs::absolute(relative_to / p).lexically_normal();
-    if (!fs::is_directory(dir)) throw Error(src.at(plugins["paths"], "plugins.paths") + ": plugin folder '" + dir.string() + "' does not exist");
+    if (!fs::is_directory(dir))
+      throw Error(src.at(plugins["paths"], "plugins.paths") + ": plugin folder '" + dir.string() + "' does not exist");
     e.plugin_paths.push_back(dir.string());
     host.load_dir(dir.string());
   }
@@ -426,10 +466,11 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
 
   sec.data = validate_section(root["data"], data_schema(), "data", src);
   parse_model_section(root, src, reg, sec);
-  e.optimizer = parse_plugin_section(root, "optimizer", PluginKind::Optimizer, "adamw", {}, reg, src, &e.optimizer_name);
+  e.optimizer =
+      parse_plugin_section(root, "optimizer", PluginKind::Optimizer, "adamw", {}, reg, src, &e.optimizer_name);
   sec.schedule = validate_section(root["schedule"], schedule_schema(), "schedule", src);
-  e.trainer_params = parse_plugin_section(root, "trainer", PluginKind::Trainer, "sft", trainer_common_schema(), reg, src,
-                                          &e.trainer_name, &sec.trainer);
+  e.trainer_params = parse_plugin_section(root, "trainer", PluginKind::Trainer, "sft", trainer_common_schema(), reg,
+                                          src, &e.trainer_name, &sec.trainer);
   sec.sample = validate_section(root["sample"], sample_schema(), "sample", src);
   sec.distributed = validate_section(root["distributed"], distributed_schema(), "distributed", src);
   // task: optional; `name:` picks the task plugin (RL trainers and data.path: task need one).
@@ -450,15 +491,16 @@ Experiment parse_experiment(const std::string& yaml_text, const std::string& ori
   e.sample = sample_settings(sec.sample);
   e.distributed = DistributedSettings::from(sec.distributed);
   if (e.data.path == "task" && e.task_name.empty())
-    throw Error(origin + ": data.path is 'task' but the experiment has no task section; add e.g. task: {name: arithmetic}");
+    throw Error(origin +
+                ": data.path is 'task' but the experiment has no task section; add e.g. task: {name: arithmetic}");
   e.resolved_yaml = resolved_yaml(e, sec);
   return e;
 }
 
 void check_for_training(const Experiment& e, const Registry& registry) {
   if (e.data.seq_len > e.model.dims.max_seq_len)
-    throw Error(e.source + ": data.seq_len (" + std::to_string(e.data.seq_len) + ") is longer than model.max_seq_len (" +
-                std::to_string(e.model.dims.max_seq_len) + ")");
+    throw Error(e.source + ": data.seq_len (" + std::to_string(e.data.seq_len) +
+                ") is longer than model.max_seq_len (" + std::to_string(e.model.dims.max_seq_len) + ")");
   // The trainer's own checks live in its constructor and in check_start (what it needs of the
   // experiment's other sections): make one, ask it, drop it.
   registry.make_trainer(e.trainer_name, e.trainer_params)->check_start({e.task_name, e.trainer.init_from});

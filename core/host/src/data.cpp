@@ -56,15 +56,31 @@ std::shared_ptr<TokenDataset> make_memory_dataset(std::vector<int64_t> tokens, s
 
 const Schema& data_schema() {
   static const Schema s = {
-      {"path", ParamType::String, "", "text file to train on, builtin:arithmetic (a generated corpus), or task = worked examples of the experiment's task section"},
-      {"tokenizer", ParamType::String, "char", "char, gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder holding one (a Hugging Face model or run folder) or GPT-2's encoder.json + vocab.bpe"},
+      {"path", ParamType::String, "",
+       "text file to train on, builtin:arithmetic (a generated corpus), or task = worked examples of the experiment's task section"},
+      {"tokenizer", ParamType::String, "char",
+       "char, gpt2, a tokenizer.json / tokenizer.model / .tiktoken file, or a folder holding one (a Hugging Face model or run folder) or GPT-2's encoder.json + vocab.bpe"},
       {"seq_len", ParamType::Int, "256", "tokens per training sequence", {}, 1},
-      {"val_fraction", ParamType::Float, "0.1", "fraction of the tokens (at the end) held out for validation", {}, 0.0001, 0.9},
+      {"val_fraction",
+       ParamType::Float,
+       "0.1",
+       "fraction of the tokens (at the end) held out for validation",
+       {},
+       0.0001,
+       0.9},
       {"download", ParamType::String, "\"\"", "URL fetched to data.path when the file is missing"},
       {"download_sha256", ParamType::String, "\"\"", "expected SHA-256 of the download (\"\" = unchecked)"},
       {"download_size", ParamType::Int, "0", "expected size in bytes of the download (0 = unchecked)", {}, 0},
-      {"sampling", ParamType::String, "random", "training windows: random offsets, or epoch = shuffled non-overlapping windows, each once per epoch", {"random", "epoch"}},
-      {"format", ParamType::String, "text", "text = one token stream cut into windows; chat, prompt_completion, preference = a JSON Lines file of examples (one padded row each, the loss on the completion or the assistant's turns: docs/post_training.md)", {"text", "chat", "prompt_completion", "preference"}},
+      {"sampling",
+       ParamType::String,
+       "random",
+       "training windows: random offsets, or epoch = shuffled non-overlapping windows, each once per epoch",
+       {"random", "epoch"}},
+      {"format",
+       ParamType::String,
+       "text",
+       "text = one token stream cut into windows; chat, prompt_completion, preference = a JSON Lines file of examples (one padded row each, the loss on the completion or the assistant's turns: docs/post_training.md)",
+       {"text", "chat", "prompt_completion", "preference"}},
       {"train_on_prompt", ParamType::Bool, "false", "examples formats: put the loss on every token, the prompt's too"},
   };
   return s;
@@ -111,14 +127,16 @@ void check_settings(const DataSettings& data) {
     throw Error("data.val_fraction must be between 0 and 1 (got " + std::to_string(data.val_fraction) + ")");
   const std::string& path_key = data.path;
   if (data.format != "text" && (path_key == "task" || path_key.rfind("builtin:", 0) == 0))
-    throw Error("data.path: '" + path_key + "' is text; data.format " + data.format + " reads a JSON Lines file of examples");
+    throw Error("data.path: '" + path_key + "' is text; data.format " + data.format +
+                " reads a JSON Lines file of examples");
   if (data.format == "text" && path_key.size() > 6 && path_key.compare(path_key.size() - 6, 6, ".jsonl") == 0)
     throw Error("data.path: '" + path_key + "' is JSON Lines, but data.format is text (it would train on the JSON " +
                 "itself); set data.format to chat, prompt_completion or preference");
 }
 
 // data.format chat / prompt_completion / preference: the examples of a JSON Lines file (examples.h).
-DataSplits load_example_data(const DataSettings& data, const std::string& base_dir, std::shared_ptr<Tokenizer> tokenizer) {
+DataSplits load_example_data(const DataSettings& data, const std::string& base_dir,
+                             std::shared_ptr<Tokenizer> tokenizer) {
   DataSplits out;
   if (tokenizer) {
     out.tokenizer = tokenizer;
@@ -158,11 +176,13 @@ void check_split_lengths(const std::string& name, int64_t n, const DataSettings&
 bool check_text_path(const DataSettings& data, const fs::path& p) {
   if (!fs::exists(p)) {
     if (data.download.empty())
-      throw Error("data.path: '" + p.string() + "' does not exist; put the text file there or set data.download to its URL");
+      throw Error("data.path: '" + p.string() +
+                  "' does not exist; put the text file there or set data.download to its URL");
     return false;
   }
   if (fs::is_directory(p))
-    throw Error("data.path: '" + p.string() + "' is a folder without meta.json, not a prepared dataset; prepare it with " +
+    throw Error("data.path: '" + p.string() +
+                "' is a folder without meta.json, not a prepared dataset; prepare it with " +
                 "`linearnexus data prepare`, or name a text file");
   return true;
 }
@@ -254,7 +274,8 @@ std::shared_ptr<Tokenizer> preview_data(const DataSettings& data, const std::str
     return out.tokenizer;
   }
   *description = p.string();
-  if (!check_text_path(data, p)) return tokenizer ? tokenizer : data.tokenizer == "char" ? nullptr : load_tokenizer(data.tokenizer);
+  if (!check_text_path(data, p))
+    return tokenizer ? tokenizer : data.tokenizer == "char" ? nullptr : load_tokenizer(data.tokenizer);
   const bool char_vocabulary = tokenizer ? tokenizer->kind() == "char" : data.tokenizer == "char";
   if (!char_vocabulary) {
     // A BPE's token count needs the text tokenized: only the file (regular, within its limit, not
@@ -271,7 +292,8 @@ std::shared_ptr<Tokenizer> preview_data(const DataSettings& data, const std::str
   const std::string text = data_text(data, p, task_text, &name);
   auto tok = tokenizer ? tokenizer : make_char_tokenizer(text);
   // A char vocabulary has one token per byte; a checkpoint's tokenizer encodes the text as run would.
-  check_split_lengths(name, tokenizer ? static_cast<int64_t>(tok->encode(text).size()) : static_cast<int64_t>(text.size()), data);
+  check_split_lengths(
+      name, tokenizer ? static_cast<int64_t>(tok->encode(text).size()) : static_cast<int64_t>(text.size()), data);
   return tok;
 }
 
@@ -329,8 +351,8 @@ std::vector<int64_t> draw_items(const BatchSpec& spec, int64_t n, int64_t step, 
 Batch get_batch(const TokenDataset& data, const BatchSpec& spec, int64_t step, int64_t micro_step, int64_t rank) {
   const int64_t B = spec.batch_size, T = spec.seq_len, span = data.size() - T - 1;
   if (span < 0)
-    throw Error(data.describe() + " holds " + std::to_string(data.size()) + " tokens, fewer than seq_len + 1 = " +
-                std::to_string(T + 1));
+    throw Error(data.describe() + " holds " + std::to_string(data.size()) +
+                " tokens, fewer than seq_len + 1 = " + std::to_string(T + 1));
   auto buf = at::empty({B, T + 1}, at::kLong);
   int64_t* p = buf.data_ptr<int64_t>();
   // Random: windows at any offset; epoch: window w covers tokens [w (T+1), (w+1)(T+1)).
@@ -393,7 +415,8 @@ void download_file(const std::string& url, const std::string& dest, int64_t expe
   CURLcode rc = curl_easy_perform(curl);
   curl_easy_cleanup(curl);
   if (rc != CURLE_OK)
-    throw Error("data.download: fetching " + url + " failed (" + (err[0] ? err : curl_easy_strerror(rc)) + ")" + by_hand);
+    throw Error("data.download: fetching " + url + " failed (" + (err[0] ? err : curl_easy_strerror(rc)) + ")" +
+                by_hand);
   file.close_stream();
   const auto size = static_cast<int64_t>(fs::file_size(file.temp_path()));
   if (expected_size > 0 && size != expected_size)

@@ -75,7 +75,8 @@ LaunchEnv LaunchEnv::from_environment() {
   e.world_size = env_int("WORLD_SIZE", 1);
   // Gloo and NCCL count ranks in an int; far past any real job, a number this large is a typo.
   if (e.world_size < 1 || e.world_size > kMaxWorldSize)
-    throw Error("launch: WORLD_SIZE must be in 1.." + std::to_string(kMaxWorldSize) + " (got " + std::to_string(e.world_size) + ")");
+    throw Error("launch: WORLD_SIZE must be in 1.." + std::to_string(kMaxWorldSize) + " (got " +
+                std::to_string(e.world_size) + ")");
   if (e.world_size == 1) {
     // One process: a RANK other than 0 means the launch is not what the user thinks it is.
     const int64_t rank = env_int("RANK", 0);
@@ -90,11 +91,13 @@ LaunchEnv LaunchEnv::from_environment() {
                 std::to_string(e.world_size - 1) + " (set by torchrun, or by linearnexus run --nproc N)");
   e.local_rank = env_int("LOCAL_RANK", e.rank);
   if (e.local_rank < 0 || e.local_rank >= e.world_size)
-    throw Error("launch: LOCAL_RANK=" + std::to_string(e.local_rank) + " must be in 0.." + std::to_string(e.world_size - 1));
+    throw Error("launch: LOCAL_RANK=" + std::to_string(e.local_rank) + " must be in 0.." +
+                std::to_string(e.world_size - 1));
   const char* addr = std::getenv("MASTER_ADDR");
   if (!addr || !*addr)
-    throw Error("launch: WORLD_SIZE is set but MASTER_ADDR is not: set MASTER_ADDR and MASTER_PORT to rank 0's "
-                "address and a free port (torchrun does), or use linearnexus run --nproc N on one machine");
+    throw Error(
+        "launch: WORLD_SIZE is set but MASTER_ADDR is not: set MASTER_ADDR and MASTER_PORT to rank 0's "
+        "address and a free port (torchrun does), or use linearnexus run --nproc N on one machine");
   e.master_addr = addr;
   e.master_port = static_cast<int>(env_int("MASTER_PORT", -1));
   if (e.master_port <= 0 || e.master_port > 65535)
@@ -104,9 +107,23 @@ LaunchEnv LaunchEnv::from_environment() {
 
 const Schema& distributed_schema() {
   static const Schema s = {
-      {"backend", ParamType::String, "auto", "collectives: auto = nccl on CUDA, gloo on the CPU", {"auto", "gloo", "nccl"}},
-      {"timeout_sec", ParamType::Float, "300", "a rank that dies or stops answering this long ends every rank with an error", {}, 1},
-      {"bucket_mb", ParamType::Float, "25", "gradients all-reduced together, in MB (smaller overlaps more with backward)", {}, 0.01},
+      {"backend",
+       ParamType::String,
+       "auto",
+       "collectives: auto = nccl on CUDA, gloo on the CPU",
+       {"auto", "gloo", "nccl"}},
+      {"timeout_sec",
+       ParamType::Float,
+       "300",
+       "a rank that dies or stops answering this long ends every rank with an error",
+       {},
+       1},
+      {"bucket_mb",
+       ParamType::Float,
+       "25",
+       "gradients all-reduced together, in MB (smaller overlaps more with backward)",
+       {},
+       0.01},
   };
   return s;
 }
@@ -121,14 +138,17 @@ void check_launch(const LaunchEnv& env, const Experiment& exp, const at::Device&
     throw Error("launch: LOCAL_RANK " + std::to_string(env.local_rank) + " but this machine has " +
                 std::to_string(torch::cuda::device_count()) + " GPU(s): start at most one rank per GPU");
   const std::string& backend = exp.distributed.backend;
-  if (backend == "nccl" && !device.is_cuda()) throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
+  if (backend == "nccl" && !device.is_cuda())
+    throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
 #ifndef USE_C10D_NCCL
-  if (backend == "nccl") throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
+  if (backend == "nccl")
+    throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
 #endif
 #ifndef LINEARNEXUS_HAS_GLOO
   if (backend == "gloo" || (backend == "auto" && !device.is_cuda()))
-    throw Error("distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
-                "on CUDA use nccl");
+    throw Error(
+        "distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
+        "on CUDA use nccl");
 #endif
 }
 
@@ -179,14 +199,17 @@ Distributed::Distributed(const LaunchEnv& env, const std::string& backend, doubl
   // NCCL's communicator) lands there rather than on GPU 0.
   if (device.is_cuda() && device.has_index()) c10::cuda::set_device(device.index());
 #endif
-  if (backend_ == "nccl" && !device.is_cuda()) throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
+  if (backend_ == "nccl" && !device.is_cuda())
+    throw Error("distributed.backend: nccl needs device: cuda; use gloo on the CPU");
 #ifndef USE_C10D_NCCL
-  if (backend_ == "nccl") throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
+  if (backend_ == "nccl")
+    throw Error("distributed.backend: nccl, but this LibTorch has no NCCL (a CPU build); use gloo");
 #endif
 #ifndef LINEARNEXUS_HAS_GLOO
   if (backend_ == "gloo")
-    throw Error("distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
-                "on CUDA use nccl");
+    throw Error(
+        "distributed.backend: gloo, but this build has no Gloo headers (install libgloo-dev and rebuild); "
+        "on CUDA use nccl");
 #endif
   group_->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_sec * 1000));
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
@@ -210,9 +233,9 @@ Distributed::Distributed(const LaunchEnv& env, const std::string& backend, doubl
     // The store waits up to the timeout for the others, then the group's own handshake: both fit
     // in twice the timeout, plus a moment.
     if (!r->cv.wait_for(lock, 2 * group_->timeout + std::chrono::seconds(5), [&] { return r->done; }))
-      throw Error("distributed: rank " + std::to_string(env.rank) + " could not meet the others at " + where + " within " +
-                  "distributed.timeout_sec = " + std::to_string(group_->timeout.count() / 1000) + " s (no answer from a " +
-                  "c10d store there): " + what_to_check);
+      throw Error("distributed: rank " + std::to_string(env.rank) + " could not meet the others at " + where +
+                  " within " + "distributed.timeout_sec = " + std::to_string(group_->timeout.count() / 1000) +
+                  " s (no answer from a " + "c10d store there): " + what_to_check);
   }
   if (r->error) {
     try {
@@ -250,11 +273,13 @@ void Distributed::agree(const std::vector<std::pair<std::string, std::string>>& 
       const std::string their_key = i < theirs.size() ? theirs[i][0].get<std::string>() : "";
       const std::string key = mine_key.empty() ? their_key : mine_key;
       const std::string mine = i < entries.size() ? entries[i].second : "(absent)";
-      const std::string zero = mine_key == their_key && i < theirs.size() ? theirs[i][1].get<std::string>() : "(absent)";
+      const std::string zero =
+          mine_key == their_key && i < theirs.size() ? theirs[i][1].get<std::string>() : "(absent)";
       if (mine_key != their_key || mine != zero)
         diff = key + " is " + mine + " on rank " + std::to_string(env_.rank) + " but " + zero + " on rank 0";
     }
-    if (!diff.empty()) group_->store->set(prefix + "diff/" + std::to_string(env_.rank), std::vector<uint8_t>(diff.begin(), diff.end()));
+    if (!diff.empty())
+      group_->store->set(prefix + "diff/" + std::to_string(env_.rank), std::vector<uint8_t>(diff.begin(), diff.end()));
     std::vector<at::Tensor> first{at::full({1}, diff.empty() ? env_.world_size : env_.rank,
                                            at::TensorOptions().dtype(at::kLong).device(device_))};
     c10d::AllreduceOptions opts;
@@ -263,10 +288,11 @@ void Distributed::agree(const std::vector<std::pair<std::string, std::string>>& 
     group_->wait(work, "start-up check");
     const int64_t r = first[0].item<int64_t>();
     if (r >= env_.world_size) return;
-    const auto d = r == env_.rank ? std::vector<uint8_t>(diff.begin(), diff.end()) : group_->store->get(prefix + "diff/" + std::to_string(r));
-    throw Error("distributed: rank " + std::to_string(r) + " was started with another " + what + " than rank 0: " +
-                std::string(d.begin(), d.end()) + "; start every rank with the same experiment file, --set options, data " +
-                "and checkpoints");
+    const auto d = r == env_.rank ? std::vector<uint8_t>(diff.begin(), diff.end())
+                                  : group_->store->get(prefix + "diff/" + std::to_string(r));
+    throw Error("distributed: rank " + std::to_string(r) + " was started with another " + what +
+                " than rank 0: " + std::string(d.begin(), d.end()) +
+                "; start every rank with the same experiment file, --set options, data " + "and checkpoints");
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -353,7 +379,7 @@ struct GradientSync::State {
   struct Bucket {
     std::vector<size_t> params;  // indices into `params`
     std::vector<int64_t> offsets;
-    at::Tensor flat;             // [numel of its parameters], fp32
+    at::Tensor flat;  // [numel of its parameters], fp32
     int64_t pending = 0;
     bool launched = false;
     std::vector<at::Tensor> io;  // the one tensor handed to c10d
@@ -387,7 +413,8 @@ struct GradientSync::State {
   }
 };
 
-GradientSync::GradientSync(std::shared_ptr<Distributed> dist, const std::vector<NamedParameter>& params, double bucket_mb)
+GradientSync::GradientSync(std::shared_ptr<Distributed> dist, const std::vector<NamedParameter>& params,
+                           double bucket_mb)
     : state_(std::make_shared<State>()) {
   state_->dist = std::move(dist);
   state_->params = params;
@@ -442,8 +469,10 @@ void GradientSync::finish() {
       if (state_->seen[i]) continue;
       const auto& g = state_->params[i].param.grad();
       auto dst = b.flat.narrow(0, b.offsets[slot], state_->params[i].param.numel());
-      if (g.defined()) dst.copy_(g.reshape({-1}));
-      else dst.zero_();
+      if (g.defined())
+        dst.copy_(g.reshape({-1}));
+      else
+        dst.zero_();
     }
     state_->launch(b);
   }
@@ -454,8 +483,10 @@ void GradientSync::finish() {
     for (size_t slot = 0; slot < b.params.size(); ++slot) {
       auto& p = state_->params[b.params[slot]].param;
       auto mean = b.flat.narrow(0, b.offsets[slot], p.numel()).view(p.sizes()).to(p.scalar_type());
-      if (p.grad().defined()) p.mutable_grad().copy_(mean);
-      else p.mutable_grad() = mean.clone();
+      if (p.grad().defined())
+        p.mutable_grad().copy_(mean);
+      else
+        p.mutable_grad() = mean.clone();
     }
   }
 }

@@ -49,7 +49,8 @@ bool elf_exports_symbol(const std::string& file, const std::string& symbol) {
   if (f.size < sizeof(Elf64_Ehdr)) f.bad("too short for an ELF file");
   const auto eh = f.read_struct<Elf64_Ehdr>(0);
   if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) f.bad("not an ELF file");
-  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB) f.bad("not a 64-bit little-endian ELF file");
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB)
+    f.bad("not a 64-bit little-endian ELF file");
   if (eh.e_shnum == 0 || eh.e_shentsize != sizeof(Elf64_Shdr)) f.bad("no section table");
   const auto table = f.read(eh.e_shoff, uint64_t{eh.e_shnum} * sizeof(Elf64_Shdr));
   auto section = [&](size_t i) {
@@ -60,7 +61,8 @@ bool elf_exports_symbol(const std::string& file, const std::string& symbol) {
   for (size_t i = 0; i < eh.e_shnum; ++i) {
     const Elf64_Shdr dynsym = section(i);
     if (dynsym.sh_type != SHT_DYNSYM) continue;
-    if (dynsym.sh_entsize != sizeof(Elf64_Sym) || dynsym.sh_link >= eh.e_shnum) f.bad("a malformed dynamic symbol table");
+    if (dynsym.sh_entsize != sizeof(Elf64_Sym) || dynsym.sh_link >= eh.e_shnum)
+      f.bad("a malformed dynamic symbol table");
     const Elf64_Shdr strtab = section(dynsym.sh_link);
     const auto syms = f.read(dynsym.sh_offset, dynsym.sh_size - dynsym.sh_size % sizeof(Elf64_Sym));
     const auto names = f.read(strtab.sh_offset, strtab.sh_size);

@@ -52,15 +52,18 @@ struct Renderer {
   explicit Renderer(const Tokenizer& t, const std::string& where) : tok(t) {
     const std::string text = t.chat_template();
     if (text.empty())
-      throw Error(where + ": the tokenizer (" + t.kind() + ") has no chat template; data.format chat and conversational " +
+      throw Error(where + ": the tokenizer (" + t.kind() +
+                  ") has no chat template; data.format chat and conversational " +
                   "prompts need a tokenizer whose tokenizer_config.json (or chat_template.jinja) has one");
     tmpl = std::make_shared<jinja::ChatTemplate>(text);
   }
   // messages [a JSON array] -> the rendered text and the assistant spans (every message counted).
   RenderedChat render(const ordered_json& messages, const ordered_json* tools, bool generation_prompt,
                       size_t trained_from_message = 0) const {
-    ordered_json ctx = {{"messages", messages}, {"add_generation_prompt", generation_prompt},
-                        {"bos_token", special_text(tok, tok.bos_id())}, {"eos_token", special_text(tok, tok.eos_id())}};
+    ordered_json ctx = {{"messages", messages},
+                        {"add_generation_prompt", generation_prompt},
+                        {"bos_token", special_text(tok, tok.bos_id())},
+                        {"eos_token", special_text(tok, tok.eos_id())}};
     ctx["tools"] = tools ? *tools : ordered_json(nullptr);
     ctx["documents"] = nullptr;
     const jinja::ChatRender r = tmpl->render_with_spans(ctx);
@@ -118,7 +121,8 @@ Sequence tokenize_masked(const Tokenizer& tok, const std::string& text, const Sp
     pos = end;
   }
   if (pos != text.size())
-    throw Error(where + ": the " + tok.kind() + " tokenizer's tokens do not spell the whole text; use a byte-level "
+    throw Error(where + ": the " + tok.kind() +
+                " tokenizer's tokens do not spell the whole text; use a byte-level "
                 "tokenizer (tokenizer.json), or data.train_on_prompt: true");
   return s;
 }
@@ -140,7 +144,8 @@ const std::string& text_of(const ordered_json& row, const char* key, const std::
 Sequence completion_of(const Tokenizer& tok, const Renderer* chat, const ordered_json& row, const char* completion_key,
                        bool everything, const std::string& where) {
   const ordered_json& prompt = row.at("prompt");
-  if (prompt.is_string()) return plain_pair(tok, prompt.get<std::string>(), text_of(row, completion_key, where), everything, where);
+  if (prompt.is_string())
+    return plain_pair(tok, prompt.get<std::string>(), text_of(row, completion_key, where), everything, where);
   const ordered_json& p = messages_of(prompt, where, "prompt");
   if (!row.contains(completion_key)) throw Error(where + ": '" + completion_key + "' is missing");
   const ordered_json& c = messages_of(row.at(completion_key), where, completion_key);
@@ -170,7 +175,8 @@ std::vector<Sequence> example_of(const Tokenizer& tok, const Renderer* chat, Dat
       if (!row.contains("prompt")) throw Error(where + ": no 'prompt' (data.format: preference)");
       return {completion_of(tok, chat, row, "chosen", everything, where),
               completion_of(tok, chat, row, "rejected", everything, where)};
-    case DataFormat::Text: break;
+    case DataFormat::Text:
+      break;
   }
   throw Error(where + ": data.format text is not read as examples");
 }
@@ -191,7 +197,8 @@ ExampleSplits load_examples(const DataSettings& data, const std::string& base_di
   fs::path path(data.path);
   if (path.is_relative() && !base_dir.empty()) path = fs::path(base_dir) / path;
   if (!fs::exists(path))
-    throw Error("data.path: '" + path.string() + "' does not exist (data.format " + data.format + " reads a JSON Lines file)");
+    throw Error("data.path: '" + path.string() + "' does not exist (data.format " + data.format +
+                " reads a JSON Lines file)");
   std::istringstream in;
   try {
     in.str(read_file(path.string(), file_kind::kText));  // a regular file within its limit (read_file.h)
@@ -207,7 +214,8 @@ ExampleSplits load_examples(const DataSettings& data, const std::string& base_di
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = path.string() + ":" + std::to_string(line_no);
     const ordered_json row = parse_row(line, where);
-    const bool needs_template = format == DataFormat::Chat || (row.is_object() && row.contains("prompt") && row.at("prompt").is_array());
+    const bool needs_template =
+        format == DataFormat::Chat || (row.is_object() && row.contains("prompt") && row.at("prompt").is_array());
     if (needs_template && !chat) chat = std::make_unique<Renderer>(tok, where);
     auto example = example_of(tok, chat.get(), format, row, data.train_on_prompt, where);
     for (auto& s : example)
@@ -220,8 +228,9 @@ ExampleSplits load_examples(const DataSettings& data, const std::string& base_di
   if (rows.size() < 2)
     throw Error("data.path: '" + path.string() + "' holds " + std::to_string(rows.size()) +
                 " example(s); a training and a validation split need at least 2");
-  if (cut > 0) log_warn("data: " + std::to_string(cut) + " sequence(s) of " + path.string() + " cut to data.seq_len + 1 = " +
-                        std::to_string(max_len) + " tokens");
+  if (cut > 0)
+    log_warn("data: " + std::to_string(cut) + " sequence(s) of " + path.string() +
+             " cut to data.seq_len + 1 = " + std::to_string(max_len) + " tokens");
   const size_t n_val = std::max<size_t>(1, static_cast<size_t>(static_cast<double>(rows.size()) * data.val_fraction));
   std::vector<std::vector<Sequence>> val(std::make_move_iterator(rows.end() - static_cast<std::ptrdiff_t>(n_val)),
                                          std::make_move_iterator(rows.end()));

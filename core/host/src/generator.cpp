@@ -99,26 +99,26 @@ at::Tensor InferenceModel::logits(const at::Tensor& h) {
 
 struct DecodeGenerator::Slot {
   int64_t N = 0, L = 0;
-  ModelState state;        // every layer's cache, N rows and L columns
-  at::Tensor key_padding;  // [N, L] bool
-  at::Tensor tok;          // [N, 1] int64: the token the next step consumes
-  at::Tensor pos;          // [N, 1] int64: its position (counted from the row's first real token)
-  at::Tensor column;       // [1] int64: its cache column
-  at::Tensor counter;      // [1] int64: tokens drawn so far (the sampler's counter, the history's column)
-  at::Tensor seed;         // [1] int64, or [N]: a seed per row (generate_seeded)
-  at::Tensor done;         // [N] bool: the row drew EOS or the host stopped it
-  at::Tensor tokens, logprobs;        // [N, L]: what each draw gave
-  std::unique_ptr<StepGraph> graph;   // the captured step, if any
+  ModelState state;                  // every layer's cache, N rows and L columns
+  at::Tensor key_padding;            // [N, L] bool
+  at::Tensor tok;                    // [N, 1] int64: the token the next step consumes
+  at::Tensor pos;                    // [N, 1] int64: its position (counted from the row's first real token)
+  at::Tensor column;                 // [1] int64: its cache column
+  at::Tensor counter;                // [1] int64: tokens drawn so far (the sampler's counter, the history's column)
+  at::Tensor seed;                   // [1] int64, or [N]: a seed per row (generate_seeded)
+  at::Tensor done;                   // [N] bool: the row drew EOS or the host stopped it
+  at::Tensor tokens, logprobs;       // [N, L]: what each draw gave
+  std::unique_ptr<StepGraph> graph;  // the captured step, if any
 };
 
 // One call's host side: its prompts, how far it may decode, and what the host has read so far.
 struct DecodeGenerator::Call {
   std::vector<std::vector<int64_t>> prompts;
-  std::vector<uint64_t> row_seeds;                // empty: every row seeded by params.seed
+  std::vector<uint64_t> row_seeds;  // empty: every row seeded by params.seed
   int64_t group = 1, P = 0, budget = 0, N = 0;
   std::vector<std::vector<int64_t>> completions;  // per row, the tokens read so far
   std::vector<bool> stopped, done;
-  std::vector<std::vector<bool>> live_cols;       // per drawn column, which rows were still live
+  std::vector<std::vector<bool>> live_cols;  // per drawn column, which rows were still live
   int64_t drawn = 0, seen = 0, n_live = 0, length = 0;
 };
 
@@ -153,7 +153,7 @@ void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingPara
   auto next = sample_tokens(logits, p, s.seed, s.counter);  // [N]
   const double temp = p.temperature > 0 ? p.temperature : 1.0;
   auto scaled = logits.to(at::kFloat);
-  scaled = (scaled - std::get<0>(scaled.max(-1, /*keepdim=*/true))) / temp;  // as sample_tokens: no inf - inf
+  scaled = (scaled - std::get<0>(scaled.max(-1, /*keepdim=*/true))) / temp;         // as sample_tokens: no inf - inf
   auto logp = at::log_softmax(scaled, -1).gather(1, next.unsqueeze(1)).squeeze(1);  // [N]
   // Finished rows decode a padding token (cheaper than compacting the batch); the host's mask of
   // live tokens, built as it reads the tokens, zeroes their log-probs at the end.
@@ -271,7 +271,7 @@ void DecodeGenerator::prefill(Slot& s, const Call& c, const SamplingParams& p) {
   pre.length = 0;
   pre.key_padding = padded ? real.to(device) : at::Tensor();
   auto h = m.forward_hidden(idx.to(device), &pre, Mode::Prefill, positions).narrow(1, P - 1, 1);  // [n, 1, C]
-  auto logits = weights_.logits(h);                                                                 // [n, V]
+  auto logits = weights_.logits(h);                                                               // [n, V]
   if (c.group > 1) {
     auto dev_rows = rows.to(device);
     pre = pre.index_select(dev_rows);
@@ -341,7 +341,8 @@ GeneratedBatch DecodeGenerator::assemble(const Slot& s, Call& c) const {
   for (int64_t col = 0; col < c.length; ++col)
     for (int64_t r = 0; r < c.N; ++r) macc[r][col] = c.live_cols[col][r];
   for (int64_t r = 0; r < c.N; ++r)
-    for (size_t col = 0; col < c.completions[r].size(); ++col) tacc[r][static_cast<int64_t>(col)] = c.completions[r][col];
+    for (size_t col = 0; col < c.completions[r].size(); ++col)
+      tacc[r][static_cast<int64_t>(col)] = c.completions[r][col];
   out.tokens = tokens;
   out.mask = mask;
   out.logprobs = s.logprobs.narrow(1, 0, c.length).to(at::kCPU).masked_fill(mask.logical_not(), 0.0);
@@ -367,7 +368,8 @@ GeneratedBatch DecodeGenerator::generate_seeded(const std::vector<std::vector<in
 }
 
 GeneratedBatch DecodeGenerator::run(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& p,
-                                    int64_t group, const std::vector<uint64_t>& row_seeds, const TokenCallback& on_token) {
+                                    int64_t group, const std::vector<uint64_t>& row_seeds,
+                                    const TokenCallback& on_token) {
   if (prompts.empty()) throw Error("generate: no prompts");
   if (group < 1) throw Error("generate: num_return_sequences must be at least 1 (got " + std::to_string(group) + ")");
   if (options.step != "auto" && options.step != "eager" && options.step != "static")
@@ -390,7 +392,8 @@ GeneratedBatch DecodeGenerator::run(const std::vector<std::vector<int64_t>>& pro
     c.P = std::max<int64_t>(c.P, static_cast<int64_t>(prompt.size()));
   }
   c.budget = std::min<int64_t>(p.max_new_tokens, max_len - c.P);
-  if (c.budget < p.max_new_tokens) log_warn("generation stops after " + std::to_string(c.budget) + " tokens at model.max_seq_len");
+  if (c.budget < p.max_new_tokens)
+    log_warn("generation stops after " + std::to_string(c.budget) + " tokens at model.max_seq_len");
   c.N = static_cast<int64_t>(c.prompts.size()) * group;
   c.completions.assign(c.N, {});
   c.stopped.assign(c.N, false);

@@ -18,15 +18,19 @@ namespace linearnexus::hf {
 // ---- config.json ------------------------------------------------------------------------------
 
 void ConfigReader::unsupported(const std::string& key, const std::string& what) const {
-  throw Error(file_ + ": " + key + " is " + (j_.contains(key) ? j_.at(key).dump() : std::string("missing")) + "; " + what);
+  throw Error(file_ + ": " + key + " is " + (j_.contains(key) ? j_.at(key).dump() : std::string("missing")) + "; " +
+              what);
 }
 
 int64_t ConfigReader::integer(const std::string& key) const {
   if (!has(key)) throw Error(file_ + ": key '" + key + "' is missing; the architecture needs it");
-  if (!j_.at(key).is_number_integer() || j_.at(key).get<int64_t>() <= 0) unsupported(key, "expected a positive whole number");
+  if (!j_.at(key).is_number_integer() || j_.at(key).get<int64_t>() <= 0)
+    unsupported(key, "expected a positive whole number");
   return j_.at(key).get<int64_t>();
 }
-int64_t ConfigReader::integer(const std::string& key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
+int64_t ConfigReader::integer(const std::string& key, int64_t fallback) const {
+  return has(key) ? integer(key) : fallback;
+}
 double ConfigReader::number(const std::string& key, double fallback) const {
   if (!has(key)) return fallback;
   if (!j_.at(key).is_number()) unsupported(key, "expected a number");
@@ -42,7 +46,8 @@ std::string ConfigReader::text(const std::string& key, const std::string& fallba
   if (!j_.at(key).is_string()) unsupported(key, "expected a string");
   return j_.at(key).get<std::string>();
 }
-std::string ConfigReader::text_in(const std::string& object, const std::string& key, const std::string& fallback) const {
+std::string ConfigReader::text_in(const std::string& object, const std::string& key,
+                                  const std::string& fallback) const {
   if (!has(object) || !j_.at(object).is_object()) return fallback;
   const json& o = j_.at(object);
   if (!o.contains(key) || o.at(key).is_null()) return fallback;
@@ -95,7 +100,8 @@ Found architecture_of(const Registry& registry, const ModelConfig& m, const std:
   const std::string block = *kinds.begin();
   const Registration& r = registry.get(PluginKind::Block, block);
   if (!r.hooks.hf || r.hooks.hf->architectures.empty())
-    throw Error(source + ": block '" + block + "' (plugin " + r.origin.plugin_name + ") has no Hugging Face adapter, so " +
+    throw Error(source + ": block '" + block + "' (plugin " + r.origin.plugin_name +
+                ") has no Hugging Face adapter, so " +
                 "hf-export cannot write it; architectures it writes: " + supported_names(registry));
   std::string why;
   for (const auto& a : r.hooks.hf->architectures) {
@@ -103,7 +109,8 @@ Found architecture_of(const Registry& registry, const ModelConfig& m, const std:
     if (mismatch.empty()) return {&a, block};
     why += (why.empty() ? "" : "; ") + a.name + ": " + mismatch;
   }
-  throw Error(source + ": the model fits none of the Hugging Face architectures of block '" + block + "' (" + why + ")");
+  throw Error(source + ": the model fits none of the Hugging Face architectures of block '" + block + "' (" + why +
+              ")");
 }
 
 // ---- an architecture's tensor table --------------------------------------------------------------

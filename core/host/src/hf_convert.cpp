@@ -32,9 +32,9 @@ using nlohmann::json;
 namespace linearnexus {
 
 const std::vector<std::string>& hf_tokenizer_files() {
-  static const std::vector<std::string> files = {"tokenizer.json",        "tokenizer.model",         "tokenizer_config.json",
-                                                 "special_tokens_map.json", "added_tokens.json",     "vocab.json",
-                                                 "merges.txt",            "generation_config.json"};
+  static const std::vector<std::string> files = {
+      "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+      "vocab.json",     "merges.txt",      "generation_config.json"};
   return files;
 }
 
@@ -45,16 +45,17 @@ using Layout = HFLayout;
 using TensorRule = HFTensorRule;
 using hf::all_rules;
 using hf::at_layer;
-using hf::layers_of;
 using hf::copy_atomically;
 using hf::joined;
+using hf::layers_of;
 using hf::read_json;
 using hf::to_ours;
 
 // The model section an adapter wrote, as (key under model., YAML value) pairs -> a YAML map.
 YAML::Node model_section(const HFFields& fields, const std::string& where) {
   YAML::Node model(YAML::NodeType::Map);
-  for (const auto& [key, value] : fields) set_yaml_path(model, key, load_yaml_text(value, where + ": model." + key), where);
+  for (const auto& [key, value] : fields)
+    set_yaml_path(model, key, load_yaml_text(value, where + ": model." + key), where);
   return model;
 }
 // ---- reading a Hugging Face folder ------------------------------------------------------------
@@ -66,7 +67,8 @@ struct HfTensor {
 
 // Every tensor of the folder's safetensors file(s), named as the architecture names them (a base
 // model saved alone, e.g. openai-community/gpt2's "h.0...", gets the base prefix).
-std::map<std::string, HfTensor> read_hf_tensors(const fs::path& dir, const Architecture& arch, std::set<std::string>* dtypes) {
+std::map<std::string, HfTensor> read_hf_tensors(const fs::path& dir, const Architecture& arch,
+                                                std::set<std::string>* dtypes) {
   std::vector<fs::path> files;
   const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
   if (fs::exists(index)) {
@@ -89,9 +91,10 @@ std::map<std::string, HfTensor> read_hf_tensors(const fs::path& dir, const Archi
     files.push_back(single);
   } else {
     throw Error(dir.string() + ": no model.safetensors or model.safetensors.index.json" +
-                (fs::exists(dir / "pytorch_model.bin") ? std::string(" (only pytorch_model.bin: convert reads safetensors; save "
-                                                                      "the model with transformers' save_pretrained(safe_serialization=True))")
-                                                        : std::string()));
+                (fs::exists(dir / "pytorch_model.bin")
+                     ? std::string(" (only pytorch_model.bin: convert reads safetensors; save "
+                                   "the model with transformers' save_pretrained(safe_serialization=True))")
+                     : std::string()));
   }
   std::map<std::string, HfTensor> out;
   for (const auto& f : files) {
@@ -99,7 +102,8 @@ std::map<std::string, HfTensor> read_hf_tensors(const fs::path& dir, const Archi
       std::string name = raw;
       if (name.rfind(arch.base_prefix, 0) != 0 && name != "lm_head.weight") name = arch.base_prefix + name;
       if (!at::isFloatingType(t.scalar_type()))
-        throw Error(f.string() + ": tensor '" + raw + "' is " + c10::toString(t.scalar_type()) + ", not a floating-point weight");
+        throw Error(f.string() + ": tensor '" + raw + "' is " + c10::toString(t.scalar_type()) +
+                    ", not a floating-point weight");
       if (out.count(name)) throw Error(f.string() + ": tensor '" + raw + "' is also in " + out.at(name).file);
       dtypes->insert(c10::toString(t.scalar_type()));
       out[name] = {t, f.string()};
@@ -116,7 +120,8 @@ std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::pa
   // generation_config.json is the model's; the tokenizer's files come from --tokenizer DIR if given.
   const fs::path tok_dir = options.tokenizer_dir.empty() ? hf_dir : fs::path(options.tokenizer_dir);
   if (!options.tokenizer_dir.empty() && !fs::is_directory(tok_dir))
-    throw Error("--tokenizer " + options.tokenizer_dir + ": not a folder (name the folder holding tokenizer.json or tokenizer.model)");
+    throw Error("--tokenizer " + options.tokenizer_dir +
+                ": not a folder (name the folder holding tokenizer.json or tokenizer.model)");
   for (const auto& name : hf_tokenizer_files()) {
     const fs::path from = (name == "generation_config.json" ? hf_dir : tok_dir) / name;
     if (fs::exists(from)) {
@@ -133,7 +138,8 @@ std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::pa
   if (!has_tokenizer) {
     const std::string attach = "convert hf-import " + hf_dir.string() + " NEW_RUN --tokenizer DIR (a folder with the " +
                                "model's tokenizer.json or tokenizer.model)";
-    log_warn(hf_dir.string() + " has no tokenizer files: the run reads token ids only (eval --ids); to train or sample " +
+    log_warn(hf_dir.string() +
+             " has no tokenizer files: the run reads token ids only (eval --ids); to train or sample " +
              "on text, import it again with " + attach);
     return make_ids_only_tokenizer(vocab_size, "the model in " + run + " was imported from " + hf_dir.string() +
                                                    ", which has no tokenizer files: import it again with " + attach +
@@ -145,7 +151,8 @@ std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::pa
       fs::exists(out / "tokenizer_config.json")) {
     const json cfg = read_json(out / "tokenizer_config.json");
     const std::string cls = cfg.is_object() && cfg.contains("tokenizer_class") && cfg.at("tokenizer_class").is_string()
-                                ? cfg.at("tokenizer_class").get<std::string>() : "";
+                                ? cfg.at("tokenizer_class").get<std::string>()
+                                : "";
     if (cls == "GPT2Tokenizer" || cls == "GPT2TokenizerFast") {
       copy_atomically(out / "vocab.json", out / "encoder.json");
       copy_atomically(out / "merges.txt", out / "vocab.bpe");
@@ -157,29 +164,30 @@ std::shared_ptr<Tokenizer> import_tokenizer(const fs::path& hf_dir, const fs::pa
     if (options.tokenizer)
       throw Error(hf_dir.string() + ": its tokenizer (" + (*copied)[0] + ") is not one this build reads (" + e.what() +
                   "); import the weights alone with --no-tokenizer (token ids then work: eval --ids)");
-    return make_ids_only_tokenizer(vocab_size, "the tokenizer files in " + run + " are not read by this build (" + e.what() +
-                                                   "); pass token ids (eval --ids)");
+    return make_ids_only_tokenizer(vocab_size, "the tokenizer files in " + run + " are not read by this build (" +
+                                                   e.what() + "); pass token ids (eval --ids)");
   }
 }
 
 // Before anything is built: the layers the weights hold by the architecture's per-layer names, and
 // the embedding's shape, against what config.json made of the model (model.n_layer, vocab_size,
 // hidden_size).
-void check_config_fits_weights(const Architecture& arch, const Experiment& exp, const std::map<std::string, HfTensor>& hf,
-                               const std::string& config_path) {
+void check_config_fits_weights(const Architecture& arch, const Experiment& exp,
+                               const std::map<std::string, HfTensor>& hf, const std::string& config_path) {
   const auto& d = exp.model.dims;
   const int64_t layers = hf::layers_in(arch, hf);
   if (layers != d.n_layer)
-    throw Error(config_path + ": it gives the model " + std::to_string(d.n_layer) + " layers (model.n_layer), but the weights " +
-                "hold " + std::to_string(layers) + "; config.json and the weights disagree: is config.json the model's own?");
+    throw Error(config_path + ": it gives the model " + std::to_string(d.n_layer) +
+                " layers (model.n_layer), but the weights " + "hold " + std::to_string(layers) +
+                "; config.json and the weights disagree: is config.json the model's own?");
   for (const auto& rule : arch.model_rules) {
     if (rule.ours != "wte.weight" || rule.hf.size() != 1) continue;
     auto it = hf.find(rule.hf[0]);
     if (it == hf.end()) continue;  // reported as missing, by name, when the tensors are gathered
     const auto shape = to_ours(it->second.value, rule.layout).sizes();
     if (shape.size() != 2 || shape[1] != d.hidden_size || (d.vocab_size > 0 && shape[0] != d.vocab_size))
-      throw Error(it->second.file + ": tensor '" + rule.hf[0] + "' is " + c10::str(it->second.value.sizes()) + ", but " +
-                  config_path + " gives vocab_size " + std::to_string(d.vocab_size) + " and hidden_size " +
+      throw Error(it->second.file + ": tensor '" + rule.hf[0] + "' is " + c10::str(it->second.value.sizes()) +
+                  ", but " + config_path + " gives vocab_size " + std::to_string(d.vocab_size) + " and hidden_size " +
                   std::to_string(d.hidden_size) + "; config.json and the weights disagree");
   }
 }
@@ -201,16 +209,19 @@ TensorMap gather_tensors(const Architecture& arch, const TensorMap& expected, co
         const std::string hf_name = at_layer(pattern, i);
         auto it = hf.find(hf_name);
         if (it == hf.end())
-          throw Error(hf_dir + ": tensor '" + hf_name + "' is missing (" + arch.name + " with this config.json needs it for " +
-                      name + "); is the download complete and config.json the model's own?");
+          throw Error(hf_dir + ": tensor '" + hf_name + "' is missing (" + arch.name +
+                      " with this config.json needs it for " + name +
+                      "); is the download complete and config.json the model's own?");
         parts.push_back(to_ours(it->second.value.to(at::kFloat), rule.layout));
-        sources += (sources.empty() ? "" : " + ") + ("'" + hf_name + "' " + c10::str(it->second.value.sizes()) + " in " + it->second.file);
+        sources += (sources.empty() ? "" : " + ") +
+                   ("'" + hf_name + "' " + c10::str(it->second.value.sizes()) + " in " + it->second.file);
         used->insert(hf_name);
       }
       // Parts stacked into one tensor (q, k, v) must agree past their first dimension; checked here so
       // that a shape lie is named, not a bare LibTorch "Sizes of tensors must match".
       bool fit = true;
-      for (const auto& part : parts) fit = fit && part.dim() == parts[0].dim() && part.sizes().slice(1) == parts[0].sizes().slice(1);
+      for (const auto& part : parts)
+        fit = fit && part.dim() == parts[0].dim() && part.sizes().slice(1) == parts[0].sizes().slice(1);
       if (!fit || (parts.size() == 1 ? parts[0] : at::cat(parts, 0)).sizes() != want->second.sizes())
         throw Error("tensor " + sources + " does not fit config.json: " + name + " " + c10::str(want->second.sizes()) +
                     " is expected" + (fit ? "" : " (the parts differ past their first dimension)"));
@@ -233,8 +244,8 @@ Experiment hf_config_experiment(const std::string& config_text, const std::strin
   if (!config.is_object()) throw Error(config_path + ": not a JSON object");
   const hf::ConfigReader reader(config, config_path);
   std::string arch_name;
-  if (config.contains("architectures") && config.at("architectures").is_array() && !config.at("architectures").empty() &&
-      config.at("architectures")[0].is_string())
+  if (config.contains("architectures") && config.at("architectures").is_array() &&
+      !config.at("architectures").empty() && config.at("architectures")[0].is_string())
     arch_name = config.at("architectures")[0].get<std::string>();
   else
     throw Error(config_path + ": no architectures list; expected e.g. \"architectures\": [\"LlamaForCausalLM\"] (" +
@@ -299,7 +310,8 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
     // A tied model's head is the embedding; a copy saved beside it must be that.
     if (name == "lm_head.weight" && tied) {
       if (t.value.to(at::kFloat).equal(ours.at("model.wte.weight"))) continue;
-      throw Error(t.file + ": tensor 'lm_head.weight' differs from the embeddings, but config.json says tie_word_embeddings: "
+      throw Error(t.file +
+                  ": tensor 'lm_head.weight' differs from the embeddings, but config.json says tie_word_embeddings: "
                   "true; fix config.json (false) or the weights");
     }
     throw Error(t.file + ": tensor '" + name + "' is not part of " + arch.name + " as config.json describes it (" +
@@ -309,7 +321,8 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
 
   // The checkpoint names its tokenizer files relative to the folder (they are in it), so the folder
   // reads its own files wherever it is moved or copied.
-  RunCheckpoint checkpoint(model, host.registry(), exp.resolved_yaml, *keep_tokenizer_files(tokenizer, out.string(), ""), 0);
+  RunCheckpoint checkpoint(model, host.registry(), exp.resolved_yaml,
+                           *keep_tokenizer_files(tokenizer, out.string(), ""), 0);
   CheckpointManager(out.string(), 0).save(checkpoint);
   write_file_atomically((out / "config.yaml").string(), exp.resolved_yaml);
   const json record = {{"source", fs::absolute(hf_dir).lexically_normal().string()},
@@ -320,9 +333,9 @@ std::string hf_import(const std::string& hf_dir_text, const std::string& out_dir
                        {"tokenizer", tokenizer->kind()}};
   write_file_atomically((out / "hf_import.json").string(), record.dump(2) + "\n");
   staged.commit();
-  return "imported " + arch.name + " from " + hf_dir_text + " into " + out_dir + ": " + std::to_string(model.num_parameters()) +
-         " parameters (" + joined({dtypes.begin(), dtypes.end()}, "/") + " -> fp32), " + std::to_string(n_layer) +
-         " layers, tokenizer " + tokenizer->kind() +
+  return "imported " + arch.name + " from " + hf_dir_text + " into " + out_dir + ": " +
+         std::to_string(model.num_parameters()) + " parameters (" + joined({dtypes.begin(), dtypes.end()}, "/") +
+         " -> fp32), " + std::to_string(n_layer) + " layers, tokenizer " + tokenizer->kind() +
          (tokenizer_files.empty() ? std::string() : " (files kept: " + joined(tokenizer_files) + ")");
 }
 

@@ -46,7 +46,8 @@ std::vector<fs::path> tokenizer_folders(const LoadedModel& lm, const fs::path& r
   return candidates;
 }
 
-void export_tokenizer(const LoadedModel& lm, const fs::path& run_dir, const fs::path& out, std::vector<std::string>* written) {
+void export_tokenizer(const LoadedModel& lm, const fs::path& run_dir, const fs::path& out,
+                      std::vector<std::string>* written) {
   const std::vector<fs::path> candidates = tokenizer_folders(lm, run_dir);
   // A training run's own tokenizer.json is LinearNexus's ({"kind": ...}), not a Hugging Face one.
   auto is_hf_file = [](const fs::path& file) {
@@ -110,7 +111,8 @@ void write_special_ids(const SpecialIds& ids, const std::vector<fs::path>& folde
       if (kept.is_object()) generation = kept;
       break;
     }
-  for (auto [key, id] : {std::pair<const char*, int64_t>{"bos_token_id", ids.bos}, {"eos_token_id", ids.eos},
+  for (auto [key, id] : {std::pair<const char*, int64_t>{"bos_token_id", ids.bos},
+                         {"eos_token_id", ids.eos},
                          {"pad_token_id", ids.pad}}) {
     config[key] = id_or_null(id);
     generation[key] = id_or_null(id);
@@ -176,12 +178,14 @@ std::string hf_export(const std::string& run_dir, const std::string& out_dir, Pl
   std::vector<std::string> tokenizer_files;
   export_tokenizer(lm, run_folder, out_path, &tokenizer_files);
   json config = json::object();
-  for (const auto& [key, value] : arch.config_json(mc, mc.block_params.at(found.block), ours)) config[key] = json::parse(value);
+  for (const auto& [key, value] : arch.config_json(mc, mc.block_params.at(found.block), ours))
+    config[key] = json::parse(value);
   write_special_ids(special_ids(*lm.tokenizer, out_path), tokenizer_folders(lm, run_folder), out_path, config);
   write_file_atomically((out_path / "config.json").string(), config.dump(2) + "\n");
   staged.commit();
-  return "exported " + lm.file + " as " + arch.name + " to " + out_dir + ": config.json, generation_config.json, model.safetensors (fp32, " +
-         std::to_string(out.size()) + " tensors)" + (tokenizer_files.empty() ? "" : ", " + joined(tokenizer_files));
+  return "exported " + lm.file + " as " + arch.name + " to " + out_dir +
+         ": config.json, generation_config.json, model.safetensors (fp32, " + std::to_string(out.size()) + " tensors)" +
+         (tokenizer_files.empty() ? "" : ", " + joined(tokenizer_files));
 }
 
 }  // namespace linearnexus

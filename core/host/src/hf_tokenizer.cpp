@@ -69,9 +69,12 @@ constexpr char kSupported[] =
 
 // One pre-tokenizer (a Sequence recursively) -> split patterns. `byte_level` is set by ByteLevel,
 // which must come last: a Split after it would see GPT-2's byte alphabet, not the text.
-void read_pre_tokenizer(const json& pt, const std::string& key, const std::string& path, BPEVocab& v, bool& byte_level) {
+void read_pre_tokenizer(const json& pt, const std::string& key, const std::string& path, BPEVocab& v,
+                        bool& byte_level) {
   const std::string type = type_of(pt);
-  if (byte_level) bad(path, key, "follows the ByteLevel pre-tokenizer; only pre-tokenizers before it are read" + std::string(kSupported));
+  if (byte_level)
+    bad(path, key,
+        "follows the ByteLevel pre-tokenizer; only pre-tokenizers before it are read" + std::string(kSupported));
   if (type == "Sequence") {
     const json& list = field(pt, "pretokenizers");
     if (!list.is_array()) bad(path, key + ".pretokenizers", "must be a list");
@@ -84,11 +87,15 @@ void read_pre_tokenizer(const json& pt, const std::string& key, const std::strin
     byte_level = true;
   } else if (type == "Split") {
     const json& pattern = field(pt, "pattern");
-    if (field(pattern, "Regex").is_string()) v.split_patterns.push_back(field(pattern, "Regex").get<std::string>());
-    else if (field(pattern, "String").is_string()) v.split_patterns.push_back(regex_quote(field(pattern, "String").get<std::string>()));
-    else bad(path, key + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
+    if (field(pattern, "Regex").is_string())
+      v.split_patterns.push_back(field(pattern, "Regex").get<std::string>());
+    else if (field(pattern, "String").is_string())
+      v.split_patterns.push_back(regex_quote(field(pattern, "String").get<std::string>()));
+    else
+      bad(path, key + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
     if (field(pt, "behavior") != "Isolated")
-      bad(path, key + ".behavior", "is " + field(pt, "behavior").dump() + "; only \"Isolated\" is supported" + kSupported);
+      bad(path, key + ".behavior",
+          "is " + field(pt, "behavior").dump() + "; only \"Isolated\" is supported" + kSupported);
     if (field(pt, "invert") == true) bad(path, key + ".invert", "is true, which is not supported");
   } else if (type == "Digits") {
     v.split_patterns.push_back(field(pt, "individual_digits") == true ? R"(\p{N})" : R"(\p{N}+)");
@@ -147,7 +154,8 @@ HFTokenizerConfig read_hf_tokenizer_config(const std::string& folder) {
   }
   // transformers >= 4.43 saves the template beside the config instead.
   const std::string jinja = (fs::path(folder) / "chat_template.jinja").string();
-  if (out.chat_template.empty() && fs::is_regular_file(jinja, ec)) out.chat_template = read_tokenizer_file(jinja, "chat template");
+  if (out.chat_template.empty() && fs::is_regular_file(jinja, ec))
+    out.chat_template = read_tokenizer_file(jinja, "chat template");
   return out;
 }
 
@@ -159,10 +167,12 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   v.source = path;
   const json& model = j["model"];
   if (type_of(model) != "BPE")
-    bad(path, "model.type", "is '" + type_of(model) + "', which is not read" + kSupported +
-                                " (a Unigram tokenizer.json usually comes with a tokenizer.model: give that)");
+    bad(path, "model.type",
+        "is '" + type_of(model) + "', which is not read" + kSupported +
+            " (a Unigram tokenizer.json usually comes with a tokenizer.model: give that)");
   if (field(model, "byte_fallback") == true)
-    bad(path, "model.byte_fallback", "is true: this is a SentencePiece-style BPE, not byte-level; give its tokenizer.model");
+    bad(path, "model.byte_fallback",
+        "is true: this is a SentencePiece-style BPE, not byte-level; give its tokenizer.model");
   if (!field(model, "dropout").is_null()) bad(path, "model.dropout", "is set; BPE dropout is not supported");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (!field(model, key).is_null() && field(model, key) != "")
@@ -171,7 +181,8 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   read_normalizer(field(j, "normalizer"), "normalizer", path, v);
   bool byte_level = false;
   read_pre_tokenizer(field(j, "pre_tokenizer"), "pre_tokenizer", path, v, byte_level);
-  if (!byte_level) bad(path, "pre_tokenizer", "has no ByteLevel step: this is not a byte-level BPE" + std::string(kSupported));
+  if (!byte_level)
+    bad(path, "pre_tokenizer", "has no ByteLevel step: this is not a byte-level BPE" + std::string(kSupported));
   check_decoder(field(j, "decoder"), "decoder", path);
 
   // model.vocab: token (byte alphabet) -> id; added_tokens may add ids after it, or repeat one of its
@@ -183,7 +194,7 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   const json& added = field(j, "added_tokens");
   if (!added.is_null() && !added.is_array()) bad(path, "added_tokens", "must be a list");
   const int64_t bound = static_cast<int64_t>(vocab.size() + (added.is_array() ? added.size() : 0));
-  std::unordered_map<std::string, int32_t> ids;  // by the token's text in the byte alphabet
+  std::unordered_map<std::string, int32_t> ids;    // by the token's text in the byte alphabet
   std::unordered_map<int64_t, std::string> by_id;  // model.vocab's id -> its token's bytes
   std::unordered_map<std::string, int64_t> id_of_bytes;
   std::vector<std::pair<int64_t, std::string>> entries;
@@ -192,12 +203,16 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
       bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", not a token id");
     if (id.get<int64_t>() >= bound)
-      bad(path, "model.vocab[\"" + text + "\"]", "is " + id.dump() + ", but the file defines " + std::to_string(bound) +
-                                                    " tokens, whose ids must run 0.." + std::to_string(bound - 1));
+      bad(path, "model.vocab[\"" + text + "\"]",
+          "is " + id.dump() + ", but the file defines " + std::to_string(bound) + " tokens, whose ids must run 0.." +
+              std::to_string(bound - 1));
     if (!byte_level_to_bytes(text, bytes))
-      bad(path, "model.vocab[\"" + text + "\"]", "is not in the byte-level alphabet: this is not a byte-level BPE" + std::string(kSupported));
+      bad(path, "model.vocab[\"" + text + "\"]",
+          "is not in the byte-level alphabet: this is not a byte-level BPE" + std::string(kSupported));
     const int64_t n = id.get<int64_t>();
-    if (by_id.count(n)) bad(path, "model.vocab[\"" + text + "\"]", "has id " + std::to_string(n) + ", which another token of model.vocab has too");
+    if (by_id.count(n))
+      bad(path, "model.vocab[\"" + text + "\"]",
+          "has id " + std::to_string(n) + ", which another token of model.vocab has too");
     by_id.emplace(n, bytes);
     id_of_bytes.emplace(bytes, n);
     ids.emplace(text, static_cast<int32_t>(n));
@@ -207,12 +222,14 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
     const std::string key = "added_tokens[" + std::to_string(i) + "]";
-    if (!field(a, "id").is_number_integer() || field(a, "id").get<int64_t>() < 0 || field(a, "id").get<int64_t>() >= (int64_t{1} << 31) ||
-        !field(a, "content").is_string() || field(a, "content").get<std::string>().empty())
+    if (!field(a, "id").is_number_integer() || field(a, "id").get<int64_t>() < 0 ||
+        field(a, "id").get<int64_t>() >= (int64_t{1} << 31) || !field(a, "content").is_string() ||
+        field(a, "content").get<std::string>().empty())
       bad(path, key, "must have an integer id and a non-empty content string");
     if (field(a, "id").get<int64_t>() >= bound)
-      bad(path, key, "has id " + field(a, "id").dump() + ", but the file defines " + std::to_string(bound) +
-                         " tokens, whose ids must run 0.." + std::to_string(bound - 1));
+      bad(path, key,
+          "has id " + field(a, "id").dump() + ", but the file defines " + std::to_string(bound) +
+              " tokens, whose ids must run 0.." + std::to_string(bound - 1));
     for (const char* flag : {"single_word", "lstrip", "rstrip"})
       if (field(a, flag) == true) bad(path, key + "." + flag, "is true, which is not supported");
     const int64_t id = field(a, "id").get<int64_t>();
@@ -220,13 +237,16 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
     // An added token names one token: a vocabulary entry with the same id must be that token, and its
     // text must not be another id's token (the two would decode and encode differently).
     if (auto it = by_id.find(id); it != by_id.end() && it->second != content)
-      bad(path, key, "(id " + std::to_string(id) + ", '" + content + "') collides with model.vocab's token of that id; " +
-                         "an added token must be new or repeat its vocabulary entry exactly");
+      bad(path, key,
+          "(id " + std::to_string(id) + ", '" + content + "') collides with model.vocab's token of that id; " +
+              "an added token must be new or repeat its vocabulary entry exactly");
     if (auto it = id_of_bytes.find(content); it != id_of_bytes.end() && it->second != id)
-      bad(path, key, "('" + content + "', id " + std::to_string(id) + ") is model.vocab's token with id " +
-                         std::to_string(it->second) + " already");
+      bad(path, key,
+          "('" + content + "', id " + std::to_string(id) + ") is model.vocab's token with id " +
+              std::to_string(it->second) + " already");
     if (!added_ids.emplace(id, i).second)
-      bad(path, key, "has id " + std::to_string(id) + ", as added_tokens[" + std::to_string(added_ids.at(id)) + "] does");
+      bad(path, key,
+          "has id " + std::to_string(id) + ", as added_tokens[" + std::to_string(added_ids.at(id)) + "] does");
     v.added.push_back(static_cast<int32_t>(id));
     entries.emplace_back(id, content);
   }
@@ -239,7 +259,10 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
     seen[id] = true;
   }
   for (int64_t id = 0; id < n; ++id)
-    if (!seen[id]) bad(path, "model.vocab", "has no token with id " + std::to_string(id) + " (nor has added_tokens); ids must run 0.." + std::to_string(n - 1));
+    if (!seen[id])
+      bad(path, "model.vocab",
+          "has no token with id " + std::to_string(id) + " (nor has added_tokens); ids must run 0.." +
+              std::to_string(n - 1));
 
   const json& merges = field(model, "merges");
   if (!merges.is_array()) bad(path, "model.merges", "must be a list");
@@ -260,7 +283,8 @@ BPEVocab read_hf_tokenizer_json(const std::string& path, const std::string& eos_
     }
     const auto a = ids.find(left), b = ids.find(right), ab = ids.find(left + right);
     for (const auto& [it, name] : {std::pair{a, left}, std::pair{b, right}, std::pair{ab, left + right}})
-      if (it == ids.end()) bad(path, key, "(" + m.dump() + ") names the token '" + name + "', which is not in model.vocab");
+      if (it == ids.end())
+        bad(path, key, "(" + m.dump() + ") names the token '" + name + "', which is not in model.vocab");
     v.merges.push_back({a->second, b->second, ab->second});
   }
 

@@ -21,15 +21,19 @@ Value from_json(const ojson& j, const Budget& budget, int message, int depth, bo
   if (depth > budget.max_value_depth)
     fail("the context nests more than " + std::to_string(budget.max_value_depth) + " levels deep");
   switch (j.type()) {
-    case ojson::value_t::null: return Value::none();
-    case ojson::value_t::boolean: return Value::boolean(j.get<bool>());
-    case ojson::value_t::number_integer: return Value::integer(j.get<std::int64_t>());
+    case ojson::value_t::null:
+      return Value::none();
+    case ojson::value_t::boolean:
+      return Value::boolean(j.get<bool>());
+    case ojson::value_t::number_integer:
+      return Value::integer(j.get<std::int64_t>());
     case ojson::value_t::number_unsigned: {
       auto u = j.get<std::uint64_t>();
       if (u > std::uint64_t(INT64_MAX)) fail("the context has an integer beyond 64 bits: " + std::to_string(u));
       return Value::integer(std::int64_t(u));
     }
-    case ojson::value_t::number_float: return Value::number(j.get<double>());
+    case ojson::value_t::number_float:
+      return Value::number(j.get<double>());
     case ojson::value_t::string: {
       auto s = std::make_shared<Str>();
       s->s = j.get<std::string>();
@@ -49,12 +53,14 @@ Value from_json(const ojson& j, const Budget& budget, int message, int depth, bo
         d.set(key, from_json(val, budget, is_message && key == "role" ? -1 : message, depth + 1, false, sources));
       return make_dict(std::move(d), budget);
     }
-    default: fail("the context holds a value JSON text cannot (binary data)");
+    default:
+      fail("the context holds a value JSON text cannot (binary data)");
   }
 }
 
 FramePtr make_root(const ojson& context, const Limits& limits) {
-  if (!context.is_object()) throw Error("chat template context must be a JSON object, not " + std::string(context.type_name()));
+  if (!context.is_object())
+    throw Error("chat template context must be a JSON object, not " + std::string(context.type_name()));
   Budget budget;
   budget.max_steps = limits.max_steps;
   budget.max_string = limits.max_string_bytes;

@@ -72,8 +72,8 @@ struct Limits {
   // Run-time nesting (statements, expressions, macro calls): at 400 a render needs about 0.5 MiB of
   // stack (measured at -O1), so render on threads with at least 1 MiB (Linux's default is 8 MiB).
   int max_depth = 400;
-  int max_parse_depth = 100;                 // nested blocks / brackets / `not`s in the template text
-  int max_value_depth = 64;                  // nesting of lists and dicts built or passed in
+  int max_parse_depth = 100;  // nested blocks / brackets / `not`s in the template text
+  int max_value_depth = 64;   // nesting of lists and dicts built or passed in
 };
 
 // [begin, end) byte offsets into the rendered text; message indexes context["messages"] (-1: none).

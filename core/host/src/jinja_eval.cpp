@@ -27,8 +27,8 @@ void Frame::set(const std::string& name, Value value) {
 Args::Args(const std::string& fname, const CallArgs& args, std::initializer_list<const char*> params)
     : fname_(fname), params_(params), got_(params.size(), nullptr) {
   if (args.pos.size() > params.size())
-    fail(fname + "() takes at most " + std::to_string(params.size()) + " argument(s) (" + std::to_string(args.pos.size()) +
-         " given)");
+    fail(fname + "() takes at most " + std::to_string(params.size()) + " argument(s) (" +
+         std::to_string(args.pos.size()) + " given)");
   for (std::size_t i = 0; i < args.pos.size(); ++i) got_[i] = &args.pos[i];
   for (const auto& [key, value] : args.kw) {
     std::size_t i = 0;
@@ -131,7 +131,9 @@ Evaluator::Flow Evaluator::exec_stmt(const Stmt& s, const FramePtr& frame) {
   budget.charge(1);
   line_ = s.line;
   switch (s.kind) {
-    case StmtKind::Data: emit_lit(s.text); break;
+    case StmtKind::Data:
+      emit_lit(s.text);
+      break;
     case StmtKind::Print:
       for (const ExprPtr& e : s.exprs) emit(*py_str(eval(*e, frame), budget));
       break;
@@ -140,8 +142,11 @@ Evaluator::Flow Evaluator::exec_stmt(const Stmt& s, const FramePtr& frame) {
         if (truthy(eval(*s.exprs[i], frame))) return exec(s.bodies[i], frame);
       if (s.bodies.size() > s.exprs.size()) return exec(s.bodies.back(), frame);
       break;
-    case StmtKind::For: return exec_for(s, frame);
-    case StmtKind::Set: assign(s.targets[0], eval(*s.exprs[0], frame), frame); break;
+    case StmtKind::For:
+      return exec_for(s, frame);
+    case StmtKind::Set:
+      assign(s.targets[0], eval(*s.exprs[0], frame), frame);
+      break;
     case StmtKind::SetBlock: {  // {% set x %}...{% endset %}: the captured text, through the filters if any
       push_capture();
       Flow flow = exec(s.bodies[0], frame);
@@ -150,7 +155,9 @@ Evaluator::Flow Evaluator::exec_stmt(const Stmt& s, const FramePtr& frame) {
       assign(s.targets[0], v, frame);
       return flow;
     }
-    case StmtKind::Macro: frame->set(s.text, define_macro(s, frame, s.text)); break;
+    case StmtKind::Macro:
+      frame->set(s.text, define_macro(s, frame, s.text));
+      break;
     case StmtKind::CallBlock: {  // {% call m(...) %}body{% endcall %}: m gets the body as caller()
       const Expr& call_expr = *s.exprs[0];
       Value fn = eval(*call_expr.args[0], frame);
@@ -175,8 +182,10 @@ Evaluator::Flow Evaluator::exec_stmt(const Stmt& s, const FramePtr& frame) {
       for (std::size_t i = 0; i < values.size(); ++i) assign(s.targets[i], values[i], inner);
       return exec(s.bodies[0], inner);
     }
-    case StmtKind::Break: return Flow::Break;
-    case StmtKind::Continue: return Flow::Continue;
+    case StmtKind::Break:
+      return Flow::Break;
+    case StmtKind::Continue:
+      return Flow::Continue;
     case StmtKind::Generation: {  // transformers' {% generation %}: the text is kept, its span recorded
       push_capture();
       Flow flow = exec(s.bodies[0], frame);
@@ -272,8 +281,10 @@ void Evaluator::assign(const Target& t, Value value, const FramePtr& frame) {
   }
   std::vector<Value> items = iterate(*this, value.defined());
   if (items.size() < t.names.size())
-    fail("not enough values to unpack (expected " + std::to_string(t.names.size()) + ", got " + std::to_string(items.size()) + ")");
-  if (items.size() > t.names.size()) fail("too many values to unpack (expected " + std::to_string(t.names.size()) + ")");
+    fail("not enough values to unpack (expected " + std::to_string(t.names.size()) + ", got " +
+         std::to_string(items.size()) + ")");
+  if (items.size() > t.names.size())
+    fail("too many values to unpack (expected " + std::to_string(t.names.size()) + ")");
   for (std::size_t i = 0; i < items.size(); ++i) frame->set(t.names[i], items[i]);
 }
 
@@ -326,7 +337,8 @@ Value Evaluator::invoke_macro(const Stmt& s, const FramePtr& closure, CallArgs& 
   for (std::size_t i = 0; i < s.params.size(); ++i) {
     if (bound[i]) continue;
     const Param& p = s.params[i];
-    f->set(p.name, p.default_value ? eval(*p.default_value, f) : Value::undefined("parameter '" + p.name + "' was not provided"));
+    f->set(p.name, p.default_value ? eval(*p.default_value, f)
+                                   : Value::undefined("parameter '" + p.name + "' was not provided"));
   }
   f->set("varargs", list(std::move(extra), List::Tuple));
   f->set("kwargs", make_dict(std::move(kwargs), budget));
@@ -366,9 +378,9 @@ CallArgs Evaluator::eval_args(const Expr& e, std::size_t first, const FramePtr& 
 }
 
 Value Evaluator::eval_filter_chain(const Expr& e, const FramePtr& frame, Value innermost) {
-  Value operand = !e.args[0]                              ? std::move(innermost)
+  Value operand = !e.args[0]                            ? std::move(innermost)
                   : e.args[0]->kind == ExprKind::Filter ? eval_filter_chain(*e.args[0], frame, std::move(innermost))
-                                                          : eval(*e.args[0], frame);
+                                                        : eval(*e.args[0], frame);
   CallArgs args = eval_args(e, 1, frame);
   line_ = e.line;
   return apply_filter(e.name, operand, std::move(args));
@@ -379,7 +391,8 @@ Value Evaluator::eval(const Expr& e, const FramePtr& frame) {
   budget.charge(1);
   line_ = e.line;
   switch (e.kind) {
-    case ExprKind::Const: return e.value;
+    case ExprKind::Const:
+      return e.value;
     case ExprKind::Name: {
       const Value* v = frame->find(e.name);
       return v ? *v : Value::undefined("'" + e.name + "' is undefined");
@@ -406,7 +419,8 @@ Value Evaluator::eval(const Expr& e, const FramePtr& frame) {
       line_ = e.line;
       return call(fn, std::move(args));
     }
-    case ExprKind::Filter: return eval_filter_chain(e, frame, Value::none());
+    case ExprKind::Filter:
+      return eval_filter_chain(e, frame, Value::none());
     case ExprKind::Test: {
       Value operand = eval(*e.args[0], frame);
       CallArgs args = eval_args(e, 1, frame);
@@ -414,8 +428,10 @@ Value Evaluator::eval(const Expr& e, const FramePtr& frame) {
       return Value::boolean(apply_test(e.name, operand, std::move(args)));
     }
     case ExprKind::Neg:
-    case ExprKind::Pos: return negate(eval(*e.args[0], frame), e.kind == ExprKind::Neg);
-    case ExprKind::Not: return Value::boolean(!truthy(eval(*e.args[0], frame)));
+    case ExprKind::Pos:
+      return negate(eval(*e.args[0], frame), e.kind == ExprKind::Neg);
+    case ExprKind::Not:
+      return Value::boolean(!truthy(eval(*e.args[0], frame)));
     case ExprKind::And:
     case ExprKind::Or: {  // Python returns the deciding operand, not a bool
       Value left = eval(*e.args[0], frame);
@@ -433,14 +449,14 @@ Value Evaluator::eval(const Expr& e, const FramePtr& frame) {
         Value right = eval(*e.args[i + 1], frame);
         line_ = e.line;
         const std::string& op = e.ops[i];
-        bool ok = op == "==" ? equals(left, right)
-                  : op == "!=" ? !equals(left, right)
-                  : op == "in" ? contains(right, left)
+        bool ok = op == "=="      ? equals(left, right)
+                  : op == "!="    ? !equals(left, right)
+                  : op == "in"    ? contains(right, left)
                   : op == "notin" ? !contains(right, left)
-                  : op == "<" ? compare(left, right) < 0
-                  : op == "<=" ? compare(left, right) <= 0
-                  : op == ">" ? compare(left, right) > 0
-                               : compare(left, right) >= 0;
+                  : op == "<"     ? compare(left, right) < 0
+                  : op == "<="    ? compare(left, right) <= 0
+                  : op == ">"     ? compare(left, right) > 0
+                                  : compare(left, right) >= 0;
         if (!ok) return Value::boolean(false);
         left = std::move(right);
       }

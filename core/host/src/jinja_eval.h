@@ -93,8 +93,8 @@ class Evaluator {
   std::vector<StrBuilder> outs_;
   std::vector<int> turns_;  // messages the enclosing for loops are at, innermost last
   std::vector<OutputSpan>* turn_spans_ = nullptr;
-  std::vector<NsPtr> namespaces_;     // cleared at the end: namespaces can contain themselves
-  std::vector<FramePtr> captured_;    // frames macros closed over: a frame holds its macros
+  std::vector<NsPtr> namespaces_;   // cleared at the end: namespaces can contain themselves
+  std::vector<FramePtr> captured_;  // frames macros closed over: a frame holds its macros
 };
 
 }  // namespace linearnexus::jinja

@@ -37,7 +37,7 @@ bool ExprParser::skip_name(const char* n) {
 
 void ExprParser::fail_here(const std::string& what) const {
   const Token& t = cur();
-  std::string desc = t.type == Tok::Eof       ? "end of template"
+  std::string desc = t.type == Tok::Eof        ? "end of template"
                      : t.type == Tok::VarEnd   ? "end of print statement"
                      : t.type == Tok::BlockEnd ? "end of statement block"
                      : t.type == Tok::Data     ? "template data"
@@ -145,8 +145,8 @@ ExprPtr ExprParser::parse_compare() {
   std::unique_ptr<Expr> cmp;
   for (;;) {
     std::string op;
-    if (cur().type == Tok::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" ||
-                                  cur().text == "<=" || cur().text == ">" || cur().text == ">=")) {
+    if (cur().type == Tok::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == "<=" ||
+                                  cur().text == ">" || cur().text == ">=")) {
       op = cur().text;
       next();
     } else if (skip_name("in")) {

@@ -16,25 +16,31 @@
 namespace linearnexus::jinja {
 namespace {
 
-const char* const kFilters[] = {
-    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape",
-    "filesizeformat", "first", "float", "forceescape", "format", "groupby", "indent", "int", "items", "join",
-    "last", "length", "list", "lower", "map", "max", "min", "pprint", "random", "reject", "rejectattr",
-    "replace", "reverse", "round", "safe", "select", "selectattr", "slice", "sort", "string", "striptags",
-    "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "urlencode", "urlize", "wordcount",
-    "wordwrap", "xmlattr"};
+const char* const kFilters[] = {"abs",    "attr",       "batch",       "capitalize", "center",   "count",
+                                "d",      "default",    "dictsort",    "e",          "escape",   "filesizeformat",
+                                "first",  "float",      "forceescape", "format",     "groupby",  "indent",
+                                "int",    "items",      "join",        "last",       "length",   "list",
+                                "lower",  "map",        "max",         "min",        "pprint",   "random",
+                                "reject", "rejectattr", "replace",     "reverse",    "round",    "safe",
+                                "select", "selectattr", "slice",       "sort",       "string",   "striptags",
+                                "sum",    "title",      "tojson",      "trim",       "truncate", "unique",
+                                "upper",  "urlencode",  "urlize",      "wordcount",  "wordwrap", "xmlattr"};
 
 Value iterator(Evaluator& ev, std::vector<Value> items) { return ev.list(std::move(items), List::Iterator); }
 
 std::size_t length(const Value& v) {
   switch (v.type()) {
-    case Type::Undefined: return 0;
-    case Type::Str: return utf8_length(v.str().s);
+    case Type::Undefined:
+      return 0;
+    case Type::Str:
+      return utf8_length(v.str().s);
     case Type::List:
       if (v.list().kind == List::Iterator) fail("object of type 'generator' has no len()");
       return v.list().items.size();
-    case Type::Dict: return v.dict().items.size();
-    default: fail(std::string("object of type '") + type_name(v) + "' has no len()");
+    case Type::Dict:
+      return v.dict().items.size();
+    default:
+      fail(std::string("object of type '") + type_name(v) + "' has no len()");
   }
 }
 
@@ -96,8 +102,7 @@ Value map_filter(Evaluator& ev, const Value& seq, CallArgs& args) {
   if (attr != args.kw.end() || args.pos.empty()) {
     Args a("map", args, {"attribute", "default"});
     const Value* fallback = a.get(1);
-    for (const Value& item : iterate(ev, seq))
-      out.push_back(attr_path(ev, item, a.get_or(0, Value::none()), fallback));
+    for (const Value& item : iterate(ev, seq)) out.push_back(attr_path(ev, item, a.get_or(0, Value::none()), fallback));
     return iterator(ev, std::move(out));
   }
   const Value& name = args.pos[0].defined();
@@ -110,7 +115,8 @@ Value map_filter(Evaluator& ev, const Value& seq, CallArgs& args) {
   return iterator(ev, std::move(out));
 }
 
-std::vector<Value> sorted(Evaluator& ev, std::vector<Value> items, bool reverse, bool case_sensitive, const Value* attribute) {
+std::vector<Value> sorted(Evaluator& ev, std::vector<Value> items, bool reverse, bool case_sensitive,
+                          const Value* attribute) {
   std::vector<std::pair<Value, Value>> keyed;  // (key, item)
   for (Value& item : items)
     keyed.emplace_back(sort_key(attribute ? attr_path(ev, item, *attribute) : item, case_sensitive), std::move(item));
@@ -220,7 +226,8 @@ Value indent(Evaluator& ev, const Value& v, CallArgs& args) {
   Args a("indent", args, {"width", "first", "blank"});
   Value width = a.get_or(0, Value::integer(4));
   if (!width.is_str() && width.defined().as_int() > 1024) fail("indent: a width above 1024 is not supported");
-  std::string pad = width.is_str() ? width.str().s : std::string(std::size_t(std::max<std::int64_t>(0, width.as_int())), ' ');
+  std::string pad =
+      width.is_str() ? width.str().s : std::string(std::size_t(std::max<std::int64_t>(0, width.as_int())), ' ');
   bool first = truthy(a.get_or(1, Value::boolean(false))), blank = truthy(a.get_or(2, Value::boolean(false)));
   StrBuilder src = ev.builder();  // Jinja appends "\n" first, so a trailing line break keeps its line
   src.add(*py_str(v, ev.budget));
@@ -275,14 +282,16 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
   }
   if (f == "upper" || f == "lower" || f == "title" || f == "capitalize") {
     Args a(f, args, {});
-    return Value::text(case_map(py_str(v, ev.budget)->s, f == "upper" ? 'u' : f == "lower" ? 'l' : f == "title" ? 't' : 'c'));
+    return Value::text(case_map(py_str(v, ev.budget)->s, f == "upper"   ? 'u'
+                                                         : f == "lower" ? 'l'
+                                                         : f == "title" ? 't'
+                                                                        : 'c'));
   }
   if (f == "replace") {
     Args a(f, args, {"old", "new", "count"});
     Value count = a.get_or(2, Value::none());
     return Value::string(replace(ev, *py_str(v, ev.budget), *py_str(a.required(0), ev.budget),
-                                 *py_str(a.required(1), ev.budget),
-                                 count.is_none() ? -1 : count.defined().as_int()));
+                                 *py_str(a.required(1), ev.budget), count.is_none() ? -1 : count.defined().as_int()));
   }
   if (f == "join") {
     Args a(f, args, {"d", "attribute"});
@@ -327,7 +336,8 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
     if (!v.is(Type::Dict)) fail("dictsort: the value must be a dict");
     Value by = a.get_or(1, Value::text("key"));
     Value index = Value::integer(by.is_str() && by.str().s == "value" ? 1 : 0);
-    if (!by.is_str() || (by.str().s != "key" && by.str().s != "value")) fail("You can only sort by either \"key\" or \"value\"");
+    if (!by.is_str() || (by.str().s != "key" && by.str().s != "value"))
+      fail("You can only sort by either \"key\" or \"value\"");
     std::vector<Value> pairs;
     for (const auto& [k, val] : v.dict().items) pairs.push_back(ev.list({Value::text(k), val}, List::Tuple));
     return ev.list(sorted(ev, std::move(pairs), truthy(a.get_or(2, Value::boolean(false))),
@@ -357,7 +367,8 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
   if (f == "sum") {
     Args a(f, args, {"attribute", "start"});
     Value total = a.get_or(1, Value::integer(0));
-    for (const Value& item : iterate(ev, v)) total = binary_op(ev, "+", total, a.get(0) ? attr_path(ev, item, *a.get(0)) : item);
+    for (const Value& item : iterate(ev, v))
+      total = binary_op(ev, "+", total, a.get(0) ? attr_path(ev, item, *a.get(0)) : item);
     return total;
   }
   if (f == "abs") {
@@ -392,7 +403,8 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
       std::int64_t i = 0;
       double d = 0;
       if (parse_int(v.str().s, int(a.get_or(1, Value::integer(10)).defined().as_int()), i)) return Value::integer(i);
-      if (parse_float(v.str().s, d) && std::isfinite(d) && std::fabs(d) < 9.2e18) return Value::integer(std::int64_t(d));
+      if (parse_float(v.str().s, d) && std::isfinite(d) && std::fabs(d) < 9.2e18)
+        return Value::integer(std::int64_t(d));
       return fallback;
     }
     v.defined();
@@ -429,12 +441,23 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
     StrPtr text = py_str(v, ev.budget);
     for (char c : text->s) {
       switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '"': out += "&#34;"; break;
-        case '\'': out += "&#39;"; break;
-        default: out += c;
+        case '&':
+          out += "&amp;";
+          break;
+        case '<':
+          out += "&lt;";
+          break;
+        case '>':
+          out += "&gt;";
+          break;
+        case '"':
+          out += "&#34;";
+          break;
+        case '\'':
+          out += "&#39;";
+          break;
+        default:
+          out += c;
       }
     }
     return Value::text(out);
@@ -452,7 +475,8 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
     for (std::size_t i = 0; i < s.size();) {
       char32_t c = utf8_next(s, i);
       bool w = c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-               (c >= 0xc0 && !py_isspace(c) && c != 0xd7 && c != 0xf7 && !(c >= 0x2000 && c <= 0x206f) && !(c >= 0x3000 && c <= 0x303f));
+               (c >= 0xc0 && !py_isspace(c) && c != 0xd7 && c != 0xf7 && !(c >= 0x2000 && c <= 0x206f) &&
+                !(c >= 0x3000 && c <= 0x303f));
       words += w && !in_word;
       in_word = w;
     }
@@ -461,7 +485,8 @@ Value apply_filter(Evaluator& ev, const std::string& f, const Value& v, CallArgs
   if (f == "truncate") {
     Args a(f, args, {"length", "killwords", "end", "leeway"});
     StrPtr s = py_str(v, ev.budget);
-    std::int64_t len = a.get_or(0, Value::integer(255)).defined().as_int(), leeway = a.get_or(3, Value::integer(5)).defined().as_int();
+    std::int64_t len = a.get_or(0, Value::integer(255)).defined().as_int(),
+                 leeway = a.get_or(3, Value::integer(5)).defined().as_int();
     StrPtr end = py_str(a.get_or(2, Value::text("...")), ev.budget);
     std::int64_t end_len = std::int64_t(utf8_length(end->s));
     if (len < end_len) fail("expected length >= " + std::to_string(end_len) + ", got " + std::to_string(len));

@@ -19,7 +19,8 @@ Value function(std::string name, std::function<Value(Evaluator&, CallArgs&)> fn)
 // range(stop) / range(start, stop[, step]); the sandbox's limit of 100000 items (MAX_RANGE).
 Value range(Evaluator& ev, CallArgs& args) {
   if (!args.kw.empty()) fail("range() takes no keyword arguments");
-  if (args.pos.empty() || args.pos.size() > 3) fail("range expected 1 to 3 arguments, got " + std::to_string(args.pos.size()));
+  if (args.pos.empty() || args.pos.size() > 3)
+    fail("range expected 1 to 3 arguments, got " + std::to_string(args.pos.size()));
   for (const Value& v : args.pos)
     if (!v.defined().is_int()) fail(std::string("'") + type_name(v) + "' object cannot be interpreted as an integer");
   std::int64_t start = 0, stop = 0, step = 1;
@@ -43,7 +44,8 @@ Value range(Evaluator& ev, CallArgs& args) {
 // dict(...) and namespace(...): an optional mapping (or list of pairs), then keyword arguments.
 Dict mapping_args(Evaluator& ev, const char* name, CallArgs& args) {
   Dict d;
-  if (args.pos.size() > 1) fail(std::string(name) + " expected at most 1 argument, got " + std::to_string(args.pos.size()));
+  if (args.pos.size() > 1)
+    fail(std::string(name) + " expected at most 1 argument, got " + std::to_string(args.pos.size()));
   if (!args.pos.empty()) {
     const Value& src = args.pos[0].defined();
     if (src.is(Type::Dict)) {
@@ -141,7 +143,8 @@ StrPtr percent_format(Evaluator& ev, const Str& fmt, const Value& args) {
         if (v < 0 && is_width) flags += '-';
         n = long(std::min<std::int64_t>(v < 0 ? (is_width ? -v : 0) : v, 100000));
       } else {
-        while (j < f.size() && f[j] >= '0' && f[j] <= '9') n = std::min<long>((n < 0 ? 0 : n) * 10 + (f[j++] - '0'), 100000);
+        while (j < f.size() && f[j] >= '0' && f[j] <= '9')
+          n = std::min<long>((n < 0 ? 0 : n) * 10 + (f[j++] - '0'), 100000);
       }
       if (n > 400) fail("a %-format width or precision above 400 is not supported");
       return n;
@@ -162,7 +165,8 @@ StrPtr percent_format(Evaluator& ev, const Str& fmt, const Value& args) {
       continue;
     }
     const Value& v = take().defined();
-    std::string spec = "%" + flags + (width >= 0 ? std::to_string(width) : "") + (has_precision ? "." + std::to_string(precision) : "");
+    std::string spec = "%" + flags + (width >= 0 ? std::to_string(width) : "") +
+                       (has_precision ? "." + std::to_string(precision) : "");
     std::string piece;
     char buf[512];
     if (conv == 's' || conv == 'r' || conv == 'a') {

@@ -22,13 +22,27 @@ static void json_string(StrBuilder& out, const Str& s) {
     out.copy(s, run, i);
     char buf[8];
     switch (c) {
-      case '"': out.lit("\\\""); break;
-      case '\\': out.lit("\\\\"); break;
-      case '\n': out.lit("\\n"); break;
-      case '\r': out.lit("\\r"); break;
-      case '\t': out.lit("\\t"); break;
-      case '\b': out.lit("\\b"); break;
-      case '\f': out.lit("\\f"); break;
+      case '"':
+        out.lit("\\\"");
+        break;
+      case '\\':
+        out.lit("\\\\");
+        break;
+      case '\n':
+        out.lit("\\n");
+        break;
+      case '\r':
+        out.lit("\\r");
+        break;
+      case '\t':
+        out.lit("\\t");
+        break;
+      case '\b':
+        out.lit("\\b");
+        break;
+      case '\f':
+        out.lit("\\f");
+        break;
       default:
         std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(c));
         out.lit(buf);
@@ -47,15 +61,23 @@ static void json_newline(StrBuilder& out, const JsonStyle& style, int level) {
 void to_json(StrBuilder& out, const Value& v, const JsonStyle& style, int level) {
   if (level > 100) fail("a value nested too deeply to serialize as JSON");
   switch (v.type()) {
-    case Type::None: out.lit("null"); return;
-    case Type::Bool: out.lit(std::get<bool>(v.v) ? "true" : "false"); return;
-    case Type::Int: out.lit(std::to_string(std::get<std::int64_t>(v.v))); return;
+    case Type::None:
+      out.lit("null");
+      return;
+    case Type::Bool:
+      out.lit(std::get<bool>(v.v) ? "true" : "false");
+      return;
+    case Type::Int:
+      out.lit(std::to_string(std::get<std::int64_t>(v.v)));
+      return;
     case Type::Float: {
       double d = std::get<double>(v.v);
       out.lit(std::isnan(d) ? "NaN" : std::isinf(d) ? (d < 0 ? "-Infinity" : "Infinity") : py_float(d));
       return;
     }
-    case Type::Str: json_string(out, v.str()); return;
+    case Type::Str:
+      json_string(out, v.str());
+      return;
     case Type::List:
     case Type::Dict: {
       bool is_list = v.is(Type::List);
@@ -69,8 +91,9 @@ void to_json(StrBuilder& out, const Value& v, const JsonStyle& style, int level)
       std::vector<std::size_t> order(n);
       for (std::size_t i = 0; i < n; ++i) order[i] = i;
       if (!is_list && style.sort_keys)
-        std::stable_sort(order.begin(), order.end(),
-                         [&](std::size_t a, std::size_t b) { return v.dict().items[a].first < v.dict().items[b].first; });
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+          return v.dict().items[a].first < v.dict().items[b].first;
+        });
       for (std::size_t k = 0; k < n; ++k) {
         if (k) out.lit(style.item_sep);
         if (style.indent >= 0) json_newline(out, style, level + 1);
@@ -88,7 +111,8 @@ void to_json(StrBuilder& out, const Value& v, const JsonStyle& style, int level)
       out.lit(is_list ? "]" : "}");
       return;
     }
-    default: break;
+    default:
+      break;
   }
   fail(std::string("Object of type ") + type_name(v) + " is not JSON serializable");
 }

@@ -203,19 +203,24 @@ void Lexer::raw() {
 void Lexer::tag(Tag kind) {
   push(kind == Tag::Var ? Tok::VarBegin : Tok::BlockBegin);
   std::vector<char> balance;
-  static const char* const ops[] = {"**", "//", "==", "!=", ">=", "<=", "+", "-", "/", "*", "%", "~", "[", "]",
-                                    "(",  ")",  "{",  "}",  ">",  "<",  "=", ".", ":", "|", ",", ";"};
+  static const char* const ops[] = {"**", "//", "==", "!=", ">=", "<=", "+", "-", "/", "*", "%", "~", "[",
+                                    "]",  "(",  ")",  "{",  "}",  ">",  "<", "=", ".", ":", "|", ",", ";"};
   for (;;) {
     if (pos_ >= s_.size()) template_error(line_, "unexpected end of template inside a tag");
     if (balance.empty()) {
       std::size_t end = 0;
       if (kind == Tag::Block) {
-        if (starts(s_, pos_, "+%}")) end = pos_ + 3;
-        else if (starts(s_, pos_, "-%}")) end = pos_ + 3 + space_run(s_, pos_ + 3);
-        else if (starts(s_, pos_, "%}")) end = pos_ + 2 + (pos_ + 2 < s_.size() && s_[pos_ + 2] == '\n' ? 1 : 0);
+        if (starts(s_, pos_, "+%}"))
+          end = pos_ + 3;
+        else if (starts(s_, pos_, "-%}"))
+          end = pos_ + 3 + space_run(s_, pos_ + 3);
+        else if (starts(s_, pos_, "%}"))
+          end = pos_ + 2 + (pos_ + 2 < s_.size() && s_[pos_ + 2] == '\n' ? 1 : 0);
       } else {
-        if (starts(s_, pos_, "-}}")) end = pos_ + 3 + space_run(s_, pos_ + 3);
-        else if (starts(s_, pos_, "}}")) end = pos_ + 2;
+        if (starts(s_, pos_, "-}}"))
+          end = pos_ + 3 + space_run(s_, pos_ + 3);
+        else if (starts(s_, pos_, "}}"))
+          end = pos_ + 2;
       }
       if (end) {
         push(kind == Tag::Var ? Tok::VarEnd : Tok::BlockEnd);
@@ -263,7 +268,8 @@ void Lexer::tag(Tag kind) {
 void Lexer::number() {
   auto digits = [&](std::size_t p) {  // (\d+_)*\d+ at p: its end, or p if none
     std::size_t q = p;
-    while (q < s_.size() && (is_digit(s_[q]) || (s_[q] == '_' && q > p && q + 1 < s_.size() && is_digit(s_[q + 1])))) ++q;
+    while (q < s_.size() && (is_digit(s_[q]) || (s_[q] == '_' && q > p && q + 1 < s_.size() && is_digit(s_[q + 1]))))
+      ++q;
     return q;
   };
   std::size_t b = pos_, int_end = digits(b), p = int_end;
@@ -300,7 +306,9 @@ void Lexer::number() {
       char k = s_[b + 1] | 0x20;
       base = k == 'b' ? 2 : k == 'o' ? 8 : 16;
       q = b + 2;
-      auto ok = [&](char ch) { return base == 16 ? std::isxdigit(static_cast<unsigned char>(ch)) != 0 : ch >= '0' && ch < '0' + base; };
+      auto ok = [&](char ch) {
+        return base == 16 ? std::isxdigit(static_cast<unsigned char>(ch)) != 0 : ch >= '0' && ch < '0' + base;
+      };
       while (q < s_.size() && (ok(s_[q]) || (s_[q] == '_' && q + 1 < s_.size() && ok(s_[q + 1])))) {
         if (s_[q] != '_') text += s_[q];
         ++q;
@@ -331,7 +339,8 @@ void Lexer::string_literal() {
   std::string value;
   int start_line = line_;
   for (;;) {
-    if (p >= s_.size()) template_error(start_line, "unexpected char '" + std::string(1, quote) + "' (an unterminated string)");
+    if (p >= s_.size())
+      template_error(start_line, "unexpected char '" + std::string(1, quote) + "' (an unterminated string)");
     char c = s_[p];
     if (c == quote) break;
     if (c == '\n') ++line_;
@@ -348,28 +357,58 @@ void Lexer::string_literal() {
       char32_t v = 0;
       for (int i = 0; i < n; ++i) {
         char h = s_[p + i];
-        if (!std::isxdigit(static_cast<unsigned char>(h))) template_error(line_, "truncated \\x / \\u escape in a string");
+        if (!std::isxdigit(static_cast<unsigned char>(h)))
+          template_error(line_, "truncated \\x / \\u escape in a string");
         v = v * 16 + (h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
       }
       p += n;
-      if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) template_error(line_, "an escape in a string is not a Unicode character");
+      if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+        template_error(line_, "an escape in a string is not a Unicode character");
       utf8_append(value, v);
     };
     switch (e) {
-      case '\n': ++line_; break;  // a line continuation
-      case '\\': value += '\\'; break;
-      case '\'': value += '\''; break;
-      case '"': value += '"'; break;
-      case 'a': value += '\a'; break;
-      case 'b': value += '\b'; break;
-      case 'f': value += '\f'; break;
-      case 'n': value += '\n'; break;
-      case 'r': value += '\r'; break;
-      case 't': value += '\t'; break;
-      case 'v': value += '\v'; break;
-      case 'x': hex(2); break;
-      case 'u': hex(4); break;
-      case 'U': hex(8); break;
+      case '\n':
+        ++line_;
+        break;  // a line continuation
+      case '\\':
+        value += '\\';
+        break;
+      case '\'':
+        value += '\'';
+        break;
+      case '"':
+        value += '"';
+        break;
+      case 'a':
+        value += '\a';
+        break;
+      case 'b':
+        value += '\b';
+        break;
+      case 'f':
+        value += '\f';
+        break;
+      case 'n':
+        value += '\n';
+        break;
+      case 'r':
+        value += '\r';
+        break;
+      case 't':
+        value += '\t';
+        break;
+      case 'v':
+        value += '\v';
+        break;
+      case 'x':
+        hex(2);
+        break;
+      case 'u':
+        hex(4);
+        break;
+      case 'U':
+        hex(8);
+        break;
       default:
         if (e >= '0' && e <= '7') {  // up to three octal digits
           char32_t v = e - '0';

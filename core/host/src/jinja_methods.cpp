@@ -96,7 +96,8 @@ Value str_method(Evaluator& ev, const Value& self, const std::string& m, CallArg
     auto test = [&](const Value& p) {
       const std::string& x = need_str(p, m == "startswith" ? "startswith first arg" : "endswith first arg").s;
       if (b > e || x.size() > body.size()) return false;
-      return m == "startswith" ? body.compare(0, x.size(), x) == 0 : body.compare(body.size() - x.size(), x.size(), x) == 0;
+      return m == "startswith" ? body.compare(0, x.size(), x) == 0
+                               : body.compare(body.size() - x.size(), x.size(), x) == 0;
     };
     if (what.is(Type::List) && what.list().kind == List::Tuple) {
       for (const Value& p : what.list().items)
@@ -109,7 +110,8 @@ Value str_method(Evaluator& ev, const Value& self, const std::string& m, CallArg
     Args a(m, args, {"old", "new", "count"});
     const Value& old_v = a.required(0);
     const Value& new_v = a.required(1);
-    return Value::string(replace(ev, s, need_str(old_v, "replace() argument 1"), need_str(new_v, "replace() argument 2"),
+    return Value::string(replace(ev, s, need_str(old_v, "replace() argument 1"),
+                                 need_str(new_v, "replace() argument 2"),
                                  a.get_or(2, Value::integer(-1)).defined().as_int()));
   }
   if (m == "upper" || m == "lower" || m == "title" || m == "capitalize") {
@@ -141,7 +143,8 @@ Value str_method(Evaluator& ev, const Value& self, const std::string& m, CallArg
     StrBuilder out = ev.builder();
     std::size_t i = 0;
     for (const Value& item : iterate(ev, a.get_or(0, Value::none()))) {
-      if (!item.is_str()) fail("sequence item " + std::to_string(i) + ": expected str instance, " + type_name(item) + " found");
+      if (!item.is_str())
+        fail("sequence item " + std::to_string(i) + ": expected str instance, " + type_name(item) + " found");
       if (i++) out.add(s);
       out.add(item.str());
     }
@@ -151,7 +154,8 @@ Value str_method(Evaluator& ev, const Value& self, const std::string& m, CallArg
     Args a(m, args, {"affix"});
     const std::string& x = need_str(a.required(0), m.c_str()).s;
     bool pre = m == "removeprefix";
-    if (x.size() <= s.s.size() && (pre ? s.s.compare(0, x.size(), x) == 0 : s.s.compare(s.s.size() - x.size(), x.size(), x) == 0))
+    if (x.size() <= s.s.size() &&
+        (pre ? s.s.compare(0, x.size(), x) == 0 : s.s.compare(s.s.size() - x.size(), x.size(), x) == 0))
       return pre ? substring(ev, s, x.size(), s.s.size()) : substring(ev, s, 0, s.s.size() - x.size());
     return self;
   }
@@ -168,7 +172,10 @@ Value str_method(Evaluator& ev, const Value& self, const std::string& m, CallArg
       return Value::boolean(any);
     }
     for (char32_t c : cps) {
-      bool ok = m == "isdigit" ? is_digit(c) : m == "isalpha" ? is_alpha(c) : m == "isspace" ? py_isspace(c) : is_alpha(c) || is_digit(c);
+      bool ok = m == "isdigit"   ? is_digit(c)
+                : m == "isalpha" ? is_alpha(c)
+                : m == "isspace" ? py_isspace(c)
+                                 : is_alpha(c) || is_digit(c);
       if (!ok) return Value::boolean(false);
     }
     return Value::boolean(true);
@@ -200,9 +207,10 @@ Value dict_method(Evaluator& ev, const Dict& d, const std::string& m, CallArgs& 
 Value bound_method(Evaluator& ev, const Value& obj, const std::string& name) {
   (void)ev;
   static const char* const str_methods[] = {
-      "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "startswith", "endswith", "replace",
-      "upper", "lower", "title", "capitalize", "find", "rfind", "index", "rindex", "count", "join",
-      "removeprefix", "removesuffix", "isdigit", "isalpha", "isalnum", "isspace", "islower", "isupper"};
+      "strip",    "lstrip",  "rstrip",  "split",   "rsplit",  "splitlines",   "startswith",
+      "endswith", "replace", "upper",   "lower",   "title",   "capitalize",   "find",
+      "rfind",    "index",   "rindex",  "count",   "join",    "removeprefix", "removesuffix",
+      "isdigit",  "isalpha", "isalnum", "isspace", "islower", "isupper"};
   bool found = false;
   if (obj.is_str()) {
     for (const char* m : str_methods) found = found || name == m;
@@ -237,7 +245,9 @@ StrPtr strip(Evaluator& ev, const Str& s, const Value* chars, bool left, bool ri
   std::vector<char32_t> set;
   bool whitespace = !chars || chars->is_none();
   if (!whitespace) set = code_points(need_str(chars->defined(), "strip arg").s);
-  auto strip_it = [&](char32_t c) { return whitespace ? py_isspace(c) : std::find(set.begin(), set.end(), c) != set.end(); };
+  auto strip_it = [&](char32_t c) {
+    return whitespace ? py_isspace(c) : std::find(set.begin(), set.end(), c) != set.end();
+  };
   auto offsets = utf8_offsets(s.s);
   std::size_t b = 0, e = offsets.size() - 1;
   auto cp = [&](std::size_t k) {
@@ -251,7 +261,7 @@ StrPtr strip(Evaluator& ev, const Str& s, const Value* chars, bool left, bool ri
 
 Value split(Evaluator& ev, const Str& s, const Value& sep, std::int64_t maxsplit, bool from_right) {
   std::vector<std::pair<std::size_t, std::size_t>> parts;  // byte ranges, in order
-  if (sep.is_none()) {  // runs of whitespace separate; none at either end
+  if (sep.is_none()) {                                     // runs of whitespace separate; none at either end
     std::vector<std::pair<std::size_t, std::size_t>> words;
     for (std::size_t i = 0; i < s.s.size();) {
       std::size_t at = i;
@@ -322,7 +332,8 @@ StrPtr replace(Evaluator& ev, const Str& s, const Str& old, const Str& repl, std
     return out.done();
   }
   std::size_t at = 0;
-  for (std::size_t p = s.s.find(old.s); p != std::string::npos && (count < 0 || done < count); p = s.s.find(old.s, at)) {
+  for (std::size_t p = s.s.find(old.s); p != std::string::npos && (count < 0 || done < count);
+       p = s.s.find(old.s, at)) {
     out.copy(s, at, p);
     out.add(repl);
     at = p + old.s.size();

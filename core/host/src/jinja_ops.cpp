@@ -128,7 +128,8 @@ Value negate(const Value& v, bool minus) {
 
 bool contains(const Value& container, const Value& needle) {
   switch (container.type()) {
-    case Type::Undefined: return false;
+    case Type::Undefined:
+      return false;
     case Type::Str:
       if (!needle.is_str())
         fail(std::string("'in <string>' requires string as left operand, not ") + type_name(needle));
@@ -143,8 +144,10 @@ bool contains(const Value& container, const Value& needle) {
         if (equals(item, needle)) return true;
       return false;
     }
-    case Type::Dict: return needle.is_str() && container.dict().find(needle.str().s) != nullptr;
-    default: fail(std::string("argument of type '") + type_name(container) + "' is not iterable");
+    case Type::Dict:
+      return needle.is_str() && container.dict().find(needle.str().s) != nullptr;
+    default:
+      fail(std::string("argument of type '") + type_name(container) + "' is not iterable");
   }
 }
 
@@ -175,7 +178,8 @@ Value getitem(Evaluator& ev, const Value& obj, const Value& key) {
       if (i < 0) i += n;
       if (i >= 0 && i < n) return obj.list().items[i];
     }
-    return Value::undefined(std::string("'") + type_name(obj) + " object' has no element " + std::to_string(key.as_int()));
+    return Value::undefined(std::string("'") + type_name(obj) + " object' has no element " +
+                            std::to_string(key.as_int()));
   }
   if (key.is_str()) {
     // Jinja tries obj[key] then getattr(obj, key): for a dict the key wins over its methods.
@@ -195,10 +199,10 @@ Value substring(Evaluator& ev, const Str& s, std::size_t b, std::size_t e) {
 Value slice(Evaluator& ev, const Value& obj, const Value& start, const Value& stop, const Value& step) {
   obj.defined();
   bool is_str = obj.is_str();
-  if (!is_str && !is_list(obj)) return Value::undefined(std::string("'") + type_name(obj) + "' object is not subscriptable");
+  if (!is_str && !is_list(obj))
+    return Value::undefined(std::string("'") + type_name(obj) + "' object is not subscriptable");
   for (const Value* v : {&start, &stop, &step})
-    if (!v->is_none() && !v->is_int())
-      fail("slice indices must be integers or None");
+    if (!v->is_none() && !v->is_int()) fail("slice indices must be integers or None");
   std::vector<std::size_t> offsets;
   if (is_str) offsets = utf8_offsets(obj.str().s);
   std::int64_t n = is_str ? std::int64_t(offsets.size()) - 1 : std::int64_t(obj.list().items.size());
@@ -231,11 +235,13 @@ Value slice(Evaluator& ev, const Value& obj, const Value& start, const Value& st
 std::vector<Value> iterate(Evaluator& ev, const Value& v) {
   std::vector<Value> out;
   switch (v.type()) {
-    case Type::Undefined: return out;
+    case Type::Undefined:
+      return out;
     case Type::Str: {
       auto offsets = utf8_offsets(v.str().s);
       ev.budget.charge(offsets.size());
-      for (std::size_t i = 0; i + 1 < offsets.size(); ++i) out.push_back(substring(ev, v.str(), offsets[i], offsets[i + 1]));
+      for (std::size_t i = 0; i + 1 < offsets.size(); ++i)
+        out.push_back(substring(ev, v.str(), offsets[i], offsets[i + 1]));
       return out;
     }
     case Type::List: {
@@ -251,7 +257,8 @@ std::vector<Value> iterate(Evaluator& ev, const Value& v) {
       ev.budget.charge(v.dict().items.size());
       for (const auto& item : v.dict().items) out.push_back(Value::text(item.first));
       return out;
-    default: fail(std::string("'") + type_name(v) + "' object is not iterable");
+    default:
+      fail(std::string("'") + type_name(v) + "' object is not iterable");
   }
 }
 

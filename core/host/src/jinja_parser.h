@@ -11,8 +11,26 @@
 namespace linearnexus::jinja {
 
 enum class ExprKind {
-  Const, Name, GetAttr, GetItem, Slice, Call, Filter, Test, Neg, Pos, Not, And, Or,
-  Binary, Compare, Concat, Cond, ListLit, TupleLit, DictLit
+  Const,
+  Name,
+  GetAttr,
+  GetItem,
+  Slice,
+  Call,
+  Filter,
+  Test,
+  Neg,
+  Pos,
+  Not,
+  And,
+  Or,
+  Binary,
+  Compare,
+  Concat,
+  Cond,
+  ListLit,
+  TupleLit,
+  DictLit
 };
 
 struct Expr;
@@ -25,8 +43,8 @@ struct Keyword {
 struct Expr {
   ExprKind kind = ExprKind::Const;
   int line = 0;
-  Value value;        // Const
-  std::string name;   // Name; GetAttr's attribute; Filter's / Test's name; Binary's / Compare's operators
+  Value value;       // Const
+  std::string name;  // Name; GetAttr's attribute; Filter's / Test's name; Binary's / Compare's operators
   std::vector<ExprPtr> args;
   // GetItem: [object, key]; Slice: [object, start, stop, step] (null when absent); Call: [callee,
   // positional...]; Filter: [operand (null inside {% filter %} / {% set %} blocks), positional...];
@@ -38,7 +56,21 @@ struct Expr {
   ExprPtr dyn_args, dyn_kwargs;  // f(*a, **k)
 };
 
-enum class StmtKind { Data, Print, If, For, Set, SetBlock, Macro, CallBlock, FilterBlock, With, Break, Continue, Generation };
+enum class StmtKind {
+  Data,
+  Print,
+  If,
+  For,
+  Set,
+  SetBlock,
+  Macro,
+  CallBlock,
+  FilterBlock,
+  With,
+  Break,
+  Continue,
+  Generation
+};
 
 struct Stmt;
 using StmtPtr = std::unique_ptr<Stmt>;
@@ -61,8 +93,8 @@ struct Stmt {
   int line = 0;
   std::string text;            // Data; Macro's name
   std::vector<ExprPtr> exprs;  // Print: values; If: conditions; For: [iterable, filter or null];
-                               // Set: [value]; CallBlock: [call]; FilterBlock / SetBlock: [filter chain or null]; With: values
-  std::vector<Body> bodies;    // If: one per condition, then else; For: [body, else]; others: [body]
+      // Set: [value]; CallBlock: [call]; FilterBlock / SetBlock: [filter chain or null]; With: values
+  std::vector<Body> bodies;     // If: one per condition, then else; For: [body, else]; others: [body]
   std::vector<Target> targets;  // Set / SetBlock / For: [target]; With: one per value
   std::vector<Param> params;    // Macro; CallBlock's caller
   bool uses_varargs = false, uses_kwargs = false;  // Macro / CallBlock: the body reads varargs / kwargs

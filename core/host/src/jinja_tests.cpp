@@ -9,11 +9,12 @@
 namespace linearnexus::jinja {
 namespace {
 
-const char* const kTests[] = {
-    "!=", "<", "<=", "==", ">", ">=", "boolean", "callable", "defined", "divisibleby", "eq", "equalto",
-    "escaped", "even", "false", "filter", "float", "ge", "greaterthan", "gt", "in", "integer", "iterable",
-    "le", "lessthan", "lower", "lt", "mapping", "ne", "none", "number", "odd", "sameas", "sequence",
-    "string", "test", "true", "undefined", "upper"};
+const char* const kTests[] = {"!=",       "<",        "<=",          "==",       ">",           ">=",       "boolean",
+                              "callable", "defined",  "divisibleby", "eq",       "equalto",     "escaped",  "even",
+                              "false",    "filter",   "float",       "ge",       "greaterthan", "gt",       "in",
+                              "integer",  "iterable", "le",          "lessthan", "lower",       "lt",       "mapping",
+                              "ne",       "none",     "number",      "odd",      "sameas",      "sequence", "string",
+                              "test",     "true",     "undefined",   "upper"};
 
 }  // namespace
 
@@ -40,7 +41,8 @@ bool apply_test(Evaluator& ev, const std::string& t, const Value& v, CallArgs& a
   if (t == "number") return v.is_number();
   if (t == "callable") return v.is(Type::Callable);
   if (t == "iterable") return v.is_undefined() || v.is_str() || v.is(Type::List) || v.is(Type::Dict);
-  if (t == "sequence") return v.is_undefined() || v.is_str() || (v.is(Type::List) && v.list().kind != List::Iterator) || v.is(Type::Dict);
+  if (t == "sequence")
+    return v.is_undefined() || v.is_str() || (v.is(Type::List) && v.list().kind != List::Iterator) || v.is(Type::Dict);
   if (t == "escaped") return false;
   if (t == "lower" || t == "upper") {
     const std::string s = py_str(v, ev.budget)->s;
@@ -48,7 +50,8 @@ bool apply_test(Evaluator& ev, const std::string& t, const Value& v, CallArgs& a
     return truthy(ev.call(getattr(ev, Value::text(s), t == "lower" ? "islower" : "isupper"), none));
   }
   if (t == "odd" || t == "even" || t == "divisibleby") {
-    if (!v.defined().is_number()) fail(std::string("unsupported operand type(s) for %: '") + type_name(v) + "' and 'int'");
+    if (!v.defined().is_number())
+      fail(std::string("unsupported operand type(s) for %: '") + type_name(v) + "' and 'int'");
     Value divisor = t == "divisibleby" ? arg().defined() : Value::integer(2);
     Value rem = binary_op(ev, "%", v, divisor);
     return t == "odd" ? truthy(rem) : !truthy(rem);
@@ -65,7 +68,8 @@ bool apply_test(Evaluator& ev, const std::string& t, const Value& v, CallArgs& a
     if (v.type() != o.type()) return false;
     if (v.is_none() || v.is_undefined()) return true;
     if (v.is(Type::Bool)) return std::get<bool>(v.v) == std::get<bool>(o.v);
-    if (v.is(Type::Int)) return v.as_int() == o.as_int() && v.as_int() >= -5 && v.as_int() <= 256;  // CPython's small ints
+    if (v.is(Type::Int))
+      return v.as_int() == o.as_int() && v.as_int() >= -5 && v.as_int() <= 256;  // CPython's small ints
     if (v.is_str()) return v.str_ptr() == o.str_ptr();
     if (v.is(Type::List)) return std::get<ListPtr>(v.v) == std::get<ListPtr>(o.v);
     if (v.is(Type::Dict)) return std::get<DictPtr>(v.v) == std::get<DictPtr>(o.v);

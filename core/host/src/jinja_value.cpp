@@ -68,7 +68,8 @@ static void check_depth(int depth, const Budget& budget) {
 }
 
 Value make_list(std::vector<Value> items, List::Kind kind, const Budget& budget) {
-  if (items.size() > budget.max_string / 16) fail("a list grew past " + std::to_string(budget.max_string / 16) + " items");
+  if (items.size() > budget.max_string / 16)
+    fail("a list grew past " + std::to_string(budget.max_string / 16) + " items");
   auto list = std::make_shared<List>();
   for (const auto& item : items) list->depth = std::max(list->depth, child_depth(item) + 1);
   check_depth(list->depth, budget);
@@ -164,8 +165,7 @@ bool py_isspace(char32_t c) {
 // ---- StrBuilder ----
 
 void StrBuilder::reserve_more(std::size_t n) {
-  if (out_.s.size() + n > max_)
-    fail("a string grew past " + std::to_string(max_) + " bytes");
+  if (out_.s.size() + n > max_) fail("a string grew past " + std::to_string(max_) + " bytes");
   budget_->charge_bytes(n);
 }
 
@@ -200,7 +200,9 @@ void StrBuilder::copy(const Str& src, std::size_t begin, std::size_t end) {
   budget_->charge(src.spans.size());
   for (const Span& span : src.spans) {
     std::size_t b = std::max(span.begin, begin), e = std::min(span.end, end);
-    if (b < e) push_span(Span{b - begin + at, e - begin + at, span.message, span.kind, span.source, span.offset + (b - span.begin)});
+    if (b < e)
+      push_span(
+          Span{b - begin + at, e - begin + at, span.message, span.kind, span.source, span.offset + (b - span.begin)});
   }
 }
 
@@ -214,16 +216,26 @@ StrPtr StrBuilder::done() { return std::make_shared<const Str>(std::move(out_));
 
 const char* type_name(const Value& v) {
   switch (v.type()) {
-    case Type::Undefined: return "Undefined";
-    case Type::None: return "NoneType";
-    case Type::Bool: return "bool";
-    case Type::Int: return "int";
-    case Type::Float: return "float";
-    case Type::Str: return "str";
-    case Type::List: return v.list().kind == List::Tuple ? "tuple" : v.list().kind == List::Iterator ? "generator" : "list";
-    case Type::Dict: return "dict";
-    case Type::Namespace: return "Namespace";
-    case Type::Callable: return "function";
+    case Type::Undefined:
+      return "Undefined";
+    case Type::None:
+      return "NoneType";
+    case Type::Bool:
+      return "bool";
+    case Type::Int:
+      return "int";
+    case Type::Float:
+      return "float";
+    case Type::Str:
+      return "str";
+    case Type::List:
+      return v.list().kind == List::Tuple ? "tuple" : v.list().kind == List::Iterator ? "generator" : "list";
+    case Type::Dict:
+      return "dict";
+    case Type::Namespace:
+      return "Namespace";
+    case Type::Callable:
+      return "function";
   }
   return "object";
 }
@@ -231,14 +243,22 @@ const char* type_name(const Value& v) {
 bool truthy(const Value& v) {
   switch (v.type()) {
     case Type::Undefined:
-    case Type::None: return false;
-    case Type::Bool: return std::get<bool>(v.v);
-    case Type::Int: return std::get<std::int64_t>(v.v) != 0;
-    case Type::Float: return std::get<double>(v.v) != 0.0;
-    case Type::Str: return !v.str().s.empty();
-    case Type::List: return v.list().kind == List::Iterator || !v.list().items.empty();
-    case Type::Dict: return !v.dict().items.empty();
-    default: return true;
+    case Type::None:
+      return false;
+    case Type::Bool:
+      return std::get<bool>(v.v);
+    case Type::Int:
+      return std::get<std::int64_t>(v.v) != 0;
+    case Type::Float:
+      return std::get<double>(v.v) != 0.0;
+    case Type::Str:
+      return !v.str().s.empty();
+    case Type::List:
+      return v.list().kind == List::Iterator || !v.list().items.empty();
+    case Type::Dict:
+      return !v.dict().items.empty();
+    default:
+      return true;
   }
 }
 
@@ -258,8 +278,10 @@ bool equals(const Value& a, const Value& b, int depth) {
   if (a.type() != b.type()) return false;
   switch (a.type()) {
     case Type::Undefined:
-    case Type::None: return true;
-    case Type::Str: return a.str().s == b.str().s;
+    case Type::None:
+      return true;
+    case Type::Str:
+      return a.str().s == b.str().s;
     case Type::List: {
       const List &x = a.list(), &y = b.list();
       if (x.kind == List::Iterator || y.kind == List::Iterator) return &x == &y;
@@ -277,9 +299,12 @@ bool equals(const Value& a, const Value& b, int depth) {
       }
       return true;
     }
-    case Type::Namespace: return std::get<NsPtr>(a.v) == std::get<NsPtr>(b.v);
-    case Type::Callable: return std::get<FnPtr>(a.v) == std::get<FnPtr>(b.v);
-    default: return false;
+    case Type::Namespace:
+      return std::get<NsPtr>(a.v) == std::get<NsPtr>(b.v);
+    case Type::Callable:
+      return std::get<FnPtr>(a.v) == std::get<FnPtr>(b.v);
+    default:
+      return false;
   }
 }
 
@@ -376,8 +401,12 @@ static void repr_into(std::string& out, const Value& v, Budget& budget, int dept
   budget.charge(1);
   if (out.size() > budget.max_string) fail("a string grew past " + std::to_string(budget.max_string) + " bytes");
   switch (v.type()) {
-    case Type::Undefined: out += "Undefined"; return;
-    case Type::Str: repr_string(out, v.str().s); return;
+    case Type::Undefined:
+      out += "Undefined";
+      return;
+    case Type::Str:
+      repr_string(out, v.str().s);
+      return;
     case Type::List: {
       const List& l = v.list();
       if (l.kind == List::Iterator) {
@@ -408,7 +437,9 @@ static void repr_into(std::string& out, const Value& v, Budget& budget, int dept
       if (v.is(Type::Namespace)) out += '>';
       return;
     }
-    default: out += py_str(v, budget)->s; return;
+    default:
+      out += py_str(v, budget)->s;
+      return;
   }
 }
 
@@ -421,14 +452,22 @@ std::string py_repr(const Value& v, Budget& budget) {
 
 StrPtr py_str(const Value& v, Budget& budget) {
   switch (v.type()) {
-    case Type::Str: return v.str_ptr();
-    case Type::Undefined: return Value::text("").str_ptr();
-    case Type::None: return Value::text("None").str_ptr();
-    case Type::Bool: return Value::text(std::get<bool>(v.v) ? "True" : "False").str_ptr();
-    case Type::Int: return Value::text(std::to_string(std::get<std::int64_t>(v.v))).str_ptr();
-    case Type::Float: return Value::text(py_float(std::get<double>(v.v))).str_ptr();
-    case Type::Callable: return Value::text("<function " + std::get<FnPtr>(v.v)->name + ">").str_ptr();
-    default: return Value::text(py_repr(v, budget)).str_ptr();
+    case Type::Str:
+      return v.str_ptr();
+    case Type::Undefined:
+      return Value::text("").str_ptr();
+    case Type::None:
+      return Value::text("None").str_ptr();
+    case Type::Bool:
+      return Value::text(std::get<bool>(v.v) ? "True" : "False").str_ptr();
+    case Type::Int:
+      return Value::text(std::to_string(std::get<std::int64_t>(v.v))).str_ptr();
+    case Type::Float:
+      return Value::text(py_float(std::get<double>(v.v))).str_ptr();
+    case Type::Callable:
+      return Value::text("<function " + std::get<FnPtr>(v.v)->name + ">").str_ptr();
+    default:
+      return Value::text(py_repr(v, budget)).str_ptr();
   }
 }
 

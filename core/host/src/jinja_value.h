@@ -110,7 +110,7 @@ struct List {
 
 struct Dict {
   std::vector<std::pair<std::string, Value>> items;  // insertion order, as Python's dicts
-  int message = -1;  // >= 0: this dict is context["messages"][message] (jinja.h: turns)
+  int message = -1;                                  // >= 0: this dict is context["messages"][message] (jinja.h: turns)
   int depth = 1;
   const Value* find(std::string_view key) const;
   void set(std::string key, Value value);

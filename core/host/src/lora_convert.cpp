@@ -25,13 +25,16 @@ namespace {
 LoadedModel load_lora_run(const std::string& run, PluginHost& host, const char* command) {
   LoadedModel lm = load_model_from_checkpoint(run, host);
   if (!lm.model->lora())
-    throw Error(std::string("convert ") + command + ": " + lm.file + " has no LoRA adapters (its model.lora.rank is 0); " +
+    throw Error(std::string("convert ") + command + ": " + lm.file +
+                " has no LoRA adapters (its model.lora.rank is 0); " +
                 "a run without them exports with convert hf-export as it is");
   return lm;
 }
 
 // The folder a checkpoint file or run folder names.
-fs::path run_folder(const std::string& run) { return fs::is_directory(run) ? fs::path(run) : fs::path(run).parent_path(); }
+fs::path run_folder(const std::string& run) {
+  return fs::is_directory(run) ? fs::path(run) : fs::path(run).parent_path();
+}
 
 }  // namespace
 
@@ -39,8 +42,8 @@ std::string merge_lora(const std::string& run, const std::string& out_dir, Plugi
   LoadedModel lm = load_lora_run(run, host, "merge-lora");
   const LoraAdapters& lora = *lm.model->lora();
   // The same experiment without adapters: its model, config.yaml and checkpoint are a plain run's.
-  const Experiment plain = parse_experiment(lm.experiment.resolved_yaml, "checkpoint " + lm.file, "", {"model.lora.rank=0"},
-                                            host, PluginPaths::Ignore);
+  const Experiment plain = parse_experiment(lm.experiment.resolved_yaml, "checkpoint " + lm.file, "",
+                                            {"model.lora.rank=0"}, host, PluginPaths::Ignore);
   LMModel merged(plain.model_config(lm.tokenizer->vocab_size()), host.registry());
   TensorMap tensors = model_tensors(*lm.model, "model.");
   for (const auto& [name, w] : lora.merged_weights()) tensors["model." + name] = w;
@@ -91,20 +94,23 @@ std::string peft_export(const std::string& run, const std::string& out_dir, Plug
   for (const auto& s : lora.sites()) {
     auto it = parts.find(s.name + ".weight");
     if (it == parts.end())
-      throw Error("convert peft-export: the adapted layer " + s.name + " has no counterpart in " + found.architecture->name +
-                  "; adapt only layers hf-export writes (model.lora.targets)");
+      throw Error("convert peft-export: the adapted layer " + s.name + " has no counterpart in " +
+                  found.architecture->name + "; adapt only layers hf-export writes (model.lora.targets)");
     const at::Tensor A = s.A.detach().to(at::kCPU, at::kFloat).contiguous(), B = s.B.detach().to(at::kCPU, at::kFloat);
     for (const auto& part : it->second) {
       if (part.layout == HFLayout::Conv)
-        throw Error("convert peft-export: " + s.name + " is a convolution in " + found.architecture->name + "; PEFT's LoRA for it is not written");
+        throw Error("convert peft-export: " + s.name + " is a convolution in " + found.architecture->name +
+                    "; PEFT's LoRA for it is not written");
       const int t = part.layout == HFLayout::Transposed ? 1 : 0;
       if (transposed >= 0 && transposed != t)
-        throw Error("convert peft-export: " + found.architecture->name + " mixes Linear and Conv1D layers among the adapted ones; " +
+        throw Error("convert peft-export: " + found.architecture->name +
+                    " mixes Linear and Conv1D layers among the adapted ones; " +
                     "PEFT takes one fan_in_fan_out: adapt one kind (model.lora.targets)");
       transposed = t;
       const std::string module = part.hf_name.substr(0, part.hf_name.rfind(".weight"));
       out["base_model.model." + module + ".lora_A.weight"] = A.clone();
-      out["base_model.model." + module + ".lora_B.weight"] = (part.rows < 0 ? B : B.narrow(0, part.row, part.rows)).contiguous();
+      out["base_model.model." + module + ".lora_B.weight"] =
+          (part.rows < 0 ? B : B.narrow(0, part.row, part.rows)).contiguous();
       targets.push_back(module);
     }
   }

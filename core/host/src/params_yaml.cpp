@@ -26,13 +26,20 @@ std::string value_to_yaml(const ParamValue& v) {
     return out + "]";
   };
   switch (v.type) {
-    case ParamType::Int: return std::to_string(v.i);
-    case ParamType::Float: return number_text(v.f);
-    case ParamType::Bool: return v.b ? "true" : "false";
-    case ParamType::String: return quote(v.s);
-    case ParamType::IntList: return join(v.ilist, [](int64_t v) { return std::to_string(v); });
-    case ParamType::FloatList: return join(v.flist, [](double x) { return number_text(x); });
-    case ParamType::StringList: return join(v.slist, quote);
+    case ParamType::Int:
+      return std::to_string(v.i);
+    case ParamType::Float:
+      return number_text(v.f);
+    case ParamType::Bool:
+      return v.b ? "true" : "false";
+    case ParamType::String:
+      return quote(v.s);
+    case ParamType::IntList:
+      return join(v.ilist, [](int64_t v) { return std::to_string(v); });
+    case ParamType::FloatList:
+      return join(v.flist, [](double x) { return number_text(x); });
+    case ParamType::StringList:
+      return join(v.slist, quote);
   }
   return "";
 }

@@ -64,8 +64,9 @@ void PluginHost::load_dir(const std::string& dir) {
       // Loading a library runs its static initialisers: a library that is not a plugin (a copy of
       // libc10.so, say) is passed over, unloaded, with a warning, rather than given that chance.
       if (!elf_exports_symbol(f, LINEARNEXUS_PLUGIN_ENTRY_SYMBOL)) {
-        log_warn(f + ": skipped: it exports no '" LINEARNEXUS_PLUGIN_ENTRY_SYMBOL "' entry point, so it is not a "
-                 "LinearNexus plugin (move it out of the plugin folder to silence this)");
+        log_warn(f + ": skipped: it exports no '" LINEARNEXUS_PLUGIN_ENTRY_SYMBOL
+                     "' entry point, so it is not a "
+                     "LinearNexus plugin (move it out of the plugin folder to silence this)");
         continue;
       }
       load_exporting_file(f);
@@ -109,8 +110,13 @@ void PluginHost::load_exporting_file(const std::string& path) {
     throw Error(file + ": built against LibTorch " + torch_version + ", but this LinearNexus uses LibTorch " +
                 LINEARNEXUS_TORCH_VERSION + "; rebuild the plugin against this LibTorch");
 
-  LoadedPlugin lp{file, info->name ? info->name : "?", info->version ? info->version : "?",
-                  info->description ? info->description : "", {}, info->abi_version, torch_version};
+  LoadedPlugin lp{file,
+                  info->name ? info->name : "?",
+                  info->version ? info->version : "?",
+                  info->description ? info->description : "",
+                  {},
+                  info->abi_version,
+                  torch_version};
   for (const auto& p : plugins_)
     if (p.name == lp.name)
       throw Error(file + ": plugin '" + lp.name + "' is already loaded from " + p.file +

@@ -33,7 +33,8 @@ namespace {
 int64_t failed_allocation(const std::exception& e) {
   if (dynamic_cast<const std::bad_alloc*>(&e)) return 0;
   const std::string msg = e.what();
-  if (msg.find("can't allocate memory") == std::string::npos && msg.find("out of memory") == std::string::npos) return -1;
+  if (msg.find("can't allocate memory") == std::string::npos && msg.find("out of memory") == std::string::npos)
+    return -1;
   const auto at = msg.find("allocate ", msg.find("tried to"));
   return at == std::string::npos ? 0 : std::atoll(msg.c_str() + at + 9);
 }
@@ -58,7 +59,8 @@ std::string keys_sizing(const ModelConfig& c, int64_t bytes) {
 
 // The model's fp32 weights alone against this machine's memory: run would fail to allocate them (or be
 // killed touching them). Each layer counted as the one built of its kind.
-void check_model_fits(const ModelConfig& c, const std::map<std::string, int64_t>& layer_numel, const std::string& source) {
+void check_model_fits(const ModelConfig& c, const std::map<std::string, int64_t>& layer_numel,
+                      const std::string& source) {
   const auto& d = c.dims;
   const double embedding = static_cast<double>(d.vocab_size) * static_cast<double>(d.hidden_size);
   double n = embedding * (c.tie_embeddings ? 1 : 2);
@@ -71,17 +73,18 @@ void check_model_fits(const ModelConfig& c, const std::map<std::string, int64_t>
   if (memory <= 0 || bytes <= memory) return;
   const std::string keys = embedding > layers ? keys_sizing(c, static_cast<int64_t>(4 * embedding)) : keys_sizing(c, 0);
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%.3g parameters, %.1f GiB in fp32, where this machine has %.1f GiB", n, bytes / (1 << 30),
-                memory / (1 << 30));
-  throw Error(source + ": building the model needs more memory than this machine has (its weights alone: " + buf + "; " +
-              keys + " ask for it)");
+  std::snprintf(buf, sizeof buf, "%.3g parameters, %.1f GiB in fp32, where this machine has %.1f GiB", n,
+                bytes / (1 << 30), memory / (1 << 30));
+  throw Error(source + ": building the model needs more memory than this machine has (its weights alone: " + buf +
+              "; " + keys + " ask for it)");
 }
 
 // trainer.out_dir as run will use it: a folder (or one that can be made), not in use by another run.
 void check_out_dir(const std::string& dir) {
   std::error_code ec;
   if (fs::exists(dir, ec)) {
-    if (!fs::is_directory(dir, ec)) throw Error("trainer.out_dir: cannot create '" + dir + "': it exists and is not a folder");
+    if (!fs::is_directory(dir, ec))
+      throw Error("trainer.out_dir: cannot create '" + dir + "': it exists and is not a folder");
     if (::access(dir.c_str(), W_OK) != 0) throw Error("trainer.out_dir: '" + dir + "' is not writable");
     check_run_folder_free(dir);
     return;
@@ -139,8 +142,8 @@ void check_same_tokenizer(const Tokenizer& ckpt, const std::string& file, const 
                     (ckpt.kind() == "char" ? ckpt.to_json() == own.to_json() : ckpt.vocab_size() == own.vocab_size());
   if (!same)
     throw Error(exp.source + ": data.path " + data_desc + " is tokenized with a " + own.kind() + " tokenizer of " +
-                std::to_string(own.vocab_size()) + " tokens, but checkpoint " + file + " was trained with a " + ckpt.kind() +
-                " tokenizer of " + std::to_string(ckpt.vocab_size()) +
+                std::to_string(own.vocab_size()) + " tokens, but checkpoint " + file + " was trained with a " +
+                ckpt.kind() + " tokenizer of " + std::to_string(ckpt.vocab_size()) +
                 "; prepare the data with the checkpoint's tokenizer, or start a fresh run (another out_dir)");
 }
 
@@ -164,7 +167,9 @@ void preflight(const Experiment& exp, PluginHost& host) {
   std::shared_ptr<Task> task;
   if (!exp.task_name.empty() || exp.data.path == "task") task = make_experiment_task(exp, registry);
   const std::string task_text =
-      exp.data.path == "task" ? task->sft_text(exp.task.has("sft_examples") ? exp.task.get_int("sft_examples") : 20000, 0x5f7) : "";
+      exp.data.path == "task"
+          ? task->sft_text(exp.task.has("sft_examples") ? exp.task.get_int("sft_examples") : 20000, 0x5f7)
+          : "";
   std::string data_desc;
   auto data_tokenizer = preview_data(exp.data, exp.base_dir, tokenizer, task_text, &data_desc);
   if (tokenizer && data_tokenizer) check_same_tokenizer(*tokenizer, ck->file(), exp, *data_tokenizer, data_desc);

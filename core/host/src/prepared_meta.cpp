@@ -11,7 +11,8 @@ namespace linearnexus {
 namespace {
 
 [[noreturn]] void bad(const std::string& meta_path, const std::string& what) {
-  throw Error("prepared data: " + meta_path + ": " + what + "; the folder is corrupt or edited: run `linearnexus data prepare` again");
+  throw Error("prepared data: " + meta_path + ": " + what +
+              "; the folder is corrupt or edited: run `linearnexus data prepare` again");
 }
 
 PreparedSplit read_split(const json& meta, const char* name, const std::string& path) {

@@ -16,9 +16,9 @@ struct PreparedSplit {
 };
 
 struct PreparedMeta {
-  int width = 2;                // bytes per token: 2 (uint16) or 4 (uint32)
+  int width = 2;  // bytes per token: 2 (uint16) or 4 (uint32)
   int64_t vocab_size = 0;
-  std::string tokenizer_json;   // for tokenizer_from_json
+  std::string tokenizer_json;  // for tokenizer_from_json
   PreparedSplit train, val;
 };
 

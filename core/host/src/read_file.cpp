@@ -25,9 +25,12 @@ std::string type_of(mode_t mode) {
 
 std::string bytes_text(uint64_t n) {
   char buf[32];
-  if (n >= (uint64_t{1} << 30)) std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(n) / (1 << 30));
-  else if (n >= (uint64_t{1} << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(n) / (1 << 20));
-  else std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(n));
+  if (n >= (uint64_t{1} << 30))
+    std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(n) / (1 << 30));
+  else if (n >= (uint64_t{1} << 20))
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(n) / (1 << 20));
+  else
+    std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(n));
   return buf;
 }
 }  // namespace
@@ -50,8 +53,8 @@ RegularFile::RegularFile(std::string path, const FileKind& kind) : path_(std::mo
   size_ = static_cast<uint64_t>(st.st_size);
   if (kind.max_bytes > 0 && size_ > kind.max_bytes) {
     ::close(fd_);
-    throw Error(name + " is " + bytes_text(size_) + ", over the " + bytes_text(kind.max_bytes) + " limit for " + kind.what +
-                "s; is it the right file?");
+    throw Error(name + " is " + bytes_text(size_) + ", over the " + bytes_text(kind.max_bytes) + " limit for " +
+                kind.what + "s; is it the right file?");
   }
   // Regular files ignore O_NONBLOCK; cleared anyway so reads mean exactly what they say.
   const int flags = ::fcntl(fd_, F_GETFL);

@@ -56,7 +56,8 @@ std::string optim_prefix(const std::string& group) { return group.empty() ? "opt
 std::string resolve_checkpoint(const std::string& p) {
   if (fs::is_directory(p)) {
     fs::path latest = fs::path(p) / "latest.safetensors";
-    if (!fs::exists(latest)) throw Error("'" + p + "' holds no latest.safetensors checkpoint (has the run saved one yet?)");
+    if (!fs::exists(latest))
+      throw Error("'" + p + "' holds no latest.safetensors checkpoint (has the run saved one yet?)");
     return latest.string();
   }
   if (!fs::exists(p)) throw Error("checkpoint '" + p + "' does not exist");
@@ -82,12 +83,14 @@ void load_model_tensors(torch::nn::Module& model, const TensorMap& tensors, cons
                   "' (was it made with another model config?)");
     if (it->second.sizes() != dst.sizes())
       throw Error("checkpoint '" + source + "' does not match the model: tensor '" + prefix + name + "' is " +
-                  shape_text(it->second.sizes()) + " in the checkpoint but " + shape_text(dst.sizes()) + " in the model");
+                  shape_text(it->second.sizes()) + " in the checkpoint but " + shape_text(dst.sizes()) +
+                  " in the model");
     // copy_ would convert silently: a tensor relabelled to another dtype of the same width reads as
     // garbage numbers of the right size.
     if (it->second.scalar_type() != dst.scalar_type())
-      throw Error("checkpoint " + source + ": tensor '" + prefix + name + "' is " + c10::toString(it->second.scalar_type()) +
-                  ", but the model's is " + c10::toString(dst.scalar_type()) + "; the file is corrupt or edited: use another checkpoint");
+      throw Error("checkpoint " + source + ": tensor '" + prefix + name + "' is " +
+                  c10::toString(it->second.scalar_type()) + ", but the model's is " + c10::toString(dst.scalar_type()) +
+                  "; the file is corrupt or edited: use another checkpoint");
     check_finite(it->second, prefix + name, source);
     dst.copy_(it->second);
     return 1;
@@ -97,13 +100,14 @@ void load_model_tensors(torch::nn::Module& model, const TensorMap& tensors, cons
   for (auto& kv : model.named_buffers()) loaded += load(kv.key(), kv.value());
   // A tensor under the prefix that the module does not have: a file for another model, or edited.
   size_t under_prefix = 0;
-  for (auto it = tensors.lower_bound(prefix); it != tensors.end() && it->first.rfind(prefix, 0) == 0; ++it) ++under_prefix;
+  for (auto it = tensors.lower_bound(prefix); it != tensors.end() && it->first.rfind(prefix, 0) == 0; ++it)
+    ++under_prefix;
   if (under_prefix != loaded) {
     const auto own = model_tensors(model, prefix);
     for (auto it = tensors.lower_bound(prefix); it != tensors.end() && it->first.rfind(prefix, 0) == 0; ++it)
       if (!own.count(it->first))
-        throw Error("checkpoint " + source + ": tensor '" + it->first + "' is not part of the model (was it made with " +
-                    "another model config, or edited?)");
+        throw Error("checkpoint " + source + ": tensor '" + it->first +
+                    "' is not part of the model (was it made with " + "another model config, or edited?)");
   }
 }
 
@@ -130,8 +134,10 @@ RunCheckpoint RunCheckpoint::read(const std::string& run_dir_or_file, bool heade
   RunCheckpoint c;
   c.file_ = resolve_checkpoint(run_dir_or_file);
   SafetensorsFile f;
-  if (header_only) f.metadata = read_safetensors_metadata(c.file_);
-  else f = load_safetensors(c.file_);
+  if (header_only)
+    f.metadata = read_safetensors_metadata(c.file_);
+  else
+    f = load_safetensors(c.file_);
   c.step_ = step_entry(f.metadata, c.file_);
   c.config_yaml_ = entry(f.metadata, "config", c.file_);
   c.tokenizer_json_ = entry(f.metadata, "tokenizer", c.file_);
@@ -142,8 +148,9 @@ RunCheckpoint RunCheckpoint::read(const std::string& run_dir_or_file, bool heade
     const bool known = k.rfind("model.", 0) == 0 || k.rfind("optim.", 0) == 0 || k.rfind("extra.", 0) == 0 ||
                        k == "rng.cpu" || k == "rng.cuda";
     if (!known)
-      throw Error("checkpoint " + c.file_ + ": tensor '" + k + "' is not one a run writes (model.*, optim.*, extra.*, " +
-                  "rng.cpu, rng.cuda); the file was edited or made by another program: use a checkpoint of a linearnexus run");
+      throw Error(
+          "checkpoint " + c.file_ + ": tensor '" + k + "' is not one a run writes (model.*, optim.*, extra.*, " +
+          "rng.cpu, rng.cuda); the file was edited or made by another program: use a checkpoint of a linearnexus run");
     if (k.rfind("optim.", 0) == 0 || k.rfind("extra.", 0) == 0) check_finite(v, k, c.file_);
   }
   c.tensors_ = std::move(f.tensors);
@@ -188,7 +195,8 @@ void RunCheckpoint::check_plugins(const PluginHost& host) const {
   for (auto it = plugins.begin(); plugins.is_object() && it != plugins.end(); ++it)
     if (!it->is_object() || text(*it, "plugin").empty() || text(*it, "version").empty()) plugins = nullptr;
   if (!plugins.is_object())
-    throw Error("checkpoint " + file_ + ": metadata 'plugins' is not a map of {plugin, version} entries; the file is "
+    throw Error("checkpoint " + file_ +
+                ": metadata 'plugins' is not a map of {plugin, version} entries; the file is "
                 "corrupt or edited: use another checkpoint of the run");
   for (auto it = plugins.begin(); it != plugins.end(); ++it) {
     const std::string block = it.key().substr(it.key().find(':') + 1);
@@ -234,9 +242,10 @@ void RunCheckpoint::load_optimizer(Optimizer& optimizer, const at::Device& devic
   for (const auto& [k, v] : optimizer.state_dict()) {
     auto it = state.find(k);
     if (it != state.end() && (it->second.sizes() != v.sizes() || it->second.scalar_type() != v.scalar_type()))
-      throw Error("checkpoint " + file_ + ": tensor '" + prefix + k + "' is " + c10::toString(it->second.scalar_type()) +
-                  " " + shape_text(it->second.sizes()) + ", but the optimizer's is " + c10::toString(v.scalar_type()) +
-                  " " + shape_text(v.sizes()) + "; was it saved by another optimizer or model config? (the file may be corrupt)");
+      throw Error("checkpoint " + file_ + ": tensor '" + prefix + k + "' is " +
+                  c10::toString(it->second.scalar_type()) + " " + shape_text(it->second.sizes()) +
+                  ", but the optimizer's is " + c10::toString(v.scalar_type()) + " " + shape_text(v.sizes()) +
+                  "; was it saved by another optimizer or model config? (the file may be corrupt)");
   }
   // The optimizer validates its own state (every entry present, none unknown, counts >= 0, second
   // moments >= 0); its errors name the entry by its key under `prefix`.
@@ -285,11 +294,13 @@ void RunCheckpoint::restore_rng(const at::Device& device) const {
   // starts a fresh run from the weights. A missing rng.cuda is allowed: a run saved on the CPU may
   // resume on a GPU (its draws then differ, as any change of device makes them).
   if (!tensors_.count("rng.cpu"))
-    throw Error("checkpoint " + file_ + ": it has no 'rng.cpu' tensor (the random generator's state, which every " +
-                "checkpoint a run saves holds), so the run could not continue exactly; the file was edited or made by " +
-                "another program: use another checkpoint of the run, or start afresh from its weights with trainer.init_from");
+    throw Error(
+        "checkpoint " + file_ + ": it has no 'rng.cpu' tensor (the random generator's state, which every " +
+        "checkpoint a run saves holds), so the run could not continue exactly; the file was edited or made by " +
+        "another program: use another checkpoint of the run, or start afresh from its weights with trainer.init_from");
   set_rng_state(tensors_.at("rng.cpu"), at::kCPU, "checkpoint " + file_);
-  if (device.is_cuda() && tensors_.count("rng.cuda")) set_rng_state(tensors_.at("rng.cuda"), device, "checkpoint " + file_);
+  if (device.is_cuda() && tensors_.count("rng.cuda"))
+    set_rng_state(tensors_.at("rng.cuda"), device, "checkpoint " + file_);
 }
 
 // ---- CheckpointManager ------------------------------------------------------------------------
@@ -364,7 +375,8 @@ LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, Plugi
   ck.check_plugins(host);
   lm.experiment = parse_experiment(ck.config_yaml(), "checkpoint " + lm.file, "", overrides, host, PluginPaths::Ignore);
   lm.tokenizer = ck.tokenizer();
-  lm.model = build_model(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry(), "checkpoint " + lm.file);
+  lm.model =
+      build_model(lm.experiment.model_config(lm.tokenizer->vocab_size()), host.registry(), "checkpoint " + lm.file);
   ck.load_model(*lm.model);
   const at::Device dev = resolve_device(device);
   lm.model->to(dev);

@@ -96,8 +96,9 @@ const ThreadChoice& thread_choice() { return g_threads; }
 
 std::string ThreadChoice::describe() const {
   return std::to_string(threads) + " CPU threads (" +
-         (source.empty() ? std::string("the physical cores; LINEARNEXUS_NUM_THREADS or OMP_NUM_THREADS sets another number")
-                         : "from " + source) +
+         (source.empty()
+              ? std::string("the physical cores; LINEARNEXUS_NUM_THREADS or OMP_NUM_THREADS sets another number")
+              : "from " + source) +
          ")";
 }
 
@@ -116,8 +117,9 @@ at::Device resolve_device(const std::string& device) {
   if (device == "cpu") return at::kCPU;
   const bool cuda = at::hasCUDA();
   if (device == "cuda" && !cuda)
-    throw Error("device: cuda was asked for, but this LibTorch sees no CUDA device (a CPU-only build, or no GPU/driver "
-                "here); use device: cpu or device: auto");
+    throw Error(
+        "device: cuda was asked for, but this LibTorch sees no CUDA device (a CPU-only build, or no GPU/driver "
+        "here); use device: cpu or device: auto");
   return cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
 }
 

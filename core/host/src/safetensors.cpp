@@ -23,9 +23,8 @@ namespace {
 
 const std::vector<std::pair<std::string, at::ScalarType>>& dtype_names() {
   static const std::vector<std::pair<std::string, at::ScalarType>> t = {
-      {"F32", at::kFloat}, {"F64", at::kDouble}, {"F16", at::kHalf},  {"BF16", at::kBFloat16},
-      {"I64", at::kLong},  {"I32", at::kInt},    {"I16", at::kShort}, {"I8", at::kChar},
-      {"U8", at::kByte},   {"BOOL", at::kBool}};
+      {"F32", at::kFloat}, {"F64", at::kDouble}, {"F16", at::kHalf}, {"BF16", at::kBFloat16}, {"I64", at::kLong},
+      {"I32", at::kInt},   {"I16", at::kShort},  {"I8", at::kChar},  {"U8", at::kByte},       {"BOOL", at::kBool}};
   return t;
 }
 std::string dtype_to_name(at::ScalarType t) {
@@ -105,12 +104,14 @@ SafetensorsFile load_safetensors(const std::string& path) {
   SafetensorsFile out;
   out.metadata = std::move(header.metadata);
   for (const auto& span : header.tensors) {
-    auto d = std::find_if(dtype_names().begin(), dtype_names().end(), [&](const auto& p) { return p.first == span.dtype; });
+    auto d =
+        std::find_if(dtype_names().begin(), dtype_names().end(), [&](const auto& p) { return p.first == span.dtype; });
     auto t = at::empty(span.shape, at::TensorOptions().dtype(d->second));
     try {
       f->read_at(header.data_start + span.begin, span.end - span.begin, static_cast<char*>(t.data_ptr()));
     } catch (const Error&) {
-      throw Error("checkpoint " + path + ": tensor '" + span.name + "' could not be read (was the file truncated while loading?)");
+      throw Error("checkpoint " + path + ": tensor '" + span.name +
+                  "' could not be read (was the file truncated while loading?)");
     }
     out.tensors[span.name] = t;
   }

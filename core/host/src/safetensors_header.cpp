@@ -114,8 +114,9 @@ SafetensorsHeader read_safetensors_header(std::istream& in, uint64_t file_size, 
   // Two tensors sharing bytes would alias in a writer that trusts them; safetensors forbids it.
   std::vector<const TensorSpan*> by_offset;
   for (const auto& t : h.tensors) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorSpan* a, const TensorSpan* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorSpan* a, const TensorSpan* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
   for (size_t i = 1; i < by_offset.size(); ++i)
     if (by_offset[i]->begin < by_offset[i - 1]->end)
       corrupt(path, "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' overlap in the file");
@@ -126,12 +127,13 @@ SafetensorsHeader read_safetensors_header(std::istream& in, uint64_t file_size, 
   for (const TensorSpan* t : by_offset) {
     if (t->begin == t->end) continue;
     if (t->begin != covered)
-      corrupt(path, "its data section has " + std::to_string(t->begin - covered) + " bytes that no tensor owns before tensor '" +
-                        t->name + "'");
+      corrupt(path, "its data section has " + std::to_string(t->begin - covered) +
+                        " bytes that no tensor owns before tensor '" + t->name + "'");
     covered = t->end;
   }
   if (covered != data_bytes)
-    corrupt(path, "its data section has " + std::to_string(data_bytes - covered) + " trailing bytes after the last tensor");
+    corrupt(path,
+            "its data section has " + std::to_string(data_bytes - covered) + " trailing bytes after the last tensor");
   return h;
 }
 

@@ -11,15 +11,15 @@ namespace linearnexus {
 
 struct TensorSpan {
   std::string name;
-  std::string dtype;           // a safetensors dtype name: F32, BF16, I64, ...
-  std::vector<int64_t> shape;  // every dimension >= 0
-  uint64_t begin = 0, end = 0; // byte offsets from the start of the data section
+  std::string dtype;            // a safetensors dtype name: F32, BF16, I64, ...
+  std::vector<int64_t> shape;   // every dimension >= 0
+  uint64_t begin = 0, end = 0;  // byte offsets from the start of the data section
 };
 
 struct SafetensorsHeader {
   std::vector<TensorSpan> tensors;  // in the header's (sorted-by-name) order
   std::map<std::string, std::string> metadata;
-  uint64_t data_start = 0;          // 8 + header length
+  uint64_t data_start = 0;  // 8 + header length
 };
 
 // The longest header read (as Python's safetensors).

@@ -56,7 +56,7 @@ at::Tensor sample_tokens(const at::Tensor& logits_in, const SamplingParams& p, c
   // Inverse CDF: the first token whose cumulative probability reaches u * total. A token of
   // probability 0 never is the first (its cumulative equals the one before it), u > 0 excludes
   // token 0 when it has none, and u * total < total keeps the tail of zeros out.
-  auto cdf = logits.softmax(-1).cumsum(-1);                                                  // [N, V]
+  auto cdf = logits.softmax(-1).cumsum(-1);                                                      // [N, V]
   auto u = row_uniforms(seed, counter, logits.size(0)).unsqueeze(1) * cdf.narrow(-1, V - 1, 1);  // [N, 1]
   return (cdf < u).sum(-1).clamp_max(V - 1);
 }

@@ -42,7 +42,9 @@ LoadFn glue_loader() {
     load = reinterpret_cast<LoadFn>(dlsym(handle, "linearnexus_sentencepiece_load"));
     if (!load) problem = path + " lacks linearnexus_sentencepiece_load";
   });
-  if (!load) throw Error("tokenizer: SentencePiece support is broken in this installation (" + problem + "); rebuild LinearNexus");
+  if (!load)
+    throw Error("tokenizer: SentencePiece support is broken in this installation (" + problem +
+                "); rebuild LinearNexus");
   return load;
 }
 
@@ -60,7 +62,8 @@ class SentencePieceTokenizer : public Tokenizer {
     std::string error;
     model_.reset(glue_loader()(path.c_str(), &error));
     if (!model_)
-      throw Error("tokenizer: cannot load SentencePiece model '" + path + "': " + error + " (is it a tokenizer.model file?)");
+      throw Error("tokenizer: cannot load SentencePiece model '" + path + "': " + error +
+                  " (is it a tokenizer.model file?)");
   }
   std::vector<int64_t> encode(std::string_view text) const override {
     std::vector<int> ids;
@@ -79,7 +82,8 @@ class SentencePieceTokenizer : public Tokenizer {
       narrow.push_back(static_cast<int>(id));
     }
     std::string out, error;
-    if (!model_->decode(narrow, &out, &error)) throw Error("tokenizer: SentencePiece '" + path_ + "' cannot decode: " + error);
+    if (!model_->decode(narrow, &out, &error))
+      throw Error("tokenizer: SentencePiece '" + path_ + "' cannot decode: " + error);
     return out;
   }
   int64_t vocab_size() const override { return model_->piece_size(); }
@@ -107,7 +111,8 @@ bool sentencepiece_available() { return true; }
 #else
 
 std::shared_ptr<Tokenizer> make_sentencepiece_tokenizer(const std::string& model_path, std::string) {
-  throw Error("tokenizer: '" + model_path + "' is a SentencePiece model, but this build has no libsentencepiece: "
+  throw Error("tokenizer: '" + model_path +
+              "' is a SentencePiece model, but this build has no libsentencepiece: "
               "install libsentencepiece-dev (scripts/setup.sh does) and rebuild");
 }
 

@@ -108,7 +108,8 @@ std::vector<std::pair<std::string, std::string>> run_identity(const Experiment& 
   } catch (const std::exception&) {
     probe = "(cannot encode)";
   }
-  out.emplace_back("tokenizer", data.tokenizer->kind() + " of " + std::to_string(data.tokenizer->vocab_size()) + ": " + probe);
+  out.emplace_back("tokenizer",
+                   data.tokenizer->kind() + " of " + std::to_string(data.tokenizer->vocab_size()) + ": " + probe);
   std::error_code ec;
   out.emplace_back("start checkpoint", start ? "step " + std::to_string(start->step()) + " of " +
                                                    fs::path(start->file()).filename().string() + " (" +
@@ -146,7 +147,8 @@ void join_ranks(const Experiment& exp, RunParts& p) {
   // each oversubscribes the CPU, and spinning OpenMP threads then slow every rank's host side).
   // A thread count set by a variable is each rank's own (torchrun sets OMP_NUM_THREADS=1).
   if (thread_choice().source.empty()) {
-    const int64_t local = std::max<int64_t>(1, std::atoll(std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "1"));
+    const int64_t local =
+        std::max<int64_t>(1, std::atoll(std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "1"));
     at::set_num_threads(static_cast<int>(std::max<int64_t>(1, thread_choice().threads / local)));
   }
   if (env.rank != 0) set_log_level("warn");  // one progress log: rank 0's

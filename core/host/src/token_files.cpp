@@ -128,9 +128,11 @@ void progress_line(int64_t done, int64_t total, double seconds, int64_t tokens, 
   const double frac = total > 0 ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
   const int width = 30, filled = static_cast<int>(frac * width);
   std::fprintf(stderr, "\rtokenizing [%s%s] %5.1f%%  %.1f/%.1f MB  %.1f MB/s  %lld tokens%s",
-               std::string(static_cast<size_t>(filled), '#').c_str(), std::string(static_cast<size_t>(width - filled), ' ').c_str(),
-               100.0 * frac, static_cast<double>(done) / 1e6, static_cast<double>(total) / 1e6,
-               seconds > 0 ? static_cast<double>(done) / 1e6 / seconds : 0.0, static_cast<long long>(tokens), final ? "\n" : "");
+               std::string(static_cast<size_t>(filled), '#').c_str(),
+               std::string(static_cast<size_t>(width - filled), ' ').c_str(), 100.0 * frac,
+               static_cast<double>(done) / 1e6, static_cast<double>(total) / 1e6,
+               seconds > 0 ? static_cast<double>(done) / 1e6 / seconds : 0.0, static_cast<long long>(tokens),
+               final ? "\n" : "");
   std::fflush(stderr);
 }
 
@@ -185,8 +187,9 @@ class ShardFile {
     }
     fd_ = file_->fd();
     if (static_cast<int64_t>(file_->size()) != expected_bytes)
-      throw Error("prepared data: '" + path_ + "' holds " + std::to_string(file_->size()) + " bytes, but meta.json says " +
-                  std::to_string(expected_bytes) + "; the folder is corrupt or half-written: run `linearnexus data prepare` again");
+      throw Error("prepared data: '" + path_ + "' holds " + std::to_string(file_->size()) +
+                  " bytes, but meta.json says " + std::to_string(expected_bytes) +
+                  "; the folder is corrupt or half-written: run `linearnexus data prepare` again");
   }
   ShardFile(const ShardFile&) = delete;
   ShardFile& operator=(const ShardFile&) = delete;
@@ -199,7 +202,8 @@ class ShardFile {
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0)
         throw Error("prepared data: '" + path_ + "' became shorter while training (reading " + std::to_string(bytes) +
-                    " bytes at " + std::to_string(offset) + " failed" + (n < 0 ? ": " + std::string(std::strerror(errno)) : "") +
+                    " bytes at " + std::to_string(offset) + " failed" +
+                    (n < 0 ? ": " + std::string(std::strerror(errno)) : "") +
                     "); was it re-prepared or truncated? run `linearnexus data prepare` again, then resume");
       done += n;
     }
@@ -218,7 +222,8 @@ class ShardDataset : public TokenDataset {
   ShardDataset(const std::string& dir, const PreparedSplit& split, int width, int64_t vocab, std::string desc)
       : width_(width), vocab_(vocab), desc_(std::move(desc)) {
     for (size_t i = 0; i < split.files.size(); ++i) {
-      shards_.push_back(std::make_unique<ShardFile>((fs::path(dir) / split.files[i]).string(), split.tokens[i] * width));
+      shards_.push_back(
+          std::make_unique<ShardFile>((fs::path(dir) / split.files[i]).string(), split.tokens[i] * width));
       starts_.push_back(size_);
       size_ += split.tokens[i];
     }
@@ -315,14 +320,15 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
     throw Error("data prepare: --val-fraction must be between 0 and 1 (got " + std::to_string(o.val_fraction) + ")");
   std::error_code ec;
   if (!o.force && fs::is_directory(o.out_dir, ec) && !fs::is_empty(o.out_dir, ec)) {
-    const std::string what = is_prepared_dir(o.out_dir) ? "a prepared dataset"
+    const std::string what = is_prepared_dir(o.out_dir)                        ? "a prepared dataset"
                              : fs::exists(fs::path(o.out_dir) / "config.yaml") ? "a training run"
                                                                                : "files";
     throw Error("data prepare: the output folder '" + o.out_dir + "' already holds " + what +
                 "; choose another --out, or pass --force to overwrite it");
   }
   fs::create_directories(o.out_dir, ec);
-  if (ec || !fs::is_directory(o.out_dir)) throw Error("data prepare: cannot create the output folder '" + o.out_dir + "'");
+  if (ec || !fs::is_directory(o.out_dir))
+    throw Error("data prepare: cannot create the output folder '" + o.out_dir + "'");
 
   auto tok = tokenizer_for_inputs(o);
   const int width = tok->vocab_size() <= 65536 ? 2 : 4;
@@ -345,7 +351,8 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
       std::string chunk;
       bool doc_end = false;
       if (!(more = reader.next(&chunk, &doc_end))) break;
-      batch.emplace_back(std::async(std::launch::async, [&tok, c = std::move(chunk)] { return tok->encode(c); }), doc_end);
+      batch.emplace_back(std::async(std::launch::async, [&tok, c = std::move(chunk)] { return tok->encode(c); }),
+                         doc_end);
     }
     for (auto& [ids_future, doc_end] : batch) {
       auto ids = ids_future.get();
@@ -363,8 +370,9 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
   const int64_t n = writer.close();
   const int64_t n_val = static_cast<int64_t>(static_cast<double>(n) * o.val_fraction);
   if (n_val < 1 || n - n_val < 1) {
-    throw Error("data prepare: the inputs hold only " + std::to_string(n) + " tokens: too few to split with --val-fraction " +
-                std::to_string(o.val_fraction) + "; give more text or a larger fraction");
+    throw Error("data prepare: the inputs hold only " + std::to_string(n) +
+                " tokens: too few to split with --val-fraction " + std::to_string(o.val_fraction) +
+                "; give more text or a larger fraction");
   }
   split_off_validation(train_file.temp_path(), val_file, n - n_val, n_val, width);
   train_file.commit();
@@ -376,13 +384,18 @@ PreparedSummary prepare_token_files(const PrepareOptions& o) {
   sum.train_tokens = n - n_val;
   sum.val_tokens = n_val;
   sum.input_bytes = total_bytes;
-  json meta = {{"format", kPreparedFormat},
-               {"dtype", sum.dtype},
-               {"vocab_size", sum.vocab_size},
-               {"tokenizer", json::parse(tok->to_json())},
-               {"inputs", o.inputs},
-               {"train", {{"files", {"train.bin"}}, {"tokens", {sum.train_tokens}}, {"sha256", {sha256_file((dir / "train.bin").string())}}}},
-               {"val", {{"files", {"val.bin"}}, {"tokens", {sum.val_tokens}}, {"sha256", {sha256_file((dir / "val.bin").string())}}}}};
+  json meta = {
+      {"format", kPreparedFormat},
+      {"dtype", sum.dtype},
+      {"vocab_size", sum.vocab_size},
+      {"tokenizer", json::parse(tok->to_json())},
+      {"inputs", o.inputs},
+      {"train",
+       {{"files", {"train.bin"}},
+        {"tokens", {sum.train_tokens}},
+        {"sha256", {sha256_file((dir / "train.bin").string())}}}},
+      {"val",
+       {{"files", {"val.bin"}}, {"tokens", {sum.val_tokens}}, {"sha256", {sha256_file((dir / "val.bin").string())}}}}};
   // meta.json last, and atomically: its presence is what makes the folder a prepared dataset.
   write_file_atomically((dir / "meta.json").string(), meta.dump(2) + "\n");
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -412,7 +425,8 @@ DataSplits load_prepared(const std::string& dir, bool verify_hashes) {
   }
   if (out.tokenizer->vocab_size() != meta.vocab_size)
     throw Error("prepared data: " + meta_path + ": its tokenizer (" + out.tokenizer->kind() + ") has " +
-                std::to_string(out.tokenizer->vocab_size()) + " tokens but vocab_size says " + std::to_string(meta.vocab_size) +
+                std::to_string(out.tokenizer->vocab_size()) + " tokens but vocab_size says " +
+                std::to_string(meta.vocab_size) +
                 "; the folder is corrupt or edited: run `linearnexus data prepare` again");
   out.train = std::make_shared<ShardDataset>(dir, meta.train, meta.width, meta.vocab_size, dir + " (train split)");
   out.val = std::make_shared<ShardDataset>(dir, meta.val, meta.width, meta.vocab_size, dir + " (val split)");

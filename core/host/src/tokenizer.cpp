@@ -38,8 +38,8 @@ class CharTokenizer : public Tokenizer {
       if (ids_[c] < 0) {
         char buf[8];
         std::snprintf(buf, sizeof buf, "0x%02x", c);
-        throw Error(std::string("character ") + (c >= 32 && c < 127 ? "'" + std::string(1, c) + "' " : "") +
-                    "(byte " + buf + ") is not in this run's character vocabulary");
+        throw Error(std::string("character ") + (c >= 32 && c < 127 ? "'" + std::string(1, c) + "' " : "") + "(byte " +
+                    buf + ") is not in this run's character vocabulary");
       }
       out.push_back(ids_[c]);
     }
@@ -69,13 +69,18 @@ class CharTokenizer : public Tokenizer {
 class BPEAdapter : public Tokenizer {
  public:
   BPEAdapter(BPETokenizer bpe, std::string kind, std::string path, std::string chat_template = "", int64_t bos = -1)
-      : bpe_(std::move(bpe)), kind_(std::move(kind)), path_(std::move(path)), chat_template_(std::move(chat_template)),
+      : bpe_(std::move(bpe)),
+        kind_(std::move(kind)),
+        path_(std::move(path)),
+        chat_template_(std::move(chat_template)),
         bos_(bos) {}
   std::vector<int64_t> encode(std::string_view text) const override { return bpe_.encode(text); }
   std::string decode(const std::vector<int64_t>& ids) const override { return bpe_.decode(ids); }
   int64_t vocab_size() const override { return bpe_.vocab_size(); }
   std::string kind() const override { return kind_; }
-  std::string to_json() const override { return json{{"kind", kind_}, {kind_ == "gpt2" ? "spec" : "path", path_}}.dump(); }
+  std::string to_json() const override {
+    return json{{"kind", kind_}, {kind_ == "gpt2" ? "spec" : "path", path_}}.dump();
+  }
   int64_t eos_id() const override { return bpe_.eot_id(); }
   std::string chat_template() const override { return chat_template_; }
   int64_t bos_id() const override { return bos_; }
@@ -108,7 +113,8 @@ std::shared_ptr<Tokenizer> load_hf_json(const std::string& path) {
 
 std::shared_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
   const std::string abs = fs::absolute(path).lexically_normal().string();
-  return make_sentencepiece_tokenizer(abs, read_hf_tokenizer_config(fs::path(abs).parent_path().string()).chat_template);
+  return make_sentencepiece_tokenizer(abs,
+                                      read_hf_tokenizer_config(fs::path(abs).parent_path().string()).chat_template);
 }
 
 // A .json file: a Hugging Face tokenizer.json (it has "model"), or the {"kind": ...} a LinearNexus
@@ -125,7 +131,8 @@ std::shared_ptr<Tokenizer> load_json_file(const std::string& path) {
     } catch (const std::exception& e) {
       throw Error("tokenizer: '" + path + "' is not valid JSON (" + std::string(e.what()) + ")");
     }
-    if (j.is_object() && j.contains("kind") && !j.contains("model")) return tokenizer_from_json(text, fs::path(path).parent_path().string());
+    if (j.is_object() && j.contains("kind") && !j.contains("model"))
+      return tokenizer_from_json(text, fs::path(path).parent_path().string());
   }
   return load_hf_json(path);
 }
@@ -137,7 +144,8 @@ std::string saved_path(const std::string& path, const std::string& base_dir) {
   if (base_dir.empty()) return path;
   const fs::path p(path);
   if (p.is_relative()) return (fs::path(base_dir) / p).string();
-  if (!fs::exists(p, ec) && fs::exists(fs::path(base_dir) / p.filename(), ec)) return (fs::path(base_dir) / p.filename()).string();
+  if (!fs::exists(p, ec) && fs::exists(fs::path(base_dir) / p.filename(), ec))
+    return (fs::path(base_dir) / p.filename()).string();
   return path;
 }
 
@@ -148,7 +156,9 @@ class IdsOnlyTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>&) const override { throw Error(why_); }
   int64_t vocab_size() const override { return vocab_size_; }
   std::string kind() const override { return "ids"; }
-  std::string to_json() const override { return json{{"kind", "ids"}, {"vocab_size", vocab_size_}, {"why", why_}}.dump(); }
+  std::string to_json() const override {
+    return json{{"kind", "ids"}, {"vocab_size", vocab_size_}, {"why", why_}}.dump();
+  }
 
  private:
   int64_t vocab_size_;
@@ -203,8 +213,9 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "gpt2") {
     const char* dir = std::getenv("LINEARNEXUS_TOKENIZER_DIR");
     if (!dir)
-      throw Error("tokenizer gpt2: set LINEARNEXUS_TOKENIZER_DIR to a folder holding encoder.json and vocab.bpe "
-                  "(or name that folder or a .tiktoken file instead of gpt2)");
+      throw Error(
+          "tokenizer gpt2: set LINEARNEXUS_TOKENIZER_DIR to a folder holding encoder.json and vocab.bpe "
+          "(or name that folder or a .tiktoken file instead of gpt2)");
     return load_gpt2_kind(dir);
   }
   std::error_code ec;
@@ -230,10 +241,12 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
     }
     if (present(model_file)) return load_sentencepiece(model_file.string());
     if (fs::exists(p / "encoder.json", ec)) return load_gpt2_kind(spec);
-    throw Error("tokenizer: folder '" + spec + "' holds no tokenizer.json, tokenizer.model, or encoder.json + vocab.bpe");
+    throw Error("tokenizer: folder '" + spec +
+                "' holds no tokenizer.json, tokenizer.model, or encoder.json + vocab.bpe");
   }
   if (!present(p))
-    throw Error("tokenizer: '" + spec + "' does not exist; give char, gpt2, a tokenizer.json, tokenizer.model or "
+    throw Error("tokenizer: '" + spec +
+                "' does not exist; give char, gpt2, a tokenizer.json, tokenizer.model or "
                 ".tiktoken file, or a folder holding one (a Hugging Face model or run folder)");
   if (p.extension() == ".tiktoken") return load_gpt2_kind(spec);
   if (p.extension() == ".model") return load_sentencepiece(spec);
@@ -244,12 +257,15 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
 std::shared_ptr<Tokenizer> keep_tokenizer_files(const std::shared_ptr<Tokenizer>& tok, const std::string& dir,
                                                 const std::string& subdir) {
   const json saved = json::parse(tok->to_json(), nullptr, false);
-  const std::string kind = saved.is_object() && saved.contains("kind") && saved.at("kind").is_string() ? saved.at("kind").get<std::string>() : "";
+  const std::string kind = saved.is_object() && saved.contains("kind") && saved.at("kind").is_string()
+                               ? saved.at("kind").get<std::string>()
+                               : "";
   const char* key = kind == "gpt2" ? "spec" : "path";
   if ((kind != "hf" && kind != "sentencepiece" && kind != "gpt2") || !saved.contains(key) || !saved.at(key).is_string())
     return tok;  // char and ids-only tokenizers are their JSON: no files
   std::string source = saved.at(key).get<std::string>();
-  if (kind == "gpt2" && source == "gpt2") source = std::getenv("LINEARNEXUS_TOKENIZER_DIR") ? std::getenv("LINEARNEXUS_TOKENIZER_DIR") : "";
+  if (kind == "gpt2" && source == "gpt2")
+    source = std::getenv("LINEARNEXUS_TOKENIZER_DIR") ? std::getenv("LINEARNEXUS_TOKENIZER_DIR") : "";
   if (source.empty() || fs::path(source).is_relative()) return tok;  // already saved relative to its folder
   const fs::path dst = subdir.empty() ? fs::path(dir) : fs::path(dir) / subdir;
   std::error_code ec;
@@ -265,11 +281,14 @@ std::shared_ptr<Tokenizer> keep_tokenizer_files(const std::shared_ptr<Tokenizer>
   copy_tokenizer_file(src, dst / src.filename());
   // What the loaders read beside the file (bos/eos tokens, the chat template), and what hf-export
   // hands on to transformers.
-  for (const char* side : {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                           "generation_config.json"})
-    if (kind != "gpt2" && fs::exists(src.parent_path() / side, ec)) copy_tokenizer_file(src.parent_path() / side, dst / side);
+  for (const char* side : {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                           "chat_template.jinja", "generation_config.json"})
+    if (kind != "gpt2" && fs::exists(src.parent_path() / side, ec))
+      copy_tokenizer_file(src.parent_path() / side, dst / side);
   const std::string copy = (dst / src.filename()).string();
-  auto loaded = kind == "hf" ? load_hf_json(copy) : kind == "sentencepiece" ? load_sentencepiece(copy) : load_gpt2_kind(copy);
+  auto loaded = kind == "hf"              ? load_hf_json(copy)
+                : kind == "sentencepiece" ? load_sentencepiece(copy)
+                                          : load_gpt2_kind(copy);
   return std::make_shared<SavedAs>(loaded, json{{"kind", kind}, {key, relative(src.filename().string())}}.dump());
 }
 
@@ -280,7 +299,8 @@ std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text, const st
   try {
     j = parse_json_limited(text, 2);
   } catch (const std::exception& e) {
-    throw Error(std::string("the saved tokenizer is not valid JSON (") + e.what() + "); the file holding it is corrupt or edited");
+    throw Error(std::string("the saved tokenizer is not valid JSON (") + e.what() +
+                "); the file holding it is corrupt or edited");
   }
   auto field = [&](const char* key) {
     auto it = j.is_object() ? j.find(key) : j.end();
@@ -298,21 +318,25 @@ std::shared_ptr<Tokenizer> tokenizer_from_json(const std::string& text, const st
       seen[b.get<int64_t>()] = true;
       chars.push_back(static_cast<unsigned char>(b.get<int64_t>()));
     }
-    if (chars.empty()) throw Error("the saved char tokenizer has no bytes list; the file holding it is corrupt or edited");
+    if (chars.empty())
+      throw Error("the saved char tokenizer has no bytes list; the file holding it is corrupt or edited");
     return std::make_shared<CharTokenizer>(std::move(chars));
   }
   if (kind == "gpt2" && field("spec").is_string()) {
     const std::string spec = field("spec").get<std::string>();
     return spec == "gpt2" ? load_tokenizer(spec) : load_gpt2_kind(saved_path(spec, base_dir));
   }
-  if (kind == "hf" && field("path").is_string()) return load_hf_json(saved_path(field("path").get<std::string>(), base_dir));
+  if (kind == "hf" && field("path").is_string())
+    return load_hf_json(saved_path(field("path").get<std::string>(), base_dir));
   if (kind == "sentencepiece" && field("path").is_string())
     return load_sentencepiece(saved_path(field("path").get<std::string>(), base_dir));
   if (kind == "ids" && field("vocab_size").is_number_integer() && field("vocab_size").get<int64_t>() > 0 &&
       field("why").is_string())
     return make_ids_only_tokenizer(field("vocab_size").get<int64_t>(), field("why").get<std::string>());
-  throw Error("the saved tokenizer is none of {kind: char, bytes: [...]}, {kind: gpt2, spec: PATH}, {kind: hf, path: "
-              "PATH}, {kind: sentencepiece, path: PATH}, {kind: ids, vocab_size: N} (kind " + kind.dump() + "); the file holding it is corrupt or edited");
+  throw Error(
+      "the saved tokenizer is none of {kind: char, bytes: [...]}, {kind: gpt2, spec: PATH}, {kind: hf, path: "
+      "PATH}, {kind: sentencepiece, path: PATH}, {kind: ids, vocab_size: N} (kind " +
+      kind.dump() + "); the file holding it is corrupt or edited");
 }
 
 }  // namespace linearnexus

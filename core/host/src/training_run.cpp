@@ -68,7 +68,6 @@ at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_
   return total;
 }
 
-
 namespace {
 // Training FLOPs per token of `m` on sequences of T tokens (the nanoGPT / PaLM convention): 6 per
 // matmul weight (2 forward, 4 backward), i.e. every parameter but an untied input embedding (a
@@ -82,7 +81,8 @@ double training_flops_per_token(const LMModel& m, const Registry& registry, int6
   double extra = 0;
   for (const auto& kind : m.block_kinds()) {
     const Registration* r = registry.find(PluginKind::Block, kind);
-    if (r && r->hooks.extra_flops_per_token) extra += r->hooks.extra_flops_per_token(c.dims, c.block_params.at(kind), T);
+    if (r && r->hooks.extra_flops_per_token)
+      extra += r->hooks.extra_flops_per_token(c.dims, c.block_params.at(kind), T);
   }
   return 6.0 * n + extra;
 }
@@ -127,8 +127,8 @@ HostTrainingRun::~HostTrainingRun() = default;
 
 // ---- what is trained --------------------------------------------------------------------------------
 
-void HostTrainingRun::add_trainable(const std::string& name, torch::nn::Module& tensors, std::vector<NamedParameter> params,
-                                    std::shared_ptr<Optimizer> optimizer) {
+void HostTrainingRun::add_trainable(const std::string& name, torch::nn::Module& tensors,
+                                    std::vector<NamedParameter> params, std::shared_ptr<Optimizer> optimizer) {
   if (name.empty() || name.find('.') != std::string::npos)
     throw Error("add_trainable: the group name must be non-empty and without '.' (got '" + name + "')");
   for (const auto& g : groups_)
@@ -202,8 +202,8 @@ int64_t HostTrainingRun::resume() {
       lora_base_ = p_.init_from->lora_base();
       if (lora_base_.empty() && is_main())
         lora_base_ = json{{"path", fs::absolute(p_.init_from->file()).lexically_normal().string()},
-                                    {"sha256", sha256_file(p_.init_from->file())},
-                                    {"step", p_.init_from->step()}}
+                          {"sha256", sha256_file(p_.init_from->file())},
+                          {"step", p_.init_from->step()}}
                          .dump();
     }
   }
@@ -358,7 +358,8 @@ void HostTrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t t
     m["tokens_per_sec"] = dt > 0 ? static_cast<double>(tokens_since_log_) / dt : 0.0;
     m["ms_per_step"] = 1000.0 * dt / static_cast<double>(steps_since_log_);
     m["elapsed_sec"] = std::chrono::duration<double>(now - t_start_).count();
-    if (peak_flops_ > 0) m["mfu"] = m["tokens_per_sec"] * flops_per_token_ / (peak_flops_ * static_cast<double>(p_.world_size));
+    if (peak_flops_ > 0)
+      m["mfu"] = m["tokens_per_sec"] * flops_per_token_ / (peak_flops_ * static_cast<double>(p_.world_size));
     log_->write(m);
     stop_if_diverged(step, m);
     log_->print(m);
@@ -369,14 +370,15 @@ void HostTrainingRun::end_step(int64_t step, const MetricsFn& metrics, int64_t t
   if (saved) save(step + 1);
   if (step + 1 == last_step_ && last_step_ < settings().max_steps && is_main())
     log_info("stopped early after step " + std::to_string(last_step_) + " of " + std::to_string(settings().max_steps) +
-             " (trainer.stop_after: " + std::to_string(settings().stop_after) + "); continue with trainer.resume: auto " +
+             " (trainer.stop_after: " + std::to_string(settings().stop_after) +
+             "); continue with trainer.resume: auto " +
              "(--set trainer.resume=auto), and without stop_after (or a larger one)");
   if (stop_requested(step + 1)) {
     // A stop signal (runtime.h): the step is done; keep it, say so, and end the run.
     if (!saved) save(step + 1);
     throw Error("stopped by " + signal_name(stop_signal_) + " after step " + std::to_string(step + 1) + " of " +
-                std::to_string(settings().max_steps) + "; saved " + (fs::path(p_.out_dir) / "latest.safetensors").string() +
-                ": continue with trainer.resume: auto");
+                std::to_string(settings().max_steps) + "; saved " +
+                (fs::path(p_.out_dir) / "latest.safetensors").string() + ": continue with trainer.resume: auto");
   }
 }
 
@@ -393,7 +395,6 @@ bool HostTrainingRun::stop_requested(int64_t completed) {
   if (stop_at_ < 0) stop_at_ = p_.dist->agreed_stop(&stop_signal_);
   return stop_at_ >= 0 && completed >= stop_at_;
 }
-
 
 // ---- data ---------------------------------------------------------------------------------------------
 
@@ -445,8 +446,8 @@ std::string HostTrainingRun::describe() const {
   if (const auto& lora = p_.model->lora()) {
     int64_t trained = 0;
     for (const auto& np : p_.params) trained += np.param.numel();
-    o << "\n  LoRA: rank " << lora->config().rank << ", alpha " << lora->config().alpha << " on " << lora->sites().size()
-      << " Linear layers; " << trained << " parameters train, the rest is frozen";
+    o << "\n  LoRA: rank " << lora->config().rank << ", alpha " << lora->config().alpha << " on "
+      << lora->sites().size() << " Linear layers; " << trained << " parameters train, the rest is frozen";
   }
   o << "\n  data: ";
   if (p_.data.train)
@@ -455,9 +456,9 @@ std::string HostTrainingRun::describe() const {
     o << p_.data.train_examples->size() << " train examples (" << p_.data.train_examples->trained_tokens()
       << " tokens carry the loss), " << p_.data.val_examples->size() << " validation examples, "
       << p_.experiment->data.format;
-  o << " (" << p_.data.tokenizer->kind() << " tokenizer, vocab "
-    << p_.data.tokenizer->vocab_size() << ")\n  optimizer: " << p_.experiment->optimizer_name << ": "
-    << p_.optimizer->describe_groups() << "\n  run folder: " << p_.out_dir << " (train.log: this log)";
+  o << " (" << p_.data.tokenizer->kind() << " tokenizer, vocab " << p_.data.tokenizer->vocab_size()
+    << ")\n  optimizer: " << p_.experiment->optimizer_name << ": " << p_.optimizer->describe_groups()
+    << "\n  run folder: " << p_.out_dir << " (train.log: this log)";
   if (!p_.device.is_cuda()) o << "\n  " << thread_choice().describe();
   return o.str();
 }

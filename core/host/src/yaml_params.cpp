@@ -14,7 +14,9 @@
 namespace linearnexus {
 
 namespace {
-std::string scalar_text(const YAML::Node& n) { return n.IsScalar() ? n.Scalar() : "a " + std::string(n.IsMap() ? "map" : n.IsSequence() ? "list" : "null"); }
+std::string scalar_text(const YAML::Node& n) {
+  return n.IsScalar() ? n.Scalar() : "a " + std::string(n.IsMap() ? "map" : n.IsSequence() ? "list" : "null");
+}
 
 // A String key's value, or each element of a StringList, among the spec's choices (when it has any).
 void check_choice(const ParamSpec& spec, const std::string& value, const std::string& where, const std::string& path) {
@@ -76,14 +78,15 @@ ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::
     }
   } catch (const YAML::BadConversion&) {
     const char* what = spec.type == ParamType::Int || spec.type == ParamType::IntList ? "an integer"
-                       : spec.type == ParamType::Bool                               ? "true or false"
-                                                                                    : "a number";
+                       : spec.type == ParamType::Bool                                 ? "true or false"
+                                                                                      : "a number";
     throw fail(what);
   }
   // Numbers: finite, and inside the spec's range.
   auto check = [&](double x, const std::string& text) {
     if (!std::isfinite(x)) throw fail("a finite number");
-    if (x < spec.min || x > spec.max) throw Error(where + ": '" + path + "' must be " + spec.range_text() + " (got " + text + ")");
+    if (x < spec.min || x > spec.max)
+      throw Error(where + ": '" + path + "' must be " + spec.range_text() + " (got " + text + ")");
   };
   if (spec.type == ParamType::Int) check(static_cast<double>(v.i), std::to_string(v.i));
   if (spec.type == ParamType::Float) check(v.f, n.Scalar());
@@ -129,9 +132,11 @@ void refuse_second_document(const std::string& text, const std::string& file) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
     const std::string_view line(text.data() + start, end - start);
-    const bool marker = line.substr(0, 3) == "---" && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r');
+    const bool marker =
+        line.substr(0, 3) == "---" && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r');
     if (marker && content)
-      throw Error(file + ":" + std::to_string(line_no + 1) + ":1: a second YAML document ('---'): an experiment is one document");
+      throw Error(file + ":" + std::to_string(line_no + 1) +
+                  ":1: a second YAML document ('---'): an experiment is one document");
     const size_t first = line.find_first_not_of(" \t\r");
     if (!marker && first != std::string_view::npos && line[first] != '#' && line[first] != '%') content = true;
     start = end + 1;
@@ -153,8 +158,8 @@ YAML::Node load_yaml_text(const std::string& text, const std::string& file) {
 }
 
 // Validate a YAML map against a schema. `skip` lists keys the caller handles itself.
-Params validate_section(const YAML::Node& node, const Schema& schema, const std::string& section,
-                        const Source& src, const std::set<std::string>& skip) {
+Params validate_section(const YAML::Node& node, const Schema& schema, const std::string& section, const Source& src,
+                        const std::set<std::string>& skip) {
   Params out(section);
   if (node && !node.IsNull() && !node.IsMap())
     throw Error(src.at(node, section) + ": '" + section + "' must be a map of key: value");

@@ -26,14 +26,13 @@ struct Source {
 };
 
 // One value against its spec; `where` prefixes errors ("file:line:col"), `path` names the key.
-ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::string& where,
-                         const std::string& path);
+ParamValue node_to_value(const YAML::Node& n, const ParamSpec& spec, const std::string& where, const std::string& path);
 // YAML text -> a node; malformed YAML is an Error naming file:line:col.
 YAML::Node load_yaml_text(const std::string& text, const std::string& file);
 // Validate a YAML map against a schema: unknown keys (with the nearest valid one), types, defaults,
 // required keys. `skip` lists keys the caller handles itself.
-Params validate_section(const YAML::Node& node, const Schema& schema, const std::string& section,
-                        const Source& src, const std::set<std::string>& skip = {});
+Params validate_section(const YAML::Node& node, const Schema& schema, const std::string& section, const Source& src,
+                        const std::set<std::string>& skip = {});
 // Params -> a YAML map (the resolved experiment).
 YAML::Node params_to_yaml(const Params& p);
 // root[a][b][c] = value for the dotted path "a.b.c", making the maps on the way (--set; a Hugging Face

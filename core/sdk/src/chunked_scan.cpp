@@ -6,12 +6,17 @@
 namespace linearnexus {
 
 ParamSpec chunk_size_spec(const std::string& default_size, double max_size, const std::string& note) {
-  return {"chunk_size", ParamType::Int, default_size,
-          "tokens per chunk of the training / prefill form" + (note.empty() ? "" : " " + note), {}, 1, max_size};
+  return {"chunk_size", ParamType::Int,
+          default_size, "tokens per chunk of the training / prefill form" + (note.empty() ? "" : " " + note),
+          {},           1,
+          max_size};
 }
 
 ParamSpec scan_spec() {
-  return {"scan", ParamType::String, "chunk", "training/prefill form: chunk, or the token-by-token reference (tests)",
+  return {"scan",
+          ParamType::String,
+          "chunk",
+          "training/prefill form: chunk, or the token-by-token reference (tests)",
           {"chunk", "recurrent"}};
 }
 
@@ -155,7 +160,7 @@ at::Tensor decay_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
   const int64_t n = ch.n, N = ch.N;
   const auto &q = ch.q, &k = ch.k, &v = ch.v;
-  auto b = ch.chunk(g_in).cumsum(3);                                   // [B, H, N, n, K or 1]
+  auto b = ch.chunk(g_in).cumsum(3);  // [B, H, N, n, K or 1]
   // One decay per head factors out of the dot product: a matmul. A decay per key channel does not
   // (without exp(-b), which overflows under strong decays): hence GLA's small chunks.
   auto A = g_in.size(3) == 1 ? at::matmul(q, k.transpose(-1, -2)) * pair_decay(b.squeeze(-1), true)
@@ -178,7 +183,7 @@ at::Tensor decay_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < qs.size(); ++t) {
     S = gs[t].exp().unsqueeze(-1) * S + ks[t].unsqueeze(-1) * vs[t].unsqueeze(-2);  // [B, H, K, V]
-    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));                 // [B, H, V]
+    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));                  // [B, H, V]
   }
   return stack_steps(out, q, d);
 }
@@ -198,25 +203,25 @@ at::Tensor delta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, co
   if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
   const int64_t n = ch.n, N = ch.N;
   const auto &q = ch.q, &k = ch.k, &v = ch.v;
-  auto beta = ch.chunk(beta_in).unsqueeze(-1);                        // [B, H, N, n, 1]
+  auto beta = ch.chunk(beta_in).unsqueeze(-1);  // [B, H, N, n, 1]
   auto b = g_in.defined() ? ch.chunk(g_in).cumsum(3) : at::zeros({B, H, N, n}, q.options());
   auto kb = k * beta;
-  auto kkT = at::matmul(kb, k.transpose(-1, -2));                     // [B, H, N, n, n]
-  auto L = kkT * pair_decay(b, false);                                // strictly lower
+  auto kkT = at::matmul(kb, k.transpose(-1, -2));  // [B, H, N, n, n]
+  auto L = kkT * pair_decay(b, false);             // strictly lower
   // (I + L)^-1 (beta v) by forward substitution; unitriangular: L's (zero) diagonal is taken as 1.
-  auto rhs = at::cat({v * beta, kb * b.exp().unsqueeze(-1)}, -1);     // [B, H, N, n, V + K]
+  auto rhs = at::cat({v * beta, kb * b.exp().unsqueeze(-1)}, -1);  // [B, H, N, n, V + K]
   auto uw = at::linalg_solve_triangular(L, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
   auto u = uw.narrow(-1, 0, V), w = uw.narrow(-1, V, K);
   auto Aqk = at::matmul(q, k.transpose(-1, -2)) * pair_decay(b, true);  // [B, H, N, n, n]
   auto q_dec = q * b.exp().unsqueeze(-1);
-  auto b_last = b.select(3, n - 1);                                   // [B, H, N]
+  auto b_last = b.select(3, n - 1);  // [B, H, N]
   auto k_end = k * (b_last.unsqueeze(3) - b).exp().unsqueeze(-1);
-  auto carry = b_last.exp().unsqueeze(-1).unsqueeze(-1);              // [B, H, N, 1, 1]
+  auto carry = b_last.exp().unsqueeze(-1).unsqueeze(-1);  // [B, H, N, 1, 1]
   // S_{i+1} = carry_i S_i + k_end_i^T (u_i - w_i S_i) = (carry_i I - k_end_i^T w_i) S_i + k_end_i^T u_i
-  auto k_endT = k_end.transpose(-1, -2);                              // [B, H, N, K, n]
-  auto M = carry * at::eye(K, q.options()) - at::matmul(k_endT, w);   // [B, H, N, K, K]
-  auto E = entering_states(M, at::matmul(k_endT, u), S);              // [B, H, N, K, V]
-  auto vp = u - at::matmul(w, E);                                     // [B, H, N, n, V]
+  auto k_endT = k_end.transpose(-1, -2);                             // [B, H, N, K, n]
+  auto M = carry * at::eye(K, q.options()) - at::matmul(k_endT, w);  // [B, H, N, K, K]
+  auto E = entering_states(M, at::matmul(k_endT, u), S);             // [B, H, N, K, V]
+  auto vp = u - at::matmul(w, E);                                    // [B, H, N, n, V]
   auto o = at::matmul(q_dec, E) + at::matmul(Aqk, vp);
   return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
 }
@@ -230,7 +235,7 @@ at::Tensor delta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const 
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < qs.size(); ++t) {
     if (g.defined()) S = gs[t].exp().unsqueeze(-1).unsqueeze(-1) * S;
-    auto kt = ks[t].unsqueeze(-1);                                    // [B, H, K, 1]
+    auto kt = ks[t].unsqueeze(-1);                                      // [B, H, K, 1]
     auto err = vs[t] - at::matmul(ks[t].unsqueeze(-2), S).squeeze(-2);  // v_t - k_t S: [B, H, V]
     S = S + (bs[t].unsqueeze(-1).unsqueeze(-1) * kt) * err.unsqueeze(-2);
     out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));
@@ -253,9 +258,9 @@ at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, c
   if (T == 0) return at::empty({B, H, 0, V}, v_in.options());
   const int64_t n = ch.n, N = ch.N;
   const auto &q = ch.q, &k = ch.k, &v = ch.v;
-  auto a = ch.chunk(a_in), b = ch.chunk(b_in);                        // [B, H, N, n, K]
-  auto c = ch.chunk(g_in).cumsum(3), c_prev = exclusive(c);           // [B, H, N, n, K]
-  std::vector<at::Tensor> reads, outs;                                // Mak, Mab; Mqk, Mqb: [B, H, N, n, n]
+  auto a = ch.chunk(a_in), b = ch.chunk(b_in);               // [B, H, N, n, K]
+  auto c = ch.chunk(g_in).cumsum(3), c_prev = exclusive(c);  // [B, H, N, n, K]
+  std::vector<at::Tensor> reads, outs;                       // Mak, Mab; Mqk, Mqb: [B, H, N, n, n]
   if (double(n) * -min_log_decay <= 30) {
     // Decays bounded below: exp(-c) <= e^30 inside a chunk, so the decay factors out of the pairwise
     // products and they are matmuls (the pairs above the diagonal, finite, are masked to 0).
@@ -271,18 +276,18 @@ at::Tensor gdelta_scan_chunked(const at::Tensor& q_in, const at::Tensor& k_in, c
   auto rhs = at::cat({at::matmul(reads[0], v), a * c_prev.exp()}, -1);  // [B, H, N, n, V + K]
   auto uw = at::linalg_solve_triangular(-reads[1], rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
   auto U = uw.narrow(-1, 0, V), W = uw.narrow(-1, V, K);
-  auto o_local = at::matmul(outs[0], v);                              // [B, H, N, n, V]
+  auto o_local = at::matmul(outs[0], v);  // [B, H, N, n, V]
   auto q_dec = q * c.exp();
-  auto c_last = c.select(3, n - 1);                                   // [B, H, N, K]
-  auto to_end = (c_last.unsqueeze(3) - c).exp();                      // exp(c_n - c_j)
-  auto S_local = at::matmul((k * to_end).transpose(-1, -2), v);       // [B, H, N, K, V]
-  auto b_end = (b * to_end).transpose(-1, -2);                        // [B, H, N, K, n]
-  auto carry = c_last.exp();                                          // [B, H, N, K]
+  auto c_last = c.select(3, n - 1);                              // [B, H, N, K]
+  auto to_end = (c_last.unsqueeze(3) - c).exp();                 // exp(c_n - c_j)
+  auto S_local = at::matmul((k * to_end).transpose(-1, -2), v);  // [B, H, N, K, V]
+  auto b_end = (b * to_end).transpose(-1, -2);                   // [B, H, N, K, n]
+  auto carry = c_last.exp();                                     // [B, H, N, K]
   // S_{i+1} = carry_i * S_i + S_local_i + b_end_i (U_i + W_i S_i)
   //         = (diag(carry_i) + b_end_i W_i) S_i + (S_local_i + b_end_i U_i)
-  auto M = at::diag_embed(carry) + at::matmul(b_end, W);              // [B, H, N, K, K]
-  auto E = entering_states(M, S_local + at::matmul(b_end, U), S);     // [B, H, N, K, V]
-  auto e = U + at::matmul(W, E);                                      // the reads: [B, H, N, n, V]
+  auto M = at::diag_embed(carry) + at::matmul(b_end, W);           // [B, H, N, K, K]
+  auto E = entering_states(M, S_local + at::matmul(b_end, U), S);  // [B, H, N, K, V]
+  auto e = U + at::matmul(W, E);                                   // the reads: [B, H, N, n, V]
   auto o = at::matmul(q_dec, E) + o_local + at::matmul(outs[1], e);
   return o.reshape({B, H, N * n, V}).narrow(2, 0, T).to(q_in.scalar_type());
 }
@@ -294,9 +299,9 @@ at::Tensor gdelta_scan_recurrent(const at::Tensor& q, const at::Tensor& k, const
   auto as = f32(a).unbind(2), bs = f32(b).unbind(2), gs = f32(g).unbind(2);
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < qs.size(); ++t) {
-    auto e = at::matmul(as[t].unsqueeze(-2), S);                      // a_t S_{t-1}: [B, H, 1, V]
+    auto e = at::matmul(as[t].unsqueeze(-2), S);  // a_t S_{t-1}: [B, H, 1, V]
     S = gs[t].exp().unsqueeze(-1) * S + bs[t].unsqueeze(-1) * e + ks[t].unsqueeze(-1) * vs[t].unsqueeze(-2);
-    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));   // [B, H, V]
+    out.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));  // [B, H, V]
   }
   return stack_steps(out, q, d);
 }

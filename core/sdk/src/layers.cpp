@@ -55,7 +55,8 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
 #ifdef LINEARNEXUS_CORE_CUDA
   // On CUDA one kernel each way (cuda/rms_norm.cu), the output already in autocast's dtype when it
   // is on (the next matmul's input), else in x's.
-  if (cuda::fused_applies(x) && weight.scalar_type() == at::kFloat) return cuda::rms_norm(x, weight, eps, compute_dtype(x));
+  if (cuda::fused_applies(x) && weight.scalar_type() == at::kFloat)
+    return cuda::rms_norm(x, weight, eps, compute_dtype(x));
 #endif
   return compat::rms_norm(x.to(at::kFloat), weight.to(at::kFloat), eps).to(x.scalar_type());
 }
@@ -103,7 +104,8 @@ MLP::MLP(int64_t dim, const std::string& kind_, int64_t hidden, int64_t n_layer,
   if (kind != "swiglu" && kind != "gelu") throw Error("mlp must be swiglu or gelu (got '" + kind + "')");
   if (hidden <= 0) hidden = kind == "gelu" ? 4 * dim : ((8 * dim / 3 + 63) / 64) * 64;
   up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(bias)));
-  if (kind == "swiglu") gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(bias)));
+  if (kind == "swiglu")
+    gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(bias)));
   down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(bias)));
   init_linear(up);
   if (gate) init_linear(gate);
@@ -118,7 +120,8 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   if (kind == "swiglu") {
     auto g = gate(x), u = up(x);  // [B, T, hidden]
 #ifdef LINEARNEXUS_CORE_CUDA
-    if (cuda::fused_applies(g) && g.scalar_type() == u.scalar_type()) return down(cuda::swiglu(g, u));  // cuda/swiglu.cu
+    if (cuda::fused_applies(g) && g.scalar_type() == u.scalar_type())
+      return down(cuda::swiglu(g, u));  // cuda/swiglu.cu
 #endif
     return down(at::silu(g) * u);
   }
@@ -154,14 +157,16 @@ at::Tensor MLP::forward_add(const at::Tensor& x, const at::Tensor& residual) {
 }
 
 Schema mlp_schema(const std::string& kind_note) {
-  return {{"mlp", ParamType::String, "swiglu", "MLP kind" + (kind_note.empty() ? "" : " " + kind_note), {"swiglu", "gelu"}},
-          {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0}};
+  return {
+      {"mlp", ParamType::String, "swiglu", "MLP kind" + (kind_note.empty() ? "" : " " + kind_note), {"swiglu", "gelu"}},
+      {"mlp_hidden", ParamType::Int, "0", "MLP width (0 = 8/3 C for swiglu, 4 C for gelu)", {}, 0}};
 }
 
 ResidualMLP::ResidualMLP(torch::nn::Module& block, const ModelDims& dims, const std::string& mlp_kind,
                          int64_t mlp_hidden, bool mlp_bias)
     : ln2_(block.register_module("ln2", std::make_shared<Norm>(dims.hidden_size, dims))),
-      mlp_(block.register_module("mlp", std::make_shared<MLP>(dims.hidden_size, mlp_kind, mlp_hidden, dims.n_layer, mlp_bias))),
+      mlp_(block.register_module(
+          "mlp", std::make_shared<MLP>(dims.hidden_size, mlp_kind, mlp_hidden, dims.n_layer, mlp_bias))),
       dropout_(dims.dropout) {}
 
 at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool training) const {
@@ -176,7 +181,7 @@ at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool t
       at::promote_types(x.scalar_type(), y.scalar_type()) == x.scalar_type()) {
     auto hn = cuda::residual_rms_norm(x, y, ln2_->weight, ln2_->eps, compute_dtype(x));  // {h, ln2(h)}
     if (skinny_mlp(*mlp_, hn[1])) return mlp_->forward_add(hn[1], hn[0]);  // decoding: the add in down's kernel
-    return cuda::residual_add(hn[0], mlp_->forward(hn[1]));  // cuda/residual_add.cu
+    return cuda::residual_add(hn[0], mlp_->forward(hn[1]));                // cuda/residual_add.cu
   }
 #endif
   auto h = x + (drop ? at::dropout(y, dropout_, true) : y);
@@ -199,14 +204,15 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& positions, double b
   TORCH_CHECK(D % 2 == 0, "rotary dimension must be even, got ", D);
   auto opts = x.options().dtype(at::kFloat);
   auto inv_freq = at::pow(base, -at::arange(0, D / 2, opts) * (2.0 / static_cast<double>(D)));  // [D/2]
-  auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                  // [B, T, D/2]
-  auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()), sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
+  auto ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;                                 // [B, T, D/2]
+  auto cos = ang.cos().unsqueeze(1).to(x.scalar_type()),
+       sin = ang.sin().unsqueeze(1).to(x.scalar_type());  // [B, 1, T, D/2]
   auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
   return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
-HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,
-                      bool rope, double base) {
+HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D, bool rope,
+                      double base) {
   // qkv: [B, T, (H + 2 Hkv) D]
 #ifdef LINEARNEXUS_CORE_CUDA
   // On CUDA one kernel each way (cuda/rope.cu): the split, the rotation and the head-major copy.
@@ -216,8 +222,8 @@ HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_
   }
 #endif
   const int64_t B = qkv.size(0), T = qkv.size(1);
-  auto q = qkv.narrow(-1, 0, H * D).view({B, T, H, D}).transpose(1, 2);              // [B, H, T, D]
-  auto k = qkv.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);      // [B, Hkv, T, D]
+  auto q = qkv.narrow(-1, 0, H * D).view({B, T, H, D}).transpose(1, 2);          // [B, H, T, D]
+  auto k = qkv.narrow(-1, H * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
   auto v = qkv.narrow(-1, (H + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
   if (rope) {
     q = apply_rope(q, positions, base);
@@ -243,7 +249,8 @@ at::Tensor causal_depthwise_conv1d(const at::Tensor& x, const at::Tensor& weight
   const int64_t K = weight.size(1);
   auto xt = x.transpose(1, 2);  // [B, C, T]
   xt = history.defined() ? at::cat({history.to(xt.scalar_type()), xt}, -1) : at::constant_pad_nd(xt, {K - 1, 0});
-  auto y = at::conv1d(xt, weight.unsqueeze(1), bias, at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, weight.size(0));  // [B, C, T]
+  auto y = at::conv1d(xt, weight.unsqueeze(1), bias, at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1},
+                      weight.size(0));  // [B, C, T]
   if (new_history) *new_history = xt.narrow(-1, xt.size(-1) - (K - 1), K - 1).contiguous();
   return y.transpose(1, 2);
 }

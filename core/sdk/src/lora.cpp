@@ -35,11 +35,13 @@ std::string site_key(std::string name) {  // module names may not hold dots
     if (ch == '.') ch = '_';
   return name;
 }
-bool glob(const std::string& pattern, const std::string& text) { return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0; }
+bool glob(const std::string& pattern, const std::string& text) {
+  return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
+}
 }  // namespace
 
-LoraAdapters::LoraAdapters(const std::vector<std::shared_ptr<Block>>& blocks, const std::map<std::string, ParamRole>& roles,
-                           const LoraConfig& config)
+LoraAdapters::LoraAdapters(const std::vector<std::shared_ptr<Block>>& blocks,
+                           const std::map<std::string, ParamRole>& roles, const LoraConfig& config)
     : config_(config) {
   std::vector<std::string> available;
   std::vector<bool> used(config.targets.size(), false);
@@ -102,7 +104,8 @@ void LoraAdapters::apply() {
                        v[1] != s.versions[1] || v[2] != s.versions[2];
     if (stale) {
       // In the adapters' dtype, then the base's (a decoding replica keeps bf16 copies of the weights).
-      auto w = at::addmm(s.base.to(s.A.scalar_type()), s.B, s.A, /*beta=*/1.0, /*alpha=*/scale).to(s.base.scalar_type());
+      auto w =
+          at::addmm(s.base.to(s.A.scalar_type()), s.B, s.A, /*beta=*/1.0, /*alpha=*/scale).to(s.base.scalar_type());
       if (s.merged.defined() && s.merged.sizes() == w.sizes() && s.merged.device() == w.device() &&
           s.merged.scalar_type() == w.scalar_type())
         s.merged.copy_(w);  // in place: a captured decode step reads this buffer
@@ -118,7 +121,8 @@ std::map<std::string, at::Tensor> LoraAdapters::merged_weights() const {
   torch::NoGradGuard g;
   std::map<std::string, at::Tensor> out;
   for (const auto& s : sites_)
-    out[s.name + ".weight"] = at::addmm(s.base.to(s.A.scalar_type()), s.B, s.A, 1.0, config_.scale()).to(s.base.scalar_type());
+    out[s.name + ".weight"] =
+        at::addmm(s.base.to(s.A.scalar_type()), s.B, s.A, 1.0, config_.scale()).to(s.base.scalar_type());
   return out;
 }
 

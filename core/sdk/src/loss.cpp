@@ -15,9 +15,9 @@ namespace linearnexus {
 
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets) {
   // logits: [B, T, V], targets: [B, T]
-  return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(at::kFloat),
+                                              targets.reshape({-1}),
+                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
 }
 
 namespace {
@@ -41,13 +41,13 @@ void cpu_head_loss_sums(const at::Tensor& h, const at::Tensor& W, const at::Tens
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t n = std::min(rows, N - r0);
     auto hc = h.narrow(0, r0, n), tc = targets.narrow(0, r0, n).clamp_min(0).unsqueeze(1);
-    auto mask = valid.narrow(0, r0, n).to(at::kFloat).unsqueeze(1);            // [n, 1]
-    auto logits = at::matmul(hc, Wc.t()).to(at::kFloat);                         // [n, V]
-    auto lse = at::logsumexp(logits, 1, true);                                   // [n, 1]
+    auto mask = valid.narrow(0, r0, n).to(at::kFloat).unsqueeze(1);  // [n, 1]
+    auto logits = at::matmul(hc, Wc.t()).to(at::kFloat);             // [n, V]
+    auto lse = at::logsumexp(logits, 1, true);                       // [n, 1]
     loss += ((lse - logits.gather(1, tc)) * mask).sum();
     if (!with_grad) continue;
-    auto g = logits.sub_(lse).exp_();                                            // softmax, in place
-    g.scatter_add_(1, tc, -at::ones({n, 1}, g.options())).mul_(mask);            // - one-hot; no-loss rows 0
+    auto g = logits.sub_(lse).exp_();                                  // softmax, in place
+    g.scatter_add_(1, tc, -at::ones({n, 1}, g.options())).mul_(mask);  // - one-hot; no-loss rows 0
     grad_h.narrow(0, r0, n).copy_(at::matmul(g.to(Wc.scalar_type()), Wc));
     grad_W.addmm_(g.t(), hc.to(at::kFloat));
   }

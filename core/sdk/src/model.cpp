@@ -61,8 +61,8 @@ at::Tensor ForwardContext::visibility_mask(int64_t T, int64_t Tk, const at::Devi
   if (slot.defined()) {  // static decoding: one query at column `slot` over the whole cache
     return memo("visibility_mask:" + std::to_string(Tk), [&] {
       auto mask = at::arange(Tk, slot.options()).unsqueeze(0) <= slot.unsqueeze(1);  // [1, Tk]
-      if (key_padding.defined()) mask = mask & key_padding.narrow(1, 0, Tk);          // [B, Tk]
-      return mask.unsqueeze(1).unsqueeze(1);                                           // [B or 1, 1, 1, Tk]
+      if (key_padding.defined()) mask = mask & key_padding.narrow(1, 0, Tk);         // [B, Tk]
+      return mask.unsqueeze(1).unsqueeze(1);                                         // [B or 1, 1, 1, Tk]
     });
   }
   const int64_t offset = Tk - T;
@@ -70,7 +70,8 @@ at::Tensor ForwardContext::visibility_mask(int64_t T, int64_t Tk, const at::Devi
   auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
   auto qi = at::arange(offset, offset + T, opts).unsqueeze(1), kj = at::arange(0, Tk, opts).unsqueeze(0);
   auto mask = (kj <= qi).unsqueeze(0).unsqueeze(0);
-  if (key_padding.defined()) mask = (mask & key_padding.narrow(1, 0, Tk).to(dev).unsqueeze(1).unsqueeze(1)) | (kj == qi);
+  if (key_padding.defined())
+    mask = (mask & key_padding.narrow(1, 0, Tk).to(dev).unsqueeze(1).unsqueeze(1)) | (kj == qi);
   return mask;
 }
 
@@ -129,7 +130,8 @@ LMModel::LMModel(const ModelConfig& config, const Registry& registry) : config_(
   }
   norm_ = register_module("norm", std::make_shared<Norm>(d.hidden_size, d));
   if (!config_.tie_embeddings) {
-    lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(d.hidden_size, d.vocab_size).bias(false)));
+    lm_head_ = register_module("lm_head",
+                               torch::nn::Linear(torch::nn::LinearOptions(d.hidden_size, d.vocab_size).bias(false)));
     init_linear(lm_head_);
   }
   if (config_.lora.enabled()) {
@@ -144,7 +146,8 @@ std::vector<NamedParameter> LMModel::optimizer_parameters() const {
   std::vector<NamedParameter> out;
   std::map<std::string, std::vector<int64_t>> splits;
   for (size_t i = 0; i < blocks_.size(); ++i)
-    for (const auto& [name, rows] : blocks_[i]->fused_splits()) splits["blocks." + std::to_string(i) + "." + name] = rows;
+    for (const auto& [name, rows] : blocks_[i]->fused_splits())
+      splits["blocks." + std::to_string(i) + "." + name] = rows;
   const auto roles = parameter_roles();
   for (const auto& kv : named_parameters()) {
     if (lora_ && kv.key().rfind("lora.", 0) != 0) continue;  // frozen under adapters
@@ -218,11 +221,12 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
                 std::to_string(config_.dims.max_seq_len) + ")");
   }
   if (wpe_ && ctx.start + T > config_.dims.max_seq_len)
-    throw Error("position " + std::to_string(ctx.start + T - 1) + " is past the learned position table (model.max_seq_len = " +
-                std::to_string(config_.dims.max_seq_len) + ")");
+    throw Error("position " + std::to_string(ctx.start + T - 1) +
+                " is past the learned position table (model.max_seq_len = " + std::to_string(config_.dims.max_seq_len) +
+                ")");
   if (lora_) lora_->apply();  // each adapted Linear's weight := W0 + scale B A
   compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
-  auto x = wte_(idx);  // [B, T, C]
+  auto x = wte_(idx);                                                      // [B, T, C]
   if (wpe_) x = x + wpe_(ctx.position_ids(idx.size(0), T, idx.device()));  // positions [B or 1, T] < max_seq_len
   if (config_.dims.dropout > 0) x = at::dropout(x, config_.dims.dropout, is_training());
   const bool checkpointing = checkpoint_every_ > 0 && !state && is_training() && at::GradMode::is_enabled();

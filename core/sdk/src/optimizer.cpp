@@ -18,7 +18,6 @@ void Optimizer::set_lr_multiplier(double multiplier) {
   for (size_t g = 0; g < lr_base_.size(); ++g) lr_now_[g] = lr_base_[g] * multiplier;
 }
 
-
 bool glob_match(const std::string& pat, const std::string& s) {
   size_t p = 0, t = 0, star = std::string::npos, mark = 0;
   while (t < s.size()) {

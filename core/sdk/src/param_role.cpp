@@ -5,14 +5,22 @@ namespace linearnexus {
 
 const char* role_name(ParamRole role) {
   switch (role) {
-    case ParamRole::Matrix: return "matrix";
-    case ParamRole::Embedding: return "embedding";
-    case ParamRole::Head: return "head";
-    case ParamRole::Norm: return "norm";
-    case ParamRole::Bias: return "bias";
-    case ParamRole::SsmDynamics: return "ssm_dynamics";
-    case ParamRole::Conv: return "conv";
-    case ParamRole::Other: return "other";
+    case ParamRole::Matrix:
+      return "matrix";
+    case ParamRole::Embedding:
+      return "embedding";
+    case ParamRole::Head:
+      return "head";
+    case ParamRole::Norm:
+      return "norm";
+    case ParamRole::Bias:
+      return "bias";
+    case ParamRole::SsmDynamics:
+      return "ssm_dynamics";
+    case ParamRole::Conv:
+      return "conv";
+    case ParamRole::Other:
+      return "other";
   }
   return "?";
 }
@@ -24,8 +32,10 @@ bool role_decays(ParamRole role, const at::Tensor& param) {
     case ParamRole::Embedding:
     case ParamRole::Norm:
     case ParamRole::Bias:
-    case ParamRole::SsmDynamics: return false;
-    default: return param.dim() >= 2;  // a vector is a gain or an offset, whatever it was declared
+    case ParamRole::SsmDynamics:
+      return false;
+    default:
+      return param.dim() >= 2;  // a vector is a gain or an offset, whatever it was declared
   }
 }
 

@@ -12,13 +12,20 @@ namespace linearnexus {
 
 const char* param_type_name(ParamType t) {
   switch (t) {
-    case ParamType::Int: return "int";
-    case ParamType::Float: return "float";
-    case ParamType::Bool: return "bool";
-    case ParamType::String: return "string";
-    case ParamType::IntList: return "list[int]";
-    case ParamType::FloatList: return "list[float]";
-    case ParamType::StringList: return "list[string]";
+    case ParamType::Int:
+      return "int";
+    case ParamType::Float:
+      return "float";
+    case ParamType::Bool:
+      return "bool";
+    case ParamType::String:
+      return "string";
+    case ParamType::IntList:
+      return "list[int]";
+    case ParamType::FloatList:
+      return "list[float]";
+    case ParamType::StringList:
+      return "list[string]";
   }
   return "?";
 }
@@ -45,8 +52,7 @@ std::string ParamSpec::range_text() const {
 
 const ParamValue& Params::at(const std::string& key, ParamType want) const {
   auto it = values_.find(key);
-  if (it == values_.end())
-    throw Error("internal: parameter '" + section_ + "." + key + "' is not in the schema");
+  if (it == values_.end()) throw Error("internal: parameter '" + section_ + "." + key + "' is not in the schema");
   bool ok = it->second.type == want || (want == ParamType::Float && it->second.type == ParamType::Int) ||
             (want == ParamType::FloatList && it->second.type == ParamType::IntList);
   if (!ok)

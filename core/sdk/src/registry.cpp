@@ -11,10 +11,14 @@ namespace linearnexus {
 
 const char* plugin_kind_name(PluginKind k) {
   switch (k) {
-    case PluginKind::Block: return "block";
-    case PluginKind::Optimizer: return "optimizer";
-    case PluginKind::Trainer: return "trainer";
-    case PluginKind::Task: return "task";
+    case PluginKind::Block:
+      return "block";
+    case PluginKind::Optimizer:
+      return "optimizer";
+    case PluginKind::Trainer:
+      return "trainer";
+    case PluginKind::Task:
+      return "task";
   }
   return "?";
 }

@@ -23,12 +23,13 @@ int run(int64_t B, int64_t T, int64_t D, int64_t N, bool gate, bool dsT_on, unsi
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   const int64_t E = 2 * N + 3;
-  std::vector<float> u(B * T * D), dt(B * T * D), bias(D), A(D * N), bc(B * T * E), Dk(D), zz(B * T * 2 * D), s0(B * D * N),
-      dout(B * T * D), dsT(B * D * N);
+  std::vector<float> u(B * T * D), dt(B * T * D), bias(D), A(D * N), bc(B * T * E), Dk(D), zz(B * T * 2 * D),
+      s0(B * D * N), dout(B * T * D), dsT(B * D * N);
   for (auto& x : u) x = nd(rng);
   for (auto& x : dt) x = 0.5f * nd(rng);
   for (auto& x : bias) x = 0.5f * nd(rng) - 2.5f;
-  for (int64_t d = 0; d < D; ++d) for (int64_t n = 0; n < N; ++n) A[d * N + n] = -std::exp(0.3f * nd(rng)) * (n + 1);
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t n = 0; n < N; ++n) A[d * N + n] = -std::exp(0.3f * nd(rng)) * (n + 1);
   for (auto& x : bc) x = nd(rng);
   for (auto& x : Dk) x = nd(rng);
   for (auto& x : zz) x = nd(rng);
@@ -48,12 +49,14 @@ int run(int64_t B, int64_t T, int64_t D, int64_t N, bool gate, bool dsT_on, unsi
       std::vector<double> hs((T + 1) * N), del(T), ys(T);
       for (int64_t n = 0; n < N; ++n) hs[n] = s0[(b * D + d) * N + n];
       for (int64_t t = 0; t < T; ++t) {
-        if (t % 64 == 0) for (int64_t n = 0; n < N; ++n) kept[((b * chunks + t / 64) * D + d) * N + n] = (float)hs[t * N + n];
+        if (t % 64 == 0)
+          for (int64_t n = 0; n < N; ++n) kept[((b * chunks + t / 64) * D + d) * N + n] = (float)hs[t * N + n];
         const double x = dt[(b * T + t) * D + d] + bias[d];
         del[t] = x > 20 ? x : std::log1p(std::exp(x));
         double y = Dk[d] * u[(b * T + t) * D + d];
         for (int64_t n = 0; n < N; ++n) {
-          hs[(t + 1) * N + n] = std::exp(del[t] * A[d * N + n]) * hs[t * N + n] + del[t] * u[(b * T + t) * D + d] * Bm(b, t, n);
+          hs[(t + 1) * N + n] =
+              std::exp(del[t] * A[d * N + n]) * hs[t * N + n] + del[t] * u[(b * T + t) * D + d] * Bm(b, t, n);
           y += Cm(b, t, n) * hs[(t + 1) * N + n];
         }
         ys[t] = y;
@@ -87,13 +90,16 @@ int run(int64_t B, int64_t T, int64_t D, int64_t N, bool gate, bool dsT_on, unsi
   // kernel
   ScanArgs a;
   a.B = B, a.T = T, a.D = D, a.N = N, a.dtype = DType::F32;
-  a.u = u.data(), a.u_row = D, a.dt = dt.data(), a.dt_row = D, a.dt_bias = bias.data(), a.softplus = true, a.A = A.data();
+  a.u = u.data(), a.u_row = D, a.dt = dt.data(), a.dt_row = D, a.dt_bias = bias.data(), a.softplus = true,
+  a.A = A.data();
   a.Bm = bc.data() + 3, a.B_row = E, a.Cm = bc.data() + 3 + N, a.C_row = E, a.Dskip = Dk.data();
   a.z = gate ? zz.data() + D : nullptr, a.z_row = 2 * D;
-  std::vector<float> du(B * T * D), ddt(B * T * D), dz(B * T * D), dA(B * D * N), dD(B * D), db(B * D), dB(B * T * N, 0), dC(B * T * N, 0), ds0(B * D * N);
+  std::vector<float> du(B * T * D), ddt(B * T * D), dz(B * T * D), dA(B * D * N), dD(B * D), db(B * D),
+      dB(B * T * N, 0), dC(B * T * N, 0), ds0(B * D * N);
   ScanGrads g;
   g.dout = dout.data(), g.dout_row = D, g.dsT = dsT_on ? dsT.data() : nullptr, g.du = du.data(), g.ddt = ddt.data();
-  g.dz = gate ? dz.data() : nullptr, g.dz_row = D, g.dA = dA.data(), g.dDskip = dD.data(), g.dbias = db.data(), g.dB = dB.data(), g.dC = dC.data(), g.ds0 = ds0.data();
+  g.dz = gate ? dz.data() : nullptr, g.dz_row = D, g.dA = dA.data(), g.dDskip = dD.data(), g.dbias = db.data(),
+  g.dB = dB.data(), g.dC = dC.data(), g.ds0 = ds0.data();
   const int64_t NP = (N + K - 1) / K * K;
   std::vector<float> smem(4 * 64 * NP + 3 * kThreads * K + 2 * NP * 32 + NP * kThreads, NAN);
   pthread_barrier_init(&g_block_bar, nullptr, kThreads);
@@ -104,16 +110,23 @@ int run(int64_t B, int64_t T, int64_t D, int64_t N, bool gate, bool dsT_on, unsi
       std::vector<std::thread> th;
       for (int t = 0; t < kThreads; ++t)
         th.emplace_back([&, t] {
-          threadIdx = dim3(t); blockIdx = dim3(bx, by); g_smem = smem.data();
+          threadIdx = dim3(t);
+          blockIdx = dim3(bx, by);
+          g_smem = smem.data();
           scan_backward_kernel<float, K, RC>(a, kept.data(), g);
         });
       for (auto& x : th) x.join();
     }
-  double e[] = {relerr(du, rdu), relerr(ddt, rddt), gate ? relerr(dz, rdz) : 0, relerr(dA, rdA), relerr(dD, rdD), relerr(db, rdb), relerr(dB, rdB), relerr(dC, rdC), relerr(ds0, rds0)};
+  double e[] = {relerr(du, rdu), relerr(ddt, rddt), gate ? relerr(dz, rdz) : 0,
+                relerr(dA, rdA), relerr(dD, rdD),   relerr(db, rdb),
+                relerr(dB, rdB), relerr(dC, rdC),   relerr(ds0, rds0)};
   const char* nm[] = {"du", "ddt", "dz", "dA", "dD", "dbias", "dB", "dC", "ds0"};
   std::printf("K%d rc%d B%ld T%ld D%ld N%ld gate%d dsT%d:", K, RC, B, T, D, N, gate, dsT_on);
   int bad = 0;
-  for (int i = 0; i < 9; ++i) { std::printf(" %s %.1e", nm[i], e[i]); bad += !(e[i] < 1e-4); }
+  for (int i = 0; i < 9; ++i) {
+    std::printf(" %s %.1e", nm[i], e[i]);
+    bad += !(e[i] < 1e-4);
+  }
   std::printf(bad ? "  FAIL\n" : "  ok\n");
   return bad;
 }

@@ -19,14 +19,23 @@
 #define __grid_constant__
 #define __restrict__
 #define __align__(x)
-struct dim3 { unsigned x = 1, y = 1, z = 1; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct float2 {
+  float x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
 inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 typedef int cudaError_t;
 typedef void* cudaStream_t;
-struct __nv_bfloat16 { float v; };
+struct __nv_bfloat16 {
+  float v;
+};
 inline float __bfloat162float(__nv_bfloat16 x) { return x.v; }
 inline __nv_bfloat16 __float2bfloat16(float x) { return {x}; }
 inline float __ldg(const float* p) { return *p; }
@@ -48,4 +57,9 @@ inline float __shfl_xor_sync(unsigned, float v, int off) {
   return r;
 }
 extern std::mutex g_atomic_mu;
-inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> l(g_atomic_mu); float o = *p; *p += v; return o; }
+inline float atomicAdd(float* p, float v) {
+  std::lock_guard<std::mutex> l(g_atomic_mu);
+  float o = *p;
+  *p += v;
+  return o;
+}

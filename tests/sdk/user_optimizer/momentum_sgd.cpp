@@ -14,8 +14,7 @@ class MomentumSGD : public Optimizer {
       : Optimizer(p.get_float("lr")), momentum_(p.get_float("momentum")), wd_(p.get_float("weight_decay")) {
     // The no-decay parameters learn at no_decay_lr_scale x the lr; the schedule scales both groups.
     no_decay_group_ = add_lr_group(p.get_float("lr") * p.get_float("no_decay_lr_scale"));
-    for (const auto& np : params)
-      slots_.push_back({np, in_decay_group(np, {}, {}), at::zeros_like(np.param)});
+    for (const auto& np : params) slots_.push_back({np, in_decay_group(np, {}, {}), at::zeros_like(np.param)});
   }
 
   void step() override {
@@ -59,12 +58,13 @@ class MomentumSGD : public Optimizer {
 };
 
 void register_momentum_sgd(Registry& r) {
-  r.add_optimizer("momentum_sgd", "SGD with heavy-ball momentum (an out-of-tree example)",
-                  {{"lr", ParamType::Float, "0.05", "learning rate", {}, 0},
-                   {"momentum", ParamType::Float, "0.9", "momentum", {}, 0, 1},
-                   {"weight_decay", ParamType::Float, "0.0", "decoupled weight decay on the decay group", {}, 0},
-                   {"no_decay_lr_scale", ParamType::Float, "1.0", "lr of the no-decay group, relative", {}, 0}},
-                  [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<MomentumSGD>(ps, p); });
+  r.add_optimizer(
+      "momentum_sgd", "SGD with heavy-ball momentum (an out-of-tree example)",
+      {{"lr", ParamType::Float, "0.05", "learning rate", {}, 0},
+       {"momentum", ParamType::Float, "0.9", "momentum", {}, 0, 1},
+       {"weight_decay", ParamType::Float, "0.0", "decoupled weight decay on the decay group", {}, 0},
+       {"no_decay_lr_scale", ParamType::Float, "1.0", "lr of the no-decay group, relative", {}, 0}},
+      [](const std::vector<NamedParameter>& ps, const Params& p) { return std::make_shared<MomentumSGD>(ps, p); });
 }
 
 }  // namespace momentum_sgd

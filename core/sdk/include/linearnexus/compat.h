@@ -88,8 +88,8 @@ inline at::ScalarType cuda_autocast_dtype() {
 // it builds an execution plan for every new key length, and decoding, whose key length grows by one
 // token a step, spent ~80 ms a token planning (docs/benchmarks.md). The switch is a plain global
 // flag read when the backend is chosen, so setting it per call costs nothing.
-inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& mask, bool is_causal, double dropout_p) {
+inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                            bool is_causal, double dropout_p) {
 #if LINEARNEXUS_HAS_CUDNN_SDPA_SWITCH
   if (q.is_cuda()) at::globalContext().setSDPUseCuDNN(q.size(-2) == k.size(-2));
 #endif

@@ -15,7 +15,7 @@ struct SamplingParams {
   double top_p = 1.0;        // 1 = off
   int64_t max_new_tokens = 100;
   uint64_t seed = 0;
-  int64_t eos_id = -1;       // stop when sampled (-1 = never)
+  int64_t eos_id = -1;  // stop when sampled (-1 = never)
   // A row also stops once its new tokens end with one of these token sequences (a stop string
   // encoded by the tokenizer). The stop tokens are part of the completion.
   std::vector<std::vector<int64_t>> stop_sequences;

@@ -108,8 +108,8 @@ at::Tensor rope_matrix(const at::Tensor& positions, int64_t D, double base, at::
 struct HeadSplit {
   at::Tensor q, k, v;
 };
-HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,
-                      bool rope, double base = 10000.0);
+HeadSplit split_heads(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D, bool rope,
+                      double base = 10000.0);
 
 // Causal depthwise conv over time. x [B, T, C], weight [C, K], bias [C] or undefined.
 // `history` [B, C, K-1] holds the K-1 inputs before x (zeros at the start); returns y [B, T, C]

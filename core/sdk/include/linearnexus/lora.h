@@ -58,9 +58,9 @@ class LoraAdapters : public torch::nn::Module {
   struct Site {
     std::string name;  // the Linear's full name: "blocks.3.qkv"
     torch::nn::LinearImpl* linear = nullptr;
-    at::Tensor base;   // W0 [out, in]: the Linear's registered weight
-    at::Tensor A, B;   // [r, in], [out, r]
-    at::Tensor merged; // the no-grad W0 + scale B A, and the versions it was made from
+    at::Tensor base;    // W0 [out, in]: the Linear's registered weight
+    at::Tensor A, B;    // [r, in], [out, r]
+    at::Tensor merged;  // the no-grad W0 + scale B A, and the versions it was made from
     int64_t versions[3] = {-1, -1, -1};
   };
   const std::vector<Site>& sites() const { return sites_; }

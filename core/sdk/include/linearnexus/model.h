@@ -43,9 +43,9 @@ struct LayerState {
 
 struct ForwardContext {
   Mode mode = Mode::Train;
-  int64_t start = 0;         // tokens already held in the state (same for every row)
-  at::Tensor positions;      // [B,T] int64 absolute positions; undefined = start + arange(T)
-  at::Tensor key_padding;    // [B, start+T] bool, true = real token; undefined = no padding
+  int64_t start = 0;       // tokens already held in the state (same for every row)
+  at::Tensor positions;    // [B,T] int64 absolute positions; undefined = start + arange(T)
+  at::Tensor key_padding;  // [B, start+T] bool, true = real token; undefined = no padding
   // Static decoding (decode_engine.h; only for blocks whose graph_safe_decode() is true): one new
   // token per row, written at cache column `slot`, a [1] int64 tensor on the device that holds what
   // `start` holds, so the step can be captured once in a CUDA graph and replayed at every position.
@@ -126,7 +126,7 @@ class Block : public torch::nn::Module {
 
 struct ModelConfig {
   ModelDims dims;
-  std::vector<std::string> block_pattern;   // repeated to fill n_layer
+  std::vector<std::string> block_pattern;      // repeated to fill n_layer
   std::map<std::string, Params> block_params;  // block name -> its validated parameters
   bool tie_embeddings = true;
   // model.positions: learned = absolute position embeddings (wpe, max_seq_len rows) added to the
@@ -139,7 +139,7 @@ struct ModelConfig {
 // All layers' states for one batch of sequences.
 struct ModelState {
   std::vector<LayerState> layers;
-  int64_t length = 0;      // tokens consumed so far
+  int64_t length = 0;  // tokens consumed so far
   int64_t max_len = 0;
   at::Tensor key_padding;  // [B, max_len] bool or undefined
   // Defined for static decoding (ForwardContext::slot): forward then takes one token, leaves

@@ -20,7 +20,8 @@ struct ParamSpec {
   ParamType type;
   std::string default_value;  // YAML text ("4", "0.1", "true", "[0.9, 0.95]", "auto"); "" = required
   std::string doc;            // one line
-  std::vector<std::string> choices = {};  // allowed values of a String key, or of each element of a StringList (empty = any)
+  std::vector<std::string> choices =
+      {};  // allowed values of a String key, or of each element of a StringList (empty = any)
   // Allowed range of a numeric key (every element of a numeric list), inclusive. Floats must be
   // finite whatever the range.
   double min = -std::numeric_limits<double>::infinity();

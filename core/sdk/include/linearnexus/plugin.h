@@ -48,11 +48,13 @@ typedef const LinearNexusPluginInfo* (*LinearNexusPluginEntry)();
 #define LINEARNEXUS_PLUGIN_ENTRY_SYMBOL "linearnexus_plugin_info"
 
 // Define the entry point. REGISTER is a function `void f(linearnexus::Registry&)`.
-#define LINEARNEXUS_PLUGIN(NAME, VERSION, DESCRIPTION, REGISTER)                                  \
-  extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo*                 \
-  linearnexus_plugin_info() {                                                                     \
-    static const LinearNexusPluginInfo info{                                                      \
-        LINEARNEXUS_PLUGIN_ABI_VERSION, LINEARNEXUS_TORCH_VERSION, NAME, VERSION, DESCRIPTION,    \
-        [](linearnexus::Registry* r) { REGISTER(*r); }};                                          \
-    return &info;                                                                                 \
+#define LINEARNEXUS_PLUGIN(NAME, VERSION, DESCRIPTION, REGISTER)                                             \
+  extern "C" __attribute__((visibility("default"))) const LinearNexusPluginInfo* linearnexus_plugin_info() { \
+    static const LinearNexusPluginInfo info{LINEARNEXUS_PLUGIN_ABI_VERSION,                                  \
+                                            LINEARNEXUS_TORCH_VERSION,                                       \
+                                            NAME,                                                            \
+                                            VERSION,                                                         \
+                                            DESCRIPTION,                                                     \
+                                            [](linearnexus::Registry* r) { REGISTER(*r); }};                 \
+    return &info;                                                                                            \
   }

@@ -66,8 +66,7 @@ struct Registration {
 
 class Registry {
  public:
-  void add_block(const std::string& name, const std::string& doc, Schema schema, BlockFactory f,
-                 BlockHooks hooks = {});
+  void add_block(const std::string& name, const std::string& doc, Schema schema, BlockFactory f, BlockHooks hooks = {});
   void add_optimizer(const std::string& name, const std::string& doc, Schema schema, OptimizerFactory f);
   void add_trainer(const std::string& name, const std::string& doc, Schema schema, TrainerFactory f);
   void add_task(const std::string& name, const std::string& doc, Schema schema, TaskFactory f);

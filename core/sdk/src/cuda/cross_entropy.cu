@@ -35,9 +35,13 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 template <typename T>
 __device__ __forceinline__ T from_f(float x);
 template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
 
 // (max, sum of exp(x - max)) pairs; -FLT_MAX with sum 0 is the empty pair (no inf - inf NaNs).
 __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) {
@@ -236,7 +240,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   uint4* x = reinterpret_cast<uint4*>(logits + blockIdx.x * row_stride);
   const int64_t target = targets[blockIdx.x];
   const int n_vec = static_cast<int>((V + kVec - 1) / kVec), n_all = static_cast<int>(row_stride / kVec);
-  const int last_valid = static_cast<int>(V - static_cast<int64_t>(n_vec - 1) * kVec);  // real values in the last vector
+  const int last_valid =
+      static_cast<int>(V - static_cast<int64_t>(n_vec - 1) * kVec);  // real values in the last vector
 
   // Sweep 1: global -> shared, and the max. kUnroll loads in flight per thread.
   float m = -FLT_MAX;

@@ -15,7 +15,9 @@ __device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfl
 
 // v rounded to T's precision (what st then ld gives back), to compute on the value a tensor holds.
 __device__ __forceinline__ float rounded(float v, const float*) { return v; }
-__device__ __forceinline__ float rounded(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float rounded(float v, const __nv_bfloat16*) {
+  return __bfloat162float(__float2bfloat16(v));
+}
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

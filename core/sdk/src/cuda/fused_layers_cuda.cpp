@@ -31,9 +31,10 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
     const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
     auto y = at::empty(x.sizes(), x.options().dtype(out_dtype));
     auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-    check_cuda(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), y.data_ptr(), dtype_of(y),
-                           rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
-          "rms_norm forward");
+    check_cuda(
+        rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), y.data_ptr(), dtype_of(y),
+                         rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+        "rms_norm forward");
     ctx->save_for_backward({x, w, rstd});
     return {y};
   }
@@ -47,9 +48,9 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
     auto dx = at::empty_like(x);
     auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
     check_cuda(rms_norm_backward(dy.data_ptr(), dtype_of(dy), x.data_ptr(), dtype_of(x), w.data_ptr<float>(),
-                            rstd.data_ptr<float>(), dx.data_ptr(), partial.data_ptr<float>(), rows, C,
-                            at::cuda::getCurrentCUDAStream()),
-          "rms_norm backward");
+                                 rstd.data_ptr<float>(), dx.data_ptr(), partial.data_ptr<float>(), rows, C,
+                                 at::cuda::getCurrentCUDAStream()),
+               "rms_norm backward");
     return {dx, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
@@ -78,9 +79,10 @@ struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
                  "residual rms_norm forward");
       ctx->saved_data["y_dtype"] = static_cast<int64_t>(y.scalar_type());
     } else {
-      check_cuda(rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), n.data_ptr(), dtype_of(n),
-                                  rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
-                 "rms_norm (residual) forward");
+      check_cuda(
+          rms_norm_forward(x.data_ptr(), dtype_of(x), w.data_ptr<float>(), n.data_ptr(), dtype_of(n),
+                           rstd.data_ptr<float>(), rows, C, static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+          "rms_norm (residual) forward");
     }
     ctx->save_for_backward({h, w, rstd});
     ctx->saved_data["n_dtype"] = static_cast<int64_t>(out_dtype);
@@ -96,16 +98,19 @@ struct ResidualRmsNorm : public torch::autograd::Function<ResidualRmsNorm> {
     const bool with_y = ctx->saved_data.find("y_dtype") != ctx->saved_data.end();
     // An undefined gradient (an output that reached no loss) counts as zeros: dh as a null pointer.
     at::Tensor dh = grads[0].defined() ? grads[0].to(h.scalar_type()).contiguous() : at::Tensor();
-    at::Tensor dn = grads[1].defined() ? grads[1].to(n_dtype).contiguous() : at::zeros(h.sizes(), h.options().dtype(n_dtype));
+    at::Tensor dn =
+        grads[1].defined() ? grads[1].to(n_dtype).contiguous() : at::zeros(h.sizes(), h.options().dtype(n_dtype));
     auto dx = at::empty_like(h);
     at::Tensor dy;
-    if (with_y) dy = at::empty(h.sizes(), h.options().dtype(static_cast<at::ScalarType>(ctx->saved_data["y_dtype"].toInt())));
+    if (with_y)
+      dy = at::empty(h.sizes(), h.options().dtype(static_cast<at::ScalarType>(ctx->saved_data["y_dtype"].toInt())));
     auto partial = at::empty({rms_norm_backward_blocks(rows), C}, w.options());
-    check_cuda(residual_rms_norm_backward(dh.defined() ? dh.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn), h.data_ptr(),
-                                          dtype_of(h), w.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
-                                          with_y ? dy.data_ptr() : nullptr, with_y ? dtype_of(dy) : dtype_of(h),
-                                          partial.data_ptr<float>(), rows, C, at::cuda::getCurrentCUDAStream()),
-               with_y ? "residual rms_norm backward" : "rms_norm (residual) backward");
+    check_cuda(
+        residual_rms_norm_backward(dh.defined() ? dh.data_ptr() : nullptr, dn.data_ptr(), dtype_of(dn), h.data_ptr(),
+                                   dtype_of(h), w.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
+                                   with_y ? dy.data_ptr() : nullptr, with_y ? dtype_of(dy) : dtype_of(h),
+                                   partial.data_ptr<float>(), rows, C, at::cuda::getCurrentCUDAStream()),
+        with_y ? "residual rms_norm backward" : "rms_norm (residual) backward");
     return {dx, dy, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
@@ -117,8 +122,8 @@ struct ResidualAdd : public torch::autograd::Function<ResidualAdd> {
     const c10::cuda::CUDAGuard guard(a.device());
     auto out = at::empty_like(a);
     check_cuda(residual_add(a.data_ptr(), dtype_of(a), b.data_ptr(), dtype_of(b), out.data_ptr(), a.numel(),
-                       at::cuda::getCurrentCUDAStream()),
-          "residual add");
+                            at::cuda::getCurrentCUDAStream()),
+               "residual add");
     ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
     return {out};
   }
@@ -152,8 +157,8 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     auto split = [&](int64_t heads) { return at::empty({B, T, heads, D}, qkv.options()).transpose(1, 2); };
     auto q = split(H), k = split(Hkv), v = split(Hkv);
     check_cuda(qkv_rope(args, dtype_of(qkv), qkv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), false,
-                   at::cuda::getCurrentCUDAStream()),
-          "qkv rope forward");
+                        at::cuda::getCurrentCUDAStream()),
+               "qkv rope forward");
     ctx->save_for_backward({positions});
     ctx->saved_data["H"] = H, ctx->saved_data["Hkv"] = Hkv, ctx->saved_data["D"] = D;
     ctx->saved_data["rope"] = rope, ctx->saved_data["base"] = base;
@@ -162,7 +167,8 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor positions = ctx->get_saved_variables()[0];
-    const int64_t H = ctx->saved_data["H"].toInt(), Hkv = ctx->saved_data["Hkv"].toInt(), D = ctx->saved_data["D"].toInt();
+    const int64_t H = ctx->saved_data["H"].toInt(), Hkv = ctx->saved_data["Hkv"].toInt(),
+                  D = ctx->saved_data["D"].toInt();
     // A gradient autograd left undefined (an output that reached no loss) counts as zeros.
     const at::Tensor& ref = grads[0].defined() ? grads[0] : grads[1].defined() ? grads[1] : grads[2];
     const int64_t B = ref.size(0), T = ref.size(2);
@@ -177,8 +183,8 @@ struct QkvRope : public torch::autograd::Function<QkvRope> {
     const c10::cuda::CUDAGuard guard(dq.device());
     auto dqkv = at::empty({B, T, (H + 2 * Hkv) * D}, dq.options());
     check_cuda(qkv_rope(args, dtype_of(dq), dqkv.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), true,
-                   at::cuda::getCurrentCUDAStream()),
-          "qkv rope backward");
+                        at::cuda::getCurrentCUDAStream()),
+               "qkv rope backward");
     return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -189,8 +195,8 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
     const c10::cuda::CUDAGuard guard(gate.device());
     auto out = at::empty_like(gate);
     check_cuda(swiglu_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), dtype_of(gate), gate.numel(),
-                         at::cuda::getCurrentCUDAStream()),
-          "swiglu forward");
+                              at::cuda::getCurrentCUDAStream()),
+               "swiglu forward");
     ctx->save_for_backward({gate, up});
     return {out};
   }
@@ -200,9 +206,9 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
     const c10::cuda::CUDAGuard guard(saved[0].device());
     auto dout = grads[0].to(saved[0].scalar_type()).contiguous();
     auto dgate = at::empty_like(saved[0]), dup = at::empty_like(saved[1]);
-    check_cuda(swiglu_backward(saved[0].data_ptr(), saved[1].data_ptr(), dout.data_ptr(), dgate.data_ptr(), dup.data_ptr(),
-                          dtype_of(dgate), dgate.numel(), at::cuda::getCurrentCUDAStream()),
-          "swiglu backward");
+    check_cuda(swiglu_backward(saved[0].data_ptr(), saved[1].data_ptr(), dout.data_ptr(), dgate.data_ptr(),
+                               dup.data_ptr(), dtype_of(dgate), dgate.numel(), at::cuda::getCurrentCUDAStream()),
+               "swiglu backward");
     return {dgate, dup};
   }
 };
@@ -233,13 +239,16 @@ std::vector<at::Tensor> residual_rms_norm(const at::Tensor& x, const at::Tensor&
 
 at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b) {
   const bool same_shape = a.sizes() == b.sizes() && a.device() == b.device();
-  const bool dtypes = a.scalar_type() == b.scalar_type() || (a.scalar_type() == at::kFloat && b.scalar_type() == at::kBFloat16);
+  const bool dtypes =
+      a.scalar_type() == b.scalar_type() || (a.scalar_type() == at::kFloat && b.scalar_type() == at::kBFloat16);
   if (!same_shape || !dtypes || !fused_applies(a) || !fused_applies(b)) return a + b;
   return ResidualAdd::apply(a.contiguous(), b.contiguous())[0];
 }
 
-std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
-  return ResidualRmsNorm::apply(x.contiguous(), at::empty({0}, x.options()), w.to(at::kFloat).contiguous(), eps, out_dtype);
+std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps,
+                                          at::ScalarType out_dtype) {
+  return ResidualRmsNorm::apply(x.contiguous(), at::empty({0}, x.options()), w.to(at::kFloat).contiguous(), eps,
+                                out_dtype);
 }
 
 std::vector<at::Tensor> qkv_rope(const at::Tensor& qkv, const at::Tensor& positions, int64_t H, int64_t Hkv, int64_t D,

@@ -33,7 +33,8 @@ at::Tensor residual_add(const at::Tensor& a, const at::Tensor& b);
 // {x, rms_norm(x)} for a pre-norm whose input flows on in the residual stream: x itself (as a view
 // whose gradient goes through the norm's node), and the norm in out_dtype; backward adds the
 // stream's gradient of x into the norm's in one kernel (residual_rms_norm.cu).
-std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
+std::vector<at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& w, double eps,
+                                          at::ScalarType out_dtype);
 
 // qkv [B, T, (H + 2 Hkv) D] -> {q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]}, each the
 // transposed view of a contiguous [B, T, heads, D], with RoPE on q and k at positions [B or 1, T]

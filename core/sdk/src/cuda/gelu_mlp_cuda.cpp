@@ -35,7 +35,8 @@ at::Tensor up_gelu(const at::Tensor& x, const at::Tensor& w_up, at::Tensor pre) 
 }
 
 struct GeluMlp : public torch::autograd::Function<GeluMlp> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w_up, const at::Tensor& w_down) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w_up,
+                            const at::Tensor& w_down) {
     // x: [M, C], w_up: [H, C], w_down: [C, H], contiguous, one dtype
     const c10::cuda::CUDAGuard guard(x.device());
     auto pre = at::empty({x.size(0), w_up.size(0)}, x.options());  // [M, H], GELU's input

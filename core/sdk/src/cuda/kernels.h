@@ -32,7 +32,7 @@ struct QkvRopeArgs {
   const int64_t* positions = nullptr;
   int64_t pos_batch_stride = 0;
   float base = 10000.f, two_over_d = 0;  // inv_freq_i = base^(-i * two_over_d), two_over_d = 2/D in fp32
-  bool rope = true;  // false: the split alone
+  bool rope = true;                      // false: the split alone
 };
 cudaError_t qkv_rope(const QkvRopeArgs& a, DType dtype, void* qkv, void* q, void* k, void* v, bool inverse,
                      cudaStream_t stream);

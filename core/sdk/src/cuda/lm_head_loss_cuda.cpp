@@ -50,8 +50,10 @@ HeadLossSums lm_head_loss_sums(const at::Tensor& h, const at::Tensor& W, const a
     if (!with_grad) continue;
     // lc now holds d(loss)/d(logits) = softmax - onehot (zero in the padding columns).
     auto gh = out.grad_h.narrow(0, r0, n);  // [n, C], rows of a contiguous tensor: contiguous
-    if (gh.scalar_type() == lc.scalar_type()) at::mm_out(gh, lc, Wp);
-    else gh.copy_(at::mm(lc, Wp));
+    if (gh.scalar_type() == lc.scalar_type())
+      at::mm_out(gh, lc, Wp);
+    else
+      gh.copy_(at::mm(lc, Wp));
     // [Vp, C]: the chunks' products summed in fp32 by the matmul itself (beta = 1), not each rounded
     // to bf16 and added by another pass.
     if (!lt_matmul(lc, true, hc, false, grad_Wp, 1.f)) grad_Wp.add_(at::mm(lc.t(), hc));

@@ -17,7 +17,8 @@ namespace cuda {
 namespace {
 
 void check_lt(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw Error(std::string("cuBLASLt matmul: ") + what + " failed: " + cublasLtGetStatusString(s));
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cuBLASLt matmul: ") + what + " failed: " + cublasLtGetStatusString(s));
 }
 
 // Largest power of two <= 256 dividing the address: cuBLASLt picks kernels by it.
@@ -41,8 +42,8 @@ cudaDataType_t lt_type(const at::Tensor& t) { return t.scalar_type() == at::kBFl
 // The heuristic's choice per device, shape, transposes, dtypes, epilogue, beta != 0 and alignments
 // (found false: cuBLASLt has no kernel for it). Deterministic: the heuristic's first answer, never
 // a timed pick, so a run and its resume use the same kernels.
-using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, bool, bool, int, int, int, bool, uint32_t, uint32_t, uint32_t,
-                           uint32_t>;
+using PlanKey =
+    std::tuple<int, int64_t, int64_t, int64_t, bool, bool, int, int, int, bool, uint32_t, uint32_t, uint32_t, uint32_t>;
 struct Plan {
   bool found = false;
   cublasLtMatmulAlgo_t algo{};
@@ -64,7 +65,8 @@ bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, con
   const cublasOperation_t ta = b_t ? CUBLAS_OP_T : CUBLAS_OP_N, tb = a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
   check_lt(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "set TRANSA");
   check_lt(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "set TRANSB");
-  check_lt(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)), "set EPILOGUE");
+  check_lt(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
+           "set EPILOGUE");
   if (aux.defined()) {
     void* aux_ptr = aux.data_ptr();
     const int64_t aux_ld = N;
@@ -75,14 +77,28 @@ bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, con
   }
   // Column-major: b as stored is [N, K] (b_t) or [K, N], i.e. K x N or N x K; a likewise.
   LtHandle<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy> lb, la, ld;
-  check_lt(b_t ? cublasLtMatrixLayoutCreate(&lb.h, in_type, K, N, K) : cublasLtMatrixLayoutCreate(&lb.h, in_type, N, K, N),
-           "layout of b");
-  check_lt(a_t ? cublasLtMatrixLayoutCreate(&la.h, in_type, M, K, M) : cublasLtMatrixLayoutCreate(&la.h, in_type, K, M, K),
-           "layout of a");
+  check_lt(
+      b_t ? cublasLtMatrixLayoutCreate(&lb.h, in_type, K, N, K) : cublasLtMatrixLayoutCreate(&lb.h, in_type, N, K, N),
+      "layout of b");
+  check_lt(
+      a_t ? cublasLtMatrixLayoutCreate(&la.h, in_type, M, K, M) : cublasLtMatrixLayoutCreate(&la.h, in_type, K, M, K),
+      "layout of a");
   check_lt(cublasLtMatrixLayoutCreate(&ld.h, out_type, N, M, N), "layout of d");
 
-  const PlanKey key{d.get_device(), M, N, K, a_t, b_t, static_cast<int>(epilogue), static_cast<int>(in_type),
-                    static_cast<int>(out_type), beta != 0.f, al_a, al_b, al_d, al_aux};
+  const PlanKey key{d.get_device(),
+                    M,
+                    N,
+                    K,
+                    a_t,
+                    b_t,
+                    static_cast<int>(epilogue),
+                    static_cast<int>(in_type),
+                    static_cast<int>(out_type),
+                    beta != 0.f,
+                    al_a,
+                    al_b,
+                    al_d,
+                    al_aux};
   const cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
   const size_t workspace_size = at::cuda::getCUDABlasLtWorkspaceSize();
   Plan plan;
@@ -107,14 +123,14 @@ bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, con
       check_lt(cublasLtMatmulPreferenceSetAttribute(pref.h, attr, &value, sizeof(value)), "set MIN_ALIGNMENT");
     cublasLtMatmulHeuristicResult_t result{};
     int returned = 0;
-    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle, op.h, lb.h, la.h, ld.h, ld.h, pref.h, 1, &result,
-                                                            &returned);
+    const cublasStatus_t s =
+        cublasLtMatmulAlgoGetHeuristic(handle, op.h, lb.h, la.h, ld.h, ld.h, pref.h, 1, &result, &returned);
     plan.found = s == CUBLAS_STATUS_SUCCESS && returned > 0;
     if (plan.found) plan.algo = result.algo;
     if (!plan.found)
       log_info("cuBLASLt has no kernel for [" + std::to_string(M) + ", " + std::to_string(K) + "] x [" +
-               std::to_string(K) + ", " + std::to_string(N) + "] with epilogue " + std::to_string(static_cast<int>(epilogue)) +
-               "; this case runs as separate ops");
+               std::to_string(K) + ", " + std::to_string(N) + "] with epilogue " +
+               std::to_string(static_cast<int>(epilogue)) + "; this case runs as separate ops");
     std::lock_guard<std::mutex> lock(plans_mutex);
     plans[key] = plan;
   }

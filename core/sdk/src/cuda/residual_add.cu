@@ -20,8 +20,8 @@ constexpr int kThreads = 256;
 
 // a, out: [n] (A); b: [n] (B); 4 values per thread
 template <typename A, typename B>
-__global__ void __launch_bounds__(kThreads) residual_add_vec_kernel(const A* __restrict__ a, const B* __restrict__ b,
-                                                                    A* __restrict__ out, int64_t n4) {
+__global__ void __launch_bounds__(kThreads)
+    residual_add_vec_kernel(const A* __restrict__ a, const B* __restrict__ b, A* __restrict__ out, int64_t n4) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     float x[4], y[4];
@@ -34,8 +34,8 @@ __global__ void __launch_bounds__(kThreads) residual_add_vec_kernel(const A* __r
 }
 
 template <typename A, typename B>
-__global__ void __launch_bounds__(kThreads) residual_add_kernel(const A* __restrict__ a, const B* __restrict__ b,
-                                                                A* __restrict__ out, int64_t n) {
+__global__ void __launch_bounds__(kThreads)
+    residual_add_kernel(const A* __restrict__ a, const B* __restrict__ b, A* __restrict__ out, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * kThreads)
     st(out + i, ld(a + i) + ld(b + i));

@@ -27,9 +27,10 @@ constexpr int kWarps = 8;  // rows in flight per block (one warp each)
 
 // x, h: [rows, C] (X); y: [rows, C] (Y); n: [rows, C] (N); w: [C]; rstd: [rows]
 template <typename X, typename Y, typename N>
-__global__ void __launch_bounds__(kWarps * 32) residual_rms_forward_kernel(
-    const X* __restrict__ x, const Y* __restrict__ y, const float* __restrict__ w, X* __restrict__ h,
-    N* __restrict__ n, float* __restrict__ rstd, int64_t rows, int64_t C, float eps) {
+__global__ void __launch_bounds__(kWarps * 32)
+    residual_rms_forward_kernel(const X* __restrict__ x, const Y* __restrict__ y, const float* __restrict__ w,
+                                X* __restrict__ h, N* __restrict__ n, float* __restrict__ rstd, int64_t rows, int64_t C,
+                                float eps) {
   const int lane = threadIdx.x % 32;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32; r < rows;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -56,10 +57,10 @@ __global__ void __launch_bounds__(kWarps * 32) residual_rms_forward_kernel(
 // row of shared memory (a lane owns its columns: no atomics), then the block adds its warps' rows in
 // a fixed order and writes the block's row of dw_partial. Same grid, same order: bit-identical runs.
 template <typename X, typename Y, typename N>
-__global__ void __launch_bounds__(kWarps * 32) residual_rms_backward_kernel(
-    const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h, const float* __restrict__ w,
-    const float* __restrict__ rstd, X* __restrict__ dx, Y* __restrict__ dy, float* __restrict__ dw_partial,
-    int64_t rows, int64_t C) {
+__global__ void __launch_bounds__(kWarps * 32)
+    residual_rms_backward_kernel(const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h,
+                                 const float* __restrict__ w, const float* __restrict__ rstd, X* __restrict__ dx,
+                                 Y* __restrict__ dy, float* __restrict__ dw_partial, int64_t rows, int64_t C) {
   extern __shared__ float dw_shared[];  // [kWarps, C]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float* dw_warp = dw_shared + warp * C;
@@ -103,10 +104,10 @@ constexpr int kMaxChunks = 6;
 // in registers (shared memory only for the block's final sum). Same rows per block, same results up
 // to the order of the row's dot product.
 template <typename X, typename Y, typename N, int K>
-__global__ void __launch_bounds__(kWarps * 32, 2) residual_rms_backward_regs_kernel(
-    const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h, const float* __restrict__ w,
-    const float* __restrict__ rstd, X* __restrict__ dx, Y* __restrict__ dy, float* __restrict__ dw_partial,
-    int64_t rows, int64_t C) {
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    residual_rms_backward_regs_kernel(const X* __restrict__ dh, const N* __restrict__ dn, const X* __restrict__ h,
+                                      const float* __restrict__ w, const float* __restrict__ rstd, X* __restrict__ dx,
+                                      Y* __restrict__ dy, float* __restrict__ dw_partial, int64_t rows, int64_t C) {
   extern __shared__ float dw_shared[];  // [kWarps, C]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float dw[K][4];
@@ -189,12 +190,18 @@ bool launch_backward_regs(const void* dh, const void* dn, const void* h, const f
       return true;
     };
     switch (C / 128) {
-      case 1: return go(residual_rms_backward_regs_kernel<X, Y, N, 1>);
-      case 2: return go(residual_rms_backward_regs_kernel<X, Y, N, 2>);
-      case 3: return go(residual_rms_backward_regs_kernel<X, Y, N, 3>);
-      case 4: return go(residual_rms_backward_regs_kernel<X, Y, N, 4>);
-      case 5: return go(residual_rms_backward_regs_kernel<X, Y, N, 5>);
-      default: return go(residual_rms_backward_regs_kernel<X, Y, N, 6>);
+      case 1:
+        return go(residual_rms_backward_regs_kernel<X, Y, N, 1>);
+      case 2:
+        return go(residual_rms_backward_regs_kernel<X, Y, N, 2>);
+      case 3:
+        return go(residual_rms_backward_regs_kernel<X, Y, N, 3>);
+      case 4:
+        return go(residual_rms_backward_regs_kernel<X, Y, N, 4>);
+      case 5:
+        return go(residual_rms_backward_regs_kernel<X, Y, N, 5>);
+      default:
+        return go(residual_rms_backward_regs_kernel<X, Y, N, 6>);
     }
   }
 }
@@ -246,7 +253,8 @@ cudaError_t residual_rms_norm_backward(const void* dh, const void* dn, DType nd,
       return err;
     auto kernel = residual_rms_backward_kernel<X, Y, N>;
     if (shared > 48 * 1024) {  // C > 1536: opt in to more shared memory (up to ~227 KB on Hopper)
-      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+      const cudaError_t e =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
       if (e != cudaSuccess) return e;
     }
     kernel<<<static_cast<unsigned>(blocks), kWarps * 32, shared, stream>>>(

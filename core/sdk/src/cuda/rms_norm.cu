@@ -18,13 +18,13 @@ namespace linearnexus {
 namespace cuda {
 namespace {
 
-constexpr int kWarps = 8;          // rows in flight per block (one warp each)
+constexpr int kWarps = 8;                  // rows in flight per block (one warp each)
 constexpr int64_t kBackwardBlocks = 1024;  // residual_rms_norm.cu's backward grid (rms_norm_backward_blocks)
 
 template <typename X, typename Y>
-__global__ void __launch_bounds__(kWarps * 32) rms_forward_kernel(const X* __restrict__ x, const float* __restrict__ w,
-                                                                  Y* __restrict__ y, float* __restrict__ rstd,
-                                                                  int64_t rows, int64_t C, float eps) {
+__global__ void __launch_bounds__(kWarps * 32)
+    rms_forward_kernel(const X* __restrict__ x, const float* __restrict__ w, Y* __restrict__ y,
+                       float* __restrict__ rstd, int64_t rows, int64_t C, float eps) {
   const int lane = threadIdx.x % 32;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32; r < rows;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {

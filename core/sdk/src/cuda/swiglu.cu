@@ -16,8 +16,10 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T>
-__global__ void swiglu_forward_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * kThreads) {
+__global__ void swiglu_forward_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
+                                      int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
     const float g = ld(gate + i);
     st(out + i, g / (1.f + __expf(-g)) * ld(up + i));
   }
@@ -26,7 +28,8 @@ __global__ void swiglu_forward_kernel(const T* __restrict__ gate, const T* __res
 template <typename T>
 __global__ void swiglu_backward_kernel(const T* __restrict__ gate, const T* __restrict__ up, const T* __restrict__ dout,
                                        T* __restrict__ dgate, T* __restrict__ dup, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * kThreads) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
     const float g = ld(gate + i), u = ld(up + i), d = ld(dout + i);
     const float sig = 1.f / (1.f + __expf(-g));
     st(dup + i, d * g * sig);
@@ -47,8 +50,8 @@ cudaError_t swiglu_forward(const void* gate, const void* up, void* out, DType dt
                                                                   static_cast<const __nv_bfloat16*>(up),
                                                                   static_cast<__nv_bfloat16*>(out), n);
   else
-    swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const float*>(gate),
-                                                                  static_cast<const float*>(up), static_cast<float*>(out), n);
+    swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
+        static_cast<const float*>(gate), static_cast<const float*>(up), static_cast<float*>(out), n);
   return cudaGetLastError();
 }
 
@@ -58,12 +61,12 @@ cudaError_t swiglu_backward(const void* gate, const void* up, const void* dout, 
   if (dtype == DType::BF16)
     swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(gate), static_cast<const __nv_bfloat16*>(up),
-        static_cast<const __nv_bfloat16*>(dout), static_cast<__nv_bfloat16*>(dgate), static_cast<__nv_bfloat16*>(dup), n);
+        static_cast<const __nv_bfloat16*>(dout), static_cast<__nv_bfloat16*>(dgate), static_cast<__nv_bfloat16*>(dup),
+        n);
   else
-    swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const float*>(gate),
-                                                                   static_cast<const float*>(up),
-                                                                   static_cast<const float*>(dout),
-                                                                   static_cast<float*>(dgate), static_cast<float*>(dup), n);
+    swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
+        static_cast<const float*>(gate), static_cast<const float*>(up), static_cast<const float*>(dout),
+        static_cast<float*>(dgate), static_cast<float*>(dup), n);
   return cudaGetLastError();
 }
 

@@ -22,8 +22,8 @@ class PluginHost;
 // The top-level keys.
 struct RunSettings {
   std::string name = "run";
-  uint64_t seed = 1337;          // initialisation, data order, dropout and sampling
-  std::string device = "auto";   // auto | cpu | cuda
+  uint64_t seed = 1337;            // initialisation, data order, dropout and sampling
+  std::string device = "auto";     // auto | cpu | cuda
   std::string precision = "fp32";  // fp32 | bf16
 };
 
@@ -71,15 +71,15 @@ struct Experiment {
   // model: with dims.vocab_size 0 for `auto` (the tokenizer's: model_config fills it in).
   ModelConfig model;
   std::string optimizer_name;
-  Params optimizer;       // the optimizer plugin's keys
+  Params optimizer;  // the optimizer plugin's keys
   ScheduleSettings schedule;
   std::string trainer_name;
   TrainerSettings trainer;
   Params trainer_params;  // the trainer plugin's own keys
   SampleSettings sample;
   DistributedSettings distributed;  // used when launched on several ranks
-  std::string task_name;  // "" when the experiment has no task section
-  Params task;            // the task plugin's keys
+  std::string task_name;            // "" when the experiment has no task section
+  Params task;                      // the task plugin's keys
   std::string resolved_yaml;
 
   // The model for a tokenizer of `tokenizer_vocab_size` ids (model.vocab_size: auto takes it).
@@ -112,6 +112,5 @@ const Schema& model_schema();
 const Schema& schedule_schema();
 const Schema& trainer_common_schema();
 const Schema& sample_schema();
-
 
 }  // namespace linearnexus

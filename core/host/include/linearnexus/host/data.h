@@ -49,7 +49,7 @@ Sampling parse_sampling(const std::string& name);  // "random" | "epoch"
 // The host's `data:` schema, and the section parsed once.
 const Schema& data_schema();
 struct DataSettings {
-  std::string path;              // a text file, builtin:arithmetic, task, or a prepared folder
+  std::string path;  // a text file, builtin:arithmetic, task, or a prepared folder
   std::string tokenizer = "char";
   int64_t seq_len = 256;
   double val_fraction = 0.1;

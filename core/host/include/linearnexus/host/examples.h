@@ -81,7 +81,8 @@ RenderedChat render_chat(const Tokenizer& tokenizer, const std::string& row_json
 // rejected) as padded windows: x [R, T] the ids (0 past an example's end), y [R, T] the next id where
 // it carries the loss, else -1. Which examples: a pure function of (spec, step, micro_step, rank),
 // as get_batch draws windows (random with replacement, or epochs of a permutation).
-Batch get_example_batch(const ExampleSet& set, const BatchSpec& spec, int64_t step, int64_t micro_step, int64_t rank = 0);
+Batch get_example_batch(const ExampleSet& set, const BatchSpec& spec, int64_t step, int64_t micro_step,
+                        int64_t rank = 0);
 // Validation batch `index` (examples index * B .. in order, wrapping).
 Batch get_example_batch_in_order(const ExampleSet& set, int64_t batch_size, int64_t seq_len, int64_t index);
 

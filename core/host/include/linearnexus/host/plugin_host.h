@@ -18,8 +18,8 @@ struct LoadedPlugin {
   std::string version;
   std::string description;
   std::vector<std::string> registered;  // "block attention", "optimizer adamw", ...
-  uint32_t abi = 0;                      // the plugin ABI and LibTorch it was built for (the host's:
-  std::string torch_version;             // others are refused before it is loaded)
+  uint32_t abi = 0;                     // the plugin ABI and LibTorch it was built for (the host's:
+  std::string torch_version;            // others are refused before it is loaded)
 };
 
 struct PluginProblem {

@@ -32,8 +32,8 @@ class Registry;
 class RunCheckpoint {
  public:
   // What a checkpoint of `model` (built by `registry`) records about it, at `step`.
-  RunCheckpoint(const LMModel& model, const Registry& registry, const std::string& config_yaml, const Tokenizer& tokenizer,
-                int64_t step);
+  RunCheckpoint(const LMModel& model, const Registry& registry, const std::string& config_yaml,
+                const Tokenizer& tokenizer, int64_t step);
   // The whole file (a run folder means its latest.safetensors), validated: the header, the metadata
   // a run needs (step, config, tokenizer), only tensors a run writes, finite optimizer and extra
   // tensors. Errors name the file. header_only: the header and metadata alone, no tensors (`validate`).
@@ -123,7 +123,8 @@ struct LoadedModel {
 // checkpoint's plugins are checked (RunCheckpoint::check_plugins); its own plugins.paths are never
 // loaded (a checkpoint is data): its blocks must be on the host's path.
 LoadedModel load_model_from_checkpoint(const std::string& run_dir_or_file, PluginHost& host,
-                                       const std::string& device = "cpu", const std::vector<std::string>& overrides = {});
+                                       const std::string& device = "cpu",
+                                       const std::vector<std::string>& overrides = {});
 
 // A module's parameters and buffers by name, with `prefix`.
 TensorMap model_tensors(const torch::nn::Module& module, const std::string& prefix = "model.");

@@ -14,7 +14,7 @@ struct Experiment;
 // A variable that is not a whole number from 1 to 4096 is an Error naming it.
 struct ThreadChoice {
   int threads = 1;
-  std::string source;  // the variable it came from; "" = the physical cores
+  std::string source;            // the variable it came from; "" = the physical cores
   std::string describe() const;  // "2 CPU threads (the physical cores; ...)"
 };
 ThreadChoice choose_num_threads();

@@ -15,10 +15,10 @@ struct PrepareOptions {
   std::vector<std::string> inputs;  // text files; each is one document (GPT-2: <|endoftext|> between)
   std::string tokenizer = "gpt2";   // char, or what load_tokenizer reads (tokenizer.h)
   std::string out_dir;
-  double val_fraction = 0.005;      // the last tokens go to val.bin
-  int64_t chunk_bytes = 1 << 20;    // text encoded per task; two tasks run at once
-  bool progress = true;             // a progress bar on stderr
-  bool force = false;               // overwrite a folder that is not empty (a prepared dataset, a run)
+  double val_fraction = 0.005;    // the last tokens go to val.bin
+  int64_t chunk_bytes = 1 << 20;  // text encoded per task; two tasks run at once
+  bool progress = true;           // a progress bar on stderr
+  bool force = false;             // overwrite a folder that is not empty (a prepared dataset, a run)
 };
 struct PreparedSummary {
   std::string dtype;

@@ -25,8 +25,7 @@ class RunLog;
 
 // Learning-rate multiplier for `step` (0-based): linear warmup over warmup_steps, then decay
 // ("cosine", "linear", "constant") to min_ratio at max_steps.
-double lr_multiplier(int64_t step, int64_t warmup_steps, int64_t max_steps, const std::string& decay,
-                     double min_ratio);
+double lr_multiplier(int64_t step, int64_t warmup_steps, int64_t max_steps, const std::string& decay, double min_ratio);
 // Global L2 norm of all gradients (a 0-d tensor: reading it is the caller's choice, so the step
 // need not synchronise with the device); scales them to max_norm when above it (<= 0: no clip).
 at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm);
@@ -121,7 +120,7 @@ class HostTrainingRun final : public TrainingRun {
   std::vector<Trainable> groups_;  // [0]: the model's; then the trainer's additions
   std::unique_ptr<CheckpointManager> ckpt_;
   std::unique_ptr<RunLog> log_;  // metrics.jsonl, TensorBoard, the progress line (run_log.h)
-  std::string lora_base_;  // RunCheckpoint::lora_base of a LoRA run, carried into each checkpoint
+  std::string lora_base_;        // RunCheckpoint::lora_base of a LoRA run, carried into each checkpoint
   int64_t last_step_ = 0, start_step_ = 0, step_ = 0, curvature_step_ = -1;
   std::chrono::steady_clock::time_point t_start_, t_last_log_;
   int64_t tokens_since_log_ = 0, steps_since_log_ = 0;
