@@ -83,7 +83,7 @@ TEST_CASE("post-training path on fixtures: hf-import, chat SFT with LoRA, DPO, s
       " --set trainer.eval_every=20 --set trainer.out_dir='" + (t / "sft") + "'" + common);
   const auto sft_loss = metric(t / "sft", "loss"), sft_val = metric(t / "sft", "val_loss");
   REQUIRE(sft_loss.size() >= 2);
-  REQUIRE(sft_val.size() == 2);
+  REQUIRE(sft_val.size() >= 2);               // step 0, 20 and 40
   CHECK(sft_loss.back() < sft_loss.front());  // the assistant turns are learnt, held-out ones too
   CHECK(sft_val.back() < sft_val.front());
 

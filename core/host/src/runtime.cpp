@@ -131,6 +131,19 @@ at::ScalarType compute_dtype(const Experiment& exp, const at::Device& device) {
   return at::kBFloat16;
 }
 
+namespace {
+// The error for a run folder whose .lock another run holds, naming the holder's pid (the lock file's
+// text); closes fd.
+[[noreturn]] void throw_in_use(int fd, const std::string& dir) {
+  char buf[32] = {0};
+  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  ::close(fd);
+  const std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+  throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
+              "); wait for it to end, or give this run another out_dir");
+}
+}  // namespace
+
 void check_run_folder_free(const std::string& dir) {
   const std::string path = (fs::path(dir) / ".lock").string();
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -139,12 +152,7 @@ void check_run_folder_free(const std::string& dir) {
   const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
   // A shared lock conflicts with a running run's exclusive one, and is dropped at once.
   if (regular && ::flock(fd, LOCK_SH | LOCK_NB) != 0) {
-    char buf[32] = {0};
-    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-    ::close(fd);
-    const std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
-    throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
-                "); wait for it to end, or give this run another out_dir");
+    throw_in_use(fd, dir);
   }
   ::close(fd);
   if (!regular) throw Error("trainer.out_dir: the lock file '" + path + "' is not a regular file; remove it");
@@ -200,12 +208,7 @@ std::shared_ptr<void> lock_run_folder(const std::string& dir, int attempt) {
     throw Error("trainer.out_dir: the lock file '" + path + "' is not a regular file; remove it");
   }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    char buf[32] = {0};
-    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-    ::close(fd);
-    const std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
-    throw Error("trainer.out_dir '" + dir + "' is in use by another run (pid " + pid.substr(0, pid.find('\n')) +
-                "); wait for it to end, or give this run another out_dir");
+    throw_in_use(fd, dir);
   }
   // The holder removes the file when it ends (below): a run that opened the file just before that
   // holds a lock on a file no longer in the folder, and would share the folder with the next run

@@ -2,6 +2,8 @@
 // checkpoints and exact resume, shared by every trainer.
 #include "linearnexus/host/training_run.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +25,7 @@
 #include "linearnexus/task.h"
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 
 namespace linearnexus {
 
