@@ -324,7 +324,8 @@ TEST_CASE("runner: sample takes its defaults from the checkpoint's sample sectio
   REQUIRE(one.code == 0);
   CHECK(one.out.rfind("---- sample 1 ----\n12+", 0) == 0);
   CHECK(one.out.find("---- sample 2 ----") == std::string::npos);
-  check_one_clean_error(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens abc"), "must be an integer");
+  check_one_clean_error(run_cli("sample --checkpoint " + (t / "a") + " --max-tokens abc"),
+                        "--max-tokens");  // typed: CLI11 refuses a non-number
 }
 
 TEST_CASE("runner: plugins describe of a mistyped name suggests the nearest name of any kind", "[cli]") {
