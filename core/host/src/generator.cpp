@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <sstream>
 
-#include "cuda_graph.h"
+#include "decode_slot.h"
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
 #include "linearnexus/layers.h"
@@ -95,22 +95,6 @@ at::Tensor InferenceModel::logits(const at::Tensor& h) {
   return at::matmul(x, head_.t()).narrow(-1, 0, V);
 }
 
-// ---- the static buffers of one batch shape ----------------------------------------------------------
-
-struct DecodeGenerator::Slot {
-  int64_t N = 0, L = 0;
-  ModelState state;                  // every layer's cache, N rows and L columns
-  at::Tensor key_padding;            // [N, L] bool
-  at::Tensor tok;                    // [N, 1] int64: the token the next step consumes
-  at::Tensor pos;                    // [N, 1] int64: its position (counted from the row's first real token)
-  at::Tensor column;                 // [1] int64: its cache column
-  at::Tensor counter;                // [1] int64: tokens drawn so far (the sampler's counter, the history's column)
-  at::Tensor seed;                   // [1] int64, or [N]: a seed per row (generate_seeded)
-  at::Tensor done;                   // [N] bool: the row drew EOS or the host stopped it
-  at::Tensor tokens, logprobs;       // [N, L]: what each draw gave
-  std::unique_ptr<StepGraph> graph;  // the captured step, if any
-};
-
 // One call's host side: its prompts, how far it may decode, and what the host has read so far.
 struct DecodeGenerator::Call {
   std::vector<std::vector<int64_t>> prompts;
@@ -148,23 +132,31 @@ bool ends_with(const std::vector<int64_t>& s, const std::vector<int64_t>& tail) 
   return !tail.empty() && s.size() >= tail.size() && std::equal(tail.rbegin(), tail.rend(), s.rbegin());
 }
 
-// Records one draw from logits [N, V] in the slot's history and makes it the next step's input.
-void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingParams& p) {
-  auto next = sample_tokens(logits, p, s.seed, s.counter);  // [N]
+}  // namespace
+
+at::Tensor drawn_logprobs(const at::Tensor& logits, const at::Tensor& next, const SamplingParams& p) {
+  // logits [N, V], next [N] -> [N]
   const double temp = p.temperature > 0 ? p.temperature : 1.0;
   auto scaled = logits.to(at::kFloat);
-  scaled = (scaled - std::get<0>(scaled.max(-1, /*keepdim=*/true))) / temp;         // as sample_tokens: no inf - inf
-  auto logp = at::log_softmax(scaled, -1).gather(1, next.unsqueeze(1)).squeeze(1);  // [N]
+  scaled = (scaled - std::get<0>(scaled.max(-1, /*keepdim=*/true))) / temp;  // as sample_tokens: no inf - inf
+  return at::log_softmax(scaled, -1).gather(1, next.unsqueeze(1)).squeeze(1);
+}
+
+void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingParams& p) {
+  auto next = sample_tokens(logits, p, s.seed, s.counter);  // [N]
+  auto logp = drawn_logprobs(logits, next, p);              // [N]
   // Finished rows decode a padding token (cheaper than compacting the batch); the host's mask of
   // live tokens, built as it reads the tokens, zeroes their log-probs at the end.
   next = next.masked_fill(s.done, 0);
-  s.tokens.index_copy_(1, s.counter, next.unsqueeze(1));
-  s.logprobs.index_copy_(1, s.counter, logp.unsqueeze(1));
+  const at::Tensor& index = s.stream ? s.column : s.counter;
+  s.tokens.index_copy_(1, index, next.unsqueeze(1));
+  s.logprobs.index_copy_(1, index, logp.unsqueeze(1));
   if (p.eos_id >= 0) s.done.logical_or_(next == p.eos_id);
   s.tok.copy_(next.unsqueeze(1));
   s.counter.add_(1);
 }
-}  // namespace
+
+int64_t fold_seed(uint64_t seed) { return static_cast<int64_t>((seed ^ (seed >> 32)) & 0xffffffffULL); }
 
 DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const SamplingParams& p, bool graph,
                                                  bool seed_per_row) {
@@ -172,7 +164,13 @@ DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const Sam
   auto it = slots_.find(key);
   if (it != slots_.end()) return *it->second;
   if (slots_.size() >= 8) slots_.clear();  // each holds a whole cache: keep a few shapes only
+  return *slots_.emplace(key, make_slot(N, L, seed_per_row, false)).first->second;
+}
+
+std::unique_ptr<DecodeGenerator::Slot> DecodeGenerator::make_slot(int64_t N, int64_t L, bool seed_per_row,
+                                                                  bool stream) {
   auto s = std::make_unique<Slot>();
+  s->stream = stream;
   s->N = N;
   s->L = L;
   s->state = weights_.model().init_state(N, L);
@@ -181,13 +179,13 @@ DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const Sam
   s->tok = at::zeros({N, 1}, longs);
   s->pos = at::zeros({N, 1}, longs);
   s->column = at::zeros({1}, longs);
-  s->counter = at::zeros({1}, longs);
-  s->seed = at::zeros({seed_per_row ? N : 1}, longs);
+  s->counter = at::zeros({stream ? N : 1}, longs);
+  s->seed = at::zeros({seed_per_row || stream ? N : 1}, longs);
   s->state.key_padding = s->key_padding;
   s->done = at::zeros({N}, longs.dtype(at::kBool));
   s->tokens = at::zeros({N, L}, longs);
   s->logprobs = at::zeros({N, L}, longs.dtype(at::kFloat));
-  return *slots_.emplace(key, std::move(s)).first->second;
+  return s;
 }
 
 // ---- step -----------------------------------------------------------------------------------------
@@ -203,8 +201,7 @@ bool DecodeGenerator::use_graph(bool cuda) {
   return cuda && options.step == "auto" && LINEARNEXUS_HAS_CUDA_GRAPHS && unsafe.empty() && !capture_failed_;
 }
 
-// The static step: one token per row on the slot's fixed buffers (what a CUDA graph captures).
-namespace {
+// The static step (decode_slot.h): a stream's history is indexed by the column the step runs at.
 void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingParams& p) {
   s.state.slot = s.column;
   auto h = w.model().forward_hidden(s.tok, &s.state, Mode::Decode, s.pos);  // [N, 1, C]
@@ -212,7 +209,6 @@ void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingPara
   s.column.add_(1);
   s.pos.add_(1);
 }
-}  // namespace
 
 void DecodeGenerator::capture(Slot& s, const SamplingParams& p, bool* graph) {
   if (!*graph || s.graph) return;
@@ -233,6 +229,7 @@ void DecodeGenerator::step(Slot& s, const SamplingParams& p, const std::string& 
   // Eager: each block's usual Decode path on the same caches.
   auto h = weights_.model().forward_hidden(s.tok, &eager, Mode::Decode, s.pos);
   draw(s, weights_.logits(h), p);
+  if (s.stream) s.column.add_(1);  // a stream's history goes by column (the batch's by the counter)
   s.pos.add_(1);
 }
 
@@ -283,12 +280,11 @@ void DecodeGenerator::prefill(Slot& s, const Call& c, const SamplingParams& p) {
   s.pos.copy_(at::tensor(prompt_len, long_opts).index_select(0, rows).unsqueeze(1));
   s.column.fill_(P);
   s.counter.zero_();
-  auto fold = [](uint64_t seed) { return static_cast<int64_t>((seed ^ (seed >> 32)) & 0xffffffffULL); };
   if (c.row_seeds.empty()) {
-    s.seed.fill_(fold(p.seed));
+    s.seed.fill_(fold_seed(p.seed));
   } else {
     std::vector<int64_t> folded;
-    for (uint64_t seed : c.row_seeds) folded.push_back(fold(seed));
+    for (uint64_t seed : c.row_seeds) folded.push_back(fold_seed(seed));
     s.seed.copy_(at::tensor(folded, long_opts));
   }
   s.done.zero_();

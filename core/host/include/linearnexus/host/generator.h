@@ -99,7 +99,8 @@ class DecodeGenerator final : public Generator {
   struct Slot;  // the static buffers (and captured step) of one (batch, cache length, sampling) key
 
  private:
-  struct Call;  // one generate call's prompts, budget and host-side bookkeeping
+  friend class DecodeStream;  // continuous batching (decode_stream.h) on the same weights, slots and step
+  struct Call;                // one generate call's prompts, budget and host-side bookkeeping
   InferenceModel weights_;
   std::map<std::tuple<int64_t, int64_t, std::string>, std::unique_ptr<Slot>> slots_;
   bool warned_ = false, last_graphed_ = false, capture_failed_ = false;
@@ -107,6 +108,8 @@ class DecodeGenerator final : public Generator {
   GeneratedBatch run(const std::vector<std::vector<int64_t>>& prompts, const SamplingParams& params, int64_t group,
                      const std::vector<uint64_t>& row_seeds, const TokenCallback& on_token);
   Slot& slot_for(int64_t batch, int64_t cache_len, const SamplingParams& params, bool graph, bool seed_per_row);
+  // New static buffers; a stream's (decode_stream.h) has a counter per row and a seed per row.
+  std::unique_ptr<Slot> make_slot(int64_t batch, int64_t cache_len, bool seed_per_row, bool stream);
   bool use_graph(bool cuda);
   void capture(Slot& s, const SamplingParams& params, bool* graph);
   void prefill(Slot& s, const Call& call, const SamplingParams& params);

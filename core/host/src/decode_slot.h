@@ -1,0 +1,44 @@
+#pragma once
+// The decode engine's static buffers and its one-token step (generator.cpp), shared by the two ways
+// of driving it: DecodeGenerator's calls (a batch from prefill to its last token) and DecodeStream's
+// continuous batching (rows join and leave between steps). Internal to the host library.
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "cuda_graph.h"
+#include "linearnexus/host/generator.h"
+
+namespace linearnexus {
+
+// The static buffers of one (batch, cache length, sampling) key, and the step captured on them.
+struct DecodeGenerator::Slot {
+  int64_t N = 0, L = 0;
+  // A DecodeStream's slot: a sampler counter and a seed per row (each row counts its own draws from
+  // when it joined), and the history indexed by cache column rather than by the counter.
+  bool stream = false;
+  ModelState state;                  // every layer's cache, N rows and L columns
+  at::Tensor key_padding;            // [N, L] bool
+  at::Tensor tok;                    // [N, 1] int64: the token the next step consumes
+  at::Tensor pos;                    // [N, 1] int64: its position (counted from the row's first real token)
+  at::Tensor column;                 // [1] int64: its cache column
+  at::Tensor counter;                // [1] int64 (a stream's: [N]): tokens drawn so far, the sampler's counter
+  at::Tensor seed;                   // [1] int64, or [N]: a seed per row (generate_seeded, streams)
+  at::Tensor done;                   // [N] bool: the row drew EOS or the host stopped it
+  at::Tensor tokens, logprobs;       // [N, L]: what each draw gave, at the counter's (a stream's: the column's) index
+  std::unique_ptr<StepGraph> graph;  // the captured step, if any
+};
+
+// The log-probs [N] of the drawn tokens `next` [N] under the sampling temperature (T = 1 when greedy).
+at::Tensor drawn_logprobs(const at::Tensor& logits, const at::Tensor& next, const SamplingParams& p);
+
+// Records one draw from logits [N, V] in the slot's history and makes it the next step's input.
+void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingParams& p);
+
+// The static step: one token per row on the slot's fixed buffers (what a CUDA graph captures).
+void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingParams& p);
+
+// A 64-bit seed as the sampler's 32-bit one.
+int64_t fold_seed(uint64_t seed);
+
+}  // namespace linearnexus
