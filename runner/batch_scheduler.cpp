@@ -1,10 +1,12 @@
-// The scheduler thread of `linearnexus serve` (batch_scheduler.h): rounds of batched decoding and
-// the per-row text each job's reader sees.
+// The scheduler thread of `linearnexus serve` (batch_scheduler.h): continuous batching on a
+// DecodeStream and the per-row text each job's reader sees.
 #include "batch_scheduler.h"
 
 #include <algorithm>
+#include <set>
 
 #include "linearnexus/error.h"
+#include "linearnexus/host/decode_stream.h"
 #include "linearnexus/host/generator.h"
 #include "linearnexus/log.h"
 #include "linearnexus/model.h"
@@ -67,10 +69,10 @@ size_t incomplete_utf8_at_end(const std::string& text) {
 }  // namespace
 
 struct BatchScheduler::RowState {
-  Ticket* ticket = nullptr;
-  int64_t row = 0;   // the row's index in its job
-  std::string text;  // everything decoded so far (cut at a stop string)
-  size_t sent = 0;   // bytes of text already in events
+  std::shared_ptr<Ticket> ticket;  // held while the row is live (its handler may be gone)
+  int64_t row = 0;                 // the row's index in its job
+  std::string text;                // everything decoded so far (cut at a stop string)
+  size_t sent = 0;                 // bytes of text already in events
   int64_t tokens = 0;
   bool finished = false;
 
@@ -139,7 +141,7 @@ std::shared_ptr<Ticket> BatchScheduler::submit(Job job) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw Error("the server is shutting down");
-    waiting_.push_back(ticket);
+    waiting_.push_back(Waiting{ticket, 0});
   }
   cv_.notify_all();
   return ticket;
@@ -160,108 +162,154 @@ SchedulerStats BatchScheduler::stats() {
 }
 
 void BatchScheduler::loop() {
-  while (true) {
-    auto jobs = take_round();
-    if (jobs.empty()) return;  // stopping, nothing left
-    run_round(jobs);
-  }
-}
-
-// The oldest waiting job and every later one that can share its batch: the same sampling settings,
-// at most max_batch rows, and the longest prompt plus the largest budget within the context (the
-// engine left-pads to the longest prompt and decodes up to the largest budget). The rest wait.
-std::vector<std::shared_ptr<Ticket>> BatchScheduler::take_round() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  std::vector<std::shared_ptr<Ticket>> round;
-  while (round.empty()) {
-    cv_.wait(lock, [&] { return !waiting_.empty() || stopping_; });
-    if (waiting_.empty()) return round;
-    for (auto it = waiting_.begin(); it != waiting_.end();) {  // gone before their turn
-      if (!(*it)->cancelled()) {
-        ++it;
-        continue;
-      }
-      for (size_t r = 0; r < (*it)->job.rows.size(); ++r)
-        (*it)->push(JobEvent{static_cast<int64_t>(r), "", "cancelled", 0, ""});
-      stats_.cancelled_rows += static_cast<int64_t>((*it)->job.rows.size());
-      it = waiting_.erase(it);
-    }
-    if (waiting_.empty()) continue;
-    const Job& first = waiting_.front()->job;
-    int64_t rows = 0, longest = 0, budget = 0;
-    for (auto it = waiting_.begin(); it != waiting_.end();) {
-      const Job& j = (*it)->job;
-      int64_t job_longest = longest, job_budget = budget;
-      for (const auto& row : j.rows) {
-        job_longest = std::max<int64_t>(job_longest, static_cast<int64_t>(row.prompt.size()));
-        job_budget = std::max(job_budget, row.max_tokens);
-      }
-      const bool same = j.temperature == first.temperature && j.top_k == first.top_k && j.top_p == first.top_p &&
-                        j.eos_id == first.eos_id;
-      const int64_t n = static_cast<int64_t>(j.rows.size());
-      if (!same || (!round.empty() && (rows + n > max_batch_ || job_longest + job_budget > context_))) {
-        ++it;
-        continue;
-      }
-      rows += n, longest = job_longest, budget = job_budget;
-      round.push_back(*it);
-      it = waiting_.erase(it);
-    }
-  }
-  stats_.rounds += 1;
-  int64_t rows = 0;
-  for (const auto& t : round) rows += static_cast<int64_t>(t->job.rows.size());
-  stats_.rows += rows;
-  stats_.max_rows_in_round = std::max(stats_.max_rows_in_round, rows);
-  return round;
-}
-
-void BatchScheduler::run_round(const std::vector<std::shared_ptr<Ticket>>& jobs) {
-  // Rows of all jobs, in order: prompts [rows][len_i], seeds [rows].
-  std::vector<RowState> rows;
-  std::vector<std::vector<int64_t>> prompts;
-  std::vector<uint64_t> seeds;
-  int64_t budget = 0;
-  for (const auto& t : jobs)
-    for (size_t r = 0; r < t->job.rows.size(); ++r) {
-      RowState s;
-      s.ticket = t.get();
-      s.row = static_cast<int64_t>(r);
-      rows.push_back(std::move(s));
-      prompts.push_back(t->job.rows[r].prompt);
-      seeds.push_back(t->job.rows[r].seed);
-      budget = std::max(budget, t->job.rows[r].max_tokens);
-    }
-  const Job& first = jobs.front()->job;
-  SamplingParams sp;
-  sp.temperature = first.temperature;
-  sp.top_k = first.top_k;
-  sp.top_p = first.top_p;
-  sp.eos_id = first.eos_id;
-  sp.max_new_tokens = budget;
-  int64_t cancelled = 0;
-  try {
-    generator_->generate_seeded(prompts, sp, seeds, [&](int64_t r, int64_t token) {
-      RowState& s = rows[static_cast<size_t>(r)];
-      if (s.finished) return false;
-      if (s.ticket->cancelled()) {  // the client went away: free the row now
+  while (wait_for_work()) {
+    drop_cancelled_waiting();
+    try {
+      admit();
+      // Rows whose client went away stop now (their rows free up for the waiting ones).
+      for (auto it = live_.begin(); it != live_.end();) {
+        RowState& s = *it->second;
+        if (!s.ticket->cancelled()) {
+          ++it;
+          continue;
+        }
         log_info("serve: a client went away after " + std::to_string(s.tokens) + " of at most " +
                  std::to_string(s.ticket->job.rows[static_cast<size_t>(s.row)].max_tokens) + " tokens; its row stops");
-        ++cancelled;
         s.flush("cancelled");
-        return false;
+        stream_->cancel(it->first);
+        it = live_.erase(it);
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++stats_.cancelled_rows;
       }
-      return s.add(token, tokenizer_);
-    });
-    for (auto& s : rows)
-      if (!s.finished) s.flush("length");
-  } catch (const std::exception& e) {
-    const std::string what = error_text(e);
-    log_warn("serve: a batch of " + std::to_string(rows.size()) + " rows failed: " + what);
-    for (const auto& t : jobs) t->push(JobEvent{0, "", "", 0, what});
+      if (stream_ && !live_.empty()) deliver(stream_->advance());
+    } catch (const std::exception& e) {
+      fail_live(error_text(e));
+    }
+  }
+}
+
+bool BatchScheduler::wait_for_work() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!live_.empty()) return true;
+  cv_.wait(lock, [&] { return !waiting_.empty() || stopping_; });
+  return !waiting_.empty();  // stopping: everything queued is served first
+}
+
+// Jobs whose client went away: their rows not admitted yet end here (the admitted ones stop with the
+// live rows).
+void BatchScheduler::drop_cancelled_waiting() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (!it->ticket->cancelled()) {
+      ++it;
+      continue;
+    }
+    const size_t rows = it->ticket->job.rows.size();
+    for (size_t r = it->next_row; r < rows; ++r)
+      it->ticket->push(JobEvent{static_cast<int64_t>(r), "", "cancelled", 0, ""});
+    stats_.cancelled_rows += static_cast<int64_t>(rows - it->next_row);
+    it = waiting_.erase(it);
+  }
+}
+
+namespace {
+bool same_sampling(const Job& job, const SamplingParams& p) {
+  return job.temperature == p.temperature && job.top_k == p.top_k && job.top_p == p.top_p;
+}
+}  // namespace
+
+void BatchScheduler::admit() {
+  // The waiting jobs, in order (only this thread removes from the queue: handlers append).
+  std::vector<Waiting*> queue;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& w : waiting_) queue.push_back(&w);
+  }
+  if (queue.empty()) return;
+  if (live_.empty() && (!stream_ || !same_sampling(queue.front()->ticket->job, stream_->params()))) {
+    const Job& first = queue.front()->ticket->job;
+    SamplingParams sp;
+    sp.temperature = first.temperature;
+    sp.top_k = first.top_k;
+    sp.top_p = first.top_p;
+    stream_.reset();  // its cache first: one at a time
+    stream_ = std::make_unique<DecodeStream>(*generator_, max_batch_, sp);
+  }
+  const bool running = !live_.empty();
+  int64_t admitted = 0, passed_blocked = 0;
+  bool blocked = false;  // an earlier job is still waiting: later ones may pass it, max_batch rows at most
+  for (Waiting* w : queue) {
+    const Job& job = w->ticket->job;
+    if (blocked && passed_blocked >= max_batch_) break;
+    if (!same_sampling(job, stream_->params())) {
+      blocked = true;
+      continue;
+    }
+    std::vector<StreamRequest> requests;
+    for (size_t r = w->next_row; r < job.rows.size(); ++r) {
+      StreamRequest q;
+      q.id = next_id_ + static_cast<int64_t>(r - w->next_row);
+      q.prompt = job.rows[r].prompt;
+      q.seed = job.rows[r].seed;
+      q.max_new_tokens = job.rows[r].max_tokens;
+      requests.push_back(std::move(q));
+    }
+    int64_t n = 0;
+    try {
+      n = stream_->admit(requests);
+    } catch (const Error& e) {  // a row the engine refuses (the handler checked the context): this job fails
+      w->ticket->push(JobEvent{0, "", "", 0, error_text(e)});
+      w->next_row = job.rows.size();
+      continue;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      auto s = std::make_unique<RowState>();
+      s->ticket = w->ticket;
+      s->row = static_cast<int64_t>(w->next_row) + i;
+      live_[requests[static_cast<size_t>(i)].id] = std::move(s);
+    }
+    next_id_ += static_cast<int64_t>(requests.size());
+    w->next_row += static_cast<size_t>(n);
+    admitted += n;
+    if (blocked) passed_blocked += n;
+    if (w->next_row < job.rows.size()) blocked = true;
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  stats_.cancelled_rows += cancelled;
+  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
+                                [](const Waiting& w) { return w.next_row == w.ticket->job.rows.size(); }),
+                 waiting_.end());
+  stats_.rows += admitted;
+  if (running) stats_.joined_running += admitted;
+  stats_.max_live_rows = std::max<int64_t>(stats_.max_live_rows, static_cast<int64_t>(live_.size()));
+}
+
+void BatchScheduler::deliver(const std::vector<StreamToken>& tokens) {
+  for (const StreamToken& t : tokens) {
+    auto it = live_.find(t.id);
+    if (it == live_.end()) continue;
+    RowState& s = *it->second;
+    const bool more = s.add(t.token, tokenizer_);
+    if (more && t.last) s.flush("length");  // the stream's budget (max_tokens, within the context)
+    if (more && !t.last) continue;
+    if (!t.last) stream_->cancel(t.id);  // a stop string or the end of turn: free the row now
+    live_.erase(it);
+  }
+}
+
+// The engine failed (out of memory, say): every live row's job ends with the error, the stream is
+// made again for the next job.
+void BatchScheduler::fail_live(const std::string& what) {
+  log_warn("serve: decoding " + std::to_string(live_.size()) + " rows failed: " + what);
+  std::set<Ticket*> failed;
+  for (auto& kv : live_)
+    if (failed.insert(kv.second->ticket.get()).second) kv.second->ticket->push(JobEvent{0, "", "", 0, what});
+  live_.clear();
+  stream_.reset();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = waiting_.begin(); it != waiting_.end();) {  // partly admitted jobs fail whole
+    if (it->next_row > 0 && !failed.count(it->ticket.get())) it->ticket->push(JobEvent{0, "", "", 0, what});
+    it = it->next_row > 0 ? waiting_.erase(it) : std::next(it);
+  }
 }
 
 }  // namespace linearnexus

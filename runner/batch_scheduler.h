@@ -2,20 +2,23 @@
 // The batching side of `linearnexus serve`: one scheduler thread owns the decode engine; HTTP
 // handler threads submit jobs and read each job's events from its own queue.
 //
-//   handler threads --submit(Job)--> wait queue --round--> DecodeGenerator::generate_seeded
-//        ^                                                         | per-token callback
-//        +------- Ticket::next(): text deltas, finish reasons <----+ (stop strings, max_tokens,
-//                                                                     cancellation)
+//   handler threads --submit(Job)--> wait queue --admit--> DecodeStream (continuous batching)
+//        ^                                                        | advance(): tokens per row
+//        +------- Ticket::next(): text deltas, finish reasons <---+ (stop strings, EOS, max_tokens,
+//                                                                    cancellation)
 //
-// Batching is per round, not per token: each round takes the waiting jobs that can share one batch
-// (same temperature / top-k / top-p / EOS, at most max_batch rows, prompt + budget within the
-// context) and decodes them together to the end; jobs that arrive meanwhile join the next round.
-// Joining a running batch would need the engine to prefill a new row into a live cache at the
-// batch's current column (README, Serving, says what that takes).
+// Batching is continuous, per token (decode_stream.h): between steps, waiting rows join the running
+// batch in rows that finished, so a short request never waits for a long batch to end. A batch has one
+// temperature / top-k / top-p (its captured step samples with them); a job with other settings waits
+// for the batch to drain, and while it waits, later jobs with the batch's settings may still join, at
+// most --max-batch rows of them (so it waits about two batch lifetimes at worst). The end-of-turn
+// token is the host's business (a chat row ends on it, a completion row does not), so chat and
+// completion requests share a batch.
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +33,8 @@ class LMModel;
 class Registry;
 class Tokenizer;
 class DecodeGenerator;
+class DecodeStream;
+struct StreamToken;
 
 // One request: rows that share the sampling settings (n choices of each prompt).
 struct Job {
@@ -77,7 +82,10 @@ class Ticket {
 };
 
 struct SchedulerStats {
-  int64_t rounds = 0, rows = 0, max_rows_in_round = 0, cancelled_rows = 0;
+  int64_t rows = 0;            // completions admitted
+  int64_t joined_running = 0;  // of them, rows that joined a batch already decoding
+  int64_t max_live_rows = 0;   // the most rows decoded together
+  int64_t cancelled_rows = 0;
 };
 
 class BatchScheduler {
@@ -92,16 +100,27 @@ class BatchScheduler {
 
  private:
   struct RowState;
+  struct Waiting {  // a job whose rows are not all admitted yet
+    std::shared_ptr<Ticket> ticket;
+    size_t next_row = 0;
+  };
   void loop();
-  std::vector<std::shared_ptr<Ticket>> take_round();
-  void run_round(const std::vector<std::shared_ptr<Ticket>>& jobs);
+  // Waits for work; false once stopping with nothing queued or live.
+  bool wait_for_work();
+  void drop_cancelled_waiting();
+  void admit();  // waiting rows into the stream, as the rules above say
+  void deliver(const std::vector<StreamToken>& tokens);
+  void fail_live(const std::string& what);
 
   const Tokenizer& tokenizer_;
   const int64_t max_batch_, context_;
   std::unique_ptr<DecodeGenerator> generator_;
+  std::unique_ptr<DecodeStream> stream_;               // made for the settings of the first job it takes
+  std::map<int64_t, std::unique_ptr<RowState>> live_;  // by stream request id (the scheduler thread only)
+  int64_t next_id_ = 0;
   std::mutex mutex_;
   std::condition_variable cv_;
-  std::deque<std::shared_ptr<Ticket>> waiting_;
+  std::deque<Waiting> waiting_;
   bool stopping_ = false;
   SchedulerStats stats_;
   std::thread thread_;

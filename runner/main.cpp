@@ -43,6 +43,7 @@
 #include "launcher.h"
 #include "model_commands.h"
 #include "plugin_errors.h"
+#include "sample_prompts.h"
 #include "serve_commands.h"
 
 namespace fs = std::filesystem;
@@ -174,6 +175,8 @@ int cmd_validate(const std::string& path, const std::vector<std::string>& overri
 struct SampleOptions {
   std::string checkpoint, device = "cpu";
   uint64_t seed = 0;
+  std::string prompts, output;  // --prompts FILE [--output FILE.jsonl] (sample_prompts.h)
+  int64_t max_batch = 16;
   // Sample keys given on the command line (YAML text by key); the rest come from the checkpoint's
   // `sample:` section.
   std::map<std::string, std::string> given;
@@ -198,6 +201,9 @@ int cmd_sample(const SampleOptions& o) {
     // A run that printed no samples after training (num_samples: 0) still samples here: that is
     // what the command is for.
     if (s.num_samples == 0 && !o.given.count("num_samples")) s.num_samples = 1;
+    if (!o.prompts.empty())
+      return sample_prompts_file(*lm.model, host.registry(), *lm.tokenizer, s, o.seed, o.prompts, o.output,
+                                 o.max_batch);
     print_samples(*lm.model, host.registry(), *lm.tokenizer, s, o.seed);
     return 0;
   });
@@ -384,6 +390,16 @@ int main(int argc, char** argv) {
           flag, [&so, key = spec.key](const std::string& v) { so.given[key] = v; }, doc);
   }
   sample->add_option("--device", so.device, "cpu, cuda or auto");
+  auto* prompts_option = sample->add_option(
+      "--prompts", so.prompts,
+      "a file of prompts, one a line (or .jsonl rows {\"prompt\": ...} / {\"messages\": [...]}), decoded with "
+      "continuous batching; prompt i drawn with seed + i; one JSON line per prompt out");
+  sample->add_option("--output", so.output, "with --prompts: write the JSON lines to this file instead of stdout")
+      ->needs(prompts_option);
+  sample->add_option("--max-batch", so.max_batch, "with --prompts: rows decoded together")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->needs(prompts_option);
 
   auto* plugins = app.add_subcommand("plugins", "list the plugins found, or describe one");
   auto* describe = plugins->add_subcommand("describe", "print a plugin's parameters: types, defaults, docs");

@@ -266,9 +266,9 @@ int Server::run() {
   if (signals.joinable()) signals.join();
   scheduler_.stop();
   const SchedulerStats s = scheduler_.stats();
-  log_info("serve: stopped after " + std::to_string(s.rounds) + " batch round(s), " + std::to_string(s.rows) +
-           " completion(s), at most " + std::to_string(s.max_rows_in_round) + " rows in a round, " +
-           std::to_string(s.cancelled_rows) + " cancelled");
+  log_info("serve: stopped after " + std::to_string(s.rows) + " completion(s), at most " +
+           std::to_string(s.max_live_rows) + " rows decoded together, " + std::to_string(s.joined_running) +
+           " joined a running batch, " + std::to_string(s.cancelled_rows) + " cancelled");
   return ok ? 0 : 1;
 }
 }  // namespace

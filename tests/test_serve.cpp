@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <sstream>
 #include <thread>
 
 #include "http_client.h"
@@ -232,7 +233,7 @@ TEST_CASE("serve: completions and chat completions equal sample's for the same s
   CHECK(server.stop() == 0);
 }
 
-TEST_CASE("serve: 32 concurrent clients are batched and each answered as if alone", "[serve][cli]") {
+TEST_CASE("serve: 32 concurrent clients are batched continuously and each answered as if alone", "[serve][cli]") {
   const std::string ckpt = fixture_checkpoint();
   ServerProcess server("--checkpoint '" + ckpt + "' --max-batch 16");
   const char* words[] = {"red", "blue", "Hello", "gold", "I like", "white pink", "x", "grey"};
@@ -291,12 +292,17 @@ TEST_CASE("serve: 32 concurrent clients are batched and each answered as if alon
     CHECK(together == alone[i]);
   }
   CHECK(server.stop() == 0);
-  // The log's summary: some round decoded more than one request's rows.
+  // The log's summary: more than one request's rows were decoded together, and rows joined a batch
+  // that was already decoding (continuous batching, not rounds).
   const std::string log = server.log();
   INFO(log);
   const size_t at = log.find("at most ");
   REQUIRE(at != std::string::npos);
   CHECK(std::atoi(log.c_str() + at + 8) > 2);
+  const size_t joined = log.find(" joined a running batch");
+  REQUIRE(joined != std::string::npos);
+  const size_t number = log.rfind(' ', joined - 1);
+  CHECK(std::atoi(log.c_str() + number + 1) > 0);
 }
 
 TEST_CASE("serve: streams reassemble to the plain answer, and a client that hangs up frees its row", "[serve][cli]") {
@@ -533,4 +539,58 @@ TEST_CASE("chat: a REPL on stdin with history, /reset and /exit, answering as sa
   CHECK(r.code == 0);
   CHECK(r.out == "I like gold.\n");
   check_one_clean_error(run_cli("chat --checkpoint /nonexistent/run < /dev/null"), "/nonexistent/run");
+}
+
+TEST_CASE("sample --prompts: continuous batching answers each prompt as sample --prompt with seed + i",
+          "[serve][cli]") {
+  const std::string ckpt = fixture_checkpoint();
+  TempDir dir("linearnexus_prompts_");
+  const std::vector<std::string> prompts{"red", "I like", "Hello", "x", "white pink", "gold", "blue"};
+  std::string file;
+  for (const auto& p : prompts) file += p + "\n\n";  // empty lines are skipped
+  write_text(dir / "prompts.txt", file);
+  // Three rows for seven prompts: rows join as others finish (max-tokens differ by where EOS falls: none
+  // here, so every row runs its 12 tokens; the batch is refilled from the queue).
+  const CliResult r = run_cli("sample --checkpoint '" + ckpt + "' --prompts '" + (dir / "prompts.txt") +
+                              "' --seed 7 --max-tokens 12 --temperature 1 --max-batch 3 --output '" +
+                              (dir / "out.jsonl") + "'");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK_CONTAINS(r.err, "sample --prompts: 7 prompts");
+  std::vector<json> rows;
+  std::istringstream lines(read_text(dir / "out.jsonl"));
+  for (std::string line; std::getline(lines, line);) rows.push_back(json::parse(line));
+  REQUIRE(rows.size() == prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    INFO("prompt " << i << ": " << rows[i].dump());
+    CHECK(rows[i]["index"] == i);
+    CHECK(rows[i]["prompt"] == prompts[i]);
+    CHECK(rows[i]["finish_reason"] == "length");
+    CHECK(rows[i]["completion_tokens"] == 12);
+    const auto alone = sample_texts(ckpt,
+                                    "--prompt '" + prompts[i] + "' --seed " + std::to_string(7 + i) +
+                                        " --max-tokens 12 --temperature 1 --num-samples 1",
+                                    prompts[i]);
+    REQUIRE(alone.size() == 1);
+    CHECK(rows[i]["completion"] == alone[0]);
+  }
+  // Chat rows (.jsonl): rendered with the template, ended by the end of turn, as sample --chat.
+  write_text(dir / "chats.jsonl", R"({"messages": [{"role": "user", "content": "gold"}]})"
+                                  "\n"
+                                  R"({"prompt": "Hello"})"
+                                  "\n");
+  const CliResult c = run_cli("sample --checkpoint '" + ckpt + "' --prompts '" + (dir / "chats.jsonl") +
+                              "' --seed 3 --max-tokens 20 --temperature 0.5");
+  INFO(c.err);
+  REQUIRE(c.code == 0);
+  const json chat = json::parse(c.out.substr(0, c.out.find('\n')));
+  CHECK(chat["finish_reason"] == "stop");
+  CHECK(chat["completion"] == sample_texts(ckpt, "--prompt gold --chat --seed 3 --max-tokens 20 --temperature 0.5",
+                                           "user: gold\nassistant: ")[0]);
+  // Bad input: one line naming the file and line, exit 1; --output needs --prompts.
+  write_text(dir / "bad.jsonl", "{\"prompt\": \"a\"}\n{\"text\": 3}\n");
+  const CliResult bad = run_cli("sample --checkpoint '" + ckpt + "' --prompts '" + (dir / "bad.jsonl") + "'");
+  CHECK(bad.code == 1);
+  CHECK_CONTAINS(bad.err, "bad.jsonl, line 2: each line is {\"prompt\": TEXT} or {\"messages\": [...]}");
+  CHECK(run_cli("sample --checkpoint '" + ckpt + "' --output x.jsonl").code != 0);
 }

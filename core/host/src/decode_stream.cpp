@@ -21,8 +21,7 @@ struct DecodeStream::Impl {
   DecodeGenerator& gen;
   SamplingParams params;
   std::unique_ptr<DecodeGenerator::Slot> slot;
-  std::string how;     // the step: graph, static or eager (DecodeGenerator::step)
-  ModelState eager;    // the eager step's view of the caches (blocks may hand back new tensors)
+  std::string how;     // the step: graph, static (DecodeGenerator::step, every row) or eager (eager_step)
   int64_t column = 0;  // the host's copy of slot->column: the column the next step writes
   int64_t every = 1, context = 0;
 
@@ -37,8 +36,7 @@ struct DecodeStream::Impl {
   std::vector<Row> rows;
 
   Impl(DecodeGenerator& g, const SamplingParams& p) : gen(g), params(p) {}
-  // The caches the next step reads: the slot's own, or the eager step's view of them.
-  ModelState& live() { return how == "eager" ? eager : slot->state; }
+  void eager_step(int64_t k);
   int64_t budget(const StreamRequest& r) const {
     const int64_t len = static_cast<int64_t>(r.prompt.size());
     return std::min({r.max_new_tokens, context - len, slot->L - len});
@@ -67,10 +65,6 @@ DecodeStream::DecodeStream(DecodeGenerator& generator, int64_t rows, const Sampl
   slot.key_padding.fill_(true);
   for (auto* t : {&slot.tok, &slot.pos, &slot.column, &slot.counter, &slot.tokens}) t->zero_();
   slot.done.fill_(true);
-  s.eager = slot.state;
-  s.eager.slot = at::Tensor();
-  s.eager.key_padding = slot.key_padding;
-  s.eager.length = 0;
   s.every = s.gen.options.sync_every > 0 ? s.gen.options.sync_every : (cuda ? 16 : 1);
   s.rows.assign(static_cast<size_t>(rows), Impl::Row{});
 }
@@ -157,7 +151,6 @@ void DecodeStream::Impl::prefill(const std::vector<StreamRequest>& joining, cons
     slot->pos.zero_();  // free rows too: a position never passes its column
     slot->column.fill_(c);
     column = c;
-    eager.length = c;
   }
   LMModel& m = gen.weights_.model();
   ModelState pre = m.init_state(n, L);
@@ -171,7 +164,7 @@ void DecodeStream::Impl::prefill(const std::vector<StreamRequest>& joining, cons
   auto logits = gen.weights_.logits(h);                                                           // [n, V]
 
   auto dev_rows = at::tensor(free_rows, longs).to(device);
-  ModelState& dst = live();
+  ModelState& dst = slot->state;
   for (size_t l = 0; l < pre.layers.size(); ++l)
     for (const auto& [name, t] : pre.layers[l].tensors) {
       auto it = dst.layers[l].tensors.find(name);
@@ -205,6 +198,37 @@ void DecodeStream::Impl::prefill(const std::vector<StreamRequest>& joining, cons
   }
 }
 
+// The eager step (no captured graph, on the CPU say) on rows [0, k) only: without a graph the step's
+// cost grows with its rows, and free rows past the last live one need none. Views of the first k rows
+// of every buffer; a state tensor a block hands back in place of its own is copied into the view.
+void DecodeStream::Impl::eager_step(int64_t k) {
+  DecodeGenerator::Slot& full = *slot;
+  ModelState view = full.state;
+  for (auto& layer : view.layers)
+    for (auto& kv : layer.tensors) kv.second = kv.second.narrow(0, 0, k);
+  view.slot = at::Tensor();
+  view.length = column;
+  view.key_padding = full.key_padding.narrow(0, 0, k);
+  DecodeGenerator::Slot rows_k;  // the same buffers' first k rows; the column is shared
+  rows_k.stream = true;
+  rows_k.N = k;
+  rows_k.L = full.L;
+  rows_k.column = full.column;
+  rows_k.tok = full.tok.narrow(0, 0, k);
+  rows_k.pos = full.pos.narrow(0, 0, k);
+  rows_k.counter = full.counter.narrow(0, 0, k);
+  rows_k.seed = full.seed.narrow(0, 0, k);
+  rows_k.done = full.done.narrow(0, 0, k);
+  rows_k.tokens = full.tokens.narrow(0, 0, k);
+  rows_k.logprobs = full.logprobs.narrow(0, 0, k);
+  ModelState work = view;
+  auto h = gen.weights_.model().forward_hidden(rows_k.tok, &work, Mode::Decode, rows_k.pos);  // [k, 1, C]
+  view.keep_in_place(work);
+  draw(rows_k, gen.weights_.logits(h), params);
+  full.column.add_(1);
+  rows_k.pos.add_(1);
+}
+
 std::vector<StreamToken> DecodeStream::advance() {
   Impl& s = *impl_;
   std::vector<StreamToken> out;
@@ -214,8 +238,14 @@ std::vector<StreamToken> DecodeStream::advance() {
   if (live_rows() == 0) return out;
   torch::NoGradGuard no_grad;
   // Never past a live row's last token, so the column stays inside the cache (admission checked it).
+  int64_t k = 0;  // rows [0, k) hold every live row (admission fills the lowest free rows)
+  for (size_t i = 0; i < s.rows.size(); ++i)
+    if (s.rows[i].id >= 0) k = static_cast<int64_t>(i) + 1;
   for (int64_t i = 0; i < std::min(s.every, need); ++i) {
-    s.gen.step(*s.slot, s.params, s.how, s.eager);
+    if (s.how == "eager")
+      s.eager_step(k);
+    else
+      s.gen.step(*s.slot, s.params, s.how, s.slot->state);
     ++s.column;
   }
   const int64_t hi = s.column;

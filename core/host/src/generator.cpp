@@ -229,7 +229,6 @@ void DecodeGenerator::step(Slot& s, const SamplingParams& p, const std::string& 
   // Eager: each block's usual Decode path on the same caches.
   auto h = weights_.model().forward_hidden(s.tok, &eager, Mode::Decode, s.pos);
   draw(s, weights_.logits(h), p);
-  if (s.stream) s.column.add_(1);  // a stream's history goes by column (the batch's by the counter)
   s.pos.add_(1);
 }
 
