@@ -6,6 +6,7 @@
 // CTest label `gpu`: without CUDA every case skips and says so.
 #include "block_contract.h"
 #include "catch.h"
+#include "linearnexus/host/decode_stream.h"
 #include "linearnexus/host/generator.h"
 
 using namespace linearnexus;
@@ -65,6 +66,49 @@ TEST_CASE("fp32: the graphed step draws the eager step's tokens and log-probs, e
     GeneratedBatch b = run(gen, "auto", greedy, 1);
     for (size_t i = 0; i < padded_prompts().size(); ++i)
       CHECK(b.completions[i] == generate(*m, padded_prompts()[i], greedy));
+  }
+}
+
+// Continuous batching (decode_stream.h) with the step captured once: rows that join and leave the
+// running batch (the graph never rebuilt) draw what each draws alone, in fp32.
+TEST_CASE("fp32: continuous batching on the graphed step, rows joining mid-batch, each as alone", "[decode][gpu]") {
+  if (!have_cuda()) LN_SKIP("no CUDA device in this LibTorch/machine");
+  PluginHost host;
+  for (const std::string pattern : {"[attention]", "[mamba]", "[mla]", "[swa, attention]", "[gla]", "[mamba2]",
+                                    "[deltanet]", "[gated_deltanet]", "[kda]", "[rwkv7]"}) {
+    INFO("block_pattern " << pattern);
+    auto m = cuda_model(host, pattern, at::kFloat);
+    DecodeGenerator gen(*m, host.registry(), DecodeOptions{"auto", 4});
+    SamplingParams sp;
+    sp.temperature = 0.9;
+    DecodeStream stream(gen, 3, sp);
+    CHECK(stream.graphed());
+    std::vector<StreamRequest> waiting;
+    const auto prompts = padded_prompts();
+    for (int64_t i = 0; i < 8; ++i) {
+      StreamRequest r;
+      r.id = i;
+      r.prompt = prompts[static_cast<size_t>(i) % prompts.size()];
+      r.seed = 10 + static_cast<uint64_t>(i);
+      r.max_new_tokens = 3 + 5 * (i % 3);
+      waiting.push_back(r);
+    }
+    const auto requests = waiting;
+    std::map<int64_t, std::vector<int64_t>> got;
+    int64_t joined_running = 0;
+    for (int guard = 0; guard < 500 && (!waiting.empty() || !stream.idle()); ++guard) {
+      const bool running = !stream.idle();
+      const int64_t n = stream.admit(waiting);
+      if (running) joined_running += n;
+      waiting.erase(waiting.begin(), waiting.begin() + n);
+      for (const auto& t : stream.advance()) got[t.id].push_back(t.token);
+    }
+    CHECK(joined_running > 0);
+    for (const auto& r : requests) {
+      SamplingParams alone = sp;
+      alone.max_new_tokens = r.max_new_tokens;
+      CHECK(got[r.id] == gen.generate_seeded({r.prompt}, alone, {r.seed}).completions[0]);
+    }
   }
 }
 
