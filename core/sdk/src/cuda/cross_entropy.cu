@@ -22,6 +22,7 @@
 
 #include <cfloat>
 
+#include "device_io.cuh"
 #include "kernels.h"
 
 namespace linearnexus {
@@ -29,19 +30,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 512;
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
 
 // (max, sum of exp(x - max)) pairs; -FLT_MAX with sum 0 is the empty pair (no inf - inf NaNs).
 __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) {
@@ -86,11 +74,11 @@ __global__ void __launch_bounds__(kThreads)
       float vm = -FLT_MAX;
 #pragma unroll
       for (int k = 0; k < kVec; ++k)
-        if (k < valid) vm = fmaxf(vm, to_f(p[u].v[k]));
+        if (k < valid) vm = fmaxf(vm, ld(&p[u].v[k]));
       float vs = 0.f;
 #pragma unroll
       for (int k = 0; k < kVec; ++k)
-        if (k < valid) vs += __expf(to_f(p[u].v[k]) - vm);
+        if (k < valid) vs += __expf(ld(&p[u].v[k]) - vm);
       combine(m, s, vm, vs);
     }
   }
@@ -120,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
         loss[row] = 0.f;
       } else {
         // Read before pass 2 overwrites the global row (behind the barrier below).
-        loss[row] = lse - to_f(x[target]);
+        loss[row] = lse - ld(x + target);
       }
     }
   }
@@ -140,8 +128,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       float g = 0.f;
-      if (k < valid) g = __expf(to_f(p.v[k]) - lse) - (k == tk ? 1.f : 0.f);
-      p.v[k] = from_f<T>(g);
+      if (k < valid) g = __expf(ld(&p.v[k]) - lse) - (k == tk ? 1.f : 0.f);
+      st(&p.v[k], g);
     }
     reinterpret_cast<uint4*>(x)[i] = p.raw;
   }
@@ -282,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   s = block_reduce<false>(s, scratch);
   const float lse = m + logf(s), lse2 = lse * kLog2e;
-  if (threadIdx.x == 0) loss[blockIdx.x] = target >= 0 ? lse - to_f(reinterpret_cast<const T*>(row)[target]) : 0.f;
+  if (threadIdx.x == 0) loss[blockIdx.x] = target >= 0 ? lse - ld(reinterpret_cast<const T*>(row) + target) : 0.f;
 
   // Sweep 3: the gradient over the global row.
   const int t_vec = target >= 0 ? static_cast<int>(target / kVec) : -1, t_k = static_cast<int>(target % kVec);
