@@ -551,9 +551,9 @@ TEST_CASE("sample --prompts: continuous batching answers each prompt as sample -
   write_text(dir / "prompts.txt", file);
   // Three rows for seven prompts: rows join as others finish (max-tokens differ by where EOS falls: none
   // here, so every row runs its 12 tokens; the batch is refilled from the queue).
-  const CliResult r = run_cli("sample --checkpoint '" + ckpt + "' --prompts '" + (dir / "prompts.txt") +
-                              "' --seed 7 --max-tokens 12 --temperature 1 --max-batch 3 --output '" +
-                              (dir / "out.jsonl") + "'");
+  const CliResult r =
+      run_cli("sample --checkpoint '" + ckpt + "' --prompts '" + (dir / "prompts.txt") +
+              "' --seed 7 --max-tokens 12 --temperature 1 --max-batch 3 --output '" + (dir / "out.jsonl") + "'");
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK_CONTAINS(r.err, "sample --prompts: 7 prompts");
