@@ -15,7 +15,8 @@
 // captured at one position replays at all of them.
 //
 // Per CTA (128 threads): LANES = D / VEC threads hold one key row, VEC = 16 bytes of elements each
-// (8 bf16 or 4 fp32: one 16-byte load), RPI = 128 / LANES rows at a time.
+// (8 bf16 or 4 fp32: one 16-byte load), RPI = 128 / LANES rows at a time, and each thread issues
+// the loads of kAhead = 4 rows before it uses the first (few CTAs per SM at B = 1: latency-bound).
 //   1. scores[g][r] = q_g . k_r / sqrt(D) for the chunk's rows r <= slot (warp shuffles sum the
 //      LANES partial dots), -inf for padding;
 //   2. per head: m = max, p = exp(scores - m), l = sum p (one warp a head);
@@ -38,6 +39,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMinChunk = 64;
+constexpr int kAhead = 4;  // key / value rows each thread loads before using the first (latency)
 constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
@@ -110,25 +112,35 @@ __global__ void __launch_bounds__(kThreads)
   for (int g = 0; g < GT; ++g)
 #pragma unroll
     for (int i = 0; i < V; ++i) qr[g][i] = g < gn ? to_f(q[g * a.q_sh + i]) * scale : 0.f;
-  for (int64_t r0 = 0; r0 < n; r0 += RPI) {
-    const int64_t r = r0 + rg;
-    const bool live = r < n && (!pad || pad[r]);
-    float kk[V];
-    if (live) {
-      Vec<T>::load(k + r * a.k_sl, kk);
-    } else {
+  for (int64_t r0 = 0; r0 < n; r0 += RPI * kAhead) {
+    float kk[kAhead][V];
+    bool live[kAhead];
 #pragma unroll
-      for (int i = 0; i < V; ++i) kk[i] = 0.f;
+    for (int u = 0; u < kAhead; ++u) {  // the loads first: kAhead rows in flight per thread
+      const int64_t r = r0 + u * RPI + rg;
+      live[u] = r < n && (!pad || pad[r]);
+      if (live[u]) {
+        Vec<T>::load(k + r * a.k_sl, kk[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) kk[u][i] = 0.f;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < GT; ++g) {
-      if (g >= gn) break;  // uniform over the CTA
-      float s = 0.f;
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t r = r0 + u * RPI + rg;
 #pragma unroll
-      for (int i = 0; i < V; ++i) s += qr[g][i] * kk[i];
+      for (int g = 0; g < GT; ++g) {
+        // Both conditions are uniform over the CTA: a row left for some thread, a head in the tile.
+        if (r0 + u * RPI < n && g < gn) {
+          float s = 0.f;
 #pragma unroll
-      for (int off = LANES / 2; off > 0; off >>= 1) s += __shfl_xor_sync(kFull, s, off);
-      if (li == 0 && r < n) scores[g][r] = live ? s : neg_inf();
+          for (int i = 0; i < V; ++i) s += qr[g][i] * kk[u][i];
+#pragma unroll
+          for (int off = LANES / 2; off > 0; off >>= 1) s += __shfl_xor_sync(kFull, s, off);
+          if (li == 0 && r < n) scores[g][r] = live[u] ? s : neg_inf();
+        }
+      }
     }
   }
   __syncthreads();
@@ -151,27 +163,38 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // 3. o_g = sum_r p[g][r] v_r over this thread's rows (rg, rg + RPI, ...) and d-slice.
+  // 3. o_g = sum_r p[g][r] v_r over this thread's rows (rg, rg + RPI, ...) and d-slice. With p = 0
+  // for a row of padding, its V (never read) counts as 0.
   float acc[GT][V];
 #pragma unroll
   for (int g = 0; g < GT; ++g)
 #pragma unroll
     for (int i = 0; i < V; ++i) acc[g][i] = 0.f;
-  for (int64_t r = rg; r < n; r += RPI) {
-    float p[GT];
-    bool any = false;
+  for (int64_t r0 = rg; r0 < n; r0 += RPI * kAhead) {
+    float vv[kAhead][V];
 #pragma unroll
-    for (int g = 0; g < GT; ++g) {
-      p[g] = g < gn ? scores[g][r] : 0.f;
-      any = any || p[g] != 0.f;
+    for (int u = 0; u < kAhead; ++u) {  // the loads first; rows of padding only (all p = 0) not read
+      const int64_t r = r0 + u * RPI;
+      bool any = false;
+#pragma unroll
+      for (int g = 0; g < GT; ++g) any = any || (g < gn && r < n && scores[g][r] != 0.f);
+      if (any) {
+        Vec<T>::load(v + r * a.v_sl, vv[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) vv[u][i] = 0.f;
+      }
     }
-    if (!any) continue;  // padding: V not read
-    float vv[V];
-    Vec<T>::load(v + r * a.v_sl, vv);
 #pragma unroll
-    for (int g = 0; g < GT; ++g)
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t r = r0 + u * RPI;
 #pragma unroll
-      for (int i = 0; i < V; ++i) acc[g][i] += p[g] * vv[i];
+      for (int g = 0; g < GT; ++g) {
+        const float p = g < gn && r < n ? scores[g][r] : 0.f;
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[g][i] += p * vv[u][i];
+      }
+    }
   }
   // The row groups of one d-slice: lanes LANES apart in a warp (shuffles), then the warps (shared).
 #pragma unroll

@@ -30,6 +30,6 @@ h = open(src + '/decode_attention_cuda.h').read().replace('#include <cuda_runtim
 open(out + '/decode_attention_cuda.h', 'w').write(h)
 PY
 cp "$here/shim.h" "$here/emulate_decode_attention.cpp" "$work/"
-g++ -std=c++17 -O1 -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -pthread -I"$work" "$work/emulate_decode_attention.cpp" \
+g++ -std=c++17 -O1 -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -pthread -I"$work" "$work/emulate_decode_attention.cpp" \
   -o "$work/emu"
 "$work/emu"
