@@ -16,8 +16,11 @@
 #include <linearnexus/model.h>
 #include <linearnexus/plugin.h>
 
+#include "decode_attention_gpu.h"
 #include "hf_attention.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace linearnexus {
@@ -94,6 +97,15 @@ at::Tensor window_mask(const ForwardContext& ctx, int64_t T, int64_t k0, int64_t
   return mask;
 }
 
+// LINEARNEXUS_DECODE_ATTENTION=splitkv: the static decode step (CUDA, window 0) attends with the
+// split-KV kernel (decode_attention.cu) instead of SDPA over the whole cache. Off by default: the
+// kernel has been verified only in its CPU emulator (emu/run.sh), never run on a GPU. Read at every
+// call (a getenv), so a captured step keeps what it was captured with.
+bool splitkv_decode() {
+  const char* e = std::getenv("LINEARNEXUS_DECODE_ATTENTION");
+  return e && std::strcmp(e, "splitkv") == 0;
+}
+
 class AttentionBlock : public Block {
  public:
   AttentionBlock(const ModelDims& d, const Params& p, const std::string& name)
@@ -153,6 +165,18 @@ class AttentionBlock : public Block {
       std::tie(k, v) = RingKV::append(state, k, v, ctx.start);  // [B, Hkv, min(start, W) + T, D]
     } else if (cached) {
       std::tie(k, v) = KVCache::append(state, k, v, ctx);  // [B, Hkv, start + T (static: max_len), D]
+    }
+    if (cached && window_ == 0 && ctx.slot.defined() && x.is_cuda() && splitkv_decode()) {
+      // Static decoding on CUDA behind LINEARNEXUS_DECODE_ATTENTION=splitkv (never run on a GPU yet:
+      // verified only in the CPU emulator, plugins/attention/emu): the query over the cache's columns
+      // <= slot, split across CTAs, K and V read once per KV head (no repeat_interleave), the slot
+      // read on the device. Operands it does not take (another head_dim, a dtype mismatch) keep SDPA.
+      auto q1 = q.squeeze(2);  // [B, H, D]
+      if (attention::decode_attention_applies(q1, k, v, ctx.key_padding)) {
+        auto o = attention::decode_attention_cuda(q1, k, v, ctx.key_padding, ctx.slot);  // [B, H, D]
+        auto y = linear_forward(proj_, o.view({B, 1, H_ * D_}));
+        return {tail_.forward(x_res, y, is_training()), std::move(state)};
+      }
     }
     if (Hkv_ != H_) {
       k = k.repeat_interleave(H_ / Hkv_, 1);  // [B, H, Tk, D]
