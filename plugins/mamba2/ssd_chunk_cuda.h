@@ -54,6 +54,23 @@ inline size_t ssd_entering_bytes(const SsdArgs& a) {
 // last token); entering: ssd_entering_bytes(a), 16-byte aligned. Requires ssd_supported(N, P).
 cudaError_t ssd_forward(const SsdArgs& a, void* y, float* state, void* entering, cudaStream_t stream);
 
+// The gradients of a loss L(y, state) given dL/dy and dL/dstate (ssd_chunk_bwd.cu).
+struct SsdGrads {
+  const void* dy = nullptr;       // [B, T, H, P] contiguous, x's dtype
+  const float* dstate = nullptr;  // [B, H, N, P] contiguous, or null (zeros)
+  void* dx = nullptr;             // [B, T, H, P] contiguous, x's dtype
+  float* dB = nullptr;            // [B, T, G, N] contiguous, ZEROS on entry: the heads of a group add into it
+  float* dC = nullptr;            // [B, T, G, N] likewise
+  float* ddt = nullptr;           // [B, T, H] contiguous, or null (no dt)
+  float* dg = nullptr;            // [B, T, H] contiguous
+  float* ds0 = nullptr;           // [B, H, N, P]: dL/ds0 (written whether s0 was given or not)
+};
+
+// entering: ssd_forward's; workspace: ssd_entering_bytes(a) (the state adjoint leaving every chunk,
+// bf16), 16-byte aligned. Recomputes nothing but the in-chunk scores from the inputs.
+cudaError_t ssd_backward(const SsdArgs& a, const void* entering, const SsdGrads& g, void* workspace,
+                         cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace mamba2
 }  // namespace linearnexus

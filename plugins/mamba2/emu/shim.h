@@ -75,3 +75,28 @@ inline float __shfl_sync(unsigned, float v, int src) {
   warp_sync();
   return r;
 }
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  g_shfl_buf[w][lane] = v;
+  warp_sync();
+  const float r = g_shfl_buf[w][lane ^ mask];
+  warp_sync();
+  return r;
+}
+inline float __shfl_down_sync(unsigned, float v, int off) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  g_shfl_buf[w][lane] = v;
+  warp_sync();
+  const float r = lane + off < 32 ? g_shfl_buf[w][lane + off] : v;
+  warp_sync();
+  return r;
+}
+// Atomics: one lock for all (order differs from the GPU's; fp32 sums within rounding of each other).
+#include <mutex>
+extern std::mutex g_atomic_mu;
+inline float atomicAdd(float* p, float v) {
+  std::lock_guard<std::mutex> l(g_atomic_mu);
+  const float o = *p;
+  *p += v;
+  return o;
+}
