@@ -25,8 +25,11 @@ constexpr int64_t kPTile = 32;    // head channels (P) per state-pass block and 
 constexpr int kSsdThreads = 128;  // 4 warps in both kernels
 
 inline int64_t ssd_chunks(int64_t T) { return (T + kChunk - 1) / kChunk; }
-// The sizes the kernels take: d_state 64 or 128, head_dim a multiple of kPTile.
-inline bool ssd_supported(int64_t N, int64_t P) { return (N == 64 || N == 128) && P > 0 && P % kPTile == 0; }
+// The sizes the kernels take: d_state 64 or 128, head_dim a multiple of kPTile up to 128 (the backward
+// keeps x, dy, S and dS of a chunk in shared memory: ~140 KB at N = P = 128).
+inline bool ssd_supported(int64_t N, int64_t P) {
+  return (N == 64 || N == 128) && P > 0 && P % kPTile == 0 && P <= 128;
+}
 
 struct SsdArgs {
   int64_t B = 0, T = 0, H = 0, G = 0, N = 0, P = 0;

@@ -113,7 +113,7 @@ SsdResult ssd_chunk_cuda(const at::Tensor& x_in, const at::Tensor& dt_in, const 
                 N = Bm_in.size(3);
   if (!ssd_cuda_applies(x_in, N, P))
     throw Error(
-        "mamba2: the SSD chunk kernel takes fp32 or bf16 on CUDA, d_state 64 or 128, head_dim a multiple of 32");
+        "mamba2: the SSD chunk kernel takes fp32 or bf16 on CUDA, d_state 64 or 128, head_dim 32, 64, 96 or 128");
   if (Bm_in.size(0) != B || Bm_in.size(1) != T || G <= 0 || H % G != 0 || g_in.sizes() != at::IntArrayRef{B, T, H} ||
       (dt_in.defined() && dt_in.sizes() != g_in.sizes()) ||
       (s0_in.defined() && s0_in.sizes() != at::IntArrayRef{B, H, N, P}))

@@ -1,7 +1,7 @@
 // The Mamba-2 (SSD) chunk kernels on CUDA (ssd_chunk.cu, ssd_chunk_bwd.cu): the torch side (checks,
 // layouts, dtypes, autograd) in ssd_chunk_gpu.cpp; cuda_stubs.cpp where LibTorch has no CUDA.
-// STATUS: the kernels are verified in the CPU emulator (emu/run.sh) only; never run on a GPU. The block
-// (mamba2.cpp) does not call them yet: test_ssd_chunk_gpu.cpp checks them against decay_scan_chunked.
+// STATUS: the kernels are verified in the CPU emulator (emu/run.sh) only; never run on a GPU.
+// test_ssd_chunk_gpu.cpp checks them against decay_scan_chunked.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,7 +10,7 @@ namespace linearnexus {
 namespace mamba2 {
 
 // Whether this build has the kernels and they take x (on CUDA, fp32 or bf16), d_state and head_dim
-// (d_state 64 or 128, head_dim a multiple of 32).
+// (d_state 64 or 128, head_dim 32, 64, 96 or 128).
 bool ssd_cuda_applies(const at::Tensor& x, int64_t d_state, int64_t head_dim);
 
 struct SsdResult {
