@@ -7,11 +7,12 @@
 //   dk_j  = sum_{i>=j} (dy_i . x_j) M_ij C_i + exp(G_L - G_j) dSn x_j;  dB_j += dt_j dk_j         [N]
 //   ddt_j = B_j . dk_j = x_j . dxt_j
 //   dC_i += sum_{j<=i} (dy_i . x_j) M_ij dt_j B_j + exp(G_i) S dy_i                               [N]
-//   dG_i  = C_i . dC_i(this head) - k_i . dk_i  (+ <dSn, S_next> at the chunk's last token)
-//   dg_t  = sum_{i >= t in the chunk} dG_i                      (G_i = g_1 + .. + g_i: a reverse cumsum)
-// (with q~ = C exp(G), k~ = k exp(-G) the pairs depend on G only through q~ . k~, hence q dq - k dk;
-// G_L also scales everything the chunk hands on.) <dSn, S_next> = exp(G_L) <dSn, S> + sum_j dt_j r_j
-// with r_j = x_j . exp(G_L - G_j) B_j dSn, a by-product of dxt.
+//   dg_t  = sum_{l >= t > j} A_lj + sum_{i >= t} u_i + exp(G_L) <dSn, S> + sum_{j < t} dt_j r_j
+//           A_lj = (dy_l . x_j)(C_l . B_j) M_lj dt_j (the pairs whose decay g_t is part of),
+//           u_i = exp(G_i) C_i . S dy_i,  r_j = x_j . exp(G_L - G_j) B_j dSn (a by-product of dxt)
+// This is the reverse cumsum of C_i . dC_i - k_i . dk_i (+ <dSn, S_next> at the chunk's end) with the
+// cancellation done exactly: under strong decays the two terms nearly cancel, and formed in fp32 from
+// bf16 operands their difference kept only ~5% (CPU emulator) where this form keeps bf16's ~0.3%.
 //
 // Two kernels, mirroring the forward:
 //   ssd_pass_kernel<Backward> (ssd_common.cuh): ONE reverse sequential loop over the chunks per
@@ -19,7 +20,7 @@
 //     (C ⊙ exp(G))^T dy; keeps dSn of every chunk (bf16, as the forward keeps S) and ends at ds0.
 //   ssd_grad_kernel: one block per (batch, head, chunk), all chunks at once. Fuses the three
 //     [64, 64] pair products (B C^T, x dy^T, dy x^T; masked and decayed in registers, then A
-//     fragments), every gradient above, and the dg reverse cumsum. dB and dC are per group: the
+//     fragments; C B^T for dg's pair sums), every gradient above, and dg's prefix / suffix sums. dB and dC are per group: the
 //     H / G heads of a group add into them with fp32 atomics (never a per-head copy in memory).
 #include "ssd_common.cuh"
 
@@ -104,9 +105,10 @@ __global__ void __launch_bounds__(kSsdThreads)
   float* Gs = reinterpret_cast<float*>(Ys + kChunk * LX);
   float* Ds = Gs + kChunk;
   float* ddt_s = Ds + kChunk;     // x_j . dxt_j
-  float* cdc_s = ddt_s + kChunk;  // C_i . dC_i (this head)
-  float* r_s = cdc_s + kChunk;    // r_j
+  float* u_s = ddt_s + kChunk;    // u_i
+  float* r_s = u_s + kChunk;      // r_j
   float* red = r_s + kChunk;      // [kSsdThreads]
+  float* Am = red + kSsdThreads;  // [kChunk][kChunk + 1]: A_lj, then its row prefixes; column kChunk: dg's pair part
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
   const int h = blockIdx.y;
   const int64_t c = blockIdx.x, b = blockIdx.z, T = a.T, H = a.H, NC = (T + kChunk - 1) / kChunk;
@@ -141,6 +143,16 @@ __global__ void __launch_bounds__(kSsdThreads)
     pair_frags(wf, acc, r0, false, Gs, Ds, warp, 3, lane);
     pair_tile(acc, Ys, LX, Xs, LX, P, r0, 0, warp, lane);  // [i, j]: dy_i . x_j
     pair_frags(vf, acc, r0, true, Gs, Ds, 0, warp, lane);
+    float cb[8][4];
+    pair_tile(cb, Cs, LC, Bs, LC, N, r0, 0, warp, lane);  // [i, j]: C_i . B_j
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = r0 + gq + 8 * (e >> 1), j = nt * 8 + 2 * tq + (e & 1);
+        Am[i * (kChunk + 1) + j] =
+            j <= i ? acc[nt][e] * cb[nt][e] * exp_nonpos(fminf(Gs[i] - Gs[j], 0.f)) * Ds[j] : 0.f;
+      }
   }
   const float GL = Gs[kChunk - 1];
   const float eLa = exp_nonpos(fminf(GL - Gs[ra], 0.f)), eLb = exp_nonpos(fminf(GL - Gs[rb], 0.f));
@@ -194,7 +206,7 @@ __global__ void __launch_bounds__(kSsdThreads)
   if (tq == 0) ddt_s[ra] = dd_a, ddt_s[rb] = dd_b, r_s[ra] = rr_a, r_s[rb] = rr_b;
 
   // dk (rows j) and dC (rows i), 32 state channels at a time.
-  float cd_a = 0.f, cd_b = 0.f;
+  float cu_a = 0.f, cu_b = 0.f;
   float* dB = g.dB + bt0 * GN + grp * N;
   float* dC = g.dC + bt0 * GN + grp * N;
   for (int nn = 0; nn < N; nn += 32) {
@@ -220,6 +232,9 @@ __global__ void __launch_bounds__(kSsdThreads)
     for (int nt = 0; nt < 4; ++nt) {
       dk[nt][0] *= eLa, dk[nt][1] *= eLa, dk[nt][2] *= eLb, dk[nt][3] *= eLb;
       dc[nt][0] *= eGa, dc[nt][1] *= eGa, dc[nt][2] *= eGb, dc[nt][3] *= eGb;
+      const int n = nn + nt * 8 + 2 * tq;
+      cu_a += dc[nt][0] * __bfloat162float(Cs[ra * LC + n]) + dc[nt][1] * __bfloat162float(Cs[ra * LC + n + 1]);
+      cu_b += dc[nt][2] * __bfloat162float(Cs[rb * LC + n]) + dc[nt][3] * __bfloat162float(Cs[rb * LC + n + 1]);
     }
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -244,8 +259,6 @@ __global__ void __launch_bounds__(kSsdThreads)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const int n = nn + nt * 8 + 2 * tq;
-      cd_a += dc[nt][0] * __bfloat162float(Cs[ra * LC + n]) + dc[nt][1] * __bfloat162float(Cs[ra * LC + n + 1]);
-      cd_b += dc[nt][2] * __bfloat162float(Cs[rb * LC + n]) + dc[nt][3] * __bfloat162float(Cs[rb * LC + n + 1]);
       if (ra < valid) {
         atomicAdd(dB + ra * GN + n, Ds[ra] * dk[nt][0]), atomicAdd(dB + ra * GN + n + 1, Ds[ra] * dk[nt][1]);
         atomicAdd(dC + ra * GN + n, dc[nt][0]), atomicAdd(dC + ra * GN + n + 1, dc[nt][1]);
@@ -256,26 +269,46 @@ __global__ void __launch_bounds__(kSsdThreads)
       }
     }
   }
-  cd_a = quad_sum(cd_a), cd_b = quad_sum(cd_b);
-  if (tq == 0) cdc_s[ra] = cd_a, cdc_s[rb] = cd_b;
+  cu_a = quad_sum(cu_a), cu_b = quad_sum(cu_b);
+  if (tq == 0) u_s[ra] = cu_a, u_s[rb] = cu_b;
   __syncthreads();
 
-  if (warp == 0) {  // dG, its reverse cumsum (lane l: tokens 2 l, 2 l + 1), ddt
+  // dg's pair part, sum_{l >= t > j} A_lj: row prefixes (thread l), then column suffix sums (thread t).
+  if (threadIdx.x < kChunk) {
+    float* row = Am + threadIdx.x * (kChunk + 1);
+    float run = 0.f;
+    for (int t = 0; t < kChunk; ++t) {
+      const float v = row[t];
+      row[t] = run;  // sum_{j < t} A_lj
+      run += v;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < kChunk) {
+    float sum = 0.f;
+    for (int l = threadIdx.x; l < kChunk; ++l) sum += Am[l * (kChunk + 1) + threadIdx.x];
+    Am[threadIdx.x * (kChunk + 1) + kChunk] = sum;
+  }
+  __syncthreads();
+
+  if (warp == 0) {  // the rest of dg (lane l: tokens 2 l, 2 l + 1: warp scans), and ddt
     float s = 0.f;
     for (int i = lane; i < kSsdThreads; i += 32) s += red[i];
+    const float carried = exp_nonpos(fminf(GL, 0.f)) * warp_sum(s);  // exp(G_L) <dSn, S>
     const int j = 2 * lane;
-    const float end = exp_nonpos(fminf(GL, 0.f)) * warp_sum(s) + warp_sum(Ds[j] * r_s[j] + Ds[j + 1] * r_s[j + 1]);
-    const float d0 = cdc_s[j] - Ds[j] * ddt_s[j];
-    const float d1 = cdc_s[j + 1] - Ds[j + 1] * ddt_s[j + 1] + (j + 1 == kChunk - 1 ? end : 0.f);
-    float suf = d0 + d1;
+    const float u0 = u_s[j], u1 = u_s[j + 1], w0 = Ds[j] * r_s[j], w1 = Ds[j + 1] * r_s[j + 1];
+    float su = u0 + u1, pw = w0 + w1;  // suffix sums of u, prefix sums of dt r
 #pragma unroll
     for (int off = 1; off < 32; off *= 2) {
-      const float o = __shfl_down_sync(0xffffffffu, suf, off);
-      if (lane + off < 32) suf += o;
+      const float a = __shfl_down_sync(0xffffffffu, su, off), b = __shfl_up_sync(0xffffffffu, pw, off);
+      if (lane + off < 32) su += a;
+      if (lane >= off) pw += b;
     }
-    float after = __shfl_down_sync(0xffffffffu, suf, 1);
-    if (lane == 31) after = 0.f;
-    const float g1 = after + d1, g0 = g1 + d0;
+    float su_after = __shfl_down_sync(0xffffffffu, su, 1), pw_before = __shfl_up_sync(0xffffffffu, pw, 1);
+    if (lane == 31) su_after = 0.f;
+    if (lane == 0) pw_before = 0.f;
+    const float g0 = Am[j * (kChunk + 1) + kChunk] + (su_after + u1 + u0) + carried + pw_before;
+    const float g1 = Am[(j + 1) * (kChunk + 1) + kChunk] + (su_after + u1) + carried + (pw_before + w0);
     if (j < valid) g.dg[(bt0 + j) * H + h] = g0;
     if (j + 1 < valid) g.dg[(bt0 + j + 1) * H + h] = g1;
     if (g.ddt && j < valid) g.ddt[(bt0 + j) * H + h] = ddt_s[j];
@@ -284,7 +317,8 @@ __global__ void __launch_bounds__(kSsdThreads)
 }
 
 inline size_t grad_smem_bytes(int64_t N, int64_t P) {
-  return (2 * kChunk * (N + 8) + 2 * (N + kChunk) * (P + 8)) * 2 + (5 * kChunk + kSsdThreads) * 4;
+  return (2 * kChunk * (N + 8) + 2 * (N + kChunk) * (P + 8)) * 2 +
+         (5 * kChunk + kSsdThreads + kChunk * (kChunk + 1)) * 4;
 }
 
 // ---- launchers (the emulator takes the file up to here) ----

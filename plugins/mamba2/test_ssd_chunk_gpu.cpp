@@ -4,8 +4,8 @@
 // (150, 5, 64), B = 1 with T = 16384, d_state 64 and 128, head_dim 32 / 64 / 96, with and without s0.
 // x, B and C reach the kernel as strided views of one [B, T, H P + 2 G N] tensor, as mamba2's xBC.
 // The kernels take bf16 matmul operands even for fp32 inputs, so both dtypes are held to bf16-level
-// tolerances (the CPU emulator, emu/run.sh, measured <= 3.8e-3; dg up to 5.4e-2 under strong decays,
-// where its two terms C . dC and dt ddt cancel). CTest label `gpu`: skips without CUDA.
+// tolerances (the CPU emulator, emu/run.sh, measured <= 3.8e-3 at T 150, 7.8e-3 for dg at T 5).
+// CTest label `gpu`: skips without CUDA.
 // STATUS: written without a GPU; never run.
 #include <cstdio>
 #include <string>
@@ -82,7 +82,7 @@ void check(const Case& c) {
     REQUIRE(got[i].defined());
     const double e = rel_error(got[i], ref_grads[i]);
     std::printf(" d%s %.1e", names[i], e);
-    CHECK(e < (i == 4 && decay == "strong" ? 8e-2 : 1.5e-2));
+    CHECK(e < 1.5e-2);
   }
   std::printf("\n");
 }

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -36,7 +37,8 @@ using bf16 = __nv_bfloat16;
 // Runs fn as every thread of every block of `grid`, one block after the other; shared memory starts
 // as all-ones bytes (NaN in bf16 and fp32), so a read of what was never written shows.
 void launch(dim3 grid, size_t smem_bytes, const std::function<void()>& fn) {
-  unsigned char* smem = static_cast<unsigned char*>(std::aligned_alloc(128, (smem_bytes + 127) / 128 * 128));
+  auto* smem =
+      static_cast<unsigned char*>(::operator new(smem_bytes, std::align_val_t(16)));  // exact: ASan sees overruns
   g_smem_bytes = smem_bytes;
   pthread_barrier_init(&g_block_bar, nullptr, kSsdThreads);
   for (int w = 0; w < kSsdThreads / 32; ++w) pthread_barrier_init(&g_warp_bar[w], nullptr, 32);
@@ -56,7 +58,7 @@ void launch(dim3 grid, size_t smem_bytes, const std::function<void()>& fn) {
       }
   pthread_barrier_destroy(&g_block_bar);
   for (int w = 0; w < kSsdThreads / 32; ++w) pthread_barrier_destroy(&g_warp_bar[w]);
-  std::free(smem);
+  ::operator delete(smem, std::align_val_t(16));
 }
 
 struct Case {
@@ -310,12 +312,7 @@ int run(const Case& k) {
   const double tol_rel = exact ? 0 : 1e-2, tol_max = exact ? 0 : 3e-2;
   const double gtol_rel = exact ? 0 : 2e-2, gtol_max = exact ? 0 : 5e-2;
   bool good = ey <= tol_rel && es <= tol_rel && my <= tol_max && ms <= tol_max && fd_worst < 1e-4;
-  // dg = reverse cumsum of C . dC - dt ddt per token: under strong decays (exp(g) ~ e^-1 .. e^-16) the
-  // true dg is small and the two terms cancel, so its error is bf16's relative to the terms: looser.
-  for (const auto& x : ge) {
-    const double f = std::string(x.name) == "dg" && !exact ? 5 : 1;
-    good = good && x.rel <= f * gtol_rel && x.mx <= gtol_max;
-  }
+  for (const auto& x : ge) good = good && x.rel <= gtol_rel && x.mx <= gtol_max;
   std::printf(
       "B%ld T%4ld H%ld G%ld N%3ld P%3ld %s s0 %d dt %d %-6s pad %d vec %d: y rel %.2e max %.2e | state rel %.2e max %.2e  %s\n",
       B, T, H, G, N, P, a.dtype == DType::BF16 ? "bf16" : "fp32", k.s0, k.dt, k.decay.c_str(), k.pad, vec, ey, my, es,

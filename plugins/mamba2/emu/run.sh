@@ -4,8 +4,10 @@
 # helpers replaced by mma_emu.h's, which follow the PTX ISA's fragment layouts with bf16 rounded to
 # nearest even. Checks the kernels' indexing, fragment use, masking, the chunk decomposition and the
 # gradient formulas; not their speed, nor what the emulator cannot see (ex2.approx's error, the
-# hardware's accumulation order, races its barriers hide, register or shared-memory limits).
+# hardware's accumulation order, register or shared-memory limits, timing).
 # Usage: bash plugins/mamba2/emu/run.sh [case]   (g++ with C++17 and pthreads; ~2 min on 2 cores)
+# EMU_FLAGS="-fsanitize=thread" finds missing barriers (a race between two CUDA threads is one between
+# two OS threads here); -fsanitize=address,undefined out-of-bounds accesses.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
@@ -27,5 +29,5 @@ h = open(src + '/ssd_chunk_cuda.h').read().replace('#include <cuda_runtime_api.h
 open(out + '/ssd_chunk_cuda.h', 'w').write(h)
 PY
 cp "$here/shim.h" "$here/mma_emu.h" "$here/emulate_ssd.cpp" "$work/"
-g++ -std=c++17 -O2 -pthread ${EMU_FLAGS:-} -I"$work" "$work/emulate_ssd.cpp" -o "$work/emu"
+${CXX:-g++} -std=c++17 -O2 -pthread ${EMU_FLAGS:-} -I"$work" "$work/emulate_ssd.cpp" -o "$work/emu"
 "$work/emu" "$@"
