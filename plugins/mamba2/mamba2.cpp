@@ -8,7 +8,9 @@
 //
 // One scalar decay per head (unlike Mamba-1's per channel and state) is what makes SSD a matmul:
 // it is core's decay scan (chunked_scan.h) with q = C, k = dt B, v = xs, log-decay dt A. B and C are
-// shared by the n_head / n_groups heads of a group (like GQA's keys). The state per layer is
+// shared by the n_head / n_groups heads of a group (like GQA's keys). On CUDA under bf16, training and
+// prefill take the SSD chunk kernels instead (ssd_chunk.cu: B and C per group, never expanded; not
+// yet run on a GPU, verified in a CPU emulator). The state per layer is
 // {"conv_state" [B, d_inner + 2 G N, d_conv - 1], "ssm_state" [B, H, N, P] fp32}.
 #include <linearnexus/chunked_scan.h>
 #include <linearnexus/error.h>
@@ -17,6 +19,8 @@
 #include <linearnexus/plugin.h>
 
 #include <cmath>
+
+#include "ssd_chunk_gpu.h"
 
 namespace linearnexus {
 namespace {
@@ -89,15 +93,29 @@ class Mamba2Block : public Block {
     auto dt = at::softplus(dt_raw.to(at::kFloat) + dt_bias_);                  // [B, T, H] > 0, fp32
     if (keep.defined()) dt = dt * keep.to(at::kFloat);
     auto v = xBC.narrow(-1, 0, Din_).reshape({B, T, H_, P_}).transpose(1, 2);  // [B, H, T, P]
-    auto group = [&](int64_t off) {  // [B, T, G N] -> [B, H, T, N], each group's B (or C) for its heads
-      return xBC.narrow(-1, off, G_ * N_).reshape({B, T, G_, N_}).transpose(1, 2).repeat_interleave(H_ / G_, 1);
-    };
-    auto dth = dt.transpose(1, 2).unsqueeze(-1);                           // [B, H, T, 1]
-    auto k = group(Din_) * dth, q = group(Din_ + G_ * N_);                 // [B, H, T, N]
-    auto g = dth * (-A_log_.exp()).view({1, H_, 1, 1});                    // [B, H, T, 1] log-decays
-    at::Tensor S = cached ? state.tensors.at("ssm_state") : at::Tensor();  // [B, H, N, P] fp32
-    auto y = ctx.mode == Mode::Decode || recurrent_ ? decay_scan_recurrent(q, k, v, g, S)
-                                                    : decay_scan_chunked(q, k, v, g, S, Q_);  // [B, H, T, P]
+    at::Tensor S = cached ? state.tensors.at("ssm_state") : at::Tensor();      // [B, H, N, P] fp32
+    at::Tensor y;                                                              // [B, H, T, P]
+    if (ctx.mode != Mode::Decode && !recurrent_ && xBC.scalar_type() == at::kBFloat16 &&
+        mamba2::ssd_cuda_applies(xBC, N_, P_)) {
+      // CUDA under bf16 (autocast training, prefill): the SSD chunk kernels (ssd_chunk.cu), B and C per
+      // group, never expanded per head; chunks of 64 whatever chunk_size. Not for fp32, whose tensor-op
+      // path stays exact (the kernels round their matmul operands to bf16). NOT YET RUN ON A GPU: verified
+      // in the CPU emulator (emu/run.sh) only; test_ssd_chunk_gpu checks it against the path below.
+      auto bc = [&](int64_t off) { return xBC.narrow(-1, off, G_ * N_).reshape({B, T, G_, N_}); };
+      auto r = mamba2::ssd_chunk_cuda(xBC.narrow(-1, 0, Din_).reshape({B, T, H_, P_}), dt, bc(Din_), bc(Din_ + G_ * N_),
+                                      dt * (-A_log_.exp()), S);  // log-decays [B, T, H]
+      y = r.y.transpose(1, 2);
+      S = r.state;
+    } else {
+      auto group = [&](int64_t off) {  // [B, T, G N] -> [B, H, T, N], each group's B (or C) for its heads
+        return xBC.narrow(-1, off, G_ * N_).reshape({B, T, G_, N_}).transpose(1, 2).repeat_interleave(H_ / G_, 1);
+      };
+      auto dth = dt.transpose(1, 2).unsqueeze(-1);            // [B, H, T, 1]
+      auto k = group(Din_) * dth, q = group(Din_ + G_ * N_);  // [B, H, T, N]
+      auto g = dth * (-A_log_.exp()).view({1, H_, 1, 1});     // [B, H, T, 1] log-decays
+      y = ctx.mode == Mode::Decode || recurrent_ ? decay_scan_recurrent(q, k, v, g, S)
+                                                 : decay_scan_chunked(q, k, v, g, S, Q_);
+    }
     if (cached) {
       state.tensors["conv_state"] = new_history.detach();
       state.tensors["ssm_state"] = S.detach();
