@@ -9,8 +9,8 @@
 // One scalar decay per head (unlike Mamba-1's per channel and state) is what makes SSD a matmul:
 // it is core's decay scan (chunked_scan.h) with q = C, k = dt B, v = xs, log-decay dt A. B and C are
 // shared by the n_head / n_groups heads of a group (like GQA's keys). On CUDA under bf16, training and
-// prefill take the SSD chunk kernels instead (ssd_chunk.cu: B and C per group, never expanded; not
-// yet run on a GPU, verified in a CPU emulator). The state per layer is
+// prefill can take the SSD chunk kernels instead (ssd_chunk.cu: B and C per group, never expanded;
+// behind LINEARNEXUS_SSD_KERNEL=1 while they have not run on a GPU, verified in a CPU emulator only). The state per layer is
 // {"conv_state" [B, d_inner + 2 G N, d_conv - 1], "ssm_state" [B, H, N, P] fp32}.
 #include <linearnexus/chunked_scan.h>
 #include <linearnexus/error.h>
@@ -19,11 +19,19 @@
 #include <linearnexus/plugin.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "ssd_chunk_gpu.h"
 
 namespace linearnexus {
 namespace {
+
+// LINEARNEXUS_SSD_KERNEL=1: training and prefill on CUDA under bf16 take the SSD chunk kernels.
+bool ssd_kernel_enabled() {
+  const char* e = std::getenv("LINEARNEXUS_SSD_KERNEL");
+  return e && std::string(e) == "1";
+}
 
 class Mamba2Block : public Block {
  public:
@@ -95,12 +103,13 @@ class Mamba2Block : public Block {
     auto v = xBC.narrow(-1, 0, Din_).reshape({B, T, H_, P_}).transpose(1, 2);  // [B, H, T, P]
     at::Tensor S = cached ? state.tensors.at("ssm_state") : at::Tensor();      // [B, H, N, P] fp32
     at::Tensor y;                                                              // [B, H, T, P]
-    if (ctx.mode != Mode::Decode && !recurrent_ && xBC.scalar_type() == at::kBFloat16 &&
+    if (ctx.mode != Mode::Decode && !recurrent_ && xBC.scalar_type() == at::kBFloat16 && ssd_kernel_enabled() &&
         mamba2::ssd_cuda_applies(xBC, N_, P_)) {
       // CUDA under bf16 (autocast training, prefill): the SSD chunk kernels (ssd_chunk.cu), B and C per
       // group, never expanded per head; chunks of 64 whatever chunk_size. Not for fp32, whose tensor-op
       // path stays exact (the kernels round their matmul operands to bf16). NOT YET RUN ON A GPU: verified
-      // in the CPU emulator (emu/run.sh) only; test_ssd_chunk_gpu checks it against the path below.
+      // in the CPU emulator (emu/run.sh) only, so behind LINEARNEXUS_SSD_KERNEL=1 (off by default) until
+      // test_ssd_chunk_gpu, which checks it against the path below, has passed on one.
       auto bc = [&](int64_t off) { return xBC.narrow(-1, off, G_ * N_).reshape({B, T, G_, N_}); };
       auto r = mamba2::ssd_chunk_cuda(xBC.narrow(-1, 0, Din_).reshape({B, T, H_, P_}), dt, bc(Din_), bc(Din_ + G_ * N_),
                                       dt * (-A_log_.exp()), S);  // log-decays [B, T, H]
