@@ -7,31 +7,11 @@
 
 #include "linearnexus/host/presets.h"
 #include "linearnexus/host/preflight.h"
+#include "env_var.h"
 #include "test_util.h"
 
 using namespace linearnexus;
 using namespace lntest;
-
-namespace {
-// Sets (or, with nullptr, unsets) an environment variable for the test's scope.
-struct EnvVar {
-  std::string name;
-  std::optional<std::string> saved;
-  EnvVar(std::string n, const char* value) : name(std::move(n)) {
-    if (const char* v = std::getenv(name.c_str())) saved = v;
-    if (value)
-      ::setenv(name.c_str(), value, 1);
-    else
-      ::unsetenv(name.c_str());
-  }
-  ~EnvVar() {
-    if (saved)
-      ::setenv(name.c_str(), saved->c_str(), 1);
-    else
-      ::unsetenv(name.c_str());
-  }
-};
-}  // namespace
 
 TEST_CASE("threads: LINEARNEXUS_NUM_THREADS, then OMP_NUM_THREADS, then the physical cores", "[cli]") {
   {

@@ -17,6 +17,7 @@
 
 #include "block_contract.h"
 #include "catch.h"
+#include "env_var.h"
 #include "decode_attention_gpu.h"
 #include "gpu_test_util.h"
 #include "linearnexus/compat.h"
@@ -124,25 +125,6 @@ void check(int64_t H, int64_t Hkv, int64_t D, int64_t L, int64_t slot, int64_t c
   CHECK(e_sdpa < (bf16 ? 1e-2 : 2e-5));
 }
 
-// Sets (nullptr: unsets) an environment variable for a scope.
-struct EnvVar {
-  std::string name;
-  std::optional<std::string> saved;
-  EnvVar(std::string n, const char* value) : name(std::move(n)) {
-    if (const char* v = std::getenv(name.c_str())) saved = v;
-    if (value)
-      ::setenv(name.c_str(), value, 1);
-    else
-      ::unsetenv(name.c_str());
-  }
-  ~EnvVar() {
-    if (saved)
-      ::setenv(name.c_str(), saved->c_str(), 1);
-    else
-      ::unsetenv(name.c_str());
-  }
-};
-
 }  // namespace
 
 TEST_CASE("split-KV decode attention == SDPA with the block's mask and a float64 reference (fp32, bf16)", "[gpu]") {
@@ -162,7 +144,7 @@ TEST_CASE("split-KV decode attention == SDPA with the block's mask and a float64
   }
 }
 
-TEST_CASE("split-KV decode attention takes only what it supports; the rest keeps SDPA", "[gpu]") {
+TEST_CASE("split-KV decode attention takes only what it supports, the rest keeps SDPA", "[gpu]") {
   LN_SKIP_WITHOUT_CUDA();
   const auto x = make(2, 4, 2, 64, 50, 10, 3, at::kFloat, false);
   CHECK(attention::decode_attention_applies(x.q, x.k, x.v, x.key_padding));
