@@ -37,6 +37,10 @@ struct DecodeStream::Impl {
 
   Impl(DecodeGenerator& g, const SamplingParams& p) : gen(g), params(p) {}
   void eager_step(int64_t k);
+  // eager_step's views of the first view_rows rows of the slot's buffers (0: none made yet).
+  ModelState view;
+  DecodeGenerator::Slot rows_k;
+  int64_t view_rows = 0;
   int64_t budget(const StreamRequest& r) const {
     const int64_t len = static_cast<int64_t>(r.prompt.size());
     return std::min({r.max_new_tokens, context - len, slot->L - len});
@@ -203,24 +207,26 @@ void DecodeStream::Impl::prefill(const std::vector<StreamRequest>& joining, cons
 // of every buffer; a state tensor a block hands back in place of its own is copied into the view.
 void DecodeStream::Impl::eager_step(int64_t k) {
   DecodeGenerator::Slot& full = *slot;
-  ModelState view = full.state;
-  for (auto& layer : view.layers)
-    for (auto& kv : layer.tensors) kv.second = kv.second.narrow(0, 0, k);
-  view.slot = at::Tensor();
+  if (view_rows != k) {  // the views are made again only when the last live row moves
+    view = full.state;
+    for (auto& layer : view.layers)
+      for (auto& kv : layer.tensors) kv.second = kv.second.narrow(0, 0, k);
+    view.slot = at::Tensor();
+    view.key_padding = full.key_padding.narrow(0, 0, k);
+    rows_k.stream = true;  // the same buffers' first k rows; the column is shared
+    rows_k.N = k;
+    rows_k.L = full.L;
+    rows_k.column = full.column;
+    rows_k.tok = full.tok.narrow(0, 0, k);
+    rows_k.pos = full.pos.narrow(0, 0, k);
+    rows_k.counter = full.counter.narrow(0, 0, k);
+    rows_k.seed = full.seed.narrow(0, 0, k);
+    rows_k.done = full.done.narrow(0, 0, k);
+    rows_k.tokens = full.tokens.narrow(0, 0, k);
+    rows_k.logprobs = full.logprobs.narrow(0, 0, k);
+    view_rows = k;
+  }
   view.length = column;
-  view.key_padding = full.key_padding.narrow(0, 0, k);
-  DecodeGenerator::Slot rows_k;  // the same buffers' first k rows; the column is shared
-  rows_k.stream = true;
-  rows_k.N = k;
-  rows_k.L = full.L;
-  rows_k.column = full.column;
-  rows_k.tok = full.tok.narrow(0, 0, k);
-  rows_k.pos = full.pos.narrow(0, 0, k);
-  rows_k.counter = full.counter.narrow(0, 0, k);
-  rows_k.seed = full.seed.narrow(0, 0, k);
-  rows_k.done = full.done.narrow(0, 0, k);
-  rows_k.tokens = full.tokens.narrow(0, 0, k);
-  rows_k.logprobs = full.logprobs.narrow(0, 0, k);
   ModelState work = view;
   auto h = gen.weights_.model().forward_hidden(rows_k.tok, &work, Mode::Decode, rows_k.pos);  // [k, 1, C]
   view.keep_in_place(work);
