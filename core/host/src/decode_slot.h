@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <vector>
 
 #include "cuda_graph.h"
 #include "linearnexus/host/generator.h"
@@ -40,5 +41,21 @@ void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingPara
 
 // A 64-bit seed as the sampler's 32-bit one.
 int64_t fold_seed(uint64_t seed);
+
+// Whether the tokens `s` end with `tail` (a stop sequence; never an empty one).
+bool ends_with_tokens(const std::vector<int64_t>& s, const std::vector<int64_t>& tail);
+
+// Prompts left-padded so that each ends at cache column `end` (>= P, the longest prompt): what a prefill
+// feeds the model. Positions count from each prompt's first real token, so a padded row computes what
+// it would alone; padding is never attended to.
+struct LeftPadded {
+  at::Tensor ids;        // [n, P] int64 on the CPU: prompt i in columns [P - len_i, P)
+  at::Tensor real;       // [n, L] bool on the CPU: prompt i's cache columns [end - len_i, end), and [end, L)
+  at::Tensor positions;  // [n, P] int64 on `device`, undefined when no column before `end` is padding
+  std::vector<int64_t> lens;
+  int64_t P = 0;
+  bool padded = false;  // some column before `end` is padding (then `real` is the prefill's key padding)
+};
+LeftPadded left_pad(const std::vector<std::vector<int64_t>>& prompts, int64_t end, int64_t L, const at::Device& device);
 
 }  // namespace linearnexus

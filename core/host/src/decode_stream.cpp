@@ -11,12 +11,6 @@
 
 namespace linearnexus {
 
-namespace {
-bool ends_with(const std::vector<int64_t>& s, const std::vector<int64_t>& tail) {
-  return !tail.empty() && s.size() >= tail.size() && std::equal(tail.rbegin(), tail.rend(), s.rbegin());
-}
-}  // namespace
-
 struct DecodeStream::Impl {
   DecodeGenerator& gen;
   SamplingParams params;
@@ -135,37 +129,25 @@ void DecodeStream::Impl::prefill(const std::vector<StreamRequest>& joining, cons
   const int64_t n = static_cast<int64_t>(joining.size()), L = slot->L;
   const auto device = gen.weights_.device();
   const auto longs = at::TensorOptions().dtype(at::kLong);
-  int64_t P = 0;
-  for (const auto& r : joining) P = std::max<int64_t>(P, static_cast<int64_t>(r.prompt.size()));
-  auto idx = at::zeros({n, P}, longs);
-  auto real = at::zeros({n, L}, at::kBool);  // [n, L]: the prompt's columns and every column from c on
-  real.narrow(1, c, L - c).fill_(true);
-  std::vector<int64_t> lens, seeds;
-  bool padded = c > P;
-  for (int64_t i = 0; i < n; ++i) {
-    const auto& prompt = joining[static_cast<size_t>(i)].prompt;
-    const int64_t len = static_cast<int64_t>(prompt.size());
-    padded |= len < P;
-    idx[i].narrow(0, P - len, len).copy_(at::tensor(prompt, longs));
-    real[i].narrow(0, c - len, len).fill_(true);
-    lens.push_back(len);
-    seeds.push_back(fold_seed(joining[static_cast<size_t>(i)].seed));
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<int64_t> seeds;
+  for (const auto& r : joining) {
+    prompts.push_back(r.prompt);
+    seeds.push_back(fold_seed(r.seed));
   }
-  if (restart) {        // an idle batch starts again at column c
-    slot->pos.zero_();  // free rows too: a position never passes its column
+  const LeftPadded in = left_pad(prompts, c, L, device);  // each prompt ends at column c
+  if (restart) {                                          // an idle batch starts again at column c
+    slot->pos.zero_();                                    // free rows too: a position never passes its column
     slot->column.fill_(c);
     column = c;
   }
   LMModel& m = gen.weights_.model();
   ModelState pre = m.init_state(n, L);
-  pre.length = c - P;
-  at::Tensor positions;  // [n, P]: counted from each prompt's first real token, as it would alone
-  if (padded) {
-    pre.key_padding = real.to(device);
-    positions = (real.narrow(1, c - P, P).to(at::kLong).cumsum(1) - 1).clamp_min(0).to(device);
-  }
-  auto h = m.forward_hidden(idx.to(device), &pre, Mode::Prefill, positions).narrow(1, P - 1, 1);  // [n, 1, C]
-  auto logits = gen.weights_.logits(h);                                                           // [n, V]
+  pre.length = c - in.P;                       // the columns before the longest prompt: padding
+  const at::Tensor real = in.real.to(device);  // [n, L]
+  if (in.padded) pre.key_padding = real;
+  auto h = m.forward_hidden(in.ids.to(device), &pre, Mode::Prefill, in.positions).narrow(1, in.P - 1, 1);  // [n, 1, C]
+  auto logits = gen.weights_.logits(h);                                                                    // [n, V]
 
   auto dev_rows = at::tensor(free_rows, longs).to(device);
   ModelState& dst = slot->state;
@@ -179,13 +161,13 @@ void DecodeStream::Impl::prefill(const std::vector<StreamRequest>& joining, cons
                     "tensors to keep their shapes (model.h, LayerState)");
       it->second.index_copy_(0, dev_rows, t.to(it->second.scalar_type()));
     }
-  slot->key_padding.index_copy_(0, dev_rows, real.to(device));
+  slot->key_padding.index_copy_(0, dev_rows, real);
 
   auto dev_seeds = at::tensor(seeds, longs).to(device);
   auto next = sample_tokens(logits, params, dev_seeds, at::zeros({n}, longs.device(device)));  // [n]
   auto logp = drawn_logprobs(logits, next, params);                                            // [n]
   slot->tok.index_copy_(0, dev_rows, next.unsqueeze(1));
-  slot->pos.index_copy_(0, dev_rows, at::tensor(lens, longs).to(device).unsqueeze(1));
+  slot->pos.index_copy_(0, dev_rows, at::tensor(in.lens, longs).to(device).unsqueeze(1));
   slot->counter.index_fill_(0, dev_rows, 1);
   slot->seed.index_copy_(0, dev_rows, dev_seeds);
   slot->done.index_copy_(0, dev_rows, params.eos_id >= 0 ? next == params.eos_id : at::zeros_like(next, at::kBool));
@@ -238,15 +220,18 @@ void DecodeStream::Impl::eager_step(int64_t k) {
 std::vector<StreamToken> DecodeStream::advance() {
   Impl& s = *impl_;
   std::vector<StreamToken> out;
-  int64_t need = 0, lo = s.column;
-  for (const auto& r : s.rows)
-    if (r.id >= 0) need = std::max(need, r.end - s.column), lo = std::min(lo, r.next);
-  if (live_rows() == 0) return out;
+  // need: steps until every live row has its last token; lo: the first column a live row has not read;
+  // k: rows [0, k) hold every live row (admission fills the lowest free rows).
+  int64_t need = 0, lo = s.column, k = 0;
+  for (size_t i = 0; i < s.rows.size(); ++i)
+    if (s.rows[i].id >= 0) {
+      need = std::max(need, s.rows[i].end - s.column);
+      lo = std::min(lo, s.rows[i].next);
+      k = static_cast<int64_t>(i) + 1;
+    }
+  if (k == 0) return out;
   torch::NoGradGuard no_grad;
   // Never past a live row's last token, so the column stays inside the cache (admission checked it).
-  int64_t k = 0;  // rows [0, k) hold every live row (admission fills the lowest free rows)
-  for (size_t i = 0; i < s.rows.size(); ++i)
-    if (s.rows[i].id >= 0) k = static_cast<int64_t>(i) + 1;
   for (int64_t i = 0; i < std::min(s.every, need); ++i) {
     if (s.how == "eager")
       s.eager_step(k);
@@ -265,7 +250,7 @@ std::vector<StreamToken> DecodeStream::advance() {
       const int64_t t = tacc[static_cast<int64_t>(i)][r.next - lo];
       r.completion.push_back(t);
       bool stopped = t == s.params.eos_id;
-      for (const auto& seq : r.stops) stopped = stopped || ends_with(r.completion, seq);
+      for (const auto& seq : r.stops) stopped = stopped || ends_with_tokens(r.completion, seq);
       StreamToken e;
       e.id = r.id;
       e.token = t;

@@ -128,10 +128,6 @@ std::string sampling_key(const SamplingParams& p, bool graph) {
   return o.str();
 }
 
-bool ends_with(const std::vector<int64_t>& s, const std::vector<int64_t>& tail) {
-  return !tail.empty() && s.size() >= tail.size() && std::equal(tail.rbegin(), tail.rend(), s.rbegin());
-}
-
 }  // namespace
 
 at::Tensor drawn_logprobs(const at::Tensor& logits, const at::Tensor& next, const SamplingParams& p) {
@@ -157,6 +153,32 @@ void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingPara
 }
 
 int64_t fold_seed(uint64_t seed) { return static_cast<int64_t>((seed ^ (seed >> 32)) & 0xffffffffULL); }
+
+bool ends_with_tokens(const std::vector<int64_t>& s, const std::vector<int64_t>& tail) {
+  return !tail.empty() && s.size() >= tail.size() && std::equal(tail.rbegin(), tail.rend(), s.rbegin());
+}
+
+LeftPadded left_pad(const std::vector<std::vector<int64_t>>& prompts, int64_t end, int64_t L,
+                    const at::Device& device) {
+  LeftPadded out;
+  const int64_t n = static_cast<int64_t>(prompts.size());
+  for (const auto& p : prompts) out.P = std::max<int64_t>(out.P, static_cast<int64_t>(p.size()));
+  const auto longs = at::TensorOptions().dtype(at::kLong);
+  out.ids = at::zeros({n, out.P}, longs);
+  out.real = at::zeros({n, L}, at::kBool);
+  out.real.narrow(1, end, L - end).fill_(true);
+  out.padded = end > out.P;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t len = static_cast<int64_t>(prompts[static_cast<size_t>(i)].size());
+    out.lens.push_back(len);
+    out.padded |= len < out.P;
+    out.ids[i].narrow(0, out.P - len, len).copy_(at::tensor(prompts[static_cast<size_t>(i)], longs));
+    out.real[i].narrow(0, end - len, len).fill_(true);
+  }
+  if (out.padded)
+    out.positions = (out.real.narrow(1, end - out.P, out.P).to(at::kLong).cumsum(1) - 1).clamp_min(0).to(device);
+  return out;
+}
 
 DecodeGenerator::Slot& DecodeGenerator::slot_for(int64_t N, int64_t L, const SamplingParams& p, bool graph,
                                                  bool seed_per_row) {
@@ -239,35 +261,22 @@ void DecodeGenerator::step(Slot& s, const SamplingParams& p, const std::string& 
 // prefilled once (eagerly) and its state repeated for its group; the first token is drawn from the
 // prefill's logits.
 void DecodeGenerator::prefill(Slot& s, const Call& c, const SamplingParams& p) {
-  const int64_t n_prompts = static_cast<int64_t>(c.prompts.size()), P = c.P, L = s.L;
+  const int64_t n_prompts = static_cast<int64_t>(c.prompts.size()), P = c.P;
   const auto device = weights_.device();
   auto long_opts = at::TensorOptions().dtype(at::kLong);
-  auto idx = at::zeros({n_prompts, P}, long_opts);
-  auto real = at::zeros({n_prompts, L}, at::kBool);
-  real.narrow(1, P, L - P).fill_(true);
-  std::vector<int64_t> prompt_len(n_prompts);
-  bool padded = false;
-  for (int64_t i = 0; i < n_prompts; ++i) {
-    const int64_t len = static_cast<int64_t>(c.prompts[i].size());
-    prompt_len[i] = len;
-    padded |= len < P;
-    idx[i].narrow(0, P - len, len).copy_(at::tensor(c.prompts[i], long_opts));
-    real[i].narrow(0, P - len, len).fill_(true);
-  }
+  const LeftPadded in = left_pad(c.prompts, P, s.L, device);
   auto rows = at::arange(n_prompts, long_opts).repeat_interleave(c.group);  // row r comes from prompt r / group
-  s.key_padding.copy_(real.index_select(0, rows));
-  at::Tensor positions;  // [n, P]
-  if (padded) positions = (real.narrow(1, 0, P).to(at::kLong).cumsum(1) - 1).clamp_min(0).to(device);
+  s.key_padding.copy_(in.real.index_select(0, rows));
 
   for (auto& layer : s.state.layers)
     for (auto& [k, t] : layer.tensors) t.zero_();
   LMModel& m = weights_.model();
-  ModelState pre = c.group == 1 ? s.state : m.init_state(n_prompts, L);
+  ModelState pre = c.group == 1 ? s.state : m.init_state(n_prompts, s.L);
   pre.slot = at::Tensor();
   pre.length = 0;
-  pre.key_padding = padded ? real.to(device) : at::Tensor();
-  auto h = m.forward_hidden(idx.to(device), &pre, Mode::Prefill, positions).narrow(1, P - 1, 1);  // [n, 1, C]
-  auto logits = weights_.logits(h);                                                               // [n, V]
+  pre.key_padding = in.padded ? in.real.to(device) : at::Tensor();
+  auto h = m.forward_hidden(in.ids.to(device), &pre, Mode::Prefill, in.positions).narrow(1, P - 1, 1);  // [n, 1, C]
+  auto logits = weights_.logits(h);                                                                     // [n, V]
   if (c.group > 1) {
     auto dev_rows = rows.to(device);
     pre = pre.index_select(dev_rows);
@@ -276,7 +285,7 @@ void DecodeGenerator::prefill(Slot& s, const Call& c, const SamplingParams& p) {
   s.state.keep_in_place(pre);
   s.state.key_padding = s.key_padding;
   s.state.length = P;
-  s.pos.copy_(at::tensor(prompt_len, long_opts).index_select(0, rows).unsqueeze(1));
+  s.pos.copy_(at::tensor(in.lens, long_opts).index_select(0, rows).unsqueeze(1));
   s.column.fill_(P);
   s.counter.zero_();
   if (c.row_seeds.empty()) {
@@ -306,7 +315,7 @@ bool DecodeGenerator::read_tokens(Slot& s, Call& c, const SamplingParams& p, con
       const int64_t t = acc[r][col];
       c.completions[r].push_back(t);
       bool stop = t == p.eos_id;
-      for (const auto& seq : p.stop_sequences) stop = stop || ends_with(c.completions[r], seq);
+      for (const auto& seq : p.stop_sequences) stop = stop || ends_with_tokens(c.completions[r], seq);
       c.stopped[r] = stop;
       if (on_token && !on_token(r, t)) stop = true;
       if (stop) {
