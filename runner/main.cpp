@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <torch/nn.h>
 
@@ -77,9 +76,7 @@ void print_samples(const LMModel& model, const Registry& registry, const Tokeniz
   sp.max_new_tokens = s.max_tokens;
   std::string prompt = s.prompt;
   if (s.chat) {
-    nlohmann::json row;
-    row["messages"] = nlohmann::json::array({nlohmann::json{{"role", "user"}, {"content", s.prompt}}});
-    prompt = render_chat(tok, row.dump(), true, "sample.prompt (sample.chat)").text;
+    prompt = render_user_message(tok, s.prompt, "sample.prompt (sample.chat)");
     sp.eos_id = tok.eos_id();
   }
   DecodeGenerator generator(model, registry);

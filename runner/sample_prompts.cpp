@@ -61,9 +61,7 @@ std::vector<Prompt> read_prompts(const std::string& path, const Tokenizer& tok, 
     } else if (chat) {
       p.text = line;
       p.chat = true;
-      nlohmann::json row;
-      row["messages"] = nlohmann::json::array({nlohmann::json{{"role", "user"}, {"content", line}}});
-      rendered = render_chat(tok, row.dump(), true, where + " (sample.chat)").text;
+      rendered = render_user_message(tok, line, where + " (sample.chat)");
     } else {
       p.text = rendered = line;
     }
@@ -78,6 +76,12 @@ std::vector<Prompt> read_prompts(const std::string& path, const Tokenizer& tok, 
   return out;
 }
 }  // namespace
+
+std::string render_user_message(const Tokenizer& tok, const std::string& text, const std::string& where) {
+  nlohmann::json row;
+  row["messages"] = nlohmann::json::array({nlohmann::json{{"role", "user"}, {"content", text}}});
+  return render_chat(tok, row.dump(), true, where).text;
+}
 
 int sample_prompts_file(const LMModel& model, const Registry& registry, const Tokenizer& tok, const SampleSettings& s,
                         uint64_t seed, const std::string& prompts_path, const std::string& output, int64_t max_batch) {

@@ -10,6 +10,10 @@ class Registry;
 class Tokenizer;
 struct SampleSettings;
 
+// `text` as one user message in the tokenizer's chat template, with the assistant's turn opened (what
+// `sample --chat` and `sample --prompts` with sample.chat decode from); errors name `where`.
+std::string render_user_message(const Tokenizer& tokenizer, const std::string& text, const std::string& where);
+
 // FILE: one prompt per line (empty lines skipped), or a .jsonl file of {"prompt": TEXT} or
 // {"messages": [...]} rows (the latter rendered with the chat template, as `data chat-render
 // --add-generation-prompt` renders them). With sample.chat, a plain line is one user message. Prompt i
