@@ -69,11 +69,7 @@ void fail_on_plugin_problems(const PluginHost& host) {
 // shows it), and a reply ends at the tokenizer's end-of-turn token, which is not printed.
 void print_samples(const LMModel& model, const Registry& registry, const Tokenizer& tok, const SampleSettings& s,
                    uint64_t seed) {
-  SamplingParams sp;
-  sp.temperature = s.temperature;
-  sp.top_k = s.top_k;
-  sp.top_p = s.top_p;
-  sp.max_new_tokens = s.max_tokens;
+  SamplingParams sp = sampling_params(s);
   std::string prompt = s.prompt;
   if (s.chat) {
     prompt = render_user_message(tok, s.prompt, "sample.prompt (sample.chat)");

@@ -77,6 +77,15 @@ std::vector<Prompt> read_prompts(const std::string& path, const Tokenizer& tok, 
 }
 }  // namespace
 
+SamplingParams sampling_params(const SampleSettings& s) {
+  SamplingParams sp;
+  sp.temperature = s.temperature;
+  sp.top_k = s.top_k;
+  sp.top_p = s.top_p;
+  sp.max_new_tokens = s.max_tokens;
+  return sp;
+}
+
 std::string render_user_message(const Tokenizer& tok, const std::string& text, const std::string& where) {
   nlohmann::json row;
   row["messages"] = nlohmann::json::array({nlohmann::json{{"role", "user"}, {"content", text}}});
@@ -89,10 +98,7 @@ int sample_prompts_file(const LMModel& model, const Registry& registry, const To
   const std::vector<Prompt> prompts = read_prompts(prompts_path, tok, s.chat, context);
   bool any_chat = false;
   for (const auto& p : prompts) any_chat |= p.chat;
-  SamplingParams sp;
-  sp.temperature = s.temperature;
-  sp.top_k = s.top_k;
-  sp.top_p = s.top_p;
+  SamplingParams sp = sampling_params(s);  // each row's budget: its StreamRequest's
   if (any_chat) sp.eos_id = tok.eos_id();  // one stream, one end token: a file with chats ends every row there
   DecodeGenerator generator(model, registry);
   DecodeStream stream(generator, std::min<int64_t>(max_batch, static_cast<int64_t>(prompts.size())), sp);

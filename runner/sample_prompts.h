@@ -3,12 +3,17 @@
 // each answered as `sample --prompt` with its own seed would answer it alone.
 #include <string>
 
+#include "linearnexus/generate.h"
+
 namespace linearnexus {
 
 class LMModel;
 class Registry;
 class Tokenizer;
 struct SampleSettings;
+
+// The sample section's temperature, top_k, top_p and max_tokens as the decoder's settings.
+SamplingParams sampling_params(const SampleSettings& settings);
 
 // `text` as one user message in the tokenizer's chat template, with the assistant's turn opened (what
 // `sample --chat` and `sample --prompts` with sample.chat decode from); errors name `where`.

@@ -15,6 +15,7 @@
 #include "linearnexus/tokenizer.h"
 #include "openai_api.h"
 #include "plugin_errors.h"
+#include "sample_prompts.h"
 
 namespace linearnexus {
 
@@ -110,10 +111,7 @@ int ServeCommands::run_chat() {
                   << std::flush;
         continue;
       }
-      SamplingParams sp;
-      sp.temperature = s.temperature;
-      sp.top_k = s.top_k;
-      sp.top_p = s.top_p;
+      SamplingParams sp = sampling_params(s);
       sp.max_new_tokens = std::min<int64_t>(s.max_tokens, context - static_cast<int64_t>(ids.size()));
       sp.seed = seed_ + static_cast<uint64_t>(turn);
       sp.eos_id = tok.eos_id();
