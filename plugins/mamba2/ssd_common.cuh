@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "mma.cuh"
+#include <linearnexus/cuda/mma.cuh>
 #include "ssd_chunk_cuda.h"
 
 namespace linearnexus {

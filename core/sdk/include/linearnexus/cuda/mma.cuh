@@ -1,8 +1,8 @@
-// The warp-level tensor-core and copy primitives ssd_chunk.cu uses, each one inline-PTX instruction in
-// a small __device__ function. They are the kernel's only contact with the hardware's fragment
-// layouts: the CPU emulator (emu/run.sh) swaps this header for emu/mma_emu.h, which implements the
-// same functions from the PTX ISA's documented layouts (a warp-wide exchange), so the kernel's own
-// indexing is what the emulator checks.
+// The warp-level tensor-core and copy primitives of the chunk kernels (mamba2's ssd_chunk.cu first),
+// each one inline-PTX instruction in a small __device__ function. They are the kernels' only contact
+// with the hardware's fragment layouts: a plugin's CPU emulator (plugins/mamba2/emu/run.sh) swaps this
+// header for scripts/cuda_emu/mma_emu.h, which implements the same functions from the PTX ISA's
+// documented layouts (a warp-wide exchange), so the kernel's own indexing is what the emulator checks.
 //
 // Fragments (PTX ISA, mma.m16n8k16 with .bf16 operands; g = lane >> 2, t = lane % 4):
 //   A 16x16 row-major, 4 regs of 2 bf16:  a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)

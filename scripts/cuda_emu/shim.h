@@ -1,7 +1,7 @@
-// CPU stand-ins for the CUDA constructs ssd_chunk.cu uses outside mma.cuh (run.sh): one OS thread per
-// CUDA thread, a barrier for __syncthreads and a per-warp barrier + buffer for warp shuffles. bf16 is
-// its real 16-bit pattern, rounded to nearest even, so packed registers and shared memory hold the
-// same bits as on the GPU.
+// CPU stand-ins for the CUDA constructs the chunk kernels use outside mma.cuh (a plugin's emu/run.sh):
+// one OS thread per CUDA thread, a barrier for __syncthreads and a per-warp barrier + buffer for warp
+// shuffles. bf16 is its real 16-bit pattern, rounded to nearest even, so packed registers and shared
+// memory hold the same bits as on the GPU.
 #pragma once
 #include <pthread.h>
 
