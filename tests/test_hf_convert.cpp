@@ -7,6 +7,7 @@
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/generate.h"
 #include "linearnexus/host/hf_convert.h"
+#include "linearnexus/host/lora_convert.h"
 #include "linearnexus/host/scoring.h"
 #include "linearnexus/host/tokenizers.h"
 #include "test_util.h"
@@ -19,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* kArchitectures[] = {"gpt2", "llama", "qwen2", "mamba"};
+const char* kArchitectures[] = {"gpt2", "llama", "qwen2", "mamba", "mamba2"};
 
 std::string fixture(const std::string& arch) { return std::string(LINEARNEXUS_TEST_FIXTURES_DIR) + "/hf/" + arch; }
 
@@ -69,7 +70,8 @@ std::string native_run(PluginHost& host, const std::string& model_yaml, const Te
 
 }  // namespace
 
-TEST_CASE("hf-import reproduces transformers' logits and greedy continuation (gpt2, llama, qwen2, mamba)", "[hf]") {
+TEST_CASE("hf-import reproduces transformers' logits and greedy continuation (gpt2, llama, qwen2, mamba, mamba2)",
+          "[hf]") {
   PluginHost host;
   for (const std::string arch : kArchitectures) {
     INFO(arch);
@@ -124,9 +126,13 @@ TEST_CASE("hf-export -> hf-import is bit-exact for models trained here (each arc
       {"mamba",
        "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [mamba], "
        "blocks: {mamba: {d_state: 4, bias: true}}}"},
+      {"mamba2",
+       "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, norm_eps: 1.0e-6, tie_embeddings: false, "
+       "block_pattern: [mamba2], blocks: {mamba2: {d_state: 4, head_dim: 8, n_groups: 2}}}"},
   };
-  const char* classes[] = {"GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM", "MambaForCausalLM"};
-  for (size_t i = 0; i < 4; ++i) {
+  const char* classes[] = {"GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM", "MambaForCausalLM",
+                           "Mamba2ForCausalLM"};
+  for (size_t i = 0; i < 5; ++i) {
     const std::string name = models[i].first;
     INFO(name);
     const std::string run = native_run(host, models[i].second, t, name);
@@ -261,6 +267,40 @@ TEST_CASE("hf-import: bad folders get one error naming the file and the tensor o
     lntest::write_text(t / "taken/x", "x");
     CHECK_CONTAINS(error_of([&] { hf_import(fixture("llama"), t / "taken", host); }), "is not empty");
   }
+}
+
+TEST_CASE("Mamba2ForCausalLM: in_proj stacks the block's in_proj and dt_proj, config.json's Infinity reads", "[hf]") {
+  PluginHost host;
+  TempDir t;
+  const std::string model =
+      "{vocab_size: 40, hidden_size: 16, n_layer: 1, max_seq_len: 32, block_pattern: [mamba2], "
+      "blocks: {mamba2: {d_state: 4, head_dim: 8}}";
+  const std::string run = native_run(host, model + "}", t, "m2");
+  hf_export(run, t / "hf", host);
+  const auto ours = model_tensors_of(run);
+  const auto theirs = load_safetensors(t / "hf/model.safetensors").tensors;
+  // [z, x, B, C] (2 * 32 + 2 * 4 rows) then dt (4 heads) rows: transformers' split of in_proj.
+  const at::Tensor& in_proj = theirs.at("backbone.layers.0.mixer.in_proj.weight");
+  REQUIRE(in_proj.sizes() == at::IntArrayRef{32 + 40 + 4, 16});
+  CHECK(in_proj.narrow(0, 0, 72).equal(ours.at("model.blocks.0.in_proj.weight")));
+  CHECK(in_proj.narrow(0, 72, 4).equal(ours.at("model.blocks.0.dt_proj.weight")));
+  CHECK(theirs.count("backbone.layers.0.mixer.norm.weight"));
+
+  // Python's json writes transformers' default time_step_limit as [0.0, Infinity]: that reads, and a
+  // clamp we do not implement is named.
+  std::string config = lntest::read_text(t / "hf/config.json");
+  const std::string with_limit = "{\"time_step_limit\": [0.0, Infinity], " + config.substr(config.find('{') + 1);
+  lntest::write_text(t / "hf/config.json", with_limit);
+  hf_import(t / "hf", t / "back", host, {});
+  check_bit_equal(model_tensors_of(run), model_tensors_of(t / "back"));
+  lntest::write_text(t / "hf/config.json", "{\"time_step_limit\": [0.0, 0.1], " + config.substr(config.find('{') + 1));
+  const std::string e = error_of([&] { hf_import(t / "hf", t / "back2", host, {}); });
+  CHECK_CONTAINS(e, t / "hf/config.json: time_step_limit is [0.0,0.1]; only [0.0, Infinity]");
+  // A rows-only share of in_proj has no PEFT layer of its own.
+  const std::string lora = native_run(host, model + ", lora: {rank: 2}}", t, "m2_lora");
+  CHECK_CONTAINS(error_of([&] { peft_export(lora, t / "peft", host); }),
+                 "is only some rows of backbone.layers.0.mixer.in_proj.weight");
+  CHECK_FALSE(fs::exists(t / "peft"));
 }
 
 TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key", "[hf][errors]") {

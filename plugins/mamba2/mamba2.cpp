@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "hf_mamba2.h"
 #include "ssd_chunk_gpu.h"
 
 namespace linearnexus {
@@ -63,7 +64,8 @@ class Mamba2Block : public Block {
     dt_bias_ = register_parameter("dt_bias", torch::empty({H_}));
     A_log_ = register_parameter("A_log", torch::empty({H_}));
     D_ = register_parameter("D", torch::empty({H_}));
-    gnorm_ = register_module("gnorm", std::make_shared<RMSNorm>(Din_));
+    // model.norm_eps, as Mamba2ForCausalLM's gated norm
+    gnorm_ = register_module("gnorm", std::make_shared<RMSNorm>(Din_, d.norm_eps));
     out_proj_ = register_module("out_proj", torch::nn::Linear(torch::nn::LinearOptions(Din_, C_).bias(false)));
 
     torch::NoGradGuard g;
@@ -176,21 +178,23 @@ class Mamba2Block : public Block {
 }  // namespace
 
 void register_mamba2(Registry& r) {
-  r.add_block("mamba2", "pre-norm Mamba-2 (SSD) block: conv + scalar-decay-per-head SSM, gated; chunked + recurrent",
-              {
-                  {"d_state", ParamType::Int, "64", "SSM state size N per head", {}, 1},
-                  {"d_conv", ParamType::Int, "4", "causal depthwise conv width", {}, 2},
-                  {"expand", ParamType::Int, "2", "inner width d_inner = expand * hidden_size", {}, 1},
-                  {"head_dim", ParamType::Int, "64", "channels P per head; n_head = d_inner / head_dim", {}, 1},
-                  {"n_groups", ParamType::Int, "1", "groups of heads sharing B and C (must divide n_head)", {}, 1},
-                  {"dt_min", ParamType::Float, "0.001", "smallest initial dt", {}, 1e-6, 10},
-                  {"dt_max", ParamType::Float, "0.1", "largest initial dt", {}, 1e-6, 10},
-                  {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial dt", {}, 0},
-                  {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
-                  chunk_size_spec("64", 1024),
-                  scan_spec(),
-              },
-              [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<Mamba2Block>(d, p); });
+  r.add_block(
+      "mamba2", "pre-norm Mamba-2 (SSD) block: conv + scalar-decay-per-head SSM, gated; chunked + recurrent",
+      {
+          {"d_state", ParamType::Int, "64", "SSM state size N per head", {}, 1},
+          {"d_conv", ParamType::Int, "4", "causal depthwise conv width", {}, 2},
+          {"expand", ParamType::Int, "2", "inner width d_inner = expand * hidden_size", {}, 1},
+          {"head_dim", ParamType::Int, "64", "channels P per head; n_head = d_inner / head_dim", {}, 1},
+          {"n_groups", ParamType::Int, "1", "groups of heads sharing B and C (must divide n_head)", {}, 1},
+          {"dt_min", ParamType::Float, "0.001", "smallest initial dt", {}, 1e-6, 10},
+          {"dt_max", ParamType::Float, "0.1", "largest initial dt", {}, 1e-6, 10},
+          {"dt_init_floor", ParamType::Float, "1e-4", "floor of the initial dt", {}, 0},
+          {"conv_bias", ParamType::Bool, "true", "bias in the conv"},
+          chunk_size_spec("64", 1024),
+          scan_spec(),
+      },
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<Mamba2Block>(d, p); },
+      BlockHooks{{}, mamba2_hf_adapter()});
 }
 
 }  // namespace linearnexus

@@ -55,8 +55,17 @@ std::string ConfigReader::text_in(const std::string& object, const std::string& 
   return o.at(key).get<std::string>();
 }
 double ConfigReader::number_in(const std::string& object, const std::string& key, double fallback) const {
-  if (!has(object) || !j_.at(object).is_object()) return fallback;
+  if (!has(object)) return fallback;
   const json& o = j_.at(object);
+  if (o.is_array()) {  // key: an element's index ("time_step_limit": [0.0, Infinity], "1")
+    if (key.empty() || key.size() > 6 || key.find_first_not_of("0123456789") != std::string::npos)
+      unsupported(object, "expected an object, not a list");
+    const size_t index = std::stoul(key);
+    if (index >= o.size() || o.at(index).is_null()) return fallback;
+    if (!o.at(index).is_number()) unsupported(object, "expected numbers");
+    return o.at(index).get<double>();
+  }
+  if (!o.is_object()) return fallback;
   if (!o.contains(key) || o.at(key).is_null()) return fallback;
   // A value of another type ("rope_theta": "x") is an error, not the default in disguise.
   if (!o.at(key).is_number()) unsupported(object, "expected " + key + " to be a number");

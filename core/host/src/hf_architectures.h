@@ -70,12 +70,15 @@ int64_t layers_in(const HFArchitecture& a, const Names& names) {
 
 // Where each of a model's tensors goes in `arch`'s checkpoint, by our full name ("blocks.0.qkv.weight"):
 // one part per Hugging Face tensor, rows [row, row + rows) of ours (rows -1: all of it; a fused
-// tensor's parts as its block's fused_splits() declare them) in `layout`. Tensors the architecture
-// has no place for are absent. hf-export and peft-export both map names through it.
+// tensor's parts as its block's fused_splits() declare them) in `layout`; `hf_row` >= 0: the Hugging
+// Face tensor is stacked from several of ours (HFLayout::Stacked) and this one starts at that row.
+// Tensors the architecture has no place for are absent. hf-export and peft-export both map names
+// through it.
 struct HfPart {
   std::string hf_name;
   int64_t row = 0, rows = -1;
   HFLayout layout = HFLayout::Same;
+  int64_t hf_row = -1;
 };
 std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const HFArchitecture& arch);
 

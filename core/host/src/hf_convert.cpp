@@ -192,17 +192,52 @@ void check_config_fits_weights(const Architecture& arch, const Experiment& exp,
   }
 }
 
+// Our tensor of a stacked rule (HFLayout::Stacked) at layer i: its rows of the Hugging Face tensor,
+// after those of the stacked rules before it that name the same one; the Hugging Face tensor must have
+// exactly the rows of all of them.
+at::Tensor stacked_part(const std::vector<HFTensorRule>& all, const HFTensorRule& rule, int64_t i,
+                        const TensorMap& expected, const std::map<std::string, HfTensor>& hf, const std::string& hf_dir,
+                        std::set<std::string>* used) {
+  const std::string hf_name = at_layer(rule.hf.at(0), i), name = at_layer(rule.ours, i);
+  int64_t row = -1, total = 0;
+  std::string names;
+  for (const auto& other : all) {
+    if (other.layout != HFLayout::Stacked || other.hf != rule.hf) continue;
+    auto part = expected.find(at_layer(other.ours, i));
+    if (part == expected.end()) continue;
+    if (&other == &rule) row = total;
+    total += part->second.size(0);
+    names += (names.empty() ? "" : " + ") + part->first + " " + c10::str(part->second.sizes());
+  }
+  auto it = hf.find(hf_name);
+  if (it == hf.end())
+    throw Error(hf_dir + ": tensor '" + hf_name + "' is missing (" + name +
+                " needs it); is the download complete and config.json the model's own?");
+  const at::Tensor& t = it->second.value;
+  const at::Tensor& want = expected.at(name);
+  if (t.dim() != want.dim() || t.size(0) != total || t.sizes().slice(1) != want.sizes().slice(1))
+    throw Error("tensor '" + hf_name + "' " + c10::str(t.sizes()) + " in " + it->second.file +
+                " does not fit config.json: it should stack " + names);
+  used->insert(hf_name);
+  return to_ours(t.to(at::kFloat).narrow(0, row, want.size(0)).contiguous(), rule.layout);
+}
+
 // Our tensors from the Hugging Face ones by the architecture's table, for the tensors `expected`
 // holds (a block's or a model's, by our names), each checked against its expected shape; the Hugging
 // Face names used go to `used`.
 TensorMap gather_tensors(const Architecture& arch, const TensorMap& expected, const std::map<std::string, HfTensor>& hf,
                          int64_t n_layer, const std::string& hf_dir, std::set<std::string>* used) {
   TensorMap ours;
-  for (const auto& rule : all_rules(arch)) {
+  const auto all = all_rules(arch);
+  for (const auto& rule : all) {
     for (int64_t i : layers_of(rule, n_layer)) {
       const std::string name = at_layer(rule.ours, i);
       auto want = expected.find(name);
       if (want == expected.end()) continue;  // an option this model does not have (a bias, an untied head)
+      if (rule.layout == HFLayout::Stacked) {
+        ours["model." + name] = stacked_part(all, rule, i, expected, hf, hf_dir, used);
+        continue;
+      }
       std::vector<at::Tensor> parts;
       std::string sources;
       for (const auto& pattern : rule.hf) {
@@ -237,7 +272,7 @@ Experiment hf_config_experiment(const std::string& config_text, const std::strin
                                 PluginHost& host, const HFArchitecture** architecture) {
   json config;
   try {
-    config = parse_json_limited(config_text, 16);
+    config = parse_json_limited(python_json_floats(config_text), 16);
   } catch (const std::exception& e) {
     throw Error(config_path + ": not readable JSON (" + e.what() + ")");
   }

@@ -127,10 +127,23 @@ std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const 
   const ModelConfig& mc = model.config();
   const auto ours = model.named_parameters(), buffers = model.named_buffers();
   std::map<std::string, std::vector<HfPart>> out;
-  for (const auto& rule : all_rules(arch)) {
+  const auto all = all_rules(arch);
+  for (const auto& rule : all) {
     for (int64_t i : layers_of(rule, mc.dims.n_layer)) {
       const std::string name = at_layer(rule.ours, i);
       if (!ours.contains(name) && !buffers.contains(name)) continue;
+      if (rule.layout ==
+          HFLayout::Stacked) {  // rows after those of the stacked rules before it that name the same tensor
+        int64_t hf_row = 0;
+        for (const auto& before : all) {
+          if (&before == &rule) break;
+          const std::string other = at_layer(before.ours, i);
+          if (before.layout == HFLayout::Stacked && before.hf == rule.hf && ours.contains(other))
+            hf_row += ours[other].size(0);
+        }
+        out[name] = {{at_layer(rule.hf[0], i), 0, -1, rule.layout, hf_row}};
+        continue;
+      }
       if (rule.hf.size() == 1) {
         out[name] = {{at_layer(rule.hf[0], i), 0, -1, rule.layout}};
         continue;
@@ -164,10 +177,21 @@ std::string hf_export(const std::string& run_dir, const std::string& out_dir, Pl
   if (const auto& lora = lm.model->lora())
     for (const auto& [name, w] : lora->merged_weights()) ours[name] = w;
   TensorMap out;
+  std::map<std::string, std::map<int64_t, at::Tensor>> stacks;  // a stacked tensor's pieces by first row
   for (const auto& [name, parts] : hf::hf_parts(*lm.model, arch)) {
     const at::Tensor t = ours.at(name).detach().to(at::kCPU, at::kFloat);
-    for (const auto& part : parts)
-      out[part.hf_name] = to_hf(part.rows < 0 ? t : t.narrow(0, part.row, part.rows).contiguous(), part.layout);
+    for (const auto& part : parts) {
+      auto piece = to_hf(part.rows < 0 ? t : t.narrow(0, part.row, part.rows).contiguous(), part.layout);
+      if (part.hf_row >= 0)
+        stacks[part.hf_name][part.hf_row] = piece;
+      else
+        out[part.hf_name] = piece;
+    }
+  }
+  for (const auto& [hf_name, pieces] : stacks) {
+    std::vector<at::Tensor> rows;
+    for (const auto& kv : pieces) rows.push_back(kv.second);
+    out[hf_name] = at::cat(rows, 0);
   }
   // Written into a temporary folder beside out_dir and renamed into place last: a killed or failed
   // export (full disk) never leaves a folder that looks finished (atomic_file.h).

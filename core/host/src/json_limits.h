@@ -13,4 +13,10 @@ namespace linearnexus {
 // file's name) on too deep or malformed text.
 nlohmann::json parse_json_limited(std::string_view text, int max_depth = 16);
 
+// Python's json module writes float("inf") and float("nan") as the bare words Infinity, -Infinity and
+// NaN, which JSON does not have (transformers' Mamba-2 config.json: "time_step_limit": [0.0,
+// Infinity]). The same text with those words, outside strings, as 1e308, -1e308 and null: values no
+// configuration reaches, which nlohmann's parser reads.
+std::string python_json_floats(std::string_view text);
+
 }  // namespace linearnexus

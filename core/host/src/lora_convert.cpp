@@ -98,6 +98,9 @@ std::string peft_export(const std::string& run, const std::string& out_dir, Plug
                   found.architecture->name + "; adapt only layers hf-export writes (model.lora.targets)");
     const at::Tensor A = s.A.detach().to(at::kCPU, at::kFloat).contiguous(), B = s.B.detach().to(at::kCPU, at::kFloat);
     for (const auto& part : it->second) {
+      if (part.hf_row >= 0)
+        throw Error("convert peft-export: " + s.name + " is only some rows of " + part.hf_name + " in " +
+                    found.architecture->name + ", which PEFT adapts as one layer; leave it out of model.lora.targets");
       if (part.layout == HFLayout::Conv)
         throw Error("convert peft-export: " + s.name + " is a convolution in " + found.architecture->name +
                     "; PEFT's LoRA for it is not written");

@@ -25,6 +25,11 @@ enum class HFLayout {
   Same,
   Transposed,  // GPT-2's Conv1D stores [in, out]; our Linear weights are [out, in]
   Conv,        // a depthwise conv1d.weight [C, 1, K]; ours is [C, K]
+  // The other way round from a rule with several `hf` names: the one Hugging Face tensor `hf` names
+  // holds several of ours one after another along dim 0, in the order of the Stacked rules that name
+  // it, each as many rows as our tensor has (Mamba-2's in_proj: our in_proj's z, x, B, C rows, then
+  // dt_proj's, which the block keeps apart as a decay). Otherwise as Same.
+  Stacked,
 };
 
 // One of our tensors and the Hugging Face tensor(s) it is made of; several are concatenated along
@@ -49,6 +54,7 @@ class HFConfig {
   virtual std::string text(const std::string& key, const std::string& fallback) const = 0;
   // A key of an object-valued key (rope_scaling.rope_type): `fallback` when either is absent.
   virtual std::string text_in(const std::string& object, const std::string& key, const std::string& fallback) const = 0;
+  // For a list-valued key, `key` is an element's index: number_in("time_step_limit", "1", ...).
   virtual double number_in(const std::string& object, const std::string& key, double fallback) const = 0;
   // Whether `key` holds a JSON string (rather than a number...).
   virtual bool is_text(const std::string& key) const = 0;
