@@ -13,6 +13,7 @@ json.dumps(ensure_ascii=False) with indent / separators / sort_keys, and the glo
 strftime_now. Exit status 3 when jinja2 cannot be imported (the test then skips).
 """
 import json
+import os
 import sys
 from datetime import datetime
 
@@ -59,6 +60,10 @@ def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
 
 
 def strftime_now(fmt):
+    # As jinja_globals.cpp: SOURCE_DATE_EPOCH (whole seconds) stands for now when set.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if epoch.isdigit() and len(epoch) < 16:
+        return datetime.fromtimestamp(int(epoch)).strftime(fmt)
     return datetime.now().strftime(fmt)
 
 

@@ -4,6 +4,7 @@
 // transformers sets it up: tests/jinja_oracle.py) rendered for the template, recorded here so these
 // run without Python; test_jinja.cpp runs the oracle live over the fixture chat templates.
 #include "catch.h"
+#include "env_var.h"
 
 #include <string>
 
@@ -316,6 +317,8 @@ y
     {R"~~({{ {'a': {'b': [1, {'c': none}]}} }})~~", R"~~({})~~", R"~~({'a': {'b': [1, {'c': None}]}})~~", ""},
     // strftime_now / raise_exception presence
     {R"~~({{ strftime_now('%Y') | length }}{{ raise_exception is defined }})~~", R"~~({})~~", R"~~(4True)~~", ""},
+    // SOURCE_DATE_EPOCH stands for now (the test sets it to 180 days after the epoch)
+    {R"~~({{ strftime_now('%Y-%m') }})~~", R"~~({})~~", R"~~(1970-06)~~", ""},
     // % formatting
     {R"~~({{ '%s-%s' % ('a', 1) }}|{{ '%5.1f' % 3.14159 }}|{{ '%-*d|' % (5, 3) }}|{{ '%.2s' % 'abc' }}|{{ '%c' % 65 }}|{{ '%x %X %o' % (255, 255, 8) }}|{{ '%e' % 12345.678 }}|{{ '%r' % 'x' }}|{{ '%05d' % -42 }}|{{ '%+d' % 5 }}|{{ '100%%' % () }})~~",
      R"~~({})~~", R"~~(a-1|  3.1|3    ||ab|A|ff FF 10|1.234568e+04|'x'|-0042|+5|100%)~~", ""},
@@ -419,6 +422,7 @@ y)~~",
 }  // namespace
 
 TEST_CASE("jinja: each language feature renders as python3-jinja2 does", "[jinja]") {
+  const lntest::EnvVar epoch("SOURCE_DATE_EPOCH", "15552000");  // 1970-06-29 (UTC)
   for (const Feature& f : kFeatures) {
     INFO("template: " << f.tmpl << "\ncontext: " << f.context);
     if (f.expected) {
