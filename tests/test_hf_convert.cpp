@@ -20,7 +20,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* kArchitectures[] = {"gpt2", "llama", "qwen2", "mamba", "mamba2"};
+// delta_net and gated_deltanet: fla's classes (make_fla_fixtures.py).
+const char* kArchitectures[] = {"gpt2", "llama", "qwen2", "mamba", "mamba2", "delta_net", "gated_deltanet"};
 
 std::string fixture(const std::string& arch) { return std::string(LINEARNEXUS_TEST_FIXTURES_DIR) + "/hf/" + arch; }
 
@@ -70,8 +71,7 @@ std::string native_run(PluginHost& host, const std::string& model_yaml, const Te
 
 }  // namespace
 
-TEST_CASE("hf-import reproduces transformers' logits and greedy continuation (gpt2, llama, qwen2, mamba, mamba2)",
-          "[hf]") {
+TEST_CASE("hf-import reproduces transformers' / fla's logits and greedy continuation (every fixture)", "[hf]") {
   PluginHost host;
   for (const std::string arch : kArchitectures) {
     INFO(arch);

@@ -26,6 +26,8 @@
 
 #include <cmath>
 
+#include "hf_fla_deltanet.h"
+
 namespace linearnexus {
 namespace {
 
@@ -63,7 +65,7 @@ class DeltaNetBlock : public Block {
       f1_ = register_module("f1", torch::nn::Linear(torch::nn::LinearOptions(C_, D_).bias(false)));
       f2_ = register_module("f2", torch::nn::Linear(torch::nn::LinearOptions(D_, C_).bias(false)));
     }
-    o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(D_));
+    o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(D_, p.get_float("o_norm_eps")));
     o_proj_ = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(false)));
     tail_ = ResidualMLP(*this, d, p.get_string("mlp"), p.get_int("mlp_hidden"));  // ln2, mlp
 
@@ -150,6 +152,7 @@ class DeltaNetBlock : public Block {
   std::map<std::string, std::vector<int64_t>> fused_splits() const override {
     std::map<std::string, std::vector<int64_t>> s{{"qkv.weight", {C_, C_, C_}}};
     if (gating_ == Gating::PerHead) s["ba.weight"] = {H_, H_};
+    if (Kc_ > 0) s["conv_weight"] = {C_, C_, C_};  // q's, k's, v's channels (fla's q/k/v_conv1d)
     return s;
   }
 
@@ -196,6 +199,8 @@ Schema deltanet_schema() {
           {"short_conv", ParamType::Bool, "true", "a causal depthwise conv on q, k and v before the activation"},
           {"conv_size", ParamType::Int, "4", "width of the short conv", {}, 2, 64},
           scan_spec(),
+          // fla's layers take config.json's norm_eps (1e-6 by default) here; hf-import sets it so.
+          {"o_norm_eps", ParamType::Float, "1e-5", "epsilon of the per-head output RMSNorm", {}, 0},
       },
       mlp_schema());
 }
@@ -203,15 +208,18 @@ Schema deltanet_schema() {
 }  // namespace
 
 void register_deltanet(Registry& r) {
-  r.add_block("deltanet", "DeltaNet: linear attention with the delta rule (L2-normalised q/k, learned beta) + MLP",
-              deltanet_schema(), [](const ModelDims& d, const Params& p, int64_t) {
-                return std::make_shared<DeltaNetBlock>(d, p, Gating::None);
-              });
-  r.add_block("gated_deltanet",
-              "Gated DeltaNet: the delta rule with a data-dependent decay per head, output gate + MLP",
-              deltanet_schema(), [](const ModelDims& d, const Params& p, int64_t) {
-                return std::make_shared<DeltaNetBlock>(d, p, Gating::PerHead);
-              });
+  r.add_block(
+      "deltanet", "DeltaNet: linear attention with the delta rule (L2-normalised q/k, learned beta) + MLP",
+      deltanet_schema(),
+      [](const ModelDims& d, const Params& p, int64_t) { return std::make_shared<DeltaNetBlock>(d, p, Gating::None); },
+      BlockHooks{{}, fla_deltanet_hf_adapter()});
+  r.add_block(
+      "gated_deltanet", "Gated DeltaNet: the delta rule with a data-dependent decay per head, output gate + MLP",
+      deltanet_schema(),
+      [](const ModelDims& d, const Params& p, int64_t) {
+        return std::make_shared<DeltaNetBlock>(d, p, Gating::PerHead);
+      },
+      BlockHooks{{}, fla_gated_deltanet_hf_adapter()});
   r.add_block("kda",
               "Kimi Delta Attention: the delta rule with a data-dependent decay per key channel, output gate + MLP",
               deltanet_schema(), [](const ModelDims& d, const Params& p, int64_t) {

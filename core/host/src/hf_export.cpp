@@ -149,8 +149,10 @@ std::map<std::string, std::vector<HfPart>> hf_parts(const LMModel& model, const 
         continue;
       }
       // A fused tensor: split as its block declares its parts (qkv: the q, k and v rows).
+      // Its split is declared under the weight's name (a bias splits as its weight); a bare parameter
+      // ("conv_weight") under its own.
       std::string rel = name.substr(name.find('.', std::string("blocks.").size()) + 1);
-      rel = rel.substr(0, rel.rfind('.')) + ".weight";
+      if (rel.rfind('.') != std::string::npos) rel = rel.substr(0, rel.rfind('.')) + ".weight";
       const auto splits = model.blocks()[i]->fused_splits();
       if (!splits.count(rel) || splits.at(rel).size() != rule.hf.size())
         throw Error("hf-export: block " + std::to_string(i) + " declares no " + std::to_string(rule.hf.size()) +
