@@ -320,10 +320,10 @@ TEST_CASE("hf-export: a model without a Hugging Face counterpart names the key",
       "hybrid");
   CHECK_CONTAINS(error_of([&] { hf_export(hybrid, t / "out2", host); }), "model.block_pattern mixes blocks");
   // A block whose registration carries no Hugging Face adapter is named, with its plugin.
-  const std::string delta = native_run(
-      host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [deltanet]}", t, "delta");
-  CHECK_CONTAINS(error_of([&] { hf_export(delta, t / "out3", host); }),
-                 "block 'deltanet' (plugin deltanet) has no Hugging Face adapter");
+  const std::string kda = native_run(
+      host, "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, block_pattern: [kda]}", t, "kda");
+  CHECK_CONTAINS(error_of([&] { hf_export(kda, t / "out3", host); }),
+                 "block 'kda' (plugin deltanet) has no Hugging Face adapter");
 
   // eval --text scores the text in the run's tokenizer; windows restart the context.
   lntest::write_text(t / "text.txt", "the cat sat on the mat.\nthe dog sat too.");
