@@ -20,7 +20,8 @@
 //   delta_state_kernel   one block per (batch, head, kVTile value channels): the ONE sequential loop
 //                        over chunks, the fp32 state [D, kVTile] in the mma accumulators (registers):
 //                        v' = u - w S and S <- exp(G_L) S + k~^T v', both on tensor cores; keeps the
-//                        entering states and v' (bf16). The next chunk's w and k stream in by cp.async.
+//                        entering states and v' (bf16). The next chunk's k, w and u stream in by
+//                        cp.async (its gates by plain loads into registers) while this one computes.
 //   delta_output_kernel  one block per (batch, head, chunk): q k^T masked and decayed in registers,
 //                        straight into A fragments, times v', plus exp(G) q S: one write of o.
 // Why not fewer: the preparation (k k^T, the inverse, two [64, 64] x [64, D] products) is independent
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) delta_prep_kernel(const DeltaArgs a,
 }
 
 inline size_t state_smem_bytes(int64_t D) {
-  return (4 * kChunk * (D + 8) + (D + 2 * kChunk) * (kVTile + 8)) * 2 + kChunk * 4;
+  return (4 * kChunk * (D + 8) + (D + 3 * kChunk) * (kVTile + 8)) * 2 + kChunk * 4;
 }
 
 // Grid (D / kVTile, H, B), kThreads threads: warp w owns the rows (w + 4 mt) * 16 .. +15 of S (mt < D
@@ -191,8 +192,8 @@ __global__ void __launch_bounds__(kThreads)
   bf16* Ks = reinterpret_cast<bf16*>(smem);  // [2][kChunk][LK]: k of this chunk and the next
   bf16* Ws = Ks + 2 * kChunk * LK;           // [2][kChunk][LK]: w likewise
   bf16* Ss = Ws + 2 * kChunk * LK;           // [D][LV]: S (bf16) entering the chunk
-  bf16* Us = Ss + D * LV;                    // [kChunk][LV]: u
-  bf16* Vd = Us + kChunk * LV;               // [kChunk][LV]: v' exp(G_L - G)
+  bf16* Us = Ss + D * LV;                    // [2][kChunk][LV]: u of this chunk and the next
+  bf16* Vd = Us + 2 * kChunk * LV;           // [kChunk][LV]: v' exp(G_L - G)
   float* Gs = reinterpret_cast<float*>(Vd + kChunk * LV);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
   const int v0 = blockIdx.x * kVTile, h = blockIdx.y;
@@ -200,10 +201,14 @@ __global__ void __launch_bounds__(kThreads)
   const In* kp = static_cast<const In*>(a.k) + b * T * a.k_row + h * D;
   const bf16* wp = static_cast<const bf16*>(s.w) + bh * T * D;
   auto rows_in = [&](int64_t c) { return static_cast<int>(T - c * kChunk < kChunk ? T - c * kChunk : kChunk); };
-  auto load_kw = [&](int64_t c) {
-    const int buf = static_cast<int>(c & 1);
-    load_tile<In>(Ks + buf * kChunk * LK, LK, kp + c * kChunk * a.k_row, a.k_row, rows_in(c), kChunk, D, vec);
-    load_tile<bf16>(Ws + buf * kChunk * LK, LK, wp + c * kChunk * D, D, rows_in(c), kChunk, D, true);
+  // Chunk c's k, w and u into buffer c % 2 (cp.async), and its log-decay for thread t < kChunk.
+  auto prefetch = [&](int64_t c, float& gate) {
+    const int buf = static_cast<int>(c & 1), n = rows_in(c);
+    load_tile<In>(Ks + buf * kChunk * LK, LK, kp + c * kChunk * a.k_row, a.k_row, n, kChunk, D, vec);
+    load_tile<bf16>(Ws + buf * kChunk * LK, LK, wp + c * kChunk * D, D, n, kChunk, D, true);
+    load_tile<bf16>(Us + buf * kChunk * LV, LV, static_cast<const bf16*>(s.u) + (bh * T + c * kChunk) * D + v0, D, n,
+                    kChunk, kVTile, true);
+    if (threadIdx.x < kChunk) gate = s.gc[bh * T + c * kChunk + (threadIdx.x < n ? threadIdx.x : n - 1)];
   };
 
   float R[MT][NT][4];  // element e: row (warp + 4 mt) * 16 + gq + 8 (e / 2), column v0 + nt * 8 + 2 tq + e % 2
@@ -216,17 +221,16 @@ __global__ void __launch_bounds__(kThreads)
         const int n = (warp + 4 * mt) * 16 + gq + 8 * (e >> 1), p = v0 + nt * 8 + 2 * tq + (e & 1);
         R[mt][nt][e] = a.s0 ? a.s0[(bh * D + n) * D + p] : 0.f;
       }
-  if (NC > 0) load_kw(0);
+  float gate = 0.f;  // the next chunk's log-decay of token threadIdx.x (threads < kChunk)
+  if (NC > 0) prefetch(0, gate);
   cp_async_commit();
   const int r0 = warp * 16, ra = r0 + gq, rb = ra + 8;
   for (int64_t c = 0; c < NC; ++c) {
     const int valid = rows_in(c), buf = static_cast<int>(c & 1);
     const int64_t t0 = c * kChunk;
-    load_tile<bf16>(Us, LV, static_cast<const bf16*>(s.u) + (bh * T + t0) * D + v0, D, valid, kChunk, kVTile, true);
-    cp_async_commit();
-    if (c + 1 < NC) load_kw(c + 1);  // the next chunk's k and w stream in while this one computes
-    cp_async_commit();               // (an empty group on the last chunk keeps the count uniform)
-    load_gates(s.gc + bh * T + t0, valid, Gs);
+    if (threadIdx.x < kChunk) Gs[threadIdx.x] = gate;
+    if (c + 1 < NC) prefetch(c + 1, gate);  // the next chunk's operands stream in while this one computes
+    cp_async_commit();                      // (an empty group on the last chunk keeps the count uniform)
     bf16* E = static_cast<bf16*>(s.h) + (bh * NC + c) * D * D + v0;  // S entering this chunk
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -240,6 +244,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     cp_async_wait<1>();  // this chunk's k, w and u (all but the group just committed)
     __syncthreads();
+    const bf16* Uc = Us + buf * kChunk * LV;
     // v' = u - w S: rows ra, rb of the chunk, the kVTile columns.
     float acc[4][4];
     zero(acc);
@@ -255,8 +260,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int p = nt * 8 + 2 * tq;
-      const float x0 = bf(Us + ra * LV + p) - acc[nt][0], x1 = bf(Us + ra * LV + p + 1) - acc[nt][1];
-      const float y0 = bf(Us + rb * LV + p) - acc[nt][2], y1 = bf(Us + rb * LV + p + 1) - acc[nt][3];
+      const float x0 = bf(Uc + ra * LV + p) - acc[nt][0], x1 = bf(Uc + ra * LV + p + 1) - acc[nt][1];
+      const float y0 = bf(Uc + rb * LV + p) - acc[nt][2], y1 = bf(Uc + rb * LV + p + 1) - acc[nt][3];
       if (ra < valid) store2(vn + ra * D + p, x0, x1);
       if (rb < valid) store2(vn + rb * D + p, y0, y1);
       store2(Vd + ra * LV + p, da * x0, da * x1);
@@ -281,7 +286,7 @@ __global__ void __launch_bounds__(kThreads)
         mma_32<false>(R[mt], af, Vd, LV, kk * 16, 0, lane);
       }
     }
-    __syncthreads();  // before the next chunk overwrites Ss, Us, Vd, Gs and this buffer
+    __syncthreads();  // before the next chunk overwrites Ss, Vd, Gs and this chunk's buffers
   }
   float* F = last + bh * D * D + v0;
 #pragma unroll

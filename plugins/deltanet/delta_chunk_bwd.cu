@@ -102,15 +102,29 @@ __global__ void __launch_bounds__(kThreads)
   const int v0 = blockIdx.x * kVTile, h = blockIdx.y;
   const int64_t b = blockIdx.z, T = a.T, NC = (T + kChunk - 1) / kChunk, bh = b * a.H + h;
   auto rows_in = [&](int64_t c) { return static_cast<int>(T - c * kChunk < kChunk ? T - c * kChunk : kChunk); };
-  auto load_kqw = [&](int64_t c) {
+  const int r0 = warp * 16, ra = r0 + gq, rb = ra + 8;
+  const int orow = threadIdx.x >> 1, ocol = (threadIdx.x & 1) * 16;  // this thread's 16 dO values
+  // Chunk c's k, q and w into buffer c % 2 (cp.async); its log-decay (thread t < kChunk), this thread's
+  // 16 dO values and its accumulator fragment's dvl (bf16 pairs) into registers.
+  auto prefetch = [&](int64_t c, float& gate, float(&od)[16], uint32_t(&dl)[NT][2]) {
     const int buf = static_cast<int>(c & 1), n = rows_in(c);
-    const int64_t bt = b * T + c * kChunk;
+    const int64_t bt = b * T + c * kChunk, ws = (bh * T + c * kChunk) * D;
     load_tile<In>(Ks + buf * kChunk * LK, LK, static_cast<const In*>(a.k) + bt * a.k_row + h * D, a.k_row, n, kChunk, D,
                   vec);
     load_tile<In>(Qs + buf * kChunk * LK, LK, static_cast<const In*>(a.q) + bt * a.q_row + h * D, a.q_row, n, kChunk, D,
                   vec);
-    load_tile<bf16>(Ws + buf * kChunk * LK, LK, static_cast<const bf16*>(s.w) + (bh * T + c * kChunk) * D, D, n, kChunk,
-                    D, true);
+    load_tile<bf16>(Ws + buf * kChunk * LK, LK, static_cast<const bf16*>(s.w) + ws, D, n, kChunk, D, true);
+    if (threadIdx.x < kChunk) gate = s.gc[bh * T + c * kChunk + (threadIdx.x < n ? threadIdx.x : n - 1)];
+    const In* dop = static_cast<const In*>(g.dout) + ((bt + orow) * a.H + h) * D + v0 + ocol;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) od[i] = orow < n ? to_f(dop[i]) : 0.f;
+    const bf16* dvl = static_cast<const bf16*>(g.dvl) + ws + v0;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int p = nt * 8 + 2 * tq;
+      dl[nt][0] = ra < n ? *reinterpret_cast<const uint32_t*>(dvl + ra * D + p) : 0u;
+      dl[nt][1] = rb < n ? *reinterpret_cast<const uint32_t*>(dvl + rb * D + p) : 0u;
+    }
   };
   float R[MT][NT][4];  // as delta_state_kernel's
 #pragma unroll
@@ -122,16 +136,22 @@ __global__ void __launch_bounds__(kThreads)
         const int n = (warp + 4 * mt) * 16 + gq + 8 * (e >> 1), p = v0 + nt * 8 + 2 * tq + (e & 1);
         R[mt][nt][e] = g.dstate ? g.dstate[(bh * D + n) * D + p] : 0.f;
       }
-  if (NC > 0) load_kqw(NC - 1);
+  float gate = 0.f, od_next[16];  // the operands of the chunk the loop takes next
+  uint32_t dl_next[NT][2];
+  if (NC > 0) prefetch(NC - 1, gate, od_next, dl_next);
   cp_async_commit();
-  const int r0 = warp * 16, ra = r0 + gq, rb = ra + 8;
-  const int orow = threadIdx.x >> 1, ocol = (threadIdx.x & 1) * 16;  // this thread's 16 dO values
   for (int64_t c = NC - 1; c >= 0; --c) {
     const int valid = rows_in(c), buf = static_cast<int>(c & 1);
-    const int64_t t0 = c * kChunk, bt0 = b * T + t0;
-    if (c > 0) load_kqw(c - 1);  // the previous chunk's k, q and w stream in while this one computes
+    const int64_t t0 = c * kChunk;
+    if (threadIdx.x < kChunk) Gs[threadIdx.x] = gate;
+    float od[16];
+    uint32_t dl[NT][2];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) od[i] = od_next[i];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) dl[nt][0] = dl_next[nt][0], dl[nt][1] = dl_next[nt][1];
+    if (c > 0) prefetch(c - 1, gate, od_next, dl_next);  // the previous chunk streams in while this one computes
     cp_async_commit();
-    load_gates(s.gc + bh * T + t0, valid, Gs);
     bf16* E = static_cast<bf16*>(g.dh) + (bh * NC + c) * D * D + v0;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -143,10 +163,6 @@ __global__ void __launch_bounds__(kThreads)
         store2(Ss + n * LV + p, R[mt][nt][0], R[mt][nt][1]);
         store2(Ss + (n + 8) * LV + p, R[mt][nt][2], R[mt][nt][3]);
       }
-    float od[16];
-    const In* dop = static_cast<const In*>(g.dout) + ((bt0 + orow) * a.H + h) * D + v0 + ocol;
-#pragma unroll
-    for (int i = 0; i < 16; ++i) od[i] = orow < valid ? to_f(dop[i]) : 0.f;
     cp_async_wait<1>();  // this chunk's k, q and w
     __syncthreads();     // Gs, Ss
     const float eo = expn(Gs[orow]);
@@ -163,14 +179,14 @@ __global__ void __launch_bounds__(kThreads)
       mma_32<false>(acc, af, Ss, LV, kt * 16, 0, lane);
     }
     const float GL = Gs[kChunk - 1], da = expn(GL - Gs[ra]), db = expn(GL - Gs[rb]);
-    const bf16* dvl = static_cast<const bf16*>(g.dvl) + (bh * T + t0) * D + v0;
     bf16* dvn = static_cast<bf16*>(g.dvn) + (bh * T + t0) * D + v0;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int p = nt * 8 + 2 * tq;
       float x0 = da * acc[nt][0], x1 = da * acc[nt][1], y0 = db * acc[nt][2], y1 = db * acc[nt][3];
-      if (ra < valid) x0 += bf(dvl + ra * D + p), x1 += bf(dvl + ra * D + p + 1), store2(dvn + ra * D + p, x0, x1);
-      if (rb < valid) y0 += bf(dvl + rb * D + p), y1 += bf(dvl + rb * D + p + 1), store2(dvn + rb * D + p, y0, y1);
+      x0 += pair_lo(dl[nt][0]), x1 += pair_hi(dl[nt][0]), y0 += pair_lo(dl[nt][1]), y1 += pair_hi(dl[nt][1]);
+      if (ra < valid) store2(dvn + ra * D + p, x0, x1);
+      if (rb < valid) store2(dvn + rb * D + p, y0, y1);
       store2(Nd + ra * LV + p, -x0, -x1);
       store2(Nd + rb * LV + p, -y0, -y1);
     }

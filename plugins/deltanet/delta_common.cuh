@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <linearnexus/cuda/mma.cuh>
@@ -22,6 +23,19 @@ using bf16 = __nv_bfloat16;
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float bf(const bf16* p) { return __bfloat162float(*p); }
+// The low and high bf16 of a packed pair as floats (a bf16 is the top half of its float).
+__device__ __forceinline__ float pair_lo(uint32_t r) {
+  const uint32_t u = r << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+__device__ __forceinline__ float pair_hi(uint32_t r) {
+  const uint32_t u = r & 0xffff0000u;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
 
 __device__ __forceinline__ void store2(float* p, float a, float b) {
   *reinterpret_cast<float2*>(p) = make_float2(a, b);
