@@ -4,13 +4,15 @@
 // multiple of the chunk (150, 5, 64), B = 1 with T = 16384 (forward), head_dim 64 and 128, with and
 // without g and s0, padding tokens (beta = 0, g = 0). q, k and v reach the kernel as transposed,
 // strided views of one [B, T, 3 H D] tensor, as the block's heads. Then the deltanet and
-// gated_deltanet blocks on CUDA, forward + backward, with LINEARNEXUS_DELTA_KERNEL=1 against without.
+// gated_deltanet blocks on CUDA, forward + backward, with LINEARNEXUS_DELTA_KERNEL=1 against without,
+// and prefill through the kernel (its initial state too) followed by decoding.
 // The kernels take bf16 matmul operands even for fp32 inputs, so both dtypes are held to bf16-level
 // tolerances (the CPU emulator, emu/run.sh, measured <= 5.5e-3 relative for every output and gradient).
 // CTest label `gpu`: skips without CUDA.
 // STATUS: written without a GPU; never run.
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "block_contract.h"
@@ -131,12 +133,44 @@ void check_block(PluginHost& host, const std::string& name, int64_t C, int64_t n
     INFO("gradient of " << p.key());
     REQUIRE(kp[p.key()].grad().defined());
     const double e = rel_err(kp[p.key()].grad(), p.value().grad());
-    CHECK(e < 3e-2);
+    CHECK(e < 1e-1);  // as test_gpu_blocks' bf16 bound: A_log's and dt_bias' sums cancel
     worst = std::max(worst, e);
   }
   std::printf("delta block %-15s C %lld D %lld %s: output %.1e input grad %.1e worst parameter grad %.1e\n",
               name.c_str(), static_cast<long long>(C), static_cast<long long>(C / n_head), bf16 ? "bf16" : "fp32",
               rel_err(y1, y0), rel_err(gx1, gx0), worst);
+}
+
+// Prefill through the kernel (two calls, the second continuing the first's state: the kernel's s0),
+// then token-by-token decoding (the recurrence) == the training form without the kernel, on CUDA.
+void check_prefill_decode(PluginHost& host, const std::string& name) {
+  INFO("block " << name << " prefill (kernel) + decode");
+  torch::manual_seed(5);
+  auto b = make_test_block(host, name, 256, {{"n_head", "4"}});
+  b->to(at::kCUDA);
+  b->eval();
+  torch::NoGradGuard no_grad;
+  const int64_t B = 2, T = 150;
+  auto x = torch::randn({B, T, 256}, at::kCUDA);
+  at::Tensor full;
+  {
+    EnvVar off("LINEARNEXUS_DELTA_KERNEL", nullptr);
+    full = run_block(*b, x, {}, Mode::Train).y;
+  }
+  EnvVar on("LINEARNEXUS_DELTA_KERNEL", "1");
+  LayerState s = b->init_state(B, T, x.options());
+  std::vector<at::Tensor> ys;
+  for (const auto& [t0, n, mode] : std::vector<std::tuple<int64_t, int64_t, Mode>>{
+           {0, 70, Mode::Prefill}, {70, 50, Mode::Prefill}, {120, 30, Mode::Decode}}) {
+    for (int64_t t = t0; t < t0 + n; t += mode == Mode::Decode ? 1 : n) {
+      auto o = run_block(*b, x.narrow(1, t, mode == Mode::Decode ? 1 : n), std::move(s), mode, t);
+      ys.push_back(o.y);
+      s = std::move(o.state);
+    }
+  }
+  const double e = rel_err(at::cat(ys, 1), full);
+  std::printf("delta block %-15s prefill 70 + 50 (kernel) + decode 30: %.1e\n", name.c_str(), e);
+  CHECK(e < 1e-2);
 }
 
 }  // namespace
@@ -171,4 +205,10 @@ TEST_CASE("cuda delta chunk kernels in the deltanet blocks: LINEARNEXUS_DELTA_KE
       check_block(host, name, 256, 4, bf16);  // head_dim 64
       check_block(host, name, 256, 2, bf16);  // head_dim 128
     }
+}
+
+TEST_CASE("cuda delta chunk kernels in the deltanet blocks: prefill through the kernel, then decoding", "[gpu]") {
+  LN_SKIP_WITHOUT_CUDA();
+  PluginHost host;
+  for (const std::string name : {"deltanet", "gated_deltanet"}) check_prefill_decode(host, name);
 }
