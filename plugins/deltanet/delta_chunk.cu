@@ -28,6 +28,14 @@
 // per chunk, and inside the sequential pass it would run at B H D / kVTile blocks (24 at B = 1 for
 // C = 768), split out it runs at B H chunks; the same holds for the output. The price is writing w, u,
 // v' and the entering states once (bf16: the later kernels use them only as bf16 mma operands).
+//
+// Kept for the backward (DeltaSaved), not recomputed: the cumulative gates (fp32), T, w, u, v' and the
+// entering states (bf16): per token and head 4 + 128 + 3 * 2 D + 2 D^2 / 64 bytes, 644 at D = 64 (1,412
+// at D = 128), beside q, k, v (384 at D = 64) that autograd keeps anyway; ~1.5 GB for 12 layers of
+// gpt-small's size at B 16, T 1024 (computed, not measured). flash-linear-attention keeps only T and
+// recomputes w, u, h and v' in its backward; that saves ~500 of the 644 bytes for a second run of the
+// sequential state pass (the latency-bound part at small batch) and of the preparation's products.
+// Which one wins is for a GPU measurement to say.
 #include "delta_common.cuh"
 
 namespace linearnexus {
