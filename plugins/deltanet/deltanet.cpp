@@ -17,7 +17,9 @@
 // overwrites instead of only accumulating. With |k| = 1 and beta in (0, 1) every step contracts, so
 // the state stays bounded. The math is core's (chunked_scan.h): the chunked WY / UT-transform form
 // for training and prefill, the recurrence for decoding; kda's per-channel decay goes through the
-// generalised delta rule there (read along alpha * k, write along -beta k).
+// generalised delta rule there (read along alpha * k, write along -beta k). On CUDA, with
+// LINEARNEXUS_DELTA_KERNEL=1, deltanet and gated_deltanet train and prefill through fused chunk kernels
+// instead (delta_chunk.cu, head_dim 64 or 128); the CPU path is unchanged.
 #include <linearnexus/chunked_scan.h>
 #include <linearnexus/error.h>
 #include <linearnexus/layers.h>
@@ -25,11 +27,21 @@
 #include <linearnexus/plugin.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "delta_chunk_gpu.h"
 
 #include "hf_fla_deltanet.h"
 
 namespace linearnexus {
 namespace {
+
+// LINEARNEXUS_DELTA_KERNEL=1: training and prefill on CUDA take the delta-rule chunk kernels.
+bool delta_kernel_enabled() {
+  const char* e = std::getenv("LINEARNEXUS_DELTA_KERNEL");
+  return e && std::string(e) == "1";
+}
 
 enum class Gating { None, PerHead, PerChannel };  // deltanet, gated_deltanet, kda
 
@@ -130,7 +142,18 @@ class DeltaNetBlock : public Block {
       o = recurrent ? gdelta_scan_recurrent(q, bk, v, a, -bk, g, S) : gdelta_scan_chunked(q, bk, v, a, -bk, g, S, Q_);
     } else {
       if (g.defined()) g = g.transpose(1, 2);  // [B, H, T]
-      o = recurrent ? delta_scan_recurrent(q, k, v, beta, g, S) : delta_scan_chunked(q, k, v, beta, g, S, Q_);
+      if (!recurrent && delta_kernel_enabled() && deltanet::delta_cuda_applies(q, D_)) {
+        // CUDA, fp32 or bf16, head_dim 64 or 128 (training, prefill): the fused chunk kernels
+        // (delta_chunk.cu), chunks of 64 whatever chunk_size; their matmuls take bf16 operands. NOT YET
+        // RUN ON A GPU: verified in the CPU emulator (emu/run.sh) only, so behind
+        // LINEARNEXUS_DELTA_KERNEL=1 (off by default) until test_delta_chunk_gpu, which checks them
+        // against the path below, has passed on one.
+        auto r = deltanet::delta_chunk_cuda(q, k, v, beta, g, S);
+        o = r.o;
+        S = r.state;
+      } else {
+        o = recurrent ? delta_scan_recurrent(q, k, v, beta, g, S) : delta_scan_chunked(q, k, v, beta, g, S, Q_);
+      }
     }
     if (cached) state.tensors["S"] = S.detach();
     auto y = o_norm_->forward(o).transpose(1, 2).reshape({B, T, C_});

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs delta_chunk.cu's and delta_chunk_bwd.cu's kernels on the CPU against a float64 sequential
+# reference, without a GPU: one OS thread per CUDA thread (scripts/cuda_emu/shim.h), and
+# linearnexus/cuda/mma.cuh's tensor-core / ldmatrix / cp.async helpers replaced by
+# scripts/cuda_emu/mma_emu.h's, which follow the PTX ISA's fragment layouts with bf16 rounded to
+# nearest even. Checks the kernels' indexing, fragment use, masking, the chunk decomposition, the
+# triangular inverse and the gradient formulas; not their speed, nor what the emulator cannot see
+# (__expf's error, the hardware's accumulation order, register or shared-memory limits, timing).
+# Usage: bash plugins/deltanet/emu/run.sh [case]   (g++ with C++17 and pthreads; a few min on 2 cores)
+# EMU_FLAGS="-fsanitize=thread" finds missing barriers; -fsanitize=address,undefined out-of-bounds
+# accesses (shared memory is allocated at its exact size).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 - "$here/.." "$work" <<'PY'
+import sys, os
+src, out = sys.argv[1], sys.argv[2]
+decl = 'extern __shared__ __align__(16) unsigned char smem[];'
+def port(s):
+    s = s.replace('#include <cuda_bf16.h>', '#include "shim.h"').replace('#include <linearnexus/cuda/mma.cuh>', '#include "mma_emu.h"')
+    return s.replace(decl, 'unsigned char* smem = g_smem;')
+for cu in ['delta_chunk.cu', 'delta_chunk_bwd.cu']:
+    s = open(src + '/' + cu).read()
+    s = s[:s.index('// ---- launchers')]  # the kernels, not their launchers
+    s = port(s) + '\n}  // namespace\n}  // namespace cuda\n}  // namespace deltanet\n}  // namespace linearnexus\n'
+    open(out + '/' + cu.replace('.cu', '_emu.cpp'), 'w').write(s)
+for h in ['delta_common.cuh', 'delta_grads.cuh']:
+    open(out + '/' + h, 'w').write(port(open(src + '/' + h).read()))
+h = open(src + '/delta_chunk_cuda.h').read().replace('#include <cuda_runtime_api.h>', '#include "shim.h"')
+open(out + '/delta_chunk_cuda.h', 'w').write(h)
+PY
+cp "$here/../../../scripts/cuda_emu/shim.h" "$here/../../../scripts/cuda_emu/mma_emu.h" "$here/emulate_delta.cpp" "$work/"
+${CXX:-g++} -std=c++17 -O2 -pthread ${EMU_FLAGS:-} -I"$work" "$work/emulate_delta.cpp" -o "$work/emu"
+"$work/emu" "$@"
