@@ -137,10 +137,16 @@ class AttentionBlock : public Block {
     // x: [B, T, C]
     const int64_t B = x.size(0), T = x.size(1);
     // x_res is x as the residual stream carries it on (tail_ below): on CUDA, ln1's backward then
-    // also sums the stream's gradient of x (layers.h's forward_residual).
-    auto normed = ln1_->forward_residual(x);
-    const at::Tensor& x_res = normed.first;
-    auto qkv = linear_forward(qkv_, normed.second);  // [B, T, (H + 2 Hkv) D]; decoding: one skinny matmul
+    // also sums the stream's gradient of x (layers.h's forward_residual). Decoding: one skinny matmul,
+    // with ln1 in its prologue under LINEARNEXUS_DECODE_FUSION=1 (norm_linear_forward).
+    at::Tensor x_res, qkv;  // qkv: [B, T, (H + 2 Hkv) D]
+    std::tie(x_res, qkv) = norm_linear_forward(*ln1_, x, qkv_->weight, qkv_->bias);
+    // The heads' outputs o [B, T, H D] -> the block's output: proj, the residual add and the MLP tail.
+    // With decode fusion the add is proj's epilogue and ln2 the up projection's prologue (3 kernels).
+    auto finish = [&](const at::Tensor& o) {
+      if (!is_training() && tail_.forward_sum_fused(x_res)) return tail_.forward_sum(linear_forward(proj_, o, x_res));
+      return tail_.forward(x_res, linear_forward(proj_, o), is_training());
+    };
     at::Tensor q, k, v;
     if (rope_ && ctx.slot.defined()) {
       // Static decoding (T = 1): queries and keys rotated together by the step's rotation matrix.
@@ -174,8 +180,7 @@ class AttentionBlock : public Block {
       auto q1 = q.squeeze(2);  // [B, H, D]
       if (attention::decode_attention_applies(q1, k, v, ctx.key_padding)) {
         auto o = attention::decode_attention_cuda(q1, k, v, ctx.key_padding, ctx.slot);  // [B, H, D]
-        auto y = linear_forward(proj_, o.view({B, 1, H_ * D_}));
-        return {tail_.forward(x_res, y, is_training()), std::move(state)};
+        return {finish(o.view({B, 1, H_ * D_})), std::move(state)};
       }
     }
     if (Hkv_ != H_) {
@@ -202,8 +207,7 @@ class AttentionBlock : public Block {
     };
     auto y = compat::attention(dense(q), dense(k), dense(v), mask, is_causal,
                                is_training() ? dropout_ : 0.0);  // [B, H, T, D]
-    y = linear_forward(proj_, y.transpose(1, 2).reshape({B, T, H_ * D_}));
-    return {tail_.forward(x_res, y, is_training()), std::move(state)};
+    return {finish(y.transpose(1, 2).reshape({B, T, H_ * D_})), std::move(state)};
   }
 
   // Decoding reads positions and padding from the context only (no host-side step): capturable.

@@ -29,7 +29,7 @@ struct WarpXchg {
   const __nv_bfloat16* rows[32];
   uint32_t a[32][4], b[32][2];
 };
-extern WarpXchg g_xchg[32];
+extern WarpXchg g_xchg[];  // a slot per warp (shim.h's warp_slot)
 extern size_t g_smem_bytes;
 
 inline float bf16_lo(uint32_t r) { return bf16_bits_to_float(static_cast<uint16_t>(r & 0xffffu)); }
@@ -39,7 +39,7 @@ inline uint32_t pack_bits(uint16_t lo, uint16_t hi) {
 }
 
 inline void ldmatrix_emu(uint32_t (&r)[4], const __nv_bfloat16* row, bool trans) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, w = warp_slot();
   if (reinterpret_cast<uintptr_t>(row) & 15 || row < reinterpret_cast<const __nv_bfloat16*>(g_smem) ||
       row + 8 > reinterpret_cast<const __nv_bfloat16*>(g_smem + g_smem_bytes)) {
     std::fprintf(stderr, "ldmatrix: row address misaligned or outside shared memory\n");
@@ -61,7 +61,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) { ldmatrix_e
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) { ldmatrix_emu(r, row, true); }
 
 inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, w = warp_slot();
   WarpXchg& x = g_xchg[w];
   for (int i = 0; i < 4; ++i) x.a[lane][i] = a[i];
   x.b[lane][0] = b0, x.b[lane][1] = b1;

@@ -51,16 +51,23 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {bf16_bits_rn(f)}; }
 inline float __bfloat162float(__nv_bfloat16 x) { return bf16_bits_to_float(x.bits); }
 
 extern thread_local dim3 threadIdx, blockIdx;
+extern thread_local dim3 blockDim, gridDim;  // defined by the emulators whose kernels read them
 extern thread_local unsigned char* g_smem;
 extern pthread_barrier_t g_block_bar;
-extern pthread_barrier_t g_warp_bar[32];
-inline void __syncthreads() { pthread_barrier_wait(&g_block_bar); }
-inline void warp_sync() { pthread_barrier_wait(&g_warp_bar[threadIdx.x / 32]); }
+extern pthread_barrier_t g_warp_bar[];  // 32 slots, more where several CTAs run at once
+// Several CTAs at once (a cluster: core/sdk/src/cuda/emu): each thread's CTA has its own block barrier
+// and warp slots from g_warp_base on; left as they are, one CTA at a time uses g_block_bar and 0..31.
+inline thread_local int g_warp_base = 0;
+inline thread_local pthread_barrier_t* g_cta_bar = nullptr;
+inline int warp_slot() { return g_warp_base + static_cast<int>(threadIdx.x / 32); }
+inline void __syncthreads() { pthread_barrier_wait(g_cta_bar ? g_cta_bar : &g_block_bar); }
+inline void warp_sync() { pthread_barrier_wait(&g_warp_bar[warp_slot()]); }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }  // the hardware's is approximate (2 ulp)
 
 // Warp shuffles (every lane of the warp takes part, as the kernel's full masks say).
-extern float g_shfl_buf[32][32];
+extern float g_shfl_buf[][32];
 inline float __shfl_up_sync(unsigned, float v, int off) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, w = warp_slot();
   g_shfl_buf[w][lane] = v;
   warp_sync();
   const float r = lane >= off ? g_shfl_buf[w][lane - off] : v;
@@ -68,7 +75,7 @@ inline float __shfl_up_sync(unsigned, float v, int off) {
   return r;
 }
 inline float __shfl_sync(unsigned, float v, int src) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, w = warp_slot();
   g_shfl_buf[w][lane] = v;
   warp_sync();
   const float r = g_shfl_buf[w][src];
@@ -76,7 +83,7 @@ inline float __shfl_sync(unsigned, float v, int src) {
   return r;
 }
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, w = warp_slot();
   g_shfl_buf[w][lane] = v;
   warp_sync();
   const float r = g_shfl_buf[w][lane ^ mask];
@@ -84,7 +91,7 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
   return r;
 }
 inline float __shfl_down_sync(unsigned, float v, int off) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, w = warp_slot();
   g_shfl_buf[w][lane] = v;
   warp_sync();
   const float r = lane + off < 32 ? g_shfl_buf[w][lane + off] : v;

@@ -95,6 +95,18 @@ at::Tensor InferenceModel::logits(const at::Tensor& h) {
   return at::matmul(x, head_.t()).narrow(-1, 0, V);
 }
 
+at::Tensor InferenceModel::logits_of_stream(const at::Tensor& x) {
+  // x: [R, 1, C] -> [R, V]
+  if (head_.defined() && x.size(0) <= 8) {  // logits' rule: the skinny matmul for <= 8 rows
+    // The stream is fp32 under bf16 autocast: the kernel normalises it and rounds to bf16, as the
+    // final norm then the cast to the head's dtype do.
+    compat::AutocastGuard autocast(dtype_ != at::kFloat, dtype_);
+    auto y = norm_linear_fused(replica_->final_norm_module(), x.select(1, 0), head_);  // [R, V rounded up]
+    if (y.defined()) return y.narrow(-1, 0, replica_->config().dims.vocab_size);
+  }
+  return logits(replica_->final_norm(x));
+}
+
 // One call's host side: its prompts, how far it may decode, and what the host has read so far.
 struct DecodeGenerator::Call {
   std::vector<std::vector<int64_t>> prompts;
@@ -226,8 +238,13 @@ bool DecodeGenerator::use_graph(bool cuda) {
 // The static step (decode_slot.h): a stream's history is indexed by the column the step runs at.
 void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingParams& p) {
   s.state.slot = s.column;
-  auto h = w.model().forward_hidden(s.tok, &s.state, Mode::Decode, s.pos);  // [N, 1, C]
-  draw(s, w.logits(h), p);
+  if (decode_fusion_enabled()) {  // the final norm inside the head's kernel (layers.h)
+    auto x = w.model().forward_stream(s.tok, &s.state, Mode::Decode, s.pos);  // [N, 1, C] before the norm
+    draw(s, w.logits_of_stream(x), p);
+  } else {
+    auto h = w.model().forward_hidden(s.tok, &s.state, Mode::Decode, s.pos);  // [N, 1, C]
+    draw(s, w.logits(h), p);
+  }
   s.column.add_(1);
   s.pos.add_(1);
 }

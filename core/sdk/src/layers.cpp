@@ -3,6 +3,8 @@
 #include "linearnexus/layers.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "linearnexus/compat.h"
 #include "linearnexus/error.h"
@@ -45,6 +47,34 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
 
 at::Tensor linear_forward(const torch::nn::Linear& layer, const at::Tensor& x, const at::Tensor& residual) {
   return linear_forward(x, layer->weight, layer->bias, residual);
+}
+
+bool decode_fusion_enabled() {
+  const char* e = std::getenv("LINEARNEXUS_DECODE_FUSION");
+  return e && std::strcmp(e, "1") == 0;
+}
+
+at::Tensor norm_linear_fused(const Norm& norm, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                             bool gelu) {
+  // x: [..., C] -> [..., out] or undefined
+#ifdef LINEARNEXUS_CORE_CUDA
+  if (decode_fusion_enabled() && x.is_cuda() && !at::GradMode::is_enabled() &&
+      cuda::skinny_norm_linear_applies(x, norm.weight, norm.bias, weight, bias, at::Tensor()))
+    return cuda::skinny_norm_linear(x, norm.weight, norm.bias, norm.eps, /*layer_norm=*/norm.bias.defined(), weight,
+                                    bias, at::Tensor(), gelu);
+#else
+  (void)norm, (void)x, (void)weight, (void)bias, (void)gelu;
+#endif
+  return {};
+}
+
+std::pair<at::Tensor, at::Tensor> norm_linear_forward(Norm& norm, const at::Tensor& x, const at::Tensor& weight,
+                                                      const at::Tensor& bias) {
+  // x: [..., C] -> {x, [..., out]}
+  at::Tensor y = norm_linear_fused(norm, x, weight, bias);
+  if (y.defined()) return {x, y};
+  auto normed = norm.forward_residual(x);
+  return {normed.first, linear_forward(normed.second, weight, bias)};
 }
 
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
@@ -186,6 +216,34 @@ at::Tensor ResidualMLP::forward(const at::Tensor& x, const at::Tensor& y, bool t
 #endif
   auto h = x + (drop ? at::dropout(y, dropout_, true) : y);
   return mlp_->forward_add(ln2_->forward(h), h);  // h + mlp(ln2(h))
+}
+
+bool ResidualMLP::forward_sum_fused(const at::Tensor& x) const {
+#ifdef LINEARNEXUS_CORE_CUDA
+  return decode_fusion_enabled() && x.is_cuda() && !at::GradMode::is_enabled() &&
+         cuda::skinny_norm_linear_applies(x, ln2_->weight, ln2_->bias, mlp_->up->weight, mlp_->up->bias, at::Tensor());
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+at::Tensor ResidualMLP::forward_sum(const at::Tensor& h) const {
+  // h: [B, T, C] -> [B, T, C]
+  MLP& mlp = *mlp_;
+  if (mlp.kind == "gelu") {
+    // ln2 in up's prologue and GELU in its epilogue, the residual add in down's: two kernels.
+    at::Tensor hidden = norm_linear_fused(*ln2_, h, mlp.up->weight, mlp.up->bias, /*gelu=*/true);
+    if (hidden.defined()) return linear_forward(mlp.down, hidden, h);
+  } else {
+    // SwiGLU: ln2 recomputed in gate's and up's prologues (a launch costs more than 16 x C values).
+    at::Tensor g = norm_linear_fused(*ln2_, h, mlp.gate->weight, mlp.gate->bias);
+    at::Tensor u = g.defined() ? norm_linear_fused(*ln2_, h, mlp.up->weight, mlp.up->bias) : at::Tensor();
+#ifdef LINEARNEXUS_CORE_CUDA
+    if (u.defined()) return linear_forward(mlp.down, cuda::swiglu(g, u), h);
+#endif
+  }
+  return mlp.forward_add(ln2_->forward(h), h);  // h + mlp(ln2(h))
 }
 
 std::map<std::string, ParamRole> ResidualMLP::parameter_roles() const {

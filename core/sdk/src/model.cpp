@@ -198,6 +198,17 @@ ModelState LMModel::init_state(int64_t batch, int64_t max_len) const {
 
 at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
   // idx: [B, T] int64 -> h: [B, T, C]
+  return final_norm(forward_stream(idx, state, mode, positions));
+}
+
+at::Tensor LMModel::final_norm(const at::Tensor& x) {
+  // x: [B, T, C] -> [B, T, C]
+  compat::AutocastGuard autocast(autocast_active(), compute_dtype_);
+  return norm_->forward(x);
+}
+
+at::Tensor LMModel::forward_stream(const at::Tensor& idx, ModelState* state, Mode mode, const at::Tensor& positions) {
+  // idx: [B, T] int64 -> the last block's output: [B, T, C]
   TORCH_CHECK(idx.dim() == 2, "LMModel expects token ids [B, T], got ", idx.sizes());
   const int64_t T = idx.size(1);
   ForwardContext ctx;
@@ -246,7 +257,7 @@ at::Tensor LMModel::forward_hidden(const at::Tensor& idx, ModelState* state, Mod
     }
   }
   if (state && !static_step) state->length += T;
-  return norm_->forward(x);
+  return x;
 }
 
 at::Tensor LMModel::head(at::ScalarType dtype, bool padded) const {

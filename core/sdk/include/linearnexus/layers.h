@@ -48,6 +48,26 @@ at::Tensor linear_forward(const torch::nn::Linear& layer, const at::Tensor& x, c
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {},
                           const at::Tensor& residual = {});
 
+// LINEARNEXUS_DECODE_FUSION=1: decoding on CUDA fuses each norm into the matmul after it (ln1 -> qkv,
+// ln2 -> the MLP's up / gate, the final norm -> the LM head: norm_linear_forward) and the attention
+// block's residual add into its out-projection. Off by default: verified in the CPU emulator
+// (core/sdk/src/cuda/emu), not yet run on a GPU. Read at every call (a getenv), so a captured step
+// keeps what it was captured with.
+bool decode_fusion_enabled();
+
+// {x as the residual stream carries it on, linear_forward(norm(x), weight, bias)}: x [..., C] ->
+// [..., C], [..., out]. What norm.forward_residual then linear_forward give; on CUDA with
+// LINEARNEXUS_DECODE_FUSION=1, gradients off and the skinny matmul's conditions (decoding: <= 16 rows,
+// a bf16 weight) one kernel that normalises the rows in its prologue (cuda/skinny_gemm.cu), x itself
+// first. Everywhere else, and with LINEARNEXUS_UNFUSED=1, the ops as before.
+std::pair<at::Tensor, at::Tensor> norm_linear_forward(Norm& norm, const at::Tensor& x, const at::Tensor& weight,
+                                                      const at::Tensor& bias = {});
+// The fused kernel alone: act(norm(x) W^T + bias) (act gelu_tanh when `gelu`) where
+// norm_linear_forward would run it, else undefined (the caller runs its own ops). Under bf16 autocast
+// x may be the fp32 residual stream; the output is bf16.
+at::Tensor norm_linear_fused(const Norm& norm, const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& bias = {}, bool gelu = false);
+
 // "swiglu": down(silu(gate(x)) * up(x)) with hidden = 8/3 C rounded to a multiple of 64;
 // "gelu": down(gelu_tanh(up(x))) with hidden = 4 C. hidden > 0 overrides the width; `bias` adds
 // biases to every projection (GPT-2's MLP).
@@ -77,6 +97,14 @@ class ResidualMLP {
   ResidualMLP(torch::nn::Module& block, const ModelDims& dims, const std::string& mlp_kind, int64_t mlp_hidden,
               bool mlp_bias = false);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& y, bool training) const;
+  // h + mlp(ln2(h)) for a block that added its mixer's output to the stream itself (h = x + y; the
+  // attention block in decoding: the add in its out-projection's epilogue). No dropout: inference
+  // only. With decode fusion ln2 is the up (and gate) projection's prologue.
+  at::Tensor forward_sum(const at::Tensor& h) const;
+  // Whether forward_sum of a stream h shaped like x runs ln2 inside the up projection's kernel (decode
+  // fusion on, gradients off, the skinny matmul's conditions): where it does not, forward's fused add
+  // and norm are as cheap, so a block keeps forward.
+  bool forward_sum_fused(const at::Tensor& x) const;
   // {"ln2.*": Norm, "mlp.*": Matrix (its biases: Bias)}, for the block's parameter_roles().
   std::map<std::string, ParamRole> parameter_roles() const;
 

@@ -164,6 +164,14 @@ class LMModel : public torch::nn::Module {
   // The final normalised hidden states [B,T,C] (for value heads); logits = lm_logits(h).
   at::Tensor forward_hidden(const at::Tensor& idx, ModelState* state = nullptr, Mode mode = Mode::Train,
                             const at::Tensor& positions = {});
+  // forward_hidden without the final norm: the last block's output [B,T,C] (the residual stream), for
+  // a caller that fuses the norm into the head's matmul (the decode engine under
+  // LINEARNEXUS_DECODE_FUSION); forward_hidden = final_norm(forward_stream).
+  at::Tensor forward_stream(const at::Tensor& idx, ModelState* state = nullptr, Mode mode = Mode::Train,
+                            const at::Tensor& positions = {});
+  // The final norm of x [B,T,C] as forward_hidden applies it (under the model's autocast), and the module.
+  at::Tensor final_norm(const at::Tensor& x);
+  Norm& final_norm_module() { return *norm_; }
   at::Tensor lm_logits(const at::Tensor& hidden);
   // The LM head's weight [V, C] in `dtype`; `padded`: with zero rows up to a multiple of 64, so the
   // logits' rows are 16-byte multiples for cuBLAS's fast kernels (take the first V columns).

@@ -83,6 +83,12 @@ cudaError_t swiglu_backward(const void* gate, const void* up, const void* dout, 
 // K % 8 == 0, ldx % 8 == 0 and 16-byte aligned x and W (skinny_gemm_supported; else
 // cudaErrorInvalidValue: callers fall back to a GEMM). pdl: launch with programmatic stream
 // serialization (the weights' first loads overlap the previous kernel's end).
+// With norm_w set, the norm prologue: x holds the rows before a norm (x_dtype fp32 or bf16, rows ldx
+// apart, no alignment needed) and the matmul's input is norm(x) rounded to bf16, computed in every
+// CTA: RMSNorm x rstd w (rms_norm.cu's arithmetic), or with layer_norm (x - mean) rstd w + norm_b
+// (null: none), rstd = 1 / sqrt(mean of squares (of x - mean) + eps), w and b in norm_dtype.
+// skinny_norm_gemm_supported says where (its shared memory holds the CTA's share of the rows: K up
+// to ~1400 at 16 rows, ~2900 at 8 with the launcher's configuration).
 struct SkinnyGemmConfig {
   int tiles = 0;    // 16-feature tiles a CTA (1, 2 or 4); 0 = the launcher's choice for the shape
   int warps = 0;    // warps a CTA (1..8), splitting K
@@ -91,8 +97,9 @@ struct SkinnyGemmConfig {
 };
 SkinnyGemmConfig skinny_gemm_config(int64_t M, int64_t N, int64_t K);  // for the current device
 bool skinny_gemm_supported(int64_t M, int64_t K, int64_t ldx, const void* x, const void* w);
+bool skinny_norm_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldx, const void* w);
 struct SkinnyGemmArgs {
-  const void* x = nullptr;         // [M, ldx] bf16
+  const void* x = nullptr;         // [M, ldx] bf16 (norm: x_dtype)
   const void* w = nullptr;         // [N, K] bf16, contiguous
   const void* bias = nullptr;      // [N] or null
   const void* residual = nullptr;  // [M, N] contiguous, or null
@@ -102,6 +109,11 @@ struct SkinnyGemmArgs {
   SkinnyGemmConfig config;  // tiles 0: skinny_gemm_config's
   bool gelu = false;        // act = gelu_tanh
   bool pdl = false;
+  const void* norm_w = nullptr;  // [K]: the norm prologue's weight; null: none
+  const void* norm_b = nullptr;  // [K]: LayerNorm's bias, or null
+  DType x_dtype = DType::BF16, norm_dtype = DType::F32;
+  bool layer_norm = false;
+  float norm_eps = 1e-5f;
 };
 cudaError_t skinny_gemm(const SkinnyGemmArgs& a, cudaStream_t stream);
 

@@ -19,13 +19,20 @@
 // (deterministic) and needs no workspace, atomics or second kernel.
 //   With programmatic dependent launch the kernel lets its successor start early and issues its
 // first weight loads before waiting on its predecessor (x, residual): weights never depend on it.
-#include <cooperative_groups.h>
+//   The norm prologue (NORM, LINEARNEXUS_DECODE_FUSION): the matmul's input is RMSNorm / LayerNorm
+// of x's M <= 16 rows, so a decode step's norm -> Linear pairs (ln1 -> qkv, ln2 -> fc, the final norm
+// -> the LM head) are one kernel each instead of two. Each CTA normalises the rows itself (a warp a
+// row: 16 x 768 values read from L2, cheaper than a launch) into shared memory as bf16, only the k
+// range its warps cover, while its first weight loads are in flight; the main loop then reads x
+// from there. The normalised values are rms_norm.cu's to the bit (same per-lane order, butterfly
+// and rsqrtf) and rounded to bf16 as the unfused path's next matmul input is.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "kernels.h"
+#include "skinny_gemm_hw.cuh"
 
 namespace linearnexus {
 namespace cuda {
@@ -37,7 +44,10 @@ constexpr int kMaxWarps = 8;   // warps of a CTA (the K split inside it)
 constexpr int kMaxSplits = 8;  // CTAs of a cluster (portable cluster size)
 
 struct Params {
-  const __nv_bfloat16* x;  // [M, ldx]
+  const __nv_bfloat16* x;  // [M, ldx]; NORM: unused
+  const void* nx;          // NORM: [M, ldx] fp32 or bf16, the rows before the norm
+  const void* nw;          // NORM: [K] the norm's weight (fp32 or bf16)
+  const void* nb;          // NORM: [K] LayerNorm's bias (nw's dtype) or null
   const __nv_bfloat16* w;  // [N, K]
   const void* bias;        // [N] or null
   const void* residual;    // [M, N] or null
@@ -47,40 +57,10 @@ struct Params {
   int splits;   // S: CTAs of a cluster along K
   bool bias_bf16, residual_bf16, y_bf16;
   bool gelu;  // gelu_tanh after the bias, before the residual
+  bool nx_bf16, nw_bf16;
+  bool layer_norm;  // NORM: (x - mean) rstd w + b; else RMSNorm x rstd w
+  float eps;
 };
-
-// W is read exactly once: no L1 allocation; the L2 fetches whole 128-byte lines.
-__device__ __forceinline__ uint4 load_stream(const __nv_bfloat16* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
-// x was written by the previous kernel (maybe still finishing under PDL): a plain coherent load.
-__device__ __forceinline__ uint4 load_x(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
-
-// c += A B for A 16 x 16 bf16 (a0..a3), B 16 x 8 bf16 (b0, b1), c 16 x 8 fp32 (PTX's fragment layout).
-__device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                    uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Programmatic dependent launch (sm_90; no-ops when the launch did not ask for it).
-__device__ __forceinline__ void let_dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_predecessor() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 __device__ __forceinline__ float load_as_float(const void* p, int64_t i, bool bf16) {
   return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]) : static_cast<const float*>(p)[i];
@@ -97,9 +77,54 @@ __device__ __forceinline__ void epilogue(const Params& p, int64_t m, int64_t n, 
     static_cast<float*>(p.y)[m * p.N + n] = v;
 }
 
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// The norm prologue: rows m of x normalised over all K, written as bf16 for k in [k0, k_end) to
+// xs[m * ldn + k - k0]; one warp a row. RMSNorm's arithmetic is rms_norm.cu's (lanes sum k = lane,
+// lane + 32, ... in order, then the butterfly), so its output is the unfused kernel's to the bit.
+__device__ void normalise_rows(const Params& p, __nv_bfloat16* xs, int64_t ldn, int64_t k0, int64_t k_end, int lane,
+                               int warp, int warps) {
+  for (int64_t m = warp; m < p.M; m += warps) {
+    const int64_t row = m * p.ldx;
+    float mean = 0.f;
+    if (p.layer_norm) {
+      float s = 0.f;
+      for (int64_t k = lane; k < p.K; k += 32) s += load_as_float(p.nx, row + k, p.nx_bf16);
+      mean = warp_sum(s) / static_cast<float>(p.K);
+    }
+    float ss = 0.f;
+    for (int64_t k = lane; k < p.K; k += 32) {
+      const float v = load_as_float(p.nx, row + k, p.nx_bf16) - mean;
+      ss += v * v;
+    }
+    // rms_norm.cu divides by C; the same division here (not a multiply by 1/C) keeps its bits.
+    const float rs = rsqrtf(warp_sum(ss) / static_cast<float>(p.K) + p.eps);
+    for (int64_t k = k0 + lane; k < k_end; k += 32) {
+      float v = (load_as_float(p.nx, row + k, p.nx_bf16) - mean) * rs * load_as_float(p.nw, k, p.nw_bf16);
+      if (p.nb) v += load_as_float(p.nb, k, p.nw_bf16);
+      xs[m * ldn + (k - k0)] = __float2bfloat16(v);
+    }
+  }
+}
+
+// The norm prologue's row stride (bf16 elements) for a CTA's k span (a multiple of 32): rows g and
+// g + 1 then start 64 bytes apart mod 128, so an 8-lane phase of uint4 loads hits 32 distinct banks.
+__host__ __device__ inline int64_t norm_row_stride(int64_t span) { return span % 64 == 0 ? span + 32 : span; }
+
+// Shared memory of a launch: the warps' and the CTA's partial tiles [warps + 1][MP][16 T + 4] fp32,
+// then (NORM) the normalised rows [MP][norm_row_stride(warps kpw 32)] bf16.
+__host__ __device__ inline size_t skinny_smem_bytes(int T, int MP, int warps, int64_t kpw, bool norm) {
+  const size_t partials = static_cast<size_t>(warps + 1) * MP * (kTileN * T + 4) * sizeof(float);
+  return partials + (norm ? static_cast<size_t>(MP * norm_row_stride(warps * kpw * kBlockK)) * 2 : 0);
+}
+
 // T: tiles of 16 features per warp (a CTA's tiles; every warp of the CTA covers all T over its k
-// range); MP: x rows padded to 8 or 16 (one or two mma columns blocks).
-template <int T, int MP>
+// range); MP: x rows padded to 8 or 16 (one or two mma columns blocks); NORM: the norm prologue.
+template <int T, int MP, bool NORM>
 __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Params p) {
   constexpr int G = 4 / T;            // k blocks loaded before the mmas: 8 uint4 of W a lane in flight
   constexpr int LD = kTileN * T + 4;  // row stride of a partial [MP][16 T] tile: fragment stores hit 32 banks
@@ -142,6 +167,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Param
   };
   load_w(kb_begin);        // the weights need nothing from the previous kernel: in flight before the wait
   wait_for_predecessor();  // x and residual may be its outputs
+  extern __shared__ float smem[];
+  // NORM: this CTA's k span [k_cta, k_cta + span) of the normalised rows, [MP][ldn] bf16 after the partials.
+  const int64_t span = static_cast<int64_t>(warps) * p.kpw * kBlockK, k_cta = rank * span, ldn = norm_row_stride(span);
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem + (warps + 1) * MP * (kTileN * T + 4));
+  if constexpr (NORM) {
+    normalise_rows(p, xs, ldn, k_cta, k_cta + span < p.K ? k_cta + span : p.K, lane, warp, warps);
+    __syncthreads();
+  }
   for (int64_t kb0 = kb_begin; kb0 < kb_end; kb0 += G) {
     if (kb0 != kb_begin) load_w(kb0);
     uint4 b[G][MP / 8];  // x rows g (+ 8), the same k
@@ -150,7 +183,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Param
 #pragma unroll
       for (int h = 0; h < MP / 8; ++h) {
         const int64_t m = g + 8 * h, k = (kb0 + i) * kBlockK + 8 * t;
-        b[i][h] = m < p.M && kb0 + i < kb_end && k < p.K ? load_x(p.x + m * p.ldx + k) : make_uint4(0, 0, 0, 0);
+        const __nv_bfloat16* src = NORM ? xs + m * ldn + (k - k_cta) : p.x + m * p.ldx + k;
+        b[i][h] = m < p.M && kb0 + i < kb_end && k < p.K ? load_x(src) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
     for (int j = 0; j < T; ++j)
@@ -165,7 +199,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Param
 
   // Warps' partials [warps][MP][LD] (element [m][nl] = y^T tile row nl, column m), then the CTA's sum
   // [MP][LD]. Lane (g, t) holds rows nl = 16 j + g (c0, c1) and + 8 (c2, c3), columns m = 8 h + 2 t (+1).
-  extern __shared__ float smem[];
   float* mine = smem + warp * MP * LD;
 #pragma unroll
   for (int j = 0; j < T; ++j)
@@ -190,21 +223,78 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Param
       epilogue(p, m, n0 + nl, s);
   }
   if (S == 1) return;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // The cluster's CTAs each finish a share of the tile from all S partial sums (ranks in order).
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();
+  cluster_sync();
   for (int i = rank * blockDim.x + threadIdx.x; i < kOut; i += S * blockDim.x) {
     const int m = i / (kTileN * T), nl = i % (kTileN * T);
     if (m >= p.M || n0 + nl >= p.N) continue;
     float s = 0.f;
-    for (int r = 0; r < S; ++r) s += cluster.map_shared_rank(cta_sum, r)[m * LD + nl];
+    for (int r = 0; r < S; ++r) s += cluster_peer(cta_sum, r)[m * LD + nl];
     epilogue(p, m, n0 + nl, s);
   }
-  cluster.sync();  // no CTA leaves while another reads its shared memory
-#endif
+  cluster_sync();  // no CTA leaves while another reads its shared memory
 }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+constexpr size_t kMaxSmem = 48 * 1024;  // without opting in to more (a function attribute)
+
+// The launcher's configuration for a device of `sms` SMs of compute capability `major` (the
+// emulator asks for an H100's).
+SkinnyGemmConfig config_for(int sms, int major, int64_t N, int64_t K) {
+  const int64_t tiles = ceil_div(N, kTileN), nkb = ceil_div(K, kBlockK);
+  SkinnyGemmConfig c;
+  // Few tiles (gpt-small's blocks: 48-192): one a CTA and about 3 k blocks (3 KiB of W) a warp, the
+  // most CTAs and loads in flight. Many (the LM head: 3142): two a CTA and 6 k blocks a warp of 4.
+  // Measured on an H100 (docs/benchmarks.md, the sweep of bench_skinny_gemm): the head at M = 1 took
+  // 28.8 us so (80% of 3.35 TB/s) against 34.3 us with 4 tiles and 3 k blocks a warp of 8; at M = 16
+  // both ~35.5 us. The small matrices had no better configuration than the first rule's.
+  const bool many = tiles >= 6 * sms;
+  c.tiles = many ? 2 : 1;
+  const int64_t parts = std::max<int64_t>(1, ceil_div(nkb, many ? 6 : 3));
+  c.warps = static_cast<int>(std::min<int64_t>(parts, kMaxWarps));
+  const int64_t ctas = ceil_div(tiles, c.tiles);
+  c.splits = 1;
+  if (major >= 9 && ctas < 2 * sms)
+    c.splits = static_cast<int>(std::min<int64_t>(kMaxSplits, ceil_div(parts, c.warps)));
+  c.kpw = ceil_div(nkb, static_cast<int64_t>(c.warps) * c.splits);
+  return c;
+}
+
+// Whether configuration c can run a K-deep matmul of M rows (norm: with the prologue) on `major`.
+bool config_valid(const SkinnyGemmConfig& c, int64_t M, int64_t K, bool norm, int major) {
+  if ((c.tiles != 1 && c.tiles != 2 && c.tiles != 4) || c.warps < 1 || c.warps > kMaxWarps || c.splits < 1 ||
+      c.splits > kMaxSplits || c.kpw < 1 || (c.splits > 1 && major < 9) ||
+      c.kpw * c.warps * c.splits < ceil_div(K, kBlockK))  // the warps must cover K
+    return false;
+  return skinny_smem_bytes(c.tiles, M > 8 ? 16 : 8, c.warps, c.kpw, norm) <= kMaxSmem;
+}
+
+Params make_params(const SkinnyGemmArgs& a, const SkinnyGemmConfig& c) {
+  Params p;
+  p.x = static_cast<const __nv_bfloat16*>(a.x);
+  p.nx = a.x;
+  p.nw = a.norm_w;
+  p.nb = a.norm_b;
+  p.w = static_cast<const __nv_bfloat16*>(a.w);
+  p.bias = a.bias;
+  p.residual = a.residual;
+  p.y = a.y;
+  p.M = a.M, p.N = a.N, p.K = a.K, p.ldx = a.ldx;
+  p.kpw = c.kpw;
+  p.splits = c.splits;
+  p.bias_bf16 = a.bias_dtype == DType::BF16;
+  p.residual_bf16 = a.residual_dtype == DType::BF16;
+  p.y_bf16 = a.y_dtype == DType::BF16;
+  p.gelu = a.gelu;
+  p.nx_bf16 = a.x_dtype == DType::BF16;
+  p.nw_bf16 = a.norm_dtype == DType::BF16;
+  p.layer_norm = a.layer_norm;
+  p.eps = a.norm_eps;
+  return p;
+}
+
+// ---- launchers
 
 struct DeviceInfo {
   int sms = 0, major = 0;
@@ -223,12 +313,9 @@ DeviceInfo device_info() {
   return d;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <int T, int MP>
+template <int T, int MP, bool NORM>
 cudaError_t launch(const Params& p, int ctas, int warps, bool pdl, cudaStream_t stream) {
-  constexpr int LD = kTileN * T + 4;
-  const size_t smem = static_cast<size_t>(warps + 1) * MP * LD * sizeof(float);
+  const size_t smem = skinny_smem_bytes(T, MP, warps, p.kpw, NORM);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(ctas));
   cfg.blockDim = dim3(static_cast<unsigned>(warps * 32));
@@ -250,10 +337,26 @@ cudaError_t launch(const Params& p, int ctas, int warps, bool pdl, cudaStream_t 
   cfg.attrs = attrs;
   cfg.numAttrs = static_cast<unsigned>(n);
   if (n == 0) {
-    skinny_gemm_kernel<T, MP><<<cfg.gridDim, cfg.blockDim, smem, stream>>>(p);
+    skinny_gemm_kernel<T, MP, NORM><<<cfg.gridDim, cfg.blockDim, smem, stream>>>(p);
     return cudaGetLastError();
   }
-  return cudaLaunchKernelEx(&cfg, skinny_gemm_kernel<T, MP>, p);
+  return cudaLaunchKernelEx(&cfg, skinny_gemm_kernel<T, MP, NORM>, p);
+}
+
+template <bool NORM>
+cudaError_t launch_tiles(const Params& p, const SkinnyGemmConfig& c, int ctas, bool pdl, cudaStream_t stream) {
+  const bool wide = p.M > 8;
+  switch (c.tiles) {
+    case 1:
+      return wide ? launch<1, 16, NORM>(p, ctas, c.warps, pdl, stream)
+                  : launch<1, 8, NORM>(p, ctas, c.warps, pdl, stream);
+    case 2:
+      return wide ? launch<2, 16, NORM>(p, ctas, c.warps, pdl, stream)
+                  : launch<2, 8, NORM>(p, ctas, c.warps, pdl, stream);
+    default:
+      return wide ? launch<4, 16, NORM>(p, ctas, c.warps, pdl, stream)
+                  : launch<4, 8, NORM>(p, ctas, c.warps, pdl, stream);
+  }
 }
 
 }  // namespace
@@ -261,23 +364,7 @@ cudaError_t launch(const Params& p, int ctas, int warps, bool pdl, cudaStream_t 
 SkinnyGemmConfig skinny_gemm_config(int64_t M, int64_t N, int64_t K) {
   (void)M;
   const DeviceInfo d = device_info();
-  const int64_t tiles = ceil_div(N, kTileN), nkb = ceil_div(K, kBlockK);
-  SkinnyGemmConfig c;
-  // Few tiles (gpt-small's blocks: 48-192): one a CTA and about 3 k blocks (3 KiB of W) a warp, the
-  // most CTAs and loads in flight. Many (the LM head: 3142): two a CTA and 6 k blocks a warp of 4.
-  // Measured on an H100 (docs/benchmarks.md, the sweep of bench_skinny_gemm): the head at M = 1 took
-  // 28.8 us so (80% of 3.35 TB/s) against 34.3 us with 4 tiles and 3 k blocks a warp of 8; at M = 16
-  // both ~35.5 us. The small matrices had no better configuration than the first rule's.
-  const bool many = tiles >= 6 * d.sms;
-  c.tiles = many ? 2 : 1;
-  const int64_t parts = std::max<int64_t>(1, ceil_div(nkb, many ? 6 : 3));
-  c.warps = static_cast<int>(std::min<int64_t>(parts, kMaxWarps));
-  const int64_t ctas = ceil_div(tiles, c.tiles);
-  c.splits = 1;
-  if (d.major >= 9 && ctas < 2 * d.sms)
-    c.splits = static_cast<int>(std::min<int64_t>(kMaxSplits, ceil_div(parts, c.warps)));
-  c.kpw = ceil_div(nkb, static_cast<int64_t>(c.warps) * c.splits);
-  return c;
+  return config_for(d.sms, d.major, N, K);
 }
 
 bool skinny_gemm_supported(int64_t M, int64_t K, int64_t ldx, const void* x, const void* w) {
@@ -285,38 +372,24 @@ bool skinny_gemm_supported(int64_t M, int64_t K, int64_t ldx, const void* x, con
   return M >= 1 && M <= 16 && K >= 8 && K % 8 == 0 && ldx % 8 == 0 && ldx >= K && aligned(x) && aligned(w);
 }
 
+bool skinny_norm_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldx, const void* w) {
+  if (!(M >= 1 && M <= 16 && K >= 8 && K % 8 == 0 && ldx >= K && reinterpret_cast<uintptr_t>(w) % 16 == 0))
+    return false;
+  return config_valid(skinny_gemm_config(M, N, K), M, K, /*norm=*/true, device_info().major);
+}
+
 cudaError_t skinny_gemm(const SkinnyGemmArgs& a, cudaStream_t stream) {
   if (a.N == 0) return cudaSuccess;
-  if (!skinny_gemm_supported(a.M, a.K, a.ldx, a.x, a.w) || a.N < 0) return cudaErrorInvalidValue;
+  const bool norm = a.norm_w != nullptr;
+  if (a.N < 0 || (norm ? !skinny_norm_gemm_supported(a.M, a.N, a.K, a.ldx, a.w)
+                       : !skinny_gemm_supported(a.M, a.K, a.ldx, a.x, a.w) || a.x_dtype != DType::BF16))
+    return cudaErrorInvalidValue;
   SkinnyGemmConfig c = skinny_gemm_config(a.M, a.N, a.K);
   if (a.config.tiles > 0) c = a.config;  // an explicit configuration (benchmarks' sweeps)
-  if ((c.tiles != 1 && c.tiles != 2 && c.tiles != 4) || c.warps < 1 || c.warps > kMaxWarps || c.splits < 1 ||
-      c.splits > kMaxSplits || c.kpw < 1 || (c.splits > 1 && device_info().major < 9) ||
-      c.kpw * c.warps * c.splits < ceil_div(a.K, kBlockK))  // the warps must cover K
-    return cudaErrorInvalidValue;
-  Params p;
-  p.x = static_cast<const __nv_bfloat16*>(a.x);
-  p.w = static_cast<const __nv_bfloat16*>(a.w);
-  p.bias = a.bias;
-  p.residual = a.residual;
-  p.y = a.y;
-  p.M = a.M, p.N = a.N, p.K = a.K, p.ldx = a.ldx;
-  p.kpw = c.kpw;
-  p.splits = c.splits;
-  p.bias_bf16 = a.bias_dtype == DType::BF16;
-  p.residual_bf16 = a.residual_dtype == DType::BF16;
-  p.y_bf16 = a.y_dtype == DType::BF16;
-  p.gelu = a.gelu;
+  if (!config_valid(c, a.M, a.K, norm, device_info().major)) return cudaErrorInvalidValue;
+  const Params p = make_params(a, c);
   const int ctas = static_cast<int>(ceil_div(ceil_div(a.N, kTileN), c.tiles)) * c.splits;
-  const bool wide = a.M > 8;
-  switch (c.tiles) {
-    case 1:
-      return wide ? launch<1, 16>(p, ctas, c.warps, a.pdl, stream) : launch<1, 8>(p, ctas, c.warps, a.pdl, stream);
-    case 2:
-      return wide ? launch<2, 16>(p, ctas, c.warps, a.pdl, stream) : launch<2, 8>(p, ctas, c.warps, a.pdl, stream);
-    default:
-      return wide ? launch<4, 16>(p, ctas, c.warps, a.pdl, stream) : launch<4, 8>(p, ctas, c.warps, a.pdl, stream);
-  }
+  return norm ? launch_tiles<true>(p, c, ctas, a.pdl, stream) : launch_tiles<false>(p, c, ctas, a.pdl, stream);
 }
 
 }  // namespace cuda

@@ -1,4 +1,4 @@
-// ATen glue of skinny_gemm.cu (skinny_gemm_cuda.h).
+// ATen glue of skinny_gemm.cu (skinny_gemm_cuda.h): the skinny Linear, and with its norm prologue.
 #include "skinny_gemm_cuda.h"
 
 #include <ATen/core/grad_mode.h>
@@ -48,6 +48,21 @@ bool operands_fit(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
 
 bool wants_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 
+// The norm's weight (and bias) [K], fp32 or bf16, on w's device.
+bool norm_fits(const at::Tensor& norm_w, const at::Tensor& norm_b, const at::Tensor& w) {
+  auto fits = [&](const at::Tensor& t) {
+    return t.dim() == 1 && t.size(0) == w.size(1) && fp32_or_bf16(t) && t.device() == w.device();
+  };
+  return norm_w.defined() && fits(norm_w) && (!norm_b.defined() || fits(norm_b));
+}
+
+bool pdl_from_env() {
+  // LINEARNEXUS_SKINNY_PDL=1: programmatic dependent launch in the model too (an experiment: the
+  // weights' loads then overlap the previous kernel's tail; off by default until measured in a step).
+  const char* pdl_env = std::getenv("LINEARNEXUS_SKINNY_PDL");
+  return pdl_env && std::string(pdl_env) == "1";
+}
+
 }  // namespace
 
 bool skinny_linear_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -86,11 +101,53 @@ at::Tensor skinny_linear(const at::Tensor& x_in, const at::Tensor& w, const at::
   a.M = M, a.N = N, a.K = K, a.ldx = K;
   if (config) a.config = *config;
   a.gelu = gelu;
-  // LINEARNEXUS_SKINNY_PDL=1: programmatic dependent launch in the model too (an experiment: the
-  // weights' loads then overlap the previous kernel's tail; off by default until measured in a step).
-  const char* pdl_env = std::getenv("LINEARNEXUS_SKINNY_PDL");
-  a.pdl = pdl || (pdl_env && std::string(pdl_env) == "1");
+  a.pdl = pdl || pdl_from_env();
   check_cuda(skinny_gemm(a, at::cuda::getCurrentCUDAStream()), "skinny_linear");
+  return y;
+}
+
+bool skinny_norm_linear_applies(const at::Tensor& x, const at::Tensor& norm_w, const at::Tensor& norm_b,
+                                const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual) {
+  if (!skinny_linear_applies(x, w, bias, residual) || !norm_fits(norm_w, norm_b, w)) return false;
+  if (at::GradMode::is_enabled() && (wants_grad(norm_w) || wants_grad(norm_b))) return false;
+  const c10::cuda::CUDAGuard guard(w.device());
+  return skinny_norm_gemm_supported(x.numel() / w.size(1), w.size(0), w.size(1), w.size(1), w.data_ptr());
+}
+
+at::Tensor skinny_norm_linear(const at::Tensor& x_in, const at::Tensor& norm_w_in, const at::Tensor& norm_b_in,
+                              double eps, bool layer_norm, const at::Tensor& w, const at::Tensor& bias_in,
+                              const at::Tensor& residual_in, bool gelu, const SkinnyGemmConfig* config) {
+  if (!x_in.is_cuda() || !operands_fit(x_in, w, bias_in, residual_in) || !norm_fits(norm_w_in, norm_b_in, w))
+    throw Error(
+        "skinny_norm_linear: needs CUDA tensors, w [N, K] bf16 contiguous with K % 8 == 0, x [..., K] of 1..16 "
+        "rows, the norm's weight (and bias) [K] fp32 or bf16");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const int64_t N = w.size(0), K = w.size(1), M = x_in.numel() / K;
+  const at::Tensor x = x_in.reshape({M, K}).contiguous();  // fp32 or bf16 as it is: the prologue reads either
+  const at::Tensor norm_w = norm_w_in.contiguous();
+  const at::Tensor norm_b = norm_b_in.defined() ? norm_b_in.to(norm_w.scalar_type()).contiguous() : norm_b_in;
+  const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
+  const at::Tensor residual = residual_in.defined() ? residual_in.contiguous() : residual_in;
+  at::Tensor y =
+      at::empty(out_shape(x_in, N), w.options().dtype(residual.defined() ? residual.scalar_type() : at::kBFloat16));
+  SkinnyGemmArgs a;
+  a.x = x.data_ptr(), a.w = w.data_ptr(), a.y = y.data_ptr();
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.residual = residual.defined() ? residual.data_ptr() : nullptr;
+  a.bias_dtype = bias.defined() ? dtype_of(bias) : DType::F32;
+  a.residual_dtype = residual.defined() ? dtype_of(residual) : DType::F32;
+  a.y_dtype = dtype_of(y);
+  a.M = M, a.N = N, a.K = K, a.ldx = K;
+  if (config) a.config = *config;
+  a.gelu = gelu;
+  a.pdl = pdl_from_env();
+  a.norm_w = norm_w.data_ptr();
+  a.norm_b = norm_b.defined() ? norm_b.data_ptr() : nullptr;
+  a.x_dtype = dtype_of(x);
+  a.norm_dtype = dtype_of(norm_w);
+  a.layer_norm = layer_norm;
+  a.norm_eps = static_cast<float>(eps);
+  check_cuda(skinny_gemm(a, at::cuda::getCurrentCUDAStream()), "skinny_norm_linear");
   return y;
 }
 

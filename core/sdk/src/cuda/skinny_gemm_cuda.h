@@ -25,5 +25,20 @@ bool skinny_linear_applies(const at::Tensor& x, const at::Tensor& w, const at::T
 at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
                          bool gelu = false, const SkinnyGemmConfig* config = nullptr, bool pdl = false);
 
+// Whether skinny_norm_linear can compute linear(norm(x)) as one kernel: skinny_linear_applies for
+// (x, w, bias, residual), with x the rows before the norm (fp32 under bf16 autocast, or bf16), the
+// norm's weight [K] (and LayerNorm's bias [K] when defined) fp32 or bf16 on w's device wanting no
+// gradient, and the prologue's shared memory within the launcher's (skinny_norm_gemm_supported).
+bool skinny_norm_linear_applies(const at::Tensor& x, const at::Tensor& norm_w, const at::Tensor& norm_b,
+                                const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual);
+
+// act(norm(x) W^T + bias) + residual (skinny_linear's contract) with norm(x) computed inside the
+// kernel and rounded to bf16: RMSNorm x rstd norm_w (rms_norm.cu's arithmetic), or with layer_norm
+// (x - mean) rstd norm_w + norm_b (undefined: none), over x's last dim in fp32. Checks what
+// skinny_norm_linear_applies does except the gradient and autocast rules (throws Error otherwise).
+at::Tensor skinny_norm_linear(const at::Tensor& x, const at::Tensor& norm_w, const at::Tensor& norm_b, double eps,
+                              bool layer_norm, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
+                              bool gelu = false, const SkinnyGemmConfig* config = nullptr);
+
 }  // namespace cuda
 }  // namespace linearnexus

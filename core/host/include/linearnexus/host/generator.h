@@ -57,6 +57,10 @@ class InferenceModel {
   LMModel& model() { return *replica_; }
   // Logits [R, V] of final hidden states [R, 1, C], through the kept head on CUDA.
   at::Tensor logits(const at::Tensor& hidden);
+  // logits(final norm of x) for the last block's output x [R, 1, C] (LMModel::forward_stream): with
+  // LINEARNEXUS_DECODE_FUSION=1 and <= 8 rows on CUDA, one kernel (the norm in the head's skinny
+  // matmul's prologue, layers.h's norm_linear_fused); else exactly logits(final_norm(x)).
+  at::Tensor logits_of_stream(const at::Tensor& x);
   at::Device device() const;
 
  private:
