@@ -2,16 +2,18 @@
 // matmul with its norm prologue (core/sdk/src/cuda/skinny_gemm.cu) equals the norm then the matmul
 // for M = 1..16 rows, RMSNorm and LayerNorm, fp32 / bf16 inputs and norm weights, the epilogues, every
 // configuration kind (clusters on Hopper) and gpt-small's shapes (ln1 -> qkv, ln2 -> fc, the final
-// norm -> the LM head); the wiring (norm_linear_forward, ResidualMLP::forward_sum, the fallbacks); and
-// gpt-small decoding with the fusion on against off.
+// norm -> the LM head); the greedy head (token and log-prob without the logits) against argmax and
+// log_softmax of the same kernel's logits; the wiring (norm_linear_forward, ResidualMLP::forward_sum,
+// the fallbacks); and gpt-small decoding with the fusion on (greedy: through the greedy head) against off.
 // Tolerances: RMSNorm's prologue is rms_norm.cu's arithmetic, so against rms_norm then skinny_linear
 // (the same matmul on the same bf16 input) the output is equal bit for bit. Against an fp32 reference
 // from the bf16-rounded normalised input: ||y - ref|| / ||ref|| < 4e-3, max |y - ref| < 1e-2 max |ref|
 // (bf16 output rounding plus fp32 sums, as test_skinny_gemm_gpu), and against the plain bf16 ops
 // (at::layer_norm's own fp32 order, cuBLAS) 1e-2 / 2e-2. Decoding: the greedy tokens agree up to the
 // first near-tie, i.e. where the two runs drew different tokens their drawn log-probs differ by < 0.05
-// (both drew a near-maximum token: bf16 noise decided), the log-probs of the agreed prefix within 0.05
-// and at least 8 of 16 tokens agree per row. CTest label `gpu`: skips without CUDA.
+// (both drew a near-maximum token: bf16 noise decided), the log-probs of the agreed prefix within
+// 0.05 and at least 8 of 16 tokens agree per row. The greedy head: the token exactly argmax's, the
+// log-prob within 1e-4 of log_softmax's (fp32 sums in another order). CTest label `gpu`: skips without CUDA.
 #include <cstdio>
 #include <cstdlib>
 
@@ -184,6 +186,42 @@ TEST_CASE("norm prologue: where it applies, and the wiring with LINEARNEXUS_DECO
         CHECK(rel_err(fused_tail - h, plain_tail - h) < 2e-2);
       }
     }
+#endif
+}
+
+TEST_CASE("greedy head: the token and log-prob of the fused kernel equal argmax and log_softmax of its logits",
+          "[gpu]") {
+  if (!at::hasCUDA()) LN_SKIP("no CUDA device in this LibTorch/machine");
+#ifdef LINEARNEXUS_WITH_CUDA
+  torch::manual_seed(23);
+  auto o = at::TensorOptions().device(at::kCUDA);
+  for (bool layer : {false, true})
+    for (int64_t V : {int64_t{50257}, int64_t{1000}, int64_t{37}})
+      for (int64_t M : {1, 3, 8, 16}) {
+        INFO("layer " << layer << " V " << V << " M " << M);
+        const int64_t K = 768, Npad = (V + 63) / 64 * 64;
+        auto x = at::randn({M, K}, o) * 2 + at::randn({M, 1}, o);
+        auto nw = 1 + 0.2 * at::randn({K}, o), nb = layer ? 0.2 * at::randn({K}, o) : at::Tensor();
+        auto w = (at::randn({Npad, K}, o) * 3 / std::sqrt(static_cast<double>(K))).to(at::kBFloat16);
+        w.narrow(0, V, Npad - V).zero_();   // the padded head's zero rows: never candidates
+        if (V > 40) w[17].copy_(w[V - 5]);  // an exact tie between two CTAs' features
+        auto ws = at::zeros({cuda::greedy_workspace_bytes(V)}, o.dtype(at::kByte));
+        // The plain path: the fused norm + head's logits (bf16), then argmax and log_softmax in fp32.
+        auto logits = cuda::skinny_norm_linear(x, nw, nb, 1e-5, layer, w, at::Tensor(), at::Tensor()).narrow(1, 0, V);
+        auto lf = logits.to(at::kFloat);
+        auto want = lf.argmax(-1);
+        auto want_logp =
+            at::log_softmax(lf - std::get<0>(lf.max(-1, true)), -1).gather(1, want.unsqueeze(1)).squeeze(1);
+        for (int call = 0; call < 2; ++call) {  // twice: the workspace is left ready for the next call
+          auto got = cuda::skinny_norm_greedy_head(x, nw, nb, 1e-5, layer, w, V, ws);
+          CHECK(torch::equal(got.first, want));
+          CHECK((got.second - want_logp).abs().max().item<double>() < 1e-4);
+        }
+        if (V > 40) {  // the tie goes to the lower index, as argmax's first occurrence
+          auto x17 = cuda::skinny_norm_greedy_head(x, nw, nb, 1e-5, layer, w, V, ws).first;
+          CHECK((x17 != V - 5).all().item<bool>());
+        }
+      }
 #endif
 }
 

@@ -90,6 +90,16 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
   warp_sync();
   return r;
 }
+inline int __shfl_xor_sync(unsigned, int v, int mask) {
+  const int lane = threadIdx.x % 32, w = warp_slot();
+  float f;
+  std::memcpy(&f, &v, 4);  // through the float buffer, bits unchanged
+  g_shfl_buf[w][lane] = f;
+  warp_sync();
+  std::memcpy(&v, &g_shfl_buf[w][lane ^ mask], 4);
+  warp_sync();
+  return v;
+}
 inline float __shfl_down_sync(unsigned, float v, int off) {
   const int lane = threadIdx.x % 32, w = warp_slot();
   g_shfl_buf[w][lane] = v;

@@ -35,6 +35,8 @@ at::Tensor drawn_logprobs(const at::Tensor& logits, const at::Tensor& next, cons
 
 // Records one draw from logits [N, V] in the slot's history and makes it the next step's input.
 void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingParams& p);
+// The same for a draw already made: tokens `next` [N] with their log-probs [N] (the greedy head's).
+void record_draw(DecodeGenerator::Slot& s, at::Tensor next, const at::Tensor& logp, const SamplingParams& p);
 
 // The static step: one token per row on the slot's fixed buffers (what a CUDA graph captures).
 void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingParams& p);

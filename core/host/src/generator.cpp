@@ -65,6 +65,8 @@ void InferenceModel::build() {
   for (auto& kv : replica_->named_parameters()) bind(kv.key(), kv.value(), source_params[kv.key()]);
   for (auto& kv : replica_->named_buffers()) bind(kv.key(), kv.value(), source_buffers[kv.key()]);
   head_ = device_.is_cuda() ? source_.head(dtype_, /*padded=*/true).detach().clone() : at::Tensor();
+  // Made here, never while a step is captured (the kernel leaves it zeroed for the next call).
+  head_workspace_ = head_.defined() ? greedy_head_workspace(replica_->config().dims.vocab_size, device_) : at::Tensor();
   head_version_ = static_cast<int64_t>(source_.head_weight()._version());
 }
 
@@ -105,6 +107,17 @@ at::Tensor InferenceModel::logits_of_stream(const at::Tensor& x) {
     if (y.defined()) return y.narrow(-1, 0, replica_->config().dims.vocab_size);
   }
   return logits(replica_->final_norm(x));
+}
+
+bool InferenceModel::greedy_of_stream(const at::Tensor& x, at::Tensor* token, at::Tensor* logp) {
+  // x: [R, 1, C] -> token, logp [R]
+  if (!head_.defined() || x.size(0) > 8) return false;
+  compat::AutocastGuard autocast(dtype_ != at::kFloat, dtype_);
+  auto r = norm_greedy_head(replica_->final_norm_module(), x.select(1, 0), head_, replica_->config().dims.vocab_size,
+                            head_workspace_);
+  if (!r.first.defined()) return false;
+  *token = r.first, *logp = r.second;
+  return true;
 }
 
 // One call's host side: its prompts, how far it may decode, and what the host has read so far.
@@ -152,7 +165,11 @@ at::Tensor drawn_logprobs(const at::Tensor& logits, const at::Tensor& next, cons
 
 void draw(DecodeGenerator::Slot& s, const at::Tensor& logits, const SamplingParams& p) {
   auto next = sample_tokens(logits, p, s.seed, s.counter);  // [N]
-  auto logp = drawn_logprobs(logits, next, p);              // [N]
+  record_draw(s, next, drawn_logprobs(logits, next, p), p);
+}
+
+void record_draw(DecodeGenerator::Slot& s, at::Tensor next, const at::Tensor& logp, const SamplingParams& p) {
+  // next, logp: [N]
   // Finished rows decode a padding token (cheaper than compacting the batch); the host's mask of
   // live tokens, built as it reads the tokens, zeroes their log-probs at the end.
   next = next.masked_fill(s.done, 0);
@@ -240,7 +257,11 @@ void static_step(InferenceModel& w, DecodeGenerator::Slot& s, const SamplingPara
   s.state.slot = s.column;
   if (decode_fusion_enabled()) {  // the final norm inside the head's kernel (layers.h)
     auto x = w.model().forward_stream(s.tok, &s.state, Mode::Decode, s.pos);  // [N, 1, C] before the norm
-    draw(s, w.logits_of_stream(x), p);
+    at::Tensor next, logp;
+    if (p.temperature <= 0 && w.greedy_of_stream(x, &next, &logp))  // greedy: no [N, V] logits at all
+      record_draw(s, next, logp, p);
+    else
+      draw(s, w.logits_of_stream(x), p);
   } else {
     auto h = w.model().forward_hidden(s.tok, &s.state, Mode::Decode, s.pos);  // [N, 1, C]
     draw(s, w.logits(h), p);

@@ -68,6 +68,30 @@ at::Tensor norm_linear_fused(const Norm& norm, const at::Tensor& x, const at::Te
   return {};
 }
 
+std::pair<at::Tensor, at::Tensor> norm_greedy_head(const Norm& norm, const at::Tensor& x, const at::Tensor& weight,
+                                                   int64_t V, const at::Tensor& workspace) {
+  // x: [R, C] -> {[R], [R]} or {}
+#ifdef LINEARNEXUS_CORE_CUDA
+  if (workspace.defined() && decode_fusion_enabled() && x.is_cuda() && !at::GradMode::is_enabled() &&
+      cuda::skinny_norm_linear_applies(x, norm.weight, norm.bias, weight, at::Tensor(), at::Tensor()))
+    return cuda::skinny_norm_greedy_head(x, norm.weight, norm.bias, norm.eps, /*layer_norm=*/norm.bias.defined(),
+                                         weight, V, workspace);
+#else
+  (void)norm, (void)x, (void)weight, (void)V, (void)workspace;
+#endif
+  return {};
+}
+
+at::Tensor greedy_head_workspace(int64_t V, const at::Device& device) {
+#ifdef LINEARNEXUS_CORE_CUDA
+  if (device.is_cuda())
+    return at::zeros({cuda::greedy_workspace_bytes(V)}, at::TensorOptions().dtype(at::kByte).device(device));
+#else
+  (void)V, (void)device;
+#endif
+  return {};
+}
+
 std::pair<at::Tensor, at::Tensor> norm_linear_forward(Norm& norm, const at::Tensor& x, const at::Tensor& weight,
                                                       const at::Tensor& bias) {
   // x: [..., C] -> {x, [..., out]}

@@ -68,6 +68,15 @@ std::pair<at::Tensor, at::Tensor> norm_linear_forward(Norm& norm, const at::Tens
 at::Tensor norm_linear_fused(const Norm& norm, const at::Tensor& x, const at::Tensor& weight,
                              const at::Tensor& bias = {}, bool gelu = false);
 
+// The greedy head (issue #30 item 3): {token [R] int64, log-prob [R] fp32} of argmax_v logits for x
+// [R, C] (the last block's output, before the final norm), logits = norm(x) weight[:V]^T in bf16, as
+// one kernel that never writes the [R, V] logits: under LINEARNEXUS_DECODE_FUSION=1 where
+// norm_linear_fused applies; else {} (undefined: the caller runs the logits and its sampler).
+// workspace: greedy_head_workspace(V, device), made outside CUDA-graph capture and kept by the caller.
+std::pair<at::Tensor, at::Tensor> norm_greedy_head(const Norm& norm, const at::Tensor& x, const at::Tensor& weight,
+                                                   int64_t V, const at::Tensor& workspace);
+at::Tensor greedy_head_workspace(int64_t V, const at::Device& device);  // undefined off CUDA
+
 // "swiglu": down(silu(gate(x)) * up(x)) with hidden = 8/3 C rounded to a multiple of 64;
 // "gelu": down(gelu_tanh(up(x))) with hidden = 4 C. hidden > 0 overrides the width; `bias` adds
 // biases to every projection (GPT-2's MLP).

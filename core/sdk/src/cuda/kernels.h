@@ -114,7 +114,15 @@ struct SkinnyGemmArgs {
   DType x_dtype = DType::BF16, norm_dtype = DType::F32;
   bool layer_norm = false;
   float norm_eps = 1e-5f;
+  // The greedy head (token set; needs the norm prologue, no residual, no GELU; no cluster split): y is
+  // not written; token[m] = argmax_n y[m, n] (the first on ties) and logp[m] its log-softmax, from y
+  // rounded to bf16 (the logits the plain path reads). workspace: skinny_greedy_workspace_bytes(N)
+  // bytes, zero before its first launch (each launch leaves it so; one launch at a time).
+  int64_t* token = nullptr;
+  float* logp = nullptr;
+  void* workspace = nullptr;
 };
+size_t skinny_greedy_workspace_bytes(int64_t N);
 cudaError_t skinny_gemm(const SkinnyGemmArgs& a, cudaStream_t stream);
 
 }  // namespace cuda

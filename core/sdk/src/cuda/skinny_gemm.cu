@@ -60,6 +60,13 @@ struct Params {
   bool nx_bf16, nw_bf16;
   bool layer_norm;  // NORM: (x - mean) rstd w + b; else RMSNorm x rstd w
   float eps;
+  // ARGMAX (the greedy head): no y; each CTA's per-row max of its bf16-rounded outputs, the max's first
+  // index and sum exp(v - max) go to part_* [CTAs][16], and the last CTA to finish reduces them.
+  float *part_max, *part_sum;
+  int* part_idx;
+  unsigned* ticket;  // CTAs finished; the last one resets it to 0
+  int64_t* token;    // [M]: argmax_n y[m, n]
+  float* logp;       // [M]: log softmax(y[m])[token]
 };
 
 __device__ __forceinline__ float load_as_float(const void* p, int64_t i, bool bf16) {
@@ -111,6 +118,51 @@ __device__ void normalise_rows(const Params& p, __nv_bfloat16* xs, int64_t ldn, 
   }
 }
 
+// The greedy head's epilogue: vals [M][ld] holds the CTA's outputs (bf16-rounded, -inf past N) for
+// features n0 .. n0 + width - 1. Per row: the CTA's partial (max, first index of it, sum exp(v - max));
+// the last CTA to finish merges all CTAs' (deterministic: lanes stride over CTAs in order, then a
+// butterfly; ties go to the lower index, as argmax's first occurrence) into the token and its log-prob
+// -log sum_n exp(y_n - max). flag: an int of shared memory.
+__device__ void greedy_partials_and_reduce(const Params& p, const float* vals, int ld, int width, int64_t n0, int* flag,
+                                           int lane, int warp, int warps) {
+  const int cta = blockIdx.x, ctas = gridDim.x;
+  if (threadIdx.x < p.M) {
+    const int m = threadIdx.x;
+    float mx = -INFINITY, se = 0.f;
+    int arg = -1;
+    for (int j = 0; j < width; ++j)
+      if (vals[m * ld + j] > mx) mx = vals[m * ld + j], arg = static_cast<int>(n0 + j);
+    for (int j = 0; j < width; ++j) se += expf(vals[m * ld + j] - mx);  // exp(-inf) = 0 past N
+    p.part_max[cta * 16 + m] = mx, p.part_sum[cta * 16 + m] = se, p.part_idx[cta * 16 + m] = arg;
+    publish_to_grid();  // visible to the last CTA before this CTA's ticket
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) *flag = take_ticket(p.ticket) == static_cast<unsigned>(ctas - 1);
+  __syncthreads();
+  if (!*flag) return;
+  for (int m = warp; m < p.M; m += warps) {
+    float mx = -INFINITY;
+    int arg = 0x7fffffff;
+    for (int c = lane; c < ctas; c += 32) {
+      const float v = load_from_grid(p.part_max + c * 16 + m);
+      const int i = load_from_grid(p.part_idx + c * 16 + m);
+      if (v > mx || (v == mx && i < arg)) mx = v, arg = i;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float v = __shfl_xor_sync(0xffffffffu, mx, off);
+      const int i = __shfl_xor_sync(0xffffffffu, arg, off);
+      if (v > mx || (v == mx && i < arg)) mx = v, arg = i;
+    }
+    float se = 0.f;
+    for (int c = lane; c < ctas; c += 32)
+      se += load_from_grid(p.part_sum + c * 16 + m) * expf(load_from_grid(p.part_max + c * 16 + m) - mx);
+    se = warp_sum(se);
+    if (lane == 0) p.token[m] = arg, p.logp[m] = -logf(se);
+  }
+  if (threadIdx.x == 0) *p.ticket = 0;  // the next launch (a replayed graph) counts from 0
+}
+
 // The norm prologue's row stride (bf16 elements) for a CTA's k span (a multiple of 32): rows g and
 // g + 1 then start 64 bytes apart mod 128, so an 8-lane phase of uint4 loads hits 32 distinct banks.
 __host__ __device__ inline int64_t norm_row_stride(int64_t span) { return span % 64 == 0 ? span + 32 : span; }
@@ -123,8 +175,9 @@ __host__ __device__ inline size_t skinny_smem_bytes(int T, int MP, int warps, in
 }
 
 // T: tiles of 16 features per warp (a CTA's tiles; every warp of the CTA covers all T over its k
-// range); MP: x rows padded to 8 or 16 (one or two mma columns blocks); NORM: the norm prologue.
-template <int T, int MP, bool NORM>
+// range); MP: x rows padded to 8 or 16 (one or two mma columns blocks); NORM: the norm prologue;
+// ARGMAX: the greedy head's epilogue (no cluster split).
+template <int T, int MP, bool NORM, bool ARGMAX = false>
 __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Params p) {
   constexpr int G = 4 / T;            // k blocks loaded before the mmas: 8 uint4 of W a lane in flight
   constexpr int LD = kTileN * T + 4;  // row stride of a partial [MP][16 T] tile: fragment stores hit 32 banks
@@ -217,10 +270,20 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_gemm_kernel(const Param
     const int m = i / (kTileN * T), nl = i % (kTileN * T);
     float s = 0.f;
     for (int w = 0; w < warps; ++w) s += smem[w * MP * LD + m * LD + nl];
-    if (S > 1)
+    if (ARGMAX) {  // y rounded to bf16 as the logits the plain path reads
+      const bool in = m < p.M && n0 + nl < p.N;
+      cta_sum[m * LD + nl] =
+          in ? __bfloat162float(__float2bfloat16(p.bias ? s + load_as_float(p.bias, n0 + nl, p.bias_bf16) : s))
+             : -INFINITY;
+    } else if (S > 1)
       cta_sum[m * LD + nl] = s;
     else if (m < p.M && n0 + nl < p.N)
       epilogue(p, m, n0 + nl, s);
+  }
+  if (ARGMAX) {
+    __syncthreads();
+    greedy_partials_and_reduce(p, cta_sum, LD, kTileN * T, n0, reinterpret_cast<int*>(smem), lane, warp, warps);
+    return;
   }
   if (S == 1) return;
   // The cluster's CTAs each finish a share of the tile from all S partial sums (ranks in order).
@@ -270,8 +333,18 @@ bool config_valid(const SkinnyGemmConfig& c, int64_t M, int64_t K, bool norm, in
   return skinny_smem_bytes(c.tiles, M > 8 ? 16 : 8, c.warps, c.kpw, norm) <= kMaxSmem;
 }
 
+int64_t grid_ctas(int64_t N, const SkinnyGemmConfig& c) { return ceil_div(ceil_div(N, kTileN), c.tiles) * c.splits; }
+
 Params make_params(const SkinnyGemmArgs& a, const SkinnyGemmConfig& c) {
   Params p;
+  // The greedy head's workspace: part_max, part_sum [CTAs][16] fp32, part_idx [CTAs][16], the ticket.
+  const int64_t parts = grid_ctas(a.N, c) * 16;
+  p.part_max = static_cast<float*>(a.workspace);
+  p.part_sum = p.part_max ? p.part_max + parts : nullptr;
+  p.part_idx = p.part_max ? reinterpret_cast<int*>(p.part_sum + parts) : nullptr;
+  p.ticket = p.part_max ? reinterpret_cast<unsigned*>(p.part_idx + parts) : nullptr;
+  p.token = a.token;
+  p.logp = a.logp;
   p.x = static_cast<const __nv_bfloat16*>(a.x);
   p.nx = a.x;
   p.nw = a.norm_w;
@@ -294,6 +367,13 @@ Params make_params(const SkinnyGemmArgs& a, const SkinnyGemmConfig& c) {
   return p;
 }
 
+}  // namespace
+
+// part_max, part_sum and part_idx of at most one CTA a 16-feature tile, and the ticket.
+size_t skinny_greedy_workspace_bytes(int64_t N) { return static_cast<size_t>(ceil_div(N, kTileN)) * 16 * 12 + 16; }
+
+namespace {
+
 // ---- launchers
 
 struct DeviceInfo {
@@ -313,7 +393,7 @@ DeviceInfo device_info() {
   return d;
 }
 
-template <int T, int MP, bool NORM>
+template <int T, int MP, bool NORM, bool ARGMAX>
 cudaError_t launch(const Params& p, int ctas, int warps, bool pdl, cudaStream_t stream) {
   const size_t smem = skinny_smem_bytes(T, MP, warps, p.kpw, NORM);
   cudaLaunchConfig_t cfg = {};
@@ -337,25 +417,25 @@ cudaError_t launch(const Params& p, int ctas, int warps, bool pdl, cudaStream_t 
   cfg.attrs = attrs;
   cfg.numAttrs = static_cast<unsigned>(n);
   if (n == 0) {
-    skinny_gemm_kernel<T, MP, NORM><<<cfg.gridDim, cfg.blockDim, smem, stream>>>(p);
+    skinny_gemm_kernel<T, MP, NORM, ARGMAX><<<cfg.gridDim, cfg.blockDim, smem, stream>>>(p);
     return cudaGetLastError();
   }
-  return cudaLaunchKernelEx(&cfg, skinny_gemm_kernel<T, MP, NORM>, p);
+  return cudaLaunchKernelEx(&cfg, skinny_gemm_kernel<T, MP, NORM, ARGMAX>, p);
 }
 
-template <bool NORM>
+template <bool NORM, bool ARGMAX = false>
 cudaError_t launch_tiles(const Params& p, const SkinnyGemmConfig& c, int ctas, bool pdl, cudaStream_t stream) {
   const bool wide = p.M > 8;
   switch (c.tiles) {
     case 1:
-      return wide ? launch<1, 16, NORM>(p, ctas, c.warps, pdl, stream)
-                  : launch<1, 8, NORM>(p, ctas, c.warps, pdl, stream);
+      return wide ? launch<1, 16, NORM, ARGMAX>(p, ctas, c.warps, pdl, stream)
+                  : launch<1, 8, NORM, ARGMAX>(p, ctas, c.warps, pdl, stream);
     case 2:
-      return wide ? launch<2, 16, NORM>(p, ctas, c.warps, pdl, stream)
-                  : launch<2, 8, NORM>(p, ctas, c.warps, pdl, stream);
+      return wide ? launch<2, 16, NORM, ARGMAX>(p, ctas, c.warps, pdl, stream)
+                  : launch<2, 8, NORM, ARGMAX>(p, ctas, c.warps, pdl, stream);
     default:
-      return wide ? launch<4, 16, NORM>(p, ctas, c.warps, pdl, stream)
-                  : launch<4, 8, NORM>(p, ctas, c.warps, pdl, stream);
+      return wide ? launch<4, 16, NORM, ARGMAX>(p, ctas, c.warps, pdl, stream)
+                  : launch<4, 8, NORM, ARGMAX>(p, ctas, c.warps, pdl, stream);
   }
 }
 
@@ -380,15 +460,18 @@ bool skinny_norm_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldx, co
 
 cudaError_t skinny_gemm(const SkinnyGemmArgs& a, cudaStream_t stream) {
   if (a.N == 0) return cudaSuccess;
-  const bool norm = a.norm_w != nullptr;
+  const bool norm = a.norm_w != nullptr, greedy = a.token != nullptr;
   if (a.N < 0 || (norm ? !skinny_norm_gemm_supported(a.M, a.N, a.K, a.ldx, a.w)
                        : !skinny_gemm_supported(a.M, a.K, a.ldx, a.x, a.w) || a.x_dtype != DType::BF16))
     return cudaErrorInvalidValue;
+  if (greedy && (!norm || !a.logp || !a.workspace || a.residual || a.gelu)) return cudaErrorInvalidValue;
   SkinnyGemmConfig c = skinny_gemm_config(a.M, a.N, a.K);
   if (a.config.tiles > 0) c = a.config;  // an explicit configuration (benchmarks' sweeps)
+  if (greedy && c.splits > 1) c.splits = 1, c.kpw = ceil_div(ceil_div(a.K, kBlockK), c.warps);  // no clusters
   if (!config_valid(c, a.M, a.K, norm, device_info().major)) return cudaErrorInvalidValue;
   const Params p = make_params(a, c);
-  const int ctas = static_cast<int>(ceil_div(ceil_div(a.N, kTileN), c.tiles)) * c.splits;
+  const int ctas = static_cast<int>(grid_ctas(a.N, c));
+  if (greedy) return launch_tiles<true, true>(p, c, ctas, a.pdl, stream);
   return norm ? launch_tiles<true>(p, c, ctas, a.pdl, stream) : launch_tiles<false>(p, c, ctas, a.pdl, stream);
 }
 

@@ -151,5 +151,39 @@ at::Tensor skinny_norm_linear(const at::Tensor& x_in, const at::Tensor& norm_w_i
   return y;
 }
 
+int64_t greedy_workspace_bytes(int64_t V) { return static_cast<int64_t>(skinny_greedy_workspace_bytes(V)); }
+
+std::pair<at::Tensor, at::Tensor> skinny_norm_greedy_head(const at::Tensor& x_in, const at::Tensor& norm_w_in,
+                                                          const at::Tensor& norm_b_in, double eps, bool layer_norm,
+                                                          const at::Tensor& w, int64_t V, const at::Tensor& workspace) {
+  if (!x_in.is_cuda() || !operands_fit(x_in, w, at::Tensor(), at::Tensor()) || !norm_fits(norm_w_in, norm_b_in, w) ||
+      V < 1 || V > w.size(0) || !workspace.defined() || workspace.device() != w.device() ||
+      workspace.nbytes() < static_cast<size_t>(greedy_workspace_bytes(V)) || !aligned16(workspace.data_ptr()))
+    throw Error(
+        "skinny_norm_greedy_head: needs CUDA tensors, w [>= V, K] bf16 contiguous with K % 8 == 0, x [..., K] of "
+        "1..16 rows, the norm's weight (and bias) [K], a workspace of greedy_workspace_bytes(V)");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const int64_t K = w.size(1), M = x_in.numel() / K;
+  const at::Tensor x = x_in.reshape({M, K}).contiguous();
+  const at::Tensor norm_w = norm_w_in.contiguous();
+  const at::Tensor norm_b = norm_b_in.defined() ? norm_b_in.to(norm_w.scalar_type()).contiguous() : norm_b_in;
+  at::Tensor token = at::empty({M}, w.options().dtype(at::kLong)), logp = at::empty({M}, w.options().dtype(at::kFloat));
+  SkinnyGemmArgs a;
+  a.x = x.data_ptr(), a.w = w.data_ptr();
+  a.M = M, a.N = V, a.K = K, a.ldx = K;
+  a.pdl = pdl_from_env();
+  a.norm_w = norm_w.data_ptr();
+  a.norm_b = norm_b.defined() ? norm_b.data_ptr() : nullptr;
+  a.x_dtype = dtype_of(x);
+  a.norm_dtype = dtype_of(norm_w);
+  a.layer_norm = layer_norm;
+  a.norm_eps = static_cast<float>(eps);
+  a.token = token.data_ptr<int64_t>();
+  a.logp = logp.data_ptr<float>();
+  a.workspace = workspace.data_ptr();
+  check_cuda(skinny_gemm(a, at::cuda::getCurrentCUDAStream()), "skinny_norm_greedy_head");
+  return {token, logp};
+}
+
 }  // namespace cuda
 }  // namespace linearnexus

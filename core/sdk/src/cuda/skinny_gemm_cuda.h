@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 #include "kernels.h"
 
 namespace linearnexus {
@@ -39,6 +41,17 @@ bool skinny_norm_linear_applies(const at::Tensor& x, const at::Tensor& norm_w, c
 at::Tensor skinny_norm_linear(const at::Tensor& x, const at::Tensor& norm_w, const at::Tensor& norm_b, double eps,
                               bool layer_norm, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
                               bool gelu = false, const SkinnyGemmConfig* config = nullptr);
+
+// The greedy head without the logits: for x [M, K] (1..16 rows before the final norm) the token
+// argmax_n y[m, n] (the first on ties) and its log-softmax, y = bf16(norm(x) W[:V]^T) (W [>= V, K]:
+// rows past V, the padding, are not read), as {token [M] int64, logp [M] fp32}: one kernel, the norm
+// in its prologue and per-CTA (max, argmax, sum exp) partials that its last CTA reduces. workspace:
+// bytes on x's device, at least greedy_workspace_bytes(V), zero before its first use (each call
+// leaves it so). Checks what skinny_norm_linear does (throws Error otherwise).
+int64_t greedy_workspace_bytes(int64_t V);
+std::pair<at::Tensor, at::Tensor> skinny_norm_greedy_head(const at::Tensor& x, const at::Tensor& norm_w,
+                                                          const at::Tensor& norm_b, double eps, bool layer_norm,
+                                                          const at::Tensor& w, int64_t V, const at::Tensor& workspace);
 
 }  // namespace cuda
 }  // namespace linearnexus

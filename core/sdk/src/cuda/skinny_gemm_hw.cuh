@@ -49,6 +49,13 @@ __device__ __forceinline__ void wait_for_predecessor() {
 #endif
 }
 
+// The greedy head's grid-wide handshake: a CTA's partials made visible to the whole grid before it
+// takes its ticket (the CTA that takes the last one reduces them), read past L1.
+__device__ __forceinline__ void publish_to_grid() { __threadfence(); }
+__device__ __forceinline__ unsigned take_ticket(unsigned* counter) { return atomicAdd(counter, 1u); }
+__device__ __forceinline__ float load_from_grid(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ int load_from_grid(const int* p) { return __ldcg(p); }
+
 // A cluster's barrier, and CTA `rank`'s copy of this CTA's shared-memory address p (sm_90: the
 // launchers use clusters only there; elsewhere unreachable).
 __device__ __forceinline__ void cluster_sync() {

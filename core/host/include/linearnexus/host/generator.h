@@ -61,6 +61,9 @@ class InferenceModel {
   // LINEARNEXUS_DECODE_FUSION=1 and <= 8 rows on CUDA, one kernel (the norm in the head's skinny
   // matmul's prologue, layers.h's norm_linear_fused); else exactly logits(final_norm(x)).
   at::Tensor logits_of_stream(const at::Tensor& x);
+  // Greedy decoding's draw from x [R, 1, C] as logits_of_stream's argmax and its log-prob, in one kernel
+  // without the logits (layers.h's norm_greedy_head): false where that does not apply.
+  bool greedy_of_stream(const at::Tensor& x, at::Tensor* token, at::Tensor* logp);
   at::Device device() const;
 
  private:
@@ -72,7 +75,8 @@ class InferenceModel {
   std::shared_ptr<LMModel> replica_;
   std::vector<std::pair<at::Tensor, at::Tensor>> aliases_;  // (source tensor, replica tensor)
   std::vector<Copy> copies_;
-  at::Tensor head_;  // [V rounded up to 64, C] in the compute dtype; undefined on the CPU
+  at::Tensor head_;            // [V rounded up to 64, C] in the compute dtype; undefined on the CPU
+  at::Tensor head_workspace_;  // the greedy head's (norm_greedy_head), made with head_
   int64_t head_version_ = -1;
   at::Device device_ = at::kCPU;
   at::ScalarType dtype_ = at::kFloat;

@@ -46,7 +46,7 @@ using bf16 = __nv_bfloat16;
 namespace {
 
 // The grid, one cluster (S CTAs, all their threads at once) after the other.
-template <int T, int MP, bool NORM>
+template <int T, int MP, bool NORM, bool ARGMAX = false>
 void run_kernel(const Params& p, const SkinnyGemmConfig& c) {
   const int S = c.splits, threads = c.warps * 32;
   const int64_t ctas = ceil_div(ceil_div(p.N, kTileN), c.tiles) * S;
@@ -74,7 +74,7 @@ void run_kernel(const Params& p, const SkinnyGemmConfig& c) {
         g_smem = smem[r];
         g_warp_base = r * c.warps;
         g_cta_bar = &cta_bar[r];
-        skinny_gemm_kernel<T, MP, NORM>(p);
+        skinny_gemm_kernel<T, MP, NORM, ARGMAX>(p);
       });
     for (auto& t : th) t.join();
     for (int r = 0; r < S; ++r) pthread_barrier_destroy(&cta_bar[r]);
@@ -84,12 +84,12 @@ void run_kernel(const Params& p, const SkinnyGemmConfig& c) {
   for (auto& s : smem) ::operator delete(s, std::align_val_t(16));
 }
 
-template <bool NORM>
+template <bool NORM, bool ARGMAX = false>
 void dispatch(const Params& p, const SkinnyGemmConfig& c) {
   const bool wide = p.M > 8;
-  if (c.tiles == 1) return wide ? run_kernel<1, 16, NORM>(p, c) : run_kernel<1, 8, NORM>(p, c);
-  if (c.tiles == 2) return wide ? run_kernel<2, 16, NORM>(p, c) : run_kernel<2, 8, NORM>(p, c);
-  return wide ? run_kernel<4, 16, NORM>(p, c) : run_kernel<4, 8, NORM>(p, c);
+  if (c.tiles == 1) return wide ? run_kernel<1, 16, NORM, ARGMAX>(p, c) : run_kernel<1, 8, NORM, ARGMAX>(p, c);
+  if (c.tiles == 2) return wide ? run_kernel<2, 16, NORM, ARGMAX>(p, c) : run_kernel<2, 8, NORM, ARGMAX>(p, c);
+  return wide ? run_kernel<4, 16, NORM, ARGMAX>(p, c) : run_kernel<4, 8, NORM, ARGMAX>(p, c);
 }
 
 enum class Norm { None, RMS, Layer };
@@ -106,6 +106,7 @@ struct Case {
   int64_t ldx_pad = 0;           // x rows K + ldx_pad apart (NaN between)
   SkinnyGemmConfig config = {};  // tiles 0: config_for(sms, 9, N, K)
   int sms = 132;
+  int tie = -1;  // greedy head cases: copy the winning row of W to row tie (a lower index): an exact tie
 };
 
 double stored(Dt d, double v) {
@@ -231,10 +232,77 @@ double run_case(const Case& k, unsigned seed) {
 
 }  // namespace
 
+// The greedy head (ARGMAX) against the same kernel writing y (checked above against float64): the
+// token must be the first index of the maximum of that y (bf16, as the plain path's logits) and the
+// log-prob log_softmax(y)[token] (double) within 1e-5. With `tie`, W's winning row is copied to a
+// lower row first, so the maximum is reached twice and the lower index must win.
+bool run_head_case(Case k, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd;
+  const int64_t M = k.M, K = k.K, N = k.N;
+  std::vector<double> xv(M * K), wv(N * K), nwv(K), nbv(K);
+  for (int64_t m = 0; m < M; ++m) {
+    const double shift = 2.0 * nd(rng), scale = std::exp(nd(rng));
+    for (int64_t i = 0; i < K; ++i) xv[m * K + i] = shift + scale * nd(rng);
+  }
+  for (auto& v : wv) v = 3 * nd(rng) / std::sqrt(static_cast<double>(K));  // peaked logits, as a trained head
+  for (auto& v : nwv) v = 1.0 + 0.2 * nd(rng);
+  for (auto& v : nbv) v = 0.2 * nd(rng);
+  const SkinnyGemmConfig c = config_for(k.sms, 9, N, K);
+  bool ok = true;
+  for (int pass = 0; pass < (k.tie >= 0 ? 2 : 1); ++pass) {
+    Buf x(k.x, xv), w(Dt::BF16, wv), nw(k.norm_w, nwv), nb(k.norm_w, nbv);
+    Buf y(Dt::BF16, std::vector<double>(M * N, std::nan("")));
+    SkinnyGemmArgs a;
+    a.x = x.data(), a.w = w.data(), a.y = y.data();
+    a.M = M, a.N = N, a.K = K, a.ldx = K;
+    a.norm_w = nw.data();
+    a.norm_b = k.norm == Norm::Layer ? nb.data() : nullptr;
+    a.x_dtype = k.x == Dt::BF16 ? DType::BF16 : DType::F32;
+    a.norm_dtype = k.norm_w == Dt::BF16 ? DType::BF16 : DType::F32;
+    a.layer_norm = k.norm == Norm::Layer;
+    dispatch<true>(make_params(a, c), c);  // y: the plain path's logits
+    std::vector<unsigned char> ws(skinny_greedy_workspace_bytes(N) + 16, 0);
+    std::vector<int64_t> token(M, -7);
+    std::vector<float> logp(M, std::nanf(""));
+    a.token = token.data(), a.logp = logp.data();
+    a.workspace = ws.data() + (16 - reinterpret_cast<uintptr_t>(ws.data()) % 16) % 16;
+    for (int launch = 0; launch < 2; ++launch) {  // twice: the ticket must be back at 0
+      std::fill(token.begin(), token.end(), -7);
+      dispatch<true, true>(make_params(a, c), c);
+      for (int64_t m = 0; m < M; ++m) {
+        const bf16* yr = reinterpret_cast<const bf16*>(y.data()) + m * N;
+        int64_t best = 0;
+        double mx = -1e300, se = 0;
+        for (int64_t n = 0; n < N; ++n)
+          if (__bfloat162float(yr[n]) > mx) mx = __bfloat162float(yr[n]), best = n;
+        for (int64_t n = 0; n < N; ++n) se += std::exp(__bfloat162float(yr[n]) - mx);
+        const double ref_logp = -std::log(se), err = std::abs(logp[m] - ref_logp);
+        const bool good = token[m] == best && err <= 1e-5;
+        ok = ok && good;
+        if (m == 0 || !good)
+          std::printf(
+              "%-44s M %2ld K %4ld N %5ld cfg %d/%d/%d/%-2ld  row %2ld token %6ld (y's argmax %6ld) logp %.6f "
+              "err %.1e%s  %s\n",
+              k.name, (long)M, (long)K, (long)N, c.tiles, c.warps, c.splits, (long)c.kpw, (long)m, (long)token[m],
+              (long)best, logp[m], err, pass ? " (tie)" : "", good ? "ok" : "FAIL");
+        if (pass == 1 && m == 0 && best != k.tie) std::printf("  tie case: y's argmax is not the copied row\n");
+      }
+    }
+    if (k.tie >= 0 && pass == 0) {  // copy row 0's winner to row `tie`, so that row 0 has an exact tie
+      const int64_t win = token[0];
+      if (win <= k.tie) break;
+      std::copy(wv.begin() + win * K, wv.begin() + (win + 1) * K, wv.begin() + k.tie * K);
+    }
+  }
+  return ok;
+}
+
 int main(int argc, char** argv) {
-  // quick: fewer explicit configurations, no LM head; norm: the prologue's cases alone (quick).
+  // quick: fewer explicit configurations, no LM head; norm: the prologue's cases alone (quick); head:
+  // the greedy head's cases alone (quick).
   const std::string mode = argc > 1 ? argv[1] : "";
-  const bool quick = mode == "quick" || mode == "norm";
+  const bool quick = mode == "quick" || mode == "norm" || mode == "head";
   std::vector<Case> cases;
   // The matmul alone (the existing kernel): odd shapes, the epilogues, explicit configurations of
   // every kind (tiles 1 / 2 / 4, warps 1 / 3 / 8, clusters of 2, 3 and 8 CTAs), gpt-small's shapes.
@@ -344,8 +412,59 @@ int main(int argc, char** argv) {
                        {2, warps, splits, kpw}});
     }
   if (!quick) cases.push_back({"rms -> gpt-small LM head 768 -> 50257", 1, 768, 50257, Norm::RMS, Dt::F32});
+  std::vector<Case> heads;  // the greedy head (final norm -> LM head -> argmax and log-prob)
+  heads.push_back({"greedy head, rms, 8 SMs (many tiles)",
+                   1,
+                   768,
+                   1000,
+                   Norm::RMS,
+                   Dt::F32,
+                   Dt::F32,
+                   true,
+                   Dt::None,
+                   Dt::None,
+                   false,
+                   0,
+                   {},
+                   8});
+  heads.push_back({"greedy head, layer, 8 SMs, 3 rows",
+                   3,
+                   768,
+                   1000,
+                   Norm::Layer,
+                   Dt::F32,
+                   Dt::F32,
+                   true,
+                   Dt::None,
+                   Dt::None,
+                   false,
+                   0,
+                   {},
+                   8});
+  heads.push_back({"greedy head, rms bf16, 16 rows, N % 16 == 1", 16, 256, 529, Norm::RMS, Dt::BF16, Dt::BF16});
+  heads.push_back({"greedy head, exact tie across CTAs",
+                   2,
+                   256,
+                   700,
+                   Norm::RMS,
+                   Dt::F32,
+                   Dt::F32,
+                   true,
+                   Dt::None,
+                   Dt::None,
+                   false,
+                   0,
+                   {},
+                   8,
+                   3});
+  if (!quick) heads.push_back({"greedy head, gpt-small LM head 768 -> 50257", 1, 768, 50257, Norm::RMS, Dt::F32});
   int fails = 0;
   unsigned seed = 1;
+  if (mode == "head") {
+    for (const auto& h : heads) fails += !run_head_case(h, seed++);
+    std::printf("%d of %zu head cases failed\n", fails, heads.size());
+    return fails ? 1 : 0;
+  }
   size_t ran = 0;
   for (const auto& c : cases) {
     ++seed;
@@ -353,6 +472,9 @@ int main(int argc, char** argv) {
     fails += run_case(c, seed) > 1;
     ++ran;
   }
-  std::printf("%d of %zu cases failed\n", fails, ran);
+  int head_fails = 0;
+  for (const auto& h : heads) head_fails += !run_head_case(h, seed++);
+  std::printf("%d of %zu cases failed, %d of %zu greedy head cases\n", fails, ran, head_fails, heads.size());
+  fails += head_fails;
   return fails ? 1 : 0;
 }

@@ -7,7 +7,7 @@
 # shared-memory size) runs as it is; only the CUDA launch is the emulator's. Checks indexing, masking,
 # the K split over warps and a cluster's CTAs, the epilogues and the prologue's arithmetic; not speed,
 # nor what the emulator cannot see (rsqrtf's and tanhf's approximations, register limits, timing).
-# Usage: bash core/sdk/src/cuda/emu/run.sh [quick | norm]   (g++ with C++17 and pthreads; ~1-3 min on 2 cores)
+# Usage: bash core/sdk/src/cuda/emu/run.sh [quick | norm | head]   (g++ with C++17 and pthreads; ~1-3 min on 2 cores)
 # EMU_FLAGS="-fsanitize=address,undefined" finds out-of-bounds accesses; -fsanitize=thread races.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -36,6 +36,16 @@ inline void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a
 inline void let_dependents_launch() {}
 inline void wait_for_predecessor() {}
 
+// The emulator runs the grid's CTAs one after another: the ticket is a plain count (under the shim's
+// lock), the fence nothing.
+inline void publish_to_grid() {}
+inline unsigned take_ticket(unsigned* counter) {
+  std::lock_guard<std::mutex> l(g_atomic_mu);
+  return (*counter)++;
+}
+inline float load_from_grid(const float* p) { return *p; }
+inline int load_from_grid(const int* p) { return *p; }
+
 inline void cluster_sync() { pthread_barrier_wait(&g_cluster_bar); }
 inline float* cluster_peer(float* p, int rank) {
   const ptrdiff_t off = reinterpret_cast<unsigned char*>(p) - g_smem;
