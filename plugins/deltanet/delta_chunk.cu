@@ -71,7 +71,8 @@ inline size_t prep_smem_bytes(int64_t D) {
   return (3 * kChunk * (D + 8) + kChunk * kLT) * 2 + (2 * kChunk * kLA + 16 * kChunk + 2 * kChunk) * 4;
 }
 
-// Grid (chunks, H, B), kThreads threads. Writes saved.gc, ainv, w, u of the chunk.
+// Grid (chunks, H, B), kThreads threads. k, v [B, T, H, D] (rows k_row, v_row apart), beta, g [B, T, H]
+// -> saved.gc [B, H, T], ainv [B, H, T, 64], w, u [B, H, T, D] (bf16) of the chunk.
 template <typename In, int D>
 __global__ void __launch_bounds__(kThreads) delta_prep_kernel(const DeltaArgs a, const DeltaSaved s, bool vec) {
   constexpr int LK = D + 8;
@@ -192,6 +193,8 @@ inline size_t state_smem_bytes(int64_t D) {
 
 // Grid (D / kVTile, H, B), kThreads threads: warp w owns the rows (w + 4 mt) * 16 .. +15 of S (mt < D
 // / 64) and its kVTile columns v0 .. as m16n8 accumulators, and the chunk's tokens 16 w .. +15 of v'.
+// k [B, T, H, D]; w, u [B, H, T, D]; s0 [B, H, D, D] -> saved.h [B, H, chunks, D, D], vn [B, H, T, D] (bf16)
+// and last [B, H, D, D] fp32.
 template <typename In, int D>
 __global__ void __launch_bounds__(kThreads)
     delta_state_kernel(const DeltaArgs a, const DeltaSaved s, bool vec, float* last) {

@@ -38,6 +38,7 @@ namespace {
 inline size_t dvlocal_smem_bytes(int64_t D) { return 3 * kChunk * (D + 8) * 2 + kChunk * 4; }
 
 // Grid (chunks, H, B). dvl_j = sum_{i >= j} (k_j . q_i) D_ij dO_i; warp w owns the rows j = 16 w ...
+// q, k [B, T, H, D] (rows q_row, k_row apart), dO [B, T, H, D] -> g.dvl [B, H, T, D] bf16.
 template <typename In, int D>
 __global__ void __launch_bounds__(kThreads)
     delta_dvlocal_kernel(const DeltaArgs a, const DeltaSaved s, const DeltaGrads g, bool vec) {
@@ -86,6 +87,8 @@ inline size_t dstate_smem_bytes(int64_t D) {
 }
 
 // Grid (D / kVTile, H, B): the forward's state pass run backwards for dS (rows of S as there).
+// q, k, dO [B, T, H, D]; w, dvl [B, H, T, D] bf16; dstate [B, H, D, D] -> g.dh [B, H, chunks, D, D] and
+// g.dvn [B, H, T, D] (bf16), g.ds0 [B, H, D, D] fp32.
 template <typename In, int D>
 __global__ void __launch_bounds__(kThreads)
     delta_dstate_kernel(const DeltaArgs a, const DeltaSaved s, const DeltaGrads g, bool vec) {

@@ -16,7 +16,8 @@ inline size_t grad_smem_bytes(int64_t D) {
 
 // dq, dk = (dO v'^T ⊙ D, lower)^T q + exp(G_L - G) v' dSn^T, dw = -dv' S^T and dg's terms from o and
 // the state's carry. Warp w owns the chunk's tokens 16 w .. +15 (as i in dq, as j in dk). Writes dq,
-// dk and dg (delta_wy_kernel adds into the last two) and the workspace dw.
+// dk and dg (delta_wy_kernel adds into the last two) and the workspace dw. q, k, dO [B, T, H, D]; v', dv'
+// [B, H, T, D] and S, dSn [B, H, chunks, D, D] bf16 -> dq, dk [B, T, H, D] fp32, dg [B, T, H], dw [B, H, T, D].
 template <typename In, int D>
 __global__ void __launch_bounds__(kThreads)
     delta_grad_kernel(const DeltaArgs a, const DeltaSaved s, const DeltaGrads g, bool vec) {
@@ -135,6 +136,8 @@ inline size_t wy_smem_bytes(int64_t D) {
 
 // Through the UT transform: dX = T^T dv', dY = T^T dw, dA; writes dv and dbeta, adds dk's and dg's
 // last parts into delta_grad_kernel's. Warp w owns the tokens 16 w .. +15 (as j in dX, dY; as i in dA).
+// T [B, H, T, 64], dv', dw, u, w [B, H, T, D] bf16; k, v [B, T, H, D]; beta [B, T, H] -> dv [B, T, H, D],
+// dbeta [B, T, H] fp32; dk, dg added into.
 template <typename In, int D>
 __global__ void __launch_bounds__(kThreads)
     delta_wy_kernel(const DeltaArgs a, const DeltaSaved s, const DeltaGrads g, bool vec) {
