@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) delta_prep_kernel(const DeltaArgs a,
   const In* kp = static_cast<const In*>(a.k) + bt0 * a.k_row + h * D;
   const In* vp = static_cast<const In*>(a.v) + bt0 * a.v_row + h * D;
 
-  load_tile<In>(Ks, LK, kp, a.k_row, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Ks, LK, kp, a.k_row, valid, kChunk, D, vec);
   cp_async_commit();
   if (warp == 0) chunk_gates(a, bt0, h, valid, Gs, Bs);
   __syncthreads();
@@ -215,10 +215,11 @@ __global__ void __launch_bounds__(kThreads)
   // Chunk c's k, w and u into buffer c % 2 (cp.async), and its log-decay for thread t < kChunk.
   auto prefetch = [&](int64_t c, float& gate) {
     const int buf = static_cast<int>(c & 1), n = rows_in(c);
-    load_tile<In>(Ks + buf * kChunk * LK, LK, kp + c * kChunk * a.k_row, a.k_row, n, kChunk, D, vec);
-    load_tile<bf16>(Ws + buf * kChunk * LK, LK, wp + c * kChunk * D, D, n, kChunk, D, true);
-    load_tile<bf16>(Us + buf * kChunk * LV, LV, static_cast<const bf16*>(s.u) + (bh * T + c * kChunk) * D + v0, D, n,
-                    kChunk, kVTile, true);
+    load_tile<kThreads, In>(Ks + buf * kChunk * LK, LK, kp + c * kChunk * a.k_row, a.k_row, n, kChunk, D, vec);
+    load_tile<kThreads, bf16>(Ws + buf * kChunk * LK, LK, wp + c * kChunk * D, D, n, kChunk, D, true);
+    load_tile<kThreads, bf16>(Us + buf * kChunk * LV, LV,
+                              static_cast<const bf16*>(s.u) + (bh * T + c * kChunk) * D + v0, D, n, kChunk, kVTile,
+                              true);
     if (threadIdx.x < kChunk) gate = s.gc[bh * T + c * kChunk + (threadIdx.x < n ? threadIdx.x : n - 1)];
   };
 
@@ -329,10 +330,10 @@ __global__ void __launch_bounds__(kThreads)
                 bt0 = b * T + t0;
   const int64_t bh = b * a.H + h;
   const int valid = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
-  load_tile<In>(Qs, LK, static_cast<const In*>(a.q) + bt0 * a.q_row + h * D, a.q_row, valid, kChunk, D, vec);
-  load_tile<In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
-  load_tile<bf16>(Vn, LK, static_cast<const bf16*>(s.vn) + (bh * T + t0) * D, D, valid, kChunk, D, true);
-  load_tile<bf16>(Ss, LK, static_cast<const bf16*>(s.h) + (bh * NC + c) * D * D, D, D, D, D, true);
+  load_tile<kThreads, In>(Qs, LK, static_cast<const In*>(a.q) + bt0 * a.q_row + h * D, a.q_row, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
+  load_tile<kThreads, bf16>(Vn, LK, static_cast<const bf16*>(s.vn) + (bh * T + t0) * D, D, valid, kChunk, D, true);
+  load_tile<kThreads, bf16>(Ss, LK, static_cast<const bf16*>(s.h) + (bh * NC + c) * D * D, D, D, D, D, true);
   cp_async_commit();
   load_gates(s.gc + bh * T + t0, valid, Gs);
   cp_async_wait<0>();

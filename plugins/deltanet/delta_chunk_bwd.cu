@@ -51,9 +51,9 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, h = blockIdx.y;
   const int64_t c = blockIdx.x, b = blockIdx.z, T = a.T, t0 = c * kChunk, bt0 = b * T + t0, bh = b * a.H + h;
   const int valid = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
-  load_tile<In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
-  load_tile<In>(Qs, LK, static_cast<const In*>(a.q) + bt0 * a.q_row + h * D, a.q_row, valid, kChunk, D, vec);
-  load_tile<In>(Os, LK, static_cast<const In*>(g.dout) + (bt0 * a.H + h) * D, a.H * D, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Qs, LK, static_cast<const In*>(a.q) + bt0 * a.q_row + h * D, a.q_row, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Os, LK, static_cast<const In*>(g.dout) + (bt0 * a.H + h) * D, a.H * D, valid, kChunk, D, vec);
   cp_async_commit();
   load_gates(s.gc + bh * T + t0, valid, Gs);
   cp_async_wait<0>();
@@ -112,11 +112,11 @@ __global__ void __launch_bounds__(kThreads)
   auto prefetch = [&](int64_t c, float& gate, float(&od)[16], uint32_t(&dl)[NT][2]) {
     const int buf = static_cast<int>(c & 1), n = rows_in(c);
     const int64_t bt = b * T + c * kChunk, ws = (bh * T + c * kChunk) * D;
-    load_tile<In>(Ks + buf * kChunk * LK, LK, static_cast<const In*>(a.k) + bt * a.k_row + h * D, a.k_row, n, kChunk, D,
-                  vec);
-    load_tile<In>(Qs + buf * kChunk * LK, LK, static_cast<const In*>(a.q) + bt * a.q_row + h * D, a.q_row, n, kChunk, D,
-                  vec);
-    load_tile<bf16>(Ws + buf * kChunk * LK, LK, static_cast<const bf16*>(s.w) + ws, D, n, kChunk, D, true);
+    load_tile<kThreads, In>(Ks + buf * kChunk * LK, LK, static_cast<const In*>(a.k) + bt * a.k_row + h * D, a.k_row, n,
+                            kChunk, D, vec);
+    load_tile<kThreads, In>(Qs + buf * kChunk * LK, LK, static_cast<const In*>(a.q) + bt * a.q_row + h * D, a.q_row, n,
+                            kChunk, D, vec);
+    load_tile<kThreads, bf16>(Ws + buf * kChunk * LK, LK, static_cast<const bf16*>(s.w) + ws, D, n, kChunk, D, true);
     if (threadIdx.x < kChunk) gate = s.gc[bh * T + c * kChunk + (threadIdx.x < n ? threadIdx.x : n - 1)];
     const In* dop = static_cast<const In*>(g.dout) + ((bt + orow) * a.H + h) * D + v0 + ocol;
 #pragma unroll

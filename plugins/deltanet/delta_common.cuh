@@ -9,7 +9,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include <linearnexus/cuda/mma.cuh>
+#include <linearnexus/cuda/tiles.cuh>
 #include "delta_chunk_cuda.h"
 
 namespace linearnexus {
@@ -17,11 +17,9 @@ namespace deltanet {
 namespace cuda {
 namespace {
 
-using namespace ::linearnexus::mamba2::cuda;  // the SDK's tensor-core primitives (mma.cuh)
+using namespace ::linearnexus::mma;  // the SDK's tensor-core primitives and tiles (mma.cuh, tiles.cuh)
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float bf(const bf16* p) { return __bfloat162float(*p); }
 // The low and high bf16 of a packed pair as floats (a bf16 is the top half of its float).
 __device__ __forceinline__ float pair_lo(uint32_t r) {
@@ -37,12 +35,6 @@ __device__ __forceinline__ float pair_hi(uint32_t r) {
   return f;
 }
 
-__device__ __forceinline__ void store2(float* p, float a, float b) {
-  *reinterpret_cast<float2*>(p) = make_float2(a, b);
-}
-__device__ __forceinline__ void store2(bf16* p, float a, float b) {
-  *reinterpret_cast<uint32_t*>(p) = pack_bf16x2(a, b);
-}
 __device__ __forceinline__ float quad_sum(float v) {  // over the 4 lanes that hold one row
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
@@ -55,23 +47,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 // exp(x) of an exponent that is <= 0 in exact arithmetic (a rounding ulp may make it positive).
 __device__ __forceinline__ float expn(float x) { return exp_nonpos(fminf(x, 0.f)); }
 
-// The fragments of one 16x16 operand tile from shared memory (bf16, row stride ld elements), by
-// ldmatrix.x4 (mma.cuh gives the layouts). Row-major [m][k] tile at (m0, k0) -> the A fragment.
-__device__ __forceinline__ void a_frag(uint32_t (&r)[4], const bf16* s, int ld, int m0, int k0, int lane) {
-  ldmatrix_x4(r, s + (m0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8);
-}
-// A stored transposed, [k][m], tile at (k0, m0) -> the A fragment.
-__device__ __forceinline__ void a_frag_t(uint32_t (&r)[4], const bf16* s, int ld, int k0, int m0, int lane) {
-  ldmatrix_x4_trans(r, s + (k0 + (lane & 7) + (lane >> 4) * 8) * ld + m0 + ((lane >> 3) & 1) * 8);
-}
-// B stored [n][k], tile at (n0, k0) -> {b0, b1} of n-tile n0 .. n0+7, then {b0, b1} of n0+8 .. n0+15.
-__device__ __forceinline__ void b_frag(uint32_t (&r)[4], const bf16* s, int ld, int n0, int k0, int lane) {
-  ldmatrix_x4(r, s + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
-}
-// B stored [k][n], tile at (k0, n0) -> the same two n-tiles.
-__device__ __forceinline__ void b_frag_t(uint32_t (&r)[4], const bf16* s, int ld, int k0, int n0, int lane) {
-  ldmatrix_x4_trans(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
-}
 // acc[0..3] += af times the 32 columns n0 .. n0 + 31 of B (stored [k][n] unless BN: [n][k]), k-tile k0.
 template <bool BN>
 __device__ __forceinline__ void mma_32(float (&acc)[4][4], const uint32_t (&af)[4], const bf16* Bs, int ld, int k0,
@@ -92,35 +67,6 @@ __device__ __forceinline__ void mma_32(float (&acc)[4][4], const uint32_t (&af)[
 __device__ __forceinline__ void zero(float (&acc)[4][4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-}
-
-// rows x cols (cols % 8 == 0) of an operand whose rows are `row` elements apart -> bf16 shared memory
-// (row stride ld); rows at or past `valid` are zeros (the tail chunk). bf16 with `vec` (16-byte
-// aligned rows) goes by cp.async, to be waited for by the caller; anything else by loads + rounding.
-template <typename In>
-__device__ void load_tile(bf16* dst, int ld, const In* src, int64_t row, int valid, int rows, int cols, bool vec) {
-  const int per_row = cols / 8;
-  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
-    const int r = i / per_row, c = (i % per_row) * 8;
-    bf16* d = dst + r * ld + c;
-    if (r >= valid) {
-      *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
-      continue;
-    }
-    const In* s = src + r * row + c;
-    if constexpr (std::is_same<In, bf16>::value) {
-      if (vec) {
-        cp_async_16(d, s);
-        continue;
-      }
-    }
-    uint4 v;
-    v.x = pack_bf16x2(to_f(s[0]), to_f(s[1]));
-    v.y = pack_bf16x2(to_f(s[2]), to_f(s[3]));
-    v.z = pack_bf16x2(to_f(s[4]), to_f(s[5]));
-    v.w = pack_bf16x2(to_f(s[6]), to_f(s[7]));
-    *reinterpret_cast<uint4*>(d) = v;
-  }
 }
 
 // The chunk's cumulative log-decays (kept by the forward's first kernel) -> Gs[kChunk]; rows past

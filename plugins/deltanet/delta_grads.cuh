@@ -39,13 +39,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t c = blockIdx.x, b = blockIdx.z, T = a.T, H = a.H, NC = (T + kChunk - 1) / kChunk, t0 = c * kChunk;
   const int64_t bt0 = b * T + t0, bh = b * H + h, tile = (bh * NC + c) * D * D;
   const int valid = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
-  load_tile<In>(Qs, LK, static_cast<const In*>(a.q) + bt0 * a.q_row + h * D, a.q_row, valid, kChunk, D, vec);
-  load_tile<In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
-  load_tile<In>(Os, LK, static_cast<const In*>(g.dout) + (bt0 * H + h) * D, H * D, valid, kChunk, D, vec);
-  load_tile<bf16>(Vn, LK, static_cast<const bf16*>(s.vn) + (bh * T + t0) * D, D, valid, kChunk, D, true);
-  load_tile<bf16>(Dv, LK, static_cast<const bf16*>(g.dvn) + (bh * T + t0) * D, D, valid, kChunk, D, true);
-  load_tile<bf16>(Ss, LK, static_cast<const bf16*>(s.h) + tile, D, D, D, D, true);
-  load_tile<bf16>(Ns, LK, static_cast<const bf16*>(g.dh) + tile, D, D, D, D, true);
+  load_tile<kThreads, In>(Qs, LK, static_cast<const In*>(a.q) + bt0 * a.q_row + h * D, a.q_row, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
+  load_tile<kThreads, In>(Os, LK, static_cast<const In*>(g.dout) + (bt0 * H + h) * D, H * D, valid, kChunk, D, vec);
+  load_tile<kThreads, bf16>(Vn, LK, static_cast<const bf16*>(s.vn) + (bh * T + t0) * D, D, valid, kChunk, D, true);
+  load_tile<kThreads, bf16>(Dv, LK, static_cast<const bf16*>(g.dvn) + (bh * T + t0) * D, D, valid, kChunk, D, true);
+  load_tile<kThreads, bf16>(Ss, LK, static_cast<const bf16*>(s.h) + tile, D, D, D, D, true);
+  load_tile<kThreads, bf16>(Ns, LK, static_cast<const bf16*>(g.dh) + tile, D, D, D, D, true);
   cp_async_commit();
   load_gates(s.gc + bh * T + t0, valid, Gs);
   cp_async_wait<0>();
@@ -162,13 +162,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t c = blockIdx.x, b = blockIdx.z, T = a.T, H = a.H, t0 = c * kChunk, bt0 = b * T + t0, bh = b * H + h;
   const int valid = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
   const int64_t ws = (bh * T + t0) * D;
-  load_tile<bf16>(Du, LK, static_cast<const bf16*>(g.dvn) + ws, D, valid, kChunk, D, true);
-  load_tile<bf16>(Dw, LK, static_cast<const bf16*>(g.dw) + ws, D, valid, kChunk, D, true);
-  load_tile<bf16>(Us, LK, static_cast<const bf16*>(s.u) + ws, D, valid, kChunk, D, true);
-  load_tile<bf16>(Ws, LK, static_cast<const bf16*>(s.w) + ws, D, valid, kChunk, D, true);
-  load_tile<In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
-  load_tile<bf16>(Ts, LT, static_cast<const bf16*>(s.ainv) + (bh * T + t0) * kChunk, kChunk, valid, kChunk, kChunk,
-                  true);
+  load_tile<kThreads, bf16>(Du, LK, static_cast<const bf16*>(g.dvn) + ws, D, valid, kChunk, D, true);
+  load_tile<kThreads, bf16>(Dw, LK, static_cast<const bf16*>(g.dw) + ws, D, valid, kChunk, D, true);
+  load_tile<kThreads, bf16>(Us, LK, static_cast<const bf16*>(s.u) + ws, D, valid, kChunk, D, true);
+  load_tile<kThreads, bf16>(Ws, LK, static_cast<const bf16*>(s.w) + ws, D, valid, kChunk, D, true);
+  load_tile<kThreads, In>(Ks, LK, static_cast<const In*>(a.k) + bt0 * a.k_row + h * D, a.k_row, valid, kChunk, D, vec);
+  load_tile<kThreads, bf16>(Ts, LT, static_cast<const bf16*>(s.ainv) + (bh * T + t0) * kChunk, kChunk, valid, kChunk,
+                            kChunk, true);
   cp_async_commit();
   load_gates(s.gc + bh * T + t0, valid, Gs);
   if (threadIdx.x < kChunk) {

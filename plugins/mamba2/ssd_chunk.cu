@@ -55,11 +55,13 @@ __global__ void __launch_bounds__(kSsdThreads)
   const int64_t t0 = c * kChunk, bt0 = b * T + t0;
   const int valid = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
 
-  load_tile<In>(Cs, LC, static_cast<const In*>(a.Cm) + bt0 * a.C_row + grp * N, a.C_row, valid, kChunk, N, vec);
-  load_tile<In>(Bs, LC, static_cast<const In*>(a.Bm) + bt0 * a.B_row + grp * N, a.B_row, valid, kChunk, N, vec);
-  load_tile<In>(Xs, LX, static_cast<const In*>(a.x) + bt0 * a.x_row + h * P, a.x_row, valid, kChunk,
-                static_cast<int>(P), vec);
-  load_tile<bf16>(Ss, LX, entering + ((b * a.H + h) * NC + c) * N * P, P, N, N, static_cast<int>(P), true);
+  load_tile<kSsdThreads, In>(Cs, LC, static_cast<const In*>(a.Cm) + bt0 * a.C_row + grp * N, a.C_row, valid, kChunk, N,
+                             vec);
+  load_tile<kSsdThreads, In>(Bs, LC, static_cast<const In*>(a.Bm) + bt0 * a.B_row + grp * N, a.B_row, valid, kChunk, N,
+                             vec);
+  load_tile<kSsdThreads, In>(Xs, LX, static_cast<const In*>(a.x) + bt0 * a.x_row + h * P, a.x_row, valid, kChunk,
+                             static_cast<int>(P), vec);
+  load_tile<kSsdThreads, bf16>(Ss, LX, entering + ((b * a.H + h) * NC + c) * N * P, P, N, N, static_cast<int>(P), true);
   cp_async_commit();
   if (warp == 0) chunk_decays(a, bt0, h, valid, Gs, Ds);
   cp_async_wait<0>();

@@ -117,12 +117,15 @@ __global__ void __launch_bounds__(kSsdThreads)
   const int valid = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
   const int64_t tile = ((b * H + h) * NC + c) * N * P;
 
-  load_tile<In>(Cs, LC, static_cast<const In*>(a.Cm) + bt0 * a.C_row + grp * N, a.C_row, valid, kChunk, N, vec);
-  load_tile<In>(Bs, LC, static_cast<const In*>(a.Bm) + bt0 * a.B_row + grp * N, a.B_row, valid, kChunk, N, vec);
-  load_tile<In>(Xs, LX, static_cast<const In*>(a.x) + bt0 * a.x_row + h * P, a.x_row, valid, kChunk, P, vec);
-  load_tile<In>(Ys, LX, static_cast<const In*>(g.dy) + (bt0 * H + h) * P, H * P, valid, kChunk, P, vec);
-  load_tile<bf16>(Ss, LX, entering + tile, P, N, N, P, true);
-  load_tile<bf16>(Qs, LX, dkept + tile, P, N, N, P, true);
+  load_tile<kSsdThreads, In>(Cs, LC, static_cast<const In*>(a.Cm) + bt0 * a.C_row + grp * N, a.C_row, valid, kChunk, N,
+                             vec);
+  load_tile<kSsdThreads, In>(Bs, LC, static_cast<const In*>(a.Bm) + bt0 * a.B_row + grp * N, a.B_row, valid, kChunk, N,
+                             vec);
+  load_tile<kSsdThreads, In>(Xs, LX, static_cast<const In*>(a.x) + bt0 * a.x_row + h * P, a.x_row, valid, kChunk, P,
+                             vec);
+  load_tile<kSsdThreads, In>(Ys, LX, static_cast<const In*>(g.dy) + (bt0 * H + h) * P, H * P, valid, kChunk, P, vec);
+  load_tile<kSsdThreads, bf16>(Ss, LX, entering + tile, P, N, N, P, true);
+  load_tile<kSsdThreads, bf16>(Qs, LX, dkept + tile, P, N, N, P, true);
   cp_async_commit();
   if (warp == 0) chunk_decays(a, bt0, h, valid, Gs, Ds);
   cp_async_wait<0>();

@@ -22,8 +22,7 @@
 #include "shim.h"
 
 namespace linearnexus {
-namespace mamba2 {
-namespace cuda {
+namespace mma {
 
 struct WarpXchg {
   const __nv_bfloat16* rows[32];
@@ -122,6 +121,5 @@ inline float exp_nonpos(float x) {
   return std::exp(x);
 }
 
-}  // namespace cuda
-}  // namespace mamba2
+}  // namespace mma
 }  // namespace linearnexus

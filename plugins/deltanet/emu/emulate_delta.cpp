@@ -23,17 +23,15 @@ pthread_barrier_t g_warp_bar[32];
 float g_shfl_buf[32][32];
 std::mutex g_atomic_mu;
 namespace linearnexus {
-namespace mamba2 {
-namespace cuda {
+namespace mma {
 WarpXchg g_xchg[32];
 size_t g_smem_bytes;
 thread_local std::vector<CpAsyncCopy> g_cp_open;
 thread_local std::deque<std::vector<CpAsyncCopy>> g_cp_groups;
-}  // namespace cuda
-}  // namespace mamba2
+}  // namespace mma
 }  // namespace linearnexus
 using namespace linearnexus::deltanet::cuda;
-using linearnexus::mamba2::cuda::g_smem_bytes;
+using linearnexus::mma::g_smem_bytes;
 
 // Runs fn as every thread of every block of `grid`, one block after the other; shared memory starts
 // as all-ones bytes (NaN in bf16 and fp32), so a read of what was never written shows.

@@ -18,7 +18,7 @@ import sys, os
 src, out = sys.argv[1], sys.argv[2]
 decl = 'extern __shared__ __align__(16) unsigned char smem[];'
 def port(s):
-    s = s.replace('#include <cuda_bf16.h>', '#include "shim.h"').replace('#include <linearnexus/cuda/mma.cuh>', '#include "mma_emu.h"')
+    s = s.replace('#include <cuda_bf16.h>', '#include "shim.h"').replace('#include <linearnexus/cuda/mma.cuh>', '#include "mma_emu.h"').replace('#include <linearnexus/cuda/tiles.cuh>', '#include "tiles.cuh"')
     return s.replace(decl, 'unsigned char* smem = g_smem;')
 for cu in ['delta_chunk.cu', 'delta_chunk_bwd.cu']:
     s = open(src + '/' + cu).read()
@@ -29,6 +29,7 @@ for h in ['delta_common.cuh', 'delta_grads.cuh']:
     open(out + '/' + h, 'w').write(port(open(src + '/' + h).read()))
 h = open(src + '/delta_chunk_cuda.h').read().replace('#include <cuda_runtime_api.h>', '#include "shim.h"')
 open(out + '/delta_chunk_cuda.h', 'w').write(h)
+open(out + '/tiles.cuh', 'w').write(port(open(src + '/../../core/sdk/include/linearnexus/cuda/tiles.cuh').read()))
 PY
 cp "$here/../../../scripts/cuda_emu/shim.h" "$here/../../../scripts/cuda_emu/mma_emu.h" "$here/emulate_delta.cpp" "$work/"
 ${CXX:-g++} -std=c++17 -O2 -pthread ${EMU_FLAGS:-} -I"$work" "$work/emulate_delta.cpp" -o "$work/emu"

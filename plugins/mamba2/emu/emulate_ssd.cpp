@@ -22,16 +22,15 @@ pthread_barrier_t g_warp_bar[32];
 float g_shfl_buf[32][32];
 std::mutex g_atomic_mu;
 namespace linearnexus {
-namespace mamba2 {
-namespace cuda {
+namespace mma {
 WarpXchg g_xchg[32];
 size_t g_smem_bytes;
 thread_local std::vector<CpAsyncCopy> g_cp_open;
 thread_local std::deque<std::vector<CpAsyncCopy>> g_cp_groups;
-}  // namespace cuda
-}  // namespace mamba2
+}  // namespace mma
 }  // namespace linearnexus
 using namespace linearnexus::mamba2::cuda;
+using namespace linearnexus::mma;
 using bf16 = __nv_bfloat16;
 
 // Runs fn as every thread of every block of `grid`, one block after the other; shared memory starts

@@ -18,8 +18,7 @@
 #include <cstdint>
 
 namespace linearnexus {
-namespace mamba2 {
-namespace cuda {
+namespace mma {
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -68,6 +67,5 @@ __device__ __forceinline__ void cp_async_wait() {
 // exp(x) for x <= 0 (every exponent the kernels form is clamped to <= 0 first).
 __device__ __forceinline__ float exp_nonpos(float x) { return __expf(x); }
 
-}  // namespace cuda
-}  // namespace mamba2
+}  // namespace mma
 }  // namespace linearnexus

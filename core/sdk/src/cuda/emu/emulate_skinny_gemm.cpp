@@ -27,14 +27,12 @@ pthread_barrier_t g_warp_bar[64];  // 8 CTAs of 8 warps at once
 float g_shfl_buf[64][32];
 std::mutex g_atomic_mu;
 namespace linearnexus {
-namespace mamba2 {
-namespace cuda {
+namespace mma {
 WarpXchg g_xchg[64];
 size_t g_smem_bytes;
 thread_local std::vector<CpAsyncCopy> g_cp_open;
 thread_local std::deque<std::vector<CpAsyncCopy>> g_cp_groups;
-}  // namespace cuda
-}  // namespace mamba2
+}  // namespace mma
 namespace cuda {
 unsigned char* g_cluster_smem[8];
 pthread_barrier_t g_cluster_bar;
@@ -51,7 +49,7 @@ void run_kernel(const Params& p, const SkinnyGemmConfig& c) {
   const int S = c.splits, threads = c.warps * 32;
   const int64_t ctas = ceil_div(ceil_div(p.N, kTileN), c.tiles) * S;
   const size_t bytes = skinny_smem_bytes(T, MP, c.warps, c.kpw, NORM);
-  linearnexus::mamba2::cuda::g_smem_bytes = bytes;
+  linearnexus::mma::g_smem_bytes = bytes;
   std::vector<unsigned char*> smem(S);
   for (auto& s : smem) s = static_cast<unsigned char*>(::operator new(bytes, std::align_val_t(16)));
   pthread_barrier_t cta_bar[8];

@@ -30,7 +30,7 @@ inline uint4 load_x(const __nv_bfloat16* p) { return load16(p, "load_x"); }
 
 inline void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
   const uint32_t a[4] = {a0, a1, a2, a3};
-  linearnexus::mamba2::cuda::mma_bf16(c, a, b0, b1);
+  linearnexus::mma::mma_bf16(c, a, b0, b1);
 }
 
 inline void let_dependents_launch() {}
@@ -49,7 +49,7 @@ inline int load_from_grid(const int* p) { return *p; }
 inline void cluster_sync() { pthread_barrier_wait(&g_cluster_bar); }
 inline float* cluster_peer(float* p, int rank) {
   const ptrdiff_t off = reinterpret_cast<unsigned char*>(p) - g_smem;
-  if (off < 0 || static_cast<size_t>(off) >= linearnexus::mamba2::cuda::g_smem_bytes) {
+  if (off < 0 || static_cast<size_t>(off) >= linearnexus::mma::g_smem_bytes) {
     std::fprintf(stderr, "cluster_peer: address outside shared memory\n");
     std::abort();
   }
