@@ -10,10 +10,14 @@
 #include "linearnexus/host/lora_convert.h"
 #include "linearnexus/host/scoring.h"
 #include "linearnexus/host/tokenizers.h"
+#include "hf_test_util.h"
 #include "test_util.h"
 
 using namespace linearnexus;
+using lntest::check_bit_equal;
 using lntest::error_of;
+using lntest::model_tensors_of;
+using lntest::native_run;
 using lntest::TempDir;
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -34,39 +38,6 @@ std::string copy_fixture(const std::string& arch, const TempDir& t, const std::s
   for (const auto& e : fs::directory_iterator(fixture(arch)))
     fs::copy_file(e.path(), fs::path(dst) / e.path().filename());
   return dst;
-}
-
-TensorMap model_tensors_of(const std::string& run) {
-  TensorMap out;
-  for (auto& [k, v] : load_safetensors(resolve_checkpoint(run)).tensors)
-    if (k.rfind("model.", 0) == 0) out[k] = v;
-  return out;
-}
-
-void check_bit_equal(const TensorMap& a, const TensorMap& b) {
-  REQUIRE(a.size() == b.size());
-  for (const auto& [k, v] : a) {
-    INFO(k);
-    REQUIRE(b.count(k));
-    CHECK(v.scalar_type() == b.at(k).scalar_type());
-    CHECK(v.equal(b.at(k)));
-  }
-}
-
-// A run folder holding a random model of `model_yaml` (every weight redrawn, so biases and norms are
-// not their constant init), as a training run would write it.
-std::string native_run(PluginHost& host, const std::string& model_yaml, const TempDir& t, const std::string& name,
-                       std::shared_ptr<Tokenizer> tok = make_char_tokenizer("abcdefghijklmnopqrstuvwxyz .,\n")) {
-  Experiment e = lntest::parse("data: {path: x}\nmodel: " + model_yaml + "\n", host);
-  LMModel model(e.model_config(tok->vocab_size()), host.registry());
-  {
-    torch::NoGradGuard g;
-    for (auto& p : model.parameters()) p.normal_(0.0, 0.2);
-  }
-  const std::string dir = t / name;
-  RunCheckpoint checkpoint(model, host.registry(), e.resolved_yaml, *tok, 7);
-  CheckpointManager(dir, 0).save(checkpoint);
-  return dir;
 }
 
 }  // namespace

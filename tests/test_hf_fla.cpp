@@ -10,46 +10,19 @@
 #include "linearnexus/host/run_checkpoint.h"
 #include "linearnexus/host/scoring.h"
 #include "linearnexus/host/tokenizers.h"
+#include "hf_test_util.h"
 #include "test_util.h"
 
 using namespace linearnexus;
+using lntest::check_bit_equal;
 using lntest::error_of;
+using lntest::model_tensors_of;
+using lntest::native_run;
 using lntest::TempDir;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-
-TensorMap model_tensors_of(const std::string& run) {
-  TensorMap out;
-  for (auto& [k, v] : load_safetensors(resolve_checkpoint(run)).tensors)
-    if (k.rfind("model.", 0) == 0) out[k] = v;
-  return out;
-}
-
-void check_bit_equal(const TensorMap& a, const TensorMap& b) {
-  REQUIRE(a.size() == b.size());
-  for (const auto& [k, v] : a) {
-    INFO(k);
-    REQUIRE(b.count(k));
-    CHECK(v.equal(b.at(k)));
-  }
-}
-
-// A run folder with a random model of `model_yaml`, every weight redrawn (norm gains not all 1).
-std::string native_run(PluginHost& host, const std::string& model_yaml, const TempDir& t, const std::string& name) {
-  auto tok = make_char_tokenizer("abcdefghijklmnopqrstuvwxyz .,\n");
-  Experiment e = lntest::parse("data: {path: x}\nmodel: " + model_yaml + "\n", host);
-  LMModel model(e.model_config(tok->vocab_size()), host.registry());
-  {
-    torch::NoGradGuard g;
-    for (auto& p : model.parameters()) p.normal_(0.0, 0.2);
-  }
-  const std::string dir = t / name;
-  RunCheckpoint checkpoint(model, host.registry(), e.resolved_yaml, *tok, 7);
-  CheckpointManager(dir, 0).save(checkpoint);
-  return dir;
-}
 
 std::string model_yaml(const std::string& block, const std::string& block_keys, const std::string& extra = "") {
   return "{vocab_size: 40, hidden_size: 16, n_layer: 2, max_seq_len: 32, norm_eps: 1.0e-6, " + extra +
