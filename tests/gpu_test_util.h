@@ -16,4 +16,10 @@ inline double rel_error(const at::Tensor& a, const at::Tensor& b) {
   return ((x - y).norm() / y.norm().clamp_min(1e-300)).item<double>();
 }
 
+// max |a - b| / max |b|, in float64 on the CPU.
+inline double max_rel_error(const at::Tensor& a, const at::Tensor& b) {
+  auto x = a.detach().to(at::kCPU, at::kDouble), y = b.detach().to(at::kCPU, at::kDouble);
+  return ((x - y).abs().max() / y.abs().max().clamp_min(1e-300)).item<double>();
+}
+
 }  // namespace lntest

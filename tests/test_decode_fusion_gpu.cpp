@@ -18,6 +18,7 @@
 #include <cstdlib>
 
 #include "catch.h"
+#include "gpu_test_util.h"
 #include "linearnexus/compat.h"
 #include "linearnexus/host/generator.h"
 #include "linearnexus/layers.h"
@@ -35,16 +36,6 @@ using namespace linearnexus;
 namespace {
 
 #ifdef LINEARNEXUS_WITH_CUDA
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  auto a64 = a.detach().to(at::kDouble), b64 = b.detach().to(at::kDouble);
-  return ((a64 - b64).norm() / b64.norm().clamp_min(1e-30)).item<double>();
-}
-
-double max_rel(const at::Tensor& a, const at::Tensor& b) {
-  auto a64 = a.detach().to(at::kDouble), b64 = b.detach().to(at::kDouble);
-  return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-30)).item<double>();
-}
-
 struct Case {
   int64_t M, K, N;
   bool layer = false;                              // LayerNorm (with a bias), else RMSNorm
@@ -76,7 +67,8 @@ void check(const Case& c) {
   auto ops = at::linear(xn, w, bias.defined() ? bias.to(at::kBFloat16) : at::Tensor());
   if (c.gelu) ref = at::gelu(ref, "tanh"), ops = at::gelu(ops, "tanh");
   if (c.residual) ref = ref + residual, ops = residual + ops;
-  const double e = rel_err(y, ref), m = max_rel(y, ref), eo = rel_err(y, ops), mo = max_rel(y, ops);
+  const double e = lntest::rel_error(y, ref), m = lntest::max_rel_error(y, ref), eo = lntest::rel_error(y, ops),
+               mo = lntest::max_rel_error(y, ops);
   CHECK(e < 4e-3);
   CHECK(m < 1e-2);
   CHECK(eo < 1e-2);
@@ -181,9 +173,9 @@ TEST_CASE("norm prologue: where it applies, and the wiring with LINEARNEXUS_DECO
         auto plain = norm_linear_forward(norm, h, qkv_w);
         auto plain_tail = tail.forward(h, at::zeros_like(h), false);
         CHECK(fused.first.is_same(h));
-        CHECK(rel_err(fused.second, plain.second) < 1e-2);
+        CHECK(lntest::rel_error(fused.second, plain.second) < 1e-2);
         CHECK(fused_tail.scalar_type() == at::kFloat);
-        CHECK(rel_err(fused_tail - h, plain_tail - h) < 2e-2);
+        CHECK(lntest::rel_error(fused_tail - h, plain_tail - h) < 2e-2);
       }
     }
 #endif

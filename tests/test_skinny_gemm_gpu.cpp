@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "catch.h"
+#include "gpu_test_util.h"
 #include "linearnexus/compat.h"
 #include "linearnexus/layers.h"
 #include "test_util.h"
@@ -25,16 +26,6 @@ using namespace linearnexus;
 namespace {
 
 #ifdef LINEARNEXUS_WITH_CUDA
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  auto a64 = a.detach().to(at::kDouble), b64 = b.detach().to(at::kDouble);
-  return ((a64 - b64).norm() / b64.norm().clamp_min(1e-30)).item<double>();
-}
-
-double max_rel(const at::Tensor& a, const at::Tensor& b) {
-  auto a64 = a.detach().to(at::kDouble), b64 = b.detach().to(at::kDouble);
-  return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-30)).item<double>();
-}
-
 constexpr at::ScalarType kNone = at::ScalarType::Undefined;  // no bias / residual
 
 struct Case {
@@ -63,7 +54,8 @@ void check(const Case& c) {
   auto ops = at::linear(x, w, bias.defined() ? bias.to(at::kBFloat16) : at::Tensor());
   if (c.gelu) ref = at::gelu(ref, "tanh"), ops = at::gelu(ops, "tanh");
   if (residual.defined()) ref = ref + residual.to(at::kFloat), ops = residual + ops;
-  const double e = rel_err(y, ref), m = max_rel(y, ref), eo = rel_err(y, ops), mo = max_rel(y, ops);
+  const double e = lntest::rel_error(y, ref), m = lntest::max_rel_error(y, ref), eo = lntest::rel_error(y, ops),
+               mo = lntest::max_rel_error(y, ops);
   CHECK(e < 4e-3);
   CHECK(m < 1e-2);
   CHECK(eo < 1e-2);
@@ -157,8 +149,8 @@ TEST_CASE("skinny matmul falls back to at::linear where it cannot run: K % 8, gr
   // An unaligned view of x (offset by one element) is copied, not refused.
   auto wide = at::randn({3, 97}, o);
   auto view = wide.narrow(1, 1, 96);
-  CHECK(rel_err(cuda::skinny_linear(view, w8, at::Tensor(), at::Tensor()),
-                at::linear(view.to(at::kFloat), w8.to(at::kFloat))) < 4e-3);
+  CHECK(lntest::rel_error(cuda::skinny_linear(view, w8, at::Tensor(), at::Tensor()),
+                          at::linear(view.to(at::kFloat), w8.to(at::kFloat))) < 4e-3);
 #endif
 }
 
@@ -184,12 +176,12 @@ TEST_CASE("linear_forward and the MLP in a bf16 decode step (no grad, autocast) 
         auto plain = x + mlp.forward(xn);
         ::unsetenv("LINEARNEXUS_UNFUSED");
         CHECK(fused.scalar_type() == at::kFloat);
-        CHECK(rel_err(fused - x, plain - x) < 2e-2);
+        CHECK(lntest::rel_error(fused - x, plain - x) < 2e-2);
         auto q = linear_forward(mlp.up, xn);
         ::setenv("LINEARNEXUS_UNFUSED", "1", 1);
         auto q_plain = linear_forward(mlp.up, xn);
         ::unsetenv("LINEARNEXUS_UNFUSED");
-        CHECK(rel_err(q, q_plain) < 1e-2);
+        CHECK(lntest::rel_error(q, q_plain) < 1e-2);
       }
     }
 #endif
